@@ -1,0 +1,25 @@
+"""Storage: models, repositories and entities. Imports nothing else of mlcanary."""
+
+from storage.database import Database
+from storage.errors import (
+    AlreadyExists,
+    ConcurrentUpdate,
+    InvalidState,
+    NotFound,
+    SchemaOutOfDate,
+    StorageError,
+    Unavailable,
+)
+from storage.repositories import Store
+
+__all__ = [
+    "AlreadyExists",
+    "ConcurrentUpdate",
+    "Database",
+    "InvalidState",
+    "NotFound",
+    "SchemaOutOfDate",
+    "Store",
+    "StorageError",
+    "Unavailable",
+]

@@ -1,0 +1,721 @@
+"""Repositories: the only way in and out of the database. Each call is one transaction and returns entities."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import math
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from storage import entities
+from storage.database import Database
+from storage.errors import AlreadyExists, ConcurrentUpdate, InvalidState, NotFound
+from storage.models import (
+    PAIR_COLUMNS,
+    PAIR_JSON_COLUMNS,
+    AnalysisRow,
+    ApiTokenRow,
+    DeploymentRow,
+    EventRow,
+    LabelRow,
+    PairedOutputRow,
+    PipelineVersionRow,
+    RolloutRow,
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _json_default(value: Any) -> Any:
+    # numpy scalars and arrays, datetimes: whatever a pipeline hands back must still be storable.
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)
+
+
+def _json_safe(value: Any) -> Any:
+    """Round-trip through JSON with NaN/Infinity as null, so PostgreSQL's jsonb accepts it."""
+    if value is None:
+        return None
+    return json.loads(json.dumps(value, default=_json_default), parse_constant=lambda _c: None)
+
+
+def _add_event(session: Session, new: entities.NewEvent, at: datetime) -> EventRow:
+    row = EventRow(
+        deployment_id=new.deployment_id,
+        rollout_id=new.rollout_id,
+        actor=new.actor,
+        action=new.action,
+        reason=new.reason,
+        message=new.message,
+        details=_json_safe(new.details) or {},
+        at=at,
+    )
+    session.add(row)
+    return row
+
+
+class PipelineRepository:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def add(self, new: entities.NewPipelineVersion, *, event: entities.NewEvent | None = None) -> entities.PipelineVersion:
+        """Store a new pipeline version; AlreadyExists if name+version is taken."""
+        now = utcnow()
+        with self.db.session() as s:
+            if s.scalar(select(PipelineVersionRow.id).filter_by(name=new.name, version=new.version)) is not None:
+                raise AlreadyExists(f"pipeline {new.name}:{new.version} is already registered")
+            fields = asdict(new)
+            fields["input_schema"] = [{"name": c.name, "dtype": c.dtype} for c in new.input_schema]
+            fields["classes"] = None if new.classes is None else _json_safe(list(new.classes))
+            for key in ("offline_metrics", "golden_set", "profile", "environment"):
+                fields[key] = _json_safe(fields[key])
+            fields["meta"] = _json_safe(fields.pop("metadata")) or {}
+            row = PipelineVersionRow(**fields, created_at=now)
+            s.add(row)
+            s.flush()
+            if event is not None:
+                _add_event(s, replace(event, details={**event.details, "pipeline_version_id": row.id}), now)
+            return row.to_entity()
+
+    def get(self, version_id: int) -> entities.PipelineVersion:
+        with self.db.session() as s:
+            row = s.get(PipelineVersionRow, version_id)
+            if row is None:
+                raise NotFound(f"no pipeline version with id {version_id}")
+            return row.to_entity()
+
+    def get_by_ref(self, ref: str) -> entities.PipelineVersion:
+        """Find a version by "name:version" (or by its numeric id)."""
+        name, sep, version = ref.partition(":")
+        with self.db.session() as s:
+            if not sep:
+                if ref.isdigit():
+                    row = s.get(PipelineVersionRow, int(ref))
+                    if row is not None:
+                        return row.to_entity()
+                raise NotFound(f"no pipeline version {ref!r}; refer to one as NAME:VERSION")
+            row = s.scalar(select(PipelineVersionRow).filter_by(name=name, version=version))
+            if row is None:
+                raise NotFound(f"no pipeline version {ref!r}")
+            return row.to_entity()
+
+    def list(self, *, name: str | None = None) -> list[entities.PipelineVersion]:
+        with self.db.session() as s:
+            query = select(PipelineVersionRow).order_by(PipelineVersionRow.name, PipelineVersionRow.id)
+            if name is not None:
+                query = query.filter_by(name=name)
+            return [r.to_entity() for r in s.scalars(query)]
+
+
+class DeploymentRepository:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def create(
+        self, name: str, champion_id: int, *, store_raw_inputs: bool = True, event: entities.NewEvent | None = None
+    ) -> entities.Deployment:
+        now = utcnow()
+        with self.db.session() as s:
+            if s.get(PipelineVersionRow, champion_id) is None:
+                raise NotFound(f"no pipeline version with id {champion_id}")
+            if s.scalar(select(DeploymentRow.id).filter_by(name=name)) is not None:
+                raise AlreadyExists(f"deployment {name!r} exists already")
+            row = DeploymentRow(
+                name=name, champion_id=champion_id, store_raw_inputs=store_raw_inputs, created_at=now, updated_at=now
+            )
+            s.add(row)
+            s.flush()
+            if event is not None:
+                _add_event(s, replace(event, deployment_id=row.id), now)
+            return row.to_entity()
+
+    def get(self, name: str) -> entities.Deployment:
+        with self.db.session() as s:
+            row = s.scalar(select(DeploymentRow).filter_by(name=name))
+            if row is None:
+                raise NotFound(f"no deployment {name!r}")
+            return row.to_entity()
+
+    def get_by_id(self, deployment_id: int) -> entities.Deployment:
+        with self.db.session() as s:
+            row = s.get(DeploymentRow, deployment_id)
+            if row is None:
+                raise NotFound(f"no deployment with id {deployment_id}")
+            return row.to_entity()
+
+    def list(self) -> list[entities.Deployment]:
+        with self.db.session() as s:
+            return [r.to_entity() for r in s.scalars(select(DeploymentRow).order_by(DeploymentRow.name))]
+
+    def update(
+        self, name: str, *, store_raw_inputs: bool | None = None, event: entities.NewEvent | None = None
+    ) -> entities.Deployment:
+        now = utcnow()
+        with self.db.session() as s:
+            row = s.scalar(select(DeploymentRow).filter_by(name=name))
+            if row is None:
+                raise NotFound(f"no deployment {name!r}")
+            if store_raw_inputs is not None:
+                row.store_raw_inputs = store_raw_inputs
+            row.updated_at = now
+            if event is not None:
+                _add_event(s, replace(event, deployment_id=row.id), now)
+            s.flush()
+            return row.to_entity()
+
+
+class RolloutRepository:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def create(
+        self,
+        *,
+        deployment_id: int,
+        challenger_id: int,
+        mode: str,
+        policy: dict[str, Any],
+        created_by: str,
+        phase: str = "pending",
+        canary_weight: float = 0.0,
+        shadow_rate: float = 0.0,
+        event: entities.NewEvent | None = None,
+        now: datetime | None = None,
+    ) -> entities.Rollout:
+        """Start a rollout against the deployment's current champion; one active rollout per deployment."""
+        now = now or utcnow()
+        with self.db.session() as s:
+            deployment = s.get(DeploymentRow, deployment_id, with_for_update=True)
+            if deployment is None:
+                raise NotFound(f"no deployment with id {deployment_id}")
+            if s.get(PipelineVersionRow, challenger_id) is None:
+                raise NotFound(f"no pipeline version with id {challenger_id}")
+            if challenger_id == deployment.champion_id:
+                raise InvalidState("the challenger is already the champion of this deployment")
+            active = s.scalar(
+                select(RolloutRow.id).where(
+                    RolloutRow.deployment_id == deployment_id, RolloutRow.phase.in_(entities.ACTIVE_PHASES)
+                )
+            )
+            if active is not None:
+                raise InvalidState(
+                    f"deployment {deployment.name!r} already has active rollout {active}; "
+                    "finish, roll back or abort it first"
+                )
+            row = RolloutRow(
+                deployment_id=deployment_id,
+                champion_id=deployment.champion_id,
+                challenger_id=challenger_id,
+                mode=mode,
+                phase=phase,
+                step_index=0,
+                canary_weight=canary_weight,
+                shadow_rate=shadow_rate,
+                policy=_json_safe(policy) or {},
+                version=1,
+                created_by=created_by,
+                created_at=now,
+                step_started_at=now,
+            )
+            s.add(row)
+            deployment.updated_at = now
+            s.flush()
+            if event is not None:
+                _add_event(s, replace(event, deployment_id=deployment_id, rollout_id=row.id), now)
+            return row.to_entity()
+
+    def get(self, rollout_id: int) -> entities.Rollout:
+        with self.db.session() as s:
+            row = s.get(RolloutRow, rollout_id)
+            if row is None:
+                raise NotFound(f"no rollout with id {rollout_id}")
+            return row.to_entity()
+
+    def list(self, *, deployment_id: int | None = None, active_only: bool = False) -> list[entities.Rollout]:
+        with self.db.session() as s:
+            query = select(RolloutRow).order_by(RolloutRow.id)
+            if deployment_id is not None:
+                query = query.filter_by(deployment_id=deployment_id)
+            if active_only:
+                query = query.where(RolloutRow.phase.in_(entities.ACTIVE_PHASES))
+            return [r.to_entity() for r in s.scalars(query)]
+
+    def latest(self, deployment_id: int) -> entities.Rollout | None:
+        with self.db.session() as s:
+            row = s.scalar(
+                select(RolloutRow).filter_by(deployment_id=deployment_id).order_by(RolloutRow.id.desc()).limit(1)
+            )
+            return None if row is None else row.to_entity()
+
+    def update(
+        self,
+        rollout_id: int,
+        *,
+        expected_version: int,
+        events: Sequence[entities.NewEvent] = (),
+        promote_challenger: bool = False,
+        now: datetime | None = None,
+        **changes: Any,
+    ) -> entities.Rollout:
+        """Apply changes if the stored version is still expected_version; write events in the same transaction.
+
+        ConcurrentUpdate if another writer got there first: at most one of two racing writers wins.
+        With promote_challenger, the deployment's champion becomes the rollout's challenger atomically.
+        """
+        allowed = {
+            "phase", "step_index", "canary_weight", "shadow_rate", "policy", "step_started_at", "ended_at", "reason",
+        }  # fmt: skip
+        unknown = set(changes) - allowed
+        if unknown:
+            raise ValueError(f"cannot change rollout fields {sorted(unknown)}")
+        now = now or utcnow()
+        with self.db.session() as s:
+            result = s.execute(
+                update(RolloutRow)
+                .where(RolloutRow.id == rollout_id, RolloutRow.version == expected_version)
+                .values(**changes, version=RolloutRow.version + 1)
+            )
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                current = s.get(RolloutRow, rollout_id)
+                if current is None:
+                    raise NotFound(f"no rollout with id {rollout_id}")
+                raise ConcurrentUpdate(
+                    f"rollout {rollout_id} is at version {current.version}, not {expected_version}; reload and retry"
+                )
+            row = s.get(RolloutRow, rollout_id, populate_existing=True)
+            assert row is not None
+            deployment = s.get(DeploymentRow, row.deployment_id)
+            assert deployment is not None
+            if promote_challenger:
+                deployment.champion_id = row.challenger_id
+            deployment.updated_at = now
+            for new in events:
+                _add_event(s, replace(new, deployment_id=row.deployment_id, rollout_id=rollout_id), now)
+            s.flush()
+            return row.to_entity()
+
+
+class RoutingRepository:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def load_table(self) -> dict[str, entities.RoutingEntry]:
+        """Read every deployment's routing in one transaction (a few small queries, not one per request)."""
+        with self.db.session() as s:
+            deployments = list(s.scalars(select(DeploymentRow)))
+            rollouts = {
+                r.deployment_id: r
+                for r in s.scalars(
+                    select(RolloutRow).where(RolloutRow.phase.in_(("shadowing", "progressing", "paused")))
+                )
+            }
+            wanted = {d.champion_id for d in deployments} | {r.challenger_id for r in rollouts.values()}
+            versions = {
+                v.id: v.to_entity()
+                for v in s.scalars(select(PipelineVersionRow).where(PipelineVersionRow.id.in_(wanted)))
+            }
+            table: dict[str, entities.RoutingEntry] = {}
+            for d in deployments:
+                r = rollouts.get(d.id)
+                table[d.name] = entities.RoutingEntry(
+                    deployment=d.name,
+                    deployment_id=d.id,
+                    champion=versions[d.champion_id],
+                    challenger=None if r is None else versions[r.challenger_id],
+                    mode=None if r is None else r.mode,
+                    canary_weight=0.0 if r is None else r.canary_weight,
+                    shadow_rate=0.0 if r is None else r.shadow_rate,
+                    rollout_id=None if r is None else r.id,
+                    step=None if r is None else r.step_index,
+                    store_raw_inputs=d.store_raw_inputs,
+                )
+            return table
+
+
+class PairRepository:
+    """Paired outputs. The bulk path is what the router's recorder uses; it is idempotent per request row."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def insert_many(self, records: Sequence[entities.PairRecord]) -> int:
+        """Store records in one transaction; rows whose (request_id, row_index) exist are skipped.
+
+        PostgreSQL: COPY (the fastest path); if a duplicate is met (a spool replay), fall back to a
+        multi-row INSERT ... ON CONFLICT DO NOTHING. SQLite: executemany of INSERT OR IGNORE.
+        Returns the number of rows actually inserted.
+        """
+        if not records:
+            return 0
+        sqlite = self.db.dialect == "sqlite"
+        rows = [_pair_tuple(r, sqlite=sqlite) for r in records]
+        if not sqlite:
+            return self._insert_postgres(rows)
+        return self._insert_sqlite(rows)
+
+    def _insert_sqlite(self, rows: list[tuple[Any, ...]]) -> int:
+        sql = (
+            f"INSERT OR IGNORE INTO paired_outputs ({', '.join(PAIR_COLUMNS)}) "
+            f"VALUES ({', '.join('?' for _ in PAIR_COLUMNS)})"
+        )
+        with self.db.connection() as conn:
+            before = conn.exec_driver_sql("SELECT total_changes()").scalar_one()
+            cursor = conn.connection.driver_connection.cursor()
+            cursor.executemany(sql, rows)
+            after = conn.exec_driver_sql("SELECT total_changes()").scalar_one()
+            return int(after - before)
+
+    def _insert_postgres(self, rows: list[tuple[Any, ...]]) -> int:
+        columns = ", ".join(PAIR_COLUMNS)
+        try:
+            with self.db.connection() as conn:
+                cursor = conn.connection.driver_connection.cursor()
+                with cursor.copy(f"COPY paired_outputs ({columns}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+                return len(rows)
+        except AlreadyExists:
+            pass  # some rows were stored before (a spool replay): take the slower, idempotent path
+        placeholders = ", ".join("%s" for _ in PAIR_COLUMNS)
+        with self.db.connection() as conn:
+            cursor = conn.connection.driver_connection.cursor()
+            inserted = 0
+            for chunk_start in range(0, len(rows), 500):
+                chunk = rows[chunk_start : chunk_start + 500]
+                values = ", ".join(f"({placeholders})" for _ in chunk)
+                cursor.execute(
+                    f"INSERT INTO paired_outputs ({columns}) VALUES {values} "
+                    "ON CONFLICT (request_id, row_index) DO NOTHING",
+                    [v for row in chunk for v in row],
+                )
+                inserted += cursor.rowcount
+            return inserted
+
+    def count(self, *, deployment_id: int | None = None, rollout_id: int | None = None) -> int:
+        with self.db.session() as s:
+            query = select(func.count()).select_from(PairedOutputRow)
+            if deployment_id is not None:
+                query = query.where(PairedOutputRow.deployment_id == deployment_id)
+            if rollout_id is not None:
+                query = query.where(PairedOutputRow.rollout_id == rollout_id)
+            return int(s.scalar(query) or 0)
+
+    def list(self, *, rollout_id: int | None = None, limit: int = 1000) -> list[entities.PairRecord]:
+        with self.db.session() as s:
+            query = select(PairedOutputRow).order_by(PairedOutputRow.id).limit(limit)
+            if rollout_id is not None:
+                query = query.where(PairedOutputRow.rollout_id == rollout_id)
+            return [r.to_entity() for r in s.scalars(query)]
+
+    def existing_request_ids(self, request_ids: Iterable[str]) -> set[str]:
+        ids = list(set(request_ids))
+        found: set[str] = set()
+        with self.db.session() as s:
+            for start in range(0, len(ids), 500):
+                found.update(
+                    s.scalars(
+                        select(PairedOutputRow.request_id).where(
+                            PairedOutputRow.request_id.in_(ids[start : start + 500])
+                        )
+                    )
+                )
+        return found
+
+    def prune(self, *, before: datetime, batch_size: int = 5000) -> int:
+        """Delete paired outputs received before a time, in short batches so writers never wait long."""
+        total = 0
+        while True:
+            with self.db.session() as s:
+                ids = list(
+                    s.scalars(select(PairedOutputRow.id).where(PairedOutputRow.received_at < before).limit(batch_size))
+                )
+                if not ids:
+                    return total
+                s.execute(delete(PairedOutputRow).where(PairedOutputRow.id.in_(ids)))
+                total += len(ids)
+
+
+def _json_text(value: Any) -> str | None:
+    """Serialise for a JSON column; NaN and infinities become null (jsonb refuses them)."""
+    if value is None:
+        return None
+    try:
+        return json.dumps(value, default=_json_default, allow_nan=False)
+    except ValueError:
+        return json.dumps(_json_safe(value))
+
+
+def _pair_tuple(record: entities.PairRecord, *, sqlite: bool) -> tuple[Any, ...]:
+    values: list[Any] = []
+    for name in PAIR_COLUMNS:
+        value = getattr(record, name)
+        if name in PAIR_JSON_COLUMNS:
+            value = _json_text(value)
+        elif name == "received_at":
+            value = value.astimezone(UTC).replace(tzinfo=None)
+            if sqlite:  # the text form SQLAlchemy's SQLite DateTime reads back
+                value = value.strftime("%Y-%m-%d %H:%M:%S.%f")
+        elif isinstance(value, float) and not math.isfinite(value):
+            value = None
+        values.append(value)
+    return tuple(values)
+
+
+class LabelRepository:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def upsert_many(
+        self, deployment_id: int, labels: Sequence[tuple[str, int, Any]], *, now: datetime | None = None
+    ) -> tuple[int, list[str]]:
+        """Store (request_id, row_index, label) triples; the last label for a request row wins.
+
+        Returns (stored, unknown request ids). Labels for request ids with no paired output in this
+        deployment are reported, not stored, so that a typo cannot poison the accuracy gate.
+        """
+        now = now or utcnow()
+        wanted = {rid for rid, _, _ in labels}
+        with self.db.session() as s:
+            known: set[tuple[str, int]] = set()
+            ids = list(wanted)
+            for start in range(0, len(ids), 500):
+                known.update(
+                    (rid, idx)
+                    for rid, idx in s.execute(
+                        select(PairedOutputRow.request_id, PairedOutputRow.row_index).where(
+                            PairedOutputRow.deployment_id == deployment_id,
+                            PairedOutputRow.request_id.in_(ids[start : start + 500]),
+                        )
+                    )
+                )
+            unknown = sorted({rid for rid, idx, _ in labels if (rid, idx) not in known})
+            stored = 0
+            for rid, idx, value in labels:
+                if (rid, idx) not in known:
+                    continue
+                label_class, label_value = _label_columns(value)
+                existing = s.get(LabelRow, (rid, idx))
+                if existing is None:
+                    s.add(
+                        LabelRow(
+                            request_id=rid,
+                            row_index=idx,
+                            deployment_id=deployment_id,
+                            label=_json_safe(value),
+                            label_class=label_class,
+                            label_value=label_value,
+                            received_at=now,
+                        )
+                    )
+                else:
+                    existing.label = _json_safe(value)
+                    existing.label_class, existing.label_value = label_class, label_value
+                    existing.received_at = now
+                stored += 1
+            return stored, unknown
+
+    def count(self, *, deployment_id: int | None = None) -> int:
+        with self.db.session() as s:
+            query = select(func.count()).select_from(LabelRow)
+            if deployment_id is not None:
+                query = query.where(LabelRow.deployment_id == deployment_id)
+            return int(s.scalar(query) or 0)
+
+    def get(self, request_id: str, row_index: int = 0) -> entities.Label:
+        with self.db.session() as s:
+            row = s.get(LabelRow, (request_id, row_index))
+            if row is None:
+                raise NotFound(f"no label for request {request_id!r} row {row_index}")
+            return row.to_entity()
+
+    def prune(self, *, before: datetime, batch_size: int = 5000) -> int:
+        total = 0
+        while True:
+            with self.db.session() as s:
+                keys = list(
+                    s.execute(
+                        select(LabelRow.request_id, LabelRow.row_index)
+                        .where(LabelRow.received_at < before)
+                        .limit(batch_size)
+                    )
+                )
+                if not keys:
+                    return total
+                s.execute(
+                    delete(LabelRow).where(
+                        or_(*[(LabelRow.request_id == rid) & (LabelRow.row_index == idx) for rid, idx in keys])
+                    )
+                )
+                total += len(keys)
+
+
+def _label_columns(value: Any) -> tuple[str | None, float | None]:
+    if isinstance(value, bool):
+        return str(value), float(value)
+    if isinstance(value, int | float):
+        number = float(value)
+        if not math.isfinite(number):
+            return None, None
+        text = str(int(number)) if number.is_integer() else repr(number)
+        return text, number
+    if isinstance(value, str):
+        try:
+            return value, float(value)
+        except ValueError:
+            return value, None
+    return None, None
+
+
+class EventRepository:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def add(self, new: entities.NewEvent, *, now: datetime | None = None) -> entities.Event:
+        with self.db.session() as s:
+            row = _add_event(s, new, now or utcnow())
+            s.flush()
+            return row.to_entity()
+
+    def list(
+        self,
+        *,
+        deployment_id: int | None = None,
+        rollout_id: int | None = None,
+        after_id: int = 0,
+        limit: int = 200,
+    ) -> list[entities.Event]:
+        with self.db.session() as s:
+            query = select(EventRow).where(EventRow.id > after_id).order_by(EventRow.id).limit(limit)
+            if deployment_id is not None:
+                query = query.where(EventRow.deployment_id == deployment_id)
+            if rollout_id is not None:
+                query = query.where(EventRow.rollout_id == rollout_id)
+            return [r.to_entity() for r in s.scalars(query)]
+
+
+class AnalysisRepository:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def add(
+        self,
+        *,
+        rollout_id: int,
+        step: int,
+        outcome: str,
+        verdicts: list[dict[str, Any]],
+        metrics: dict[str, Any],
+        now: datetime | None = None,
+    ) -> entities.Analysis:
+        with self.db.session() as s:
+            row = AnalysisRow(
+                rollout_id=rollout_id,
+                step=step,
+                evaluated_at=now or utcnow(),
+                outcome=outcome,
+                verdicts=_json_safe(verdicts) or [],
+                metrics=_json_safe(metrics) or {},
+            )
+            s.add(row)
+            s.flush()
+            return row.to_entity()
+
+    def list(self, rollout_id: int, *, limit: int = 10_000) -> list[entities.Analysis]:
+        with self.db.session() as s:
+            query = (
+                select(AnalysisRow).filter_by(rollout_id=rollout_id).order_by(AnalysisRow.evaluated_at).limit(limit)
+            )
+            return [r.to_entity() for r in s.scalars(query)]
+
+    def latest(self, rollout_id: int) -> entities.Analysis | None:
+        with self.db.session() as s:
+            row = s.scalar(
+                select(AnalysisRow).filter_by(rollout_id=rollout_id).order_by(AnalysisRow.id.desc()).limit(1)
+            )
+            return None if row is None else row.to_entity()
+
+
+ROLES = ("viewer", "operator")
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class TokenRepository:
+    """Bearer tokens: only their SHA-256 is stored; the plain token is shown once, at creation."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def create(self, name: str, role: str, *, event: entities.NewEvent | None = None) -> tuple[str, entities.ApiToken]:
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
+        token = "mlc_" + secrets.token_urlsafe(32)
+        now = utcnow()
+        with self.db.session() as s:
+            if s.scalar(select(ApiTokenRow.id).filter_by(name=name)) is not None:
+                raise AlreadyExists(f"a token named {name!r} exists already")
+            row = ApiTokenRow(name=name, role=role, token_hash=hash_token(token), created_at=now)
+            s.add(row)
+            if event is not None:
+                _add_event(s, event, now)
+            s.flush()
+            return token, row.to_entity()
+
+    def verify(self, token: str) -> entities.ApiToken | None:
+        """Return the live token matching this secret, or None. Compared in constant time."""
+        digest = hash_token(token)
+        with self.db.session() as s:
+            row = s.scalar(select(ApiTokenRow).filter_by(token_hash=digest))
+            if row is None or not hmac.compare_digest(row.token_hash, digest) or row.revoked_at is not None:
+                return None
+            return row.to_entity()
+
+    def revoke(self, name: str, *, event: entities.NewEvent | None = None) -> entities.ApiToken:
+        now = utcnow()
+        with self.db.session() as s:
+            row = s.scalar(select(ApiTokenRow).filter_by(name=name))
+            if row is None:
+                raise NotFound(f"no token named {name!r}")
+            if row.revoked_at is None:
+                row.revoked_at = now
+            if event is not None:
+                _add_event(s, event, now)
+            s.flush()
+            return row.to_entity()
+
+    def list(self) -> list[entities.ApiToken]:
+        with self.db.session() as s:
+            return [r.to_entity() for r in s.scalars(select(ApiTokenRow).order_by(ApiTokenRow.id))]
+
+
+class Store:
+    """Every repository over one database."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.pipelines = PipelineRepository(db)
+        self.deployments = DeploymentRepository(db)
+        self.rollouts = RolloutRepository(db)
+        self.routing = RoutingRepository(db)
+        self.pairs = PairRepository(db)
+        self.labels = LabelRepository(db)
+        self.events = EventRepository(db)
+        self.analyses = AnalysisRepository(db)
+        self.tokens = TokenRepository(db)
+
+

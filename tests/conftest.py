@@ -1,0 +1,96 @@
+"""Shared fixtures: databases (SQLite and PostgreSQL, schema from the migrations), fitted pipelines."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from dbtools import truncate_postgres
+
+from storage import Database, Store
+from storage import schema as db_schema
+
+PG_ADMIN_URL = os.environ.get("MLCANARY_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _postgres_reason() -> str | None:
+    """None if PostgreSQL answers, else why not."""
+    import psycopg
+
+    try:
+        with psycopg.connect(PG_ADMIN_URL, connect_timeout=3):
+            return None
+    except psycopg.Error as error:
+        return f"PostgreSQL at {PG_ADMIN_URL} does not answer ({str(error).strip().splitlines()[0]})"
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, migrated to head, dropped at the end."""
+    reason = _postgres_reason()
+    if reason:
+        if IN_CI:
+            pytest.fail(f"{reason}; under CI=true PostgreSQL is required", pytrace=False)
+        pytest.skip(f"{reason}; set MLCANARY_TEST_PG_URL or start PostgreSQL to run these tests")
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    name = f"mlcanary_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    db = Database(url)
+    db_schema.upgrade(db)
+    db.dispose()
+    yield url
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated to head once; each test copies it."""
+    path = tmp_path_factory.mktemp("sqlite-template") / "template.db"
+    db = Database(f"sqlite:///{path}")
+    db_schema.upgrade(db)
+    with db.engine.connect() as conn:
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.dispose()
+    return path
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A migrated, empty database: every storage test runs once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        path = tmp_path / "mlcanary.db"
+        shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+        return f"sqlite:///{path}"
+    url: str = request.getfixturevalue("postgres_url")
+    truncate_postgres(url)
+    return url
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Database]:
+    database = Database(database_url)
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def store(db: Database) -> Store:
+    return Store(db)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path, sqlite_template: Path) -> str:
+    """A migrated SQLite database only (for tests that are not about storage)."""
+    path = tmp_path / "mlcanary.db"
+    shutil.copyfile(sqlite_template, path)
+    return f"sqlite:///{path}"
