@@ -1,0 +1,636 @@
+"""Turn the sufficient statistics of one rollout step into verdicts and one judgement.
+
+Pure: ``judge(metrics, policy) -> Judgement`` reads nothing but its arguments. The controller loop
+aggregates paired rows into a ``StepMetrics`` (counts, sums, sums of squares, histograms — SQL
+aggregates, never all history) and acts on ``Judgement.decision``.
+
+Gates and what "pass" / "fail" mean
+-----------------------------------
+Every gate asks one question with a margin from the policy and answers it with a one-sided
+*confidence sequence* at level ``policy.alpha`` (``controller.stats.confidence_sequence``), which stays
+valid however often the controller looks:
+
+* ``pass``: the bound on the good side proves the challenger is not worse than the margin
+  (non-inferiority);
+* ``fail``: the bound on the bad side proves it is worse than the margin (harm). For gates with an
+  always-valid p-value the harm p-values of all required and guardrail gates are Holm-adjusted together
+  and a gate fails only when its adjusted p-value is <= alpha;
+* ``inconclusive``: neither yet; ``no-data``: below the gate's burn-in (``min_samples``) or no
+  measurements of that kind.
+
+A tolerated degradation inside the margin is not harm. Outcomes are ordered best to worst
+``pass < inconclusive < no-data < fail`` (as Argo Rollouts: worst wins when combining; no data is worse
+than an undecided measurement because it says nothing at all, and failure is worst).
+
+Roles: ``required`` gates must all pass to promote (an intersection–union test, so no multiplicity
+adjustment is needed for promotion); ``guardrail`` gates need not pass but their failure means harm;
+``informational`` gates are reported only. Vetoes — sample-ratio mismatch in canary mode and the hard
+SLOs on the challenger's absolute error rate and p99 latency — override everything.
+
+Decision, in priority order: ``veto`` (any veto fails) > ``rollback`` (any required or guardrail gate
+fails) > ``promote`` (every required gate passes, at least one required gate) > ``continue``.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from controller import stats
+
+Role = Literal["required", "guardrail", "informational"]
+Mode = Literal["shadow", "canary"]
+Decision = Literal["promote", "rollback", "veto", "continue"]
+
+__all__ = [
+    "GateSpec",
+    "Histogram",
+    "Judgement",
+    "JudgePolicy",
+    "Moments",
+    "Outcome",
+    "PairedCounts",
+    "Proportion",
+    "StepMetrics",
+    "Summary",
+    "Verdict",
+    "judge",
+]
+
+
+class Outcome(enum.IntEnum):
+    """Result of one gate, ordered best to worst; combining takes the maximum (the worst)."""
+
+    PASS = 0
+    INCONCLUSIVE = 1
+    NO_DATA = 2
+    FAIL = 3
+
+    @property
+    def label(self) -> str:
+        return {0: "pass", 1: "inconclusive", 2: "no-data", 3: "fail"}[int(self)]
+
+    @staticmethod
+    def worst(outcomes: Sequence[Outcome]) -> Outcome:
+        return max(outcomes, default=Outcome.NO_DATA)
+
+
+# --------------------------------------------------------------------------------------------------
+# Sufficient statistics
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Proportion:
+    """``count`` events out of ``n`` trials (errors of n requests, correct of n labelled rows)."""
+
+    n: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.count <= self.n:
+            raise ValueError(f"need 0 <= count <= n, got count={self.count}, n={self.n}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PairedCounts:
+    """Discordance of a binary outcome over ``n`` pairs in which both arms ran on the same request.
+
+    ``worse``: pairs where the challenger is bad and the champion good (challenger errored alone /
+    champion right and challenger wrong), McNemar's b. ``better``: the opposite, McNemar's c.
+    """
+
+    n: int
+    worse: int
+    better: int
+
+    def __post_init__(self) -> None:
+        if min(self.n, self.worse, self.better) < 0 or self.worse + self.better > self.n:
+            raise ValueError("need 0 <= worse + better <= n")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Moments:
+    """Count, sum and sum of squares of a quantity: enough for its mean and variance."""
+
+    n: int
+    total: float
+    total_sq: float
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.n if self.n else math.nan
+
+    @property
+    def variance(self) -> float:
+        if self.n < 2:
+            return math.nan
+        return max((self.total_sq - self.total * self.total / self.n) / (self.n - 1), 0.0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Histogram:
+    """Counts per bucket [edges[i], edges[i+1]) for the champion and the challenger on shared edges.
+
+    Latencies use ``stats.latency_edges()``; predicted classes use one bucket per class (edges 0..k).
+    """
+
+    edges: tuple[float, ...]
+    champion: tuple[int, ...]
+    challenger: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if not len(self.champion) == len(self.challenger) == len(self.edges) - 1:
+            raise ValueError("a histogram needs len(edges) - 1 counts per arm")
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepMetrics:
+    """Sufficient statistics of one rollout step, cumulative since the step (or rollout) began.
+
+    ``champion`` / ``challenger``: requests each arm handled and how many failed. ``challenger_weight``:
+    the configured challenger share of traffic (canary; enables the SRM veto). ``paired_errors``:
+    error discordance over shadow pairs. ``agreement``: pairs compared (n) and identical predictions
+    (count), classification. ``paired_correct``: correctness discordance over labelled pairs (shadow).
+    ``champion_correct`` / ``challenger_correct``: labelled rows and correct ones per arm (canary).
+    ``abs_error_difference``: moments of |challenger - label| - |champion - label| over labelled pairs
+    (shadow regression). ``champion_abs_error`` / ``challenger_abs_error``: moments of each arm's
+    absolute error (champion's gives the MAE baseline; both are used in canary mode). ``latency``:
+    latency histograms. ``outputs``: histograms of predictions (class counts or binned values).
+    Absent fields make their gates report no-data.
+    """
+
+    mode: Mode
+    champion: Proportion
+    challenger: Proportion
+    challenger_weight: float | None = None
+    paired_errors: PairedCounts | None = None
+    agreement: Proportion | None = None
+    paired_correct: PairedCounts | None = None
+    champion_correct: Proportion | None = None
+    challenger_correct: Proportion | None = None
+    abs_error_difference: Moments | None = None
+    champion_abs_error: Moments | None = None
+    challenger_abs_error: Moments | None = None
+    latency: Histogram | None = None
+    outputs: Histogram | None = None
+
+
+# --------------------------------------------------------------------------------------------------
+# Policy
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class GateSpec:
+    """Configuration of one gate. ``margin``'s meaning depends on the gate (see ``JudgePolicy``)."""
+
+    role: Role = "guardrail"
+    margin: float = 0.0
+    min_samples: int = 100
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        if self.role not in ("required", "guardrail", "informational"):
+            raise ValueError(f"unknown gate role {self.role!r}")
+        if self.margin < 0 or self.min_samples < 0:
+            raise ValueError("margin and min_samples must be non-negative")
+
+
+@dataclass(frozen=True, kw_only=True)
+class JudgePolicy:
+    """Everything the judge needs to know about thresholds. Plain data, built by ``controller.policy``.
+
+    Margins: ``error_rate`` absolute increase of the error rate tolerated; ``latency_p99`` tolerated
+    ratio challenger p99 / champion p99 (e.g. 1.2); ``agreement`` minimum share of identical
+    predictions (e.g. 0.9); ``accuracy`` absolute accuracy drop tolerated (0.01 = one point);
+    ``regression`` relative MAE increase tolerated (0.05 = 5%); ``drift`` PSI above which outputs have
+    drifted (0.2). ``n_star``: the sample size at which the confidence sequences are tightest.
+    ``srm_alpha``: level of the sample-ratio-mismatch chi-square test. ``error_rate_slo``: hard ceiling of
+    the challenger's error rate; ``latency_p99_slo_ms``: hard ceiling of its p99 — both vetoes once the
+    confidence sequence proves the breach.
+    """
+
+    alpha: float = 0.05
+    n_star: float = 5000.0
+    srm_alpha: float = 0.001
+    error_rate_slo: float | None = None
+    latency_p99_slo_ms: float | None = None
+    slo_min_samples: int = 100
+    error_rate: GateSpec = field(default_factory=lambda: GateSpec(role="guardrail", margin=0.0, min_samples=200))
+    latency_p99: GateSpec = field(default_factory=lambda: GateSpec(role="guardrail", margin=1.2, min_samples=1000))
+    agreement: GateSpec = field(default_factory=lambda: GateSpec(role="informational", margin=0.9, min_samples=200))
+    accuracy: GateSpec = field(default_factory=lambda: GateSpec(role="required", margin=0.01, min_samples=200))
+    regression: GateSpec = field(default_factory=lambda: GateSpec(role="required", margin=0.05, min_samples=200))
+    drift: GateSpec = field(default_factory=lambda: GateSpec(role="informational", margin=0.2, min_samples=500))
+    summary_pass: float = 0.75
+    summary_marginal: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.alpha < 0.5 or not 0.0 < self.srm_alpha < 0.5:
+            raise ValueError("alpha and srm_alpha must lie in (0, 0.5)")
+        if self.n_star <= 0:
+            raise ValueError("n_star must be positive")
+        if self.latency_p99.margin < 1.0:
+            raise ValueError("the latency margin is a ratio >= 1")
+
+
+# --------------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One gate's answer with everything needed to explain it.
+
+    ``effect``: the observed effect in the gate's natural unit (difference, ratio, share, PSI);
+    ``bound``: the confidence-sequence bound that decided (the good-side bound unless the gate failed);
+    ``statistic``: a z-like standardised distance from the margin (positive = towards harm);
+    ``p_value``: the always-valid harm p-value after Holm, when the gate has one.
+    """
+
+    gate: str
+    role: str
+    outcome: Outcome
+    statistic: float
+    bound: float
+    effect: float
+    margin: float
+    n_champion: int
+    n_challenger: int
+    reason: str
+    p_value: float | None = None
+    interval: stats.Interval | None = None
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Kayenta-style score: share of decided gates that pass. DESCRIPTIVE ONLY — never used to decide."""
+
+    score: float
+    band: Literal["pass", "marginal", "fail", "no-data"]
+    passing: int
+    counted: int
+    descriptive: bool = True
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """Combined result of one step: the decision, the combined outcome, every verdict and a summary."""
+
+    decision: Decision
+    outcome: Outcome
+    verdicts: tuple[Verdict, ...]
+    reason: str
+    summary: Summary
+
+    @property
+    def promote_eligible(self) -> bool:
+        return self.decision == "promote"
+
+    @property
+    def harm(self) -> bool:
+        return self.decision == "rollback"
+
+    @property
+    def veto(self) -> bool:
+        return self.decision == "veto"
+
+
+# --------------------------------------------------------------------------------------------------
+# Gate evaluation
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Draft:
+    """A verdict before Holm: outcome decided except for harm, which needs the adjusted p-value."""
+
+    verdict: Verdict
+    harm_p: float | None = None  # raw always-valid harm p-value
+    describe: str = ""
+    fail_bound: float = math.nan
+    fail_reason: str = ""
+
+
+def _no_data(gate: str, spec: GateSpec, reason: str, n1: int = 0, n2: int = 0, margin: float | None = None) -> _Draft:
+    return _Draft(
+        Verdict(gate, spec.role, Outcome.NO_DATA, math.nan, math.nan, math.nan,
+                spec.margin if margin is None else margin, n1, n2, reason)
+    )
+
+
+def _bernoulli_se(count: float, n: float) -> float:
+    """Standard error of a share with one pseudo-success and one pseudo-failure (small-sample guard)."""
+    p = (count + 1.0) / (n + 2.0)
+    return math.sqrt(p * (1.0 - p) / n)
+
+
+def _paired_se(pc: PairedCounts) -> float:
+    """Standard error of (worse - better)/n with one pseudo-count in each discordant cell."""
+    n = pc.n
+    d = (pc.worse - pc.better) / n
+    var = (pc.worse + pc.better + 2.0) / (n + 2.0) - d * d
+    return math.sqrt(max(var, 1e-12) / n)
+
+
+def _harm_gate(
+    gate: str,
+    spec: GateSpec,
+    policy: JudgePolicy,
+    *,
+    harm: float,
+    se: float,
+    n_cs: float,
+    limit: float,
+    n1: int,
+    n2: int,
+    describe: str,
+    offset: float = 0.0,
+    scale: float = 1.0,
+    effect: float | None = None,
+) -> _Draft:
+    """Decide a gate where larger ``harm`` is worse and ``limit`` is the tolerated harm.
+
+    Pass when the one-sided upper bound of ``harm`` is below ``limit``; the harm p-value tests
+    H0: harm <= limit. ``offset + scale * x`` maps harm-scale numbers to the gate's natural unit
+    (accuracy difference, agreement share, relative MAE change) for the verdict and its reason.
+    """
+    upper = stats.confidence_sequence(harm, se, n_cs, alpha=policy.alpha, n_star=policy.n_star, side="lesser").upper
+    lower = stats.confidence_sequence(harm, se, n_cs, alpha=policy.alpha, n_star=policy.n_star, side="greater").lower
+    p = stats.confidence_sequence_p_value(harm, se, n_cs, null=limit, alpha=policy.alpha, n_star=policy.n_star,
+                                          side="greater")
+    statistic = (harm - limit) / se if se > 0 else (math.copysign(math.inf, harm - limit) if harm != limit else 0.0)
+
+    def show(x: float) -> float:
+        return float(offset + scale * x)
+
+    good, bad, lim = show(upper), show(lower), show(limit)
+    good_cmp = f"lower bound {good:.4g} > {lim:.4g}" if scale < 0 else f"upper bound {good:.4g} < {lim:.4g}"
+    bad_cmp = f"upper bound {bad:.4g} < {lim:.4g}" if scale < 0 else f"lower bound {bad:.4g} > {lim:.4g}"
+    if upper < limit:
+        outcome, why = Outcome.PASS, f"non-inferior: {describe}, {good_cmp}"
+    else:
+        outcome, why = Outcome.INCONCLUSIVE, f"inconclusive: {describe}, bounds {min(good, bad):.4g}..{max(good, bad):.4g} " \
+                                             f"include {lim:.4g}"
+    verdict = Verdict(gate, spec.role, outcome, float(statistic), good, show(harm) if effect is None else effect, spec.margin, n1, n2, why,
+                      p_value=p.p_value, interval=stats.Interval(min(good, bad), max(good, bad)))
+    return _Draft(verdict, harm_p=p.p_value, describe=describe, fail_bound=bad, fail_reason=bad_cmp)
+
+
+def _error_rate(m: StepMetrics, policy: JudgePolicy) -> _Draft:
+    spec = policy.error_rate
+    n1, n2 = m.champion.n, m.challenger.n
+    if m.paired_errors is not None:
+        pe = m.paired_errors
+        if pe.n < spec.min_samples:
+            return _no_data("error_rate", spec, f"burn-in: {pe.n} of {spec.min_samples} pairs", pe.n, pe.n)
+        diff = (pe.worse - pe.better) / pe.n
+        se, n_cs, n1, n2 = _paired_se(pe), float(pe.n), pe.n, pe.n
+        how = "paired"
+    else:
+        if min(n1, n2) < spec.min_samples:
+            return _no_data("error_rate", spec, f"burn-in: {min(n1, n2)} of {spec.min_samples} requests", n1, n2)
+        diff = m.challenger.count / n2 - m.champion.count / n1
+        se = math.sqrt(_bernoulli_se(m.challenger.count, n2) ** 2 + _bernoulli_se(m.champion.count, n1) ** 2)
+        n_cs = float(n1 + n2)
+        how = "unpaired"
+    return _harm_gate("error_rate", spec, policy, harm=diff, se=se, n_cs=n_cs, limit=spec.margin, n1=n1, n2=n2,
+                      describe=f"error rate difference {diff:+.4g} ({how})")
+
+
+def _accuracy(m: StepMetrics, policy: JudgePolicy) -> _Draft:
+    spec = policy.accuracy
+    if m.paired_correct is not None:
+        pc = m.paired_correct
+        if pc.n < spec.min_samples:
+            return _no_data("accuracy", spec, f"burn-in: {pc.n} of {spec.min_samples} labelled pairs", pc.n, pc.n)
+        loss = (pc.worse - pc.better) / pc.n  # champion accuracy minus challenger accuracy
+        se, n_cs, n1, n2, how = _paired_se(pc), float(pc.n), pc.n, pc.n, "paired"
+    elif m.champion_correct is not None and m.challenger_correct is not None:
+        a, b = m.champion_correct, m.challenger_correct
+        if min(a.n, b.n) < spec.min_samples:
+            return _no_data("accuracy", spec, f"burn-in: {min(a.n, b.n)} of {spec.min_samples} labelled rows", a.n, b.n)
+        loss = a.count / a.n - b.count / b.n
+        se = math.sqrt(_bernoulli_se(a.count, a.n) ** 2 + _bernoulli_se(b.count, b.n) ** 2)
+        n_cs, n1, n2, how = float(a.n + b.n), a.n, b.n, "unpaired"
+    else:
+        return _no_data("accuracy", spec, "no labelled outcomes yet")
+    return _harm_gate("accuracy", spec, policy, harm=loss, se=se, n_cs=n_cs, limit=spec.margin, n1=n1, n2=n2,
+                      scale=-1.0, describe=f"accuracy difference {-loss:+.4g} ({how})")
+
+
+def _regression(m: StepMetrics, policy: JudgePolicy) -> _Draft:
+    spec = policy.regression
+    base = m.champion_abs_error
+    if base is None or base.n == 0:
+        return _no_data("regression", spec, "no labelled regression outcomes yet")
+    mae = base.mean
+    if m.abs_error_difference is not None:
+        d = m.abs_error_difference
+        if d.n < spec.min_samples:
+            return _no_data("regression", spec, f"burn-in: {d.n} of {spec.min_samples} labelled pairs", d.n, d.n)
+        diff, se, n_cs, n1, n2, how = d.mean, math.sqrt(d.variance / d.n), float(d.n), d.n, d.n, "paired"
+    elif m.challenger_abs_error is not None:
+        c = m.challenger_abs_error
+        if min(base.n, c.n) < spec.min_samples:
+            return _no_data("regression", spec, f"burn-in: {min(base.n, c.n)} of {spec.min_samples} labelled rows",
+                            base.n, c.n)
+        diff = c.mean - mae
+        se = math.sqrt(c.variance / c.n + base.variance / base.n)
+        n_cs, n1, n2, how = float(base.n + c.n), base.n, c.n, "unpaired"
+    else:
+        return _no_data("regression", spec, "no labelled challenger errors yet")
+    limit = spec.margin * mae  # the champion's MAE is treated as known: a plug-in approximation
+    rel = diff / mae if mae > 0 else math.inf
+    return _harm_gate("regression", spec, policy, harm=diff, se=se, n_cs=n_cs, limit=limit, n1=n1, n2=n2,
+                      scale=1.0 / mae if mae > 0 else 1.0, describe=f"MAE change {rel:+.2%} ({how})")
+
+
+def _agreement(m: StepMetrics, policy: JudgePolicy) -> _Draft:
+    spec = policy.agreement
+    if m.agreement is None:
+        return _no_data("agreement", spec, "no compared predictions")
+    a = m.agreement
+    if a.n < spec.min_samples:
+        return _no_data("agreement", spec, f"burn-in: {a.n} of {spec.min_samples} pairs", a.n, a.n)
+    share = a.count / a.n
+    disagree = 1.0 - share
+    return _harm_gate("agreement", spec, policy, harm=disagree, se=_bernoulli_se(a.count, a.n), n_cs=float(a.n),
+                      limit=1.0 - spec.margin, n1=a.n, n2=a.n, offset=1.0, scale=-1.0,
+                      describe=f"agreement {share:.4g} vs minimum {spec.margin:.4g}")
+
+
+def _latency(m: StepMetrics, policy: JudgePolicy) -> _Draft:
+    spec = policy.latency_p99
+    h = m.latency
+    if h is None:
+        return _no_data("latency_p99", spec, "no latency histogram")
+    n1, n2 = int(sum(h.champion)), int(sum(h.challenger))
+    if min(n1, n2) < spec.min_samples:
+        return _no_data("latency_p99", spec, f"burn-in: {min(n1, n2)} of {spec.min_samples} requests", n1, n2)
+    p99_champ = stats.quantile_from_histogram(h.champion, h.edges, 0.99)
+    p99_chal = stats.quantile_from_histogram(h.challenger, h.edges, 0.99)
+    threshold = spec.margin * p99_champ
+    above = stats.share_above(h.challenger, h.edges, threshold)
+    share = above / n2
+    draft = _harm_gate("latency_p99", spec, policy, harm=share, se=_bernoulli_se(above, n2), n_cs=float(n2),
+                       limit=0.01, n1=n1, n2=n2, effect=p99_chal / p99_champ if p99_champ > 0 else math.inf,
+                       describe=f"p99 ratio {p99_chal / p99_champ:.3g} ({p99_chal:.4g} vs {p99_champ:.4g} ms); "
+                                f"share of challenger requests above {spec.margin:g} x champion p99 "
+                                f"({threshold:.4g} ms) = {share:.3%}, must stay under 1%")
+    return draft
+
+
+def _drift(m: StepMetrics, policy: JudgePolicy) -> _Draft:
+    spec = policy.drift
+    h = m.outputs
+    if h is None:
+        return _no_data("drift", spec, "no output histogram")
+    n1, n2 = int(sum(h.champion)), int(sum(h.challenger))
+    if min(n1, n2) < spec.min_samples:
+        return _no_data("drift", spec, f"burn-in: {min(n1, n2)} of {spec.min_samples} outputs", n1, n2)
+    r = stats.psi_from_counts(h.champion, h.challenger)
+    stat = r.psi / (1.0 / n1 + 1.0 / n2)
+    if r.psi <= spec.margin:
+        outcome, why = Outcome.PASS, f"PSI {r.psi:.4g} <= {spec.margin:.4g}"
+    elif r.psi > r.threshold:
+        outcome, why = Outcome.FAIL, f"drift: PSI {r.psi:.4g} > {spec.margin:.4g} and above noise {r.threshold:.4g}"
+    else:
+        outcome, why = Outcome.INCONCLUSIVE, f"PSI {r.psi:.4g} > {spec.margin:.4g} but within noise {r.threshold:.4g}"
+    v = Verdict("drift", spec.role, outcome, stat, r.threshold, r.psi, spec.margin, n1, n2, why)
+    return _Draft(v)
+
+
+def _vetoes(m: StepMetrics, policy: JudgePolicy) -> list[Verdict]:
+    out: list[Verdict] = []
+    n1, n2 = m.champion.n, m.challenger.n
+    if m.mode == "canary" and m.challenger_weight is not None:
+        w = m.challenger_weight
+        if n1 + n2 == 0:
+            out.append(Verdict("srm", "veto", Outcome.NO_DATA, math.nan, policy.srm_alpha, math.nan, w, n1, n2,
+                               "no traffic yet"))
+        else:
+            r = stats.srm_test([n1, n2], [1.0 - w, w], alpha=policy.srm_alpha)
+            share = n2 / (n1 + n2)
+            bad = r.p_value < policy.srm_alpha
+            why = (f"sample-ratio mismatch: challenger share {share:.4f} vs {w:.4f}, p = {r.p_value:.3g}" if bad
+                   else f"split as configured: challenger share {share:.4f} vs {w:.4f}, p = {r.p_value:.3g}")
+            out.append(Verdict("srm", "veto", Outcome.FAIL if bad else Outcome.PASS, r.statistic, policy.srm_alpha,
+                               share, w, n1, n2, why, p_value=r.p_value))
+    if policy.error_rate_slo is not None:
+        slo = policy.error_rate_slo
+        if n2 < policy.slo_min_samples:
+            out.append(Verdict("error_rate_slo", "veto", Outcome.NO_DATA, math.nan, math.nan, math.nan, slo, n1, n2,
+                               f"burn-in: {n2} of {policy.slo_min_samples} requests"))
+        else:
+            rate = m.challenger.count / n2
+            se = _bernoulli_se(m.challenger.count, n2)
+            lower = stats.confidence_sequence(rate, se, n2, alpha=policy.alpha, n_star=policy.n_star, side="greater").lower
+            bad = lower > slo
+            out.append(Verdict("error_rate_slo", "veto", Outcome.FAIL if bad else Outcome.PASS, (rate - slo) / se,
+                               lower, rate, slo, n1, n2,
+                               f"challenger error rate {rate:.4g}, lower bound {lower:.4g} "
+                               f"{'>' if bad else '<='} SLO {slo:.4g}"))
+    if policy.latency_p99_slo_ms is not None and m.latency is not None:
+        slo_ms = policy.latency_p99_slo_ms
+        h = m.latency
+        k2 = int(sum(h.challenger))
+        if k2 < policy.slo_min_samples:
+            out.append(Verdict("latency_p99_slo", "veto", Outcome.NO_DATA, math.nan, math.nan, math.nan, slo_ms,
+                               int(sum(h.champion)), k2, f"burn-in: {k2} of {policy.slo_min_samples} requests"))
+        else:
+            above = stats.share_above(h.challenger, h.edges, slo_ms)
+            share, se = above / k2, _bernoulli_se(above, k2)
+            lower = stats.confidence_sequence(share, se, k2, alpha=policy.alpha, n_star=policy.n_star,
+                                              side="greater").lower
+            bad = lower > 0.01
+            p99 = stats.quantile_from_histogram(h.challenger, h.edges, 0.99)
+            out.append(Verdict("latency_p99_slo", "veto", Outcome.FAIL if bad else Outcome.PASS, (share - 0.01) / se,
+                               lower, p99, slo_ms, int(sum(h.champion)), k2,
+                               f"challenger p99 {p99:.4g} ms; {share:.2%} above the {slo_ms:.4g} ms SLO "
+                               f"(lower bound {lower:.2%} {'>' if bad else '<='} 1%)"))
+    return out
+
+
+_GATES = {
+    "error_rate": _error_rate,
+    "latency_p99": _latency,
+    "agreement": _agreement,
+    "accuracy": _accuracy,
+    "regression": _regression,
+    "drift": _drift,
+}
+
+
+def _enabled(policy: JudgePolicy, name: str) -> bool:
+    spec: GateSpec = getattr(policy, name)
+    return spec.enabled
+
+
+# --------------------------------------------------------------------------------------------------
+# Combination
+# --------------------------------------------------------------------------------------------------
+
+
+def judge(metrics: StepMetrics, policy: JudgePolicy) -> Judgement:
+    """Judge one rollout step: evaluate every enabled gate and combine the verdicts into a decision.
+
+    Harm p-values (always valid, from the confidence sequences) of all required and guardrail gates
+    are Holm-adjusted together; a gate fails when its adjusted p-value is <= ``policy.alpha``.
+    See the module docstring for the order of outcomes and the decision rules.
+    """
+    drafts = [_GATES[name](metrics, policy) for name in _GATES if _enabled(policy, name)]
+    family = [i for i, d in enumerate(drafts) if d.harm_p is not None and d.verdict.role != "informational"]
+    adjusted = stats.holm([float(drafts[i].harm_p or 1.0) for i in family]) if family else np.array([])
+    verdicts: list[Verdict] = []
+    for i, d in enumerate(drafts):
+        v = d.verdict
+        if d.harm_p is not None:
+            p_adj = float(adjusted[family.index(i)]) if i in family else d.harm_p
+            if p_adj <= policy.alpha:
+                why = f"harm: {d.describe}, {d.fail_reason}, Holm-adjusted p = {p_adj:.3g}"
+                v = Verdict(v.gate, v.role, Outcome.FAIL, v.statistic, d.fail_bound, v.effect, v.margin, v.n_champion,
+                            v.n_challenger, why, p_value=p_adj, interval=v.interval)
+            else:
+                v = Verdict(v.gate, v.role, v.outcome, v.statistic, v.bound, v.effect, v.margin, v.n_champion,
+                            v.n_challenger, v.reason, p_value=p_adj, interval=v.interval)
+        verdicts.append(v)
+    verdicts.extend(_vetoes(metrics, policy))
+
+    vetoed = [v for v in verdicts if v.role == "veto" and v.outcome == Outcome.FAIL]
+    harmed = [v for v in verdicts if v.role in ("required", "guardrail") and v.outcome == Outcome.FAIL]
+    required = [v for v in verdicts if v.role == "required"]
+    deciding = required + [v for v in verdicts if v.role != "informational" and v.outcome == Outcome.FAIL]
+    outcome = Outcome.worst([v.outcome for v in deciding]) if deciding else Outcome.NO_DATA
+
+    decision: Decision
+    if vetoed:
+        decision, reason = "veto", "veto: " + "; ".join(f"{v.gate}: {v.reason}" for v in vetoed)
+    elif harmed:
+        decision, reason = "rollback", "harm: " + "; ".join(f"{v.gate}: {v.reason}" for v in harmed)
+    elif required and all(v.outcome == Outcome.PASS for v in required):
+        decision, reason = "promote", "every required gate is non-inferior: " + ", ".join(v.gate for v in required)
+    else:
+        waiting = [f"{v.gate} {v.outcome.label}" for v in required if v.outcome != Outcome.PASS]
+        decision = "continue"
+        reason = "continue: " + (", ".join(waiting) if waiting else "no required gate configured")
+    return Judgement(decision, outcome, tuple(verdicts), reason, _summary(verdicts, policy))
+
+
+def _summary(verdicts: Sequence[Verdict], policy: JudgePolicy) -> Summary:
+    counted = [v for v in verdicts if v.outcome != Outcome.NO_DATA]
+    if not counted:
+        return Summary(math.nan, "no-data", 0, 0)
+    passing = sum(v.outcome == Outcome.PASS for v in counted)
+    score = passing / len(counted)
+    band: Literal["pass", "marginal", "fail"] = (
+        "pass" if score >= policy.summary_pass else "marginal" if score >= policy.summary_marginal else "fail"
+    )
+    return Summary(score, band, passing, len(counted))

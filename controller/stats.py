@@ -1,0 +1,875 @@
+"""Pure statistics for judging a champion against a challenger.
+
+Everything here is numpy/scipy only: no web, database, clock or global random state. Functions take
+plain numbers or arrays and return small frozen dataclasses, so the judge (``controller.judge``) and the
+benchmarks can call them on sufficient statistics or, where noted, on whole numpy arrays at once.
+
+Sign conventions used throughout
+--------------------------------
+* Paired correctness tables: ``b`` = pairs where the **champion is right and the challenger wrong**
+  (the challenger loses), ``c`` = pairs where the **champion is wrong and the challenger right** (the
+  challenger wins). The challenger-minus-champion accuracy difference is ``(c - b) / n``.
+* A non-inferiority ``margin`` is a positive number: how much *worse* the challenger may be. The null
+  hypothesis of a non-inferiority test is "the challenger is worse by at least the margin".
+* "greater" / "lesser" sides follow GrowthBook: a one-sided "greater" interval is ``[lower, +inf)`` and
+  tests whether the quantity is greater than a null value, "lesser" is ``(-inf, upper]``.
+
+Library differences that are pinned by tests (see ``tests/unit/test_stats.py``)
+------------------------------------------------------------------------------
+* McNemar: R's ``mcnemar.test`` defaults to the continuity-corrected chi-square, statsmodels to the
+  exact binomial test. Here ``method`` is required, there is no default.
+* Wilcoxon signed-rank: we report R's ``V`` = W+ (sum of ranks of positive differences) for every
+  alternative; SciPy reports min(W+, W-) for the two-sided test. The exact null distribution is used
+  for n < 50 without ties or zeros, otherwise the normal approximation *with* continuity correction
+  (R's default ``correct = TRUE``; SciPy's default is no correction).
+* Jensen–Shannon: SciPy's ``jensenshannon`` returns the *distance* (square root of the divergence)
+  in nats. ``jensen_shannon`` here returns both the divergence and the distance, in bits (base 2), so
+  the divergence lies in [0, 1].
+* ``scipy.stats.chisquare`` wants expected counts; ``srm_test`` takes weights and scales them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+from scipy import stats as sps
+
+ArrayLike = npt.ArrayLike
+FloatArray = npt.NDArray[np.float64]
+Side = Literal["two-sided", "greater", "lesser"]
+Alternative = Literal["two-sided", "greater", "less"]
+
+__all__ = [
+    "AgreementResult",
+    "ConfidenceSequencePValue",
+    "Interval",
+    "KappaResult",
+    "LatencyComparison",
+    "MeanDifference",
+    "MsprtResult",
+    "PairsPlan",
+    "PsiResult",
+    "TestResult",
+    "agreement",
+    "barnard_exact_test",
+    "cohen_kappa",
+    "confidence_sequence",
+    "confidence_sequence_p_value",
+    "fisher_exact_test",
+    "histogram_counts",
+    "holm",
+    "jensen_shannon",
+    "ks_test",
+    "latency_edges",
+    "latency_quantile_ratio",
+    "mann_whitney",
+    "mcnemar",
+    "mcnemar_sample_size",
+    "msprt_statistic",
+    "newcombe_interval",
+    "paired_mean_difference",
+    "plan_labelled_pairs",
+    "psi",
+    "psi_from_counts",
+    "quantile_from_histogram",
+    "srm_test",
+    "tango_noninferiority",
+    "two_proportion_score_test",
+    "welch_t",
+    "wilcoxon_signed_rank",
+    "wilson_interval",
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# Result types
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A closed interval; either end may be infinite for one-sided intervals."""
+
+    lower: float
+    upper: float
+
+    def contains(self, value: float) -> bool:
+        return self.lower <= value <= self.upper
+
+
+@dataclass(frozen=True)
+class TestResult:
+    """A test statistic with its p-value and, when it has one, its degrees of freedom."""
+
+    __test__ = False  # not a pytest test class
+
+    statistic: float
+    p_value: float
+    df: float | None = None
+    method: str = ""
+
+
+@dataclass(frozen=True)
+class MeanDifference:
+    """A difference of means with its t test and confidence interval."""
+
+    estimate: float
+    std_error: float
+    statistic: float
+    df: float
+    p_value: float
+    interval: Interval
+
+
+@dataclass(frozen=True)
+class AgreementResult:
+    """Share of identical predictions with its Wilson interval."""
+
+    agree: int
+    n: int
+    share: float
+    interval: Interval
+
+
+@dataclass(frozen=True)
+class KappaResult:
+    """Cohen's kappa with observed and chance agreement."""
+
+    kappa: float
+    observed: float
+    expected: float
+
+
+@dataclass(frozen=True)
+class PsiResult:
+    """Population stability index with its sample-size-aware noise floor."""
+
+    psi: float
+    noise_floor: float
+    threshold: float
+    bins: int
+    n_expected: int
+    n_actual: int
+
+    @property
+    def exceeds_noise(self) -> bool:
+        return self.psi > self.threshold
+
+
+@dataclass(frozen=True)
+class LatencyComparison:
+    """Per-arm latency quantiles, their ratio with a bootstrap interval, and a Mann–Whitney shift."""
+
+    q: float
+    champion: float
+    challenger: float
+    ratio: float
+    interval: Interval
+    shift: TestResult
+    prob_challenger_slower: float
+
+
+@dataclass(frozen=True)
+class MsprtResult:
+    """Mixture likelihood ratio of the normal-mixture SPRT and its always-valid p-value."""
+
+    likelihood_ratio: float
+    p_value: float
+
+
+@dataclass(frozen=True)
+class ConfidenceSequencePValue:
+    """Always-valid p-value read off an asymptotic confidence sequence."""
+
+    p_value: float
+    rho: float
+
+
+@dataclass(frozen=True)
+class PairsPlan:
+    """How many labelled pairs a paired non-inferiority check needs."""
+
+    fixed_n: int
+    always_valid_n: int
+    discordance: float
+    difference: float
+    margin: float
+
+
+# --------------------------------------------------------------------------------------------------
+# Paired proportions
+# --------------------------------------------------------------------------------------------------
+
+
+def mcnemar(b: int, c: int, *, method: Literal["exact", "midp", "asymptotic", "corrected"]) -> TestResult:
+    """Test two paired proportions for equality with McNemar's test (two-sided).
+
+    Null hypothesis: the two discordant cells are equally likely, P(b) = P(c), i.e. the champion and
+    the challenger have the same accuracy. ``b`` and ``c`` are the discordant counts (see the module
+    docstring for which is which; the test is symmetric).
+
+    Methods (Fagerland, Lydersen & Laake 2013): ``exact`` conditional binomial test on b of b + c with
+    p = 1/2; ``midp`` the exact p-value minus the point probability of the observed table;
+    ``asymptotic`` chi-square (b - c)^2 / (b + c) on 1 df; ``corrected`` Edwards' continuity
+    correction (|b - c| - 1)^2 / (b + c), R's default. The statistic is the chi-square for the two
+    asymptotic methods and min(b, c) for the exact ones.
+    """
+    if b < 0 or c < 0:
+        raise ValueError("discordant counts must be non-negative")
+    m = b + c
+    if m == 0:
+        return TestResult(statistic=0.0, p_value=1.0, method=method)
+    if method in ("exact", "midp"):
+        k = min(b, c)
+        p = 2.0 * float(sps.binom.cdf(k, m, 0.5))
+        if method == "midp":
+            p -= float(sps.binom.pmf(k, m, 0.5))
+        p = min(p, 1.0)
+        return TestResult(statistic=float(k), p_value=p, method=method)
+    if method == "asymptotic":
+        stat = (b - c) ** 2 / m
+    elif method == "corrected":
+        stat = max(abs(b - c) - 1, 0) ** 2 / m
+    else:
+        raise ValueError(f"unknown McNemar method {method!r}")
+    return TestResult(statistic=float(stat), p_value=float(sps.chi2.sf(stat, 1)), df=1.0, method=method)
+
+
+def tango_noninferiority(b: int, c: int, n: int, *, margin: float) -> TestResult:
+    """Test paired non-inferiority of the challenger's accuracy with Tango's (1998) score test.
+
+    Null hypothesis: (c - b)/n expectation, the challenger-minus-champion accuracy difference, is at
+    most ``-margin`` (the challenger is worse by at least the margin). Alternative: it is greater.
+    ``b`` = champion right & challenger wrong, ``c`` = champion wrong & challenger right, ``n`` = all
+    pairs. The statistic is z = (c - b + n*margin) / sqrt(n (2 q + d0 (1 - d0))) with d0 = -margin
+    and q the maximum-likelihood probability of the ``b`` cell restricted to the null (Tango's
+    closed form). With margin 0 it equals the signed McNemar z, (c - b) / sqrt(b + c). The p-value is
+    one-sided, 1 - Phi(z).
+    """
+    if n <= 0:
+        raise ValueError("n must be positive")
+    if not 0.0 <= margin < 1.0:
+        raise ValueError("margin must lie in [0, 1)")
+    d0 = -margin  # null value of p(c) - p(b)
+    x12, x21 = c, b  # Tango's cells: difference p12 - p21
+    a_coef = 2.0 * n
+    b_coef = -x12 - x21 + (2.0 * n - x12 + x21) * d0
+    c_coef = -x21 * d0 * (1.0 - d0)
+    disc = max(b_coef * b_coef - 4.0 * a_coef * c_coef, 0.0)
+    q21 = (math.sqrt(disc) - b_coef) / (2.0 * a_coef)
+    var = n * (2.0 * q21 + d0 * (1.0 - d0))
+    if var <= 0.0:
+        return TestResult(statistic=0.0, p_value=1.0, method="tango")
+    z = (x12 - x21 - n * d0) / math.sqrt(var)
+    return TestResult(statistic=z, p_value=float(sps.norm.sf(z)), method="tango")
+
+
+def wilson_interval(successes: ArrayLike, n: ArrayLike, *, confidence: float = 0.95) -> Interval:
+    """Return the Wilson score interval for a binomial proportion (Newcombe 1998, method 3).
+
+    Inverts the score test of H0: p = p0 without continuity correction. Accepts arrays; the
+    interval's ends are then arrays too.
+    """
+    x = np.asarray(successes, dtype=float)
+    m = np.asarray(n, dtype=float)
+    z = float(sps.norm.ppf(0.5 + confidence / 2.0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = x / m
+        centre = (p + z * z / (2 * m)) / (1 + z * z / m)
+        half = z * np.sqrt(p * (1 - p) / m + z * z / (4 * m * m)) / (1 + z * z / m)
+        lower = np.where(m > 0, centre - half, 0.0)
+        upper = np.where(m > 0, centre + half, 1.0)
+    lower = np.where(x <= 0, 0.0, lower)
+    upper = np.where(x >= m, 1.0, upper)
+    if lower.ndim == 0:
+        return Interval(float(lower), float(upper))
+    return Interval(lower, upper)  # type: ignore[arg-type]
+
+
+def newcombe_interval(
+    x1: int, n1: int, x2: int, n2: int, *, confidence: float = 0.95
+) -> Interval:
+    """Return Newcombe's hybrid score interval for p1 - p2 of two independent proportions.
+
+    Method 10 of Newcombe (1998, Stat Med 17:873): combine the Wilson intervals (l_i, u_i) of each
+    proportion as lower = d - sqrt((p1 - l1)^2 + (u2 - p2)^2), upper = d + sqrt((u1 - p1)^2 +
+    (p2 - l2)^2). Unpaired; for paired data use ``tango_noninferiority``.
+    """
+    p1, p2 = x1 / n1, x2 / n2
+    w1 = wilson_interval(x1, n1, confidence=confidence)
+    w2 = wilson_interval(x2, n2, confidence=confidence)
+    d = p1 - p2
+    lower = d - math.sqrt((p1 - w1.lower) ** 2 + (w2.upper - p2) ** 2)
+    upper = d + math.sqrt((w1.upper - p1) ** 2 + (p2 - w2.lower) ** 2)
+    return Interval(lower, upper)
+
+
+# --------------------------------------------------------------------------------------------------
+# Continuous outcomes
+# --------------------------------------------------------------------------------------------------
+
+
+def _t_result(estimate: float, se: float, df: float, confidence: float, alternative: Alternative) -> MeanDifference:
+    stat = estimate / se if se > 0 else (math.copysign(math.inf, estimate) if estimate else 0.0)
+    if alternative == "two-sided":
+        p = 2.0 * float(sps.t.sf(abs(stat), df))
+        q = float(sps.t.ppf(0.5 + confidence / 2.0, df))
+        interval = Interval(estimate - q * se, estimate + q * se)
+    elif alternative == "greater":
+        p = float(sps.t.sf(stat, df))
+        interval = Interval(estimate - float(sps.t.ppf(confidence, df)) * se, math.inf)
+    else:
+        p = float(sps.t.cdf(stat, df))
+        interval = Interval(-math.inf, estimate + float(sps.t.ppf(confidence, df)) * se)
+    return MeanDifference(estimate, se, stat, df, min(p, 1.0), interval)
+
+
+def paired_mean_difference(
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    confidence: float = 0.95,
+    alternative: Alternative = "two-sided",
+) -> MeanDifference:
+    """Estimate the mean of paired differences d = x - y with the paired t test and interval.
+
+    Null hypothesis: the mean difference is 0. Pass the differences alone as ``x`` or both paired
+    samples. Fixed-n inference: for monitoring use ``confidence_sequence``.
+    """
+    d = np.asarray(x, dtype=float) if y is None else np.asarray(x, dtype=float) - np.asarray(y, dtype=float)
+    n = d.size
+    if n < 2:
+        raise ValueError("need at least two pairs")
+    se = float(d.std(ddof=1)) / math.sqrt(n)
+    return _t_result(float(d.mean()), se, float(n - 1), confidence, alternative)
+
+
+def welch_t(
+    x: ArrayLike, y: ArrayLike, *, confidence: float = 0.95, alternative: Alternative = "two-sided"
+) -> MeanDifference:
+    """Compare two independent means with Welch's unequal-variance t test (mean(x) - mean(y)).
+
+    Null hypothesis: the means are equal. Degrees of freedom by Welch–Satterthwaite, as R's
+    ``t.test(var.equal = FALSE)``.
+    """
+    a = np.asarray(x, dtype=float)
+    b = np.asarray(y, dtype=float)
+    va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
+    se = math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / (a.size - 1) + vb**2 / (b.size - 1))
+    return _t_result(float(a.mean() - b.mean()), se, float(df), confidence, alternative)
+
+
+def wilcoxon_signed_rank(
+    x: ArrayLike, y: ArrayLike | None = None, *, alternative: Alternative = "two-sided"
+) -> TestResult:
+    """Test whether paired differences are symmetric about 0 with the Wilcoxon signed-rank test.
+
+    Null hypothesis: the distribution of d = x - y is symmetric about zero. A diagnostic for the
+    paired regression gate, not a decision rule. The statistic is R's V = W+ (sum of the ranks of the
+    positive differences) for every alternative — SciPy's two-sided statistic is min(W+, W-) instead.
+    Zeros are dropped (Wilcoxon's method, R's behaviour). The exact distribution is used when there are
+    fewer than 50 non-zero differences and no ties; otherwise the normal approximation with continuity
+    correction and tie-corrected variance, as R's default ``correct = TRUE`` (SciPy's default is no
+    correction).
+    """
+    d = np.asarray(x, dtype=float) if y is None else np.asarray(x, dtype=float) - np.asarray(y, dtype=float)
+    d = d[d != 0]
+    n = d.size
+    if n == 0:
+        return TestResult(statistic=0.0, p_value=1.0, method="wilcoxon")
+    ranks = sps.rankdata(np.abs(d))
+    w_plus = float(ranks[d > 0].sum())
+    ties = np.unique(np.abs(d)).size != n
+    if n < 50 and not ties:
+        res = sps.wilcoxon(d, alternative=alternative, method="exact")
+        return TestResult(statistic=w_plus, p_value=float(res.pvalue), method="wilcoxon-exact")
+    mean = n * (n + 1) / 4.0
+    _, counts = np.unique(np.abs(d), return_counts=True)
+    var = n * (n + 1) * (2 * n + 1) / 24.0 - float(np.sum(counts**3 - counts)) / 48.0
+    diff = w_plus - mean
+    if alternative == "two-sided":
+        z = (abs(diff) - 0.5) / math.sqrt(var)
+        p = min(1.0, 2.0 * float(sps.norm.sf(z)))
+    elif alternative == "greater":
+        p = float(sps.norm.sf((diff - 0.5) / math.sqrt(var)))
+    else:
+        p = float(sps.norm.cdf((diff + 0.5) / math.sqrt(var)))
+    return TestResult(statistic=w_plus, p_value=p, method="wilcoxon-normal-cc")
+
+
+def mann_whitney(x: ArrayLike, y: ArrayLike, *, alternative: Alternative = "two-sided") -> TestResult:
+    """Compare two independent samples with the Mann–Whitney U (Wilcoxon rank-sum) test.
+
+    Null hypothesis: P(X > Y) = P(X < Y) (no stochastic shift). The statistic is U for ``x`` (R's W).
+    SciPy's ``method="auto"``: exact for small samples without ties, else normal with continuity
+    correction, matching R's ``wilcox.test`` defaults.
+    """
+    res = sps.mannwhitneyu(np.asarray(x, dtype=float), np.asarray(y, dtype=float), alternative=alternative)
+    return TestResult(statistic=float(res.statistic), p_value=float(res.pvalue), method="mann-whitney")
+
+
+# --------------------------------------------------------------------------------------------------
+# Error rates (two independent proportions)
+# --------------------------------------------------------------------------------------------------
+
+
+def fisher_exact_test(table: Sequence[Sequence[int]], *, alternative: Alternative = "two-sided") -> TestResult:
+    """Test independence in a 2x2 table with Fisher's exact test (conditional on both margins).
+
+    Null hypothesis: odds ratio 1 (equal error rates). The statistic is the sample odds ratio.
+    """
+    res = sps.fisher_exact(np.asarray(table), alternative=alternative)
+    return TestResult(statistic=float(res.statistic), p_value=float(res.pvalue), method="fisher")
+
+
+def barnard_exact_test(
+    table: Sequence[Sequence[int]], *, alternative: Alternative = "two-sided"
+) -> TestResult:
+    """Test equal proportions in a 2x2 table with Barnard's unconditional exact test.
+
+    Null hypothesis: the two column proportions are equal. Rows are outcomes, columns the arms (SciPy's
+    layout); the statistic is the Wald statistic with pooled variance. Slow for large counts — use
+    ``two_proportion_score_test`` there.
+    """
+    res = sps.barnard_exact(np.asarray(table), alternative=alternative)
+    return TestResult(statistic=float(res.statistic), p_value=float(res.pvalue), method="barnard")
+
+
+def two_proportion_score_test(
+    x1: int, n1: int, x2: int, n2: int, *, alternative: Alternative = "two-sided"
+) -> TestResult:
+    """Compare two independent proportions with the pooled score (z) test, x1/n1 - x2/n2.
+
+    Null hypothesis: p1 = p2. z^2 equals Pearson's chi-square for the 2x2 table without continuity
+    correction (R's ``prop.test(correct = FALSE)``). For large counts.
+    """
+    p1, p2 = x1 / n1, x2 / n2
+    pooled = (x1 + x2) / (n1 + n2)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+    z = (p1 - p2) / se if se > 0 else 0.0
+    if alternative == "two-sided":
+        p = 2.0 * float(sps.norm.sf(abs(z)))
+    elif alternative == "greater":
+        p = float(sps.norm.sf(z))
+    else:
+        p = float(sps.norm.cdf(z))
+    return TestResult(statistic=z, p_value=p, method="score")
+
+
+# --------------------------------------------------------------------------------------------------
+# Always-valid inference
+# --------------------------------------------------------------------------------------------------
+
+
+def _cs_rho(alpha: float, n_star: float, side: Side) -> float:
+    a = alpha if side == "two-sided" else 2.0 * alpha
+    return math.sqrt((-2.0 * math.log(a) + math.log(-2.0 * math.log(a) + 1.0)) / n_star)
+
+
+def confidence_sequence(
+    mean: ArrayLike,
+    std_error: ArrayLike,
+    n: ArrayLike,
+    *,
+    alpha: float = 0.05,
+    n_star: float = 5000.0,
+    side: Side = "two-sided",
+    rho: float | None = None,
+) -> Interval:
+    """Return the asymptotic confidence sequence of Waudby-Smith et al. (2023) at this look.
+
+    Covers the true mean (difference) at every n simultaneously with probability 1 - alpha, so it may
+    be looked at after every observation. Computed exactly as GrowthBook's gbstats: with s^2 =
+    std_error^2 * n and rho tuned so the sequence is tightest at ``n_star`` observations,
+    two-sided half-width = sqrt(s^2) * sqrt(2 (n rho^2 + 1) / (n rho)^2 * log(sqrt(n rho^2 + 1) / alpha)),
+    one-sided half-width = sqrt(s^2 * 2 (n rho^2 + 1) / (n rho)^2 * log(1 + sqrt(n rho^2 + 1) / (2 alpha))),
+    rho = sqrt((-2 log a + log(-2 log a + 1)) / n_star) with a = alpha (two-sided) or 2 alpha
+    (one-sided). ``n`` is the number of observations behind the estimate (pairs for paired data; the sum
+    of both arms for two independent samples, as GrowthBook). Accepts arrays (vectorised over looks or
+    rollouts). Null hypothesis of the implied test: the mean equals a value outside the sequence.
+    """
+    m = np.asarray(mean, dtype=float)
+    se = np.asarray(std_error, dtype=float)
+    nn = np.asarray(n, dtype=float)
+    r = _cs_rho(alpha, n_star, side) if rho is None else rho
+    s2 = se * se * nn
+    nr2 = nn * r * r
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if side == "two-sided":
+            hw = np.sqrt(s2) * np.sqrt(2.0 * (nr2 + 1.0) / (nn * r) ** 2 * np.log(np.sqrt(nr2 + 1.0) / alpha))
+        else:
+            hw = np.sqrt(s2 * 2.0 * (nr2 + 1.0) / (nn * r) ** 2 * np.log(1.0 + np.sqrt(nr2 + 1.0) / (2.0 * alpha)))
+        hw = np.where(nn > 0, hw, np.inf)
+    lower = m - hw if side != "lesser" else np.full_like(m - hw, -np.inf)
+    upper = m + hw if side != "greater" else np.full_like(m + hw, np.inf)
+    if np.ndim(lower) == 0:
+        return Interval(float(lower), float(upper))
+    return Interval(lower, upper)  # type: ignore[arg-type]
+
+
+def confidence_sequence_p_value(
+    mean: ArrayLike,
+    std_error: ArrayLike,
+    n: ArrayLike,
+    *,
+    null: float = 0.0,
+    alpha: float = 0.05,
+    n_star: float = 5000.0,
+    side: Literal["greater", "lesser"] = "greater",
+) -> ConfidenceSequencePValue:
+    """Return the always-valid one-sided p-value of the confidence sequence for H0: mean <= null.
+
+    For ``side="greater"`` the null hypothesis is mean <= ``null`` (``"lesser"``: mean >= ``null``).
+    The p-value is the smallest alpha' at which the one-sided sequence (rho fixed at the design
+    ``alpha``, as GrowthBook's bisection does) excludes ``null``; solving the half-width equation gives
+    the closed form p = K / (2 (exp(x) - 1)) with K = sqrt(n rho^2 + 1) and
+    x = (mean - null)^2 (n rho)^2 / (s^2 2 (n rho^2 + 1)). p <= alpha exactly when the sequence at
+    level alpha excludes ``null``, so it can be Holm-adjusted and is valid under continuous monitoring.
+    """
+    m = np.asarray(mean, dtype=float) - null
+    se = np.asarray(std_error, dtype=float)
+    nn = np.asarray(n, dtype=float)
+    r = _cs_rho(alpha, n_star, "greater")
+    s2 = se * se * nn
+    nr2 = nn * r * r
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        x = m * m * (nn * r) ** 2 / (s2 * 2.0 * (nr2 + 1.0))
+        p = np.sqrt(nr2 + 1.0) / (2.0 * np.expm1(x))
+    right_side = m > 0 if side == "greater" else m < 0
+    p = np.where(right_side & (nn > 0), np.clip(np.nan_to_num(p, nan=1.0, posinf=1.0), 0.0, 1.0), 1.0)
+    return ConfidenceSequencePValue(p_value=float(p) if p.ndim == 0 else p, rho=r)  # type: ignore[arg-type]
+
+
+def msprt_statistic(mean: float, n: int, variance: float, tau2: float, *, null: float = 0.0) -> MsprtResult:
+    """Compute the normal-mixture SPRT likelihood ratio of Johari et al. (2017) and its p-value.
+
+    Null hypothesis: the mean of i.i.d. observations with known per-observation ``variance`` equals
+    ``null``. Mixing the alternative over N(null, tau2) gives
+    Lambda_n = sqrt(V / (V + n tau2)) * exp(n^2 tau2 (mean - null)^2 / (2 V (V + n tau2))).
+    The always-valid p-value at this look is min(1, 1/Lambda_n); the caller keeps the running minimum
+    over looks (p_n = min(p_{n-1}, 1/Lambda_n)). With tau2 = rho^2 V this is GrowthBook's two-sided
+    sequential p-value.
+    """
+    v = variance
+    if n <= 0 or v <= 0:
+        return MsprtResult(likelihood_ratio=1.0, p_value=1.0)
+    log_lr = 0.5 * math.log(v / (v + n * tau2)) + n * n * tau2 * (mean - null) ** 2 / (2.0 * v * (v + n * tau2))
+    lr = math.exp(min(log_lr, 700.0))
+    return MsprtResult(likelihood_ratio=lr, p_value=min(1.0, math.exp(-log_lr)))
+
+
+# --------------------------------------------------------------------------------------------------
+# Latency
+# --------------------------------------------------------------------------------------------------
+
+
+def latency_quantile_ratio(
+    champion: ArrayLike,
+    challenger: ArrayLike,
+    *,
+    q: float = 0.99,
+    paired: bool,
+    rng: np.random.Generator,
+    n_boot: int = 1000,
+    confidence: float = 0.95,
+) -> LatencyComparison:
+    """Compare latency quantiles: challenger q-quantile / champion q-quantile with a bootstrap interval.
+
+    Percentile bootstrap of the ratio; when ``paired`` the same request indices are resampled in both
+    arms (shadow traffic), otherwise each arm is resampled on its own (canary). Fixed-n and descriptive:
+    the judge's latency gate uses histogram exceedance counts in a confidence sequence instead. Also
+    returns a Mann–Whitney test (null hypothesis: no stochastic shift between the arms' latencies) and
+    P(challenger slower) = U / (n1 n2).
+    """
+    a = np.asarray(champion, dtype=float)
+    b = np.asarray(challenger, dtype=float)
+    if paired and a.size != b.size:
+        raise ValueError("paired latencies need equal lengths")
+    qa, qb = float(np.quantile(a, q)), float(np.quantile(b, q))
+    ratios = np.empty(n_boot)
+    chunk = max(1, int(2_000_000 // max(a.size, 1)))
+    for start in range(0, n_boot, chunk):
+        k = min(chunk, n_boot - start)
+        ia = rng.integers(0, a.size, size=(k, a.size))
+        ib = ia if paired else rng.integers(0, b.size, size=(k, b.size))
+        ratios[start : start + k] = np.quantile(b[ib], q, axis=1) / np.quantile(a[ia], q, axis=1)
+    tail = (1.0 - confidence) / 2.0
+    lo, hi = np.quantile(ratios, [tail, 1.0 - tail])
+    mw = mann_whitney(b, a, alternative="two-sided")
+    return LatencyComparison(
+        q=q,
+        champion=qa,
+        challenger=qb,
+        ratio=qb / qa if qa > 0 else math.inf,
+        interval=Interval(float(lo), float(hi)),
+        shift=mw,
+        prob_challenger_slower=mw.statistic / (a.size * b.size),
+    )
+
+
+def latency_edges(*, start_ms: float = 0.1, stop_ms: float = 120_000.0, growth: float = 1.05) -> FloatArray:
+    """Return log-spaced histogram edges [0, start, start*g, ..., >= stop, inf] for latencies in ms.
+
+    With growth 1.05 a quantile read from the histogram is within 5% of the true one; the recorder or a
+    SQL ``GROUP BY floor(ln(ms / start) / ln(growth))`` can fill the buckets.
+    """
+    k = math.ceil(math.log(stop_ms / start_ms) / math.log(growth))
+    inner = start_ms * growth ** np.arange(k + 1)
+    return np.concatenate([[0.0], inner, [np.inf]])
+
+
+def histogram_counts(values: ArrayLike, edges: ArrayLike) -> npt.NDArray[np.int64]:
+    """Count values into buckets [edges[i], edges[i+1]); len(result) = len(edges) - 1."""
+    e = np.asarray(edges, dtype=float)
+    idx = np.searchsorted(e, np.asarray(values, dtype=float), side="right") - 1
+    idx = np.clip(idx, 0, e.size - 2)
+    return np.bincount(idx, minlength=e.size - 1).astype(np.int64)
+
+
+def quantile_from_histogram(counts: ArrayLike, edges: ArrayLike, q: float) -> float:
+    """Read the q-quantile off a histogram, interpolating linearly inside the bucket."""
+    c = np.asarray(counts, dtype=float)
+    e = np.asarray(edges, dtype=float)
+    total = c.sum()
+    if total <= 0:
+        return math.nan
+    cum = np.cumsum(c)
+    target = q * total
+    i = int(np.searchsorted(cum, target, side="left"))
+    i = min(i, c.size - 1)
+    below = cum[i] - c[i]
+    lo, hi = e[i], e[i + 1]
+    if not math.isfinite(hi):
+        return float(lo)
+    frac = (target - below) / c[i] if c[i] > 0 else 0.0
+    return float(lo + frac * (hi - lo))
+
+
+def share_above(counts: ArrayLike, edges: ArrayLike, threshold: float) -> float:
+    """Return how many observations of a histogram lie above ``threshold`` (linear inside the bucket)."""
+    c = np.asarray(counts, dtype=float)
+    e = np.asarray(edges, dtype=float)
+    i = int(np.searchsorted(e, threshold, side="right")) - 1
+    i = min(max(i, 0), c.size - 1)
+    above = float(c[i + 1 :].sum())
+    lo, hi = e[i], e[i + 1]
+    if math.isfinite(hi) and hi > lo:
+        above += float(c[i]) * (hi - threshold) / (hi - lo)
+    else:
+        above += float(c[i])
+    return float(above)
+
+
+# --------------------------------------------------------------------------------------------------
+# Distributions and agreement
+# --------------------------------------------------------------------------------------------------
+
+
+def psi_from_counts(
+    expected_counts: ArrayLike, actual_counts: ArrayLike, *, eps: float = 1e-4, quantile: float = 0.99
+) -> PsiResult:
+    """Compute the population stability index of two histograms over the same bins, with a noise floor.
+
+    PSI = sum_i (a_i - e_i) ln(a_i / e_i) over bin shares (empty shares floored at ``eps``). It is a
+    descriptive distance, not a test; its behaviour under the null hypothesis "both samples come from
+    the same distribution" gives the noise floor. Derivation: with bin probabilities p_i, a second-order
+    expansion of ln(a/e) around p gives PSI ~ sum_i (a_i - e_i)^2 / p_i, and under the null
+    E[(a_i - e_i)^2] = p_i (1 - p_i) (1/n1 + 1/n2), so E[PSI] ~ (B - 1)(1/n1 + 1/n2) for B non-empty
+    bins, and PSI / (1/n1 + 1/n2) is approximately chi-square on B - 1 df. ``noise_floor`` is that
+    expectation; ``threshold`` is the chi-square ``quantile`` (default 99%) scaled the same way. A PSI
+    below the threshold is indistinguishable from sampling noise at these sample sizes.
+    """
+    e = np.asarray(expected_counts, dtype=float)
+    a = np.asarray(actual_counts, dtype=float)
+    n1, n2 = e.sum(), a.sum()
+    if n1 <= 0 or n2 <= 0:
+        return PsiResult(math.nan, math.nan, math.nan, int(e.size), int(n1), int(n2))
+    pe = np.maximum(e / n1, eps)
+    pa = np.maximum(a / n2, eps)
+    value = float(np.sum((pa - pe) * np.log(pa / pe)))
+    bins = int(np.count_nonzero((e + a) > 0))
+    scale = 1.0 / n1 + 1.0 / n2
+    df = max(bins - 1, 1)
+    return PsiResult(
+        psi=value,
+        noise_floor=float(df * scale),
+        threshold=float(sps.chi2.ppf(quantile, df) * scale),
+        bins=bins,
+        n_expected=int(n1),
+        n_actual=int(n2),
+    )
+
+
+def psi(expected: ArrayLike, actual: ArrayLike, *, bins: int = 10, eps: float = 1e-4) -> PsiResult:
+    """Compute PSI of two samples with ``bins`` equal-frequency bins cut on the expected sample.
+
+    See ``psi_from_counts`` for the noise floor. Ties in the expected sample may merge bins.
+    """
+    ex = np.asarray(expected, dtype=float)
+    ac = np.asarray(actual, dtype=float)
+    inner = np.unique(np.quantile(ex, np.linspace(0, 1, bins + 1)[1:-1]))
+    edges = np.concatenate([[-np.inf], inner, [np.inf]])
+    return psi_from_counts(histogram_counts(ex, edges), histogram_counts(ac, edges), eps=eps)
+
+
+def jensen_shannon(p: ArrayLike, q: ArrayLike) -> tuple[float, float]:
+    """Return the Jensen–Shannon (divergence, distance) of two discrete distributions, in bits.
+
+    JSD = (KL(p || m) + KL(q || m)) / 2 with m = (p + q) / 2, base 2, so 0 <= JSD <= 1; the distance is
+    sqrt(JSD) (a metric). SciPy's ``jensenshannon`` returns the distance in nats by default. Inputs are
+    normalised to sum to one. Descriptive, no null hypothesis.
+    """
+    pp = np.asarray(p, dtype=float)
+    qq = np.asarray(q, dtype=float)
+    pp, qq = pp / pp.sum(), qq / qq.sum()
+    m = (pp + qq) / 2.0
+
+    def kl(x: FloatArray) -> float:
+        mask = x > 0
+        return float(np.sum(x[mask] * np.log2(x[mask] / m[mask])))
+
+    div = max(0.5 * (kl(pp) + kl(qq)), 0.0)
+    return div, math.sqrt(div)
+
+
+def ks_test(x: ArrayLike, y: ArrayLike) -> TestResult:
+    """Compare two samples' distributions with the two-sample Kolmogorov–Smirnov test.
+
+    Null hypothesis: both samples come from the same continuous distribution. Statistic D = sup|F1 - F2|.
+    """
+    res = sps.ks_2samp(np.asarray(x, dtype=float), np.asarray(y, dtype=float))
+    return TestResult(statistic=float(res.statistic), p_value=float(res.pvalue), method="ks")
+
+
+def agreement(
+    champion: ArrayLike | None = None,
+    challenger: ArrayLike | None = None,
+    *,
+    agree: int | None = None,
+    n: int | None = None,
+    confidence: float = 0.95,
+) -> AgreementResult:
+    """Return the share of identical predictions with its Wilson interval.
+
+    Give either the two prediction arrays or the counts ``agree`` and ``n``. Fixed-n interval; the
+    judge's agreement gate uses a confidence sequence.
+    """
+    if agree is None or n is None:
+        a = np.asarray(champion)
+        b = np.asarray(challenger)
+        agree, n = int(np.count_nonzero(a == b)), int(a.size)
+    share = agree / n if n else math.nan
+    return AgreementResult(agree, n, share, wilson_interval(agree, n, confidence=confidence))
+
+
+def cohen_kappa(table: ArrayLike) -> KappaResult:
+    """Compute Cohen's kappa, chance-corrected agreement, from a k x k confusion table of two raters.
+
+    kappa = (p_o - p_e) / (1 - p_e) with p_o the diagonal share and p_e the agreement expected from the
+    margins. Descriptive.
+    """
+    t = np.asarray(table, dtype=float)
+    total = t.sum()
+    po = float(np.trace(t)) / total
+    pe = float(np.sum(t.sum(axis=0) * t.sum(axis=1))) / total**2
+    kappa = (po - pe) / (1.0 - pe) if pe < 1.0 else 1.0
+    return KappaResult(float(kappa), po, pe)
+
+
+def srm_test(observed_counts: Sequence[int], expected_weights: Sequence[float], *, alpha: float = 0.001) -> TestResult:
+    """Detect a sample-ratio mismatch with Pearson's chi-square goodness-of-fit test.
+
+    Null hypothesis: traffic was split in the configured proportions. Weights are normalised and scaled
+    to expected counts (``scipy.stats.chisquare`` wants counts). ``method`` is "srm" when p < alpha
+    (a mismatch), "ok" otherwise. Fixed-n: the small default alpha absorbs repeated looks.
+    """
+    obs = np.asarray(observed_counts, dtype=float)
+    w = np.asarray(expected_weights, dtype=float)
+    exp = w / w.sum() * obs.sum()
+    res = sps.chisquare(obs, exp)
+    p = float(res.pvalue)
+    return TestResult(statistic=float(res.statistic), p_value=p, df=float(obs.size - 1), method="srm" if p < alpha else "ok")
+
+
+def holm(p_values: ArrayLike) -> FloatArray:
+    """Return Holm step-down adjusted p-values (controls the family-wise error rate).
+
+    Sort ascending, multiply the i-th smallest (0-based) by (m - i), take the running maximum, cap at 1,
+    and return in the input order. Reject H_i when adjusted p_i <= alpha.
+    """
+    p = np.asarray(p_values, dtype=float)
+    m = p.size
+    if m == 0:
+        return p.copy()
+    order = np.argsort(p, kind="stable")
+    adj = np.minimum(1.0, np.maximum.accumulate(p[order] * (m - np.arange(m))))
+    out = np.empty(m)
+    out[order] = adj
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Planning
+# --------------------------------------------------------------------------------------------------
+
+
+def mcnemar_sample_size(p01: float, p10: float, *, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Return the pairs McNemar's two-sided test needs (Connor 1987), before rounding up.
+
+    Detects p01 != p10 (discordant cell probabilities) with the given power:
+    n = (z_{1-alpha/2} sqrt(psi) + z_{power} sqrt(psi - delta^2))^2 / delta^2, psi = p01 + p10,
+    delta = p01 - p10. Round up with ``math.ceil``.
+    """
+    psi_ = p01 + p10
+    delta = p01 - p10
+    za = float(sps.norm.ppf(1 - alpha / 2))
+    zb = float(sps.norm.ppf(power))
+    return (za * math.sqrt(psi_) + zb * math.sqrt(psi_ - delta**2)) ** 2 / delta**2
+
+
+def plan_labelled_pairs(
+    *,
+    margin: float,
+    discordance: float,
+    difference: float = 0.0,
+    alpha: float = 0.05,
+    power: float = 0.8,
+    n_star: float | None = None,
+) -> PairsPlan:
+    """Tell how many labelled pairs a paired accuracy non-inferiority check needs.
+
+    Null hypothesis of the check: accuracy(challenger) - accuracy(champion) <= -margin. ``discordance``
+    is the expected share of pairs where exactly one arm is right, ``difference`` the expected true
+    difference (0 = equally good). ``fixed_n``: one-sided Wald-type formula with the paired variance
+    psi - d^2, n = (z_{1-alpha} + z_{power})^2 (psi - d^2) / (d + margin)^2 (Connor's formula with a
+    shifted null). ``always_valid_n``: smallest n at which the one-sided confidence sequence's expected
+    lower bound minus z_{power} standard errors clears -margin (found by doubling and bisection); it is
+    what the judge needs when it may look at any time.
+    """
+    if margin + difference <= 0:
+        raise ValueError("difference must be above -margin for the check to succeed")
+    var = discordance - difference**2
+    za = float(sps.norm.ppf(1 - alpha))
+    zb = float(sps.norm.ppf(power))
+    fixed = math.ceil((za + zb) ** 2 * var / (difference + margin) ** 2)
+    ns = float(n_star) if n_star is not None else float(fixed)
+
+    def ok(n: int) -> bool:
+        se = math.sqrt(var / n)
+        cs = confidence_sequence(difference - zb * se, se, n, alpha=alpha, n_star=ns, side="greater")
+        return cs.lower > -margin
+
+    hi = max(fixed, 2)
+    while not ok(hi):
+        hi *= 2
+    lo = hi // 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if ok(mid) else (mid, hi)
+    return PairsPlan(fixed_n=fixed, always_valid_n=hi, discordance=discordance, difference=difference, margin=margin)
