@@ -1,0 +1,406 @@
+"""controller.stats against published values from sources independent of this project.
+
+Rows R1–R12 are the table of /work/shared/reference/statistics.md; the others cite their source inline.
+Tolerances: exact tests are compared exactly (as fractions where the source prints them); closed forms
+are compared to the digits the source prints (half a unit of the last printed digit), or 1e-6 relative
+when the source prints full precision.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from controller import stats
+
+
+def printed(value: float, digits: int) -> float:
+    """Tolerance of a value printed with ``digits`` decimals: half a unit of the last digit."""
+    return 0.5 * 10.0**-digits
+
+
+# --- R1, R2: McNemar -------------------------------------------------------------------------------
+
+
+def test_mcnemar_matches_r_on_presidential_approval_data_r1() -> None:
+    assert stats.mcnemar(150, 86, method="asymptotic").statistic == pytest.approx(17.356, abs=printed(17.356, 3))
+    assert stats.mcnemar(150, 86, method="asymptotic").p_value == pytest.approx(3.0993e-05, rel=2e-5)
+    assert stats.mcnemar(150, 86, method="corrected").statistic == pytest.approx(16.818, abs=printed(0, 3))
+    assert stats.mcnemar(150, 86, method="corrected").p_value == pytest.approx(4.1146e-05, rel=2e-5)
+    assert stats.mcnemar(150, 86, method="exact").p_value == pytest.approx(3.7159e-05, rel=2e-5)
+
+
+def test_mcnemar_small_sample_matches_fagerland_r2() -> None:
+    assert stats.mcnemar(1, 7, method="exact").p_value == 18 / 256
+    assert stats.mcnemar(1, 7, method="midp").p_value == pytest.approx(10 / 256, rel=1e-12)
+    assert stats.mcnemar(1, 7, method="asymptotic").p_value == pytest.approx(0.0339, abs=printed(0, 4))
+    assert stats.mcnemar(1, 7, method="corrected").p_value == pytest.approx(0.0771, abs=printed(0, 4))
+
+
+def test_mcnemar_is_symmetric_and_uninformative_without_discordance() -> None:
+    assert stats.mcnemar(7, 1, method="exact").p_value == stats.mcnemar(1, 7, method="exact").p_value
+    assert stats.mcnemar(0, 0, method="midp").p_value == 1.0
+    assert stats.mcnemar(4, 4, method="midp").p_value == 1.0
+
+
+def test_mcnemar_has_no_default_method_unlike_r_and_statsmodels() -> None:
+    # R defaults to the corrected chi-square, statsmodels to the exact test: we make callers choose.
+    with pytest.raises(TypeError):
+        stats.mcnemar(150, 86)  # type: ignore[call-arg]
+
+
+# --- Tango -----------------------------------------------------------------------------------------
+
+
+def test_tango_equals_signed_mcnemar_z_at_zero_margin_r1() -> None:
+    # b = 150 (champion right, challenger wrong), c = 86: the challenger is worse, z negative.
+    result = stats.tango_noninferiority(150, 86, 1600, margin=0.0)
+    assert result.statistic == pytest.approx(-math.sqrt(17.356), abs=1e-4)
+    assert result.p_value == pytest.approx(1.0 - 3.0993e-05 / 2, abs=1e-8)
+
+
+def test_tango_variance_uses_the_restricted_maximum_likelihood_estimate() -> None:
+    # Independent path: maximise the multinomial likelihood under p(c) - p(b) = -margin numerically.
+    from scipy.optimize import minimize_scalar
+
+    b, c, n, margin = 30, 18, 400, 0.05
+
+    def negloglik(q: float) -> float:  # q = P(b cell); P(c cell) = q - margin
+        return -(b * math.log(q) + c * math.log(q - margin) + (n - b - c) * math.log(1 - 2 * q + margin))
+
+    q = minimize_scalar(negloglik, bounds=(margin + 1e-9, (1 + margin) / 2 - 1e-9), method="bounded",
+                        options={"xatol": 1e-12}).x
+    z_direct = (c - b + n * margin) / math.sqrt(n * (2 * q - margin - margin**2))
+    assert stats.tango_noninferiority(b, c, n, margin=margin).statistic == pytest.approx(z_direct, rel=1e-6)
+
+
+def test_tango_rejects_inferiority_only_when_the_challenger_is_close_enough() -> None:
+    assert stats.tango_noninferiority(20, 20, 2000, margin=0.01).p_value < 0.05
+    assert stats.tango_noninferiority(60, 20, 2000, margin=0.01).p_value > 0.05
+
+
+# --- Wilson and Newcombe ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("x", "n", "lower", "upper"),
+    [
+        (81, 263, 0.2553, 0.3662),  # R9, Newcombe (1998) Stat Med 17:857, Table II
+        (15, 148, 0.0624, 0.1605),  # same table
+        (0, 20, 0.0000, 0.1611),
+        (1, 29, 0.0061, 0.1718),
+    ],
+)
+def test_wilson_interval_matches_newcombe_1998(x: int, n: int, lower: float, upper: float) -> None:
+    iv = stats.wilson_interval(x, n)
+    assert iv.lower == pytest.approx(lower, abs=printed(0, 4))
+    assert iv.upper == pytest.approx(upper, abs=printed(0, 4))
+
+
+@pytest.mark.parametrize(
+    ("x1", "n1", "x2", "n2", "lower", "upper"),
+    [
+        (56, 70, 48, 80, 0.0524, 0.3339),  # Newcombe (1998) Stat Med 17:873, Table II, method 10
+        (9, 10, 3, 10, 0.1705, 0.8090),
+    ],
+)
+def test_newcombe_hybrid_score_interval_matches_method_10(
+    x1: int, n1: int, x2: int, n2: int, lower: float, upper: float
+) -> None:
+    iv = stats.newcombe_interval(x1, n1, x2, n2)
+    assert iv.lower == pytest.approx(lower, abs=printed(0, 4))
+    assert iv.upper == pytest.approx(upper, abs=printed(0, 4))
+
+
+# --- R3, R4: Wilcoxon signed rank ------------------------------------------------------------------
+
+R3_X = (1.83, 0.50, 1.62, 2.48, 1.68, 1.88, 1.55, 3.06, 1.30)
+R3_Y = (0.878, 0.647, 0.598, 2.05, 1.06, 1.29, 1.06, 3.14, 1.29)
+DARWIN = (6, 8, 14, 16, 23, 24, 28, 29, 41, -48, 49, 56, 60, -67, 75)
+
+
+def test_wilcoxon_matches_r_help_depression_example_r3() -> None:
+    greater = stats.wilcoxon_signed_rank(R3_X, R3_Y, alternative="greater")
+    assert greater.statistic == 40
+    assert greater.p_value == pytest.approx(0.01953, abs=printed(0, 5))
+    assert stats.wilcoxon_signed_rank(R3_X, R3_Y).p_value == 0.0390625
+
+
+def test_wilcoxon_matches_scipy_docs_darwin_corn_r4() -> None:
+    assert stats.wilcoxon_signed_rank(DARWIN).p_value == 0.041259765625
+    greater = stats.wilcoxon_signed_rank(DARWIN, alternative="greater")
+    assert greater.statistic == 96
+    assert greater.p_value == 0.0206298828125
+
+
+def test_wilcoxon_reports_r_v_statistic_where_scipy_reports_the_minimum() -> None:
+    ours = stats.wilcoxon_signed_rank(DARWIN)
+    scipy_two_sided = sps.wilcoxon(DARWIN)
+    assert ours.statistic == 96  # R's V = W+
+    assert scipy_two_sided.statistic == 24  # SciPy: min(W+, W-) = 120 - 96
+    assert ours.p_value == scipy_two_sided.pvalue
+
+
+def test_wilcoxon_normal_approximation_uses_r_continuity_correction_not_scipy_default() -> None:
+    rng = np.random.default_rng(7)
+    d = np.round(rng.normal(0.2, 1.0, 80), 1)  # ties and n >= 50: normal approximation
+    d = d[d != 0]
+    ours = stats.wilcoxon_signed_rank(d)
+    corrected = sps.wilcoxon(d, method="approx", correction=True)
+    uncorrected = sps.wilcoxon(d, method="approx")
+    assert ours.p_value == pytest.approx(corrected.pvalue, rel=1e-9)
+    assert ours.p_value != pytest.approx(uncorrected.pvalue, rel=1e-6)
+
+
+# --- R5, R6: t tests -------------------------------------------------------------------------------
+
+SLEEP_1 = (0.7, -1.6, -0.2, -1.2, -0.1, 3.4, 3.7, 0.8, 0.0, 2.0)
+SLEEP_2 = (1.9, 0.8, 1.1, 0.1, -0.1, 4.4, 5.5, 1.6, 4.6, 3.4)
+
+
+def test_welch_t_matches_r_sleep_example_r5() -> None:
+    r = stats.welch_t(SLEEP_1, SLEEP_2)
+    assert r.statistic == pytest.approx(-1.8608, abs=printed(0, 4))
+    assert r.df == pytest.approx(17.776, abs=printed(0, 3))
+    assert r.p_value == pytest.approx(0.07939, abs=printed(0, 5))
+    assert r.interval.lower == pytest.approx(-3.3655, abs=printed(0, 4))
+    assert r.interval.upper == pytest.approx(0.2055, abs=printed(0, 4))
+
+
+def test_paired_t_matches_r_sleep_example_r6() -> None:
+    r = stats.paired_mean_difference(SLEEP_1, SLEEP_2)
+    assert r.statistic == pytest.approx(-4.0621, abs=printed(0, 4))
+    assert r.df == 9
+    assert r.p_value == pytest.approx(0.002833, abs=printed(0, 6))
+    assert (r.interval.lower, r.interval.upper) == pytest.approx((-2.4599, -0.7001), abs=printed(0, 4))
+    differences = np.subtract(SLEEP_1, SLEEP_2)
+    assert stats.paired_mean_difference(differences).statistic == r.statistic
+
+
+def test_mann_whitney_matches_r_wilcox_test_permeability_example() -> None:
+    # R ?wilcox.test, Hollander & Wolfe p. 110: W = 35, p-value = 0.1272 (alternative "greater").
+    x = (0.80, 0.83, 1.89, 1.04, 1.45, 1.38, 1.91, 1.64, 0.73, 1.46)
+    y = (1.15, 0.88, 0.90, 0.74, 1.21)
+    r = stats.mann_whitney(x, y, alternative="greater")
+    assert r.statistic == 35
+    assert r.p_value == pytest.approx(0.1272, abs=printed(0, 4))
+
+
+# --- R7 and exact tests for error rates ------------------------------------------------------------
+
+
+def test_fisher_matches_r_tea_tasting_r7() -> None:
+    assert stats.fisher_exact_test([[3, 1], [1, 3]], alternative="greater").p_value == pytest.approx(
+        0.2429, abs=printed(0, 4)
+    )
+    assert stats.fisher_exact_test([[3, 1], [1, 3]], alternative="greater").p_value == pytest.approx(17 / 70)
+
+
+def test_barnard_matches_scipy_docs_vaccine_example() -> None:
+    # SciPy barnard_exact docs: [[7, 12], [8, 3]], alternative "less": statistic -1.894, p 0.03407.
+    r = stats.barnard_exact_test([[7, 12], [8, 3]], alternative="less")
+    assert r.statistic == pytest.approx(-1.894, abs=printed(0, 3))
+    assert r.p_value == pytest.approx(0.03407, abs=1e-5)  # the docs truncate (0.034076...)
+
+
+def test_score_test_squared_equals_pearson_chi_square_without_correction() -> None:
+    table = np.array([[120, 880], [150, 850]])
+    chi2 = sps.chi2_contingency(table, correction=False)
+    r = stats.two_proportion_score_test(120, 1000, 150, 1000)
+    assert r.statistic**2 == pytest.approx(chi2.statistic, rel=1e-10)
+    assert r.p_value == pytest.approx(chi2.pvalue, rel=1e-10)
+
+
+# --- R8: SRM ---------------------------------------------------------------------------------------
+
+
+def test_srm_chi_square_matches_r_goodness_of_fit_r8() -> None:
+    r = stats.srm_test((89, 37, 30, 28, 2), (0.40, 0.20, 0.20, 0.19, 0.01))
+    assert r.statistic == pytest.approx(5.7947, abs=printed(0, 4))
+    assert r.df == 4
+    assert r.p_value == pytest.approx(0.2150, abs=printed(0, 4))
+    assert r.method == "ok"
+
+
+def test_srm_accepts_weights_not_counts_and_flags_a_skewed_split() -> None:
+    assert stats.srm_test((5000, 5000), (9, 1)).method == "srm"
+    assert stats.srm_test((9000, 1000), (0.9, 0.1)).statistic == 0.0
+
+
+# --- R10: Holm -------------------------------------------------------------------------------------
+
+
+def test_holm_matches_worked_example_r10() -> None:
+    adjusted = stats.holm([0.01, 0.04, 0.03, 0.005])
+    np.testing.assert_allclose(adjusted, [0.03, 0.06, 0.06, 0.02], rtol=1e-12)
+    assert list(adjusted <= 0.05) == [True, False, False, True]
+
+
+# --- R11: confidence sequences (GrowthBook test suite) ---------------------------------------------
+
+GB_MEAN = 0.23437666666666668
+GB_SE = 0.12983081254184736
+
+
+def test_one_sided_confidence_sequence_matches_growthbook_r11() -> None:
+    greater = stats.confidence_sequence(GB_MEAN, GB_SE, 6461, alpha=0.05, n_star=5000, side="greater")
+    lesser = stats.confidence_sequence(GB_MEAN, GB_SE, 6461, alpha=0.05, n_star=5000, side="lesser")
+    assert greater.lower == pytest.approx(-0.12656844172804982, rel=1e-6)
+    assert greater.upper == math.inf
+    assert lesser.upper == pytest.approx(0.5953217750613832, rel=1e-6)
+    assert lesser.lower == -math.inf
+
+
+def _growthbook_relative(sum_a: float, ss_a: float, n_a: int, sum_b: float, ss_b: float, n_b: int) -> tuple[float, float]:
+    """GrowthBook's input preparation: relative lift and its delta-method standard error."""
+    ma, mb = sum_a / n_a, sum_b / n_b
+    va, vb = (ss_a - sum_a**2 / n_a) / (n_a - 1), (ss_b - sum_b**2 / n_b) / (n_b - 1)
+    var = vb / (ma**2 * n_b) + va * mb**2 / (ma**4 * n_a)
+    return (mb - ma) / ma, math.sqrt(var)
+
+
+def test_two_sided_confidence_sequence_matches_growthbook_sequential_tests() -> None:
+    # GrowthBook test_tests.py, TestSequentialTTest: printed to 5 decimals.
+    pe, se = _growthbook_relative(1396.87, 52377.9767, 3000, 2422.7, 134698.29, 3461)
+    cs = stats.confidence_sequence(pe, se, 6461, alpha=0.05, n_star=1000)
+    assert (cs.lower, cs.upper) == pytest.approx((-0.55844, 1.56516), abs=printed(0, 5))
+    # proportions 1396/3000 vs 2422/3461, default tuning 5000
+    ma, mb = 1396 / 3000, 2422 / 3461
+    var = mb * (1 - mb) / (ma**2 * 3461) + ma * (1 - ma) * mb**2 / (ma**4 * 3000)
+    cs = stats.confidence_sequence((mb - ma) / ma, math.sqrt(var), 6461, alpha=0.05, n_star=5000)
+    assert (cs.lower, cs.upper) == pytest.approx((0.40098, 0.60675), abs=printed(0, 5))
+
+
+def test_one_sided_relative_confidence_sequence_matches_growthbook() -> None:
+    pe, se = _growthbook_relative(1396.87, 52377.9767, 3000, 2422.7, 134698.29, 3461)
+    greater = stats.confidence_sequence(pe, se, 6461, alpha=0.05, n_star=5000, side="greater")
+    lesser = stats.confidence_sequence(pe, se, 6461, alpha=0.05, n_star=5000, side="lesser")
+    assert greater.lower == pytest.approx(-0.42356454602790883, rel=1e-6)
+    assert lesser.upper == pytest.approx(1.4302867177403806, rel=1e-6)
+
+
+def test_always_valid_p_value_is_the_exact_root_of_growthbook_bisection() -> None:
+    # GrowthBook bisects to pValue = 0.46316491943359384 (tolerance 1e-6 on the bound); ours is closed form.
+    p = stats.confidence_sequence_p_value(GB_MEAN, GB_SE, 6461, alpha=0.05, n_star=5000, side="greater")
+    assert p.p_value == pytest.approx(0.46316491943359384, abs=2e-4)
+    at_p = stats.confidence_sequence(GB_MEAN, GB_SE, 6461, alpha=p.p_value, rho=p.rho, side="greater")
+    assert at_p.lower == pytest.approx(0.0, abs=1e-12)
+
+
+def test_confidence_sequence_is_wider_than_the_fixed_n_interval_and_vectorises() -> None:
+    cs = stats.confidence_sequence(np.zeros(3), np.full(3, 0.01), np.array([100, 1000, 10000]), alpha=0.05)
+    fixed = sps.norm.ppf(0.975) * 0.01
+    assert np.all(cs.upper > fixed)  # type: ignore[operator]
+
+
+def test_msprt_matches_growthbook_two_sided_sequential_p_value() -> None:
+    # GrowthBook (SequentialTwoSidedTTest.pValue): e-value exp(rho^2 st2 / (2 (n rho^2 + 1))) / sqrt(n rho^2 + 1)
+    # with st2 = pe^2 n / se^2; the mSPRT of Johari et al. with V = se^2 n and tau2 = rho^2 V is the same.
+    pe, se, n = 0.5038633516821496, 0.033860214798231224, 6461
+    rho = math.sqrt((-2 * math.log(0.05) + math.log(-2 * math.log(0.05) + 1)) / 5000)
+    v = se**2 * n
+    r = stats.msprt_statistic(pe, n, v, rho**2 * v)
+    assert r.p_value < 1e-12  # GrowthBook's test prints pValue 0.0 for these proportions
+    weak = stats.msprt_statistic(0.01, 1000, 1.0, 0.01)
+    st2 = 0.01**2 * 1000 / (1.0 / 1000)
+    evalue = math.exp(0.01 * st2 / (2 * (1000 * 0.01 + 1))) / math.sqrt(1000 * 0.01 + 1)
+    assert weak.p_value == pytest.approx(min(1.0, 1.0 / evalue), rel=1e-12)
+
+
+# --- R12: sample size ------------------------------------------------------------------------------
+
+
+def test_connor_sample_size_matches_r12() -> None:
+    n = stats.mcnemar_sample_size(0.45, 0.05, alpha=0.05, power=0.8)
+    assert n == pytest.approx(22.01, abs=printed(0, 2))
+    assert math.ceil(n) == 23
+
+
+def test_plan_needs_more_pairs_when_monitoring_continuously() -> None:
+    plan = stats.plan_labelled_pairs(margin=0.01, discordance=0.05, alpha=0.05, power=0.8)
+    z = sps.norm.ppf(0.95) + sps.norm.ppf(0.8)
+    assert plan.fixed_n == math.ceil(z**2 * 0.05 / 0.01**2)
+    assert plan.always_valid_n > plan.fixed_n
+
+
+# --- distributions and agreement -------------------------------------------------------------------
+
+
+def test_jensen_shannon_reports_bits_and_pins_scipy_distance_in_nats() -> None:
+    # SciPy jensenshannon docs: ([1, 0, 0], [0, 1, 0], base 2) = 1.0; ([1, 0], [0.5, 0.5]) = 0.46450140402245893
+    assert stats.jensen_shannon([1.0, 0.0, 0.0], [0.0, 1.0, 0.0]) == pytest.approx((1.0, 1.0))
+    divergence, distance = stats.jensen_shannon([1.0, 0.0], [0.5, 0.5])
+    assert distance == pytest.approx(0.46450140402245893 / math.sqrt(math.log(2)), rel=1e-12)
+    assert divergence == pytest.approx(0.46450140402245893**2 / math.log(2), rel=1e-12)
+
+
+def test_cohen_kappa_matches_textbook_example() -> None:
+    # Wikipedia "Cohen's kappa" worked example: 20 yes/yes, 5 yes/no, 10 no/yes, 15 no/no -> 0.4
+    r = stats.cohen_kappa([[20, 5], [10, 15]])
+    assert (r.observed, r.expected) == pytest.approx((0.7, 0.5))
+    assert r.kappa == pytest.approx(0.4)
+
+
+def test_agreement_counts_identical_predictions_with_wilson_interval() -> None:
+    r = stats.agreement(np.array([1, 0, 1, 1]), np.array([1, 1, 1, 1]))
+    assert (r.agree, r.n, r.share) == (3, 4, 0.75)
+    assert stats.agreement(agree=81, n=263).interval.lower == pytest.approx(0.2553, abs=printed(0, 4))
+
+
+def test_psi_noise_floor_predicts_the_null_expectation() -> None:
+    rng = np.random.default_rng(11)
+    values = [stats.psi(rng.normal(size=2000), rng.normal(size=1000), bins=10).psi for _ in range(400)]
+    floor = stats.psi(rng.normal(size=2000), rng.normal(size=1000), bins=10)
+    assert floor.noise_floor == pytest.approx(9 * (1 / 2000 + 1 / 1000))
+    assert np.mean(values) == pytest.approx(floor.noise_floor, rel=0.15)
+    assert np.mean(np.array(values) > floor.threshold) < 0.03
+
+
+def test_psi_sees_a_real_shift_above_the_noise() -> None:
+    rng = np.random.default_rng(3)
+    r = stats.psi(rng.normal(size=5000), rng.normal(0.5, 1.0, size=5000))
+    assert r.exceeds_noise and r.psi > 0.1
+
+
+def test_ks_test_matches_scipy_and_is_silent_on_identical_samples() -> None:
+    x = np.arange(100.0)
+    assert stats.ks_test(x, x).statistic == 0.0
+    assert stats.ks_test(x, x).p_value == 1.0
+    assert stats.ks_test(x, x + 50).statistic == pytest.approx(0.5)
+
+
+# --- latency ---------------------------------------------------------------------------------------
+
+
+def test_latency_ratio_recovers_a_known_scale_factor_with_paired_resampling() -> None:
+    rng = np.random.default_rng(5)
+    champion = rng.lognormal(3.0, 0.4, 4000)
+    challenger = champion * 1.5
+    r = stats.latency_quantile_ratio(champion, challenger, q=0.99, paired=True, rng=np.random.default_rng(1),
+                                     n_boot=200)
+    assert r.ratio == pytest.approx(1.5)
+    assert r.interval.lower == pytest.approx(1.5) and r.interval.upper == pytest.approx(1.5)
+    assert r.prob_challenger_slower > 0.6
+
+
+def test_latency_ratio_is_reproducible_with_an_injected_generator() -> None:
+    rng = np.random.default_rng(9)
+    a, b = rng.lognormal(3.0, 0.4, 1000), rng.lognormal(3.1, 0.4, 1200)
+
+    def run() -> stats.Interval:
+        return stats.latency_quantile_ratio(a, b, q=0.5, paired=False, rng=np.random.default_rng(42),
+                                            n_boot=300).interval
+
+    assert run() == run()
+    assert run().contains(math.exp(0.1))
+
+
+def test_histogram_quantile_is_within_the_bucket_growth() -> None:
+    rng = np.random.default_rng(2)
+    x = rng.lognormal(3.0, 0.6, 50_000)
+    edges = stats.latency_edges(growth=1.05)
+    q = stats.quantile_from_histogram(stats.histogram_counts(x, edges), edges, 0.99)
+    assert q == pytest.approx(np.quantile(x, 0.99), rel=0.05)
