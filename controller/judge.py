@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
+import numpy.typing as npt
 
 from controller import stats
 
@@ -60,6 +61,7 @@ __all__ = [
     "Summary",
     "Verdict",
     "judge",
+    "metrics_from_pairs",
 ]
 
 
@@ -179,6 +181,79 @@ class StepMetrics:
     challenger_abs_error: Moments | None = None
     latency: Histogram | None = None
     outputs: Histogram | None = None
+
+
+def metrics_from_pairs(
+    *,
+    champion_prediction: npt.ArrayLike,
+    challenger_prediction: npt.ArrayLike,
+    champion_failed: npt.ArrayLike,
+    challenger_failed: npt.ArrayLike,
+    task: Literal["classification", "regression"],
+    label: npt.ArrayLike | None = None,
+    labelled: npt.ArrayLike | None = None,
+    champion_latency_ms: npt.ArrayLike | None = None,
+    challenger_latency_ms: npt.ArrayLike | None = None,
+    latency_edges: npt.ArrayLike | None = None,
+    output_edges: npt.ArrayLike | None = None,
+) -> StepMetrics:
+    """Build shadow-mode ``StepMetrics`` from arrays of paired rows (one element per request).
+
+    The reference for what the controller's SQL aggregates must compute; each line names its aggregate.
+    Failed requests count as errors and are excluded from agreement, accuracy and regression (their
+    predictions are meaningless); ``labelled`` marks rows whose ``label`` has arrived. Class predictions
+    must be integer codes 0..k-1 for the output histogram; regression outputs need ``output_edges``.
+    """
+    champ_fail = np.asarray(champion_failed, dtype=bool)
+    chal_fail = np.asarray(challenger_failed, dtype=bool)
+    n = int(champ_fail.size)
+    both_ok = ~champ_fail & ~chal_fail
+    y1 = np.asarray(champion_prediction)
+    y2 = np.asarray(challenger_prediction)
+    # COUNT(*), SUM(champion_failed), SUM(challenger_failed)
+    champion = Proportion(n=n, count=int(champ_fail.sum()))
+    challenger = Proportion(n=n, count=int(chal_fail.sum()))
+    # SUM(challenger_failed AND NOT champion_failed), SUM(champion_failed AND NOT challenger_failed)
+    paired_errors = PairedCounts(n=n, worse=int((chal_fail & ~champ_fail).sum()), better=int((champ_fail & ~chal_fail).sum()))
+    agreement_ = None
+    paired_correct = abs_diff = champ_abs = None
+    ok_lab = both_ok if labelled is None else both_ok & np.asarray(labelled, dtype=bool)
+    if task == "classification":
+        # SUM(both ok), SUM(both ok AND champion_prediction = challenger_prediction)
+        agreement_ = Proportion(n=int(both_ok.sum()), count=int((both_ok & (y1 == y2)).sum()))
+        if label is not None:
+            y = np.asarray(label)
+            r1, r2 = (y1 == y) & ok_lab, (y2 == y) & ok_lab
+            # SUM(labelled), SUM(champion right AND challenger wrong), SUM(champion wrong AND challenger right)
+            paired_correct = PairedCounts(n=int(ok_lab.sum()), worse=int((r1 & ~r2).sum()), better=int((~r1 & r2).sum()))
+    elif label is not None:
+        y = np.asarray(label, dtype=float)
+        e1 = np.abs(y1.astype(float) - y)[ok_lab]
+        e2 = np.abs(y2.astype(float) - y)[ok_lab]
+        d = e2 - e1
+        # SUM(ABS(challenger - label) - ABS(champion - label)), SUM(POWER(that, 2)); SUM(ABS(champion - label)) ...
+        abs_diff = Moments(n=int(d.size), total=float(d.sum()), total_sq=float(np.dot(d, d)))
+        champ_abs = Moments(n=int(e1.size), total=float(e1.sum()), total_sq=float(np.dot(e1, e1)))
+    latency = None
+    if champion_latency_ms is not None and challenger_latency_ms is not None:
+        # GROUP BY bucket (floor(ln(ms / start) / ln(growth))): counts per arm
+        e = np.asarray(stats.latency_edges() if latency_edges is None else latency_edges, dtype=float)
+        latency = Histogram(edges=tuple(e.tolist()),
+                            champion=tuple(stats.histogram_counts(champion_latency_ms, e).tolist()),
+                            challenger=tuple(stats.histogram_counts(challenger_latency_ms, e).tolist()))
+    outputs = None
+    if (task == "classification" and np.issubdtype(y1.dtype, np.integer)) or output_edges is not None:
+        if output_edges is None:  # one bucket per class code: GROUP BY prediction
+            k = int(max(y1[both_ok].max(initial=0), y2[both_ok].max(initial=0))) + 1
+            oe = np.arange(k + 1, dtype=float) - 0.5
+        else:
+            oe = np.asarray(output_edges, dtype=float)
+        outputs = Histogram(edges=tuple(oe.tolist()),
+                            champion=tuple(stats.histogram_counts(y1[both_ok], oe).tolist()),
+                            challenger=tuple(stats.histogram_counts(y2[both_ok], oe).tolist()))
+    return StepMetrics(mode="shadow", champion=champion, challenger=challenger, paired_errors=paired_errors,
+                       agreement=agreement_, paired_correct=paired_correct, abs_error_difference=abs_diff,
+                       champion_abs_error=champ_abs, latency=latency, outputs=outputs)
 
 
 # --------------------------------------------------------------------------------------------------
