@@ -6,12 +6,14 @@ import hashlib
 import hmac
 import json
 import math
+import operator
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
@@ -372,11 +374,9 @@ class PairRepository:
             f"VALUES ({', '.join('?' for _ in PAIR_COLUMNS)})"
         )
         with self.db.connection() as conn:
-            before = conn.exec_driver_sql("SELECT total_changes()").scalar_one()
             cursor = conn.connection.driver_connection.cursor()
             cursor.executemany(sql, rows)
-            after = conn.exec_driver_sql("SELECT total_changes()").scalar_one()
-            return int(after - before)
+            return int(cursor.rowcount)  # executemany sums the rows each statement changed
 
     def _insert_postgres(self, rows: list[tuple[Any, ...]]) -> int:
         columns = ", ".join(PAIR_COLUMNS)
@@ -448,29 +448,39 @@ class PairRepository:
                 total += len(ids)
 
 
+_ORJSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+_pair_values = operator.attrgetter(*PAIR_COLUMNS)
+_JSON_INDEXES = tuple(i for i, name in enumerate(PAIR_COLUMNS) if name in PAIR_JSON_COLUMNS)
+_FLOAT_INDEXES = tuple(
+    i for i, name in enumerate(PAIR_COLUMNS) if name.endswith(("_score", "_value", "_latency_ms"))
+)
+_RECEIVED_AT = PAIR_COLUMNS.index("received_at")
+
+
 def _json_text(value: Any) -> str | None:
     """Serialise for a JSON column; NaN and infinities become null (jsonb refuses them)."""
     if value is None:
         return None
     try:
-        return json.dumps(value, default=_json_default, allow_nan=False)
-    except ValueError:
+        return orjson.dumps(value, default=_json_default, option=_ORJSON_OPTIONS).decode()
+    except orjson.JSONEncodeError:
         return json.dumps(_json_safe(value))
 
 
 def _pair_tuple(record: entities.PairRecord, *, sqlite: bool) -> tuple[Any, ...]:
-    values: list[Any] = []
-    for name in PAIR_COLUMNS:
-        value = getattr(record, name)
-        if name in PAIR_JSON_COLUMNS:
-            value = _json_text(value)
-        elif name == "received_at":
-            value = value.astimezone(UTC).replace(tzinfo=None)
-            if sqlite:  # the text form SQLAlchemy's SQLite DateTime reads back
-                value = value.strftime("%Y-%m-%d %H:%M:%S.%f")
-        elif isinstance(value, float) and not math.isfinite(value):
-            value = None
-        values.append(value)
+    """Turn a record into the driver's row, in PAIR_COLUMNS order (hot path of the recorder)."""
+    values = list(_pair_values(record))
+    for i in _JSON_INDEXES:
+        if values[i] is not None:
+            values[i] = _json_text(values[i])
+    if not sqlite:  # SQLite stores a NaN double as NULL by itself; PostgreSQL would keep NaN
+        for i in _FLOAT_INDEXES:
+            value = values[i]
+            if value is not None and (value != value or value in (math.inf, -math.inf)):
+                values[i] = None
+    received = values[_RECEIVED_AT].astimezone(UTC).replace(tzinfo=None)
+    # SQLite: the text form SQLAlchemy's DateTime reads back; PostgreSQL: a timestamp.
+    values[_RECEIVED_AT] = received.isoformat(" ", "microseconds") if sqlite else received
     return tuple(values)
 
 

@@ -1,0 +1,57 @@
+"""The app factory: the composition root that joins storage, the data plane and the control plane."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from flask import Flask
+
+from controller.config import Settings
+from storage import Database, Store
+from storage import schema as db_schema
+
+if TYPE_CHECKING:
+    from router.settings import RouterSettings
+
+log = logging.getLogger("mlcanary")
+
+
+def open_store(settings: Settings, *, create_embedded: bool = True) -> Store:
+    """Open the configured database; the embedded default creates a fresh SQLite file itself.
+
+    Any other database must be at the migrations' head, else SchemaOutOfDate names the command to run.
+    """
+    db = Database(settings.resolved_database_url)
+    if create_embedded and settings.is_embedded_default:
+        db_schema.ensure_fresh_sqlite(db)
+    db_schema.check(db)
+    return Store(db)
+
+
+def router_settings(settings: Settings) -> RouterSettings:
+    from router.settings import RouterSettings
+
+    return RouterSettings(
+        refresh_interval=settings.refresh_interval,
+        shadow_queue_size=settings.shadow_queue_size,
+        shadow_timeout_s=settings.shadow_timeout_s,
+        spool_dir=settings.spool_dir,
+        max_body_bytes=settings.max_body_bytes,
+        trust_pickle=settings.trust_pickle,
+        upstream_timeout_s=settings.upstream_timeout_s,
+    )
+
+
+def create_app(settings: Settings | None = None, *, role: str = "serve", store: Store | None = None) -> Flask:
+    """Build the WSGI app: role "router" is the data plane alone; "serve" adds the admin API and dashboard."""
+    import router
+
+    settings = settings or Settings.from_env()
+    store = store or open_store(settings)
+    app = router.create_app(store, router_settings(settings))
+    app.config["MLCANARY_SETTINGS"] = settings
+    app.extensions["mlcanary.store"] = store
+    if role not in ("serve", "router"):
+        raise ValueError(f"unknown role {role!r}")
+    return app

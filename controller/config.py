@@ -1,0 +1,122 @@
+"""Settings: defaults, overridden by MLCANARY_* environment variables, then by explicit arguments.
+
+Nothing reads the environment at import time: `Settings.from_env()` is called by the CLI and the app
+factory. An MLCANARY_* variable that names no setting is an error, so a typo never goes unnoticed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+PREFIX = "MLCANARY_"
+# Variables of ours that are not settings (read by tests, tools or libraries).
+NOT_SETTINGS = frozenset({"MLCANARY_TEST_PG_URL", "MLCANARY_DEMO_FAST"})
+
+
+class ConfigError(ValueError):
+    """A setting is unknown or has an impossible value."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Every setting of mlcanary, with its default. docs/configuration.md lists them."""
+
+    data_dir: Path = field(default=Path("var"), metadata={"help": "folder for the SQLite file, artifacts, spool"})
+    database_url: str = field(default="", metadata={"help": "SQLAlchemy URL; default sqlite:///DATA_DIR/mlcanary.db"})
+    artifact_dir: Path | None = field(default=None, metadata={"help": "artifact store; default DATA_DIR/artifacts"})
+    host: str = field(default="127.0.0.1", metadata={"help": "address the HTTP server binds"})
+    port: int = field(default=8080, metadata={"help": "port the HTTP server binds"})
+    workers: int = field(default=2, metadata={"help": "gunicorn worker processes"})
+    controller_interval: float = field(default=5.0, metadata={"help": "seconds between controller evaluations"})
+    refresh_interval: float = field(default=0.25, metadata={"help": "seconds between routing-table refreshes"})
+    trust_pickle: bool = field(default=False, metadata={"help": "allow joblib/pickle artifacts (runs their code)"})
+    max_body_bytes: int = field(default=10 * 1024 * 1024, metadata={"help": "largest request body accepted"})
+    shadow_queue_size: int = field(default=10_000, metadata={"help": "shadow requests waiting per process"})
+    shadow_timeout_s: float = field(default=2.0, metadata={"help": "shadow scoring timeout"})
+    upstream_timeout_s: float = field(default=5.0, metadata={"help": "HTTP upstream backend timeout"})
+    log_level: str = field(default="info", metadata={"help": "debug, info, warning or error"})
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'mlcanary.db').resolve()}"
+
+    @property
+    def resolved_artifact_dir(self) -> Path:
+        return self.artifact_dir or self.data_dir / "artifacts"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+    @property
+    def is_embedded_default(self) -> bool:
+        return not self.database_url
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from MLCANARY_* variables; unknown variables and bad values raise ConfigError."""
+        environ = os.environ if environ is None else environ
+        by_name = {f.name: f for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for key, raw in environ.items():
+            if not key.startswith(PREFIX) or key in NOT_SETTINGS:
+                continue
+            name = key[len(PREFIX) :].lower()
+            if name not in by_name:
+                raise ConfigError(f"unknown setting {key}; known: {', '.join(PREFIX + n.upper() for n in by_name)}")
+            values[name] = _parse(by_name[name], raw, key)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = set(values) - set(by_name)
+        if unknown:
+            raise ConfigError(f"unknown setting(s) {', '.join(sorted(unknown))}")
+        for name in ("data_dir", "artifact_dir"):
+            if values.get(name) is not None:
+                values[name] = Path(values[name])
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"port must be 1..65535, got {self.port}")
+        if self.workers < 1:
+            raise ConfigError(f"workers must be at least 1, got {self.workers}")
+        for name in ("controller_interval", "refresh_interval", "shadow_timeout_s", "upstream_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.log_level not in ("debug", "info", "warning", "error"):
+            raise ConfigError(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """Return (environment variable, default, help) for every setting."""
+    return [
+        (PREFIX + f.name.upper(), str(f.default), f.metadata.get("help", "")) for f in fields(Settings)
+    ]
+
+
+def _parse(spec: dataclasses.Field[Any], raw: str, key: str) -> Any:
+    kind = str(spec.type)
+    try:
+        if kind == "bool":
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError as error:
+        raise ConfigError(f"{key}={raw!r} is not a valid {kind}") from error
+    return raw
