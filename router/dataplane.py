@@ -1,0 +1,227 @@
+"""The data plane of one process: routes, backends, shadow pool and recorder, wired together.
+
+    dataplane = DataPlane(store, RouterSettings())
+    dataplane.start()          # in each gunicorn worker, i.e. after fork: starts the threads
+    ...                        # router.http.blueprint serves requests through it
+    dataplane.close(timeout=10)  # gunicorn's worker_exit: score or cancel shadow work, flush records
+
+Per request: the routing key's hash picks the arm that answers (sticky split of the canary weight);
+the answering arm runs inline; the other arm, when the rollout asks for it, is scored in shadow. In
+canary mode a challenger that fails to answer is replaced by the champion (its error is recorded).
+Every answered request becomes one PairRecord per row, written by the recorder.
+
+Shadow share: in canary mode the other arm shadows a share shadow_rate of requests; with a challenger
+but a canary weight of 0 (mode "shadow", or the shadow phase of "shadow_then_canary") the challenger
+shadows a share shadow_rate of requests, every request when shadow_rate is 0 (a shadow rollout that
+scores nothing would be pointless).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from router.backends import Backend, Predictions
+from router.errors import BackendError
+from router.exchange import ArmResult, Exchange
+from router.inputs import Batch
+from router.metrics import get_metrics
+from router.recorder import Recorder
+from router.routes import Route, RouteTable
+from router.settings import RouterSettings
+from router.shadow import ShadowPool
+from router.split import CHALLENGER, CHAMPION, arm_for_hash, routing_key_hash, sampled
+from storage import Store
+from storage.entities import PipelineVersion
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the client gets: the serving arm, its version and its predictions."""
+
+    arm: str
+    version: PipelineVersion
+    predictions: Predictions
+
+
+class DataPlane:
+    """Route, score, shadow and record prediction requests for every deployment."""
+
+    def __init__(self, store: Store, settings: RouterSettings | None = None) -> None:
+        self.store = store
+        self.settings = settings or RouterSettings()
+        s = self.settings
+        self.routes = RouteTable(store, s)
+        self.recorder = Recorder(
+            store,
+            spool_dir=s.spool_dir,
+            batch_size=s.recorder_batch,
+            flush_interval=s.recorder_flush_interval,
+            queue_size=s.recorder_queue_size,
+            retry_interval=s.spool_retry_interval,
+        )
+        self.idle = threading.Event()
+        self.idle.set()
+        self._inflight = 0
+        self._inflight_lock = threading.Lock()
+        self.shadow = ShadowPool(
+            on_settled=self._shadow_settled,
+            queue_size=s.shadow_queue_size,
+            workers=s.shadow_workers,
+            batch_max=s.shadow_batch_max,
+            timeout_s=s.shadow_timeout_s,
+            linger_s=s.shadow_linger_s,
+            idle=self.idle,
+            on_drop=self._count_drop,
+            on_batch=self._count_batch,
+        )
+        self.started = False
+        self.closed = False
+        self._stop = threading.Event()
+        self._gauges: threading.Thread | None = None
+        self._reported = (0, 0)
+
+    @property
+    def ready(self) -> bool:
+        """True once the routing table is loaded (every routed version tried) and until close()."""
+        return self.started and self.routes.loaded and not self.closed
+
+    def start(self) -> DataPlane:
+        """Load the routing table and start the threads; call once per process, after fork."""
+        if self.started:
+            return self
+        get_metrics()
+        self.recorder.start()
+        self.shadow.start()
+        self.routes.start()
+        self._gauges = threading.Thread(target=self._update_gauges, name="mlcanary-gauges", daemon=True)
+        self._gauges.start()
+        self.started = True
+        return self
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Finish or cancel shadow work, then flush every record (to storage or the spool)."""
+        if self.closed:
+            return
+        self.closed = True
+        deadline = time.monotonic() + timeout
+        self.shadow.close(timeout=max(0.1, timeout / 2))
+        self.recorder.close(timeout=max(0.1, deadline - time.monotonic()))
+        self._stop.set()
+        self.routes.close(timeout=max(0.1, deadline - time.monotonic()))
+        self._publish_gauges()
+
+    # -- the request path ---------------------------------------------------------------------------
+
+    def route(self, deployment: str) -> Route:
+        """Return the deployment's current route (NotReady, DeploymentNotFound)."""
+        return self.routes.get(deployment)
+
+    def enter(self) -> None:
+        """Mark a request in flight (shadow work waits for none to be)."""
+        with self._inflight_lock:
+            self._inflight += 1
+            self.idle.clear()
+
+    def leave(self) -> None:
+        """Mark a request finished, after its response was sent."""
+        with self._inflight_lock:
+            self._inflight -= 1
+            if self._inflight <= 0:
+                self._inflight = 0
+                self.idle.set()
+
+    def serve(
+        self, route: Route, batch: Batch, *, request_id: str | None = None, routing_key: str | None = None
+    ) -> Answer:
+        """Answer a validated batch; record it; raise BackendError only if the champion fails."""
+        received_at = datetime.now(UTC)
+        request_id = request_id or uuid.uuid4().hex
+        entry = route.entry
+        challenger = route.challenger
+        key_hash = routing_key_hash(routing_key or request_id, entry.rollout_id)
+        served = CHAMPION
+        canary = challenger is not None and entry.canary_weight > 0 and entry.mode != "shadow"
+        if canary and arm_for_hash(key_hash, entry.canary_weight) == CHALLENGER:
+            served = CHALLENGER
+        exchange = Exchange(request_id, received_at, entry, key_hash, served, batch.frame)
+        if served == CHALLENGER:
+            assert challenger is not None
+            exchange.challenger = _call(challenger, batch)
+            if exchange.challenger.predictions is not None:
+                self._shadow_or_record(exchange, route, canary=True)
+                return Answer(CHALLENGER, challenger.version, exchange.challenger.predictions)
+            exchange.served_arm = served = CHAMPION  # the challenger failed: the champion answers
+            get_metrics().errors.labels(entry.deployment, "challenger_fallback").inc()
+        exchange.champion = _call(route.champion, batch)
+        result = exchange.champion
+        if served == CHAMPION and exchange.challenger is not None:
+            self.recorder.add(exchange)  # fallback: both arms ran inline
+        else:
+            self._shadow_or_record(exchange, route, canary=canary)
+        if result.predictions is None:
+            assert isinstance(result.exception, BackendError)
+            raise result.exception
+        return Answer(CHAMPION, route.champion.version, result.predictions)
+
+    def _shadow_or_record(self, exchange: Exchange, route: Route, *, canary: bool) -> None:
+        entry = exchange.entry
+        if route.challenger is None:
+            self.recorder.add(exchange)
+            return
+        rate = entry.shadow_rate if canary else (entry.shadow_rate or 1.0)
+        if not sampled(exchange.request_id, rate):
+            self.recorder.add(exchange)
+            return
+        if exchange.served_arm == CHAMPION:
+            self.shadow.submit(exchange, CHALLENGER, route.challenger)
+        else:
+            self.shadow.submit(exchange, CHAMPION, route.champion)
+
+    # -- metrics ------------------------------------------------------------------------------------
+
+    def _shadow_settled(self, exchange: Exchange) -> None:
+        result = exchange.champion if exchange.served_arm == CHALLENGER else exchange.challenger
+        if result is not None and result.error is not None:
+            arm = CHAMPION if exchange.served_arm == CHALLENGER else CHALLENGER
+            get_metrics().shadow_errors.labels(exchange.entry.deployment, arm).inc()
+        self.recorder.add(exchange)
+
+    def _count_drop(self, exchange: Exchange) -> None:
+        get_metrics().shadow_dropped.labels(exchange.entry.deployment).inc()
+
+    def _count_batch(self, size: int) -> None:
+        get_metrics().shadow_batch_size.observe(size)
+
+    def _update_gauges(self) -> None:
+        while not self._stop.wait(0.5):
+            self._publish_gauges()
+
+    def _publish_gauges(self) -> None:
+        try:
+            m = get_metrics()
+            m.shadow_queue_depth.set(self.shadow.depth)
+            m.recorder_queue.set(self.recorder.pending)
+            m.spool_rows.set(self.recorder.spool_rows)
+            m.recorder_lag.set(self.recorder.lag_s)
+            written, spooled = self.recorder.written, self.recorder.spooled
+            m.records_written.inc(written - self._reported[0])
+            m.records_spooled.inc(spooled - self._reported[1])
+            self._reported = (written, spooled)
+        except Exception:  # metrics must never take the data plane down
+            log.exception("cannot publish gauges")
+
+
+def _call(backend: Backend, batch: Batch) -> ArmResult:
+    started = time.perf_counter()
+    try:
+        predictions = backend.predict(batch.frame)
+    except BackendError as exc:
+        return ArmResult(backend.version, None, (time.perf_counter() - started) * 1000.0, exc.message, exc)
+    return ArmResult(backend.version, predictions, (time.perf_counter() - started) * 1000.0)

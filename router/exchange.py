@@ -1,0 +1,106 @@
+"""One answered request on its way to storage: both arms' results, settled exactly once each."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+
+from router.backends import Predictions
+from storage.entities import PairRecord, PipelineVersion, RoutingEntry
+
+
+@dataclass
+class ArmResult:
+    """What one arm did for a request: its predictions or its error, and how long it took."""
+
+    version: PipelineVersion
+    predictions: Predictions | None = None
+    latency_ms: float | None = None
+    error: str | None = None
+    exception: Exception | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass
+class Exchange:
+    """A request the router answered, kept until its shadow result (if any) is in.
+
+    `settle_shadow` is called once by whoever finishes the shadow arm first — the shadow worker,
+    the timeout watchdog, a dropped submission or shutdown; later calls are ignored, so exactly one
+    record per request row reaches the recorder.
+    """
+
+    request_id: str
+    received_at: datetime
+    entry: RoutingEntry
+    key_hash: int
+    served_arm: str
+    frame: pd.DataFrame
+    champion: ArmResult | None = None
+    challenger: ArmResult | None = None
+    _settled: bool = field(default=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def settle_shadow(self, arm: str, result: ArmResult) -> bool:
+        """Set the shadow arm's result if nobody did yet; return whether this call did it."""
+        with self._lock:
+            if self._settled:
+                return False
+            self._settled = True
+        if arm == "champion":
+            self.champion = result
+        else:
+            self.challenger = result
+        return True
+
+    def to_records(self) -> list[PairRecord]:
+        """Return one PairRecord per row of the request (row_index 0..k-1)."""
+        entry = self.entry
+        champion, challenger = self.champion, self.challenger
+        rows = len(self.frame)
+        raw = self.frame.to_dict("records") if entry.store_raw_inputs else None
+        c_out = _columns(champion, rows)
+        h_out = _columns(challenger, rows)
+        return [
+            PairRecord(
+                request_id=self.request_id,
+                row_index=i,
+                deployment_id=entry.deployment_id,
+                rollout_id=entry.rollout_id,
+                step=entry.step,
+                received_at=self.received_at,
+                routing_key_hash=self.key_hash,
+                served_arm=self.served_arm,
+                champion_version_id=entry.champion.id,
+                challenger_version_id=None if entry.challenger is None else entry.challenger.id,
+                champion_output=c_out[0][i],
+                challenger_output=h_out[0][i],
+                champion_class=c_out[1][i],
+                champion_score=c_out[2][i],
+                champion_value=c_out[3][i],
+                challenger_class=h_out[1][i],
+                challenger_score=h_out[2][i],
+                challenger_value=h_out[3][i],
+                champion_latency_ms=None if champion is None else champion.latency_ms,
+                challenger_latency_ms=None if challenger is None else challenger.latency_ms,
+                champion_error=None if champion is None else champion.error,
+                challenger_error=None if challenger is None else challenger.error,
+                raw_input=None if raw is None else raw[i],
+            )
+            for i in range(rows)
+        ]
+
+
+def _columns(result: ArmResult | None, rows: int) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
+    """Return (outputs, classes, scores, values) per row; Nones where the arm gave nothing."""
+    nothing: list[Any] = [None] * rows
+    if result is None or result.predictions is None:
+        return nothing, nothing, nothing, nothing
+    outputs = result.predictions.outputs
+    if result.version.task == "regression":
+        return outputs, nothing, nothing, outputs
+    scores = result.predictions.scores or nothing
+    return outputs, [None if o is None else str(o) for o in outputs], scores, nothing

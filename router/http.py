@@ -1,0 +1,222 @@
+"""Flask routes of the data plane: MLflow and V2 scoring, V2 metadata and health, probes, metrics.
+
+The blueprint finds its DataPlane at `current_app.extensions["mlcanary.dataplane"]`. Every error is
+JSON `{"error": {"code": ..., "message": ...}}` with the status of its router.errors class.
+
+Headers: `X-Request-Id` is taken from the request (else the V2 body's `id`, else generated) and
+echoed; `X-Routing-Key` is the sticky assignment key (default: the request id). Responses carry
+`X-Mlcanary-Arm` (champion | challenger) and `X-Mlcanary-Version` (NAME:VERSION).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, request
+from werkzeug.exceptions import HTTPException
+
+from router import mlflow, v2
+from router.dataplane import DataPlane
+from router.errors import PayloadTooLarge, RouterError
+from router.inputs import build_batch
+from router.metrics import exposition, get_metrics
+
+log = logging.getLogger(__name__)
+
+blueprint = Blueprint("mlcanary_router", __name__)
+EXTENSION = "mlcanary.dataplane"
+
+
+def dataplane() -> DataPlane:
+    """Return the current app's DataPlane."""
+    plane: DataPlane = current_app.extensions[EXTENSION]
+    return plane
+
+
+@blueprint.post("/v1/models/<deployment>/invocations")
+def invocations(deployment: str) -> Response:
+    """Score an MLflow scoring-protocol request (JSON or CSV)."""
+    return _predict(deployment, "mlflow")
+
+
+@blueprint.post("/v2/models/<deployment>/infer")
+@blueprint.post("/v2/models/<deployment>/versions/<version>/infer")
+def infer(deployment: str, version: str | None = None) -> Response:
+    """Score an Open Inference (V2) request; a version in the path is ignored (the router picks it)."""
+    return _predict(deployment, "v2")
+
+
+def _predict(deployment: str, protocol: str) -> Response:
+    plane = dataplane()
+    started = time.perf_counter()
+    request_id = request.headers.get("X-Request-Id") or ""
+    arm = "none"
+    plane.enter()
+    try:
+        try:
+            body = _read_body(plane.settings.max_body_bytes)
+            route = plane.route(deployment)
+            schema = route.entry.champion.input_schema
+            if protocol == "mlflow":
+                columns = mlflow.read_columns(body, request.content_type or "", schema)
+                v2_id = None
+            else:
+                document, binary = v2.read_request(body, request.headers.get(v2.HEADER_LENGTH))
+                columns = v2.read_columns(document, binary, schema)
+                v2_id = document.get("id") if isinstance(document.get("id"), str) else None
+            request_id = request_id or v2_id or uuid.uuid4().hex
+            batch = build_batch(columns, schema, max_rows=plane.settings.max_rows)
+            answer = plane.serve(
+                route, batch, request_id=request_id, routing_key=request.headers.get("X-Routing-Key")
+            )
+            arm = answer.arm
+            outputs = answer.predictions.outputs
+            if protocol == "mlflow":
+                payload: Any = mlflow.write_predictions(outputs)
+            else:
+                payload = v2.write_response(
+                    model_name=deployment,
+                    model_version=answer.version.ref,
+                    request_id=v2_id or request_id,
+                    outputs=outputs,
+                    scores=answer.predictions.scores,
+                )
+            response = _json_response(payload, 200)
+            response.headers["X-Mlcanary-Arm"] = answer.arm
+            response.headers["X-Mlcanary-Version"] = answer.version.ref
+            metrics = get_metrics()
+            metrics.requests.labels(deployment, arm, protocol).inc()
+        except RouterError as exc:
+            response = _json_response(exc.to_json(), exc.status)
+            get_metrics().errors.labels(deployment, exc.code).inc()
+        response.headers["X-Request-Id"] = request_id or uuid.uuid4().hex
+        get_metrics().latency.labels(deployment, arm).observe(time.perf_counter() - started)
+    except BaseException:
+        plane.leave()
+        raise
+    response.call_on_close(plane.leave)
+    return response
+
+
+def _read_body(limit: int) -> bytes:
+    length = request.content_length
+    if length is not None and length > limit:
+        raise PayloadTooLarge(f"the body has {length} bytes; at most {limit} are accepted")
+    body = request.stream.read(limit + 1)
+    if len(body) > limit:
+        raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+    return body
+
+
+def _json_response(payload: Any, status: int) -> Response:
+    try:
+        text = json.dumps(payload, allow_nan=False, separators=(",", ":"))
+    except ValueError:  # NaN or infinity in an answer: JSON has null for them
+        text = json.dumps(_nan_to_null(payload), separators=(",", ":"))
+    return Response(text, status=status, mimetype="application/json")
+
+
+def _nan_to_null(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else None
+    if isinstance(value, list):
+        return [_nan_to_null(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _nan_to_null(v) for k, v in value.items()}
+    return value
+
+
+@blueprint.get("/v2/models/<deployment>")
+@blueprint.get("/v2/models/<deployment>/versions/<version>")
+def model_metadata(deployment: str, version: str | None = None) -> Response:
+    """Describe a deployment's inputs and outputs (its champion's schema), V2 style."""
+    try:
+        route = dataplane().route(deployment)
+    except RouterError as exc:
+        return _json_response(exc.to_json(), exc.status)
+    return _json_response(v2.metadata(deployment, route.entry.champion), 200)
+
+
+@blueprint.get("/v2/models/<deployment>/ready")
+@blueprint.get("/v2/models/<deployment>/versions/<version>/ready")
+def model_ready(deployment: str, version: str | None = None) -> Response:
+    """Answer 200 when the deployment's champion is loaded, else 503 (404 if unknown)."""
+    plane = dataplane()
+    try:
+        route = plane.route(deployment)
+    except RouterError as exc:
+        return _json_response(exc.to_json(), exc.status)
+    ready = plane.ready and route.champion.version.ref not in plane.routes.failures()
+    return _json_response({"name": deployment, "ready": ready}, 200 if ready else 503)
+
+
+@blueprint.get("/v2")
+def server_metadata() -> Response:
+    return _json_response({"name": "mlcanary", "version": "1", "extensions": ["binary_tensor_data"]}, 200)
+
+
+@blueprint.get("/v2/health/live")
+@blueprint.get("/healthz")
+def live() -> Response:
+    """Answer 200 while the process runs."""
+    return _json_response({"status": "ok", "live": True}, 200)
+
+
+@blueprint.get("/v2/health/ready")
+@blueprint.get("/readyz")
+def ready() -> Response:
+    """Answer 200 once the routing table and its versions are loaded, else 503."""
+    plane = dataplane()
+    body = {
+        "status": "ready" if plane.ready else "not_ready",
+        "ready": plane.ready,
+        "deployments": sorted(plane.routes.routes),
+        "failed_versions": plane.routes.failures(),
+    }
+    if plane.routes.last_error:
+        body["storage_error"] = plane.routes.last_error
+    return _json_response(body, 200 if plane.ready else 503)
+
+
+@blueprint.get("/metrics")
+def metrics() -> Response:
+    """Expose Prometheus metrics (summed over gunicorn workers in multiprocess mode)."""
+    text, content_type = exposition()
+    return Response(text, status=200, content_type=content_type)
+
+
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def install_error_handlers(app: Flask) -> None:
+    """Answer every error as JSON; unexpected exceptions become a logged 500 without details."""
+
+    @app.errorhandler(RouterError)
+    def _router_error(exc: RouterError) -> Response:
+        return _json_response(exc.to_json(), exc.status)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        code = _HTTP_CODES.get(status, (exc.name or "error").lower().replace(" ", "_"))
+        response = _json_response({"error": {"code": code, "message": exc.description or exc.name}}, status)
+        if status == 405 and exc.get_response().headers.get("Allow"):
+            response.headers["Allow"] = exc.get_response().headers["Allow"]
+        return response
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("unexpected error")
+        return _json_response(
+            {"error": {"code": "internal_error", "message": "internal error; see the logs"}}, 500
+        )

@@ -1,0 +1,156 @@
+"""Turn parsed request columns into the DataFrame a registered pipeline expects, or say what is wrong.
+
+Every protocol (MLflow JSON and CSV, V2) ends here with a mapping column name → list of values.
+Columns are checked against the champion's registered input schema: a missing or unknown column, a
+value of the wrong type, an empty batch or rows of unequal length is an InvalidInput naming it.
+
+Missing values: JSON null (and an empty CSV field, "NA", "NaN", "null") becomes NaN in every column,
+which is what pandas.read_csv yields, so a pipeline sees in production what it saw in research:
+float columns hold NaN; an int column with a missing value becomes float64 (as read_csv makes it);
+str columns hold NaN in pandas' string dtype; a bool column with a missing value becomes object.
+Numbers written as strings are accepted in numeric columns (CSV has nothing else); anything that
+is not a number there is a type error. Values of str columns that are numbers become their text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from router.errors import InvalidInput
+from storage.entities import Column
+
+NA_TEXT = frozenset({"", "NA", "N/A", "NaN", "nan", "null", "NULL", "None", "<NA>"})
+_TRUE = frozenset({"true", "True", "TRUE", "1"})
+_FALSE = frozenset({"false", "False", "FALSE", "0"})
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A validated request: the frame in the registered column order, and its row count."""
+
+    frame: pd.DataFrame
+    rows: int
+
+
+def build_batch(columns: Mapping[str, Sequence[Any]], schema: Sequence[Column], *, max_rows: int) -> Batch:
+    """Check columns against the schema and build the frame (registered columns, registered order)."""
+    wanted = [c.name for c in schema]
+    missing = [name for name in wanted if name not in columns]
+    if missing:
+        raise InvalidInput(f"missing column(s): {', '.join(missing)}", code="missing_columns")
+    unknown = [str(name) for name in columns if name not in set(wanted)]
+    if unknown:
+        raise InvalidInput(
+            f"unknown column(s): {', '.join(unknown)}; this deployment takes {', '.join(wanted)}",
+            code="unknown_columns",
+        )
+    lengths = {len(columns[name]) for name in wanted}
+    if len(lengths) > 1:
+        raise InvalidInput("columns have different numbers of rows", code="ragged_rows")
+    rows = lengths.pop() if lengths else 0
+    if rows == 0:
+        raise InvalidInput("the batch is empty: send at least one row", code="empty_batch")
+    if rows > max_rows:
+        raise InvalidInput(
+            f"the batch has {rows} rows; at most {max_rows} are accepted", code="too_many_rows"
+        )
+    data = {c.name: convert_column(c, columns[c.name]) for c in schema}
+    return Batch(pd.DataFrame(data, columns=wanted, copy=False), rows)
+
+
+def convert_column(column: Column, values: Sequence[Any]) -> Any:
+    """Convert one column's values to the array pandas would build for the registered dtype."""
+    kind = column.dtype
+    if kind in ("float", "int"):
+        return _numeric(column, values)
+    if kind == "bool":
+        return _boolean(column, values)
+    if kind == "datetime":
+        try:
+            return pd.to_datetime(pd.Series([None if _is_na(v) else v for v in values], dtype=object))
+        except (ValueError, TypeError) as exc:
+            raise InvalidInput(f"column {column.name!r} expects dates: {exc}", code="wrong_type") from exc
+    return _text(column, values)
+
+
+def _is_na(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float):
+        return value != value
+    return isinstance(value, str) and value in NA_TEXT
+
+
+def _numeric(column: Column, values: Sequence[Any]) -> np.ndarray:
+    try:
+        array = np.array(values, dtype=np.float64)
+    except (ValueError, TypeError):
+        array = None
+    if array is None or array.ndim != 1 or any(isinstance(v, bool | list | dict) for v in values):
+        array = np.empty(len(values), dtype=np.float64)
+        for i, value in enumerate(values):
+            if _is_na(value):
+                array[i] = np.nan
+            elif isinstance(value, bool) or not isinstance(value, int | float | str):
+                raise _type_error(column, value, "a number")
+            else:
+                try:
+                    array[i] = float(value)
+                except ValueError as exc:
+                    raise _type_error(column, value, "a number") from exc
+    if column.dtype == "int":
+        finite = array[~np.isnan(array)]
+        if finite.size and not np.all(np.floor(finite) == finite):
+            bad = finite[np.floor(finite) != finite][0]
+            raise _type_error(column, float(bad), "an integer")
+        if finite.size == array.size:
+            return array.astype(np.int64)
+    return array
+
+
+def _boolean(column: Column, values: Sequence[Any]) -> Any:
+    out: list[Any] = []
+    has_na = False
+    for value in values:
+        if isinstance(value, bool | np.bool_):
+            out.append(bool(value))
+        elif _is_na(value):
+            out.append(np.nan)
+            has_na = True
+        elif isinstance(value, str) and value in _TRUE:
+            out.append(True)
+        elif isinstance(value, str) and value in _FALSE:
+            out.append(False)
+        elif isinstance(value, int | float) and value in (0, 1):
+            out.append(bool(value))
+        else:
+            raise _type_error(column, value, "true or false")
+    return np.array(out, dtype=object) if has_na else np.array(out, dtype=bool)
+
+
+def _text(column: Column, values: Sequence[Any]) -> Any:
+    out: list[Any] = []
+    for value in values:
+        if isinstance(value, str):
+            out.append(np.nan if value in NA_TEXT else value)
+        elif value is None or (isinstance(value, float) and value != value):
+            out.append(np.nan)
+        elif isinstance(value, bool | int | float):
+            out.append(str(value))
+        else:
+            raise _type_error(column, value, "a string")
+    return pd.array(out, dtype="str")
+
+
+def _type_error(column: Column, value: Any, expected: str) -> InvalidInput:
+    shown = repr(value)
+    if len(shown) > 40:
+        shown = shown[:37] + "..."
+    return InvalidInput(
+        f"column {column.name!r} ({column.dtype}) expects {expected}, got {shown}", code="wrong_type"
+    )

@@ -1,0 +1,142 @@
+"""The routing table of one process: read from storage by a background thread, swapped atomically.
+
+Requests never query the database: they read `RouteTable.routes`, a dict replaced as a whole (one
+reference assignment) after every change. Backends are cached per pipeline version id (a version's
+artifact never changes) and loaded by the refresh thread, never by a request. A version that fails
+to load is a MissingBackend until load_retry_interval has passed, then tried again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from router.backends import Backend, MissingBackend, create_backend
+from router.errors import DeploymentNotFound, NotReady
+from router.settings import RouterSettings
+from storage import StorageError, Store
+from storage.entities import PipelineVersion, RoutingEntry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Route:
+    """One deployment's routing entry with its loaded backends."""
+
+    entry: RoutingEntry
+    champion: Backend
+    challenger: Backend | None
+
+
+class RouteTable:
+    """Keep this process's routes in step with storage (poll every refresh_interval seconds)."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: RouterSettings,
+        *,
+        backend_factory: Callable[[PipelineVersion, RouterSettings], Backend] = create_backend,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.routes: dict[str, Route] = {}
+        self.loaded = False
+        self.last_error: str | None = None
+        self._factory = backend_factory
+        self._clock = clock
+        self._backends: dict[int, Backend] = {}
+        self._failed_at: dict[int, float] = {}
+        self._entries: dict[str, RoutingEntry] | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def get(self, deployment: str) -> Route:
+        """Return a deployment's route; NotReady before the first load, DeploymentNotFound if unknown."""
+        route = self.routes.get(deployment)
+        if route is None:
+            if not self.loaded:
+                raise NotReady("the routing table is not loaded yet")
+            raise DeploymentNotFound(f"no deployment named {deployment!r}")
+        return route
+
+    def refresh(self) -> bool:
+        """Read the table once and swap in new routes if anything changed; return whether it did."""
+        try:
+            entries = self.store.routing.load_table()
+        except StorageError as exc:
+            if self.last_error is None:
+                log.warning("cannot read the routing table, keeping the last one: %s", exc)
+            self.last_error = str(exc)
+            return False
+        self.last_error = None
+        retry_due = any(
+            self._clock() - at >= self.settings.load_retry_interval for at in self._failed_at.values()
+        )
+        if entries == self._entries and not retry_due:
+            return False
+        routes = {
+            name: Route(
+                entry,
+                self._backend(entry.champion),
+                None if entry.challenger is None else self._backend(entry.challenger),
+            )
+            for name, entry in entries.items()
+        }
+        wanted = {r.champion.version.id for r in routes.values()} | {
+            r.challenger.version.id for r in routes.values() if r.challenger is not None
+        }
+        self.routes = routes  # the atomic swap: readers see the old dict or the new one
+        self._entries = entries
+        self.loaded = True
+        for version_id in list(self._backends):
+            if version_id not in wanted:
+                self._backends.pop(version_id).close()
+                self._failed_at.pop(version_id, None)
+        return True
+
+    def _backend(self, version: PipelineVersion) -> Backend:
+        cached = self._backends.get(version.id)
+        if cached is not None and not (
+            isinstance(cached, MissingBackend)
+            and self._clock() - self._failed_at.get(version.id, 0.0) >= self.settings.load_retry_interval
+        ):
+            return cached
+        backend = self._factory(version, self.settings)
+        if isinstance(backend, MissingBackend):
+            log.error("cannot load %s: %s", version.ref, backend.reason)
+            self._failed_at[version.id] = self._clock()
+        else:
+            self._failed_at.pop(version.id, None)
+        self._backends[version.id] = backend
+        return backend
+
+    def failures(self) -> dict[str, str]:
+        """Return version ref → why it could not be loaded, for the versions currently routed."""
+        return {b.version.ref: b.reason for b in self._backends.values() if isinstance(b, MissingBackend)}
+
+    def start(self) -> None:
+        """Load the table once now (so a ready process is ready at once), then poll in a thread."""
+        self.refresh()
+        self._thread = threading.Thread(target=self._run, name="mlcanary-routes", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.settings.refresh_interval):
+            try:
+                self.refresh()
+            except Exception:  # the refresh thread must outlive any surprise
+                log.exception("routing table refresh failed")
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        for backend in self._backends.values():
+            backend.close()
+        self._backends.clear()

@@ -1,0 +1,60 @@
+"""Tuning of the data plane, passed explicitly; nothing is read from the environment here."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+
+def _default_spool_dir() -> Path:
+    return Path(tempfile.gettempdir()) / "mlcanary-spool"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RouterSettings:
+    """Every knob of a router process; defaults suit one host with a few workers.
+
+    refresh_interval: seconds between two reads of the routing table (a change is live within it).
+    load_retry_interval: seconds before a version that failed to load is tried again.
+    shadow_queue_size / shadow_workers / shadow_batch_max: the bounded shadow queue, the threads
+        scoring it, and the most requests scored in one micro-batch.
+    shadow_timeout_s: a shadow call not finished this long after it was queued is recorded as timed out.
+    shadow_linger_s: how long a shadow worker waits for the process to be idle (no request in
+        flight) before scoring a micro-batch, so that shadow work runs between requests.
+    recorder_batch / recorder_flush_interval / recorder_queue_size: rows per insert, the longest a
+        record waits before a write, and the records held in memory (beyond them, records go
+        straight to the spool).
+    spool_dir: where records go while the database is unavailable (one JSON-lines file per process).
+    spool_retry_interval: seconds between attempts to reach the database again after a failure.
+    max_body_bytes / max_rows: the largest request accepted (413 / 400 beyond).
+    trust_pickle: allow joblib/pickle artifacts (they can run code when loaded).
+    upstream_timeout_s / upstream_pool_size: HTTP upstream backends' timeout and pooled connections.
+    """
+
+    refresh_interval: float = 0.25
+    load_retry_interval: float = 5.0
+    shadow_queue_size: int = 1000
+    shadow_workers: int = 1
+    shadow_batch_max: int = 256
+    shadow_timeout_s: float = 5.0
+    shadow_linger_s: float = 0.05
+    recorder_batch: int = 1000
+    recorder_flush_interval: float = 0.2
+    recorder_queue_size: int = 50_000
+    spool_dir: Path = field(default_factory=_default_spool_dir)
+    spool_retry_interval: float = 1.0
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_rows: int = 10_000
+    trust_pickle: bool = False
+    upstream_timeout_s: float = 5.0
+    upstream_pool_size: int = 20
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "spool_dir", Path(self.spool_dir))
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool | Path):
+                continue
+            if value <= 0:
+                raise ValueError(f"RouterSettings.{f.name} must be positive, got {value!r}")
