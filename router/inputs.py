@@ -40,6 +40,8 @@ class Batch:
 def build_batch(columns: Mapping[str, Sequence[Any]], schema: Sequence[Column], *, max_rows: int) -> Batch:
     """Check columns against the schema and build the frame (registered columns, registered order)."""
     wanted = [c.name for c in schema]
+    if not columns or all(len(v) == 0 for v in columns.values()):
+        raise InvalidInput("the batch is empty: send at least one row", code="empty_batch")
     missing = [name for name in wanted if name not in columns]
     if missing:
         raise InvalidInput(f"missing column(s): {', '.join(missing)}", code="missing_columns")

@@ -76,7 +76,9 @@ def churn_frame(n: int = 300, *, seed: int = 0, missing: float = 0.05) -> tuple[
 
 def input_schema(frame: pd.DataFrame) -> tuple[Column, ...]:
     """Describe a frame's columns with storage's dtype names ("float", "int", "bool", "str")."""
-    return tuple(Column(str(name), _DTYPE_NAMES.get(dtype.kind, "str")) for name, dtype in frame.dtypes.items())
+    return tuple(
+        Column(str(name), _DTYPE_NAMES.get(dtype.kind, "str")) for name, dtype in frame.dtypes.items()
+    )
 
 
 def _preprocessor() -> ColumnTransformer:
@@ -219,7 +221,9 @@ def register_upstream(
     )
 
 
-def deploy(store: Store, name: str, champion: PipelineVersion, *, store_raw_inputs: bool = True) -> Deployment:
+def deploy(
+    store: Store, name: str, champion: PipelineVersion, *, store_raw_inputs: bool = True
+) -> Deployment:
     """Create a deployment whose champion is the given version."""
     return store.deployments.create(name, champion.id, store_raw_inputs=store_raw_inputs)
 
