@@ -1,0 +1,334 @@
+"""The rollout policy: what a rollout may do, validated on input, with defaults that are safe alone.
+
+    policy = Policy.parse({"canary": {"steps": [5, 50, 100]}})    # dict, YAML/JSON text or a file
+    judge_policy = policy.to_judge_policy("classification", "shadow", labelled=False)
+    plan = policy.plan()                                           # the stages the rollout walks through
+
+Every field is documented in its model's docstring (docs are generated from them). Unknown keys and
+impossible values raise ``PolicyError`` naming the field's path, e.g. ``canary.steps: ...``.
+
+The plan is data: ``mode`` and the step weights give a list of ``Stage`` (a shadow stage, then one
+canary stage per weight below 100). Passing the last stage promotes the challenger to 100%: a weight
+of 100 in ``canary.steps`` means "promote", it is never held as a step of its own (at 100% the
+champion would answer nothing and could not be compared with).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from controller.judge import GateSpec, JudgePolicy
+
+RolloutMode = Literal["shadow", "canary", "shadow_then_canary"]
+Task = Literal["classification", "regression"]
+GateRole = Literal["required", "guardrail", "informational", "off"]
+
+__all__ = ["Gate", "Gates", "Policy", "PolicyError", "Shadow", "Canary", "Slo", "Stage", "RolloutMode"]
+
+
+class PolicyError(ValueError):
+    """A policy is malformed; the message names the field path and what is wrong with it."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class Shadow(_Model):
+    """The shadow stage: the champion answers and the challenger scores the same requests off the live path.
+
+    ``sample_rate``: share of requests (0 < rate <= 1) the challenger scores in shadow.
+    ``min_pairs``: paired requests (both arms ran) needed before the stage may be decided.
+    ``min_duration_s``: seconds the stage lasts at least, even when the data decide earlier.
+    ``max_duration_s``: seconds after which an undecided stage stops waiting (see ``on_inconclusive``).
+    """
+
+    sample_rate: float = Field(default=1.0, gt=0.0, le=1.0)
+    min_pairs: int = Field(default=500, ge=1)
+    min_duration_s: float = Field(default=0.0, ge=0.0)
+    max_duration_s: float = Field(default=24 * 3600.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _durations(self) -> Shadow:
+        if self.max_duration_s < self.min_duration_s:
+            raise ValueError("max_duration_s must be at least min_duration_s")
+        return self
+
+
+class Canary(_Model):
+    """The canary stages: a sticky share of traffic is answered by the challenger, step by step.
+
+    ``steps``: challenger weights in percent, strictly increasing, each in (0, 100]. A final 100 is
+    allowed and means "promote" (passing the last step below 100 promotes anyway).
+    ``shadow_rate``: share (0..1) of canary requests on which the other arm also scores in shadow,
+    which gives the agreement gate its pairs; 0 saves the compute.
+    ``min_samples``: requests in the step needed before it may be decided.
+    ``min_duration_s`` / ``max_duration_s``: least and most seconds spent in each step.
+    """
+
+    steps: tuple[float, ...] = (5.0, 25.0, 50.0, 100.0)
+    shadow_rate: float = Field(default=1.0, ge=0.0, le=1.0)
+    min_samples: int = Field(default=500, ge=1)
+    min_duration_s: float = Field(default=60.0, ge=0.0)
+    max_duration_s: float = Field(default=24 * 3600.0, gt=0.0)
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, steps: tuple[float, ...]) -> tuple[float, ...]:
+        if not steps:
+            raise ValueError("give at least one step")
+        for w in steps:
+            if not 0.0 < w <= 100.0:
+                raise ValueError(f"every weight must lie in (0, 100], got {w:g}")
+        if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
+            raise ValueError(f"weights must be strictly increasing, got {list(steps)}")
+        return steps
+
+    @model_validator(mode="after")
+    def _durations(self) -> Canary:
+        if self.max_duration_s < self.min_duration_s:
+            raise ValueError("max_duration_s must be at least min_duration_s")
+        return self
+
+
+class Gate(_Model):
+    """One statistical gate.
+
+    ``role``: ``required`` (must prove non-inferiority to promote; proven harm rolls back),
+    ``guardrail`` (proven harm rolls back), ``informational`` (reported only) or ``off``.
+    ``margin``: the tolerated difference, in the gate's unit (see ``Gates``).
+    ``min_samples``: the gate's burn-in; ``None`` takes the policy's ``burn_in``.
+    """
+
+    role: GateRole
+    margin: float
+    min_samples: int | None = Field(default=None, ge=1)
+
+
+class Gates(_Model):
+    """The gates and their margins.
+
+    ``error_rate``: absolute increase of the error rate tolerated (0 <= margin < 1; 0.01 = one point).
+    ``latency_p99``: tolerated ratio of challenger to champion p99 latency (>= 1; 1.2 = 20% slower).
+    ``agreement``: minimum share of identical predictions (0 < margin <= 1), classification only.
+    ``accuracy``: absolute accuracy drop tolerated once labels arrive (0 <= margin < 1).
+    ``regression``: relative increase of the mean absolute error tolerated once labels arrive (>= 0).
+    ``drift``: PSI of the output distributions above which outputs have drifted (> 0).
+    ``agreement_until_labelled``: classification: while the step has no matured label, agreement
+    stands in for accuracy as the quality gate (agreement keeps its role, accuracy is informational);
+    once labels exist, accuracy keeps its role and agreement becomes informational.
+    """
+
+    error_rate: Gate = Gate(role="required", margin=0.01)
+    latency_p99: Gate = Gate(role="guardrail", margin=1.2, min_samples=1000)
+    agreement: Gate = Gate(role="required", margin=0.9)
+    accuracy: Gate = Gate(role="required", margin=0.01)
+    regression: Gate = Gate(role="required", margin=0.05)
+    drift: Gate = Gate(role="informational", margin=0.2)
+    agreement_until_labelled: bool = True
+
+    @model_validator(mode="after")
+    def _margins(self) -> Gates:
+        checks = {
+            "error_rate": (0.0 <= self.error_rate.margin < 1.0, "must lie in [0, 1)"),
+            "latency_p99": (self.latency_p99.margin >= 1.0, "is a ratio and must be >= 1"),
+            "agreement": (0.0 < self.agreement.margin <= 1.0, "must lie in (0, 1]"),
+            "accuracy": (0.0 <= self.accuracy.margin < 1.0, "must lie in [0, 1)"),
+            "regression": (self.regression.margin >= 0.0, "must be >= 0"),
+            "drift": (self.drift.margin > 0.0, "must be > 0"),
+        }
+        for name, (ok, rule) in checks.items():
+            if not ok:
+                margin = getattr(self, name).margin
+                raise PolicyError(f"gates.{name}.margin: {rule}, got {margin:g}")
+        return self
+
+
+class Slo(_Model):
+    """Hard service levels of the challenger: a proven breach vetoes the rollout (rolls back at once).
+
+    ``error_rate``: ceiling of the challenger's error rate (0 < x < 1), or null for none.
+    ``latency_p99_ms``: ceiling of its p99 latency in milliseconds (> 0), or null for none.
+    ``min_samples``: requests before an SLO may veto; ``None`` takes the policy's ``burn_in``.
+    """
+
+    error_rate: float | None = Field(default=None, gt=0.0, lt=1.0)
+    latency_p99_ms: float | None = Field(default=None, gt=0.0)
+    min_samples: int | None = Field(default=None, ge=1)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the plan: "shadow" (weight 0) or "canary" at a challenger weight in percent."""
+
+    kind: Literal["shadow", "canary"]
+    weight: float
+    shadow_rate: float
+    min_samples: int
+    min_duration_s: float
+    max_duration_s: float
+
+
+class Policy(_Model):
+    """How one rollout proceeds. ``Policy()`` alone is a safe policy.
+
+    ``mode``: ``shadow`` (compare in shadow, then promote), ``canary`` (percentage steps only) or
+    ``shadow_then_canary`` (the default).
+    ``shadow`` / ``canary``: the stages (see ``Shadow`` and ``Canary``).
+    ``gates``: margins and roles of the statistical gates (see ``Gates``).
+    ``alpha``: error level of the always-valid confidence sequences (0 < alpha < 0.5).
+    ``srm_alpha``: level of the sample-ratio-mismatch test in canary steps (0 < x < 0.5).
+    ``n_star``: sample size at which the confidence sequences are tightest (> 0).
+    ``burn_in``: observations a gate needs before it may decide, unless the gate sets its own.
+    ``label_maturity_s``: seconds a request must be old before its label counts: younger requests
+    are left out of the accuracy and regression gates (labels still arriving would bias them).
+    ``on_inconclusive``: what to do when a step's ``max_duration_s`` runs out undecided: ``pause``
+    (hold the current split for a human) or ``rollback``.
+    ``slo``: hard service levels (see ``Slo``).
+    """
+
+    mode: RolloutMode = "shadow_then_canary"
+    shadow: Shadow = Shadow()
+    canary: Canary = Canary()
+    gates: Gates = Gates()
+    alpha: float = Field(default=0.05, gt=0.0, lt=0.5)
+    srm_alpha: float = Field(default=0.001, gt=0.0, lt=0.5)
+    n_star: float = Field(default=5000.0, gt=0.0)
+    burn_in: int = Field(default=200, ge=1)
+    label_maturity_s: float = Field(default=0.0, ge=0.0)
+    on_inconclusive: Literal["pause", "rollback"] = "pause"
+    slo: Slo = Slo()
+
+    @model_validator(mode="after")
+    def _plan(self) -> Policy:
+        if self.mode == "canary" and not any(w < 100.0 for w in self.canary.steps):
+            raise PolicyError("canary.steps: canary mode needs at least one weight below 100")
+        return self
+
+    # ------------------------------------------------------------------------------------ input
+    @classmethod
+    def parse(cls, source: Policy | Mapping[str, Any] | str | Path | None = None, **overrides: Any) -> Policy:
+        """Build a policy from a mapping, YAML or JSON text, or a .yaml/.yml/.json file; None = defaults.
+
+        ``overrides`` are top-level fields applied on top (e.g. ``mode="canary"``). Raises PolicyError.
+        """
+        if isinstance(source, Policy):
+            data: dict[str, Any] = source.to_dict()
+        elif source is None:
+            data = {}
+        elif isinstance(source, Mapping):
+            data = dict(source)
+        else:
+            data = _load_text(source)
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls.model_validate(data)
+        except ValidationError as error:
+            raise PolicyError(_describe(error)) from error
+        except PolicyError:
+            raise
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the complete policy as plain JSON-able data (what a rollout stores)."""
+        return self.model_dump(mode="json")
+
+    # ----------------------------------------------------------------------------------- output
+    def plan(self) -> tuple[Stage, ...]:
+        """Return the stages in order: shadow first (unless mode is canary), then canary weights < 100."""
+        stages: list[Stage] = []
+        if self.mode in ("shadow", "shadow_then_canary"):
+            s = self.shadow
+            stages.append(Stage("shadow", 0.0, s.sample_rate, s.min_pairs, s.min_duration_s, s.max_duration_s))
+        if self.mode in ("canary", "shadow_then_canary"):
+            c = self.canary
+            for w in c.steps:
+                if w < 100.0:
+                    stages.append(Stage("canary", w, c.shadow_rate, c.min_samples, c.min_duration_s, c.max_duration_s))
+        return tuple(stages)
+
+    def to_judge_policy(self, task: Task, mode: Literal["shadow", "canary"], *, labelled: bool = True) -> JudgePolicy:
+        """Map this policy onto the judge's thresholds for one step.
+
+        ``mode``: how the step's data are compared (paired shadow or unpaired canary).
+        ``labelled``: whether the step has matured labels; decides, with ``gates.agreement_until_labelled``,
+        whether agreement or accuracy is the quality gate of a classification.
+        """
+        g = self.gates
+
+        def spec(gate: Gate, *, role: GateRole | None = None) -> GateSpec:
+            role = role or gate.role
+            return GateSpec(
+                role="informational" if role == "off" else role,
+                margin=gate.margin,
+                min_samples=gate.min_samples or self.burn_in,
+                enabled=role != "off",
+            )
+
+        agreement_role: GateRole | None = None
+        accuracy_role: GateRole | None = None
+        if task == "classification" and g.agreement_until_labelled:
+            demote: GateRole = "informational"
+            if labelled:
+                agreement_role = demote if g.agreement.role != "off" else "off"
+            else:
+                accuracy_role = demote if g.accuracy.role != "off" else "off"
+        return JudgePolicy(
+            alpha=self.alpha,
+            n_star=self.n_star,
+            srm_alpha=self.srm_alpha,
+            error_rate_slo=self.slo.error_rate,
+            latency_p99_slo_ms=self.slo.latency_p99_ms,
+            slo_min_samples=self.slo.min_samples or self.burn_in,
+            error_rate=spec(g.error_rate),
+            latency_p99=spec(g.latency_p99),
+            agreement=spec(g.agreement, role=agreement_role) if task == "classification"
+            else spec(g.agreement, role="off"),
+            accuracy=spec(g.accuracy, role=accuracy_role) if task == "classification"
+            else spec(g.accuracy, role="off"),
+            regression=spec(g.regression) if task == "regression" else spec(g.regression, role="off"),
+            drift=spec(g.drift),
+        )
+
+
+def _load_text(source: str | Path) -> dict[str, Any]:
+    text: str
+    path = Path(source) if isinstance(source, Path) or "\n" not in str(source) else None
+    if path is not None and path.suffix.lower() in (".yaml", ".yml", ".json"):
+        try:
+            text = path.read_text()
+        except OSError as error:
+            raise PolicyError(f"cannot read policy file {path}: {error}") from error
+    else:
+        text = str(source)
+    try:
+        data = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise PolicyError(f"policy is neither valid JSON nor YAML: {str(error).splitlines()[0]}") from error
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise PolicyError(f"a policy is a mapping of fields, got {type(data).__name__}")
+    return data
+
+
+def _describe(error: ValidationError) -> str:
+    parts = []
+    for e in error.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "policy"
+        message = e["msg"]
+        ctx_error = (e.get("ctx") or {}).get("error")
+        if isinstance(ctx_error, PolicyError):
+            parts.append(str(ctx_error))
+            continue
+        if e["type"] == "extra_forbidden":
+            message = "unknown field"
+        message = message.removeprefix("Value error, ")
+        parts.append(f"{path}: {message}")
+    return "; ".join(parts)
