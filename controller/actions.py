@@ -67,7 +67,8 @@ def state_of(rollout: Rollout, *, samples: int = 0) -> RolloutState:
 
 
 def transition_event(
-    rollout: Rollout, decision: Decision, *, actor: str, message: str | None = None, details: Mapping[str, Any] = ()
+    rollout: Rollout, decision: Decision, *, actor: str, message: str | None = None,
+    details: Mapping[str, Any] | None = None,
 ) -> NewEvent:
     """Describe a transition as an audit event: action ``rollout.<verb>``, the reason, from/to and the split."""
     return NewEvent(
