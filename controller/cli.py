@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -310,6 +311,29 @@ def tokens_list(ctx: click.Context) -> None:
         click.echo(
             f"{t.name:20} {t.role:9} {'revoked ' + t.revoked_at.isoformat() if t.revoked_at else 'active'}"
         )
+
+
+# ---------------------------------------------------------------------------------------- retention
+def parse_age(text: str) -> timedelta:
+    """Parse an age such as 30d, 12h or 90m."""
+    units = {"d": "days", "h": "hours", "m": "minutes"}
+    number, unit = text[:-1], text[-1:]
+    if unit not in units or not number.isdigit() or int(number) <= 0:
+        raise click.BadParameter(f"{text!r}: write a positive number followed by d, h or m (e.g. 30d)")
+    return timedelta(**{units[unit]: int(number)})
+
+
+@cli.command()
+@click.option("--older-than", "older_than", required=True, help="Age to keep, e.g. 30d, 12h.")
+@click.option("--batch-size", default=5000, show_default=True, type=click.IntRange(1, 1_000_000))
+@click.pass_context
+def prune(ctx: click.Context, older_than: str, batch_size: int) -> None:
+    """Delete paired outputs and labels older than an age, in small batches that never block writers."""
+    cutoff = datetime.now(UTC) - parse_age(older_than)
+    store = store_of(ctx)
+    pairs = store.pairs.prune(before=cutoff, batch_size=batch_size)
+    labels = store.labels.prune(before=cutoff, batch_size=batch_size)
+    click.echo(f"pruned {pairs} paired outputs and {labels} labels received before {cutoff.isoformat()}")
 
 
 # ------------------------------------------------------------------------------------------ servers

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import delete, func, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from storage import entities
@@ -552,24 +552,21 @@ class LabelRepository:
             return row.to_entity()
 
     def prune(self, *, before: datetime, batch_size: int = 5000) -> int:
+        """Delete labels received before a time, in short batches so writers never wait long."""
         total = 0
         while True:
             with self.db.session() as s:
-                keys = list(
-                    s.execute(
-                        select(LabelRow.request_id, LabelRow.row_index)
-                        .where(LabelRow.received_at < before)
-                        .limit(batch_size)
-                    )
+                oldest = (
+                    select(LabelRow.request_id, LabelRow.row_index)
+                    .where(LabelRow.received_at < before)
+                    .limit(batch_size)
                 )
-                if not keys:
-                    return total
-                s.execute(
-                    delete(LabelRow).where(
-                        or_(*[(LabelRow.request_id == rid) & (LabelRow.row_index == idx) for rid, idx in keys])
-                    )
-                )
-                total += len(keys)
+                deleted = s.execute(
+                    delete(LabelRow).where(tuple_(LabelRow.request_id, LabelRow.row_index).in_(oldest))
+                ).rowcount  # type: ignore[attr-defined]
+            if not deleted:
+                return total
+            total += deleted
 
 
 def _label_columns(value: Any) -> tuple[str | None, float | None]:

@@ -188,8 +188,12 @@ def test_retention_prunes_old_rows_in_batches(store: Store) -> None:
     store.pairs.insert_many(
         [_pair(f"old{i}", deployment_id, received_at=old) for i in range(25)] + [_pair("new", deployment_id)]
     )
+    store.labels.upsert_many(deployment_id, [(f"old{i}", 0, 1) for i in range(25)] + [("new", 0, 0)], now=old)
+    store.labels.upsert_many(deployment_id, [("new", 0, 1)])
     assert store.pairs.prune(before=old + timedelta(days=1), batch_size=10) == 25
     assert store.pairs.count() == 1
+    assert store.labels.prune(before=old + timedelta(days=1), batch_size=10) == 25
+    assert store.labels.count() == 1 and store.labels.get("new").label == 1
 
 
 @pytest.mark.postgres
