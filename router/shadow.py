@@ -152,7 +152,7 @@ class ShadowPool:
         for group in groups.values():
             backend = group[0].backend
             frames = [j.exchange.frame for j in group]
-            frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True, copy=False)
+            frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
             started = time.perf_counter()
             try:
                 predictions = backend.predict(frame)

@@ -1,0 +1,156 @@
+"""Shadow scoring: micro-batches, drops, timeouts — and a faulty challenger never touches the answer."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import mlpipes
+import pytest
+
+from router.backends import create_backend
+from router.exchange import Exchange
+from router.settings import RouterSettings
+from router.shadow import DROPPED, TIMED_OUT, ShadowPool
+from storage import Store
+
+FRAME, _ = mlpipes.churn_frame(30, seed=9)
+
+
+def _exchanges(store: Store, n: int) -> list[Exchange]:
+    entry = store.routing.load_table()["churn"]
+    return [
+        Exchange(
+            f"r{i}", datetime.now(UTC), entry, i, "champion", FRAME.iloc[i : i + 1].reset_index(drop=True)
+        )
+        for i in range(n)
+    ]
+
+
+def _wait(predicate: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_queued_shadow_work_is_scored_in_one_micro_batch_with_per_request_results(
+    sqlite_store: Store, churn: Any, tmp_path: Path, settings: RouterSettings
+) -> None:
+    challenger = mlpipes.register(sqlite_store, tmp_path, version="2", seed=4)
+    backend = create_backend(challenger, settings)
+    settled: list[Exchange] = []
+    idle = threading.Event()  # a request is "in flight" until we say otherwise
+    pool = ShadowPool(on_settled=settled.append, idle=idle, linger_s=2.0, batch_max=100, timeout_s=10)
+    pool.start()
+    exchanges = _exchanges(sqlite_store, 20)
+    for exchange in exchanges:
+        assert pool.submit(exchange, "challenger", backend)
+    idle.set()
+    _wait(lambda: len(settled) == 20)
+    pool.close()
+    assert pool.batches == 1
+    expected = backend.predict(FRAME.iloc[:20])
+    for i, exchange in enumerate(exchanges):
+        assert exchange.challenger is not None and exchange.challenger.predictions is not None
+        assert exchange.challenger.predictions.outputs == expected.outputs[i : i + 1]
+        assert exchange.challenger.predictions.scores == pytest.approx(expected.scores[i : i + 1])  # type: ignore[index]
+
+
+def test_a_full_queue_drops_and_counts_without_waiting(
+    sqlite_store: Store, churn: Any, tmp_path: Path, settings: RouterSettings
+) -> None:
+    slow = mlpipes.register(sqlite_store, tmp_path, version="2", fault="sleeps", delay=0.5)
+    backend = create_backend(slow, settings)
+    settled: list[Exchange] = []
+    pool = ShadowPool(on_settled=settled.append, queue_size=2, workers=1, linger_s=0.001, timeout_s=5)
+    pool.start()
+    started = time.monotonic()
+    accepted = [pool.submit(e, "challenger", backend) for e in _exchanges(sqlite_store, 10)]
+    assert time.monotonic() - started < 0.2
+    assert accepted.count(False) == pool.dropped >= 7
+    dropped = [e for e in settled if e.challenger is not None and e.challenger.error == DROPPED]
+    assert len(dropped) == pool.dropped
+    pool.close(timeout=5)
+    assert len(settled) == 10  # every request settled exactly once
+
+
+def test_a_hanging_shadow_call_is_settled_as_timed_out(
+    sqlite_store: Store, churn: Any, tmp_path: Path, settings: RouterSettings
+) -> None:
+    hung = mlpipes.register(sqlite_store, tmp_path, version="2", fault="sleeps", delay=3.0)
+    backend = create_backend(hung, settings)
+    settled: list[Exchange] = []
+    pool = ShadowPool(on_settled=settled.append, linger_s=0.001, timeout_s=0.3)
+    pool.start()
+    exchanges = _exchanges(sqlite_store, 3)
+    for exchange in exchanges:
+        pool.submit(exchange, "challenger", backend)
+    _wait(lambda: len(settled) == 3, timeout=2.0)
+    assert len(settled) == 3
+    assert all(e.challenger is not None and e.challenger.error == TIMED_OUT for e in exchanges)
+    pool.close(timeout=0.2)
+
+
+def _baseline(make_app: Any, body: Any, n: int) -> list[tuple[int, Any]]:
+    """Answers of the champion alone (no rollout), with request ids of their own."""
+    app = make_app()
+    answers = [_answer(app.test_client(), body, f"base{i}") for i in range(n)]
+    app.extensions["mlcanary.dataplane"].close(timeout=5)
+    return answers
+
+
+def _answer(client: Any, body: Any, request_id: str) -> tuple[int, Any]:
+    response = client.post("/v1/models/churn/invocations", json=body, headers={"X-Request-Id": request_id})
+    return response.status_code, response.json
+
+
+BODY = {"dataframe_split": json.loads(FRAME.iloc[:3].to_json(orient="split", index=False))}
+
+
+@pytest.mark.parametrize("fault", ["raises", "sleeps", "garbage", "missing"])
+def test_a_faulty_shadow_challenger_never_changes_the_champions_answer(
+    sqlite_store: Store, churn: Any, tmp_path: Path, make_app: Any, fault: str
+) -> None:
+    deployment, _ = churn
+    baseline = _baseline(make_app, BODY, 5)
+    if fault == "missing":
+        challenger = mlpipes.register(sqlite_store, tmp_path, version="2")
+        Path(challenger.artifact_path or "").unlink()
+    else:
+        challenger = mlpipes.register(sqlite_store, tmp_path, version="2", fault=fault, delay=2.0)
+    mlpipes.start_rollout(sqlite_store, deployment, challenger, mode="shadow")
+    app = make_app(shadow_timeout_s=0.3)
+    client = app.test_client()
+    answers = [_answer(client, BODY, f"q{i}") for i in range(5)]
+    assert answers == baseline
+    app.extensions["mlcanary.dataplane"].close(timeout=5)
+    pairs = [p for p in sqlite_store.pairs.list() if p.request_id.startswith("q")]
+    assert len(pairs) == 15
+    assert all(p.challenger_error and p.champion_error is None and p.champion_class for p in pairs)
+
+
+def test_in_canary_a_failing_challenger_is_replaced_by_the_champion(
+    sqlite_store: Store, churn: Any, tmp_path: Path, make_app: Any
+) -> None:
+    deployment, _ = churn
+    baseline = _baseline(make_app, BODY, 4)
+    challenger = mlpipes.register(sqlite_store, tmp_path, version="2", fault="raises")
+    mlpipes.start_rollout(
+        sqlite_store, deployment, challenger, mode="canary", canary_weight=100, shadow_rate=1
+    )
+    app = make_app()
+    client = app.test_client()
+    responses = [
+        client.post("/v1/models/churn/invocations", json=BODY, headers={"X-Request-Id": f"q{i}"})
+        for i in range(4)
+    ]
+    assert [(r.status_code, r.json) for r in responses] == baseline
+    assert {r.headers["X-Mlcanary-Arm"] for r in responses} == {"champion"}
+    app.extensions["mlcanary.dataplane"].close(timeout=5)
+    pairs = [p for p in sqlite_store.pairs.list() if p.request_id.startswith("q")]
+    assert len(pairs) == 12
+    assert all(p.served_arm == "champion" and "always fails" in (p.challenger_error or "") for p in pairs)
