@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/mlcanary --data-dir var serve
+	$(BIN)/mlcanary --data-dir var demo
 
 serve: $(STAMP)
 	$(BIN)/mlcanary --data-dir var serve
