@@ -1,0 +1,52 @@
+"""WSGI factories for the router benchmark (gunicorn "router_apps:baseline()" / "router_apps:router()").
+
+baseline(): a bare Flask app scoring the same registered pipeline in process, DataFrame per call.
+router(): the mlcanary router app over BENCH_DATABASE_URL (shadow/canary set up by router_bench.py).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from flask import Flask, Response, request
+
+from router import create_app
+from router.settings import RouterSettings
+from storage import Database, Store
+from storage.artifacts import load_artifact
+
+
+def baseline() -> Flask:
+    store = Store(Database(os.environ["BENCH_DATABASE_URL"]))
+    version = store.pipelines.get_by_ref("churn:1")
+    assert version.artifact_path and version.sha256
+    pipeline = load_artifact(version.artifact_path, sha256=version.sha256, fmt="skops")
+    columns = list(version.column_names)
+    app = Flask("baseline")
+
+    @app.post("/v1/models/churn/invocations")
+    def invocations() -> Any:
+        split = request.get_json()["dataframe_split"]
+        frame = pd.DataFrame(split["data"], columns=split["columns"])[columns]
+        proba = pipeline.predict_proba(frame)
+        return {"predictions": pipeline.classes_[proba.argmax(axis=1)].tolist()}
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response("", mimetype="text/plain")
+
+    return app
+
+
+def router() -> Flask:
+    store = Store(Database(os.environ["BENCH_DATABASE_URL"]))
+    return create_app(store, RouterSettings(spool_dir=Path(os.environ["BENCH_SPOOL_DIR"])))
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    plane = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("mlcanary.dataplane")
+    if plane is not None:
+        plane.close(timeout=20)
