@@ -384,6 +384,11 @@ def serve(ctx: click.Context, host: str | None, port: int | None, workers: int |
     _serve(ctx, "serve", host, port, workers)
 
 
+from controller.cli_report import report as _report_command  # noqa: E402
+
+cli.add_command(_report_command)
+
+
 def main() -> NoReturn:
     sys.exit(cli.main(prog_name="mlcanary"))
 

@@ -1,0 +1,40 @@
+"""`mlcanary report`: write a rollout's comparison report as HTML, JSON or Markdown."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+@click.command("report")
+@click.argument("deployment")
+@click.option("--rollout", "rollout_id", type=int, help="Rollout id (default: the deployment's latest).")
+@click.option("--segment", "segments", multiple=True, help="Raw-input column to break results down by (repeatable).")
+@click.option("--format", "fmt", type=click.Choice(["html", "json", "md"]), default="html", show_default=True)
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="File to write ('-' for standard output).")
+@click.pass_context
+def report(
+    ctx: click.Context, deployment: str, rollout_id: int | None, segments: tuple[str, ...], fmt: str, output: Path
+) -> None:
+    """Write the comparison report of DEPLOYMENT's latest (or --rollout) rollout."""
+    from controller import reports
+    from controller.cli import store_of
+
+    store = store_of(ctx)
+    store.deployments.get(deployment)  # an unknown name fails here, in one line, before any progress output
+    click.echo(f"building the report of {deployment} (aggregating paired outputs)...", err=True)
+    data = reports.build_report(store, deployment, rollout_id, segments=segments)
+    if fmt == "json":
+        text = json.dumps(data, indent=2, allow_nan=False)
+    elif fmt == "md":
+        text = reports.render_markdown(data)
+    else:
+        text = reports.render_html(data)
+    if str(output) == "-":
+        click.echo(text)
+        return
+    output.write_text(text, encoding="utf-8")
+    click.echo(f"wrote {output} ({fmt}, rollout {data['rollout']['id']}, {data['traffic']['rows']:,} requests)", err=True)

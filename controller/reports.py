@@ -1,0 +1,926 @@
+"""Comparison reports: one rollout of a deployment, as JSON, a self-contained HTML page or Markdown.
+
+    report = build_report(store, "churn")                         # the latest rollout
+    report = build_report(store, "churn", 7, segments=["plan"])   # rollout 7, split by raw column "plan"
+    html = render_html(report)                                     # one offline file, inline SVG plots
+    text = render_markdown(report)
+
+``build_report`` returns plain JSON-ready data described by ``REPORT_SCHEMA`` (a JSON Schema; the
+tests validate against it). Everything over paired rows is aggregated in SQL
+(``storage.report_queries``): counts, sums, histograms, never the uuid or JSON payload columns row by
+row. Two things use bounded samples, and the report says so in ``notes``: the Kolmogorov–Smirnov test
+(at most ``ks_sample`` pairs, every k-th row) and the cut points of numeric segment bins.
+
+Statistics come from ``controller.stats``; gate verdicts are those the controller stored in
+``store.analyses`` (the report never re-decides anything). Latency quantiles are read off log-spaced
+histograms (within 5% of the exact quantile).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from scipy import stats as sps
+
+from controller import stats
+from controller.judge import Outcome
+from storage import NotFound, Store
+from storage import report_queries as rq
+from storage.entities import Analysis, Event, PipelineVersion, Rollout
+
+SCHEMA_VERSION = 1
+TIMELINE_BUCKETS = 60
+SCORE_BINS = 20
+VALUE_BINS = 30
+
+__all__ = ["REPORT_SCHEMA", "SCHEMA_VERSION", "build_report", "render_html", "render_markdown"]
+
+# --------------------------------------------------------------------------------------------------
+# Schema
+# --------------------------------------------------------------------------------------------------
+
+_S_num = {"type": ["number", "null"]}
+_S_int = {"type": "integer", "minimum": 0}
+_S_str_or_null = {"type": ["string", "null"]}
+_S_interval = {"type": ["array", "null"], "items": _S_num, "minItems": 2, "maxItems": 2}
+_S_outcome = {"enum": ["pass", "inconclusive", "no-data", "fail", "unknown"]}
+_S_version = {
+    "type": "object",
+    "required": ["id", "ref", "task"],
+    "properties": {"id": {"type": "integer"}, "ref": {"type": "string"}, "task": {"type": "string"}},
+}
+_S_latency = {
+    "type": "object",
+    "required": ["n", "mean", "p50", "p90", "p99", "histogram"],
+    "properties": {
+        "n": _S_int, "mean": _S_num, "p50": _S_num, "p90": _S_num, "p99": _S_num,
+        "histogram": {
+            "type": "object", "required": ["edges_ms", "counts"],
+            "properties": {"edges_ms": {"type": "array", "items": {"type": "number"}},
+                           "counts": {"type": "array", "items": _S_int}},
+        },
+    },
+}  # fmt: skip
+_S_arm = {
+    "type": "object",
+    "required": ["version", "requests", "served", "errors", "error_rate", "error_interval", "latency_ms"],
+    "properties": {
+        "version": _S_version, "requests": _S_int, "served": _S_int, "errors": _S_int, "error_rate": _S_num,
+        "error_interval": _S_interval, "latency_ms": _S_latency,
+    },
+}  # fmt: skip
+_S_verdict = {
+    "type": "object",
+    "required": ["gate", "role", "outcome", "statistic", "bound", "threshold", "effect", "margin",
+                 "n_champion", "n_challenger", "reason"],
+    "properties": {
+        "gate": {"type": "string"}, "role": {"type": "string"}, "outcome": _S_outcome, "statistic": _S_num,
+        "bound": _S_num, "threshold": _S_num, "effect": _S_num, "margin": _S_num, "n_champion": {"type": ["integer", "null"]},
+        "n_challenger": {"type": ["integer", "null"]}, "reason": {"type": "string"}, "p_value": _S_num,
+        "interval": _S_interval,
+    },
+}  # fmt: skip
+_S_distribution = {
+    "type": "object",
+    "required": ["kind", "labels", "champion", "challenger", "psi", "jensen_shannon"],
+    "properties": {
+        "kind": {"enum": ["classes", "scores", "values"]},
+        "labels": {"type": "array", "items": {"type": "string"}},
+        "edges": {"type": ["array", "null"], "items": {"type": "number"}},
+        "champion": {"type": "array", "items": _S_int}, "challenger": {"type": "array", "items": _S_int},
+        "psi": {"type": ["object", "null"], "required": ["value", "noise_floor", "threshold", "exceeds_noise"]},
+        "jensen_shannon": {"type": ["object", "null"], "required": ["divergence", "distance"]},
+        "ks": {"type": ["object", "null"], "required": ["statistic", "p_value", "n", "sampled"]},
+    },
+}  # fmt: skip
+_S_quality_arm = {
+    "type": "object",
+    "properties": {
+        "accuracy": {"type": "object", "required": ["value", "interval"]},
+        "f1": {"type": "object", "required": ["value", "average"]},
+        "roc_auc": {"type": ["object", "null"], "required": ["value", "interval"]},
+        "mae": {"type": "object", "required": ["value", "interval"]},
+        "rmse": {"type": "object", "required": ["value", "interval"]},
+    },
+}  # fmt: skip
+
+REPORT_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "mlcanary comparison report",
+    "description": "One rollout of a deployment: champion against challenger on paired outputs.",
+    "type": "object",
+    "required": ["schema_version", "generated_at", "deployment", "rollout", "task", "timeline", "traffic",
+                 "arms", "shadow", "agreement", "differences", "distributions", "labels", "gates", "segments",
+                 "reproducibility", "sample_size", "notes"],
+    "properties": {
+        "schema_version": {"const": SCHEMA_VERSION},
+        "generated_at": {"type": "string"},
+        "deployment": {"type": "object", "required": ["id", "name"]},
+        "rollout": {
+            "type": "object",
+            "required": ["id", "phase", "mode", "step_index", "canary_weight", "shadow_rate", "champion",
+                         "challenger", "created_by", "created_at", "ended_at", "reason", "policy"],
+            "properties": {"id": {"type": "integer"}, "phase": {"type": "string"}, "mode": {"type": "string"},
+                           "champion": _S_version, "challenger": _S_version},
+        },
+        "task": {"enum": ["classification", "regression"]},
+        "timeline": {
+            "type": "array",
+            "items": {"type": "object", "required": ["at", "actor", "action", "reason", "message", "step",
+                                                     "canary_weight"]},
+        },
+        "traffic": {
+            "type": "object",
+            "required": ["rows", "steps", "bucket_seconds", "start", "series"],
+            "properties": {
+                "rows": _S_int,
+                "steps": {"type": "array", "items": {"type": "object", "required": ["step", "rows", "served_champion",
+                                                                                      "served_challenger", "first_at",
+                                                                                      "last_at"]}},
+                "series": {"type": "array", "items": {"type": "object", "required": [
+                    "t", "step", "rows", "served_challenger", "pairs", "agree", "champion_errors",
+                    "challenger_errors"]}},
+            },
+        },
+        "arms": {"type": "object", "required": ["champion", "challenger"],
+                 "properties": {"champion": _S_arm, "challenger": _S_arm}},
+        "shadow": {
+            "type": "object",
+            "required": ["rows", "pairs", "coverage", "not_scored", "dropped", "timeouts", "cancelled",
+                         "other_errors"],
+        },
+        "agreement": {
+            "type": ["object", "null"],
+            "required": ["n", "agree", "share", "interval", "kappa", "table"],
+            "properties": {"table": {"type": "object", "required": ["labels", "counts"]}},
+        },
+        "differences": {"type": ["object", "null"], "required": ["of", "n", "mean", "sd", "mean_abs"]},
+        "distributions": {"type": "array", "items": _S_distribution},
+        "labels": {
+            "type": "object",
+            "required": ["available", "n"],
+            "properties": {"available": {"type": "boolean"}, "n": _S_int, "champion": _S_quality_arm,
+                           "challenger": _S_quality_arm, "paired": {"type": "object"}},
+        },
+        "gates": {
+            "type": "object",
+            "required": ["analyses", "primary", "latest", "series"],
+            "properties": {
+                "analyses": _S_int, "primary": _S_str_or_null,
+                "latest": {"type": ["object", "null"], "required": ["at", "step", "outcome", "verdicts"],
+                           "properties": {"verdicts": {"type": "array", "items": _S_verdict}}},
+                "series": {"type": "array", "items": {
+                    "type": "object", "required": ["at", "step", "outcome", "verdicts"],
+                    "properties": {"verdicts": {"type": "array", "items": _S_verdict}}}},
+            },
+        },
+        "segments": {
+            "type": "object",
+            "required": ["columns", "method", "results"],
+            "properties": {"results": {"type": "array", "items": {
+                "type": "object", "required": ["column", "kind", "segments"],
+                "properties": {"segments": {"type": "array", "items": {
+                    "type": "object",
+                    "required": ["value", "rows", "pairs", "effect", "effect_name", "interval", "flag"]}}}}}},
+        },
+        "reproducibility": {"type": "object", "required": ["status", "message"],
+                            "properties": {"status": {"enum": ["not_checked", "pass", "fail"]}}},
+        "sample_size": {"type": "object", "required": ["status", "message", "needed", "have"]},
+        "notes": {"type": "array", "items": {"type": "string"}},
+    },
+}  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------
+# Building
+# --------------------------------------------------------------------------------------------------
+
+
+def _f(value: Any) -> float | None:
+    """A finite float or None (JSON has no NaN)."""
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.astimezone(UTC).isoformat()
+
+
+def _epoch_iso(seconds: float | None) -> str | None:
+    return None if seconds is None else datetime.fromtimestamp(seconds, UTC).isoformat()
+
+
+def _interval(lower: Any, upper: Any) -> list[float | None]:
+    return [_f(lower), _f(upper)]
+
+
+def _version(v: PipelineVersion) -> dict[str, Any]:
+    return {"id": v.id, "ref": v.ref, "task": v.task}
+
+
+def _policy_number(policy: Mapping[str, Any], path: Sequence[str], default: float) -> float:
+    node: Any = policy
+    for key in path:
+        if not isinstance(node, Mapping) or key not in node:
+            return default
+        node = node[key]
+    return float(node) if isinstance(node, int | float) and not isinstance(node, bool) else default
+
+
+def build_report(
+    store: Store,
+    deployment: str,
+    rollout_id: int | None = None,
+    *,
+    segments: Sequence[str] = (),
+    now: datetime | None = None,
+    ks_sample: int = 20_000,
+    segment_sample: int = 5_000,
+) -> dict[str, Any]:
+    """Build the comparison report of one rollout (the deployment's latest when ``rollout_id`` is None).
+
+    ``segments``: raw-input columns to break the comparison down by (needs stored raw inputs).
+    NotFound when the deployment, the rollout, or any rollout at all is missing; a rollout of another
+    deployment is NotFound too.
+    """
+    dep = store.deployments.get(deployment)
+    if rollout_id is None:
+        rollout = store.rollouts.latest(dep.id)
+        if rollout is None:
+            raise NotFound(f"deployment {deployment!r} has no rollout yet; start one to get a report")
+    else:
+        rollout = store.rollouts.get(rollout_id)
+        if rollout.deployment_id != dep.id:
+            raise NotFound(f"rollout {rollout_id} does not belong to deployment {deployment!r}")
+    champion = store.pipelines.get(rollout.champion_id)
+    challenger = store.pipelines.get(rollout.challenger_id)
+    task = challenger.task if challenger.task in ("classification", "regression") else "classification"
+    db = store.db
+    notes: list[str] = [
+        "Latency quantiles are read from log-spaced histograms (each within 5% of the exact quantile).",
+    ]
+
+    steps = rq.step_counts(db, rollout.id)
+    rows = sum(s.rows for s in steps)
+    arms = {arm: _arm_summary(db, rollout.id, arm, steps, v) for arm, v in (("champion", champion),
+                                                                             ("challenger", challenger))}
+    first = min((s.first_epoch for s in steps if s.first_epoch is not None), default=None)
+    last = max((s.last_epoch for s in steps if s.last_epoch is not None), default=None)
+    traffic = _traffic(db, rollout.id, steps, first, last)
+    pairs = sum(s.both_outputs for s in steps)
+    shadow = {
+        "rows": rows,
+        "pairs": pairs,
+        "coverage": _f(pairs / rows) if rows else None,
+        "not_scored": sum(s.shadow_missing for s in steps),
+        "dropped": sum(s.shadow_dropped for s in steps),
+        "timeouts": sum(s.shadow_timeout for s in steps),
+        "cancelled": sum(s.shadow_cancelled for s in steps),
+        "other_errors": sum(s.shadow_other_errors for s in steps),
+    }
+    agreement_ = _agreement(db, rollout.id, steps) if task == "classification" else None
+    differences = _differences(steps, task)
+    distributions = _distributions(db, rollout.id, task, pairs, ks_sample, notes)
+    n_labelled = rq.labelled_count(db, rollout.id) if rows else 0
+    labels = _labels(db, rollout.id, task, challenger, n_labelled)
+    analyses = store.analyses.list(rollout.id)
+    gates = _gates(analyses)
+    segment_block = _segments(db, rollout.id, segments, challenger, rows, bool(n_labelled), task, segment_sample,
+                              store_raw=dep.store_raw_inputs)
+    if segment_block["results"]:
+        notes.append(segment_block["method"])
+    events = store.events.list(rollout_id=rollout.id, limit=10_000)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "generated_at": _iso(now or datetime.now(UTC)),
+        "deployment": {"id": dep.id, "name": dep.name, "store_raw_inputs": dep.store_raw_inputs},
+        "rollout": _rollout(rollout, champion, challenger),
+        "task": task,
+        "timeline": [_event(e) for e in events],
+        "traffic": traffic,
+        "arms": arms,
+        "shadow": shadow,
+        "agreement": agreement_,
+        "differences": differences,
+        "distributions": distributions,
+        "labels": labels,
+        "gates": gates,
+        "segments": segment_block,
+        "reproducibility": {
+            "status": "not_checked",
+            "message": "not yet checked: production outputs have not been compared with the research golden set "
+                       "for this rollout (the reproducibility check is not part of this release yet)",
+        },
+        "sample_size": _sample_size(rollout.policy, task, agreement_, labels, challenger),
+        "notes": notes,
+    }  # fmt: skip
+
+
+def _rollout(r: Rollout, champion: PipelineVersion, challenger: PipelineVersion) -> dict[str, Any]:
+    return {
+        "id": r.id, "phase": r.phase, "mode": r.mode, "step_index": r.step_index,
+        "canary_weight": r.canary_weight, "shadow_rate": r.shadow_rate,
+        "champion": _version(champion), "challenger": _version(challenger),
+        "created_by": r.created_by, "created_at": _iso(r.created_at), "step_started_at": _iso(r.step_started_at),
+        "ended_at": _iso(r.ended_at), "reason": r.reason, "policy": r.policy,
+    }  # fmt: skip
+
+
+def _event(e: Event) -> dict[str, Any]:
+    d = e.details
+    step = d.get("step", d.get("step_index"))
+    weight = d.get("canary_weight", d.get("weight"))
+    return {
+        "id": e.id, "at": _iso(e.at), "actor": e.actor, "action": e.action, "reason": e.reason, "message": e.message,
+        "step": step if isinstance(step, int) else None, "canary_weight": _f(weight),
+    }  # fmt: skip
+
+
+def _arm_summary(
+    db: Any, rollout_id: int, arm: str, steps: Sequence[rq.StepCounts], version: PipelineVersion
+) -> dict[str, Any]:
+    requests = sum(getattr(s, f"{arm}_ran") for s in steps)
+    errors = sum(getattr(s, f"{arm}_errors") for s in steps)
+    served = sum(getattr(s, f"served_{arm}") for s in steps)
+    lat_n = sum(getattr(s, f"{arm}_latency_n") for s in steps)
+    lat_sum = sum(getattr(s, f"{arm}_latency_sum") for s in steps)
+    edges = stats.latency_edges(start_ms=rq.LATENCY_START_MS, growth=rq.LATENCY_GROWTH)
+    counts = np.zeros(edges.size - 1, dtype=np.int64)
+    for bucket, n in (rq.latency_buckets(db, rollout_id, arm) if lat_n else {}).items():
+        counts[min(max(bucket + 1, 0), counts.size - 1)] += n
+    nonzero = np.nonzero(counts)[0]
+    lo, hi = (int(nonzero[0]), int(nonzero[-1]) + 1) if nonzero.size else (0, 0)
+    q = {p: _f(stats.quantile_from_histogram(counts, edges, p / 100)) if lat_n else None for p in (50, 90, 99)}
+    wi = stats.wilson_interval(errors, requests) if requests else None
+    return {
+        "version": _version(version),
+        "requests": requests,
+        "served": served,
+        "errors": errors,
+        "error_rate": _f(errors / requests) if requests else None,
+        "error_interval": _interval(wi.lower, wi.upper) if wi else [None, None],
+        "latency_ms": {
+            "n": lat_n, "mean": _f(lat_sum / lat_n) if lat_n else None, "p50": q[50], "p90": q[90], "p99": q[99],
+            "histogram": {"edges_ms": [float(e) for e in edges[lo:hi + 1]] if nonzero.size else [],
+                          "counts": counts[lo:hi].tolist()},
+        },
+    }  # fmt: skip
+
+
+def _traffic(
+    db: Any, rollout_id: int, steps: Sequence[rq.StepCounts], first: float | None, last: float | None
+) -> dict[str, Any]:
+    step_rows = [
+        {"step": s.step, "rows": s.rows, "served_champion": s.served_champion, "served_challenger": s.served_challenger,
+         "first_at": _epoch_iso(s.first_epoch), "last_at": _epoch_iso(s.last_epoch)}
+        for s in steps
+    ]  # fmt: skip
+    if first is None or last is None:
+        return {"rows": 0, "steps": step_rows, "bucket_seconds": None, "start": None, "series": []}
+    bucket = max(1.0, math.ceil((last - first + 1) / TIMELINE_BUCKETS))
+    series = [
+        {"t": float(b * bucket), "step": step, "rows": int(n), "served_challenger": int(sc), "pairs": int(p),
+         "agree": int(a), "champion_errors": int(e1), "challenger_errors": int(e2)}
+        for b, step, n, sc, p, a, e1, e2 in rq.timeline(db, rollout_id, start=first, bucket_seconds=bucket)
+    ]  # fmt: skip
+    return {"rows": sum(s.rows for s in steps), "steps": step_rows, "bucket_seconds": bucket,
+            "start": _epoch_iso(first), "series": series}
+
+
+def _agreement(db: Any, rollout_id: int, steps: Sequence[rq.StepCounts]) -> dict[str, Any] | None:
+    table = rq.confusion(db, rollout_id)
+    n = sum(s.both_outputs for s in steps)
+    agree = sum(s.agree for s in steps)
+    labels = sorted({a for a, _, _ in table} | {b for _, b, _ in table})
+    index = {label: i for i, label in enumerate(labels)}
+    counts = [[0] * len(labels) for _ in labels]
+    for a, b, k in table:
+        counts[index[a]][index[b]] += k
+    res = stats.agreement(agree=agree, n=n) if n else None
+    kappa = stats.cohen_kappa(counts).kappa if n and labels else None
+    return {
+        "n": n, "agree": agree, "share": _f(res.share) if res else None,
+        "interval": _interval(res.interval.lower, res.interval.upper) if res else [None, None],
+        "kappa": _f(kappa), "table": {"labels": labels, "counts": counts, "rows": "champion", "columns": "challenger"},
+    }  # fmt: skip
+
+
+def _differences(steps: Sequence[rq.StepCounts], task: str) -> dict[str, Any] | None:
+    n = sum(s.diff_n for s in steps)
+    if not n:
+        return None
+    total = sum(s.diff_sum for s in steps)
+    sq = sum(s.diff_sq for s in steps)
+    mean = total / n
+    var = max((sq - total * total / n) / (n - 1), 0.0) if n > 1 else math.nan
+    return {
+        "of": "challenger value - champion value" if task == "regression" else "challenger score - champion score",
+        "n": n, "mean": _f(mean), "sd": _f(math.sqrt(var)), "mean_abs": _f(sum(s.diff_abs for s in steps) / n),
+    }
+
+
+def _drift(champion: Sequence[int], challenger: Sequence[int]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    if sum(champion) == 0 or sum(challenger) == 0:
+        return None, None
+    p = stats.psi_from_counts(champion, challenger)
+    js = stats.jensen_shannon(champion, challenger)
+    return (
+        {"value": _f(p.psi), "noise_floor": _f(p.noise_floor), "threshold": _f(p.threshold),
+         "exceeds_noise": bool(p.exceeds_noise), "bins": p.bins},
+        {"divergence": _f(js[0]), "distance": _f(js[1]), "unit": "bits"},
+    )  # fmt: skip
+
+
+def _ks(db: Any, rollout_id: int, column: str, pairs: int, limit: int, notes: list[str]) -> dict[str, Any] | None:
+    sample = rq.numeric_sample(db, rollout_id, column, limit=limit, total=pairs)
+    if len(sample) < 2:
+        return None
+    arr = np.asarray(sample, dtype=float)
+    res = stats.ks_test(arr[:, 0], arr[:, 1])
+    sampled = len(sample) < pairs
+    if sampled:
+        notes.append(f"Kolmogorov–Smirnov on {column}s uses a systematic sample of {len(sample)} of {pairs} pairs.")
+    return {"statistic": _f(res.statistic), "p_value": _f(res.p_value), "n": len(sample), "sampled": sampled}
+
+
+def _distributions(db: Any, rollout_id: int, task: str, pairs: int, ks_sample: int, notes: list[str]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    if not pairs:
+        return out
+    if task == "classification":
+        table = rq.confusion(db, rollout_id)
+        labels = sorted({a for a, _, _ in table} | {b for _, b, _ in table})
+        c1 = [sum(k for a, _, k in table if a == label) for label in labels]
+        c2 = [sum(k for _, b, k in table if b == label) for label in labels]
+        psi, js = _drift(c1, c2)
+        out.append({"kind": "classes", "labels": labels, "edges": None, "champion": c1, "challenger": c2,
+                    "psi": psi, "jensen_shannon": js, "ks": None})
+        buckets = rq.score_buckets(db, rollout_id, bins=SCORE_BINS)
+        if buckets["champion"] or buckets["challenger"]:
+            s1 = [buckets["champion"].get(i, 0) for i in range(SCORE_BINS)]
+            s2 = [buckets["challenger"].get(i, 0) for i in range(SCORE_BINS)]
+            psi, js = _drift(s1, s2)
+            edges = [i / SCORE_BINS for i in range(SCORE_BINS + 1)]
+            out.append({"kind": "scores", "labels": [f"{edges[i]:.2f}" for i in range(SCORE_BINS)], "edges": edges,
+                        "champion": s1, "challenger": s2, "psi": psi, "jensen_shannon": js,
+                        "ks": _ks(db, rollout_id, "score", pairs, ks_sample, notes)})
+        return out
+    bounds = rq.output_range(db, rollout_id)
+    if bounds is None:
+        return out
+    low, high = bounds
+    if high <= low:
+        high = low + 1.0
+    buckets = rq.value_buckets(db, rollout_id, low=low, high=high, bins=VALUE_BINS)
+    v1 = [buckets["champion"].get(i, 0) for i in range(VALUE_BINS)]
+    v2 = [buckets["challenger"].get(i, 0) for i in range(VALUE_BINS)]
+    edges = [low + (high - low) * i / VALUE_BINS for i in range(VALUE_BINS + 1)]
+    psi, js = _drift(v1, v2)
+    out.append({"kind": "values", "labels": [f"{e:.4g}" for e in edges[:-1]], "edges": edges, "champion": v1,
+                "challenger": v2, "psi": psi, "jensen_shannon": js,
+                "ks": _ks(db, rollout_id, "value", pairs, ks_sample, notes)})
+    return out
+
+
+def _positive_class(version: PipelineVersion, labels: Sequence[str]) -> str | None:
+    if version.classes is not None and len(version.classes) == 2:
+        return str(version.classes[1])
+    return labels[1] if len(labels) == 2 else None
+
+
+def _f1(confusion: Mapping[tuple[str, str], int], classes: Sequence[str], positive: str | None) -> dict[str, Any]:
+    def f1_of(cls: str) -> float:
+        tp = confusion.get((cls, cls), 0)
+        fp = sum(n for (p, y), n in confusion.items() if p == cls and y != cls)
+        fn = sum(n for (p, y), n in confusion.items() if y == cls and p != cls)
+        return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else math.nan
+
+    if positive is not None:
+        return {"value": _f(f1_of(positive)), "average": f"binary (positive class {positive})"}
+    values = [f1_of(c) for c in classes]
+    finite = [v for v in values if math.isfinite(v)]
+    return {"value": _f(sum(finite) / len(finite)) if finite else None, "average": "macro"}
+
+
+def _auc(buckets: Mapping[tuple[int, str], int], positive: str) -> dict[str, Any] | None:
+    """ROC AUC from score histograms by label: P(score+ > score-) + P(same bucket)/2, Hanley–McNeil SE."""
+    bins = max((b for b, _ in buckets), default=-1) + 1
+    pos = np.zeros(bins)
+    neg = np.zeros(bins)
+    for (b, y), n in buckets.items():
+        (pos if y == positive else neg)[b] += n
+    n1, n0 = pos.sum(), neg.sum()
+    if n1 == 0 or n0 == 0:
+        return None
+    below = np.cumsum(neg) - neg
+    auc = float((pos * (below + 0.5 * neg)).sum() / (n1 * n0))
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    se = math.sqrt(max(auc * (1 - auc) + (n1 - 1) * (q1 - auc * auc) + (n0 - 1) * (q2 - auc * auc), 0.0) / (n1 * n0))
+    return {"value": _f(auc), "interval": _interval(max(auc - 1.96 * se, 0.0), min(auc + 1.96 * se, 1.0)),
+            "method": "binned scores (200 bins), Hanley–McNeil interval"}
+
+
+def _labels(db: Any, rollout_id: int, task: str, version: PipelineVersion, n_labelled: int) -> dict[str, Any]:
+    if not n_labelled:
+        return {"available": False, "n": 0, "message": "no labels have arrived for this rollout's requests yet"}
+    if task == "classification":
+        rows = rq.label_confusion(db, rollout_id)
+        n = sum(k for *_, k in rows)
+        if not n:
+            return {"available": False, "n": 0, "message": "labels arrived only for rows where an arm failed"}
+        classes = sorted({y for _, _, y, _ in rows} | {a for a, _, _, _ in rows} | {b for _, b, _, _ in rows})
+        positive = _positive_class(version, classes)
+        out: dict[str, Any] = {"available": True, "n": n}
+        auc_buckets = rq.label_score_buckets(db, rollout_id) if positive is not None else None
+        for i, arm in enumerate(("champion", "challenger")):
+            conf: dict[tuple[str, str], int] = {}
+            for p1, p2, y, k in rows:
+                pred = (p1, p2)[i]
+                conf[(pred, y)] = conf.get((pred, y), 0) + k
+            right = sum(k for (p, y), k in conf.items() if p == y)
+            wi = stats.wilson_interval(right, n)
+            out[arm] = {
+                "accuracy": {"value": _f(right / n), "interval": _interval(wi.lower, wi.upper), "correct": right},
+                "f1": _f1(conf, classes, positive),
+                "roc_auc": _auc(auc_buckets[arm], positive) if auc_buckets and positive is not None else None,
+            }
+        b = sum(k for p1, p2, y, k in rows if p1 == y and p2 != y)
+        c = sum(k for p1, p2, y, k in rows if p1 != y and p2 == y)
+        d = (c - b) / n
+        var = max(((b + c) / n - d * d) / n, 0.0)
+        test = stats.mcnemar(b, c, method="midp")
+        out["paired"] = {
+            "method": "McNemar mid-p (two-sided); difference = challenger - champion accuracy, paired Wald interval",
+            "champion_right_challenger_wrong": b, "champion_wrong_challenger_right": c,
+            "difference": _f(d), "interval": _interval(d - 1.96 * math.sqrt(var), d + 1.96 * math.sqrt(var)),
+            "statistic": _f(test.statistic), "p_value": _f(test.p_value),
+        }  # fmt: skip
+        return out
+    s = rq.label_regression(db, rollout_id)
+    n = int(s["n"])
+    if n < 2:
+        return {"available": False, "n": n, "message": "fewer than two labelled pairs where both arms answered"}
+    out = {"available": True, "n": n}
+    z = 1.959963984540054
+    for arm, sfx in (("champion", "1"), ("challenger", "2")):
+        mae = s["abs" + sfx] / n
+        sd = math.sqrt(max((s["sq" + sfx] - s["abs" + sfx] ** 2 / n) / (n - 1), 0.0))
+        t = float(sps.t.ppf(0.975, n - 1))
+        mse = s["sq" + sfx] / n
+        sd_sq = math.sqrt(max((s["quad" + sfx] - s["sq" + sfx] ** 2 / n) / (n - 1), 0.0))
+        lo_mse, hi_mse = max(mse - z * sd_sq / math.sqrt(n), 0.0), mse + z * sd_sq / math.sqrt(n)
+        out[arm] = {
+            "mae": {"value": _f(mae), "interval": _interval(mae - t * sd / math.sqrt(n), mae + t * sd / math.sqrt(n))},
+            "rmse": {"value": _f(math.sqrt(mse)), "interval": _interval(math.sqrt(lo_mse), math.sqrt(hi_mse))},
+        }
+    mean = s["diff"] / n
+    sd = math.sqrt(max((s["diff_sq"] - s["diff"] ** 2 / n) / (n - 1), 0.0))
+    se = sd / math.sqrt(n)
+    t_stat = mean / se if se > 0 else 0.0
+    q = float(sps.t.ppf(0.975, n - 1))
+    out["paired"] = {
+        "method": "paired t test on |challenger error| - |champion error| (two-sided)",
+        "difference": _f(mean), "interval": _interval(mean - q * se, mean + q * se), "statistic": _f(t_stat),
+        "p_value": _f(2 * float(sps.t.sf(abs(t_stat), n - 1))), "sd": _f(sd),
+    }  # fmt: skip
+    return out
+
+
+def _outcome_label(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 3:
+        return Outcome(value).label
+    text = str(value).lower().replace("_", "-") if value is not None else "unknown"
+    return text if text in ("pass", "inconclusive", "no-data", "fail") else "unknown"
+
+
+def gate_threshold(gate: str, margin: float | None) -> float | None:
+    """Return the value a gate's bound is compared with, in the bound's unit (see controller.judge)."""
+    if margin is None:
+        return None
+    if gate == "accuracy":
+        return -margin  # the bound is the accuracy difference, challenger - champion
+    if gate in ("latency_p99", "latency_p99_slo"):
+        return 0.01  # the bound is the share of challenger requests above the latency limit
+    if gate == "srm":
+        return None
+    return margin
+
+
+def _verdict(d: Mapping[str, Any]) -> dict[str, Any]:
+    gate = str(d.get("gate", "?"))
+    interval = d.get("interval")
+    if isinstance(interval, Mapping):
+        interval = [interval.get("lower"), interval.get("upper")]
+    margin = _f(d.get("margin"))
+    n1, n2 = d.get("n_champion"), d.get("n_challenger")
+    return {
+        "gate": gate, "role": str(d.get("role", "")), "outcome": _outcome_label(d.get("outcome")),
+        "statistic": _f(d.get("statistic")), "bound": _f(d.get("bound")), "threshold": _f(gate_threshold(gate, margin)),
+        "effect": _f(d.get("effect")), "margin": margin,
+        "n_champion": int(n1) if isinstance(n1, int | float) else None,
+        "n_challenger": int(n2) if isinstance(n2, int | float) else None,
+        "reason": str(d.get("reason", "")), "p_value": _f(d.get("p_value")),
+        "interval": _interval(*interval) if isinstance(interval, list | tuple) and len(interval) == 2 else None,
+    }  # fmt: skip
+
+
+def _gates(analyses: Sequence[Analysis]) -> dict[str, Any]:
+    series: list[dict[str, Any]] = [
+        {"at": _iso(a.evaluated_at), "step": a.step, "outcome": _outcome_label(a.outcome),
+         "decision": a.metrics.get("decision") if isinstance(a.metrics, Mapping) else None,
+         "verdicts": [_verdict(v) for v in a.verdicts if isinstance(v, Mapping)]}
+        for a in analyses
+    ]  # fmt: skip
+    latest = series[-1] if series else None
+    primary = None
+    if latest:
+        # The primary gate: the quality gate (accuracy / regression) if it has a bound yet, else the first
+        # required gate with a bound at some evaluation, else any gate with a bound.
+        bounded = {v["gate"] for a in series for v in a["verdicts"] if v["bound"] is not None}
+        required = [v["gate"] for v in latest["verdicts"] if v["role"] == "required" and v["gate"] in bounded]
+        preferred = [g for g in ("accuracy", "regression") if g in bounded]
+        others = [v["gate"] for v in latest["verdicts"] if v["gate"] in bounded]
+        primary = (preferred or required or others or [None])[0]
+    return {"analyses": len(series), "primary": primary, "latest": latest, "series": series}
+
+
+def _segments(
+    db: Any, rollout_id: int, columns: Sequence[str], version: PipelineVersion, rows: int, labelled: bool,
+    task: str, sample: int, *, store_raw: bool,
+) -> dict[str, Any]:
+    method = ("Segments are aggregated in SQL over every stored raw input; numeric columns are cut into "
+              f"quantile bins whose edges come from a systematic sample of at most {sample} rows.")
+    block: dict[str, Any] = {"columns": list(columns), "method": method, "results": [], "message": None}
+    if not columns:
+        block["message"] = "no segment columns chosen"
+        return block
+    if not store_raw:
+        block["message"] = "this deployment does not store raw inputs, so no segments can be computed"
+        return block
+    dtypes = {c.name: c.dtype for c in version.input_schema}
+    wanted = [c for c in columns if c in dtypes or not dtypes]
+    unknown = [c for c in columns if c not in wanted]
+    if unknown:
+        block["message"] = f"not input columns of {version.ref}: {', '.join(unknown)}"
+    for column in wanted:
+        kind = dtypes.get(column, "str")
+        edges: list[float] | None = None
+        labels_of: dict[str, str] = {}
+        if kind in ("float", "int"):
+            values = [float(v) for v in rq.segment_sample(db, rollout_id, column, limit=sample, total=rows)
+                      if v is not None and _f(v) is not None]
+            if values:
+                cuts = np.unique(np.quantile(values, [0.2, 0.4, 0.6, 0.8]))
+                edges = [float(c) for c in cuts]
+                bounds = [-math.inf, *edges, math.inf]
+                labels_of = {f"bin{i}": _range_label(bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1)}
+        groups = rq.segments(db, rollout_id, column, numeric_edges=edges, labelled=labelled)
+        m = max(len(groups), 1)
+        items = [_segment(g, labels_of, kind, task, labelled, m) for g in groups]
+        block["results"].append({"column": column, "kind": "numeric" if edges is not None else "categorical",
+                                 "segments": items})
+    return block
+
+
+def _range_label(lo: float, hi: float) -> str:
+    if not math.isfinite(lo):
+        return f"< {hi:.4g}"
+    if not math.isfinite(hi):
+        return f">= {lo:.4g}"
+    return f"[{lo:.4g}, {hi:.4g})"
+
+
+def _segment(g: Mapping[str, Any], labels_of: Mapping[str, str], kind: str, task: str, labelled: bool,
+             m: int) -> dict[str, Any]:
+    """One segment's effect with a Bonferroni-adjusted 95% interval over the column's m segments."""
+    value = labels_of.get(g["segment"], g["segment"])
+    if kind == "bool":
+        value = {"1": "true", "0": "false"}.get(value, value)
+    z = float(sps.norm.ppf(1 - 0.05 / (2 * m)))
+    pairs = int(g["pairs"])
+    rows = int(g["rows"])
+    out: dict[str, Any] = {
+        "value": value, "rows": rows, "pairs": pairs,
+        "champion_errors": int(g["champion_errors"]), "challenger_errors": int(g["challenger_errors"]),
+        "agreement": _f(g["agree"] / pairs) if pairs and task == "classification" else None,
+        "mean_difference": _f(g["diff_sum"] / pairs) if pairs else None,
+    }  # fmt: skip
+    n_lab = int(g.get("labelled", 0) or 0)
+    effect = interval = None
+    name = "error rate difference (challenger - champion)"
+    if labelled and n_lab and task == "classification":
+        b, c = int(g["worse"]), int(g["better"])
+        effect = (c - b) / n_lab
+        half = z * math.sqrt(max(((b + c) / n_lab - effect**2) / n_lab, 0.0))
+        interval = (effect - half, effect + half)
+        name = "accuracy difference (challenger - champion)"
+        out["labelled"] = n_lab
+        out["champion_accuracy"] = _f(g["champion_right"] / n_lab)
+        out["challenger_accuracy"] = _f(g["challenger_right"] / n_lab)
+        worse = interval[1] < 0
+    elif labelled and n_lab and task == "regression":
+        effect = (g["abs2"] - g["abs1"]) / n_lab
+        var = max((g["diff_sq"] - effect * effect * n_lab) / max(n_lab - 1, 1), 0.0)
+        half = z * math.sqrt(var / n_lab)
+        interval = (effect - half, effect + half)
+        name = "MAE difference (challenger - champion)"
+        out["labelled"] = n_lab
+        worse = interval[0] > 0
+    elif rows:
+        e1, e2 = out["champion_errors"] / rows, out["challenger_errors"] / rows
+        effect = e2 - e1
+        half = z * math.sqrt(max(e1 * (1 - e1) + e2 * (1 - e2), 1.0 / rows) / rows)
+        interval = (effect - half, effect + half)
+        worse = interval[0] > 0
+    else:
+        worse = False
+    out.update({"effect": _f(effect), "effect_name": name,
+                "interval": _interval(*interval) if interval else [None, None],
+                "flag": "worse" if worse else "ok"})
+    return out
+
+
+def _sample_size(
+    policy: Mapping[str, Any], task: str, agreement_: Mapping[str, Any] | None, labels: Mapping[str, Any],
+    version: PipelineVersion,
+) -> dict[str, Any]:
+    alpha = _policy_number(policy, ("alpha",), 0.05)
+    n_star = _policy_number(policy, ("n_star",), 5000.0)
+    base = {"status": "unknown", "needed": None, "have": None, "method": None}
+    if task == "classification":
+        margin = _policy_number(policy, ("gates", "accuracy", "margin"), 0.01)
+        paired = labels.get("paired") if labels.get("available") else None
+        if paired:
+            n = int(labels["n"])
+            b, c = paired["champion_right_challenger_wrong"], paired["champion_wrong_challenger_right"]
+            disc, diff = (b + c) / n, (c - b) / n
+            if diff <= -margin:
+                return {**base, "status": "worse", "have": n,
+                        "message": f"the challenger's accuracy is {-diff:.2%} lower, beyond the {margin:.2%} margin: "
+                                   "no number of pairs will show non-inferiority"}  # fmt: skip
+            plan = stats.plan_labelled_pairs(margin=margin, discordance=max(disc, 1e-6), difference=diff,
+                                             alpha=alpha, n_star=n_star)
+            detect = None
+            if b != c:
+                detect = math.ceil(stats.mcnemar_sample_size(b / n, c / n, alpha=alpha))
+            needed = max(plan.always_valid_n - n, 0)
+            return {"status": "enough" if needed == 0 else "collecting", "needed": needed, "have": n,
+                    "total": plan.always_valid_n, "fixed_n": plan.fixed_n, "mcnemar_n_to_detect_difference": detect,
+                    "method": "plan_labelled_pairs (always-valid, 80% power) at the observed discordance and difference",
+                    "message": f"{needed} more labelled pairs to show non-inferiority at margin {margin:g} "
+                               f"(about {plan.always_valid_n} in all; {plan.fixed_n} for a fixed-n test)"}  # fmt: skip
+        positive = version.classes is not None and len(version.classes) == 2
+        if agreement_ and agreement_.get("share") is not None and positive:
+            disc = max(1.0 - float(agreement_["share"]), 1e-6)
+            plan = stats.plan_labelled_pairs(margin=margin, discordance=disc, alpha=alpha, n_star=n_star)
+            return {"status": "collecting", "needed": plan.always_valid_n, "have": 0, "total": plan.always_valid_n,
+                    "fixed_n": plan.fixed_n, "method": "plan_labelled_pairs with discordance = disagreement share "
+                    "(binary classes: when the arms disagree exactly one is right) and equal accuracy assumed",
+                    "message": f"about {plan.always_valid_n} labelled pairs needed to show non-inferiority at margin "
+                               f"{margin:g}, assuming equal accuracy; no labels yet"}  # fmt: skip
+        return {**base, "message": "not enough data yet to plan: no labels and no agreement figure"}
+    margin = _policy_number(policy, ("gates", "regression", "margin"), 0.05)
+    paired = labels.get("paired") if labels.get("available") else None
+    if paired and labels.get("champion"):
+        n = int(labels["n"])
+        mae = float(labels["champion"]["mae"]["value"] or 0.0)
+        diff, sd = float(paired["difference"] or 0.0), float(paired["sd"] or 0.0)
+        room = margin * mae - diff
+        if room <= 0:
+            return {**base, "status": "worse", "have": n,
+                    "message": "the challenger's MAE is already worse than the margin allows"}
+        z = float(sps.norm.ppf(1 - alpha) + sps.norm.ppf(0.8))
+        total = math.ceil((z * sd / room) ** 2)
+        needed = max(total - n, 0)
+        return {"status": "enough" if needed == 0 else "collecting", "needed": needed, "have": n, "total": total,
+                "method": "fixed-n one-sided paired t (80% power); the always-valid sequence needs somewhat more",
+                "message": f"{needed} more labelled pairs (about {total} in all) to show the MAE is within "
+                           f"{margin:.0%} of the champion's"}  # fmt: skip
+    return {**base, "message": "no labels yet: the number of labelled pairs needed is planned once some arrive"}
+
+
+# --------------------------------------------------------------------------------------------------
+# Rendering
+# --------------------------------------------------------------------------------------------------
+
+
+def render_html(report: Mapping[str, Any]) -> str:
+    """Render the report as one self-contained HTML page (inline CSS and SVG; no script, no network)."""
+    from controller.report_plots import html_page
+
+    return html_page(report)
+
+
+def _md(value: Any, fmt: str = "{:.4g}") -> str:
+    if value is None:
+        return "–"
+    text = fmt.format(value) if isinstance(value, float) else str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _md_pct(value: Any) -> str:
+    return "–" if value is None else f"{value:.2%}"
+
+
+def _md_table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(_md(c) for c in row) + " |" for row in rows]
+    return [*lines, ""]
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    """Render the report as Markdown: the same sections as the HTML page, tables instead of plots."""
+    r = report
+    ro = r["rollout"]
+    out = [f"# {r['deployment']['name']}: {ro['challenger']['ref']} against {ro['champion']['ref']}", "",
+           f"Rollout {ro['id']}, {ro['mode']}, phase **{ro['phase']}**, step {ro['step_index']}, challenger weight "
+           f"{ro['canary_weight']:g}%, shadow rate {ro['shadow_rate']:g}; started {ro['created_at']} by "
+           f"{ro['created_by']}. Generated {r['generated_at']}.", ""]
+    g = r["gates"]
+    out += ["## Gates", ""]
+    if g["latest"]:
+        latest = g["latest"]
+        out += [f"Latest evaluation {latest['at']} (step {latest['step']}): **{latest['outcome']}**"
+                f"{' → ' + str(latest['decision']) if latest.get('decision') else ''}; {g['analyses']} evaluations.", ""]
+        out += _md_table(["gate", "role", "outcome", "statistic", "bound", "threshold", "effect", "margin", "n",
+                          "why"],
+                         [[v["gate"], v["role"], v["outcome"], v["statistic"], v["bound"], v["threshold"], v["effect"],
+                           v["margin"], f"{v['n_champion']} / {v['n_challenger']}", v["reason"]]
+                          for v in latest["verdicts"]])
+    else:
+        out += ["The controller has not evaluated this rollout yet.", ""]
+    t = r["traffic"]
+    out += ["## Traffic", ""]
+    out += _md_table(["step", "requests", "served by champion", "served by challenger", "first", "last"],
+                     [[s["step"], s["rows"], s["served_champion"], s["served_challenger"], s["first_at"], s["last_at"]]
+                      for s in t["steps"]])
+    out += ["## Arms", ""]
+    out += _md_table(["arm", "version", "requests", "served", "errors", "error rate", "p50 ms", "p90 ms", "p99 ms"],
+                     [[arm, a["version"]["ref"], a["requests"], a["served"], a["errors"], _md_pct(a["error_rate"]),
+                       a["latency_ms"]["p50"], a["latency_ms"]["p90"], a["latency_ms"]["p99"]]
+                      for arm, a in r["arms"].items()])
+    sh = r["shadow"]
+    out += [f"Shadow coverage {_md_pct(sh['coverage'])} ({sh['pairs']} pairs of {sh['rows']} requests); not scored "
+            f"{sh['not_scored']}, dropped {sh['dropped']}, timed out {sh['timeouts']}, cancelled {sh['cancelled']}, "
+            f"other errors {sh['other_errors']}.", ""]
+    out += ["## Outputs and drift", ""]
+    ag = r["agreement"]
+    if ag:
+        out += [f"Agreement {_md_pct(ag['share'])} of {ag['n']} pairs (95% interval {_md_pct(ag['interval'][0])} to "
+                f"{_md_pct(ag['interval'][1])}), Cohen's kappa {_md(ag['kappa'])}.", ""]
+        if ag["table"]["labels"]:
+            out += _md_table(["champion \\ challenger", *ag["table"]["labels"]],
+                             [[lbl, *row] for lbl, row in zip(ag["table"]["labels"], ag["table"]["counts"], strict=True)])
+    if r["differences"]:
+        d = r["differences"]
+        out += [f"Differences ({d['of']}): n {d['n']}, mean {_md(d['mean'])}, sd {_md(d['sd'])}, "
+                f"mean absolute {_md(d['mean_abs'])}.", ""]
+    out += _md_table(["distribution", "PSI", "PSI noise threshold", "Jensen–Shannon (bits)", "KS D", "KS p"],
+                     [[d["kind"], (d["psi"] or {}).get("value"), (d["psi"] or {}).get("threshold"),
+                       (d["jensen_shannon"] or {}).get("divergence"), (d["ks"] or {}).get("statistic"),
+                       (d["ks"] or {}).get("p_value")] for d in r["distributions"]])
+    lab = r["labels"]
+    out += ["## Quality against labels", ""]
+    if lab["available"]:
+        rows = []
+        for arm in ("champion", "challenger"):
+            q = lab[arm]
+            if "accuracy" in q:
+                rows.append([arm, _md_pct(q["accuracy"]["value"]), q["f1"]["value"],
+                             (q.get("roc_auc") or {}).get("value")])
+            else:
+                rows.append([arm, q["mae"]["value"], q["rmse"]["value"]])
+        head = ["arm", "accuracy", "F1", "ROC AUC"] if len(rows[0]) == 4 else ["arm", "MAE", "RMSE"]
+        p = lab["paired"]
+        out += [f"{lab['n']} labelled pairs.", "", *_md_table(head, rows),
+                f"Paired difference {_md(p['difference'])} (95% interval {_md(p['interval'][0])} to "
+                f"{_md(p['interval'][1])}), p = {_md(p['p_value'], '{:.3g}')}: {p['method']}.", ""]
+    else:
+        out += [lab.get("message", "No labels yet."), ""]
+    seg = r["segments"]
+    out += ["## Segments", ""]
+    if seg.get("message"):
+        out += [seg["message"], ""]
+    for res in seg["results"]:
+        name = res["segments"][0]["effect_name"] if res["segments"] else "effect"
+        out += [f"### {res['column']} ({res['kind']})", ""]
+        out += _md_table(["value", "requests", "pairs", name, "95% interval", "flag"],
+                         [[s["value"], s["rows"], s["pairs"], s["effect"],
+                           f"{_md(s['interval'][0])} to {_md(s['interval'][1])}", s["flag"]] for s in res["segments"]])
+    out += ["## Timeline", ""]
+    out += _md_table(["at", "who", "action", "why", "message"],
+                     [[e["at"], e["actor"], e["action"], e["reason"], e["message"]] for e in r["timeline"]])
+    out += ["## Reproducibility", "", f"{r['reproducibility']['status'].replace('_', ' ')}: "
+            f"{r['reproducibility']['message']}", "", "## Sample size still needed", "", r["sample_size"]["message"], ""]
+    if r["notes"]:
+        out += ["## Notes", "", *[f"- {n}" for n in r["notes"]], ""]
+    return "\n".join(out)

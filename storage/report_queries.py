@@ -1,0 +1,456 @@
+"""SQL aggregates for comparison reports: one rollout's paired outputs summed in the database.
+
+Every function here scans ``paired_outputs`` of one rollout (optionally joined to ``labels``) and
+returns small plain structures: counts, sums, histograms. No uuid/request-id or JSON payload column is
+ever loaded row by row; the raw input JSON is read only inside ``GROUP BY`` expressions for segments,
+and as a bounded sample to cut numeric segment bins. SQLAlchemy Core; SQLite (3.35+, with its math
+functions) and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+from sqlalchemy import Float, Integer, String, and_, case, cast, func, literal, or_, select
+from sqlalchemy.sql.elements import ColumnElement
+
+from storage.database import Database
+from storage.models import LabelRow, PairedOutputRow
+
+P = PairedOutputRow.__table__.c
+L = LabelRow.__table__.c
+
+LATENCY_START_MS = 0.1
+LATENCY_GROWTH = 1.05
+
+__all__ = [
+    "StepCounts",
+    "confusion",
+    "epoch_seconds",
+    "label_confusion",
+    "label_regression",
+    "latency_buckets",
+    "labelled_count",
+    "numeric_sample",
+    "output_range",
+    "score_buckets",
+    "segment_sample",
+    "segments",
+    "step_counts",
+    "time_range",
+    "timeline",
+    "value_buckets",
+]
+
+
+def _sum(condition: ColumnElement[bool]) -> ColumnElement[Any]:
+    return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
+
+
+def _output(arm: str) -> tuple[ColumnElement[Any], ColumnElement[Any], ColumnElement[Any]]:
+    return P[f"{arm}_class"], P[f"{arm}_value"], P[f"{arm}_error"]
+
+
+def _has_output(arm: str) -> ColumnElement[bool]:
+    cls, value, error = _output(arm)
+    return and_(error.is_(None), or_(cls.isnot(None), value.isnot(None)))
+
+
+def _ran(arm: str) -> ColumnElement[bool]:
+    cls, value, error = _output(arm)
+    return or_(error.isnot(None), cls.isnot(None), value.isnot(None))
+
+
+def _both_ok() -> ColumnElement[bool]:
+    return and_(_has_output("champion"), _has_output("challenger"))
+
+
+def epoch_seconds(db: Database, column: Any) -> ColumnElement[Any]:
+    """Return an SQL expression for a stored naive-UTC timestamp as seconds since the epoch."""
+    if db.dialect == "sqlite":
+        return cast(func.strftime("%s", column), Integer)
+    return func.extract("epoch", column)
+
+
+@dataclass(frozen=True)
+class StepCounts:
+    """Counts and sums of one rollout step, in one scan. Arms: champion / challenger."""
+
+    step: int | None
+    rows: int
+    served_champion: int
+    served_challenger: int
+    champion_ran: int
+    challenger_ran: int
+    champion_errors: int
+    challenger_errors: int
+    champion_latency_n: int
+    challenger_latency_n: int
+    champion_latency_sum: float
+    challenger_latency_sum: float
+    both_outputs: int
+    shadow_dropped: int
+    shadow_timeout: int
+    shadow_cancelled: int
+    shadow_other_errors: int
+    shadow_missing: int
+    challenger_only_errors: int
+    champion_only_errors: int
+    agree: int
+    diff_n: int
+    diff_sum: float
+    diff_sq: float
+    diff_abs: float
+    first_epoch: float | None
+    last_epoch: float | None
+
+
+def step_counts(db: Database, rollout_id: int) -> list[StepCounts]:
+    """Aggregate requests, errors, shadow coverage, agreement and output differences per step."""
+    shadow_error = case(
+        (P.served_arm == "champion", P.challenger_error), else_=P.champion_error
+    )
+    shadow_ran = case((P.served_arm == "champion", _ran("challenger")), else_=_ran("champion"))
+    diff = P.challenger_value - P.champion_value
+    score_diff = P.challenger_score - P.champion_score
+    both = _both_ok()
+    value_diff = case((and_(both, diff.isnot(None)), diff), else_=case((both, score_diff), else_=None))
+    epoch = epoch_seconds(db, P.received_at)
+    query = (
+        select(
+            P.step,
+            func.count(),
+            _sum(P.served_arm == "champion"),
+            _sum(P.served_arm == "challenger"),
+            _sum(_ran("champion")),
+            _sum(_ran("challenger")),
+            _sum(P.champion_error.isnot(None)),
+            _sum(P.challenger_error.isnot(None)),
+            func.count(P.champion_latency_ms),
+            func.count(P.challenger_latency_ms),
+            func.coalesce(func.sum(P.champion_latency_ms), 0.0),
+            func.coalesce(func.sum(P.challenger_latency_ms), 0.0),
+            _sum(both),
+            _sum(shadow_error.like("shadow_dropped%")),
+            _sum(shadow_error.like("shadow_timeout%")),
+            _sum(shadow_error.like("shadow_cancelled%")),
+            _sum(and_(shadow_error.isnot(None), ~shadow_error.like("shadow_%"))),
+            _sum(~shadow_ran),
+            _sum(and_(P.challenger_error.isnot(None), P.champion_error.is_(None))),
+            _sum(and_(P.champion_error.isnot(None), P.challenger_error.is_(None))),
+            _sum(and_(both, P.champion_class == P.challenger_class)),
+            func.count(value_diff),
+            func.coalesce(func.sum(value_diff), 0.0),
+            func.coalesce(func.sum(value_diff * value_diff), 0.0),
+            func.coalesce(func.sum(func.abs(value_diff)), 0.0),
+            func.min(epoch),
+            func.max(epoch),
+        )
+        .where(P.rollout_id == rollout_id)
+        .group_by(P.step)
+        .order_by(P.step)
+    )
+    with db.connection() as conn:
+        rows = conn.execute(query).all()
+    names = [f.name for f in fields(StepCounts)]
+    out = []
+    for r in rows:
+        values: list[Any] = [r[0]]
+        for name, v in zip(names[1:], r[1:], strict=True):
+            kind = StepCounts.__dataclass_fields__[name].type
+            values.append(None if v is None else (int(v) if kind == "int" else float(v)))
+        out.append(StepCounts(**dict(zip(names, values, strict=True))))
+    return out
+
+
+def latency_buckets(db: Database, rollout_id: int, arm: str) -> dict[int, int]:
+    """Count an arm's latencies per log bucket: -1 below LATENCY_START_MS, else floor(ln(ms/start)/ln(g)).
+
+    The buckets are those of ``controller.stats.latency_edges()`` (index k here is edges index k + 1).
+    """
+    ms = P[f"{arm}_latency_ms"]
+    bucket = case(
+        (ms < LATENCY_START_MS, literal(-1)),
+        else_=cast(func.floor(func.ln(ms / LATENCY_START_MS) / math.log(LATENCY_GROWTH)), Integer),
+    )
+    query = (
+        select(bucket.label("b"), func.count())
+        .where(P.rollout_id == rollout_id, ms.isnot(None))
+        .group_by(bucket)
+    )
+    with db.connection() as conn:
+        return {int(b): int(n) for b, n in conn.execute(query)}
+
+
+def confusion(db: Database, rollout_id: int, *, limit: int = 400) -> list[tuple[str, str, int]]:
+    """Count (champion class, challenger class) over rows where both arms answered without error."""
+    query = (
+        select(P.champion_class, P.challenger_class, func.count().label("n"))
+        .where(P.rollout_id == rollout_id, _both_ok(), P.champion_class.isnot(None), P.challenger_class.isnot(None))
+        .group_by(P.champion_class, P.challenger_class)
+        .order_by(func.count().desc())
+        .limit(limit)
+    )
+    with db.connection() as conn:
+        return [(str(a), str(b), int(n)) for a, b, n in conn.execute(query)]
+
+
+def _bucket(column: Any, low: float, width: float, bins: int) -> ColumnElement[Any]:
+    raw = cast(func.floor((column - low) / width), Integer)
+    return case((raw < 0, 0), (raw >= bins, bins - 1), else_=raw)
+
+
+def score_buckets(
+    db: Database, rollout_id: int, *, bins: int = 50, paired_only: bool = True
+) -> dict[str, dict[int, int]]:
+    """Count classifier scores in ``bins`` equal buckets on [0, 1] per arm (paired rows by default)."""
+    out: dict[str, dict[int, int]] = {}
+    with db.connection() as conn:
+        for arm in ("champion", "challenger"):
+            score = P[f"{arm}_score"]
+            b = _bucket(score, 0.0, 1.0 / bins, bins)
+            where = [P.rollout_id == rollout_id, score.isnot(None)]
+            if paired_only:
+                where.append(_both_ok())
+            query = select(b, func.count()).where(*where).group_by(b)
+            out[arm] = {int(k): int(n) for k, n in conn.execute(query)}
+    return out
+
+
+def output_range(db: Database, rollout_id: int, column: str = "value") -> tuple[float, float] | None:
+    """Return (min, max) of both arms' ``*_value`` (or ``*_score``) over paired rows, or None."""
+    a, b = P[f"champion_{column}"], P[f"challenger_{column}"]
+    query = select(func.min(a), func.max(a), func.min(b), func.max(b)).where(P.rollout_id == rollout_id, _both_ok())
+    with db.connection() as conn:
+        row = conn.execute(query).one()
+    lows = [float(v) for v in (row[0], row[2]) if v is not None]
+    highs = [float(v) for v in (row[1], row[3]) if v is not None]
+    if not lows:
+        return None
+    return min(lows), max(highs)
+
+
+def value_buckets(
+    db: Database, rollout_id: int, *, low: float, high: float, bins: int
+) -> dict[str, dict[int, int]]:
+    """Count regression outputs in ``bins`` equal buckets on [low, high] per arm over paired rows."""
+    width = (high - low) / bins if high > low else 1.0
+    out: dict[str, dict[int, int]] = {}
+    with db.connection() as conn:
+        for arm in ("champion", "challenger"):
+            value = P[f"{arm}_value"]
+            b = _bucket(value, low, width, bins)
+            query = select(b, func.count()).where(P.rollout_id == rollout_id, _both_ok(), value.isnot(None)).group_by(b)
+            out[arm] = {int(k): int(n) for k, n in conn.execute(query)}
+    return out
+
+
+def numeric_sample(db: Database, rollout_id: int, column: str, *, limit: int, total: int) -> list[tuple[float, float]]:
+    """Return up to ``limit`` (champion, challenger) pairs of ``*_score`` or ``*_value`` from paired rows.
+
+    A systematic sample: every k-th row by id, k = total // limit, so it spreads over the whole rollout.
+    """
+    a, b = P[f"champion_{column}"], P[f"challenger_{column}"]
+    step = max(total // max(limit, 1), 1)
+    where = [P.rollout_id == rollout_id, _both_ok(), a.isnot(None), b.isnot(None)]
+    if step > 1:
+        where.append(P.id % step == 0)
+    query = select(a, b).where(*where).limit(limit)
+    with db.connection() as conn:
+        return [(float(x), float(y)) for x, y in conn.execute(query)]
+
+
+def time_range(db: Database, rollout_id: int) -> tuple[float, float] | None:
+    """Return the first and last receive time of the rollout's rows as epoch seconds."""
+    epoch = epoch_seconds(db, P.received_at)
+    with db.connection() as conn:
+        lo, hi = conn.execute(select(func.min(epoch), func.max(epoch)).where(P.rollout_id == rollout_id)).one()
+    return None if lo is None else (float(lo), float(hi))
+
+
+def timeline(db: Database, rollout_id: int, *, start: float, bucket_seconds: float) -> list[tuple[Any, ...]]:
+    """Per (time bucket, step): rows, served by challenger, paired rows, agreeing rows, errors per arm."""
+    epoch = epoch_seconds(db, P.received_at)
+    bucket = cast(func.floor((epoch - start) / bucket_seconds), Integer)
+    both = _both_ok()
+    query = (
+        select(
+            bucket.label("b"),
+            P.step,
+            func.count(),
+            _sum(P.served_arm == "challenger"),
+            _sum(both),
+            _sum(and_(both, P.champion_class == P.challenger_class)),
+            _sum(P.champion_error.isnot(None)),
+            _sum(P.challenger_error.isnot(None)),
+        )
+        .where(P.rollout_id == rollout_id)
+        .group_by(bucket, P.step)
+        .order_by(bucket, P.step)
+    )
+    with db.connection() as conn:
+        return [tuple(r) for r in conn.execute(query)]
+
+
+def _label_join() -> Any:
+    return PairedOutputRow.__table__.join(
+        LabelRow.__table__, and_(L.request_id == P.request_id, L.row_index == P.row_index)
+    )
+
+
+def labelled_count(db: Database, rollout_id: int) -> int:
+    """Count the rollout's rows that have a label."""
+    query = select(func.count()).select_from(_label_join()).where(P.rollout_id == rollout_id)
+    with db.connection() as conn:
+        return int(conn.execute(query).scalar() or 0)
+
+
+def label_confusion(db: Database, rollout_id: int, *, limit: int = 2000) -> list[tuple[str, str, str, int]]:
+    """Count (champion class, challenger class, label class) over labelled rows where both arms answered."""
+    query = (
+        select(P.champion_class, P.challenger_class, L.label_class, func.count())
+        .select_from(_label_join())
+        .where(P.rollout_id == rollout_id, _both_ok(), L.label_class.isnot(None))
+        .group_by(P.champion_class, P.challenger_class, L.label_class)
+        .limit(limit)
+    )
+    with db.connection() as conn:
+        return [(str(a), str(b), str(y), int(n)) for a, b, y, n in conn.execute(query)]
+
+
+def label_score_buckets(db: Database, rollout_id: int, *, bins: int = 200) -> dict[str, dict[tuple[int, str], int]]:
+    """Count scores per (bucket on [0, 1], label class) per arm over labelled paired rows (for ROC AUC)."""
+    out: dict[str, dict[tuple[int, str], int]] = {}
+    with db.connection() as conn:
+        for arm in ("champion", "challenger"):
+            score = P[f"{arm}_score"]
+            b = _bucket(score, 0.0, 1.0 / bins, bins)
+            query = (
+                select(b, L.label_class, func.count())
+                .select_from(_label_join())
+                .where(P.rollout_id == rollout_id, _both_ok(), score.isnot(None), L.label_class.isnot(None))
+                .group_by(b, L.label_class)
+            )
+            out[arm] = {(int(k), str(y)): int(n) for k, y, n in conn.execute(query)}
+    return out
+
+
+def label_regression(db: Database, rollout_id: int) -> dict[str, float]:
+    """Sum absolute and squared errors per arm and the paired abs-error difference over labelled rows."""
+    e1 = func.abs(P.champion_value - L.label_value)
+    e2 = func.abs(P.challenger_value - L.label_value)
+    d = e2 - e1
+    ok = and_(_both_ok(), L.label_value.isnot(None), P.champion_value.isnot(None), P.challenger_value.isnot(None))
+    query = (
+        select(
+            func.count(),
+            func.sum(e1), func.sum(e1 * e1), func.sum(e1 * e1 * e1 * e1),
+            func.sum(e2), func.sum(e2 * e2), func.sum(e2 * e2 * e2 * e2),
+            func.sum(d), func.sum(d * d),
+        )
+        .select_from(_label_join())
+        .where(P.rollout_id == rollout_id, ok)
+    )  # fmt: skip
+    with db.connection() as conn:
+        row = conn.execute(query).one()
+    keys = ("n", "abs1", "sq1", "quad1", "abs2", "sq2", "quad2", "diff", "diff_sq")
+    return {k: float(v or 0.0) for k, v in zip(keys, row, strict=True)}
+
+
+def segment_sample(db: Database, rollout_id: int, column: str, *, limit: int, total: int) -> list[Any]:
+    """Return up to ``limit`` values of one raw-input column (a systematic sample, as numeric_sample)."""
+    step = max(total // max(limit, 1), 1)
+    where = [P.rollout_id == rollout_id, P.raw_input.isnot(None)]
+    if step > 1:
+        where.append(P.id % step == 0)
+    value = P.raw_input[column].as_string() if db.dialect == "postgresql" else func.json_extract(
+        P.raw_input, f'$."{column}"'
+    )
+    query = select(value).where(*where).limit(limit)
+    with db.connection() as conn:
+        return [v for (v,) in conn.execute(query)]
+
+
+def segments(
+    db: Database,
+    rollout_id: int,
+    column: str,
+    *,
+    numeric_edges: Sequence[float] | None = None,
+    labelled: bool = False,
+    limit: int = 50,
+) -> list[dict[str, Any]]:
+    """Aggregate per value of one raw-input column (or per numeric bin when edges are given).
+
+    For each segment: rows, errors per arm, paired rows, agreement, sum of output differences, and
+    with ``labelled`` the labelled pairs, McNemar's discordant cells (classes) and abs-error sums.
+    Numeric bins: segment k holds edges[k-1] <= v < edges[k] (k = 0 below the first edge, "missing"
+    for null). Categorical: the ``limit`` most frequent values.
+    """
+    if db.dialect == "postgresql":
+        text_value: ColumnElement[Any] = P.raw_input[column].as_string()
+        number: ColumnElement[Any] = cast(text_value, Float)
+    else:
+        text_value = cast(func.json_extract(P.raw_input, f'$."{column}"'), String)
+        number = cast(func.json_extract(P.raw_input, f'$."{column}"'), Float)
+    if numeric_edges is not None:
+        whens: list[tuple[ColumnElement[bool], Any]] = [(text_value.is_(None), literal("missing"))]
+        whens += [(number < edge, literal(f"bin{i}")) for i, edge in enumerate(numeric_edges)]
+        key: ColumnElement[Any] = case(*whens, else_=literal(f"bin{len(numeric_edges)}"))
+    else:
+        key = func.coalesce(text_value, literal("missing"))
+    both = _both_ok()
+    diff = case(
+        (both, func.coalesce(P.challenger_value - P.champion_value, P.challenger_score - P.champion_score)),
+        else_=None,
+    )
+    columns: list[Any] = [
+        key.label("segment"),
+        func.count().label("rows"),
+        _sum(P.champion_error.isnot(None)),
+        _sum(P.challenger_error.isnot(None)),
+        _sum(both),
+        _sum(and_(both, P.champion_class == P.challenger_class)),
+        func.coalesce(func.sum(diff), 0.0),
+    ]
+    source: Any = PairedOutputRow.__table__
+    if labelled:
+        source = PairedOutputRow.__table__.outerjoin(
+            LabelRow.__table__, and_(L.request_id == P.request_id, L.row_index == P.row_index)
+        )
+        lab = and_(both, or_(L.label_class.isnot(None), L.label_value.isnot(None)))
+        right1 = P.champion_class == L.label_class
+        right2 = P.challenger_class == L.label_class
+        e1 = func.abs(P.champion_value - L.label_value)
+        e2 = func.abs(P.challenger_value - L.label_value)
+        columns += [
+            _sum(lab),
+            _sum(and_(lab, right1)),
+            _sum(and_(lab, right2)),
+            _sum(and_(lab, right1, ~right2)),
+            _sum(and_(lab, ~right1, right2)),
+            func.coalesce(func.sum(case((lab, e1), else_=None)), 0.0),
+            func.coalesce(func.sum(case((lab, e2), else_=None)), 0.0),
+            func.coalesce(func.sum(case((lab, (e2 - e1) * (e2 - e1)), else_=None)), 0.0),
+        ]
+    query = (
+        select(*columns)
+        .select_from(source)
+        .where(P.rollout_id == rollout_id, P.raw_input.isnot(None))
+        .group_by(key)
+        .order_by(func.count().desc())
+        .limit(limit)
+    )
+    names = ["segment", "rows", "champion_errors", "challenger_errors", "pairs", "agree", "diff_sum"]
+    if labelled:
+        names += ["labelled", "champion_right", "challenger_right", "worse", "better", "abs1", "abs2", "diff_sq"]
+    with db.connection() as conn:
+        out = []
+        for row in conn.execute(query):
+            item = dict(zip(names, row, strict=True))
+            item["segment"] = str(item["segment"])
+            out.append(item)
+        return out

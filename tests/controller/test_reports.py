@@ -1,0 +1,262 @@
+"""Comparison reports on real storage (SQLite and PostgreSQL) with outputs of real fitted pipelines."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import mlpipes
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from controller import judge, reports
+from storage import NotFound, Store
+from storage.entities import NewEvent, PairRecord
+
+T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def _verdict_dict(v: judge.Verdict) -> dict[str, Any]:
+    """A verdict as the controller loop stores it: the Verdict fields, outcome as its label."""
+    d = dataclasses.asdict(v)
+    d["outcome"] = v.outcome.label
+    d["interval"] = None if v.interval is None else {"lower": v.interval.lower, "upper": v.interval.upper}
+    return d
+
+
+def build_scenario(
+    store: Store, tmp_path: Path, *, n: int = 600, labelled: bool = True, kind: str = "classification",
+    name: str = "churn",
+) -> dict[str, Any]:
+    """A shadow-then-canary rollout: real predictions of two fitted pipelines, events and analyses.
+
+    Step 0 is shadow (champion serves, challenger in shadow), step 1 a 25% canary. A few shadow jobs
+    are dropped or time out; with ``labelled`` the true churn labels of every other request arrive.
+    """
+    champion = mlpipes.register(store, tmp_path, name=name, version="1", kind=kind, seed=0)
+    challenger = mlpipes.register(store, tmp_path, name=name, version="2", kind=kind, seed=3)
+    deployment = mlpipes.deploy(store, name, champion)
+    rollout = mlpipes.start_rollout(store, deployment, challenger, mode="shadow")
+    store.events.add(NewEvent(actor="alice", action="rollout.start", reason="operator",
+                              message=f"start {challenger.ref} in shadow", deployment_id=deployment.id,
+                              rollout_id=rollout.id, details={"step": 0, "canary_weight": 0.0}), now=T0)
+    frame, target = mlpipes.churn_frame(n, seed=11)
+    models = {"champion": mlpipes.classifier(seed=0) if kind == "classification" else mlpipes.regressor(seed=0),
+              "challenger": mlpipes.classifier(seed=3) if kind == "classification" else mlpipes.regressor(seed=3)}
+    outputs: dict[str, Any] = {}
+    for arm, model in models.items():
+        if kind == "classification":
+            outputs[arm] = (model.predict(frame), model.predict_proba(frame)[:, 1])
+        else:
+            outputs[arm] = (model.predict(frame), None)
+    rng = np.random.default_rng(7)
+    raw = frame.astype(object).where(frame.notna(), None).to_dict("records")
+    records = []
+    for i in range(n):
+        step = 0 if i < n // 2 else 1
+        served = "challenger" if step == 1 and i % 4 == 0 else "champion"
+        shadow = "challenger" if served == "champion" else "champion"
+        error = {"champion": None, "challenger": None}
+        if i % 50 == 7:
+            error[shadow] = "shadow_dropped: the shadow queue was full"
+        elif i % 50 == 23:
+            error[shadow] = "shadow_timeout: no result within the shadow timeout"
+        fields: dict[str, Any] = {}
+        for arm in ("champion", "challenger"):
+            pred, score = outputs[arm]
+            if error[arm] is None:
+                if kind == "classification":
+                    fields[f"{arm}_output"] = int(pred[i])
+                    fields[f"{arm}_class"] = str(int(pred[i]))
+                    fields[f"{arm}_score"] = float(score[i])
+                else:
+                    fields[f"{arm}_output"] = float(pred[i])
+                    fields[f"{arm}_value"] = float(pred[i])
+                fields[f"{arm}_latency_ms"] = float(rng.lognormal(1.0 if arm == "champion" else 1.2, 0.3))
+            fields[f"{arm}_error"] = error[arm]
+        records.append(PairRecord(
+            request_id=f"req-{name}-{i}", row_index=0, deployment_id=deployment.id, rollout_id=rollout.id, step=step,
+            received_at=T0 + timedelta(seconds=i), routing_key_hash=i, served_arm=served,
+            champion_version_id=champion.id, challenger_version_id=challenger.id, raw_input=raw[i], **fields))
+    assert store.pairs.insert_many(records) == n
+    current = store.rollouts.update(
+        rollout.id, expected_version=rollout.version, phase="progressing", step_index=1, canary_weight=25.0,
+        events=[NewEvent(actor="controller", action="rollout.advance", reason="gates_passed",
+                         message="shadow step passed; canary at 25%", details={"step": 1, "canary_weight": 25.0})])
+    if labelled:
+        if kind == "classification":
+            truth = [int(t) for t in target]
+        else:
+            truth = [float(v) for v in frame["tenure_months"] * 1.5 + target * 10.0]
+        store.labels.upsert_many(deployment.id, [(f"req-{name}-{i}", 0, truth[i]) for i in range(0, n, 2)])
+    # Analyses as the controller stores them: judge() over growing prefixes of the paired rows.
+    policy = judge.JudgePolicy()
+    for k, upto in enumerate((n // 3, 2 * n // 3, n)):
+        ok1 = np.array([r.champion_error is not None for r in records[:upto]])
+        ok2 = np.array([r.challenger_error is not None for r in records[:upto]])
+        p1 = np.array([r.champion_value if kind != "classification" else int(r.champion_class or 0)
+                       for r in records[:upto]], dtype=float)
+        p2 = np.array([r.challenger_value if kind != "classification" else int(r.challenger_class or 0)
+                       for r in records[:upto]], dtype=float)
+        p1, p2 = np.nan_to_num(p1), np.nan_to_num(p2)
+        if kind == "classification":
+            p1, p2 = p1.astype(int), p2.astype(int)
+        metrics = judge.metrics_from_pairs(champion_prediction=p1, challenger_prediction=p2, champion_failed=ok1,
+                                           challenger_failed=ok2, task=kind if kind == "classification" else "regression")
+        j = judge.judge(metrics, policy)
+        store.analyses.add(rollout_id=rollout.id, step=0 if k < 2 else 1, outcome=j.outcome.label,
+                           verdicts=[_verdict_dict(v) for v in j.verdicts],
+                           metrics={"decision": j.decision, "reason": j.reason},
+                           now=T0 + timedelta(seconds=upto))
+    return {"deployment": deployment, "rollout": current, "champion": champion, "challenger": challenger,
+            "records": records, "n": n}
+
+
+def _valid(report: dict[str, Any]) -> None:
+    jsonschema.validate(report, reports.REPORT_SCHEMA)
+    json.dumps(report, allow_nan=False)  # strict JSON: no NaN or infinity anywhere
+
+
+def test_report_with_labels_matches_its_schema_and_the_paired_rows(store: Store, tmp_path: Path) -> None:
+    s = build_scenario(store, tmp_path)
+    report = reports.build_report(store, "churn", segments=["plan", "age"])
+    _valid(report)
+    records: list[PairRecord] = s["records"]
+    n = s["n"]
+    assert report["rollout"]["id"] == s["rollout"].id and report["task"] == "classification"
+    assert report["traffic"]["rows"] == n
+    assert [st["step"] for st in report["traffic"]["steps"]] == [0, 1]
+    champ_errors = sum(r.champion_error is not None for r in records)
+    chal_errors = sum(r.challenger_error is not None for r in records)
+    assert report["arms"]["champion"]["errors"] == champ_errors
+    assert report["arms"]["challenger"]["errors"] == chal_errors
+    assert report["arms"]["challenger"]["served"] == sum(r.served_arm == "challenger" for r in records)
+    both = [r for r in records if r.champion_error is None and r.challenger_error is None]
+    assert report["shadow"]["pairs"] == len(both)
+    assert report["shadow"]["dropped"] == sum("shadow_dropped" in (r.champion_error or r.challenger_error or "")
+                                              for r in records)
+    assert report["shadow"]["timeouts"] > 0
+    assert report["shadow"]["coverage"] == pytest.approx(len(both) / n)
+    agree = sum(r.champion_class == r.challenger_class for r in both)
+    assert report["agreement"]["agree"] == agree
+    table = report["agreement"]["table"]
+    assert sum(map(sum, table["counts"])) == len(both)
+    p50 = float(np.median([r.champion_latency_ms for r in records if r.champion_latency_ms is not None]))
+    assert report["arms"]["champion"]["latency_ms"]["p50"] == pytest.approx(p50, rel=0.06)
+    assert report["arms"]["challenger"]["latency_ms"]["p99"] > report["arms"]["champion"]["latency_ms"]["p50"]
+    # Labels: accuracy per arm and the paired McNemar cells agree with a direct count.
+    labels = report["labels"]
+    assert labels["available"] and labels["n"] == sum(1 for i, r in enumerate(records) if i % 2 == 0
+                                                      and r.champion_error is None and r.challenger_error is None)
+    lo, hi = labels["challenger"]["accuracy"]["interval"]
+    assert lo <= labels["challenger"]["accuracy"]["value"] <= hi
+    assert 0.5 < labels["champion"]["roc_auc"]["value"] <= 1.0
+    assert "McNemar" in labels["paired"]["method"]
+    # Distributions and drift.
+    kinds = [d["kind"] for d in report["distributions"]]
+    assert kinds == ["classes", "scores"]
+    assert report["distributions"][1]["ks"]["n"] == len(both)
+    assert report["distributions"][0]["psi"]["noise_floor"] > 0
+    # Gates over time, as stored by the controller.
+    assert report["gates"]["analyses"] == 3
+    assert report["gates"]["primary"] in {v["gate"] for v in report["gates"]["latest"]["verdicts"]}
+    assert all(v["reason"] for v in report["gates"]["latest"]["verdicts"])
+    # Timeline with who moved it and why.
+    actions = [e["action"] for e in report["timeline"]]
+    assert actions[:1] == ["rollout.start"] and "rollout.advance" in actions
+    assert report["timeline"][0]["actor"] == "alice"
+    # Segments: one per plan value (and missing), numeric age in bins; all rows accounted for.
+    by_col = {r["column"]: r for r in report["segments"]["results"]}
+    assert {s_["value"] for s_ in by_col["plan"]["segments"]} <= {"basic", "plus", "pro", "missing"}
+    assert sum(s_["rows"] for s_ in by_col["plan"]["segments"]) == n
+    assert by_col["age"]["kind"] == "numeric" and sum(s_["rows"] for s_ in by_col["age"]["segments"]) == n
+    assert by_col["plan"]["segments"][0]["effect_name"].startswith("accuracy difference")
+    assert report["reproducibility"]["status"] == "not_checked"
+    assert report["sample_size"]["status"] in ("collecting", "enough", "worse")
+
+
+def test_report_without_labels_plans_the_labelled_pairs_it_still_needs(store: Store, tmp_path: Path) -> None:
+    build_scenario(store, tmp_path, n=300, labelled=False)
+    report = reports.build_report(store, "churn", segments=["region"])
+    _valid(report)
+    assert report["labels"] == {"available": False, "n": 0,
+                                "message": "no labels have arrived for this rollout's requests yet"}
+    assert report["sample_size"]["needed"] > 0 and "labelled pairs" in report["sample_size"]["message"]
+    assert report["segments"]["results"][0]["segments"][0]["effect_name"].startswith("error rate difference")
+
+
+def test_regression_report_has_mae_rmse_and_a_paired_t_test(store: Store, tmp_path: Path) -> None:
+    build_scenario(store, tmp_path, n=300, kind="regression", name="spend")
+    report = reports.build_report(store, "spend")
+    _valid(report)
+    assert report["task"] == "regression" and report["agreement"] is None
+    assert report["differences"]["n"] == report["shadow"]["pairs"]
+    assert report["distributions"][0]["kind"] == "values"
+    for arm in ("champion", "challenger"):
+        lo, hi = report["labels"][arm]["mae"]["interval"]
+        assert 0 <= lo <= report["labels"][arm]["mae"]["value"] <= hi
+        assert report["labels"][arm]["rmse"]["value"] >= report["labels"][arm]["mae"]["value"]
+    assert "paired t" in report["labels"]["paired"]["method"]
+
+
+def test_report_of_a_rollout_with_no_traffic_yet_is_still_valid(store: Store, tmp_path: Path) -> None:
+    champion = mlpipes.register(store, tmp_path, version="1")
+    challenger = mlpipes.register(store, tmp_path, version="2", seed=2)
+    deployment = mlpipes.deploy(store, "quiet", champion)
+    mlpipes.start_rollout(store, deployment, challenger)
+    report = reports.build_report(store, "quiet", segments=["plan"])
+    _valid(report)
+    assert report["traffic"]["rows"] == 0 and report["gates"]["latest"] is None
+    assert "not yet checked" in reports.render_html(report)
+    assert "# " in reports.render_markdown(report)
+
+
+def test_missing_deployment_rollout_or_foreign_rollout_is_not_found(store: Store, tmp_path: Path) -> None:
+    champion = mlpipes.register(store, tmp_path, version="1")
+    mlpipes.deploy(store, "idle", champion)
+    with pytest.raises(NotFound, match="no rollout yet"):
+        reports.build_report(store, "idle")
+    with pytest.raises(NotFound):
+        reports.build_report(store, "nope")
+    s = build_scenario(store, tmp_path / "b", n=60, labelled=False, name="other")
+    with pytest.raises(NotFound, match="does not belong"):
+        reports.build_report(store, "idle", s["rollout"].id)
+
+
+def test_html_report_is_one_offline_file_with_plots(store: Store, tmp_path: Path) -> None:
+    build_scenario(store, tmp_path, n=300)
+    report = reports.build_report(store, "churn", segments=["plan"])
+    page = reports.render_html(report)
+    assert page.startswith("<!DOCTYPE html>")
+    assert "<script" not in page and "http://" not in page.replace("http://www.w3.org/2000/svg", "")
+    assert "https://" not in page
+    assert page.count("<svg") >= 6
+    assert "@media print" in page
+    md = reports.render_markdown(report)
+    assert "| gate |" in md and "Reproducibility" in md
+
+
+def test_report_cli_writes_each_format_and_fails_in_one_line(sqlite_url: str, tmp_path: Path) -> None:
+    from controller.cli import cli
+    from storage import Database
+
+    db = Database(sqlite_url)
+    build_scenario(Store(db), tmp_path, n=120)
+    db.dispose()
+    runner = CliRunner()
+    for fmt in ("json", "html", "md"):
+        out = tmp_path / f"report.{fmt}"
+        result = runner.invoke(cli, ["--database-url", sqlite_url, "report", "churn", "--segment", "plan",
+                                     "--format", fmt, "--output", str(out)])
+        assert result.exit_code == 0, result.output
+        assert out.stat().st_size > 500
+    jsonschema.validate(json.loads((tmp_path / "report.json").read_text()), reports.REPORT_SCHEMA)
+    result = runner.invoke(cli, ["--database-url", sqlite_url, "report", "nope", "--format", "json",
+                                 "--output", str(tmp_path / "x.json")])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == ["Error: no deployment 'nope'"]
