@@ -54,4 +54,12 @@ def create_app(settings: Settings | None = None, *, role: str = "serve", store: 
     app.extensions["mlcanary.store"] = store
     if role not in ("serve", "router"):
         raise ValueError(f"unknown role {role!r}")
+    from controller import api, feedback
+
+    app.register_blueprint(feedback.blueprint)  # labels are data plane: both roles
+    if role == "serve":
+        app.register_blueprint(api.blueprint)
+        app.register_blueprint(api.dashboard)
+    app.static_folder = str(api.STATIC_DIR)  # /static/... is the dashboard's assets, never the working dir
+    app.after_request(api.secure_headers)
     return app
