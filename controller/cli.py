@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -349,14 +350,78 @@ def _serve(ctx: click.Context, role: str, host: str | None, port: int | None, wo
     click.echo(
         f"mlcanary {role} on http://{settings.host}:{settings.port} ({settings.workers} workers)", err=True
     )
-    server.run(
-        lambda: create_app(settings, role=role),
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        data_dir=settings.data_dir,
-        log_level=settings.log_level,
+    # `serve` is the whole product: one controller loop runs beside gunicorn as a child process.
+    child = _start_controller_child(settings) if role == "serve" else None
+    try:
+        server.run(
+            lambda: create_app(settings, role=role),
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            data_dir=settings.data_dir,
+            log_level=settings.log_level,
+        )
+    finally:
+        if child is not None:
+            _stop_child(child)
+
+
+def _start_controller_child(settings: Settings) -> subprocess.Popen[bytes]:
+    """Start `python -m controller.cli ... controller` on the same database and data directory."""
+    command = [
+        sys.executable, "-m", "controller.cli",
+        "--database-url", settings.resolved_database_url, "--data-dir", str(settings.data_dir), "controller",
+    ]  # fmt: skip
+    return subprocess.Popen(command)
+
+
+def _stop_child(child: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    if child.poll() is None:
+        child.terminate()
+        try:
+            child.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+@cli.command()
+@click.pass_context
+def controller(ctx: click.Context) -> None:
+    """Run the control loop: judge every active rollout each interval and apply the decisions.
+
+    Several may run against one database: one leads (PostgreSQL advisory lock, or a file lock beside
+    the SQLite file), the others stand by and take over within two intervals if it dies.
+    """
+    import logging
+    import signal
+    import threading
+
+    from controller import loop
+    from controller.app import open_store
+    from controller.leader import leadership_for
+
+    settings = settings_of(ctx)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"
     )
+    store = open_store(settings)
+    leadership = leadership_for(store.db.url)
+    stop = threading.Event()
+
+    def _stop(signum: int, _frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    click.echo(
+        f"mlcanary controller on {store.db.display_url}, every {settings.controller_interval:g} s", err=True
+    )
+    try:
+        loop.run(store, settings, stop=stop, leadership=leadership)
+    finally:
+        leadership.release()
+        store.db.dispose()
 
 
 _host = click.option("--host", help="Bind address (default 127.0.0.1).")

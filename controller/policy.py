@@ -121,9 +121,10 @@ class Gates(_Model):
     ``accuracy``: absolute accuracy drop tolerated once labels arrive (0 <= margin < 1).
     ``regression``: relative increase of the mean absolute error tolerated once labels arrive (>= 0).
     ``drift``: PSI of the output distributions above which outputs have drifted (> 0).
-    ``agreement_until_labelled``: classification: while the step has no matured label, agreement
-    stands in for accuracy as the quality gate (agreement keeps its role, accuracy is informational);
-    once labels exist, accuracy keeps its role and agreement becomes informational.
+    ``agreement_until_labelled``: classification, when agreement and accuracy are both required: while
+    the step has no matured label, agreement stands in for accuracy (accuracy is informational); once
+    labels exist, accuracy decides and agreement becomes informational. Otherwise each gate keeps its
+    role (a required accuracy without labels holds the step until labels arrive).
     """
 
     error_rate: Gate = Gate(role="required", margin=0.01)
@@ -273,12 +274,14 @@ class Policy(_Model):
 
         agreement_role: GateRole | None = None
         accuracy_role: GateRole | None = None
-        if task == "classification" and g.agreement_until_labelled:
-            demote: GateRole = "informational"
+        # One gate stands in for the other only when both are required: agreement until labels exist,
+        # accuracy afterwards. Otherwise each keeps its role (an unlabelled required accuracy then waits).
+        if (task == "classification" and g.agreement_until_labelled
+                and g.agreement.role == g.accuracy.role == "required"):
             if labelled:
-                agreement_role = demote if g.agreement.role != "off" else "off"
+                agreement_role = "informational"
             else:
-                accuracy_role = demote if g.accuracy.role != "off" else "off"
+                accuracy_role = "informational"
         return JudgePolicy(
             alpha=self.alpha,
             n_star=self.n_star,

@@ -1,0 +1,273 @@
+"""Whole rollouts driven by the control loop with a fake clock, real storage and real fitted pipelines.
+
+Paired outputs are written as the router would: the real pipelines score mlpipes.churn_frame rows and
+the records go in with store.pairs.insert_many; labels (the rows' true churn) with store.labels.upsert_many.
+"""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import mlpipes
+import numpy as np
+import pytest
+
+from controller import actions
+from controller.loop import evaluate_once
+from storage import Store
+from storage.entities import PairRecord, Rollout
+
+T0 = datetime(2026, 11, 29, 8, 0, tzinfo=UTC)
+_ids = itertools.count()
+
+
+class World:
+    """A deployment with a champion and a challenger pipeline, traffic on demand and a fake clock."""
+
+    def __init__(self, store: Store, tmp_path: Path, champion: Any, challenger: Any) -> None:
+        self.store = store
+        self.now = T0
+        self.models = {"champion": champion, "challenger": challenger}
+        v1 = mlpipes.register(store, tmp_path, version="1", model=champion)
+        v2 = mlpipes.register(store, tmp_path, version="2", model=challenger)
+        self.versions = {"champion": v1, "challenger": v2}
+        self.deployment = mlpipes.deploy(store, "churn", v1)
+        self.seed = 100
+
+    def start(self, policy: dict[str, Any] | None = None, **kw: Any) -> Rollout:
+        return actions.start_rollout(self.store, "churn", "churn:2", actor="alice", policy=policy, now=self.now, **kw)
+
+    def rollout(self) -> Rollout:
+        latest = self.store.rollouts.latest(self.deployment.id)
+        assert latest is not None
+        return latest
+
+    def tick(self, seconds: float = 0.0) -> list[Any]:
+        self.now += timedelta(seconds=seconds)
+        return evaluate_once(self.store, now=self.now)
+
+    def traffic(self, n: int, *, labels: bool = True, challenger_errors: float = 0.0, label_share: float = 1.0) -> None:
+        """Score n fresh rows as the router would at the rollout's current split; store pairs (and labels)."""
+        r = self.rollout()
+        assert r.active and r.phase != "pending"
+        self.seed += 1
+        frame, target = mlpipes.churn_frame(n, seed=self.seed)
+        rng = np.random.default_rng(self.seed)
+        preds = {arm: np.asarray(m.predict(frame)) for arm, m in self.models.items()}
+        canary = r.phase == "progressing" or (r.phase == "paused" and r.canary_weight > 0)
+        served = np.where(rng.random(n) < r.canary_weight / 100.0, "challenger", "champion") if canary \
+            else np.full(n, "champion")
+        other_runs = rng.random(n) < (r.shadow_rate if canary else 1.0)
+        failing = rng.random(n) < challenger_errors
+        records, label_rows = [], []
+        for i in range(n):
+            rid = f"req-{next(_ids)}"
+            out: dict[str, Any] = {}
+            for arm in ("champion", "challenger"):
+                if served[i] != arm and not other_runs[i]:
+                    continue
+                out[f"{arm}_latency_ms"] = float(rng.lognormal(1.0, 0.3))
+                if arm == "challenger" and failing[i]:
+                    out["challenger_error"] = "RuntimeError: boom"
+                else:
+                    out[f"{arm}_class"] = str(int(preds[arm][i]))
+            records.append(PairRecord(
+                request_id=rid, row_index=0, deployment_id=r.deployment_id, rollout_id=r.id, step=r.step_index,
+                received_at=self.now, routing_key_hash=i, served_arm=str(served[i]),
+                champion_version_id=r.champion_id, challenger_version_id=r.challenger_id, **out,
+            ))
+            if labels and rng.random() < label_share:
+                label_rows.append((rid, 0, int(target.iloc[i])))
+        self.store.pairs.insert_many(records)
+        if label_rows:
+            self.store.labels.upsert_many(r.deployment_id, label_rows, now=self.now)
+
+    def transitions(self) -> list[tuple[str, str, str]]:
+        return [(e.action, e.reason, e.actor) for e in self.store.events.list(rollout_id=self.rollout().id)]
+
+
+@pytest.fixture(scope="module")
+def pipelines() -> dict[str, Any]:
+    return {
+        "good": mlpipes.classifier(seed=0),  # accuracy about 0.74 on fresh rows
+        "weak": mlpipes.classifier(seed=0, c=0.01),  # about 6 points less accurate
+        "same": mlpipes.classifier(seed=0),
+    }
+
+
+def _run_until_final(world: World, *, per_tick: int, seconds: float, max_ticks: int, **traffic: Any) -> Rollout:
+    for _ in range(max_ticks):
+        r = world.rollout()
+        if not r.active:
+            return r
+        if r.phase != "pending":
+            world.traffic(per_tick, **traffic)
+        world.tick(seconds)
+    return world.rollout()
+
+
+def test_a_better_challenger_walks_through_shadow_and_every_canary_step_to_promotion(
+    store: Store, tmp_path: Path, pipelines: dict[str, Any]
+) -> None:
+    world = World(store, tmp_path, champion=pipelines["weak"], challenger=pipelines["good"])
+    world.start({"canary": {"steps": [20, 50, 100]}})  # a 5% step needs ~20k requests unpaired: too slow here
+    world.tick()
+    assert world.rollout().phase == "shadowing"
+    final = _run_until_final(world, per_tick=1500, seconds=120, max_ticks=30)
+    assert final.phase == "promoted"
+    assert store.deployments.get("churn").champion_id == world.versions["challenger"].id
+    steps = [(e.action, e.details["to"]["phase"], e.details["to"]["canary_weight"])
+             for e in store.events.list(rollout_id=final.id) if e.action != "rollout.create"]
+    assert steps == [
+        ("rollout.start", "shadowing", 0.0),
+        ("rollout.advance", "progressing", 20.0),
+        ("rollout.advance", "progressing", 50.0),
+        ("rollout.promote", "promoted", 100.0),
+    ]
+    promotion = store.events.list(rollout_id=final.id)[-1]
+    assert promotion.actor == "controller" and promotion.reason == "step_passed"
+    assert {v["gate"] for v in promotion.details["verdicts"]} >= {"error_rate", "accuracy"}
+    assert final.ended_at is not None
+    assert store.analyses.list(final.id), "every look is stored as an analysis"
+
+
+def test_a_less_accurate_challenger_is_rolled_back_once_labels_arrive(
+    store: Store, tmp_path: Path, pipelines: dict[str, Any]
+) -> None:
+    world = World(store, tmp_path, champion=pipelines["good"], challenger=pipelines["weak"])
+    world.start({"gates": {"agreement": {"role": "informational", "margin": 0.9}}})
+    world.tick()
+    for _ in range(3):  # no labels yet: the required accuracy gate has nothing to say, so the step holds
+        world.traffic(1000, labels=False)
+        world.tick(60)
+    assert world.rollout().phase == "shadowing"
+    final = _run_until_final(world, per_tick=1000, seconds=60, max_ticks=10)
+    assert final.phase == "rolled_back"
+    assert (final.canary_weight, final.shadow_rate) == (0.0, 0.0)
+    assert store.deployments.get("churn").champion_id == world.versions["champion"].id
+    event = store.events.list(rollout_id=final.id)[-1]
+    assert (event.action, event.reason, event.actor) == ("rollout.rollback", "harm", "controller")
+    failed = [v["gate"] for v in event.details["verdicts"] if v["outcome"] == "fail"]
+    assert "accuracy" in failed
+
+
+def test_a_challenger_failing_a_fifth_of_requests_is_rolled_back_within_the_burn_in(
+    store: Store, tmp_path: Path, pipelines: dict[str, Any]
+) -> None:
+    world = World(store, tmp_path, champion=pipelines["good"], challenger=pipelines["same"])
+    world.start()
+    world.tick()
+    world.traffic(250, challenger_errors=0.2)  # burn-in is 200 pairs; the shadow step wants 500
+    world.tick(5)
+    final = world.rollout()
+    assert final.phase == "rolled_back"
+    event = store.events.list(rollout_id=final.id)[-1]
+    assert event.reason == "harm"
+    assert [v["gate"] for v in event.details["verdicts"] if v["outcome"] == "fail"] == ["error_rate"]
+
+
+def test_identical_arms_are_promoted_by_non_inferiority(
+    store: Store, tmp_path: Path, pipelines: dict[str, Any]
+) -> None:
+    world = World(store, tmp_path, champion=pipelines["good"], challenger=pipelines["same"])
+    world.start({"mode": "shadow"})
+    world.tick()
+    final = _run_until_final(world, per_tick=600, seconds=60, max_ticks=10, labels=False)
+    assert final.phase == "promoted"
+    event = store.events.list(rollout_id=final.id)[-1]
+    passed = {v["gate"] for v in event.details["verdicts"] if v["outcome"] == "pass" and v["role"] == "required"}
+    assert passed == {"error_rate", "agreement"}
+
+
+def test_a_step_that_runs_out_of_budget_undecided_pauses_for_a_human(
+    store: Store, tmp_path: Path, pipelines: dict[str, Any]
+) -> None:
+    world = World(store, tmp_path, champion=pipelines["good"], challenger=pipelines["weak"])
+    world.start({"gates": {"agreement": {"role": "informational", "margin": 0.9}},
+                 "shadow": {"max_duration_s": 600}})
+    world.tick()
+    for _ in range(4):  # plenty of pairs, too few labels for the accuracy gate to decide
+        world.traffic(300, label_share=0.1)
+        world.tick(120)
+    assert world.rollout().phase == "shadowing"
+    world.traffic(300, label_share=0.1)
+    world.tick(200)
+    paused = world.rollout()
+    assert paused.phase == "paused"
+    assert paused.reason == "step_budget_exhausted"
+    assert paused.canary_weight == 0.0 and paused.shadow_rate == 1.0  # the split is held as it was
+    event = store.events.list(rollout_id=paused.id)[-1]
+    assert (event.action, event.reason, event.actor) == ("rollout.pause", "step_budget_exhausted", "controller")
+    world.traffic(300, label_share=0.1)
+    world.tick(3600)
+    assert world.rollout().phase == "paused", "a paused rollout waits for a human"
+
+
+def test_the_budget_rolls_back_when_the_policy_says_so(
+    store: Store, tmp_path: Path, pipelines: dict[str, Any]
+) -> None:
+    world = World(store, tmp_path, champion=pipelines["good"], challenger=pipelines["same"])
+    world.start({"on_inconclusive": "rollback", "shadow": {"max_duration_s": 60}})
+    world.tick()
+    world.tick(61)  # no traffic at all
+    final = world.rollout()
+    assert (final.phase, final.reason) == ("rolled_back", "step_budget_exhausted")
+
+
+def test_manual_actions_work_mid_rollout_and_are_audited(
+    store: Store, tmp_path: Path, pipelines: dict[str, Any]
+) -> None:
+    world = World(store, tmp_path, champion=pipelines["good"], challenger=pipelines["same"])
+    world.start()
+    world.tick()
+    r = actions.promote(store, "churn", actor="alice", reason="shadow looked fine", now=world.now)
+    assert (r.phase, r.step_index, r.canary_weight) == ("progressing", 1, 5.0)
+    r = actions.pause(store, "churn", actor="bob", reason="incident elsewhere", now=world.now)
+    assert (r.phase, r.canary_weight) == ("paused", 5.0)
+    world.traffic(2000)
+    world.tick(7200)
+    assert world.rollout().phase == "paused", "the controller never advances a paused rollout"
+    with pytest.raises(actions.ActionError, match="paused"):
+        actions.pause(store, "churn", actor="bob", now=world.now)
+    r = actions.resume(store, "churn", actor="bob", now=world.now)
+    assert (r.phase, r.step_index, r.step_started_at) == ("progressing", 1, world.now)
+    r = actions.rollback(store, "churn", actor="carol", reason="business call", now=world.now)
+    assert (r.phase, r.canary_weight, r.shadow_rate) == ("rolled_back", 0.0, 0.0)
+    with pytest.raises(actions.ActionError, match="no active rollout"):
+        actions.resume(store, "churn", actor="bob", now=world.now)
+    audit = [(e.action, e.actor, e.reason) for e in store.events.list(rollout_id=r.id)]
+    assert audit == [
+        ("rollout.create", "alice", "created"),
+        ("rollout.start", "controller", "started"),
+        ("rollout.advance", "alice", "manual_promote"),
+        ("rollout.pause", "bob", "manual_pause"),
+        ("rollout.resume", "bob", "manual_resume"),
+        ("rollout.rollback", "carol", "manual_rollback"),
+    ]
+    last = store.events.list(rollout_id=r.id)[-1]
+    assert last.message == "business call" and last.details["from"]["phase"] == "progressing"
+
+    world.start()  # a second rollout: abort it, and promote one fully
+    r = actions.abort(store, "churn", actor="dave", reason="wrong version", now=world.now)
+    assert r.phase == "aborted"
+    world.start()
+    world.tick()
+    r = actions.promote(store, "churn", actor="erin", full=True, now=world.now)
+    assert r.phase == "promoted"
+    assert store.deployments.get("churn").champion_id == world.versions["challenger"].id
+
+
+def test_a_rollout_changed_by_an_operator_during_a_look_is_not_overwritten(
+    store: Store, tmp_path: Path, pipelines: dict[str, Any]
+) -> None:
+    world = World(store, tmp_path, champion=pipelines["good"], challenger=pipelines["same"])
+    stale = world.start()
+    actions.abort(store, "churn", actor="alice", now=world.now)
+    from controller.loop import evaluate_rollout
+
+    outcome = evaluate_rollout(store, stale, now=world.now)  # the look read the rollout before the abort
+    assert not outcome.applied and outcome.error == "concurrent update"
+    assert world.rollout().phase == "aborted"
