@@ -1,0 +1,108 @@
+"""The rollout policy: safe defaults, validation naming the field, YAML/JSON input, mapping onto the judge."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.policy import Policy, PolicyError
+
+
+def test_defaults_alone_are_a_safe_policy() -> None:
+    p = Policy()
+    assert p.mode == "shadow_then_canary"
+    assert p.shadow.min_pairs == 500
+    assert p.canary.steps == (5.0, 25.0, 50.0, 100.0)
+    assert p.on_inconclusive == "pause"
+    assert [(s.kind, s.weight) for s in p.plan()] == [("shadow", 0.0), ("canary", 5.0), ("canary", 25.0),
+                                                      ("canary", 50.0)]
+    unlabelled = p.to_judge_policy("classification", "shadow", labelled=False)
+    assert unlabelled.error_rate.role == "required" and unlabelled.agreement.role == "required"
+    assert unlabelled.accuracy.role == "informational"
+    labelled = p.to_judge_policy("classification", "shadow", labelled=True)
+    assert labelled.accuracy.role == "required" and labelled.agreement.role == "informational"
+    assert labelled.latency_p99.role == "guardrail"
+    regression = p.to_judge_policy("regression", "canary")
+    assert regression.regression.role == "required"
+    assert not regression.agreement.enabled and not regression.accuracy.enabled
+
+
+def test_a_required_accuracy_without_a_required_agreement_waits_for_labels() -> None:
+    p = Policy.parse({"gates": {"agreement": {"role": "informational", "margin": 0.9}}})
+    assert p.to_judge_policy("classification", "shadow", labelled=False).accuracy.role == "required"
+
+
+def test_plans_follow_the_mode() -> None:
+    assert [s.kind for s in Policy.parse({"mode": "shadow"}).plan()] == ["shadow"]
+    canary = Policy.parse({"mode": "canary", "canary": {"steps": [10, 50]}})
+    assert [(s.kind, s.weight) for s in canary.plan()] == [("canary", 10.0), ("canary", 50.0)]
+    assert [s.kind for s in Policy.parse({"canary": {"steps": [100]}}).plan()] == ["shadow"]
+
+
+def test_gate_settings_and_burn_in_reach_the_judge() -> None:
+    p = Policy.parse({
+        "alpha": 0.01, "burn_in": 300, "slo": {"error_rate": 0.05, "latency_p99_ms": 250},
+        "gates": {"error_rate": {"role": "guardrail", "margin": 0.02, "min_samples": 50},
+                  "drift": {"role": "off", "margin": 0.3}},
+    })
+    j = p.to_judge_policy("classification", "canary")
+    assert j.alpha == 0.01
+    assert (j.error_rate.role, j.error_rate.margin, j.error_rate.min_samples) == ("guardrail", 0.02, 50)
+    assert j.agreement.min_samples == 300 and j.slo_min_samples == 300
+    assert (j.error_rate_slo, j.latency_p99_slo_ms) == (0.05, 250)
+    assert not j.drift.enabled
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"colour": "blue"}, "colour: unknown field"),
+        ({"shadow": {"min_pair": 10}}, "shadow.min_pair: unknown field"),
+        ({"mode": "yolo"}, "mode:"),
+        ({"canary": {"steps": []}}, "canary.steps: give at least one step"),
+        ({"canary": {"steps": [5, 25, 25]}}, "canary.steps: weights must be strictly increasing"),
+        ({"canary": {"steps": [50, 25]}}, "canary.steps: weights must be strictly increasing"),
+        ({"canary": {"steps": [0, 25]}}, r"canary.steps: every weight must lie in \(0, 100\]"),
+        ({"canary": {"steps": [5, 120]}}, r"canary.steps: every weight must lie in \(0, 100\]"),
+        ({"mode": "canary", "canary": {"steps": [100]}}, "canary.steps: canary mode needs"),
+        ({"shadow": {"sample_rate": 0}}, "shadow.sample_rate"),
+        ({"shadow": {"min_pairs": 0}}, "shadow.min_pairs"),
+        ({"canary": {"min_duration_s": 600, "max_duration_s": 60}}, "canary: max_duration_s must be at least"),
+        ({"alpha": 0.7}, "alpha"),
+        ({"gates": {"error_rate": {"role": "required", "margin": -0.01}}}, "gates.error_rate.margin: must lie in"),
+        ({"gates": {"accuracy": {"role": "required", "margin": -0.02}}}, "gates.accuracy.margin: must lie in"),
+        ({"gates": {"latency_p99": {"role": "guardrail", "margin": 0.8}}}, "gates.latency_p99.margin: is a ratio"),
+        ({"gates": {"agreement": {"role": "required", "margin": 1.5}}}, "gates.agreement.margin"),
+        ({"gates": {"agreement": {"role": "boss", "margin": 0.9}}}, "gates.agreement.role"),
+        ({"gates": {"regression": {"margin": 0.1}}}, "gates.regression.role: Field required"),
+        ({"on_inconclusive": "shrug"}, "on_inconclusive"),
+        ({"slo": {"error_rate": 1.5}}, "slo.error_rate"),
+        ({"label_maturity_s": -1}, "label_maturity_s"),
+    ],
+)
+def test_invalid_policies_are_refused_naming_the_field(data: dict[str, Any], message: str) -> None:
+    with pytest.raises(PolicyError, match=message):
+        Policy.parse(data)
+
+
+def test_policies_come_from_yaml_or_json_text_or_files(tmp_path: Path) -> None:
+    text = "mode: canary\ncanary:\n  steps: [10, 50, 100]\non_inconclusive: rollback\n"
+    assert Policy.parse(text).canary.steps == (10.0, 50.0, 100.0)
+    assert Policy.parse('{"mode": "shadow"}').mode == "shadow"
+    (tmp_path / "p.yaml").write_text(text)
+    (tmp_path / "p.json").write_text('{"shadow": {"min_pairs": 42}}')
+    assert Policy.parse(tmp_path / "p.yaml").on_inconclusive == "rollback"
+    assert Policy.parse(str(tmp_path / "p.json")).shadow.min_pairs == 42
+    with pytest.raises(PolicyError, match="neither valid JSON nor YAML"):
+        Policy.parse("mode: [unclosed\n")
+    with pytest.raises(PolicyError, match="a mapping"):
+        Policy.parse("- 1\n- 2\n")
+
+
+def test_a_stored_policy_round_trips_and_overrides_apply() -> None:
+    p = Policy.parse({"canary": {"steps": [1, 5]}}, mode="canary")
+    again = Policy.parse(p.to_dict())
+    assert again == p and again.mode == "canary"
+    assert Policy.parse(p, mode="shadow").mode == "shadow"
