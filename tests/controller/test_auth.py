@@ -35,11 +35,16 @@ BODIES: dict[tuple[str, str], Any] = {
 NAMES = {("/api/v1/deployments/<name>/rollouts", "POST"): "idle"}
 
 
+@pytest.fixture(scope="module")
+def models() -> tuple[Any, Any]:
+    return mlpipes.classifier(), mlpipes.classifier(seed=1)
+
+
 @pytest.fixture
-def world(store: Store, tmp_path: Path) -> Iterator[tuple[Flask, Store]]:
+def world(store: Store, tmp_path: Path, models: tuple[Any, Any]) -> Iterator[tuple[Flask, Store]]:
     """A deployment "churn" with a shadowing rollout and one paired output, "idle" without a rollout."""
-    v1 = mlpipes.register(store, tmp_path)
-    v2 = mlpipes.register(store, tmp_path, version="2", seed=1)
+    v1 = mlpipes.register(store, tmp_path, model=models[0])
+    v2 = mlpipes.register(store, tmp_path, version="2", model=models[1])
     churn = mlpipes.deploy(store, "churn", v1)
     mlpipes.deploy(store, "idle", v1)
     rollout = mlpipes.start_rollout(store, churn, v2)
