@@ -72,7 +72,16 @@ def body() -> str:
 
 def wrk(url: str, script: Path, connections: int, seconds: int) -> dict[str, float]:
     out = subprocess.run(
-        ["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        [
+            "wrk",
+            f"-t{min(2, connections)}",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ],
         capture_output=True,
         text=True,
         timeout=seconds + 30,
@@ -122,10 +131,14 @@ def fixed_rate(url: str, payload: str, rate: float, seconds: float) -> dict[str,
 
 def dropped(base: str) -> float:
     text = httpx.get(f"{base}/metrics", timeout=5).text
-    return sum(float(v) for v in re.findall(r"^mlcanary_shadow_dropped_total\{[^}]*\} ([\d.e+]+)$", text, re.M))
+    return sum(
+        float(v) for v in re.findall(r"^mlcanary_shadow_dropped_total\{[^}]*\} ([\d.e+]+)$", text, re.M)
+    )
 
 
-def run_setup(setup: str, directory: Path, args: argparse.Namespace, script: Path, payload: str) -> dict[str, Any]:
+def run_setup(
+    setup: str, directory: Path, args: argparse.Namespace, script: Path, payload: str
+) -> dict[str, Any]:
     url = prepare(directory, setup)
     port = _port()
     metrics_dir = directory / f"metrics-{setup}"
@@ -141,8 +154,17 @@ def run_setup(setup: str, directory: Path, args: argparse.Namespace, script: Pat
     process = subprocess.Popen(
         [
             str(Path(sys.executable).with_name("gunicorn")),
-            "--bind", f"127.0.0.1:{port}", "--workers", "2", "--worker-class", "sync",
-            "--config", str(ROOT / "bench" / "router_apps.py"), "--log-level", "warning", factory,
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "2",
+            "--worker-class",
+            "sync",
+            "--config",
+            str(ROOT / "bench" / "router_apps.py"),
+            "--log-level",
+            "warning",
+            factory,
         ],  # fmt: skip
         env=env,
         cwd=ROOT,
@@ -153,7 +175,12 @@ def run_setup(setup: str, directory: Path, args: argparse.Namespace, script: Pat
         deadline = time.monotonic() + 30
         while True:
             try:
-                if httpx.post(endpoint, content=payload, headers={"Content-Type": "application/json"}).status_code == 200:
+                if (
+                    httpx.post(
+                        endpoint, content=payload, headers={"Content-Type": "application/json"}
+                    ).status_code
+                    == 200
+                ):
                     break
             except httpx.TransportError:
                 pass
@@ -216,7 +243,9 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--setups", default=",".join(SETUPS))

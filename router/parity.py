@@ -167,7 +167,9 @@ class ParityReport:
         if self.checked and self.decoding_summary:
             first = {c.column: c for c in reversed(self.decoding_changes)}
             parts = [
-                f"{column} in {count} rows (e.g. {first[column].note})" if column in first else f"{column} in {count} rows"
+                f"{column} in {count} rows (e.g. {first[column].note})"
+                if column in first
+                else f"{column} in {count} rows"
                 for column, count in self.decoding_summary.items()
             ]
             text += "; the serving path decoded inputs differently: " + ", ".join(parts)
@@ -184,7 +186,9 @@ class ParityReport:
         data = asdict(self)
         data["message"] = self.message()
         data["environment_differs"] = self.environment_differs
-        return json.loads(json.dumps(data, default=_json_default, allow_nan=True), parse_constant=lambda _c: None)
+        return json.loads(
+            json.dumps(data, default=_json_default, allow_nan=True), parse_constant=lambda _c: None
+        )
 
 
 def environment_differences(
@@ -232,7 +236,9 @@ def check(
     }
     golden = version.golden_set
     if not golden:
-        return ParityReport(checked=False, passed=True, rows_checked=0, mismatched_rows=0, mismatches=(), **base)
+        return ParityReport(
+            checked=False, passed=True, rows_checked=0, mismatched_rows=0, mismatches=(), **base
+        )
     try:
         columns = [str(c) for c in golden["inputs"]["columns"]]
         rows = list(golden["inputs"]["data"])
@@ -242,15 +248,19 @@ def check(
     except (KeyError, TypeError) as exc:
         return _failed(base, 0, f"the golden set is malformed: {exc!r}")
     if len(expected_predictions) != len(rows):
-        return _failed(base, len(rows), f"{len(rows)} golden input rows but {len(expected_predictions)} outputs")
+        return _failed(
+            base, len(rows), f"{len(rows)} golden input rows but {len(expected_predictions)} outputs"
+        )
 
     notes: list[str] = []
     schema_order = list(version.column_names)
     sent_order = [c for c in columns if c in schema_order]
     if sent_order != [c for c in schema_order if c in columns]:
         notes.append(
-            "golden columns arrive in the order " + ", ".join(sent_order)
-            + "; the serving path reorders them to the registered schema " + ", ".join(schema_order)
+            "golden columns arrive in the order "
+            + ", ".join(sent_order)
+            + "; the serving path reorders them to the registered schema "
+            + ", ".join(schema_order)
         )
 
     owned = backend is None
@@ -265,7 +275,9 @@ def check(
         chunk = max(1, settings.max_rows)
         for start in range(0, max(len(rows), 1), chunk):
             part = rows[start : start + chunk]
-            body = json.dumps({"dataframe_split": {"columns": columns, "data": part}}, allow_nan=True).encode()
+            body = json.dumps(
+                {"dataframe_split": {"columns": columns, "data": part}}, allow_nan=True
+            ).encode()
             try:
                 sent = read_columns(body, "application/json", version.input_schema)
                 batch = build_batch(sent, version.input_schema, max_rows=chunk)
@@ -287,9 +299,13 @@ def check(
     regression = version.task == "regression"
     expected_scores = _scores(expected_proba) if expected_proba is not None and not regression else None
     if expected_scores is not None and len(expected_scores) != len(rows):
-        return _failed(base, len(rows), f"{len(rows)} golden input rows but {len(expected_scores)} probabilities")
+        return _failed(
+            base, len(rows), f"{len(rows)} golden input rows but {len(expected_scores)} probabilities"
+        )
     if expected_scores is not None and scores is None:
-        notes.append("the research outputs have probabilities but the served pipeline gives none; scores not compared")
+        notes.append(
+            "the research outputs have probabilities but the served pipeline gives none; scores not compared"
+        )
     for i, (want, got) in enumerate(zip(expected_predictions, outputs, strict=True)):
         found: list[Mismatch] = []
         if regression:
@@ -324,8 +340,14 @@ def check(
 
 def _failed(base: dict[str, Any], rows: int, error: str, *, notes: Sequence[str] = ()) -> ParityReport:
     return ParityReport(
-        checked=True, passed=False, rows_checked=rows, mismatched_rows=rows, mismatches=(), error=error,
-        notes=tuple(notes), **base,
+        checked=True,
+        passed=False,
+        rows_checked=rows,
+        mismatched_rows=rows,
+        mismatches=(),
+        error=error,
+        notes=tuple(notes),
+        **base,
     )
 
 
@@ -413,8 +435,10 @@ def _changed(sent: Any, decoded: Any) -> str | None:
     if sent_na:
         return f"missing value decoded as {decoded!r}"
     if isinstance(sent, bool) or isinstance(decoded, bool):
-        return None if sent == decoded and isinstance(sent, bool) == isinstance(decoded, bool) else (
-            f"{sent!r} ({type(sent).__name__}) decoded as {decoded!r} ({type(decoded).__name__})"
+        return (
+            None
+            if sent == decoded and isinstance(sent, bool) == isinstance(decoded, bool)
+            else (f"{sent!r} ({type(sent).__name__}) decoded as {decoded!r} ({type(decoded).__name__})")
         )
     if isinstance(sent, int | float) and isinstance(decoded, int | float):
         return None if float(sent) == float(decoded) else f"{sent!r} decoded as {decoded!r}"
