@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -34,6 +36,7 @@ from storage.entities import Rollout
 log = logging.getLogger("mlcanary.controller")
 
 ACTOR = "controller"
+CONTROLLER_ID = f"{socket.gethostname()}:{os.getpid()}"  # which controller process acted, in every event
 WebhookSink = Callable[[dict[str, Any]], None]
 
 __all__ = ["Outcome", "evaluate_once", "evaluate_rollout", "run", "verdict_dict"]
@@ -109,6 +112,7 @@ def evaluate_rollout(store: Store, rollout: Rollout, *, now: datetime, webhook_s
         )
         details = {"analysis_id": analysis.id, "judgement": judgement.reason, "samples": measurement.samples,
                    "verdicts": verdicts}
+    details["controller"] = CONTROLLER_ID
     if not decision.transition:
         return Outcome(rollout.id, rollout.deployment_id, decision, judgement, rollout=rollout)
     try:

@@ -1,0 +1,126 @@
+"""High availability: of several `mlcanary controller` processes exactly one acts; a standby takes over.
+
+Real processes on a real database (SQLite file lock and PostgreSQL advisory lock), interval 0.2 s.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from controller import actions
+from controller.leader import FileLeadership, leadership_for
+from storage import Database, Store
+from storage.entities import Column, NewPipelineVersion
+
+INTERVAL = 0.2
+ROOT = Path(__file__).resolve().parents[2]
+POLICY = {"mode": "shadow", "shadow": {"max_duration_s": 0.5}, "on_inconclusive": "rollback"}
+
+
+def test_only_one_file_lock_holder_at_a_time(tmp_path: Path) -> None:
+    a, b = FileLeadership(tmp_path / "x.lock"), FileLeadership(tmp_path / "x.lock")
+    assert a.acquire() and a.acquire()
+    assert not b.acquire()
+    a.release()
+    assert b.acquire()
+    b.release()
+
+
+def test_leadership_fits_the_database(tmp_path: Path) -> None:
+    lock = leadership_for(f"sqlite:///{tmp_path}/m.db")
+    assert isinstance(lock, FileLeadership) and lock.path == tmp_path / "m.db.controller.lock"
+    with pytest.raises(ValueError, match="in-memory"):
+        leadership_for("sqlite:///:memory:")
+
+
+def _controller(url: str, data_dir: Path, log: Path) -> subprocess.Popen[bytes]:
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MLCANARY_") or k == "MLCANARY_TEST_PG_URL"},
+           "MLCANARY_CONTROLLER_INTERVAL": str(INTERVAL), "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "controller.cli", "--database-url", url, "--data-dir", str(data_dir), "controller"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log.open("wb"),
+    )
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+        p.wait(timeout=10)
+
+
+def _deployments(store: Store, names: list[str]) -> None:
+    champion = store.pipelines.get_by_ref("m:1")
+    for name in names:
+        store.deployments.create(name, champion.id)
+        actions.start_rollout(store, name, "m:2", actor="tests", policy=POLICY)
+
+
+def _wait(condition: object, timeout: float) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if condition():  # type: ignore[operator]
+            return time.monotonic() - start
+        time.sleep(0.02)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+@pytest.mark.slow
+def test_a_standby_takes_over_when_the_leader_is_killed_and_no_transition_is_doubled_or_lost(
+    database_url: str, tmp_path: Path, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    db = Database(database_url)
+    store = Store(db)
+    for v in ("1", "2"):
+        store.pipelines.add(NewPipelineVersion(name="m", version=v, kind="artifact", task="classification",
+                                               input_schema=(Column("x", "float"),)))
+    _deployments(store, [f"d{i}" for i in range(5)])
+
+    def ended(count: int) -> bool:
+        return sum(not r.active for r in store.rollouts.list()) >= count
+
+    a = _controller(database_url, tmp_path, tmp_path / "a.log")
+    processes.append(a)
+    _wait(lambda: ended(5), 30)  # a leads: every rollout started, ran out of budget and rolled back
+    b = _controller(database_url, tmp_path, tmp_path / "b.log")
+    processes.append(b)
+    time.sleep(5 * INTERVAL)
+    _deployments(store, [f"e{i}" for i in range(5)])
+    _wait(lambda: ended(10), 30)
+
+    os.kill(a.pid, signal.SIGKILL)
+    a.wait(timeout=10)
+    _deployments(store, [f"f{i}" for i in range(5)])
+    taken_over = _wait(lambda: any(r.phase != "pending" for r in store.rollouts.list() if r.id > 10), 10)
+    _wait(lambda: ended(15), 30)
+    print(f"standby took over {taken_over:.2f} s after the leader was killed")
+    assert taken_over < 2 * INTERVAL + 1.5  # a standby retries every interval (plus process and commit time)
+
+    b.send_signal(signal.SIGTERM)
+    assert b.wait(timeout=10) == 0, (tmp_path / "b.log").read_text()
+
+    events = store.events.list(limit=10_000)
+    transitions = [e for e in events if e.actor == "controller"]
+    per_rollout = Counter((e.rollout_id, e.action) for e in transitions)
+    assert set(per_rollout.values()) == {1}, "no transition applied twice"
+    assert sorted(Counter(action for _, action in per_rollout).items()) == [
+        ("rollout.rollback", 15), ("rollout.start", 15)], "no transition lost"
+    actors = [e.details["controller"].rsplit(":", 1)[1] for e in transitions]
+    assert set(actors) == {str(a.pid), str(b.pid)}
+    switch = actors.index(str(b.pid))
+    assert set(actors[:switch]) == {str(a.pid)} and set(actors[switch:]) == {str(b.pid)}, \
+        "the two controllers never both acted"
+    assert all(e.rollout_id is not None and e.rollout_id > 10 for e in transitions[switch:])
+    db.dispose()
