@@ -454,6 +454,11 @@ from controller.cli_report import report as _report_command  # noqa: E402
 cli.add_command(_report_command)
 
 
+from controller.cli_replay import replay_command  # noqa: E402  (uses the helpers above)
+
+cli.add_command(replay_command)
+
+
 def main() -> NoReturn:
     sys.exit(cli.main(prog_name="mlcanary"))
 
