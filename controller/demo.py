@@ -221,7 +221,7 @@ def running_server(data_dir: Path, port: int, *, log: Path) -> Iterator[str]:
     }
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "controller.cli", "serve"],
+            [sys.executable, "-m", "controller", "serve"],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -69,7 +69,7 @@ def run(
     workers: int,
     data_dir: Path,
     log_level: str = "info",
-    graceful_timeout: float = 30.0,
+    graceful_timeout: int = 30,
 ) -> None:
     """Serve until stopped; SIGTERM drains requests and flushes every worker's data plane."""
     metrics_dir = prepare_metrics_dir(data_dir)

@@ -40,7 +40,11 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 def _sqlite_begin(conn: Any) -> None:
     # pysqlite's own transaction handling is switched off above; SQLAlchemy's BEGIN is the only one.
-    conn.exec_driver_sql("BEGIN")
+    # A transaction that will write takes the write lock up front (BEGIN IMMEDIATE), so a second
+    # writer waits on busy_timeout; a deferred read transaction that later writes would instead fail
+    # at once with "database is locked" whenever another process is writing.
+    write = conn.get_execution_options().get("mlcanary_write", True)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
 class Database:
@@ -84,10 +88,15 @@ class Database:
             self._pid = os.getpid()
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
-        """Yield a session in a transaction: commit on success, roll back on error, translate errors."""
+    def session(self, *, write: bool = True) -> Iterator[Session]:
+        """Yield a session in a transaction: commit on success, roll back on error, translate errors.
+
+        write=False marks a read-only transaction: on SQLite it does not take the write lock, so long
+        reads (reports) never hold up writers (the router's recorder).
+        """
         self._after_fork()
         with translate_errors(), self._sessions() as session:
+            session.connection(execution_options={"mlcanary_write": write})
             try:
                 yield session
                 session.commit()
@@ -99,8 +108,10 @@ class Database:
     def connection(self) -> Iterator[Any]:
         """Yield a SQLAlchemy Connection inside a transaction, with errors translated."""
         self._after_fork()
-        with translate_errors(), self.engine.begin() as conn:
-            yield conn
+        with translate_errors(), self.engine.connect() as conn:
+            conn = conn.execution_options(mlcanary_write=True)
+            with conn.begin():
+                yield conn
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -25,6 +25,7 @@ from storage.models import (
     PAIR_JSON_COLUMNS,
     AnalysisRow,
     ApiTokenRow,
+    CursorRow,
     DeploymentRow,
     EventRow,
     LabelRow,
@@ -93,7 +94,7 @@ class PipelineRepository:
             return row.to_entity()
 
     def get(self, version_id: int) -> entities.PipelineVersion:
-        with self.db.session() as s:
+        with self.db.session(write=False) as s:
             row = s.get(PipelineVersionRow, version_id)
             if row is None:
                 raise NotFound(f"no pipeline version with id {version_id}")
@@ -102,7 +103,7 @@ class PipelineRepository:
     def get_by_ref(self, ref: str) -> entities.PipelineVersion:
         """Find a version by "name:version" (or by its numeric id)."""
         name, sep, version = ref.partition(":")
-        with self.db.session() as s:
+        with self.db.session(write=False) as s:
             if not sep:
                 if ref.isdigit():
                     row = s.get(PipelineVersionRow, int(ref))
@@ -115,7 +116,7 @@ class PipelineRepository:
             return row.to_entity()
 
     def list(self, *, name: str | None = None) -> list[entities.PipelineVersion]:
-        with self.db.session() as s:
+        with self.db.session(write=False) as s:
             query = select(PipelineVersionRow).order_by(PipelineVersionRow.name, PipelineVersionRow.id)
             if name is not None:
                 query = query.filter_by(name=name)
@@ -145,21 +146,21 @@ class DeploymentRepository:
             return row.to_entity()
 
     def get(self, name: str) -> entities.Deployment:
-        with self.db.session() as s:
+        with self.db.session(write=False) as s:
             row = s.scalar(select(DeploymentRow).filter_by(name=name))
             if row is None:
                 raise NotFound(f"no deployment {name!r}")
             return row.to_entity()
 
     def get_by_id(self, deployment_id: int) -> entities.Deployment:
-        with self.db.session() as s:
+        with self.db.session(write=False) as s:
             row = s.get(DeploymentRow, deployment_id)
             if row is None:
                 raise NotFound(f"no deployment with id {deployment_id}")
             return row.to_entity()
 
     def list(self) -> list[entities.Deployment]:
-        with self.db.session() as s:
+        with self.db.session(write=False) as s:
             return [r.to_entity() for r in s.scalars(select(DeploymentRow).order_by(DeploymentRow.name))]
 
     def update(
@@ -240,14 +241,14 @@ class RolloutRepository:
             return row.to_entity()
 
     def get(self, rollout_id: int) -> entities.Rollout:
-        with self.db.session() as s:
+        with self.db.session(write=False) as s:
             row = s.get(RolloutRow, rollout_id)
             if row is None:
                 raise NotFound(f"no rollout with id {rollout_id}")
             return row.to_entity()
 
     def list(self, *, deployment_id: int | None = None, active_only: bool = False) -> list[entities.Rollout]:
-        with self.db.session() as s:
+        with self.db.session(write=False) as s:
             query = select(RolloutRow).order_by(RolloutRow.id)
             if deployment_id is not None:
                 query = query.filter_by(deployment_id=deployment_id)
@@ -256,7 +257,7 @@ class RolloutRepository:
             return [r.to_entity() for r in s.scalars(query)]
 
     def latest(self, deployment_id: int) -> entities.Rollout | None:
-        with self.db.session() as s:
+        with self.db.session(write=False) as s:
             row = s.scalar(
                 select(RolloutRow).filter_by(deployment_id=deployment_id).order_by(RolloutRow.id.desc()).limit(1)
             )
@@ -316,7 +317,7 @@ class RoutingRepository:
 
     def load_table(self) -> dict[str, entities.RoutingEntry]:
         """Read every deployment's routing in one transaction (a few small queries, not one per request)."""
-        with self.db.session() as s:
+        with self.db.session(write=False) as s:
             deployments = list(s.scalars(select(DeploymentRow)))
             rollouts = {
                 r.deployment_id: r
@@ -405,7 +406,7 @@ class PairRepository:
             return inserted
 
     def count(self, *, deployment_id: int | None = None, rollout_id: int | None = None) -> int:
-        with self.db.session() as s:
+        with self.db.session(write=False) as s:
             query = select(func.count()).select_from(PairedOutputRow)
             if deployment_id is not None:
                 query = query.where(PairedOutputRow.deployment_id == deployment_id)
@@ -414,7 +415,7 @@ class PairRepository:
             return int(s.scalar(query) or 0)
 
     def list(self, *, rollout_id: int | None = None, limit: int = 1000) -> list[entities.PairRecord]:
-        with self.db.session() as s:
+        with self.db.session(write=False) as s:
             query = select(PairedOutputRow).order_by(PairedOutputRow.id).limit(limit)
             if rollout_id is not None:
                 query = query.where(PairedOutputRow.rollout_id == rollout_id)
@@ -423,7 +424,7 @@ class PairRepository:
     def existing_request_ids(self, request_ids: Iterable[str]) -> set[str]:
         ids = list(set(request_ids))
         found: set[str] = set()
-        with self.db.session() as s:
+        with self.db.session(write=False) as s:
             for start in range(0, len(ids), 500):
                 found.update(
                     s.scalars(
@@ -538,14 +539,14 @@ class LabelRepository:
             return stored, unknown
 
     def count(self, *, deployment_id: int | None = None) -> int:
-        with self.db.session() as s:
+        with self.db.session(write=False) as s:
             query = select(func.count()).select_from(LabelRow)
             if deployment_id is not None:
                 query = query.where(LabelRow.deployment_id == deployment_id)
             return int(s.scalar(query) or 0)
 
     def get(self, request_id: str, row_index: int = 0) -> entities.Label:
-        with self.db.session() as s:
+        with self.db.session(write=False) as s:
             row = s.get(LabelRow, (request_id, row_index))
             if row is None:
                 raise NotFound(f"no label for request {request_id!r} row {row_index}")
@@ -604,13 +605,18 @@ class EventRepository:
         after_id: int = 0,
         limit: int = 200,
     ) -> list[entities.Event]:
-        with self.db.session() as s:
+        with self.db.session(write=False) as s:
             query = select(EventRow).where(EventRow.id > after_id).order_by(EventRow.id).limit(limit)
             if deployment_id is not None:
                 query = query.where(EventRow.deployment_id == deployment_id)
             if rollout_id is not None:
                 query = query.where(EventRow.rollout_id == rollout_id)
             return [r.to_entity() for r in s.scalars(query)]
+
+    def last_id(self) -> int:
+        """Return the id of the newest event (0 if there is none)."""
+        with self.db.session() as s:
+            return int(s.scalar(select(func.max(EventRow.id))) or 0)
 
 
 class AnalysisRepository:
@@ -641,14 +647,14 @@ class AnalysisRepository:
             return row.to_entity()
 
     def list(self, rollout_id: int, *, limit: int = 10_000) -> list[entities.Analysis]:
-        with self.db.session() as s:
+        with self.db.session(write=False) as s:
             query = (
                 select(AnalysisRow).filter_by(rollout_id=rollout_id).order_by(AnalysisRow.evaluated_at).limit(limit)
             )
             return [r.to_entity() for r in s.scalars(query)]
 
     def latest(self, rollout_id: int) -> entities.Analysis | None:
-        with self.db.session() as s:
+        with self.db.session(write=False) as s:
             row = s.scalar(
                 select(AnalysisRow).filter_by(rollout_id=rollout_id).order_by(AnalysisRow.id.desc()).limit(1)
             )
@@ -686,7 +692,7 @@ class TokenRepository:
     def verify(self, token: str) -> entities.ApiToken | None:
         """Return the live token matching this secret, or None. Compared in constant time."""
         digest = hash_token(token)
-        with self.db.session() as s:
+        with self.db.session(write=False) as s:
             row = s.scalar(select(ApiTokenRow).filter_by(token_hash=digest))
             if row is None or not hmac.compare_digest(row.token_hash, digest) or row.revoked_at is not None:
                 return None
@@ -706,8 +712,35 @@ class TokenRepository:
             return row.to_entity()
 
     def list(self) -> list[entities.ApiToken]:
-        with self.db.session() as s:
+        with self.db.session(write=False) as s:
             return [r.to_entity() for r in s.scalars(select(ApiTokenRow).order_by(ApiTokenRow.id))]
+
+
+class CursorRepository:
+    """Named positions in the event log, so a consumer resumes where it stopped after a restart."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def get(self, name: str) -> int | None:
+        with self.db.session(write=False) as s:
+            row = s.get(CursorRow, name)
+            return None if row is None else int(row.position)
+
+    def set(self, name: str, position: int, *, expected: int | None = None) -> bool:
+        """Move the cursor to position; with expected, only if it is still there (False if it moved)."""
+        now = utcnow()
+        with self.db.session() as s:
+            row = s.get(CursorRow, name, with_for_update=True)
+            if row is None:
+                if expected is not None:
+                    return False
+                s.add(CursorRow(name=name, position=position, updated_at=now))
+                return True
+            if expected is not None and row.position != expected:
+                return False
+            row.position, row.updated_at = position, now
+            return True
 
 
 class Store:
@@ -724,5 +757,6 @@ class Store:
         self.events = EventRepository(db)
         self.analyses = AnalysisRepository(db)
         self.tokens = TokenRepository(db)
+        self.cursors = CursorRepository(db)
 
 

@@ -58,7 +58,7 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("sqlite-template") / "template.db"
     db = Database(f"sqlite:///{path}")
     db_schema.upgrade(db)
-    with db.engine.connect() as conn:
+    with db.engine.connect().execution_options(mlcanary_write=False) as conn:
         conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
     db.dispose()
     return path

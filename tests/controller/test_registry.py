@@ -146,7 +146,7 @@ def test_upstream_version_needs_a_schema_and_a_known_protocol(runner: CliRunner,
 def test_a_registered_version_survives_a_restart(files: dict[str, Path], tmp_path: Path) -> None:
     """Register in one process and read it back in another, on the embedded default database."""
     data_dir = tmp_path / "var"
-    command = [sys.executable, "-m", "controller.cli", "--data-dir", str(data_dir)]
+    command = [sys.executable, "-m", "controller", "--data-dir", str(data_dir)]
     subprocess.run([*command, *register_args(files)], check=True, capture_output=True, timeout=120)
     listed = subprocess.run([*command, "pipelines", "list"], check=True, capture_output=True, text=True, timeout=120)
     assert "churn:1" in listed.stdout and (data_dir / "mlcanary.db").is_file()
