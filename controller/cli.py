@@ -9,6 +9,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn
 
+if __name__ == "__main__":
+    # `python -m controller.cli` (how `serve` starts its controller): run the importable copy of this
+    # module, so that command modules importing `controller.cli` share one copy of the group.
+    from controller.cli import main as _main
+
+    _main()
+
 import click
 
 from controller.config import ConfigError, Settings
