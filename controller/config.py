@@ -40,6 +40,18 @@ class Settings:
     shadow_timeout_s: float = field(default=2.0, metadata={"help": "shadow scoring timeout"})
     upstream_timeout_s: float = field(default=5.0, metadata={"help": "HTTP upstream backend timeout"})
     log_level: str = field(default="info", metadata={"help": "debug, info, warning or error"})
+    webhook_urls: str = field(
+        default="", metadata={"help": "comma-separated URLs that receive rollout events as signed JSON POSTs"}
+    )
+    webhook_secret: str = field(
+        default="", metadata={"help": "HMAC-SHA256 key of the X-Mlcanary-Signature header (empty: unsigned)"}
+    )
+    webhook_timeout_s: float = field(default=5.0, metadata={"help": "seconds one webhook delivery may take"})
+    webhook_retries: int = field(default=3, metadata={"help": "webhook retries after a failed delivery (0..10)"})
+    webhook_backoff_s: float = field(
+        default=1.0, metadata={"help": "first webhook retry delay; doubles at each retry"}
+    )
+    webhook_interval: float = field(default=1.0, metadata={"help": "seconds between looks for new events"})
 
     @property
     def resolved_database_url(self) -> str:
@@ -91,6 +103,20 @@ class Settings:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
+        for name in ("webhook_timeout_s", "webhook_interval"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.webhook_retries <= 10:
+            raise ConfigError(f"webhook_retries must be 0..10, got {self.webhook_retries}")
+        if self.webhook_backoff_s < 0:
+            raise ConfigError(f"webhook_backoff_s must be >= 0, got {self.webhook_backoff_s}")
+        for url in self.webhook_url_list:
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError(f"webhook URL must start with http:// or https://, got {url!r}")
+
+    @property
+    def webhook_url_list(self) -> tuple[str, ...]:
+        return tuple(u.strip() for u in self.webhook_urls.split(",") if u.strip())
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

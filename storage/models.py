@@ -294,3 +294,13 @@ class ApiTokenRow(Base):
         return entities.ApiToken(
             id=self.id, name=self.name, role=self.role, created_at=self.created_at, revoked_at=self.revoked_at
         )
+
+
+class CursorRow(Base):
+    """How far a named consumer of the event log (e.g. the webhook dispatcher) has got."""
+
+    __tablename__ = "cursors"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    position: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
