@@ -85,7 +85,7 @@ def now() -> datetime:
 
 def json_response(payload: Any, status: int = 200) -> Response:
     """Answer JSON; NaN and infinities become null, datetimes ISO 8601."""
-    text = json.dumps(_plain(payload), allow_nan=False, separators=(",", ":"))
+    text = json.dumps(plain(payload), allow_nan=False, separators=(",", ":"))
     return Response(text, status=status, mimetype="application/json")
 
 
@@ -93,7 +93,7 @@ def error_response(status: int, code: str, message: str) -> Response:
     return json_response({"error": {"code": code, "message": message}}, status)
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     if isinstance(value, float | np.floating):
         number = float(value)
         return number if np.isfinite(number) else None
@@ -102,9 +102,9 @@ def _plain(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     return value
 
 

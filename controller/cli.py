@@ -465,6 +465,12 @@ from controller.cli_replay import replay_command  # noqa: E402  (uses the helper
 
 cli.add_command(replay_command)
 
+from controller.cli_rollout import labels as labels_group  # noqa: E402
+from controller.cli_rollout import rollout as rollout_group  # noqa: E402
+
+cli.add_command(rollout_group)
+cli.add_command(labels_group)
+
 
 def main() -> NoReturn:
     sys.exit(cli.main(prog_name="mlcanary"))

@@ -1,0 +1,403 @@
+"""`mlcanary rollout ...` and `mlcanary labels upload`: operators' commands.
+
+By default they work on the database directly, through `controller.actions` (actor ``cli:<user>``);
+with ``--api URL`` (and ``--token``, or MLCANARY_API_URL / MLCANARY_TOKEN) they go through the admin
+API instead, as the token's owner. Mistakes give one line on stderr and exit status 1.
+
+    mlcanary rollout start churn --challenger churn:2 --mode canary --policy policy.yaml
+    mlcanary rollout promote churn --full --reason "looks good"
+    mlcanary rollout status churn --json
+    mlcanary labels upload churn labels.csv          # request_id,label[,row]
+"""
+
+from __future__ import annotations
+
+import csv
+import getpass
+import json
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from controller import feedback
+from storage import Store
+
+ACTIONS = ("promote", "rollback", "pause", "resume", "abort")
+_ACTION_HELP = {
+    "promote": "Move the active rollout to its next step (the last step promotes), or fully with --full.",
+    "rollback": "Roll the active rollout back: the champion answers everything again.",
+    "pause": "Pause the active rollout: the split stays, the controller stops advancing it.",
+    "resume": "Resume a paused rollout at its current step.",
+    "abort": "Abort the rollout without a verdict: traffic returns to the champion.",
+}
+
+
+def actor() -> str:
+    """Return ``cli:<login>`` (who ran the command, for the event log)."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (OSError, KeyError):
+        return "cli:unknown"
+
+
+class ApiClient:
+    """The few admin API calls the commands need; any error answer becomes one ClickException line."""
+
+    def __init__(self, url: str, token: str | None, *, timeout: float = 30.0) -> None:
+        import httpx
+
+        if not url.startswith(("http://", "https://")):
+            raise click.UsageError(f"--api must be an http(s) URL, got {url!r}")
+        if not token:
+            raise click.UsageError("--api needs --token (or MLCANARY_TOKEN)")
+        self._client = httpx.Client(
+            base_url=url.rstrip("/") + "/api/v1",
+            timeout=timeout,
+            headers={"Authorization": f"Bearer {token}"},
+        )
+
+    def call(self, method: str, path: str, body: Any = None, **params: Any) -> Any:
+        import httpx
+
+        try:
+            response = self._client.request(
+                method, path, json=body, params={k: v for k, v in params.items() if v is not None}
+            )
+        except httpx.HTTPError as error:
+            raise click.ClickException(f"cannot reach the admin API: {error}") from error
+        if response.status_code >= 400:
+            try:
+                problem = response.json()["error"]
+                message = f"{problem['message']} (HTTP {response.status_code}, {problem['code']})"
+            except (ValueError, KeyError, TypeError):
+                message = f"HTTP {response.status_code} from the admin API"
+            raise click.ClickException(message)
+        return response.json()
+
+
+def _remote(ctx: click.Context) -> ApiClient | None:
+    obj = ctx.find_object(_Remote)
+    if obj is None or not obj.url:
+        return None
+    return ApiClient(obj.url, obj.token)
+
+
+class _Remote:
+    def __init__(self, url: str | None, token: str | None) -> None:
+        self.url, self.token = url, token
+
+
+_api_option = click.option(
+    "--api", "api_url", envvar="MLCANARY_API_URL", help="Go through this admin API URL."
+)
+_token_option = click.option("--token", envvar="MLCANARY_TOKEN", help="Admin API token (with --api).")
+
+
+def _store(ctx: click.Context) -> Store:
+    from controller.cli import store_of
+
+    return store_of(ctx)
+
+
+def _describe(rollout: dict[str, Any] | Any) -> str:
+    r = rollout if isinstance(rollout, dict) else _rollout_dict(rollout)
+    return (
+        f"rollout {r['id']} {r['phase']} (mode {r['mode']}, step {r['step_index']}, "
+        f"challenger {r['canary_weight']:g}%, shadow {r['shadow_rate']:g})"
+    )
+
+
+def _rollout_dict(rollout: Any) -> dict[str, Any]:
+    return {
+        "id": rollout.id, "phase": rollout.phase, "mode": rollout.mode, "step_index": rollout.step_index,
+        "canary_weight": rollout.canary_weight, "shadow_rate": rollout.shadow_rate,
+    }  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------- rollout
+@click.group("rollout")
+@_api_option
+@_token_option
+@click.pass_context
+def rollout(ctx: click.Context, api_url: str | None, token: str | None) -> None:
+    """Start, promote, roll back, pause, resume or abort rollouts; show status and events."""
+    ctx.obj = _Remote(api_url, token)
+
+
+@rollout.command("start")
+@click.argument("deployment")
+@click.option("--challenger", required=True, help="The challenger, NAME:VERSION.")
+@click.option(
+    "--mode", type=click.Choice(["shadow", "canary", "shadow_then_canary"]), help="Overrides the policy's."
+)
+@click.option(
+    "--policy", "policy_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Policy file (.yaml, .yml or .json); default: the default policy.",
+)  # fmt: skip
+@click.option("--reason", default="", help="Why (kept in the event log).")
+@click.pass_context
+def start(
+    ctx: click.Context,
+    deployment: str,
+    challenger: str,
+    mode: str | None,
+    policy_file: Path | None,
+    reason: str,
+) -> None:
+    """Start a rollout of a challenger on DEPLOYMENT."""
+    remote = _remote(ctx)
+    if remote is not None:
+        body: dict[str, Any] = {"challenger": challenger}
+        if mode:
+            body["mode"] = mode
+        if policy_file is not None:
+            body["policy"] = _read_policy(policy_file)
+        started = remote.call("POST", f"/deployments/{deployment}/rollouts", body)
+        click.echo(f"{deployment}: started {_describe(started)} of {started['challenger']}")
+        return
+    from controller import actions
+
+    created = actions.start_rollout(
+        _store(ctx), deployment, challenger, actor=actor(), mode=mode, policy=policy_file, reason=reason,
+        now=datetime.now(UTC),
+    )  # fmt: skip
+    click.echo(f"{deployment}: started {_describe(created)} of {challenger}")
+
+
+def _read_policy(path: Path) -> dict[str, Any]:
+    """Read a policy file into a mapping (validated by the server, which names any bad field)."""
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError) as error:
+        raise click.ClickException(f"cannot read policy {path.name}: {str(error).splitlines()[0]}") from error
+    if not isinstance(data, dict):
+        raise click.ClickException(f"policy {path.name} must hold a mapping")
+    return data
+
+
+def _action_command(name: str) -> click.Command:
+    @click.pass_context
+    def command(ctx: click.Context, deployment: str, reason: str, full: bool = False) -> None:
+        remote = _remote(ctx)
+        if remote is not None:
+            body: dict[str, Any] = {"reason": reason} if reason else {}
+            if full:
+                body["full"] = True
+            done = remote.call("POST", f"/deployments/{deployment}/rollout/{name}", body)
+            click.echo(f"{deployment}: {_describe(done)}")
+            return
+        from controller import actions
+
+        keywords: dict[str, Any] = {"actor": actor(), "reason": reason, "now": datetime.now(UTC)}
+        if name == "promote":
+            keywords["full"] = full
+        result = getattr(actions, name)(_store(ctx), deployment, **keywords)
+        click.echo(f"{deployment}: {_describe(result)}")
+
+    command.__doc__ = _ACTION_HELP[name]
+    params: list[click.Parameter] = [
+        click.Argument(["deployment"]),
+        click.Option(["--reason"], default="", help="Why (kept in the event log)."),
+    ]
+    if name == "promote":
+        params.append(
+            click.Option(["--full"], is_flag=True, help="Straight to 100%: the challenger becomes champion.")
+        )
+    return click.Command(name, callback=command, params=params, help=_ACTION_HELP[name])
+
+
+for _name in ACTIONS:
+    rollout.add_command(_action_command(_name))
+
+
+@rollout.command("status")
+@click.argument("deployment")
+@click.option("--json", "as_json", is_flag=True, help="The same document as GET /api/v1/deployments/NAME.")
+@click.pass_context
+def status(ctx: click.Context, deployment: str, as_json: bool) -> None:
+    """Show DEPLOYMENT's phase, weights, step, live figures per arm and last verdicts."""
+    remote = _remote(ctx)
+    if remote is not None:
+        document = remote.call("GET", f"/deployments/{deployment}")
+    else:
+        from controller import api
+
+        store = _store(ctx)
+        document = api.plain(api.deployment_json(store, store.deployments.get(deployment), detail=True))
+    if as_json:
+        click.echo(json.dumps(document, indent=2))
+        return
+    for line in status_lines(document):
+        click.echo(line)
+
+
+def status_lines(d: dict[str, Any]) -> Iterator[str]:
+    """Render a deployment document (GET /api/v1/deployments/NAME) for a terminal."""
+    yield f"{d['name']}: champion {d['champion']}" + (
+        f", challenger {d['challenger']}" if d["challenger"] else ""
+    )
+    r = d.get("rollout")
+    if r is None:
+        yield "no rollout yet"
+        return
+    w = d["weights"] if r["active"] else {"champion": 100.0, "challenger": 0.0, "shadow_rate": 0.0}
+    yield (
+        f"rollout {r['id']}: {r['phase']}, mode {r['mode']}, step {r['step_index']}, "
+        f"traffic champion {w['champion']:g}% / challenger {w['challenger']:g}%, shadow rate {w['shadow_rate']:g}"
+        + (f", ended: {r['reason']}" if r.get("ended_at") else "")
+    )
+    live = d.get("live")
+    if live:
+        yield f"step {live['step']}: {live['requests']:,} requests"
+        for arm, f in live["arms"].items():
+            rate = "-" if f["error_rate"] is None else f"{100 * f['error_rate']:.2f}%"
+            lat = f["latency_ms"]
+            p50 = "-" if lat["p50"] is None else f"{lat['p50']:.1f}"
+            p99 = "-" if lat["p99"] is None else f"{lat['p99']:.1f}"
+            yield (
+                f"  {arm:<10} served {f['served']:>8,}  scored {f['scored']:>8,}  errors {f['errors']:>6,} ({rate})"
+                f"  latency p50 {p50} ms  p99 {p99} ms"
+            )
+    a = d.get("last_analysis")
+    if a:
+        yield f"last analysis {a['evaluated_at']} (step {a['step']}): {a['outcome']}"
+        for verdict in a["verdicts"]:
+            name = verdict.get("gate") or verdict.get("name") or "?"
+            detail = verdict.get("reason") or verdict.get("message") or ""
+            yield f"  {name:<14} {verdict.get('outcome', '?'):<13} {detail}"
+
+
+@rollout.command("events")
+@click.argument("deployment")
+@click.option("--after-id", type=int, default=0, show_default=True, help="Only events after this id.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=200, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def events(ctx: click.Context, deployment: str, after_id: int, limit: int, as_json: bool) -> None:
+    """List DEPLOYMENT's events (the audit log), oldest first."""
+    remote = _remote(ctx)
+    if remote is not None:
+        listed = remote.call("GET", f"/deployments/{deployment}/events", after_id=after_id, limit=limit)[
+            "events"
+        ]
+    else:
+        from controller import api
+
+        store = _store(ctx)
+        found = store.events.list(
+            deployment_id=store.deployments.get(deployment).id, after_id=after_id, limit=limit
+        )
+        listed = [api.plain(api.event_json(e)) for e in found]
+    if as_json:
+        click.echo(json.dumps(listed, indent=2))
+        return
+    if not listed:
+        click.echo(f"{deployment}: no events")
+    for e in listed:
+        rollout_part = f" rollout {e['rollout_id']}" if e["rollout_id"] else ""
+        click.echo(
+            f"{e['id']:>6}  {e['at'][:19]}  {e['actor']:<16} {e['action']:<18}{rollout_part}  {e['message']}"
+        )
+
+
+# ---------------------------------------------------------------------------------------------- labels
+@click.group("labels")
+@_api_option
+@_token_option
+@click.pass_context
+def labels(ctx: click.Context, api_url: str | None, token: str | None) -> None:
+    """Upload ground-truth labels."""
+    ctx.obj = _Remote(api_url, token)
+
+
+def read_labels(path: Path) -> list[tuple[str, int, Any]]:
+    """Read a CSV with columns request_id,label[,row]; numbers become numbers. ClickException if malformed."""
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            columns = set(reader.fieldnames or ())
+            if not {"request_id", "label"} <= columns or columns - {"request_id", "label", "row"}:
+                raise click.ClickException(
+                    f"{path.name} must have the columns request_id,label and optionally row; it has {sorted(columns)}"
+                )
+            items = [
+                {"request_id": line["request_id"], "label": _scalar(line["label"] or ""),
+                 **({"row": _row(line.get("row"), number)} if line.get("row") not in (None, "") else {})}
+                for number, line in enumerate(reader, start=2)
+            ]  # fmt: skip
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise click.ClickException(f"cannot read {path.name}: {error}") from error
+    if not items:
+        raise click.ClickException(f"{path.name} has no labels")
+    try:
+        chunks = [items[i : i + feedback.MAX_LABELS] for i in range(0, len(items), feedback.MAX_LABELS)]
+        return [t for chunk in chunks for t in feedback.parse_labels({"labels": chunk})]
+    except feedback.LabelsError as error:
+        raise click.ClickException(f"{path.name}: {error.message}") from error
+
+
+def _row(text: str | None, line: int) -> int:
+    try:
+        return int(text or 0)
+    except ValueError as error:
+        raise click.ClickException(f"line {line}: row must be an integer, got {text!r}") from error
+
+
+def _scalar(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            value = kind(text)
+        except ValueError:
+            continue
+        return value if kind is int or value == value and abs(value) != float("inf") else text
+    return text
+
+
+@labels.command("upload")
+@click.argument("deployment")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.pass_context
+def labels_upload(ctx: click.Context, deployment: str, file: Path) -> None:
+    """Store the labels of FILE.csv (request_id,label[,row]) for DEPLOYMENT's earlier requests."""
+    triples = read_labels(file)
+    batches = [triples[i : i + feedback.MAX_LABELS] for i in range(0, len(triples), feedback.MAX_LABELS)]
+    remote = _remote(ctx)
+    store: Store | None = None if remote is not None else _store(ctx)
+    if store is not None:
+        store.deployments.get(deployment)  # an unknown deployment fails before any work
+    stored, unknown = 0, []
+    stderr = sys.stderr
+    with click.progressbar(
+        batches, label=f"uploading {len(triples):,} labels", file=stderr, show_pos=True
+    ) as bar:
+        for batch in bar:
+            if store is not None:
+                result = feedback.store_labels(store, deployment, batch)
+            else:
+                assert remote is not None
+                body = {"labels": [{"request_id": r, "row": i, "label": v} for r, i, v in batch]}
+                result = remote.call("POST", f"/deployments/{deployment}/labels", body)
+            stored += result["stored"]
+            unknown.extend(result["unknown_request_ids"])
+    if store is not None:
+        from storage.entities import NewEvent
+
+        store.events.add(
+            NewEvent(
+                actor=actor(), action="labels.upload", reason="labels uploaded",
+                message=f"{stored} labels stored from {file.name}, {len(unknown)} unknown request ids",
+                deployment_id=store.deployments.get(deployment).id,
+                details={"stored": stored, "unknown": len(unknown), "file": file.name},
+            )
+        )  # fmt: skip
+    click.echo(f"{deployment}: stored {stored:,} labels; {len(unknown):,} unknown request ids")
+    if unknown:
+        shown = ", ".join(unknown[:10]) + (" ..." if len(unknown) > 10 else "")
+        click.echo(f"unknown request ids (not stored): {shown}", err=True)
