@@ -46,7 +46,7 @@ def _controller(url: str, data_dir: Path, log: Path) -> subprocess.Popen[bytes]:
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("MLCANARY_") or k == "MLCANARY_TEST_PG_URL"},
            "MLCANARY_CONTROLLER_INTERVAL": str(INTERVAL), "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(
-        [sys.executable, "-m", "controller.cli", "--database-url", url, "--data-dir", str(data_dir), "controller"],
+        [sys.executable, "-m", "controller", "--database-url", url, "--data-dir", str(data_dir), "controller"],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log.open("wb"),
     )
 
@@ -123,4 +123,40 @@ def test_a_standby_takes_over_when_the_leader_is_killed_and_no_transition_is_dou
     assert set(actors[:switch]) == {str(a.pid)} and set(actors[switch:]) == {str(b.pid)}, \
         "the two controllers never both acted"
     assert all(e.rollout_id is not None and e.rollout_id > 10 for e in transitions[switch:])
+    db.dispose()
+
+
+@pytest.mark.slow
+def test_serve_runs_one_controller_beside_gunicorn_and_stops_it_on_exit(
+    sqlite_url: str, tmp_path: Path, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    import socket
+
+    db = Database(sqlite_url)
+    store = Store(db)
+    for v in ("1", "2"):
+        store.pipelines.add(NewPipelineVersion(name="m", version=v, kind="artifact", task="classification",
+                                               input_schema=(Column("x", "float"),)))
+    _deployments(store, ["d0"])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MLCANARY_")},
+           "MLCANARY_CONTROLLER_INTERVAL": str(INTERVAL), "PYTHONPATH": str(ROOT)}
+    log = tmp_path / "serve.log"
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "controller.cli", "--database-url", sqlite_url, "--data-dir", str(tmp_path),
+         "serve", "--port", str(port), "--workers", "1"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log.open("wb"),
+    )
+    processes.append(serve)
+    _wait(lambda: all(not r.active for r in store.rollouts.list()), 60)  # started, out of budget, rolled back
+    serve.send_signal(signal.SIGTERM)
+    assert serve.wait(timeout=30) == 0, log.read_text()[-2000:]
+    actors = {e.details["controller"] for e in store.events.list() if e.actor == "controller"}
+    assert len(actors) == 1, "one controller acted"
+    controller_pid = int(actors.pop().rsplit(":", 1)[1])
+    assert controller_pid != serve.pid, "the controller runs in its own process"
+    with pytest.raises(ProcessLookupError):  # stopped and reaped with serve
+        os.kill(controller_pid, 0)
     db.dispose()
