@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -269,14 +271,36 @@ def build_report(
         "Latency quantiles are read from log-spaced histograms (each within 5% of the exact quantile).",
     ]
 
-    steps = rq.step_counts(db, rollout.id)
-    rows = sum(s.rows for s in steps)
-    arms = {arm: _arm_summary(db, rollout.id, arm, steps, v) for arm, v in (("champion", champion),
-                                                                             ("challenger", challenger))}
-    first = min((s.first_epoch for s in steps if s.first_epoch is not None), default=None)
-    last = max((s.last_epoch for s in steps if s.last_epoch is not None), default=None)
-    traffic = _traffic(db, rollout.id, steps, first, last)
-    pairs = sum(s.both_outputs for s in steps)
+    positive = _positive_class(challenger, [])
+    with ThreadPoolExecutor(max_workers=3, thread_name_prefix="mlcanary-report") as pool:
+        # Independent scans run side by side (SQLite releases the GIL while it reads; PostgreSQL has
+        # one backend per connection); the overview waits only for the time range.
+        span_f = pool.submit(rq.time_range, db, rollout.id)
+        latency_f = {arm: pool.submit(rq.latency_buckets, db, rollout.id, arm) for arm in ("champion", "challenger")}
+        if task == "classification":
+            table_f: Future[Any] | None = pool.submit(rq.class_score_table, db, rollout.id, bins=SCORE_BINS)
+            labels_f: Future[Any] = pool.submit(rq.label_confusion, db, rollout.id)
+            auc_f: Future[Any] | None = (pool.submit(rq.label_score_buckets, db, rollout.id)
+                                         if positive is not None else None)
+        else:
+            table_f, auc_f = None, None
+            labels_f = pool.submit(rq.label_regression, db, rollout.id)
+        span = span_f.result()
+        unit = _bucket_unit(span)
+        overview = rq.step_counts(db, rollout.id, bucket=unit) if span else []
+        steps = _per_step(overview)
+        rows = sum(st.rows for st in steps)
+        pairs = sum(st.both_outputs for st in steps)
+        column = "score" if task == "classification" else "value"
+        ks_f = pool.submit(rq.numeric_sample, db, rollout.id, column, limit=ks_sample, total=pairs) if pairs else None
+        table = table_f.result() if table_f is not None else []
+        latency = {arm: f.result() for arm, f in latency_f.items()}
+        label_rows = labels_f.result()
+        auc_buckets = auc_f.result() if auc_f is not None else None
+        ks_pairs = ks_f.result() if ks_f is not None else []
+    arms = {arm: _arm_summary(arm, steps, v, latency[arm]) for arm, v in (("champion", champion),
+                                                                         ("challenger", challenger))}
+    traffic = _traffic(steps, overview, span, unit)
     shadow = {
         "rows": rows,
         "pairs": pairs,
@@ -287,14 +311,14 @@ def build_report(
         "cancelled": sum(s.shadow_cancelled for s in steps),
         "other_errors": sum(s.shadow_other_errors for s in steps),
     }
-    agreement_ = _agreement(db, rollout.id, steps) if task == "classification" else None
+    agreement_ = _agreement(table, steps) if task == "classification" else None
     differences = _differences(steps, task)
-    distributions = _distributions(db, rollout.id, task, pairs, ks_sample, notes)
-    n_labelled = rq.labelled_count(db, rollout.id) if rows else 0
-    labels = _labels(db, rollout.id, task, challenger, n_labelled)
+    distributions = _distributions(db, rollout.id, task, table, ks_pairs, pairs, notes)
+    labels = _labels(label_rows, auc_buckets, task, challenger)
+    n_labelled = int(labels["n"])
     analyses = store.analyses.list(rollout.id)
     gates = _gates(analyses)
-    segment_block = _segments(db, rollout.id, segments, challenger, rows, bool(n_labelled), task, segment_sample,
+    segment_block = _segments(db, rollout.id, segments, challenger, rows, n_labelled > 0, task, segment_sample,
                               store_raw=dep.store_raw_inputs)
     if segment_block["results"]:
         notes.append(segment_block["method"])
@@ -346,7 +370,7 @@ def _event(e: Event) -> dict[str, Any]:
 
 
 def _arm_summary(
-    db: Any, rollout_id: int, arm: str, steps: Sequence[rq.StepCounts], version: PipelineVersion
+    arm: str, steps: Sequence[rq.StepCounts], version: PipelineVersion, latency: Mapping[int, int]
 ) -> dict[str, Any]:
     requests = sum(getattr(s, f"{arm}_ran") for s in steps)
     errors = sum(getattr(s, f"{arm}_errors") for s in steps)
@@ -355,7 +379,7 @@ def _arm_summary(
     lat_sum = sum(getattr(s, f"{arm}_latency_sum") for s in steps)
     edges = stats.latency_edges(start_ms=rq.LATENCY_START_MS, growth=rq.LATENCY_GROWTH)
     counts = np.zeros(edges.size - 1, dtype=np.int64)
-    for bucket, n in (rq.latency_buckets(db, rollout_id, arm) if lat_n else {}).items():
+    for bucket, n in latency.items():
         counts[min(max(bucket + 1, 0), counts.size - 1)] += n
     nonzero = np.nonzero(counts)[0]
     lo, hi = (int(nonzero[0]), int(nonzero[-1]) + 1) if nonzero.size else (0, 0)
@@ -376,28 +400,70 @@ def _arm_summary(
     }  # fmt: skip
 
 
+def _bucket_unit(span: tuple[float, float] | None) -> str:
+    """Pick the timeline's bucket: minutes up to two hours, hours up to five days, else days."""
+    if span is None or span[1] - span[0] <= 2 * 3600:
+        return "minute"
+    return "hour" if span[1] - span[0] <= 5 * 86400 else "day"
+
+
+def _per_step(overview: Sequence[rq.StepCounts]) -> list[rq.StepCounts]:
+    """Add up the per (step, time bucket) rows of the overview scan into one row per step."""
+    by_step: dict[int | None, list[rq.StepCounts]] = {}
+    for row in overview:
+        by_step.setdefault(row.step, []).append(row)
+    out = []
+    for step, parts in by_step.items():
+        sums: dict[str, Any] = {"step": step, "bucket": None}
+        for f in fields(rq.StepCounts):
+            if f.name in ("step", "bucket"):
+                continue
+            values = [getattr(p, f.name) for p in parts]
+            if f.name == "first_epoch":
+                sums[f.name] = min((v for v in values if v is not None), default=None)
+            elif f.name == "last_epoch":
+                sums[f.name] = max((v for v in values if v is not None), default=None)
+            else:
+                sums[f.name] = sum(values)
+        out.append(rq.StepCounts(**sums))
+    return out
+
+
+def _bucket_start(text: str) -> float:
+    """Parse a bucket's start ("2025-03-01 12:05", "...T12", a date, or PostgreSQL's timestamp text) as UTC."""
+    text = text.replace("T", " ")
+    for fmt in ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d %H", "%Y-%m-%d"):
+        try:
+            return datetime.strptime(text[: len(datetime(2000, 1, 1).strftime(fmt))], fmt).replace(tzinfo=UTC).timestamp()
+        except ValueError:
+            continue
+    return math.nan
+
+
 def _traffic(
-    db: Any, rollout_id: int, steps: Sequence[rq.StepCounts], first: float | None, last: float | None
+    steps: Sequence[rq.StepCounts], overview: Sequence[rq.StepCounts], span: tuple[float, float] | None, unit: str
 ) -> dict[str, Any]:
     step_rows = [
         {"step": s.step, "rows": s.rows, "served_champion": s.served_champion, "served_challenger": s.served_challenger,
          "first_at": _epoch_iso(s.first_epoch), "last_at": _epoch_iso(s.last_epoch)}
         for s in steps
     ]  # fmt: skip
-    if first is None or last is None:
+    if span is None:
         return {"rows": 0, "steps": step_rows, "bucket_seconds": None, "start": None, "series": []}
-    bucket = max(1.0, math.ceil((last - first + 1) / TIMELINE_BUCKETS))
-    series = [
-        {"t": float(b * bucket), "step": step, "rows": int(n), "served_challenger": int(sc), "pairs": int(p),
-         "agree": int(a), "champion_errors": int(e1), "challenger_errors": int(e2)}
-        for b, step, n, sc, p, a, e1, e2 in rq.timeline(db, rollout_id, start=first, bucket_seconds=bucket)
-    ]  # fmt: skip
-    return {"rows": sum(s.rows for s in steps), "steps": step_rows, "bucket_seconds": bucket,
-            "start": _epoch_iso(first), "series": series}
+    seconds = {"minute": 60.0, "hour": 3600.0, "day": 86400.0}[unit]
+    start = math.floor(span[0] / seconds) * seconds
+    series = sorted(
+        ({"t": _bucket_start(o.bucket or "") - start, "step": o.step, "rows": o.rows,
+          "served_challenger": o.served_challenger, "pairs": o.both_outputs, "agree": o.agree,
+          "champion_errors": o.champion_errors, "challenger_errors": o.challenger_errors} for o in overview),
+        key=lambda p: (p["t"], p["step"] if p["step"] is not None else -1),
+    )  # fmt: skip
+    return {"rows": sum(s.rows for s in steps), "steps": step_rows, "bucket_seconds": seconds,
+            "start": _epoch_iso(start), "series": [p for p in series if math.isfinite(float(p["t"] or 0.0))]}
 
 
-def _agreement(db: Any, rollout_id: int, steps: Sequence[rq.StepCounts]) -> dict[str, Any] | None:
-    table = rq.confusion(db, rollout_id)
+def _agreement(table_rows: Sequence[tuple[Any, ...]], steps: Sequence[rq.StepCounts]) -> dict[str, Any] | None:
+    table = _confusion(table_rows)
     n = sum(s.both_outputs for s in steps)
     agree = sum(s.agree for s in steps)
     labels = sorted({a for a, _, _ in table} | {b for _, b, _ in table})
@@ -412,6 +478,14 @@ def _agreement(db: Any, rollout_id: int, steps: Sequence[rq.StepCounts]) -> dict
         "interval": _interval(res.interval.lower, res.interval.upper) if res else [None, None],
         "kappa": _f(kappa), "table": {"labels": labels, "counts": counts, "rows": "champion", "columns": "challenger"},
     }  # fmt: skip
+
+
+def _confusion(table_rows: Sequence[tuple[Any, ...]]) -> list[tuple[str, str, int]]:
+    """Collapse the class/score table to (champion class, challenger class, count)."""
+    counts: dict[tuple[str, str], int] = {}
+    for a, b, _s1, _s2, n in table_rows:
+        counts[(a, b)] = counts.get((a, b), 0) + n
+    return [(a, b, n) for (a, b), n in counts.items()]
 
 
 def _differences(steps: Sequence[rq.StepCounts], task: str) -> dict[str, Any] | None:
@@ -440,8 +514,7 @@ def _drift(champion: Sequence[int], challenger: Sequence[int]) -> tuple[dict[str
     )  # fmt: skip
 
 
-def _ks(db: Any, rollout_id: int, column: str, pairs: int, limit: int, notes: list[str]) -> dict[str, Any] | None:
-    sample = rq.numeric_sample(db, rollout_id, column, limit=limit, total=pairs)
+def _ks(sample: Sequence[tuple[float, float]], pairs: int, column: str, notes: list[str]) -> dict[str, Any] | None:
     if len(sample) < 2:
         return None
     arr = np.asarray(sample, dtype=float)
@@ -452,27 +525,33 @@ def _ks(db: Any, rollout_id: int, column: str, pairs: int, limit: int, notes: li
     return {"statistic": _f(res.statistic), "p_value": _f(res.p_value), "n": len(sample), "sampled": sampled}
 
 
-def _distributions(db: Any, rollout_id: int, task: str, pairs: int, ks_sample: int, notes: list[str]) -> list[dict[str, Any]]:
+def _distributions(
+    db: Any, rollout_id: int, task: str, table_rows: Sequence[tuple[Any, ...]], ks_pairs: Sequence[tuple[float, float]],
+    pairs: int, notes: list[str],
+) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     if not pairs:
         return out
     if task == "classification":
-        table = rq.confusion(db, rollout_id)
+        table = _confusion(table_rows)
         labels = sorted({a for a, _, _ in table} | {b for _, b, _ in table})
         c1 = [sum(k for a, _, k in table if a == label) for label in labels]
         c2 = [sum(k for _, b, k in table if b == label) for label in labels]
         psi, js = _drift(c1, c2)
         out.append({"kind": "classes", "labels": labels, "edges": None, "champion": c1, "challenger": c2,
                     "psi": psi, "jensen_shannon": js, "ks": None})
-        buckets = rq.score_buckets(db, rollout_id, bins=SCORE_BINS)
-        if buckets["champion"] or buckets["challenger"]:
-            s1 = [buckets["champion"].get(i, 0) for i in range(SCORE_BINS)]
-            s2 = [buckets["challenger"].get(i, 0) for i in range(SCORE_BINS)]
+        s1, s2 = [0] * SCORE_BINS, [0] * SCORE_BINS
+        for _a, _b, x, y, n in table_rows:
+            if x is not None:
+                s1[min(max(int(x), 0), SCORE_BINS - 1)] += n
+            if y is not None:
+                s2[min(max(int(y), 0), SCORE_BINS - 1)] += n
+        if sum(s1) or sum(s2):
             psi, js = _drift(s1, s2)
             edges = [i / SCORE_BINS for i in range(SCORE_BINS + 1)]
             out.append({"kind": "scores", "labels": [f"{edges[i]:.2f}" for i in range(SCORE_BINS)], "edges": edges,
                         "champion": s1, "challenger": s2, "psi": psi, "jensen_shannon": js,
-                        "ks": _ks(db, rollout_id, "score", pairs, ks_sample, notes)})
+                        "ks": _ks(ks_pairs, pairs, "score", notes)})
         return out
     bounds = rq.output_range(db, rollout_id)
     if bounds is None:
@@ -486,8 +565,7 @@ def _distributions(db: Any, rollout_id: int, task: str, pairs: int, ks_sample: i
     edges = [low + (high - low) * i / VALUE_BINS for i in range(VALUE_BINS + 1)]
     psi, js = _drift(v1, v2)
     out.append({"kind": "values", "labels": [f"{e:.4g}" for e in edges[:-1]], "edges": edges, "champion": v1,
-                "challenger": v2, "psi": psi, "jensen_shannon": js,
-                "ks": _ks(db, rollout_id, "value", pairs, ks_sample, notes)})
+                "challenger": v2, "psi": psi, "jensen_shannon": js, "ks": _ks(ks_pairs, pairs, "value", notes)})
     return out
 
 
@@ -529,18 +607,15 @@ def _auc(buckets: Mapping[tuple[int, str], int], positive: str) -> dict[str, Any
             "method": "binned scores (200 bins), Hanley–McNeil interval"}
 
 
-def _labels(db: Any, rollout_id: int, task: str, version: PipelineVersion, n_labelled: int) -> dict[str, Any]:
-    if not n_labelled:
-        return {"available": False, "n": 0, "message": "no labels have arrived for this rollout's requests yet"}
+def _labels(label_rows: Any, auc_buckets: Any, task: str, version: PipelineVersion) -> dict[str, Any]:
     if task == "classification":
-        rows = rq.label_confusion(db, rollout_id)
+        rows = label_rows
         n = sum(k for *_, k in rows)
         if not n:
-            return {"available": False, "n": 0, "message": "labels arrived only for rows where an arm failed"}
+            return {"available": False, "n": 0, "message": "no labels have arrived for this rollout's requests yet"}
         classes = sorted({y for _, _, y, _ in rows} | {a for a, _, _, _ in rows} | {b for _, b, _, _ in rows})
         positive = _positive_class(version, classes)
         out: dict[str, Any] = {"available": True, "n": n}
-        auc_buckets = rq.label_score_buckets(db, rollout_id) if positive is not None else None
         for i, arm in enumerate(("champion", "challenger")):
             conf: dict[tuple[str, str], int] = {}
             for p1, p2, y, k in rows:
@@ -565,8 +640,10 @@ def _labels(db: Any, rollout_id: int, task: str, version: PipelineVersion, n_lab
             "statistic": _f(test.statistic), "p_value": _f(test.p_value),
         }  # fmt: skip
         return out
-    s = rq.label_regression(db, rollout_id)
+    s = label_rows
     n = int(s["n"])
+    if n == 0:
+        return {"available": False, "n": 0, "message": "no labels have arrived for this rollout's requests yet"}
     if n < 2:
         return {"available": False, "n": n, "message": "fewer than two labelled pairs where both arms answered"}
     out = {"available": True, "n": n}

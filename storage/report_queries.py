@@ -28,6 +28,7 @@ LATENCY_GROWTH = 1.05
 
 __all__ = [
     "StepCounts",
+    "class_score_table",
     "confusion",
     "epoch_seconds",
     "label_confusion",
@@ -41,13 +42,14 @@ __all__ = [
     "segments",
     "step_counts",
     "time_range",
-    "timeline",
+    "time_bucket",
     "value_buckets",
 ]
 
 
-def _sum(condition: ColumnElement[bool]) -> ColumnElement[Any]:
-    return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
+def _count_if(condition: ColumnElement[bool]) -> ColumnElement[Any]:
+    """COUNT of rows where condition holds: COUNT(CASE WHEN c THEN 1 END) skips the ELSE branch."""
+    return func.count(case((condition, 1)))
 
 
 def _output(arm: str) -> tuple[ColumnElement[Any], ColumnElement[Any], ColumnElement[Any]]:
@@ -106,10 +108,25 @@ class StepCounts:
     diff_abs: float
     first_epoch: float | None
     last_epoch: float | None
+    bucket: str | None = None
 
 
-def step_counts(db: Database, rollout_id: int) -> list[StepCounts]:
-    """Aggregate requests, errors, shadow coverage, agreement and output differences per step."""
+BUCKETS = {"minute": 16, "hour": 13, "day": 10}
+
+
+def time_bucket(db: Database, unit: str) -> ColumnElement[Any]:
+    """Return the start of a row's minute, hour or day as text (cheap: no date parsing on SQLite)."""
+    if db.dialect == "sqlite":
+        return func.substr(P.received_at, 1, BUCKETS[unit])
+    return cast(func.date_trunc(unit, P.received_at), String)
+
+
+def step_counts(db: Database, rollout_id: int, *, bucket: str | None = None) -> list[StepCounts]:
+    """Aggregate requests, errors, shadow coverage, agreement and output differences per step.
+
+    With ``bucket`` ("minute", "hour" or "day") the rows are grouped per step and time bucket in the
+    same scan; ``StepCounts.bucket`` is then the bucket's start as text (UTC).
+    """
     shadow_error = case(
         (P.served_arm == "champion", P.challenger_error), else_=P.champion_error
     )
@@ -118,40 +135,41 @@ def step_counts(db: Database, rollout_id: int) -> list[StepCounts]:
     score_diff = P.challenger_score - P.champion_score
     both = _both_ok()
     value_diff = case((and_(both, diff.isnot(None)), diff), else_=case((both, score_diff), else_=None))
-    epoch = epoch_seconds(db, P.received_at)
+    key = time_bucket(db, bucket) if bucket else literal(None)
     query = (
         select(
             P.step,
             func.count(),
-            _sum(P.served_arm == "champion"),
-            _sum(P.served_arm == "challenger"),
-            _sum(_ran("champion")),
-            _sum(_ran("challenger")),
-            _sum(P.champion_error.isnot(None)),
-            _sum(P.challenger_error.isnot(None)),
+            _count_if(P.served_arm == "champion"),
+            _count_if(P.served_arm == "challenger"),
+            _count_if(_ran("champion")),
+            _count_if(_ran("challenger")),
+            _count_if(P.champion_error.isnot(None)),
+            _count_if(P.challenger_error.isnot(None)),
             func.count(P.champion_latency_ms),
             func.count(P.challenger_latency_ms),
             func.coalesce(func.sum(P.champion_latency_ms), 0.0),
             func.coalesce(func.sum(P.challenger_latency_ms), 0.0),
-            _sum(both),
-            _sum(shadow_error.like("shadow_dropped%")),
-            _sum(shadow_error.like("shadow_timeout%")),
-            _sum(shadow_error.like("shadow_cancelled%")),
-            _sum(and_(shadow_error.isnot(None), ~shadow_error.like("shadow_%"))),
-            _sum(~shadow_ran),
-            _sum(and_(P.challenger_error.isnot(None), P.champion_error.is_(None))),
-            _sum(and_(P.champion_error.isnot(None), P.challenger_error.is_(None))),
-            _sum(and_(both, P.champion_class == P.challenger_class)),
+            _count_if(both),
+            _count_if(shadow_error.like("shadow_dropped%")),
+            _count_if(shadow_error.like("shadow_timeout%")),
+            _count_if(shadow_error.like("shadow_cancelled%")),
+            _count_if(and_(shadow_error.isnot(None), ~shadow_error.like("shadow_%"))),
+            _count_if(~shadow_ran),
+            _count_if(and_(P.challenger_error.isnot(None), P.champion_error.is_(None))),
+            _count_if(and_(P.champion_error.isnot(None), P.challenger_error.is_(None))),
+            _count_if(and_(both, P.champion_class == P.challenger_class)),
             func.count(value_diff),
             func.coalesce(func.sum(value_diff), 0.0),
             func.coalesce(func.sum(value_diff * value_diff), 0.0),
             func.coalesce(func.sum(func.abs(value_diff)), 0.0),
-            func.min(epoch),
-            func.max(epoch),
+            func.min(P.received_at),
+            func.max(P.received_at),
+            key.label("bucket"),
         )
         .where(P.rollout_id == rollout_id)
-        .group_by(P.step)
-        .order_by(P.step)
+        .group_by(P.step, key)
+        .order_by(P.step, key)
     )
     with db.connection() as conn:
         rows = conn.execute(query).all()
@@ -159,9 +177,11 @@ def step_counts(db: Database, rollout_id: int) -> list[StepCounts]:
     out = []
     for r in rows:
         values: list[Any] = [r[0]]
-        for name, v in zip(names[1:], r[1:], strict=True):
+        for name, v in zip(names[1:-3], r[1:-3], strict=True):
             kind = StepCounts.__dataclass_fields__[name].type
-            values.append(None if v is None else (int(v) if kind == "int" else float(v)))
+            values.append(int(v) if kind == "int" else float(v))
+        values += [None if t is None else t.timestamp() for t in r[-3:-1]]
+        values.append(None if r[-1] is None else str(r[-1]))
         out.append(StepCounts(**dict(zip(names, values, strict=True))))
     return out
 
@@ -199,8 +219,26 @@ def confusion(db: Database, rollout_id: int, *, limit: int = 400) -> list[tuple[
 
 
 def _bucket(column: Any, low: float, width: float, bins: int) -> ColumnElement[Any]:
-    raw = cast(func.floor((column - low) / width), Integer)
-    return case((raw < 0, 0), (raw >= bins, bins - 1), else_=raw)
+    """Bucket index floor((x - low) / width); callers clamp it to 0..bins-1 (cheaper than in SQL)."""
+    return cast(func.floor((column - low) / width), Integer)
+
+
+def class_score_table(db: Database, rollout_id: int, *, bins: int, limit: int = 20_000) -> list[tuple[Any, ...]]:
+    """Count (champion class, challenger class, champion score bucket, challenger score bucket) over pairs.
+
+    One scan gives the agreement table, both class distributions and both score histograms (buckets of
+    width 1/bins on [0, 1]; a missing score is bucket None).
+    """
+    b1 = _bucket(P.champion_score, 0.0, 1.0 / bins, bins)
+    b2 = _bucket(P.challenger_score, 0.0, 1.0 / bins, bins)
+    query = (
+        select(P.champion_class, P.challenger_class, b1, b2, func.count())
+        .where(P.rollout_id == rollout_id, _both_ok(), P.champion_class.isnot(None), P.challenger_class.isnot(None))
+        .group_by(P.champion_class, P.challenger_class, b1, b2)
+        .limit(limit)
+    )
+    with db.connection() as conn:
+        return [(str(a), str(b), x, y, int(n)) for a, b, x, y, n in conn.execute(query)]
 
 
 def score_buckets(
@@ -216,8 +254,16 @@ def score_buckets(
             if paired_only:
                 where.append(_both_ok())
             query = select(b, func.count()).where(*where).group_by(b)
-            out[arm] = {int(k): int(n) for k, n in conn.execute(query)}
+            out[arm] = _clamped(conn.execute(query), bins)
     return out
+
+
+def _clamped(rows: Any, bins: int) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for k, n in rows:
+        key = min(max(int(k), 0), bins - 1)
+        counts[key] = counts.get(key, 0) + int(n)
+    return counts
 
 
 def output_range(db: Database, rollout_id: int, column: str = "value") -> tuple[float, float] | None:
@@ -244,7 +290,7 @@ def value_buckets(
             value = P[f"{arm}_value"]
             b = _bucket(value, low, width, bins)
             query = select(b, func.count()).where(P.rollout_id == rollout_id, _both_ok(), value.isnot(None)).group_by(b)
-            out[arm] = {int(k): int(n) for k, n in conn.execute(query)}
+            out[arm] = _clamped(conn.execute(query), bins)
     return out
 
 
@@ -265,34 +311,11 @@ def numeric_sample(db: Database, rollout_id: int, column: str, *, limit: int, to
 
 def time_range(db: Database, rollout_id: int) -> tuple[float, float] | None:
     """Return the first and last receive time of the rollout's rows as epoch seconds."""
-    epoch = epoch_seconds(db, P.received_at)
     with db.connection() as conn:
-        lo, hi = conn.execute(select(func.min(epoch), func.max(epoch)).where(P.rollout_id == rollout_id)).one()
-    return None if lo is None else (float(lo), float(hi))
-
-
-def timeline(db: Database, rollout_id: int, *, start: float, bucket_seconds: float) -> list[tuple[Any, ...]]:
-    """Per (time bucket, step): rows, served by challenger, paired rows, agreeing rows, errors per arm."""
-    epoch = epoch_seconds(db, P.received_at)
-    bucket = cast(func.floor((epoch - start) / bucket_seconds), Integer)
-    both = _both_ok()
-    query = (
-        select(
-            bucket.label("b"),
-            P.step,
-            func.count(),
-            _sum(P.served_arm == "challenger"),
-            _sum(both),
-            _sum(and_(both, P.champion_class == P.challenger_class)),
-            _sum(P.champion_error.isnot(None)),
-            _sum(P.challenger_error.isnot(None)),
-        )
-        .where(P.rollout_id == rollout_id)
-        .group_by(bucket, P.step)
-        .order_by(bucket, P.step)
-    )
-    with db.connection() as conn:
-        return [tuple(r) for r in conn.execute(query)]
+        lo, hi = conn.execute(
+            select(func.min(P.received_at), func.max(P.received_at)).where(P.rollout_id == rollout_id)
+        ).one()
+    return None if lo is None else (lo.timestamp(), hi.timestamp())
 
 
 def _label_join() -> Any:
@@ -334,7 +357,11 @@ def label_score_buckets(db: Database, rollout_id: int, *, bins: int = 200) -> di
                 .where(P.rollout_id == rollout_id, _both_ok(), score.isnot(None), L.label_class.isnot(None))
                 .group_by(b, L.label_class)
             )
-            out[arm] = {(int(k), str(y)): int(n) for k, y, n in conn.execute(query)}
+            counts: dict[tuple[int, str], int] = {}
+            for k, y, n in conn.execute(query):
+                key = (min(max(int(k), 0), bins - 1), str(y))
+                counts[key] = counts.get(key, 0) + int(n)
+            out[arm] = counts
     return out
 
 
@@ -410,10 +437,10 @@ def segments(
     columns: list[Any] = [
         key.label("segment"),
         func.count().label("rows"),
-        _sum(P.champion_error.isnot(None)),
-        _sum(P.challenger_error.isnot(None)),
-        _sum(both),
-        _sum(and_(both, P.champion_class == P.challenger_class)),
+        _count_if(P.champion_error.isnot(None)),
+        _count_if(P.challenger_error.isnot(None)),
+        _count_if(both),
+        _count_if(and_(both, P.champion_class == P.challenger_class)),
         func.coalesce(func.sum(diff), 0.0),
     ]
     source: Any = PairedOutputRow.__table__
@@ -427,11 +454,11 @@ def segments(
         e1 = func.abs(P.champion_value - L.label_value)
         e2 = func.abs(P.challenger_value - L.label_value)
         columns += [
-            _sum(lab),
-            _sum(and_(lab, right1)),
-            _sum(and_(lab, right2)),
-            _sum(and_(lab, right1, ~right2)),
-            _sum(and_(lab, ~right1, right2)),
+            _count_if(lab),
+            _count_if(and_(lab, right1)),
+            _count_if(and_(lab, right2)),
+            _count_if(and_(lab, right1, ~right2)),
+            _count_if(and_(lab, ~right1, right2)),
             func.coalesce(func.sum(case((lab, e1), else_=None)), 0.0),
             func.coalesce(func.sum(case((lab, e2), else_=None)), 0.0),
             func.coalesce(func.sum(case((lab, (e2 - e1) * (e2 - e1)), else_=None)), 0.0),
