@@ -390,13 +390,18 @@ def test_the_report_is_json_html_or_markdown(world: World) -> None:
     assert error_of(world.get("/deployments/nope/report")) == (404, "not_found")
 
 
-def test_the_dashboard_page_loads_without_a_token_under_a_strict_policy(world: World) -> None:
+def test_the_dashboard_page_and_its_assets_load_without_a_token_under_a_strict_policy(world: World) -> None:
     response = world.client.get("/")
-    if response.status_code == 501:  # the dashboard page is not in this build yet
-        assert response.get_json()["error"]["code"] == "not_implemented"
-        return
     assert response.status_code == 200 and response.mimetype == "text/html"
-    assert "script-src 'self'" in response.headers["Content-Security-Policy"]
+    policy = response.headers["Content-Security-Policy"]
+    assert "script-src 'self';" in policy and "connect-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    page = response.get_data(as_text=True)
+    for asset in ("/static/dashboard.js", "/static/dashboard.css"):
+        assert asset in page
+        served = world.client.get(asset)
+        assert served.status_code == 200, asset
+        served.close()
+    response.close()
 
 
 def test_inline_scripts_are_allowed_by_hash_only() -> None:
