@@ -15,7 +15,7 @@ from pathlib import Path
 import mlpipes
 import pytest
 from loadgen import Load
-from servers import Server, body, wait_for
+from servers import Server, body
 
 from storage import Database, Store
 
