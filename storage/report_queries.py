@@ -10,7 +10,8 @@ functions) and PostgreSQL.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -45,6 +46,13 @@ __all__ = [
     "time_bucket",
     "value_buckets",
 ]
+
+
+@contextmanager
+def _reading(db: Database) -> Iterator[Any]:
+    """Yield a connection in a read-only transaction (SQLite: no write lock, so writers never wait)."""
+    with db.session(write=False) as session:
+        yield session.connection()
 
 
 def _count_if(condition: ColumnElement[bool]) -> ColumnElement[Any]:
@@ -171,7 +179,7 @@ def step_counts(db: Database, rollout_id: int, *, bucket: str | None = None) -> 
         .group_by(P.step, key)
         .order_by(P.step, key)
     )
-    with db.connection() as conn:
+    with _reading(db) as conn:
         rows = conn.execute(query).all()
     names = [f.name for f in fields(StepCounts)]
     out = []
@@ -201,7 +209,7 @@ def latency_buckets(db: Database, rollout_id: int, arm: str) -> dict[int, int]:
         .where(P.rollout_id == rollout_id, ms.isnot(None))
         .group_by(bucket)
     )
-    with db.connection() as conn:
+    with _reading(db) as conn:
         return {int(b): int(n) for b, n in conn.execute(query)}
 
 
@@ -214,7 +222,7 @@ def confusion(db: Database, rollout_id: int, *, limit: int = 400) -> list[tuple[
         .order_by(func.count().desc())
         .limit(limit)
     )
-    with db.connection() as conn:
+    with _reading(db) as conn:
         return [(str(a), str(b), int(n)) for a, b, n in conn.execute(query)]
 
 
@@ -237,7 +245,7 @@ def class_score_table(db: Database, rollout_id: int, *, bins: int, limit: int = 
         .group_by(P.champion_class, P.challenger_class, b1, b2)
         .limit(limit)
     )
-    with db.connection() as conn:
+    with _reading(db) as conn:
         return [(str(a), str(b), x, y, int(n)) for a, b, x, y, n in conn.execute(query)]
 
 
@@ -246,7 +254,7 @@ def score_buckets(
 ) -> dict[str, dict[int, int]]:
     """Count classifier scores in ``bins`` equal buckets on [0, 1] per arm (paired rows by default)."""
     out: dict[str, dict[int, int]] = {}
-    with db.connection() as conn:
+    with _reading(db) as conn:
         for arm in ("champion", "challenger"):
             score = P[f"{arm}_score"]
             b = _bucket(score, 0.0, 1.0 / bins, bins)
@@ -270,7 +278,7 @@ def output_range(db: Database, rollout_id: int, column: str = "value") -> tuple[
     """Return (min, max) of both arms' ``*_value`` (or ``*_score``) over paired rows, or None."""
     a, b = P[f"champion_{column}"], P[f"challenger_{column}"]
     query = select(func.min(a), func.max(a), func.min(b), func.max(b)).where(P.rollout_id == rollout_id, _both_ok())
-    with db.connection() as conn:
+    with _reading(db) as conn:
         row = conn.execute(query).one()
     lows = [float(v) for v in (row[0], row[2]) if v is not None]
     highs = [float(v) for v in (row[1], row[3]) if v is not None]
@@ -285,7 +293,7 @@ def value_buckets(
     """Count regression outputs in ``bins`` equal buckets on [low, high] per arm over paired rows."""
     width = (high - low) / bins if high > low else 1.0
     out: dict[str, dict[int, int]] = {}
-    with db.connection() as conn:
+    with _reading(db) as conn:
         for arm in ("champion", "challenger"):
             value = P[f"{arm}_value"]
             b = _bucket(value, low, width, bins)
@@ -305,13 +313,13 @@ def numeric_sample(db: Database, rollout_id: int, column: str, *, limit: int, to
     if step > 1:
         where.append(P.id % step == 0)
     query = select(a, b).where(*where).limit(limit)
-    with db.connection() as conn:
+    with _reading(db) as conn:
         return [(float(x), float(y)) for x, y in conn.execute(query)]
 
 
 def time_range(db: Database, rollout_id: int) -> tuple[float, float] | None:
     """Return the first and last receive time of the rollout's rows as epoch seconds."""
-    with db.connection() as conn:
+    with _reading(db) as conn:
         lo, hi = conn.execute(
             select(func.min(P.received_at), func.max(P.received_at)).where(P.rollout_id == rollout_id)
         ).one()
@@ -327,7 +335,7 @@ def _label_join() -> Any:
 def labelled_count(db: Database, rollout_id: int) -> int:
     """Count the rollout's rows that have a label."""
     query = select(func.count()).select_from(_label_join()).where(P.rollout_id == rollout_id)
-    with db.connection() as conn:
+    with _reading(db) as conn:
         return int(conn.execute(query).scalar() or 0)
 
 
@@ -340,14 +348,14 @@ def label_confusion(db: Database, rollout_id: int, *, limit: int = 2000) -> list
         .group_by(P.champion_class, P.challenger_class, L.label_class)
         .limit(limit)
     )
-    with db.connection() as conn:
+    with _reading(db) as conn:
         return [(str(a), str(b), str(y), int(n)) for a, b, y, n in conn.execute(query)]
 
 
 def label_score_buckets(db: Database, rollout_id: int, *, bins: int = 200) -> dict[str, dict[tuple[int, str], int]]:
     """Count scores per (bucket on [0, 1], label class) per arm over labelled paired rows (for ROC AUC)."""
     out: dict[str, dict[tuple[int, str], int]] = {}
-    with db.connection() as conn:
+    with _reading(db) as conn:
         for arm in ("champion", "challenger"):
             score = P[f"{arm}_score"]
             b = _bucket(score, 0.0, 1.0 / bins, bins)
@@ -381,7 +389,7 @@ def label_regression(db: Database, rollout_id: int) -> dict[str, float]:
         .select_from(_label_join())
         .where(P.rollout_id == rollout_id, ok)
     )  # fmt: skip
-    with db.connection() as conn:
+    with _reading(db) as conn:
         row = conn.execute(query).one()
     keys = ("n", "abs1", "sq1", "quad1", "abs2", "sq2", "quad2", "diff", "diff_sq")
     return {k: float(v or 0.0) for k, v in zip(keys, row, strict=True)}
@@ -397,7 +405,7 @@ def segment_sample(db: Database, rollout_id: int, column: str, *, limit: int, to
         P.raw_input, f'$."{column}"'
     )
     query = select(value).where(*where).limit(limit)
-    with db.connection() as conn:
+    with _reading(db) as conn:
         return [v for (v,) in conn.execute(query)]
 
 
@@ -474,7 +482,7 @@ def segments(
     names = ["segment", "rows", "champion_errors", "challenger_errors", "pairs", "agree", "diff_sum"]
     if labelled:
         names += ["labelled", "champion_right", "challenger_right", "worse", "better", "abs1", "abs2", "diff_sq"]
-    with db.connection() as conn:
+    with _reading(db) as conn:
         out = []
         for row in conn.execute(query):
             item = dict(zip(names, row, strict=True))
