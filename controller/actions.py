@@ -17,7 +17,7 @@ Errors: ``ActionError`` (ValueError) for a forbidden action or a deployment with
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -123,12 +123,19 @@ def start_rollout(
     policy: Policy | Mapping[str, Any] | str | Path | None = None,
     reason: str = "",
     now: datetime | None = None,
+    parity_check: Callable[..., Any] | None = None,
 ) -> Rollout:
     """Create a pending rollout of ``challenger`` (NAME:VERSION or id) on ``deployment``.
 
     The policy is validated and stored complete (defaults filled in), so later default changes never
     change a running rollout; ``mode`` overrides the policy's mode. The controller starts it at its
     next look. ActionError if the deployment has an active rollout or the challenger is its champion.
+
+    ``parity_check(version, rtol=, atol=)`` (the app factory and CLI pass ``router.parity.check``)
+    scores the challenger's golden set through the serving path first, with the policy's
+    ``reproducibility`` tolerance: a failure records a "rollout.blocked" event (reason
+    "parity_failed") and raises ActionError with the report's explanation; a pass is stored in the
+    creation event's details (with any environment differences).
     """
     now = now or datetime.now(UTC)
     resolved = Policy.parse(policy, mode=mode)
@@ -137,12 +144,23 @@ def start_rollout(
     champion = store.pipelines.get(target.champion_id)
     if champion.task != version.task:
         raise ActionError(f"challenger {version.ref} is a {version.task}, champion {champion.ref} a {champion.task}")
+    details: dict[str, Any] = {"challenger": version.ref, "champion": champion.ref, "mode": resolved.mode}
+    if parity_check is not None:
+        repro = resolved.reproducibility
+        report = parity_check(version, rtol=repro.parity_rtol, atol=repro.parity_atol)
+        details["parity"] = report.to_dict()
+        if not report.passed:
+            store.events.add(NewEvent(
+                actor=actor, action="rollout.blocked", reason="parity_failed", message=report.message(),
+                deployment_id=target.id, details=details,
+            ), now=now)  # fmt: skip
+            raise ActionError(f"rollout blocked by the parity gate: {report.message()}")
     event = NewEvent(
         actor=actor,
         action="rollout.create",
         reason="created",
         message=reason or f"rollout of {version.ref} against {champion.ref} ({resolved.mode})",
-        details={"challenger": version.ref, "champion": champion.ref, "mode": resolved.mode},
+        details=details,
     )
     try:
         return store.rollouts.create(

@@ -595,6 +595,7 @@ def rollouts_start(name: str) -> Response:
         policy=_object(body, "policy"),  # an object only: a string would name a file on this server
         actor=principal().name,
         now=now(),
+        parity_check=current_app.extensions.get("mlcanary.parity_check"),  # set by controller.app
     )
     response = json_response(rollout_json(rollout, _refs(s, rollout.champion_id, rollout.challenger_id)), 201)
     response.headers["Location"] = f"{API_PREFIX}/deployments/{name}"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask
 
@@ -15,6 +17,7 @@ if TYPE_CHECKING:
     from router.settings import RouterSettings
 
 log = logging.getLogger("mlcanary")
+PARITY_CHECK = "mlcanary.parity_check"
 
 
 def open_store(settings: Settings, *, create_embedded: bool = True) -> Store:
@@ -43,6 +46,13 @@ def router_settings(settings: Settings) -> RouterSettings:
     )
 
 
+def parity_check(settings: Settings) -> Callable[..., Any]:
+    """Return router.parity.check bound to this configuration's serving settings (for start_rollout)."""
+    from router import parity
+
+    return functools.partial(parity.check, settings=router_settings(settings))
+
+
 def create_app(settings: Settings | None = None, *, role: str = "serve", store: Store | None = None) -> Flask:
     """Build the WSGI app: role "router" is the data plane alone; "serve" adds the admin API and dashboard."""
     import router
@@ -52,6 +62,8 @@ def create_app(settings: Settings | None = None, *, role: str = "serve", store: 
     app = router.create_app(store, router_settings(settings))
     app.config["MLCANARY_SETTINGS"] = settings
     app.extensions["mlcanary.store"] = store
+    # The parity gate, injected: the admin API's start_rollout calls it (the controller never imports router).
+    app.extensions[PARITY_CHECK] = parity_check(settings)
     if role not in ("serve", "router"):
         raise ValueError(f"unknown role {role!r}")
     from controller import api, feedback

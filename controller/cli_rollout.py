@@ -160,10 +160,12 @@ def start(
         click.echo(f"{deployment}: started {_describe(started)} of {started['challenger']}")
         return
     from controller import actions
+    from controller.app import parity_check
+    from controller.cli import settings_of
 
     created = actions.start_rollout(
         _store(ctx), deployment, challenger, actor=actor(), mode=mode, policy=policy_file, reason=reason,
-        now=datetime.now(UTC),
+        now=datetime.now(UTC), parity_check=parity_check(settings_of(ctx)),
     )  # fmt: skip
     click.echo(f"{deployment}: started {_describe(created)} of {challenger}")
 

@@ -20,17 +20,18 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+from controller import reproducibility
 from controller.actions import apply_decision, policy_of, state_of
 from controller.config import Settings
 from controller.judge import Judgement, Verdict, judge
 from controller.leader import Leadership
 from controller.machine import Decision, decide
 from controller.measure import Measurement, measure
-from controller.policy import PolicyError
-from storage import ConcurrentUpdate, StorageError, Store
+from controller.policy import Policy, PolicyError
+from storage import ConcurrentUpdate, StorageError, Store, repro_queries
 from storage.entities import Rollout
 
 log = logging.getLogger("mlcanary.controller")
@@ -93,6 +94,7 @@ def evaluate_rollout(store: Store, rollout: Rollout, *, now: datetime, webhook_s
         measurement = measure(store, rollout, task=task, policy=policy, now=now, classes=challenger.classes)
         judge_policy = policy.to_judge_policy(task, measurement.metrics.mode, labelled=measurement.labelled)
         judgement = judge(measurement.metrics, judge_policy)
+        judgement = _with_reproducibility(store, rollout, judgement, task=task, policy=policy, now=now)
     decision = decide(state_of(rollout, samples=measurement.samples if measurement else 0), judgement, now)
     if judgement is not None and measurement is not None:
         verdicts = [verdict_dict(v) for v in judgement.verdicts]
@@ -133,6 +135,31 @@ def evaluate_rollout(store: Store, rollout: Rollout, *, now: datetime, webhook_s
         except Exception:  # a webhook never stops the controller
             log.exception("webhook sink failed for rollout %s", rollout.id)
     return Outcome(rollout.id, rollout.deployment_id, decision, judgement, applied=True, rollout=updated)
+
+
+def _with_reproducibility(
+    store: Store, rollout: Rollout, judgement: Judgement, *, task: str, policy: Policy, now: datetime
+) -> Judgement:
+    """Add each arm's online-versus-offline verdict (controller.reproducibility) to the step's judgement."""
+    repro = policy.reproducibility
+    if repro.role == "off":
+        return judgement
+    labelled = repro_queries.labelled_metrics(
+        store.db, rollout.id, received_before=now - timedelta(seconds=policy.label_maturity_s)
+    )
+    reproductions = []
+    for arm, version_id in (("champion", rollout.champion_id), ("challenger", rollout.challenger_id)):
+        version = store.pipelines.get(version_id)
+        sums = labelled[arm]
+        online = reproducibility.ArmOnline(
+            arm=arm, version=version.ref, labelled=sums.labelled, correct=sums.correct,
+            abs_error_sum=sums.abs_error_sum, abs_error_sq_sum=sums.abs_error_sq_sum,
+        )
+        reproductions.append(reproducibility.compare_online_offline(
+            task, version.offline_metrics, online, accuracy_margin=repro.accuracy_margin,
+            mae_margin=repro.mae_margin, confidence=repro.confidence, min_labels=repro.min_labels,
+        ))
+    return reproducibility.gate(judgement, reproductions, role=repro.role, on_worse=repro.on_worse)
 
 
 def evaluate_once(store: Store, *, now: datetime, webhook_sink: WebhookSink | None = None) -> list[Outcome]:

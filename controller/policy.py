@@ -30,7 +30,9 @@ RolloutMode = Literal["shadow", "canary", "shadow_then_canary"]
 Task = Literal["classification", "regression"]
 GateRole = Literal["required", "guardrail", "informational", "off"]
 
-__all__ = ["Gate", "Gates", "Policy", "PolicyError", "Shadow", "Canary", "Slo", "Stage", "RolloutMode"]
+__all__ = [
+    "Gate", "Gates", "Policy", "PolicyError", "Reproducibility", "Shadow", "Canary", "Slo", "Stage", "RolloutMode",
+]
 
 
 class PolicyError(ValueError):
@@ -165,6 +167,31 @@ class Slo(_Model):
     min_samples: int | None = Field(default=None, ge=1)
 
 
+class Reproducibility(_Model):
+    """Does production reproduce research? The parity gate before traffic, online versus offline during it.
+
+    ``parity_rtol`` / ``parity_atol``: tolerance of the parity gate on scores and regression values
+    (|served - research| <= rtol * |research| + atol); classes must match exactly. Any mismatch blocks
+    the rollout from starting.
+    ``role``: the challenger's online-versus-offline gate: ``guardrail`` (proven worse than its
+    offline metrics by more than the margin → ``on_worse``), ``informational`` (reported only) or ``off``.
+    ``accuracy_margin``: tolerated drop of online accuracy below the offline accuracy (0 <= x < 1).
+    ``mae_margin``: tolerated relative increase of the online MAE over the offline MAE (>= 0).
+    ``confidence``: level of the online-versus-offline intervals (0.5 < x < 1).
+    ``min_labels``: labelled rows an arm needs before it is compared with offline.
+    ``on_worse``: ``hold`` (never promote while worse; the step's budget then decides) or ``rollback``.
+    """
+
+    parity_rtol: float = Field(default=1e-9, ge=0.0)
+    parity_atol: float = Field(default=1e-12, ge=0.0)
+    role: Literal["guardrail", "informational", "off"] = "guardrail"
+    accuracy_margin: float = Field(default=0.02, ge=0.0, lt=1.0)
+    mae_margin: float = Field(default=0.10, ge=0.0)
+    confidence: float = Field(default=0.99, gt=0.5, lt=1.0)
+    min_labels: int = Field(default=200, ge=1)
+    on_worse: Literal["hold", "rollback"] = "hold"
+
+
 @dataclass(frozen=True)
 class Stage:
     """One stage of the plan: "shadow" (weight 0) or "canary" at a challenger weight in percent."""
@@ -193,6 +220,7 @@ class Policy(_Model):
     ``on_inconclusive``: what to do when a step's ``max_duration_s`` runs out undecided: ``pause``
     (hold the current split for a human) or ``rollback``.
     ``slo``: hard service levels (see ``Slo``).
+    ``reproducibility``: the parity gate and the online-versus-offline gate (see ``Reproducibility``).
     """
 
     mode: RolloutMode = "shadow_then_canary"
@@ -206,6 +234,7 @@ class Policy(_Model):
     label_maturity_s: float = Field(default=0.0, ge=0.0)
     on_inconclusive: Literal["pause", "rollback"] = "pause"
     slo: Slo = Slo()
+    reproducibility: Reproducibility = Reproducibility()
 
     @model_validator(mode="after")
     def _plan(self) -> Policy:

@@ -50,7 +50,7 @@ import numpy as np
 from scipy import stats as sps
 
 from controller import stats
-from controller.judge import Outcome, Verdict
+from controller.judge import Judgement, Outcome, Verdict
 
 ReproOutcome = Literal["reproduced", "worse", "not-enough-labels", "no-baseline"]
 
@@ -60,6 +60,7 @@ __all__ = [
     "InputDrift",
     "Reproduction",
     "compare_online_offline",
+    "gate",
     "input_drift",
 ]
 
@@ -293,6 +294,33 @@ def _mae(
     return Reproduction(outcome="not-enough-labels", offline=mae0, online=mae, difference=d, interval=interval,
                         labels_needed=needed, reason=f"{shown}: undecided ({ci}); {why}",
                         **common)  # type: ignore[arg-type]
+
+
+def gate(
+    judgement: Judgement,
+    reproductions: Sequence[Reproduction],
+    *,
+    role: Literal["guardrail", "informational"] = "guardrail",
+    on_worse: Literal["hold", "rollback"] = "hold",
+) -> Judgement:
+    """Add the arms' online-versus-offline verdicts to a step's judgement and let a worse challenger act.
+
+    The challenger's verdict takes ``role``; the champion's is informational (it explains, it does not
+    decide: a champion worse than its own offline metrics points at a data shift, not at the new
+    pipeline). A challenger proven worse holds the step (a "promote" becomes "continue") or, with
+    ``on_worse="rollback"``, rolls back unless a veto already decided. Undecided arms change nothing.
+    """
+    verdicts = [r.to_verdict(role=role if r.arm == "challenger" else "informational") for r in reproductions]
+    worse = [r for r in reproductions if r.arm == "challenger" and r.outcome == "worse" and role == "guardrail"]
+    decision, reason = judgement.decision, judgement.reason
+    if worse and decision != "veto":
+        why = f"challenger does not reproduce its offline quality: {worse[0].reason}"
+        if on_worse == "rollback":
+            decision, reason = "rollback", why
+        elif decision == "promote":
+            decision, reason = "continue", why + "; holding"
+    outcome = Outcome.FAIL if worse else judgement.outcome
+    return Judgement(decision, outcome, (*judgement.verdicts, *verdicts), reason, judgement.summary)
 
 
 # -------------------------------------------------------------------------------------------- drift

@@ -9,6 +9,8 @@ to load is a MissingBackend until load_retry_interval has passed, then tried aga
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -18,7 +20,7 @@ from router.backends import Backend, MissingBackend, create_backend
 from router.errors import DeploymentNotFound, NotReady
 from router.settings import RouterSettings
 from storage import StorageError, Store
-from storage.entities import PipelineVersion, RoutingEntry
+from storage.entities import NewEvent, PipelineVersion, RoutingEntry
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,7 @@ class RouteTable:
         self._clock = clock
         self._backends: dict[int, Backend] = {}
         self._failed_at: dict[int, float] = {}
+        self._parity: dict[int, bool] = {}  # version id -> passed the parity gate when loaded
         self._entries: dict[str, RoutingEntry] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -83,13 +86,13 @@ class RouteTable:
         routes = {
             name: Route(
                 entry,
-                self._backend(entry.champion),
-                None if entry.challenger is None else self._backend(entry.challenger),
+                self._checked(entry, self._backend(entry.champion), champion=True),
+                None if entry.challenger is None else self._checked(entry, self._backend(entry.challenger)),
             )
             for name, entry in entries.items()
         }
-        wanted = {r.champion.version.id for r in routes.values()} | {
-            r.challenger.version.id for r in routes.values() if r.challenger is not None
+        wanted = {e.champion.id for e in entries.values()} | {
+            e.challenger.id for e in entries.values() if e.challenger is not None
         }
         self.routes = routes  # the atomic swap: readers see the old dict or the new one
         self._entries = entries
@@ -98,7 +101,68 @@ class RouteTable:
             if version_id not in wanted:
                 self._backends.pop(version_id).close()
                 self._failed_at.pop(version_id, None)
+                self._parity.pop(version_id, None)
         return True
+
+    def _checked(self, entry: RoutingEntry, backend: Backend, *, champion: bool = False) -> Backend:
+        """Run the parity gate once per loaded version; a challenger that fails it is never routed.
+
+        On failure: logged and recorded as an event (reason "parity_failed"), and the challenger is
+        replaced by a MissingBackend: the champion answers every request (canary falls back to it) and
+        the challenger's arm records the reason as its error. A failing champion is reported the same
+        way but still serves (nothing else can).
+        """
+        if isinstance(backend, MissingBackend):
+            return backend
+        version = backend.version
+        passed = self._parity.get(version.id)
+        if passed is None:
+            passed = self._parity[version.id] = self._parity_passes(entry, backend, champion=champion)
+        if passed or champion:
+            return backend
+        return MissingBackend(version, "it failed the parity gate (research outputs not reproduced); see the events")
+
+    def _parity_passes(self, entry: RoutingEntry, backend: Backend, *, champion: bool) -> bool:
+        from router import parity
+
+        version = backend.version
+        try:
+            rtol, atol = self._tolerance(entry)
+            report = parity.check(version, self.settings, backend=backend, rtol=rtol, atol=atol)
+        except Exception:  # the check must never take routing down: fail closed for challengers
+            log.exception("parity check of %s crashed", version.ref)
+            return champion
+        if report.environment_differs:
+            log.warning("%s: %s", version.ref, "; ".join(
+                f"{d.key} {d.research} (research) != {d.serving} (serving)" for d in report.environment_differences
+            ))
+        if report.passed:
+            return True
+        role = "champion" if champion else "challenger"
+        log.error("%s %s: %s", role, version.ref, report.message())
+        try:
+            self.store.events.add(NewEvent(
+                actor=f"router:{socket.gethostname()}:{os.getpid()}",
+                action="router.parity_failed",
+                reason="parity_failed",
+                message=f"{role} {report.message()}"
+                + ("" if champion else "; the challenger is not routed, the champion answers"),
+                deployment_id=entry.deployment_id,
+                rollout_id=None if champion else entry.rollout_id,
+                details={"role": role, "parity": report.to_dict()},
+            ))
+        except StorageError as exc:
+            log.warning("cannot record the parity failure of %s: %s", version.ref, exc)
+        return False
+
+    def _tolerance(self, entry: RoutingEntry) -> tuple[float, float]:
+        """Return the parity tolerance of the entry's rollout policy (its "reproducibility" section)."""
+        from router.parity import DEFAULT_ATOL, DEFAULT_RTOL
+
+        if entry.rollout_id is None:
+            return DEFAULT_RTOL, DEFAULT_ATOL
+        section = self.store.rollouts.get(entry.rollout_id).policy.get("reproducibility") or {}
+        return float(section.get("parity_rtol", DEFAULT_RTOL)), float(section.get("parity_atol", DEFAULT_ATOL))
 
     def _backend(self, version: PipelineVersion) -> Backend:
         cached = self._backends.get(version.id)

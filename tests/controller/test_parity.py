@@ -272,3 +272,100 @@ def test_regression_values_are_compared_within_tolerance(sqlite_store: Store, tm
     assert not report.passed and report.mismatched_rows == 1
     (m,) = report.mismatches
     assert m.row == 7 and m.output == "prediction" and np.isclose(m.expected - m.actual, 0.5)
+
+
+# ------------------------------------------------------------------------------ where the gate runs
+def _skewed_pair(store: Store, tmp_path: Path) -> tuple[PipelineVersion, PipelineVersion, PipelineVersion]:
+    """A champion, a correct challenger and a challenger whose scaler was fitted on other data."""
+    research = mlpipes.classifier(seed=0)
+    golden, _ = mlpipes.churn_frame(60, seed=4)
+    champion = register(store, tmp_path, research, research_golden(research, golden), version="1")
+    good = mlpipes.classifier(seed=1, c=0.5)
+    correct = register(store, tmp_path, good, research_golden(good, golden), version="2")
+    served = copy.deepcopy(research)
+    other, _ = mlpipes.churn_frame(400, seed=9)
+    numeric = list(mlpipes.NUMERIC + mlpipes.INTEGER + mlpipes.BOOLEAN)
+    served.named_steps["prepare"].named_transformers_["numeric"].fit(other[numeric] * 1.7)
+    skewed = register(store, tmp_path, served, research_golden(research, golden), version="3-skewed")
+    return champion, correct, skewed
+
+
+def test_start_rollout_is_blocked_by_a_failing_parity_gate_and_the_event_lists_the_rows(
+    store: Store, tmp_path: Path
+) -> None:
+    from controller import actions
+
+    champion, correct, skewed = _skewed_pair(store, tmp_path)
+    deployment = mlpipes.deploy(store, "churn", champion)
+
+    with pytest.raises(actions.ActionError, match="parity gate: parity failed for churn:3-skewed"):
+        actions.start_rollout(store, "churn", skewed.ref, actor="alice", parity_check=parity.check)
+
+    assert store.rollouts.list(deployment_id=deployment.id) == []
+    (blocked,) = [e for e in store.events.list(deployment_id=deployment.id) if e.action == "rollout.blocked"]
+    assert blocked.reason == "parity_failed" and blocked.actor == "alice"
+    first = blocked.details["parity"]["mismatches"][0]
+    assert {"row", "output", "expected", "actual", "relative_error", "inputs"} <= set(first)
+    assert blocked.details["parity"]["passed"] is False
+
+    rollout = actions.start_rollout(store, "churn", correct.ref, actor="alice", parity_check=parity.check)
+    created = [e for e in store.events.list(rollout_id=rollout.id) if e.action == "rollout.create"][0]
+    assert created.details["parity"]["passed"] is True and created.details["parity"]["rows_checked"] == 60
+
+
+def test_the_policy_sets_the_parity_tolerance(sqlite_store: Store, tmp_path: Path) -> None:
+    from controller import actions
+
+    model = mlpipes.classifier()
+    golden, _ = mlpipes.churn_frame(30, seed=6)
+    golden_set = research_golden(model, golden)
+    golden_set["outputs"]["proba"] = [[p, q * (1 + 1e-7)] for p, q in golden_set["outputs"]["proba"]]
+    champion = mlpipes.register(sqlite_store, tmp_path, version="1")
+    near = register(sqlite_store, tmp_path, model, golden_set, version="near")
+    mlpipes.deploy(sqlite_store, "churn", champion)
+    with pytest.raises(actions.ActionError, match="parity"):
+        actions.start_rollout(sqlite_store, "churn", near.ref, actor="a", parity_check=parity.check)
+    loose = {"reproducibility": {"parity_rtol": 1e-6}}
+    assert actions.start_rollout(sqlite_store, "churn", near.ref, actor="a", policy=loose, parity_check=parity.check)
+
+
+def test_the_admin_api_refuses_a_rollout_that_fails_parity_with_409(store: Store, tmp_path: Path) -> None:
+    import adminapp
+
+    champion, _correct, skewed = _skewed_pair(store, tmp_path)
+    mlpipes.deploy(store, "churn", champion)
+    with adminapp.running(store, tmp_path) as app:
+        response = app.test_client().post(
+            "/api/v1/deployments/churn/rollouts", json={"challenger": skewed.ref},
+            headers=adminapp.bearer(store, "operator", "olivia"),
+        )
+    assert response.status_code == 409
+    assert "parity failed for churn:3-skewed" in response.get_json()["error"]["message"]
+
+
+def test_a_router_never_routes_a_challenger_that_fails_parity_and_records_why(
+    store: Store, tmp_path: Path
+) -> None:
+    from router.backends import MissingBackend
+    from router.routes import RouteTable
+
+    champion, correct, skewed = _skewed_pair(store, tmp_path)
+    deployment = mlpipes.deploy(store, "churn", champion)
+    rollout = mlpipes.start_rollout(store, deployment, skewed, mode="canary", canary_weight=50.0)
+    table = RouteTable(store, RouterSettings())
+    assert table.refresh()
+
+    route = table.get("churn")
+    assert route.champion.version.id == champion.id and not isinstance(route.champion, MissingBackend)
+    assert isinstance(route.challenger, MissingBackend) and "parity" in route.challenger.reason
+    (event,) = [e for e in store.events.list(deployment_id=deployment.id) if e.reason == "parity_failed"]
+    assert event.action == "router.parity_failed" and event.rollout_id == rollout.id
+    assert event.details["parity"]["mismatched_rows"] > 0 and "champion answers" in event.message
+    table.close()
+
+    store.rollouts.update(rollout.id, expected_version=rollout.version, phase="aborted")
+    mlpipes.start_rollout(store, deployment, correct, mode="canary", canary_weight=50.0)
+    table = RouteTable(store, RouterSettings())
+    table.refresh()
+    assert not isinstance(table.get("churn").challenger, MissingBackend)
+    table.close()
