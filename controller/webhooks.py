@@ -20,8 +20,9 @@ A 2xx answer is a delivery; a timeout, a connection error, 408, 429 or 5xx is re
 MLCANARY_WEBHOOK_RETRIES times with exponential backoff; other 4xx are not retried. A delivery that
 gives up is recorded as a ``webhook.failed`` event (never forwarded itself) and the cursor moves on.
 
-Run it in the process that runs the controller loop (the leader), not in gunicorn workers: every
-process running a dispatcher would send every event.
+Run it in the process that runs the controller loop, not in gunicorn workers, and pass
+``leading=`` (e.g. a flag the loop sets while it holds the leadership): every process whose
+dispatcher sends would send every event.
 """
 
 from __future__ import annotations
@@ -133,12 +134,16 @@ class Dispatcher:
         *,
         transport: httpx.BaseTransport | None = None,
         on_outcome: Callable[[str, Event, Outcome], None] | None = None,
+        leading: Callable[[], bool] | None = None,
     ) -> None:
+        """`leading`, if given, gates every pass: while it answers False (a standby controller) nothing
+        is sent, and the stored cursor is read afresh once it answers True again."""
         self.store = store
         self.settings = settings
         self.urls = settings.webhook_url_list
         self._transport = transport
         self._on_outcome = on_outcome
+        self._leading = leading
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._names: dict[int, str | None] = {}
@@ -180,6 +185,10 @@ class Dispatcher:
         with httpx.Client(timeout=self.settings.webhook_timeout_s, transport=self._transport) as client:
             cursor: int | None = None
             while not self._stop.is_set():
+                if self._leading is not None and not self._leading():
+                    cursor = None  # another process may send meanwhile: re-read the cursor when leading again
+                    self._stop.wait(interval)
+                    continue
                 try:
                     if cursor is None:
                         cursor = self._initial_cursor(name)

@@ -213,7 +213,8 @@ def test_a_hanging_receiver_blocks_neither_actions_nor_other_receivers(
     )
     actions.start_rollout(store, "churn", "churn:2", actor="alice")
     until(lambda: len(healthy.received) == 1)
-    assert len(stuck.received) == 1 and stuck.hang is not None and not stuck.hang.is_set()  # still hanging
+    until(lambda: len(stuck.received) == 1)
+    assert stuck.hang is not None and not stuck.hang.is_set()  # the stuck receiver is still hanging
     assert actions.abort(store, "churn", actor="alice").phase == "aborted"  # the rollout moves on regardless
     until(lambda: len(healthy.received) == 2)
     until(lambda: len([e for e in store.events.list(limit=100) if e.action == "webhook.failed"]) >= 1)
@@ -238,6 +239,22 @@ def test_after_a_restart_nothing_is_sent_twice_and_nothing_is_lost(
     until(lambda: len(receiver.received) == 5)
     time.sleep(0.1)
     assert [b["id"] for b in receiver.bodies()] == [e.id for e in before + while_down]
+
+
+def test_a_standby_sends_nothing_until_it_leads(
+    store: Store, churn: Deployment, serve: Callable[..., Receiver], dispatchers: list[webhooks.Dispatcher]
+) -> None:
+    receiver = serve()
+    leading = threading.Event()
+    config = settings(receiver.url)
+    store.cursors.set(webhooks.Dispatcher.cursor_name(receiver.url), store.events.last_id())
+    dispatchers.append(webhooks.Dispatcher(store, config, leading=leading.is_set).start())
+    sent = event(store, churn, "rollout.pause")
+    time.sleep(0.2)
+    assert receiver.received == []
+    leading.set()
+    until(lambda: len(receiver.received) == 1)
+    assert receiver.bodies()[0]["id"] == sent.id
 
 
 def test_no_url_means_no_thread(store: Store) -> None:
