@@ -199,3 +199,61 @@ def test_labelled_regression_errors_are_summed(store: Store, tmp_path: Path) -> 
     assert metrics["champion"].labelled == 4
     assert metrics["champion"].abs_error_sum == pytest.approx(0 + 1 + 2 + 3)
     assert metrics["challenger"].abs_error_sq_sum == pytest.approx(0 + 1 + 4 + 9)
+
+
+# ------------------------------------------------------------------------------- in the control loop
+def test_gate_holds_a_promotion_when_the_challenger_is_worse_than_offline() -> None:
+    from controller.judge import Judgement, Summary
+    from controller.reproducibility import gate
+
+    passing = Judgement("promote", Outcome.PASS, (), "every required gate passed", Summary(1.0, "pass", 1, 1))
+    worse = compare_online_offline("classification", OFFLINE, arm(2000, 1200))
+    champion = compare_online_offline("classification", OFFLINE,
+                                      ArmOnline(arm="champion", version="churn:1", labelled=2000, correct=1200))
+    held = gate(passing, [champion, worse])
+    assert held.decision == "continue" and "does not reproduce its offline quality" in held.reason
+    assert [v.role for v in held.verdicts] == ["informational", "guardrail"]
+    assert gate(passing, [champion, worse], on_worse="rollback").decision == "rollback"
+    assert gate(passing, [champion], on_worse="rollback").decision == "promote"  # the champion only explains
+    assert gate(passing, [worse], role="informational", on_worse="rollback").decision == "promote"
+
+
+def test_the_loop_rolls_back_a_challenger_whose_labelled_accuracy_is_far_below_its_offline_accuracy(
+    store: Store, tmp_path: Path
+) -> None:
+    from controller import actions, loop
+
+    schema = mlpipes.input_schema(mlpipes.churn_frame(5)[0])
+    versions = []
+    for name in ("1", "2"):
+        artifact = mlpipes.save(mlpipes.classifier(), tmp_path / "src", f"m{name}")
+        versions.append(registry.register_artifact(
+            store, name="churn", version=name, artifact=artifact, task="classification",
+            artifact_dir=tmp_path / "artifacts", schema=schema, metrics={"accuracy": 0.95, "holdout_size": 3000},
+        ))
+    champion, challenger = versions
+    deployment = mlpipes.deploy(store, "churn", champion)
+    policy = {"mode": "shadow", "shadow": {"min_pairs": 10_000},
+              "reproducibility": {"on_worse": "rollback", "min_labels": 100}}
+    rollout = actions.start_rollout(store, "churn", challenger.ref, actor="t", policy=policy)
+    start = datetime.now(UTC) - timedelta(minutes=5)
+    loop.evaluate_rollout(store, rollout, now=start)  # pending -> shadowing
+    rollout = store.rollouts.get(rollout.id)
+    assert rollout.phase == "shadowing"
+    store.pairs.insert_many([
+        _record(f"p{i}", deployment.id, rollout.id, start + timedelta(seconds=1), champion_class="1",
+                challenger_class="1", champion_score=0.9, challenger_score=0.9, champion_latency_ms=1.0,
+                challenger_latency_ms=1.0)
+        for i in range(400)
+    ])  # fmt: skip
+    store.labels.upsert_many(deployment.id, [(f"p{i}", 0, 1 if i % 5 < 3 else 0) for i in range(400)])  # 60% right
+
+    outcome = loop.evaluate_rollout(store, rollout, now=start + timedelta(minutes=1))
+
+    assert outcome.applied and store.rollouts.get(rollout.id).phase == "rolled_back"
+    assert outcome.judgement is not None and "does not reproduce its offline quality" in outcome.judgement.reason
+    gates = {v.gate: v for v in outcome.judgement.verdicts}
+    assert gates["reproducibility.challenger"].outcome == Outcome.FAIL
+    assert gates["reproducibility.champion"].role == "informational"
+    analysis = store.analyses.latest(rollout.id)
+    assert analysis is not None and any(v["gate"] == "reproducibility.challenger" for v in analysis.verdicts)
