@@ -113,6 +113,9 @@ def _check_token() -> Response | None:
     """Refuse every call without a valid token of the needed role, before any view runs."""
     if request.endpoint == f"{blueprint.name}.openapi_document":
         return None
+    if request.endpoint == f"{blueprint.name}.pipelines_register":
+        # artifacts may be larger than a scoring request; only an authorized operator's body is read
+        request.max_content_length = settings().max_upload_bytes
     try:
         g.mlcanary_principal = authorize(store(), request.headers.get("Authorization"), request.method)
     except AuthError as error:
@@ -142,7 +145,8 @@ def _status_of(error: Exception) -> tuple[int, str]:
     if isinstance(error, ApiError | feedback.LabelsError):
         return error.status, error.code
     if isinstance(error, HTTPException):
-        return error.code or 500, (error.name or "error").lower().replace(" ", "_")
+        status = error.code or 500
+        return status, _HTTP_CODES.get(status, (error.name or "error").lower().replace(" ", "_"))
     if isinstance(error, PolicyError):
         return 422, "invalid_policy"
     if isinstance(error, actions.ActionError):
@@ -162,6 +166,15 @@ def _status_of(error: Exception) -> tuple[int, str]:
     if isinstance(error, registry.RegistrationError):
         return 400, "invalid_registration"
     return 500, "internal_error"
+
+
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
 
 
 def _optional_module(name: str, what: str) -> ModuleType:
@@ -582,7 +595,7 @@ def deployments_show(name: str) -> Response:
 @blueprint.post("/deployments/<name>/rollouts")
 def rollouts_start(name: str) -> Response:
     """Start a rollout of a challenger under a policy."""
-    body = _json_object(allowed={"challenger", "mode", "policy"}, required={"challenger"})
+    body = _json_object(allowed={"challenger", "mode", "policy", "reason"}, required={"challenger"})
     s = store()
     s.deployments.get(name)  # 404 before anything else
     challenger = _string(body, "challenger")
@@ -594,6 +607,7 @@ def rollouts_start(name: str) -> Response:
         mode=_string(body, "mode"),
         policy=_object(body, "policy"),  # an object only: a string would name a file on this server
         actor=principal().name,
+        reason=_string(body, "reason") or "",
         now=now(),
         parity_check=current_app.extensions.get("mlcanary.parity_check"),  # set by controller.app
     )

@@ -36,6 +36,9 @@ class Settings:
     refresh_interval: float = field(default=0.25, metadata={"help": "seconds between routing-table refreshes"})
     trust_pickle: bool = field(default=False, metadata={"help": "allow joblib/pickle artifacts (runs their code)"})
     max_body_bytes: int = field(default=10 * 1024 * 1024, metadata={"help": "largest request body accepted"})
+    max_upload_bytes: int = field(
+        default=1024 * 1024 * 1024, metadata={"help": "largest artifact upload (POST /api/v1/pipelines)"}
+    )
     shadow_queue_size: int = field(default=10_000, metadata={"help": "shadow requests waiting per process"})
     shadow_timeout_s: float = field(default=2.0, metadata={"help": "shadow scoring timeout"})
     upstream_timeout_s: float = field(default=5.0, metadata={"help": "HTTP upstream backend timeout"})

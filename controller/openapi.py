@@ -295,6 +295,7 @@ def _schemas() -> dict[str, Any]:
                     "type": "object",
                     "description": "rollout policy; unknown keys and impossible values are 422",
                 },
+                "reason": {"type": "string", "description": "why (kept in the event log)"},
             },
         },
         "RolloutAction": {

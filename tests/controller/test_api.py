@@ -248,7 +248,8 @@ def test_a_deployment_shows_live_figures_of_the_current_step_and_the_last_verdic
 # ------------------------------------------------------------------------------------------ rollouts
 def test_a_rollout_is_started_with_a_policy_and_listed(world: World) -> None:
     policy = {"mode": "canary", "canary": {"steps": [10, 50, 100]}}
-    response = world.post("/deployments/churn/rollouts", {"challenger": "churn:2", "policy": policy})
+    body = {"challenger": "churn:2", "policy": policy, "reason": "retrained on May data"}
+    response = world.post("/deployments/churn/rollouts", body)
     assert response.status_code == 201, response.get_json()
     body = response.get_json()
     assert (body["phase"], body["mode"], body["challenger"], body["champion"]) == (
@@ -256,6 +257,7 @@ def test_a_rollout_is_started_with_a_policy_and_listed(world: World) -> None:
     )  # fmt: skip
     assert body["policy"]["canary"]["steps"] == [10.0, 50.0, 100.0]
     assert body["created_by"] == "olivia"
+    assert world.store.events.list(limit=100)[-1].message == "retrained on May data"
     listed = world.get("/deployments/churn/rollouts").get_json()["rollouts"]
     assert [r["id"] for r in listed] == [body["id"]]
     assert error_of(world.post("/deployments/churn/rollouts", {"challenger": "churn:2"})) == (
@@ -394,7 +396,11 @@ def test_the_dashboard_page_and_its_assets_load_without_a_token_under_a_strict_p
     response = world.client.get("/")
     assert response.status_code == 200 and response.mimetype == "text/html"
     policy = response.headers["Content-Security-Policy"]
-    assert "script-src 'self';" in policy and "connect-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    assert (
+        "script-src 'self';" in policy
+        and "connect-src 'self'" in policy
+        and "frame-ancestors 'none'" in policy
+    )
     page = response.get_data(as_text=True)
     for asset in ("/static/dashboard.js", "/static/dashboard.css"):
         assert asset in page
@@ -433,3 +439,31 @@ def test_bad_input_anywhere_is_a_4xx_json_error_never_a_500(world: World) -> Non
             assert 400 <= response.status_code < 500, (url, request, response.get_data(as_text=True))
             assert response.get_json()["error"]["message"]
     assert world.store.rollouts.list()[0].phase == "shadowing"
+
+
+def test_artifact_uploads_have_their_own_size_limit(
+    store: Store, tmp_path: Path, models: tuple[Any, Any]
+) -> None:
+    model_path = mlpipes.save(models[0], tmp_path / "up", "model")
+    size = model_path.stat().st_size
+    assert size > 2000
+
+    def upload(client: FlaskClient, headers: dict[str, str], version: str) -> Any:
+        form = {
+            "name": "churn",
+            "version": version,
+            "task": "classification",
+            "artifact": (model_path.open("rb"), "m.skops"),
+        }
+        return client.post(f"{API}/pipelines", data=form, headers=headers, content_type="multipart/form-data")
+
+    with adminapp.running(store, tmp_path, max_body_bytes=2000, max_upload_bytes=size * 10) as app:
+        client, operator = app.test_client(), adminapp.bearer(store, "operator")
+        assert upload(client, operator, "1").status_code == 201  # larger than a scoring body may be
+        labels = {"labels": [{"request_id": f"r{i}", "label": 1} for i in range(200)]}
+        response = client.post(f"{API}/deployments/churn/labels", json=labels, headers=operator)
+        assert error_of(response) == (413, "payload_too_large")
+    with adminapp.running(store, tmp_path, max_upload_bytes=size // 2) as app:
+        response = upload(app.test_client(), adminapp.bearer(store, "operator", "second"), "2")
+        assert error_of(response) == (413, "payload_too_large")
+    assert [v.ref for v in store.pipelines.list()] == ["churn:1"]
