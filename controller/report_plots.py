@@ -315,6 +315,54 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence
     return "".join(out)
 
 
+def _reproducibility_section(rep: Mapping[str, Any]) -> str:
+    """Parity verdict and first mismatches, environment differences, online vs offline, input drift."""
+    out = [f"<section><h2>Reproducibility</h2><p><b>{escape(rep['status'].replace('_', ' '))}</b>: "
+           f"{escape(rep['message'])}</p>"]
+    parity = rep.get("parity") or {}
+    if parity.get("mismatches"):
+        out.append("<h3>Parity: first differing golden rows</h3>" + _table(
+            ["row", "output", "research", "served", "rel. error", "inputs"],
+            [[str(m["row"]), escape(str(m["output"])), escape(str(m["expected"])), escape(str(m["actual"])),
+              "" if m.get("relative_error") is None else f"{m['relative_error']:.3g}",
+              escape(", ".join(f"{k}={v!r}" for k, v in (m.get("inputs") or {}).items()))]
+             for m in parity["mismatches"][:10]], numeric=(0, 4)))
+    differences = (rep.get("environment") or {}).get("differences") or []
+    if differences:
+        out.append("<h3>Environment: research vs serving</h3>" + _table(
+            ["package", "research", "serving"],
+            [[escape(str(d["key"])), escape(str(d["research"])), escape(str(d["serving"]))] for d in differences]))
+    arms = rep.get("online_vs_offline") or []
+    if arms:
+        out.append("<h3>Online vs offline</h3>" + _table(
+            ["arm", "version", "metric", "offline", "online", "difference", "outcome", "labels", "labels still needed"],
+            [[escape(a["arm"]), escape(a["version"]), escape(a["metric"]), _num(a.get("offline")),
+              _num(a.get("online")), _num(a.get("difference")) + _ci(a.get("interval")),
+              escape(a["outcome"]), str(a["labels"]), "" if a.get("labels_needed") is None else str(a["labels_needed"])]
+             for a in arms], numeric=(3, 4, 5, 7, 8)))
+    drift = rep.get("input_drift") or {}
+    if drift.get("features"):
+        out.append(f"<h3>Input drift against the profile of {escape(str(drift.get('against')))} "
+                   f"({drift.get('live_rows')} live rows)</h3>" + _table(
+            ["feature", "status", "missing (profile → live)", "out of range", "unseen", "PSI", "PSI noise threshold",
+             "why"],
+            [[escape(f["feature"]), escape(f["status"]),
+              f"{_pct_or_blank(f.get('missing_rate_profile'))} → {_pct_or_blank(f.get('missing_rate_live'))}",
+              _pct_or_blank(f.get("out_of_range_share")), _pct_or_blank(f.get("unseen_share")), _num(f.get("psi")),
+              _num(f.get("psi_threshold")), escape("; ".join(f.get("reasons") or []))]
+             for f in drift["features"]], numeric=(3, 4, 5, 6)))
+    out.append("</section>")
+    return "".join(out)
+
+
+def _num(value: Any) -> str:
+    return "" if value is None else f"{value:.4g}"
+
+
+def _pct_or_blank(value: Any) -> str:
+    return "" if value is None else f"{value:.1%}"
+
+
 def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.3g}"
 
@@ -360,9 +408,7 @@ def html_page(r: Mapping[str, Any]) -> str:
     parts += _labels_section(r)
     parts += _segments_section(r)
     parts += _timeline_section(r)
-    rep = r["reproducibility"]
-    parts.append(f"<section><h2>Reproducibility</h2><p><b>{escape(rep['status'].replace('_', ' '))}</b>: "
-                 f"{escape(rep['message'])}</p></section>")
+    parts.append(_reproducibility_section(r["reproducibility"]))
     ss = r["sample_size"]
     parts.append(f"<section><h2>Sample size still needed</h2><p>{escape(ss['message'])}</p>"
                  f"{'<p class=muted>' + escape(ss['method']) + '</p>' if ss.get('method') else ''}</section>")

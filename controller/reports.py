@@ -22,7 +22,7 @@ import math
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import fields
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -339,14 +339,46 @@ def build_report(
         "labels": labels,
         "gates": gates,
         "segments": segment_block,
-        "reproducibility": {
-            "status": "not_checked",
-            "message": "not yet checked: production outputs have not been compared with the research golden set "
-                       "for this rollout (the reproducibility check is not part of this release yet)",
-        },
+        "reproducibility": _reproducibility(store, rollout, champion, challenger, events, task, now=now),
         "sample_size": _sample_size(rollout.policy, task, agreement_, labels, challenger),
         "notes": notes,
     }  # fmt: skip
+
+
+def _reproducibility(
+    store: Store, rollout: Rollout, champion: PipelineVersion, challenger: PipelineVersion,
+    events: Sequence[Event], task: str, *, now: datetime | None, drift_sample: int = 5_000,
+) -> dict[str, Any]:
+    """Parity result, environment differences, online vs offline per arm and input drift (bounded sample)."""
+    from controller import reproducibility as rp
+    from controller.policy import Policy, PolicyError
+    from storage import repro_queries
+
+    try:
+        repro = Policy.parse(rollout.policy).reproducibility
+    except PolicyError:
+        repro = Policy().reproducibility
+    parity = [e.details["parity"] for e in events
+              if isinstance(e.details.get("parity"), dict) and e.details.get("role", "challenger") == "challenger"]
+    maturity = _policy_number(rollout.policy, ("label_maturity_s",), 0.0)
+    cutoff = (now or datetime.now(UTC)) - timedelta(seconds=maturity)
+    labelled = repro_queries.labelled_metrics(store.db, rollout.id, received_before=cutoff)
+    reproductions = [
+        rp.compare_online_offline(
+            task, version.offline_metrics,
+            rp.ArmOnline(arm=arm, version=version.ref, labelled=labelled[arm].labelled, correct=labelled[arm].correct,
+                         abs_error_sum=labelled[arm].abs_error_sum, abs_error_sq_sum=labelled[arm].abs_error_sq_sum),
+            accuracy_margin=repro.accuracy_margin, mae_margin=repro.mae_margin, confidence=repro.confidence,
+            min_labels=repro.min_labels,
+        )
+        for arm, version in (("champion", champion), ("challenger", challenger))
+    ]  # fmt: skip
+    reference = challenger if challenger.profile else champion
+    drift = None
+    if reference.profile:
+        live = repro_queries.raw_input_sample(store.db, rollout.deployment_id, rollout_id=rollout.id, limit=drift_sample)
+        drift = rp.input_drift(reference.profile, live)
+    return rp.report_section(parity, reproductions, drift, drift_against=reference.ref if drift else None)
 
 
 def _rollout(r: Rollout, champion: PipelineVersion, challenger: PipelineVersion) -> dict[str, Any]:
@@ -996,8 +1028,18 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     out += ["## Timeline", ""]
     out += _md_table(["at", "who", "action", "why", "message"],
                      [[e["at"], e["actor"], e["action"], e["reason"], e["message"]] for e in r["timeline"]])
-    out += ["## Reproducibility", "", f"{r['reproducibility']['status'].replace('_', ' ')}: "
-            f"{r['reproducibility']['message']}", "", "## Sample size still needed", "", r["sample_size"]["message"], ""]
+    rep = r["reproducibility"]
+    out += ["## Reproducibility", "", f"{rep['status'].replace('_', ' ')}: {rep['message']}", ""]
+    if rep.get("online_vs_offline"):
+        out += _md_table(["arm", "version", "metric", "offline", "online", "outcome", "labels", "labels still needed"],
+                         [[a["arm"], a["version"], a["metric"], a["offline"], a["online"], a["outcome"], a["labels"],
+                           a["labels_needed"]] for a in rep["online_vs_offline"]])
+    if (rep.get("input_drift") or {}).get("features"):
+        out += _md_table(["feature", "status", "missing live", "out of range", "unseen", "PSI", "why"],
+                         [[f["feature"], f["status"], f["missing_rate_live"], f["out_of_range_share"],
+                           f["unseen_share"], f["psi"], "; ".join(f["reasons"])]
+                          for f in rep["input_drift"]["features"]])
+    out += ["## Sample size still needed", "", r["sample_size"]["message"], ""]
     if r["notes"]:
         out += ["## Notes", "", *[f"- {n}" for n in r["notes"]], ""]
     return "\n".join(out)

@@ -30,12 +30,12 @@ inflates the false-alarm rate, hence the default confidence of 0.99 and the burn
 Input drift (``input_drift``)
 -----------------------------
 Per registered feature, between the input profile captured at registration (holdout or sample) and
-a bounded sample of live raw inputs: the change in missing rate (with the live Wilson interval), the
+a bounded sample of live raw inputs: the change in missing rate (with Newcombe's interval), the
 share of numeric values outside the profiled [min, max], categories never seen in the profile, and
 the population stability index over the profile's bins (quantile bins for numbers; categories plus
 "other" for categories) with its noise floor from ``controller.stats.psi_from_counts``. A feature has
 "drifted" when its PSI exceeds both the noise threshold and ``psi_threshold`` (default 0.1), or its
-missing rate moved by more than ``missing_tolerance`` beyond sampling noise, or more than
+missing rate moved by more than ``missing_tolerance`` (the whole interval beyond it), or more than
 ``share_tolerance`` of its values are out of range or unseen.
 """
 
@@ -62,6 +62,7 @@ __all__ = [
     "compare_online_offline",
     "gate",
     "input_drift",
+    "report_section",
 ]
 
 _OUTCOME = {
@@ -330,8 +331,9 @@ def gate(
 class FeatureDrift:
     """Drift of one input feature between the registered profile and live inputs.
 
-    ``status``: "stable", "drifted" or "no-data"; ``reasons`` says what moved. ``psi_threshold``: the
-    noise threshold of the PSI at these sample sizes (a PSI below it is sampling noise).
+    ``status``: "stable", "drifted" or "no-data"; ``reasons`` says what moved. ``missing_interval``:
+    interval of the missing-rate change (live - profile). ``psi_threshold``: the noise threshold of the
+    PSI at these sample sizes (a PSI below it is sampling noise).
     """
 
     feature: str
@@ -414,13 +416,19 @@ def _feature(
         return empty
     present = [v for v in values if not _missing(v)]
     live_missing = 1.0 - len(present) / n
-    w = stats.wilson_interval(n - len(present), n, confidence=confidence)
-    missing_interval = (float(w.lower), float(w.upper))
+    missing_interval: tuple[float, float] | None = None
     reasons: list[str] = []
     if isinstance(base_missing, int | float):
-        moved = abs(live_missing - base_missing) > missing_tolerance
-        outside = not missing_interval[0] <= base_missing <= missing_interval[1]
-        if moved and outside:
+        # Newcombe's interval of the change (live - profile): both samples' noise counts.
+        if profile_rows > 0:
+            ref_missing = int(round(float(base_missing) * profile_rows))
+            w = stats.newcombe_interval(n - len(present), n, ref_missing, profile_rows, confidence=confidence)
+        else:
+            live_w = stats.wilson_interval(n - len(present), n, confidence=confidence)
+            w = stats.Interval(float(live_w.lower) - base_missing, float(live_w.upper) - base_missing)
+        missing_interval = (float(w.lower), float(w.upper))
+        # Proven to have moved by more than the tolerance (as the gates prove harm beyond a margin).
+        if missing_interval[0] > missing_tolerance or missing_interval[1] < -missing_tolerance:
             reasons.append(f"missing rate {base_missing:.1%} -> {live_missing:.1%}")
     out_of_range = unseen_share = None
     unseen: tuple[str, ...] = ()
@@ -500,6 +508,48 @@ def _number(value: Any) -> float:
 def _category(value: Any) -> str:
     """Spell a live value as the profile does (pandas' astype(str)): True, 3, 2.5, plain text."""
     return str(value)
+
+
+def report_section(
+    parity_reports: Sequence[Mapping[str, Any]],
+    reproductions: Sequence[Reproduction],
+    drift: InputDrift | None,
+    *,
+    drift_against: str | None = None,
+) -> dict[str, Any]:
+    """Assemble the report's "reproducibility" section: parity, environment, online vs offline, input drift.
+
+    ``parity_reports``: the stored parity reports of the rollout's challenger in time order (from the
+    creation event and any router's "parity_failed" event); a failure anywhere makes the status "fail".
+    ``drift_against``: the version whose registered profile the live inputs were compared with.
+    """
+    failed = [p for p in parity_reports if p.get("checked") and not p.get("passed")]
+    checked = [p for p in parity_reports if p.get("checked")]
+    parity = failed[-1] if failed else (checked[-1] if checked else None)
+    status = "fail" if failed else ("pass" if checked else "not_checked")
+    parts = [str(parity["message"]) if parity is not None else
+             "parity not yet checked: the challenger has no golden set, or the rollout was started without the gate"]
+    worse = [r for r in reproductions if r.outcome == "worse"]
+    parts += [f"{r.arm} {r.version}: {r.reason}" for r in worse]
+    if drift is not None and drift.drifted:
+        parts.append("input drift in " + ", ".join(drift.drifted)
+                     + " (a metric gap may come from the data rather than the pipeline)")
+    env = [] if parity is None else list(parity.get("environment_differences") or [])
+    return _finite({
+        "status": status,
+        "message": "; ".join(parts),
+        "parity": None if parity is None else {
+            k: parity.get(k) for k in ("version", "checked", "passed", "rows_checked", "mismatched_rows",
+                                       "mismatches", "decoding_summary", "notes", "error", "rtol")
+        },
+        "environment": {
+            "research": None if parity is None else parity.get("research_environment"),
+            "serving": None if parity is None else parity.get("serving_environment"),
+            "differences": env,
+        },
+        "online_vs_offline": [r.to_dict() for r in reproductions],
+        "input_drift": None if drift is None else {**drift.to_dict(), "against": drift_against},
+    })
 
 
 def _finite(value: Any) -> Any:

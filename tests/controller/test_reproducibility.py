@@ -257,3 +257,44 @@ def test_the_loop_rolls_back_a_challenger_whose_labelled_accuracy_is_far_below_i
     assert gates["reproducibility.champion"].role == "informational"
     analysis = store.analyses.latest(rollout.id)
     assert analysis is not None and any(v["gate"] == "reproducibility.challenger" for v in analysis.verdicts)
+
+
+def test_the_report_shows_parity_environment_online_vs_offline_and_input_drift(store: Store, tmp_path: Path) -> None:
+    from controller import actions, reports
+    from router import parity
+
+    holdout, target = mlpipes.churn_frame(600, seed=21)
+    versions = []
+    for name, seed in (("1", 0), ("2", 1)):
+        artifact = mlpipes.save(mlpipes.classifier(seed=seed), tmp_path / "src", f"m{name}")
+        versions.append(registry.register_artifact(
+            store, name="churn", version=name, artifact=artifact, task="classification",
+            artifact_dir=tmp_path / "artifacts", holdout=holdout.assign(churn=target), target="churn",
+            golden=holdout.head(40),
+        ))
+    champion, challenger = versions
+    deployment = mlpipes.deploy(store, "churn", champion)
+    rollout = actions.start_rollout(store, "churn", challenger.ref, actor="t", policy={"mode": "shadow"},
+                                    parity_check=parity.check)
+    live, _ = mlpipes.churn_frame(300, seed=22)
+    live["monthly_charges"] = live["monthly_charges"] + 60  # the population moved
+    rows = _live(live)
+    at = datetime.now(UTC) - timedelta(minutes=1)
+    store.pairs.insert_many([
+        _record(f"r{i}", deployment.id, rollout.id, at, champion_class="1", challenger_class="1",
+                champion_score=0.7, challenger_score=0.7, raw_input=row)
+        for i, row in enumerate(rows)
+    ])  # fmt: skip
+
+    report = reports.build_report(store, "churn")
+
+    rep = report["reproducibility"]
+    assert rep["status"] == "pass" and rep["parity"]["rows_checked"] == 40
+    assert rep["environment"]["differences"] == [] and rep["environment"]["serving"]["python"]
+    assert [a["arm"] for a in rep["online_vs_offline"]] == ["champion", "challenger"]
+    assert {a["outcome"] for a in rep["online_vs_offline"]} == {"not-enough-labels"}
+    assert rep["input_drift"]["against"] == "churn:2" and "monthly_charges" in rep["input_drift"]["drifted"]
+    assert "input drift in monthly_charges" in rep["message"]
+    html = reports.render_html(report)
+    assert "Online vs offline" in html and "Input drift against the profile of churn:2" in html
+    assert "| monthly_charges | drifted |" in reports.render_markdown(report)
