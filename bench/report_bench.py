@@ -114,8 +114,7 @@ def main() -> None:
         fill(store, args.rows)
         print(f"{db.dialect}: filled {args.rows:,} paired rows in {time.perf_counter() - t:.1f} s")
         if db.dialect == "postgresql":
-            with db.engine.connect() as conn:
-                conn.exec_driver_sql("COMMIT")
+            with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
                 conn.exec_driver_sql("VACUUM ANALYZE paired_outputs")
         for segments in ((), ("plan", "age")):
             build, render = [], []
