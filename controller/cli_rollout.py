@@ -156,6 +156,8 @@ def start(
             body["mode"] = mode
         if policy_file is not None:
             body["policy"] = _read_policy(policy_file)
+        if reason:
+            body["reason"] = reason
         started = remote.call("POST", f"/deployments/{deployment}/rollouts", body)
         click.echo(f"{deployment}: started {_describe(started)} of {started['challenger']}")
         return

@@ -203,8 +203,11 @@ def test_commands_can_go_through_the_admin_api(
 ) -> None:
     token, _ = store.tokens.create("ops-bot", "operator")
     remote = ("--api", server, "--token", token)
-    result = mlcanary("rollout", *remote, "start", "churn", "--challenger", "churn:2", "--mode", "shadow")
+    result = mlcanary(
+        "rollout", *remote, "start", "churn", "--challenger", "churn:2", "--mode", "shadow", "--reason", "via api"
+    )
     assert result.exit_code == 0, result.output
+    assert store.events.list(limit=100)[-1].message == "via api"
     assert "pending" in mlcanary("rollout", *remote, "status", "churn").output
     assert "aborted" in mlcanary("rollout", *remote, "abort", "churn", "--reason", "api test").output
     assert [e.actor for e in store.events.list(limit=100) if e.action.startswith("rollout.")] == [
