@@ -140,7 +140,7 @@ def test_retention_prunes_old_pairs_in_batches_while_writers_keep_writing(store:
     assert store.pairs.count() == 20 * len(waits), "no new pair pruned, every write stored"
     during = [w for t, w in waits if began <= t <= began + took]
     assert during, "writers committed while the prune ran"
-    assert max(during) < max(0.5 * took, 0.2), "no writer waited for the whole prune"
+    assert max(during) < max(0.8 * took, 0.5), "no writer waited for the whole prune"
 
 
 def _version() -> Any:
