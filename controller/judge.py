@@ -663,8 +663,8 @@ def judge(metrics: StepMetrics, policy: JudgePolicy) -> Judgement:
     """
     drafts = [_GATES[name](metrics, policy) for name in _GATES if _enabled(policy, name)]
     family = [i for i, d in enumerate(drafts) if d.harm_p is not None and d.verdict.role != "informational"]
-    adjusted = stats.holm([1.0 if drafts[i].harm_p is None else float(drafts[i].harm_p) for i in family]) if family \
-        else np.array([])
+    harm_ps = [drafts[i].harm_p for i in family]
+    adjusted = stats.holm([1.0 if p is None else float(p) for p in harm_ps]) if family else np.array([])
     verdicts: list[Verdict] = []
     for i, d in enumerate(drafts):
         v = d.verdict
