@@ -23,7 +23,6 @@ from typing import Any, Literal
 from controller.judge import Judgement
 from controller.policy import Policy, Stage
 
-Phase = Literal["pending", "shadowing", "progressing", "paused", "promoted", "rolled_back", "aborted"]
 ManualAction = Literal["promote", "promote_full", "rollback", "pause", "resume", "abort"]
 
 PHASES: tuple[str, ...] = ("pending", "shadowing", "progressing", "paused", "promoted", "rolled_back", "aborted")

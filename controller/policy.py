@@ -262,8 +262,6 @@ class Policy(_Model):
             return cls.model_validate(data)
         except ValidationError as error:
             raise PolicyError(_describe(error)) from error
-        except PolicyError:
-            raise
 
     def to_dict(self) -> dict[str, Any]:
         """Return the complete policy as plain JSON-able data (what a rollout stores)."""
