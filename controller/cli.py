@@ -9,13 +9,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn
 
-if __name__ == "__main__":
-    # `python -m controller.cli` (how `serve` starts its controller): run the importable copy of this
-    # module, so that command modules importing `controller.cli` share one copy of the group.
-    from controller.cli import main as _main
-
-    _main()
-
 import click
 
 from controller.config import ConfigError, Settings
@@ -374,9 +367,9 @@ def _serve(ctx: click.Context, role: str, host: str | None, port: int | None, wo
 
 
 def _start_controller_child(settings: Settings) -> subprocess.Popen[bytes]:
-    """Start `python -m controller.cli ... controller` on the same database and data directory."""
+    """Start `python -m controller ... controller` on the same database and data directory."""
     command = [
-        sys.executable, "-m", "controller.cli",
+        sys.executable, "-m", "controller",
         "--database-url", settings.resolved_database_url, "--data-dir", str(settings.data_dir), "controller",
     ]  # fmt: skip
     return subprocess.Popen(command)
@@ -404,17 +397,19 @@ def controller(ctx: click.Context) -> None:
     import signal
     import threading
 
-    from controller import loop
+    from controller import loop, webhooks
     from controller.app import open_store
-    from controller.leader import leadership_for
+    from controller.leader import Tracked, leadership_for
 
     settings = settings_of(ctx)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"
     )
     store = open_store(settings)
-    leadership = leadership_for(store.db.url)
+    leadership = Tracked(leadership_for(store.db.url))
     stop = threading.Event()
+    # Webhooks follow the event log; only the leader sends, so standbys never duplicate a delivery.
+    dispatcher = webhooks.Dispatcher(store, settings, leading=lambda: leadership.held).start()
 
     def _stop(signum: int, _frame: Any) -> None:
         stop.set()
@@ -427,6 +422,7 @@ def controller(ctx: click.Context) -> None:
     try:
         loop.run(store, settings, stop=stop, leadership=leadership)
     finally:
+        dispatcher.stop()
         leadership.release()
         store.db.dispose()
 
@@ -461,6 +457,23 @@ from controller.cli_report import report as _report_command  # noqa: E402
 cli.add_command(_report_command)
 
 
+@cli.command()
+@click.option("--fast", is_flag=True, envvar="MLCANARY_DEMO_FAST", help="A smaller, quicker run (used by the tests).")
+@click.option("--port", type=int, help="Port for the demo server (default: a free one).")
+@click.pass_context
+def demo(ctx: click.Context, fast: bool, port: int | None) -> None:
+    """Show the whole job on real pipelines: shadow, canary, parity gate, rollback, promotion."""
+    from controller.demo import Demo, DemoError
+
+    data_dir = settings_of(ctx).data_dir / "demo"
+    try:
+        outcomes = Demo(data_dir=data_dir, fast=fast).run(port=port)
+    except DemoError as error:
+        raise click.ClickException(str(error)) from error
+    if not all(o.as_expected for o in outcomes):
+        raise click.ClickException("some rollouts did not end as expected; see the table above")
+
+
 from controller.cli_replay import replay_command  # noqa: E402  (uses the helpers above)
 
 cli.add_command(replay_command)
@@ -474,7 +487,3 @@ cli.add_command(labels_group)
 
 def main() -> NoReturn:
     sys.exit(cli.main(prog_name="mlcanary"))
-
-
-if __name__ == "__main__":
-    main()

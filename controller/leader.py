@@ -30,7 +30,7 @@ log = logging.getLogger("mlcanary.controller")
 # A fixed 64-bit key: "mlcanary" in ASCII, the lock every controller of one database contends for.
 ADVISORY_KEY = int.from_bytes(b"mlcanary", "big") >> 1
 
-__all__ = ["ADVISORY_KEY", "FileLeadership", "Leadership", "PostgresLeadership", "leadership_for"]
+__all__ = ["ADVISORY_KEY", "FileLeadership", "Leadership", "PostgresLeadership", "Tracked", "leadership_for"]
 
 
 class Leadership(Protocol):
@@ -114,6 +114,22 @@ class PostgresLeadership:
             with contextlib.suppress(Exception):  # closing the session releases it anyway
                 self._conn.execute("SELECT pg_advisory_unlock(%s)", (self.key,))  # type: ignore[attr-defined]
         self._drop()
+
+
+class Tracked:
+    """Wrap a Leadership and remember whether the last claim won, for components that act only when leading."""
+
+    def __init__(self, inner: Leadership) -> None:
+        self.inner = inner
+        self.held = False
+
+    def acquire(self) -> bool:
+        self.held = self.inner.acquire()
+        return self.held
+
+    def release(self) -> None:
+        self.held = False
+        self.inner.release()
 
 
 def leadership_for(database_url: str) -> Leadership:

@@ -38,7 +38,6 @@ log = logging.getLogger("mlcanary.controller")
 
 ACTOR = "controller"
 CONTROLLER_ID = f"{socket.gethostname()}:{os.getpid()}"  # which controller process acted, in every event
-WebhookSink = Callable[[dict[str, Any]], None]
 
 __all__ = ["Outcome", "evaluate_once", "evaluate_rollout", "run", "verdict_dict"]
 
@@ -79,8 +78,7 @@ def verdict_dict(v: Verdict) -> dict[str, Any]:
     }
 
 
-def evaluate_rollout(store: Store, rollout: Rollout, *, now: datetime, webhook_sink: WebhookSink | None = None
-                     ) -> Outcome:
+def evaluate_rollout(store: Store, rollout: Rollout, *, now: datetime) -> Outcome:
     """Look at one active rollout once: measure, judge, store the analysis, decide and apply."""
     policy = policy_of(rollout)
     judgement: Judgement | None = None
@@ -124,16 +122,6 @@ def evaluate_rollout(store: Store, rollout: Rollout, *, now: datetime, webhook_s
         return Outcome(rollout.id, rollout.deployment_id, decision, judgement, error="concurrent update")
     log.info("rollout %s: %s -> %s (%s): %s", rollout.id, rollout.phase, decision.phase, decision.reason,
              decision.message)
-    if webhook_sink is not None:
-        try:
-            webhook_sink({
-                "event": f"rollout.{decision.action}", "reason": decision.reason, "message": decision.message,
-                "rollout_id": rollout.id, "deployment_id": rollout.deployment_id, "phase": decision.phase,
-                "from_phase": rollout.phase, "step": decision.step_index, "canary_weight": decision.canary_weight,
-                "shadow_rate": decision.shadow_rate, "actor": ACTOR, "at": now.isoformat(),
-            })
-        except Exception:  # a webhook never stops the controller
-            log.exception("webhook sink failed for rollout %s", rollout.id)
     return Outcome(rollout.id, rollout.deployment_id, decision, judgement, applied=True, rollout=updated)
 
 
@@ -162,12 +150,12 @@ def _with_reproducibility(
     return reproducibility.gate(judgement, reproductions, role=repro.role, on_worse=repro.on_worse)
 
 
-def evaluate_once(store: Store, *, now: datetime, webhook_sink: WebhookSink | None = None) -> list[Outcome]:
+def evaluate_once(store: Store, *, now: datetime) -> list[Outcome]:
     """Look once at every active rollout; one rollout's failure never stops the others."""
     outcomes: list[Outcome] = []
     for rollout in store.rollouts.list(active_only=True):
         try:
-            outcomes.append(evaluate_rollout(store, rollout, now=now, webhook_sink=webhook_sink))
+            outcomes.append(evaluate_rollout(store, rollout, now=now))
         except (StorageError, PolicyError, ValueError) as error:
             log.error("rollout %s could not be evaluated: %s", rollout.id, error)
             outcomes.append(Outcome(rollout.id, rollout.deployment_id, None, error=str(error)))
@@ -185,7 +173,6 @@ def run(
     stop: threading.Event,
     clock: Callable[[], datetime] = _wall_clock,
     leadership: Leadership | None = None,
-    webhook_sink: WebhookSink | None = None,
 ) -> int:
     """Evaluate every ``settings.controller_interval`` seconds until ``stop`` is set; return the passes made.
 
@@ -203,7 +190,7 @@ def run(
                 log.warning("controller %s", "is the leader: acting" if now_leading else "is a standby: waiting")
                 leading = now_leading
             if leading:
-                evaluate_once(store, now=clock(), webhook_sink=webhook_sink)
+                evaluate_once(store, now=clock())
                 passes += 1
         except StorageError as error:
             log.warning("controller pass failed, retrying in %.3g s: %s", interval, error)

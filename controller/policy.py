@@ -314,10 +314,14 @@ class Policy(_Model):
             n_star=self.n_star,
             srm_alpha=self.srm_alpha,
             error_rate_slo=self.slo.error_rate,
-            latency_p99_slo_ms=self.slo.latency_p99_ms,
+            # In a shadow stage the challenger scores in micro-batches off the live path: its latencies
+            # measure batch work, not what a user would wait. Latency is reported there and decides
+            # (gate and SLO) only in canary steps, where the challenger answers inline.
+            latency_p99_slo_ms=None if mode == "shadow" else self.slo.latency_p99_ms,
             slo_min_samples=self.slo.min_samples or self.burn_in,
             error_rate=spec(g.error_rate),
-            latency_p99=spec(g.latency_p99),
+            latency_p99=spec(g.latency_p99, role="informational" if mode == "shadow" and g.latency_p99.role != "off"
+                             else None),
             agreement=spec(g.agreement, role=agreement_role) if task == "classification"
             else spec(g.agreement, role="off"),
             accuracy=spec(g.accuracy, role=accuracy_role) if task == "classification"

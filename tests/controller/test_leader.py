@@ -145,7 +145,7 @@ def test_serve_runs_one_controller_beside_gunicorn_and_stops_it_on_exit(
            "MLCANARY_CONTROLLER_INTERVAL": str(INTERVAL), "PYTHONPATH": str(ROOT)}
     log = tmp_path / "serve.log"
     serve = subprocess.Popen(
-        [sys.executable, "-m", "controller.cli", "--database-url", sqlite_url, "--data-dir", str(tmp_path),
+        [sys.executable, "-m", "controller", "--database-url", sqlite_url, "--data-dir", str(tmp_path),
          "serve", "--port", str(port), "--workers", "1"],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log.open("wb"),
     )

@@ -23,7 +23,8 @@ def test_defaults_alone_are_a_safe_policy() -> None:
     assert unlabelled.accuracy.role == "informational"
     labelled = p.to_judge_policy("classification", "shadow", labelled=True)
     assert labelled.accuracy.role == "required" and labelled.agreement.role == "informational"
-    assert labelled.latency_p99.role == "guardrail"
+    assert labelled.latency_p99.role == "informational"  # shadow latencies are batch work, not user waits
+    assert p.to_judge_policy("classification", "canary").latency_p99.role == "guardrail"
     regression = p.to_judge_policy("regression", "canary")
     assert regression.regression.role == "required"
     assert not regression.agreement.enabled and not regression.accuracy.enabled
