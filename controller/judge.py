@@ -156,7 +156,9 @@ class StepMetrics:
     """Sufficient statistics of one rollout step, cumulative since the step (or rollout) began.
 
     ``champion`` / ``challenger``: requests each arm handled and how many failed. ``challenger_weight``:
-    the configured challenger share of traffic (canary; enables the SRM veto). ``paired_errors``:
+    the configured challenger share of traffic (canary; enables the SRM veto). ``units``: (champion,
+    challenger) counts of the units the split randomises — distinct routing keys — which the SRM test
+    counts when given (requests of one sticky key are not independent draws); else it counts requests. ``paired_errors``:
     error discordance over shadow pairs. ``agreement``: pairs compared (n) and identical predictions
     (count), classification. ``paired_correct``: correctness discordance over labelled pairs (shadow).
     ``champion_correct`` / ``challenger_correct``: labelled rows and correct ones per arm (canary).
@@ -171,6 +173,7 @@ class StepMetrics:
     champion: Proportion
     challenger: Proportion
     challenger_weight: float | None = None
+    units: tuple[int, int] | None = None
     paired_errors: PairedCounts | None = None
     agreement: Proportion | None = None
     paired_correct: PairedCounts | None = None
@@ -588,17 +591,20 @@ def _vetoes(m: StepMetrics, policy: JudgePolicy) -> list[Verdict]:
     n1, n2 = m.champion.n, m.challenger.n
     if m.mode == "canary" and m.challenger_weight is not None:
         w = m.challenger_weight
-        if n1 + n2 == 0:
-            out.append(Verdict("srm", "veto", Outcome.NO_DATA, math.nan, policy.srm_alpha, math.nan, w, n1, n2,
+        u1, u2 = m.units if m.units is not None else (n1, n2)
+        unit = "routing keys" if m.units is not None else "requests"
+        if u1 + u2 == 0:
+            out.append(Verdict("srm", "veto", Outcome.NO_DATA, math.nan, policy.srm_alpha, math.nan, w, u1, u2,
                                "no traffic yet"))
         else:
-            r = stats.srm_test([n1, n2], [1.0 - w, w], alpha=policy.srm_alpha)
-            share = n2 / (n1 + n2)
+            r = stats.srm_test([u1, u2], [1.0 - w, w], alpha=policy.srm_alpha)
+            share = u2 / (u1 + u2)
             bad = r.p_value < policy.srm_alpha
-            why = (f"sample-ratio mismatch: challenger share {share:.4f} vs {w:.4f}, p = {r.p_value:.3g}" if bad
-                   else f"split as configured: challenger share {share:.4f} vs {w:.4f}, p = {r.p_value:.3g}")
+            why = (f"sample-ratio mismatch: challenger share of {unit} {share:.4f} vs {w:.4f}, p = {r.p_value:.3g}"
+                   if bad else
+                   f"split as configured: challenger share of {unit} {share:.4f} vs {w:.4f}, p = {r.p_value:.3g}")
             out.append(Verdict("srm", "veto", Outcome.FAIL if bad else Outcome.PASS, r.statistic, policy.srm_alpha,
-                               share, w, n1, n2, why, p_value=r.p_value))
+                               share, w, u1, u2, why, p_value=r.p_value))
     if policy.error_rate_slo is not None:
         slo = policy.error_rate_slo
         if n2 < policy.slo_min_samples:

@@ -158,6 +158,7 @@ def metrics_from_aggregates(
         champion=Proportion(n=c.n, count=c.failed),
         challenger=Proportion(n=h.n, count=h.failed),
         challenger_weight=challenger_weight,
+        units=(c.units, h.units),
         agreement=agreement if agreement is not None and agreement.n else None,
         champion_correct=Proportion(n=c.labelled, count=c.correct) if task == "classification" else None,
         challenger_correct=Proportion(n=h.labelled, count=h.correct) if task == "classification" else None,

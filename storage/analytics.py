@@ -55,6 +55,7 @@ class ArmAggregates:
 
     n: int = 0
     failed: int = 0
+    units: int = 0  # served cohort: distinct routing keys the arm answered (the units of randomisation)
     labelled: int = 0  # labelled rows the arm answered without error (classification or regression)
     correct: int = 0  # classification: of those, predicted class == label
     abs_error_sum: float = 0.0  # regression: sum of |prediction - label| over labelled rows
@@ -155,6 +156,12 @@ def step_aggregates(
             extra.update(compared=values[7], agreed=values[8])
         if cohort == "served":
             extra.update(pairs=0, worse=0, better=0)
+            # The split is sticky per routing key, so keys, not requests, are the independent units
+            # that a sample-ratio test may count (one busy client would otherwise look like a mismatch).
+            units = select(P.served_arm, func.count(func.distinct(P.routing_key_hash))).where(step_filter)
+            for arm, count in conn.execute(units.group_by(P.served_arm)):
+                if arm in arms:
+                    arms[arm]["units"] = int(count)
 
         # 2. labels that have matured
         if label_cutoff is not None:

@@ -141,6 +141,27 @@ def test_canary_cohorts_are_the_rows_each_arm_answered(store: Store) -> None:
     assert m.champion_correct == judge.Proportion(n=30, count=30)
     assert m.agreement is not None and m.agreement.n == 19  # rows where both ran and both succeeded
     assert m.latency is not None and sum(m.latency.challenger) == 10
+    assert m.units == (30, 10)  # every request came from its own routing key here
+
+
+def test_canary_units_are_distinct_routing_keys_not_requests(store: Store) -> None:
+    deployment_id, rollout_id = _deploy(store, "classification")
+    records = [
+        PairRecord(
+            request_id=f"k{i}", row_index=0, deployment_id=deployment_id, rollout_id=rollout_id, step=1,
+            received_at=T0, routing_key_hash=7 if i < 30 else i, served_arm="challenger" if i < 30 else "champion",
+            champion_version_id=1, challenger_version_id=2, champion_class="1", challenger_class="1",
+            champion_latency_ms=1.0, challenger_latency_ms=1.0,
+        )
+        for i in range(50)
+    ]  # one busy client (key 7) sent 30 requests to the challenger; 20 clients sent one each to the champion
+    store.pairs.insert_many(records)
+    from controller.measure import LATENCY
+
+    a = step_aggregates(store.db, rollout_id=rollout_id, step=1, cohort="served", task="classification",
+                        label_cutoff=None, latency=LATENCY)
+    assert (a.champion.units, a.challenger.units) == (20, 1)
+    assert (a.champion.n, a.challenger.n) == (20, 30)
 
 
 def test_labels_younger_than_the_maturity_do_not_count(store: Store) -> None:

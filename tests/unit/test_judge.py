@@ -147,6 +147,16 @@ def test_vetoes_a_sample_ratio_mismatch_in_canary_mode() -> None:
     assert j.decision == "veto" and j.veto
 
 
+def test_sample_ratio_counts_routing_keys_when_given_so_busy_clients_are_no_mismatch() -> None:
+    # 25% of 2,000 keys on the challenger, as configured, but its clients happen to be busier.
+    m = StepMetrics(mode="canary", champion=Proportion(n=6_000, count=0), challenger=Proportion(n=3_000, count=0),
+                    challenger_weight=0.25, units=(1_500, 500))
+    j = judge(m, ONLY_ACCURACY)
+    assert verdict(j, "srm").outcome == Outcome.PASS and not j.veto
+    skewed = replace(m, units=(1_650, 350))  # keys themselves off the split: chi-square 60.0, p ~ 1e-14
+    assert verdict(judge(skewed, ONLY_ACCURACY), "srm").outcome == Outcome.FAIL
+
+
 def test_vetoes_a_proven_breach_of_the_error_rate_slo_even_when_accuracy_passes() -> None:
     m = shadow(challenger=Proportion(n=20_000, count=400), paired_correct=PairedCounts(n=20_000, worse=500, better=500))
     j = judge(m, replace(ONLY_ACCURACY, error_rate_slo=0.01))
