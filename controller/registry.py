@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
-import sys
 from collections.abc import Mapping
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +12,13 @@ import numpy as np
 import pandas as pd
 
 from storage import Store
-from storage.artifacts import ArtifactError, detect_format, load_artifact, store_artifact
+from storage.artifacts import (
+    ArtifactError,
+    detect_format,
+    environment_fingerprint,
+    load_artifact,
+    store_artifact,
+)
 from storage.entities import Column, NewEvent, NewPipelineVersion, PipelineVersion
 
 TASKS = ("classification", "regression")
@@ -26,22 +29,6 @@ _ENCODERS = ("OneHotEncoder", "OrdinalEncoder", "TargetEncoder")
 
 class RegistrationError(ValueError):
     """A pipeline version cannot be registered as given; nothing was written."""
-
-
-def environment_fingerprint() -> dict[str, str]:
-    """Describe the Python environment that scores pipelines (compared between research and serving)."""
-    packages = {}
-    for name in ("numpy", "scipy", "scikit-learn", "pandas", "skops"):
-        try:
-            packages[name] = importlib_metadata.version(name)
-        except importlib_metadata.PackageNotFoundError:
-            packages[name] = "absent"
-    return {
-        "python": platform.python_version(),
-        "implementation": sys.implementation.name,
-        "platform": f"{platform.system()}-{platform.machine()}",
-        **packages,
-    }
 
 
 def read_table(path: str | Path) -> pd.DataFrame:

@@ -26,11 +26,8 @@ from __future__ import annotations
 
 import json
 import math
-import platform
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from importlib import metadata as importlib_metadata
 from typing import Any
 
 import numpy as np
@@ -41,11 +38,11 @@ from router.errors import RouterError
 from router.inputs import build_batch
 from router.mlflow import read_columns
 from router.settings import RouterSettings
+from storage.artifacts import environment_fingerprint
 from storage.entities import PipelineVersion
 
 DEFAULT_RTOL = 1e-9
 DEFAULT_ATOL = 1e-12
-FINGERPRINT_PACKAGES = ("numpy", "scipy", "scikit-learn", "pandas", "skops")
 
 __all__ = [
     "DEFAULT_ATOL",
@@ -61,23 +58,8 @@ __all__ = [
 
 
 def serving_environment() -> dict[str, str]:
-    """Describe this process's scoring environment, with the keys of the research fingerprint.
-
-    Same keys and values as ``controller.registry.environment_fingerprint`` (the router may not
-    import the controller; a test keeps the two equal).
-    """
-    packages = {}
-    for name in FINGERPRINT_PACKAGES:
-        try:
-            packages[name] = importlib_metadata.version(name)
-        except importlib_metadata.PackageNotFoundError:
-            packages[name] = "absent"
-    return {
-        "python": platform.python_version(),
-        "implementation": sys.implementation.name,
-        "platform": f"{platform.system()}-{platform.machine()}",
-        **packages,
-    }
+    """Fingerprint this serving process's environment (the same description registration records)."""
+    return environment_fingerprint()
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,10 @@ are refused unless listed as trusted. joblib/pickle is accepted only with an exp
 from __future__ import annotations
 
 import hashlib
+import platform
 import shutil
+import sys
+from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,29 @@ FORMATS = ("skops", "joblib")
 
 class ArtifactError(StorageError, ValueError):
     """An artifact is missing, tampered with, in a refused format, or not loadable."""
+
+
+FINGERPRINT_PACKAGES = ("numpy", "scipy", "scikit-learn", "pandas", "skops")
+
+
+def environment_fingerprint() -> dict[str, str]:
+    """Describe the Python environment that loads and scores pipelines (Python, libraries, platform).
+
+    Recorded at registration (the research side) and by every router (the serving side), so the
+    two can be compared: a library version that changes outputs is a reproducibility risk.
+    """
+    packages = {}
+    for name in FINGERPRINT_PACKAGES:
+        try:
+            packages[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            packages[name] = "absent"
+    return {
+        "python": platform.python_version(),
+        "implementation": sys.implementation.name,
+        "platform": f"{platform.system()}-{platform.machine()}",
+        **packages,
+    }
 
 
 def sha256_of(path: str | Path) -> str:
