@@ -38,6 +38,7 @@ SCHEMA_VERSION = 1
 TIMELINE_BUCKETS = 60
 SCORE_BINS = 20
 VALUE_BINS = 30
+AUC_BINS = 200
 
 __all__ = ["REPORT_SCHEMA", "SCHEMA_VERSION", "build_report", "render_html", "render_markdown"]
 
@@ -247,10 +248,13 @@ def build_report(
     now: datetime | None = None,
     ks_sample: int = 20_000,
     segment_sample: int = 5_000,
+    segment_rows: int = 100_000,
 ) -> dict[str, Any]:
     """Build the comparison report of one rollout (the deployment's latest when ``rollout_id`` is None).
 
-    ``segments``: raw-input columns to break the comparison down by (needs stored raw inputs).
+    ``segments``: raw-input columns to break the comparison down by (needs stored raw inputs), over
+    the rollout's most recent ``segment_rows`` rows (every segment column is a scan that reads a JSON
+    field per row, so they are bounded; the report's notes say when the window is smaller than the rollout).
     NotFound when the deployment, the rollout, or any rollout at all is missing; a rollout of another
     deployment is NotFound too.
     """
@@ -272,32 +276,39 @@ def build_report(
     ]
 
     positive = _positive_class(challenger, [])
+    events = store.events.list(rollout_id=rollout.id, limit=10_000)
+    spans = rq.step_spans(db, rollout.id)
+    rows = sum(n for _, n, _, _ in spans)
+    span = (min(s[2] for s in spans).timestamp(), max(s[3] for s in spans).timestamp()) if spans else None
+    unit = _bucket_unit(span)
+    column = "score" if task == "classification" else "value"
     with ThreadPoolExecutor(max_workers=3, thread_name_prefix="mlcanary-report") as pool:
-        # Independent scans run side by side (SQLite releases the GIL while it reads; PostgreSQL has
-        # one backend per connection); the overview waits only for the time range.
-        span_f = pool.submit(rq.time_range, db, rollout.id)
-        latency_f = {arm: pool.submit(rq.latency_buckets, db, rollout.id, arm) for arm in ("champion", "challenger")}
+        # Independent scans run side by side on their own connections (SQLite releases the GIL while
+        # it reads and WAL readers do not block each other; PostgreSQL has one backend per connection),
+        # the longest (the overview) on this thread.
         if task == "classification":
             table_f: Future[Any] | None = pool.submit(rq.class_score_table, db, rollout.id, bins=SCORE_BINS)
-            labels_f: Future[Any] = pool.submit(rq.label_confusion, db, rollout.id)
-            auc_f: Future[Any] | None = (pool.submit(rq.label_score_buckets, db, rollout.id)
-                                         if positive is not None else None)
+            labels_f: Future[Any] = pool.submit(rq.label_confusion, db, rollout.id, rollout_rows=rows,
+                                                score_bins=AUC_BINS if positive is not None else None)
         else:
-            table_f, auc_f = None, None
+            table_f = None
             labels_f = pool.submit(rq.label_regression, db, rollout.id)
-        span = span_f.result()
-        unit = _bucket_unit(span)
-        overview = rq.step_counts(db, rollout.id, bucket=unit) if span else []
+        latency_f = {arm: pool.submit(rq.latency_buckets, db, rollout.id, arm) for arm in ("champion", "challenger")}
+        repro_f = pool.submit(_reproducibility, store, rollout, champion, challenger, events, task, now=now)
+        # The KS sample takes every k-th row with k = rows // ks_sample (rows, not pairs, so it need not
+        # wait for the overview); it stays a systematic sample of at most ks_sample pairs.
+        ks_f = pool.submit(rq.numeric_sample, db, rollout.id, column, limit=ks_sample, total=rows) if rows else None
+        overview = rq.step_counts(db, rollout.id, bucket=unit, spans=spans) if span else []
         steps = _per_step(overview)
-        rows = sum(st.rows for st in steps)
         pairs = sum(st.both_outputs for st in steps)
-        column = "score" if task == "classification" else "value"
-        ks_f = pool.submit(rq.numeric_sample, db, rollout.id, column, limit=ks_sample, total=pairs) if pairs else None
         table = table_f.result() if table_f is not None else []
         latency = {arm: f.result() for arm, f in latency_f.items()}
         label_rows = labels_f.result()
-        auc_buckets = auc_f.result() if auc_f is not None else None
-        ks_pairs = ks_f.result() if ks_f is not None else []
+        ks_pairs = ks_f.result() if ks_f is not None and pairs else []
+        reproducibility = repro_f.result()
+    auc_buckets = rq.label_score_buckets(label_rows) if task == "classification" and positive is not None else None
+    if task == "classification":
+        label_rows = _label_classes(label_rows)
     arms = {arm: _arm_summary(arm, steps, v, latency[arm]) for arm, v in (("champion", champion),
                                                                          ("challenger", challenger))}
     traffic = _traffic(steps, overview, span, unit)
@@ -319,10 +330,9 @@ def build_report(
     analyses = store.analyses.list(rollout.id)
     gates = _gates(analyses)
     segment_block = _segments(db, rollout.id, segments, challenger, rows, n_labelled > 0, task, segment_sample,
-                              store_raw=dep.store_raw_inputs)
+                              store_raw=dep.store_raw_inputs, window=segment_rows)
     if segment_block["results"]:
         notes.append(segment_block["method"])
-    events = store.events.list(rollout_id=rollout.id, limit=10_000)
     return {
         "schema_version": SCHEMA_VERSION,
         "generated_at": _iso(now or datetime.now(UTC)),
@@ -339,7 +349,7 @@ def build_report(
         "labels": labels,
         "gates": gates,
         "segments": segment_block,
-        "reproducibility": _reproducibility(store, rollout, champion, challenger, events, task, now=now),
+        "reproducibility": reproducibility,
         "sample_size": _sample_size(rollout.policy, task, agreement_, labels, challenger),
         "notes": notes,
     }  # fmt: skip
@@ -636,7 +646,15 @@ def _auc(buckets: Mapping[tuple[int, str], int], positive: str) -> dict[str, Any
     q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
     se = math.sqrt(max(auc * (1 - auc) + (n1 - 1) * (q1 - auc * auc) + (n0 - 1) * (q2 - auc * auc), 0.0) / (n1 * n0))
     return {"value": _f(auc), "interval": _interval(max(auc - 1.96 * se, 0.0), min(auc + 1.96 * se, 1.0)),
-            "method": "binned scores (200 bins), Hanley–McNeil interval"}
+            "method": f"binned scores ({AUC_BINS} bins), Hanley–McNeil interval"}
+
+
+def _label_classes(rows: Sequence[tuple[Any, ...]]) -> list[tuple[str, str, str, int]]:
+    """Collapse label_confusion rows (with score buckets) to (champion, challenger, label class, count)."""
+    counts: dict[tuple[str, str, str], int] = {}
+    for a, b, y, _b1, _b2, n in rows:
+        counts[(a, b, y)] = counts.get((a, b, y), 0) + n
+    return [(a, b, y, n) for (a, b, y), n in counts.items()]
 
 
 def _labels(label_rows: Any, auc_buckets: Any, task: str, version: PipelineVersion) -> dict[str, Any]:
@@ -764,7 +782,7 @@ def _gates(analyses: Sequence[Analysis]) -> dict[str, Any]:
 
 def _segments(
     db: Any, rollout_id: int, columns: Sequence[str], version: PipelineVersion, rows: int, labelled: bool,
-    task: str, sample: int, *, store_raw: bool,
+    task: str, sample: int, *, store_raw: bool, window: int,
 ) -> dict[str, Any]:
     method = ("Segments are aggregated in SQL over every stored raw input; numeric columns are cut into "
               f"quantile bins whose edges come from a systematic sample of at most {sample} rows.")
@@ -775,28 +793,40 @@ def _segments(
     if not store_raw:
         block["message"] = "this deployment does not store raw inputs, so no segments can be computed"
         return block
+    min_id = rq.recent_floor_id(db, rollout_id, window) if rows > window else None
+    if min_id is not None:
+        block["method"] = (f"Segments are aggregated in SQL over the stored raw inputs of the rollout's most recent "
+                           f"{window} of {rows} rows (a bound on the report's cost: each segment column reads a JSON "
+                           f"field per row); numeric columns are cut into quantile bins whose edges come from a "
+                           f"systematic sample of at most {sample} of those rows.")
+    total = min(rows, window)
     dtypes = {c.name: c.dtype for c in version.input_schema}
     wanted = [c for c in columns if c in dtypes or not dtypes]
     unknown = [c for c in columns if c not in wanted]
     if unknown:
         block["message"] = f"not input columns of {version.ref}: {', '.join(unknown)}"
-    for column in wanted:
+
+    def one(column: str) -> dict[str, Any]:
         kind = dtypes.get(column, "str")
         edges: list[float] | None = None
         labels_of: dict[str, str] = {}
         if kind in ("float", "int"):
-            values = [float(v) for v in rq.segment_sample(db, rollout_id, column, limit=sample, total=rows)
+            values = [float(v) for v in rq.segment_sample(db, rollout_id, column, limit=sample, total=total,
+                                                          min_id=min_id)
                       if v is not None and _f(v) is not None]
             if values:
                 cuts = np.unique(np.quantile(values, [0.2, 0.4, 0.6, 0.8]))
                 edges = [float(c) for c in cuts]
                 bounds = [-math.inf, *edges, math.inf]
                 labels_of = {f"bin{i}": _range_label(bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1)}
-        groups = rq.segments(db, rollout_id, column, numeric_edges=edges, labelled=labelled)
+        groups = rq.segments(db, rollout_id, column, numeric_edges=edges, labelled=labelled, min_id=min_id)
         m = max(len(groups), 1)
         items = [_segment(g, labels_of, kind, task, labelled, m) for g in groups]
-        block["results"].append({"column": column, "kind": "numeric" if edges is not None else "categorical",
-                                 "segments": items})
+        return {"column": column, "kind": "numeric" if edges is not None else "categorical", "segments": items}
+
+    # One scan per column, side by side on their own connections.
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="mlcanary-segments") as pool:
+        block["results"] = list(pool.map(one, wanted))
     return block
 
 

@@ -13,9 +13,10 @@ import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Float, Integer, String, and_, case, cast, func, literal, or_, select
+from sqlalchemy import Float, Integer, String, and_, bindparam, case, cast, func, literal, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from storage.database import Database
@@ -34,14 +35,17 @@ __all__ = [
     "epoch_seconds",
     "label_confusion",
     "label_regression",
+    "label_score_buckets",
     "latency_buckets",
     "labelled_count",
     "numeric_sample",
     "output_range",
     "score_buckets",
     "segment_sample",
+    "recent_floor_id",
     "segments",
     "step_counts",
+    "step_spans",
     "time_range",
     "time_bucket",
     "value_buckets",
@@ -107,8 +111,6 @@ class StepCounts:
     shadow_cancelled: int
     shadow_other_errors: int
     shadow_missing: int
-    challenger_only_errors: int
-    champion_only_errors: int
     agree: int
     diff_n: int
     diff_sum: float
@@ -129,69 +131,134 @@ def time_bucket(db: Database, unit: str) -> ColumnElement[Any]:
     return cast(func.date_trunc(unit, P.received_at), String)
 
 
-def step_counts(db: Database, rollout_id: int, *, bucket: str | None = None) -> list[StepCounts]:
-    """Aggregate requests, errors, shadow coverage, agreement and output differences per step.
-
-    With ``bucket`` ("minute", "hour" or "day") the rows are grouped per step and time bucket in the
-    same scan; ``StepCounts.bucket`` is then the bucket's start as text (UTC).
-    """
-    shadow_error = case(
-        (P.served_arm == "champion", P.challenger_error), else_=P.champion_error
+def step_spans(db: Database, rollout_id: int) -> list[tuple[int | None, int, datetime, datetime]]:
+    """Return (step, rows, first receive time, last receive time) per step, from the index alone."""
+    query = (
+        select(P.step, func.count(), func.min(P.received_at), func.max(P.received_at))
+        .where(P.rollout_id == rollout_id)
+        .group_by(P.step)
+        .order_by(P.step)
     )
+    with _reading(db) as conn:
+        return [(s, int(n), lo, hi) for s, n, lo, hi in conn.execute(query)]
+
+
+def _overview_columns() -> list[Any]:
+    """The overview's aggregates, each as cheap as it can be for SQLite, which evaluates every one per row.
+
+    ``COUNT(*) FILTER (WHERE ...)`` (SQLite 3.30+, PostgreSQL) instead of ``COUNT(CASE ...)``; plain
+    ``COUNT(column)`` where a NULL test is all it takes; the shadow error kinds only look at the error
+    text when a row has an error at all (rare), so most rows skip the CASE and the LIKEs.
+    """
+    shadow_error = case((P.served_arm == "champion", P.challenger_error), else_=P.champion_error)
     shadow_ran = case((P.served_arm == "champion", _ran("challenger")), else_=_ran("champion"))
+    any_error = or_(P.champion_error.isnot(None), P.challenger_error.isnot(None))
     diff = P.challenger_value - P.champion_value
     score_diff = P.challenger_score - P.champion_score
     both = _both_ok()
-    value_diff = case((and_(both, diff.isnot(None)), diff), else_=case((both, score_diff), else_=None))
-    key = time_bucket(db, bucket) if bucket else literal(None)
-    query = (
-        select(
-            P.step,
-            func.count(),
-            _count_if(P.served_arm == "champion"),
-            _count_if(P.served_arm == "challenger"),
-            _count_if(_ran("champion")),
-            _count_if(_ran("challenger")),
-            _count_if(P.champion_error.isnot(None)),
-            _count_if(P.challenger_error.isnot(None)),
-            func.count(P.champion_latency_ms),
-            func.count(P.challenger_latency_ms),
-            func.coalesce(func.sum(P.champion_latency_ms), 0.0),
-            func.coalesce(func.sum(P.challenger_latency_ms), 0.0),
-            _count_if(both),
-            _count_if(shadow_error.like("shadow_dropped%")),
-            _count_if(shadow_error.like("shadow_timeout%")),
-            _count_if(shadow_error.like("shadow_cancelled%")),
-            _count_if(and_(shadow_error.isnot(None), ~shadow_error.like("shadow_%"))),
-            _count_if(~shadow_ran),
-            _count_if(and_(P.challenger_error.isnot(None), P.champion_error.is_(None))),
-            _count_if(and_(P.champion_error.isnot(None), P.challenger_error.is_(None))),
-            _count_if(and_(both, P.champion_class == P.challenger_class)),
-            func.count(value_diff),
-            func.coalesce(func.sum(value_diff), 0.0),
-            func.coalesce(func.sum(value_diff * value_diff), 0.0),
-            func.coalesce(func.sum(func.abs(value_diff)), 0.0),
-            func.min(P.received_at),
-            func.max(P.received_at),
-            key.label("bucket"),
+    value_diff = case((both, func.coalesce(diff, score_diff)), else_=None)
+
+    def count_if(condition: ColumnElement[bool]) -> ColumnElement[Any]:
+        return func.count().filter(condition)
+
+    def count_error(kind: str) -> ColumnElement[Any]:
+        return count_if(and_(any_error, shadow_error.like(kind)))
+
+    return [
+        func.count(),
+        count_if(P.served_arm == "champion"),
+        count_if(P.served_arm == "challenger"),
+        count_if(_ran("champion")),
+        count_if(_ran("challenger")),
+        func.count(P.champion_error),
+        func.count(P.challenger_error),
+        func.count(P.champion_latency_ms),
+        func.count(P.challenger_latency_ms),
+        func.coalesce(func.sum(P.champion_latency_ms), 0.0),
+        func.coalesce(func.sum(P.challenger_latency_ms), 0.0),
+        count_if(both),
+        count_error("shadow_dropped%"),
+        count_error("shadow_timeout%"),
+        count_error("shadow_cancelled%"),
+        count_if(and_(any_error, shadow_error.isnot(None), ~shadow_error.like("shadow_%"))),
+        count_if(~shadow_ran),
+        count_if(and_(both, P.champion_class == P.challenger_class)),
+        func.count(value_diff),
+        func.coalesce(func.sum(value_diff), 0.0),
+        func.coalesce(func.sum(value_diff * value_diff), 0.0),
+        func.coalesce(func.sum(func.abs(value_diff)), 0.0),
+        func.min(P.received_at),
+        func.max(P.received_at),
+    ]
+
+
+UNITS = {"minute": (timedelta(minutes=1), "%Y-%m-%d %H:%M"), "hour": (timedelta(hours=1), "%Y-%m-%d %H"),
+         "day": (timedelta(days=1), "%Y-%m-%d")}  # fmt: skip
+
+
+def _floor(t: datetime, unit: str) -> datetime:
+    t = t.replace(second=0, microsecond=0)
+    if unit in ("hour", "day"):
+        t = t.replace(minute=0)
+    return t.replace(hour=0) if unit == "day" else t
+
+
+def step_counts(
+    db: Database,
+    rollout_id: int,
+    *,
+    bucket: str | None = None,
+    spans: Sequence[tuple[int | None, int, datetime, datetime]] | None = None,
+) -> list[StepCounts]:
+    """Aggregate requests, errors, shadow coverage, agreement and output differences per step.
+
+    With ``bucket`` ("minute", "hour" or "day") the rows are counted per step and time bucket;
+    ``StepCounts.bucket`` is then the bucket's start as text (UTC). PostgreSQL groups them in one
+    hashed scan. SQLite would sort every row for that GROUP BY (half the scan's cost), so there each
+    (step, bucket) is its own range read of the (rollout_id, step, received_at) index: one ordered
+    pass over the rows in all, no sort. ``spans`` are ``step_spans``'s rows when the caller has them.
+    """
+    columns = _overview_columns()
+    if bucket is None or db.dialect != "sqlite":
+        key = time_bucket(db, bucket) if bucket else literal(None)
+        query = (
+            select(P.step, *columns, key.label("bucket"))
+            .where(P.rollout_id == rollout_id)
+            .group_by(P.step, key)
+            .order_by(P.step, key)
         )
-        .where(P.rollout_id == rollout_id)
-        .group_by(P.step, key)
-        .order_by(P.step, key)
+        with _reading(db) as conn:
+            return [_step_row(r[0], r[1:-1], r[-1]) for r in conn.execute(query)]
+    if spans is None:
+        spans = step_spans(db, rollout_id)
+    width, fmt = UNITS[bucket]
+    ranged = select(*columns).where(
+        P.rollout_id == rollout_id,
+        P.received_at >= bindparam("lo", type_=P.received_at.type),
+        P.received_at < bindparam("hi", type_=P.received_at.type),
     )
-    with _reading(db) as conn:
-        rows = conn.execute(query).all()
-    names = [f.name for f in fields(StepCounts)]
     out = []
-    for r in rows:
-        values: list[Any] = [r[0]]
-        for name, v in zip(names[1:-3], r[1:-3], strict=True):
-            kind = StepCounts.__dataclass_fields__[name].type
-            values.append(int(v) if kind == "int" else float(v))
-        values += [None if t is None else t.timestamp() for t in r[-3:-1]]
-        values.append(None if r[-1] is None else str(r[-1]))
-        out.append(StepCounts(**dict(zip(names, values, strict=True))))
+    with _reading(db) as conn:
+        for step, _rows, first, last in spans:
+            query = ranged.where(P.step.is_(None) if step is None else P.step == bindparam("step", type_=Integer))
+            t = _floor(first, bucket)
+            while t <= last:
+                row = conn.execute(query, {"lo": t, "hi": t + width, "step": step}).one()
+                if row[0]:
+                    out.append(_step_row(step, row, t.strftime(fmt)))
+                t += width
     return out
+
+
+def _step_row(step: int | None, values: Sequence[Any], bucket: Any) -> StepCounts:
+    names = [f.name for f in fields(StepCounts)]
+    out: list[Any] = [step]
+    for name, v in zip(names[1:-3], values[:-2], strict=True):
+        kind = StepCounts.__dataclass_fields__[name].type
+        out.append(int(v) if kind == "int" else float(v))
+    out += [None if t is None else t.timestamp() for t in values[-2:]]
+    out.append(None if bucket is None else str(bucket))
+    return StepCounts(**dict(zip(names, out, strict=True)))
 
 
 def latency_buckets(db: Database, rollout_id: int, arm: str) -> dict[int, int]:
@@ -339,37 +406,63 @@ def labelled_count(db: Database, rollout_id: int) -> int:
         return int(conn.execute(query).scalar() or 0)
 
 
-def label_confusion(db: Database, rollout_id: int, *, limit: int = 2000) -> list[tuple[str, str, str, int]]:
-    """Count (champion class, challenger class, label class) over labelled rows where both arms answered."""
+def _label_source(db: Database, rollout_id: int, rollout_rows: int | None) -> tuple[Any, ColumnElement[bool]]:
+    """Return the join of paired rows to labels and the rollout condition, labels first when they are fewer.
+
+    SQLite, without statistics, drives the join from the first table of FROM. From the rollout's side
+    that is a labels lookup for every paired row; from the labels' side (usually one row in ten or
+    fewer) a lookup of the paired row by its unique (request_id, row_index). ``rollout_id + 0`` keeps
+    SQLite from starting at the rollout index then. PostgreSQL has statistics and plans it itself.
+    """
+    if db.dialect == "sqlite" and rollout_rows is not None:
+        with _reading(db) as conn:
+            labels = int(conn.execute(select(func.count()).select_from(LabelRow.__table__)).scalar() or 0)
+        if labels < rollout_rows:
+            source = LabelRow.__table__.join(
+                PairedOutputRow.__table__, and_(L.request_id == P.request_id, L.row_index == P.row_index)
+            )
+            return source, (P.rollout_id + 0) == rollout_id
+    return _label_join(), P.rollout_id == rollout_id
+
+
+def label_confusion(
+    db: Database, rollout_id: int, *, score_bins: int | None = None, rollout_rows: int | None = None
+) -> list[tuple[str, str, str, int | None, int | None, int]]:
+    """Count (champion class, challenger class, label class[, score buckets]) over labelled paired rows.
+
+    With ``score_bins`` each arm's score bucket on [0, 1] (None for a missing score) is part of the
+    key, so the same scan gives accuracy, F1, McNemar's cells and the score histograms by label that
+    ROC AUC needs. ``rollout_rows`` (the rollout's row count) lets SQLite start from the smaller side.
+    """
+    source, in_rollout = _label_source(db, rollout_id, rollout_rows)
+    keys: list[Any] = [P.champion_class, P.challenger_class, L.label_class]
+    if score_bins:
+        keys += [_bucket(P.champion_score, 0.0, 1.0 / score_bins, score_bins),
+                 _bucket(P.challenger_score, 0.0, 1.0 / score_bins, score_bins)]  # fmt: skip
     query = (
-        select(P.champion_class, P.challenger_class, L.label_class, func.count())
-        .select_from(_label_join())
-        .where(P.rollout_id == rollout_id, _both_ok(), L.label_class.isnot(None))
-        .group_by(P.champion_class, P.challenger_class, L.label_class)
-        .limit(limit)
+        select(*keys, func.count())
+        .select_from(source)
+        .where(in_rollout, _both_ok(), L.label_class.isnot(None))
+        .group_by(*keys)
     )
     with _reading(db) as conn:
-        return [(str(a), str(b), str(y), int(n)) for a, b, y, n in conn.execute(query)]
+        out = []
+        for row in conn.execute(query):
+            b1, b2 = (row[3], row[4]) if score_bins else (None, None)
+            out.append((str(row[0]), str(row[1]), str(row[2]),
+                        None if b1 is None else min(max(int(b1), 0), score_bins - 1),  # type: ignore[operator]
+                        None if b2 is None else min(max(int(b2), 0), score_bins - 1),  # type: ignore[operator]
+                        int(row[-1])))  # fmt: skip
+        return out
 
 
-def label_score_buckets(db: Database, rollout_id: int, *, bins: int = 200) -> dict[str, dict[tuple[int, str], int]]:
-    """Count scores per (bucket on [0, 1], label class) per arm over labelled paired rows (for ROC AUC)."""
-    out: dict[str, dict[tuple[int, str], int]] = {}
-    with _reading(db) as conn:
-        for arm in ("champion", "challenger"):
-            score = P[f"{arm}_score"]
-            b = _bucket(score, 0.0, 1.0 / bins, bins)
-            query = (
-                select(b, L.label_class, func.count())
-                .select_from(_label_join())
-                .where(P.rollout_id == rollout_id, _both_ok(), score.isnot(None), L.label_class.isnot(None))
-                .group_by(b, L.label_class)
-            )
-            counts: dict[tuple[int, str], int] = {}
-            for k, y, n in conn.execute(query):
-                key = (min(max(int(k), 0), bins - 1), str(y))
-                counts[key] = counts.get(key, 0) + int(n)
-            out[arm] = counts
+def label_score_buckets(label_rows: Sequence[tuple[str, str, str, int | None, int | None, int]]) -> dict[str, dict[tuple[int, str], int]]:
+    """Collapse ``label_confusion`` rows with score buckets to (bucket, label class) counts per arm (ROC AUC)."""
+    out: dict[str, dict[tuple[int, str], int]] = {"champion": {}, "challenger": {}}
+    for _a, _b, y, b1, b2, n in label_rows:
+        for arm, b in (("champion", b1), ("challenger", b2)):
+            if b is not None:
+                out[arm][(b, y)] = out[arm].get((b, y), 0) + n
     return out
 
 
@@ -395,10 +488,41 @@ def label_regression(db: Database, rollout_id: int) -> dict[str, float]:
     return {k: float(v or 0.0) for k, v in zip(keys, row, strict=True)}
 
 
-def segment_sample(db: Database, rollout_id: int, column: str, *, limit: int, total: int) -> list[Any]:
-    """Return up to ``limit`` values of one raw-input column (a systematic sample, as numeric_sample)."""
+def recent_floor_id(db: Database, rollout_id: int, rows: int) -> int | None:
+    """Return the id of the rollout's ``rows``-th newest row (by id), or None when it has fewer rows.
+
+    SQLite walks the table backwards from its newest row (``rollout_id + 0`` keeps it off the rollout
+    index, which would sort every row of the rollout by id); PostgreSQL plans it with its statistics.
+    """
+    query = (
+        select(P.id)
+        .where(_in_rollout(db, rollout_id))
+        .order_by(P.id.desc())
+        .offset(max(rows - 1, 0))
+        .limit(1)
+    )
+    with _reading(db) as conn:
+        found = conn.execute(query).scalar()
+    return None if found is None else int(found)
+
+
+def _in_rollout(db: Database, rollout_id: int, min_id: int | None = None) -> ColumnElement[bool]:
+    """The rollout's rows from ``min_id`` on. SQLite reads them by id range (``rollout_id + 0`` keeps
+    it off the rollout index, where it would visit every row of the rollout)."""
+    rollout = (P.rollout_id + 0) == rollout_id if db.dialect == "sqlite" else P.rollout_id == rollout_id
+    return rollout if min_id is None else and_(rollout, P.id >= min_id)
+
+
+def segment_sample(
+    db: Database, rollout_id: int, column: str, *, limit: int, total: int, min_id: int | None = None
+) -> list[Any]:
+    """Return up to ``limit`` values of one raw-input column (a systematic sample, as numeric_sample).
+
+    ``min_id``: only rows from this id on (``recent_floor_id``); ``total`` is then the rows from there.
+    """
     step = max(total // max(limit, 1), 1)
-    where = [P.rollout_id == rollout_id, P.raw_input.isnot(None)]
+    in_rollout = P.rollout_id == rollout_id if min_id is None else _in_rollout(db, rollout_id, min_id)
+    where = [in_rollout, P.raw_input.isnot(None)]
     if step > 1:
         where.append(P.id % step == 0)
     value = P.raw_input[column].as_string() if db.dialect == "postgresql" else func.json_extract(
@@ -417,8 +541,11 @@ def segments(
     numeric_edges: Sequence[float] | None = None,
     labelled: bool = False,
     limit: int = 50,
+    min_id: int | None = None,
 ) -> list[dict[str, Any]]:
     """Aggregate per value of one raw-input column (or per numeric bin when edges are given).
+
+    ``min_id``: only the rollout's rows from this id on (``recent_floor_id``: the most recent rows).
 
     For each segment: rows, errors per arm, paired rows, agreement, sum of output differences, and
     with ``labelled`` the labelled pairs, McNemar's discordant cells (classes) and abs-error sums.
@@ -474,7 +601,8 @@ def segments(
     query = (
         select(*columns)
         .select_from(source)
-        .where(P.rollout_id == rollout_id, P.raw_input.isnot(None))
+        .where(P.rollout_id == rollout_id if min_id is None else _in_rollout(db, rollout_id, min_id),
+               P.raw_input.isnot(None))
         .group_by(key)
         .order_by(func.count().desc())
         .limit(limit)

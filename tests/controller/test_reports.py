@@ -260,3 +260,24 @@ def test_report_cli_writes_each_format_and_fails_in_one_line(sqlite_url: str, tm
                                  "--output", str(tmp_path / "x.json")])
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == ["Error: no deployment 'nope'"]
+
+
+def test_segments_cover_only_the_most_recent_rows_when_the_rollout_is_longer(store: Store, tmp_path: Path) -> None:
+    s = build_scenario(store, tmp_path, n=300)
+    report = reports.build_report(store, "churn", segments=["plan", "age"], segment_rows=120)
+    _valid(report)
+    newest = s["records"][-120:]
+    by_col = {r["column"]: r for r in report["segments"]["results"]}
+    for column in ("plan", "age"):
+        assert sum(s_["rows"] for s_ in by_col[column]["segments"]) == 120
+    by_plan = {s_["value"]: s_["rows"] for s_ in by_col["plan"]["segments"]}
+    expected: dict[str, int] = {}
+    for r in newest:
+        value = (r.raw_input or {}).get("plan")
+        key = "missing" if value is None else str(value)
+        expected[key] = expected.get(key, 0) + 1
+    assert by_plan == expected
+    assert "most recent 120 of 300 rows" in report["segments"]["method"]
+    assert report["segments"]["method"] in report["notes"]
+    # The rest of the report still covers every row.
+    assert report["traffic"]["rows"] == 300
