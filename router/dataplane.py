@@ -150,7 +150,9 @@ class DataPlane:
         canary = challenger is not None and entry.canary_weight > 0 and entry.mode != "shadow"
         if canary and arm_for_hash(key_hash, entry.canary_weight) == CHALLENGER:
             served = CHALLENGER
-        exchange = Exchange(request_id, received_at, entry, key_hash, served, batch.frame)
+        exchange = Exchange(
+            request_id, received_at, entry, key_hash, served, batch.frame, columns=batch.columns or None
+        )
         if served == CHALLENGER:
             assert challenger is not None
             exchange.challenger = _call(challenger, batch)

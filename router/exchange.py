@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -31,6 +32,9 @@ class Exchange:
     `settle_shadow` is called once by whoever finishes the shadow arm first — the shadow worker,
     the timeout watchdog, a dropped submission or shutdown; later calls are ignored, so exactly one
     record per request row reaches the recorder.
+
+    `columns`, when given, are the converted arrays `frame` was built from; the shadow pool and
+    `to_records` use them instead of the frame (much cheaper than pandas row access).
     """
 
     request_id: str
@@ -41,6 +45,7 @@ class Exchange:
     frame: pd.DataFrame
     champion: ArmResult | None = None
     challenger: ArmResult | None = None
+    columns: Mapping[str, Any] | None = field(default=None, repr=False)  # the frame's arrays (Batch.columns)
     _settled: bool = field(default=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -61,7 +66,7 @@ class Exchange:
         entry = self.entry
         champion, challenger = self.champion, self.challenger
         rows = len(self.frame)
-        raw = self.frame.to_dict("records") if entry.store_raw_inputs else None
+        raw = self._raw_rows(rows) if entry.store_raw_inputs else None
         c_out = _columns(champion, rows)
         h_out = _columns(challenger, rows)
         return [
@@ -92,6 +97,12 @@ class Exchange:
             )
             for i in range(rows)
         ]
+
+    def _raw_rows(self, rows: int) -> list[dict[str, Any]]:
+        """Return the input rows as `frame.to_dict("records")` would: Python scalars, NaN kept."""
+        arrays: Mapping[Any, Any] = self.columns if self.columns is not None else self.frame
+        lists = [(name, arrays[name].tolist()) for name in arrays]
+        return [{name: values[i] for name, values in lists} for i in range(rows)]
 
 
 def _columns(result: ArmResult | None, rows: int) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
