@@ -20,8 +20,10 @@ class RouterSettings:
     shadow_queue_size / shadow_workers / shadow_batch_max: the bounded shadow queue, the threads
         scoring it, and the most requests scored in one micro-batch.
     shadow_timeout_s: a shadow call not finished this long after it was queued is recorded as timed out.
-    shadow_linger_s: how long a shadow worker waits for the process to be idle (no request in
-        flight) before scoring a micro-batch, so that shadow work runs between requests.
+    shadow_linger_s: the longest a shadow job waits for later ones to share its micro-batch (a batch
+        is scored sooner once shadow_batch_max jobs are queued); then the worker waits, at most as
+        long again, for the process to be idle (no request in flight), so that shadow work runs
+        between requests. Longer: bigger batches, less CPU per shadowed request, later records.
     recorder_batch / recorder_flush_interval / recorder_queue_size: rows per insert, the longest a
         record waits before a write, and the records held in memory (beyond them, records go
         straight to the spool).
@@ -38,7 +40,7 @@ class RouterSettings:
     shadow_workers: int = 1
     shadow_batch_max: int = 256
     shadow_timeout_s: float = 5.0
-    shadow_linger_s: float = 0.05
+    shadow_linger_s: float = 0.1
     recorder_batch: int = 1000
     recorder_flush_interval: float = 0.2
     recorder_queue_size: int = 50_000

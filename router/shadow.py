@@ -2,12 +2,16 @@
 
 A request that wants the other arm's opinion submits a job with `put_nowait` semantics: when the
 queue is full the job is dropped at once (and counted), never waited for. Workers take everything
-queued (up to shadow_batch_max jobs), group it by backend, concatenate the frames, call predict
-once per group and hand each request its slice. Batching is what keeps shadowing cheap: scoring
-100 rows costs scikit-learn about as much as scoring one.
+queued (up to shadow_batch_max jobs), group it by backend, build one frame per group from the
+requests' converted columns, call predict once per group and hand each request its slice.
+Batching is what keeps shadowing cheap: scoring 100 rows costs scikit-learn about as much as one.
 
-Before scoring, a worker waits (at most shadow_linger_s) for the process to have no request in
-flight, so that shadow work runs between requests rather than competing with them for the GIL.
+So a worker lingers: it scores when batch_max jobs are queued or when the oldest has waited
+linger_s, whichever comes first; the batch size follows the load (at 200 requests/s and a 0.1 s
+linger about 20 requests share one predict call, at 5 requests/s one). Then it waits (at most
+linger_s again) for the process to have no request in flight, so that shadow work runs between
+requests rather than competing with them for the GIL. Submitting wakes a worker only when the queue
+stops being empty or reaches batch_max, never once per request.
 
 A watchdog settles, as "timeout", every job not finished shadow_timeout_s after it was queued —
 whether it is still queued or its batch is stuck inside a hanging predict — so the request's record
@@ -28,6 +32,7 @@ import pandas as pd
 from router.backends import Backend
 from router.errors import BackendError
 from router.exchange import ArmResult, Exchange
+from router.inputs import join_columns
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +46,10 @@ class ShadowJob:
     exchange: Exchange
     arm: str
     backend: Backend
-    queued_at: float
+    queued_at: float  # by the pool's clock (timeouts)
     started_at: float | None = field(default=None)
+    arrived: float = field(default_factory=time.monotonic)  # real time (lingering)
+    expired: bool = False  # settled as timed out by the watchdog
 
 
 class ShadowPool:
@@ -72,12 +79,15 @@ class ShadowPool:
         self.on_drop = on_drop
         self.on_batch = on_batch
         self.clock = clock
+        self._enough = min(batch_max, queue_size)  # queued jobs that end a linger at once
         self.dropped = 0
         self.batches = 0
         self._queue: deque[ShadowJob] = deque()
         self._running: set[int] = set()
         self._inflight: dict[int, list[ShadowJob]] = {}
-        self._cond = threading.Condition()
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)  # queue and in-flight changes (close, the watchdog)
+        self._arrived = threading.Condition(lock)  # workers wait here for jobs
         self._closing = False
         self._threads: list[threading.Thread] = []
 
@@ -89,10 +99,12 @@ class ShadowPool:
     def submit(self, exchange: Exchange, arm: str, backend: Backend) -> bool:
         """Queue a shadow job without waiting; when full or closing, settle it as dropped and return False."""
         with self._cond:
-            accepted = not self._closing and len(self._queue) < self.queue_size
+            depth = len(self._queue)
+            accepted = not self._closing and depth < self.queue_size
             if accepted:
                 self._queue.append(ShadowJob(exchange, arm, backend, self.clock()))
-                self._cond.notify()
+                if depth == 0 or depth + 1 == self._enough:  # a worker waits for either moment
+                    self._arrived.notify()
         if not accepted:
             self.dropped += 1
             if self.on_drop is not None:
@@ -113,10 +125,18 @@ class ShadowPool:
 
     def _take(self) -> list[ShadowJob] | None:
         with self._cond:
-            while not self._queue:
-                if self._closing:
-                    return None
-                self._cond.wait(0.5)
+            while True:
+                if not self._queue:
+                    if self._closing:
+                        return None
+                    self._arrived.wait(0.5)
+                    continue
+                if self._closing or len(self._queue) >= self._enough:
+                    break
+                remaining = self.linger_s - (time.monotonic() - self._queue[0].arrived)
+                if remaining <= 0:
+                    break
+                self._arrived.wait(remaining)
         if self.idle is not None and not self._closing:
             self.idle.wait(self.linger_s)
         with self._cond:
@@ -126,7 +146,10 @@ class ShadowPool:
             now = self.clock()
             for job in jobs:
                 job.started_at = now
-            self._inflight[id(jobs)] = jobs
+            if jobs:
+                self._inflight[id(jobs)] = jobs
+            if self._queue:
+                self._arrived.notify()  # more than one batch is waiting: wake another worker
             return jobs
 
     def _work(self) -> None:
@@ -146,16 +169,16 @@ class ShadowPool:
                     self._cond.notify_all()
 
     def _score(self, jobs: list[ShadowJob]) -> None:
-        groups: dict[int, list[ShadowJob]] = {}
+        groups: dict[tuple[int, tuple[str, ...] | None], list[ShadowJob]] = {}
         for job in jobs:
-            groups.setdefault(id(job.backend), []).append(job)
-        for group in groups.values():
+            columns = job.exchange.columns
+            key = (id(job.backend), None if columns is None else tuple(columns))
+            groups.setdefault(key, []).append(job)
+        for (_, names), group in groups.items():
             backend = group[0].backend
-            frames = [j.exchange.frame for j in group]
-            frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
             started = time.perf_counter()
             try:
-                predictions = backend.predict(frame)
+                predictions = backend.predict(_frame(group, joined=names is not None))
                 error = None
             except BackendError as exc:
                 predictions, error = None, exc.message
@@ -175,18 +198,28 @@ class ShadowPool:
             self.on_settled(job.exchange)
 
     def _watch(self) -> None:
-        period = min(0.05, self.timeout_s / 4)
+        idle_period = min(1.0, self.timeout_s / 4)
         while True:
             with self._cond:
                 if self._closing and not self._queue and not self._inflight:
                     return
-                self._cond.wait(period)
+                # sleep until the oldest unexpired job can expire (jobs queued meanwhile expire later)
+                oldest = [
+                    next((j.queued_at for j in b if not j.expired), None) for b in self._inflight.values()
+                ]
+                if self._queue:
+                    oldest.append(self._queue[0].queued_at)
+                due = [t for t in oldest if t is not None]
+                wait = min(due) + self.timeout_s - self.clock() if due else idle_period
+                self._cond.wait(min(idle_period, max(0.005, wait)))
                 now = self.clock()
                 expired = []
                 while self._queue and now - self._queue[0].queued_at >= self.timeout_s:
                     expired.append(self._queue.popleft())
                 for batch in self._inflight.values():
-                    expired.extend(j for j in batch if now - j.queued_at >= self.timeout_s)
+                    expired.extend(j for j in batch if not j.expired and now - j.queued_at >= self.timeout_s)
+                for job in expired:
+                    job.expired = True
             for job in expired:
                 self._settle(
                     job, ArmResult(job.backend.version, latency_ms=self.timeout_s * 1000.0, error=TIMED_OUT)
@@ -198,11 +231,22 @@ class ShadowPool:
         with self._cond:
             self._closing = True
             self._cond.notify_all()
+            self._arrived.notify_all()
             while (self._queue or self._inflight) and time.monotonic() < deadline:
                 self._cond.wait(min(0.05, max(0.0, deadline - time.monotonic())))
             leftovers = list(self._queue) + [j for b in self._inflight.values() for j in b]
             self._queue.clear()
+            self._cond.notify_all()  # the watchdog may sleep long: let it see the empty queue
         for job in leftovers:
             self._settle(job, ArmResult(job.backend.version, error=CANCELLED))
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def _frame(group: list[ShadowJob], *, joined: bool) -> pd.DataFrame:
+    """Return the group's rows as one frame (built from the requests' columns when they have them)."""
+    if len(group) == 1:
+        return group[0].exchange.frame
+    if joined:
+        return join_columns([job.exchange.columns for job in group if job.exchange.columns is not None])
+    return pd.concat([job.exchange.frame for job in group], ignore_index=True)

@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import mlpipes
+import pandas as pd
 import pytest
 
 from router.backends import create_backend
 from router.exchange import Exchange
+from router.inputs import build_batch, join_columns
 from router.settings import RouterSettings
 from router.shadow import DROPPED, TIMED_OUT, ShadowPool
 from storage import Store
@@ -154,3 +156,61 @@ def test_in_canary_a_failing_challenger_is_replaced_by_the_champion(
     pairs = [p for p in sqlite_store.pairs.list() if p.request_id.startswith("q")]
     assert len(pairs) == 12
     assert all(p.served_arm == "champion" and "always fails" in (p.challenger_error or "") for p in pairs)
+
+
+def _validated(store: Store, n: int, *, missing: float = 0.3) -> list[Exchange]:
+    """Exchanges built as the router builds them: the frame and its converted columns."""
+    entry = store.routing.load_table()["churn"]
+    frame, _ = mlpipes.churn_frame(n, seed=5, missing=missing)
+    out = []
+    for i in range(n):
+        row = json.loads(frame.iloc[i : i + 1].to_json(orient="split", index=False))
+        columns = {name: [r[k] for r in row["data"]] for k, name in enumerate(row["columns"])}
+        batch = build_batch(columns, entry.champion.input_schema, max_rows=10)
+        out.append(
+            Exchange(f"v{i}", datetime.now(UTC), entry, i, "champion", batch.frame, columns=batch.columns)
+        )
+    return out
+
+
+def test_joined_columns_equal_the_concatenated_frames_with_their_dtype_promotions(
+    sqlite_store: Store, churn: Any
+) -> None:
+    exchanges = _validated(sqlite_store, 40)
+    joined = join_columns([e.columns for e in exchanges if e.columns is not None])
+    pd.testing.assert_frame_equal(joined, pd.concat([e.frame for e in exchanges], ignore_index=True))
+
+
+def test_raw_inputs_read_from_the_columns_equal_the_frames_records(sqlite_store: Store, churn: Any) -> None:
+    for exchange in _validated(sqlite_store, 10):
+        expected = exchange.frame.to_dict("records")
+        got = [r.raw_input for r in exchange.to_records()]
+        assert [{k: type(v) for k, v in r.items()} for r in got] == [
+            {k: type(v) for k, v in r.items()} for r in expected
+        ]
+        assert json.dumps(got) == json.dumps(expected)  # NaN for NaN
+
+
+def test_jobs_arriving_within_the_linger_share_one_batch_and_a_full_batch_goes_at_once(
+    sqlite_store: Store, churn: Any, tmp_path: Path, settings: RouterSettings
+) -> None:
+    challenger = mlpipes.register(sqlite_store, tmp_path, version="2", seed=4)
+    backend = create_backend(challenger, settings)
+    settled: list[Exchange] = []
+    pool = ShadowPool(on_settled=settled.append, linger_s=0.5, batch_max=8, timeout_s=10)
+    pool.start()
+    exchanges = _validated(sqlite_store, 13)
+    for exchange in exchanges[:5]:  # trickling in: they wait for each other
+        assert pool.submit(exchange, "challenger", backend)
+        time.sleep(0.02)
+    assert settled == []
+    started = time.monotonic()
+    for exchange in exchanges[5:]:  # 8 queued: a full batch is scored without lingering
+        assert pool.submit(exchange, "challenger", backend)
+    _wait(lambda: len(settled) == 8, timeout=2.0)
+    assert len(settled) == 8 and time.monotonic() - started < 0.4
+    _wait(lambda: len(settled) == 13, timeout=2.0)
+    pool.close()
+    assert pool.batches == 2
+    expected = backend.predict(pd.concat([e.frame for e in exchanges], ignore_index=True))
+    assert [e.challenger.predictions.outputs[0] for e in exchanges] == expected.outputs  # type: ignore[union-attr]
