@@ -277,24 +277,23 @@ def build_report(
 
     positive = _positive_class(challenger, [])
     events = store.events.list(rollout_id=rollout.id, limit=10_000)
-    spans = rq.step_spans(db, rollout.id)
-    rows = sum(n for _, n, _, _ in spans)
-    span = (min(s[2] for s in spans).timestamp(), max(s[3] for s in spans).timestamp()) if spans else None
-    unit = _bucket_unit(span)
     column = "score" if task == "classification" else "value"
     with ThreadPoolExecutor(max_workers=3, thread_name_prefix="mlcanary-report") as pool:
         # Independent scans run side by side on their own connections (SQLite releases the GIL while
-        # it reads and WAL readers do not block each other; PostgreSQL has one backend per connection),
-        # the longest (the overview) on this thread.
+        # it reads and WAL readers do not block each other; PostgreSQL has one backend per connection);
+        # the overview, the longest, runs on this thread once the step spans are known.
+        table_f = pool.submit(rq.class_score_table, db, rollout.id, bins=SCORE_BINS) if task == "classification" else None
+        latency_f = {arm: pool.submit(rq.latency_buckets, db, rollout.id, arm) for arm in ("champion", "challenger")}
+        repro_f = pool.submit(_reproducibility, store, rollout, champion, challenger, events, task, now=now)
+        spans = rq.step_spans(db, rollout.id)
+        rows = sum(n for _, n, _, _ in spans)
+        span = (min(s[2] for s in spans).timestamp(), max(s[3] for s in spans).timestamp()) if spans else None
+        unit = _bucket_unit(span)
         if task == "classification":
-            table_f: Future[Any] | None = pool.submit(rq.class_score_table, db, rollout.id, bins=SCORE_BINS)
             labels_f: Future[Any] = pool.submit(rq.label_confusion, db, rollout.id, rollout_rows=rows,
                                                 score_bins=AUC_BINS if positive is not None else None)
         else:
-            table_f = None
             labels_f = pool.submit(rq.label_regression, db, rollout.id)
-        latency_f = {arm: pool.submit(rq.latency_buckets, db, rollout.id, arm) for arm in ("champion", "challenger")}
-        repro_f = pool.submit(_reproducibility, store, rollout, champion, challenger, events, task, now=now)
         # The KS sample takes every k-th row with k = rows // ks_sample (rows, not pairs, so it need not
         # wait for the overview); it stays a systematic sample of at most ks_sample pairs.
         ks_f = pool.submit(rq.numeric_sample, db, rollout.id, column, limit=ks_sample, total=rows) if rows else None
