@@ -485,7 +485,8 @@ def _register_artifact(actor: str) -> PipelineVersion:
     form, files = request.form, request.files
     unknown = (set(form) - _ARTIFACT_FIELDS) | (set(files) - _ARTIFACT_FILES)
     if unknown:
-        raise ApiError(400, "unknown_field", f"unknown field(s) {', '.join(sorted(unknown))}")
+        names = sorted(str(k) for k in unknown)  # a malformed multipart part may have no name (None)
+        raise ApiError(400, "unknown_field", f"unknown field(s) {', '.join(names)}")
     for key in ("name", "version", "task"):
         if not form.get(key):
             raise ApiError(400, "missing_field", f"missing field {key}")

@@ -404,4 +404,4 @@ def labels_upload(ctx: click.Context, deployment: str, file: Path) -> None:
     click.echo(f"{deployment}: stored {stored:,} labels; {len(unknown):,} unknown request ids")
     if unknown:
         shown = ", ".join(unknown[:10]) + (" ..." if len(unknown) > 10 else "")
-        click.echo(f"unknown request ids (not stored): {shown}", err=True)
+        click.echo(f"request ids with no paired output yet (labels kept until it lands): {shown}", err=True)

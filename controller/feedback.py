@@ -6,8 +6,8 @@
 
 No token: like scoring, feedback is data plane (served by `mlcanary router` and `mlcanary serve`).
 Idempotent: the last label of a request row wins, so a client may resend a batch after a timeout.
-Request ids with no paired output in the deployment are reported, not stored, and do not fail the
-batch. A bad body is a 4xx JSON error naming the problem; nothing of a refused batch is stored.
+Request ids with no paired output in the deployment yet are reported and their labels kept (a label
+may overtake its pair, which the router writes in batches); they do not fail the batch. A bad body is a 4xx JSON error naming the problem; nothing of a refused batch is stored.
 """
 
 from __future__ import annotations

@@ -49,6 +49,10 @@ class Server(BaseApplication):
             self.cfg.set(key, value)
         self.cfg.set("worker_exit", _worker_exit)
         self.cfg.set("child_exit", _child_exit)
+        if "control_socket_disable" in self.cfg.settings:
+            # gunicorn >= 25.1 opens a control socket at one fixed path per user: two servers on a
+            # host (a router and a serve, or parallel tests) would fight over it, and we never use it.
+            self.cfg.set("control_socket_disable", True)
 
     def load(self) -> Flask:
         return self.factory()

@@ -494,29 +494,27 @@ class LabelRepository:
     ) -> tuple[int, list[str]]:
         """Store (request_id, row_index, label) triples; the last label for a request row wins.
 
-        Returns (stored, unknown request ids). Labels for request ids with no paired output in this
-        deployment are reported, not stored, so that a typo cannot poison the accuracy gate.
+        Returns (labels stored, request ids with no paired output in this deployment yet). A label
+        may arrive before its request's pair is written (the recorder writes in batches, after the
+        shadow arm), so labels of unknown requests are kept and join their pair when it lands; one
+        whose request never appears joins nothing and cannot sway a gate (`prune` removes it). A
+        label for a request that another deployment served is reported and not stored.
         """
         now = now or utcnow()
-        wanted = {rid for rid, _, _ in labels}
+        ids = list({rid for rid, _, _ in labels})
         with self.db.session() as s:
             known: set[tuple[str, int]] = set()
-            ids = list(wanted)
+            foreign: set[str] = set()
             for start in range(0, len(ids), 500):
-                known.update(
-                    (rid, idx)
-                    for rid, idx in s.execute(
-                        select(PairedOutputRow.request_id, PairedOutputRow.row_index).where(
-                            PairedOutputRow.deployment_id == deployment_id,
-                            PairedOutputRow.request_id.in_(ids[start : start + 500]),
-                        )
-                    )
-                )
+                query = select(PairedOutputRow.request_id, PairedOutputRow.row_index, PairedOutputRow.deployment_id)
+                for rid, idx, owner in s.execute(query.where(PairedOutputRow.request_id.in_(ids[start : start + 500]))):
+                    (known.add((rid, idx)) if owner == deployment_id else foreign.add(rid))
             unknown = sorted({rid for rid, idx, _ in labels if (rid, idx) not in known})
-            stored = 0
+            stored: set[tuple[str, int]] = set()
             for rid, idx, value in labels:
-                if (rid, idx) not in known:
+                if rid in foreign and (rid, idx) not in known:
                     continue
+                stored.add((rid, idx))
                 label_class, label_value = _label_columns(value)
                 existing = s.get(LabelRow, (rid, idx))
                 if existing is None:
@@ -531,12 +529,12 @@ class LabelRepository:
                             received_at=now,
                         )
                     )
+                    s.flush()  # a request row labelled twice in one batch: the second updates the first
                 else:
                     existing.label = _json_safe(value)
                     existing.label_class, existing.label_value = label_class, label_value
                     existing.received_at = now
-                stored += 1
-            return stored, unknown
+            return len(stored), unknown
 
     def count(self, *, deployment_id: int | None = None) -> int:
         with self.db.session(write=False) as s:

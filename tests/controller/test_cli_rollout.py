@@ -144,7 +144,7 @@ def test_events_list_the_audit_log(mlcanary: Any, store: Store, churn: Deploymen
     assert [e["action"] for e in listed] == ["rollout.create"]
 
 
-def test_labels_upload_stores_known_ids_and_reports_unknown_ones(
+def test_labels_upload_stores_labels_and_reports_ids_without_a_pair_yet(
     mlcanary: Any, store: Store, churn: Deployment, tmp_path: Path
 ) -> None:
     store.pairs.insert_many(
@@ -161,10 +161,11 @@ def test_labels_upload_stores_known_ids_and_reports_unknown_ones(
     csv.write_text("request_id,label,row\na,1,\nb,yes,1\nghost,0,0\n")
     result = mlcanary("labels", "upload", "churn", str(csv))
     assert result.exit_code == 0, result.output
-    assert "stored 2 labels; 1 unknown request ids" in result.output and "ghost" in result.output
+    assert "stored 3 labels; 1 unknown request ids" in result.output and "ghost" in result.output
     assert store.labels.get("a").label == 1 and store.labels.get("b", 1).label == "yes"
+    assert store.labels.get("ghost").label == 0
     event = store.events.list(limit=100)[-1]
-    assert (event.action, event.actor, event.details["stored"]) == ("labels.upload", actor(), 2)
+    assert (event.action, event.actor, event.details["stored"]) == ("labels.upload", actor(), 3)
 
 
 def test_malformed_label_files_are_refused_in_one_line(

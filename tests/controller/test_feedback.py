@@ -74,10 +74,11 @@ def test_labels_are_stored_and_unknown_request_ids_reported(app: Flask, store: S
     }
     response = app.test_client().post(URL, json=body)
     assert response.status_code == 200
-    assert response.get_json() == {"stored": 2, "unknown_request_ids": ["nope"]}
+    assert response.get_json() == {"stored": 3, "unknown_request_ids": ["nope"]}
     assert store.labels.get("a").label == 1
     assert store.labels.get("b", 1).label == "yes"
-    assert store.labels.count() == 2
+    assert store.labels.get("nope").label == 0  # kept until its pair lands (or prune removes it)
+    assert store.labels.count() == 3
 
 
 def test_resending_a_batch_is_idempotent_and_the_last_label_wins(app: Flask, store: Store) -> None:
@@ -101,7 +102,7 @@ def test_a_request_row_repeated_in_one_batch_keeps_its_last_label(app: Flask, st
 def test_a_batch_of_only_unknown_ids_is_not_an_error(app: Flask, store: Store) -> None:
     response = app.test_client().post(URL, json={"labels": [{"request_id": "x", "label": 1}]})
     assert response.status_code == 200
-    assert response.get_json() == {"stored": 0, "unknown_request_ids": ["x"]}
+    assert response.get_json() == {"stored": 1, "unknown_request_ids": ["x"]}
 
 
 BAD_BODIES: list[tuple[Any, str]] = [

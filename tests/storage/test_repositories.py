@@ -152,11 +152,21 @@ def test_labels_join_known_requests_and_report_unknown_ones(store: Store) -> Non
     deployment_id, _, _ = _deployment(store)
     store.pairs.insert_many([_pair("a", deployment_id), _pair("b", deployment_id)])
     stored, unknown = store.labels.upsert_many(deployment_id, [("a", 0, 1), ("zzz", 0, 0)])
-    assert (stored, unknown) == (1, ["zzz"])
+    assert (stored, unknown) == (2, ["zzz"])  # kept: its pair may still be on its way
     stored, _ = store.labels.upsert_many(deployment_id, [("a", 0, 0)])  # idempotent: last label wins
-    assert stored == 1 and store.labels.count() == 1
+    assert stored == 1 and store.labels.count() == 2
     label = store.labels.get("a")
     assert (label.label, label.label_class, label.label_value) == (0, "0", 0.0)
+
+
+def test_a_label_that_arrives_before_its_pair_joins_it_when_the_pair_lands(store: Store) -> None:
+    deployment_id, _, _ = _deployment(store)
+    other = store.deployments.create("other", store.pipelines.get_by_ref("churn:1").id)
+    store.pairs.insert_many([_pair("theirs", other.id)])
+    stored, unknown = store.labels.upsert_many(deployment_id, [("early", 0, 1), ("theirs", 0, 1)])
+    assert (stored, unknown) == (1, ["early", "theirs"])  # another deployment's request is not labelled here
+    store.pairs.insert_many([_pair("early", deployment_id)])
+    assert store.labels.get("early").label == 1 and store.labels.count(deployment_id=deployment_id) == 1
 
 
 def test_tokens_are_stored_hashed_and_revocable(store: Store) -> None:
