@@ -273,6 +273,17 @@ def deployments_list(ctx: click.Context) -> None:
         click.echo(f"{name}: champion {entry.champion.ref}{challenger}")
 
 
+@deployments.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="The same document as GET /api/v1/deployments/NAME.")
+@click.pass_context
+def deployments_show(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Show one deployment: champion, challenger, phase, weights, live figures, last verdicts."""
+    from controller.cli_rollout import status
+
+    ctx.invoke(status, deployment=name, as_json=as_json)
+
+
 # ------------------------------------------------------------------------------------------- tokens
 @cli.group()
 def tokens() -> None:

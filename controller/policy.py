@@ -137,6 +137,19 @@ class Gates(_Model):
     drift: Gate = Gate(role="informational", margin=0.2)
     agreement_until_labelled: bool = True
 
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_from_defaults(cls, data: Any) -> Any:
+        """Let a gate be given in part (``accuracy: {role: guardrail}``): the rest keeps its default."""
+        if not isinstance(data, Mapping):
+            return data
+        filled = dict(data)
+        for name, given in data.items():
+            field = cls.model_fields.get(name)
+            if isinstance(given, Mapping) and field is not None and isinstance(field.default, Gate):
+                filled[name] = {**field.default.model_dump(), **given}
+        return filled
+
     @model_validator(mode="after")
     def _margins(self) -> Gates:
         checks = {

@@ -77,7 +77,7 @@ def test_gate_settings_and_burn_in_reach_the_judge() -> None:
         ({"gates": {"latency_p99": {"role": "guardrail", "margin": 0.8}}}, "gates.latency_p99.margin: is a ratio"),
         ({"gates": {"agreement": {"role": "required", "margin": 1.5}}}, "gates.agreement.margin"),
         ({"gates": {"agreement": {"role": "boss", "margin": 0.9}}}, "gates.agreement.role"),
-        ({"gates": {"regression": {"margin": 0.1}}}, "gates.regression.role: Field required"),
+        ({"gates": {"regression": "strict"}}, "gates.regression"),
         ({"on_inconclusive": "shrug"}, "on_inconclusive"),
         ({"slo": {"error_rate": 1.5}}, "slo.error_rate"),
         ({"label_maturity_s": -1}, "label_maturity_s"),
@@ -107,3 +107,15 @@ def test_a_stored_policy_round_trips_and_overrides_apply() -> None:
     again = Policy.parse(p.to_dict())
     assert again == p and again.mode == "canary"
     assert Policy.parse(p, mode="shadow").mode == "shadow"
+
+
+def test_a_gate_given_in_part_keeps_its_other_defaults() -> None:
+    p = Policy.parse({"gates": {"accuracy": {"role": "guardrail"}, "latency_p99": {"margin": 1.5}}})
+    assert (p.gates.accuracy.role, p.gates.accuracy.margin) == ("guardrail", 0.01)
+    assert (p.gates.latency_p99.role, p.gates.latency_p99.margin, p.gates.latency_p99.min_samples) == (
+        "guardrail", 1.5, 1000,
+    )  # fmt: skip
+    with pytest.raises(PolicyError, match="gates.accuracy.margin"):
+        Policy.parse({"gates": {"accuracy": {"margin": -0.1}}})
+    with pytest.raises(PolicyError, match="gates.accuracy"):
+        Policy.parse({"gates": {"accuracy": {"rol": "guardrail"}}})

@@ -184,3 +184,14 @@ def test_db_upgrade_builds_a_new_database_and_serving_refuses_an_old_one(
     finally:
         with psycopg.connect(postgres_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_deployments_show_names_the_champion_and_refuses_an_unknown_deployment(
+    runner: CliRunner, sqlite_url: str, files: dict[str, Path]
+) -> None:
+    invoke(runner, sqlite_url, *register_args(files))
+    assert invoke(runner, sqlite_url, "deployments", "create", "churn", "--champion", "churn:1").exit_code == 0
+    shown = json.loads(invoke(runner, sqlite_url, "deployments", "show", "churn", "--json").output)
+    assert shown["name"] == "churn" and shown["champion"] == "churn:1" and shown["rollout"] is None
+    missing = invoke(runner, sqlite_url, "deployments", "show", "nope")
+    assert missing.exit_code == 1 and "no deployment 'nope'" in missing.output
