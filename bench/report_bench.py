@@ -7,7 +7,9 @@ Fills a fresh database (PostgreSQL: a new database created beside the given one,
 with one deployment, one shadow rollout and ``--rows`` paired classification rows written through
 ``store.pairs.insert_many`` in batches (COPY on PostgreSQL, executemany on SQLite), a label for every
 tenth row, raw inputs with a categorical and a numeric column, and 50 stored analyses. Then times the
-report without segments and with two segment columns, ``--repeat`` times each, and prints the medians.
+report without segments and with two segment columns, ``--repeat`` times each, and prints the medians,
+then each scan of the report once on its own (one after another, so their sum is the report's work,
+which build_report spreads over four connections).
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from controller import reports
-from storage import Database, Store
+from storage import Database, Store, repro_queries
+from storage import report_queries as rq
 from storage import schema as db_schema
 from storage.entities import Column, NewPipelineVersion, PairRecord
 
@@ -89,6 +92,30 @@ def fill(store: Store, rows: int, *, batch: int = 50_000, seed: int = 0) -> int:
     return rollout.id
 
 
+def scan_times(store: Store, rollout_id: int, rows: int) -> dict[str, float]:
+    """Time each scan of a classification report once, one after another (seconds)."""
+    db = store.db
+    spans = rq.step_spans(db, rollout_id)
+    first, last = min(s[2] for s in spans), max(s[3] for s in spans)
+    unit = "minute" if (last - first).total_seconds() <= 2 * 3600 else "hour"
+    scans = {
+        "step spans (index only)": lambda: rq.step_spans(db, rollout_id),
+        f"overview per step and {unit}": lambda: rq.step_counts(db, rollout_id, bucket=unit, spans=spans),
+        "class x score table": lambda: rq.class_score_table(db, rollout_id, bins=reports.SCORE_BINS),
+        "latency histogram, champion": lambda: rq.latency_buckets(db, rollout_id, "champion"),
+        "latency histogram, challenger": lambda: rq.latency_buckets(db, rollout_id, "challenger"),
+        "labels: confusion + ROC histogram": lambda: rq.label_confusion(db, rollout_id, score_bins=reports.AUC_BINS),
+        "KS sample": lambda: rq.numeric_sample(db, rollout_id, "score", limit=20_000, total=rows),
+        "reproducibility: labelled_metrics": lambda: repro_queries.labelled_metrics(db, rollout_id),
+    }  # fmt: skip
+    out = {}
+    for name, scan in scans.items():
+        t = time.perf_counter()
+        scan()
+        out[name] = time.perf_counter() - t
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -111,7 +138,7 @@ def main() -> None:
         db_schema.upgrade(db)
         store = Store(db)
         t = time.perf_counter()
-        fill(store, args.rows)
+        rollout_id = fill(store, args.rows)
         print(f"{db.dialect}: filled {args.rows:,} paired rows in {time.perf_counter() - t:.1f} s")
         if db.dialect == "postgresql":
             with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
@@ -129,6 +156,8 @@ def main() -> None:
                   f"{statistics.median(build):.2f} s + render_html {statistics.median(render):.3f} s = "
                   f"{statistics.median(build) + statistics.median(render):.2f} s (median of {args.repeat}; "
                   f"page {len(page) / 1024:.0f} KiB)")
+        for name, seconds in scan_times(store, rollout_id, args.rows).items():
+            print(f"  scan {name}: {seconds:.2f} s")
     finally:
         db.dispose()
         if scratch:

@@ -290,7 +290,7 @@ def build_report(
         span = (min(s[2] for s in spans).timestamp(), max(s[3] for s in spans).timestamp()) if spans else None
         unit = _bucket_unit(span)
         if task == "classification":
-            labels_f: Future[Any] = pool.submit(rq.label_confusion, db, rollout.id, rollout_rows=rows,
+            labels_f: Future[Any] = pool.submit(rq.label_confusion, db, rollout.id,
                                                 score_bins=AUC_BINS if positive is not None else None)
         else:
             labels_f = pool.submit(rq.label_regression, db, rollout.id)

@@ -238,11 +238,6 @@ def step_counts(
         )
         fmt = UNITS[bucket][1] if bucket else ""
         with _reading(db) as conn:
-            if db.dialect == "postgresql":
-                # The planner cannot tell how few time buckets there are, guesses one per row and sorts
-                # every row for the GROUP BY (on disk at 1M rows); a hash table of a few hundred groups
-                # is what it should use.
-                conn.exec_driver_sql("SET LOCAL enable_sort = off")
             return [_step_row(r[0], r[1:-1], r[-1] if isinstance(r[-1], str | None) else r[-1].strftime(fmt))
                     for r in conn.execute(query)]
     if spans is None:
@@ -422,57 +417,40 @@ def labelled_count(db: Database, rollout_id: int) -> int:
         return int(conn.execute(query).scalar() or 0)
 
 
-def _label_source(db: Database, rollout_id: int, rollout_rows: int | None) -> tuple[Any, ColumnElement[bool]]:
-    """Return the join of paired rows to labels and the rollout condition, labels first when they are fewer.
-
-    SQLite, without statistics, drives the join from the first table of FROM. From the rollout's side
-    that is a labels lookup for every paired row; from the labels' side (usually one row in ten or
-    fewer) a lookup of the paired row by its unique (request_id, row_index). ``rollout_id + 0`` keeps
-    SQLite from starting at the rollout index then. PostgreSQL has statistics and plans it itself.
-    """
-    if db.dialect == "sqlite" and rollout_rows is not None:
-        with _reading(db) as conn:
-            labels = int(conn.execute(select(func.count()).select_from(LabelRow.__table__)).scalar() or 0)
-        if labels < rollout_rows:
-            source = LabelRow.__table__.join(
-                PairedOutputRow.__table__, and_(L.request_id == P.request_id, L.row_index == P.row_index)
-            )
-            return source, (P.rollout_id + 0) == rollout_id
-    return _label_join(), P.rollout_id == rollout_id
-
-
 def label_confusion(
-    db: Database, rollout_id: int, *, score_bins: int | None = None, rollout_rows: int | None = None
+    db: Database, rollout_id: int, *, score_bins: int | None = None
 ) -> list[tuple[str, str, str, int | None, int | None, int]]:
     """Count (champion class, challenger class, label class[, score buckets]) over labelled paired rows.
 
     With ``score_bins`` each arm's score bucket on [0, 1] (None for a missing score) is part of the
     key, so the same scan gives accuracy, F1, McNemar's cells and the score histograms by label that
-    ROC AUC needs. ``rollout_rows`` (the rollout's row count) lets SQLite start from the smaller side.
+    ROC AUC needs (one join instead of three).
     """
-    source, in_rollout = _label_source(db, rollout_id, rollout_rows)
     keys: list[Any] = [P.champion_class, P.challenger_class, L.label_class]
     if score_bins:
         keys += [_bucket(P.champion_score, 0.0, 1.0 / score_bins, score_bins),
                  _bucket(P.challenger_score, 0.0, 1.0 / score_bins, score_bins)]  # fmt: skip
     query = (
         select(*keys, func.count())
-        .select_from(source)
-        .where(in_rollout, _both_ok(), L.label_class.isnot(None))
+        .select_from(_label_join())
+        .where(P.rollout_id == rollout_id, _both_ok(), L.label_class.isnot(None))
         .group_by(*keys)
     )
+    top = (score_bins or 1) - 1
+
+    def clamp(b: Any) -> int | None:
+        return None if b is None else min(max(int(b), 0), top)
+
     with _reading(db) as conn:
-        out = []
-        for row in conn.execute(query):
-            b1, b2 = (row[3], row[4]) if score_bins else (None, None)
-            out.append((str(row[0]), str(row[1]), str(row[2]),
-                        None if b1 is None else min(max(int(b1), 0), score_bins - 1),  # type: ignore[operator]
-                        None if b2 is None else min(max(int(b2), 0), score_bins - 1),  # type: ignore[operator]
-                        int(row[-1])))  # fmt: skip
-        return out
+        rows = conn.execute(query).all()
+    if score_bins:
+        return [(str(a), str(b), str(y), clamp(b1), clamp(b2), int(n)) for a, b, y, b1, b2, n in rows]
+    return [(str(a), str(b), str(y), None, None, int(n)) for a, b, y, n in rows]
 
 
-def label_score_buckets(label_rows: Sequence[tuple[str, str, str, int | None, int | None, int]]) -> dict[str, dict[tuple[int, str], int]]:
+def label_score_buckets(
+    label_rows: Sequence[tuple[str, str, str, int | None, int | None, int]],
+) -> dict[str, dict[tuple[int, str], int]]:
     """Collapse ``label_confusion`` rows with score buckets to (bucket, label class) counts per arm (ROC AUC)."""
     out: dict[str, dict[tuple[int, str], int]] = {"champion": {}, "challenger": {}}
     for _a, _b, y, b1, b2, n in label_rows:
