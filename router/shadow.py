@@ -166,7 +166,8 @@ class ShadowPool:
             finally:
                 with self._cond:
                     self._inflight.pop(id(jobs), None)
-                    self._cond.notify_all()
+                    if self._closing:  # close() waits for the pool to drain; nobody else needs waking
+                        self._cond.notify_all()
 
     def _score(self, jobs: list[ShadowJob]) -> None:
         groups: dict[tuple[int, tuple[str, ...] | None], list[ShadowJob]] = {}
