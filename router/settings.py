@@ -44,7 +44,7 @@ class RouterSettings:
     shadow_workers: int = 1
     shadow_batch_max: int = 256
     shadow_timeout_s: float = 5.0
-    shadow_linger_s: float = 0.1
+    shadow_linger_s: float = 0.25
     recorder_batch: int = 1000
     recorder_flush_interval: float = 0.2
     recorder_queue_size: int = 50_000

@@ -7,8 +7,8 @@ requests' converted columns, call predict once per group and hand each request i
 Batching is what keeps shadowing cheap: scoring 100 rows costs scikit-learn about as much as one.
 
 So a worker lingers: it scores when batch_max jobs are queued or when the oldest has waited
-linger_s, whichever comes first; the batch size follows the load (at 200 requests/s and a 0.1 s
-linger about 20 requests share one predict call, at 5 requests/s one). Then it waits (at most
+linger_s, whichever comes first; the batch size follows the load (at 200 requests/s and a 0.25 s
+linger about 50 requests share one predict call, at 4 requests/s one). Then it waits (at most
 linger_s again) for the process to have no request in flight, so that shadow work runs between
 requests rather than competing with them for the GIL. Submitting wakes a worker only when the queue
 stops being empty or reaches batch_max, never once per request.
@@ -63,7 +63,7 @@ class ShadowPool:
         workers: int = 1,
         batch_max: int = 256,
         timeout_s: float = 5.0,
-        linger_s: float = 0.05,
+        linger_s: float = 0.25,
         idle: threading.Event | None = None,
         on_drop: Callable[[Exchange], None] | None = None,
         on_batch: Callable[[int], None] | None = None,
