@@ -136,6 +136,22 @@ def dropped(base: str) -> float:
     )
 
 
+def batches(base: str) -> tuple[float, float]:
+    """Return (shadowed requests, shadow micro-batches) so far, summed over the workers."""
+    text = httpx.get(f"{base}/metrics", timeout=5).text
+
+    def value(name: str) -> float:
+        found = re.search(rf"^{name} ([\d.e+]+)$", text, re.M)
+        return float(found.group(1)) if found else 0.0
+
+    return value("mlcanary_shadow_batch_size_sum"), value("mlcanary_shadow_batch_size_count")
+
+
+def mean_batch(before: tuple[float, float], after: tuple[float, float]) -> float:
+    count = after[1] - before[1]
+    return (after[0] - before[0]) / count if count else 0.0
+
+
 def run_setup(
     setup: str, directory: Path, args: argparse.Namespace, script: Path, payload: str
 ) -> dict[str, Any]:
@@ -189,11 +205,20 @@ def run_setup(
             time.sleep(0.2)
         wrk(endpoint, script, 16, 2)  # warm-up
         result: dict[str, Any] = {"setup": setup}
+        shadowing = setup in ("shadow", "canary")
+        start = batches(base) if shadowing else (0.0, 0.0)
         result["fixed"] = fixed_rate(endpoint, payload, args.rate, args.seconds)
-        result["dropped_moderate"] = dropped(base) if setup in ("shadow", "canary") else 0.0
+        time.sleep(1.0)  # the last micro-batches linger a moment
+        result["dropped_moderate"] = dropped(base) if shadowing else 0.0
+        moderate = batches(base) if shadowing else (0.0, 0.0)
         result["c1"] = wrk(endpoint, script, 1, args.seconds)
+        before = batches(base) if shadowing else (0.0, 0.0)
         result["c16"] = wrk(endpoint, script, 16, args.seconds)
-        result["dropped_total"] = dropped(base) if setup in ("shadow", "canary") else 0.0
+        time.sleep(1.0)
+        result["dropped_total"] = dropped(base) if shadowing else 0.0
+        after = batches(base) if shadowing else (0.0, 0.0)
+        result["batch_moderate"] = mean_batch(start, moderate)
+        result["batch_c16"] = mean_batch(before, after)
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(60)
@@ -217,15 +242,17 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "ColumnTransformer + LogisticRegression champion (challenger: same pipeline, other seed); SQLite.",
         "",
         f"| setup | fixed {args.rate:g} req/s p50 / p99 ms | wrk c=1 req/s | c=1 p50 / p99 ms "
-        "| wrk c=16 req/s | c=16 p50 / p99 ms | shadow drops (moderate / total) | pairs stored |",
-        "|---|---|---|---|---|---|---|---|",
+        "| wrk c=16 req/s | c=16 p50 / p99 ms | shadow drops (moderate / total) "
+        "| requests per shadow batch (moderate / c=16) | pairs stored |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         f, c1, c16 = r["fixed"], r["c1"], r["c16"]
         lines.append(
             f"| {r['setup']} | {f['p50']:.2f} / {f['p99']:.2f} | {c1['rps']:.0f} | {c1['p50']:.2f} / {c1['p99']:.2f} "
             f"| {c16['rps']:.0f} | {c16['p50']:.2f} / {c16['p99']:.2f} "
-            f"| {r['dropped_moderate']:.0f} / {r['dropped_total']:.0f} | {r.get('pairs', '-')} |"
+            f"| {r['dropped_moderate']:.0f} / {r['dropped_total']:.0f} "
+            f"| {_batch(r)} | {r.get('pairs', '-')} |"
         )
     if all(s in by for s in SETUPS):
         b, c, s = by["baseline"], by["champion"], by["shadow"]
@@ -240,6 +267,12 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
             f"{by['canary']['dropped_moderate']:.0f} (canary)",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _batch(result: dict[str, Any]) -> str:
+    if result["setup"] not in ("shadow", "canary"):
+        return "-"
+    return f"{result['batch_moderate']:.1f} / {result['batch_c16']:.1f}"
 
 
 def main() -> None:
