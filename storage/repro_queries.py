@@ -60,7 +60,7 @@ def labelled_metrics(
     ``received_before``: count only requests received before this time (label maturity); aware UTC.
     """
     result: dict[str, ArmLabelled] = {}
-    with db.session() as s:
+    with db.session(write=False) as s:
         for arm in ARMS:
             cls, value, error, version = P[f"{arm}_class"], P[f"{arm}_value"], P[f"{arm}_error"], P[f"{arm}_version_id"]
             scored = and_(error.is_(None), (cls.isnot(None)) | (value.isnot(None)))
@@ -105,7 +105,7 @@ def raw_input_sample(
 ) -> list[dict[str, Any]]:
     """Return the raw inputs of the newest stored request rows of a deployment (at most ``limit``)."""
     limit = max(0, min(int(limit), MAX_SAMPLE))
-    with db.session() as s:
+    with db.session(write=False) as s:
         query = (
             select(P.raw_input)
             .where(P.deployment_id == deployment_id, P.raw_input.isnot(None))
@@ -129,7 +129,7 @@ def raw_input_page(
 ) -> list[RawInput]:
     """Return the next page of stored raw inputs of a deployment by ascending id (keyset pagination)."""
     limit = max(0, min(int(limit), MAX_SAMPLE))
-    with db.session() as s:
+    with db.session(write=False) as s:
         query = (
             select(P.id, P.request_id, P.row_index, P.received_at, P.raw_input)
             .where(P.deployment_id == deployment_id, P.raw_input.isnot(None), P.id > after_id)
@@ -148,7 +148,7 @@ def raw_input_page(
 
 def raw_input_count(db: Database, deployment_id: int, *, since: datetime | None = None) -> int:
     """Count a deployment's stored request rows that kept their raw input."""
-    with db.session() as s:
+    with db.session(write=False) as s:
         query = select(func.count()).where(P.deployment_id == deployment_id, P.raw_input.isnot(None))
         if since is not None:
             query = query.where(P.received_at >= since)
