@@ -82,7 +82,10 @@ def test_a_faulty_challenger_leaves_the_champion_untouched_and_is_rolled_back(
     ended = store.rollouts.get(rollout.id)
     event = store.events.list(rollout_id=rollout.id)[-1]
     assert (ended.phase, event.actor, event.reason) == ("rolled_back", "controller", "harm"), event
-    assert [v["gate"] for v in event.details["verdicts"] if v["outcome"] == "fail"] == ["error_rate"]
+    failing = [v["gate"] for v in event.details["verdicts"] if v["outcome"] == "fail"]
+    # The error-rate gate proves the harm; a challenger that answered for a while before failing
+    # (the leak: micro-batches of many requests per call) may fail agreement or drift as well.
+    assert "error_rate" in failing, event.details["verdicts"]
 
     assert faulty.failed == [], f"the champion failed requests: {faulty.statuses()}"
     assert {r.arm for r in faulty.results} == {"champion"}
