@@ -64,7 +64,8 @@ class World:
         failing = rng.random(n) < challenger_errors
         records, label_rows = [], []
         for i in range(n):
-            rid = f"req-{next(_ids)}"
+            number = next(_ids)
+            rid = f"req-{number}"  # no X-Routing-Key: the request id is the sticky key, one per request
             out: dict[str, Any] = {}
             for arm in ("champion", "challenger"):
                 if served[i] != arm and not other_runs[i]:
@@ -76,7 +77,7 @@ class World:
                     out[f"{arm}_class"] = str(int(preds[arm][i]))
             records.append(PairRecord(
                 request_id=rid, row_index=0, deployment_id=r.deployment_id, rollout_id=r.id, step=r.step_index,
-                received_at=self.now, routing_key_hash=i, served_arm=str(served[i]),
+                received_at=self.now, routing_key_hash=number, served_arm=str(served[i]),
                 champion_version_id=r.champion_id, challenger_version_id=r.challenger_id, **out,
             ))
             if labels and rng.random() < label_share:
