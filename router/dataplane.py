@@ -21,6 +21,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import sys
 import threading
 import time
 import uuid
@@ -104,6 +105,8 @@ class DataPlane:
         self.routes.start()
         if self.settings.freeze_heap:
             _freeze_heap()
+        if self.settings.switch_interval_s is not None:
+            sys.setswitchinterval(self.settings.switch_interval_s)
         self._gauges = threading.Thread(target=self._update_gauges, name="mlcanary-gauges", daemon=True)
         self._gauges.start()
         self.started = True

@@ -36,6 +36,10 @@ class RouterSettings:
         short-lived-but-promoted request objects set off, no longer rescan it (a pause of 50-120 ms
         each on a 2-core host). Once per process; turn off when embedding in an app that minds.
     upstream_timeout_s / upstream_pool_size: HTTP upstream backends' timeout and pooled connections.
+    switch_interval_s: the interpreter's thread switch interval in a router process (None leaves
+        Python's 5 ms). Shadow batches run scikit-learn's Python-level work holding the GIL; a
+        shorter interval lets a request thread take the GIL back sooner, so a request that lands
+        during a shadow batch waits less.
     """
 
     refresh_interval: float = 0.25
@@ -56,12 +60,13 @@ class RouterSettings:
     freeze_heap: bool = True
     upstream_timeout_s: float = 5.0
     upstream_pool_size: int = 20
+    switch_interval_s: float | None = 0.0005
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "spool_dir", Path(self.spool_dir))
         for f in fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, bool | Path):
+            if value is None or isinstance(value, bool | Path):
                 continue
             if value <= 0:
                 raise ValueError(f"RouterSettings.{f.name} must be positive, got {value!r}")
