@@ -28,7 +28,10 @@ pytestmark = pytest.mark.slow
 
 FAULTS = ("raises", "sleeps", "garbage", "leaks")
 P99_FACTOR = 4.0  # "within noise" on a shared machine: the faulty run's p99 against the baseline's
-POLICY = {"mode": "shadow", "burn_in": 120, "shadow": {"min_pairs": 120},
+# A burn-in of 800 pairs keeps the faulty challenger shadowing for ~800 requests, so the p99 compared
+# below is about the eighth-slowest request, not the second: one stall of the shared machine (which
+# delays the four in-flight requests at once) must not decide the comparison.
+POLICY = {"mode": "shadow", "burn_in": 800, "shadow": {"min_pairs": 800},
           "gates": {"agreement": {"role": "informational", "margin": 0.9}}}
 FIGURES: list[str] = []
 
@@ -67,7 +70,7 @@ def test_a_faulty_challenger_leaves_the_champion_untouched_and_is_rolled_back(
     world: tuple[Server, Store], fault: str
 ) -> None:
     server, store = world
-    baseline = _load(server, fault, f"{fault}-base", 300, 30).start().join()
+    baseline = _load(server, fault, f"{fault}-base", 800, 30).start().join()
     assert baseline.failed == []
     version = FAULTS.index(fault) + 2
     rollout = actions.start_rollout(store, fault, f"churn:{version}", actor="tests", policy=POLICY,
@@ -92,7 +95,7 @@ def test_a_faulty_challenger_leaves_the_champion_untouched_and_is_rolled_back(
     rolled_back_at = event.at.timestamp()
     during = faulty.percentiles(until=rolled_back_at)
     base = baseline.percentiles()
-    assert during["n"] >= 50, "enough requests were served while the faulty challenger shadowed"
+    assert during["n"] >= 500, "enough requests were served while the faulty challenger shadowed"
     assert during["p99"] <= P99_FACTOR * base["p99"], (during, base)
     pairs = [p for p in store.pairs.list(rollout_id=rollout.id, limit=100_000)]
     errors = {(p.challenger_error or "").split(" failed: ")[-1].split(":")[0] for p in pairs}
