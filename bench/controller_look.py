@@ -3,7 +3,7 @@
     .venv/bin/python bench/controller_look.py [--rows 100000 1000000] [--pg postgresql://postgres@127.0.0.1:5432/test]
 
 Each size: a shadow step with that many pairs (classification, 3% / 5% errors, 70% labelled), then
-controller.measure.measure + judge timed 5 times (median). Appends a table to bench/results/controller.md.
+controller.loop.measure.measure + judge timed 5 times (median). Appends a table to bench/results/controller.md.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from sqlalchemy.engine import make_url
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT)]
 
-from controller.judge import judge  # noqa: E402
-from controller.measure import measure  # noqa: E402
-from controller.policy import Policy  # noqa: E402
+from controller.core.judge import judge  # noqa: E402
+from controller.core.policy import Policy  # noqa: E402
+from controller.loop.measure import measure  # noqa: E402
 from storage import Database, Store  # noqa: E402
 from storage import schema as db_schema  # noqa: E402
 from storage.entities import Column, NewPipelineVersion, PairRecord  # noqa: E402
@@ -115,7 +115,7 @@ def main() -> None:
         "",
         f"Command: `.venv/bin/python bench/controller_look.py --rows {' '.join(map(str, args.rows))}`",
         "",
-        "A shadow step of N pairs (classification, 70% labelled): `controller.measure.measure` (the SQL aggregates "
+        "A shadow step of N pairs (classification, 70% labelled): `controller.loop.measure.measure` (the SQL aggregates "
         "of storage.analytics: counts, discordance, labelled join, latency and class histograms) plus `judge`, "
         "median of 5 looks. Nothing but aggregates leaves the database.",
         "",

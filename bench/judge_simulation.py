@@ -10,7 +10,7 @@ Run: ``.venv/bin/python bench/judge_simulation.py [--rollouts 2000] [--seed 7]``
 (c) The naive fixed-n z test under the same peeking, which inflates the error rates.
 
 Vectorised: cumulative sums for all rollouts and looks at once; the gate rules are those of
-``controller.judge`` applied with ``controller.stats`` on arrays, and a sample of rollouts is replayed
+``controller.core.judge`` applied with ``controller.core.stats`` on arrays, and a sample of rollouts is replayed
 through ``judge()`` itself to check that both give the same decisions.
 """
 
@@ -23,8 +23,8 @@ import time
 import numpy as np
 from scipy import stats as sps
 
-from controller import stats
-from controller.judge import GateSpec, JudgePolicy, Moments, PairedCounts, Proportion, StepMetrics, judge
+from controller.core import stats
+from controller.core.judge import GateSpec, JudgePolicy, Moments, PairedCounts, Proportion, StepMetrics, judge
 
 ALPHA = 0.05
 STEP = 50

@@ -13,8 +13,8 @@ import time
 
 import numpy as np
 
-from controller import stats
-from controller.judge import GateSpec, JudgePolicy, judge, metrics_from_pairs
+from controller.core import stats
+from controller.core.judge import GateSpec, JudgePolicy, judge, metrics_from_pairs
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from controller import reports
+from controller.reports import build as reports
 from storage import Database, Store, repro_queries
 from storage import report_queries as rq
 from storage import schema as db_schema

@@ -1,0 +1,15 @@
+"""The control plane: what decides, what acts, what is shown to people.
+
+Packages by role, arrows pointing down only (one import-linter ``layers`` contract keeps them):
+
+- ``cli/`` and the composition modules here (``app``, ``server``, ``config``, ``registry``, ``demo``)
+  may import everything below;
+- ``http/`` (admin API, auth, feedback, OpenAPI, dashboard) and ``reports/`` may import ``loop``,
+  ``core`` and ``storage``;
+- ``loop/`` (control loop, measurement, operator actions, leader election, webhooks) may import ``core``
+  and ``storage``;
+- ``core/`` (statistics, judge, policy, state machine, reproducibility) is pure: no Flask, SQLAlchemy,
+  HTTP client, storage or router.
+
+See docs/architecture.md for the picture and for where new code goes.
+"""

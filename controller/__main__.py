@@ -1,5 +1,5 @@
 """`python -m controller` runs the mlcanary CLI (the same as the `mlcanary` command)."""
 
-from controller.cli import main
+from controller.cli.main import main
 
 main()

@@ -66,7 +66,7 @@ def create_app(settings: Settings | None = None, *, role: str = "serve", store: 
     app.extensions[PARITY_CHECK] = parity_check(settings)
     if role not in ("serve", "router"):
         raise ValueError(f"unknown role {role!r}")
-    from controller import api, feedback
+    from controller.http import api, feedback
 
     app.register_blueprint(feedback.blueprint)  # labels are data plane: both roles
     if role == "serve":

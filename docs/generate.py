@@ -7,10 +7,10 @@ A generated section sits between ``<!-- BEGIN GENERATED: NAME -->`` and ``<!-- E
 everything outside the markers is written by hand and left alone. The sources:
 
     configuration.md  settings      controller.config.Settings (describe(): variable, default, help)
-    policy.md         policy-*      controller.policy's pydantic models and their docstrings
+    policy.md         policy-*      controller.core.policy's pydantic models and their docstrings
                       policy-default  Policy().to_dict() as YAML
     cli.md            cli           click's own --help of every `mlcanary` command
-    http-api.md       openapi       controller.openapi.document()
+    http-api.md       openapi       controller.http.openapi.document()
 
 tests/unit/test_docs.py fails when a section is stale, so a change to the code without the docs shows.
 """
@@ -34,8 +34,10 @@ DOCS = ROOT / "docs"
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from controller import config, openapi, policy  # noqa: E402
-from controller.cli import cli  # noqa: E402
+from controller import config  # noqa: E402
+from controller.cli.main import cli  # noqa: E402
+from controller.core import policy  # noqa: E402
+from controller.http import openapi  # noqa: E402
 
 BEGIN = "<!-- BEGIN GENERATED: {name} (docs/generate.py; do not edit by hand) -->"
 END = "<!-- END GENERATED: {name} -->"

@@ -41,7 +41,7 @@ L = LABELS.c
 class LatencyBuckets:
     """Log buckets: [0, start), then [start * growth**i, start * growth**(i+1)), the last one open-ended.
 
-    ``count`` is the number of buckets; matches ``controller.stats.latency_edges`` with the same values.
+    ``count`` is the number of buckets; matches ``controller.core.stats.latency_edges`` with the same values.
     """
 
     start_ms: float

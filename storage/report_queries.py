@@ -275,7 +275,7 @@ def _step_row(step: int | None, values: Sequence[Any], bucket: Any) -> StepCount
 def latency_buckets(db: Database, rollout_id: int, arm: str) -> dict[int, int]:
     """Count an arm's latencies per log bucket: -1 below LATENCY_START_MS, else floor(ln(ms/start)/ln(g)).
 
-    The buckets are those of ``controller.stats.latency_edges()`` (index k here is edges index k + 1).
+    The buckets are those of ``controller.core.stats.latency_edges()`` (index k here is edges index k + 1).
     """
     ms = P[f"{arm}_latency_ms"]
     bucket = case(

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from controller import actions
-from controller.loop import evaluate_once
-from controller.policy import PolicyError
+from controller.core.policy import PolicyError
+from controller.loop import actions
+from controller.loop.control import evaluate_once
 from storage import ConcurrentUpdate, NotFound, Store
 from storage.entities import Column, NewPipelineVersion
 

@@ -16,7 +16,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from controller import api
+from controller.http import api
 from storage import Store
 from storage.entities import Deployment, PairRecord, PipelineVersion
 

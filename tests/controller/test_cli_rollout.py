@@ -14,8 +14,8 @@ import pytest
 from click.testing import CliRunner, Result
 from werkzeug.serving import make_server
 
-from controller.cli import cli
-from controller.cli_rollout import actor
+from controller.cli.main import cli
+from controller.cli.rollout import actor
 from storage import Store
 from storage.entities import Column, Deployment, NewPipelineVersion, PairRecord
 

@@ -12,7 +12,7 @@ import mlpipes
 import pytest
 from flask import Flask
 
-from controller import feedback
+from controller.http import feedback
 from storage import Store
 from storage.entities import Column, NewPipelineVersion, PairRecord, PipelineVersion
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from controller import actions
-from controller.leader import FileLeadership, leadership_for
+from controller.loop import actions
+from controller.loop.leader import FileLeadership, leadership_for
 from storage import Database, Store
 from storage.entities import Column, NewPipelineVersion
 

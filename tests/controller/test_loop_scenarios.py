@@ -15,8 +15,8 @@ import mlpipes
 import numpy as np
 import pytest
 
-from controller import actions
-from controller.loop import evaluate_once
+from controller.loop import actions
+from controller.loop.control import evaluate_once
 from storage import Store
 from storage.entities import PairRecord, Rollout
 
@@ -267,7 +267,7 @@ def test_a_rollout_changed_by_an_operator_during_a_look_is_not_overwritten(
     world = World(store, tmp_path, champion=pipelines["good"], challenger=pipelines["same"])
     stale = world.start()
     actions.abort(store, "churn", actor="alice", now=world.now)
-    from controller.loop import evaluate_rollout
+    from controller.loop.control import evaluate_rollout
 
     outcome = evaluate_rollout(store, stale, now=world.now)  # the look read the rollout before the abort
     assert not outcome.applied and outcome.error == "concurrent update"

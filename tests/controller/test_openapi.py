@@ -11,7 +11,7 @@ import adminapp
 import pytest
 from flask import Flask
 
-from controller import openapi
+from controller.http import openapi
 from storage import Database, Store
 
 NOT_API = {"/static/<path:filename>"}  # the dashboard's assets

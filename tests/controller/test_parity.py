@@ -292,7 +292,7 @@ def _skewed_pair(store: Store, tmp_path: Path) -> tuple[PipelineVersion, Pipelin
 def test_start_rollout_is_blocked_by_a_failing_parity_gate_and_the_event_lists_the_rows(
     store: Store, tmp_path: Path
 ) -> None:
-    from controller import actions
+    from controller.loop import actions
 
     champion, correct, skewed = _skewed_pair(store, tmp_path)
     deployment = mlpipes.deploy(store, "churn", champion)
@@ -313,7 +313,7 @@ def test_start_rollout_is_blocked_by_a_failing_parity_gate_and_the_event_lists_t
 
 
 def test_the_policy_sets_the_parity_tolerance(sqlite_store: Store, tmp_path: Path) -> None:
-    from controller import actions
+    from controller.loop import actions
 
     model = mlpipes.classifier()
     golden, _ = mlpipes.churn_frame(30, seed=6)

@@ -12,7 +12,7 @@ import mlpipes
 import pytest
 from click.testing import CliRunner, Result
 
-from controller.cli import cli
+from controller.cli.main import cli
 from storage import Database, Store
 
 

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from controller import judge, reports
+from controller.core import judge
+from controller.reports import build as reports
 from storage import NotFound, Store
 from storage.entities import NewEvent, PairRecord
 
@@ -242,7 +243,7 @@ def test_html_report_is_one_offline_file_with_plots(store: Store, tmp_path: Path
 
 
 def test_report_cli_writes_each_format_and_fails_in_one_line(sqlite_url: str, tmp_path: Path) -> None:
-    from controller.cli import cli
+    from controller.cli.main import cli
     from storage import Database
 
     db = Database(sqlite_url)

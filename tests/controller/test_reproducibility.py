@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 from controller import registry
-from controller.judge import Outcome
-from controller.reproducibility import ArmOnline, compare_online_offline, input_drift
+from controller.core.judge import Outcome
+from controller.core.reproducibility import ArmOnline, compare_online_offline, input_drift
 from storage import Store
 from storage import repro_queries as queries
 from storage.entities import PairRecord
@@ -203,8 +203,8 @@ def test_labelled_regression_errors_are_summed(store: Store, tmp_path: Path) -> 
 
 # ------------------------------------------------------------------------------- in the control loop
 def test_gate_holds_a_promotion_when_the_challenger_is_worse_than_offline() -> None:
-    from controller.judge import Judgement, Summary
-    from controller.reproducibility import gate
+    from controller.core.judge import Judgement, Summary
+    from controller.core.reproducibility import gate
 
     passing = Judgement("promote", Outcome.PASS, (), "every required gate passed", Summary(1.0, "pass", 1, 1))
     worse = compare_online_offline("classification", OFFLINE, arm(2000, 1200))
@@ -221,7 +221,8 @@ def test_gate_holds_a_promotion_when_the_challenger_is_worse_than_offline() -> N
 def test_the_loop_rolls_back_a_challenger_whose_labelled_accuracy_is_far_below_its_offline_accuracy(
     store: Store, tmp_path: Path
 ) -> None:
-    from controller import actions, loop
+    from controller.loop import actions
+    from controller.loop import control as loop
 
     schema = mlpipes.input_schema(mlpipes.churn_frame(5)[0])
     versions = []
@@ -260,7 +261,8 @@ def test_the_loop_rolls_back_a_challenger_whose_labelled_accuracy_is_far_below_i
 
 
 def test_the_report_shows_parity_environment_online_vs_offline_and_input_drift(store: Store, tmp_path: Path) -> None:
-    from controller import actions, reports
+    from controller.loop import actions
+    from controller.reports import build as reports
     from router import parity
 
     holdout, target = mlpipes.churn_frame(600, seed=21)

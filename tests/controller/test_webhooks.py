@@ -13,8 +13,8 @@ import pytest
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
-from controller import actions, webhooks
 from controller.config import Settings
+from controller.loop import actions, webhooks
 from storage import Store
 from storage.entities import Column, Deployment, Event, NewEvent, NewPipelineVersion
 

@@ -13,7 +13,7 @@ import pytest
 from browser import ARTIFACTS, chromium
 from werkzeug.serving import make_server
 
-from controller import reports
+from controller.reports import build as reports
 from storage import Database, Store
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "controller"))

@@ -23,7 +23,7 @@ import mlpipes
 import pytest
 from servers import ROOT, clean_env, wait_for
 
-from controller import actions
+from controller.loop import actions
 from storage import Database, Store
 from storage.entities import PairRecord
 

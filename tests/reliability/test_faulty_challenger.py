@@ -21,7 +21,7 @@ import pytest
 from loadgen import Load
 from servers import Server, body, wait_for
 
-from controller import actions
+from controller.loop import actions
 from storage import Database, Store
 
 pytestmark = pytest.mark.slow

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from controller.judge import JudgePolicy, PairedCounts, Proportion, StepMetrics, judge
+from controller.core.judge import JudgePolicy, PairedCounts, Proportion, StepMetrics, judge
 
 
 def test_a_challenger_failing_every_request_is_rolled_back() -> None:

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from controller import judge, stats
-from controller.measure import metrics_from_aggregates, value_edges
+from controller.core import judge, stats
+from controller.loop.measure import metrics_from_aggregates, value_edges
 from storage import Store
 from storage.analytics import step_aggregates
 from storage.entities import Column, NewPipelineVersion, PairRecord
@@ -86,7 +86,7 @@ def test_sql_aggregates_match_metrics_from_pairs(store: Store, task: str) -> Non
     _insert(store, deployment_id, rollout_id, d, task)
     _insert(store, deployment_id, rollout_id, _rows(rng, 300, task), task, step=1)  # another step: never pooled
 
-    from controller.measure import LATENCY
+    from controller.loop.measure import LATENCY
 
     aggregates = step_aggregates(store.db, rollout_id=rollout_id, step=0, cohort="paired", task=task,  # type: ignore[arg-type]
                                  label_cutoff=T0 + timedelta(hours=1), latency=LATENCY)
@@ -129,7 +129,7 @@ def test_canary_cohorts_are_the_rows_each_arm_answered(store: Store) -> None:
         ))
     store.pairs.insert_many(records)
     store.labels.upsert_many(deployment_id, [(f"c{i}", 0, 1) for i in range(40)])
-    from controller.measure import LATENCY
+    from controller.loop.measure import LATENCY
 
     a = step_aggregates(store.db, rollout_id=rollout_id, step=2, cohort="served", task="classification",
                         label_cutoff=T0, latency=LATENCY)
@@ -156,7 +156,7 @@ def test_canary_units_are_distinct_routing_keys_not_requests(store: Store) -> No
         for i in range(50)
     ]  # one busy client (key 7) sent 30 requests to the challenger; 20 clients sent one each to the champion
     store.pairs.insert_many(records)
-    from controller.measure import LATENCY
+    from controller.loop.measure import LATENCY
 
     a = step_aggregates(store.db, rollout_id=rollout_id, step=1, cohort="served", task="classification",
                         label_cutoff=None, latency=LATENCY)
@@ -169,7 +169,7 @@ def test_labels_younger_than_the_maturity_do_not_count(store: Store) -> None:
     d = _rows(np.random.default_rng(3), 200, "classification")
     d["labelled"][:] = True
     _insert(store, deployment_id, rollout_id, d, "classification")
-    from controller.measure import LATENCY
+    from controller.loop.measure import LATENCY
 
     before = step_aggregates(store.db, rollout_id=rollout_id, step=0, cohort="paired", task="classification",
                              label_cutoff=T0 - timedelta(seconds=1), latency=LATENCY)

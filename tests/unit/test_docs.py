@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from controller import config
-from controller.policy import Policy
+from controller.core.policy import Policy
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"

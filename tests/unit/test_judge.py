@@ -7,8 +7,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from controller import stats
-from controller.judge import (
+from controller.core import stats
+from controller.core.judge import (
     GateSpec,
     Histogram,
     JudgePolicy,

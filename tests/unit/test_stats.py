@@ -1,4 +1,4 @@
-"""controller.stats against published values from sources independent of this project.
+"""controller.core.stats against published values from sources independent of this project.
 
 Rows R1–R12 are the table of /work/shared/reference/statistics.md; the others cite their source inline.
 Tolerances: exact tests are compared exactly (as fractions where the source prints them); closed forms
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from controller import stats
+from controller.core import stats
 
 
 def printed(value: float, digits: int) -> float:

@@ -33,7 +33,7 @@ Per registered feature, between the input profile captured at registration (hold
 a bounded sample of live raw inputs: the change in missing rate (with Newcombe's interval), the
 share of numeric values outside the profiled [min, max], categories never seen in the profile, and
 the population stability index over the profile's bins (quantile bins for numbers; categories plus
-"other" for categories) with its noise floor from ``controller.stats.psi_from_counts``. A feature has
+"other" for categories) with its noise floor from ``controller.core.stats.psi_from_counts``. A feature has
 "drifted" when its PSI exceeds both the noise threshold and ``psi_threshold`` (default 0.1), or its
 missing rate moved by more than ``missing_tolerance`` (the whole interval beyond it), or more than
 ``share_tolerance`` of its values are out of range or unseen.
@@ -49,8 +49,8 @@ from typing import Any, Literal
 import numpy as np
 from scipy import stats as sps
 
-from controller import stats
-from controller.judge import Judgement, Outcome, Verdict
+from controller.core import stats
+from controller.core.judge import Judgement, Outcome, Verdict
 
 ReproOutcome = Literal["reproduced", "worse", "not-enough-labels", "no-baseline"]
 

@@ -15,9 +15,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from controller import stats
-from controller.judge import Histogram, Moments, PairedCounts, Proportion, StepMetrics
-from controller.policy import Policy
+from controller.core import stats
+from controller.core.judge import Histogram, Moments, PairedCounts, Proportion, StepMetrics
+from controller.core.policy import Policy
 from storage import Store
 from storage.analytics import ArmAggregates, LatencyBuckets, StepAggregates, step_aggregates
 from storage.entities import Rollout

@@ -10,7 +10,7 @@ import copy
 from functools import cache
 from typing import Any
 
-from controller.api import ROLLOUT_ACTIONS
+from controller.http.api import ROLLOUT_ACTIONS
 
 JSON = "application/json"
 

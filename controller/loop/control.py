@@ -23,14 +23,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from controller import reproducibility
-from controller.actions import apply_decision, policy_of, state_of
 from controller.config import Settings
-from controller.judge import Judgement, Verdict, judge
-from controller.leader import Leadership
-from controller.machine import Decision, decide
-from controller.measure import Measurement, measure
-from controller.policy import Policy, PolicyError
+from controller.core import reproducibility
+from controller.core.judge import Judgement, Verdict, judge
+from controller.core.machine import Decision, decide
+from controller.core.policy import Policy, PolicyError
+from controller.loop.actions import apply_decision, policy_of, state_of
+from controller.loop.leader import Leadership
+from controller.loop.measure import Measurement, measure
 from storage import ConcurrentUpdate, StorageError, Store, repro_queries
 from storage.entities import Rollout
 
@@ -128,7 +128,7 @@ def evaluate_rollout(store: Store, rollout: Rollout, *, now: datetime) -> Outcom
 def _with_reproducibility(
     store: Store, rollout: Rollout, judgement: Judgement, *, task: str, policy: Policy, now: datetime
 ) -> Judgement:
-    """Add each arm's online-versus-offline verdict (controller.reproducibility) to the step's judgement."""
+    """Add each arm's online-versus-offline verdict (controller.core.reproducibility) to the step's judgement."""
     repro = policy.reproducibility
     if repro.role == "off":
         return judgement
@@ -176,7 +176,7 @@ def run(
 ) -> int:
     """Evaluate every ``settings.controller_interval`` seconds until ``stop`` is set; return the passes made.
 
-    With ``leadership`` (see controller.leader) leadership is (re)claimed before every pass and a
+    With ``leadership`` (see controller.loop.leader) leadership is (re)claimed before every pass and a
     standby only waits, retrying each interval. A database outage is logged and retried.
     """
     interval = settings.controller_interval

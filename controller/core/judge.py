@@ -7,7 +7,7 @@ aggregates, never all history) and acts on ``Judgement.decision``.
 Gates and what "pass" / "fail" mean
 -----------------------------------
 Every gate asks one question with a margin from the policy and answers it with a one-sided
-*confidence sequence* at level ``policy.alpha`` (``controller.stats.confidence_sequence``), which stays
+*confidence sequence* at level ``policy.alpha`` (``controller.core.stats.confidence_sequence``), which stays
 valid however often the controller looks:
 
 * ``pass``: the bound on the good side proves the challenger is not worse than the margin
@@ -42,7 +42,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from controller import stats
+from controller.core import stats
 
 Role = Literal["required", "guardrail", "informational"]
 Mode = Literal["shadow", "canary"]
@@ -282,7 +282,7 @@ class GateSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class JudgePolicy:
-    """Everything the judge needs to know about thresholds. Plain data, built by ``controller.policy``.
+    """Everything the judge needs to know about thresholds. Plain data, built by ``controller.core.policy``.
 
     Margins: ``error_rate`` absolute increase of the error rate tolerated; ``latency_p99`` tolerated
     ratio challenger p99 / champion p99 (e.g. 1.2); ``agreement`` minimum share of identical

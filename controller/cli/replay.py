@@ -25,7 +25,7 @@ from typing import Any
 import click
 import pandas as pd
 
-from controller.cli import echo_json, settings_of, store_of
+from controller.cli.common import echo_json, settings_of, store_of
 from router.backends import Backend, Predictions, create_backend
 from router.errors import RouterError
 from router.inputs import build_batch

@@ -24,7 +24,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from controller.judge import GateSpec, JudgePolicy
+from controller.core.judge import GateSpec, JudgePolicy
 
 RolloutMode = Literal["shadow", "canary", "shadow_then_canary"]
 Task = Literal["classification", "regression"]

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from controller.policy import Policy, PolicyError
+from controller.core.policy import Policy, PolicyError
 
 
 def test_defaults_alone_are_a_safe_policy() -> None:

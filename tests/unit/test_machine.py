@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from controller.judge import Judgement, Outcome, Summary
-from controller.machine import (
+from controller.core.judge import Judgement, Outcome, Summary
+from controller.core.machine import (
     FINAL,
     PHASES,
     TRANSITIONS,
@@ -19,7 +19,7 @@ from controller.machine import (
     decide,
     manual,
 )
-from controller.policy import Policy
+from controller.core.policy import Policy
 
 T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 

@@ -20,8 +20,8 @@ def report(
     ctx: click.Context, deployment: str, rollout_id: int | None, segments: tuple[str, ...], fmt: str, output: Path
 ) -> None:
     """Write the comparison report of DEPLOYMENT's latest (or --rollout) rollout."""
-    from controller import reports
-    from controller.cli import store_of
+    from controller.cli.common import store_of
+    from controller.reports import build as reports
 
     store = store_of(ctx)
     store.deployments.get(deployment)  # an unknown name fails here, in one line, before any progress output

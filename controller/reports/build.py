@@ -11,7 +11,7 @@ tests validate against it). Everything over paired rows is aggregated in SQL
 row. Two things use bounded samples, and the report says so in ``notes``: the Kolmogorov–Smirnov test
 (at most ``ks_sample`` pairs, every k-th row) and the cut points of numeric segment bins.
 
-Statistics come from ``controller.stats``; gate verdicts are those the controller stored in
+Statistics come from ``controller.core.stats``; gate verdicts are those the controller stored in
 ``store.analyses`` (the report never re-decides anything). Latency quantiles are read off log-spaced
 histograms (within 5% of the exact quantile).
 """
@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
-from controller import stats
-from controller.judge import Outcome
+from controller.core import stats
+from controller.core.judge import Outcome
 from storage import NotFound, Store
 from storage import report_queries as rq
 from storage.entities import Analysis, Event, PipelineVersion, Rollout
@@ -359,8 +359,8 @@ def _reproducibility(
     events: Sequence[Event], task: str, *, now: datetime | None, drift_sample: int = 5_000,
 ) -> dict[str, Any]:
     """Parity result, environment differences, online vs offline per arm and input drift (bounded sample)."""
-    from controller import reproducibility as rp
-    from controller.policy import Policy, PolicyError
+    from controller.core import reproducibility as rp
+    from controller.core.policy import Policy, PolicyError
     from storage import repro_queries
 
     try:
@@ -729,7 +729,7 @@ def _outcome_label(value: Any) -> str:
 
 
 def gate_threshold(gate: str, margin: float | None) -> float | None:
-    """Return the value a gate's bound is compared with, in the bound's unit (see controller.judge)."""
+    """Return the value a gate's bound is compared with, in the bound's unit (see controller.core.judge)."""
     if margin is None:
         return None
     if gate == "accuracy":
@@ -953,7 +953,7 @@ def _sample_size(
 
 def render_html(report: Mapping[str, Any]) -> str:
     """Render the report as one self-contained HTML page (inline CSS and SVG; no script, no network)."""
-    from controller.report_plots import html_page
+    from controller.reports.plots import html_page
 
     return html_page(report)
 

@@ -11,7 +11,7 @@ operator's reason and the transition, in the same transaction as the change.
 
 Errors: ``ActionError`` (ValueError) for a forbidden action or a deployment without an active rollout;
 ``storage.NotFound`` (LookupError) for an unknown deployment, rollout or pipeline version;
-``controller.policy.PolicyError`` (ValueError) for an invalid policy; ``storage.ConcurrentUpdate`` when
+``controller.core.policy.PolicyError`` (ValueError) for an invalid policy; ``storage.ConcurrentUpdate`` when
 ``expected_version`` is given and the rollout has moved on since.
 """
 
@@ -22,8 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from controller.machine import Decision, ManualAction, RolloutState, TransitionError, manual
-from controller.policy import Policy
+from controller.core.machine import Decision, ManualAction, RolloutState, TransitionError, manual
+from controller.core.policy import Policy
 from storage import ConcurrentUpdate, InvalidState, Store
 from storage.entities import NewEvent, Rollout
 

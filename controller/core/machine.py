@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from controller.judge import Judgement
-from controller.policy import Policy, Stage
+from controller.core.judge import Judgement
+from controller.core.policy import Policy, Stage
 
 ManualAction = Literal["promote", "promote_full", "rollback", "pause", "resume", "abort"]
 

@@ -4,7 +4,7 @@
                 (viewer: reads; operator: everything) except the OpenAPI document
     dashboard   GET / : the dashboard page, which talks to the API with a token the user pastes
 
-Rollout actions go through `controller.actions` (the state machine's owner); this module only
+Rollout actions go through `controller.loop.actions` (the state machine's owner); this module only
 translates HTTP to calls and errors to statuses:
 
     400 bad input · 401 no/bad token · 403 wrong role · 404 unknown · 409 conflict or invalid
@@ -35,10 +35,12 @@ from sqlalchemy import case, func, select
 from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import HTTPException
 
-from controller import actions, feedback, registry
-from controller.auth import AuthError, Principal, authorize
+from controller import registry
 from controller.config import Settings
-from controller.policy import PolicyError
+from controller.core.policy import PolicyError
+from controller.http import feedback
+from controller.http.auth import AuthError, Principal, authorize
+from controller.loop import actions
 from storage import AlreadyExists, ConcurrentUpdate, InvalidState, NotFound, StorageError, Store, Unavailable
 from storage.entities import Analysis, Deployment, Event, NewEvent, PipelineVersion, Rollout
 from storage.models import PairedOutputRow
@@ -391,7 +393,7 @@ def deployment_json(s: Store, d: Deployment, *, detail: bool) -> dict[str, Any]:
 @blueprint.get("/openapi.json")
 def openapi_document() -> Response:
     """Serve the OpenAPI 3.1 document of the admin API and the data plane (no token needed)."""
-    from controller import openapi
+    from controller.http import openapi
 
     return json_response(openapi.document())
 
@@ -694,7 +696,7 @@ def report(name: str) -> Response:
         wanted = {"text/html": "html", "text/markdown": "markdown"}.get(best or "", "json")
     if wanted not in ("json", "html", "markdown"):
         raise ApiError(400, "invalid_parameter", "format must be json, html or markdown")
-    reports = _optional_module("controller.reports", "the report")
+    reports = _optional_module("controller.reports.build", "the report")
     built = reports.build_report(s, name, rollout_id)
     if wanted == "html":
         return Response(reports.render_html(built), mimetype="text/html")

@@ -1,7 +1,7 @@
 """Pure statistics for judging a champion against a challenger.
 
 Everything here is numpy/scipy only: no web, database, clock or global random state. Functions take
-plain numbers or arrays and return small frozen dataclasses, so the judge (``controller.judge``) and the
+plain numbers or arrays and return small frozen dataclasses, so the judge (``controller.core.judge``) and the
 benchmarks can call them on sufficient statistics or, where noted, on whole numpy arrays at once.
 
 Sign conventions used throughout

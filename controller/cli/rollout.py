@@ -1,6 +1,6 @@
 """`mlcanary rollout ...` and `mlcanary labels upload`: operators' commands.
 
-By default they work on the database directly, through `controller.actions` (actor ``cli:<user>``);
+By default they work on the database directly, through `controller.loop.actions` (actor ``cli:<user>``);
 with ``--api URL`` (and ``--token``, or MLCANARY_API_URL / MLCANARY_TOKEN) they go through the admin
 API instead, as the token's owner. Mistakes give one line on stderr and exit status 1.
 
@@ -23,7 +23,7 @@ from typing import Any
 
 import click
 
-from controller import feedback
+from controller.http import feedback
 from storage import Store
 
 ACTIONS = ("promote", "rollback", "pause", "resume", "abort")
@@ -98,7 +98,7 @@ _token_option = click.option("--token", envvar="MLCANARY_TOKEN", help="Admin API
 
 
 def _store(ctx: click.Context) -> Store:
-    from controller.cli import store_of
+    from controller.cli.common import store_of
 
     return store_of(ctx)
 
@@ -161,9 +161,9 @@ def start(
         started = remote.call("POST", f"/deployments/{deployment}/rollouts", body)
         click.echo(f"{deployment}: started {_describe(started)} of {started['challenger']}")
         return
-    from controller import actions
     from controller.app import parity_check
-    from controller.cli import settings_of
+    from controller.cli.common import settings_of
+    from controller.loop import actions
 
     created = actions.start_rollout(
         _store(ctx), deployment, challenger, actor=actor(), mode=mode, policy=policy_file, reason=reason,
@@ -197,7 +197,7 @@ def _action_command(name: str) -> click.Command:
             done = remote.call("POST", f"/deployments/{deployment}/rollout/{name}", body)
             click.echo(f"{deployment}: {_describe(done)}")
             return
-        from controller import actions
+        from controller.loop import actions
 
         keywords: dict[str, Any] = {"actor": actor(), "reason": reason, "now": datetime.now(UTC)}
         if name == "promote":
@@ -231,7 +231,7 @@ def status(ctx: click.Context, deployment: str, as_json: bool) -> None:
     if remote is not None:
         document = remote.call("GET", f"/deployments/{deployment}")
     else:
-        from controller import api
+        from controller.http import api
 
         store = _store(ctx)
         document = api.plain(api.deployment_json(store, store.deployments.get(deployment), detail=True))
@@ -292,7 +292,7 @@ def events(ctx: click.Context, deployment: str, after_id: int, limit: int, as_js
             "events"
         ]
     else:
-        from controller import api
+        from controller.http import api
 
         store = _store(ctx)
         found = store.events.list(

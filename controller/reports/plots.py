@@ -372,7 +372,7 @@ def _x_minutes(series: Sequence[Mapping[str, Any]], bucket: float) -> list[float
 
 
 def html_page(r: Mapping[str, Any]) -> str:
-    """Render a report dict (see controller.reports.REPORT_SCHEMA) as one self-contained HTML page."""
+    """Render a report dict (see controller.reports.build.REPORT_SCHEMA) as one self-contained HTML page."""
     ro = r["rollout"]
     dep = r["deployment"]["name"]
     title = f"mlcanary report: {dep}, rollout {ro['id']}"

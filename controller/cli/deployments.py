@@ -1,0 +1,59 @@
+"""`mlcanary deployments`: create, list and show deployments."""
+
+from __future__ import annotations
+
+import click
+
+from controller.cli.common import store_of
+
+
+@click.group()
+def deployments() -> None:
+    """Create, list and show deployments."""
+
+
+@deployments.command("create")
+@click.argument("name")
+@click.option("--champion", required=True, help="The first champion, NAME:VERSION.")
+@click.option("--no-raw-inputs", is_flag=True, help="Never store raw inputs of this deployment (privacy).")
+@click.pass_context
+def deployments_create(ctx: click.Context, name: str, champion: str, no_raw_inputs: bool) -> None:
+    """Create deployment NAME served by a champion version."""
+    from storage.entities import NewEvent
+
+    store = store_of(ctx)
+    version = store.pipelines.get_by_ref(champion)
+    event = NewEvent(
+        actor="cli", action="deployment.create", reason="created", message=f"champion {version.ref}"
+    )
+    deployment = store.deployments.create(name, version.id, store_raw_inputs=not no_raw_inputs, event=event)
+    click.echo(f"created deployment {deployment.name} with champion {version.ref}")
+
+
+@deployments.command("list")
+@click.pass_context
+def deployments_list(ctx: click.Context) -> None:
+    """List deployments with their champion and active rollout."""
+    store = store_of(ctx)
+    table = store.routing.load_table()
+    if not table:
+        click.echo("no deployments")
+        return
+    for name, entry in table.items():
+        challenger = (
+            f" challenger {entry.challenger.ref} ({entry.mode}, {entry.canary_weight:g}%)"
+            if entry.challenger
+            else ""
+        )
+        click.echo(f"{name}: champion {entry.champion.ref}{challenger}")
+
+
+@deployments.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="The same document as GET /api/v1/deployments/NAME.")
+@click.pass_context
+def deployments_show(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Show one deployment: champion, challenger, phase, weights, live figures, last verdicts."""
+    from controller.cli.rollout import status
+
+    ctx.invoke(status, deployment=name, as_json=as_json)

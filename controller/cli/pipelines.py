@@ -1,0 +1,127 @@
+"""`mlcanary pipelines`: register, list and show pipeline versions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from controller.cli.common import echo_json, json_option, settings_of, store_of
+
+
+@click.group()
+def pipelines() -> None:
+    """Register, list and show pipeline versions."""
+
+
+@pipelines.command("register")
+@click.argument("name")
+@click.argument("version")
+@click.option(
+    "--artifact",
+    type=click.Path(path_type=Path),
+    help="Fitted pipeline (.skops, or .joblib with --trust-pickle).",
+)
+@click.option("--upstream", help="URL of a model server, instead of an artifact.")
+@click.option("--protocol", type=click.Choice(["v2", "mlflow"]), default="v2", show_default=True)
+@click.option("--task", required=True, help="classification or regression.")
+@click.option(
+    "--sample", type=click.Path(path_type=Path), help="CSV/Parquet of raw inputs: gives the schema."
+)
+@click.option("--schema", "schema_text", help='Input schema as "col:float,col2:str".')
+@click.option(
+    "--holdout", type=click.Path(path_type=Path), help="Holdout file with the target: offline metrics."
+)
+@click.option("--target", help="Target column of the holdout.")
+@click.option("--golden", type=click.Path(path_type=Path), help="Raw input rows for the golden set.")
+@click.option("--golden-set", "golden_set", help="Golden set JSON (inputs + research outputs) or .json file.")
+@click.option("--metrics", help="Offline metrics JSON (or .json file) measured in research.")
+@click.option("--environment", help="Research environment fingerprint JSON (default: this one).")
+@click.option("--metadata", help="Free-form metadata JSON.")
+@click.option(
+    "--trust-pickle", is_flag=True, help="Allow a joblib/pickle artifact (it can run code when loaded)."
+)
+@click.pass_context
+def pipelines_register(ctx: click.Context, name: str, version: str, **opts: Any) -> None:
+    """Register pipeline version NAME VERSION from a fitted artifact or an HTTP upstream."""
+    from controller import registry
+
+    if bool(opts["artifact"]) == bool(opts["upstream"]):
+        raise click.UsageError("give exactly one of --artifact FILE or --upstream URL")
+    settings = settings_of(ctx)
+    schema = registry.parse_schema(opts["schema_text"]) if opts["schema_text"] else None
+    sample = registry.read_table(opts["sample"]) if opts["sample"] else None
+    metrics = json_option(opts["metrics"], "--metrics")
+    metadata = json_option(opts["metadata"], "--metadata")
+    store = store_of(ctx)
+    if opts["upstream"]:
+        resolved = schema or (registry.schema_from_frame(sample) if sample is not None else ())
+        version_entity = registry.register_upstream(
+            store, name=name, version=version, url=opts["upstream"], protocol=opts["protocol"],
+            task=opts["task"], schema=resolved, metrics=metrics, metadata=metadata,
+        )  # fmt: skip
+    else:
+        version_entity = registry.register_artifact(
+            store,
+            name=name,
+            version=version,
+            artifact=opts["artifact"],
+            task=opts["task"],
+            artifact_dir=settings.resolved_artifact_dir,
+            trust_pickle=opts["trust_pickle"] or settings.trust_pickle,
+            sample=sample,
+            schema=schema,
+            holdout=registry.read_table(opts["holdout"]) if opts["holdout"] else None,
+            target=opts["target"],
+            golden=registry.read_table(opts["golden"]) if opts["golden"] else None,
+            golden_set=json_option(opts["golden_set"], "--golden-set"),
+            metrics=metrics,
+            environment=json_option(opts["environment"], "--environment"),
+            metadata=metadata,
+        )
+    v = version_entity
+    click.echo(
+        f"registered {v.ref} (id {v.id}, {v.task}, {v.kind}{', sha256 ' + v.sha256[:12] if v.sha256 else ''})"
+    )
+
+
+@pipelines.command("list")
+@click.option("--name", help="Only versions of this pipeline.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def pipelines_list(ctx: click.Context, name: str | None, as_json: bool) -> None:
+    """List registered pipeline versions."""
+    versions = store_of(ctx).pipelines.list(name=name)
+    if as_json:
+        echo_json([_version_summary(v) for v in versions])
+        return
+    if not versions:
+        click.echo("no pipeline versions registered")
+        return
+    click.echo(f"{'ID':>4}  {'VERSION':30} {'TASK':15} {'KIND':9} {'METRICS'}")
+    for v in versions:
+        metrics = ", ".join(
+            f"{k}={val:.4g}" for k, val in v.offline_metrics.items() if isinstance(val, float)
+        )
+        click.echo(f"{v.id:>4}  {v.ref:30} {v.task:15} {v.kind:9} {metrics}")
+
+
+def _version_summary(v: Any) -> dict[str, Any]:
+    return {
+        "id": v.id, "name": v.name, "version": v.version, "ref": v.ref, "kind": v.kind, "task": v.task,
+        "input_schema": [{"name": c.name, "dtype": c.dtype} for c in v.input_schema],
+        "classes": v.classes, "sha256": v.sha256, "artifact_format": v.artifact_format,
+        "upstream_url": v.upstream_url, "upstream_protocol": v.upstream_protocol,
+        "offline_metrics": v.offline_metrics, "golden_set_rows": len(v.golden_set["outputs"]["prediction"])
+        if v.golden_set else 0, "environment": v.environment, "metadata": v.metadata,
+        "created_at": v.created_at.isoformat(),
+    }  # fmt: skip
+
+
+@pipelines.command("show")
+@click.argument("ref")
+@click.pass_context
+def pipelines_show(ctx: click.Context, ref: str) -> None:
+    """Show one pipeline version (NAME:VERSION or id) as JSON."""
+    echo_json(_version_summary(store_of(ctx).pipelines.get_by_ref(ref)))

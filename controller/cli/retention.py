@@ -1,0 +1,22 @@
+"""`mlcanary prune`: delete old paired outputs and labels in batches."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import click
+
+from controller.cli.common import parse_age, store_of
+
+
+@click.command()
+@click.option("--older-than", "older_than", required=True, help="Age to keep, e.g. 30d, 12h.")
+@click.option("--batch-size", default=5000, show_default=True, type=click.IntRange(1, 1_000_000))
+@click.pass_context
+def prune(ctx: click.Context, older_than: str, batch_size: int) -> None:
+    """Delete paired outputs and labels older than an age, in small batches that never block writers."""
+    cutoff = datetime.now(UTC) - parse_age(older_than)
+    store = store_of(ctx)
+    pairs = store.pairs.prune(before=cutoff, batch_size=batch_size)
+    labels = store.labels.prune(before=cutoff, batch_size=batch_size)
+    click.echo(f"pruned {pairs} paired outputs and {labels} labels received before {cutoff.isoformat()}")
