@@ -35,12 +35,28 @@ T0 = datetime(2026, 11, 29, tzinfo=UTC)
 
 
 def fill(store: Store, rows: int) -> tuple[int, object]:
-    versions = [store.pipelines.add(NewPipelineVersion(name="m", version=v, kind="artifact", task="classification",
-                                                       input_schema=(Column("x", "float"),), classes=(0, 1)))
-                for v in ("1", "2")]
+    versions = [
+        store.pipelines.add(
+            NewPipelineVersion(
+                name="m",
+                version=v,
+                kind="artifact",
+                task="classification",
+                input_schema=(Column("x", "float"),),
+                classes=(0, 1),
+            )
+        )
+        for v in ("1", "2")
+    ]
     deployment = store.deployments.create("m", versions[0].id)
-    rollout = store.rollouts.create(deployment_id=deployment.id, challenger_id=versions[1].id, mode="shadow",
-                                    policy={"mode": "shadow"}, created_by="bench", phase="shadowing")
+    rollout = store.rollouts.create(
+        deployment_id=deployment.id,
+        challenger_id=versions[1].id,
+        mode="shadow",
+        policy={"mode": "shadow"},
+        created_by="bench",
+        phase="shadowing",
+    )
     rng = np.random.default_rng(1)
     chunk = 50_000
     for start in range(0, rows, chunk):
@@ -51,17 +67,33 @@ def fill(store: Store, rows: int) -> tuple[int, object]:
         f1, f2 = rng.random(n) < 0.03, rng.random(n) < 0.05
         l1, l2 = rng.lognormal(1, 0.5, n), rng.lognormal(1.1, 0.5, n)
         ids = [f"{uuid.uuid4().hex}" for _ in range(n)]
-        store.pairs.insert_many([
-            PairRecord(request_id=ids[i], row_index=0, deployment_id=deployment.id, rollout_id=rollout.id, step=0,
-                       received_at=T0, routing_key_hash=i, served_arm="champion", champion_version_id=1,
-                       challenger_version_id=2, champion_class=None if f1[i] else str(p1[i]),
-                       challenger_class=None if f2[i] else str(p2[i]), champion_latency_ms=float(l1[i]),
-                       challenger_latency_ms=float(l2[i]), champion_error="e" if f1[i] else None,
-                       challenger_error="e" if f2[i] else None)
-            for i in range(n)
-        ])
+        store.pairs.insert_many(
+            [
+                PairRecord(
+                    request_id=ids[i],
+                    row_index=0,
+                    deployment_id=deployment.id,
+                    rollout_id=rollout.id,
+                    step=0,
+                    received_at=T0,
+                    routing_key_hash=i,
+                    served_arm="champion",
+                    champion_version_id=1,
+                    challenger_version_id=2,
+                    champion_class=None if f1[i] else str(p1[i]),
+                    challenger_class=None if f2[i] else str(p2[i]),
+                    champion_latency_ms=float(l1[i]),
+                    challenger_latency_ms=float(l2[i]),
+                    champion_error="e" if f1[i] else None,
+                    challenger_error="e" if f2[i] else None,
+                )
+                for i in range(n)
+            ]
+        )
         labelled = rng.random(n) < 0.7
-        store.labels.upsert_many(deployment.id, [(ids[i], 0, int(y[i])) for i in range(n) if labelled[i]], now=T0)
+        store.labels.upsert_many(
+            deployment.id, [(ids[i], 0, int(y[i])) for i in range(n) if labelled[i]], now=T0
+        )
     return rollout.id, rollout
 
 
@@ -99,8 +131,10 @@ def main() -> None:
             _, rollout = fill(store, rows)
             filled = time.perf_counter() - started
             if dialect == "postgresql":
-                with psycopg.connect(make_url(url).set(drivername="postgresql").render_as_string(
-                        hide_password=False), autocommit=True) as conn:
+                with psycopg.connect(
+                    make_url(url).set(drivername="postgresql").render_as_string(hide_password=False),
+                    autocommit=True,
+                ) as conn:
                     conn.execute("VACUUM ANALYZE paired_outputs")
             look = time_look(store, rollout)
             print(f"{dialect} {rows} rows: look {look * 1000:.0f} ms (filled in {filled:.0f} s)", flush=True)

@@ -34,24 +34,44 @@ def main() -> None:
     pred1, pred2 = y + rng.normal(0, 0.5, n), y + rng.normal(0, 0.5, n)
     edges = stats.latency_edges()
     out_edges = np.concatenate([[-np.inf], np.linspace(-3, 3, 19), [np.inf]])
-    policy = JudgePolicy(error_rate_slo=0.01, latency_p99_slo_ms=500.0,
-                         agreement=GateSpec(role="guardrail", margin=0.7),
-                         drift=GateSpec(role="guardrail", margin=0.2))
+    policy = JudgePolicy(
+        error_rate_slo=0.01,
+        latency_p99_slo_ms=500.0,
+        agreement=GateSpec(role="guardrail", margin=0.7),
+        drift=GateSpec(role="guardrail", margin=0.2),
+    )
 
     def classification() -> tuple[float, float, str]:
         t0 = time.perf_counter()
-        m = metrics_from_pairs(champion_prediction=champ, challenger_prediction=chal, champion_failed=fail1,
-                               challenger_failed=fail2, label=label, task="classification",
-                               champion_latency_ms=lat1, challenger_latency_ms=lat2, latency_edges=edges)
+        m = metrics_from_pairs(
+            champion_prediction=champ,
+            challenger_prediction=chal,
+            champion_failed=fail1,
+            challenger_failed=fail2,
+            label=label,
+            task="classification",
+            champion_latency_ms=lat1,
+            challenger_latency_ms=lat2,
+            latency_edges=edges,
+        )
         t1 = time.perf_counter()
         j = judge(m, policy)
         return t1 - t0, time.perf_counter() - t1, j.decision
 
     def regression() -> tuple[float, float, str]:
         t0 = time.perf_counter()
-        m = metrics_from_pairs(champion_prediction=pred1, challenger_prediction=pred2, champion_failed=fail1,
-                               challenger_failed=fail2, label=y, task="regression", champion_latency_ms=lat1,
-                               challenger_latency_ms=lat2, latency_edges=edges, output_edges=out_edges)
+        m = metrics_from_pairs(
+            champion_prediction=pred1,
+            challenger_prediction=pred2,
+            champion_failed=fail1,
+            challenger_failed=fail2,
+            label=y,
+            task="regression",
+            champion_latency_ms=lat1,
+            challenger_latency_ms=lat2,
+            latency_edges=edges,
+            output_edges=out_edges,
+        )
         t1 = time.perf_counter()
         j = judge(m, policy)
         return t1 - t0, time.perf_counter() - t1, j.decision
@@ -63,8 +83,10 @@ def main() -> None:
         runs = [fn() for _ in range(args.repeat)]
         build = statistics.median(r[0] for r in runs)
         decide = statistics.median(r[1] for r in runs)
-        print(f"| {name} | {build * 1000:.0f} ms | {decide * 1000:.2f} ms | {(build + decide) * 1000:.0f} ms "
-              f"| {runs[-1][2]} |")
+        print(
+            f"| {name} | {build * 1000:.0f} ms | {decide * 1000:.2f} ms | {(build + decide) * 1000:.0f} ms "
+            f"| {runs[-1][2]} |"
+        )
 
 
 if __name__ == "__main__":

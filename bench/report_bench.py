@@ -45,8 +45,16 @@ def fill(store: Store, rows: int, *, batch: int = 50_000, seed: int = 0) -> int:
     """Create the deployment and rollout and write ``rows`` paired outputs; return the rollout id."""
     champion, challenger = _version(store, "1"), _version(store, "2")
     dep = store.deployments.create("bench", champion)
-    rollout = store.rollouts.create(deployment_id=dep.id, challenger_id=challenger, mode="shadow", policy={},
-                                    created_by="bench", phase="shadowing", shadow_rate=1.0, now=T0)
+    rollout = store.rollouts.create(
+        deployment_id=dep.id,
+        challenger_id=challenger,
+        mode="shadow",
+        policy={},
+        created_by="bench",
+        phase="shadowing",
+        shadow_rate=1.0,
+        now=T0,
+    )
     rng = np.random.default_rng(seed)
     plans = np.array(["basic", "plus", "pro"])
     labels: list[tuple[str, int, int]] = []
@@ -84,11 +92,28 @@ def fill(store: Store, rows: int, *, batch: int = 50_000, seed: int = 0) -> int:
     for start in range(0, len(labels), 20_000):
         store.labels.upsert_many(dep.id, labels[start : start + 20_000], now=T0)
     for a in range(50):
-        verdicts = [{"gate": "agreement", "role": "required", "outcome": "inconclusive" if a < 40 else "pass",
-                     "statistic": -1.0, "bound": 0.85 + a * 0.002, "effect": 0.93, "margin": 0.9,
-                     "n_champion": (a + 1) * rows // 50, "n_challenger": (a + 1) * rows // 50, "reason": "bench"}]
-        store.analyses.add(rollout_id=rollout.id, step=0, outcome=verdicts[0]["outcome"], verdicts=verdicts,
-                           metrics={}, now=T0 + timedelta(minutes=a))
+        verdicts = [
+            {
+                "gate": "agreement",
+                "role": "required",
+                "outcome": "inconclusive" if a < 40 else "pass",
+                "statistic": -1.0,
+                "bound": 0.85 + a * 0.002,
+                "effect": 0.93,
+                "margin": 0.9,
+                "n_champion": (a + 1) * rows // 50,
+                "n_challenger": (a + 1) * rows // 50,
+                "reason": "bench",
+            }
+        ]
+        store.analyses.add(
+            rollout_id=rollout.id,
+            step=0,
+            outcome=verdicts[0]["outcome"],
+            verdicts=verdicts,
+            metrics={},
+            now=T0 + timedelta(minutes=a),
+        )
     return rollout.id
 
 
@@ -152,10 +177,12 @@ def main() -> None:
                 page = reports.render_html(report)
                 build.append(t1 - t)
                 render.append(time.perf_counter() - t1)
-            print(f"{db.dialect}, {args.rows:,} rows, segments {list(segments) or 'none'}: build_report "
-                  f"{statistics.median(build):.2f} s + render_html {statistics.median(render):.3f} s = "
-                  f"{statistics.median(build) + statistics.median(render):.2f} s (median of {args.repeat}; "
-                  f"page {len(page) / 1024:.0f} KiB)")
+            print(
+                f"{db.dialect}, {args.rows:,} rows, segments {list(segments) or 'none'}: build_report "
+                f"{statistics.median(build):.2f} s + render_html {statistics.median(render):.3f} s = "
+                f"{statistics.median(build) + statistics.median(render):.2f} s (median of {args.repeat}; "
+                f"page {len(page) / 1024:.0f} KiB)"
+            )
         for name, seconds in scan_times(store, rollout_id, args.rows).items():
             print(f"  scan {name}: {seconds:.2f} s")
     finally:

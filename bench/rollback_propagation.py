@@ -51,7 +51,9 @@ def _port() -> int:
 
 def _row() -> dict[str, Any]:
     frame, _ = mlpipes.churn_frame(1, seed=5, missing=0.0)
-    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in frame.iloc[0].to_dict().items()}
+    return {
+        k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in frame.iloc[0].to_dict().items()
+    }
 
 
 def _challenger_keys(rollout_id: int, n: int = 200) -> list[str]:
@@ -74,8 +76,9 @@ def _ask(url: str, key: str, body: dict[str, Any], client: httpx.Client | None =
     return response.headers.get("X-Mlcanary-Arm", "?")
 
 
-def _probe(url: str, keys: list[str], body: dict[str, Any], *, start: float, quiet_for: float,
-           limit: float) -> tuple[float, int]:
+def _probe(
+    url: str, keys: list[str], body: dict[str, Any], *, start: float, quiet_for: float, limit: float
+) -> tuple[float, int]:
     """Send requests until quiet_for seconds passed without a challenger answer; return (last one, requests)."""
     last = [0.0]
     sent = [0]
@@ -109,7 +112,9 @@ def _probe(url: str, keys: list[str], body: dict[str, Any], *, start: float, qui
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--refresh", type=float, default=0.25)
@@ -128,9 +133,24 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLCANARY_")}
     env["MLCANARY_REFRESH_INTERVAL"] = str(args.refresh)
     server = subprocess.Popen(
-        [sys.executable, "-m", "controller", "--database-url", url, "--data-dir", str(directory), "router",
-         "--port", str(port), "--workers", str(args.workers)],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=(directory / "router.log").open("wb"),
+        [
+            sys.executable,
+            "-m",
+            "controller",
+            "--database-url",
+            url,
+            "--data-dir",
+            str(directory),
+            "router",
+            "--port",
+            str(port),
+            "--workers",
+            str(args.workers),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=(directory / "router.log").open("wb"),
     )
     endpoint = f"http://127.0.0.1:{port}/v1/models/churn/invocations"
     body = {"dataframe_records": [_row()]}
@@ -146,12 +166,20 @@ def main() -> None:
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline or server.poll() is not None:
-                raise SystemExit("the router did not start: " + (directory / "router.log").read_text()[-2000:])
+                raise SystemExit(
+                    "the router did not start: " + (directory / "router.log").read_text()[-2000:]
+                )
             time.sleep(0.2)
         for repeat in range(args.repeats):
             rollout = store.rollouts.create(
-                deployment_id=deployment.id, challenger_id=challenger.id, mode="canary", policy={"mode": "canary"},
-                created_by="bench", phase="progressing", canary_weight=50.0, shadow_rate=0.0,
+                deployment_id=deployment.id,
+                challenger_id=challenger.id,
+                mode="canary",
+                policy={"mode": "canary"},
+                created_by="bench",
+                phase="progressing",
+                canary_weight=50.0,
+                shadow_rate=0.0,
             )
             keys = _challenger_keys(rollout.id)
             seen: set[str] = set()
@@ -168,8 +196,11 @@ def main() -> None:
             times.append(last)
             requests += sent
             probe_s += time.monotonic() - committed
-            print(f"repeat {repeat + 1}/{args.repeats}: last challenger answer {last * 1000:.0f} ms after the commit "
-                  f"({sent} requests)", flush=True)
+            print(
+                f"repeat {repeat + 1}/{args.repeats}: last challenger answer {last * 1000:.0f} ms after the commit "
+                f"({sent} requests)",
+                flush=True,
+            )
     finally:
         server.send_signal(signal.SIGTERM)
         try:

@@ -58,14 +58,23 @@ def main() -> int:
         server.wait_ready(timeout=120)
         duration = args.minutes * 60.0
         count = int(duration * args.rate) + 1
-        load = Load(server.base_url, body=lambda n: body(1, n), threads=4, count=count, duration=duration,
-                    rate=args.rate, prefix="soak").start()
+        load = Load(
+            server.base_url,
+            body=lambda n: body(1, n),
+            threads=4,
+            count=count,
+            duration=duration,
+            rate=args.rate,
+            prefix="soak",
+        ).start()
         started = time.time()
         rows: list[tuple[float, float, dict[str, float]]] = []
         while time.time() - started < duration:
             window_start = time.time()
             time.sleep(min(args.every, max(0.1, duration - (time.time() - started))))
-            rows.append((window_start - started, server.rss_mb(), load.report.percentiles(since=window_start)))
+            rows.append(
+                (window_start - started, server.rss_mb(), load.report.percentiles(since=window_start))
+            )
             print(f"{rows[-1][0]:6.0f}s rss {rows[-1][1]:.0f} MiB {rows[-1][2]}", file=sys.stderr, flush=True)
         report = load.join()
         code = server.terminate()
@@ -78,15 +87,21 @@ def main() -> int:
         print("| t (s) | workers RSS (MiB) | n | p50 (ms) | p90 (ms) | p99 (ms) | max (ms) |")
         print("|---:|---:|---:|---:|---:|---:|---:|")
         for t, rss, p in rows:
-            print(f"| {t:.0f} | {rss:.0f} | {p['n']:.0f} | {p['p50']:.1f} | {p['p90']:.1f} | {p['p99']:.1f} | "
-                  f"{p['max']:.1f} |")
+            print(
+                f"| {t:.0f} | {rss:.0f} | {p['n']:.0f} | {p['p50']:.1f} | {p['p90']:.1f} | {p['p99']:.1f} | "
+                f"{p['max']:.1f} |"
+            )
         overall = report.percentiles()
-        print(f"\nanswered {len(answered)} (failed {len(report.failed)}, statuses {report.statuses()}), "
-              f"stored pairs {stored}, answered with a pair {len(found)}, pairs with a shadow result {shadowed}; "
-              f"overall p50 {overall['p50']:.1f} / p99 {overall['p99']:.1f} ms; router exit {code}")
+        print(
+            f"\nanswered {len(answered)} (failed {len(report.failed)}, statuses {report.statuses()}), "
+            f"stored pairs {stored}, answered with a pair {len(found)}, pairs with a shadow result {shadowed}; "
+            f"overall p50 {overall['p50']:.1f} / p99 {overall['p99']:.1f} ms; router exit {code}"
+        )
         if warm:
-            print(f"memory after warm-up: {warm[0][1]:.0f} -> {warm[-1][1]:.0f} MiB "
-                  f"(min {min(r[1] for r in warm):.0f}, max {max(r[1] for r in warm):.0f})")
+            print(
+                f"memory after warm-up: {warm[0][1]:.0f} -> {warm[-1][1]:.0f} MiB "
+                f"(min {min(r[1] for r in warm):.0f}, max {max(r[1] for r in warm):.0f})"
+            )
         ok = stored == len(answered) and found == set(answered) and not report.failed and code == 0
         print("OK: every answered request has exactly one stored pair" if ok else "FAILED")
         db.dispose()

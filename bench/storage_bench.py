@@ -48,7 +48,13 @@ def prepare(url: str) -> Store:
     db_schema.upgrade(db)
     store = Store(db)
     v = store.pipelines.add(
-        NewPipelineVersion(name="b", version="1", kind="artifact", task="classification", input_schema=(Column("a", "float"),))
+        NewPipelineVersion(
+            name="b",
+            version="1",
+            kind="artifact",
+            task="classification",
+            input_schema=(Column("a", "float"),),
+        )
     )
     store.deployments.create("bench", v.id)
     return store
@@ -109,7 +115,9 @@ def bench_postgres(rows: int, batch: int, admin_url: str) -> dict[str, float]:
         store = prepare(url)
         tuples = [_pair_tuple(r, sqlite=False) for r in records(rows, 1, "raw")]
         columns = ", ".join(PAIR_COLUMNS)
-        with psycopg.connect(make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)) as conn:
+        with psycopg.connect(
+            make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+        ) as conn:
 
             def raw(chunk: list[tuple[object, ...]]) -> None:
                 with conn.cursor() as cur, cur.copy(f"COPY paired_outputs ({columns}) FROM STDIN") as copy:
@@ -151,13 +159,17 @@ def main() -> None:
         return
     print(f"{args.rows:,} rows in batches of {args.batch:,}, one transaction per batch, paths interleaved")
     print()
-    print("| database | raw driver | mlcanary `insert_many` rows/s | raw driver rows/s | ratio | raw driver + the same "
-          "row conversion, rows/s | ratio |")
+    print(
+        "| database | raw driver | mlcanary `insert_many` rows/s | raw driver rows/s | ratio | raw driver + the same "
+        "row conversion, rows/s | ratio |"
+    )
     print("|---|---|---|---|---|---|---|")
     for db, r in results.items():
         raw_name = "sqlite3 executemany" if db == "sqlite" else "psycopg COPY"
-        print(f"| {db} | {raw_name} | {r['ours']:,.0f} | {r['raw']:,.0f} | {r['ours'] / r['raw']:.2f} | "
-              f"{r['raw+convert']:,.0f} | {r['ours'] / r['raw+convert']:.2f} |")
+        print(
+            f"| {db} | {raw_name} | {r['ours']:,.0f} | {r['raw']:,.0f} | {r['ours'] / r['raw']:.2f} | "
+            f"{r['raw+convert']:,.0f} | {r['ours'] / r['raw+convert']:.2f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -26,15 +26,27 @@ class ConfigError(ValueError):
 class Settings:
     """Every setting of mlcanary, with its default. docs/configuration.md lists them."""
 
-    data_dir: Path = field(default=Path("var"), metadata={"help": "folder for the SQLite file, artifacts, spool"})
-    database_url: str = field(default="", metadata={"help": "SQLAlchemy URL; default sqlite:///DATA_DIR/mlcanary.db"})
-    artifact_dir: Path | None = field(default=None, metadata={"help": "artifact store; default DATA_DIR/artifacts"})
+    data_dir: Path = field(
+        default=Path("var"), metadata={"help": "folder for the SQLite file, artifacts, spool"}
+    )
+    database_url: str = field(
+        default="", metadata={"help": "SQLAlchemy URL; default sqlite:///DATA_DIR/mlcanary.db"}
+    )
+    artifact_dir: Path | None = field(
+        default=None, metadata={"help": "artifact store; default DATA_DIR/artifacts"}
+    )
     host: str = field(default="127.0.0.1", metadata={"help": "address the HTTP server binds"})
     port: int = field(default=8080, metadata={"help": "port the HTTP server binds"})
     workers: int = field(default=2, metadata={"help": "gunicorn worker processes"})
-    controller_interval: float = field(default=5.0, metadata={"help": "seconds between controller evaluations"})
-    refresh_interval: float = field(default=0.25, metadata={"help": "seconds between routing-table refreshes"})
-    trust_pickle: bool = field(default=False, metadata={"help": "allow joblib/pickle artifacts (runs their code)"})
+    controller_interval: float = field(
+        default=5.0, metadata={"help": "seconds between controller evaluations"}
+    )
+    refresh_interval: float = field(
+        default=0.25, metadata={"help": "seconds between routing-table refreshes"}
+    )
+    trust_pickle: bool = field(
+        default=False, metadata={"help": "allow joblib/pickle artifacts (runs their code)"}
+    )
     max_body_bytes: int = field(default=10 * 1024 * 1024, metadata={"help": "largest request body accepted"})
     max_upload_bytes: int = field(
         default=1024 * 1024 * 1024, metadata={"help": "largest artifact upload (POST /api/v1/pipelines)"}
@@ -50,7 +62,9 @@ class Settings:
         default="", metadata={"help": "HMAC-SHA256 key of the X-Mlcanary-Signature header (empty: unsigned)"}
     )
     webhook_timeout_s: float = field(default=5.0, metadata={"help": "seconds one webhook delivery may take"})
-    webhook_retries: int = field(default=3, metadata={"help": "webhook retries after a failed delivery (0..10)"})
+    webhook_retries: int = field(
+        default=3, metadata={"help": "webhook retries after a failed delivery (0..10)"}
+    )
     webhook_backoff_s: float = field(
         default=1.0, metadata={"help": "first webhook retry delay; doubles at each retry"}
     )
@@ -83,7 +97,9 @@ class Settings:
                 continue
             name = key[len(PREFIX) :].lower()
             if name not in by_name:
-                raise ConfigError(f"unknown setting {key}; known: {', '.join(PREFIX + n.upper() for n in by_name)}")
+                raise ConfigError(
+                    f"unknown setting {key}; known: {', '.join(PREFIX + n.upper() for n in by_name)}"
+                )
             values[name] = _parse(by_name[name], raw, key)
         values.update({k: v for k, v in overrides.items() if v is not None})
         unknown = set(values) - set(by_name)
@@ -127,9 +143,7 @@ class Settings:
 
 def describe() -> list[tuple[str, str, str]]:
     """Return (environment variable, default, help) for every setting."""
-    return [
-        (PREFIX + f.name.upper(), str(f.default), f.metadata.get("help", "")) for f in fields(Settings)
-    ]
+    return [(PREFIX + f.name.upper(), str(f.default), f.metadata.get("help", "")) for f in fields(Settings)]
 
 
 def _parse(spec: dataclasses.Field[Any], raw: str, key: str) -> Any:

@@ -98,7 +98,9 @@ def churn_table(n: int, *, seed: int) -> tuple[pd.DataFrame, pd.Series]:
     return frame, churned
 
 
-def _prepare(*, dense: bool, numeric: tuple[str, ...] = NUMERIC, categorical: tuple[str, ...] = CATEGORICAL) -> Any:
+def _prepare(
+    *, dense: bool, numeric: tuple[str, ...] = NUMERIC, categorical: tuple[str, ...] = CATEGORICAL
+) -> Any:
     from sklearn.compose import ColumnTransformer
     from sklearn.impute import SimpleImputer
     from sklearn.pipeline import make_pipeline
@@ -147,7 +149,10 @@ def train_candidates(train: pd.DataFrame, target: pd.Series, golden: pd.DataFram
     # Subtly worse: the research team dropped two "redundant" features.
     worse = Pipeline(
         [
-            ("prepare", _prepare(dense=False, numeric=("age", "monthly_charges"), categorical=("payment", "region"))),
+            (
+                "prepare",
+                _prepare(dense=False, numeric=("age", "monthly_charges"), categorical=("payment", "region")),
+            ),
             ("model", LogisticRegression(max_iter=1000)),
         ]
     )
@@ -276,7 +281,14 @@ class Traffic:
     """A simulated client population: sticky routing keys, MLflow and V2 requests, delayed labels."""
 
     def __init__(
-        self, url: str, deployment: str, rows: pd.DataFrame, truth: pd.Series, *, seed: int, label_delay_s: float
+        self,
+        url: str,
+        deployment: str,
+        rows: pd.DataFrame,
+        truth: pd.Series,
+        *,
+        seed: int,
+        label_delay_s: float,
     ) -> None:
         self.url, self.deployment = url, deployment
         self.records = json.loads(rows.to_json(orient="records"))
@@ -342,7 +354,11 @@ class Traffic:
                 item = self.pending.get_nowait()
             except queue.Empty:
                 break
-            (due.append({"request_id": item[1], "label": item[2]}) if force or item[0] <= now else later.append(item))
+            (
+                due.append({"request_id": item[1], "label": item[2]})
+                if force or item[0] <= now
+                else later.append(item)
+            )
         for item in later:
             self.pending.put(item)
         for start in range(0, len(due), 500):
@@ -403,7 +419,9 @@ class Demo:
     def prepare(self) -> tuple[list[Candidate], pd.DataFrame, pd.Series]:
         if self.data_dir.exists():
             if not (self.data_dir / ".mlcanary-demo").exists() and any(self.data_dir.iterdir()):
-                raise DemoError(f"{self.data_dir} exists and is not a demo folder; choose an empty --data-dir")
+                raise DemoError(
+                    f"{self.data_dir} exists and is not a demo folder; choose an empty --data-dir"
+                )
             shutil.rmtree(self.data_dir)
         self.data_dir.mkdir(parents=True)
         (self.data_dir / ".mlcanary-demo").touch()
@@ -440,7 +458,9 @@ class Demo:
                 actor="demo",
             )
             accuracy = version.offline_metrics.get("accuracy", float("nan"))
-            self.console.print(f"   registered {version.ref:16} offline accuracy {accuracy:.3f}  {c.description}")
+            self.console.print(
+                f"   registered {version.ref:16} offline accuracy {accuracy:.3f}  {c.description}"
+            )
         store.deployments.create("churn", store.pipelines.get_by_ref("churn:1").id)
         token, _ = store.tokens.create("demo-operator", "operator")
         (self.data_dir / "operator.token").write_text(token)
@@ -459,7 +479,9 @@ class Demo:
             message = response.json().get("error", {}).get("message", response.text)
             self.console.print(f"   [red]refused[/]: {message}")
             phase = "blocked" if "parity" in message.lower() else "refused"
-            return Outcome(candidate.version, candidate.role, candidate.expected, None, phase, message, 0, 0, 0.0)
+            return Outcome(
+                candidate.version, candidate.role, candidate.expected, None, phase, message, 0, 0, 0.0
+            )
         rollout_id = int(response.json()["id"])
         phase, reason, shown = "pending", "", ""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -476,8 +498,10 @@ class Demo:
                 if rollout.get("id") not in (None, rollout_id):
                     break
                 phase = rollout.get("phase", phase)
-                state = f"{phase:12} step {rollout.get('step_index', 0)}  challenger weight " \
-                        f"{rollout.get('canary_weight', 0):>5.1f}%"
+                state = (
+                    f"{phase:12} step {rollout.get('step_index', 0)}  challenger weight "
+                    f"{rollout.get('canary_weight', 0):>5.1f}%"
+                )
                 progress.update(bar, description=f"{state}  labels {traffic.tally.labels - before[1]:,}")
                 if state != shown:
                     progress.console.print(
@@ -488,7 +512,11 @@ class Demo:
                 if phase in FINAL_PHASES:
                     break
         mine: dict[str, Any] = next(
-            (r for r in api.get("/api/v1/deployments/churn/rollouts").json()["rollouts"] if r["id"] == rollout_id),
+            (
+                r
+                for r in api.get("/api/v1/deployments/churn/rollouts").json()["rollouts"]
+                if r["id"] == rollout_id
+            ),
             {},
         )
         phase = mine.get("phase", phase)
@@ -518,7 +546,9 @@ class Demo:
     def run(self, *, port: int | None = None) -> list[Outcome]:
         candidates, rows, truth = self.prepare()
         port = port or free_port()
-        self.console.print(f"[bold]2.[/] Starting mlcanary serve (gunicorn, 2 workers, controller) on port {port}…")
+        self.console.print(
+            f"[bold]2.[/] Starting mlcanary serve (gunicorn, 2 workers, controller) on port {port}…"
+        )
         outcomes: list[Outcome] = []
         with running_server(self.data_dir, port, log=self.data_dir / "server.log") as url:
             token = (self.data_dir / "operator.token").read_text()
@@ -558,7 +588,9 @@ class Demo:
             if o.report:
                 self.console.print(f"      report: {o.report}")
         summary = self.data_dir / "summary.json"
-        summary.write_text(json.dumps([o.__dict__ | {"as_expected": o.as_expected} for o in outcomes], indent=2))
+        summary.write_text(
+            json.dumps([o.__dict__ | {"as_expected": o.as_expected} for o in outcomes], indent=2)
+        )
         self.console.print(f"   summary: {summary}")
         self.console.print(
             "   (demo policy: small thresholds, a 4-point accuracy margin and a 3x p99 latency margin so it ends in minutes; "

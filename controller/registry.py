@@ -99,16 +99,22 @@ def check_estimator(estimator: Any, task: str) -> tuple[Any, ...] | None:
     from sklearn.utils.validation import check_is_fitted
 
     if not hasattr(estimator, "predict"):
-        raise RegistrationError(f"the artifact holds a {type(estimator).__name__}, not an estimator with predict()")
+        raise RegistrationError(
+            f"the artifact holds a {type(estimator).__name__}, not an estimator with predict()"
+        )
     try:
         check_is_fitted(estimator)
     except NotFittedError as error:
         raise RegistrationError(f"the {type(estimator).__name__} in the artifact is not fitted") from error
     except TypeError as error:
-        raise RegistrationError(f"the artifact holds a {type(estimator).__name__}, not an estimator") from error
+        raise RegistrationError(
+            f"the artifact holds a {type(estimator).__name__}, not an estimator"
+        ) from error
     if task == "classification":
         if not is_classifier(estimator):
-            raise RegistrationError(f"task is classification but {type(estimator).__name__} is not a classifier")
+            raise RegistrationError(
+                f"task is classification but {type(estimator).__name__} is not a classifier"
+            )
         return tuple(_plain(c) for c in estimator.classes_)
     if task == "regression" and is_classifier(estimator) and not is_regressor(estimator):
         raise RegistrationError(f"task is regression but {type(estimator).__name__} is a classifier")
@@ -132,14 +138,19 @@ def offline_metrics(estimator: Any, task: str, features: pd.DataFrame, target: p
     from sklearn import metrics
 
     predicted = estimator.predict(features)
-    result: dict[str, Any] = {"holdout_size": int(len(features)), "holdout_fingerprint": frame_fingerprint(features)}
+    result: dict[str, Any] = {
+        "holdout_size": int(len(features)),
+        "holdout_fingerprint": frame_fingerprint(features),
+    }
     if task == "classification":
         result["accuracy"] = float(metrics.accuracy_score(target, predicted))
         classes = list(estimator.classes_)
         if len(classes) == 2:
             result["f1"] = float(metrics.f1_score(target, predicted, pos_label=classes[1]))
             if hasattr(estimator, "predict_proba"):
-                result["roc_auc"] = float(metrics.roc_auc_score(target, estimator.predict_proba(features)[:, 1]))
+                result["roc_auc"] = float(
+                    metrics.roc_auc_score(target, estimator.predict_proba(features)[:, 1])
+                )
         else:
             result["f1_macro"] = float(metrics.f1_score(target, predicted, average="macro"))
     else:
@@ -239,9 +250,12 @@ def register_artifact(
         if target is None or target not in holdout.columns:
             raise RegistrationError(f"holdout has no target column {target!r}; name it with --target")
         features = holdout.drop(columns=[target])
-    resolved = schema or (
-        schema_from_frame(sample) if sample is not None else None
-    ) or (schema_from_frame(features) if features is not None else None) or schema_from_estimator(estimator)
+    resolved = (
+        schema
+        or (schema_from_frame(sample) if sample is not None else None)
+        or (schema_from_frame(features) if features is not None else None)
+        or schema_from_estimator(estimator)
+    )
     if not resolved:
         raise RegistrationError("cannot tell the input schema: give a sample file (--sample) or --schema")
     _check_schema_matches(estimator, resolved)
@@ -330,7 +344,10 @@ def register_upstream(
         metadata=dict(metadata or {}),
     )
     event = NewEvent(
-        actor=actor, action="pipeline.register", reason="registered", message=f"registered upstream {name}:{version}"
+        actor=actor,
+        action="pipeline.register",
+        reason="registered",
+        message=f"registered upstream {name}:{version}",
     )
     return store.pipelines.add(new, event=event)
 
@@ -341,7 +358,9 @@ def parse_schema(text: str) -> tuple[Column, ...]:
     for part in filter(None, (p.strip() for p in text.split(","))):
         column, sep, dtype = part.partition(":")
         if not sep or dtype not in ("float", "int", "bool", "str"):
-            raise RegistrationError(f"bad schema entry {part!r}: write NAME:TYPE with TYPE float, int, bool or str")
+            raise RegistrationError(
+                f"bad schema entry {part!r}: write NAME:TYPE with TYPE float, int, bool or str"
+            )
         columns.append(Column(column, dtype))
     if not columns:
         raise RegistrationError("empty schema")
@@ -361,7 +380,9 @@ def _check_schema_matches(estimator: Any, schema: tuple[Column, ...]) -> None:
     given = [c.name for c in schema]
     missing = [str(n) for n in expected if str(n) not in given]
     if missing:
-        raise RegistrationError(f"the pipeline was fitted on columns missing from the schema: {', '.join(missing)}")
+        raise RegistrationError(
+            f"the pipeline was fitted on columns missing from the schema: {', '.join(missing)}"
+        )
 
 
 def _check_golden_set(golden_set: Mapping[str, Any], schema: tuple[Column, ...]) -> None:

@@ -156,7 +156,13 @@ def policy_rows(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[str,
             # other nested models get their own table
             continue
         default = info.default
-        yield path, _type_name(info.annotation), _default_cell(default), _constraints(info), texts.get(name, "")
+        yield (
+            path,
+            _type_name(info.annotation),
+            _default_cell(default),
+            _constraints(info),
+            texts.get(name, ""),
+        )
 
 
 def _margin_rule(text: str) -> str:
@@ -220,7 +226,11 @@ def command_help(path: tuple[str, ...]) -> str:
             assert isinstance(command, click.Group)
             command = command.commands[name]
         parent = click.Context(
-            command, info_name=name, parent=parent, terminal_width=HELP_WIDTH, max_content_width=HELP_WIDTH,
+            command,
+            info_name=name,
+            parent=parent,
+            terminal_width=HELP_WIDTH,
+            max_content_width=HELP_WIDTH,
             **command.context_settings,
         )
     assert parent is not None
@@ -232,7 +242,9 @@ def cli_reference() -> str:
     lines = ["| Command | What it does |", "|---|---|"]
     commands = list(cli_commands())
     for path, command in commands[1:]:
-        lines.append(f"| [`{' '.join(path)}`](#{_anchor(' '.join(path))}) | {_cell(command.get_short_help_str(120))} |")
+        lines.append(
+            f"| [`{' '.join(path)}`](#{_anchor(' '.join(path))}) | {_cell(command.get_short_help_str(120))} |"
+        )
     for path, _command in commands:
         lines += ["", f"### {' '.join(path)}", "", "```text", command_help(path), "```"]
     return "\n".join(lines)
@@ -278,11 +290,7 @@ def _schema_text(schema: dict[str, Any] | None) -> str:
 
 def openapi_paths() -> list[tuple[str, str]]:
     """Return (METHOD, path) for every operation of the OpenAPI document."""
-    return [
-        (method.upper(), path)
-        for path, item in openapi.document()["paths"].items()
-        for method in item
-    ]
+    return [(method.upper(), path) for path, item in openapi.document()["paths"].items() for method in item]
 
 
 def openapi_reference() -> str:
@@ -291,7 +299,9 @@ def openapi_reference() -> str:
     lines = ["| Method | Path | Auth | Summary |", "|---|---|---|---|"]
     for path, item in doc["paths"].items():
         for method, operation in item.items():
-            lines.append(f"| {method.upper()} | `{path}` | {_auth(operation, method)} | {_cell(operation['summary'])} |")
+            lines.append(
+                f"| {method.upper()} | `{path}` | {_auth(operation, method)} | {_cell(operation['summary'])} |"
+            )
     for tag in [t["name"] for t in doc["tags"]]:
         lines += ["", f"### Routes: {tag}"]
         for path, item in doc["paths"].items():
@@ -306,7 +316,12 @@ def openapi_reference() -> str:
 
 
 def _operation_lines(method: str, path: str, operation: dict[str, Any]) -> list[str]:
-    lines = [f"#### {method.upper()} {path}", "", f"{operation['summary']}. Auth: **{_auth(operation, method)}**.", ""]
+    lines = [
+        f"#### {method.upper()} {path}",
+        "",
+        f"{operation['summary']}. Auth: **{_auth(operation, method)}**.",
+        "",
+    ]
     for parameter in operation.get("parameters", []):
         where = parameter["in"]
         required = "required" if parameter.get("required") else "optional"
@@ -324,10 +339,14 @@ def _operation_lines(method: str, path: str, operation: dict[str, Any]) -> list[
     errors = []
     for status, answer in operation["responses"].items():
         content = answer.get("content") or {}
-        if status >= "400" and [c.get("schema") for c in content.values()] == [{"$ref": "#/components/schemas/Error"}]:
+        if status >= "400" and [c.get("schema") for c in content.values()] == [
+            {"$ref": "#/components/schemas/Error"}
+        ]:
             errors.append(f"{status} {answer['description'].lower()}")
             continue
-        shapes = ", ".join(f"`{media}` {_schema_text(c.get('schema'))}".rstrip() for media, c in content.items())
+        shapes = ", ".join(
+            f"`{media}` {_schema_text(c.get('schema'))}".rstrip() for media, c in content.items()
+        )
         lines.append(f"- **{status}** {answer['description']}" + (f": {shapes}" if shapes else ""))
     if errors:
         lines.append(f"- errors, as [Error](#error): {'; '.join(errors)}")

@@ -120,7 +120,9 @@ class RouteTable:
             passed = self._parity[version.id] = self._parity_passes(entry, backend, champion=champion)
         if passed or champion:
             return backend
-        return MissingBackend(version, "it failed the parity gate (research outputs not reproduced); see the events")
+        return MissingBackend(
+            version, "it failed the parity gate (research outputs not reproduced); see the events"
+        )
 
     def _parity_passes(self, entry: RoutingEntry, backend: Backend, *, champion: bool) -> bool:
         from router import parity
@@ -133,24 +135,31 @@ class RouteTable:
             log.exception("parity check of %s crashed", version.ref)
             return champion
         if report.environment_differs:
-            log.warning("%s: %s", version.ref, "; ".join(
-                f"{d.key} {d.research} (research) != {d.serving} (serving)" for d in report.environment_differences
-            ))
+            log.warning(
+                "%s: %s",
+                version.ref,
+                "; ".join(
+                    f"{d.key} {d.research} (research) != {d.serving} (serving)"
+                    for d in report.environment_differences
+                ),
+            )
         if report.passed:
             return True
         role = "champion" if champion else "challenger"
         log.error("%s %s: %s", role, version.ref, report.message())
         try:
-            self.store.events.add(NewEvent(
-                actor=f"router:{socket.gethostname()}:{os.getpid()}",
-                action="router.parity_failed",
-                reason="parity_failed",
-                message=f"{role} {report.message()}"
-                + ("" if champion else "; the challenger is not routed, the champion answers"),
-                deployment_id=entry.deployment_id,
-                rollout_id=None if champion else entry.rollout_id,
-                details={"role": role, "parity": report.to_dict()},
-            ))
+            self.store.events.add(
+                NewEvent(
+                    actor=f"router:{socket.gethostname()}:{os.getpid()}",
+                    action="router.parity_failed",
+                    reason="parity_failed",
+                    message=f"{role} {report.message()}"
+                    + ("" if champion else "; the challenger is not routed, the champion answers"),
+                    deployment_id=entry.deployment_id,
+                    rollout_id=None if champion else entry.rollout_id,
+                    details={"role": role, "parity": report.to_dict()},
+                )
+            )
         except StorageError as exc:
             log.warning("cannot record the parity failure of %s: %s", version.ref, exc)
         return False
@@ -162,7 +171,9 @@ class RouteTable:
         if entry.rollout_id is None:
             return DEFAULT_RTOL, DEFAULT_ATOL
         section = self.store.rollouts.get(entry.rollout_id).policy.get("reproducibility") or {}
-        return float(section.get("parity_rtol", DEFAULT_RTOL)), float(section.get("parity_atol", DEFAULT_ATOL))
+        return float(section.get("parity_rtol", DEFAULT_RTOL)), float(
+            section.get("parity_atol", DEFAULT_ATOL)
+        )
 
     def _backend(self, version: PipelineVersion) -> Backend:
         cached = self._backends.get(version.id)

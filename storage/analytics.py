@@ -173,9 +173,13 @@ def step_aggregates(
                 cols = [_count(and_(has, answered(arm))) for arm in ARMS]
                 cols += [_count(and_(has, answered(arm), right[arm])) for arm in ARMS]
                 if cohort == "paired":
-                    cols += [_count(and_(has, both_ok, right["champion"], ~right["challenger"])),
-                             _count(and_(has, both_ok, ~right["champion"], right["challenger"]))]
-                r = [int(x or 0) for x in conn.execute(select(*cols).select_from(joined).where(matured)).one()]
+                    cols += [
+                        _count(and_(has, both_ok, right["champion"], ~right["challenger"])),
+                        _count(and_(has, both_ok, ~right["champion"], right["challenger"])),
+                    ]
+                r = [
+                    int(x or 0) for x in conn.execute(select(*cols).select_from(joined).where(matured)).one()
+                ]
                 for i, arm in enumerate(ARMS):
                     arms[arm].update(labelled=r[i], correct=r[2 + i])
                 if cohort == "paired":
@@ -194,10 +198,15 @@ def step_aggregates(
                     cols += [_count(both), _fsum(d), _fsum(d * d)]
                 r = list(conn.execute(select(*cols).select_from(joined).where(matured)).one())
                 for i, arm in enumerate(ARMS):
-                    arms[arm].update(labelled=int(r[3 * i] or 0), abs_error_sum=float(r[3 * i + 1] or 0.0),
-                                     abs_error_sumsq=float(r[3 * i + 2] or 0.0))
+                    arms[arm].update(
+                        labelled=int(r[3 * i] or 0),
+                        abs_error_sum=float(r[3 * i + 1] or 0.0),
+                        abs_error_sumsq=float(r[3 * i + 2] or 0.0),
+                    )
                 if cohort == "paired":
-                    extra.update(diff_n=int(r[6] or 0), diff_sum=float(r[7] or 0.0), diff_sumsq=float(r[8] or 0.0))
+                    extra.update(
+                        diff_n=int(r[6] or 0), diff_sum=float(r[7] or 0.0), diff_sumsq=float(r[8] or 0.0)
+                    )
 
         # 3. latency histograms: bucket = 1 + floor(ln(ms / start) / ln(growth)), clipped
         for arm in ARMS:
@@ -220,12 +229,20 @@ def step_aggregates(
         if task == "classification":
             for arm in ARMS:
                 klass = P[f"{arm}_class"]
-                query = select(klass, func.count()).where(step_filter, answered(arm), klass.is_not(None)).group_by(klass)
+                query = (
+                    select(klass, func.count())
+                    .where(step_filter, answered(arm), klass.is_not(None))
+                    .group_by(klass)
+                )
                 arms[arm]["classes"] = {str(k): int(c) for k, c in conn.execute(query)}
         else:
             bounds = conn.execute(
                 select(
-                    *[agg(case((answered(arm), P[f"{arm}_value"]), else_=None)) for arm in ARMS for agg in (func.min, func.max)]
+                    *[
+                        agg(case((answered(arm), P[f"{arm}_value"]), else_=None))
+                        for arm in ARMS
+                        for agg in (func.min, func.max)
+                    ]
                 ).where(step_filter)
             ).one()
             lows = [b for b in (bounds[0], bounds[2]) if b is not None]

@@ -60,7 +60,9 @@ def detect_format(path: str | Path) -> str:
         return "skops"
     if suffix in (".joblib", ".pkl", ".pickle"):
         return "joblib"
-    raise ArtifactError(f"cannot tell the format of {Path(path).name!r}: use a .skops (or, opted in, .joblib) file")
+    raise ArtifactError(
+        f"cannot tell the format of {Path(path).name!r}: use a .skops (or, opted in, .joblib) file"
+    )
 
 
 def store_artifact(source: str | Path, artifact_dir: str | Path) -> tuple[Path, str]:
@@ -121,5 +123,7 @@ _TRUSTED_PREFIXES = ("sklearn.", "numpy.", "scipy.", "builtins.", "collections."
 def _trusted_types(untrusted: list[str]) -> list[str]:
     refused = [t for t in untrusted if not t.startswith(_TRUSTED_PREFIXES)]
     if refused:
-        raise ArtifactError(f"the skops file names types outside scikit-learn/numpy/scipy: {', '.join(refused)}")
+        raise ArtifactError(
+            f"the skops file names types outside scikit-learn/numpy/scipy: {', '.join(refused)}"
+        )
     return untrusted

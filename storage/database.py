@@ -133,7 +133,9 @@ def translate_errors() -> Iterator[None]:
         text = str(error.orig).lower()
         if "locked" in text or "busy" in text:
             raise Unavailable(f"database busy: {_first_line(error.orig)}") from error
-        if any(w in text for w in ("connect", "connection", "server closed", "terminating", "unable to open")):
+        if any(
+            w in text for w in ("connect", "connection", "server closed", "terminating", "unable to open")
+        ):
             raise Unavailable(_first_line(error.orig)) from error
         raise StorageError(_first_line(error.orig)) from error
     except exc.DBAPIError as error:

@@ -1,12 +1,12 @@
 """Errors raised by storage; callers never see a database driver's exception.
 
-    StorageError (Exception)
-    ├── NotFound (LookupError)          the row asked for does not exist
-    ├── AlreadyExists (ValueError)      a unique name/version/id is taken
-    ├── ConcurrentUpdate                an optimistic version check lost the race
-    ├── InvalidState (ValueError)       the change breaks a rule of the data (e.g. two active rollouts)
-    ├── SchemaOutOfDate                 the database schema is not at the migrations' head
-    └── Unavailable (ConnectionError)   the database cannot be reached; worth retrying later
+StorageError (Exception)
+├── NotFound (LookupError)          the row asked for does not exist
+├── AlreadyExists (ValueError)      a unique name/version/id is taken
+├── ConcurrentUpdate                an optimistic version check lost the race
+├── InvalidState (ValueError)       the change breaks a rule of the data (e.g. two active rollouts)
+├── SchemaOutOfDate                 the database schema is not at the migrations' head
+└── Unavailable (ConnectionError)   the database cannot be reached; worth retrying later
 """
 
 from __future__ import annotations

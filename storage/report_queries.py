@@ -238,8 +238,10 @@ def step_counts(
         )
         fmt = UNITS[bucket][1] if bucket else ""
         with _reading(db) as conn:
-            return [_step_row(r[0], r[1:-1], r[-1] if isinstance(r[-1], str | None) else r[-1].strftime(fmt))
-                    for r in conn.execute(query)]
+            return [
+                _step_row(r[0], r[1:-1], r[-1] if isinstance(r[-1], str | None) else r[-1].strftime(fmt))
+                for r in conn.execute(query)
+            ]
     if spans is None:
         spans = step_spans(db, rollout_id)
     width, fmt = UNITS[bucket]
@@ -251,7 +253,9 @@ def step_counts(
     out = []
     with _reading(db) as conn:
         for step, _rows, first, last in spans:
-            query = ranged.where(P.step.is_(None) if step is None else P.step == bindparam("step", type_=Integer))
+            query = ranged.where(
+                P.step.is_(None) if step is None else P.step == bindparam("step", type_=Integer)
+            )
             t = _floor(first, bucket)
             while t <= last:
                 row = conn.execute(query, {"lo": t, "hi": t + width, "step": step}).one()
@@ -295,7 +299,12 @@ def confusion(db: Database, rollout_id: int, *, limit: int = 400) -> list[tuple[
     """Count (champion class, challenger class) over rows where both arms answered without error."""
     query = (
         select(P.champion_class, P.challenger_class, func.count().label("n"))
-        .where(P.rollout_id == rollout_id, _both_ok(), P.champion_class.isnot(None), P.challenger_class.isnot(None))
+        .where(
+            P.rollout_id == rollout_id,
+            _both_ok(),
+            P.champion_class.isnot(None),
+            P.challenger_class.isnot(None),
+        )
         .group_by(P.champion_class, P.challenger_class)
         .order_by(func.count().desc())
         .limit(limit)
@@ -309,7 +318,9 @@ def _bucket(column: Any, low: float, width: float, bins: int) -> ColumnElement[A
     return cast(func.floor((column - low) / width), Integer)
 
 
-def class_score_table(db: Database, rollout_id: int, *, bins: int, limit: int = 20_000) -> list[tuple[Any, ...]]:
+def class_score_table(
+    db: Database, rollout_id: int, *, bins: int, limit: int = 20_000
+) -> list[tuple[Any, ...]]:
     """Count (champion class, challenger class, champion score bucket, challenger score bucket) over pairs.
 
     One scan gives the agreement table, both class distributions and both score histograms (buckets of
@@ -319,7 +330,12 @@ def class_score_table(db: Database, rollout_id: int, *, bins: int, limit: int = 
     b2 = _bucket(P.challenger_score, 0.0, 1.0 / bins, bins)
     query = (
         select(P.champion_class, P.challenger_class, b1, b2, func.count())
-        .where(P.rollout_id == rollout_id, _both_ok(), P.champion_class.isnot(None), P.challenger_class.isnot(None))
+        .where(
+            P.rollout_id == rollout_id,
+            _both_ok(),
+            P.champion_class.isnot(None),
+            P.challenger_class.isnot(None),
+        )
         .group_by(P.champion_class, P.challenger_class, b1, b2)
         .limit(limit)
     )
@@ -355,7 +371,9 @@ def _clamped(rows: Any, bins: int) -> dict[int, int]:
 def output_range(db: Database, rollout_id: int, column: str = "value") -> tuple[float, float] | None:
     """Return (min, max) of both arms' ``*_value`` (or ``*_score``) over paired rows, or None."""
     a, b = P[f"champion_{column}"], P[f"challenger_{column}"]
-    query = select(func.min(a), func.max(a), func.min(b), func.max(b)).where(P.rollout_id == rollout_id, _both_ok())
+    query = select(func.min(a), func.max(a), func.min(b), func.max(b)).where(
+        P.rollout_id == rollout_id, _both_ok()
+    )
     with _reading(db) as conn:
         row = conn.execute(query).one()
     lows = [float(v) for v in (row[0], row[2]) if v is not None]
@@ -375,12 +393,18 @@ def value_buckets(
         for arm in ("champion", "challenger"):
             value = P[f"{arm}_value"]
             b = _bucket(value, low, width, bins)
-            query = select(b, func.count()).where(P.rollout_id == rollout_id, _both_ok(), value.isnot(None)).group_by(b)
+            query = (
+                select(b, func.count())
+                .where(P.rollout_id == rollout_id, _both_ok(), value.isnot(None))
+                .group_by(b)
+            )
             out[arm] = _clamped(conn.execute(query), bins)
     return out
 
 
-def numeric_sample(db: Database, rollout_id: int, column: str, *, limit: int, total: int) -> list[tuple[float, float]]:
+def numeric_sample(
+    db: Database, rollout_id: int, column: str, *, limit: int, total: int
+) -> list[tuple[float, float]]:
     """Return up to ``limit`` (champion, challenger) pairs of ``*_score`` or ``*_value`` from paired rows.
 
     A systematic sample: every k-th row by id, k = total // limit, so it spreads over the whole rollout.
@@ -465,7 +489,9 @@ def label_regression(db: Database, rollout_id: int) -> dict[str, float]:
     e1 = func.abs(P.champion_value - L.label_value)
     e2 = func.abs(P.challenger_value - L.label_value)
     d = e2 - e1
-    ok = and_(_both_ok(), L.label_value.isnot(None), P.champion_value.isnot(None), P.challenger_value.isnot(None))
+    ok = and_(
+        _both_ok(), L.label_value.isnot(None), P.champion_value.isnot(None), P.challenger_value.isnot(None)
+    )
     query = (
         select(
             func.count(),
@@ -519,8 +545,10 @@ def segment_sample(
     where = [in_rollout, P.raw_input.isnot(None)]
     if step > 1:
         where.append(P.id % step == 0)
-    value = P.raw_input[column].as_string() if db.dialect == "postgresql" else func.json_extract(
-        P.raw_input, f'$."{column}"'
+    value = (
+        P.raw_input[column].as_string()
+        if db.dialect == "postgresql"
+        else func.json_extract(P.raw_input, f'$."{column}"')
     )
     query = select(value).where(*where).limit(limit)
     with _reading(db) as conn:
@@ -595,15 +623,26 @@ def segments(
     query = (
         select(*columns)
         .select_from(source)
-        .where(P.rollout_id == rollout_id if min_id is None else _in_rollout(db, rollout_id, min_id),
-               P.raw_input.isnot(None))
+        .where(
+            P.rollout_id == rollout_id if min_id is None else _in_rollout(db, rollout_id, min_id),
+            P.raw_input.isnot(None),
+        )
         .group_by(key)
         .order_by(func.count().desc())
         .limit(limit)
     )
     names = ["segment", "rows", "champion_errors", "challenger_errors", "pairs", "agree", "diff_sum"]
     if labelled:
-        names += ["labelled", "champion_right", "challenger_right", "worse", "better", "abs1", "abs2", "diff_sq"]
+        names += [
+            "labelled",
+            "champion_right",
+            "challenger_right",
+            "worse",
+            "better",
+            "abs1",
+            "abs2",
+            "diff_sq",
+        ]
     with _reading(db) as conn:
         out = []
         for row in conn.execute(query):

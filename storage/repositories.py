@@ -74,11 +74,16 @@ class PipelineRepository:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def add(self, new: entities.NewPipelineVersion, *, event: entities.NewEvent | None = None) -> entities.PipelineVersion:
+    def add(
+        self, new: entities.NewPipelineVersion, *, event: entities.NewEvent | None = None
+    ) -> entities.PipelineVersion:
         """Store a new pipeline version; AlreadyExists if name+version is taken."""
         now = utcnow()
         with self.db.session() as s:
-            if s.scalar(select(PipelineVersionRow.id).filter_by(name=new.name, version=new.version)) is not None:
+            if (
+                s.scalar(select(PipelineVersionRow.id).filter_by(name=new.name, version=new.version))
+                is not None
+            ):
                 raise AlreadyExists(f"pipeline {new.name}:{new.version} is already registered")
             fields = asdict(new)
             fields["input_schema"] = [{"name": c.name, "dtype": c.dtype} for c in new.input_schema]
@@ -128,7 +133,12 @@ class DeploymentRepository:
         self.db = db
 
     def create(
-        self, name: str, champion_id: int, *, store_raw_inputs: bool = True, event: entities.NewEvent | None = None
+        self,
+        name: str,
+        champion_id: int,
+        *,
+        store_raw_inputs: bool = True,
+        event: entities.NewEvent | None = None,
     ) -> entities.Deployment:
         now = utcnow()
         with self.db.session() as s:
@@ -137,7 +147,11 @@ class DeploymentRepository:
             if s.scalar(select(DeploymentRow.id).filter_by(name=name)) is not None:
                 raise AlreadyExists(f"deployment {name!r} exists already")
             row = DeploymentRow(
-                name=name, champion_id=champion_id, store_raw_inputs=store_raw_inputs, created_at=now, updated_at=now
+                name=name,
+                champion_id=champion_id,
+                store_raw_inputs=store_raw_inputs,
+                created_at=now,
+                updated_at=now,
             )
             s.add(row)
             s.flush()
@@ -259,7 +273,10 @@ class RolloutRepository:
     def latest(self, deployment_id: int) -> entities.Rollout | None:
         with self.db.session(write=False) as s:
             row = s.scalar(
-                select(RolloutRow).filter_by(deployment_id=deployment_id).order_by(RolloutRow.id.desc()).limit(1)
+                select(RolloutRow)
+                .filter_by(deployment_id=deployment_id)
+                .order_by(RolloutRow.id.desc())
+                .limit(1)
             )
             return None if row is None else row.to_entity()
 
@@ -441,7 +458,11 @@ class PairRepository:
         while True:
             with self.db.session() as s:
                 ids = list(
-                    s.scalars(select(PairedOutputRow.id).where(PairedOutputRow.received_at < before).limit(batch_size))
+                    s.scalars(
+                        select(PairedOutputRow.id)
+                        .where(PairedOutputRow.received_at < before)
+                        .limit(batch_size)
+                    )
                 )
                 if not ids:
                     return total
@@ -506,8 +527,12 @@ class LabelRepository:
             known: set[tuple[str, int]] = set()
             foreign: set[str] = set()
             for start in range(0, len(ids), 500):
-                query = select(PairedOutputRow.request_id, PairedOutputRow.row_index, PairedOutputRow.deployment_id)
-                for rid, idx, owner in s.execute(query.where(PairedOutputRow.request_id.in_(ids[start : start + 500]))):
+                query = select(
+                    PairedOutputRow.request_id, PairedOutputRow.row_index, PairedOutputRow.deployment_id
+                )
+                for rid, idx, owner in s.execute(
+                    query.where(PairedOutputRow.request_id.in_(ids[start : start + 500]))
+                ):
                     (known.add((rid, idx)) if owner == deployment_id else foreign.add(rid))
             unknown = sorted({rid for rid, idx, _ in labels if (rid, idx) not in known})
             stored: set[tuple[str, int]] = set()
@@ -647,7 +672,10 @@ class AnalysisRepository:
     def list(self, rollout_id: int, *, limit: int = 10_000) -> list[entities.Analysis]:
         with self.db.session(write=False) as s:
             query = (
-                select(AnalysisRow).filter_by(rollout_id=rollout_id).order_by(AnalysisRow.evaluated_at).limit(limit)
+                select(AnalysisRow)
+                .filter_by(rollout_id=rollout_id)
+                .order_by(AnalysisRow.evaluated_at)
+                .limit(limit)
             )
             return [r.to_entity() for r in s.scalars(query)]
 
@@ -672,7 +700,9 @@ class TokenRepository:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def create(self, name: str, role: str, *, event: entities.NewEvent | None = None) -> tuple[str, entities.ApiToken]:
+    def create(
+        self, name: str, role: str, *, event: entities.NewEvent | None = None
+    ) -> tuple[str, entities.ApiToken]:
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
         token = "mlc_" + secrets.token_urlsafe(32)
@@ -756,5 +786,3 @@ class Store:
         self.analyses = AnalysisRepository(db)
         self.tokens = TokenRepository(db)
         self.cursors = CursorRepository(db)
-
-

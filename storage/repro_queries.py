@@ -22,7 +22,14 @@ L = LabelRow.__table__.c
 ARMS = ("champion", "challenger")
 MAX_SAMPLE = 100_000
 
-__all__ = ["ArmLabelled", "RawInput", "labelled_metrics", "raw_input_count", "raw_input_page", "raw_input_sample"]
+__all__ = [
+    "ArmLabelled",
+    "RawInput",
+    "labelled_metrics",
+    "raw_input_count",
+    "raw_input_page",
+    "raw_input_sample",
+]
 
 
 @dataclass(frozen=True)
@@ -62,7 +69,12 @@ def labelled_metrics(
     result: dict[str, ArmLabelled] = {}
     with db.session(write=False) as s:
         for arm in ARMS:
-            cls, value, error, version = P[f"{arm}_class"], P[f"{arm}_value"], P[f"{arm}_error"], P[f"{arm}_version_id"]
+            cls, value, error, version = (
+                P[f"{arm}_class"],
+                P[f"{arm}_value"],
+                P[f"{arm}_error"],
+                P[f"{arm}_version_id"],
+            )
             scored = and_(error.is_(None), (cls.isnot(None)) | (value.isnot(None)))
             abs_err = func.abs(value - L.label_value)
             regression_row = and_(value.isnot(None), L.label_value.isnot(None))
@@ -143,7 +155,6 @@ def raw_input_page(
             for row_id, rid, idx, at, raw in s.execute(query)
             if isinstance(raw, dict)
         ]
-
 
 
 def raw_input_count(db: Database, deployment_id: int, *, since: datetime | None = None) -> int:

@@ -128,7 +128,9 @@ def serve(ctx: click.Context, host: str | None, port: int | None, workers: int |
 
 
 @click.command()
-@click.option("--fast", is_flag=True, envvar="MLCANARY_DEMO_FAST", help="A smaller, quicker run (used by the tests).")
+@click.option(
+    "--fast", is_flag=True, envvar="MLCANARY_DEMO_FAST", help="A smaller, quicker run (used by the tests)."
+)
 @click.option("--port", type=int, help="Port for the demo server (default: a free one).")
 @click.pass_context
 def demo(ctx: click.Context, fast: bool, port: int | None) -> None:

@@ -98,7 +98,9 @@ def score_rows(
         try:
             out.extend(_score(version, backend, [row], max_rows=max_rows))
         except RouterError as exc:
-            out.append((None, None, f"{exc.code}: {exc.message}" if getattr(exc, "code", None) else exc.message))
+            out.append(
+                (None, None, f"{exc.code}: {exc.message}" if getattr(exc, "code", None) else exc.message)
+            )
     return out
 
 
@@ -106,12 +108,18 @@ def _score(
     version: PipelineVersion, backend: Backend, rows: Sequence[SourceRow], *, max_rows: int
 ) -> list[tuple[Any, float | None, str | None]]:
     wanted = version.column_names
-    columns = {name: [_value(r.values.get(name)) for r in rows] for name in wanted if any(name in r.values for r in rows)}
+    columns = {
+        name: [_value(r.values.get(name)) for r in rows]
+        for name in wanted
+        if any(name in r.values for r in rows)
+    }
     batch = build_batch(columns, version.input_schema, max_rows=max(max_rows, len(rows)))
     predictions: Predictions = backend.predict(batch.frame)
     if version.task == "regression":
         return [(o, _float(o), None) for o in predictions.outputs]
-    scores: list[Any] = [None] * len(predictions.outputs) if predictions.scores is None else list(predictions.scores)
+    scores: list[Any] = (
+        [None] * len(predictions.outputs) if predictions.scores is None else list(predictions.scores)
+    )
     return [(o, _float(s), None) for o, s in zip(predictions.outputs, scores, strict=True)]
 
 
@@ -139,7 +147,9 @@ def replay(
                     if against is not None and other is not None
                     else [(None, None, None)] * len(chunk)
                 )
-                for row, (out_a, score_a, err_a), (out_b, score_b, err_b) in zip(chunk, mine, theirs, strict=True):
+                for row, (out_a, score_a, err_a), (out_b, score_b, err_b) in zip(
+                    chunk, mine, theirs, strict=True
+                ):
                     agree: bool | None = None
                     diff: float | None = None
                     if against is not None and err_a is None and err_b is None:
@@ -157,10 +167,20 @@ def replay(
                         summary.agreed += int(agree)
                     summary.errors["version"] += err_a is not None
                     summary.errors["against"] += err_b is not None
-                    writer.writerow([
-                        row.source, row.row_index, _cell(out_a), _cell(score_a), _cell(out_b), _cell(score_b),
-                        "" if agree is None else int(agree), _cell(diff), err_a or "", err_b or "",
-                    ])
+                    writer.writerow(
+                        [
+                            row.source,
+                            row.row_index,
+                            _cell(out_a),
+                            _cell(score_a),
+                            _cell(out_b),
+                            _cell(score_b),
+                            "" if agree is None else int(agree),
+                            _cell(diff),
+                            err_a or "",
+                            err_b or "",
+                        ]
+                    )
                 summary.rows += len(chunk)
                 on_rows(len(chunk))
     finally:
@@ -222,19 +242,38 @@ def parse_since(text: str | None) -> datetime | None:
 
 @click.command("replay")
 @click.option("--version", "version_ref", required=True, help="Version to score, NAME:VERSION.")
-@click.option("--against", "against_ref", help="Version to compare with (default: the deployment's champion).")
+@click.option(
+    "--against", "against_ref", help="Version to compare with (default: the deployment's champion)."
+)
 @click.option("--deployment", help="Replay this deployment's stored raw inputs.")
 @click.option("--since", help="Only requests received at or after this ISO time (with --deployment).")
-@click.option("--limit", default=100_000, show_default=True, type=click.IntRange(1, 10_000_000),
-              help="Most rows replayed (with --deployment).")
-@click.option("--file", "file_path", type=click.Path(path_type=Path), help="CSV, Parquet or JSON file of raw inputs.")
-@click.option("--output", required=True, type=click.Path(path_type=Path), help="CSV of the paired comparison.")
+@click.option(
+    "--limit",
+    default=100_000,
+    show_default=True,
+    type=click.IntRange(1, 10_000_000),
+    help="Most rows replayed (with --deployment).",
+)
+@click.option(
+    "--file", "file_path", type=click.Path(path_type=Path), help="CSV, Parquet or JSON file of raw inputs."
+)
+@click.option(
+    "--output", required=True, type=click.Path(path_type=Path), help="CSV of the paired comparison."
+)
 @click.option("--batch-size", default=500, show_default=True, type=click.IntRange(1, 10_000))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
 def replay_command(
-    ctx: click.Context, version_ref: str, against_ref: str | None, deployment: str | None, since: str | None,
-    limit: int, file_path: Path | None, output: Path, batch_size: int, as_json: bool,
+    ctx: click.Context,
+    version_ref: str,
+    against_ref: str | None,
+    deployment: str | None,
+    since: str | None,
+    limit: int,
+    file_path: Path | None,
+    output: Path,
+    batch_size: int,
+    as_json: bool,
 ) -> None:
     """Score stored raw inputs or a file through a registered version offline and compare with another."""
     from rich.console import Console
@@ -254,18 +293,26 @@ def replay_command(
         target = store.deployments.get(deployment)
         if against is None and target.champion_id != version.id:
             against = store.pipelines.get(target.champion_id)
-        total, chunks = stored_chunks(store, target.id, since=parse_since(since), limit=limit, batch_size=batch_size)
+        total, chunks = stored_chunks(
+            store, target.id, since=parse_since(since), limit=limit, batch_size=batch_size
+        )
     else:
         assert file_path is not None
         total, chunks = file_chunks(file_path, batch_size=batch_size)
     if against is not None and against.task != version.task:
         raise click.UsageError(f"{version.ref} is a {version.task}, {against.ref} a {against.task}")
     console = Console(stderr=True)
-    columns = (TextColumn("replay {task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    columns = (
+        TextColumn("replay {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task(version.ref, total=total)
-        summary = replay(chunks, version, against, output, settings=settings,
-                         on_rows=lambda n: progress.advance(task, n))
+        summary = replay(
+            chunks, version, against, output, settings=settings, on_rows=lambda n: progress.advance(task, n)
+        )
     if as_json:
         echo_json(summary.to_dict())
         return

@@ -11,13 +11,24 @@ import click
 @click.command("report")
 @click.argument("deployment")
 @click.option("--rollout", "rollout_id", type=int, help="Rollout id (default: the deployment's latest).")
-@click.option("--segment", "segments", multiple=True, help="Raw-input column to break results down by (repeatable).")
+@click.option(
+    "--segment", "segments", multiple=True, help="Raw-input column to break results down by (repeatable)."
+)
 @click.option("--format", "fmt", type=click.Choice(["html", "json", "md"]), default="html", show_default=True)
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="File to write ('-' for standard output).")
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="File to write ('-' for standard output).",
+)
 @click.pass_context
 def report(
-    ctx: click.Context, deployment: str, rollout_id: int | None, segments: tuple[str, ...], fmt: str, output: Path
+    ctx: click.Context,
+    deployment: str,
+    rollout_id: int | None,
+    segments: tuple[str, ...],
+    fmt: str,
+    output: Path,
 ) -> None:
     """Write the comparison report of DEPLOYMENT's latest (or --rollout) rollout."""
     from controller.cli.common import store_of
@@ -37,4 +48,7 @@ def report(
         click.echo(text)
         return
     output.write_text(text, encoding="utf-8")
-    click.echo(f"wrote {output} ({fmt}, rollout {data['rollout']['id']}, {data['traffic']['rows']:,} requests)", err=True)
+    click.echo(
+        f"wrote {output} ({fmt}, rollout {data['rollout']['id']}, {data['traffic']['rows']:,} requests)",
+        err=True,
+    )

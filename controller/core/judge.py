@@ -217,7 +217,9 @@ def metrics_from_pairs(
     champion = Proportion(n=n, count=int(champ_fail.sum()))
     challenger = Proportion(n=n, count=int(chal_fail.sum()))
     # SUM(challenger_failed AND NOT champion_failed), SUM(champion_failed AND NOT challenger_failed)
-    paired_errors = PairedCounts(n=n, worse=int((chal_fail & ~champ_fail).sum()), better=int((champ_fail & ~chal_fail).sum()))
+    paired_errors = PairedCounts(
+        n=n, worse=int((chal_fail & ~champ_fail).sum()), better=int((champ_fail & ~chal_fail).sum())
+    )
     agreement_ = None
     paired_correct = abs_diff = champ_abs = None
     ok_lab = both_ok if labelled is None else both_ok & np.asarray(labelled, dtype=bool)
@@ -228,7 +230,9 @@ def metrics_from_pairs(
             y = np.asarray(label)
             r1, r2 = (y1 == y) & ok_lab, (y2 == y) & ok_lab
             # SUM(labelled), SUM(champion right AND challenger wrong), SUM(champion wrong AND challenger right)
-            paired_correct = PairedCounts(n=int(ok_lab.sum()), worse=int((r1 & ~r2).sum()), better=int((~r1 & r2).sum()))
+            paired_correct = PairedCounts(
+                n=int(ok_lab.sum()), worse=int((r1 & ~r2).sum()), better=int((~r1 & r2).sum())
+            )
     elif label is not None:
         y = np.asarray(label, dtype=float)
         e1 = np.abs(y1.astype(float) - y)[ok_lab]
@@ -241,9 +245,11 @@ def metrics_from_pairs(
     if champion_latency_ms is not None and challenger_latency_ms is not None:
         # GROUP BY bucket (floor(ln(ms / start) / ln(growth))): counts per arm
         e = np.asarray(stats.latency_edges() if latency_edges is None else latency_edges, dtype=float)
-        latency = Histogram(edges=tuple(e.tolist()),
-                            champion=tuple(stats.histogram_counts(champion_latency_ms, e).tolist()),
-                            challenger=tuple(stats.histogram_counts(challenger_latency_ms, e).tolist()))
+        latency = Histogram(
+            edges=tuple(e.tolist()),
+            champion=tuple(stats.histogram_counts(champion_latency_ms, e).tolist()),
+            challenger=tuple(stats.histogram_counts(challenger_latency_ms, e).tolist()),
+        )
     outputs = None
     if (task == "classification" and np.issubdtype(y1.dtype, np.integer)) or output_edges is not None:
         if output_edges is None:  # one bucket per class code: GROUP BY prediction
@@ -251,12 +257,23 @@ def metrics_from_pairs(
             oe = np.arange(k + 1, dtype=float) - 0.5
         else:
             oe = np.asarray(output_edges, dtype=float)
-        outputs = Histogram(edges=tuple(oe.tolist()),
-                            champion=tuple(stats.histogram_counts(y1[both_ok], oe).tolist()),
-                            challenger=tuple(stats.histogram_counts(y2[both_ok], oe).tolist()))
-    return StepMetrics(mode="shadow", champion=champion, challenger=challenger, paired_errors=paired_errors,
-                       agreement=agreement_, paired_correct=paired_correct, abs_error_difference=abs_diff,
-                       champion_abs_error=champ_abs, latency=latency, outputs=outputs)
+        outputs = Histogram(
+            edges=tuple(oe.tolist()),
+            champion=tuple(stats.histogram_counts(y1[both_ok], oe).tolist()),
+            challenger=tuple(stats.histogram_counts(y2[both_ok], oe).tolist()),
+        )
+    return StepMetrics(
+        mode="shadow",
+        champion=champion,
+        challenger=challenger,
+        paired_errors=paired_errors,
+        agreement=agreement_,
+        paired_correct=paired_correct,
+        abs_error_difference=abs_diff,
+        champion_abs_error=champ_abs,
+        latency=latency,
+        outputs=outputs,
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -300,12 +317,24 @@ class JudgePolicy:
     error_rate_slo: float | None = None
     latency_p99_slo_ms: float | None = None
     slo_min_samples: int = 100
-    error_rate: GateSpec = field(default_factory=lambda: GateSpec(role="guardrail", margin=0.0, min_samples=200))
-    latency_p99: GateSpec = field(default_factory=lambda: GateSpec(role="guardrail", margin=1.2, min_samples=1000))
-    agreement: GateSpec = field(default_factory=lambda: GateSpec(role="informational", margin=0.9, min_samples=200))
-    accuracy: GateSpec = field(default_factory=lambda: GateSpec(role="required", margin=0.01, min_samples=200))
-    regression: GateSpec = field(default_factory=lambda: GateSpec(role="required", margin=0.05, min_samples=200))
-    drift: GateSpec = field(default_factory=lambda: GateSpec(role="informational", margin=0.2, min_samples=500))
+    error_rate: GateSpec = field(
+        default_factory=lambda: GateSpec(role="guardrail", margin=0.0, min_samples=200)
+    )
+    latency_p99: GateSpec = field(
+        default_factory=lambda: GateSpec(role="guardrail", margin=1.2, min_samples=1000)
+    )
+    agreement: GateSpec = field(
+        default_factory=lambda: GateSpec(role="informational", margin=0.9, min_samples=200)
+    )
+    accuracy: GateSpec = field(
+        default_factory=lambda: GateSpec(role="required", margin=0.01, min_samples=200)
+    )
+    regression: GateSpec = field(
+        default_factory=lambda: GateSpec(role="required", margin=0.05, min_samples=200)
+    )
+    drift: GateSpec = field(
+        default_factory=lambda: GateSpec(role="informational", margin=0.2, min_samples=500)
+    )
     summary_pass: float = 0.75
     summary_marginal: float = 0.5
 
@@ -397,10 +426,22 @@ class _Draft:
     fail_reason: str = ""
 
 
-def _no_data(gate: str, spec: GateSpec, reason: str, n1: int = 0, n2: int = 0, margin: float | None = None) -> _Draft:
+def _no_data(
+    gate: str, spec: GateSpec, reason: str, n1: int = 0, n2: int = 0, margin: float | None = None
+) -> _Draft:
     return _Draft(
-        Verdict(gate, spec.role, Outcome.NO_DATA, math.nan, math.nan, math.nan,
-                spec.margin if margin is None else margin, n1, n2, reason)
+        Verdict(
+            gate,
+            spec.role,
+            Outcome.NO_DATA,
+            math.nan,
+            math.nan,
+            math.nan,
+            spec.margin if margin is None else margin,
+            n1,
+            n2,
+            reason,
+        )
     )
 
 
@@ -440,11 +481,18 @@ def _harm_gate(
     H0: harm <= limit. ``offset + scale * x`` maps harm-scale numbers to the gate's natural unit
     (accuracy difference, agreement share, relative MAE change) for the verdict and its reason.
     """
-    upper = stats.confidence_sequence(harm, se, n_cs, alpha=policy.alpha, n_star=policy.n_star, side="lesser").upper
-    lower = stats.confidence_sequence(harm, se, n_cs, alpha=policy.alpha, n_star=policy.n_star, side="greater").lower
-    p = stats.confidence_sequence_p_value(harm, se, n_cs, null=limit, alpha=policy.alpha, n_star=policy.n_star,
-                                          side="greater")
-    statistic = (harm - limit) / se if se > 0 else (math.copysign(math.inf, harm - limit) if harm != limit else 0.0)
+    upper = stats.confidence_sequence(
+        harm, se, n_cs, alpha=policy.alpha, n_star=policy.n_star, side="lesser"
+    ).upper
+    lower = stats.confidence_sequence(
+        harm, se, n_cs, alpha=policy.alpha, n_star=policy.n_star, side="greater"
+    ).lower
+    p = stats.confidence_sequence_p_value(
+        harm, se, n_cs, null=limit, alpha=policy.alpha, n_star=policy.n_star, side="greater"
+    )
+    statistic = (
+        (harm - limit) / se if se > 0 else (math.copysign(math.inf, harm - limit) if harm != limit else 0.0)
+    )
 
     def show(x: float) -> float:
         return float(offset + scale * x)
@@ -455,10 +503,24 @@ def _harm_gate(
     if upper < limit:
         outcome, why = Outcome.PASS, f"non-inferior: {describe}, {good_cmp}"
     else:
-        outcome, why = Outcome.INCONCLUSIVE, f"inconclusive: {describe}, bounds {min(good, bad):.4g}..{max(good, bad):.4g} " \
-                                             f"include {lim:.4g}"
-    verdict = Verdict(gate, spec.role, outcome, float(statistic), good, show(harm) if effect is None else effect, spec.margin, n1, n2, why,
-                      p_value=p.p_value, interval=stats.Interval(min(good, bad), max(good, bad)))
+        outcome, why = (
+            Outcome.INCONCLUSIVE,
+            f"inconclusive: {describe}, bounds {min(good, bad):.4g}..{max(good, bad):.4g} include {lim:.4g}",
+        )
+    verdict = Verdict(
+        gate,
+        spec.role,
+        outcome,
+        float(statistic),
+        good,
+        show(harm) if effect is None else effect,
+        spec.margin,
+        n1,
+        n2,
+        why,
+        p_value=p.p_value,
+        interval=stats.Interval(min(good, bad), max(good, bad)),
+    )
     return _Draft(verdict, harm_p=p.p_value, describe=describe, fail_bound=bad, fail_reason=bad_cmp)
 
 
@@ -474,13 +536,25 @@ def _error_rate(m: StepMetrics, policy: JudgePolicy) -> _Draft:
         how = "paired"
     else:
         if min(n1, n2) < spec.min_samples:
-            return _no_data("error_rate", spec, f"burn-in: {min(n1, n2)} of {spec.min_samples} requests", n1, n2)
+            return _no_data(
+                "error_rate", spec, f"burn-in: {min(n1, n2)} of {spec.min_samples} requests", n1, n2
+            )
         diff = m.challenger.count / n2 - m.champion.count / n1
         se = math.sqrt(_bernoulli_se(m.challenger.count, n2) ** 2 + _bernoulli_se(m.champion.count, n1) ** 2)
         n_cs = float(n1 + n2)
         how = "unpaired"
-    return _harm_gate("error_rate", spec, policy, harm=diff, se=se, n_cs=n_cs, limit=spec.margin, n1=n1, n2=n2,
-                      describe=f"error rate difference {diff:+.4g} ({how})")
+    return _harm_gate(
+        "error_rate",
+        spec,
+        policy,
+        harm=diff,
+        se=se,
+        n_cs=n_cs,
+        limit=spec.margin,
+        n1=n1,
+        n2=n2,
+        describe=f"error rate difference {diff:+.4g} ({how})",
+    )
 
 
 def _accuracy(m: StepMetrics, policy: JudgePolicy) -> _Draft:
@@ -488,20 +562,35 @@ def _accuracy(m: StepMetrics, policy: JudgePolicy) -> _Draft:
     if m.paired_correct is not None:
         pc = m.paired_correct
         if pc.n < spec.min_samples:
-            return _no_data("accuracy", spec, f"burn-in: {pc.n} of {spec.min_samples} labelled pairs", pc.n, pc.n)
+            return _no_data(
+                "accuracy", spec, f"burn-in: {pc.n} of {spec.min_samples} labelled pairs", pc.n, pc.n
+            )
         loss = (pc.worse - pc.better) / pc.n  # champion accuracy minus challenger accuracy
         se, n_cs, n1, n2, how = _paired_se(pc), float(pc.n), pc.n, pc.n, "paired"
     elif m.champion_correct is not None and m.challenger_correct is not None:
         a, b = m.champion_correct, m.challenger_correct
         if min(a.n, b.n) < spec.min_samples:
-            return _no_data("accuracy", spec, f"burn-in: {min(a.n, b.n)} of {spec.min_samples} labelled rows", a.n, b.n)
+            return _no_data(
+                "accuracy", spec, f"burn-in: {min(a.n, b.n)} of {spec.min_samples} labelled rows", a.n, b.n
+            )
         loss = a.count / a.n - b.count / b.n
         se = math.sqrt(_bernoulli_se(a.count, a.n) ** 2 + _bernoulli_se(b.count, b.n) ** 2)
         n_cs, n1, n2, how = float(a.n + b.n), a.n, b.n, "unpaired"
     else:
         return _no_data("accuracy", spec, "no labelled outcomes yet")
-    return _harm_gate("accuracy", spec, policy, harm=loss, se=se, n_cs=n_cs, limit=spec.margin, n1=n1, n2=n2,
-                      scale=-1.0, describe=f"accuracy difference {-loss:+.4g} ({how})")
+    return _harm_gate(
+        "accuracy",
+        spec,
+        policy,
+        harm=loss,
+        se=se,
+        n_cs=n_cs,
+        limit=spec.margin,
+        n1=n1,
+        n2=n2,
+        scale=-1.0,
+        describe=f"accuracy difference {-loss:+.4g} ({how})",
+    )
 
 
 def _regression(m: StepMetrics, policy: JudgePolicy) -> _Draft:
@@ -513,13 +602,20 @@ def _regression(m: StepMetrics, policy: JudgePolicy) -> _Draft:
     if m.abs_error_difference is not None:
         d = m.abs_error_difference
         if d.n < spec.min_samples:
-            return _no_data("regression", spec, f"burn-in: {d.n} of {spec.min_samples} labelled pairs", d.n, d.n)
+            return _no_data(
+                "regression", spec, f"burn-in: {d.n} of {spec.min_samples} labelled pairs", d.n, d.n
+            )
         diff, se, n_cs, n1, n2, how = d.mean, math.sqrt(d.variance / d.n), float(d.n), d.n, d.n, "paired"
     elif m.challenger_abs_error is not None:
         c = m.challenger_abs_error
         if min(base.n, c.n) < spec.min_samples:
-            return _no_data("regression", spec, f"burn-in: {min(base.n, c.n)} of {spec.min_samples} labelled rows",
-                            base.n, c.n)
+            return _no_data(
+                "regression",
+                spec,
+                f"burn-in: {min(base.n, c.n)} of {spec.min_samples} labelled rows",
+                base.n,
+                c.n,
+            )
         diff = c.mean - mae
         se = math.sqrt(c.variance / c.n + base.variance / base.n)
         n_cs, n1, n2, how = float(base.n + c.n), base.n, c.n, "unpaired"
@@ -527,8 +623,19 @@ def _regression(m: StepMetrics, policy: JudgePolicy) -> _Draft:
         return _no_data("regression", spec, "no labelled challenger errors yet")
     limit = spec.margin * mae  # the champion's MAE is treated as known: a plug-in approximation
     rel = diff / mae if mae > 0 else math.inf
-    return _harm_gate("regression", spec, policy, harm=diff, se=se, n_cs=n_cs, limit=limit, n1=n1, n2=n2,
-                      scale=1.0 / mae if mae > 0 else 1.0, describe=f"MAE change {rel:+.2%} ({how})")
+    return _harm_gate(
+        "regression",
+        spec,
+        policy,
+        harm=diff,
+        se=se,
+        n_cs=n_cs,
+        limit=limit,
+        n1=n1,
+        n2=n2,
+        scale=1.0 / mae if mae > 0 else 1.0,
+        describe=f"MAE change {rel:+.2%} ({how})",
+    )
 
 
 def _agreement(m: StepMetrics, policy: JudgePolicy) -> _Draft:
@@ -540,9 +647,20 @@ def _agreement(m: StepMetrics, policy: JudgePolicy) -> _Draft:
         return _no_data("agreement", spec, f"burn-in: {a.n} of {spec.min_samples} pairs", a.n, a.n)
     share = a.count / a.n
     disagree = 1.0 - share
-    return _harm_gate("agreement", spec, policy, harm=disagree, se=_bernoulli_se(a.count, a.n), n_cs=float(a.n),
-                      limit=1.0 - spec.margin, n1=a.n, n2=a.n, offset=1.0, scale=-1.0,
-                      describe=f"agreement {share:.4g} vs minimum {spec.margin:.4g}")
+    return _harm_gate(
+        "agreement",
+        spec,
+        policy,
+        harm=disagree,
+        se=_bernoulli_se(a.count, a.n),
+        n_cs=float(a.n),
+        limit=1.0 - spec.margin,
+        n1=a.n,
+        n2=a.n,
+        offset=1.0,
+        scale=-1.0,
+        describe=f"agreement {share:.4g} vs minimum {spec.margin:.4g}",
+    )
 
 
 def _latency(m: StepMetrics, policy: JudgePolicy) -> _Draft:
@@ -558,11 +676,21 @@ def _latency(m: StepMetrics, policy: JudgePolicy) -> _Draft:
     threshold = spec.margin * p99_champ
     above = stats.share_above(h.challenger, h.edges, threshold)
     share = above / n2
-    draft = _harm_gate("latency_p99", spec, policy, harm=share, se=_bernoulli_se(above, n2), n_cs=float(n2),
-                       limit=0.01, n1=n1, n2=n2, effect=p99_chal / p99_champ if p99_champ > 0 else math.inf,
-                       describe=f"p99 ratio {p99_chal / p99_champ:.3g} ({p99_chal:.4g} vs {p99_champ:.4g} ms); "
-                                f"share of challenger requests above {spec.margin:g} x champion p99 "
-                                f"({threshold:.4g} ms) = {share:.3%}, must stay under 1%")
+    draft = _harm_gate(
+        "latency_p99",
+        spec,
+        policy,
+        harm=share,
+        se=_bernoulli_se(above, n2),
+        n_cs=float(n2),
+        limit=0.01,
+        n1=n1,
+        n2=n2,
+        effect=p99_chal / p99_champ if p99_champ > 0 else math.inf,
+        describe=f"p99 ratio {p99_chal / p99_champ:.3g} ({p99_chal:.4g} vs {p99_champ:.4g} ms); "
+        f"share of challenger requests above {spec.margin:g} x champion p99 "
+        f"({threshold:.4g} ms) = {share:.3%}, must stay under 1%",
+    )
     return draft
 
 
@@ -579,9 +707,15 @@ def _drift(m: StepMetrics, policy: JudgePolicy) -> _Draft:
     if r.psi <= spec.margin:
         outcome, why = Outcome.PASS, f"PSI {r.psi:.4g} <= {spec.margin:.4g}"
     elif r.psi > r.threshold:
-        outcome, why = Outcome.FAIL, f"drift: PSI {r.psi:.4g} > {spec.margin:.4g} and above noise {r.threshold:.4g}"
+        outcome, why = (
+            Outcome.FAIL,
+            f"drift: PSI {r.psi:.4g} > {spec.margin:.4g} and above noise {r.threshold:.4g}",
+        )
     else:
-        outcome, why = Outcome.INCONCLUSIVE, f"PSI {r.psi:.4g} > {spec.margin:.4g} but within noise {r.threshold:.4g}"
+        outcome, why = (
+            Outcome.INCONCLUSIVE,
+            f"PSI {r.psi:.4g} > {spec.margin:.4g} but within noise {r.threshold:.4g}",
+        )
     v = Verdict("drift", spec.role, outcome, stat, r.threshold, r.psi, spec.margin, n1, n2, why)
     return _Draft(v)
 
@@ -594,49 +728,125 @@ def _vetoes(m: StepMetrics, policy: JudgePolicy) -> list[Verdict]:
         u1, u2 = m.units if m.units is not None else (n1, n2)
         unit = "routing keys" if m.units is not None else "requests"
         if u1 + u2 == 0:
-            out.append(Verdict("srm", "veto", Outcome.NO_DATA, math.nan, policy.srm_alpha, math.nan, w, u1, u2,
-                               "no traffic yet"))
+            out.append(
+                Verdict(
+                    "srm",
+                    "veto",
+                    Outcome.NO_DATA,
+                    math.nan,
+                    policy.srm_alpha,
+                    math.nan,
+                    w,
+                    u1,
+                    u2,
+                    "no traffic yet",
+                )
+            )
         else:
             r = stats.srm_test([u1, u2], [1.0 - w, w], alpha=policy.srm_alpha)
             share = u2 / (u1 + u2)
             bad = r.p_value < policy.srm_alpha
-            why = (f"sample-ratio mismatch: challenger share of {unit} {share:.4f} vs {w:.4f}, p = {r.p_value:.3g}"
-                   if bad else
-                   f"split as configured: challenger share of {unit} {share:.4f} vs {w:.4f}, p = {r.p_value:.3g}")
-            out.append(Verdict("srm", "veto", Outcome.FAIL if bad else Outcome.PASS, r.statistic, policy.srm_alpha,
-                               share, w, u1, u2, why, p_value=r.p_value))
+            why = (
+                f"sample-ratio mismatch: challenger share of {unit} {share:.4f} vs {w:.4f}, p = {r.p_value:.3g}"
+                if bad
+                else f"split as configured: challenger share of {unit} {share:.4f} vs {w:.4f}, p = {r.p_value:.3g}"
+            )
+            out.append(
+                Verdict(
+                    "srm",
+                    "veto",
+                    Outcome.FAIL if bad else Outcome.PASS,
+                    r.statistic,
+                    policy.srm_alpha,
+                    share,
+                    w,
+                    u1,
+                    u2,
+                    why,
+                    p_value=r.p_value,
+                )
+            )
     if policy.error_rate_slo is not None:
         slo = policy.error_rate_slo
         if n2 < policy.slo_min_samples:
-            out.append(Verdict("error_rate_slo", "veto", Outcome.NO_DATA, math.nan, math.nan, math.nan, slo, n1, n2,
-                               f"burn-in: {n2} of {policy.slo_min_samples} requests"))
+            out.append(
+                Verdict(
+                    "error_rate_slo",
+                    "veto",
+                    Outcome.NO_DATA,
+                    math.nan,
+                    math.nan,
+                    math.nan,
+                    slo,
+                    n1,
+                    n2,
+                    f"burn-in: {n2} of {policy.slo_min_samples} requests",
+                )
+            )
         else:
             rate = m.challenger.count / n2
             se = _bernoulli_se(m.challenger.count, n2)
-            lower = stats.confidence_sequence(rate, se, n2, alpha=policy.alpha, n_star=policy.n_star, side="greater").lower
+            lower = stats.confidence_sequence(
+                rate, se, n2, alpha=policy.alpha, n_star=policy.n_star, side="greater"
+            ).lower
             bad = lower > slo
-            out.append(Verdict("error_rate_slo", "veto", Outcome.FAIL if bad else Outcome.PASS, (rate - slo) / se,
-                               lower, rate, slo, n1, n2,
-                               f"challenger error rate {rate:.4g}, lower bound {lower:.4g} "
-                               f"{'>' if bad else '<='} SLO {slo:.4g}"))
+            out.append(
+                Verdict(
+                    "error_rate_slo",
+                    "veto",
+                    Outcome.FAIL if bad else Outcome.PASS,
+                    (rate - slo) / se,
+                    lower,
+                    rate,
+                    slo,
+                    n1,
+                    n2,
+                    f"challenger error rate {rate:.4g}, lower bound {lower:.4g} "
+                    f"{'>' if bad else '<='} SLO {slo:.4g}",
+                )
+            )
     if policy.latency_p99_slo_ms is not None and m.latency is not None:
         slo_ms = policy.latency_p99_slo_ms
         h = m.latency
         k2 = int(sum(h.challenger))
         if k2 < policy.slo_min_samples:
-            out.append(Verdict("latency_p99_slo", "veto", Outcome.NO_DATA, math.nan, math.nan, math.nan, slo_ms,
-                               int(sum(h.champion)), k2, f"burn-in: {k2} of {policy.slo_min_samples} requests"))
+            out.append(
+                Verdict(
+                    "latency_p99_slo",
+                    "veto",
+                    Outcome.NO_DATA,
+                    math.nan,
+                    math.nan,
+                    math.nan,
+                    slo_ms,
+                    int(sum(h.champion)),
+                    k2,
+                    f"burn-in: {k2} of {policy.slo_min_samples} requests",
+                )
+            )
         else:
             above = stats.share_above(h.challenger, h.edges, slo_ms)
             share, se = above / k2, _bernoulli_se(above, k2)
-            lower = stats.confidence_sequence(share, se, k2, alpha=policy.alpha, n_star=policy.n_star,
-                                              side="greater").lower
+            lower = stats.confidence_sequence(
+                share, se, k2, alpha=policy.alpha, n_star=policy.n_star, side="greater"
+            ).lower
             bad = lower > 0.01
             p99 = stats.quantile_from_histogram(h.challenger, h.edges, 0.99)
-            out.append(Verdict("latency_p99_slo", "veto", Outcome.FAIL if bad else Outcome.PASS, (share - 0.01) / se,
-                               lower, p99, slo_ms, int(sum(h.champion)), k2,
-                               f"challenger p99 {p99:.4g} ms; {share:.2%} above the {slo_ms:.4g} ms SLO "
-                               f"(lower bound {lower:.2%} {'>' if bad else '<='} 1%)"))
+            out.append(
+                Verdict(
+                    "latency_p99_slo",
+                    "veto",
+                    Outcome.FAIL if bad else Outcome.PASS,
+                    (share - 0.01) / se,
+                    lower,
+                    p99,
+                    slo_ms,
+                    int(sum(h.champion)),
+                    k2,
+                    f"challenger p99 {p99:.4g} ms; {share:.2%} above the {slo_ms:.4g} ms SLO "
+                    f"(lower bound {lower:.2%} {'>' if bad else '<='} 1%)",
+                )
+            )
     return out
 
 
@@ -678,11 +888,35 @@ def judge(metrics: StepMetrics, policy: JudgePolicy) -> Judgement:
             p_adj = float(adjusted[family.index(i)]) if i in family else d.harm_p
             if p_adj <= policy.alpha:
                 why = f"harm: {d.describe}, {d.fail_reason}, Holm-adjusted p = {p_adj:.3g}"
-                v = Verdict(v.gate, v.role, Outcome.FAIL, v.statistic, d.fail_bound, v.effect, v.margin, v.n_champion,
-                            v.n_challenger, why, p_value=p_adj, interval=v.interval)
+                v = Verdict(
+                    v.gate,
+                    v.role,
+                    Outcome.FAIL,
+                    v.statistic,
+                    d.fail_bound,
+                    v.effect,
+                    v.margin,
+                    v.n_champion,
+                    v.n_challenger,
+                    why,
+                    p_value=p_adj,
+                    interval=v.interval,
+                )
             else:
-                v = Verdict(v.gate, v.role, v.outcome, v.statistic, v.bound, v.effect, v.margin, v.n_champion,
-                            v.n_challenger, v.reason, p_value=p_adj, interval=v.interval)
+                v = Verdict(
+                    v.gate,
+                    v.role,
+                    v.outcome,
+                    v.statistic,
+                    v.bound,
+                    v.effect,
+                    v.margin,
+                    v.n_champion,
+                    v.n_challenger,
+                    v.reason,
+                    p_value=p_adj,
+                    interval=v.interval,
+                )
         verdicts.append(v)
     verdicts.extend(_vetoes(metrics, policy))
 
@@ -698,7 +932,10 @@ def judge(metrics: StepMetrics, policy: JudgePolicy) -> Judgement:
     elif harmed:
         decision, reason = "rollback", "harm: " + "; ".join(f"{v.gate}: {v.reason}" for v in harmed)
     elif required and all(v.outcome == Outcome.PASS for v in required):
-        decision, reason = "promote", "every required gate is non-inferior: " + ", ".join(v.gate for v in required)
+        decision, reason = (
+            "promote",
+            "every required gate is non-inferior: " + ", ".join(v.gate for v in required),
+        )
     else:
         waiting = [f"{v.gate} {v.outcome.label}" for v in required if v.outcome != Outcome.PASS]
         decision = "continue"

@@ -25,7 +25,15 @@ from controller.core.policy import Policy, Stage
 
 ManualAction = Literal["promote", "promote_full", "rollback", "pause", "resume", "abort"]
 
-PHASES: tuple[str, ...] = ("pending", "shadowing", "progressing", "paused", "promoted", "rolled_back", "aborted")
+PHASES: tuple[str, ...] = (
+    "pending",
+    "shadowing",
+    "progressing",
+    "paused",
+    "promoted",
+    "rolled_back",
+    "aborted",
+)
 FINAL: frozenset[str] = frozenset({"promoted", "rolled_back", "aborted"})
 
 TRANSITIONS: Mapping[str, frozenset[str]] = {
@@ -61,7 +69,9 @@ def check_transition(source: str, target: str) -> None:
         raise TransitionError(f"unknown phase {source!r}")
     if target not in TRANSITIONS[source]:
         allowed = ", ".join(sorted(TRANSITIONS[source])) or "nothing (the rollout has ended)"
-        raise TransitionError(f"a {source} rollout cannot become {target}; from {source} it may become {allowed}")
+        raise TransitionError(
+            f"a {source} rollout cannot become {target}; from {source} it may become {allowed}"
+        )
 
 
 @dataclass(frozen=True)
@@ -134,7 +144,9 @@ class Decision:
 
 
 def _hold(state: RolloutState, reason: str, message: str) -> Decision:
-    return Decision("hold", state.phase, state.step_index, state.canary_weight, state.shadow_rate, reason, message)
+    return Decision(
+        "hold", state.phase, state.step_index, state.canary_weight, state.shadow_rate, reason, message
+    )
 
 
 def _enter(state: RolloutState, index: int, action: str, reason: str, message: str) -> Decision:
@@ -157,9 +169,16 @@ def _advance(state: RolloutState, action: str, reason: str, why: str) -> Decisio
     plan = state.plan
     nxt = state.step_index + 1
     if nxt >= len(plan):
-        return _final(state, "promoted", "promote", reason,
-                      f"{why}; {_describe(plan[-1])} was the last step: the challenger becomes the champion")
-    return _enter(state, nxt, action, reason, f"{why}; {_describe(plan[state.step_index])} -> {_describe(plan[nxt])}")
+        return _final(
+            state,
+            "promoted",
+            "promote",
+            reason,
+            f"{why}; {_describe(plan[-1])} was the last step: the challenger becomes the champion",
+        )
+    return _enter(
+        state, nxt, action, reason, f"{why}; {_describe(plan[state.step_index])} -> {_describe(plan[nxt])}"
+    )
 
 
 def decide(state: RolloutState, judgement: Judgement | None, now: datetime) -> Decision:
@@ -188,16 +207,29 @@ def decide(state: RolloutState, judgement: Judgement | None, now: datetime) -> D
     if ready and judgement is not None and judgement.decision == "promote":
         return _advance(state, "advance", "step_passed", judgement.reason)
     if out_of_budget:
-        why = (f"{_describe(stage)} step ran {elapsed:.0f} s of its {stage.max_duration_s:g} s budget undecided "
-               f"({state.samples} samples; {judgement.reason if judgement else 'no judgement'})")
+        why = (
+            f"{_describe(stage)} step ran {elapsed:.0f} s of its {stage.max_duration_s:g} s budget undecided "
+            f"({state.samples} samples; {judgement.reason if judgement else 'no judgement'})"
+        )
         if policy.on_inconclusive == "rollback":
             return _final(state, "rolled_back", "rollback", "step_budget_exhausted", why)
-        return Decision("pause", "paused", state.step_index, state.canary_weight, state.shadow_rate,
-                        "step_budget_exhausted", why + "; paused for an operator")
+        return Decision(
+            "pause",
+            "paused",
+            state.step_index,
+            state.canary_weight,
+            state.shadow_rate,
+            "step_budget_exhausted",
+            why + "; paused for an operator",
+        )
     if state.samples < stage.min_samples:
-        return _hold(state, "collecting", f"{state.samples} of {stage.min_samples} samples in {_describe(stage)}")
+        return _hold(
+            state, "collecting", f"{state.samples} of {stage.min_samples} samples in {_describe(stage)}"
+        )
     if elapsed < stage.min_duration_s:
-        return _hold(state, "min_duration", f"{elapsed:.0f} of {stage.min_duration_s:g} s in {_describe(stage)}")
+        return _hold(
+            state, "min_duration", f"{elapsed:.0f} of {stage.min_duration_s:g} s in {_describe(stage)}"
+        )
     return _hold(state, "inconclusive", judgement.reason if judgement else "no judgement yet")
 
 
@@ -216,14 +248,17 @@ def manual(state: RolloutState, action: ManualAction, now: datetime, *, reason: 
             check_transition(state.phase, "promoted")
         decision = _advance(state, "advance", "manual_promote", why)
     elif action == "promote_full":
-        decision = _final(state, "promoted", "promote", "manual_promote", f"{why}: the challenger becomes the champion")
+        decision = _final(
+            state, "promoted", "promote", "manual_promote", f"{why}: the challenger becomes the champion"
+        )
     elif action == "rollback":
         decision = _final(state, "rolled_back", "rollback", "manual_rollback", why)
     elif action == "abort":
         decision = _final(state, "aborted", "abort", "manual_abort", why)
     elif action == "pause":
-        decision = Decision("pause", "paused", state.step_index, state.canary_weight, state.shadow_rate,
-                            "manual_pause", why)
+        decision = Decision(
+            "pause", "paused", state.step_index, state.canary_weight, state.shadow_rate, "manual_pause", why
+        )
     elif action == "resume":
         if state.phase != "paused":
             raise TransitionError(f"only a paused rollout can be resumed; this one is {state.phase}")

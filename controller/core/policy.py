@@ -31,7 +31,16 @@ Task = Literal["classification", "regression"]
 GateRole = Literal["required", "guardrail", "informational", "off"]
 
 __all__ = [
-    "Gate", "Gates", "Policy", "PolicyError", "Reproducibility", "Shadow", "Canary", "Slo", "Stage", "RolloutMode",
+    "Gate",
+    "Gates",
+    "Policy",
+    "PolicyError",
+    "Reproducibility",
+    "Shadow",
+    "Canary",
+    "Slo",
+    "Stage",
+    "RolloutMode",
 ]
 
 
@@ -286,15 +295,21 @@ class Policy(_Model):
         stages: list[Stage] = []
         if self.mode in ("shadow", "shadow_then_canary"):
             s = self.shadow
-            stages.append(Stage("shadow", 0.0, s.sample_rate, s.min_pairs, s.min_duration_s, s.max_duration_s))
+            stages.append(
+                Stage("shadow", 0.0, s.sample_rate, s.min_pairs, s.min_duration_s, s.max_duration_s)
+            )
         if self.mode in ("canary", "shadow_then_canary"):
             c = self.canary
             for w in c.steps:
                 if w < 100.0:
-                    stages.append(Stage("canary", w, c.shadow_rate, c.min_samples, c.min_duration_s, c.max_duration_s))
+                    stages.append(
+                        Stage("canary", w, c.shadow_rate, c.min_samples, c.min_duration_s, c.max_duration_s)
+                    )
         return tuple(stages)
 
-    def to_judge_policy(self, task: Task, mode: Literal["shadow", "canary"], *, labelled: bool = True) -> JudgePolicy:
+    def to_judge_policy(
+        self, task: Task, mode: Literal["shadow", "canary"], *, labelled: bool = True
+    ) -> JudgePolicy:
         """Map this policy onto the judge's thresholds for one step.
 
         ``mode``: how the step's data are compared (paired shadow or unpaired canary).
@@ -316,8 +331,11 @@ class Policy(_Model):
         accuracy_role: GateRole | None = None
         # One gate stands in for the other only when both are required: agreement until labels exist,
         # accuracy afterwards. Otherwise each keeps its role (an unlabelled required accuracy then waits).
-        if (task == "classification" and g.agreement_until_labelled
-                and g.agreement.role == g.accuracy.role == "required"):
+        if (
+            task == "classification"
+            and g.agreement_until_labelled
+            and g.agreement.role == g.accuracy.role == "required"
+        ):
             if labelled:
                 agreement_role = "informational"
             else:
@@ -333,11 +351,15 @@ class Policy(_Model):
             latency_p99_slo_ms=None if mode == "shadow" else self.slo.latency_p99_ms,
             slo_min_samples=self.slo.min_samples or self.burn_in,
             error_rate=spec(g.error_rate),
-            latency_p99=spec(g.latency_p99, role="informational" if mode == "shadow" and g.latency_p99.role != "off"
-                             else None),
-            agreement=spec(g.agreement, role=agreement_role) if task == "classification"
+            latency_p99=spec(
+                g.latency_p99,
+                role="informational" if mode == "shadow" and g.latency_p99.role != "off" else None,
+            ),
+            agreement=spec(g.agreement, role=agreement_role)
+            if task == "classification"
             else spec(g.agreement, role="off"),
-            accuracy=spec(g.accuracy, role=accuracy_role) if task == "classification"
+            accuracy=spec(g.accuracy, role=accuracy_role)
+            if task == "classification"
             else spec(g.accuracy, role="off"),
             regression=spec(g.regression) if task == "regression" else spec(g.regression, role="off"),
             drift=spec(g.drift),

@@ -184,25 +184,50 @@ def _needed(n: int, variance_per_label: float, gap: float, offline_variance: flo
 
 
 def _accuracy(
-    offline_metrics: Mapping[str, Any], online: ArmOnline, m: int | None, margin: float, confidence: float,
+    offline_metrics: Mapping[str, Any],
+    online: ArmOnline,
+    m: int | None,
+    margin: float,
+    confidence: float,
     min_labels: int,
 ) -> Reproduction:
     base = offline_metrics.get("accuracy")
     n, k = online.labelled, online.correct
-    common = {"arm": online.arm, "version": online.version, "metric": "accuracy", "margin": margin,
-              "limit": -margin, "labels": n, "holdout_size": m}
+    common: dict[str, Any] = {
+        "arm": online.arm,
+        "version": online.version,
+        "metric": "accuracy",
+        "margin": margin,
+        "limit": -margin,
+        "labels": n,
+        "holdout_size": m,
+    }
     if not isinstance(base, int | float) or not 0.0 <= base <= 1.0:
-        return Reproduction(outcome="no-baseline", offline=None, online=k / n if n else None, difference=None,
-                            interval=None, labels_needed=None, reason="no offline accuracy registered",
-                            **common)  # type: ignore[arg-type]
+        return Reproduction(
+            outcome="no-baseline",
+            offline=None,
+            online=k / n if n else None,
+            difference=None,
+            interval=None,
+            labels_needed=None,
+            reason="no offline accuracy registered",
+            **common,
+        )
     p0 = float(base)
     z = _z(confidence)
     offline_var = p0 * (1 - p0) / m if m else 0.0
     if n == 0:
         needed = _needed(0, max(p0 * (1 - p0), 1e-4), margin, offline_var, z)
-        return Reproduction(outcome="not-enough-labels", offline=p0, online=None, difference=None, interval=None,
-                            labels_needed=max(needed or 0, min_labels) if needed is not None else None,
-                            reason="no labelled rows yet", **common)  # type: ignore[arg-type]
+        return Reproduction(
+            outcome="not-enough-labels",
+            offline=p0,
+            online=None,
+            difference=None,
+            interval=None,
+            labels_needed=max(needed or 0, min_labels) if needed is not None else None,
+            reason="no labelled rows yet",
+            **common,
+        )
     p = k / n
     d = p - p0
     if m:
@@ -215,36 +240,83 @@ def _accuracy(
     ci = f"{confidence:.0%} interval of the difference [{lo:+.4f}, {hi:+.4f}]"
     if n < min_labels:
         needed = _needed(n, max(p * (1 - p), 1e-4), d + margin, offline_var, z)
-        return Reproduction(outcome="not-enough-labels", offline=p0, online=p, difference=d, interval=interval,
-                            labels_needed=max(min_labels - n, needed or 0),
-                            reason=f"burn-in: {n} of {min_labels} labels; {shown}", **common)  # type: ignore[arg-type]
+        return Reproduction(
+            outcome="not-enough-labels",
+            offline=p0,
+            online=p,
+            difference=d,
+            interval=interval,
+            labels_needed=max(min_labels - n, needed or 0),
+            reason=f"burn-in: {n} of {min_labels} labels; {shown}",
+            **common,
+        )
     if hi < -margin:
-        return Reproduction(outcome="worse", offline=p0, online=p, difference=d, interval=interval,
-                            labels_needed=None,
-                            reason=f"{shown}: worse than offline by more than {margin:g} ({ci})",
-                            **common)  # type: ignore[arg-type]
+        return Reproduction(
+            outcome="worse",
+            offline=p0,
+            online=p,
+            difference=d,
+            interval=interval,
+            labels_needed=None,
+            reason=f"{shown}: worse than offline by more than {margin:g} ({ci})",
+            **common,
+        )
     if lo >= -margin:
-        return Reproduction(outcome="reproduced", offline=p0, online=p, difference=d, interval=interval,
-                            labels_needed=None, reason=f"{shown}: reproduced within {margin:g} ({ci})",
-                            **common)  # type: ignore[arg-type]
+        return Reproduction(
+            outcome="reproduced",
+            offline=p0,
+            online=p,
+            difference=d,
+            interval=interval,
+            labels_needed=None,
+            reason=f"{shown}: reproduced within {margin:g} ({ci})",
+            **common,
+        )
     needed = _needed(n, max(p * (1 - p), 1e-4), d + margin, offline_var, z)
-    why = (f"about {needed} more labels would decide it if the difference holds" if needed is not None
-           else "no number of online labels decides it at this margin and holdout size")
-    return Reproduction(outcome="not-enough-labels", offline=p0, online=p, difference=d, interval=interval,
-                        labels_needed=needed, reason=f"{shown}: undecided ({ci}); {why}",
-                        **common)  # type: ignore[arg-type]
+    why = (
+        f"about {needed} more labels would decide it if the difference holds"
+        if needed is not None
+        else "no number of online labels decides it at this margin and holdout size"
+    )
+    return Reproduction(
+        outcome="not-enough-labels",
+        offline=p0,
+        online=p,
+        difference=d,
+        interval=interval,
+        labels_needed=needed,
+        reason=f"{shown}: undecided ({ci}); {why}",
+        **common,
+    )
 
 
 def _mae(
-    offline_metrics: Mapping[str, Any], online: ArmOnline, m: int | None, margin: float, confidence: float,
+    offline_metrics: Mapping[str, Any],
+    online: ArmOnline,
+    m: int | None,
+    margin: float,
+    confidence: float,
     min_labels: int,
 ) -> Reproduction:
     base = offline_metrics.get("mae")
     n = online.labelled
     if not isinstance(base, int | float) or base < 0:
-        return Reproduction(online.arm, online.version, "mae", "no-baseline", None,
-                            online.abs_error_sum / n if n else None, None, None, margin, None, n, None, m,
-                            "no offline MAE registered")
+        return Reproduction(
+            online.arm,
+            online.version,
+            "mae",
+            "no-baseline",
+            None,
+            online.abs_error_sum / n if n else None,
+            None,
+            None,
+            margin,
+            None,
+            n,
+            None,
+            m,
+            "no offline MAE registered",
+        )
     mae0 = float(base)
     limit = margin * mae0
     rmse = offline_metrics.get("rmse")
@@ -252,21 +324,37 @@ def _mae(
     if m and isinstance(rmse, int | float) and rmse >= mae0:
         offline_var = (float(rmse) ** 2 - mae0**2) / m
     z = _z(confidence)
-    common = {"arm": online.arm, "version": online.version, "metric": "mae", "margin": margin, "limit": limit,
-              "labels": n, "holdout_size": m}
+    common: dict[str, Any] = {
+        "arm": online.arm,
+        "version": online.version,
+        "metric": "mae",
+        "margin": margin,
+        "limit": limit,
+        "labels": n,
+        "holdout_size": m,
+    }
     if n == 0:
         guess = (float(rmse) ** 2 - mae0**2) if isinstance(rmse, int | float) and rmse >= mae0 else mae0**2
         needed = _needed(0, guess, limit, offline_var, z)
-        return Reproduction(outcome="not-enough-labels", offline=mae0, online=None, difference=None, interval=None,
-                            labels_needed=max(needed or 0, min_labels) if needed is not None else None,
-                            reason="no labelled rows yet", **common)  # type: ignore[arg-type]
+        return Reproduction(
+            outcome="not-enough-labels",
+            offline=mae0,
+            online=None,
+            difference=None,
+            interval=None,
+            labels_needed=max(needed or 0, min_labels) if needed is not None else None,
+            reason="no labelled rows yet",
+            **common,
+        )
     mae = online.abs_error_sum / n
     var = max(online.abs_error_sq_sum / n - mae * mae, 0.0) * (n / (n - 1)) if n > 1 else math.inf
     d = mae - mae0
     se2 = var / n + offline_var
     if math.isfinite(se2):
         # Welch-Satterthwaite degrees of freedom; the holdout's side counts only when it is known.
-        parts = [(var / n) ** 2 / max(n - 1, 1)] + ([offline_var**2 / (m - 1)] if m and m > 1 and offline_var else [])
+        parts = [(var / n) ** 2 / max(n - 1, 1)] + (
+            [offline_var**2 / (m - 1)] if m and m > 1 and offline_var else []
+        )
         df = se2 * se2 / sum(parts) if sum(parts) > 0 else float(max(n - 1, 1))
         t = float(sps.t.ppf(0.5 + confidence / 2.0, df))
         half = t * math.sqrt(se2)
@@ -277,24 +365,54 @@ def _mae(
     ci = f"{confidence:.0%} interval of the difference [{d - half:+.4g}, {d + half:+.4g}]"
     if n < min_labels:
         needed = _needed(n, var if math.isfinite(var) else mae0**2, limit - d, offline_var, z)
-        return Reproduction(outcome="not-enough-labels", offline=mae0, online=mae, difference=d, interval=interval,
-                            labels_needed=max(min_labels - n, needed or 0),
-                            reason=f"burn-in: {n} of {min_labels} labels; {shown}", **common)  # type: ignore[arg-type]
+        return Reproduction(
+            outcome="not-enough-labels",
+            offline=mae0,
+            online=mae,
+            difference=d,
+            interval=interval,
+            labels_needed=max(min_labels - n, needed or 0),
+            reason=f"burn-in: {n} of {min_labels} labels; {shown}",
+            **common,
+        )
     if d - half > limit:
-        return Reproduction(outcome="worse", offline=mae0, online=mae, difference=d, interval=interval,
-                            labels_needed=None,
-                            reason=f"{shown}: worse than offline by more than {margin:.0%} ({ci})",
-                            **common)  # type: ignore[arg-type]
+        return Reproduction(
+            outcome="worse",
+            offline=mae0,
+            online=mae,
+            difference=d,
+            interval=interval,
+            labels_needed=None,
+            reason=f"{shown}: worse than offline by more than {margin:.0%} ({ci})",
+            **common,
+        )
     if d + half <= limit:
-        return Reproduction(outcome="reproduced", offline=mae0, online=mae, difference=d, interval=interval,
-                            labels_needed=None, reason=f"{shown}: reproduced within {margin:.0%} ({ci})",
-                            **common)  # type: ignore[arg-type]
+        return Reproduction(
+            outcome="reproduced",
+            offline=mae0,
+            online=mae,
+            difference=d,
+            interval=interval,
+            labels_needed=None,
+            reason=f"{shown}: reproduced within {margin:.0%} ({ci})",
+            **common,
+        )
     needed = _needed(n, var, limit - d, offline_var, z)
-    why = (f"about {needed} more labels would decide it if the difference holds" if needed is not None
-           else "no number of online labels decides it at this margin and holdout size")
-    return Reproduction(outcome="not-enough-labels", offline=mae0, online=mae, difference=d, interval=interval,
-                        labels_needed=needed, reason=f"{shown}: undecided ({ci}); {why}",
-                        **common)  # type: ignore[arg-type]
+    why = (
+        f"about {needed} more labels would decide it if the difference holds"
+        if needed is not None
+        else "no number of online labels decides it at this margin and holdout size"
+    )
+    return Reproduction(
+        outcome="not-enough-labels",
+        offline=mae0,
+        online=mae,
+        difference=d,
+        interval=interval,
+        labels_needed=needed,
+        reason=f"{shown}: undecided ({ci}); {why}",
+        **common,
+    )
 
 
 def gate(
@@ -312,7 +430,9 @@ def gate(
     ``on_worse="rollback"``, rolls back unless a veto already decided. Undecided arms change nothing.
     """
     verdicts = [r.to_verdict(role=role if r.arm == "challenger" else "informational") for r in reproductions]
-    worse = [r for r in reproductions if r.arm == "challenger" and r.outcome == "worse" and role == "guardrail"]
+    worse = [
+        r for r in reproductions if r.arm == "challenger" and r.outcome == "worse" and role == "guardrail"
+    ]
     decision, reason = judgement.decision, judgement.reason
     if worse and decision != "veto":
         why = f"challenger does not reproduce its offline quality: {worse[0].reason}"
@@ -392,9 +512,18 @@ def input_drift(
     for name, entry in columns.items():
         values = [r.get(name) for r in rows]
         results.append(
-            _feature(str(name), entry, values, profile_rows, psi_threshold=psi_threshold,
-                     missing_tolerance=missing_tolerance, share_tolerance=share_tolerance,
-                     confidence=confidence, min_rows=min_rows, max_unseen=max_unseen)
+            _feature(
+                str(name),
+                entry,
+                values,
+                profile_rows,
+                psi_threshold=psi_threshold,
+                missing_tolerance=missing_tolerance,
+                share_tolerance=share_tolerance,
+                confidence=confidence,
+                min_rows=min_rows,
+                max_unseen=max_unseen,
+            )
         )
     return InputDrift(profile_rows, len(rows), tuple(results))
 
@@ -404,14 +533,37 @@ def _missing(value: Any) -> bool:
 
 
 def _feature(
-    name: str, entry: Mapping[str, Any], values: list[Any], profile_rows: int, *, psi_threshold: float,
-    missing_tolerance: float, share_tolerance: float, confidence: float, min_rows: int, max_unseen: int,
+    name: str,
+    entry: Mapping[str, Any],
+    values: list[Any],
+    profile_rows: int,
+    *,
+    psi_threshold: float,
+    missing_tolerance: float,
+    share_tolerance: float,
+    confidence: float,
+    min_rows: int,
+    max_unseen: int,
 ) -> FeatureDrift:
     kind = str(entry.get("kind", "numeric"))
     n = len(values)
     base_missing = entry.get("missing_rate")
-    empty = FeatureDrift(name, kind, "no-data", n, base_missing, None, None, None, None, (), None, None, None,
-                         (f"{n} live rows, fewer than {min_rows}",))
+    empty = FeatureDrift(
+        name,
+        kind,
+        "no-data",
+        n,
+        base_missing,
+        None,
+        None,
+        None,
+        None,
+        (),
+        None,
+        None,
+        None,
+        (f"{n} live rows, fewer than {min_rows}",),
+    )
     if n < min_rows:
         return empty
     present = [v for v in values if not _missing(v)]
@@ -461,11 +613,15 @@ def _feature(
             unseen = tuple(sorted(unseen_counts, key=lambda c: -unseen_counts[c])[:max_unseen])
             truncated = sum(shares.values()) < 0.999  # the profile kept only the most frequent categories
             if unseen_share > share_tolerance and not truncated:
-                reasons.append(f"{unseen_share:.1%} of values are categories never seen in research: "
-                               + ", ".join(unseen))
+                reasons.append(
+                    f"{unseen_share:.1%} of values are categories never seen in research: "
+                    + ", ".join(unseen)
+                )
             if expected_n > 0 and shares:
                 cats = list(shares)
-                expected = np.array([shares[c] for c in cats] + [max(1.0 - sum(shares.values()), 0.0)]) * expected_n
+                expected = (
+                    np.array([shares[c] for c in cats] + [max(1.0 - sum(shares.values()), 0.0)]) * expected_n
+                )
                 counts = {c: 0 for c in cats}
                 other = 0
                 for t in texts:
@@ -527,29 +683,50 @@ def report_section(
     checked = [p for p in parity_reports if p.get("checked")]
     parity = failed[-1] if failed else (checked[-1] if checked else None)
     status = "fail" if failed else ("pass" if checked else "not_checked")
-    parts = [str(parity["message"]) if parity is not None else
-             "parity not yet checked: the challenger has no golden set, or the rollout was started without the gate"]
+    parts = [
+        str(parity["message"])
+        if parity is not None
+        else "parity not yet checked: the challenger has no golden set, or the rollout was started without the gate"
+    ]
     worse = [r for r in reproductions if r.outcome == "worse"]
     parts += [f"{r.arm} {r.version}: {r.reason}" for r in worse]
     if drift is not None and drift.drifted:
-        parts.append("input drift in " + ", ".join(drift.drifted)
-                     + " (a metric gap may come from the data rather than the pipeline)")
+        parts.append(
+            "input drift in "
+            + ", ".join(drift.drifted)
+            + " (a metric gap may come from the data rather than the pipeline)"
+        )
     env = [] if parity is None else list(parity.get("environment_differences") or [])
-    return _finite({
-        "status": status,
-        "message": "; ".join(parts),
-        "parity": None if parity is None else {
-            k: parity.get(k) for k in ("version", "checked", "passed", "rows_checked", "mismatched_rows",
-                                       "mismatches", "decoding_summary", "notes", "error", "rtol")
-        },
-        "environment": {
-            "research": None if parity is None else parity.get("research_environment"),
-            "serving": None if parity is None else parity.get("serving_environment"),
-            "differences": env,
-        },
-        "online_vs_offline": [r.to_dict() for r in reproductions],
-        "input_drift": None if drift is None else {**drift.to_dict(), "against": drift_against},
-    })
+    return _finite(
+        {
+            "status": status,
+            "message": "; ".join(parts),
+            "parity": None
+            if parity is None
+            else {
+                k: parity.get(k)
+                for k in (
+                    "version",
+                    "checked",
+                    "passed",
+                    "rows_checked",
+                    "mismatched_rows",
+                    "mismatches",
+                    "decoding_summary",
+                    "notes",
+                    "error",
+                    "rtol",
+                )
+            },
+            "environment": {
+                "research": None if parity is None else parity.get("research_environment"),
+                "serving": None if parity is None else parity.get("serving_environment"),
+                "differences": env,
+            },
+            "online_vs_offline": [r.to_dict() for r in reproductions],
+            "input_drift": None if drift is None else {**drift.to_dict(), "against": drift_against},
+        }
+    )
 
 
 def _finite(value: Any) -> Any:

@@ -291,9 +291,7 @@ def wilson_interval(successes: ArrayLike, n: ArrayLike, *, confidence: float = 0
     return Interval(lower, upper)  # type: ignore[arg-type]
 
 
-def newcombe_interval(
-    x1: int, n1: int, x2: int, n2: int, *, confidence: float = 0.95
-) -> Interval:
+def newcombe_interval(x1: int, n1: int, x2: int, n2: int, *, confidence: float = 0.95) -> Interval:
     """Return Newcombe's hybrid score interval for p1 - p2 of two independent proportions.
 
     Method 10 of Newcombe (1998, Stat Med 17:873): combine the Wilson intervals (l_i, u_i) of each
@@ -314,7 +312,9 @@ def newcombe_interval(
 # --------------------------------------------------------------------------------------------------
 
 
-def _t_result(estimate: float, se: float, df: float, confidence: float, alternative: Alternative) -> MeanDifference:
+def _t_result(
+    estimate: float, se: float, df: float, confidence: float, alternative: Alternative
+) -> MeanDifference:
     stat = estimate / se if se > 0 else (math.copysign(math.inf, estimate) if estimate else 0.0)
     if alternative == "two-sided":
         p = 2.0 * float(sps.t.sf(abs(stat), df))
@@ -419,7 +419,9 @@ def mann_whitney(x: ArrayLike, y: ArrayLike, *, alternative: Alternative = "two-
 # --------------------------------------------------------------------------------------------------
 
 
-def fisher_exact_test(table: Sequence[Sequence[int]], *, alternative: Alternative = "two-sided") -> TestResult:
+def fisher_exact_test(
+    table: Sequence[Sequence[int]], *, alternative: Alternative = "two-sided"
+) -> TestResult:
     """Test independence in a 2x2 table with Fisher's exact test (conditional on both margins).
 
     Null hypothesis: odds ratio 1 (equal error rates). The statistic is the sample odds ratio.
@@ -504,7 +506,9 @@ def confidence_sequence(
         if side == "two-sided":
             hw = np.sqrt(s2) * np.sqrt(2.0 * (nr2 + 1.0) / (nn * r) ** 2 * np.log(np.sqrt(nr2 + 1.0) / alpha))
         else:
-            hw = np.sqrt(s2 * 2.0 * (nr2 + 1.0) / (nn * r) ** 2 * np.log(1.0 + np.sqrt(nr2 + 1.0) / (2.0 * alpha)))
+            hw = np.sqrt(
+                s2 * 2.0 * (nr2 + 1.0) / (nn * r) ** 2 * np.log(1.0 + np.sqrt(nr2 + 1.0) / (2.0 * alpha))
+            )
         hw = np.where(nn > 0, hw, np.inf)
     lower = m - hw if side != "lesser" else np.full_like(m - hw, -np.inf)
     upper = m + hw if side != "greater" else np.full_like(m + hw, np.inf)
@@ -559,7 +563,9 @@ def msprt_statistic(mean: float, n: int, variance: float, tau2: float, *, null: 
     v = variance
     if n <= 0 or v <= 0:
         return MsprtResult(likelihood_ratio=1.0, p_value=1.0)
-    log_lr = 0.5 * math.log(v / (v + n * tau2)) + n * n * tau2 * (mean - null) ** 2 / (2.0 * v * (v + n * tau2))
+    log_lr = 0.5 * math.log(v / (v + n * tau2)) + n * n * tau2 * (mean - null) ** 2 / (
+        2.0 * v * (v + n * tau2)
+    )
     lr = math.exp(min(log_lr, 700.0))
     return MsprtResult(likelihood_ratio=lr, p_value=min(1.0, math.exp(-log_lr)))
 
@@ -782,7 +788,9 @@ def cohen_kappa(table: ArrayLike) -> KappaResult:
     return KappaResult(float(kappa), po, pe)
 
 
-def srm_test(observed_counts: Sequence[int], expected_weights: Sequence[float], *, alpha: float = 0.001) -> TestResult:
+def srm_test(
+    observed_counts: Sequence[int], expected_weights: Sequence[float], *, alpha: float = 0.001
+) -> TestResult:
     """Detect a sample-ratio mismatch with Pearson's chi-square goodness-of-fit test.
 
     Null hypothesis: traffic was split in the configured proportions. Weights are normalised and scaled
@@ -794,7 +802,9 @@ def srm_test(observed_counts: Sequence[int], expected_weights: Sequence[float], 
     exp = w / w.sum() * obs.sum()
     res = sps.chisquare(obs, exp)
     p = float(res.pvalue)
-    return TestResult(statistic=float(res.statistic), p_value=p, df=float(obs.size - 1), method="srm" if p < alpha else "ok")
+    return TestResult(
+        statistic=float(res.statistic), p_value=p, df=float(obs.size - 1), method="srm" if p < alpha else "ok"
+    )
 
 
 def holm(p_values: ArrayLike) -> FloatArray:
@@ -872,4 +882,6 @@ def plan_labelled_pairs(
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if ok(mid) else (mid, hi)
-    return PairsPlan(fixed_n=fixed, always_valid_n=hi, discordance=discordance, difference=difference, margin=margin)
+    return PairsPlan(
+        fixed_n=fixed, always_valid_n=hi, discordance=discordance, difference=difference, margin=margin
+    )

@@ -67,7 +67,11 @@ def state_of(rollout: Rollout, *, samples: int = 0) -> RolloutState:
 
 
 def transition_event(
-    rollout: Rollout, decision: Decision, *, actor: str, message: str | None = None,
+    rollout: Rollout,
+    decision: Decision,
+    *,
+    actor: str,
+    message: str | None = None,
     details: Mapping[str, Any] | None = None,
 ) -> NewEvent:
     """Describe a transition as an audit event: action ``rollout.<verb>``, the reason, from/to and the split."""
@@ -79,10 +83,18 @@ def transition_event(
         deployment_id=rollout.deployment_id,
         rollout_id=rollout.id,
         details={
-            "from": {"phase": rollout.phase, "step": rollout.step_index, "canary_weight": rollout.canary_weight,
-                     "shadow_rate": rollout.shadow_rate},
-            "to": {"phase": decision.phase, "step": decision.step_index, "canary_weight": decision.canary_weight,
-                   "shadow_rate": decision.shadow_rate},
+            "from": {
+                "phase": rollout.phase,
+                "step": rollout.step_index,
+                "canary_weight": rollout.canary_weight,
+                "shadow_rate": rollout.shadow_rate,
+            },
+            "to": {
+                "phase": decision.phase,
+                "step": decision.step_index,
+                "canary_weight": decision.canary_weight,
+                "shadow_rate": decision.shadow_rate,
+            },
             "version": rollout.version + 1,
             **dict(details or {}),
         },
@@ -140,10 +152,16 @@ def start_rollout(
     now = now or datetime.now(UTC)
     resolved = Policy.parse(policy, mode=mode)
     target = store.deployments.get(deployment)
-    version = store.pipelines.get(challenger) if isinstance(challenger, int) else store.pipelines.get_by_ref(challenger)
+    version = (
+        store.pipelines.get(challenger)
+        if isinstance(challenger, int)
+        else store.pipelines.get_by_ref(challenger)
+    )
     champion = store.pipelines.get(target.champion_id)
     if champion.task != version.task:
-        raise ActionError(f"challenger {version.ref} is a {version.task}, champion {champion.ref} a {champion.task}")
+        raise ActionError(
+            f"challenger {version.ref} is a {version.task}, champion {champion.ref} a {champion.task}"
+        )
     details: dict[str, Any] = {"challenger": version.ref, "champion": champion.ref, "mode": resolved.mode}
     if parity_check is not None:
         repro = resolved.reproducibility
@@ -188,8 +206,16 @@ def promote(
     now: datetime | None = None,
 ) -> Rollout:
     """Promote the active rollout to its next step (the last step promotes), or fully with ``full``."""
-    return _act(store, deployment, "promote_full" if full else "promote", actor=actor, reason=reason,
-                rollout_id=rollout_id, expected_version=expected_version, now=now)
+    return _act(
+        store,
+        deployment,
+        "promote_full" if full else "promote",
+        actor=actor,
+        reason=reason,
+        rollout_id=rollout_id,
+        expected_version=expected_version,
+        now=now,
+    )
 
 
 def rollback(
@@ -203,8 +229,16 @@ def rollback(
     now: datetime | None = None,
 ) -> Rollout:
     """Roll the active rollout back: the champion answers everything and the challenger scores nothing."""
-    return _act(store, deployment, "rollback", actor=actor, reason=reason, rollout_id=rollout_id,
-                expected_version=expected_version, now=now)
+    return _act(
+        store,
+        deployment,
+        "rollback",
+        actor=actor,
+        reason=reason,
+        rollout_id=rollout_id,
+        expected_version=expected_version,
+        now=now,
+    )
 
 
 def pause(
@@ -221,8 +255,16 @@ def pause(
 
     Proven harm still rolls a paused rollout back, since its challenger still takes traffic.
     """
-    return _act(store, deployment, "pause", actor=actor, reason=reason, rollout_id=rollout_id,
-                expected_version=expected_version, now=now)
+    return _act(
+        store,
+        deployment,
+        "pause",
+        actor=actor,
+        reason=reason,
+        rollout_id=rollout_id,
+        expected_version=expected_version,
+        now=now,
+    )
 
 
 def resume(
@@ -236,8 +278,16 @@ def resume(
     now: datetime | None = None,
 ) -> Rollout:
     """Resume a paused rollout at its current step, whose clock starts afresh."""
-    return _act(store, deployment, "resume", actor=actor, reason=reason, rollout_id=rollout_id,
-                expected_version=expected_version, now=now)
+    return _act(
+        store,
+        deployment,
+        "resume",
+        actor=actor,
+        reason=reason,
+        rollout_id=rollout_id,
+        expected_version=expected_version,
+        now=now,
+    )
 
 
 def abort(
@@ -251,8 +301,16 @@ def abort(
     now: datetime | None = None,
 ) -> Rollout:
     """Abort the rollout without a verdict (also a pending one): traffic returns to the champion."""
-    return _act(store, deployment, "abort", actor=actor, reason=reason, rollout_id=rollout_id,
-                expected_version=expected_version, now=now)
+    return _act(
+        store,
+        deployment,
+        "abort",
+        actor=actor,
+        reason=reason,
+        rollout_id=rollout_id,
+        expected_version=expected_version,
+        now=now,
+    )
 
 
 def _target(store: Store, deployment: str, rollout_id: int | None) -> Rollout:
@@ -293,8 +351,14 @@ def _act(
         except TransitionError as error:
             raise ActionError(f"cannot {action.replace('_', ' ')} rollout {rollout.id}: {error}") from error
         try:
-            return apply_decision(store, rollout, decision, actor=actor, now=at,
-                                  details={"operator_reason": reason} if reason else {})
+            return apply_decision(
+                store,
+                rollout,
+                decision,
+                actor=actor,
+                now=at,
+                details={"operator_reason": reason} if reason else {},
+            )
         except ConcurrentUpdate:
             if expected_version is not None or attempt == RETRIES - 1:
                 raise

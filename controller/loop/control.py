@@ -73,7 +73,8 @@ def verdict_dict(v: Verdict) -> dict[str, Any]:
         "n_challenger": v.n_challenger,
         "reason": v.reason,
         "p_value": _number(v.p_value),
-        "interval": None if v.interval is None
+        "interval": None
+        if v.interval is None
         else {"lower": _number(v.interval.lower), "upper": _number(v.interval.upper)},
     }
 
@@ -106,22 +107,38 @@ def evaluate_rollout(store: Store, rollout: Rollout, *, now: datetime) -> Outcom
                 "decision": judgement.decision,
                 "judgement": judgement.reason,
                 "summary": {"score": _number(judgement.summary.score), "band": judgement.summary.band},
-                "controller": {"action": decision.action, "reason": decision.reason, "message": decision.message},
+                "controller": {
+                    "action": decision.action,
+                    "reason": decision.reason,
+                    "message": decision.message,
+                },
             },
             now=now,
         )
-        details = {"analysis_id": analysis.id, "judgement": judgement.reason, "samples": measurement.samples,
-                   "verdicts": verdicts}
+        details = {
+            "analysis_id": analysis.id,
+            "judgement": judgement.reason,
+            "samples": measurement.samples,
+            "verdicts": verdicts,
+        }
     details["controller"] = CONTROLLER_ID
     if not decision.transition:
         return Outcome(rollout.id, rollout.deployment_id, decision, judgement, rollout=rollout)
     try:
         updated = apply_decision(store, rollout, decision, actor=ACTOR, now=now, details=details)
     except ConcurrentUpdate:
-        log.info("rollout %s changed while it was judged; the next look starts from the new state", rollout.id)
+        log.info(
+            "rollout %s changed while it was judged; the next look starts from the new state", rollout.id
+        )
         return Outcome(rollout.id, rollout.deployment_id, decision, judgement, error="concurrent update")
-    log.info("rollout %s: %s -> %s (%s): %s", rollout.id, rollout.phase, decision.phase, decision.reason,
-             decision.message)
+    log.info(
+        "rollout %s: %s -> %s (%s): %s",
+        rollout.id,
+        rollout.phase,
+        decision.phase,
+        decision.reason,
+        decision.message,
+    )
     return Outcome(rollout.id, rollout.deployment_id, decision, judgement, applied=True, rollout=updated)
 
 
@@ -140,13 +157,24 @@ def _with_reproducibility(
         version = store.pipelines.get(version_id)
         sums = labelled[arm]
         online = reproducibility.ArmOnline(
-            arm=arm, version=version.ref, labelled=sums.labelled, correct=sums.correct,
-            abs_error_sum=sums.abs_error_sum, abs_error_sq_sum=sums.abs_error_sq_sum,
+            arm=arm,
+            version=version.ref,
+            labelled=sums.labelled,
+            correct=sums.correct,
+            abs_error_sum=sums.abs_error_sum,
+            abs_error_sq_sum=sums.abs_error_sq_sum,
         )
-        reproductions.append(reproducibility.compare_online_offline(
-            task, version.offline_metrics, online, accuracy_margin=repro.accuracy_margin,
-            mae_margin=repro.mae_margin, confidence=repro.confidence, min_labels=repro.min_labels,
-        ))
+        reproductions.append(
+            reproducibility.compare_online_offline(
+                task,
+                version.offline_metrics,
+                online,
+                accuracy_margin=repro.accuracy_margin,
+                mae_margin=repro.mae_margin,
+                confidence=repro.confidence,
+                min_labels=repro.min_labels,
+            )
+        )
     return reproducibility.gate(judgement, reproductions, role=repro.role, on_worse=repro.on_worse)
 
 
@@ -187,7 +215,9 @@ def run(
         try:
             now_leading = True if leadership is None else leadership.acquire()
             if now_leading != leading:
-                log.warning("controller %s", "is the leader: acting" if now_leading else "is a standby: waiting")
+                log.warning(
+                    "controller %s", "is the leader: acting" if now_leading else "is a standby: waiting"
+                )
                 leading = now_leading
             if leading:
                 evaluate_once(store, now=clock())

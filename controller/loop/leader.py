@@ -88,8 +88,12 @@ class PostgresLeadership:
 
         try:
             if self._conn is None:
-                self._conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=self.connect_timeout,
-                                             application_name="mlcanary-controller")
+                self._conn = psycopg.connect(
+                    self.dsn,
+                    autocommit=True,
+                    connect_timeout=self.connect_timeout,
+                    application_name="mlcanary-controller",
+                )
             conn: psycopg.Connection = self._conn  # type: ignore[assignment]
             if self._held:
                 conn.execute("SELECT 1")  # the lock lives as long as this session: is it still there?

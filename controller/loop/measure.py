@@ -46,7 +46,11 @@ class Measurement:
             "samples": self.samples,
             "labelled": self.labelled,
             "champion": {"n": a.champion.n, "failed": a.champion.failed, "labelled": a.champion.labelled},
-            "challenger": {"n": a.challenger.n, "failed": a.challenger.failed, "labelled": a.challenger.labelled},
+            "challenger": {
+                "n": a.challenger.n,
+                "failed": a.challenger.failed,
+                "labelled": a.challenger.labelled,
+            },
         }
         if a.cohort == "paired":
             out.update(pairs=a.pairs, labelled_pairs=a.labelled_pairs or a.diff_n)
@@ -78,7 +82,9 @@ def measure(
         value_bins=VALUE_BINS,
     )
     metrics = metrics_from_aggregates(
-        aggregates, task=task, challenger_weight=rollout.canary_weight / 100.0 if mode == "canary" else None,
+        aggregates,
+        task=task,
+        challenger_weight=rollout.canary_weight / 100.0 if mode == "canary" else None,
         classes=classes,
     )
     a = aggregates
@@ -114,7 +120,9 @@ def metrics_from_aggregates(
     c, h = a.champion, a.challenger
     latency = None
     if c.latency or h.latency:
-        latency = Histogram(edges=tuple(float(e) for e in _EDGES), champion=_latency(c), challenger=_latency(h))
+        latency = Histogram(
+            edges=tuple(float(e) for e in _EDGES), champion=_latency(c), challenger=_latency(h)
+        )
     outputs = None
     if task == "classification" and (c.classes or h.classes):
         codes = class_codes([*c.classes, *h.classes], classes)
@@ -146,10 +154,14 @@ def metrics_from_aggregates(
             paired_errors=PairedCounts(n=a.pairs, worse=a.worse, better=a.better),
             agreement=agreement,
             paired_correct=PairedCounts(n=a.labelled_pairs, worse=a.labelled_worse, better=a.labelled_better)
-            if task == "classification" else None,
-            abs_error_difference=moments(a.diff_n, a.diff_sum, a.diff_sumsq) if task == "regression" else None,
+            if task == "classification"
+            else None,
+            abs_error_difference=moments(a.diff_n, a.diff_sum, a.diff_sumsq)
+            if task == "regression"
+            else None,
             champion_abs_error=moments(c.labelled, c.abs_error_sum, c.abs_error_sumsq)
-            if task == "regression" else None,
+            if task == "regression"
+            else None,
             latency=latency,
             outputs=outputs,
         )
@@ -162,9 +174,12 @@ def metrics_from_aggregates(
         agreement=agreement if agreement is not None and agreement.n else None,
         champion_correct=Proportion(n=c.labelled, count=c.correct) if task == "classification" else None,
         challenger_correct=Proportion(n=h.labelled, count=h.correct) if task == "classification" else None,
-        champion_abs_error=moments(c.labelled, c.abs_error_sum, c.abs_error_sumsq) if task == "regression" else None,
+        champion_abs_error=moments(c.labelled, c.abs_error_sum, c.abs_error_sumsq)
+        if task == "regression"
+        else None,
         challenger_abs_error=moments(h.labelled, h.abs_error_sum, h.abs_error_sumsq)
-        if task == "regression" else None,
+        if task == "regression"
+        else None,
         latency=latency,
         outputs=outputs,
     )
@@ -174,4 +189,3 @@ def value_edges(lo: float, hi: float, bins: int = VALUE_BINS) -> np.ndarray:
     """Equal-width edges of the regression-output histogram over [lo, hi] (as storage.analytics buckets)."""
     width = (hi - lo) / bins if hi > lo else 1.0
     return lo + width * np.arange(bins + 1, dtype=float)
-

@@ -282,21 +282,32 @@ def build_report(
         # Independent scans run side by side on their own connections (SQLite releases the GIL while
         # it reads and WAL readers do not block each other; PostgreSQL has one backend per connection);
         # the overview, the longest, runs on this thread once the step spans are known.
-        table_f = pool.submit(rq.class_score_table, db, rollout.id, bins=SCORE_BINS) if task == "classification" else None
-        latency_f = {arm: pool.submit(rq.latency_buckets, db, rollout.id, arm) for arm in ("champion", "challenger")}
+        table_f = (
+            pool.submit(rq.class_score_table, db, rollout.id, bins=SCORE_BINS)
+            if task == "classification"
+            else None
+        )
+        latency_f = {
+            arm: pool.submit(rq.latency_buckets, db, rollout.id, arm) for arm in ("champion", "challenger")
+        }
         repro_f = pool.submit(_reproducibility, store, rollout, champion, challenger, events, task, now=now)
         spans = rq.step_spans(db, rollout.id)
         rows = sum(n for _, n, _, _ in spans)
         span = (min(s[2] for s in spans).timestamp(), max(s[3] for s in spans).timestamp()) if spans else None
         unit = _bucket_unit(span)
         if task == "classification":
-            labels_f: Future[Any] = pool.submit(rq.label_confusion, db, rollout.id,
-                                                score_bins=AUC_BINS if positive is not None else None)
+            labels_f: Future[Any] = pool.submit(
+                rq.label_confusion, db, rollout.id, score_bins=AUC_BINS if positive is not None else None
+            )
         else:
             labels_f = pool.submit(rq.label_regression, db, rollout.id)
         # The KS sample takes every k-th row with k = rows // ks_sample (rows, not pairs, so it need not
         # wait for the overview); it stays a systematic sample of at most ks_sample pairs.
-        ks_f = pool.submit(rq.numeric_sample, db, rollout.id, column, limit=ks_sample, total=rows) if rows else None
+        ks_f = (
+            pool.submit(rq.numeric_sample, db, rollout.id, column, limit=ks_sample, total=rows)
+            if rows
+            else None
+        )
         overview = rq.step_counts(db, rollout.id, bucket=unit, spans=spans) if span else []
         steps = _per_step(overview)
         pairs = sum(st.both_outputs for st in steps)
@@ -305,11 +316,15 @@ def build_report(
         label_rows = labels_f.result()
         ks_pairs = ks_f.result() if ks_f is not None and pairs else []
         reproducibility = repro_f.result()
-    auc_buckets = rq.label_score_buckets(label_rows) if task == "classification" and positive is not None else None
+    auc_buckets = (
+        rq.label_score_buckets(label_rows) if task == "classification" and positive is not None else None
+    )
     if task == "classification":
         label_rows = _label_classes(label_rows)
-    arms = {arm: _arm_summary(arm, steps, v, latency[arm]) for arm, v in (("champion", champion),
-                                                                         ("challenger", challenger))}
+    arms = {
+        arm: _arm_summary(arm, steps, v, latency[arm])
+        for arm, v in (("champion", champion), ("challenger", challenger))
+    }
     traffic = _traffic(steps, overview, span, unit)
     shadow = {
         "rows": rows,
@@ -328,8 +343,18 @@ def build_report(
     n_labelled = int(labels["n"])
     analyses = store.analyses.list(rollout.id)
     gates = _gates(analyses)
-    segment_block = _segments(db, rollout.id, segments, challenger, rows, n_labelled > 0, task, segment_sample,
-                              store_raw=dep.store_raw_inputs, window=segment_rows)
+    segment_block = _segments(
+        db,
+        rollout.id,
+        segments,
+        challenger,
+        rows,
+        n_labelled > 0,
+        task,
+        segment_sample,
+        store_raw=dep.store_raw_inputs,
+        window=segment_rows,
+    )
     if segment_block["results"]:
         notes.append(segment_block["method"])
     return {
@@ -355,8 +380,15 @@ def build_report(
 
 
 def _reproducibility(
-    store: Store, rollout: Rollout, champion: PipelineVersion, challenger: PipelineVersion,
-    events: Sequence[Event], task: str, *, now: datetime | None, drift_sample: int = 5_000,
+    store: Store,
+    rollout: Rollout,
+    champion: PipelineVersion,
+    challenger: PipelineVersion,
+    events: Sequence[Event],
+    task: str,
+    *,
+    now: datetime | None,
+    drift_sample: int = 5_000,
 ) -> dict[str, Any]:
     """Parity result, environment differences, online vs offline per arm and input drift (bounded sample)."""
     from controller.core import reproducibility as rp
@@ -367,8 +399,11 @@ def _reproducibility(
         repro = Policy.parse(rollout.policy).reproducibility
     except PolicyError:
         repro = Policy().reproducibility
-    parity = [e.details["parity"] for e in events
-              if isinstance(e.details.get("parity"), dict) and e.details.get("role", "challenger") == "challenger"]
+    parity = [
+        e.details["parity"]
+        for e in events
+        if isinstance(e.details.get("parity"), dict) and e.details.get("role", "challenger") == "challenger"
+    ]
     maturity = _policy_number(rollout.policy, ("label_maturity_s",), 0.0)
     cutoff = (now or datetime.now(UTC)) - timedelta(seconds=maturity)
     labelled = repro_queries.labelled_metrics(store.db, rollout.id, received_before=cutoff)
@@ -385,7 +420,9 @@ def _reproducibility(
     reference = challenger if challenger.profile else champion
     drift = None
     if reference.profile:
-        live = repro_queries.raw_input_sample(store.db, rollout.deployment_id, rollout_id=rollout.id, limit=drift_sample)
+        live = repro_queries.raw_input_sample(
+            store.db, rollout.deployment_id, rollout_id=rollout.id, limit=drift_sample
+        )
         drift = rp.input_drift(reference.profile, live)
     return rp.report_section(parity, reproductions, drift, drift_against=reference.ref if drift else None)
 
@@ -424,7 +461,9 @@ def _arm_summary(
         counts[min(max(bucket + 1, 0), counts.size - 1)] += n
     nonzero = np.nonzero(counts)[0]
     lo, hi = (int(nonzero[0]), int(nonzero[-1]) + 1) if nonzero.size else (0, 0)
-    q = {p: _f(stats.quantile_from_histogram(counts, edges, p / 100)) if lat_n else None for p in (50, 90, 99)}
+    q = {
+        p: _f(stats.quantile_from_histogram(counts, edges, p / 100)) if lat_n else None for p in (50, 90, 99)
+    }
     wi = stats.wilson_interval(errors, requests) if requests else None
     return {
         "version": _version(version),
@@ -475,14 +514,21 @@ def _bucket_start(text: str) -> float:
     text = text.replace("T", " ")
     for fmt in ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d %H", "%Y-%m-%d"):
         try:
-            return datetime.strptime(text[: len(datetime(2000, 1, 1).strftime(fmt))], fmt).replace(tzinfo=UTC).timestamp()
+            return (
+                datetime.strptime(text[: len(datetime(2000, 1, 1).strftime(fmt))], fmt)
+                .replace(tzinfo=UTC)
+                .timestamp()
+            )
         except ValueError:
             continue
     return math.nan
 
 
 def _traffic(
-    steps: Sequence[rq.StepCounts], overview: Sequence[rq.StepCounts], span: tuple[float, float] | None, unit: str
+    steps: Sequence[rq.StepCounts],
+    overview: Sequence[rq.StepCounts],
+    span: tuple[float, float] | None,
+    unit: str,
 ) -> dict[str, Any]:
     step_rows = [
         {"step": s.step, "rows": s.rows, "served_champion": s.served_champion, "served_challenger": s.served_challenger,
@@ -499,11 +545,18 @@ def _traffic(
           "champion_errors": o.champion_errors, "challenger_errors": o.challenger_errors} for o in overview),
         key=lambda p: (p["t"], p["step"] if p["step"] is not None else -1),
     )  # fmt: skip
-    return {"rows": sum(s.rows for s in steps), "steps": step_rows, "bucket_seconds": seconds,
-            "start": _epoch_iso(start), "series": [p for p in series if math.isfinite(float(p["t"] or 0.0))]}
+    return {
+        "rows": sum(s.rows for s in steps),
+        "steps": step_rows,
+        "bucket_seconds": seconds,
+        "start": _epoch_iso(start),
+        "series": [p for p in series if math.isfinite(float(p["t"] or 0.0))],
+    }
 
 
-def _agreement(table_rows: Sequence[tuple[Any, ...]], steps: Sequence[rq.StepCounts]) -> dict[str, Any] | None:
+def _agreement(
+    table_rows: Sequence[tuple[Any, ...]], steps: Sequence[rq.StepCounts]
+) -> dict[str, Any] | None:
     table = _confusion(table_rows)
     n = sum(s.both_outputs for s in steps)
     agree = sum(s.agree for s in steps)
@@ -538,12 +591,19 @@ def _differences(steps: Sequence[rq.StepCounts], task: str) -> dict[str, Any] | 
     mean = total / n
     var = max((sq - total * total / n) / (n - 1), 0.0) if n > 1 else math.nan
     return {
-        "of": "challenger value - champion value" if task == "regression" else "challenger score - champion score",
-        "n": n, "mean": _f(mean), "sd": _f(math.sqrt(var)), "mean_abs": _f(sum(s.diff_abs for s in steps) / n),
+        "of": "challenger value - champion value"
+        if task == "regression"
+        else "challenger score - champion score",
+        "n": n,
+        "mean": _f(mean),
+        "sd": _f(math.sqrt(var)),
+        "mean_abs": _f(sum(s.diff_abs for s in steps) / n),
     }
 
 
-def _drift(champion: Sequence[int], challenger: Sequence[int]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+def _drift(
+    champion: Sequence[int], challenger: Sequence[int]
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     if sum(champion) == 0 or sum(challenger) == 0:
         return None, None
     p = stats.psi_from_counts(champion, challenger)
@@ -555,20 +615,29 @@ def _drift(champion: Sequence[int], challenger: Sequence[int]) -> tuple[dict[str
     )  # fmt: skip
 
 
-def _ks(sample: Sequence[tuple[float, float]], pairs: int, column: str, notes: list[str]) -> dict[str, Any] | None:
+def _ks(
+    sample: Sequence[tuple[float, float]], pairs: int, column: str, notes: list[str]
+) -> dict[str, Any] | None:
     if len(sample) < 2:
         return None
     arr = np.asarray(sample, dtype=float)
     res = stats.ks_test(arr[:, 0], arr[:, 1])
     sampled = len(sample) < pairs
     if sampled:
-        notes.append(f"Kolmogorov–Smirnov on {column}s uses a systematic sample of {len(sample)} of {pairs} pairs.")
+        notes.append(
+            f"Kolmogorov–Smirnov on {column}s uses a systematic sample of {len(sample)} of {pairs} pairs."
+        )
     return {"statistic": _f(res.statistic), "p_value": _f(res.p_value), "n": len(sample), "sampled": sampled}
 
 
 def _distributions(
-    db: Any, rollout_id: int, task: str, table_rows: Sequence[tuple[Any, ...]], ks_pairs: Sequence[tuple[float, float]],
-    pairs: int, notes: list[str],
+    db: Any,
+    rollout_id: int,
+    task: str,
+    table_rows: Sequence[tuple[Any, ...]],
+    ks_pairs: Sequence[tuple[float, float]],
+    pairs: int,
+    notes: list[str],
 ) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     if not pairs:
@@ -579,8 +648,18 @@ def _distributions(
         c1 = [sum(k for a, _, k in table if a == label) for label in labels]
         c2 = [sum(k for _, b, k in table if b == label) for label in labels]
         psi, js = _drift(c1, c2)
-        out.append({"kind": "classes", "labels": labels, "edges": None, "champion": c1, "challenger": c2,
-                    "psi": psi, "jensen_shannon": js, "ks": None})
+        out.append(
+            {
+                "kind": "classes",
+                "labels": labels,
+                "edges": None,
+                "champion": c1,
+                "challenger": c2,
+                "psi": psi,
+                "jensen_shannon": js,
+                "ks": None,
+            }
+        )
         s1, s2 = [0] * SCORE_BINS, [0] * SCORE_BINS
         for _a, _b, x, y, n in table_rows:
             if x is not None:
@@ -590,9 +669,18 @@ def _distributions(
         if sum(s1) or sum(s2):
             psi, js = _drift(s1, s2)
             edges = [i / SCORE_BINS for i in range(SCORE_BINS + 1)]
-            out.append({"kind": "scores", "labels": [f"{edges[i]:.2f}" for i in range(SCORE_BINS)], "edges": edges,
-                        "champion": s1, "challenger": s2, "psi": psi, "jensen_shannon": js,
-                        "ks": _ks(ks_pairs, pairs, "score", notes)})
+            out.append(
+                {
+                    "kind": "scores",
+                    "labels": [f"{edges[i]:.2f}" for i in range(SCORE_BINS)],
+                    "edges": edges,
+                    "champion": s1,
+                    "challenger": s2,
+                    "psi": psi,
+                    "jensen_shannon": js,
+                    "ks": _ks(ks_pairs, pairs, "score", notes),
+                }
+            )
         return out
     bounds = rq.output_range(db, rollout_id)
     if bounds is None:
@@ -605,8 +693,18 @@ def _distributions(
     v2 = [buckets["challenger"].get(i, 0) for i in range(VALUE_BINS)]
     edges = [low + (high - low) * i / VALUE_BINS for i in range(VALUE_BINS + 1)]
     psi, js = _drift(v1, v2)
-    out.append({"kind": "values", "labels": [f"{e:.4g}" for e in edges[:-1]], "edges": edges, "champion": v1,
-                "challenger": v2, "psi": psi, "jensen_shannon": js, "ks": _ks(ks_pairs, pairs, "value", notes)})
+    out.append(
+        {
+            "kind": "values",
+            "labels": [f"{e:.4g}" for e in edges[:-1]],
+            "edges": edges,
+            "champion": v1,
+            "challenger": v2,
+            "psi": psi,
+            "jensen_shannon": js,
+            "ks": _ks(ks_pairs, pairs, "value", notes),
+        }
+    )
     return out
 
 
@@ -616,7 +714,9 @@ def _positive_class(version: PipelineVersion, labels: Sequence[str]) -> str | No
     return labels[1] if len(labels) == 2 else None
 
 
-def _f1(confusion: Mapping[tuple[str, str], int], classes: Sequence[str], positive: str | None) -> dict[str, Any]:
+def _f1(
+    confusion: Mapping[tuple[str, str], int], classes: Sequence[str], positive: str | None
+) -> dict[str, Any]:
     def f1_of(cls: str) -> float:
         tp = confusion.get((cls, cls), 0)
         fp = sum(n for (p, y), n in confusion.items() if p == cls and y != cls)
@@ -643,9 +743,14 @@ def _auc(buckets: Mapping[tuple[int, str], int], positive: str) -> dict[str, Any
     below = np.cumsum(neg) - neg
     auc = float((pos * (below + 0.5 * neg)).sum() / (n1 * n0))
     q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
-    se = math.sqrt(max(auc * (1 - auc) + (n1 - 1) * (q1 - auc * auc) + (n0 - 1) * (q2 - auc * auc), 0.0) / (n1 * n0))
-    return {"value": _f(auc), "interval": _interval(max(auc - 1.96 * se, 0.0), min(auc + 1.96 * se, 1.0)),
-            "method": f"binned scores ({AUC_BINS} bins), Hanley–McNeil interval"}
+    se = math.sqrt(
+        max(auc * (1 - auc) + (n1 - 1) * (q1 - auc * auc) + (n0 - 1) * (q2 - auc * auc), 0.0) / (n1 * n0)
+    )
+    return {
+        "value": _f(auc),
+        "interval": _interval(max(auc - 1.96 * se, 0.0), min(auc + 1.96 * se, 1.0)),
+        "method": f"binned scores ({AUC_BINS} bins), Hanley–McNeil interval",
+    }
 
 
 def _label_classes(rows: Sequence[tuple[Any, ...]]) -> list[tuple[str, str, str, int]]:
@@ -661,7 +766,11 @@ def _labels(label_rows: Any, auc_buckets: Any, task: str, version: PipelineVersi
         rows = label_rows
         n = sum(k for *_, k in rows)
         if not n:
-            return {"available": False, "n": 0, "message": "no labels have arrived for this rollout's requests yet"}
+            return {
+                "available": False,
+                "n": 0,
+                "message": "no labels have arrived for this rollout's requests yet",
+            }
         classes = sorted({y for _, _, y, _ in rows} | {a for a, _, _, _ in rows} | {b for _, b, _, _ in rows})
         positive = _positive_class(version, classes)
         out: dict[str, Any] = {"available": True, "n": n}
@@ -673,7 +782,11 @@ def _labels(label_rows: Any, auc_buckets: Any, task: str, version: PipelineVersi
             right = sum(k for (p, y), k in conf.items() if p == y)
             wi = stats.wilson_interval(right, n)
             out[arm] = {
-                "accuracy": {"value": _f(right / n), "interval": _interval(wi.lower, wi.upper), "correct": right},
+                "accuracy": {
+                    "value": _f(right / n),
+                    "interval": _interval(wi.lower, wi.upper),
+                    "correct": right,
+                },
                 "f1": _f1(conf, classes, positive),
                 "roc_auc": _auc(auc_buckets[arm], positive) if auc_buckets and positive is not None else None,
             }
@@ -692,9 +805,17 @@ def _labels(label_rows: Any, auc_buckets: Any, task: str, version: PipelineVersi
     s = label_rows
     n = int(s["n"])
     if n == 0:
-        return {"available": False, "n": 0, "message": "no labels have arrived for this rollout's requests yet"}
+        return {
+            "available": False,
+            "n": 0,
+            "message": "no labels have arrived for this rollout's requests yet",
+        }
     if n < 2:
-        return {"available": False, "n": n, "message": "fewer than two labelled pairs where both arms answered"}
+        return {
+            "available": False,
+            "n": n,
+            "message": "fewer than two labelled pairs where both arms answered",
+        }
     out = {"available": True, "n": n}
     z = 1.959963984540054
     for arm, sfx in (("champion", "1"), ("challenger", "2")):
@@ -705,8 +826,14 @@ def _labels(label_rows: Any, auc_buckets: Any, task: str, version: PipelineVersi
         sd_sq = math.sqrt(max((s["quad" + sfx] - s["sq" + sfx] ** 2 / n) / (n - 1), 0.0))
         lo_mse, hi_mse = max(mse - z * sd_sq / math.sqrt(n), 0.0), mse + z * sd_sq / math.sqrt(n)
         out[arm] = {
-            "mae": {"value": _f(mae), "interval": _interval(mae - t * sd / math.sqrt(n), mae + t * sd / math.sqrt(n))},
-            "rmse": {"value": _f(math.sqrt(mse)), "interval": _interval(math.sqrt(lo_mse), math.sqrt(hi_mse))},
+            "mae": {
+                "value": _f(mae),
+                "interval": _interval(mae - t * sd / math.sqrt(n), mae + t * sd / math.sqrt(n)),
+            },
+            "rmse": {
+                "value": _f(math.sqrt(mse)),
+                "interval": _interval(math.sqrt(lo_mse), math.sqrt(hi_mse)),
+            },
         }
     mean = s["diff"] / n
     sd = math.sqrt(max((s["diff_sq"] - s["diff"] ** 2 / n) / (n - 1), 0.0))
@@ -780,11 +907,22 @@ def _gates(analyses: Sequence[Analysis]) -> dict[str, Any]:
 
 
 def _segments(
-    db: Any, rollout_id: int, columns: Sequence[str], version: PipelineVersion, rows: int, labelled: bool,
-    task: str, sample: int, *, store_raw: bool, window: int,
+    db: Any,
+    rollout_id: int,
+    columns: Sequence[str],
+    version: PipelineVersion,
+    rows: int,
+    labelled: bool,
+    task: str,
+    sample: int,
+    *,
+    store_raw: bool,
+    window: int,
 ) -> dict[str, Any]:
-    method = ("Segments are aggregated in SQL over every stored raw input; numeric columns are cut into "
-              f"quantile bins whose edges come from a systematic sample of at most {sample} rows.")
+    method = (
+        "Segments are aggregated in SQL over every stored raw input; numeric columns are cut into "
+        f"quantile bins whose edges come from a systematic sample of at most {sample} rows."
+    )
     block: dict[str, Any] = {"columns": list(columns), "method": method, "results": [], "message": None}
     if not columns:
         block["message"] = "no segment columns chosen"
@@ -794,10 +932,12 @@ def _segments(
         return block
     min_id = rq.recent_floor_id(db, rollout_id, window) if rows > window else None
     if min_id is not None:
-        block["method"] = (f"Segments are aggregated in SQL over the stored raw inputs of the rollout's most recent "
-                           f"{window} of {rows} rows (a bound on the report's cost: each segment column reads a JSON "
-                           f"field per row); numeric columns are cut into quantile bins whose edges come from a "
-                           f"systematic sample of at most {sample} of those rows.")
+        block["method"] = (
+            f"Segments are aggregated in SQL over the stored raw inputs of the rollout's most recent "
+            f"{window} of {rows} rows (a bound on the report's cost: each segment column reads a JSON "
+            f"field per row); numeric columns are cut into quantile bins whose edges come from a "
+            f"systematic sample of at most {sample} of those rows."
+        )
     total = min(rows, window)
     dtypes = {c.name: c.dtype for c in version.input_schema}
     wanted = [c for c in columns if c in dtypes or not dtypes]
@@ -810,18 +950,26 @@ def _segments(
         edges: list[float] | None = None
         labels_of: dict[str, str] = {}
         if kind in ("float", "int"):
-            values = [float(v) for v in rq.segment_sample(db, rollout_id, column, limit=sample, total=total,
-                                                          min_id=min_id)
-                      if v is not None and _f(v) is not None]
+            values = [
+                float(v)
+                for v in rq.segment_sample(db, rollout_id, column, limit=sample, total=total, min_id=min_id)
+                if v is not None and _f(v) is not None
+            ]
             if values:
                 cuts = np.unique(np.quantile(values, [0.2, 0.4, 0.6, 0.8]))
                 edges = [float(c) for c in cuts]
                 bounds = [-math.inf, *edges, math.inf]
-                labels_of = {f"bin{i}": _range_label(bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1)}
+                labels_of = {
+                    f"bin{i}": _range_label(bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1)
+                }
         groups = rq.segments(db, rollout_id, column, numeric_edges=edges, labelled=labelled, min_id=min_id)
         m = max(len(groups), 1)
         items = [_segment(g, labels_of, kind, task, labelled, m) for g in groups]
-        return {"column": column, "kind": "numeric" if edges is not None else "categorical", "segments": items}
+        return {
+            "column": column,
+            "kind": "numeric" if edges is not None else "categorical",
+            "segments": items,
+        }
 
     # One scan per column, side by side on their own connections.
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="mlcanary-segments") as pool:
@@ -837,8 +985,9 @@ def _range_label(lo: float, hi: float) -> str:
     return f"[{lo:.4g}, {hi:.4g})"
 
 
-def _segment(g: Mapping[str, Any], labels_of: Mapping[str, str], kind: str, task: str, labelled: bool,
-             m: int) -> dict[str, Any]:
+def _segment(
+    g: Mapping[str, Any], labels_of: Mapping[str, str], kind: str, task: str, labelled: bool, m: int
+) -> dict[str, Any]:
     """One segment's effect with a Bonferroni-adjusted 95% interval over the column's m segments."""
     value = labels_of.get(g["segment"], g["segment"])
     if kind == "bool":
@@ -881,14 +1030,22 @@ def _segment(g: Mapping[str, Any], labels_of: Mapping[str, str], kind: str, task
         worse = interval[0] > 0
     else:
         worse = False
-    out.update({"effect": _f(effect), "effect_name": name,
-                "interval": _interval(*interval) if interval else [None, None],
-                "flag": "worse" if worse else "ok"})
+    out.update(
+        {
+            "effect": _f(effect),
+            "effect_name": name,
+            "interval": _interval(*interval) if interval else [None, None],
+            "flag": "worse" if worse else "ok",
+        }
+    )
     return out
 
 
 def _sample_size(
-    policy: Mapping[str, Any], task: str, agreement_: Mapping[str, Any] | None, labels: Mapping[str, Any],
+    policy: Mapping[str, Any],
+    task: str,
+    agreement_: Mapping[str, Any] | None,
+    labels: Mapping[str, Any],
     version: PipelineVersion,
 ) -> dict[str, Any]:
     alpha = _policy_number(policy, ("alpha",), 0.05)
@@ -905,8 +1062,9 @@ def _sample_size(
                 return {**base, "status": "worse", "have": n,
                         "message": f"the challenger's accuracy is {-diff:.2%} lower, beyond the {margin:.2%} margin: "
                                    "no number of pairs will show non-inferiority"}  # fmt: skip
-            plan = stats.plan_labelled_pairs(margin=margin, discordance=max(disc, 1e-6), difference=diff,
-                                             alpha=alpha, n_star=n_star)
+            plan = stats.plan_labelled_pairs(
+                margin=margin, discordance=max(disc, 1e-6), difference=diff, alpha=alpha, n_star=n_star
+            )
             detect = None
             if b != c:
                 detect = math.ceil(stats.mcnemar_sample_size(b / n, c / n, alpha=alpha))
@@ -934,8 +1092,12 @@ def _sample_size(
         diff, sd = float(paired["difference"] or 0.0), float(paired["sd"] or 0.0)
         room = margin * mae - diff
         if room <= 0:
-            return {**base, "status": "worse", "have": n,
-                    "message": "the challenger's MAE is already worse than the margin allows"}
+            return {
+                **base,
+                "status": "worse",
+                "have": n,
+                "message": "the challenger's MAE is already worse than the margin allows",
+            }
         z = float(sps.norm.ppf(1 - alpha) + sps.norm.ppf(0.8))
         total = math.ceil((z * sd / room) ** 2)
         needed = max(total - n, 0)
@@ -943,7 +1105,10 @@ def _sample_size(
                 "method": "fixed-n one-sided paired t (80% power); the always-valid sequence needs somewhat more",
                 "message": f"{needed} more labelled pairs (about {total} in all) to show the MAE is within "
                            f"{margin:.0%} of the champion's"}  # fmt: skip
-    return {**base, "message": "no labels yet: the number of labelled pairs needed is planned once some arrive"}
+    return {
+        **base,
+        "message": "no labels yet: the number of labelled pairs needed is planned once some arrive",
+    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -979,53 +1144,111 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     """Render the report as Markdown: the same sections as the HTML page, tables instead of plots."""
     r = report
     ro = r["rollout"]
-    out = [f"# {r['deployment']['name']}: {ro['challenger']['ref']} against {ro['champion']['ref']}", "",
-           f"Rollout {ro['id']}, {ro['mode']}, phase **{ro['phase']}**, step {ro['step_index']}, challenger weight "
-           f"{ro['canary_weight']:g}%, shadow rate {ro['shadow_rate']:g}; started {ro['created_at']} by "
-           f"{ro['created_by']}. Generated {r['generated_at']}.", ""]
+    out = [
+        f"# {r['deployment']['name']}: {ro['challenger']['ref']} against {ro['champion']['ref']}",
+        "",
+        f"Rollout {ro['id']}, {ro['mode']}, phase **{ro['phase']}**, step {ro['step_index']}, challenger weight "
+        f"{ro['canary_weight']:g}%, shadow rate {ro['shadow_rate']:g}; started {ro['created_at']} by "
+        f"{ro['created_by']}. Generated {r['generated_at']}.",
+        "",
+    ]
     g = r["gates"]
     out += ["## Gates", ""]
     if g["latest"]:
         latest = g["latest"]
-        out += [f"Latest evaluation {latest['at']} (step {latest['step']}): **{latest['outcome']}**"
-                f"{' → ' + str(latest['decision']) if latest.get('decision') else ''}; {g['analyses']} evaluations.", ""]
-        out += _md_table(["gate", "role", "outcome", "statistic", "bound", "threshold", "effect", "margin", "n",
-                          "why"],
-                         [[v["gate"], v["role"], v["outcome"], v["statistic"], v["bound"], v["threshold"], v["effect"],
-                           v["margin"], f"{v['n_champion']} / {v['n_challenger']}", v["reason"]]
-                          for v in latest["verdicts"]])
+        out += [
+            f"Latest evaluation {latest['at']} (step {latest['step']}): **{latest['outcome']}**"
+            f"{' → ' + str(latest['decision']) if latest.get('decision') else ''}; {g['analyses']} evaluations.",
+            "",
+        ]
+        out += _md_table(
+            ["gate", "role", "outcome", "statistic", "bound", "threshold", "effect", "margin", "n", "why"],
+            [
+                [
+                    v["gate"],
+                    v["role"],
+                    v["outcome"],
+                    v["statistic"],
+                    v["bound"],
+                    v["threshold"],
+                    v["effect"],
+                    v["margin"],
+                    f"{v['n_champion']} / {v['n_challenger']}",
+                    v["reason"],
+                ]
+                for v in latest["verdicts"]
+            ],
+        )
     else:
         out += ["The controller has not evaluated this rollout yet.", ""]
     t = r["traffic"]
     out += ["## Traffic", ""]
-    out += _md_table(["step", "requests", "served by champion", "served by challenger", "first", "last"],
-                     [[s["step"], s["rows"], s["served_champion"], s["served_challenger"], s["first_at"], s["last_at"]]
-                      for s in t["steps"]])
+    out += _md_table(
+        ["step", "requests", "served by champion", "served by challenger", "first", "last"],
+        [
+            [s["step"], s["rows"], s["served_champion"], s["served_challenger"], s["first_at"], s["last_at"]]
+            for s in t["steps"]
+        ],
+    )
     out += ["## Arms", ""]
-    out += _md_table(["arm", "version", "requests", "served", "errors", "error rate", "p50 ms", "p90 ms", "p99 ms"],
-                     [[arm, a["version"]["ref"], a["requests"], a["served"], a["errors"], _md_pct(a["error_rate"]),
-                       a["latency_ms"]["p50"], a["latency_ms"]["p90"], a["latency_ms"]["p99"]]
-                      for arm, a in r["arms"].items()])
+    out += _md_table(
+        ["arm", "version", "requests", "served", "errors", "error rate", "p50 ms", "p90 ms", "p99 ms"],
+        [
+            [
+                arm,
+                a["version"]["ref"],
+                a["requests"],
+                a["served"],
+                a["errors"],
+                _md_pct(a["error_rate"]),
+                a["latency_ms"]["p50"],
+                a["latency_ms"]["p90"],
+                a["latency_ms"]["p99"],
+            ]
+            for arm, a in r["arms"].items()
+        ],
+    )
     sh = r["shadow"]
-    out += [f"Shadow coverage {_md_pct(sh['coverage'])} ({sh['pairs']} pairs of {sh['rows']} requests); not scored "
-            f"{sh['not_scored']}, dropped {sh['dropped']}, timed out {sh['timeouts']}, cancelled {sh['cancelled']}, "
-            f"other errors {sh['other_errors']}.", ""]
+    out += [
+        f"Shadow coverage {_md_pct(sh['coverage'])} ({sh['pairs']} pairs of {sh['rows']} requests); not scored "
+        f"{sh['not_scored']}, dropped {sh['dropped']}, timed out {sh['timeouts']}, cancelled {sh['cancelled']}, "
+        f"other errors {sh['other_errors']}.",
+        "",
+    ]
     out += ["## Outputs and drift", ""]
     ag = r["agreement"]
     if ag:
-        out += [f"Agreement {_md_pct(ag['share'])} of {ag['n']} pairs (95% interval {_md_pct(ag['interval'][0])} to "
-                f"{_md_pct(ag['interval'][1])}), Cohen's kappa {_md(ag['kappa'])}.", ""]
+        out += [
+            f"Agreement {_md_pct(ag['share'])} of {ag['n']} pairs (95% interval {_md_pct(ag['interval'][0])} to "
+            f"{_md_pct(ag['interval'][1])}), Cohen's kappa {_md(ag['kappa'])}.",
+            "",
+        ]
         if ag["table"]["labels"]:
-            out += _md_table(["champion \\ challenger", *ag["table"]["labels"]],
-                             [[lbl, *row] for lbl, row in zip(ag["table"]["labels"], ag["table"]["counts"], strict=True)])
+            out += _md_table(
+                ["champion \\ challenger", *ag["table"]["labels"]],
+                [[lbl, *row] for lbl, row in zip(ag["table"]["labels"], ag["table"]["counts"], strict=True)],
+            )
     if r["differences"]:
         d = r["differences"]
-        out += [f"Differences ({d['of']}): n {d['n']}, mean {_md(d['mean'])}, sd {_md(d['sd'])}, "
-                f"mean absolute {_md(d['mean_abs'])}.", ""]
-    out += _md_table(["distribution", "PSI", "PSI noise threshold", "Jensen–Shannon (bits)", "KS D", "KS p"],
-                     [[d["kind"], (d["psi"] or {}).get("value"), (d["psi"] or {}).get("threshold"),
-                       (d["jensen_shannon"] or {}).get("divergence"), (d["ks"] or {}).get("statistic"),
-                       (d["ks"] or {}).get("p_value")] for d in r["distributions"]])
+        out += [
+            f"Differences ({d['of']}): n {d['n']}, mean {_md(d['mean'])}, sd {_md(d['sd'])}, "
+            f"mean absolute {_md(d['mean_abs'])}.",
+            "",
+        ]
+    out += _md_table(
+        ["distribution", "PSI", "PSI noise threshold", "Jensen–Shannon (bits)", "KS D", "KS p"],
+        [
+            [
+                d["kind"],
+                (d["psi"] or {}).get("value"),
+                (d["psi"] or {}).get("threshold"),
+                (d["jensen_shannon"] or {}).get("divergence"),
+                (d["ks"] or {}).get("statistic"),
+                (d["ks"] or {}).get("p_value"),
+            ]
+            for d in r["distributions"]
+        ],
+    )
     lab = r["labels"]
     out += ["## Quality against labels", ""]
     if lab["available"]:
@@ -1033,15 +1256,26 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         for arm in ("champion", "challenger"):
             q = lab[arm]
             if "accuracy" in q:
-                rows.append([arm, _md_pct(q["accuracy"]["value"]), q["f1"]["value"],
-                             (q.get("roc_auc") or {}).get("value")])
+                rows.append(
+                    [
+                        arm,
+                        _md_pct(q["accuracy"]["value"]),
+                        q["f1"]["value"],
+                        (q.get("roc_auc") or {}).get("value"),
+                    ]
+                )
             else:
                 rows.append([arm, q["mae"]["value"], q["rmse"]["value"]])
         head = ["arm", "accuracy", "F1", "ROC AUC"] if len(rows[0]) == 4 else ["arm", "MAE", "RMSE"]
         p = lab["paired"]
-        out += [f"{lab['n']} labelled pairs.", "", *_md_table(head, rows),
-                f"Paired difference {_md(p['difference'])} (95% interval {_md(p['interval'][0])} to "
-                f"{_md(p['interval'][1])}), p = {_md(p['p_value'], '{:.3g}')}: {p['method']}.", ""]
+        out += [
+            f"{lab['n']} labelled pairs.",
+            "",
+            *_md_table(head, rows),
+            f"Paired difference {_md(p['difference'])} (95% interval {_md(p['interval'][0])} to "
+            f"{_md(p['interval'][1])}), p = {_md(p['p_value'], '{:.3g}')}: {p['method']}.",
+            "",
+        ]
     else:
         out += [lab.get("message", "No labels yet."), ""]
     seg = r["segments"]
@@ -1051,23 +1285,60 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     for res in seg["results"]:
         name = res["segments"][0]["effect_name"] if res["segments"] else "effect"
         out += [f"### {res['column']} ({res['kind']})", ""]
-        out += _md_table(["value", "requests", "pairs", name, "95% interval", "flag"],
-                         [[s["value"], s["rows"], s["pairs"], s["effect"],
-                           f"{_md(s['interval'][0])} to {_md(s['interval'][1])}", s["flag"]] for s in res["segments"]])
+        out += _md_table(
+            ["value", "requests", "pairs", name, "95% interval", "flag"],
+            [
+                [
+                    s["value"],
+                    s["rows"],
+                    s["pairs"],
+                    s["effect"],
+                    f"{_md(s['interval'][0])} to {_md(s['interval'][1])}",
+                    s["flag"],
+                ]
+                for s in res["segments"]
+            ],
+        )
     out += ["## Timeline", ""]
-    out += _md_table(["at", "who", "action", "why", "message"],
-                     [[e["at"], e["actor"], e["action"], e["reason"], e["message"]] for e in r["timeline"]])
+    out += _md_table(
+        ["at", "who", "action", "why", "message"],
+        [[e["at"], e["actor"], e["action"], e["reason"], e["message"]] for e in r["timeline"]],
+    )
     rep = r["reproducibility"]
     out += ["## Reproducibility", "", f"{rep['status'].replace('_', ' ')}: {rep['message']}", ""]
     if rep.get("online_vs_offline"):
-        out += _md_table(["arm", "version", "metric", "offline", "online", "outcome", "labels", "labels still needed"],
-                         [[a["arm"], a["version"], a["metric"], a["offline"], a["online"], a["outcome"], a["labels"],
-                           a["labels_needed"]] for a in rep["online_vs_offline"]])
+        out += _md_table(
+            ["arm", "version", "metric", "offline", "online", "outcome", "labels", "labels still needed"],
+            [
+                [
+                    a["arm"],
+                    a["version"],
+                    a["metric"],
+                    a["offline"],
+                    a["online"],
+                    a["outcome"],
+                    a["labels"],
+                    a["labels_needed"],
+                ]
+                for a in rep["online_vs_offline"]
+            ],
+        )
     if (rep.get("input_drift") or {}).get("features"):
-        out += _md_table(["feature", "status", "missing live", "out of range", "unseen", "PSI", "why"],
-                         [[f["feature"], f["status"], f["missing_rate_live"], f["out_of_range_share"],
-                           f["unseen_share"], f["psi"], "; ".join(f["reasons"])]
-                          for f in rep["input_drift"]["features"]])
+        out += _md_table(
+            ["feature", "status", "missing live", "out of range", "unseen", "PSI", "why"],
+            [
+                [
+                    f["feature"],
+                    f["status"],
+                    f["missing_rate_live"],
+                    f["out_of_range_share"],
+                    f["unseen_share"],
+                    f["psi"],
+                    "; ".join(f["reasons"]),
+                ]
+                for f in rep["input_drift"]["features"]
+            ],
+        )
     out += ["## Sample size still needed", "", r["sample_size"]["message"], ""]
     if r["notes"]:
         out += ["## Notes", "", *[f"- {n}" for n in r["notes"]], ""]

@@ -80,28 +80,42 @@ class _Frame:
 
 
 def _svg(title: str, body: list[str], legend: Sequence[tuple[str, str, bool]] = ()) -> str:
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="{W}" height="{H}" '
-             f'role="img" class="plot"><title>{escape(title)}</title>',
-             f'<text x="{LEFT}" y="16" class="pt">{escape(title)}</text>', *body]
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="{W}" height="{H}" '
+        f'role="img" class="plot"><title>{escape(title)}</title>',
+        f'<text x="{LEFT}" y="16" class="pt">{escape(title)}</text>',
+        *body,
+    ]
     x = W - RIGHT
     for name, color, dashed in reversed(legend):
         width = 7 * len(name) + 26
         x -= width
         dash = ' stroke-dasharray="5 3"' if dashed else ""
-        parts.append(f'<line x1="{x}" y1="12" x2="{x + 16}" y2="12" stroke="{color}" stroke-width="2.5"{dash}/>'
-                     f'<text x="{x + 20}" y="16" class="lg">{escape(name)}</text>')
+        parts.append(
+            f'<line x1="{x}" y1="12" x2="{x + 16}" y2="12" stroke="{color}" stroke-width="2.5"{dash}/>'
+            f'<text x="{x + 20}" y="16" class="lg">{escape(name)}</text>'
+        )
     parts.append("</svg>")
     return "".join(parts)
 
 
-def _axes(frame: _Frame, x_label: str, y_label: str, *, x_ticks: Sequence[float] | None = None,
-          y_ticks: Sequence[float] | None = None, x_tick_fmt: Any = _fmt) -> list[str]:
+def _axes(
+    frame: _Frame,
+    x_label: str,
+    y_label: str,
+    *,
+    x_ticks: Sequence[float] | None = None,
+    y_ticks: Sequence[float] | None = None,
+    x_tick_fmt: Any = _fmt,
+) -> list[str]:
     out = [f'<rect x="{LEFT}" y="{TOP}" width="{W - LEFT - RIGHT}" height="{H - TOP - BOTTOM}" class="bg"/>']
     for t in y_ticks or nice_ticks(frame.y0, frame.y1):
         if frame.y0 - 1e-12 <= t <= frame.y1 + 1e-12:
             y = frame.y(t)
-            out.append(f'<line x1="{LEFT}" x2="{W - RIGHT}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'
-                       f'<text x="{LEFT - 6}" y="{y + 4:.1f}" class="tk" text-anchor="end">{_fmt(t)}</text>')
+            out.append(
+                f'<line x1="{LEFT}" x2="{W - RIGHT}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'
+                f'<text x="{LEFT - 6}" y="{y + 4:.1f}" class="tk" text-anchor="end">{_fmt(t)}</text>'
+            )
     ticks = x_ticks
     if ticks is None:
         if frame.log_x:
@@ -111,19 +125,29 @@ def _axes(frame: _Frame, x_label: str, y_label: str, *, x_ticks: Sequence[float]
     for t in ticks:
         x = frame.x(t)
         if LEFT - 0.5 <= x <= W - RIGHT + 0.5:
-            out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{H - BOTTOM}" y2="{H - BOTTOM + 4}" class="ax"/>'
-                       f'<text x="{x:.1f}" y="{H - BOTTOM + 16}" class="tk" text-anchor="middle">'
-                       f'{escape(x_tick_fmt(t))}</text>')
-    out.append(f'<line x1="{LEFT}" x2="{W - RIGHT}" y1="{H - BOTTOM}" y2="{H - BOTTOM}" class="ax"/>'
-               f'<text x="{(LEFT + W - RIGHT) / 2}" y="{H - 6}" class="al" text-anchor="middle">{escape(x_label)}</text>'
-               f'<text transform="translate(14 {(TOP + H - BOTTOM) / 2}) rotate(-90)" class="al" '
-               f'text-anchor="middle">{escape(y_label)}</text>')
+            out.append(
+                f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{H - BOTTOM}" y2="{H - BOTTOM + 4}" class="ax"/>'
+                f'<text x="{x:.1f}" y="{H - BOTTOM + 16}" class="tk" text-anchor="middle">'
+                f"{escape(x_tick_fmt(t))}</text>"
+            )
+    out.append(
+        f'<line x1="{LEFT}" x2="{W - RIGHT}" y1="{H - BOTTOM}" y2="{H - BOTTOM}" class="ax"/>'
+        f'<text x="{(LEFT + W - RIGHT) / 2}" y="{H - 6}" class="al" text-anchor="middle">{escape(x_label)}</text>'
+        f'<text transform="translate(14 {(TOP + H - BOTTOM) / 2}) rotate(-90)" class="al" '
+        f'text-anchor="middle">{escape(y_label)}</text>'
+    )
     return out
 
 
 def line_plot(
-    title: str, series: Sequence[Series], *, x_label: str, y_label: str,
-    hlines: Sequence[tuple[float, str]] = (), y_range: tuple[float, float] | None = None, log_x: bool = False,
+    title: str,
+    series: Sequence[Series],
+    *,
+    x_label: str,
+    y_label: str,
+    hlines: Sequence[tuple[float, str]] = (),
+    y_range: tuple[float, float] | None = None,
+    log_x: bool = False,
 ) -> str:
     """Plot lines (or step lines) sharing axes, with optional dashed horizontal reference lines."""
     xs = [x for s in series for x in s.xs]
@@ -138,9 +162,11 @@ def line_plot(
     body = _axes(frame, x_label, y_label)
     for value, label in hlines:
         y = frame.y(value)
-        body.append(f'<line x1="{LEFT}" x2="{W - RIGHT}" y1="{y:.1f}" y2="{y:.1f}" stroke="{GREY}" '
-                    f'stroke-dasharray="6 4" stroke-width="1.5"/>'
-                    f'<text x="{W - RIGHT - 4}" y="{y - 4:.1f}" class="tk" text-anchor="end">{escape(label)}</text>')
+        body.append(
+            f'<line x1="{LEFT}" x2="{W - RIGHT}" y1="{y:.1f}" y2="{y:.1f}" stroke="{GREY}" '
+            f'stroke-dasharray="6 4" stroke-width="1.5"/>'
+            f'<text x="{W - RIGHT - 4}" y="{y - 4:.1f}" class="tk" text-anchor="end">{escape(label)}</text>'
+        )
     for s in series:
         points: list[str] = []
         segments: list[list[str]] = []
@@ -164,14 +190,17 @@ def line_plot(
                 x_, y_ = pts[0].split(",")
                 body.append(f'<circle cx="{x_}" cy="{y_}" r="2.5" fill="{s.color}"/>')
             else:
-                body.append(f'<polyline points="{" ".join(pts)}" fill="none" stroke="{s.color}" '
-                            f'stroke-width="2"{dash}/>')
+                body.append(
+                    f'<polyline points="{" ".join(pts)}" fill="none" stroke="{s.color}" '
+                    f'stroke-width="2"{dash}/>'
+                )
     legend = [(s.name, s.color, s.dashed) for s in series]
     return _svg(title, body, legend)
 
 
-def bar_plot(title: str, labels: Sequence[str], groups: Sequence[tuple[str, Sequence[float], str]], *,
-             y_label: str) -> str:
+def bar_plot(
+    title: str, labels: Sequence[str], groups: Sequence[tuple[str, Sequence[float], str]], *, y_label: str
+) -> str:
     """Grouped vertical bars: one group per label, one bar per series."""
     values = [v for _, vs, _ in groups for v in vs]
     if not labels or not values:
@@ -184,15 +213,25 @@ def bar_plot(title: str, labels: Sequence[str], groups: Sequence[tuple[str, Sequ
         for j, (_, vs, color) in enumerate(groups):
             x = LEFT + i * slot + slot * 0.1 + j * bar
             y = frame.y(vs[i])
-            body.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar * 0.92:.1f}" height="{H - BOTTOM - y:.1f}" '
-                        f'fill="{color}"/>')
-        body.append(f'<text x="{LEFT + (i + 0.5) * slot:.1f}" y="{H - BOTTOM + 16}" class="tk" '
-                    f'text-anchor="middle">{escape(label[:14])}</text>')
+            body.append(
+                f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar * 0.92:.1f}" height="{H - BOTTOM - y:.1f}" '
+                f'fill="{color}"/>'
+            )
+        body.append(
+            f'<text x="{LEFT + (i + 0.5) * slot:.1f}" y="{H - BOTTOM + 16}" class="tk" '
+            f'text-anchor="middle">{escape(label[:14])}</text>'
+        )
     return _svg(title, body, [(name, color, False) for name, _, color in groups])
 
 
-def histogram_plot(title: str, edges: Sequence[float], groups: Sequence[tuple[str, Sequence[int], str]], *,
-                   x_label: str, log_x: bool = False) -> str:
+def histogram_plot(
+    title: str,
+    edges: Sequence[float],
+    groups: Sequence[tuple[str, Sequence[int], str]],
+    *,
+    x_label: str,
+    log_x: bool = False,
+) -> str:
     """Overlaid histograms as step lines of shares, on shared edges."""
     if len(edges) < 2:
         return empty_plot(title, "no data yet")
@@ -204,11 +243,14 @@ def histogram_plot(title: str, edges: Sequence[float], groups: Sequence[tuple[st
         ys.append(counts[-1] / total if counts else 0.0)
         series.append(Series(name, xs, ys, color, step=True))
     top = max((y for s in series for y in s.ys if y is not None), default=1.0)
-    return line_plot(title, series, x_label=x_label, y_label="share", y_range=(0.0, top * 1.1 or 1.0), log_x=log_x)
+    return line_plot(
+        title, series, x_label=x_label, y_label="share", y_range=(0.0, top * 1.1 or 1.0), log_x=log_x
+    )
 
 
-def forest_plot(title: str, items: Sequence[tuple[str, float | None, float | None, float | None, bool]], *,
-                x_label: str) -> str:
+def forest_plot(
+    title: str, items: Sequence[tuple[str, float | None, float | None, float | None, bool]], *, x_label: str
+) -> str:
     """Horizontal intervals per segment around a zero line; flagged segments in the challenger colour."""
     shown = [it for it in items if it[1] is not None][:14]
     if not shown:
@@ -219,8 +261,10 @@ def forest_plot(title: str, items: Sequence[tuple[str, float | None, float | Non
     pad = (hi - lo) * 0.1 or 0.01
     height = TOP + BOTTOM + 22 * len(shown)
     frame = _Frame(lo - pad, hi + pad, 0, 1)
-    body = [f'<rect x="{LEFT + 90}" y="{TOP}" width="{W - LEFT - 90 - RIGHT}" height="{height - TOP - BOTTOM}" '
-            f'class="bg"/>']
+    body = [
+        f'<rect x="{LEFT + 90}" y="{TOP}" width="{W - LEFT - 90 - RIGHT}" height="{height - TOP - BOTTOM}" '
+        f'class="bg"/>'
+    ]
     scale_left = LEFT + 90
 
     def px(v: float) -> float:
@@ -228,30 +272,45 @@ def forest_plot(title: str, items: Sequence[tuple[str, float | None, float | Non
 
     for t in nice_ticks(frame.x0, frame.x1):
         if frame.x0 <= t <= frame.x1:
-            body.append(f'<line x1="{px(t):.1f}" x2="{px(t):.1f}" y1="{TOP}" y2="{height - BOTTOM}" class="grid"/>'
-                        f'<text x="{px(t):.1f}" y="{height - BOTTOM + 16}" class="tk" text-anchor="middle">'
-                        f'{_fmt(t)}</text>')
-    body.append(f'<line x1="{px(0):.1f}" x2="{px(0):.1f}" y1="{TOP}" y2="{height - BOTTOM}" stroke="{GREY}" '
-                f'stroke-dasharray="6 4"/>')
+            body.append(
+                f'<line x1="{px(t):.1f}" x2="{px(t):.1f}" y1="{TOP}" y2="{height - BOTTOM}" class="grid"/>'
+                f'<text x="{px(t):.1f}" y="{height - BOTTOM + 16}" class="tk" text-anchor="middle">'
+                f"{_fmt(t)}</text>"
+            )
+    body.append(
+        f'<line x1="{px(0):.1f}" x2="{px(0):.1f}" y1="{TOP}" y2="{height - BOTTOM}" stroke="{GREY}" '
+        f'stroke-dasharray="6 4"/>'
+    )
     for i, (label, effect, low, high, flagged) in enumerate(shown):
         y = TOP + 11 + 22 * i
         color = CHALLENGER if flagged else CHAMPION
-        body.append(f'<text x="{scale_left - 6}" y="{y + 4}" class="tk" text-anchor="end">{escape(label[:22])}</text>')
+        body.append(
+            f'<text x="{scale_left - 6}" y="{y + 4}" class="tk" text-anchor="end">{escape(label[:22])}</text>'
+        )
         if low is not None and high is not None:
-            body.append(f'<line x1="{px(low):.1f}" x2="{px(high):.1f}" y1="{y}" y2="{y}" stroke="{color}" '
-                        f'stroke-width="2"/>')
+            body.append(
+                f'<line x1="{px(low):.1f}" x2="{px(high):.1f}" y1="{y}" y2="{y}" stroke="{color}" '
+                f'stroke-width="2"/>'
+            )
         assert effect is not None
         body.append(f'<circle cx="{px(effect):.1f}" cy="{y}" r="4" fill="{color}"/>')
-    body.append(f'<text x="{(scale_left + W - RIGHT) / 2}" y="{height - 6}" class="al" text-anchor="middle">'
-                f'{escape(x_label)}</text>')
+    body.append(
+        f'<text x="{(scale_left + W - RIGHT) / 2}" y="{height - 6}" class="al" text-anchor="middle">'
+        f"{escape(x_label)}</text>"
+    )
     svg = _svg(title, body, [("ok", CHAMPION, False), ("worse", CHALLENGER, False)])
-    return svg.replace(f'viewBox="0 0 {W} {H}" width="{W}" height="{H}"',
-                       f'viewBox="0 0 {W} {height}" width="{W}" height="{height}"', 1)
+    return svg.replace(
+        f'viewBox="0 0 {W} {H}" width="{W}" height="{H}"',
+        f'viewBox="0 0 {W} {height}" width="{W}" height="{height}"',
+        1,
+    )
 
 
 def empty_plot(title: str, message: str) -> str:
-    body = [f'<rect x="{LEFT}" y="{TOP}" width="{W - LEFT - RIGHT}" height="{H - TOP - BOTTOM}" class="bg"/>',
-            f'<text x="{W / 2}" y="{H / 2}" class="al" text-anchor="middle">{escape(message)}</text>']
+    body = [
+        f'<rect x="{LEFT}" y="{TOP}" width="{W - LEFT - RIGHT}" height="{H - TOP - BOTTOM}" class="bg"/>',
+        f'<text x="{W / 2}" y="{H / 2}" class="al" text-anchor="middle">{escape(message)}</text>',
+    ]
     return _svg(title, body)
 
 
@@ -309,48 +368,118 @@ def _ci(interval: Any, pct: bool = False) -> str:
 def _table(head: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[int] = ()) -> str:
     out = ["<table><thead><tr>", *(f"<th>{escape(h)}</th>" for h in head), "</tr></thead><tbody>"]
     for row in rows:
-        out.append("<tr>" + "".join(f'<td{" class=n" if i in numeric else ""}>{c}</td>' for i, c in enumerate(row))
-                   + "</tr>")
+        out.append(
+            "<tr>"
+            + "".join(f"<td{' class=n' if i in numeric else ''}>{c}</td>" for i, c in enumerate(row))
+            + "</tr>"
+        )
     out.append("</tbody></table>")
     return "".join(out)
 
 
 def _reproducibility_section(rep: Mapping[str, Any]) -> str:
     """Parity verdict and first mismatches, environment differences, online vs offline, input drift."""
-    out = [f"<section><h2>Reproducibility</h2><p><b>{escape(rep['status'].replace('_', ' '))}</b>: "
-           f"{escape(rep['message'])}</p>"]
+    out = [
+        f"<section><h2>Reproducibility</h2><p><b>{escape(rep['status'].replace('_', ' '))}</b>: "
+        f"{escape(rep['message'])}</p>"
+    ]
     parity = rep.get("parity") or {}
     if parity.get("mismatches"):
-        out.append("<h3>Parity: first differing golden rows</h3>" + _table(
-            ["row", "output", "research", "served", "rel. error", "inputs"],
-            [[str(m["row"]), escape(str(m["output"])), escape(str(m["expected"])), escape(str(m["actual"])),
-              "" if m.get("relative_error") is None else f"{m['relative_error']:.3g}",
-              escape(", ".join(f"{k}={v!r}" for k, v in (m.get("inputs") or {}).items()))]
-             for m in parity["mismatches"][:10]], numeric=(0, 4)))
+        out.append(
+            "<h3>Parity: first differing golden rows</h3>"
+            + _table(
+                ["row", "output", "research", "served", "rel. error", "inputs"],
+                [
+                    [
+                        str(m["row"]),
+                        escape(str(m["output"])),
+                        escape(str(m["expected"])),
+                        escape(str(m["actual"])),
+                        "" if m.get("relative_error") is None else f"{m['relative_error']:.3g}",
+                        escape(", ".join(f"{k}={v!r}" for k, v in (m.get("inputs") or {}).items())),
+                    ]
+                    for m in parity["mismatches"][:10]
+                ],
+                numeric=(0, 4),
+            )
+        )
     differences = (rep.get("environment") or {}).get("differences") or []
     if differences:
-        out.append("<h3>Environment: research vs serving</h3>" + _table(
-            ["package", "research", "serving"],
-            [[escape(str(d["key"])), escape(str(d["research"])), escape(str(d["serving"]))] for d in differences]))
+        out.append(
+            "<h3>Environment: research vs serving</h3>"
+            + _table(
+                ["package", "research", "serving"],
+                [
+                    [escape(str(d["key"])), escape(str(d["research"])), escape(str(d["serving"]))]
+                    for d in differences
+                ],
+            )
+        )
     arms = rep.get("online_vs_offline") or []
     if arms:
-        out.append("<h3>Online vs offline</h3>" + _table(
-            ["arm", "version", "metric", "offline", "online", "difference", "outcome", "labels", "labels still needed"],
-            [[escape(a["arm"]), escape(a["version"]), escape(a["metric"]), _num(a.get("offline")),
-              _num(a.get("online")), _num(a.get("difference")) + _ci(a.get("interval")),
-              escape(a["outcome"]), str(a["labels"]), "" if a.get("labels_needed") is None else str(a["labels_needed"])]
-             for a in arms], numeric=(3, 4, 5, 7, 8)))
+        out.append(
+            "<h3>Online vs offline</h3>"
+            + _table(
+                [
+                    "arm",
+                    "version",
+                    "metric",
+                    "offline",
+                    "online",
+                    "difference",
+                    "outcome",
+                    "labels",
+                    "labels still needed",
+                ],
+                [
+                    [
+                        escape(a["arm"]),
+                        escape(a["version"]),
+                        escape(a["metric"]),
+                        _num(a.get("offline")),
+                        _num(a.get("online")),
+                        _num(a.get("difference")) + _ci(a.get("interval")),
+                        escape(a["outcome"]),
+                        str(a["labels"]),
+                        "" if a.get("labels_needed") is None else str(a["labels_needed"]),
+                    ]
+                    for a in arms
+                ],
+                numeric=(3, 4, 5, 7, 8),
+            )
+        )
     drift = rep.get("input_drift") or {}
     if drift.get("features"):
-        out.append(f"<h3>Input drift against the profile of {escape(str(drift.get('against')))} "
-                   f"({drift.get('live_rows')} live rows)</h3>" + _table(
-            ["feature", "status", "missing (profile → live)", "out of range", "unseen", "PSI", "PSI noise threshold",
-             "why"],
-            [[escape(f["feature"]), escape(f["status"]),
-              f"{_pct_or_blank(f.get('missing_rate_profile'))} → {_pct_or_blank(f.get('missing_rate_live'))}",
-              _pct_or_blank(f.get("out_of_range_share")), _pct_or_blank(f.get("unseen_share")), _num(f.get("psi")),
-              _num(f.get("psi_threshold")), escape("; ".join(f.get("reasons") or []))]
-             for f in drift["features"]], numeric=(3, 4, 5, 6)))
+        out.append(
+            f"<h3>Input drift against the profile of {escape(str(drift.get('against')))} "
+            f"({drift.get('live_rows')} live rows)</h3>"
+            + _table(
+                [
+                    "feature",
+                    "status",
+                    "missing (profile → live)",
+                    "out of range",
+                    "unseen",
+                    "PSI",
+                    "PSI noise threshold",
+                    "why",
+                ],
+                [
+                    [
+                        escape(f["feature"]),
+                        escape(f["status"]),
+                        f"{_pct_or_blank(f.get('missing_rate_profile'))} → {_pct_or_blank(f.get('missing_rate_live'))}",
+                        _pct_or_blank(f.get("out_of_range_share")),
+                        _pct_or_blank(f.get("unseen_share")),
+                        _num(f.get("psi")),
+                        _num(f.get("psi_threshold")),
+                        escape("; ".join(f.get("reasons") or [])),
+                    ]
+                    for f in drift["features"]
+                ],
+                numeric=(3, 4, 5, 6),
+            )
+        )
     out.append("</section>")
     return "".join(out)
 
@@ -378,7 +507,8 @@ def html_page(r: Mapping[str, Any]) -> str:
     title = f"mlcanary report: {dep}, rollout {ro['id']}"
     arms = r["arms"]
     parts = [
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{escape(title)}</title><style>{CSS}</style></head><body>",
         f"<h1>{escape(dep)}: {escape(ro['challenger']['ref'])} against {escape(ro['champion']['ref'])}</h1>",
@@ -398,9 +528,14 @@ def html_page(r: Mapping[str, Any]) -> str:
     if r["agreement"]:
         cards.append(("agreement", _pct(r["agreement"]["share"])))
     if latest:
-        cards.append(("latest outcome", f'<span class="o-{latest["outcome"]}">{escape(latest["outcome"])}</span>'))
-    parts.append('<div class="cards">' + "".join(f"<div class=card><span class=muted>{k}</span><b>{v}</b></div>"
-                                                 for k, v in cards) + "</div>")
+        cards.append(
+            ("latest outcome", f'<span class="o-{latest["outcome"]}">{escape(latest["outcome"])}</span>')
+        )
+    parts.append(
+        '<div class="cards">'
+        + "".join(f"<div class=card><span class=muted>{k}</span><b>{v}</b></div>" for k, v in cards)
+        + "</div>"
+    )
     parts += _gates_section(r)
     parts += _traffic_section(r)
     parts += _arms_section(r)
@@ -410,11 +545,16 @@ def html_page(r: Mapping[str, Any]) -> str:
     parts += _timeline_section(r)
     parts.append(_reproducibility_section(r["reproducibility"]))
     ss = r["sample_size"]
-    parts.append(f"<section><h2>Sample size still needed</h2><p>{escape(ss['message'])}</p>"
-                 f"{'<p class=muted>' + escape(ss['method']) + '</p>' if ss.get('method') else ''}</section>")
+    parts.append(
+        f"<section><h2>Sample size still needed</h2><p>{escape(ss['message'])}</p>"
+        f"{'<p class=muted>' + escape(ss['method']) + '</p>' if ss.get('method') else ''}</section>"
+    )
     if r["notes"]:
-        parts.append("<section><h2>Notes</h2><ul>" + "".join(f"<li>{escape(n)}</li>" for n in r["notes"])
-                     + "</ul></section>")
+        parts.append(
+            "<section><h2>Notes</h2><ul>"
+            + "".join(f"<li>{escape(n)}</li>" for n in r["notes"])
+            + "</ul></section>"
+        )
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -426,16 +566,45 @@ def _gates_section(r: Mapping[str, Any]) -> list[str]:
         out.append("<p class=muted>The controller has not evaluated this rollout yet.</p></section>")
         return out
     latest = g["latest"]
-    out.append(f"<p>Latest evaluation {escape(str(latest['at']))} (step {latest['step']}): "
-               f"<span class='o-{latest['outcome']}'>{escape(latest['outcome'])}</span>"
-               f"{' → ' + escape(str(latest['decision'])) if latest.get('decision') else ''}. "
-               f"{g['analyses']} evaluations in all.</p>")
-    rows = [[escape(v["gate"]), escape(v["role"]), f"<span class='o-{v['outcome']}'>{escape(v['outcome'])}</span>",
-             _v(v["statistic"]), _v(v["bound"]), _v(v["threshold"]), _v(v["effect"]), _v(v["margin"]),
-             f"{_v(v['n_champion'])} / {_v(v['n_challenger'])}", escape(v["reason"])]
-            for v in latest["verdicts"]]
-    out.append(_table(["gate", "role", "outcome", "statistic", "bound", "threshold", "effect", "margin",
-                       "n (champ / chal)", "why"], rows, numeric=(3, 4, 5, 6, 7)))
+    out.append(
+        f"<p>Latest evaluation {escape(str(latest['at']))} (step {latest['step']}): "
+        f"<span class='o-{latest['outcome']}'>{escape(latest['outcome'])}</span>"
+        f"{' → ' + escape(str(latest['decision'])) if latest.get('decision') else ''}. "
+        f"{g['analyses']} evaluations in all.</p>"
+    )
+    rows = [
+        [
+            escape(v["gate"]),
+            escape(v["role"]),
+            f"<span class='o-{v['outcome']}'>{escape(v['outcome'])}</span>",
+            _v(v["statistic"]),
+            _v(v["bound"]),
+            _v(v["threshold"]),
+            _v(v["effect"]),
+            _v(v["margin"]),
+            f"{_v(v['n_champion'])} / {_v(v['n_challenger'])}",
+            escape(v["reason"]),
+        ]
+        for v in latest["verdicts"]
+    ]
+    out.append(
+        _table(
+            [
+                "gate",
+                "role",
+                "outcome",
+                "statistic",
+                "bound",
+                "threshold",
+                "effect",
+                "margin",
+                "n (champ / chal)",
+                "why",
+            ],
+            rows,
+            numeric=(3, 4, 5, 6, 7),
+        )
+    )
     primary = g["primary"]
     if primary and g["series"]:
         xs: list[float] = []
@@ -450,13 +619,27 @@ def _gates_section(r: Mapping[str, Any]) -> list[str]:
                     ys.append(v["bound"])
                     thr = v["threshold"] if v["threshold"] is not None else thr
         hl = [(thr, f"threshold {thr:.4g}")] if thr is not None else []
-        out.append(line_plot(f"{primary}: confidence bound over time against its threshold",
-                             [Series("bound", xs, ys, CHALLENGER)], x_label="minutes since first evaluation",
-                             y_label="bound", hlines=hl))
-    history = [[escape(str(a["at"])), str(a["step"]), f"<span class='o-{a['outcome']}'>{escape(a['outcome'])}</span>",
-                ", ".join(f"{escape(v['gate'])} <span class='o-{v['outcome']}'>{escape(v['outcome'])}</span>"
-                          for v in a["verdicts"])]
-               for a in g["series"][-30:]]
+        out.append(
+            line_plot(
+                f"{primary}: confidence bound over time against its threshold",
+                [Series("bound", xs, ys, CHALLENGER)],
+                x_label="minutes since first evaluation",
+                y_label="bound",
+                hlines=hl,
+            )
+        )
+    history = [
+        [
+            escape(str(a["at"])),
+            str(a["step"]),
+            f"<span class='o-{a['outcome']}'>{escape(a['outcome'])}</span>",
+            ", ".join(
+                f"{escape(v['gate'])} <span class='o-{v['outcome']}'>{escape(v['outcome'])}</span>"
+                for v in a["verdicts"]
+            ),
+        ]
+        for a in g["series"][-30:]
+    ]
     out.append("<h3>Every evaluation</h3>" + _table(["at", "step", "outcome", "verdicts"], history))
     out.append("</section>")
     return out
@@ -471,10 +654,24 @@ def _epoch(iso: str | None) -> float | None:
 def _traffic_section(r: Mapping[str, Any]) -> list[str]:
     t = r["traffic"]
     out = ["<section><h2>Traffic</h2>"]
-    rows = [[str(s["step"]), f"{s['rows']:,}", f"{s['served_champion']:,}", f"{s['served_challenger']:,}",
-             escape(str(s["first_at"])), escape(str(s["last_at"]))] for s in t["steps"]]
-    out.append(_table(["step", "requests", "served by champion", "served by challenger", "first", "last"], rows,
-                      numeric=(1, 2, 3)))
+    rows = [
+        [
+            str(s["step"]),
+            f"{s['rows']:,}",
+            f"{s['served_champion']:,}",
+            f"{s['served_challenger']:,}",
+            escape(str(s["first_at"])),
+            escape(str(s["last_at"])),
+        ]
+        for s in t["steps"]
+    ]
+    out.append(
+        _table(
+            ["step", "requests", "served by champion", "served by challenger", "first", "last"],
+            rows,
+            numeric=(1, 2, 3),
+        )
+    )
     series = t["series"]
     if series:
         bucket = t["bucket_seconds"]
@@ -483,11 +680,25 @@ def _traffic_section(r: Mapping[str, Any]) -> list[str]:
         steps = sorted({p["step"] for p in series if p["step"] is not None})
         lines = [Series("challenger share", xs, share, CHALLENGER)]
         if len(steps) > 1:
-            lines.append(Series("step", xs, [float(p["step"]) * 100 / max(steps) if p["step"] is not None else None
-                                             for p in series], GREY, dashed=True, step=True))
-        out.append(line_plot("Traffic share answered by the challenger, by step", lines,
-                             x_label="minutes since the first request", y_label="% of requests",
-                             y_range=(0.0, 105.0)))
+            lines.append(
+                Series(
+                    "step",
+                    xs,
+                    [float(p["step"]) * 100 / max(steps) if p["step"] is not None else None for p in series],
+                    GREY,
+                    dashed=True,
+                    step=True,
+                )
+            )
+        out.append(
+            line_plot(
+                "Traffic share answered by the challenger, by step",
+                lines,
+                x_label="minutes since the first request",
+                y_label="% of requests",
+                y_range=(0.0, 105.0),
+            )
+        )
     out.append("</section>")
     return out
 
@@ -500,18 +711,35 @@ def _arms_section(r: Mapping[str, Any]) -> list[str]:
     for name in ("champion", "challenger"):
         a = arms[name]
         lat = a["latency_ms"]
-        rows.append([f"{name} <span class=muted>{escape(a['version']['ref'])}</span>", f"{a['requests']:,}",
-                     f"{a['served']:,}", f"{a['errors']:,}", _pct(a["error_rate"]) + _ci(a["error_interval"], True),
-                     _v(lat["p50"], "{:.3g}"), _v(lat["p90"], "{:.3g}"), _v(lat["p99"], "{:.3g}")])
-    out.append(_table(["arm", "requests", "served", "errors", "error rate", "p50 ms", "p90 ms", "p99 ms"], rows,
-                      numeric=(1, 2, 3, 5, 6, 7)))
-    out.append(f"<p>Shadow coverage: {_pct(sh['coverage'])} of {sh['rows']:,} requests have both outputs "
-               f"({sh['pairs']:,} pairs). The other arm did not run on {sh['not_scored']:,}; it was dropped on "
-               f"{sh['dropped']:,}, timed out on {sh['timeouts']:,}, cancelled on {sh['cancelled']:,} and failed "
-               f"otherwise on {sh['other_errors']:,}.</p>")
+        rows.append(
+            [
+                f"{name} <span class=muted>{escape(a['version']['ref'])}</span>",
+                f"{a['requests']:,}",
+                f"{a['served']:,}",
+                f"{a['errors']:,}",
+                _pct(a["error_rate"]) + _ci(a["error_interval"], True),
+                _v(lat["p50"], "{:.3g}"),
+                _v(lat["p90"], "{:.3g}"),
+                _v(lat["p99"], "{:.3g}"),
+            ]
+        )
+    out.append(
+        _table(
+            ["arm", "requests", "served", "errors", "error rate", "p50 ms", "p90 ms", "p99 ms"],
+            rows,
+            numeric=(1, 2, 3, 5, 6, 7),
+        )
+    )
+    out.append(
+        f"<p>Shadow coverage: {_pct(sh['coverage'])} of {sh['rows']:,} requests have both outputs "
+        f"({sh['pairs']:,} pairs). The other arm did not run on {sh['not_scored']:,}; it was dropped on "
+        f"{sh['dropped']:,}, timed out on {sh['timeouts']:,}, cancelled on {sh['cancelled']:,} and failed "
+        f"otherwise on {sh['other_errors']:,}.</p>"
+    )
     h1, h2 = arms["champion"]["latency_ms"]["histogram"], arms["challenger"]["latency_ms"]["histogram"]
     edges = sorted(set(h1["edges_ms"]) | set(h2["edges_ms"]))
     if len(edges) >= 2:
+
         def regrid(h: Mapping[str, Any]) -> list[int]:
             index = {e: i for i, e in enumerate(edges)}
             counts = [0] * (len(edges) - 1)
@@ -519,9 +747,15 @@ def _arms_section(r: Mapping[str, Any]) -> list[str]:
                 counts[index[e]] += c
             return counts
 
-        out.append(histogram_plot("Latency distribution per arm", edges,
-                                  [("champion", regrid(h1), CHAMPION), ("challenger", regrid(h2), CHALLENGER)],
-                                  x_label="latency (ms, log scale)", log_x=True))
+        out.append(
+            histogram_plot(
+                "Latency distribution per arm",
+                edges,
+                [("champion", regrid(h1), CHAMPION), ("challenger", regrid(h2), CHALLENGER)],
+                x_label="latency (ms, log scale)",
+                log_x=True,
+            )
+        )
     out.append("</section>")
     return out
 
@@ -530,44 +764,87 @@ def _outputs_section(r: Mapping[str, Any]) -> list[str]:
     out = ["<section><h2>Outputs and drift</h2>"]
     ag = r["agreement"]
     if ag:
-        out.append(f"<p>Agreement: {_pct(ag['share'])}{_ci(ag['interval'], True)} of {ag['n']:,} pairs; Cohen's "
-                   f"kappa {_v(ag['kappa'])}.</p>")
+        out.append(
+            f"<p>Agreement: {_pct(ag['share'])}{_ci(ag['interval'], True)} of {ag['n']:,} pairs; Cohen's "
+            f"kappa {_v(ag['kappa'])}.</p>"
+        )
         labels = ag["table"]["labels"]
         if labels:
             head = ["champion \\ challenger", *labels]
-            rows = [[f"<b>{escape(lbl)}</b>", *(f"{c:,}" for c in row)] for lbl, row in zip(labels, ag["table"]["counts"],
-                                                                                         strict=True)]
+            rows = [
+                [f"<b>{escape(lbl)}</b>", *(f"{c:,}" for c in row)]
+                for lbl, row in zip(labels, ag["table"]["counts"], strict=True)
+            ]
             out.append(_table(head, rows, numeric=tuple(range(1, len(labels) + 1))))
         series = r["traffic"]["series"]
         if series:
             xs = _x_minutes(series, r["traffic"]["bucket_seconds"])
             ys = [p["agree"] / p["pairs"] if p["pairs"] else None for p in series]
-            out.append(line_plot("Agreement over time", [Series("agreement", xs, ys, CHAMPION)],
-                                 x_label="minutes since the first request", y_label="share identical",
-                                 y_range=(min([y for y in ys if y is not None] + [0.8]) - 0.02, 1.01)))
+            out.append(
+                line_plot(
+                    "Agreement over time",
+                    [Series("agreement", xs, ys, CHAMPION)],
+                    x_label="minutes since the first request",
+                    y_label="share identical",
+                    y_range=(min([y for y in ys if y is not None] + [0.8]) - 0.02, 1.01),
+                )
+            )
     diff = r["differences"]
     if diff:
-        out.append(f"<p>Differences ({escape(diff['of'])}) over {diff['n']:,} pairs: mean {_v(diff['mean'])}, "
-                   f"sd {_v(diff['sd'])}, mean absolute {_v(diff['mean_abs'])}.</p>")
+        out.append(
+            f"<p>Differences ({escape(diff['of'])}) over {diff['n']:,} pairs: mean {_v(diff['mean'])}, "
+            f"sd {_v(diff['sd'])}, mean absolute {_v(diff['mean_abs'])}.</p>"
+        )
     rows = []
     for d in r["distributions"]:
         psi, js, ks = d["psi"] or {}, d["jensen_shannon"] or {}, d["ks"]
-        rows.append([escape(d["kind"]), _v(psi.get("value")), _v(psi.get("threshold")),
-                     "yes" if psi.get("exceeds_noise") else "no", _v(js.get("divergence")),
-                     (f"D = {ks['statistic']:.3g}, p = {ks['p_value']:.3g} (n {ks['n']:,}{', sampled' if ks['sampled'] else ''})"
-                      if ks else "–")])
+        rows.append(
+            [
+                escape(d["kind"]),
+                _v(psi.get("value")),
+                _v(psi.get("threshold")),
+                "yes" if psi.get("exceeds_noise") else "no",
+                _v(js.get("divergence")),
+                (
+                    f"D = {ks['statistic']:.3g}, p = {ks['p_value']:.3g} (n {ks['n']:,}{', sampled' if ks['sampled'] else ''})"
+                    if ks
+                    else "–"
+                ),
+            ]
+        )
         if d["kind"] == "classes":
-            out.append(bar_plot("Predicted classes per arm (paired rows)", d["labels"],
-                                [("champion", d["champion"], CHAMPION), ("challenger", d["challenger"], CHALLENGER)],
-                                y_label="pairs"))
+            out.append(
+                bar_plot(
+                    "Predicted classes per arm (paired rows)",
+                    d["labels"],
+                    [("champion", d["champion"], CHAMPION), ("challenger", d["challenger"], CHALLENGER)],
+                    y_label="pairs",
+                )
+            )
         else:
-            out.append(histogram_plot(f"Output {d['kind']} per arm (paired rows)", d["edges"],
-                                      [("champion", d["champion"], CHAMPION),
-                                       ("challenger", d["challenger"], CHALLENGER)],
-                                      x_label="score" if d["kind"] == "scores" else "value"))
+            out.append(
+                histogram_plot(
+                    f"Output {d['kind']} per arm (paired rows)",
+                    d["edges"],
+                    [("champion", d["champion"], CHAMPION), ("challenger", d["challenger"], CHALLENGER)],
+                    x_label="score" if d["kind"] == "scores" else "value",
+                )
+            )
     if rows:
-        out.append(_table(["distribution", "PSI", "PSI noise threshold (99%)", "beyond noise", "Jensen–Shannon (bits)",
-                           "Kolmogorov–Smirnov"], rows, numeric=(1, 2, 4)))
+        out.append(
+            _table(
+                [
+                    "distribution",
+                    "PSI",
+                    "PSI noise threshold (99%)",
+                    "beyond noise",
+                    "Jensen–Shannon (bits)",
+                    "Kolmogorov–Smirnov",
+                ],
+                rows,
+                numeric=(1, 2, 4),
+            )
+        )
     out.append("</section>")
     return out
 
@@ -583,17 +860,29 @@ def _labels_section(r: Mapping[str, Any]) -> list[str]:
         q = lab[name]
         if "accuracy" in q:
             auc = q.get("roc_auc")
-            rows.append([name, _pct(q["accuracy"]["value"]) + _ci(q["accuracy"]["interval"], True),
-                         f"{_v(q['f1']['value'])} <span class=muted>{escape(q['f1']['average'])}</span>",
-                         (_v(auc["value"]) + _ci(auc["interval"])) if auc else "–"])
+            rows.append(
+                [
+                    name,
+                    _pct(q["accuracy"]["value"]) + _ci(q["accuracy"]["interval"], True),
+                    f"{_v(q['f1']['value'])} <span class=muted>{escape(q['f1']['average'])}</span>",
+                    (_v(auc["value"]) + _ci(auc["interval"])) if auc else "–",
+                ]
+            )
         else:
-            rows.append([name, _v(q["mae"]["value"]) + _ci(q["mae"]["interval"]),
-                         _v(q["rmse"]["value"]) + _ci(q["rmse"]["interval"])])
+            rows.append(
+                [
+                    name,
+                    _v(q["mae"]["value"]) + _ci(q["mae"]["interval"]),
+                    _v(q["rmse"]["value"]) + _ci(q["rmse"]["interval"]),
+                ]
+            )
     head = ["arm", "accuracy", "F1", "ROC AUC"] if len(rows[0]) == 4 else ["arm", "MAE", "RMSE"]
     out.append(f"<p>{lab['n']:,} labelled pairs.</p>" + _table(head, rows))
     p = lab["paired"]
-    out.append(f"<p>Paired difference (challenger − champion): <b>{_v(p['difference'])}</b>{_ci(p['interval'])}, "
-               f"p = {_v(p['p_value'], '{:.3g}')}. <span class=muted>{escape(p['method'])}</span></p></section>")
+    out.append(
+        f"<p>Paired difference (challenger − champion): <b>{_v(p['difference'])}</b>{_ci(p['interval'])}, "
+        f"p = {_v(p['p_value'], '{:.3g}')}. <span class=muted>{escape(p['method'])}</span></p></section>"
+    )
     return out
 
 
@@ -606,24 +895,56 @@ def _segments_section(r: Mapping[str, Any]) -> list[str]:
         items = res["segments"]
         name = items[0]["effect_name"] if items else ""
         out.append(f"<h3>{escape(res['column'])} <span class=muted>({escape(res['kind'])})</span></h3>")
-        out.append(forest_plot(f"{name} by {res['column']}",
-                               [(s["value"], s["effect"], s["interval"][0], s["interval"][1], s["flag"] == "worse")
-                                for s in items], x_label=name))
-        rows = [[escape(s["value"]), f"{s['rows']:,}", f"{s['pairs']:,}", _pct(s.get("agreement")),
-                 _v(s["effect"]) + _ci(s["interval"]),
-                 f"<span class='flag-{s['flag']}'>{escape(s['flag'])}</span>"] for s in items]
-        out.append(_table(["value", "requests", "pairs", "agreement", escape(name), "flag"], rows, numeric=(1, 2)))
+        out.append(
+            forest_plot(
+                f"{name} by {res['column']}",
+                [
+                    (s["value"], s["effect"], s["interval"][0], s["interval"][1], s["flag"] == "worse")
+                    for s in items
+                ],
+                x_label=name,
+            )
+        )
+        rows = [
+            [
+                escape(s["value"]),
+                f"{s['rows']:,}",
+                f"{s['pairs']:,}",
+                _pct(s.get("agreement")),
+                _v(s["effect"]) + _ci(s["interval"]),
+                f"<span class='flag-{s['flag']}'>{escape(s['flag'])}</span>",
+            ]
+            for s in items
+        ]
+        out.append(
+            _table(["value", "requests", "pairs", "agreement", escape(name), "flag"], rows, numeric=(1, 2))
+        )
     if seg["results"]:
-        out.append(f"<p class=muted>{escape(seg['method'])} Intervals are 95% with a Bonferroni adjustment over "
-                   "the column's segments.</p>")
+        out.append(
+            f"<p class=muted>{escape(seg['method'])} Intervals are 95% with a Bonferroni adjustment over "
+            "the column's segments.</p>"
+        )
     out.append("</section>")
     return out
 
 
 def _timeline_section(r: Mapping[str, Any]) -> list[str]:
-    rows = [[escape(str(e["at"])), escape(e["actor"]), escape(e["action"]), escape(e["reason"]),
-             _v(e["step"]), _v(e["canary_weight"], "{:g}%"), escape(e["message"])] for e in r["timeline"]]
+    rows = [
+        [
+            escape(str(e["at"])),
+            escape(e["actor"]),
+            escape(e["action"]),
+            escape(e["reason"]),
+            _v(e["step"]),
+            _v(e["canary_weight"], "{:g}%"),
+            escape(e["message"]),
+        ]
+        for e in r["timeline"]
+    ]
     if not rows:
         return ["<section><h2>Timeline</h2><p class=muted>No events recorded.</p></section>"]
-    return ["<section><h2>Timeline</h2>",
-            _table(["at", "who", "action", "why", "step", "weight", "message"], rows), "</section>"]
+    return [
+        "<section><h2>Timeline</h2>",
+        _table(["at", "who", "action", "why", "step", "weight", "message"], rows),
+        "</section>",
+    ]

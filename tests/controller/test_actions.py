@@ -19,20 +19,35 @@ T0 = datetime(2026, 11, 29, 9, 0, tzinfo=UTC)
 
 def _setup(store: Store, task: str = "classification") -> None:
     for v, t in (("1", "classification"), ("2", task)):
-        store.pipelines.add(NewPipelineVersion(name="churn", version=v, kind="artifact", task=t,
-                                               input_schema=(Column("age", "float"),)))
+        store.pipelines.add(
+            NewPipelineVersion(
+                name="churn", version=v, kind="artifact", task=t, input_schema=(Column("age", "float"),)
+            )
+        )
     store.deployments.create("churn", store.pipelines.get_by_ref("churn:1").id)
 
 
 def test_start_stores_the_complete_validated_policy_and_audits_it(store: Store) -> None:
     _setup(store)
-    r = actions.start_rollout(store, "churn", "churn:2", actor="alice", mode="canary",
-                              policy={"canary": {"steps": [10, 50]}}, reason="new features", now=T0)
+    r = actions.start_rollout(
+        store,
+        "churn",
+        "churn:2",
+        actor="alice",
+        mode="canary",
+        policy={"canary": {"steps": [10, 50]}},
+        reason="new features",
+        now=T0,
+    )
     assert (r.phase, r.mode, r.created_by) == ("pending", "canary", "alice")
     assert r.policy["canary"]["steps"] == [10.0, 50.0] and r.policy["shadow"]["min_pairs"] == 500
     [event] = store.events.list(rollout_id=r.id)
-    assert (event.action, event.actor, event.reason, event.message) == ("rollout.create", "alice", "created",
-                                                                        "new features")
+    assert (event.action, event.actor, event.reason, event.message) == (
+        "rollout.create",
+        "alice",
+        "created",
+        "new features",
+    )
     evaluate_once(store, now=T0)
     started = store.rollouts.get(r.id)
     assert (started.phase, started.canary_weight, started.shadow_rate) == ("progressing", 10.0, 1.0)
@@ -43,14 +58,28 @@ def test_start_stores_the_complete_validated_policy_and_audits_it(store: Store) 
     [
         (lambda s: actions.start_rollout(s, "nope", "churn:2", actor="a"), NotFound, "no deployment"),
         (lambda s: actions.start_rollout(s, "churn", "churn:9", actor="a"), NotFound, "churn:9"),
-        (lambda s: actions.start_rollout(s, "churn", "churn:1", actor="a"), actions.ActionError, "already the champion"),
-        (lambda s: actions.start_rollout(s, "churn", "churn:2", actor="a", policy={"x": 1}), PolicyError, "x: unknown"),
-        (lambda s: actions.start_rollout(s, "churn", "churn:2", actor="a", mode="sideways"), PolicyError, "mode"),
+        (
+            lambda s: actions.start_rollout(s, "churn", "churn:1", actor="a"),
+            actions.ActionError,
+            "already the champion",
+        ),
+        (
+            lambda s: actions.start_rollout(s, "churn", "churn:2", actor="a", policy={"x": 1}),
+            PolicyError,
+            "x: unknown",
+        ),
+        (
+            lambda s: actions.start_rollout(s, "churn", "churn:2", actor="a", mode="sideways"),
+            PolicyError,
+            "mode",
+        ),
         (lambda s: actions.pause(s, "churn", actor="a"), actions.ActionError, "no active rollout"),
         (lambda s: actions.rollback(s, "nope", actor="a"), NotFound, "no deployment"),
     ],
 )
-def test_operator_mistakes_are_refused_clearly(store: Store, call: Any, error: type[Exception], message: str) -> None:
+def test_operator_mistakes_are_refused_clearly(
+    store: Store, call: Any, error: type[Exception], message: str
+) -> None:
     _setup(store)
     with pytest.raises(error, match=message):
         call(store)
@@ -109,7 +138,9 @@ def test_an_action_racing_the_controller_is_retried_on_fresh_state_and_rechecked
     r = actions.rollback(store, "churn", actor="alice")
     assert r.phase == "rolled_back"
     assert [(e.action, e.actor) for e in store.events.list(rollout_id=r.id)][-2:] == [
-        ("rollout.pause", "rival"), ("rollout.rollback", "alice")]
+        ("rollout.pause", "rival"),
+        ("rollout.rollback", "alice"),
+    ]
 
 
 def test_promotion_makes_the_challenger_champion(store: Store, tmp_path: Path) -> None:

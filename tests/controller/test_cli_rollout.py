@@ -205,7 +205,16 @@ def test_commands_can_go_through_the_admin_api(
     token, _ = store.tokens.create("ops-bot", "operator")
     remote = ("--api", server, "--token", token)
     result = mlcanary(
-        "rollout", *remote, "start", "churn", "--challenger", "churn:2", "--mode", "shadow", "--reason", "via api"
+        "rollout",
+        *remote,
+        "start",
+        "churn",
+        "--challenger",
+        "churn:2",
+        "--mode",
+        "shadow",
+        "--reason",
+        "via api",
     )
     assert result.exit_code == 0, result.output
     assert store.events.list(limit=100)[-1].message == "via api"

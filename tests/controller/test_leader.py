@@ -43,11 +43,30 @@ def test_leadership_fits_the_database(tmp_path: Path) -> None:
 
 
 def _controller(url: str, data_dir: Path, log: Path) -> subprocess.Popen[bytes]:
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MLCANARY_") or k == "MLCANARY_TEST_PG_URL"},
-           "MLCANARY_CONTROLLER_INTERVAL": str(INTERVAL), "PYTHONPATH": str(ROOT)}
+    env = {
+        **{
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("MLCANARY_") or k == "MLCANARY_TEST_PG_URL"
+        },
+        "MLCANARY_CONTROLLER_INTERVAL": str(INTERVAL),
+        "PYTHONPATH": str(ROOT),
+    }
     return subprocess.Popen(
-        [sys.executable, "-m", "controller", "--database-url", url, "--data-dir", str(data_dir), "controller"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log.open("wb"),
+        [
+            sys.executable,
+            "-m",
+            "controller",
+            "--database-url",
+            url,
+            "--data-dir",
+            str(data_dir),
+            "controller",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("wb"),
     )
 
 
@@ -84,8 +103,15 @@ def test_a_standby_takes_over_when_the_leader_is_killed_and_no_transition_is_dou
     db = Database(database_url)
     store = Store(db)
     for v in ("1", "2"):
-        store.pipelines.add(NewPipelineVersion(name="m", version=v, kind="artifact", task="classification",
-                                               input_schema=(Column("x", "float"),)))
+        store.pipelines.add(
+            NewPipelineVersion(
+                name="m",
+                version=v,
+                kind="artifact",
+                task="classification",
+                input_schema=(Column("x", "float"),),
+            )
+        )
     _deployments(store, [f"d{i}" for i in range(5)])
 
     def ended(count: int) -> bool:
@@ -116,12 +142,15 @@ def test_a_standby_takes_over_when_the_leader_is_killed_and_no_transition_is_dou
     per_rollout = Counter((e.rollout_id, e.action) for e in transitions)
     assert set(per_rollout.values()) == {1}, "no transition applied twice"
     assert sorted(Counter(action for _, action in per_rollout).items()) == [
-        ("rollout.rollback", 15), ("rollout.start", 15)], "no transition lost"
+        ("rollout.rollback", 15),
+        ("rollout.start", 15),
+    ], "no transition lost"
     actors = [e.details["controller"].rsplit(":", 1)[1] for e in transitions]
     assert set(actors) == {str(a.pid), str(b.pid)}
     switch = actors.index(str(b.pid))
-    assert set(actors[:switch]) == {str(a.pid)} and set(actors[switch:]) == {str(b.pid)}, \
+    assert set(actors[:switch]) == {str(a.pid)} and set(actors[switch:]) == {str(b.pid)}, (
         "the two controllers never both acted"
+    )
     assert all(e.rollout_id is not None and e.rollout_id > 10 for e in transitions[switch:])
     db.dispose()
 
@@ -135,19 +164,44 @@ def test_serve_runs_one_controller_beside_gunicorn_and_stops_it_on_exit(
     db = Database(sqlite_url)
     store = Store(db)
     for v in ("1", "2"):
-        store.pipelines.add(NewPipelineVersion(name="m", version=v, kind="artifact", task="classification",
-                                               input_schema=(Column("x", "float"),)))
+        store.pipelines.add(
+            NewPipelineVersion(
+                name="m",
+                version=v,
+                kind="artifact",
+                task="classification",
+                input_schema=(Column("x", "float"),),
+            )
+        )
     _deployments(store, ["d0"])
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MLCANARY_")},
-           "MLCANARY_CONTROLLER_INTERVAL": str(INTERVAL), "PYTHONPATH": str(ROOT)}
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("MLCANARY_")},
+        "MLCANARY_CONTROLLER_INTERVAL": str(INTERVAL),
+        "PYTHONPATH": str(ROOT),
+    }
     log = tmp_path / "serve.log"
     serve = subprocess.Popen(
-        [sys.executable, "-m", "controller", "--database-url", sqlite_url, "--data-dir", str(tmp_path),
-         "serve", "--port", str(port), "--workers", "1"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log.open("wb"),
+        [
+            sys.executable,
+            "-m",
+            "controller",
+            "--database-url",
+            sqlite_url,
+            "--data-dir",
+            str(tmp_path),
+            "serve",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("wb"),
     )
     processes.append(serve)
     _wait(lambda: all(not r.active for r in store.rollouts.list()), 60)  # started, out of budget, rolled back

@@ -38,7 +38,9 @@ class World:
         self.seed = 100
 
     def start(self, policy: dict[str, Any] | None = None, **kw: Any) -> Rollout:
-        return actions.start_rollout(self.store, "churn", "churn:2", actor="alice", policy=policy, now=self.now, **kw)
+        return actions.start_rollout(
+            self.store, "churn", "churn:2", actor="alice", policy=policy, now=self.now, **kw
+        )
 
     def rollout(self) -> Rollout:
         latest = self.store.rollouts.latest(self.deployment.id)
@@ -49,7 +51,9 @@ class World:
         self.now += timedelta(seconds=seconds)
         return evaluate_once(self.store, now=self.now)
 
-    def traffic(self, n: int, *, labels: bool = True, challenger_errors: float = 0.0, label_share: float = 1.0) -> None:
+    def traffic(
+        self, n: int, *, labels: bool = True, challenger_errors: float = 0.0, label_share: float = 1.0
+    ) -> None:
         """Score n fresh rows as the router would at the rollout's current split; store pairs (and labels)."""
         r = self.rollout()
         assert r.active and r.phase != "pending"
@@ -58,8 +62,11 @@ class World:
         rng = np.random.default_rng(self.seed)
         preds = {arm: np.asarray(m.predict(frame)) for arm, m in self.models.items()}
         canary = r.phase == "progressing" or (r.phase == "paused" and r.canary_weight > 0)
-        served = np.where(rng.random(n) < r.canary_weight / 100.0, "challenger", "champion") if canary \
+        served = (
+            np.where(rng.random(n) < r.canary_weight / 100.0, "challenger", "champion")
+            if canary
             else np.full(n, "champion")
+        )
         other_runs = rng.random(n) < (r.shadow_rate if canary else 1.0)
         failing = rng.random(n) < challenger_errors
         records, label_rows = [], []
@@ -75,11 +82,21 @@ class World:
                     out["challenger_error"] = "RuntimeError: boom"
                 else:
                     out[f"{arm}_class"] = str(int(preds[arm][i]))
-            records.append(PairRecord(
-                request_id=rid, row_index=0, deployment_id=r.deployment_id, rollout_id=r.id, step=r.step_index,
-                received_at=self.now, routing_key_hash=number, served_arm=str(served[i]),
-                champion_version_id=r.champion_id, challenger_version_id=r.challenger_id, **out,
-            ))
+            records.append(
+                PairRecord(
+                    request_id=rid,
+                    row_index=0,
+                    deployment_id=r.deployment_id,
+                    rollout_id=r.id,
+                    step=r.step_index,
+                    received_at=self.now,
+                    routing_key_hash=number,
+                    served_arm=str(served[i]),
+                    champion_version_id=r.champion_id,
+                    challenger_version_id=r.challenger_id,
+                    **out,
+                )
+            )
             if labels and rng.random() < label_share:
                 label_rows.append((rid, 0, int(target.iloc[i])))
         self.store.pairs.insert_many(records)
@@ -99,7 +116,9 @@ def pipelines() -> dict[str, Any]:
     }
 
 
-def _run_until_final(world: World, *, per_tick: int, seconds: float, max_ticks: int, **traffic: Any) -> Rollout:
+def _run_until_final(
+    world: World, *, per_tick: int, seconds: float, max_ticks: int, **traffic: Any
+) -> Rollout:
     for _ in range(max_ticks):
         r = world.rollout()
         if not r.active:
@@ -120,8 +139,11 @@ def test_a_better_challenger_walks_through_shadow_and_every_canary_step_to_promo
     final = _run_until_final(world, per_tick=1500, seconds=120, max_ticks=30)
     assert final.phase == "promoted"
     assert store.deployments.get("churn").champion_id == world.versions["challenger"].id
-    steps = [(e.action, e.details["to"]["phase"], e.details["to"]["canary_weight"])
-             for e in store.events.list(rollout_id=final.id) if e.action != "rollout.create"]
+    steps = [
+        (e.action, e.details["to"]["phase"], e.details["to"]["canary_weight"])
+        for e in store.events.list(rollout_id=final.id)
+        if e.action != "rollout.create"
+    ]
     assert steps == [
         ("rollout.start", "shadowing", 0.0),
         ("rollout.advance", "progressing", 20.0),
@@ -179,7 +201,9 @@ def test_identical_arms_are_promoted_by_non_inferiority(
     final = _run_until_final(world, per_tick=600, seconds=60, max_ticks=10, labels=False)
     assert final.phase == "promoted"
     event = store.events.list(rollout_id=final.id)[-1]
-    passed = {v["gate"] for v in event.details["verdicts"] if v["outcome"] == "pass" and v["role"] == "required"}
+    passed = {
+        v["gate"] for v in event.details["verdicts"] if v["outcome"] == "pass" and v["role"] == "required"
+    }
     assert passed == {"error_rate", "agreement"}
 
 
@@ -187,8 +211,9 @@ def test_a_step_that_runs_out_of_budget_undecided_pauses_for_a_human(
     store: Store, tmp_path: Path, pipelines: dict[str, Any]
 ) -> None:
     world = World(store, tmp_path, champion=pipelines["good"], challenger=pipelines["weak"])
-    world.start({"gates": {"agreement": {"role": "informational", "margin": 0.9}},
-                 "shadow": {"max_duration_s": 600}})
+    world.start(
+        {"gates": {"agreement": {"role": "informational", "margin": 0.9}}, "shadow": {"max_duration_s": 600}}
+    )
     world.tick()
     for _ in range(4):  # plenty of pairs, too few labels for the accuracy gate to decide
         world.traffic(300, label_share=0.1)
@@ -201,7 +226,11 @@ def test_a_step_that_runs_out_of_budget_undecided_pauses_for_a_human(
     assert paused.reason == "step_budget_exhausted"
     assert paused.canary_weight == 0.0 and paused.shadow_rate == 1.0  # the split is held as it was
     event = store.events.list(rollout_id=paused.id)[-1]
-    assert (event.action, event.reason, event.actor) == ("rollout.pause", "step_budget_exhausted", "controller")
+    assert (event.action, event.reason, event.actor) == (
+        "rollout.pause",
+        "step_budget_exhausted",
+        "controller",
+    )
     world.traffic(300, label_share=0.1)
     world.tick(3600)
     assert world.rollout().phase == "paused", "a paused rollout waits for a human"

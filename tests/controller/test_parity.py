@@ -45,14 +45,26 @@ def research_golden(model: Any, frame: pd.DataFrame, *, features: Any = None) ->
 
 
 def register(
-    store: Store, tmp_path: Path, served: Any, golden_set: dict[str, Any] | None, *, version: str,
-    schema: tuple[Column, ...] | None = None, environment: dict[str, Any] | None = None,
+    store: Store,
+    tmp_path: Path,
+    served: Any,
+    golden_set: dict[str, Any] | None,
+    *,
+    version: str,
+    schema: tuple[Column, ...] | None = None,
+    environment: dict[str, Any] | None = None,
 ) -> PipelineVersion:
     artifact = mlpipes.save(served, tmp_path / "src", f"m-{version}")
     return registry.register_artifact(
-        store, name="churn", version=version, artifact=artifact, task="classification",
-        artifact_dir=tmp_path / "artifacts", schema=schema or mlpipes.input_schema(mlpipes.churn_frame(5)[0]),
-        golden_set=golden_set, environment=environment,
+        store,
+        name="churn",
+        version=version,
+        artifact=artifact,
+        task="classification",
+        artifact_dir=tmp_path / "artifacts",
+        schema=schema or mlpipes.input_schema(mlpipes.churn_frame(5)[0]),
+        golden_set=golden_set,
+        environment=environment,
     )
 
 
@@ -70,7 +82,9 @@ def test_a_correct_pipeline_passes_with_no_differences(sqlite_store: Store, tmp_
     assert json.dumps(report.to_dict())  # storable as an event's details
 
 
-def test_column_order_difference_between_training_and_serving_is_caught(sqlite_store: Store, tmp_path: Path) -> None:
+def test_column_order_difference_between_training_and_serving_is_caught(
+    sqlite_store: Store, tmp_path: Path
+) -> None:
     # Research trained on a numpy array (no feature names) in its own column order; the registered
     # schema lists the columns in another order, so serving hands the pipeline permuted columns.
     frame, target = mlpipes.churn_frame(400, seed=1, missing=0.0)
@@ -108,8 +122,14 @@ def test_dtype_difference_between_training_and_serving_is_caught(sqlite_store: S
         ("model", LogisticRegression(max_iter=500)),
     ]).fit(frame[columns], target)  # fmt: skip
     golden = frame[columns].head(80)
-    schema = (Column("tenure_months", "float"), Column("monthly_charges", "float"), Column("plan_code", "str"))
-    version = register(sqlite_store, tmp_path, model, research_golden(model, golden), version="dtype", schema=schema)
+    schema = (
+        Column("tenure_months", "float"),
+        Column("monthly_charges", "float"),
+        Column("plan_code", "str"),
+    )
+    version = register(
+        sqlite_store, tmp_path, model, research_golden(model, golden), version="dtype", schema=schema
+    )
 
     report = parity.check(version)
 
@@ -117,7 +137,11 @@ def test_dtype_difference_between_training_and_serving_is_caught(sqlite_store: S
     assert report.error is not None or report.mismatched_rows > 0
     assert report.decoding_summary.get("plan_code") == 80
     change = next(c for c in report.decoding_changes if c.column == "plan_code")
-    assert isinstance(change.sent, int) and isinstance(change.decoded, str) and change.decoded == str(change.sent)
+    assert (
+        isinstance(change.sent, int)
+        and isinstance(change.decoded, str)
+        and change.decoded == str(change.sent)
+    )
     assert "plan_code in 80 rows" in report.message()
 
 
@@ -148,7 +172,9 @@ def test_a_library_version_that_changes_outputs_is_caught_and_the_environment_di
     golden, _ = mlpipes.churn_frame(50, seed=6)
     golden_set = research_golden(model, golden)
     # Research ran another scikit-learn whose solver gave scores 1e-6 (relative) away from ours.
-    golden_set["outputs"]["proba"] = [[1 - q * (1 + 1e-6), q * (1 + 1e-6)] for _, q in golden_set["outputs"]["proba"]]
+    golden_set["outputs"]["proba"] = [
+        [1 - q * (1 + 1e-6), q * (1 + 1e-6)] for _, q in golden_set["outputs"]["proba"]
+    ]
     research_env = {**registry.environment_fingerprint(), "scikit-learn": "1.3.2", "numpy": "1.26.4"}
     version = register(sqlite_store, tmp_path, model, golden_set, version="lib", environment=research_env)
 
@@ -162,7 +188,9 @@ def test_a_library_version_that_changes_outputs_is_caught_and_the_environment_di
     assert "scikit-learn 1.3.2 -> " in report.message()
 
 
-def test_a_library_version_within_tolerance_passes_but_still_warns(sqlite_store: Store, tmp_path: Path) -> None:
+def test_a_library_version_within_tolerance_passes_but_still_warns(
+    sqlite_store: Store, tmp_path: Path
+) -> None:
     model = mlpipes.classifier()
     golden, _ = mlpipes.churn_frame(50, seed=6)
     golden_set = research_golden(model, golden)
@@ -226,7 +254,9 @@ def test_a_version_without_golden_set_is_reported_unchecked(sqlite_store: Store,
     assert report.passed and not report.checked and "no golden set" in report.message()
 
 
-def test_a_pipeline_that_cannot_load_fails_parity_with_the_reason(sqlite_store: Store, tmp_path: Path) -> None:
+def test_a_pipeline_that_cannot_load_fails_parity_with_the_reason(
+    sqlite_store: Store, tmp_path: Path
+) -> None:
     model = mlpipes.classifier()
     golden, _ = mlpipes.churn_frame(10, seed=6)
     version = register(sqlite_store, tmp_path, model, research_golden(model, golden), version="gone")
@@ -244,7 +274,9 @@ def test_a_router_backend_can_be_reused_and_stays_open(sqlite_store: Store, tmp_
     assert len(backend.predict(golden)) == 30
 
 
-def test_large_golden_sets_are_sent_in_batches_a_client_could_send(sqlite_store: Store, tmp_path: Path) -> None:
+def test_large_golden_sets_are_sent_in_batches_a_client_could_send(
+    sqlite_store: Store, tmp_path: Path
+) -> None:
     model = mlpipes.classifier()
     golden, _ = mlpipes.churn_frame(250, seed=8)
     version = register(sqlite_store, tmp_path, model, research_golden(model, golden), version="big")
@@ -261,11 +293,20 @@ def test_regression_values_are_compared_within_tolerance(sqlite_store: Store, tm
     golden, _ = mlpipes.churn_frame(40, seed=2)
     values = [float(v) for v in model.predict(golden)]
     values[7] += 0.5
-    golden_set = {"inputs": json.loads(golden.to_json(orient="split", index=False)), "outputs": {"prediction": values}}
+    golden_set = {
+        "inputs": json.loads(golden.to_json(orient="split", index=False)),
+        "outputs": {"prediction": values},
+    }
     artifact = mlpipes.save(model, tmp_path / "src", "reg")
     version = registry.register_artifact(
-        sqlite_store, name="spend", version="1", artifact=artifact, task="regression",
-        artifact_dir=tmp_path / "artifacts", schema=mlpipes.input_schema(golden), golden_set=golden_set,
+        sqlite_store,
+        name="spend",
+        version="1",
+        artifact=artifact,
+        task="regression",
+        artifact_dir=tmp_path / "artifacts",
+        schema=mlpipes.input_schema(golden),
+        golden_set=golden_set,
     )
     report = parity.check(version)
     assert not report.passed and report.mismatched_rows == 1
@@ -325,7 +366,9 @@ def test_the_policy_sets_the_parity_tolerance(sqlite_store: Store, tmp_path: Pat
     with pytest.raises(actions.ActionError, match="parity"):
         actions.start_rollout(sqlite_store, "churn", near.ref, actor="a", parity_check=parity.check)
     loose = {"reproducibility": {"parity_rtol": 1e-6}}
-    assert actions.start_rollout(sqlite_store, "churn", near.ref, actor="a", policy=loose, parity_check=parity.check)
+    assert actions.start_rollout(
+        sqlite_store, "churn", near.ref, actor="a", policy=loose, parity_check=parity.check
+    )
 
 
 def test_the_admin_api_refuses_a_rollout_that_fails_parity_with_409(store: Store, tmp_path: Path) -> None:
@@ -335,7 +378,8 @@ def test_the_admin_api_refuses_a_rollout_that_fails_parity_with_409(store: Store
     mlpipes.deploy(store, "churn", champion)
     with adminapp.running(store, tmp_path) as app:
         response = app.test_client().post(
-            "/api/v1/deployments/churn/rollouts", json={"challenger": skewed.ref},
+            "/api/v1/deployments/churn/rollouts",
+            json={"challenger": skewed.ref},
             headers=adminapp.bearer(store, "operator", "olivia"),
         )
     assert response.status_code == 409

@@ -63,14 +63,19 @@ def test_register_records_schema_metrics_golden_set_and_environment(
     assert {c.name: c.dtype for c in version.input_schema}["plan"] == "str"
     assert version.classes == (0, 1)
     assert 0.5 < version.offline_metrics["accuracy"] <= 1.0
-    assert version.offline_metrics["holdout_size"] == 300 and len(version.offline_metrics["holdout_fingerprint"]) == 64
+    assert (
+        version.offline_metrics["holdout_size"] == 300
+        and len(version.offline_metrics["holdout_fingerprint"]) == 64
+    )
     assert {"accuracy", "f1", "roc_auc"} <= set(version.offline_metrics)
     assert len(version.golden_set["outputs"]["prediction"]) == 20  # type: ignore[index]
     assert version.environment["scikit-learn"] and version.profile["rows"] == 300  # type: ignore[index]
     assert Path(version.artifact_path or "").is_file() and version.artifact_format == "skops"
 
 
-def test_listing_shows_registered_versions(runner: CliRunner, sqlite_url: str, files: dict[str, Path]) -> None:
+def test_listing_shows_registered_versions(
+    runner: CliRunner, sqlite_url: str, files: dict[str, Path]
+) -> None:
     invoke(runner, sqlite_url, *register_args(files))
     listed = invoke(runner, sqlite_url, "pipelines", "list", "--json")
     assert [v["ref"] for v in json.loads(listed.output)] == ["churn:1"]
@@ -90,7 +95,11 @@ def test_listing_shows_registered_versions(runner: CliRunner, sqlite_url: str, f
     ids=["missing-file", "unknown-task", "pickle-without-opt-in", "path-in-name", "schema-mismatch"],
 )
 def test_a_bad_registration_gives_one_line_and_writes_nothing(
-    runner: CliRunner, sqlite_url: str, files: dict[str, Path], change, message: str  # type: ignore[no-untyped-def]
+    runner: CliRunner,
+    sqlite_url: str,
+    files: dict[str, Path],
+    change,
+    message: str,  # type: ignore[no-untyped-def]
 ) -> None:
     result = invoke(runner, sqlite_url, *change(register_args(files), files))
     assert result.exit_code != 0
@@ -99,7 +108,9 @@ def test_a_bad_registration_gives_one_line_and_writes_nothing(
     assert Store(Database(sqlite_url)).pipelines.list() == []
 
 
-def test_duplicate_registration_is_refused(runner: CliRunner, database_url: str, files: dict[str, Path]) -> None:
+def test_duplicate_registration_is_refused(
+    runner: CliRunner, database_url: str, files: dict[str, Path]
+) -> None:
     assert invoke(runner, database_url, *register_args(files)).exit_code == 0
     again = invoke(runner, database_url, *register_args(files))
     assert again.exit_code == 1 and "churn:1 is already registered" in again.output
@@ -124,7 +135,9 @@ def test_not_a_fitted_estimator_is_refused(runner: CliRunner, sqlite_url: str, t
     assert result.exit_code == 1 and "not fitted" in result.output
 
 
-def test_a_tampered_artifact_is_refused_at_load(runner: CliRunner, sqlite_url: str, files: dict[str, Path]) -> None:
+def test_a_tampered_artifact_is_refused_at_load(
+    runner: CliRunner, sqlite_url: str, files: dict[str, Path]
+) -> None:
     from storage.artifacts import ArtifactError, load_artifact
 
     invoke(runner, sqlite_url, *register_args(files))
@@ -136,7 +149,16 @@ def test_a_tampered_artifact_is_refused_at_load(runner: CliRunner, sqlite_url: s
 
 
 def test_upstream_version_needs_a_schema_and_a_known_protocol(runner: CliRunner, sqlite_url: str) -> None:
-    base = ["pipelines", "register", "remote", "1", "--upstream", "http://127.0.0.1:9/v2", "--task", "regression"]
+    base = [
+        "pipelines",
+        "register",
+        "remote",
+        "1",
+        "--upstream",
+        "http://127.0.0.1:9/v2",
+        "--task",
+        "regression",
+    ]
     assert "needs an input schema" in invoke(runner, sqlite_url, *base).output
     ok = invoke(runner, sqlite_url, *base, "--schema", "a:float,b:str")
     assert ok.exit_code == 0, ok.output
@@ -148,13 +170,17 @@ def test_a_registered_version_survives_a_restart(files: dict[str, Path], tmp_pat
     data_dir = tmp_path / "var"
     command = [sys.executable, "-m", "controller", "--data-dir", str(data_dir)]
     subprocess.run([*command, *register_args(files)], check=True, capture_output=True, timeout=120)
-    listed = subprocess.run([*command, "pipelines", "list"], check=True, capture_output=True, text=True, timeout=120)
+    listed = subprocess.run(
+        [*command, "pipelines", "list"], check=True, capture_output=True, text=True, timeout=120
+    )
     assert "churn:1" in listed.stdout and (data_dir / "mlcanary.db").is_file()
 
 
 def test_help_and_unknown_settings(runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
     output = runner.invoke(cli, ["--help"]).output
-    assert all(command in output for command in ("db", "pipelines", "deployments", "serve", "router", "tokens"))
+    assert all(
+        command in output for command in ("db", "pipelines", "deployments", "serve", "router", "tokens")
+    )
     monkeypatch.setenv("MLCANARY_DATABSE_URL", "sqlite://")
     result = runner.invoke(cli, ["pipelines", "list"])
     assert result.exit_code == 1 and "unknown setting MLCANARY_DATABSE_URL" in result.output
@@ -180,7 +206,9 @@ def test_db_upgrade_builds_a_new_database_and_serving_refuses_an_old_one(
             upgraded = invoke(runner, url, "db", "upgrade")
             assert upgraded.exit_code == 0 and "schema empty -> " in upgraded.output
             assert invoke(runner, url, "db", "check").exit_code == 0
-            assert invoke(runner, url, "pipelines", "list").output.strip() == "no pipeline versions registered"
+            assert (
+                invoke(runner, url, "pipelines", "list").output.strip() == "no pipeline versions registered"
+            )
     finally:
         with psycopg.connect(postgres_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -190,7 +218,9 @@ def test_deployments_show_names_the_champion_and_refuses_an_unknown_deployment(
     runner: CliRunner, sqlite_url: str, files: dict[str, Path]
 ) -> None:
     invoke(runner, sqlite_url, *register_args(files))
-    assert invoke(runner, sqlite_url, "deployments", "create", "churn", "--champion", "churn:1").exit_code == 0
+    assert (
+        invoke(runner, sqlite_url, "deployments", "create", "churn", "--champion", "churn:1").exit_code == 0
+    )
     shown = json.loads(invoke(runner, sqlite_url, "deployments", "show", "churn", "--json").output)
     assert shown["name"] == "churn" and shown["champion"] == "churn:1" and shown["rollout"] is None
     missing = invoke(runner, sqlite_url, "deployments", "show", "nope")

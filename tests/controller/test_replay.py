@@ -28,7 +28,8 @@ def sqlite_store(sqlite_url: str) -> Any:
 def run(sqlite_url: str, tmp_path: Path, *args: str) -> Any:
     runner = CliRunner()
     return runner.invoke(
-        cli, ["--database-url", sqlite_url, "--data-dir", str(tmp_path / "data"), "replay", *args],
+        cli,
+        ["--database-url", sqlite_url, "--data-dir", str(tmp_path / "data"), "replay", *args],
         catch_exceptions=False,
     )
 
@@ -48,8 +49,21 @@ def test_replays_a_file_through_two_versions_and_writes_the_paired_comparison(
     frame.assign(churn=target).to_csv(source, index=False)  # the label column is not an input: dropped
     out = tmp_path / "replay.csv"
 
-    result = run(sqlite_url, tmp_path, "--version", "churn:2", "--against", "churn:1", "--file", str(source),
-                 "--output", str(out), "--batch-size", "50", "--json")
+    result = run(
+        sqlite_url,
+        tmp_path,
+        "--version",
+        "churn:2",
+        "--against",
+        "churn:1",
+        "--file",
+        str(source),
+        "--output",
+        str(out),
+        "--batch-size",
+        "50",
+        "--json",
+    )
 
     assert result.exit_code == 0, result.output
     summary = summary_of(result.output)
@@ -70,8 +84,10 @@ def test_replays_stored_raw_inputs_against_the_champion_with_since_and_limit_and
     mlpipes.register(sqlite_store, tmp_path, version="2", model=mlpipes.classifier(seed=4))
     deployment = mlpipes.deploy(sqlite_store, "churn", champion)
     frame, _ = mlpipes.churn_frame(60, seed=12)
-    rows = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
-            for r in frame.astype(object).to_dict("records")]
+    rows = [
+        {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+        for r in frame.astype(object).to_dict("records")
+    ]
     rows[45]["age"] = "not a number"  # what a stored raw input cannot be decoded as
     start = datetime(2026, 11, 1, tzinfo=UTC)
     sqlite_store.pairs.insert_many([
@@ -82,9 +98,23 @@ def test_replays_stored_raw_inputs_against_the_champion_with_since_and_limit_and
     ])  # fmt: skip
     out = tmp_path / "replay.csv"
 
-    result = run(sqlite_url, tmp_path, "--version", "churn:2", "--deployment", "churn",
-                 "--since", "2026-11-01T00:20:00Z", "--limit", "30", "--output", str(out), "--batch-size", "8",
-                 "--json")
+    result = run(
+        sqlite_url,
+        tmp_path,
+        "--version",
+        "churn:2",
+        "--deployment",
+        "churn",
+        "--since",
+        "2026-11-01T00:20:00Z",
+        "--limit",
+        "30",
+        "--output",
+        str(out),
+        "--batch-size",
+        "8",
+        "--json",
+    )
 
     assert result.exit_code == 0, result.output
     summary = summary_of(result.output)
@@ -106,18 +136,42 @@ def test_a_version_replayed_against_itself_agrees_everywhere(
     source = tmp_path / "rows.parquet"
     frame.to_parquet(source)
     out = tmp_path / "same.csv"
-    result = run(sqlite_url, tmp_path, "--version", "churn:1", "--against", "churn:1", "--file", str(source),
-                 "--output", str(out))
+    result = run(
+        sqlite_url,
+        tmp_path,
+        "--version",
+        "churn:1",
+        "--against",
+        "churn:1",
+        "--file",
+        str(source),
+        "--output",
+        str(out),
+    )
     assert result.exit_code == 0, result.output
-    assert "replayed 40 rows through churn:1 against churn:1: agreement 100.00%, mean |diff| 0" in result.output
+    assert (
+        "replayed 40 rows through churn:1 against churn:1: agreement 100.00%, mean |diff| 0" in result.output
+    )
 
 
 def test_operator_mistakes_give_one_line_and_a_non_zero_exit(
     sqlite_url: str, sqlite_store: Store, tmp_path: Path
 ) -> None:
     mlpipes.register(sqlite_store, tmp_path, version="1")
-    both = run(sqlite_url, tmp_path, "--version", "churn:1", "--deployment", "churn", "--file", "x.csv",
-               "--output", str(tmp_path / "o.csv"))
+    both = run(
+        sqlite_url,
+        tmp_path,
+        "--version",
+        "churn:1",
+        "--deployment",
+        "churn",
+        "--file",
+        "x.csv",
+        "--output",
+        str(tmp_path / "o.csv"),
+    )
     assert both.exit_code != 0 and "exactly one of --deployment" in both.output
-    unknown = run(sqlite_url, tmp_path, "--version", "churn:9", "--file", "x.csv", "--output", str(tmp_path / "o.csv"))
+    unknown = run(
+        sqlite_url, tmp_path, "--version", "churn:9", "--file", "x.csv", "--output", str(tmp_path / "o.csv")
+    )
     assert unknown.exit_code == 1 and "churn:9" in unknown.output and "Traceback" not in unknown.output

@@ -31,7 +31,12 @@ def _verdict_dict(v: judge.Verdict) -> dict[str, Any]:
 
 
 def build_scenario(
-    store: Store, tmp_path: Path, *, n: int = 600, labelled: bool = True, kind: str = "classification",
+    store: Store,
+    tmp_path: Path,
+    *,
+    n: int = 600,
+    labelled: bool = True,
+    kind: str = "classification",
     name: str = "churn",
 ) -> dict[str, Any]:
     """A shadow-then-canary rollout: real predictions of two fitted pipelines, events and analyses.
@@ -43,12 +48,23 @@ def build_scenario(
     challenger = mlpipes.register(store, tmp_path, name=name, version="2", kind=kind, seed=3)
     deployment = mlpipes.deploy(store, name, champion)
     rollout = mlpipes.start_rollout(store, deployment, challenger, mode="shadow")
-    store.events.add(NewEvent(actor="alice", action="rollout.start", reason="operator",
-                              message=f"start {challenger.ref} in shadow", deployment_id=deployment.id,
-                              rollout_id=rollout.id, details={"step": 0, "canary_weight": 0.0}), now=T0)
+    store.events.add(
+        NewEvent(
+            actor="alice",
+            action="rollout.start",
+            reason="operator",
+            message=f"start {challenger.ref} in shadow",
+            deployment_id=deployment.id,
+            rollout_id=rollout.id,
+            details={"step": 0, "canary_weight": 0.0},
+        ),
+        now=T0,
+    )
     frame, target = mlpipes.churn_frame(n, seed=11)
-    models = {"champion": mlpipes.classifier(seed=0) if kind == "classification" else mlpipes.regressor(seed=0),
-              "challenger": mlpipes.classifier(seed=3) if kind == "classification" else mlpipes.regressor(seed=3)}
+    models = {
+        "champion": mlpipes.classifier(seed=0) if kind == "classification" else mlpipes.regressor(seed=0),
+        "challenger": mlpipes.classifier(seed=3) if kind == "classification" else mlpipes.regressor(seed=3),
+    }
     outputs: dict[str, Any] = {}
     for arm, model in models.items():
         if kind == "classification":
@@ -80,15 +96,39 @@ def build_scenario(
                     fields[f"{arm}_value"] = float(pred[i])
                 fields[f"{arm}_latency_ms"] = float(rng.lognormal(1.0 if arm == "champion" else 1.2, 0.3))
             fields[f"{arm}_error"] = error[arm]
-        records.append(PairRecord(
-            request_id=f"req-{name}-{i}", row_index=0, deployment_id=deployment.id, rollout_id=rollout.id, step=step,
-            received_at=T0 + timedelta(seconds=i), routing_key_hash=i, served_arm=served,
-            champion_version_id=champion.id, challenger_version_id=challenger.id, raw_input=raw[i], **fields))
+        records.append(
+            PairRecord(
+                request_id=f"req-{name}-{i}",
+                row_index=0,
+                deployment_id=deployment.id,
+                rollout_id=rollout.id,
+                step=step,
+                received_at=T0 + timedelta(seconds=i),
+                routing_key_hash=i,
+                served_arm=served,
+                champion_version_id=champion.id,
+                challenger_version_id=challenger.id,
+                raw_input=raw[i],
+                **fields,
+            )
+        )
     assert store.pairs.insert_many(records) == n
     current = store.rollouts.update(
-        rollout.id, expected_version=rollout.version, phase="progressing", step_index=1, canary_weight=25.0,
-        events=[NewEvent(actor="controller", action="rollout.advance", reason="gates_passed",
-                         message="shadow step passed; canary at 25%", details={"step": 1, "canary_weight": 25.0})])
+        rollout.id,
+        expected_version=rollout.version,
+        phase="progressing",
+        step_index=1,
+        canary_weight=25.0,
+        events=[
+            NewEvent(
+                actor="controller",
+                action="rollout.advance",
+                reason="gates_passed",
+                message="shadow step passed; canary at 25%",
+                details={"step": 1, "canary_weight": 25.0},
+            )
+        ],
+    )
     if labelled:
         if kind == "classification":
             truth = [int(t) for t in target]
@@ -100,22 +140,47 @@ def build_scenario(
     for k, upto in enumerate((n // 3, 2 * n // 3, n)):
         ok1 = np.array([r.champion_error is not None for r in records[:upto]])
         ok2 = np.array([r.challenger_error is not None for r in records[:upto]])
-        p1 = np.array([r.champion_value if kind != "classification" else int(r.champion_class or 0)
-                       for r in records[:upto]], dtype=float)
-        p2 = np.array([r.challenger_value if kind != "classification" else int(r.challenger_class or 0)
-                       for r in records[:upto]], dtype=float)
+        p1 = np.array(
+            [
+                r.champion_value if kind != "classification" else int(r.champion_class or 0)
+                for r in records[:upto]
+            ],
+            dtype=float,
+        )
+        p2 = np.array(
+            [
+                r.challenger_value if kind != "classification" else int(r.challenger_class or 0)
+                for r in records[:upto]
+            ],
+            dtype=float,
+        )
         p1, p2 = np.nan_to_num(p1), np.nan_to_num(p2)
         if kind == "classification":
             p1, p2 = p1.astype(int), p2.astype(int)
-        metrics = judge.metrics_from_pairs(champion_prediction=p1, challenger_prediction=p2, champion_failed=ok1,
-                                           challenger_failed=ok2, task=kind if kind == "classification" else "regression")
+        metrics = judge.metrics_from_pairs(
+            champion_prediction=p1,
+            challenger_prediction=p2,
+            champion_failed=ok1,
+            challenger_failed=ok2,
+            task=kind if kind == "classification" else "regression",
+        )
         j = judge.judge(metrics, policy)
-        store.analyses.add(rollout_id=rollout.id, step=0 if k < 2 else 1, outcome=j.outcome.label,
-                           verdicts=[_verdict_dict(v) for v in j.verdicts],
-                           metrics={"decision": j.decision, "reason": j.reason},
-                           now=T0 + timedelta(seconds=upto))
-    return {"deployment": deployment, "rollout": current, "champion": champion, "challenger": challenger,
-            "records": records, "n": n}
+        store.analyses.add(
+            rollout_id=rollout.id,
+            step=0 if k < 2 else 1,
+            outcome=j.outcome.label,
+            verdicts=[_verdict_dict(v) for v in j.verdicts],
+            metrics={"decision": j.decision, "reason": j.reason},
+            now=T0 + timedelta(seconds=upto),
+        )
+    return {
+        "deployment": deployment,
+        "rollout": current,
+        "champion": champion,
+        "challenger": challenger,
+        "records": records,
+        "n": n,
+    }
 
 
 def _valid(report: dict[str, Any]) -> None:
@@ -139,8 +204,9 @@ def test_report_with_labels_matches_its_schema_and_the_paired_rows(store: Store,
     assert report["arms"]["challenger"]["served"] == sum(r.served_arm == "challenger" for r in records)
     both = [r for r in records if r.champion_error is None and r.challenger_error is None]
     assert report["shadow"]["pairs"] == len(both)
-    assert report["shadow"]["dropped"] == sum("shadow_dropped" in (r.champion_error or r.challenger_error or "")
-                                              for r in records)
+    assert report["shadow"]["dropped"] == sum(
+        "shadow_dropped" in (r.champion_error or r.challenger_error or "") for r in records
+    )
     assert report["shadow"]["timeouts"] > 0
     assert report["shadow"]["coverage"] == pytest.approx(len(both) / n)
     agree = sum(r.champion_class == r.challenger_class for r in both)
@@ -152,8 +218,11 @@ def test_report_with_labels_matches_its_schema_and_the_paired_rows(store: Store,
     assert report["arms"]["challenger"]["latency_ms"]["p99"] > report["arms"]["champion"]["latency_ms"]["p50"]
     # Labels: accuracy per arm and the paired McNemar cells agree with a direct count.
     labels = report["labels"]
-    assert labels["available"] and labels["n"] == sum(1 for i, r in enumerate(records) if i % 2 == 0
-                                                      and r.champion_error is None and r.challenger_error is None)
+    assert labels["available"] and labels["n"] == sum(
+        1
+        for i, r in enumerate(records)
+        if i % 2 == 0 and r.champion_error is None and r.challenger_error is None
+    )
     lo, hi = labels["challenger"]["accuracy"]["interval"]
     assert lo <= labels["challenger"]["accuracy"]["value"] <= hi
     assert 0.5 < labels["champion"]["roc_auc"]["value"] <= 1.0
@@ -185,8 +254,11 @@ def test_report_without_labels_plans_the_labelled_pairs_it_still_needs(store: St
     build_scenario(store, tmp_path, n=300, labelled=False)
     report = reports.build_report(store, "churn", segments=["region"])
     _valid(report)
-    assert report["labels"] == {"available": False, "n": 0,
-                                "message": "no labels have arrived for this rollout's requests yet"}
+    assert report["labels"] == {
+        "available": False,
+        "n": 0,
+        "message": "no labels have arrived for this rollout's requests yet",
+    }
     assert report["sample_size"]["needed"] > 0 and "labelled pairs" in report["sample_size"]["message"]
     assert report["segments"]["results"][0]["segments"][0]["effect_name"].startswith("error rate difference")
 
@@ -252,18 +324,44 @@ def test_report_cli_writes_each_format_and_fails_in_one_line(sqlite_url: str, tm
     runner = CliRunner()
     for fmt in ("json", "html", "md"):
         out = tmp_path / f"report.{fmt}"
-        result = runner.invoke(cli, ["--database-url", sqlite_url, "report", "churn", "--segment", "plan",
-                                     "--format", fmt, "--output", str(out)])
+        result = runner.invoke(
+            cli,
+            [
+                "--database-url",
+                sqlite_url,
+                "report",
+                "churn",
+                "--segment",
+                "plan",
+                "--format",
+                fmt,
+                "--output",
+                str(out),
+            ],
+        )
         assert result.exit_code == 0, result.output
         assert out.stat().st_size > 500
     jsonschema.validate(json.loads((tmp_path / "report.json").read_text()), reports.REPORT_SCHEMA)
-    result = runner.invoke(cli, ["--database-url", sqlite_url, "report", "nope", "--format", "json",
-                                 "--output", str(tmp_path / "x.json")])
+    result = runner.invoke(
+        cli,
+        [
+            "--database-url",
+            sqlite_url,
+            "report",
+            "nope",
+            "--format",
+            "json",
+            "--output",
+            str(tmp_path / "x.json"),
+        ],
+    )
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == ["Error: no deployment 'nope'"]
 
 
-def test_segments_cover_only_the_most_recent_rows_when_the_rollout_is_longer(store: Store, tmp_path: Path) -> None:
+def test_segments_cover_only_the_most_recent_rows_when_the_rollout_is_longer(
+    store: Store, tmp_path: Path
+) -> None:
     s = build_scenario(store, tmp_path, n=300)
     report = reports.build_report(store, "churn", segments=["plan", "age"], segment_rows=120)
     _valid(report)

@@ -67,8 +67,9 @@ def test_no_labels_yet_plans_from_the_offline_accuracy() -> None:
 
 
 def test_a_holdout_too_small_for_the_margin_can_never_be_decided() -> None:
-    r = compare_online_offline("classification", {"accuracy": 0.8, "holdout_size": 50}, arm(500, 400),
-                               accuracy_margin=0.01)
+    r = compare_online_offline(
+        "classification", {"accuracy": 0.8, "holdout_size": 50}, arm(500, 400), accuracy_margin=0.01
+    )
     assert r.outcome == "not-enough-labels" and r.labels_needed is None
     assert "no number of online labels" in r.reason
 
@@ -104,8 +105,10 @@ def test_undecided_mae_gives_labels_needed() -> None:
 # ---------------------------------------------------------------------------------------- drift
 def _live(frame: pd.DataFrame) -> list[dict[str, object]]:
     """Rows as the router stores raw inputs: column → value, missing values as None."""
-    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
-            for r in frame.astype(object).to_dict("records")]
+    return [
+        {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+        for r in frame.astype(object).to_dict("records")
+    ]
 
 
 def test_live_inputs_from_the_training_population_are_stable() -> None:
@@ -114,7 +117,11 @@ def test_live_inputs_from_the_training_population_are_stable() -> None:
     assert drift.drifted == ()
     assert {f.feature for f in drift.features} == set(mlpipes.COLUMNS)
     charges = next(f for f in drift.features if f.feature == "monthly_charges")
-    assert charges.psi is not None and charges.psi_threshold is not None and charges.psi < charges.psi_threshold * 3
+    assert (
+        charges.psi is not None
+        and charges.psi_threshold is not None
+        and charges.psi < charges.psi_threshold * 3
+    )
 
 
 def test_shifted_ranges_new_categories_and_missing_values_are_reported_per_feature() -> None:
@@ -129,8 +136,12 @@ def test_shifted_ranges_new_categories_and_missing_values_are_reported_per_featu
     assert "region" not in drift.drifted and "tenure_months" not in drift.drifted
     charges = by["monthly_charges"]
     assert charges.out_of_range_share is not None and charges.out_of_range_share > 0.2
-    assert any("PSI" in r for r in charges.reasons) and any("outside the profiled range" in r for r in charges.reasons)
-    assert by["plan"].unseen_categories == ("enterprise",) and by["plan"].unseen_share == pytest.approx(0.2, abs=0.02)
+    assert any("PSI" in r for r in charges.reasons) and any(
+        "outside the profiled range" in r for r in charges.reasons
+    )
+    assert by["plan"].unseen_categories == ("enterprise",) and by["plan"].unseen_share == pytest.approx(
+        0.2, abs=0.02
+    )
     assert by["age"].missing_rate_live == pytest.approx(0.35, abs=0.03)
     assert any("missing rate" in r for r in by["age"].reasons)
     assert drift.to_dict()["drifted"]
@@ -146,8 +157,17 @@ def test_too_few_live_rows_are_no_data() -> None:
 # -------------------------------------------------------------------------------------- storage
 def _record(rid: str, deployment_id: int, rollout_id: int, at: datetime, **fields: object) -> PairRecord:
     return PairRecord(
-        request_id=rid, row_index=0, deployment_id=deployment_id, rollout_id=rollout_id, step=0, received_at=at,
-        routing_key_hash=1, served_arm="champion", champion_version_id=1, challenger_version_id=2, **fields,  # type: ignore[arg-type]
+        request_id=rid,
+        row_index=0,
+        deployment_id=deployment_id,
+        rollout_id=rollout_id,
+        step=0,
+        received_at=at,
+        routing_key_hash=1,
+        served_arm="champion",
+        champion_version_id=1,
+        challenger_version_id=2,
+        **fields,  # type: ignore[arg-type]
     )
 
 
@@ -159,11 +179,18 @@ def test_labelled_metrics_sum_each_arm_in_the_database(store: Store, tmp_path: P
     now = datetime.now(UTC)
     records = []
     for i in range(10):
-        records.append(_record(
-            f"r{i}", deployment.id, rollout.id, now - timedelta(seconds=100 - i),
-            champion_class="1" if i < 8 else "0", challenger_class="1" if i < 5 else "0",
-            challenger_error="boom" if i == 9 else None, raw_input={"age": float(i), "plan": "basic"},
-        ))
+        records.append(
+            _record(
+                f"r{i}",
+                deployment.id,
+                rollout.id,
+                now - timedelta(seconds=100 - i),
+                champion_class="1" if i < 8 else "0",
+                challenger_class="1" if i < 5 else "0",
+                challenger_error="boom" if i == 9 else None,
+                raw_input={"age": float(i), "plan": "basic"},
+            )
+        )
     store.pairs.insert_many(records)
     store.labels.upsert_many(deployment.id, [(f"r{i}", 0, 1) for i in range(10)])
 
@@ -208,8 +235,9 @@ def test_gate_holds_a_promotion_when_the_challenger_is_worse_than_offline() -> N
 
     passing = Judgement("promote", Outcome.PASS, (), "every required gate passed", Summary(1.0, "pass", 1, 1))
     worse = compare_online_offline("classification", OFFLINE, arm(2000, 1200))
-    champion = compare_online_offline("classification", OFFLINE,
-                                      ArmOnline(arm="champion", version="churn:1", labelled=2000, correct=1200))
+    champion = compare_online_offline(
+        "classification", OFFLINE, ArmOnline(arm="champion", version="churn:1", labelled=2000, correct=1200)
+    )
     held = gate(passing, [champion, worse])
     assert held.decision == "continue" and "does not reproduce its offline quality" in held.reason
     assert [v.role for v in held.verdicts] == ["informational", "guardrail"]
@@ -228,14 +256,25 @@ def test_the_loop_rolls_back_a_challenger_whose_labelled_accuracy_is_far_below_i
     versions = []
     for name in ("1", "2"):
         artifact = mlpipes.save(mlpipes.classifier(), tmp_path / "src", f"m{name}")
-        versions.append(registry.register_artifact(
-            store, name="churn", version=name, artifact=artifact, task="classification",
-            artifact_dir=tmp_path / "artifacts", schema=schema, metrics={"accuracy": 0.95, "holdout_size": 3000},
-        ))
+        versions.append(
+            registry.register_artifact(
+                store,
+                name="churn",
+                version=name,
+                artifact=artifact,
+                task="classification",
+                artifact_dir=tmp_path / "artifacts",
+                schema=schema,
+                metrics={"accuracy": 0.95, "holdout_size": 3000},
+            )
+        )
     champion, challenger = versions
     deployment = mlpipes.deploy(store, "churn", champion)
-    policy = {"mode": "shadow", "shadow": {"min_pairs": 10_000},
-              "reproducibility": {"on_worse": "rollback", "min_labels": 100}}
+    policy = {
+        "mode": "shadow",
+        "shadow": {"min_pairs": 10_000},
+        "reproducibility": {"on_worse": "rollback", "min_labels": 100},
+    }
     rollout = actions.start_rollout(store, "churn", challenger.ref, actor="t", policy=policy)
     start = datetime.now(UTC) - timedelta(minutes=5)
     loop.evaluate_rollout(store, rollout, now=start)  # pending -> shadowing
@@ -247,12 +286,16 @@ def test_the_loop_rolls_back_a_challenger_whose_labelled_accuracy_is_far_below_i
                 challenger_latency_ms=1.0)
         for i in range(400)
     ])  # fmt: skip
-    store.labels.upsert_many(deployment.id, [(f"p{i}", 0, 1 if i % 5 < 3 else 0) for i in range(400)])  # 60% right
+    store.labels.upsert_many(
+        deployment.id, [(f"p{i}", 0, 1 if i % 5 < 3 else 0) for i in range(400)]
+    )  # 60% right
 
     outcome = loop.evaluate_rollout(store, rollout, now=start + timedelta(minutes=1))
 
     assert outcome.applied and store.rollouts.get(rollout.id).phase == "rolled_back"
-    assert outcome.judgement is not None and "does not reproduce its offline quality" in outcome.judgement.reason
+    assert (
+        outcome.judgement is not None and "does not reproduce its offline quality" in outcome.judgement.reason
+    )
     gates = {v.gate: v for v in outcome.judgement.verdicts}
     assert gates["reproducibility.challenger"].outcome == Outcome.FAIL
     assert gates["reproducibility.champion"].role == "informational"
@@ -260,7 +303,9 @@ def test_the_loop_rolls_back_a_challenger_whose_labelled_accuracy_is_far_below_i
     assert analysis is not None and any(v["gate"] == "reproducibility.challenger" for v in analysis.verdicts)
 
 
-def test_the_report_shows_parity_environment_online_vs_offline_and_input_drift(store: Store, tmp_path: Path) -> None:
+def test_the_report_shows_parity_environment_online_vs_offline_and_input_drift(
+    store: Store, tmp_path: Path
+) -> None:
     from controller.loop import actions
     from controller.reports import build as reports
     from router import parity
@@ -269,15 +314,24 @@ def test_the_report_shows_parity_environment_online_vs_offline_and_input_drift(s
     versions = []
     for name, seed in (("1", 0), ("2", 1)):
         artifact = mlpipes.save(mlpipes.classifier(seed=seed), tmp_path / "src", f"m{name}")
-        versions.append(registry.register_artifact(
-            store, name="churn", version=name, artifact=artifact, task="classification",
-            artifact_dir=tmp_path / "artifacts", holdout=holdout.assign(churn=target), target="churn",
-            golden=holdout.head(40),
-        ))
+        versions.append(
+            registry.register_artifact(
+                store,
+                name="churn",
+                version=name,
+                artifact=artifact,
+                task="classification",
+                artifact_dir=tmp_path / "artifacts",
+                holdout=holdout.assign(churn=target),
+                target="churn",
+                golden=holdout.head(40),
+            )
+        )
     champion, challenger = versions
     deployment = mlpipes.deploy(store, "churn", champion)
-    rollout = actions.start_rollout(store, "churn", challenger.ref, actor="t", policy={"mode": "shadow"},
-                                    parity_check=parity.check)
+    rollout = actions.start_rollout(
+        store, "churn", challenger.ref, actor="t", policy={"mode": "shadow"}, parity_check=parity.check
+    )
     live, _ = mlpipes.churn_frame(300, seed=22)
     live["monthly_charges"] = live["monthly_charges"] + 60  # the population moved
     rows = _live(live)

@@ -55,13 +55,24 @@ def test_html_report_loads_offline_without_console_errors_and_shows_its_plots(
     with chromium(tmp_path) as page:
         page.navigate(path.as_uri())
         svgs = page.evaluate("document.querySelectorAll('svg.plot').length")
-        polylines = page.evaluate("document.querySelectorAll('svg.plot polyline, svg.plot rect, svg.plot circle').length")
+        polylines = page.evaluate(
+            "document.querySelectorAll('svg.plot polyline, svg.plot rect, svg.plot circle').length"
+        )
         headings = page.evaluate("Array.from(document.querySelectorAll('h2')).map(h => h.textContent)")
         page.screenshot(ARTIFACTS / "report.png", width=1100)
         assert page.console_errors() == []
     assert svgs >= 8 and polylines > 20
-    assert {"Gates", "Traffic", "Arms", "Outputs and drift", "Quality against labels", "Segments", "Timeline",
-            "Reproducibility", "Sample size still needed"} <= set(headings)
+    assert {
+        "Gates",
+        "Traffic",
+        "Arms",
+        "Outputs and drift",
+        "Quality against labels",
+        "Segments",
+        "Timeline",
+        "Reproducibility",
+        "Sample size still needed",
+    } <= set(headings)
 
 
 def test_dashboard_lists_deployments_refreshes_and_rolls_back_after_confirmation(
@@ -74,8 +85,10 @@ def test_dashboard_lists_deployments_refreshes_and_rolls_back_after_confirmation
     with serving(scenario_store, tmp_path) as base, chromium(tmp_path) as page:
         page.navigate(base + "/")
         assert page.evaluate("document.querySelector('#status').textContent") == "no token yet"
-        page.evaluate(f"document.querySelector('#token').value = {token!r};"
-                      "document.querySelector('#token-form').requestSubmit(); true")
+        page.evaluate(
+            f"document.querySelector('#token').value = {token!r};"
+            "document.querySelector('#token-form').requestSubmit(); true"
+        )
         page.wait_for("document.querySelector('#deployments tbody tr[data-name=churn]') !== null")
         assert page.evaluate("sessionStorage.getItem('mlcanary.token')") == token
         phase = page.evaluate("document.querySelector('#deployments tr[data-name=churn] .phase').textContent")
@@ -83,17 +96,25 @@ def test_dashboard_lists_deployments_refreshes_and_rolls_back_after_confirmation
         page.wait_for("document.querySelectorAll('#verdicts tbody tr').length > 0")
         page.wait_for("document.querySelectorAll('#events tbody tr').length >= 2")
         first = page.evaluate("document.querySelector('#refreshed').textContent")
-        page.wait_for(f"document.querySelector('#refreshed').textContent !== {first!r}", timeout=10)  # polls itself
+        page.wait_for(
+            f"document.querySelector('#refreshed').textContent !== {first!r}", timeout=10
+        )  # polls itself
         page.screenshot(ARTIFACTS / "dashboard.png")
         # Roll back: the button opens a confirmation dialog; nothing happens until it is confirmed.
         page.evaluate("document.querySelector('[data-action=rollback]').click(); true")
         assert page.evaluate("document.querySelector('#confirm').open") is True
         assert scenario_store.rollouts.get(rollout.id).phase == "progressing"
-        page.evaluate("document.querySelector('#confirm-reason').value = 'accuracy worse in segment pro';"
-                      "document.querySelector('#confirm-ok').click(); true")
-        page.wait_for("document.querySelector('#deployments tr[data-name=churn] .phase').textContent !== 'progressing'")
-        page.wait_for("Array.from(document.querySelectorAll('#events tbody td')).some(td => "
-                      "td.textContent.includes('accuracy worse in segment pro'))")
+        page.evaluate(
+            "document.querySelector('#confirm-reason').value = 'accuracy worse in segment pro';"
+            "document.querySelector('#confirm-ok').click(); true"
+        )
+        page.wait_for(
+            "document.querySelector('#deployments tr[data-name=churn] .phase').textContent !== 'progressing'"
+        )
+        page.wait_for(
+            "Array.from(document.querySelectorAll('#events tbody td')).some(td => "
+            "td.textContent.includes('accuracy worse in segment pro'))"
+        )
         page.screenshot(ARTIFACTS / "dashboard-rolled-back.png")
         assert page.console_errors() == []
     after = scenario_store.rollouts.get(rollout.id)

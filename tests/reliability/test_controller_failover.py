@@ -34,10 +34,17 @@ OFF = {"role": "off", "margin": 0.5}
 POLICY = {
     "mode": "canary",
     "canary": {"steps": STEPS, "min_samples": 100, "min_duration_s": 0.8, "shadow_rate": 1.0},
-    "gates": {"error_rate": {"role": "required", "margin": 0.3}, "latency_p99": {"role": "off", "margin": 2.0},
-              "agreement": {"role": "off", "margin": 0.9}, "accuracy": OFF, "regression": OFF,
-              "drift": {"role": "off", "margin": 0.2}},
-    "burn_in": 50, "n_star": 200, "reproducibility": {"role": "off"},
+    "gates": {
+        "error_rate": {"role": "required", "margin": 0.3},
+        "latency_p99": {"role": "off", "margin": 2.0},
+        "agreement": {"role": "off", "margin": 0.9},
+        "accuracy": OFF,
+        "regression": OFF,
+        "drift": {"role": "off", "margin": 0.2},
+    },
+    "burn_in": 50,
+    "n_star": 200,
+    "reproducibility": {"role": "off"},
 }
 
 
@@ -53,9 +60,14 @@ def controllers() -> Iterator[list[subprocess.Popen[bytes]]]:
 
 def _controller(url: str, tmp_path: Path, name: str) -> subprocess.Popen[bytes]:
     env = clean_env(controller_interval=0.2, database_url=url, data_dir=tmp_path / name)
-    return subprocess.Popen([sys.executable, "-m", "controller", "controller"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=(tmp_path / f"{name}.log").open("wb"),
-                            start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "controller", "controller"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / f"{name}.log").open("wb"),
+        start_new_session=True,
+    )
 
 
 def _feed(store: Store, rollout_id: int, stop: threading.Event) -> None:
@@ -71,12 +83,24 @@ def _feed(store: Store, rollout_id: int, stop: threading.Event) -> None:
             for i in range(200):
                 n += 1
                 served = "challenger" if i < challenger_share else "champion"
-                records.append(PairRecord(
-                    request_id=f"feed-{n}", row_index=0, deployment_id=r.deployment_id, rollout_id=r.id,
-                    step=r.step_index, received_at=datetime.now(UTC), routing_key_hash=n, served_arm=served,
-                    champion_version_id=r.champion_id, challenger_version_id=r.challenger_id,
-                    champion_latency_ms=3.0, challenger_latency_ms=3.0, champion_class="1", challenger_class="1",
-                ))
+                records.append(
+                    PairRecord(
+                        request_id=f"feed-{n}",
+                        row_index=0,
+                        deployment_id=r.deployment_id,
+                        rollout_id=r.id,
+                        step=r.step_index,
+                        received_at=datetime.now(UTC),
+                        routing_key_hash=n,
+                        served_arm=served,
+                        champion_version_id=r.champion_id,
+                        challenger_version_id=r.challenger_id,
+                        champion_latency_ms=3.0,
+                        challenger_latency_ms=3.0,
+                        champion_class="1",
+                        challenger_class="1",
+                    )
+                )
             store.pairs.insert_many(records)
         stop.wait(0.05)
 
@@ -116,16 +140,20 @@ def test_a_standby_finishes_a_rollout_whose_leader_was_killed_mid_way_applying_e
     events = [e for e in store.events.list(rollout_id=rollout.id, limit=10_000) if e.actor == "controller"]
     moves = [(e.action, e.details["to"]["canary_weight"]) for e in events]
     assert moves == [("rollout.start", 10.0)] + [("rollout.advance", w) for w in STEPS[1:-1]] + [
-        ("rollout.promote", 100.0)], "every step exactly once, in order, none lost"
+        ("rollout.promote", 100.0)
+    ], "every step exactly once, in order, none lost"
     pids = [e.details["controller"].rsplit(":", 1)[1] for e in events]
     switch = pids.index(str(standby.pid))
     assert set(pids[:switch]) == {str(leader.pid)} and set(pids[switch:]) == {str(standby.pid)}
     assert 3 <= switch < len(events), "the leader was killed mid-rollout and the standby continued"
-    assert events[switch].details["from"]["canary_weight"] == events[switch - 1].details["to"]["canary_weight"], \
-        "the standby continued from the stored state"
-    print(f"leader killed at step {killed_at_step}; standby applied {len(events) - switch} of {len(events)} "
-          f"transitions, first one {(events[switch].at - events[switch - 1].at).total_seconds():.2f} s after "
-          "the leader's last")
+    assert (
+        events[switch].details["from"]["canary_weight"] == events[switch - 1].details["to"]["canary_weight"]
+    ), "the standby continued from the stored state"
+    print(
+        f"leader killed at step {killed_at_step}; standby applied {len(events) - switch} of {len(events)} "
+        f"transitions, first one {(events[switch].at - events[switch - 1].at).total_seconds():.2f} s after "
+        "the leader's last"
+    )
     standby.send_signal(signal.SIGTERM)
     assert standby.wait(timeout=10) == 0
     store.db.dispose()

@@ -42,8 +42,9 @@ def test_a_database_outage_under_load_loses_no_pair_and_duplicates_none(
         through_proxy = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
         server = launch("router", through_proxy)
         server.wait_ready()
-        load = Load(server.base_url, body=lambda n: body(1, n), threads=4, count=50_000, duration=60,
-                    prefix="outage").start()
+        load = Load(
+            server.base_url, body=lambda n: body(1, n), threads=4, count=50_000, duration=60, prefix="outage"
+        ).start()
         load.wait_sent(200)
         cut_at = time.time()
         proxy.cut()
@@ -66,8 +67,10 @@ def test_a_database_outage_under_load_loses_no_pair_and_duplicates_none(
     assert store.pairs.count() == len(answered), "stored rows == requests answered: no duplicates"
     assert spooled >= len(during) * 0.5, "the outage was absorbed by the spool"
     assert not list((tmp_path / "var" / "spool").glob("*.jsonl")), "every spool file replayed and removed"
-    print(f"outage {OUTAGE_S:.0f} s under load: {len(answered)} answered ({len(during)} during the outage), "
-          f"{spooled:.0f} rows spooled and replayed, {store.pairs.count()} stored, p99 "
-          f"{report.percentiles()['p99']:.1f} ms overall, {report.percentiles(since=cut_at, until=restored_at)['p99']:.1f}"
-          " ms during the outage")
+    print(
+        f"outage {OUTAGE_S:.0f} s under load: {len(answered)} answered ({len(during)} during the outage), "
+        f"{spooled:.0f} rows spooled and replayed, {store.pairs.count()} stored, p99 "
+        f"{report.percentiles()['p99']:.1f} ms overall, {report.percentiles(since=cut_at, until=restored_at)['p99']:.1f}"
+        " ms during the outage"
+    )
     store.db.dispose()

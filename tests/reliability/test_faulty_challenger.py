@@ -31,8 +31,12 @@ P99_FACTOR = 4.0  # "within noise" on a shared machine: the faulty run's p99 aga
 # A burn-in of 800 pairs keeps the faulty challenger shadowing for ~800 requests, so the p99 compared
 # below is about the eighth-slowest request, not the second: one stall of the shared machine (which
 # delays the four in-flight requests at once) must not decide the comparison.
-POLICY = {"mode": "shadow", "burn_in": 800, "shadow": {"min_pairs": 800},
-          "gates": {"agreement": {"role": "informational", "margin": 0.9}}}
+POLICY = {
+    "mode": "shadow",
+    "burn_in": 800,
+    "shadow": {"min_pairs": 800},
+    "gates": {"agreement": {"role": "informational", "margin": 0.9}},
+}
 FIGURES: list[str] = []
 
 
@@ -61,8 +65,15 @@ def world(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> It
 
 
 def _load(server: Server, fault: str, prefix: str, count: int, duration: float) -> Load:
-    return Load(server.base_url, path=f"/v1/models/{fault}/invocations", body=lambda n: body(1, n), threads=4,
-                count=count, duration=duration, prefix=prefix)
+    return Load(
+        server.base_url,
+        path=f"/v1/models/{fault}/invocations",
+        body=lambda n: body(1, n),
+        threads=4,
+        count=count,
+        duration=duration,
+        prefix=prefix,
+    )
 
 
 @pytest.mark.parametrize("fault", FAULTS)
@@ -73,9 +84,12 @@ def test_a_faulty_challenger_leaves_the_champion_untouched_and_is_rolled_back(
     baseline = _load(server, fault, f"{fault}-base", 800, 30).start().join()
     assert baseline.failed == []
     version = FAULTS.index(fault) + 2
-    rollout = actions.start_rollout(store, fault, f"churn:{version}", actor="tests", policy=POLICY,
-                                    now=datetime.now(UTC))
-    wait_for(lambda: store.rollouts.get(rollout.id).phase != "pending", 20, "the controller starts the rollout")
+    rollout = actions.start_rollout(
+        store, fault, f"churn:{version}", actor="tests", policy=POLICY, now=datetime.now(UTC)
+    )
+    wait_for(
+        lambda: store.rollouts.get(rollout.id).phase != "pending", 20, "the controller starts the rollout"
+    )
     rss_before = server.rss_mb()
     load = _load(server, fault, f"{fault}-faulty", 5000, 60).start()
     wait_for(lambda: not store.rollouts.get(rollout.id).active, 50, f"the {fault} challenger is rolled back")
@@ -106,5 +120,3 @@ def test_a_faulty_challenger_leaves_the_champion_untouched_and_is_rolled_back(
         f"{rolled_back_at - faulty.started_at:4.1f} s, {len(pairs)} pairs, challenger errors {sorted(errors - {''})} "
         f"| workers RSS {rss_before:.0f} -> {rss_after:.0f} MiB"
     )
-
-

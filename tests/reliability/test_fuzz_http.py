@@ -36,7 +36,9 @@ DATA_PLANE = ("/v1/models/churn/invocations", "/v2/models/churn/infer", "/v1/mod
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Iterator[tuple[Flask, Store, dict[str, str]]]:
+def world(
+    tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path
+) -> Iterator[tuple[Flask, Store, dict[str, str]]]:
     import shutil
 
     root = tmp_path_factory.mktemp("fuzz")
@@ -49,7 +51,9 @@ def world(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> It
     mlpipes.start_rollout(store, churn, v2, mode="shadow")
     with adminapp.running(store, root, max_body_bytes=MAX_BODY) as app:
         client = app.test_client()
-        assert client.post(DATA_PLANE[0], json=_split(2), headers={"X-Request-Id": "known"}).status_code == 200
+        assert (
+            client.post(DATA_PLANE[0], json=_split(2), headers={"X-Request-Id": "known"}).status_code == 200
+        )
         yield app, store, adminapp.bearer(store, "operator", "fuzzer")
     store.db.dispose()
 
@@ -62,9 +66,15 @@ def _split(rows: int) -> dict[str, Any]:
 def snapshot(app: Flask, store: Store) -> tuple[Any, ...]:
     """Everything any request could write (the recorder is flushed first)."""
     app.extensions["mlcanary.dataplane"].recorder.flush()
-    return (store.pairs.count(), store.labels.count(), len(store.events.list(limit=100_000)),
-            len(store.pipelines.list()), len(store.deployments.list()),
-            [(r.id, r.phase, r.version) for r in store.rollouts.list()], len(store.tokens.list()))
+    return (
+        store.pairs.count(),
+        store.labels.count(),
+        len(store.events.list(limit=100_000)),
+        len(store.pipelines.list()),
+        len(store.deployments.list()),
+        [(r.id, r.phase, r.version) for r in store.rollouts.list()],
+        len(store.tokens.list()),
+    )
 
 
 def check(app: Flask, store: Store, before: tuple[Any, ...], status: int, what: str) -> None:
@@ -73,8 +83,9 @@ def check(app: Flask, store: Store, before: tuple[Any, ...], status: int, what: 
         assert snapshot(app, store) == before, f"{what} was refused ({status}) but wrote something"
 
 
-def test_schemathesis_finds_no_5xx_and_refused_requests_write_nothing(world: tuple[Flask, Store, dict[str, str]]
-                                                                       ) -> None:
+def test_schemathesis_finds_no_5xx_and_refused_requests_write_nothing(
+    world: tuple[Flask, Store, dict[str, str]],
+) -> None:
     app, store, token = world
     schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", app)
     operations = [result.ok() for result in schema.get_all_operations()]
@@ -88,7 +99,13 @@ def test_schemathesis_finds_no_5xx_and_refused_requests_write_nothing(world: tup
 def _fuzzer(app: Flask, store: Store, token: dict[str, str], operation: Any, calls: dict[str, int]) -> Any:
     label = f"{operation.method.upper()} {operation.path}"
 
-    @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=IN_CI, suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        database=None,
+        derandomize=IN_CI,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(case=operation.as_strategy())
     def fuzz(case: Any) -> None:
         before = snapshot(app, store)
@@ -104,12 +121,21 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=15), inner, max_size=5),
     max_leaves=40,
 )
-bodies = json_values | st.fixed_dictionaries({
-    "dataframe_split": st.fixed_dictionaries({"columns": st.lists(st.text(max_size=10), max_size=8),
-                                              "data": st.lists(st.lists(json_values, max_size=8), max_size=5)})})
+bodies = json_values | st.fixed_dictionaries(
+    {
+        "dataframe_split": st.fixed_dictionaries(
+            {
+                "columns": st.lists(st.text(max_size=10), max_size=8),
+                "data": st.lists(st.lists(json_values, max_size=8), max_size=5),
+            }
+        )
+    }
+)
 
 
-@settings(max_examples=150, deadline=None, database=None, derandomize=IN_CI, suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=150, deadline=None, database=None, derandomize=IN_CI, suppress_health_check=list(HealthCheck)
+)
 @given(path=st.sampled_from(DATA_PLANE), document=bodies)
 def test_arbitrary_json_on_the_data_plane_is_answered_or_refused_cleanly(
     world: tuple[Flask, Store, dict[str, str]], path: str, document: Any
@@ -122,19 +148,26 @@ def test_arbitrary_json_on_the_data_plane_is_answered_or_refused_cleanly(
         assert set(response.get_json()["error"]) >= {"code", "message"}
 
 
-def _raw(client: FlaskClient, path: str, data: bytes | str, content_type: str = "application/json",
-         **headers: str) -> Any:
+def _raw(
+    client: FlaskClient, path: str, data: bytes | str, content_type: str = "application/json", **headers: str
+) -> Any:
     return client.post(path, data=data, headers={"Content-Type": content_type, **headers})
 
 
-def test_the_usual_nasties_are_refused_with_a_4xx_and_write_nothing(world: tuple[Flask, Store, dict[str, str]]
-                                                                    ) -> None:
+def test_the_usual_nasties_are_refused_with_a_4xx_and_write_nothing(
+    world: tuple[Flask, Store, dict[str, str]],
+) -> None:
     app, store, token = world
     client = app.test_client()
     frame, _ = mlpipes.churn_frame(3, seed=8)
     ragged_csv = ",".join(frame.columns) + "\n" + "1,2,3\n" + "1,2,3,4,5,6,7,8,9,10\n"
     unicode_split = _split(1)
-    unicode_split["dataframe_split"]["columns"] = ["âge", "テニュア", "💸", *unicode_split["dataframe_split"]["columns"][3:]]
+    unicode_split["dataframe_split"]["columns"] = [
+        "âge",
+        "テニュア",
+        "💸",
+        *unicode_split["dataframe_split"]["columns"][3:],
+    ]
     nasties: list[tuple[str, str, Any, str, dict[str, str]]] = []
     for path in DATA_PLANE + ("/api/v1/deployments", "/api/v1/deployments/churn/labels"):
         headers = token if path.startswith("/api") else {}
@@ -142,17 +175,35 @@ def test_the_usual_nasties_are_refused_with_a_4xx_and_write_nothing(world: tuple
             ("malformed JSON", path, b'{"dataframe_split": {"columns": [', "application/json", headers),
             ("huge body", path, b'{"x": "' + b"a" * (2 * MAX_BODY) + b'"}', "application/json", headers),
             ("deep nesting", path, b"[" * 100_000 + b"]" * 100_000, "application/json", headers),
-            ("NaN and Infinity", path, b'{"dataframe_split": {"columns": ["age"], "data": [[NaN], [Infinity]]},'
-                                       b' "labels": [{"request_id": "known", "label": NaN}]}', "application/json", headers),
-            ("wrong types", path, json.dumps({"dataframe_split": {"columns": 5, "data": "x"}, "labels": "x",
-                                              "name": 1, "champion": []}), "application/json", headers),
+            (
+                "NaN and Infinity",
+                path,
+                b'{"dataframe_split": {"columns": ["age"], "data": [[NaN], [Infinity]]},'
+                b' "labels": [{"request_id": "known", "label": NaN}]}',
+                "application/json",
+                headers,
+            ),
+            (
+                "wrong types",
+                path,
+                json.dumps(
+                    {"dataframe_split": {"columns": 5, "data": "x"}, "labels": "x", "name": 1, "champion": []}
+                ),
+                "application/json",
+                headers,
+            ),
             ("not JSON at all", path, b"\x00\xff\xfe binary", "application/octet-stream", headers),
         ]
     nasties += [
         ("ragged CSV", DATA_PLANE[0], ragged_csv, "text/csv", {}),
         ("unicode column names", DATA_PLANE[0], json.dumps(unicode_split), "application/json", {}),
-        ("labels with a NaN label", DATA_PLANE[2], b'{"labels": [{"request_id": "known", "label": NaN}]}',
-         "application/json", {}),
+        (
+            "labels with a NaN label",
+            DATA_PLANE[2],
+            b'{"labels": [{"request_id": "known", "label": NaN}]}',
+            "application/json",
+            {},
+        ),
     ]
     seen: dict[str, set[int]] = {}
     for name, path, data, content_type, headers in nasties:
@@ -169,7 +220,9 @@ def test_a_duplicated_request_id_never_duplicates_a_pair(world: tuple[Flask, Sto
     app, store, _ = world
     client = app.test_client()
     for _ in range(3):
-        assert client.post(DATA_PLANE[0], json=_split(2), headers={"X-Request-Id": "twice"}).status_code == 200
+        assert (
+            client.post(DATA_PLANE[0], json=_split(2), headers={"X-Request-Id": "twice"}).status_code == 200
+        )
     plane = app.extensions["mlcanary.dataplane"]
 
     def twice() -> list[Any]:
@@ -180,14 +233,25 @@ def test_a_duplicated_request_id_never_duplicates_a_pair(world: tuple[Flask, Sto
     while plane.shadow.depth and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(0.5)
-    assert sorted(p.row_index for p in twice()) == [0, 1], "one pair per (request id, row), whatever is resent"
+    assert sorted(p.row_index for p in twice()) == [0, 1], (
+        "one pair per (request id, row), whatever is resent"
+    )
 
 
-def test_labels_for_unknown_requests_are_reported_and_kept_for_their_pair(world: tuple[Flask, Store, dict[str, str]]) -> None:
+def test_labels_for_unknown_requests_are_reported_and_kept_for_their_pair(
+    world: tuple[Flask, Store, dict[str, str]],
+) -> None:
     app, store, _ = world
     before = store.labels.count()
-    response = app.test_client().post(DATA_PLANE[2], json={"labels": [
-        {"request_id": "never-seen", "label": 1}, {"request_id": "known", "row": 1, "label": 0}]})
+    response = app.test_client().post(
+        DATA_PLANE[2],
+        json={
+            "labels": [
+                {"request_id": "never-seen", "label": 1},
+                {"request_id": "known", "row": 1, "label": 0},
+            ]
+        },
+    )
     assert response.status_code == 200
     assert response.get_json() == {"stored": 2, "unknown_request_ids": ["never-seen"]}
     assert store.labels.count() == before + 2

@@ -7,8 +7,12 @@ from controller.core.judge import JudgePolicy, PairedCounts, Proportion, StepMet
 
 def test_a_challenger_failing_every_request_is_rolled_back() -> None:
     n = 400
-    metrics = StepMetrics(mode="shadow", champion=Proportion(n=n, count=0), challenger=Proportion(n=n, count=n),
-                          paired_errors=PairedCounts(n=n, worse=n, better=0))
+    metrics = StepMetrics(
+        mode="shadow",
+        champion=Proportion(n=n, count=0),
+        challenger=Proportion(n=n, count=n),
+        paired_errors=PairedCounts(n=n, worse=n, better=0),
+    )
     judgement = judge(metrics, JudgePolicy())
     assert judgement.decision == "rollback", judgement.reason
     (error_rate,) = [v for v in judgement.verdicts if v.gate == "error_rate"]

@@ -24,8 +24,20 @@ KEYS = 300
 
 
 def _serve_keys(server: Server, prefix: str, path: str = "/v1/models/churn/invocations") -> Report:
-    return Load(server.base_url, path=path, body=lambda n: body(1, n), threads=4, count=KEYS, duration=60,
-                prefix=prefix, routing_keys=lambda n: f"customer-{n}").start().join()
+    return (
+        Load(
+            server.base_url,
+            path=path,
+            body=lambda n: body(1, n),
+            threads=4,
+            count=KEYS,
+            duration=60,
+            prefix=prefix,
+            routing_keys=lambda n: f"customer-{n}",
+        )
+        .start()
+        .join()
+    )
 
 
 def test_sticky_assignments_and_weights_survive_a_router_restart_mid_rollout(
@@ -36,7 +48,9 @@ def test_sticky_assignments_and_weights_survive_a_router_restart_mid_rollout(
     challenger = mlpipes.register(store, tmp_path, version="2", seed=4)
     deployment = mlpipes.deploy(store, "churn", champion)
     mlpipes.deploy(store, "private", champion, store_raw_inputs=False)
-    rollout = mlpipes.start_rollout(store, deployment, challenger, mode="canary", canary_weight=30, shadow_rate=0.5)
+    rollout = mlpipes.start_rollout(
+        store, deployment, challenger, mode="canary", canary_weight=30, shadow_rate=0.5
+    )
 
     first = launch("router", sqlite_url)
     first.wait_ready()
@@ -58,9 +72,15 @@ def test_sticky_assignments_and_weights_survive_a_router_restart_mid_rollout(
     assert 0.2 < share < 0.4, f"about 30% answered by the challenger, got {share:.0%}"
     unchanged = store.rollouts.get(rollout.id)
     assert (unchanged.phase, unchanged.canary_weight, unchanged.shadow_rate, unchanged.version) == (
-        rollout.phase, rollout.canary_weight, rollout.shadow_rate, rollout.version)
+        rollout.phase,
+        rollout.canary_weight,
+        rollout.shadow_rate,
+        rollout.version,
+    )
     served = {p.request_id: p.served_arm for p in store.pairs.list(rollout_id=rollout.id, limit=10_000)}
-    assert {r.request_id: r.arm for r in before.results + after.results} == served, "storage agrees with clients"
+    assert {r.request_id: r.arm for r in before.results + after.results} == served, (
+        "storage agrees with clients"
+    )
 
     private = store.deployments.get("private")
     private_pairs = [p for p in store.pairs.list(limit=100_000) if p.deployment_id == private.id]

@@ -46,12 +46,17 @@ def test_dashboard_actions_cannot_be_forged_cross_site(world: tuple[Flask, Store
         response = client.get(path, headers=operator)
         assert "Set-Cookie" not in response.headers, path
     client.set_cookie("session", "stolen", domain="localhost")
-    forged = client.post("/api/v1/deployments/churn/rollout/rollback", data={"reason": "csrf"},
-                         headers={"Origin": "https://evil.example", "Content-Type": "application/x-www-form-urlencoded"})
+    forged = client.post(
+        "/api/v1/deployments/churn/rollout/rollback",
+        data={"reason": "csrf"},
+        headers={"Origin": "https://evil.example", "Content-Type": "application/x-www-form-urlencoded"},
+    )
     assert forged.status_code == 401
     assert store.rollouts.list()[0].phase == "shadowing"
-    preflight = client.options("/api/v1/deployments/churn/rollout/rollback",
-                               headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
+    preflight = client.options(
+        "/api/v1/deployments/churn/rollout/rollback",
+        headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+    )
     assert "Access-Control-Allow-Origin" not in preflight.headers
 
 
@@ -74,9 +79,17 @@ def test_every_html_page_has_a_csp_that_allows_no_external_origin(world: tuple[F
 
 
 def _upload(client: Any, headers: dict[str, str], filename: str, content: bytes, version: str) -> Any:
-    return client.post("/api/v1/pipelines", headers=headers, content_type="multipart/form-data", data={
-        "name": "evil", "version": version, "task": "classification",
-        "artifact": (io.BytesIO(content), filename)})
+    return client.post(
+        "/api/v1/pipelines",
+        headers=headers,
+        content_type="multipart/form-data",
+        data={
+            "name": "evil",
+            "version": version,
+            "task": "classification",
+            "artifact": (io.BytesIO(content), filename),
+        },
+    )
 
 
 def test_malicious_uploads_are_refused_with_a_clear_error_and_write_nothing(
@@ -102,7 +115,11 @@ def test_malicious_uploads_are_refused_with_a_clear_error_and_write_nothing(
             artifacts = (tmp_path / "var" / "artifacts").resolve()
             assert artifacts in stored.parents, f"{name}: stored outside the artifact store at {stored}"
             continue
-        assert 400 <= response.status_code < 500, (name, response.status_code, response.get_data(as_text=True))
+        assert 400 <= response.status_code < 500, (
+            name,
+            response.status_code,
+            response.get_data(as_text=True),
+        )
         message = response.get_json()["error"]["message"]
         assert message and len(message) < 500, name
         if name == "pickle without opt-in":
@@ -124,7 +141,9 @@ def test_retention_prunes_old_pairs_in_batches_while_writers_keep_writing(store:
         n = 0
         while not stop.is_set():
             began = time.monotonic()
-            store.pairs.insert_many([_pair(f"new-{n}-{i}", deployment_id, datetime.now(UTC)) for i in range(20)])
+            store.pairs.insert_many(
+                [_pair(f"new-{n}-{i}", deployment_id, datetime.now(UTC)) for i in range(20)]
+            )
             waits.append((began, time.monotonic() - began))
             n += 1
 
@@ -146,11 +165,23 @@ def test_retention_prunes_old_pairs_in_batches_while_writers_keep_writing(store:
 def _version() -> Any:
     from storage.entities import Column, NewPipelineVersion
 
-    return NewPipelineVersion(name="m", version="1", kind="artifact", task="classification",
-                              input_schema=(Column("x", "float"),))
+    return NewPipelineVersion(
+        name="m", version="1", kind="artifact", task="classification", input_schema=(Column("x", "float"),)
+    )
 
 
 def _pair(request_id: str, deployment_id: int, at: datetime) -> PairRecord:
-    return PairRecord(request_id=request_id, row_index=0, deployment_id=deployment_id, rollout_id=None, step=0,
-                      received_at=at, routing_key_hash=1, served_arm="champion", champion_version_id=1,
-                      challenger_version_id=None, champion_class="1", champion_latency_ms=1.0)
+    return PairRecord(
+        request_id=request_id,
+        row_index=0,
+        deployment_id=deployment_id,
+        rollout_id=None,
+        step=0,
+        received_at=at,
+        routing_key_hash=1,
+        served_arm="champion",
+        champion_version_id=1,
+        challenger_version_id=None,
+        champion_class="1",
+        champion_latency_ms=1.0,
+    )

@@ -39,8 +39,9 @@ def test_sigterm_under_load_stores_every_answered_request_exactly_once(
     _world(store, tmp_path)
     server = launch("router", database_url)
     server.wait_ready()
-    load = Load(server.base_url, body=lambda n: body(2, n), threads=4, count=20_000, duration=30,
-                prefix="term").start()
+    load = Load(
+        server.base_url, body=lambda n: body(2, n), threads=4, count=20_000, duration=30, prefix="term"
+    ).start()
     load.wait_sent(300)
     assert server.terminate() == 0, server.output()  # under load: requests in flight are drained
     report = load.stop()
@@ -52,8 +53,10 @@ def test_sigterm_under_load_stores_every_answered_request_exactly_once(
     assert store.pairs.count() == 2 * len(answered), "one pair per answered row, no duplicates"
     shadowed = [p for p in store.pairs.list(limit=100_000) if p.challenger_latency_ms is not None]
     assert shadowed, "the shadow arm ran"
-    print(f"SIGTERM under load: {len(answered)} answered, {store.pairs.count()} rows stored, "
-          f"{len(report.failed)} refused after the stop began")
+    print(
+        f"SIGTERM under load: {len(answered)} answered, {store.pairs.count()} rows stored, "
+        f"{len(report.failed)} refused after the stop began"
+    )
     store.db.dispose()
 
 
@@ -68,8 +71,9 @@ def test_sigkill_of_a_worker_loses_at_most_what_it_answered_in_its_last_flush_wi
     _world(store, tmp_path, shadow=False)  # the recorder's window alone (shadow work would add its latency)
     server = launch("router", postgres_url)
     server.wait_ready()
-    load = Load(server.base_url, body=lambda n: body(1, n), threads=4, count=20_000, duration=30,
-                prefix="kill").start()
+    load = Load(
+        server.base_url, body=lambda n: body(1, n), threads=4, count=20_000, duration=30, prefix="kill"
+    ).start()
     load.wait_sent(400)
     victim = server.workers()[0]
     killed_at = time.time()
@@ -81,11 +85,14 @@ def test_sigkill_of_a_worker_loses_at_most_what_it_answered_in_its_last_flush_wi
     lost = set(answered) - store.pairs.existing_request_ids(answered)
     window = [r for r in answered.values() if killed_at - FLUSH_WINDOW_S - 1.0 <= r.answered_at <= killed_at]
     late = sorted(killed_at - answered[i].answered_at for i in lost)
-    print(f"SIGKILL of a worker: {len(answered)} answered, {len(lost)} lost; lost answers were "
-          f"{late[0] if late else 0:.3f}..{late[-1] if late else 0:.3f} s before the kill; "
-          f"{len(window)} answered in the last {FLUSH_WINDOW_S + 1.0:.1f} s; failed: {report.statuses()}")
-    assert all(r.answered_at <= killed_at + 0.05 for r in (answered[i] for i in lost)), \
+    print(
+        f"SIGKILL of a worker: {len(answered)} answered, {len(lost)} lost; lost answers were "
+        f"{late[0] if late else 0:.3f}..{late[-1] if late else 0:.3f} s before the kill; "
+        f"{len(window)} answered in the last {FLUSH_WINDOW_S + 1.0:.1f} s; failed: {report.statuses()}"
+    )
+    assert all(r.answered_at <= killed_at + 0.05 for r in (answered[i] for i in lost)), (
         "nothing answered after the kill is lost"
+    )
     # Only records still in the dead worker's memory are lost: those of its last flush window (plus the
     # write in progress). A generous second covers scheduling on a loaded machine.
     assert all(delay <= FLUSH_WINDOW_S + 1.0 for delay in late), late

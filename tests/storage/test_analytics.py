@@ -22,15 +22,27 @@ T0 = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
 
 def _deploy(store: Store, task: str) -> tuple[int, int]:
     def version(v: str) -> Any:
-        return store.pipelines.add(NewPipelineVersion(
-            name="m", version=v, kind="artifact", task=task, input_schema=(Column("x", "float"),),
-            classes=(0, 1, 2) if task == "classification" else None,
-        ))
+        return store.pipelines.add(
+            NewPipelineVersion(
+                name="m",
+                version=v,
+                kind="artifact",
+                task=task,
+                input_schema=(Column("x", "float"),),
+                classes=(0, 1, 2) if task == "classification" else None,
+            )
+        )
 
     champion, challenger = version("1"), version("2")
     deployment = store.deployments.create("m", champion.id)
-    rollout = store.rollouts.create(deployment_id=deployment.id, challenger_id=challenger.id, mode="shadow",
-                                    policy={}, created_by="tests", phase="shadowing")
+    rollout = store.rollouts.create(
+        deployment_id=deployment.id,
+        challenger_id=challenger.id,
+        mode="shadow",
+        policy={},
+        created_by="tests",
+        phase="shadowing",
+    )
     return deployment.id, rollout.id
 
 
@@ -44,16 +56,28 @@ def _rows(rng: np.random.Generator, n: int, task: str) -> dict[str, np.ndarray]:
         p1 = y + rng.normal(0, 3, n)
         p2 = y + rng.normal(0.5, 3.5, n)
     return {
-        "y": y, "p1": p1, "p2": p2,
-        "f1": rng.random(n) < 0.03, "f2": rng.random(n) < 0.06,
-        "l1": rng.lognormal(1.0, 0.6, n), "l2": rng.lognormal(1.2, 0.6, n),
+        "y": y,
+        "p1": p1,
+        "p2": p2,
+        "f1": rng.random(n) < 0.03,
+        "f2": rng.random(n) < 0.06,
+        "l1": rng.lognormal(1.0, 0.6, n),
+        "l2": rng.lognormal(1.2, 0.6, n),
         "labelled": rng.random(n) < 0.7,
         "old": rng.random(n) < 0.8,  # received before the label cutoff
     }
 
 
-def _insert(store: Store, deployment_id: int, rollout_id: int, d: dict[str, np.ndarray], task: str, *,
-            step: int = 0, prefix: str = "r") -> None:
+def _insert(
+    store: Store,
+    deployment_id: int,
+    rollout_id: int,
+    d: dict[str, np.ndarray],
+    task: str,
+    *,
+    step: int = 0,
+    prefix: str = "r",
+) -> None:
     records, labels = [], []
     for i in range(d["y"].size):
         rid = f"{prefix}{step}-{i}"
@@ -67,11 +91,21 @@ def _insert(store: Store, deployment_id: int, rollout_id: int, d: dict[str, np.n
                     out[f"{arm}_class"] = str(int(d[key][i]))
                 else:
                     out[f"{arm}_value"] = float(d[key][i])
-        records.append(PairRecord(
-            request_id=rid, row_index=0, deployment_id=deployment_id, rollout_id=rollout_id, step=step,
-            received_at=T0 if d["old"][i] else T0 + timedelta(hours=2), routing_key_hash=i, served_arm="champion",
-            champion_version_id=1, challenger_version_id=2, **out,
-        ))
+        records.append(
+            PairRecord(
+                request_id=rid,
+                row_index=0,
+                deployment_id=deployment_id,
+                rollout_id=rollout_id,
+                step=step,
+                received_at=T0 if d["old"][i] else T0 + timedelta(hours=2),
+                routing_key_hash=i,
+                served_arm="champion",
+                champion_version_id=1,
+                challenger_version_id=2,
+                **out,
+            )
+        )
         if d["labelled"][i]:
             labels.append((rid, 0, int(d["y"][i]) if task == "classification" else float(d["y"][i])))
     store.pairs.insert_many(records)
@@ -84,24 +118,51 @@ def test_sql_aggregates_match_metrics_from_pairs(store: Store, task: str) -> Non
     rng = np.random.default_rng(7)
     d = _rows(rng, 1500, task)
     _insert(store, deployment_id, rollout_id, d, task)
-    _insert(store, deployment_id, rollout_id, _rows(rng, 300, task), task, step=1)  # another step: never pooled
+    _insert(
+        store, deployment_id, rollout_id, _rows(rng, 300, task), task, step=1
+    )  # another step: never pooled
 
     from controller.loop.measure import LATENCY
 
-    aggregates = step_aggregates(store.db, rollout_id=rollout_id, step=0, cohort="paired", task=task,  # type: ignore[arg-type]
-                                 label_cutoff=T0 + timedelta(hours=1), latency=LATENCY)
+    aggregates = step_aggregates(
+        store.db,
+        rollout_id=rollout_id,
+        step=0,
+        cohort="paired",
+        task=task,  # type: ignore[arg-type]
+        label_cutoff=T0 + timedelta(hours=1),
+        latency=LATENCY,
+    )
     got = metrics_from_aggregates(aggregates, task=task)  # type: ignore[arg-type]
 
     ok = ~d["f1"] & ~d["f2"]
     expected = judge.metrics_from_pairs(
-        champion_prediction=d["p1"], challenger_prediction=d["p2"], champion_failed=d["f1"], challenger_failed=d["f2"],
+        champion_prediction=d["p1"],
+        challenger_prediction=d["p2"],
+        champion_failed=d["f1"],
+        challenger_failed=d["f2"],
         task=task,  # type: ignore[arg-type]
-        label=d["y"], labelled=d["labelled"] & d["old"],
-        champion_latency_ms=d["l1"], challenger_latency_ms=d["l2"], latency_edges=stats.latency_edges(),
-        output_edges=None if task == "classification" else value_edges(
-            min(d["p1"][ok].min(), d["p2"][ok].min()), max(d["p1"][ok].max(), d["p2"][ok].max())),
+        label=d["y"],
+        labelled=d["labelled"] & d["old"],
+        champion_latency_ms=d["l1"],
+        challenger_latency_ms=d["l2"],
+        latency_edges=stats.latency_edges(),
+        output_edges=None
+        if task == "classification"
+        else value_edges(
+            min(d["p1"][ok].min(), d["p2"][ok].min()), max(d["p1"][ok].max(), d["p2"][ok].max())
+        ),
     )
-    for name in ("mode", "champion", "challenger", "paired_errors", "agreement", "paired_correct", "latency", "outputs"):
+    for name in (
+        "mode",
+        "champion",
+        "challenger",
+        "paired_errors",
+        "agreement",
+        "paired_correct",
+        "latency",
+        "outputs",
+    ):
         assert getattr(got, name) == getattr(expected, name), name
     for name in ("abs_error_difference", "champion_abs_error"):
         a, b = getattr(got, name), getattr(expected, name)
@@ -119,20 +180,38 @@ def test_canary_cohorts_are_the_rows_each_arm_answered(store: Store) -> None:
     records = []
     for i in range(40):
         arm = "challenger" if i < 10 else "champion"
-        records.append(PairRecord(
-            request_id=f"c{i}", row_index=0, deployment_id=deployment_id, rollout_id=rollout_id, step=2,
-            received_at=T0, routing_key_hash=i, served_arm=arm, champion_version_id=1, challenger_version_id=2,
-            champion_class="1", challenger_class="1" if i % 2 else "0",
-            champion_latency_ms=1.0 if arm == "champion" or i % 2 else None,
-            challenger_latency_ms=2.0 if arm == "challenger" or i % 2 else None,
-            challenger_error="boom" if i == 3 else None,
-        ))
+        records.append(
+            PairRecord(
+                request_id=f"c{i}",
+                row_index=0,
+                deployment_id=deployment_id,
+                rollout_id=rollout_id,
+                step=2,
+                received_at=T0,
+                routing_key_hash=i,
+                served_arm=arm,
+                champion_version_id=1,
+                challenger_version_id=2,
+                champion_class="1",
+                challenger_class="1" if i % 2 else "0",
+                champion_latency_ms=1.0 if arm == "champion" or i % 2 else None,
+                challenger_latency_ms=2.0 if arm == "challenger" or i % 2 else None,
+                challenger_error="boom" if i == 3 else None,
+            )
+        )
     store.pairs.insert_many(records)
     store.labels.upsert_many(deployment_id, [(f"c{i}", 0, 1) for i in range(40)])
     from controller.loop.measure import LATENCY
 
-    a = step_aggregates(store.db, rollout_id=rollout_id, step=2, cohort="served", task="classification",
-                        label_cutoff=T0, latency=LATENCY)
+    a = step_aggregates(
+        store.db,
+        rollout_id=rollout_id,
+        step=2,
+        cohort="served",
+        task="classification",
+        label_cutoff=T0,
+        latency=LATENCY,
+    )
     m = metrics_from_aggregates(a, task="classification", challenger_weight=0.25)
     assert m.mode == "canary"
     assert (m.champion.n, m.champion.count) == (30, 0)
@@ -148,18 +227,35 @@ def test_canary_units_are_distinct_routing_keys_not_requests(store: Store) -> No
     deployment_id, rollout_id = _deploy(store, "classification")
     records = [
         PairRecord(
-            request_id=f"k{i}", row_index=0, deployment_id=deployment_id, rollout_id=rollout_id, step=1,
-            received_at=T0, routing_key_hash=7 if i < 30 else i, served_arm="challenger" if i < 30 else "champion",
-            champion_version_id=1, challenger_version_id=2, champion_class="1", challenger_class="1",
-            champion_latency_ms=1.0, challenger_latency_ms=1.0,
+            request_id=f"k{i}",
+            row_index=0,
+            deployment_id=deployment_id,
+            rollout_id=rollout_id,
+            step=1,
+            received_at=T0,
+            routing_key_hash=7 if i < 30 else i,
+            served_arm="challenger" if i < 30 else "champion",
+            champion_version_id=1,
+            challenger_version_id=2,
+            champion_class="1",
+            challenger_class="1",
+            champion_latency_ms=1.0,
+            challenger_latency_ms=1.0,
         )
         for i in range(50)
     ]  # one busy client (key 7) sent 30 requests to the challenger; 20 clients sent one each to the champion
     store.pairs.insert_many(records)
     from controller.loop.measure import LATENCY
 
-    a = step_aggregates(store.db, rollout_id=rollout_id, step=1, cohort="served", task="classification",
-                        label_cutoff=None, latency=LATENCY)
+    a = step_aggregates(
+        store.db,
+        rollout_id=rollout_id,
+        step=1,
+        cohort="served",
+        task="classification",
+        label_cutoff=None,
+        latency=LATENCY,
+    )
     assert (a.champion.units, a.challenger.units) == (20, 1)
     assert (a.champion.n, a.challenger.n) == (20, 30)
 
@@ -171,9 +267,23 @@ def test_labels_younger_than_the_maturity_do_not_count(store: Store) -> None:
     _insert(store, deployment_id, rollout_id, d, "classification")
     from controller.loop.measure import LATENCY
 
-    before = step_aggregates(store.db, rollout_id=rollout_id, step=0, cohort="paired", task="classification",
-                             label_cutoff=T0 - timedelta(seconds=1), latency=LATENCY)
-    after = step_aggregates(store.db, rollout_id=rollout_id, step=0, cohort="paired", task="classification",
-                            label_cutoff=T0 + timedelta(hours=3), latency=LATENCY)
+    before = step_aggregates(
+        store.db,
+        rollout_id=rollout_id,
+        step=0,
+        cohort="paired",
+        task="classification",
+        label_cutoff=T0 - timedelta(seconds=1),
+        latency=LATENCY,
+    )
+    after = step_aggregates(
+        store.db,
+        rollout_id=rollout_id,
+        step=0,
+        cohort="paired",
+        task="classification",
+        label_cutoff=T0 + timedelta(hours=3),
+        latency=LATENCY,
+    )
     assert before.labelled_pairs == 0
     assert after.labelled_pairs == int((~d["f1"] & ~d["f2"]).sum())

@@ -89,7 +89,9 @@ def test_unknown_version_is_not_found_and_a_lookup_error(store: Store) -> None:
 
 def test_one_active_rollout_per_deployment(store: Store) -> None:
     deployment_id, _, challenger_id = _deployment(store)
-    store.rollouts.create(deployment_id=deployment_id, challenger_id=challenger_id, mode="shadow", policy={}, created_by="t")
+    store.rollouts.create(
+        deployment_id=deployment_id, challenger_id=challenger_id, mode="shadow", policy={}, created_by="t"
+    )
     with pytest.raises(InvalidState, match="already has active rollout"):
         store.rollouts.create(
             deployment_id=deployment_id, challenger_id=challenger_id, mode="shadow", policy={}, created_by="t"
@@ -99,10 +101,16 @@ def test_one_active_rollout_per_deployment(store: Store) -> None:
 def test_rollout_update_checks_the_version_and_writes_events_atomically(store: Store) -> None:
     deployment_id, _, challenger_id = _deployment(store)
     rollout = store.rollouts.create(
-        deployment_id=deployment_id, challenger_id=challenger_id, mode="canary", policy={"a": 1}, created_by="t"
+        deployment_id=deployment_id,
+        challenger_id=challenger_id,
+        mode="canary",
+        policy={"a": 1},
+        created_by="t",
     )
     event = NewEvent(actor="controller", action="advance", reason="gates_passed", message="step 1")
-    moved = store.rollouts.update(rollout.id, expected_version=1, events=[event], phase="progressing", canary_weight=5.0)
+    moved = store.rollouts.update(
+        rollout.id, expected_version=1, events=[event], phase="progressing", canary_weight=5.0
+    )
     assert (moved.version, moved.phase, moved.canary_weight) == (2, "progressing", 5.0)
     with pytest.raises(ConcurrentUpdate):
         store.rollouts.update(rollout.id, expected_version=1, events=[event], phase="rolled_back")
@@ -185,8 +193,12 @@ def test_events_and_analyses_are_listed_in_order(store: Store) -> None:
         deployment_id=deployment_id, challenger_id=challenger_id, mode="shadow", policy={}, created_by="t"
     )
     for i in range(3):
-        store.events.add(NewEvent(actor="op", action="note", reason=f"r{i}", message="m", rollout_id=rollout.id))
-        store.analyses.add(rollout_id=rollout.id, step=0, outcome="inconclusive", verdicts=[{"i": i}], metrics={})
+        store.events.add(
+            NewEvent(actor="op", action="note", reason=f"r{i}", message="m", rollout_id=rollout.id)
+        )
+        store.analyses.add(
+            rollout_id=rollout.id, step=0, outcome="inconclusive", verdicts=[{"i": i}], metrics={}
+        )
     assert [e.reason for e in store.events.list(rollout_id=rollout.id)] == ["r0", "r1", "r2"]
     assert [a.verdicts[0]["i"] for a in store.analyses.list(rollout.id)] == [0, 1, 2]
     assert store.analyses.latest(rollout.id).verdicts == [{"i": 2}]  # type: ignore[union-attr]

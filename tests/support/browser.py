@@ -50,7 +50,10 @@ def _install() -> str | None:
         else:
             env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
             try:
-                for command in (["apt-get", "update"], ["apt-get", "install", "-y", "chromium", "chromium-driver"]):
+                for command in (
+                    ["apt-get", "update"],
+                    ["apt-get", "install", "-y", "chromium", "chromium-driver"],
+                ):
                     subprocess.run(command, check=True, env=env, capture_output=True, timeout=600)
             except (subprocess.SubprocessError, OSError) as error:
                 reason = f"could not install chromium with apt-get: {error}"
@@ -109,8 +112,10 @@ class Page:
         """Evaluate JavaScript in the page (awaiting promises) and return its JSON value."""
         result = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
         if "exceptionDetails" in result:
-            raise CdpError(f"{expression!r} threw: {result['exceptionDetails'].get('text')}"
-                           f" {result['exceptionDetails'].get('exception', {}).get('description', '')}")
+            raise CdpError(
+                f"{expression!r} threw: {result['exceptionDetails'].get('text')}"
+                f" {result['exceptionDetails'].get('exception', {}).get('description', '')}"
+            )
         return result.get("result", {}).get("value")
 
     def wait_for(self, expression: str, *, timeout: float = 15.0, interval: float = 0.1) -> Any:
@@ -136,9 +141,13 @@ class Page:
             method, params = e["method"], e.get("params", {})
             if method == "Runtime.exceptionThrown":
                 details = params.get("exceptionDetails", {})
-                out.append(f"exception: {details.get('text')} {details.get('exception', {}).get('description', '')}")
+                out.append(
+                    f"exception: {details.get('text')} {details.get('exception', {}).get('description', '')}"
+                )
             elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
-                out.append("console: " + " ".join(str(a.get("value", a.get("description"))) for a in params["args"]))
+                out.append(
+                    "console: " + " ".join(str(a.get("value", a.get("description"))) for a in params["args"])
+                )
             elif method == "Log.entryAdded" and params.get("entry", {}).get("level") == "error":
                 entry = params["entry"]
                 out.append(f"log: {entry.get('text')} {entry.get('url', '')}")
@@ -147,8 +156,13 @@ class Page:
     def screenshot(self, path: Path, *, width: int = 1200, height: int | None = None) -> Path:
         """Save a PNG of the page (the whole document height unless ``height`` is given)."""
         full = height or int(self.evaluate("Math.ceil(document.documentElement.scrollHeight)") or 800)
-        self.call("Emulation.setDeviceMetricsOverride", width=width, height=min(full, 16000), deviceScaleFactor=1,
-                  mobile=False)
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            width=width,
+            height=min(full, 16000),
+            deviceScaleFactor=1,
+            mobile=False,
+        )
         data = self.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)["data"]
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(base64.b64decode(data))

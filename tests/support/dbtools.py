@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from storage import Database
 
-TABLES = ("analyses", "events", "labels", "paired_outputs", "rollouts", "deployments", "pipeline_versions", "api_tokens")
+TABLES = (
+    "analyses",
+    "events",
+    "labels",
+    "paired_outputs",
+    "rollouts",
+    "deployments",
+    "pipeline_versions",
+    "api_tokens",
+)
 
 
 def truncate_postgres(url: str) -> None:
@@ -16,5 +25,7 @@ def truncate_postgres(url: str) -> None:
                 "SELECT tablename FROM pg_tables WHERE schemaname='public' AND tablename <> 'alembic_version'"
             )
         ]
-        conn.exec_driver_sql(f"TRUNCATE {', '.join(sorted(set(TABLES) | set(extra)))} RESTART IDENTITY CASCADE")
+        conn.exec_driver_sql(
+            f"TRUNCATE {', '.join(sorted(set(TABLES) | set(extra)))} RESTART IDENTITY CASCADE"
+        )
     db.dispose()

@@ -45,25 +45,43 @@ class LeakyClassifier(ClassifierMixin, BaseEstimator):
         return np.asarray(self.classes_)[proba.argmax(axis=1)]
 
 
-def register_leaky(store: Store, directory: str | Path, *, name: str = "churn", version: str = "9",
-                   leak_mb: float = 2.0, limit_mb: float = 48.0) -> PipelineVersion:
+def register_leaky(
+    store: Store,
+    directory: str | Path,
+    *,
+    name: str = "churn",
+    version: str = "9",
+    leak_mb: float = 2.0,
+    limit_mb: float = 48.0,
+) -> PipelineVersion:
     """Fit a churn pipeline ending in LeakyClassifier and register it (joblib)."""
     frame, target = mlpipes.churn_frame(50)
-    model = Pipeline([("prepare", mlpipes._preprocessor()),
-                      ("model", LeakyClassifier(leak_mb=leak_mb, limit_mb=limit_mb))]).fit(frame, target)
+    model = Pipeline(
+        [("prepare", mlpipes._preprocessor()), ("model", LeakyClassifier(leak_mb=leak_mb, limit_mb=limit_mb))]
+    ).fit(frame, target)
     return _register_joblib(store, directory, model, name=name, version=version, fault="leaks")
 
 
-def _register_joblib(store: Store, directory: str | Path, model: Any, *, name: str, version: str, fault: str
-                     ) -> PipelineVersion:
+def _register_joblib(
+    store: Store, directory: str | Path, model: Any, *, name: str, version: str, fault: str
+) -> PipelineVersion:
     from storage.artifacts import store_artifact
     from storage.entities import NewPipelineVersion
 
     source = mlpipes.save(model, Path(directory) / "sources", f"{name}-{version}", fmt="joblib")
     stored, digest = store_artifact(source, Path(directory) / "artifacts")
     frame, _ = mlpipes.churn_frame(5)
-    return store.pipelines.add(NewPipelineVersion(
-        name=name, version=version, kind="artifact", task="classification", input_schema=mlpipes.input_schema(frame),
-        classes=tuple(np.asarray(model.classes_).tolist()), artifact_path=str(stored), artifact_format="joblib",
-        sha256=digest, metadata={"fault": fault},
-    ))
+    return store.pipelines.add(
+        NewPipelineVersion(
+            name=name,
+            version=version,
+            kind="artifact",
+            task="classification",
+            input_schema=mlpipes.input_schema(frame),
+            classes=tuple(np.asarray(model.classes_).tolist()),
+            artifact_path=str(stored),
+            artifact_format="joblib",
+            sha256=digest,
+            metadata={"fault": fault},
+        )
+    )

@@ -71,19 +71,28 @@ class Report:
         """Answered requests per second."""
         return len(self.answered) / self.seconds
 
-    def latencies(self, *, arm: str | None = None, since: float = 0.0, until: float = float("inf")) -> list[float]:
+    def latencies(
+        self, *, arm: str | None = None, since: float = 0.0, until: float = float("inf")
+    ) -> list[float]:
         return sorted(
             r.latency_ms
             for r in self.results
             if r.status == 200 and (arm is None or r.arm == arm) and since <= r.sent_at < until
         )
 
-    def percentiles(self, *, arm: str | None = None, since: float = 0.0, until: float = float("inf")
-                    ) -> dict[str, float]:
+    def percentiles(
+        self, *, arm: str | None = None, since: float = 0.0, until: float = float("inf")
+    ) -> dict[str, float]:
         """p50/p90/p99/max latency (ms) of the 200s, optionally of one arm or a time window."""
         values = self.latencies(arm=arm, since=since, until=until)
         if not values:
-            return {"n": 0, "p50": float("nan"), "p90": float("nan"), "p99": float("nan"), "max": float("nan")}
+            return {
+                "n": 0,
+                "p50": float("nan"),
+                "p90": float("nan"),
+                "p99": float("nan"),
+                "max": float("nan"),
+            }
         return {
             "n": len(values),
             "p50": _quantile(values, 0.50),

@@ -45,7 +45,9 @@ def free_port() -> int:
 
 def clean_env(**settings: Any) -> dict[str, str]:
     """This environment without MLCANARY_* settings, plus the given ones (MLCANARY_ + upper-case name)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLCANARY_") or k == "MLCANARY_TEST_PG_URL"}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("MLCANARY_") or k == "MLCANARY_TEST_PG_URL"
+    }
     env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{SUPPORT}"
     env.update({f"MLCANARY_{k.upper()}": str(v) for k, v in settings.items()})
     return env
@@ -54,20 +56,37 @@ def clean_env(**settings: Any) -> dict[str, str]:
 class Server:
     """One `python -m controller <role>` process (the gunicorn master) and its workers."""
 
-    def __init__(self, role: str, database_url: str, data_dir: Path, *, port: int | None = None,
-                 **settings: Any) -> None:
+    def __init__(
+        self, role: str, database_url: str, data_dir: Path, *, port: int | None = None, **settings: Any
+    ) -> None:
         self.role = role
         self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log = data_dir / f"{role}-{self.port}-{time.monotonic_ns()}.log"
         data_dir.mkdir(parents=True, exist_ok=True)
-        defaults: dict[str, Any] = {"workers": 2, "trust_pickle": "true", "refresh_interval": 0.1,
-                                    "log_level": "warning"}
-        env = clean_env(**{**defaults, **settings, "database_url": database_url, "data_dir": data_dir,
-                           "port": self.port, "host": "127.0.0.1"})
+        defaults: dict[str, Any] = {
+            "workers": 2,
+            "trust_pickle": "true",
+            "refresh_interval": 0.1,
+            "log_level": "warning",
+        }
+        env = clean_env(
+            **{
+                **defaults,
+                **settings,
+                "database_url": database_url,
+                "data_dir": data_dir,
+                "port": self.port,
+                "host": "127.0.0.1",
+            }
+        )
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "controller", role], cwd=ROOT, env=env,
-            stdout=subprocess.DEVNULL, stderr=self.log.open("wb"), start_new_session=True,
+            [sys.executable, "-m", "controller", role],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=self.log.open("wb"),
+            start_new_session=True,
         )
 
     @property

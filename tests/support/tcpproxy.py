@@ -1,9 +1,9 @@
 """A loopback TCP proxy a test controls: cut it to make a server (e.g. PostgreSQL) unreachable, then restore it.
 
-    proxy = TcpProxy(("127.0.0.1", 5432))       # listen on 127.0.0.1:proxy.port, forward to the target
-    proxy.cut()                                 # close every connection; refuse new ones
-    proxy.restore()                             # accept again
-    proxy.close()
+proxy = TcpProxy(("127.0.0.1", 5432))       # listen on 127.0.0.1:proxy.port, forward to the target
+proxy.cut()                                 # close every connection; refuse new ones
+proxy.restore()                             # accept again
+proxy.close()
 """
 
 from __future__ import annotations

@@ -78,8 +78,10 @@ def test_promotes_when_every_required_gate_is_non_inferior_and_shows_its_numbers
 
 
 def test_rolls_back_when_error_rate_harm_is_proven() -> None:
-    m = shadow(paired_errors=PairedCounts(n=20_000, worse=200, better=20),
-               paired_correct=PairedCounts(n=20_000, worse=500, better=500))
+    m = shadow(
+        paired_errors=PairedCounts(n=20_000, worse=200, better=20),
+        paired_correct=PairedCounts(n=20_000, worse=500, better=500),
+    )
     j = judge(m, replace(ONLY_ACCURACY, error_rate=GateSpec(role="guardrail", margin=0.0)))
     assert verdict(j, "error_rate").outcome == Outcome.FAIL
     assert j.decision == "rollback" and j.harm
@@ -87,10 +89,14 @@ def test_rolls_back_when_error_rate_harm_is_proven() -> None:
 
 
 def test_unpaired_canary_accuracy_and_error_rate_use_the_two_arms() -> None:
-    m = StepMetrics(mode="canary", champion=Proportion(n=30_000, count=30), challenger=Proportion(n=3_000, count=3),
-                    challenger_weight=0.0909,
-                    champion_correct=Proportion(n=20_000, count=18_000),
-                    challenger_correct=Proportion(n=2_000, count=1_790))
+    m = StepMetrics(
+        mode="canary",
+        champion=Proportion(n=30_000, count=30),
+        challenger=Proportion(n=3_000, count=3),
+        challenger_weight=0.0909,
+        champion_correct=Proportion(n=20_000, count=18_000),
+        challenger_correct=Proportion(n=2_000, count=1_790),
+    )
     j = judge(m, replace(ONLY_ACCURACY, error_rate=GateSpec(margin=0.003)))
     assert verdict(j, "accuracy").outcome == Outcome.INCONCLUSIVE
     assert verdict(j, "error_rate").outcome == Outcome.PASS
@@ -99,8 +105,11 @@ def test_unpaired_canary_accuracy_and_error_rate_use_the_two_arms() -> None:
 
 
 def test_regression_gate_judges_relative_mae_change_of_paired_absolute_errors() -> None:
-    policy = replace(ONLY_ACCURACY, accuracy=GateSpec(enabled=False),
-                     regression=GateSpec(role="required", margin=0.05, min_samples=200))
+    policy = replace(
+        ONLY_ACCURACY,
+        accuracy=GateSpec(enabled=False),
+        regression=GateSpec(role="required", margin=0.05, min_samples=200),
+    )
     base = Moments(n=10_000, total=10_000.0, total_sq=20_000.0)  # MAE 1.0
     same = Moments(n=10_000, total=0.0, total_sq=10_000 * 0.3**2)  # mean 0, sd 0.3
     worse = Moments(n=10_000, total=1_500.0, total_sq=10_000 * (0.3**2 + 0.15**2))  # +15%
@@ -111,8 +120,11 @@ def test_regression_gate_judges_relative_mae_change_of_paired_absolute_errors() 
 
 
 def test_agreement_gate_needs_the_minimum_share_proven() -> None:
-    policy = replace(ONLY_ACCURACY, accuracy=GateSpec(enabled=False),
-                     agreement=GateSpec(role="required", margin=0.9, min_samples=100))
+    policy = replace(
+        ONLY_ACCURACY,
+        accuracy=GateSpec(enabled=False),
+        agreement=GateSpec(role="required", margin=0.9, min_samples=100),
+    )
     assert judge(shadow(agreement=Proportion(n=5_000, count=4_900)), policy).decision == "promote"
     j = judge(shadow(agreement=Proportion(n=5_000, count=4_000)), policy)
     assert verdict(j, "agreement").outcome == Outcome.FAIL and j.decision == "rollback"
@@ -120,15 +132,21 @@ def test_agreement_gate_needs_the_minimum_share_proven() -> None:
 
 def _latency(champion: np.ndarray, challenger: np.ndarray) -> Histogram:
     e = stats.latency_edges()
-    return Histogram(edges=tuple(e.tolist()), champion=tuple(stats.histogram_counts(champion, e).tolist()),
-                     challenger=tuple(stats.histogram_counts(challenger, e).tolist()))
+    return Histogram(
+        edges=tuple(e.tolist()),
+        champion=tuple(stats.histogram_counts(champion, e).tolist()),
+        challenger=tuple(stats.histogram_counts(challenger, e).tolist()),
+    )
 
 
 def test_latency_gate_fails_a_slower_tail_and_passes_an_equal_one() -> None:
     rng = np.random.default_rng(4)
     a = rng.lognormal(3.0, 0.5, 30_000)
-    policy = replace(ONLY_ACCURACY, accuracy=GateSpec(enabled=False),
-                     latency_p99=GateSpec(role="required", margin=1.2, min_samples=1000))
+    policy = replace(
+        ONLY_ACCURACY,
+        accuracy=GateSpec(enabled=False),
+        latency_p99=GateSpec(role="required", margin=1.2, min_samples=1000),
+    )
     same = judge(shadow(latency=_latency(a, rng.lognormal(3.0, 0.5, 30_000))), policy)
     slow = judge(shadow(latency=_latency(a, rng.lognormal(3.4, 0.5, 30_000))), policy)
     assert verdict(same, "latency_p99").outcome == Outcome.PASS
@@ -140,8 +158,13 @@ def test_latency_gate_fails_a_slower_tail_and_passes_an_equal_one() -> None:
 
 
 def test_vetoes_a_sample_ratio_mismatch_in_canary_mode() -> None:
-    m = StepMetrics(mode="canary", champion=Proportion(n=5_000, count=0), challenger=Proportion(n=5_600, count=0),
-                    challenger_weight=0.5, paired_correct=PairedCounts(n=20_000, worse=500, better=500))
+    m = StepMetrics(
+        mode="canary",
+        champion=Proportion(n=5_000, count=0),
+        challenger=Proportion(n=5_600, count=0),
+        challenger_weight=0.5,
+        paired_correct=PairedCounts(n=20_000, worse=500, better=500),
+    )
     j = judge(m, ONLY_ACCURACY)
     assert verdict(j, "srm").outcome == Outcome.FAIL
     assert j.decision == "veto" and j.veto
@@ -149,8 +172,13 @@ def test_vetoes_a_sample_ratio_mismatch_in_canary_mode() -> None:
 
 def test_sample_ratio_counts_routing_keys_when_given_so_busy_clients_are_no_mismatch() -> None:
     # 25% of 2,000 keys on the challenger, as configured, but its clients happen to be busier.
-    m = StepMetrics(mode="canary", champion=Proportion(n=6_000, count=0), challenger=Proportion(n=3_000, count=0),
-                    challenger_weight=0.25, units=(1_500, 500))
+    m = StepMetrics(
+        mode="canary",
+        champion=Proportion(n=6_000, count=0),
+        challenger=Proportion(n=3_000, count=0),
+        challenger_weight=0.25,
+        units=(1_500, 500),
+    )
     j = judge(m, ONLY_ACCURACY)
     assert verdict(j, "srm").outcome == Outcome.PASS and not j.veto
     skewed = replace(m, units=(1_650, 350))  # keys themselves off the split: chi-square 60.0, p ~ 1e-14
@@ -158,24 +186,37 @@ def test_sample_ratio_counts_routing_keys_when_given_so_busy_clients_are_no_mism
 
 
 def test_vetoes_a_proven_breach_of_the_error_rate_slo_even_when_accuracy_passes() -> None:
-    m = shadow(challenger=Proportion(n=20_000, count=400), paired_correct=PairedCounts(n=20_000, worse=500, better=500))
+    m = shadow(
+        challenger=Proportion(n=20_000, count=400),
+        paired_correct=PairedCounts(n=20_000, worse=500, better=500),
+    )
     j = judge(m, replace(ONLY_ACCURACY, error_rate_slo=0.01))
     assert verdict(j, "error_rate_slo").outcome == Outcome.FAIL
     assert j.decision == "veto"
-    assert verdict(judge(m, replace(ONLY_ACCURACY, error_rate_slo=0.05)), "error_rate_slo").outcome == Outcome.PASS
+    assert (
+        verdict(judge(m, replace(ONLY_ACCURACY, error_rate_slo=0.05)), "error_rate_slo").outcome
+        == Outcome.PASS
+    )
 
 
 def test_vetoes_a_proven_breach_of_the_latency_slo() -> None:
     rng = np.random.default_rng(8)
     h = _latency(rng.lognormal(3.0, 0.5, 20_000), rng.lognormal(4.0, 0.5, 20_000))
-    j = judge(shadow(latency=h, paired_correct=PairedCounts(n=20_000, worse=500, better=500)),
-              replace(ONLY_ACCURACY, latency_p99_slo_ms=100.0))
+    j = judge(
+        shadow(latency=h, paired_correct=PairedCounts(n=20_000, worse=500, better=500)),
+        replace(ONLY_ACCURACY, latency_p99_slo_ms=100.0),
+    )
     assert verdict(j, "latency_p99_slo").outcome == Outcome.FAIL and j.decision == "veto"
 
 
 def test_veto_outranks_harm_which_outranks_promotion() -> None:
-    m = StepMetrics(mode="canary", champion=Proportion(n=5_000, count=0), challenger=Proportion(n=5_600, count=0),
-                    challenger_weight=0.5, paired_correct=PairedCounts(n=20_000, worse=900, better=300))
+    m = StepMetrics(
+        mode="canary",
+        champion=Proportion(n=5_000, count=0),
+        challenger=Proportion(n=5_600, count=0),
+        challenger_weight=0.5,
+        paired_correct=PairedCounts(n=20_000, worse=900, better=300),
+    )
     assert judge(m, ONLY_ACCURACY).decision == "veto"
     assert judge(replace(m, challenger_weight=None), ONLY_ACCURACY).decision == "rollback"
 
@@ -193,10 +234,14 @@ def test_outcomes_are_ordered_best_to_worst_and_worst_wins() -> None:
 def test_an_undecided_guardrail_does_not_block_promotion_but_a_failed_one_rolls_back() -> None:
     correct = PairedCounts(n=20_000, worse=500, better=500)
     policy = replace(ONLY_ACCURACY, error_rate=GateSpec(role="guardrail", margin=0.0))
-    undecided = judge(shadow(paired_correct=correct, paired_errors=PairedCounts(n=20_000, worse=70, better=60)), policy)
+    undecided = judge(
+        shadow(paired_correct=correct, paired_errors=PairedCounts(n=20_000, worse=70, better=60)), policy
+    )
     assert verdict(undecided, "error_rate").outcome == Outcome.INCONCLUSIVE
     assert undecided.decision == "promote"
-    failed = judge(shadow(paired_correct=correct, paired_errors=PairedCounts(n=20_000, worse=300, better=60)), policy)
+    failed = judge(
+        shadow(paired_correct=correct, paired_errors=PairedCounts(n=20_000, worse=300, better=60)), policy
+    )
     assert failed.decision == "rollback" and failed.outcome == Outcome.FAIL
 
 
@@ -209,8 +254,13 @@ def test_a_required_gate_without_data_holds_the_rollout() -> None:
 
 def test_informational_gates_are_reported_but_never_decide() -> None:
     policy = replace(ONLY_ACCURACY, agreement=GateSpec(role="informational", margin=0.99))
-    j = judge(shadow(paired_correct=PairedCounts(n=20_000, worse=500, better=500),
-                     agreement=Proportion(n=20_000, count=15_000)), policy)
+    j = judge(
+        shadow(
+            paired_correct=PairedCounts(n=20_000, worse=500, better=500),
+            agreement=Proportion(n=20_000, count=15_000),
+        ),
+        policy,
+    )
     assert verdict(j, "agreement").outcome == Outcome.FAIL
     assert j.decision == "promote"
 
@@ -238,8 +288,11 @@ def test_harm_is_holm_adjusted_across_guardrails() -> None:
 
 
 def test_drift_fails_only_above_both_the_margin_and_the_noise_floor() -> None:
-    policy = replace(ONLY_ACCURACY, accuracy=GateSpec(enabled=False),
-                     drift=GateSpec(role="guardrail", margin=0.1, min_samples=100))
+    policy = replace(
+        ONLY_ACCURACY,
+        accuracy=GateSpec(enabled=False),
+        drift=GateSpec(role="guardrail", margin=0.1, min_samples=100),
+    )
     edges = (-0.5, 0.5, 1.5)
     shifted = Histogram(edges=edges, champion=(5_000, 5_000), challenger=(8_000, 2_000))
     small = Histogram(edges=edges, champion=(58, 42), challenger=(42, 58))  # PSI 0.103 < noise 0.133
@@ -248,8 +301,10 @@ def test_drift_fails_only_above_both_the_margin_and_the_noise_floor() -> None:
 
 
 def test_summary_score_is_descriptive_share_of_decided_gates_passing() -> None:
-    j = judge(shadow(paired_correct=PairedCounts(n=20_000, worse=500, better=500)),
-              replace(ONLY_ACCURACY, error_rate=GateSpec(margin=0.005)))
+    j = judge(
+        shadow(paired_correct=PairedCounts(n=20_000, worse=500, better=500)),
+        replace(ONLY_ACCURACY, error_rate=GateSpec(margin=0.005)),
+    )
     assert j.summary.descriptive
     assert (j.summary.passing, j.summary.counted, j.summary.band) == (2, 2, "pass")
 
@@ -303,9 +358,12 @@ def test_identical_arms_are_rarely_promoted_or_rolled_back_under_continuous_moni
     for r in range(rollouts):
         for k in range(looks):
             n = (k + 1) * step
-            m = shadow(champion=Proportion(n=n, count=0), challenger=Proportion(n=n, count=0),
-                       paired_errors=PairedCounts(n=n, worse=int(errors[r, k, 0]), better=int(errors[r, k, 1])),
-                       paired_correct=PairedCounts(n=n, worse=int(correct[r, k, 0]), better=int(correct[r, k, 1])))
+            m = shadow(
+                champion=Proportion(n=n, count=0),
+                challenger=Proportion(n=n, count=0),
+                paired_errors=PairedCounts(n=n, worse=int(errors[r, k, 0]), better=int(errors[r, k, 1])),
+                paired_correct=PairedCounts(n=n, worse=int(correct[r, k, 0]), better=int(correct[r, k, 1])),
+            )
             decision = judge(m, policy).decision
             if decision != "continue":
                 promoted += decision == "promote"

@@ -54,12 +54,25 @@ def _judgement(decision: str) -> Judgement:
     return Judgement(decision, outcome, (), f"judge says {decision}", Summary(math.nan, "no-data", 0, 0))  # type: ignore[arg-type]
 
 
-def _state(phase: str = "shadowing", step: int = 0, *, samples: int = 1000, age_s: float = 3600,
-           policy: dict[str, Any] | None = None) -> RolloutState:
+def _state(
+    phase: str = "shadowing",
+    step: int = 0,
+    *,
+    samples: int = 1000,
+    age_s: float = 3600,
+    policy: dict[str, Any] | None = None,
+) -> RolloutState:
     p = Policy.parse(policy)
     stage = p.plan()[step]
-    return RolloutState(phase=phase, step_index=step, canary_weight=stage.weight, shadow_rate=stage.shadow_rate,
-                        step_started_at=T0 - timedelta(seconds=age_s), policy=p, samples=samples)
+    return RolloutState(
+        phase=phase,
+        step_index=step,
+        canary_weight=stage.weight,
+        shadow_rate=stage.shadow_rate,
+        step_started_at=T0 - timedelta(seconds=age_s),
+        policy=p,
+        samples=samples,
+    )
 
 
 # (phase, step, samples, age_s, judge decision, policy) -> (action, phase, step, weight, reason)
@@ -75,7 +88,10 @@ DECIDE_TABLE: list[tuple[tuple[Any, ...], tuple[Any, ...]]] = [
     (("shadowing", 0, 1000, 3600, "promote", None), ("advance", "progressing", 1, 5.0, "step_passed")),
     (("progressing", 1, 1000, 3600, "promote", None), ("advance", "progressing", 2, 25.0, "step_passed")),
     (("progressing", 3, 1000, 3600, "promote", None), ("promote", "promoted", 3, 100.0, "step_passed")),
-    (("shadowing", 0, 1000, 3600, "promote", {"mode": "shadow"}), ("promote", "promoted", 0, 100.0, "step_passed")),
+    (
+        ("shadowing", 0, 1000, 3600, "promote", {"mode": "shadow"}),
+        ("promote", "promoted", 0, 100.0, "step_passed"),
+    ),
     # not before the step's minimum samples and duration
     (("shadowing", 0, 499, 3600, "promote", None), ("hold", "shadowing", 0, 0.0, "collecting")),
     (("progressing", 1, 1000, 59, "promote", None), ("hold", "progressing", 1, 5.0, "min_duration")),
@@ -84,8 +100,10 @@ DECIDE_TABLE: list[tuple[tuple[Any, ...], tuple[Any, ...]]] = [
     # out of budget undecided: pause (default) or roll back
     (("shadowing", 0, 1000, 86400, "continue", None), ("pause", "paused", 0, 0.0, "step_budget_exhausted")),
     (("shadowing", 0, 3, 86400, None, None), ("pause", "paused", 0, 0.0, "step_budget_exhausted")),
-    (("progressing", 2, 1000, 86400, "continue", {"on_inconclusive": "rollback"}),
-     ("rollback", "rolled_back", 2, 0.0, "step_budget_exhausted")),
+    (
+        ("progressing", 2, 1000, 86400, "continue", {"on_inconclusive": "rollback"}),
+        ("rollback", "rolled_back", 2, 0.0, "step_budget_exhausted"),
+    ),
     # a passed step wins over an exhausted budget
     (("progressing", 1, 1000, 86400, "promote", None), ("advance", "progressing", 2, 25.0, "step_passed")),
     # a paused rollout waits for a human
@@ -99,7 +117,13 @@ def test_decide(given: tuple[Any, ...], expected: tuple[Any, ...]) -> None:
     phase, step, samples, age_s, verdict, policy = given
     state = _state(phase, step, samples=samples, age_s=age_s, policy=policy)
     decision = decide(state, None if verdict is None else _judgement(verdict), T0)
-    assert (decision.action, decision.phase, decision.step_index, decision.canary_weight, decision.reason) == expected
+    assert (
+        decision.action,
+        decision.phase,
+        decision.step_index,
+        decision.canary_weight,
+        decision.reason,
+    ) == expected
     assert decision.message
     if decision.transition:
         check_transition(phase, decision.phase)
@@ -108,8 +132,14 @@ def test_decide(given: tuple[Any, ...], expected: tuple[Any, ...]) -> None:
 def test_rollback_stops_the_challenger_at_once_and_promotion_moves_all_traffic() -> None:
     rolled = decide(_state("progressing", 2), _judgement("rollback"), T0)
     assert (rolled.canary_weight, rolled.shadow_rate) == (0.0, 0.0)
-    assert rolled.changes(T0) == {"phase": "rolled_back", "step_index": 2, "canary_weight": 0.0, "shadow_rate": 0.0,
-                                  "reason": "harm", "ended_at": T0}
+    assert rolled.changes(T0) == {
+        "phase": "rolled_back",
+        "step_index": 2,
+        "canary_weight": 0.0,
+        "shadow_rate": 0.0,
+        "reason": "harm",
+        "ended_at": T0,
+    }
     promoted = decide(_state("progressing", 3), _judgement("promote"), T0)
     assert promoted.promotes_challenger and promoted.changes(T0)["ended_at"] == T0
 

@@ -16,8 +16,12 @@ def test_defaults_alone_are_a_safe_policy() -> None:
     assert p.shadow.min_pairs == 500
     assert p.canary.steps == (5.0, 25.0, 50.0, 100.0)
     assert p.on_inconclusive == "pause"
-    assert [(s.kind, s.weight) for s in p.plan()] == [("shadow", 0.0), ("canary", 5.0), ("canary", 25.0),
-                                                      ("canary", 50.0)]
+    assert [(s.kind, s.weight) for s in p.plan()] == [
+        ("shadow", 0.0),
+        ("canary", 5.0),
+        ("canary", 25.0),
+        ("canary", 50.0),
+    ]
     unlabelled = p.to_judge_policy("classification", "shadow", labelled=False)
     assert unlabelled.error_rate.role == "required" and unlabelled.agreement.role == "required"
     assert unlabelled.accuracy.role == "informational"
@@ -43,11 +47,17 @@ def test_plans_follow_the_mode() -> None:
 
 
 def test_gate_settings_and_burn_in_reach_the_judge() -> None:
-    p = Policy.parse({
-        "alpha": 0.01, "burn_in": 300, "slo": {"error_rate": 0.05, "latency_p99_ms": 250},
-        "gates": {"error_rate": {"role": "guardrail", "margin": 0.02, "min_samples": 50},
-                  "drift": {"role": "off", "margin": 0.3}},
-    })
+    p = Policy.parse(
+        {
+            "alpha": 0.01,
+            "burn_in": 300,
+            "slo": {"error_rate": 0.05, "latency_p99_ms": 250},
+            "gates": {
+                "error_rate": {"role": "guardrail", "margin": 0.02, "min_samples": 50},
+                "drift": {"role": "off", "margin": 0.3},
+            },
+        }
+    )
     j = p.to_judge_policy("classification", "canary")
     assert j.alpha == 0.01
     assert (j.error_rate.role, j.error_rate.margin, j.error_rate.min_samples) == ("guardrail", 0.02, 50)
@@ -70,11 +80,23 @@ def test_gate_settings_and_burn_in_reach_the_judge() -> None:
         ({"mode": "canary", "canary": {"steps": [100]}}, "canary.steps: canary mode needs"),
         ({"shadow": {"sample_rate": 0}}, "shadow.sample_rate"),
         ({"shadow": {"min_pairs": 0}}, "shadow.min_pairs"),
-        ({"canary": {"min_duration_s": 600, "max_duration_s": 60}}, "canary: max_duration_s must be at least"),
+        (
+            {"canary": {"min_duration_s": 600, "max_duration_s": 60}},
+            "canary: max_duration_s must be at least",
+        ),
         ({"alpha": 0.7}, "alpha"),
-        ({"gates": {"error_rate": {"role": "required", "margin": -0.01}}}, "gates.error_rate.margin: must lie in"),
-        ({"gates": {"accuracy": {"role": "required", "margin": -0.02}}}, "gates.accuracy.margin: must lie in"),
-        ({"gates": {"latency_p99": {"role": "guardrail", "margin": 0.8}}}, "gates.latency_p99.margin: is a ratio"),
+        (
+            {"gates": {"error_rate": {"role": "required", "margin": -0.01}}},
+            "gates.error_rate.margin: must lie in",
+        ),
+        (
+            {"gates": {"accuracy": {"role": "required", "margin": -0.02}}},
+            "gates.accuracy.margin: must lie in",
+        ),
+        (
+            {"gates": {"latency_p99": {"role": "guardrail", "margin": 0.8}}},
+            "gates.latency_p99.margin: is a ratio",
+        ),
         ({"gates": {"agreement": {"role": "required", "margin": 1.5}}}, "gates.agreement.margin"),
         ({"gates": {"agreement": {"role": "boss", "margin": 0.9}}}, "gates.agreement.role"),
         ({"gates": {"regression": "strict"}}, "gates.regression"),

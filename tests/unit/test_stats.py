@@ -26,7 +26,9 @@ def printed(value: float, digits: int) -> float:
 
 
 def test_mcnemar_matches_r_on_presidential_approval_data_r1() -> None:
-    assert stats.mcnemar(150, 86, method="asymptotic").statistic == pytest.approx(17.356, abs=printed(17.356, 3))
+    assert stats.mcnemar(150, 86, method="asymptotic").statistic == pytest.approx(
+        17.356, abs=printed(17.356, 3)
+    )
     assert stats.mcnemar(150, 86, method="asymptotic").p_value == pytest.approx(3.0993e-05, rel=2e-5)
     assert stats.mcnemar(150, 86, method="corrected").statistic == pytest.approx(16.818, abs=printed(0, 3))
     assert stats.mcnemar(150, 86, method="corrected").p_value == pytest.approx(4.1146e-05, rel=2e-5)
@@ -71,8 +73,9 @@ def test_tango_variance_uses_the_restricted_maximum_likelihood_estimate() -> Non
     def negloglik(q: float) -> float:  # q = P(b cell); P(c cell) = q - margin
         return -(b * math.log(q) + c * math.log(q - margin) + (n - b - c) * math.log(1 - 2 * q + margin))
 
-    q = minimize_scalar(negloglik, bounds=(margin + 1e-9, (1 + margin) / 2 - 1e-9), method="bounded",
-                        options={"xatol": 1e-12}).x
+    q = minimize_scalar(
+        negloglik, bounds=(margin + 1e-9, (1 + margin) / 2 - 1e-9), method="bounded", options={"xatol": 1e-12}
+    ).x
     z_direct = (c - b + n * margin) / math.sqrt(n * (2 * q - margin - margin**2))
     assert stats.tango_noninferiority(b, c, n, margin=margin).statistic == pytest.approx(z_direct, rel=1e-6)
 
@@ -254,7 +257,9 @@ def test_one_sided_confidence_sequence_matches_growthbook_r11() -> None:
     assert lesser.lower == -math.inf
 
 
-def _growthbook_relative(sum_a: float, ss_a: float, n_a: int, sum_b: float, ss_b: float, n_b: int) -> tuple[float, float]:
+def _growthbook_relative(
+    sum_a: float, ss_a: float, n_a: int, sum_b: float, ss_b: float, n_b: int
+) -> tuple[float, float]:
     """GrowthBook's input preparation: relative lift and its delta-method standard error."""
     ma, mb = sum_a / n_a, sum_b / n_b
     va, vb = (ss_a - sum_a**2 / n_a) / (n_a - 1), (ss_b - sum_b**2 / n_b) / (n_b - 1)
@@ -379,8 +384,9 @@ def test_latency_ratio_recovers_a_known_scale_factor_with_paired_resampling() ->
     rng = np.random.default_rng(5)
     champion = rng.lognormal(3.0, 0.4, 4000)
     challenger = champion * 1.5
-    r = stats.latency_quantile_ratio(champion, challenger, q=0.99, paired=True, rng=np.random.default_rng(1),
-                                     n_boot=200)
+    r = stats.latency_quantile_ratio(
+        champion, challenger, q=0.99, paired=True, rng=np.random.default_rng(1), n_boot=200
+    )
     assert r.ratio == pytest.approx(1.5)
     assert r.interval.lower == pytest.approx(1.5) and r.interval.upper == pytest.approx(1.5)
     assert r.prob_challenger_slower > 0.6
@@ -391,8 +397,9 @@ def test_latency_ratio_is_reproducible_with_an_injected_generator() -> None:
     a, b = rng.lognormal(3.0, 0.4, 1000), rng.lognormal(3.1, 0.4, 1200)
 
     def run() -> stats.Interval:
-        return stats.latency_quantile_ratio(a, b, q=0.5, paired=False, rng=np.random.default_rng(42),
-                                            n_boot=300).interval
+        return stats.latency_quantile_ratio(
+            a, b, q=0.5, paired=False, rng=np.random.default_rng(42), n_boot=300
+        ).interval
 
     assert run() == run()
     assert run().contains(math.exp(0.1))
