@@ -100,7 +100,14 @@ def test_malicious_uploads_are_refused_with_a_clear_error_and_write_nothing(
     operator = adminapp.bearer(store, "operator")
     skops = (tmp_path / "sources" / "churn-1.skops").read_bytes()
     joblib_file = mlpipes.save(mlpipes.faulty("raises"), tmp_path / "j", "p", fmt="joblib").read_bytes()
-    before = len(store.pipelines.list())
+    artifacts = (tmp_path / "var" / "artifacts").resolve()
+
+    def files_in_store() -> set[Path]:
+        return {f for f in artifacts.rglob("*") if f.is_file()} if artifacts.exists() else set()
+
+    versions_before = {v.ref for v in store.pipelines.list()}
+    files_before = files_in_store()
+    accepted: list[str] = []
     cases = {
         "traversal": ("../../../../tmp/evil-traversal.skops", skops),
         "absolute": ("/tmp/evil-absolute.skops", skops),
@@ -112,8 +119,8 @@ def test_malicious_uploads_are_refused_with_a_clear_error_and_write_nothing(
         response = _upload(client, operator, filename, content, str(number))
         if name in ("traversal", "absolute") and response.status_code == 201:
             stored = Path(store.pipelines.get_by_ref(f"evil:{number}").artifact_path or "").resolve()
-            artifacts = (tmp_path / "var" / "artifacts").resolve()
             assert artifacts in stored.parents, f"{name}: stored outside the artifact store at {stored}"
+            accepted.append(f"evil:{number}")
             continue
         assert 400 <= response.status_code < 500, (
             name,
@@ -125,8 +132,12 @@ def test_malicious_uploads_are_refused_with_a_clear_error_and_write_nothing(
         if name == "pickle without opt-in":
             assert "pickle" in message.lower() or "trust" in message.lower(), message
     assert not Path("/tmp/evil-traversal.skops").exists() and not Path("/tmp/evil-absolute.skops").exists()
-    refused = len(cases) - sum(1 for v in store.pipelines.list() if v.name == "evil")
-    assert len(store.pipelines.list()) - before == len(cases) - refused
+    # Refused uploads write nothing: the only new versions are the accepted (confined) ones, and the
+    # artifact store holds no new file but those of the accepted versions (content-addressed: two
+    # accepted uploads of the same bytes share one file).
+    assert {v.ref for v in store.pipelines.list()} - versions_before == set(accepted)
+    kept = {Path(store.pipelines.get_by_ref(ref).artifact_path or "").resolve() for ref in accepted}
+    assert files_in_store() - files_before == kept
 
 
 def test_retention_prunes_old_pairs_in_batches_while_writers_keep_writing(store: Store) -> None:
