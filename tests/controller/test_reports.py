@@ -12,7 +12,9 @@ import jsonschema
 import mlpipes
 import numpy as np
 import pytest
+import sklearn.metrics as skm
 from click.testing import CliRunner
+from scipy import stats as sps
 
 from controller.core import judge
 from controller.reports import build as reports
@@ -20,6 +22,7 @@ from storage import NotFound, Store
 from storage.entities import NewEvent, PairRecord
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+ARMS = ("champion", "challenger")
 
 
 def _verdict_dict(v: judge.Verdict) -> dict[str, Any]:
@@ -129,11 +132,11 @@ def build_scenario(
             )
         ],
     )
+    if kind == "classification":
+        truth = [int(t) for t in target]
+    else:
+        truth = [float(v) for v in frame["tenure_months"] * 1.5 + target * 10.0]
     if labelled:
-        if kind == "classification":
-            truth = [int(t) for t in target]
-        else:
-            truth = [float(v) for v in frame["tenure_months"] * 1.5 + target * 10.0]
         store.labels.upsert_many(deployment.id, [(f"req-{name}-{i}", 0, truth[i]) for i in range(0, n, 2)])
     # Analyses as the controller stores them: judge() over growing prefixes of the paired rows.
     policy = judge.JudgePolicy()
@@ -180,6 +183,8 @@ def build_scenario(
         "challenger": challenger,
         "records": records,
         "n": n,
+        "target": target,
+        "truth": truth,
     }
 
 
@@ -223,10 +228,32 @@ def test_report_with_labels_matches_its_schema_and_the_paired_rows(store: Store,
         for i, r in enumerate(records)
         if i % 2 == 0 and r.champion_error is None and r.challenger_error is None
     )
-    lo, hi = labels["challenger"]["accuracy"]["interval"]
-    assert lo <= labels["challenger"]["accuracy"]["value"] <= hi
-    assert 0.5 < labels["champion"]["roc_auc"]["value"] <= 1.0
-    assert "McNemar" in labels["paired"]["method"]
+    # ... and each figure against an independent computation: direct counts, scikit-learn, SciPy.
+    truth = {
+        r.request_id: int(y) for i, (r, y) in enumerate(zip(records, s["target"], strict=True)) if i % 2 == 0
+    }
+    judged = [r for r in both if r.request_id in truth]
+    y = np.array([truth[r.request_id] for r in judged])
+    predicted = {arm: np.array([int(getattr(r, f"{arm}_class")) for r in judged]) for arm in ARMS}
+    for arm in ARMS:
+        correct = int((predicted[arm] == y).sum())
+        figures = labels[arm]
+        assert figures["accuracy"]["correct"] == correct
+        assert figures["accuracy"]["value"] == pytest.approx(correct / len(y), rel=1e-12)
+        wilson = sps.binomtest(correct, len(y)).proportion_ci(method="wilson")
+        assert figures["accuracy"]["interval"] == pytest.approx([wilson.low, wilson.high], rel=1e-9)
+        assert figures["f1"]["value"] == pytest.approx(skm.f1_score(y, predicted[arm]), rel=1e-12)
+        scores = np.array([getattr(r, f"{arm}_score") for r in judged])
+        # the report bins scores into 200 bins, so its AUC is within a bin's width of the exact one
+        assert figures["roc_auc"]["value"] == pytest.approx(skm.roc_auc_score(y, scores), abs=0.01)
+    b = int(((predicted["champion"] == y) & (predicted["challenger"] != y)).sum())
+    c = int(((predicted["champion"] != y) & (predicted["challenger"] == y)).sum())
+    paired = labels["paired"]
+    assert (paired["champion_right_challenger_wrong"], paired["champion_wrong_challenger_right"]) == (b, c)
+    assert "McNemar mid-p" in paired["method"]
+    mid_p = sps.binomtest(min(b, c), b + c).pvalue - sps.binom.pmf(min(b, c), b + c, 0.5)
+    assert paired["p_value"] == pytest.approx(mid_p, rel=1e-9)
+    assert paired["difference"] == pytest.approx((c - b) / len(y), rel=1e-12)
     # Distributions and drift.
     kinds = [d["kind"] for d in report["distributions"]]
     assert kinds == ["classes", "scores"]
@@ -264,17 +291,39 @@ def test_report_without_labels_plans_the_labelled_pairs_it_still_needs(store: St
 
 
 def test_regression_report_has_mae_rmse_and_a_paired_t_test(store: Store, tmp_path: Path) -> None:
-    build_scenario(store, tmp_path, n=300, kind="regression", name="spend")
+    s = build_scenario(store, tmp_path, n=300, kind="regression", name="spend")
     report = reports.build_report(store, "spend")
     _valid(report)
     assert report["task"] == "regression" and report["agreement"] is None
     assert report["differences"]["n"] == report["shadow"]["pairs"]
     assert report["distributions"][0]["kind"] == "values"
-    for arm in ("champion", "challenger"):
-        lo, hi = report["labels"][arm]["mae"]["interval"]
-        assert 0 <= lo <= report["labels"][arm]["mae"]["value"] <= hi
-        assert report["labels"][arm]["rmse"]["value"] >= report["labels"][arm]["mae"]["value"]
-    assert "paired t" in report["labels"]["paired"]["method"]
+    records: list[PairRecord] = s["records"]
+    truth = {
+        r.request_id: float(v) for i, (r, v) in enumerate(zip(records, s["truth"], strict=True)) if i % 2 == 0
+    }
+    judged = [
+        r
+        for r in records
+        if r.request_id in truth and r.champion_error is None and r.challenger_error is None
+    ]
+    y = np.array([truth[r.request_id] for r in judged])
+    predicted = {arm: np.array([getattr(r, f"{arm}_value") for r in judged]) for arm in ARMS}
+    assert report["labels"]["n"] == len(y)
+    for arm in ARMS:
+        figures = report["labels"][arm]
+        lo, hi = figures["mae"]["interval"]
+        assert 0 <= lo <= figures["mae"]["value"] <= hi
+        assert figures["mae"]["value"] == pytest.approx(skm.mean_absolute_error(y, predicted[arm]), rel=1e-9)
+        assert figures["rmse"]["value"] == pytest.approx(
+            skm.mean_squared_error(y, predicted[arm]) ** 0.5, rel=1e-9
+        )
+    paired = report["labels"]["paired"]
+    assert "paired t" in paired["method"]
+    reference = sps.ttest_rel(np.abs(predicted["challenger"] - y), np.abs(predicted["champion"] - y))
+    assert paired["statistic"] == pytest.approx(reference.statistic, rel=1e-9)
+    assert paired["p_value"] == pytest.approx(reference.pvalue, rel=1e-9)
+    ci = reference.confidence_interval(0.95)
+    assert paired["interval"] == pytest.approx([ci.low, ci.high], rel=1e-9)
 
 
 def test_report_of_a_rollout_with_no_traffic_yet_is_still_valid(store: Store, tmp_path: Path) -> None:
