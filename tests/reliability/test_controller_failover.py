@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -117,7 +116,8 @@ def test_a_standby_finishes_a_rollout_whose_leader_was_killed_mid_way_applying_e
     mlpipes.deploy(store, "churn", champion)
     leader = _controller(postgres_url, tmp_path, "a")
     controllers.append(leader)
-    time.sleep(1.0)  # a becomes the leader before b exists
+    # a leads before b exists: wait for its own word (it takes over a second to import on a busy machine)
+    wait_for(lambda: "is the leader" in (tmp_path / "a.log").read_text(), 60, "controller a leads")
     standby = _controller(postgres_url, tmp_path, "b")
     controllers.append(standby)
     rollout = actions.start_rollout(store, "churn", "churn:2", actor="tests", policy=POLICY)
