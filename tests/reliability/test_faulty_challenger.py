@@ -27,6 +27,7 @@ from storage import Database, Store
 pytestmark = pytest.mark.slow
 
 FAULTS = ("raises", "sleeps", "garbage", "leaks")
+LEAK_LIMIT_MB = 40
 P99_FACTOR = 4.0  # "within noise" on a shared machine: the faulty run's p99 against the baseline's
 # A burn-in of 800 pairs keeps the faulty challenger shadowing for ~800 requests, so the p99 compared
 # below is about the eighth-slowest request, not the second: one stall of the shared machine (which
@@ -50,7 +51,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> It
     champion = mlpipes.register(store, root, version="1")
     for number, fault in enumerate(FAULTS, start=2):
         if fault == "leaks":
-            faults.register_leaky(store, root, version=str(number), leak_mb=2, limit_mb=40)
+            faults.register_leaky(store, root, version=str(number), leak_mb=2, limit_mb=LEAK_LIMIT_MB)
         else:
             mlpipes.register(store, root, version=str(number), fault=fault, delay=2.0)
         mlpipes.deploy(store, fault, champion)
@@ -114,6 +115,12 @@ def test_a_faulty_challenger_leaves_the_champion_untouched_and_is_rolled_back(
     pairs = [p for p in store.pairs.list(rollout_id=rollout.id, limit=100_000)]
     errors = {(p.challenger_error or "").split(" failed: ")[-1].split(":")[0] for p in pairs}
     assert all(p.champion_error is None for p in pairs)
+    if fault == "leaks":
+        # The leak stops at its limit in each worker (the challenger then fails with MemoryError): the
+        # workers grow by at most that, plus allocator slack — not by 2 MiB for every one of the
+        # thousands of shadow calls.
+        workers = len(server.workers())
+        assert rss_after - rss_before <= workers * LEAK_LIMIT_MB + 64, (rss_before, rss_after, workers)
     FIGURES.append(
         f"{fault:8} baseline p99 {base['p99']:6.1f} ms (n={base['n']}) | with faulty challenger p99 "
         f"{during['p99']:6.1f} ms (n={during['n']}) | champion errors 0 | rolled back after "
