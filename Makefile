@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint serve bench clean
+.PHONY: demo test lint serve bench mutation clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -c 'import sys; sys.exit("mlcanary needs Python 3.11+") if sys.version_info < (3, 11) else None'
@@ -33,5 +33,9 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/python bench/storage_bench.py
 
+mutation: $(STAMP)
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,mutation]'
+	$(BIN)/python bench/mutation.py
+
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) var mutants .pytest_cache .mypy_cache .ruff_cache
