@@ -39,11 +39,11 @@ log = logging.getLogger("mlcanary.controller")
 ACTOR = "controller"
 CONTROLLER_ID = f"{socket.gethostname()}:{os.getpid()}"  # which controller process acted, in every event
 
-__all__ = ["Outcome", "evaluate_once", "evaluate_rollout", "run", "verdict_dict"]
+__all__ = ["Look", "evaluate_once", "evaluate_rollout", "run", "verdict_dict"]
 
 
 @dataclass(frozen=True)
-class Outcome:
+class Look:
     """What one look at one rollout did. ``applied``: a transition was committed by this look."""
 
     rollout_id: int
@@ -79,7 +79,7 @@ def verdict_dict(v: Verdict) -> dict[str, Any]:
     }
 
 
-def evaluate_rollout(store: Store, rollout: Rollout, *, now: datetime) -> Outcome:
+def evaluate_rollout(store: Store, rollout: Rollout, *, now: datetime) -> Look:
     """Look at one active rollout once: measure, judge, store the analysis, decide and apply."""
     policy = policy_of(rollout)
     judgement: Judgement | None = None
@@ -123,14 +123,14 @@ def evaluate_rollout(store: Store, rollout: Rollout, *, now: datetime) -> Outcom
         }
     details["controller"] = CONTROLLER_ID
     if not decision.transition:
-        return Outcome(rollout.id, rollout.deployment_id, decision, judgement, rollout=rollout)
+        return Look(rollout.id, rollout.deployment_id, decision, judgement, rollout=rollout)
     try:
         updated = apply_decision(store, rollout, decision, actor=ACTOR, now=now, details=details)
     except ConcurrentUpdate:
         log.info(
             "rollout %s changed while it was judged; the next look starts from the new state", rollout.id
         )
-        return Outcome(rollout.id, rollout.deployment_id, decision, judgement, error="concurrent update")
+        return Look(rollout.id, rollout.deployment_id, decision, judgement, error="concurrent update")
     log.info(
         "rollout %s: %s -> %s (%s): %s",
         rollout.id,
@@ -139,7 +139,7 @@ def evaluate_rollout(store: Store, rollout: Rollout, *, now: datetime) -> Outcom
         decision.reason,
         decision.message,
     )
-    return Outcome(rollout.id, rollout.deployment_id, decision, judgement, applied=True, rollout=updated)
+    return Look(rollout.id, rollout.deployment_id, decision, judgement, applied=True, rollout=updated)
 
 
 def _with_reproducibility(
@@ -178,15 +178,15 @@ def _with_reproducibility(
     return reproducibility.gate(judgement, reproductions, role=repro.role, on_worse=repro.on_worse)
 
 
-def evaluate_once(store: Store, *, now: datetime) -> list[Outcome]:
+def evaluate_once(store: Store, *, now: datetime) -> list[Look]:
     """Look once at every active rollout; one rollout's failure never stops the others."""
-    outcomes: list[Outcome] = []
+    outcomes: list[Look] = []
     for rollout in store.rollouts.list(active_only=True):
         try:
             outcomes.append(evaluate_rollout(store, rollout, now=now))
         except (StorageError, PolicyError, ValueError) as error:
             log.error("rollout %s could not be evaluated: %s", rollout.id, error)
-            outcomes.append(Outcome(rollout.id, rollout.deployment_id, None, error=str(error)))
+            outcomes.append(Look(rollout.id, rollout.deployment_id, None, error=str(error)))
     return outcomes
 
 
