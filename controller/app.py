@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Flask
 
+from controller.clock import Clock, system_clock
 from controller.config import Settings
 from storage import Database, Store
 from storage import schema as db_schema
@@ -53,8 +54,17 @@ def parity_check(settings: Settings) -> Callable[..., Any]:
     return functools.partial(parity.check, settings=router_settings(settings))
 
 
-def create_app(settings: Settings | None = None, *, role: str = "serve", store: Store | None = None) -> Flask:
-    """Build the WSGI app: role "router" is the data plane alone; "serve" adds the admin API and dashboard."""
+def create_app(
+    settings: Settings | None = None,
+    *,
+    role: str = "serve",
+    store: Store | None = None,
+    clock: Clock = system_clock,
+) -> Flask:
+    """Build the WSGI app: role "router" is the data plane alone; "serve" adds the admin API and dashboard.
+
+    ``clock``: the time the admin API's actions are stamped with (tests inject their own).
+    """
     import router
 
     settings = settings or Settings.from_env()
@@ -62,6 +72,7 @@ def create_app(settings: Settings | None = None, *, role: str = "serve", store: 
     app = router.create_app(store, router_settings(settings))
     app.config["MLCANARY_SETTINGS"] = settings
     app.extensions["mlcanary.store"] = store
+    app.extensions[api.CLOCK_EXTENSION] = clock
     # The parity gate, injected: the admin API's start_rollout calls it (the controller never imports router).
     app.extensions[PARITY_CHECK] = parity_check(settings)
     if role not in ("serve", "router"):

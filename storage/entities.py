@@ -198,3 +198,31 @@ class ApiToken:
     role: str  # "viewer" | "operator"
     created_at: datetime
     revoked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class ArmLiveFigures:
+    """One arm's figures over a rollout step so far, as the dashboard shows them.
+
+    ``served``: rows this arm answered; ``scored``: rows it ran (answered or shadowed: a latency or an
+    error, as storage.analytics defines it); ``errors``: rows it failed; ``latency``: its latency
+    histogram (bucket index -> count, the buckets the caller passed, as the judge's).
+    """
+
+    served: int
+    scored: int
+    errors: int
+    latency: dict[int, int]
+
+
+@dataclass(frozen=True)
+class LiveFigures:
+    """A rollout step's live figures: requests, first and last arrival, and each arm's figures."""
+
+    rollout_id: int
+    step: int
+    requests: int
+    first_at: datetime | None
+    last_at: datetime | None
+    champion: ArmLiveFigures
+    challenger: ArmLiveFigures

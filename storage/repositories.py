@@ -17,7 +17,8 @@ import orjson
 from sqlalchemy import delete, func, select, tuple_, update
 from sqlalchemy.orm import Session
 
-from storage import entities
+from storage import analytics, entities
+from storage.analytics import LatencyBuckets
 from storage.database import Database
 from storage.errors import AlreadyExists, ConcurrentUpdate, InvalidState, NotFound
 from storage.models import (
@@ -421,6 +422,10 @@ class PairRepository:
                 )
                 inserted += cursor.rowcount
             return inserted
+
+    def live_figures(self, rollout_id: int, step: int, *, latency: LatencyBuckets) -> entities.LiveFigures:
+        """Return a rollout step's live figures (requests, per arm served/ran/failed and latency histogram)."""
+        return analytics.live_figures(self.db, rollout_id=rollout_id, step=step, latency=latency)
 
     def count(self, *, deployment_id: int | None = None, rollout_id: int | None = None) -> int:
         with self.db.session(write=False) as s:

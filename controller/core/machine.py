@@ -18,12 +18,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from controller.core.judge import Judgement
 from controller.core.policy import Policy, Stage
 
-ManualAction = Literal["promote", "promote_full", "rollback", "pause", "resume", "abort"]
+# The operators' actions on a rollout, the one list the API, the CLI and the OpenAPI document use.
+RolloutAction = Literal["promote", "rollback", "pause", "resume", "abort"]
+ROLLOUT_ACTIONS: tuple[RolloutAction, ...] = get_args(RolloutAction)
+# What ``manual`` accepts: those, and a promotion straight to 100 % (``promote --full``).
+ManualAction = Literal[RolloutAction, "promote_full"]
 
 PHASES: tuple[str, ...] = (
     "pending",
@@ -49,8 +53,11 @@ TRANSITIONS: Mapping[str, frozenset[str]] = {
 __all__ = [
     "FINAL",
     "PHASES",
+    "ROLLOUT_ACTIONS",
     "TRANSITIONS",
     "Decision",
+    "ManualAction",
+    "RolloutAction",
     "RolloutState",
     "TransitionError",
     "check_transition",

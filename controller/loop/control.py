@@ -6,8 +6,8 @@ One look at one rollout: load the step's metrics (SQL aggregates), judge them, s
 from the new state). Events are written on transitions only, with the machine-readable reason and the
 verdicts that caused them, actor "controller".
 
-    outcomes = evaluate_once(store, now=datetime.now(UTC))          # one pass (tests drive the clock)
-    run(store, settings, stop=threading.Event(), leadership=leadership)   # `mlcanary controller`
+    looks = evaluate_once(store, now=clock())                       # one pass (tests drive the clock)
+    run(store, settings, stop=threading.Event(), clock=clock, leadership=leadership)  # `mlcanary controller`
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from controller.clock import Clock, system_clock
 from controller.config import Settings
 from controller.core import reproducibility
 from controller.core.judge import Judgement, Verdict, judge
@@ -190,16 +190,12 @@ def evaluate_once(store: Store, *, now: datetime) -> list[Look]:
     return outcomes
 
 
-def _wall_clock() -> datetime:
-    return datetime.now(UTC)
-
-
 def run(
     store: Store,
     settings: Settings,
     *,
     stop: threading.Event,
-    clock: Callable[[], datetime] = _wall_clock,
+    clock: Clock = system_clock,
     leadership: Leadership | None = None,
 ) -> int:
     """Evaluate every ``settings.controller_interval`` seconds until ``stop`` is set; return the passes made.

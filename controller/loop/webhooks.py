@@ -261,7 +261,9 @@ class Dispatcher:
                 if 200 <= status < 300:
                     return Delivery(True, attempt, status, None)
                 if status < 500 and status not in _RETRY_STATUSES:
-                    return Delivery(False, attempt, status, f"HTTP {status}")  # the receiver refuses: no retry
+                    return Delivery(
+                        False, attempt, status, f"HTTP {status}"
+                    )  # the receiver refuses: no retry
                 error = f"HTTP {status}"
             except httpx.TimeoutException:
                 status, error = None, f"no answer within {self.settings.webhook_timeout_s:g}s"

@@ -28,9 +28,13 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
+from controller.core import reproducibility as rp
 from controller.core import stats
 from controller.core.judge import Outcome
-from storage import NotFound, Store
+from controller.core.policy import Policy, PolicyError
+from controller.loop import measure
+from controller.reports.plots import html_page
+from storage import NotFound, Store, repro_queries
 from storage import report_queries as rq
 from storage.entities import Analysis, Event, PipelineVersion, Rollout
 
@@ -288,7 +292,8 @@ def build_report(
             else None
         )
         latency_f = {
-            arm: pool.submit(rq.latency_buckets, db, rollout.id, arm) for arm in ("champion", "challenger")
+            arm: pool.submit(rq.latency_buckets, db, rollout.id, arm, latency=measure.LATENCY)
+            for arm in ("champion", "challenger")
         }
         repro_f = pool.submit(_reproducibility, store, rollout, champion, challenger, events, task, now=now)
         spans = rq.step_spans(db, rollout.id)
@@ -391,10 +396,6 @@ def _reproducibility(
     drift_sample: int = 5_000,
 ) -> dict[str, Any]:
     """Parity result, environment differences, online vs offline per arm and input drift (bounded sample)."""
-    from controller.core import reproducibility as rp
-    from controller.core.policy import Policy, PolicyError
-    from storage import repro_queries
-
     try:
         repro = Policy.parse(rollout.policy).reproducibility
     except PolicyError:
@@ -455,15 +456,11 @@ def _arm_summary(
     served = sum(getattr(s, f"served_{arm}") for s in steps)
     lat_n = sum(getattr(s, f"{arm}_latency_n") for s in steps)
     lat_sum = sum(getattr(s, f"{arm}_latency_sum") for s in steps)
-    edges = stats.latency_edges(start_ms=rq.LATENCY_START_MS, growth=rq.LATENCY_GROWTH)
-    counts = np.zeros(edges.size - 1, dtype=np.int64)
-    for bucket, n in latency.items():
-        counts[min(max(bucket + 1, 0), counts.size - 1)] += n
+    edges = measure.LATENCY_EDGES
+    counts = np.asarray(measure.latency_counts(latency), dtype=np.int64)
     nonzero = np.nonzero(counts)[0]
     lo, hi = (int(nonzero[0]), int(nonzero[-1]) + 1) if nonzero.size else (0, 0)
-    q = {
-        p: _f(stats.quantile_from_histogram(counts, edges, p / 100)) if lat_n else None for p in (50, 90, 99)
-    }
+    q = {p: _f(measure.latency_quantile(latency, p / 100)) if lat_n else None for p in (50, 90, 99)}
     wi = stats.wilson_interval(errors, requests) if requests else None
     return {
         "version": _version(version),
@@ -1118,8 +1115,6 @@ def _sample_size(
 
 def render_html(report: Mapping[str, Any]) -> str:
     """Render the report as one self-contained HTML page (inline CSS and SVG; no script, no network)."""
-    from controller.reports.plots import html_page
-
     return html_page(report)
 
 

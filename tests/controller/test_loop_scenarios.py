@@ -253,21 +253,21 @@ def test_manual_actions_work_mid_rollout_and_are_audited(
     world = World(store, tmp_path, champion=pipelines["good"], challenger=pipelines["same"])
     world.start()
     world.tick()
-    r = actions.promote(store, "churn", actor="alice", reason="shadow looked fine", now=world.now)
+    r = actions.act(store, "churn", "promote", actor="alice", reason="shadow looked fine", now=world.now)
     assert (r.phase, r.step_index, r.canary_weight) == ("progressing", 1, 5.0)
-    r = actions.pause(store, "churn", actor="bob", reason="incident elsewhere", now=world.now)
+    r = actions.act(store, "churn", "pause", actor="bob", reason="incident elsewhere", now=world.now)
     assert (r.phase, r.canary_weight) == ("paused", 5.0)
     world.traffic(2000)
     world.tick(7200)
     assert world.rollout().phase == "paused", "the controller never advances a paused rollout"
     with pytest.raises(actions.ActionError, match="paused"):
-        actions.pause(store, "churn", actor="bob", now=world.now)
-    r = actions.resume(store, "churn", actor="bob", now=world.now)
+        actions.act(store, "churn", "pause", actor="bob", now=world.now)
+    r = actions.act(store, "churn", "resume", actor="bob", now=world.now)
     assert (r.phase, r.step_index, r.step_started_at) == ("progressing", 1, world.now)
-    r = actions.rollback(store, "churn", actor="carol", reason="business call", now=world.now)
+    r = actions.act(store, "churn", "rollback", actor="carol", reason="business call", now=world.now)
     assert (r.phase, r.canary_weight, r.shadow_rate) == ("rolled_back", 0.0, 0.0)
     with pytest.raises(actions.ActionError, match="no active rollout"):
-        actions.resume(store, "churn", actor="bob", now=world.now)
+        actions.act(store, "churn", "resume", actor="bob", now=world.now)
     audit = [(e.action, e.actor, e.reason) for e in store.events.list(rollout_id=r.id)]
     assert audit == [
         ("rollout.create", "alice", "created"),
@@ -281,11 +281,11 @@ def test_manual_actions_work_mid_rollout_and_are_audited(
     assert last.message == "business call" and last.details["from"]["phase"] == "progressing"
 
     world.start()  # a second rollout: abort it, and promote one fully
-    r = actions.abort(store, "churn", actor="dave", reason="wrong version", now=world.now)
+    r = actions.act(store, "churn", "abort", actor="dave", reason="wrong version", now=world.now)
     assert r.phase == "aborted"
     world.start()
     world.tick()
-    r = actions.promote(store, "churn", actor="erin", full=True, now=world.now)
+    r = actions.act(store, "churn", "promote", actor="erin", full=True, now=world.now)
     assert r.phase == "promoted"
     assert store.deployments.get("churn").champion_id == world.versions["challenger"].id
 
@@ -295,7 +295,7 @@ def test_a_rollout_changed_by_an_operator_during_a_look_is_not_overwritten(
 ) -> None:
     world = World(store, tmp_path, champion=pipelines["good"], challenger=pipelines["same"])
     stale = world.start()
-    actions.abort(store, "churn", actor="alice", now=world.now)
+    actions.act(store, "churn", "abort", actor="alice", now=world.now)
     from controller.loop.control import evaluate_rollout
 
     outcome = evaluate_rollout(store, stale, now=world.now)  # the look read the rollout before the abort
