@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from flask import Flask
 
+import router
 from controller.clock import Clock, system_clock
 from controller.config import Settings
+from controller.http import api, feedback
+from router import parity
+from router.settings import RouterSettings
 from storage import Database, Store
 from storage import schema as db_schema
-
-if TYPE_CHECKING:
-    from router.settings import RouterSettings
 
 log = logging.getLogger("mlcanary")
 PARITY_CHECK = "mlcanary.parity_check"
@@ -34,23 +36,15 @@ def open_store(settings: Settings, *, create_embedded: bool = True) -> Store:
 
 
 def router_settings(settings: Settings) -> RouterSettings:
-    from router.settings import RouterSettings
-
-    return RouterSettings(
-        refresh_interval=settings.refresh_interval,
-        shadow_queue_size=settings.shadow_queue_size,
-        shadow_timeout_s=settings.shadow_timeout_s,
-        spool_dir=settings.spool_dir,
-        max_body_bytes=settings.max_body_bytes,
-        trust_pickle=settings.trust_pickle,
-        upstream_timeout_s=settings.upstream_timeout_s,
-    )
+    """Build the data plane's settings from the one Settings: every field both have, and the spool folder."""
+    shared = {f.name for f in dataclasses.fields(RouterSettings)} & {
+        f.name for f in dataclasses.fields(Settings)
+    }
+    return RouterSettings(spool_dir=settings.spool_dir, **{name: getattr(settings, name) for name in shared})
 
 
 def parity_check(settings: Settings) -> Callable[..., Any]:
     """Return router.parity.check bound to this configuration's serving settings (for start_rollout)."""
-    from router import parity
-
     return functools.partial(parity.check, settings=router_settings(settings))
 
 
@@ -65,8 +59,6 @@ def create_app(
 
     ``clock``: the time the admin API's actions are stamped with (tests inject their own).
     """
-    import router
-
     settings = settings or Settings.from_env()
     store = store or open_store(settings)
     app = router.create_app(store, router_settings(settings))
@@ -77,8 +69,6 @@ def create_app(
     app.extensions[PARITY_CHECK] = parity_check(settings)
     if role not in ("serve", "router"):
         raise ValueError(f"unknown role {role!r}")
-    from controller.http import api, feedback
-
     app.register_blueprint(feedback.blueprint)  # labels are data plane: both roles
     if role == "serve":
         app.register_blueprint(api.blueprint)

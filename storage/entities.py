@@ -114,6 +114,8 @@ class RoutingEntry:
     rollout_id: int | None
     step: int | None
     store_raw_inputs: bool
+    parity_rtol: float | None = None  # the rollout policy's parity tolerance (None: no rollout)
+    parity_atol: float | None = None
 
 
 @dataclass(frozen=True)

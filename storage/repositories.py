@@ -351,6 +351,7 @@ class RoutingRepository:
             table: dict[str, entities.RoutingEntry] = {}
             for d in deployments:
                 r = rollouts.get(d.id)
+                repro = (r.policy or {}).get("reproducibility") or {} if r is not None else {}
                 table[d.name] = entities.RoutingEntry(
                     deployment=d.name,
                     deployment_id=d.id,
@@ -362,6 +363,8 @@ class RoutingRepository:
                     rollout_id=None if r is None else r.id,
                     step=None if r is None else r.step_index,
                     store_raw_inputs=d.store_raw_inputs,
+                    parity_rtol=repro.get("parity_rtol"),
+                    parity_atol=repro.get("parity_atol"),
                 )
             return table
 
