@@ -13,8 +13,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from controller.core.machine import ROLLOUT_ACTIONS
 from controller.http import auth
-from controller.http.api import ROLLOUT_ACTIONS
 from storage import Store
 
 READS = {"GET", "HEAD", "OPTIONS"}
