@@ -206,11 +206,10 @@ def start_rollout(
 
 ACTION_HELP: Mapping[RolloutAction, str] = {
     "promote": "Move the active rollout to its next step (the last step promotes), or fully with full.",
-    "rollback": "Roll the active rollout back: the champion answers everything and the challenger scores nothing.",
-    "pause": "Pause the active rollout: the split stays, the controller stops advancing it (proven harm "
-    "still rolls it back, since its challenger still takes traffic).",
-    "resume": "Resume a paused rollout at its current step, whose clock starts afresh.",
-    "abort": "Abort the rollout without a verdict (also a pending one): traffic returns to the champion.",
+    "rollback": "Roll the active rollout back: the champion answers everything again.",
+    "pause": "Pause the active rollout: the split stays, the controller stops advancing it.",
+    "resume": "Resume a paused rollout at its current step.",
+    "abort": "Abort the rollout without a verdict: traffic returns to the champion.",
 }
 
 
