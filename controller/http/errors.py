@@ -91,9 +91,9 @@ def status_of(error: BaseException) -> tuple[int, str, str]:
         status = error.code or 500
         code = _HTTP_CODES.get(status, (error.name or "error").lower().replace(" ", "_"))
         return status, code, error.description or error.name
-    status, code = getattr(error, "status", None), getattr(error, "code", None)
-    if isinstance(status, int) and isinstance(code, str):
-        return status, code, str(getattr(error, "message", None) or error)
+    carried_status, carried_code = getattr(error, "status", None), getattr(error, "code", None)
+    if isinstance(carried_status, int) and isinstance(carried_code, str):
+        return carried_status, carried_code, str(getattr(error, "message", None) or error)
     for kind, status, code in STORAGE_STATUSES:
         if isinstance(error, kind):
             return status, code, str(error)
