@@ -23,8 +23,7 @@ from typing import Any
 import click
 
 from controller.cli.common import clock_of
-from controller.core.machine import ROLLOUT_ACTIONS  # the one list of actions (pure and cheap to import)
-from controller.encoding import plain
+from controller.core.rollout_actions import ACTION_HELP, ROLLOUT_ACTIONS  # the one list; imports nothing
 from controller.http import feedback
 from storage import Store
 
@@ -211,8 +210,6 @@ def _action_command(name: str) -> click.Command:
 
 
 def _action_help(name: str) -> str:
-    from controller.loop.actions import ACTION_HELP
-
     return ACTION_HELP[name].replace("with full", "with --full")  # type: ignore[index]
 
 
@@ -230,10 +227,11 @@ def status(ctx: click.Context, deployment: str, as_json: bool) -> None:
     if remote is not None:
         document = remote.call("GET", f"/deployments/{deployment}")
     else:
+        from controller import encoding
         from controller.http import api
 
         store = _store(ctx)
-        document = plain(api.deployment_json(store, store.deployments.get(deployment), detail=True))
+        document = encoding.plain(api.deployment_json(store, store.deployments.get(deployment), detail=True))
     if as_json:
         click.echo(json.dumps(document, indent=2))
         return
@@ -291,13 +289,14 @@ def events(ctx: click.Context, deployment: str, after_id: int, limit: int, as_js
             "events"
         ]
     else:
+        from controller import encoding
         from controller.http import api
 
         store = _store(ctx)
         found = store.events.list(
             deployment_id=store.deployments.get(deployment).id, after_id=after_id, limit=limit
         )
-        listed = [plain(api.event_json(e)) for e in found]
+        listed = [encoding.plain(api.event_json(e)) for e in found]
     if as_json:
         click.echo(json.dumps(listed, indent=2))
         return

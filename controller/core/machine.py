@@ -18,15 +18,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 from controller.core.judge import Judgement
 from controller.core.policy import Policy, Stage
+from controller.core.rollout_actions import ROLLOUT_ACTIONS, RolloutAction
 
-# The operators' actions on a rollout, the one list the API, the CLI and the OpenAPI document use.
-RolloutAction = Literal["promote", "rollback", "pause", "resume", "abort"]
-ROLLOUT_ACTIONS: tuple[RolloutAction, ...] = get_args(RolloutAction)
-# What ``manual`` accepts: those, and a promotion straight to 100 % (``promote --full``).
+# What ``manual`` accepts: the operators' actions (ROLLOUT_ACTIONS), and a promotion straight to 100 %.
 ManualAction = Literal[RolloutAction, "promote_full"]
 
 PHASES: tuple[str, ...] = (

@@ -24,15 +24,14 @@ from typing import Any, cast
 
 from controller.clock import system_clock
 from controller.core.machine import (
-    ROLLOUT_ACTIONS,
     Decision,
     ManualAction,
-    RolloutAction,
     RolloutState,
     TransitionError,
     manual,
 )
 from controller.core.policy import Policy
+from controller.core.rollout_actions import ACTION_HELP, ROLLOUT_ACTIONS, RolloutAction
 from storage import ConcurrentUpdate, InvalidState, Store
 from storage.entities import NewEvent, Rollout
 
@@ -202,15 +201,6 @@ def start_rollout(
         )
     except InvalidState as error:
         raise ActionError(str(error)) from error
-
-
-ACTION_HELP: Mapping[RolloutAction, str] = {
-    "promote": "Move the active rollout to its next step (the last step promotes), or fully with full.",
-    "rollback": "Roll the active rollout back: the champion answers everything again.",
-    "pause": "Pause the active rollout: the split stays, the controller stops advancing it.",
-    "resume": "Resume a paused rollout at its current step.",
-    "abort": "Abort the rollout without a verdict: traffic returns to the champion.",
-}
 
 
 def act(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -129,7 +130,9 @@ def test_status_shows_phase_weights_and_live_figures(mlcanary: Any, store: Store
     text = mlcanary("rollout", "status", "churn").output
     assert "rollout 1: progressing, mode canary, step 0" in text
     assert "champion 75% / challenger 25%" in text
-    assert "4 requests" in text and "(25.00%)" in text and "p50 10.0 ms" in text
+    assert "4 requests" in text and "(25.00%)" in text
+    p50 = float(re.search(r"p50 ([0-9.]+) ms", text).group(1))  # type: ignore[union-attr]
+    assert p50 == pytest.approx(10.0, rel=0.05)  # the judge's log buckets are 5 % wide
     document = json.loads(mlcanary("rollout", "status", "churn", "--json").output)
     assert document["live"]["arms"]["challenger"]["errors"] == 1
     assert document["weights"]["challenger"] == 25.0
