@@ -13,7 +13,6 @@ verdicts that caused them, actor "controller".
 from __future__ import annotations
 
 import logging
-import math
 import os
 import socket
 import threading
@@ -28,6 +27,7 @@ from controller.core import reproducibility
 from controller.core.judge import Judgement, Verdict, judge
 from controller.core.machine import Decision, decide
 from controller.core.policy import Policy, PolicyError
+from controller.encoding import finite
 from controller.loop.actions import apply_decision, policy_of, state_of
 from controller.loop.leader import Leadership
 from controller.loop.measure import Measurement, measure
@@ -55,8 +55,7 @@ class Look:
     error: str | None = None
 
 
-def _number(x: float | None) -> float | None:
-    return None if x is None or not math.isfinite(x) else float(x)
+_number = finite  # JSON has no NaN: what analyses and events store goes through controller.encoding
 
 
 def verdict_dict(v: Verdict) -> dict[str, Any]:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import threading
 from collections.abc import Callable
@@ -40,6 +39,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from controller.config import Settings
+from controller.encoding import dumps
 from storage import NotFound, StorageError, Store
 from storage.entities import Event, NewEvent
 
@@ -241,8 +241,7 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ one delivery
     def _deliver(self, client: httpx.Client, url: str, event: Event) -> Delivery | None:
-        body = json.dumps(payload(event, self._deployment_name(event.deployment_id)), separators=(",", ":"),
-                          default=str).encode()  # fmt: skip
+        body = dumps(payload(event, self._deployment_name(event.deployment_id))).encode()
         headers = {
             "Content-Type": "application/json",
             "User-Agent": "mlcanary-webhooks/1",

@@ -32,6 +32,7 @@ from controller.core import reproducibility as rp
 from controller.core import stats
 from controller.core.judge import Outcome
 from controller.core.policy import Policy, PolicyError
+from controller.encoding import finite
 from controller.loop import measure
 from controller.reports.plots import html_page
 from storage import NotFound, Store, repro_queries
@@ -207,15 +208,7 @@ REPORT_SCHEMA: dict[str, Any] = {
 # --------------------------------------------------------------------------------------------------
 
 
-def _f(value: Any) -> float | None:
-    """A finite float or None (JSON has no NaN)."""
-    if value is None:
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
+_f = finite  # a finite float or None (JSON has no NaN): controller.encoding's one definition
 
 
 def _iso(value: datetime | None) -> str | None:
