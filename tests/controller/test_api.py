@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -49,17 +48,30 @@ def models() -> tuple[Any, Any]:
     return mlpipes.classifier(), mlpipes.classifier(seed=1)
 
 
-@pytest.fixture
-def world(store: Store, tmp_path: Path, models: tuple[Any, Any]) -> Iterator[World]:
-    """Versions churn:1 (champion of deployment "churn") and churn:2, an operator and a viewer token."""
+@pytest.fixture(autouse=True)
+def churn(
+    store: Store, tmp_path: Path, models: tuple[Any, Any]
+) -> tuple[PipelineVersion, PipelineVersion, Deployment]:
+    """Versions churn:1 (champion of deployment "churn") and churn:2, stored before the app starts."""
     v1 = mlpipes.register(store, tmp_path, model=models[0])
     v2 = mlpipes.register(store, tmp_path, version="2", model=models[1])
-    churn = mlpipes.deploy(store, "churn", v1)
-    with adminapp.running(store, tmp_path) as app:
-        yield World(
-            app, app.test_client(), store, adminapp.bearer(store, "operator", "olivia"),
-            adminapp.bearer(store, "viewer", "victor"), v1, v2, churn, tmp_path,
-        )  # fmt: skip
+    return v1, v2, mlpipes.deploy(store, "churn", v1)
+
+
+@pytest.fixture
+def world(
+    app: Flask,
+    client: FlaskClient,
+    store: Store,
+    tmp_path: Path,
+    churn: tuple[PipelineVersion, PipelineVersion, Deployment],
+) -> World:
+    """The shared app and client with the versions, an operator and a viewer token."""
+    v1, v2, deployment = churn
+    return World(
+        app, client, store, adminapp.bearer(store, "operator", "olivia"),
+        adminapp.bearer(store, "viewer", "victor"), v1, v2, deployment, tmp_path,
+    )  # fmt: skip
 
 
 def error_of(response: Any) -> tuple[int, str]:
