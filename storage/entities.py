@@ -255,3 +255,13 @@ class LiveFigures:
     last_at: datetime | None
     champion: ArmLiveFigures
     challenger: ArmLiveFigures
+
+
+@dataclass(frozen=True)
+class NewAnalysis:
+    """An analysis to store with a rollout's update (``RolloutRepository.update(analysis=...)``)."""
+
+    step: int
+    outcome: str
+    verdicts: list[dict[str, Any]]
+    metrics: dict[str, Any]

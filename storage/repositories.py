@@ -311,6 +311,7 @@ class RolloutRepository:
         expected_version: int,
         events: Sequence[entities.NewEvent] = (),
         promote_challenger: bool = False,
+        analysis: entities.NewAnalysis | None = None,
         now: datetime | None = None,
         **changes: Any,
     ) -> entities.Rollout:
@@ -318,6 +319,8 @@ class RolloutRepository:
 
         ConcurrentUpdate if another writer got there first: at most one of two racing writers wins.
         With promote_challenger, the deployment's champion becomes the rollout's challenger atomically.
+        With ``analysis`` (the look that caused the change), it is stored in the same transaction too,
+        and every event's details start with its ``analysis_id``.
         """
         allowed = {
             "phase", "step_index", "canary_weight", "shadow_rate", "policy", "step_started_at", "ended_at", "reason",
@@ -346,6 +349,18 @@ class RolloutRepository:
             if promote_challenger:
                 deployment.champion_id = row.challenger_id
             deployment.updated_at = now
+            if analysis is not None:
+                analysis_row = AnalysisRow(
+                    rollout_id=rollout_id,
+                    step=analysis.step,
+                    evaluated_at=now,
+                    outcome=analysis.outcome,
+                    verdicts=_json_safe(analysis.verdicts) or [],
+                    metrics=_json_safe(analysis.metrics) or {},
+                )
+                s.add(analysis_row)
+                s.flush()
+                events = [replace(e, details={"analysis_id": analysis_row.id, **e.details}) for e in events]
             for new in events:
                 _add_event(s, replace(new, deployment_id=row.deployment_id, rollout_id=rollout_id), now)
             s.flush()

@@ -33,7 +33,7 @@ from controller.core.machine import (
 from controller.core.policy import Policy
 from controller.core.rollout_actions import ACTION_HELP, ROLLOUT_ACTIONS, RolloutAction
 from storage import ConcurrentUpdate, InvalidState, Store
-from storage.entities import NewEvent, Rollout
+from storage.entities import NewAnalysis, NewEvent, Rollout
 
 __all__ = [
     "ACTION_HELP",
@@ -119,16 +119,19 @@ def apply_decision(
     now: datetime,
     message: str | None = None,
     details: Mapping[str, Any] | None = None,
+    analysis: NewAnalysis | None = None,
 ) -> Rollout:
     """Store a transition and its event in one transaction, if the rollout is still at the version read.
 
-    Raises storage.ConcurrentUpdate when another writer changed the rollout in between.
+    ``analysis``: the look that caused it, stored in the same transaction (its id heads the event's
+    details). Raises storage.ConcurrentUpdate when another writer changed the rollout in between.
     """
     return store.rollouts.update(
         rollout.id,
         expected_version=rollout.version,
         events=[transition_event(rollout, decision, actor=actor, message=message, details=details)],
         promote_challenger=decision.promotes_challenger,
+        analysis=analysis,
         now=now,
         **decision.changes(now),
     )

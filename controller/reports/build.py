@@ -22,18 +22,21 @@ import math
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import fields
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 from scipy import stats as sps
 
+from controller.clock import system_clock
 from controller.core import reproducibility as rp
 from controller.core import stats
 from controller.core.judge import Outcome
 from controller.core.policy import Policy, PolicyError
 from controller.encoding import finite
 from controller.loop import measure
+from controller.loop.actions import policy_of
+from controller.loop.assess import online_offline
 from controller.reports.plots import html_page
 from storage import NotFound, Store, repro_queries
 from storage import report_queries as rq
@@ -357,7 +360,7 @@ def build_report(
         notes.append(segment_block["method"])
     return {
         "schema_version": SCHEMA_VERSION,
-        "generated_at": _iso(now or datetime.now(UTC)),
+        "generated_at": _iso(now or system_clock()),
         "deployment": {"id": dep.id, "name": dep.name, "store_raw_inputs": dep.store_raw_inputs},
         "rollout": _rollout(rollout, champion, challenger),
         "task": task,
@@ -390,27 +393,16 @@ def _reproducibility(
 ) -> dict[str, Any]:
     """Parity result, environment differences, online vs offline per arm and input drift (bounded sample)."""
     try:
-        repro = Policy.parse(rollout.policy).reproducibility
+        policy = policy_of(rollout)
     except PolicyError:
-        repro = Policy().reproducibility
+        policy = Policy()
     parity = [
         e.details["parity"]
         for e in events
         if isinstance(e.details.get("parity"), dict) and e.details.get("role", "challenger") == "challenger"
     ]
-    maturity = _policy_number(rollout.policy, ("label_maturity_s",), 0.0)
-    cutoff = (now or datetime.now(UTC)) - timedelta(seconds=maturity)
-    labelled = repro_queries.labelled_metrics(store.db, rollout.id, received_before=cutoff)
-    reproductions = [
-        rp.compare_online_offline(
-            task, version.offline_metrics,
-            rp.ArmOnline(arm=arm, version=version.ref, labelled=labelled[arm].labelled, correct=labelled[arm].correct,
-                         abs_error_sum=labelled[arm].abs_error_sum, abs_error_sq_sum=labelled[arm].abs_error_sq_sum),
-            accuracy_margin=repro.accuracy_margin, mae_margin=repro.mae_margin, confidence=repro.confidence,
-            min_labels=repro.min_labels,
-        )
-        for arm, version in (("champion", champion), ("challenger", challenger))
-    ]  # fmt: skip
+    # the same comparison the control loop's reproducibility gate makes (controller.loop.assess)
+    reproductions = online_offline(store, rollout, task=task, policy=policy, now=now or system_clock())
     reference = challenger if challenger.profile else champion
     drift = None
     if reference.profile:

@@ -301,3 +301,28 @@ def test_a_rollout_changed_by_an_operator_during_a_look_is_not_overwritten(
     outcome = evaluate_rollout(store, stale, now=world.now)  # the look read the rollout before the abort
     assert not outcome.applied and outcome.error == "concurrent update"
     assert world.rollout().phase == "aborted"
+
+
+def test_the_analysis_and_the_transition_it_caused_are_stored_together_or_not_at_all(
+    store: Store, tmp_path: Path, pipelines: dict[str, Any]
+) -> None:
+    world = World(store, tmp_path, champion=pipelines["good"], challenger=pipelines["same"])
+    world.start({"on_inconclusive": "rollback", "shadow": {"max_duration_s": 60}})
+    world.tick()  # pending -> shadowing: nothing judged, no analysis
+    stale = world.rollout()
+    world.tick(10)  # a look that holds stores its analysis alone
+    assert len(store.analyses.list(stale.id)) == 1
+    actions.act(store, "churn", "pause", actor="alice", now=world.now)
+    world.now += timedelta(seconds=61)
+    from controller.loop.control import evaluate_rollout
+
+    lost = evaluate_rollout(store, stale, now=world.now)  # it would roll back, but the rollout moved on
+    assert not lost.applied and lost.error == "concurrent update"
+    assert len(store.analyses.list(stale.id)) == 1, "the look's analysis went with its transition"
+    actions.act(store, "churn", "resume", actor="alice", now=world.now)
+    world.tick(61)  # this look rolls back: its analysis and its transition are written together
+    analyses = store.analyses.list(stale.id)
+    rollback = [e for e in store.events.list(rollout_id=stale.id) if e.action == "rollout.rollback"]
+    assert (len(analyses), len(rollback)) == (2, 1)
+    assert rollback[0].details["analysis_id"] == analyses[-1].id
+    assert analyses[-1].metrics["controller"]["action"] == "rollback"
