@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from controller.loop.measure import LATENCY
 from controller.reports import build as reports
 from storage import Database, Store, repro_queries
 from storage import report_queries as rq
@@ -127,8 +128,8 @@ def scan_times(store: Store, rollout_id: int, rows: int) -> dict[str, float]:
         "step spans (index only)": lambda: rq.step_spans(db, rollout_id),
         f"overview per step and {unit}": lambda: rq.step_counts(db, rollout_id, bucket=unit, spans=spans),
         "class x score table": lambda: rq.class_score_table(db, rollout_id, bins=reports.SCORE_BINS),
-        "latency histogram, champion": lambda: rq.latency_buckets(db, rollout_id, "champion"),
-        "latency histogram, challenger": lambda: rq.latency_buckets(db, rollout_id, "challenger"),
+        "latency histogram, champion": lambda: rq.latency_buckets(db, rollout_id, "champion", latency=LATENCY),
+        "latency histogram, challenger": lambda: rq.latency_buckets(db, rollout_id, "challenger", latency=LATENCY),
         "labels: confusion + ROC histogram": lambda: rq.label_confusion(db, rollout_id, score_bins=reports.AUC_BINS),
         "KS sample": lambda: rq.numeric_sample(db, rollout_id, "score", limit=20_000, total=rows),
         "reproducibility: labelled_metrics": lambda: repro_queries.labelled_metrics(db, rollout_id),

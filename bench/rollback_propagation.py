@@ -5,7 +5,7 @@
 
 Setup: `mlcanary router` (gunicorn, N sync workers) on SQLite on loopback; a deployment with a canary
 at 50% (shadow rate 0). Each repeat starts a fresh rollout at 50%, waits until the routers answer
-with the challenger, rolls it back with controller.loop.actions.rollback (one committed update), and from
+with the challenger, rolls it back with controller.loop.actions.act(..., "rollback") (one committed update), and from
 that moment sends requests from 4 concurrent clients, each on a fresh connection (so every worker
 keeps getting requests), all with routing keys that the split sends to the challenger. The
 propagation time is when the last answer carrying ``X-Mlcanary-Arm: challenger`` arrived, measured
@@ -190,7 +190,7 @@ def main() -> None:
                 if time.monotonic() > deadline:
                     raise SystemExit("the canary never reached the routers")
             time.sleep(args.refresh * 2)  # let every worker pick it up before the rollback
-            actions.rollback(store, "churn", actor="bench", reason="propagation benchmark")
+            actions.act(store, "churn", "rollback", actor="bench", reason="propagation benchmark")
             committed = time.monotonic()
             last, sent = _probe(endpoint, keys, body, start=committed, quiet_for=3 * args.refresh, limit=10.0)
             times.append(last)
@@ -222,7 +222,7 @@ def main() -> None:
         f"{args.refresh} s; canary at 50%; {CLIENTS} clients, a fresh connection per request, routing keys that "
         f"the split sends to the challenger; {requests} probe requests in all, one every "
         f"{probe_s / max(requests, 1) * 1000:.0f} ms on average (the resolution). Time from the committed rollback "
-        f"(controller.loop.actions.rollback returned) to the last answer from the challenger; 0 means no challenger "
+        f"(controller.loop.actions.act(..., rollback) returned) to the last answer from the challenger; 0 means no challenger "
         f"answer came after the commit ({sum(t == 0 for t in times)} of {len(times)} repeats). "
         f"{os.cpu_count()} cores, load average {load:.1f} at the end.",
         "",

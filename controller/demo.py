@@ -384,7 +384,7 @@ def v2_body(record: dict[str, Any]) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------- runner
 @dataclass
-class Outcome:
+class RolloutResult:
     version: str
     role: str
     expected: str
@@ -468,7 +468,7 @@ class Demo:
         return candidates, traffic_rows, traffic_truth
 
     # -- one rollout ---------------------------------------------------------------------------
-    def run_rollout(self, api: httpx.Client, traffic: Traffic, candidate: Candidate) -> Outcome:
+    def run_rollout(self, api: httpx.Client, traffic: Traffic, candidate: Candidate) -> RolloutResult:
         started = time.monotonic()
         before = (traffic.tally.requests, traffic.tally.labels)
         response = api.post(
@@ -479,7 +479,7 @@ class Demo:
             message = response.json().get("error", {}).get("message", response.text)
             self.console.print(f"   [red]refused[/]: {message}")
             phase = "blocked" if "parity" in message.lower() else "refused"
-            return Outcome(
+            return RolloutResult(
                 candidate.version, candidate.role, candidate.expected, None, phase, message, 0, 0, 0.0
             )
         rollout_id = int(response.json()["id"])
@@ -529,7 +529,7 @@ class Demo:
         html = api.get("/api/v1/deployments/churn/report", params={"format": "html", "rollout": rollout_id})
         if html.status_code == 200:
             report.write_text(html.text)
-        return Outcome(
+        return RolloutResult(
             candidate.version, candidate.role, candidate.expected, rollout_id, phase, reason or "",
             traffic.tally.requests - before[0], traffic.tally.labels - before[1], time.monotonic() - started,
             str(report) if report.exists() else None,
@@ -543,13 +543,13 @@ class Demo:
         return str(mine[-1]["message"]) if mine else ""
 
     # -- whole demo ----------------------------------------------------------------------------
-    def run(self, *, port: int | None = None) -> list[Outcome]:
+    def run(self, *, port: int | None = None) -> list[RolloutResult]:
         candidates, rows, truth = self.prepare()
         port = port or free_port()
         self.console.print(
             f"[bold]2.[/] Starting mlcanary serve (gunicorn, 2 workers, controller) on port {port}…"
         )
-        outcomes: list[Outcome] = []
+        outcomes: list[RolloutResult] = []
         with running_server(self.data_dir, port, log=self.data_dir / "server.log") as url:
             token = (self.data_dir / "operator.token").read_text()
             traffic = Traffic(url, "churn", rows, truth, seed=self.seed, label_delay_s=1.0)
@@ -570,7 +570,7 @@ class Demo:
         self.summarise(outcomes)
         return outcomes
 
-    def summarise(self, outcomes: list[Outcome]) -> None:
+    def summarise(self, outcomes: list[RolloutResult]) -> None:
         from rich.table import Table
 
         table = Table(title="mlcanary demo: what happened")

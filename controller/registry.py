@@ -30,6 +30,9 @@ _ENCODERS = ("OneHotEncoder", "OrdinalEncoder", "TargetEncoder")
 class RegistrationError(ValueError):
     """A pipeline version cannot be registered as given; nothing was written."""
 
+    status = 400  # how the admin API answers it (controller.http.errors)
+    code = "invalid_registration"
+
 
 def read_table(path: str | Path) -> pd.DataFrame:
     """Read a CSV, Parquet or JSON-records file into a DataFrame."""

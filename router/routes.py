@@ -16,8 +16,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from router import parity
 from router.backends import Backend, MissingBackend, create_backend
 from router.errors import DeploymentNotFound, NotReady
+from router.parity import DEFAULT_ATOL, DEFAULT_RTOL
 from router.settings import RouterSettings
 from storage import StorageError, Store
 from storage.entities import NewEvent, PipelineVersion, RoutingEntry
@@ -125,8 +127,6 @@ class RouteTable:
         )
 
     def _parity_passes(self, entry: RoutingEntry, backend: Backend, *, champion: bool) -> bool:
-        from router import parity
-
         version = backend.version
         try:
             rtol, atol = self._tolerance(entry)
@@ -165,15 +165,10 @@ class RouteTable:
         return False
 
     def _tolerance(self, entry: RoutingEntry) -> tuple[float, float]:
-        """Return the parity tolerance of the entry's rollout policy (its "reproducibility" section)."""
-        from router.parity import DEFAULT_ATOL, DEFAULT_RTOL
-
-        if entry.rollout_id is None:
-            return DEFAULT_RTOL, DEFAULT_ATOL
-        section = self.store.rollouts.get(entry.rollout_id).policy.get("reproducibility") or {}
-        return float(section.get("parity_rtol", DEFAULT_RTOL)), float(
-            section.get("parity_atol", DEFAULT_ATOL)
-        )
+        """Return the parity tolerance the routing entry carries (its rollout policy's), else the default."""
+        rtol = DEFAULT_RTOL if entry.parity_rtol is None else entry.parity_rtol
+        atol = DEFAULT_ATOL if entry.parity_atol is None else entry.parity_atol
+        return float(rtol), float(atol)
 
     def _backend(self, version: PipelineVersion) -> Backend:
         cached = self._backends.get(version.id)

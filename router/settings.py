@@ -1,4 +1,9 @@
-"""Tuning of the data plane, passed explicitly; nothing is read from the environment here."""
+"""Tuning of the data plane, passed explicitly; nothing is read from the environment here.
+
+The product's entry points build these from controller.config.Settings (controller.app.router_settings
+copies every field both share); the defaults of shared fields equal Settings' (a test checks), so a
+router built here directly behaves as `mlcanary router` does.
+"""
 
 from __future__ import annotations
 
@@ -44,17 +49,17 @@ class RouterSettings:
 
     refresh_interval: float = 0.25
     load_retry_interval: float = 5.0
-    shadow_queue_size: int = 1000
+    shadow_queue_size: int = 10_000
     shadow_workers: int = 1
     shadow_batch_max: int = 256
-    shadow_timeout_s: float = 5.0
+    shadow_timeout_s: float = 2.0
     shadow_linger_s: float = 0.25
     recorder_batch: int = 1000
     recorder_flush_interval: float = 0.2
     recorder_queue_size: int = 50_000
     spool_dir: Path = field(default_factory=_default_spool_dir)
     spool_retry_interval: float = 1.0
-    max_body_bytes: int = 8 * 1024 * 1024
+    max_body_bytes: int = 10 * 1024 * 1024
     max_rows: int = 10_000
     trust_pickle: bool = False
     freeze_heap: bool = True

@@ -26,6 +26,7 @@ from sqlalchemy import Float, and_, case, cast, func, literal, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from storage.database import Database
+from storage.entities import ArmLiveFigures, LiveFigures
 from storage.models import LabelRow, PairedOutputRow
 
 Cohort = Literal["paired", "served"]
@@ -94,12 +95,13 @@ class StepAggregates:
     value_range: tuple[float, float] | None = None
 
 
-def _ran(arm: str) -> ColumnElement[bool]:
+def ran(arm: str) -> ColumnElement[bool]:
+    """Whether an arm ran on a row: it has a latency or an error (the one definition; reports use it too)."""
     return or_(P[f"{arm}_latency_ms"].is_not(None), P[f"{arm}_error"].is_not(None))
 
 
 def _ok(arm: str) -> ColumnElement[bool]:
-    return and_(_ran(arm), P[f"{arm}_error"].is_(None))
+    return and_(ran(arm), P[f"{arm}_error"].is_(None))
 
 
 def _count(condition: ColumnElement[bool]) -> Any:
@@ -108,6 +110,56 @@ def _count(condition: ColumnElement[bool]) -> Any:
 
 def _fsum(expr: Any) -> Any:
     return func.coalesce(func.sum(cast(expr, Float)), 0.0)
+
+
+def latency_histogram(
+    conn: Any, where: ColumnElement[bool], arm: str, latency: LatencyBuckets
+) -> dict[int, int]:
+    """Count an arm's latencies per bucket of ``latency`` over the rows ``where`` selects."""
+    ms = P[f"{arm}_latency_ms"]
+    raw = literal(1.0) + func.floor(func.ln(ms / latency.start_ms) / func.ln(latency.growth))
+    bucket = case(
+        (ms < latency.start_ms, 0),
+        (raw > latency.count - 1, latency.count - 1),
+        else_=raw,
+    )
+    query = select(bucket.label("b"), func.count()).where(where, ms.is_not(None)).group_by(bucket)
+    return {int(b): int(c) for b, c in conn.execute(query)}
+
+
+def live_figures(db: Database, *, rollout_id: int, step: int, latency: LatencyBuckets) -> LiveFigures:
+    """Count one step's requests and, per arm, the rows it answered, ran and failed, and its latencies.
+
+    "Ran" and the latency buckets are those of ``step_aggregates`` (the judge's figures).
+    """
+    step_filter = and_(P.rollout_id == rollout_id, P.step == step)
+    with db.connection() as conn:
+        columns: list[Any] = [func.count(), func.min(P.received_at), func.max(P.received_at)]
+        for arm in ARMS:
+            columns += [
+                _count(P.served_arm == arm),
+                _count(ran(arm)),
+                _count(P[f"{arm}_error"].is_not(None)),
+            ]
+        row = conn.execute(select(*columns).where(step_filter)).one()
+        figures = {
+            arm: ArmLiveFigures(
+                served=int(row[3 + 3 * i] or 0),
+                scored=int(row[4 + 3 * i] or 0),
+                errors=int(row[5 + 3 * i] or 0),
+                latency=latency_histogram(conn, and_(step_filter, ran(arm)), arm, latency),
+            )
+            for i, arm in enumerate(ARMS)
+        }
+    return LiveFigures(
+        rollout_id=rollout_id,
+        step=step,
+        requests=int(row[0] or 0),
+        first_at=row[1],
+        last_at=row[2],
+        champion=figures["champion"],
+        challenger=figures["challenger"],
+    )
 
 
 def step_aggregates(
@@ -123,11 +175,11 @@ def step_aggregates(
 ) -> StepAggregates:
     """Aggregate one rollout step in SQL; ``label_cutoff`` None ignores labels altogether."""
     step_filter = and_(P.rollout_id == rollout_id, P.step == step)
-    both_ran = and_(_ran("champion"), _ran("challenger"))
+    both_ran = and_(ran("champion"), ran("challenger"))
     both_ok = and_(_ok("champion"), _ok("challenger"))
 
     def member(arm: str) -> ColumnElement[bool]:
-        return both_ran if cohort == "paired" else and_(P.served_arm == arm, _ran(arm))
+        return both_ran if cohort == "paired" else and_(P.served_arm == arm, ran(arm))
 
     def answered(arm: str) -> ColumnElement[bool]:
         """Rows whose output of this arm counts: both succeeded (paired) or this arm succeeded (served)."""
@@ -210,19 +262,7 @@ def step_aggregates(
 
         # 3. latency histograms: bucket = 1 + floor(ln(ms / start) / ln(growth)), clipped
         for arm in ARMS:
-            ms = P[f"{arm}_latency_ms"]
-            raw = literal(1.0) + func.floor(func.ln(ms / latency.start_ms) / func.ln(latency.growth))
-            bucket = case(
-                (ms < latency.start_ms, 0),
-                (raw > latency.count - 1, latency.count - 1),
-                else_=raw,
-            )
-            query = (
-                select(bucket.label("b"), func.count())
-                .where(step_filter, member(arm), ms.is_not(None))
-                .group_by(bucket)
-            )
-            arms[arm]["latency"] = {int(b): int(c) for b, c in conn.execute(query)}
+            arms[arm]["latency"] = latency_histogram(conn, and_(step_filter, member(arm)), arm, latency)
 
         # 4. output histograms: classes, or equal-width bins of regression values over both arms' range
         value_range: tuple[float, float] | None = None

@@ -54,6 +54,7 @@ def environment_fingerprint() -> dict[str, str]:
 
 
 def sha256_of(path: str | Path) -> str:
+    """Return the hex SHA-256 of a file's content."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -62,6 +63,7 @@ def sha256_of(path: str | Path) -> str:
 
 
 def detect_format(path: str | Path) -> str:
+    """Return an artifact's format from its file name: ``skops`` or ``joblib``; ArtifactError otherwise."""
     suffix = Path(path).suffix.lower()
     if suffix == ".skops":
         return "skops"

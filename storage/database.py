@@ -79,6 +79,7 @@ class Database:
 
     @property
     def display_url(self) -> str:
+        """Return the URL with any password masked (for logs and messages)."""
         return make_url(self.url).render_as_string(hide_password=True)
 
     def _after_fork(self) -> None:
@@ -114,6 +115,7 @@ class Database:
                 yield conn
 
     def dispose(self) -> None:
+        """Close every pooled connection (at shutdown, or in tests)."""
         self.engine.dispose()
 
 

@@ -12,12 +12,18 @@ FINAL_PHASES = ("promoted", "rolled_back", "aborted")
 
 @dataclass(frozen=True)
 class Column:
+    """One input column of a pipeline: its name and pandas-style kind."""
+
     name: str
     dtype: str  # "float", "int", "bool", "str", "category", "datetime" (pandas-style kind)
 
 
 @dataclass(frozen=True)
 class PipelineVersion:
+    """A registered pipeline version: where its predictions come from, its schema, and the research
+    evidence (offline metrics, golden set, profile, environment) registered with it.
+    """
+
     id: int
     name: str
     version: str
@@ -40,15 +46,19 @@ class PipelineVersion:
 
     @property
     def ref(self) -> str:
+        """Return ``NAME:VERSION``, how operators name a version."""
         return f"{self.name}:{self.version}"
 
     @property
     def column_names(self) -> tuple[str, ...]:
+        """Return the input columns' names in the registered order."""
         return tuple(c.name for c in self.input_schema)
 
 
 @dataclass(frozen=True)
 class NewPipelineVersion:
+    """A pipeline version to register: a PipelineVersion without its id and creation time."""
+
     name: str
     version: str
     kind: str
@@ -70,6 +80,8 @@ class NewPipelineVersion:
 
 @dataclass(frozen=True)
 class Deployment:
+    """A name clients call, the champion version that answers it, and whether raw inputs are kept."""
+
     id: int
     name: str
     champion_id: int
@@ -80,6 +92,10 @@ class Deployment:
 
 @dataclass(frozen=True)
 class Rollout:
+    """A challenger's rollout on a deployment: phase, step, split, the complete policy, and ``version``
+    (bumped at each update, for optimistic concurrency).
+    """
+
     id: int
     deployment_id: int
     champion_id: int
@@ -99,6 +115,7 @@ class Rollout:
 
     @property
     def active(self) -> bool:
+        """Return whether the rollout has not ended (pending, shadowing, progressing or paused)."""
         return self.phase in ACTIVE_PHASES
 
 
@@ -116,6 +133,8 @@ class RoutingEntry:
     rollout_id: int | None
     step: int | None
     store_raw_inputs: bool
+    parity_rtol: float | None = None  # the rollout policy's parity tolerance (None: no rollout)
+    parity_atol: float | None = None
 
 
 @dataclass(frozen=True)
@@ -149,6 +168,8 @@ class PairRecord:
 
 @dataclass(frozen=True)
 class Label:
+    """The ground-truth label of one request row, and when it arrived."""
+
     request_id: str
     row_index: int
     deployment_id: int
@@ -160,6 +181,8 @@ class Label:
 
 @dataclass(frozen=True)
 class NewEvent:
+    """An event to write: who did what and why (``reason`` machine-readable, ``message`` for people)."""
+
     actor: str
     action: str
     reason: str
@@ -171,6 +194,8 @@ class NewEvent:
 
 @dataclass(frozen=True)
 class Event:
+    """A stored audit event, with its id (the order of the log) and time."""
+
     id: int
     deployment_id: int | None
     rollout_id: int | None
@@ -184,6 +209,8 @@ class Event:
 
 @dataclass(frozen=True)
 class Analysis:
+    """What one look of the controller measured and judged at a rollout step."""
+
     id: int
     rollout_id: int
     step: int
@@ -195,8 +222,48 @@ class Analysis:
 
 @dataclass(frozen=True)
 class ApiToken:
+    """An admin token's name, role and lifetime; never its secret."""
+
     id: int
     name: str
     role: str  # "viewer" | "operator"
     created_at: datetime
     revoked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class ArmLiveFigures:
+    """One arm's figures over a rollout step so far, as the dashboard shows them.
+
+    ``served``: rows this arm answered; ``scored``: rows it ran (answered or shadowed: a latency or an
+    error, as storage.analytics defines it); ``errors``: rows it failed; ``latency``: its latency
+    histogram (bucket index -> count, the buckets the caller passed, as the judge's).
+    """
+
+    served: int
+    scored: int
+    errors: int
+    latency: dict[int, int]
+
+
+@dataclass(frozen=True)
+class LiveFigures:
+    """A rollout step's live figures: requests, first and last arrival, and each arm's figures."""
+
+    rollout_id: int
+    step: int
+    requests: int
+    first_at: datetime | None
+    last_at: datetime | None
+    champion: ArmLiveFigures
+    challenger: ArmLiveFigures
+
+
+@dataclass(frozen=True)
+class NewAnalysis:
+    """An analysis to store with a rollout's update (``RolloutRepository.update(analysis=...)``)."""
+
+    step: int
+    outcome: str
+    verdicts: list[dict[str, Any]]
+    metrics: dict[str, Any]

@@ -9,7 +9,6 @@ functions) and PostgreSQL.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -19,14 +18,12 @@ from typing import Any
 from sqlalchemy import Float, Integer, String, and_, bindparam, case, cast, func, literal, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 
+from storage.analytics import LatencyBuckets, latency_histogram, ran
 from storage.database import Database
 from storage.models import LabelRow, PairedOutputRow
 
 P = PairedOutputRow.__table__.c
 L = LabelRow.__table__.c
-
-LATENCY_START_MS = 0.1
-LATENCY_GROWTH = 1.05
 
 __all__ = [
     "StepCounts",
@@ -81,9 +78,7 @@ def _has_output(arm: str) -> ColumnElement[bool]:
     return and_(error.is_(None), or_(cls.isnot(None), value.isnot(None)))
 
 
-def _ran(arm: str) -> ColumnElement[bool]:
-    cls, value, error = _output(arm)
-    return or_(error.isnot(None), cls.isnot(None), value.isnot(None))
+_ran = ran  # the one definition of "the arm ran" (storage.analytics), shared with the judge's figures
 
 
 def _both_ok() -> ColumnElement[bool]:
@@ -276,23 +271,10 @@ def _step_row(step: int | None, values: Sequence[Any], bucket: Any) -> StepCount
     return StepCounts(**dict(zip(names, out, strict=True)))
 
 
-def latency_buckets(db: Database, rollout_id: int, arm: str) -> dict[int, int]:
-    """Count an arm's latencies per log bucket: -1 below LATENCY_START_MS, else floor(ln(ms/start)/ln(g)).
-
-    The buckets are those of ``controller.core.stats.latency_edges()`` (index k here is edges index k + 1).
-    """
-    ms = P[f"{arm}_latency_ms"]
-    bucket = case(
-        (ms < LATENCY_START_MS, literal(-1)),
-        else_=cast(func.floor(func.ln(ms / LATENCY_START_MS) / math.log(LATENCY_GROWTH)), Integer),
-    )
-    query = (
-        select(bucket.label("b"), func.count())
-        .where(P.rollout_id == rollout_id, ms.isnot(None))
-        .group_by(bucket)
-    )
+def latency_buckets(db: Database, rollout_id: int, arm: str, *, latency: LatencyBuckets) -> dict[int, int]:
+    """Count an arm's latencies over the whole rollout per bucket of ``latency`` (the judge's buckets)."""
     with _reading(db) as conn:
-        return {int(b): int(n) for b, n in conn.execute(query)}
+        return latency_histogram(conn, P.rollout_id == rollout_id, arm, latency)
 
 
 def confusion(db: Database, rollout_id: int, *, limit: int = 400) -> list[tuple[str, str, int]]:

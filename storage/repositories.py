@@ -17,7 +17,8 @@ import orjson
 from sqlalchemy import delete, func, select, tuple_, update
 from sqlalchemy.orm import Session
 
-from storage import entities
+from storage import analytics, entities
+from storage.analytics import LatencyBuckets
 from storage.database import Database
 from storage.errors import AlreadyExists, ConcurrentUpdate, InvalidState, NotFound
 from storage.models import (
@@ -36,6 +37,7 @@ from storage.models import (
 
 
 def utcnow() -> datetime:
+    """Return the current time in UTC (storage's default when a caller passes no ``now``)."""
     return datetime.now(UTC)
 
 
@@ -71,6 +73,8 @@ def _add_event(session: Session, new: entities.NewEvent, at: datetime) -> EventR
 
 
 class PipelineRepository:
+    """Registered pipeline versions (artifacts or HTTP upstreams); a version never changes once stored."""
+
     def __init__(self, db: Database) -> None:
         self.db = db
 
@@ -100,6 +104,7 @@ class PipelineRepository:
             return row.to_entity()
 
     def get(self, version_id: int) -> entities.PipelineVersion:
+        """Return the version with this id; NotFound if there is none."""
         with self.db.session(write=False) as s:
             row = s.get(PipelineVersionRow, version_id)
             if row is None:
@@ -122,6 +127,7 @@ class PipelineRepository:
             return row.to_entity()
 
     def list(self, *, name: str | None = None) -> list[entities.PipelineVersion]:
+        """Return every version (of one ``name`` if given), by name then id."""
         with self.db.session(write=False) as s:
             query = select(PipelineVersionRow).order_by(PipelineVersionRow.name, PipelineVersionRow.id)
             if name is not None:
@@ -130,6 +136,8 @@ class PipelineRepository:
 
 
 class DeploymentRepository:
+    """Deployments: a name clients call and the champion version that answers it."""
+
     def __init__(self, db: Database) -> None:
         self.db = db
 
@@ -141,6 +149,10 @@ class DeploymentRepository:
         store_raw_inputs: bool = True,
         event: entities.NewEvent | None = None,
     ) -> entities.Deployment:
+        """Create a deployment served by ``champion_id`` (and its ``event``, in the same transaction).
+
+        NotFound if the version does not exist; AlreadyExists if the name is taken.
+        """
         now = utcnow()
         with self.db.session() as s:
             if s.get(PipelineVersionRow, champion_id) is None:
@@ -161,6 +173,7 @@ class DeploymentRepository:
             return row.to_entity()
 
     def get(self, name: str) -> entities.Deployment:
+        """Return the deployment of this name; NotFound if there is none."""
         with self.db.session(write=False) as s:
             row = s.scalar(select(DeploymentRow).filter_by(name=name))
             if row is None:
@@ -168,6 +181,7 @@ class DeploymentRepository:
             return row.to_entity()
 
     def get_by_id(self, deployment_id: int) -> entities.Deployment:
+        """Return the deployment with this id; NotFound if there is none."""
         with self.db.session(write=False) as s:
             row = s.get(DeploymentRow, deployment_id)
             if row is None:
@@ -175,12 +189,17 @@ class DeploymentRepository:
             return row.to_entity()
 
     def list(self) -> list[entities.Deployment]:
+        """Return every deployment, by name."""
         with self.db.session(write=False) as s:
             return [r.to_entity() for r in s.scalars(select(DeploymentRow).order_by(DeploymentRow.name))]
 
     def update(
         self, name: str, *, store_raw_inputs: bool | None = None, event: entities.NewEvent | None = None
     ) -> entities.Deployment:
+        """Change a deployment's settings (None leaves one as it is) and write ``event`` with the change.
+
+        NotFound if there is no deployment of that name.
+        """
         now = utcnow()
         with self.db.session() as s:
             row = s.scalar(select(DeploymentRow).filter_by(name=name))
@@ -196,6 +215,8 @@ class DeploymentRepository:
 
 
 class RolloutRepository:
+    """Rollouts of a challenger on a deployment; updates use optimistic concurrency on ``version``."""
+
     def __init__(self, db: Database) -> None:
         self.db = db
 
@@ -256,6 +277,7 @@ class RolloutRepository:
             return row.to_entity()
 
     def get(self, rollout_id: int) -> entities.Rollout:
+        """Return the rollout with this id; NotFound if there is none."""
         with self.db.session(write=False) as s:
             row = s.get(RolloutRow, rollout_id)
             if row is None:
@@ -263,6 +285,7 @@ class RolloutRepository:
             return row.to_entity()
 
     def list(self, *, deployment_id: int | None = None, active_only: bool = False) -> list[entities.Rollout]:
+        """Return rollouts, oldest first: of one deployment, and only the active ones if asked."""
         with self.db.session(write=False) as s:
             query = select(RolloutRow).order_by(RolloutRow.id)
             if deployment_id is not None:
@@ -272,6 +295,7 @@ class RolloutRepository:
             return [r.to_entity() for r in s.scalars(query)]
 
     def latest(self, deployment_id: int) -> entities.Rollout | None:
+        """Return the deployment's most recent rollout (active or ended), or None."""
         with self.db.session(write=False) as s:
             row = s.scalar(
                 select(RolloutRow)
@@ -288,6 +312,7 @@ class RolloutRepository:
         expected_version: int,
         events: Sequence[entities.NewEvent] = (),
         promote_challenger: bool = False,
+        analysis: entities.NewAnalysis | None = None,
         now: datetime | None = None,
         **changes: Any,
     ) -> entities.Rollout:
@@ -295,6 +320,8 @@ class RolloutRepository:
 
         ConcurrentUpdate if another writer got there first: at most one of two racing writers wins.
         With promote_challenger, the deployment's champion becomes the rollout's challenger atomically.
+        With ``analysis`` (the look that caused the change), it is stored in the same transaction too,
+        and every event's details start with its ``analysis_id``.
         """
         allowed = {
             "phase", "step_index", "canary_weight", "shadow_rate", "policy", "step_started_at", "ended_at", "reason",
@@ -323,6 +350,18 @@ class RolloutRepository:
             if promote_challenger:
                 deployment.champion_id = row.challenger_id
             deployment.updated_at = now
+            if analysis is not None:
+                analysis_row = AnalysisRow(
+                    rollout_id=rollout_id,
+                    step=analysis.step,
+                    evaluated_at=now,
+                    outcome=analysis.outcome,
+                    verdicts=_json_safe(analysis.verdicts) or [],
+                    metrics=_json_safe(analysis.metrics) or {},
+                )
+                s.add(analysis_row)
+                s.flush()
+                events = [replace(e, details={"analysis_id": analysis_row.id, **e.details}) for e in events]
             for new in events:
                 _add_event(s, replace(new, deployment_id=row.deployment_id, rollout_id=rollout_id), now)
             s.flush()
@@ -330,6 +369,8 @@ class RolloutRepository:
 
 
 class RoutingRepository:
+    """What the data plane reads to route: every deployment with its active rollout, in one go."""
+
     def __init__(self, db: Database) -> None:
         self.db = db
 
@@ -351,6 +392,7 @@ class RoutingRepository:
             table: dict[str, entities.RoutingEntry] = {}
             for d in deployments:
                 r = rollouts.get(d.id)
+                repro = (r.policy or {}).get("reproducibility") or {} if r is not None else {}
                 table[d.name] = entities.RoutingEntry(
                     deployment=d.name,
                     deployment_id=d.id,
@@ -362,6 +404,8 @@ class RoutingRepository:
                     rollout_id=None if r is None else r.id,
                     step=None if r is None else r.step_index,
                     store_raw_inputs=d.store_raw_inputs,
+                    parity_rtol=repro.get("parity_rtol"),
+                    parity_atol=repro.get("parity_atol"),
                 )
             return table
 
@@ -423,7 +467,12 @@ class PairRepository:
                 inserted += cursor.rowcount
             return inserted
 
+    def live_figures(self, rollout_id: int, step: int, *, latency: LatencyBuckets) -> entities.LiveFigures:
+        """Return a rollout step's live figures (requests, per arm served/ran/failed and latency histogram)."""
+        return analytics.live_figures(self.db, rollout_id=rollout_id, step=step, latency=latency)
+
     def count(self, *, deployment_id: int | None = None, rollout_id: int | None = None) -> int:
+        """Count paired outputs, of one deployment or rollout if given."""
         with self.db.session(write=False) as s:
             query = select(func.count()).select_from(PairedOutputRow)
             if deployment_id is not None:
@@ -433,6 +482,7 @@ class PairRepository:
             return int(s.scalar(query) or 0)
 
     def list(self, *, rollout_id: int | None = None, limit: int = 1000) -> list[entities.PairRecord]:
+        """Return up to ``limit`` paired outputs in insertion order (of one rollout if given)."""
         with self.db.session(write=False) as s:
             query = select(PairedOutputRow).order_by(PairedOutputRow.id).limit(limit)
             if rollout_id is not None:
@@ -440,6 +490,7 @@ class PairRepository:
             return [r.to_entity() for r in s.scalars(query)]
 
     def existing_request_ids(self, request_ids: Iterable[str]) -> set[str]:
+        """Return those of ``request_ids`` that have at least one paired output."""
         ids = list(set(request_ids))
         found: set[str] = set()
         with self.db.session(write=False) as s:
@@ -508,6 +559,8 @@ def _pair_tuple(record: entities.PairRecord, *, sqlite: bool) -> tuple[Any, ...]
 
 
 class LabelRepository:
+    """Ground-truth labels, keyed by (request_id, row_index); the last label of a row wins."""
+
     def __init__(self, db: Database) -> None:
         self.db = db
 
@@ -563,6 +616,7 @@ class LabelRepository:
             return len(stored), unknown
 
     def count(self, *, deployment_id: int | None = None) -> int:
+        """Count labels, of one deployment if given."""
         with self.db.session(write=False) as s:
             query = select(func.count()).select_from(LabelRow)
             if deployment_id is not None:
@@ -570,6 +624,7 @@ class LabelRepository:
             return int(s.scalar(query) or 0)
 
     def get(self, request_id: str, row_index: int = 0) -> entities.Label:
+        """Return the label of a request row; NotFound if there is none."""
         with self.db.session(write=False) as s:
             row = s.get(LabelRow, (request_id, row_index))
             if row is None:
@@ -612,10 +667,13 @@ def _label_columns(value: Any) -> tuple[str | None, float | None]:
 
 
 class EventRepository:
+    """The audit log: append-only events, read in id order (webhooks follow it by cursor)."""
+
     def __init__(self, db: Database) -> None:
         self.db = db
 
     def add(self, new: entities.NewEvent, *, now: datetime | None = None) -> entities.Event:
+        """Append an event (at ``now``, default the current time) and return it with its id."""
         with self.db.session() as s:
             row = _add_event(s, new, now or utcnow())
             s.flush()
@@ -629,6 +687,9 @@ class EventRepository:
         after_id: int = 0,
         limit: int = 200,
     ) -> list[entities.Event]:
+        """Return up to ``limit`` events with an id above ``after_id``, oldest first, optionally of one
+        deployment or rollout.
+        """
         with self.db.session(write=False) as s:
             query = select(EventRow).where(EventRow.id > after_id).order_by(EventRow.id).limit(limit)
             if deployment_id is not None:
@@ -644,6 +705,8 @@ class EventRepository:
 
 
 class AnalysisRepository:
+    """Analyses: what the controller measured and judged at one look at a rollout step."""
+
     def __init__(self, db: Database) -> None:
         self.db = db
 
@@ -657,6 +720,7 @@ class AnalysisRepository:
         metrics: dict[str, Any],
         now: datetime | None = None,
     ) -> entities.Analysis:
+        """Store one look's analysis of a rollout step: its outcome, verdicts and metrics."""
         with self.db.session() as s:
             row = AnalysisRow(
                 rollout_id=rollout_id,
@@ -671,6 +735,7 @@ class AnalysisRepository:
             return row.to_entity()
 
     def list(self, rollout_id: int, *, limit: int = 10_000) -> list[entities.Analysis]:
+        """Return a rollout's analyses, oldest first (at most ``limit``)."""
         with self.db.session(write=False) as s:
             query = (
                 select(AnalysisRow)
@@ -681,6 +746,7 @@ class AnalysisRepository:
             return [r.to_entity() for r in s.scalars(query)]
 
     def latest(self, rollout_id: int) -> entities.Analysis | None:
+        """Return a rollout's most recent analysis, or None."""
         with self.db.session(write=False) as s:
             row = s.scalar(
                 select(AnalysisRow).filter_by(rollout_id=rollout_id).order_by(AnalysisRow.id.desc()).limit(1)
@@ -692,6 +758,7 @@ ROLES = ("viewer", "operator")
 
 
 def hash_token(token: str) -> str:
+    """Return the hex SHA-256 of a token: what storage keeps and compares instead of the secret."""
     return hashlib.sha256(token.encode()).hexdigest()
 
 
@@ -704,6 +771,11 @@ class TokenRepository:
     def create(
         self, name: str, role: str, *, event: entities.NewEvent | None = None
     ) -> tuple[str, entities.ApiToken]:
+        """Mint an admin token of ``role``; return the secret (shown once, never stored) and its entity.
+
+        Only its SHA-256 is stored. AlreadyExists if a token of this name exists (even revoked);
+        ValueError for an unknown role.
+        """
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
         token = "mlc_" + secrets.token_urlsafe(32)
@@ -728,6 +800,7 @@ class TokenRepository:
             return row.to_entity()
 
     def revoke(self, name: str, *, event: entities.NewEvent | None = None) -> entities.ApiToken:
+        """Revoke the named token (again is harmless) and write ``event``; NotFound if there is no such token."""
         now = utcnow()
         with self.db.session() as s:
             row = s.scalar(select(ApiTokenRow).filter_by(name=name))
@@ -741,6 +814,7 @@ class TokenRepository:
             return row.to_entity()
 
     def list(self) -> list[entities.ApiToken]:
+        """Return every token (revoked ones included), oldest first; never a secret."""
         with self.db.session(write=False) as s:
             return [r.to_entity() for r in s.scalars(select(ApiTokenRow).order_by(ApiTokenRow.id))]
 
@@ -752,6 +826,7 @@ class CursorRepository:
         self.db = db
 
     def get(self, name: str) -> int | None:
+        """Return the named cursor's position (an event id), or None if it was never set."""
         with self.db.session(write=False) as s:
             row = s.get(CursorRow, name)
             return None if row is None else int(row.position)

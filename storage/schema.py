@@ -25,6 +25,7 @@ def alembic_config(db: Database) -> Config:
 
 
 def head_revision(db: Database) -> str:
+    """Return the revision id of the migrations' head."""
     heads = ScriptDirectory.from_config(alembic_config(db)).get_heads()
     if len(heads) != 1:
         raise RuntimeError(f"migrations must have exactly one head, found {heads}")
@@ -32,6 +33,7 @@ def head_revision(db: Database) -> str:
 
 
 def current_revision(db: Database) -> str | None:
+    """Return the database's current revision id (None for an empty database)."""
     with translate_errors(), db.engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
 

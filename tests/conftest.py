@@ -1,15 +1,25 @@
-"""Shared fixtures: databases (SQLite and PostgreSQL, schema from the migrations), fitted pipelines."""
+"""Shared fixtures: databases (SQLite and PostgreSQL, schema from the migrations), and in the flaskr
+style the app (`create_app` over the test store), its test `client` and a CLI `runner`.
+
+A test module that needs data in place before the app starts gives it an autouse fixture (pytest runs
+those first); a module that needs other settings overrides `app_settings`.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import adminapp
 import pytest
+from click.testing import CliRunner, Result
 from dbtools import truncate_postgres
+from flask import Flask
+from flask.testing import FlaskClient
 
 from storage import Database, Store
 from storage import schema as db_schema
@@ -94,3 +104,35 @@ def sqlite_url(tmp_path: Path, sqlite_template: Path) -> str:
     path = tmp_path / "mlcanary.db"
     shutil.copyfile(sqlite_template, path)
     return f"sqlite:///{path}"
+
+
+@pytest.fixture
+def app_settings() -> dict[str, Any]:
+    """Settings the `app` fixture overrides (none; a module redefines this fixture to change some)."""
+    return {}
+
+
+@pytest.fixture
+def app(store: Store, tmp_path: Path, app_settings: dict[str, Any]) -> Iterator[Flask]:
+    """The real WSGI app, `create_app(...)` in role "serve", over the test store; closed afterwards."""
+    with adminapp.running(store, tmp_path, **app_settings) as built:
+        yield built
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    """A test client of `app`."""
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(database_url: str, tmp_path: Path) -> Callable[..., Result]:
+    """Run `mlcanary ARGS...` in-process against the test database: ``runner("rollout", "status", "churn")``."""
+    from controller.cli.main import cli
+
+    invoker = CliRunner()
+
+    def invoke(*args: str) -> Result:
+        return invoker.invoke(cli, ["--database-url", database_url, "--data-dir", str(tmp_path), *args])
+
+    return invoke

@@ -12,7 +12,9 @@ from typing import Any
 
 import click
 
+from controller.clock import Clock, system_clock
 from controller.config import ConfigError, Settings
+from controller.encoding import dumps
 from storage import StorageError, Store
 from storage.artifacts import ArtifactError
 
@@ -47,6 +49,15 @@ def settings_of(ctx: click.Context) -> Settings:
     return settings
 
 
+CLOCK = "mlcanary.clock"
+
+
+def clock_of(ctx: click.Context) -> Clock:
+    """Return the commands' clock: ``ctx.meta["mlcanary.clock"]`` if a caller set one, else the system's."""
+    clock: Clock = ctx.meta.get(CLOCK, system_clock)
+    return clock
+
+
 def store_of(ctx: click.Context) -> Store:
     """Open the store of the configured database (the schema checked)."""
     from controller.app import open_store
@@ -56,7 +67,7 @@ def store_of(ctx: click.Context) -> Store:
 
 def echo_json(value: Any) -> None:
     """Print a value as indented JSON."""
-    click.echo(json.dumps(value, indent=2, default=str))
+    click.echo(dumps(value, indent=2))
 
 
 def json_option(value: str | None, what: str) -> Any:

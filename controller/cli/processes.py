@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from controller.cli.common import settings_of
+from controller.cli.common import clock_of, settings_of
 from controller.config import Settings
 
 
@@ -95,7 +95,7 @@ def controller(ctx: click.Context) -> None:
         f"mlcanary controller on {store.db.display_url}, every {settings.controller_interval:g} s", err=True
     )
     try:
-        loop.run(store, settings, stop=stop, leadership=leadership)
+        loop.run(store, settings, stop=stop, clock=clock_of(ctx), leadership=leadership)
     finally:
         dispatcher.stop()
         leadership.release()

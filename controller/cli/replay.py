@@ -26,6 +26,7 @@ import click
 import pandas as pd
 
 from controller.cli.common import echo_json, settings_of, store_of
+from controller.encoding import finite
 from router.backends import Backend, Predictions, create_backend
 from router.errors import RouterError
 from router.inputs import build_batch
@@ -337,12 +338,7 @@ def _value(value: Any) -> Any:
     return value
 
 
-def _float(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
+_float = finite  # controller.encoding's one definition of a JSON-able number
 
 
 def _cell(value: Any) -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -32,6 +31,7 @@ def report(
 ) -> None:
     """Write the comparison report of DEPLOYMENT's latest (or --rollout) rollout."""
     from controller.cli.common import store_of
+    from controller.encoding import dumps
     from controller.reports import build as reports
 
     store = store_of(ctx)
@@ -39,7 +39,7 @@ def report(
     click.echo(f"building the report of {deployment} (aggregating paired outputs)...", err=True)
     data = reports.build_report(store, deployment, rollout_id, segments=segments)
     if fmt == "json":
-        text = json.dumps(data, indent=2, allow_nan=False)
+        text = dumps(data, indent=2)
     elif fmt == "md":
         text = reports.render_markdown(data)
     else:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import click
 
-from controller.cli.common import parse_age, store_of
+from controller.cli.common import clock_of, parse_age, store_of
 
 
 @click.command()
@@ -15,7 +13,7 @@ from controller.cli.common import parse_age, store_of
 @click.pass_context
 def prune(ctx: click.Context, older_than: str, batch_size: int) -> None:
     """Delete paired outputs and labels older than an age, in small batches that never block writers."""
-    cutoff = datetime.now(UTC) - parse_age(older_than)
+    cutoff = clock_of(ctx)() - parse_age(older_than)
     store = store_of(ctx)
     pairs = store.pairs.prune(before=cutoff, batch_size=batch_size)
     labels = store.labels.prune(before=cutoff, batch_size=batch_size)

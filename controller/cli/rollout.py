@@ -17,23 +17,15 @@ import getpass
 import json
 import sys
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import click
 
+from controller.cli.common import clock_of
+from controller.core.rollout_actions import ACTION_HELP, ROLLOUT_ACTIONS  # the one list; imports nothing
 from controller.http import feedback
 from storage import Store
-
-ACTIONS = ("promote", "rollback", "pause", "resume", "abort")
-_ACTION_HELP = {
-    "promote": "Move the active rollout to its next step (the last step promotes), or fully with --full.",
-    "rollback": "Roll the active rollout back: the champion answers everything again.",
-    "pause": "Pause the active rollout: the split stays, the controller stops advancing it.",
-    "resume": "Resume a paused rollout at its current step.",
-    "abort": "Abort the rollout without a verdict: traffic returns to the champion.",
-}
 
 
 def actor() -> str:
@@ -167,7 +159,7 @@ def start(
 
     created = actions.start_rollout(
         _store(ctx), deployment, challenger, actor=actor(), mode=mode, policy=policy_file, reason=reason,
-        now=datetime.now(UTC), parity_check=parity_check(settings_of(ctx)),
+        now=clock_of(ctx)(), parity_check=parity_check(settings_of(ctx)),
     )  # fmt: skip
     click.echo(f"{deployment}: started {_describe(created)} of {challenger}")
 
@@ -197,15 +189,15 @@ def _action_command(name: str) -> click.Command:
             done = remote.call("POST", f"/deployments/{deployment}/rollout/{name}", body)
             click.echo(f"{deployment}: {_describe(done)}")
             return
-        from controller.loop import actions
+        from controller.loop import actions  # lazily: keeps `mlcanary --help` fast (see cli/main.py)
 
-        keywords: dict[str, Any] = {"actor": actor(), "reason": reason, "now": datetime.now(UTC)}
-        if name == "promote":
-            keywords["full"] = full
-        result = getattr(actions, name)(_store(ctx), deployment, **keywords)
+        result = actions.act(
+            _store(ctx), deployment, name, actor=actor(), full=full, reason=reason, now=clock_of(ctx)()
+        )
         click.echo(f"{deployment}: {_describe(result)}")
 
-    command.__doc__ = _ACTION_HELP[name]
+    help_text = _action_help(name)
+    command.__doc__ = help_text
     params: list[click.Parameter] = [
         click.Argument(["deployment"]),
         click.Option(["--reason"], default="", help="Why (kept in the event log)."),
@@ -214,10 +206,14 @@ def _action_command(name: str) -> click.Command:
         params.append(
             click.Option(["--full"], is_flag=True, help="Straight to 100%: the challenger becomes champion.")
         )
-    return click.Command(name, callback=command, params=params, help=_ACTION_HELP[name])
+    return click.Command(name, callback=command, params=params, help=help_text)
 
 
-for _name in ACTIONS:
+def _action_help(name: str) -> str:
+    return ACTION_HELP[name].replace("with full", "with --full")  # type: ignore[index]
+
+
+for _name in ROLLOUT_ACTIONS:
     rollout.add_command(_action_command(_name))
 
 
@@ -231,10 +227,11 @@ def status(ctx: click.Context, deployment: str, as_json: bool) -> None:
     if remote is not None:
         document = remote.call("GET", f"/deployments/{deployment}")
     else:
+        from controller import encoding
         from controller.http import api
 
         store = _store(ctx)
-        document = api.plain(api.deployment_json(store, store.deployments.get(deployment), detail=True))
+        document = encoding.plain(api.deployment_json(store, store.deployments.get(deployment), detail=True))
     if as_json:
         click.echo(json.dumps(document, indent=2))
         return
@@ -292,13 +289,14 @@ def events(ctx: click.Context, deployment: str, after_id: int, limit: int, as_js
             "events"
         ]
     else:
+        from controller import encoding
         from controller.http import api
 
         store = _store(ctx)
         found = store.events.list(
             deployment_id=store.deployments.get(deployment).id, after_id=after_id, limit=limit
         )
-        listed = [api.plain(api.event_json(e)) for e in found]
+        listed = [encoding.plain(api.event_json(e)) for e in found]
     if as_json:
         click.echo(json.dumps(listed, indent=2))
         return

@@ -27,8 +27,9 @@ adjustment is needed for promotion); ``guardrail`` gates need not pass but their
 ``informational`` gates are reported only. Vetoes — sample-ratio mismatch in canary mode and the hard
 SLOs on the challenger's absolute error rate and p99 latency — override everything.
 
-Decision, in priority order: ``veto`` (any veto fails) > ``rollback`` (any required or guardrail gate
-fails) > ``promote`` (every required gate passes, at least one required gate) > ``continue``.
+The recommendation (``Judgement.decision``; the state machine's ``Decision`` acts on it), in priority
+order: ``veto`` (any veto fails) > ``rollback`` (any required or guardrail gate fails) > ``promote``
+(every required gate passes, at least one required gate) > ``continue``.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from controller.core import stats
 
 Role = Literal["required", "guardrail", "informational"]
 Mode = Literal["shadow", "canary"]
-Decision = Literal["promote", "rollback", "veto", "continue"]
+Recommendation = Literal["promote", "rollback", "veto", "continue"]
 
 __all__ = [
     "GateSpec",
@@ -391,7 +392,7 @@ class Summary:
 class Judgement:
     """Combined result of one step: the decision, the combined outcome, every verdict and a summary."""
 
-    decision: Decision
+    decision: Recommendation
     outcome: Outcome
     verdicts: tuple[Verdict, ...]
     reason: str
@@ -926,7 +927,7 @@ def judge(metrics: StepMetrics, policy: JudgePolicy) -> Judgement:
     deciding = required + [v for v in verdicts if v.role != "informational" and v.outcome == Outcome.FAIL]
     outcome = Outcome.worst([v.outcome for v in deciding]) if deciding else Outcome.NO_DATA
 
-    decision: Decision
+    decision: Recommendation
     if vetoed:
         decision, reason = "veto", "veto: " + "; ".join(f"{v.gate}: {v.reason}" for v in vetoed)
     elif harmed:

@@ -22,8 +22,10 @@ from typing import Any, Literal
 
 from controller.core.judge import Judgement
 from controller.core.policy import Policy, Stage
+from controller.core.rollout_actions import ROLLOUT_ACTIONS, RolloutAction
 
-ManualAction = Literal["promote", "promote_full", "rollback", "pause", "resume", "abort"]
+# What ``manual`` accepts: the operators' actions (ROLLOUT_ACTIONS), and a promotion straight to 100 %.
+ManualAction = Literal[RolloutAction, "promote_full"]
 
 PHASES: tuple[str, ...] = (
     "pending",
@@ -49,8 +51,11 @@ TRANSITIONS: Mapping[str, frozenset[str]] = {
 __all__ = [
     "FINAL",
     "PHASES",
+    "ROLLOUT_ACTIONS",
     "TRANSITIONS",
     "Decision",
+    "ManualAction",
+    "RolloutAction",
     "RolloutState",
     "TransitionError",
     "check_transition",

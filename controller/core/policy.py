@@ -47,6 +47,9 @@ __all__ = [
 class PolicyError(ValueError):
     """A policy is malformed; the message names the field path and what is wrong with it."""
 
+    status = 422  # how the admin API answers it (controller.http.errors)
+    code = "invalid_policy"
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)

@@ -8,8 +8,9 @@ Rollout actions go through `controller.loop.actions` (the state machine's owner)
 translates HTTP to calls and errors to statuses:
 
     400 bad input · 401 no/bad token · 403 wrong role · 404 unknown · 409 conflict or invalid
-    transition · 413 too large · 415 not JSON/multipart · 422 invalid policy · 501 not built yet ·
-    503 database unavailable
+    transition · 413 too large · 415 not JSON/multipart · 422 invalid policy · 503 database unavailable
+
+Errors are rendered by controller.http.errors (one handler); JSON is written by controller.encoding.
 
 Every admin action is written as an event whose actor is the token's name.
 """
@@ -18,49 +19,35 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import importlib
-import importlib.util
 import json
 import re
 import tempfile
-from collections.abc import Callable, Collection, Mapping
-from datetime import UTC, datetime
+from collections.abc import Collection, Mapping
+from datetime import datetime
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-import numpy as np
 from flask import Blueprint, Response, current_app, g, request, send_from_directory
-from sqlalchemy import case, func, select
 from werkzeug.datastructures import FileStorage
-from werkzeug.exceptions import HTTPException
 
 from controller import registry
+from controller.clock import Clock, system_clock
 from controller.config import Settings
-from controller.core.policy import PolicyError
-from controller.http import feedback
+from controller.http import feedback, openapi
 from controller.http.auth import AuthError, Principal, authorize
-from controller.loop import actions
-from storage import AlreadyExists, ConcurrentUpdate, InvalidState, NotFound, StorageError, Store, Unavailable
-from storage.entities import Analysis, Deployment, Event, NewEvent, PipelineVersion, Rollout
-from storage.models import PairedOutputRow
+from controller.http.errors import ApiError, json_response, render_error
+from controller.loop import actions, measure
+from controller.reports import build as reports
+from storage import Store, Unavailable
+from storage.entities import Analysis, Column, Deployment, Event, NewEvent, PipelineVersion, Rollout
 
 API_PREFIX = "/api/v1"
 STATIC_DIR = Path(__file__).parent / "static"
-ROLLOUT_ACTIONS = ("promote", "rollback", "pause", "resume", "abort")
-LATENCY_SAMPLE = 20_000
+CLOCK_EXTENSION = "mlcanary.clock"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 blueprint = Blueprint("mlcanary_api", __name__, url_prefix=API_PREFIX)
 dashboard = Blueprint("mlcanary_dashboard", __name__)
-
-
-class ApiError(Exception):
-    """A request cannot be served as asked; carries its HTTP status and a stable code."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
 
 
 # ------------------------------------------------------------------------------------------ plumbing
@@ -80,34 +67,9 @@ def principal() -> Principal:
 
 
 def now() -> datetime:
-    """Return the current time (an app may inject a clock at extensions["mlcanary.clock"])."""
-    clock: Callable[[], datetime] | None = current_app.extensions.get("mlcanary.clock")
-    return clock() if clock is not None else datetime.now(UTC)
-
-
-def json_response(payload: Any, status: int = 200) -> Response:
-    """Answer JSON; NaN and infinities become null, datetimes ISO 8601."""
-    text = json.dumps(plain(payload), allow_nan=False, separators=(",", ":"))
-    return Response(text, status=status, mimetype="application/json")
-
-
-def error_response(status: int, code: str, message: str) -> Response:
-    return json_response({"error": {"code": code, "message": message}}, status)
-
-
-def plain(value: Any) -> Any:
-    if isinstance(value, float | np.floating):
-        number = float(value)
-        return number if np.isfinite(number) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, Mapping):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [plain(v) for v in value]
-    return value
+    """Return the current time from the app's clock (create_app's ``clock=``; the system clock if none)."""
+    clock: Clock = current_app.extensions.get(CLOCK_EXTENSION, system_clock)
+    return clock()
 
 
 @blueprint.before_request
@@ -120,70 +82,15 @@ def _check_token() -> Response | None:
         request.max_content_length = settings().max_upload_bytes
     try:
         g.mlcanary_principal = authorize(store(), request.headers.get("Authorization"), request.method)
-    except AuthError as error:
-        response = error_response(error.status, error.code, error.message)
-        if error.status == 401:
-            response.headers["WWW-Authenticate"] = 'Bearer realm="mlcanary"'
-        return response
-    except Unavailable as error:
-        return error_response(503, "storage_unavailable", str(error))
+    except (AuthError, Unavailable) as error:
+        return render_error(error)
     return None
 
 
 @blueprint.errorhandler(Exception)
 def _translate(error: Exception) -> Response:
     """Turn what a view raised into a JSON error with the right status; never a 500 for bad input."""
-    status, code = _status_of(error)
-    if status >= 500 and status != 501 and status != 503:
-        current_app.logger.exception("admin API error")
-        return error_response(500, "internal_error", "internal error; see the logs")
-    message = error.message if isinstance(error, ApiError | feedback.LabelsError) else str(error)
-    if isinstance(error, HTTPException):
-        message = error.description or error.name
-    return error_response(status, code, message)
-
-
-def _status_of(error: Exception) -> tuple[int, str]:
-    if isinstance(error, ApiError | feedback.LabelsError):
-        return error.status, error.code
-    if isinstance(error, HTTPException):
-        status = error.code or 500
-        return status, _HTTP_CODES.get(status, (error.name or "error").lower().replace(" ", "_"))
-    if isinstance(error, PolicyError):
-        return 422, "invalid_policy"
-    if isinstance(error, actions.ActionError):
-        return 409, "invalid_transition"
-    if isinstance(error, NotFound):
-        return 404, "not_found"
-    if isinstance(error, AlreadyExists):
-        return 409, "already_exists"
-    if isinstance(error, InvalidState):
-        return 409, "conflict"
-    if isinstance(error, ConcurrentUpdate):
-        return 409, "concurrent_update"
-    if isinstance(error, Unavailable):
-        return 503, "storage_unavailable"
-    if isinstance(error, StorageError):
-        return 500, "storage_error"
-    if isinstance(error, registry.RegistrationError):
-        return 400, "invalid_registration"
-    return 500, "internal_error"
-
-
-_HTTP_CODES = {
-    400: "bad_request",
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "payload_too_large",
-    415: "unsupported_media_type",
-}
-
-
-def _optional_module(name: str, what: str) -> ModuleType:
-    """Import a module another engineer provides, or answer 501 while it does not exist yet."""
-    if importlib.util.find_spec(name) is None:
-        raise ApiError(501, "not_implemented", f"{what} is not available in this build yet")
-    return importlib.import_module(name)
+    return render_error(error)
 
 
 def _json_object(
@@ -279,81 +186,31 @@ def _refs(s: Store, *ids: int) -> dict[int, str]:
 
 
 def live_figures(s: Store, rollout: Rollout) -> dict[str, Any]:
-    """Summarise the current step's paired outputs per arm: requests, errors, latency p50/p99.
+    """Summarise the current step per arm: requests, errors, latency p50/p99 (storage's LiveFigures).
 
-    Counts are exact SQL aggregates; latency quantiles use the step's latest LATENCY_SAMPLE rows.
-    `served` counts the rows an arm answered; `scored` the rows it computed (served or shadow).
+    ``served`` counts the rows an arm answered; ``scored`` the rows it ran (served or shadow). Latency
+    quantiles are read off the step's latency histogram exactly as the judge reads its p99.
     """
-    rows = PairedOutputRow
-    where = (rows.rollout_id == rollout.id, rows.step == rollout.step_index)
+    figures = s.pairs.live_figures(rollout.id, rollout.step_index, latency=measure.LATENCY)
     arms: dict[str, Any] = {}
-    with s.db.session() as session:
-        totals = session.execute(
-            select(
-                func.count(),
-                func.sum(case((rows.served_arm == "champion", 1), else_=0)),
-                func.sum(case((rows.served_arm == "challenger", 1), else_=0)),
-                func.sum(case((rows.champion_error.is_not(None), 1), else_=0)),
-                func.sum(case((rows.challenger_error.is_not(None), 1), else_=0)),
-                func.sum(
-                    case(
-                        ((rows.champion_latency_ms.is_not(None)) | (rows.champion_error.is_not(None)), 1),
-                        else_=0,
-                    )
-                ),
-                func.sum(
-                    case(
-                        ((rows.challenger_latency_ms.is_not(None)) | (rows.challenger_error.is_not(None)), 1),
-                        else_=0,
-                    )
-                ),
-                func.min(rows.received_at),
-                func.max(rows.received_at),
-            ).where(*where)
-        ).one()
-        latencies = session.execute(
-            select(rows.champion_latency_ms, rows.challenger_latency_ms)
-            .where(*where)
-            .order_by(rows.id.desc())
-            .limit(LATENCY_SAMPLE)
-        ).all()
-    (
-        total,
-        served_champion,
-        served_challenger,
-        err_champion,
-        err_challenger,
-        scored_champion,
-        scored_challenger,
-        first,
-        last,
-    ) = totals
-    for index, (arm, served, errors, scored) in enumerate(
-        (
-            ("champion", served_champion, err_champion, scored_champion),
-            ("challenger", served_challenger, err_challenger, scored_challenger),
-        )
-    ):
-        values = np.array([row[index] for row in latencies if row[index] is not None], dtype=float)
-        scored = int(scored or 0)
-        errors = int(errors or 0)
+    for arm, f in (("champion", figures.champion), ("challenger", figures.challenger)):
         arms[arm] = {
-            "served": int(served or 0),
-            "scored": scored,
-            "errors": errors,
-            "error_rate": errors / scored if scored else None,
+            "served": f.served,
+            "scored": f.scored,
+            "errors": f.errors,
+            "error_rate": f.errors / f.scored if f.scored else None,
             "latency_ms": {
-                "p50": float(np.percentile(values, 50)) if values.size else None,
-                "p99": float(np.percentile(values, 99)) if values.size else None,
-                "n": int(values.size),
+                "p50": measure.latency_quantile(f.latency, 0.50),
+                "p99": measure.latency_quantile(f.latency, 0.99),
+                "n": sum(f.latency.values()),
             },
         }
     return {
-        "rollout_id": rollout.id,
-        "step": rollout.step_index,
-        "requests": int(total or 0),
-        "first_at": first,
-        "last_at": last,
+        "rollout_id": figures.rollout_id,
+        "step": figures.step,
+        "requests": figures.requests,
+        "first_at": figures.first_at,
+        "last_at": figures.last_at,
         "arms": arms,
     }
 
@@ -393,8 +250,6 @@ def deployment_json(s: Store, d: Deployment, *, detail: bool) -> dict[str, Any]:
 @blueprint.get("/openapi.json")
 def openapi_document() -> Response:
     """Serve the OpenAPI 3.1 document of the admin API and the data plane (no token needed)."""
-    from controller.http import openapi
-
     return json_response(openapi.document())
 
 
@@ -451,8 +306,6 @@ _ARTIFACT_SUFFIXES = (".skops", ".joblib", ".pkl", ".pickle")
 
 
 def _schema_of(value: Any) -> tuple[Any, ...] | None:
-    from storage.entities import Column
-
     if value is None:
         return None
     if isinstance(value, str):
@@ -634,9 +487,11 @@ def rollouts_list(name: str) -> Response:
 @blueprint.post("/deployments/<name>/rollout/<action>")
 def rollout_action(name: str, action: str) -> Response:
     """Promote (next step, or full), roll back, pause, resume or abort the active rollout."""
-    if action not in ROLLOUT_ACTIONS:
+    if action not in actions.ROLLOUT_ACTIONS:
         raise ApiError(
-            404, "unknown_action", f"unknown rollout action {action!r}; use {', '.join(ROLLOUT_ACTIONS)}"
+            404,
+            "unknown_action",
+            f"unknown rollout action {action!r}; use {', '.join(actions.ROLLOUT_ACTIONS)}",
         )
     allowed = {"reason", "full"} if action == "promote" else {"reason"}
     body = _json_object(allowed=allowed, empty_ok=True)
@@ -646,10 +501,7 @@ def rollout_action(name: str, action: str) -> Response:
         raise ApiError(400, "invalid_field", "full must be a boolean")
     s = store()
     s.deployments.get(name)
-    keywords: dict[str, Any] = {"actor": principal().name, "reason": reason or "", "now": now()}
-    if action == "promote":
-        keywords["full"] = full
-    rollout = getattr(actions, action)(s, name, **keywords)
+    rollout = actions.act(s, name, action, actor=principal().name, full=full, reason=reason or "", now=now())
     return json_response(rollout_json(rollout, _refs(s, rollout.champion_id, rollout.challenger_id)))
 
 
@@ -698,7 +550,6 @@ def report(name: str) -> Response:
         wanted = {"text/html": "html", "text/markdown": "markdown"}.get(best or "", "json")
     if wanted not in ("json", "html", "markdown"):
         raise ApiError(400, "invalid_parameter", "format must be json, html or markdown")
-    reports = _optional_module("controller.reports.build", "the report")
     built = reports.build_report(s, name, rollout_id)
     if wanted == "html":
         return Response(reports.render_html(built), mimetype="text/html")
@@ -711,8 +562,6 @@ def report(name: str) -> Response:
 @dashboard.get("/")
 def dashboard_page() -> Response:
     """Serve the dashboard page (no token to load it; its API calls send the user's token)."""
-    if not (STATIC_DIR / "dashboard.html").is_file():
-        return error_response(501, "not_implemented", "the dashboard is not available in this build yet")
     return send_from_directory(STATIC_DIR, "dashboard.html", mimetype="text/html", max_age=0)
 
 

@@ -14,7 +14,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from controller.http.errors import AuthError
 from storage import Store
+
+__all__ = ["AuthError", "Principal", "authorize", "bearer_token", "required_role"]
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 ROLE_RANK = {"viewer": 0, "operator": 1}
@@ -32,14 +35,6 @@ class Principal:
     def may(self, role: str) -> bool:
         """Return whether this principal holds `role` or a stronger one."""
         return ROLE_RANK.get(self.role, -1) >= ROLE_RANK[role]
-
-
-class AuthError(Exception):
-    """A request is refused: 401 (no valid token) or 403 (a valid token without the role)."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
 
 
 def required_role(method: str) -> str:

@@ -16,30 +16,18 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, request
 
-from storage import NotFound, StorageError, Store, Unavailable
+from controller.http.errors import HttpError, LabelsError, json_response, render_error
+from storage import NotFound, Store
+
+__all__ = ["LabelsError", "blueprint", "parse_labels", "read_json_body", "store_labels"]
 
 MAX_LABELS = 10_000
 MAX_REQUEST_ID = 128
 STORE_EXTENSION = "mlcanary.store"
 
 blueprint = Blueprint("mlcanary_feedback", __name__)
-
-
-class LabelsError(ValueError):
-    """A labels body is invalid; carries the HTTP status and a stable code."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
-def error_response(status: int, code: str, message: str) -> Response:
-    """Answer `{"error": {"code": ..., "message": ...}}` with a status."""
-    response = jsonify({"error": {"code": code, "message": message}})
-    response.status_code = status
-    return response
 
 
 def read_json_body() -> Any:
@@ -113,15 +101,14 @@ def store_labels(store: Store, deployment: str, triples: list[tuple[str, int, An
 def feedback(deployment: str) -> Response:
     """Store ground-truth labels for earlier requests of a deployment."""
     store: Store = current_app.extensions[STORE_EXTENSION]
+    triples = parse_labels(read_json_body())
     try:
-        result = store_labels(store, deployment, parse_labels(read_json_body()))
-    except LabelsError as error:
-        return error_response(error.status, error.code, error.message)
+        result = store_labels(store, deployment, triples)
     except NotFound as error:
-        return error_response(404, "deployment_not_found", str(error))
-    except Unavailable as error:
-        return error_response(503, "storage_unavailable", str(error))
-    except StorageError as error:
-        current_app.logger.exception("feedback failed")
-        return error_response(500, "storage_error", type(error).__name__)
-    return jsonify(result)
+        raise HttpError(404, "deployment_not_found", str(error)) from error
+    return json_response(result)
+
+
+@blueprint.errorhandler(Exception)
+def _render(error: Exception) -> Response:
+    return render_error(error)

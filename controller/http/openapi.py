@@ -10,7 +10,7 @@ import copy
 from functools import cache
 from typing import Any
 
-from controller.http.api import ROLLOUT_ACTIONS
+from controller.core.machine import ROLLOUT_ACTIONS
 
 JSON = "application/json"
 
@@ -31,7 +31,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
     texts = {
         400: "Bad input", 401: "No valid token", 403: "The token's role may not do this", 404: "Not found",
         409: "Conflict or invalid transition", 413: "Body too large", 415: "Unsupported media type",
-        422: "Invalid policy (the message names the field)", 501: "Not available in this build",
+        422: "Invalid policy (the message names the field)",
         502: "The model failed", 503: "Unavailable", 504: "The model timed out",
     }  # fmt: skip
     return {
@@ -481,7 +481,7 @@ def _admin_paths() -> dict[str, Any]:
             ),
             "post": _operation(
                 "Start a rollout",
-                {**_ok(_ref("Rollout"), "Started", "201"), **_ADMIN_WRITE, **_errors(422, 501)},
+                {**_ok(_ref("Rollout"), "Started", "201"), **_ADMIN_WRITE, **_errors(422)},
                 tags=["rollouts"],
                 parameters=[_NAME],
                 requestBody=_json_body(_ref("RolloutStart")),
@@ -490,7 +490,7 @@ def _admin_paths() -> dict[str, Any]:
         f"{p}/deployments/{{name}}/rollout/{{action}}": {
             "post": _operation(
                 "Promote (next step, or full), roll back, pause, resume or abort the active rollout",
-                {**_ok(_ref("Rollout")), **_ADMIN_WRITE, **_errors(501)},
+                {**_ok(_ref("Rollout")), **_ADMIN_WRITE},
                 tags=["rollouts"],
                 parameters=[_NAME, _param("action", schema={"enum": list(ROLLOUT_ACTIONS)})],
                 requestBody=_json_body(_ref("RolloutAction"), required=False),
@@ -544,7 +544,7 @@ def _admin_paths() -> dict[str, Any]:
                         },
                     },
                     **_ADMIN_READ,
-                    **_errors(400, 501),
+                    **_errors(400),
                 },
                 tags=["reports"],
                 parameters=[
@@ -564,7 +564,6 @@ def _admin_paths() -> dict[str, Any]:
                 "The dashboard page (its API calls send the token the user pastes)",
                 {
                     "200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}},
-                    **_errors(501),
                 },
                 tags=["admin"],
                 public=True,

@@ -1,13 +1,13 @@
-"""Operators' actions on rollouts: start, promote, rollback, pause, resume, abort.
+"""Operators' actions on rollouts: start one, then ``act`` on it (promote, rollback, pause, resume, abort).
 
 Every action is checked against the state machine's table (a forbidden one raises ``ActionError``),
 applied with optimistic concurrency (``store.rollouts.update(expected_version=...)``; a race with the
 controller loop is retried on fresh state, and re-checked) and audited as an event with the actor, the
 operator's reason and the transition, in the same transaction as the change.
 
-    rollout = actions.start_rollout(store, "churn", "churn:2", actor="alice", policy={"mode": "shadow"})
-    actions.pause(store, "churn", actor="alice", reason="weekend freeze")
-    actions.promote(store, "churn", actor="alice", full=True)
+    rollout = actions.start_rollout(store, "churn", "churn:2", actor="alice", policy={"mode": "shadow"}, now=now)
+    actions.act(store, "churn", "pause", actor="alice", reason="weekend freeze", now=now)
+    actions.act(store, "churn", "promote", actor="alice", full=True, now=now)
 
 Errors: ``ActionError`` (ValueError) for a forbidden action or a deployment without an active rollout;
 ``storage.NotFound`` (LookupError) for an unknown deployment, rollout or pipeline version;
@@ -18,24 +18,30 @@ Errors: ``ActionError`` (ValueError) for a forbidden action or a deployment with
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from controller.core.machine import Decision, ManualAction, RolloutState, TransitionError, manual
+from controller.clock import system_clock
+from controller.core.machine import (
+    Decision,
+    ManualAction,
+    RolloutState,
+    TransitionError,
+    manual,
+)
 from controller.core.policy import Policy
+from controller.core.rollout_actions import ACTION_HELP, ROLLOUT_ACTIONS, RolloutAction
 from storage import ConcurrentUpdate, InvalidState, Store
-from storage.entities import NewEvent, Rollout
+from storage.entities import NewAnalysis, NewEvent, Rollout
 
 __all__ = [
+    "ACTION_HELP",
+    "ROLLOUT_ACTIONS",
     "ActionError",
-    "abort",
+    "act",
     "apply_decision",
-    "pause",
     "policy_of",
-    "promote",
-    "resume",
-    "rollback",
     "start_rollout",
     "state_of",
     "transition_event",
@@ -46,6 +52,9 @@ RETRIES = 5
 
 class ActionError(ValueError):
     """The action is not possible now: forbidden by the state machine, or nothing to act on."""
+
+    status = 409  # how the admin API answers it (controller.http.errors)
+    code = "invalid_transition"
 
 
 def policy_of(rollout: Rollout) -> Policy:
@@ -110,16 +119,19 @@ def apply_decision(
     now: datetime,
     message: str | None = None,
     details: Mapping[str, Any] | None = None,
+    analysis: NewAnalysis | None = None,
 ) -> Rollout:
     """Store a transition and its event in one transaction, if the rollout is still at the version read.
 
-    Raises storage.ConcurrentUpdate when another writer changed the rollout in between.
+    ``analysis``: the look that caused it, stored in the same transaction (its id heads the event's
+    details). Raises storage.ConcurrentUpdate when another writer changed the rollout in between.
     """
     return store.rollouts.update(
         rollout.id,
         expected_version=rollout.version,
         events=[transition_event(rollout, decision, actor=actor, message=message, details=details)],
         promote_challenger=decision.promotes_challenger,
+        analysis=analysis,
         now=now,
         **decision.changes(now),
     )
@@ -149,7 +161,7 @@ def start_rollout(
     "parity_failed") and raises ActionError with the report's explanation; a pass is stored in the
     creation event's details (with any environment differences).
     """
-    now = now or datetime.now(UTC)
+    now = now or system_clock()
     resolved = Policy.parse(policy, mode=mode)
     target = store.deployments.get(deployment)
     version = (
@@ -194,9 +206,10 @@ def start_rollout(
         raise ActionError(str(error)) from error
 
 
-def promote(
+def act(
     store: Store,
     deployment: str,
+    action: RolloutAction | str,
     *,
     actor: str,
     full: bool = False,
@@ -205,111 +218,27 @@ def promote(
     expected_version: int | None = None,
     now: datetime | None = None,
 ) -> Rollout:
-    """Promote the active rollout to its next step (the last step promotes), or fully with ``full``."""
-    return _act(
-        store,
-        deployment,
-        "promote_full" if full else "promote",
-        actor=actor,
-        reason=reason,
-        rollout_id=rollout_id,
-        expected_version=expected_version,
-        now=now,
-    )
+    """Apply an operator's action (one of ``ROLLOUT_ACTIONS``) to the deployment's active rollout.
 
-
-def rollback(
-    store: Store,
-    deployment: str,
-    *,
-    actor: str,
-    reason: str = "",
-    rollout_id: int | None = None,
-    expected_version: int | None = None,
-    now: datetime | None = None,
-) -> Rollout:
-    """Roll the active rollout back: the champion answers everything and the challenger scores nothing."""
-    return _act(
-        store,
-        deployment,
-        "rollback",
-        actor=actor,
-        reason=reason,
-        rollout_id=rollout_id,
-        expected_version=expected_version,
-        now=now,
-    )
-
-
-def pause(
-    store: Store,
-    deployment: str,
-    *,
-    actor: str,
-    reason: str = "",
-    rollout_id: int | None = None,
-    expected_version: int | None = None,
-    now: datetime | None = None,
-) -> Rollout:
-    """Pause the active rollout: the split stays as it is, the controller stops advancing it.
-
-    Proven harm still rolls a paused rollout back, since its challenger still takes traffic.
+    ``full`` (promote only): straight to promoted instead of the next step. ``rollout_id``: act on
+    that rollout of the deployment instead of the active one; ``expected_version``: refuse with
+    ConcurrentUpdate unless the rollout is still at that version (no retry). ``now``: when it
+    happens (the caller's clock; ``system_clock()`` if not given).
     """
+    if action not in ROLLOUT_ACTIONS:
+        raise ActionError(f"unknown rollout action {action!r}; use {', '.join(ROLLOUT_ACTIONS)}")
+    if full and action != "promote":
+        raise ActionError("only promote can be full")
+    manual_action: ManualAction = "promote_full" if full else cast(RolloutAction, action)
     return _act(
         store,
         deployment,
-        "pause",
+        manual_action,
         actor=actor,
         reason=reason,
         rollout_id=rollout_id,
         expected_version=expected_version,
-        now=now,
-    )
-
-
-def resume(
-    store: Store,
-    deployment: str,
-    *,
-    actor: str,
-    reason: str = "",
-    rollout_id: int | None = None,
-    expected_version: int | None = None,
-    now: datetime | None = None,
-) -> Rollout:
-    """Resume a paused rollout at its current step, whose clock starts afresh."""
-    return _act(
-        store,
-        deployment,
-        "resume",
-        actor=actor,
-        reason=reason,
-        rollout_id=rollout_id,
-        expected_version=expected_version,
-        now=now,
-    )
-
-
-def abort(
-    store: Store,
-    deployment: str,
-    *,
-    actor: str,
-    reason: str = "",
-    rollout_id: int | None = None,
-    expected_version: int | None = None,
-    now: datetime | None = None,
-) -> Rollout:
-    """Abort the rollout without a verdict (also a pending one): traffic returns to the champion."""
-    return _act(
-        store,
-        deployment,
-        "abort",
-        actor=actor,
-        reason=reason,
-        rollout_id=rollout_id,
-        expected_version=expected_version,
-        now=now,
+        now=now or system_clock(),
     )
 
 
@@ -335,7 +264,7 @@ def _act(
     reason: str,
     rollout_id: int | None,
     expected_version: int | None,
-    now: datetime | None,
+    now: datetime,
 ) -> Rollout:
     if not actor:
         raise ActionError("an action needs an actor (who did it)")
@@ -345,9 +274,8 @@ def _act(
             raise ConcurrentUpdate(
                 f"rollout {rollout.id} is at version {rollout.version}, not {expected_version}; reload and retry"
             )
-        at = now or datetime.now(UTC)
         try:
-            decision = manual(state_of(rollout), action, at, reason=reason)
+            decision = manual(state_of(rollout), action, now, reason=reason)
         except TransitionError as error:
             raise ActionError(f"cannot {action.replace('_', ' ')} rollout {rollout.id}: {error}") from error
         try:
@@ -356,7 +284,7 @@ def _act(
                 rollout,
                 decision,
                 actor=actor,
-                now=at,
+                now=now,
                 details={"operator_reason": reason} if reason else {},
             )
         except ConcurrentUpdate:

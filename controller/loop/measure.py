@@ -8,7 +8,7 @@ count only for requests older than the policy's label maturity.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -22,9 +22,19 @@ from storage import Store
 from storage.analytics import ArmAggregates, LatencyBuckets, StepAggregates, step_aggregates
 from storage.entities import Rollout
 
-__all__ = ["LATENCY", "Measurement", "measure", "metrics_from_aggregates"]
+__all__ = [
+    "LATENCY",
+    "LATENCY_EDGES",
+    "Measurement",
+    "latency_counts",
+    "latency_quantile",
+    "measure",
+    "metrics_from_aggregates",
+]
 
-_EDGES = stats.latency_edges()
+# The one set of latency buckets: the judge's, the reports' and the dashboard's figures all use it.
+LATENCY_EDGES = stats.latency_edges()
+_EDGES = LATENCY_EDGES
 LATENCY = LatencyBuckets(start_ms=float(_EDGES[1]), growth=1.05, count=len(_EDGES) - 1)
 VALUE_BINS = 10
 
@@ -102,11 +112,22 @@ def class_codes(observed: Sequence[str], classes: Sequence[Any] | None = None) -
     return {c: i for i, c in enumerate(order)}
 
 
-def _latency(arm: ArmAggregates) -> tuple[int, ...]:
+def latency_counts(buckets: Mapping[int, int]) -> tuple[int, ...]:
+    """Return a storage latency histogram (bucket -> count, buckets of LATENCY) as counts over LATENCY_EDGES."""
     counts = np.zeros(LATENCY.count, dtype=np.int64)
-    for bucket, n in arm.latency.items():
+    for bucket, n in buckets.items():
         counts[bucket] += n
     return tuple(int(x) for x in counts)
+
+
+def latency_quantile(buckets: Mapping[int, int], q: float) -> float | None:
+    """Read the q-quantile off a storage latency histogram, as the judge reads p99 (None when empty)."""
+    counts = latency_counts(buckets)
+    return stats.quantile_from_histogram(counts, LATENCY_EDGES, q) if sum(counts) else None
+
+
+def _latency(arm: ArmAggregates) -> tuple[int, ...]:
+    return latency_counts(arm.latency)
 
 
 def metrics_from_aggregates(

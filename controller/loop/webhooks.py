@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import threading
 from collections.abc import Callable
@@ -40,6 +39,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from controller.config import Settings
+from controller.encoding import dumps
 from storage import NotFound, StorageError, Store
 from storage.entities import Event, NewEvent
 
@@ -117,7 +117,7 @@ def redact(url: str) -> str:
 
 
 @dataclass(frozen=True)
-class Outcome:
+class Delivery:
     delivered: bool
     attempts: int
     status: int | None
@@ -133,7 +133,7 @@ class Dispatcher:
         settings: Settings,
         *,
         transport: httpx.BaseTransport | None = None,
-        on_outcome: Callable[[str, Event, Outcome], None] | None = None,
+        on_outcome: Callable[[str, Event, Delivery], None] | None = None,
         leading: Callable[[], bool] | None = None,
     ) -> None:
         """`leading`, if given, gates every pass: while it answers False (a standby controller) nothing
@@ -240,9 +240,8 @@ class Dispatcher:
         return position
 
     # ------------------------------------------------------------------ one delivery
-    def _deliver(self, client: httpx.Client, url: str, event: Event) -> Outcome | None:
-        body = json.dumps(payload(event, self._deployment_name(event.deployment_id)), separators=(",", ":"),
-                          default=str).encode()  # fmt: skip
+    def _deliver(self, client: httpx.Client, url: str, event: Event) -> Delivery | None:
+        body = dumps(payload(event, self._deployment_name(event.deployment_id))).encode()
         headers = {
             "Content-Type": "application/json",
             "User-Agent": "mlcanary-webhooks/1",
@@ -259,9 +258,11 @@ class Dispatcher:
                 response = client.post(url, content=body, headers=headers)
                 status, error = response.status_code, None
                 if 200 <= status < 300:
-                    return Outcome(True, attempt, status, None)
+                    return Delivery(True, attempt, status, None)
                 if status < 500 and status not in _RETRY_STATUSES:
-                    return Outcome(False, attempt, status, f"HTTP {status}")  # the receiver refuses: no retry
+                    return Delivery(
+                        False, attempt, status, f"HTTP {status}"
+                    )  # the receiver refuses: no retry
                 error = f"HTTP {status}"
             except httpx.TimeoutException:
                 status, error = None, f"no answer within {self.settings.webhook_timeout_s:g}s"
@@ -271,9 +272,9 @@ class Dispatcher:
                 delay = self.settings.webhook_backoff_s * 2 ** (attempt - 1)
                 if self._stop.wait(delay):
                     return None
-        return Outcome(False, attempts_allowed, status, error)
+        return Delivery(False, attempts_allowed, status, error)
 
-    def _record_failure(self, url: str, event: Event, outcome: Outcome) -> None:
+    def _record_failure(self, url: str, event: Event, outcome: Delivery) -> None:
         log.warning("webhook to %s failed for event %s: %s", redact(url), event.id, outcome.error)
         self.store.events.add(
             NewEvent(

@@ -22,15 +22,23 @@ import math
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import fields
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 from scipy import stats as sps
 
+from controller.clock import system_clock
+from controller.core import reproducibility as rp
 from controller.core import stats
 from controller.core.judge import Outcome
-from storage import NotFound, Store
+from controller.core.policy import Policy, PolicyError
+from controller.encoding import finite
+from controller.loop import measure
+from controller.loop.actions import policy_of
+from controller.loop.assess import online_offline
+from controller.reports.plots import html_page
+from storage import NotFound, Store, repro_queries
 from storage import report_queries as rq
 from storage.entities import Analysis, Event, PipelineVersion, Rollout
 
@@ -203,15 +211,7 @@ REPORT_SCHEMA: dict[str, Any] = {
 # --------------------------------------------------------------------------------------------------
 
 
-def _f(value: Any) -> float | None:
-    """A finite float or None (JSON has no NaN)."""
-    if value is None:
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
+_f = finite  # a finite float or None (JSON has no NaN): controller.encoding's one definition
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -288,7 +288,8 @@ def build_report(
             else None
         )
         latency_f = {
-            arm: pool.submit(rq.latency_buckets, db, rollout.id, arm) for arm in ("champion", "challenger")
+            arm: pool.submit(rq.latency_buckets, db, rollout.id, arm, latency=measure.LATENCY)
+            for arm in ("champion", "challenger")
         }
         repro_f = pool.submit(_reproducibility, store, rollout, champion, challenger, events, task, now=now)
         spans = rq.step_spans(db, rollout.id)
@@ -359,7 +360,7 @@ def build_report(
         notes.append(segment_block["method"])
     return {
         "schema_version": SCHEMA_VERSION,
-        "generated_at": _iso(now or datetime.now(UTC)),
+        "generated_at": _iso(now or system_clock()),
         "deployment": {"id": dep.id, "name": dep.name, "store_raw_inputs": dep.store_raw_inputs},
         "rollout": _rollout(rollout, champion, challenger),
         "task": task,
@@ -391,32 +392,17 @@ def _reproducibility(
     drift_sample: int = 5_000,
 ) -> dict[str, Any]:
     """Parity result, environment differences, online vs offline per arm and input drift (bounded sample)."""
-    from controller.core import reproducibility as rp
-    from controller.core.policy import Policy, PolicyError
-    from storage import repro_queries
-
     try:
-        repro = Policy.parse(rollout.policy).reproducibility
+        policy = policy_of(rollout)
     except PolicyError:
-        repro = Policy().reproducibility
+        policy = Policy()
     parity = [
         e.details["parity"]
         for e in events
         if isinstance(e.details.get("parity"), dict) and e.details.get("role", "challenger") == "challenger"
     ]
-    maturity = _policy_number(rollout.policy, ("label_maturity_s",), 0.0)
-    cutoff = (now or datetime.now(UTC)) - timedelta(seconds=maturity)
-    labelled = repro_queries.labelled_metrics(store.db, rollout.id, received_before=cutoff)
-    reproductions = [
-        rp.compare_online_offline(
-            task, version.offline_metrics,
-            rp.ArmOnline(arm=arm, version=version.ref, labelled=labelled[arm].labelled, correct=labelled[arm].correct,
-                         abs_error_sum=labelled[arm].abs_error_sum, abs_error_sq_sum=labelled[arm].abs_error_sq_sum),
-            accuracy_margin=repro.accuracy_margin, mae_margin=repro.mae_margin, confidence=repro.confidence,
-            min_labels=repro.min_labels,
-        )
-        for arm, version in (("champion", champion), ("challenger", challenger))
-    ]  # fmt: skip
+    # the same comparison the control loop's reproducibility gate makes (controller.loop.assess)
+    reproductions = online_offline(store, rollout, task=task, policy=policy, now=now or system_clock())
     reference = challenger if challenger.profile else champion
     drift = None
     if reference.profile:
@@ -455,15 +441,11 @@ def _arm_summary(
     served = sum(getattr(s, f"served_{arm}") for s in steps)
     lat_n = sum(getattr(s, f"{arm}_latency_n") for s in steps)
     lat_sum = sum(getattr(s, f"{arm}_latency_sum") for s in steps)
-    edges = stats.latency_edges(start_ms=rq.LATENCY_START_MS, growth=rq.LATENCY_GROWTH)
-    counts = np.zeros(edges.size - 1, dtype=np.int64)
-    for bucket, n in latency.items():
-        counts[min(max(bucket + 1, 0), counts.size - 1)] += n
+    edges = measure.LATENCY_EDGES
+    counts = np.asarray(measure.latency_counts(latency), dtype=np.int64)
     nonzero = np.nonzero(counts)[0]
     lo, hi = (int(nonzero[0]), int(nonzero[-1]) + 1) if nonzero.size else (0, 0)
-    q = {
-        p: _f(stats.quantile_from_histogram(counts, edges, p / 100)) if lat_n else None for p in (50, 90, 99)
-    }
+    q = {p: _f(measure.latency_quantile(latency, p / 100)) if lat_n else None for p in (50, 90, 99)}
     wi = stats.wilson_interval(errors, requests) if requests else None
     return {
         "version": _version(version),
@@ -1118,8 +1100,6 @@ def _sample_size(
 
 def render_html(report: Mapping[str, Any]) -> str:
     """Render the report as one self-contained HTML page (inline CSS and SVG; no script, no network)."""
-    from controller.reports.plots import html_page
-
     return html_page(report)
 
 

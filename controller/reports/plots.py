@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from html import escape
 from typing import Any
 
@@ -646,8 +647,6 @@ def _gates_section(r: Mapping[str, Any]) -> list[str]:
 
 
 def _epoch(iso: str | None) -> float | None:
-    from datetime import datetime
-
     return None if iso is None else datetime.fromisoformat(iso).timestamp()
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from router.backends import Predictions, check_length
+from router.backends.base import Predictions, check_length
 from router.errors import BackendError, InputRejected, InvalidOutput, ModelUnavailable
 from storage.artifacts import load_artifact
 from storage.entities import PipelineVersion

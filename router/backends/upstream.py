@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pandas as pd
 
-from router.backends import Predictions, check_length, plain
+from router.backends.base import Predictions, check_length, plain
 from router.errors import BackendError, InputRejected, InvalidOutput, ModelTimeout, ModelUnavailable
 from router.v2 import encode_request
 from storage.entities import PipelineVersion

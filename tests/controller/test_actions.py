@@ -73,8 +73,8 @@ def test_start_stores_the_complete_validated_policy_and_audits_it(store: Store) 
             PolicyError,
             "mode",
         ),
-        (lambda s: actions.pause(s, "churn", actor="a"), actions.ActionError, "no active rollout"),
-        (lambda s: actions.rollback(s, "nope", actor="a"), NotFound, "no deployment"),
+        (lambda s: actions.act(s, "churn", "pause", actor="a"), actions.ActionError, "no active rollout"),
+        (lambda s: actions.act(s, "nope", "rollback", actor="a"), NotFound, "no deployment"),
     ],
 )
 def test_operator_mistakes_are_refused_clearly(
@@ -103,11 +103,11 @@ def test_actions_need_an_actor_and_check_the_rollout_belongs_to_the_deployment(s
     _setup(store)
     r = actions.start_rollout(store, "churn", "churn:2", actor="a")
     with pytest.raises(actions.ActionError, match="actor"):
-        actions.abort(store, "churn", actor="")
+        actions.act(store, "churn", "abort", actor="")
     store.deployments.create("other", store.pipelines.get_by_ref("churn:1").id)
     with pytest.raises(actions.ActionError, match="does not belong"):
-        actions.abort(store, "other", actor="a", rollout_id=r.id)
-    assert actions.abort(store, "churn", actor="a", rollout_id=r.id).phase == "aborted"
+        actions.act(store, "other", "abort", actor="a", rollout_id=r.id)
+    assert actions.act(store, "churn", "abort", actor="a", rollout_id=r.id).phase == "aborted"
 
 
 def test_expected_version_guards_against_acting_on_a_rollout_that_moved_on(store: Store) -> None:
@@ -115,8 +115,8 @@ def test_expected_version_guards_against_acting_on_a_rollout_that_moved_on(store
     r = actions.start_rollout(store, "churn", "churn:2", actor="a")
     evaluate_once(store, now=T0)  # the controller starts it: version 2
     with pytest.raises(ConcurrentUpdate):
-        actions.pause(store, "churn", actor="a", expected_version=r.version)
-    assert actions.pause(store, "churn", actor="a", expected_version=r.version + 1).phase == "paused"
+        actions.act(store, "churn", "pause", actor="a", expected_version=r.version)
+    assert actions.act(store, "churn", "pause", actor="a", expected_version=r.version + 1).phase == "paused"
 
 
 def test_an_action_racing_the_controller_is_retried_on_fresh_state_and_rechecked(
@@ -131,11 +131,11 @@ def test_an_action_racing_the_controller_is_retried_on_fresh_state_and_rechecked
     def update_after_a_rival(rollout_id: int, **kw: Any) -> Any:
         if not raced:  # the controller (or another operator) writes first
             raced.append(True)
-            actions.pause(store, "churn", actor="rival")
+            actions.act(store, "churn", "pause", actor="rival")
         return real_update(rollout_id, **kw)
 
     monkeypatch.setattr(store.rollouts, "update", update_after_a_rival)
-    r = actions.rollback(store, "churn", actor="alice")
+    r = actions.act(store, "churn", "rollback", actor="alice")
     assert r.phase == "rolled_back"
     assert [(e.action, e.actor) for e in store.events.list(rollout_id=r.id)][-2:] == [
         ("rollout.pause", "rival"),
@@ -147,7 +147,7 @@ def test_promotion_makes_the_challenger_champion(store: Store, tmp_path: Path) -
     _setup(store)
     actions.start_rollout(store, "churn", "churn:2", actor="a", mode="shadow")
     evaluate_once(store, now=T0)
-    r = actions.promote(store, "churn", actor="a")  # shadow-only: the next step is promotion
+    r = actions.act(store, "churn", "promote", actor="a")  # shadow-only: the next step is promotion
     assert (r.phase, r.canary_weight, r.shadow_rate) == ("promoted", 100.0, 0.0)
     assert store.deployments.get("churn").champion_id == store.pipelines.get_by_ref("churn:2").id
     assert store.routing.load_table()["churn"].challenger is None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +12,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from controller.core.machine import ROLLOUT_ACTIONS
 from controller.http import auth
-from controller.http.api import ROLLOUT_ACTIONS
 from storage import Store
 
 READS = {"GET", "HEAD", "OPTIONS"}
@@ -40,8 +39,8 @@ def models() -> tuple[Any, Any]:
     return mlpipes.classifier(), mlpipes.classifier(seed=1)
 
 
-@pytest.fixture
-def world(store: Store, tmp_path: Path, models: tuple[Any, Any]) -> Iterator[tuple[Flask, Store]]:
+@pytest.fixture(autouse=True)
+def churn(store: Store, tmp_path: Path, models: tuple[Any, Any]) -> None:
     """A deployment "churn" with a shadowing rollout and one paired output, "idle" without a rollout."""
     v1 = mlpipes.register(store, tmp_path, model=models[0])
     v2 = mlpipes.register(store, tmp_path, version="2", model=models[1])
@@ -61,8 +60,6 @@ def world(store: Store, tmp_path: Path, models: tuple[Any, Any]) -> Iterator[tup
             )
         ]
     )  # fmt: skip
-    with adminapp.running(store, tmp_path) as app:
-        yield app, store
 
 
 def admin_routes(app: Flask) -> list[tuple[str, str]]:
@@ -124,8 +121,7 @@ def bad_headers(store: Store) -> dict[str, dict[str, str]]:
     }
 
 
-def test_the_table_covers_every_admin_route(world: tuple[Flask, Store]) -> None:
-    app, _ = world
+def test_the_table_covers_every_admin_route(app: Flask, store: Store) -> None:
     rules = {rule for rule, _ in admin_routes(app)}
     assert {
         "/api/v1/pipelines", "/api/v1/pipelines/<name>/<version>", "/api/v1/deployments",
@@ -136,9 +132,9 @@ def test_the_table_covers_every_admin_route(world: tuple[Flask, Store]) -> None:
 
 
 def test_every_admin_route_refuses_requests_without_a_valid_token_and_changes_nothing(
-    world: tuple[Flask, Store],
+    app: Flask,
+    store: Store,
 ) -> None:
-    app, store = world
     client = app.test_client()
     cases = bad_headers(store)
     before = snapshot(store)
@@ -155,9 +151,9 @@ def test_every_admin_route_refuses_requests_without_a_valid_token_and_changes_no
 
 
 def test_a_viewer_token_is_refused_on_every_write_route_and_changes_nothing(
-    world: tuple[Flask, Store],
+    app: Flask,
+    store: Store,
 ) -> None:
-    app, store = world
     client = app.test_client()
     viewer = adminapp.bearer(store, "viewer")
     before = snapshot(store)
@@ -170,8 +166,7 @@ def test_a_viewer_token_is_refused_on_every_write_route_and_changes_nothing(
     assert snapshot(store) == before
 
 
-def test_a_viewer_token_may_call_every_read_route(world: tuple[Flask, Store]) -> None:
-    app, store = world
+def test_a_viewer_token_may_call_every_read_route(app: Flask, store: Store) -> None:
     client = app.test_client()
     viewer = adminapp.bearer(store, "viewer")
     for rule, method, url in admin_requests(app):
@@ -180,8 +175,7 @@ def test_a_viewer_token_may_call_every_read_route(world: tuple[Flask, Store]) ->
             assert response.status_code not in (401, 403), (rule, method)
 
 
-def test_an_operator_token_may_write_and_the_event_names_the_token(world: tuple[Flask, Store]) -> None:
-    app, store = world
+def test_an_operator_token_may_write_and_the_event_names_the_token(app: Flask, store: Store) -> None:
     client = app.test_client()
     response = client.post(
         "/api/v1/deployments/churn/rollout/pause",
@@ -193,15 +187,13 @@ def test_an_operator_token_may_write_and_the_event_names_the_token(world: tuple[
     assert (event.action, event.actor) == ("rollout.pause", "alice")
 
 
-def test_the_openapi_document_needs_no_token(world: tuple[Flask, Store]) -> None:
-    app, _ = world
+def test_the_openapi_document_needs_no_token(app: Flask, store: Store) -> None:
     response = app.test_client().get("/api/v1/openapi.json")
     assert response.status_code == 200
     assert response.get_json()["openapi"].startswith("3.1")
 
 
-def test_a_token_revoked_after_use_is_refused_at_once(world: tuple[Flask, Store]) -> None:
-    app, store = world
+def test_a_token_revoked_after_use_is_refused_at_once(app: Flask, store: Store) -> None:
     client = app.test_client()
     headers = adminapp.bearer(store, "viewer", "bob")
     assert client.get("/api/v1/deployments", headers=headers).status_code == 200
@@ -209,8 +201,7 @@ def test_a_token_revoked_after_use_is_refused_at_once(world: tuple[Flask, Store]
     assert client.get("/api/v1/deployments", headers=headers).status_code == 401
 
 
-def test_the_bearer_scheme_is_case_insensitive(world: tuple[Flask, Store]) -> None:
-    app, store = world
+def test_the_bearer_scheme_is_case_insensitive(app: Flask, store: Store) -> None:
     token, _ = store.tokens.create("carol", "viewer")
     response = app.test_client().get("/api/v1/deployments", headers={"Authorization": f"bearer {token}"})
     assert response.status_code == 200

@@ -253,21 +253,21 @@ def test_manual_actions_work_mid_rollout_and_are_audited(
     world = World(store, tmp_path, champion=pipelines["good"], challenger=pipelines["same"])
     world.start()
     world.tick()
-    r = actions.promote(store, "churn", actor="alice", reason="shadow looked fine", now=world.now)
+    r = actions.act(store, "churn", "promote", actor="alice", reason="shadow looked fine", now=world.now)
     assert (r.phase, r.step_index, r.canary_weight) == ("progressing", 1, 5.0)
-    r = actions.pause(store, "churn", actor="bob", reason="incident elsewhere", now=world.now)
+    r = actions.act(store, "churn", "pause", actor="bob", reason="incident elsewhere", now=world.now)
     assert (r.phase, r.canary_weight) == ("paused", 5.0)
     world.traffic(2000)
     world.tick(7200)
     assert world.rollout().phase == "paused", "the controller never advances a paused rollout"
     with pytest.raises(actions.ActionError, match="paused"):
-        actions.pause(store, "churn", actor="bob", now=world.now)
-    r = actions.resume(store, "churn", actor="bob", now=world.now)
+        actions.act(store, "churn", "pause", actor="bob", now=world.now)
+    r = actions.act(store, "churn", "resume", actor="bob", now=world.now)
     assert (r.phase, r.step_index, r.step_started_at) == ("progressing", 1, world.now)
-    r = actions.rollback(store, "churn", actor="carol", reason="business call", now=world.now)
+    r = actions.act(store, "churn", "rollback", actor="carol", reason="business call", now=world.now)
     assert (r.phase, r.canary_weight, r.shadow_rate) == ("rolled_back", 0.0, 0.0)
     with pytest.raises(actions.ActionError, match="no active rollout"):
-        actions.resume(store, "churn", actor="bob", now=world.now)
+        actions.act(store, "churn", "resume", actor="bob", now=world.now)
     audit = [(e.action, e.actor, e.reason) for e in store.events.list(rollout_id=r.id)]
     assert audit == [
         ("rollout.create", "alice", "created"),
@@ -281,11 +281,11 @@ def test_manual_actions_work_mid_rollout_and_are_audited(
     assert last.message == "business call" and last.details["from"]["phase"] == "progressing"
 
     world.start()  # a second rollout: abort it, and promote one fully
-    r = actions.abort(store, "churn", actor="dave", reason="wrong version", now=world.now)
+    r = actions.act(store, "churn", "abort", actor="dave", reason="wrong version", now=world.now)
     assert r.phase == "aborted"
     world.start()
     world.tick()
-    r = actions.promote(store, "churn", actor="erin", full=True, now=world.now)
+    r = actions.act(store, "churn", "promote", actor="erin", full=True, now=world.now)
     assert r.phase == "promoted"
     assert store.deployments.get("churn").champion_id == world.versions["challenger"].id
 
@@ -295,9 +295,34 @@ def test_a_rollout_changed_by_an_operator_during_a_look_is_not_overwritten(
 ) -> None:
     world = World(store, tmp_path, champion=pipelines["good"], challenger=pipelines["same"])
     stale = world.start()
-    actions.abort(store, "churn", actor="alice", now=world.now)
+    actions.act(store, "churn", "abort", actor="alice", now=world.now)
     from controller.loop.control import evaluate_rollout
 
     outcome = evaluate_rollout(store, stale, now=world.now)  # the look read the rollout before the abort
     assert not outcome.applied and outcome.error == "concurrent update"
     assert world.rollout().phase == "aborted"
+
+
+def test_the_analysis_and_the_transition_it_caused_are_stored_together_or_not_at_all(
+    store: Store, tmp_path: Path, pipelines: dict[str, Any]
+) -> None:
+    world = World(store, tmp_path, champion=pipelines["good"], challenger=pipelines["same"])
+    world.start({"on_inconclusive": "rollback", "shadow": {"max_duration_s": 60}})
+    world.tick()  # pending -> shadowing: nothing judged, no analysis
+    stale = world.rollout()
+    world.tick(10)  # a look that holds stores its analysis alone
+    assert len(store.analyses.list(stale.id)) == 1
+    actions.act(store, "churn", "pause", actor="alice", now=world.now)
+    world.now += timedelta(seconds=61)
+    from controller.loop.control import evaluate_rollout
+
+    lost = evaluate_rollout(store, stale, now=world.now)  # it would roll back, but the rollout moved on
+    assert not lost.applied and lost.error == "concurrent update"
+    assert len(store.analyses.list(stale.id)) == 1, "the look's analysis went with its transition"
+    actions.act(store, "churn", "resume", actor="alice", now=world.now)
+    world.tick(61)  # this look rolls back: its analysis and its transition are written together
+    analyses = store.analyses.list(stale.id)
+    rollback = [e for e in store.events.list(rollout_id=stale.id) if e.action == "rollout.rollback"]
+    assert (len(analyses), len(rollback)) == (2, 1)
+    assert rollback[0].details["analysis_id"] == analyses[-1].id
+    assert analyses[-1].metrics["controller"]["action"] == "rollback"

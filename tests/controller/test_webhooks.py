@@ -133,7 +133,7 @@ def test_operator_actions_reach_the_receiver_signed_with_text_and_fields(
     receiver = serve()
     run(dispatchers, store, settings(receiver.url))
     actions.start_rollout(store, "churn", "churn:2", actor="alice", mode="shadow")
-    actions.abort(store, "churn", actor="alice", reason="wrong version")
+    actions.act(store, "churn", "abort", actor="alice", reason="wrong version")
     event(store, churn, "labels.upload")  # not a rollout transition: not sent
     until(lambda: len(receiver.received) >= 2)
     time.sleep(0.1)
@@ -219,7 +219,9 @@ def test_a_hanging_receiver_blocks_neither_actions_nor_other_receivers(
     until(lambda: len(healthy.received) == 1)
     until(lambda: len(stuck.received) == 1)
     assert stuck.hang is not None and not stuck.hang.is_set()  # the stuck receiver is still hanging
-    assert actions.abort(store, "churn", actor="alice").phase == "aborted"  # the rollout moves on regardless
+    assert (
+        actions.act(store, "churn", "abort", actor="alice").phase == "aborted"
+    )  # the rollout moves on regardless
     until(lambda: len(healthy.received) == 2)
     until(lambda: len([e for e in store.events.list(limit=100) if e.action == "webhook.failed"]) >= 1)
     failure = next(e for e in store.events.list(limit=100) if e.action == "webhook.failed")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,18 +25,16 @@ from storage import Store
 from storage.entities import PairRecord
 
 
-@pytest.fixture
-def world(store: Store, tmp_path: Path) -> Iterator[tuple[Flask, Store]]:
+@pytest.fixture(autouse=True)
+def churn(store: Store, tmp_path: Path) -> None:
+    """A deployment "churn" with a rollout of churn:2 (before the app starts: autouse runs first)."""
     v1 = mlpipes.register(store, tmp_path, version="1")
     v2 = mlpipes.register(store, tmp_path, version="2", seed=3)
     churn = mlpipes.deploy(store, "churn", v1)
     mlpipes.start_rollout(store, churn, v2)
-    with adminapp.running(store, tmp_path) as app:
-        yield app, store
 
 
-def test_dashboard_actions_cannot_be_forged_cross_site(world: tuple[Flask, Store]) -> None:
-    app, store = world
+def test_dashboard_actions_cannot_be_forged_cross_site(app: Flask, store: Store) -> None:
     client = app.test_client()
     operator = adminapp.bearer(store, "operator")
     # Authority is only ever a bearer header a browser never adds by itself: no response sets a cookie,
@@ -64,8 +61,7 @@ def _directives(policy: str) -> dict[str, list[str]]:
     return {part.split()[0]: part.split()[1:] for part in policy.split(";") if part.strip()}
 
 
-def test_every_html_page_has_a_csp_that_allows_no_external_origin(world: tuple[Flask, Store]) -> None:
-    app, store = world
+def test_every_html_page_has_a_csp_that_allows_no_external_origin(app: Flask, store: Store) -> None:
     client = app.test_client()
     operator = adminapp.bearer(store, "operator")
     pages = [client.get("/"), client.get("/api/v1/deployments/churn/report?format=html", headers=operator)]
@@ -93,9 +89,8 @@ def _upload(client: Any, headers: dict[str, str], filename: str, content: bytes,
 
 
 def test_malicious_uploads_are_refused_with_a_clear_error_and_write_nothing(
-    world: tuple[Flask, Store], tmp_path: Path
+    app: Flask, store: Store, tmp_path: Path
 ) -> None:
-    app, store = world
     client = app.test_client()
     operator = adminapp.bearer(store, "operator")
     skops = (tmp_path / "sources" / "churn-1.skops").read_bytes()

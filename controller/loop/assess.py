@@ -1,0 +1,143 @@
+"""One look at a rollout, writing nothing: measure the step, judge it (with reproducibility), decide.
+
+    assessment = assess(store, rollout, now=now)
+    assessment.decision        # what the state machine does now (hold, advance, roll back, ...)
+    assessment.analysis()      # what the control loop stores about this look (None for a pending rollout)
+
+The control loop stores an assessment (the analysis, and on a transition the rollout's change and its
+event, in one transaction); the report reads the stored analyses and computes its online-vs-offline
+section with the same ``online_offline``, so a report cannot disagree with what the loop decided.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from controller.core import reproducibility
+from controller.core.judge import Judgement, Verdict, judge
+from controller.core.machine import Decision, decide
+from controller.core.policy import Policy
+from controller.encoding import finite
+from controller.loop.actions import policy_of, state_of
+from controller.loop.measure import Measurement, measure
+from storage import Store, repro_queries
+from storage.entities import NewAnalysis, PipelineVersion, Rollout
+
+__all__ = ["Assessment", "assess", "online_offline", "verdict_dict"]
+
+Task = Literal["classification", "regression"]
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """What one look at a rollout found: the step's measurement and judgement, and the decision."""
+
+    rollout: Rollout
+    decision: Decision
+    measurement: Measurement | None = None
+    judgement: Judgement | None = None
+
+    def analysis(self) -> NewAnalysis | None:
+        """Return the analysis to store for this look (None when nothing was judged: a pending rollout)."""
+        if self.judgement is None or self.measurement is None:
+            return None
+        judgement, decision = self.judgement, self.decision
+        return NewAnalysis(
+            step=self.rollout.step_index,
+            outcome=judgement.outcome.label,
+            verdicts=[verdict_dict(v) for v in judgement.verdicts],
+            metrics={
+                **self.measurement.summary(),
+                "decision": judgement.decision,
+                "judgement": judgement.reason,
+                "summary": {"score": finite(judgement.summary.score), "band": judgement.summary.band},
+                "controller": {
+                    "action": decision.action,
+                    "reason": decision.reason,
+                    "message": decision.message,
+                },
+            },
+        )
+
+
+def verdict_dict(v: Verdict) -> dict[str, Any]:
+    """Return a verdict as plain JSON-able data (what analyses and events store)."""
+    return {
+        "gate": v.gate,
+        "role": v.role,
+        "outcome": v.outcome.label,
+        "statistic": finite(v.statistic),
+        "bound": finite(v.bound),
+        "effect": finite(v.effect),
+        "margin": finite(v.margin),
+        "n_champion": v.n_champion,
+        "n_challenger": v.n_challenger,
+        "reason": v.reason,
+        "p_value": finite(v.p_value),
+        "interval": None
+        if v.interval is None
+        else {"lower": finite(v.interval.lower), "upper": finite(v.interval.upper)},
+    }
+
+
+def task_of(version: PipelineVersion) -> Task:
+    """Return the statistics' task of a version: regression, else classification."""
+    return "regression" if version.task == "regression" else "classification"
+
+
+def assess(store: Store, rollout: Rollout, *, now: datetime) -> Assessment:
+    """Look at one rollout at ``now``: measure and judge its current step (unless pending) and decide."""
+    policy = policy_of(rollout)
+    if rollout.phase == "pending":
+        return Assessment(rollout, decide(state_of(rollout), None, now))
+    challenger = store.pipelines.get(rollout.challenger_id)
+    task = task_of(challenger)
+    measurement = measure(store, rollout, task=task, policy=policy, now=now, classes=challenger.classes)
+    judge_policy = policy.to_judge_policy(task, measurement.metrics.mode, labelled=measurement.labelled)
+    judgement = judge(measurement.metrics, judge_policy)
+    repro = policy.reproducibility
+    if repro.role != "off":
+        judgement = reproducibility.gate(
+            judgement,
+            online_offline(store, rollout, task=task, policy=policy, now=now),
+            role=repro.role,
+            on_worse=repro.on_worse,
+        )
+    decision = decide(state_of(rollout, samples=measurement.samples), judgement, now)
+    return Assessment(rollout, decision, measurement, judgement)
+
+
+def online_offline(
+    store: Store, rollout: Rollout, *, task: str, policy: Policy, now: datetime
+) -> list[reproducibility.Reproduction]:
+    """Compare each arm's matured online labels with its offline metrics (champion, then challenger)."""
+    repro = policy.reproducibility
+    labelled = repro_queries.labelled_metrics(
+        store.db, rollout.id, received_before=now - timedelta(seconds=policy.label_maturity_s)
+    )
+    out = []
+    for arm, version_id in (("champion", rollout.champion_id), ("challenger", rollout.challenger_id)):
+        version = store.pipelines.get(version_id)
+        sums = labelled[arm]
+        online = reproducibility.ArmOnline(
+            arm=arm,
+            version=version.ref,
+            labelled=sums.labelled,
+            correct=sums.correct,
+            abs_error_sum=sums.abs_error_sum,
+            abs_error_sq_sum=sums.abs_error_sq_sum,
+        )
+        out.append(
+            reproducibility.compare_online_offline(
+                task,
+                version.offline_metrics,
+                online,
+                accuracy_margin=repro.accuracy_margin,
+                mae_margin=repro.mae_margin,
+                confidence=repro.confidence,
+                min_labels=repro.min_labels,
+            )
+        )
+    return out
