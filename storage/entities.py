@@ -116,9 +116,32 @@ class RoutingEntry:
     store_raw_inputs: bool
 
 
+OK = "ok"
+ERROR = "error"
+SKIPPED = "skipped"
+ARM_STATUSES = (OK, ERROR, SKIPPED)
+# Why a shadow job never started scoring (a skip: coverage lost, never the arm's error).
+SKIP_REASONS = (
+    "queue_full",  # the process's shadow queue was full
+    "budget",  # the deployment's share of the shadow queue was full (per-deployment budget)
+    "expired",  # the shadow timeout passed while the job waited in the queue
+    "shutdown",  # the router shut down before scoring it
+    "shed",  # load shedding: the router lowered the shadow share while its queue was too long
+)
+
+
 @dataclass(frozen=True)
 class PairRecord:
-    """One request row's paired output, as the router's recorder writes it."""
+    """One request row's paired output, as the router's recorder writes it.
+
+    ``champion_status`` / ``challenger_status``: what happened to each arm on this request — "ok"
+    (it answered), "error" (it raised, answered garbage, or its own scoring exceeded the timeout:
+    the arm's fault), "skipped" (a shadow job that never started scoring: ``skip_reason`` says
+    why, see SKIP_REASONS), or None (the arm was not asked). Left None, a status is derived from
+    the record (an error → "error", a latency or an output → "ok"), so older writers stay valid.
+    ``shadow_wait_ms``: how long the shadow job waited in the router's queue before its call
+    started (the router's health, never counted in the arm's latency).
+    """
 
     request_id: str
     row_index: int
@@ -143,6 +166,24 @@ class PairRecord:
     champion_error: str | None = None
     challenger_error: str | None = None
     raw_input: Any = None
+    champion_status: str | None = None
+    challenger_status: str | None = None
+    skip_reason: str | None = None
+    shadow_wait_ms: float | None = None
+
+    def __post_init__(self) -> None:
+        for arm in ("champion", "challenger"):
+            if getattr(self, f"{arm}_status") is None:
+                object.__setattr__(self, f"{arm}_status", arm_status(self, arm))
+
+
+def arm_status(record: PairRecord, arm: str) -> str | None:
+    """Derive an arm's status from what a record holds (for records written without one)."""
+    if getattr(record, f"{arm}_error") is not None:
+        return ERROR
+    if any(getattr(record, f"{arm}_{k}") is not None for k in ("latency_ms", "class", "value", "output")):
+        return OK
+    return None
 
 
 @dataclass(frozen=True)

@@ -474,7 +474,7 @@ _ORJSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 _pair_values = operator.attrgetter(*PAIR_COLUMNS)
 _JSON_INDEXES = tuple(i for i, name in enumerate(PAIR_COLUMNS) if name in PAIR_JSON_COLUMNS)
 _FLOAT_INDEXES = tuple(
-    i for i, name in enumerate(PAIR_COLUMNS) if name.endswith(("_score", "_value", "_latency_ms"))
+    i for i, name in enumerate(PAIR_COLUMNS) if name.endswith(("_score", "_value", "_latency_ms", "_wait_ms"))
 )
 _RECEIVED_AT = PAIR_COLUMNS.index("received_at")
 

@@ -17,7 +17,7 @@ from router.backends import create_backend
 from router.exchange import Exchange
 from router.inputs import build_batch, join_columns
 from router.settings import RouterSettings
-from router.shadow import DROPPED, TIMED_OUT, ShadowPool
+from router.shadow import QUEUE_FULL, TIMED_OUT, ShadowPool
 from storage import Store
 
 FRAME, _ = mlpipes.churn_frame(30, seed=9)
@@ -62,7 +62,7 @@ def test_queued_shadow_work_is_scored_in_one_micro_batch_with_per_request_result
         assert exchange.challenger.predictions.scores == pytest.approx(expected.scores[i : i + 1])  # type: ignore[index]
 
 
-def test_a_full_queue_drops_and_counts_without_waiting(
+def test_a_full_queue_skips_and_counts_without_waiting(
     sqlite_store: Store, churn: Any, tmp_path: Path, settings: RouterSettings
 ) -> None:
     slow = mlpipes.register(sqlite_store, tmp_path, version="2", fault="sleeps", delay=0.5)
@@ -74,13 +74,15 @@ def test_a_full_queue_drops_and_counts_without_waiting(
     accepted = [pool.submit(e, "challenger", backend) for e in _exchanges(sqlite_store, 10)]
     assert time.monotonic() - started < 0.2
     assert accepted.count(False) == pool.dropped >= 7
-    dropped = [e for e in settled if e.challenger is not None and e.challenger.error == DROPPED]
+    dropped = [e for e in settled if e.challenger is not None and e.challenger.skip_reason == QUEUE_FULL]
     assert len(dropped) == pool.dropped
+    assert all(e.challenger is not None and e.challenger.status == "skipped" for e in dropped)
+    assert all(e.challenger is not None and e.challenger.error is None for e in dropped)
     pool.close(timeout=5)
     assert len(settled) == 10  # every request settled exactly once
 
 
-def test_a_hanging_shadow_call_is_settled_as_timed_out(
+def test_a_hanging_shadow_call_is_charged_as_timed_out_from_its_start(
     sqlite_store: Store, churn: Any, tmp_path: Path, settings: RouterSettings
 ) -> None:
     hung = mlpipes.register(sqlite_store, tmp_path, version="2", fault="sleeps", delay=3.0)
@@ -94,6 +96,7 @@ def test_a_hanging_shadow_call_is_settled_as_timed_out(
     _wait(lambda: len(settled) == 3, timeout=2.0)
     assert len(settled) == 3
     assert all(e.challenger is not None and e.challenger.error == TIMED_OUT for e in exchanges)
+    assert all(e.challenger is not None and e.challenger.latency_ms >= 300 for e in exchanges)  # type: ignore[operator]
     pool.close(timeout=0.2)
 
 
@@ -132,7 +135,12 @@ def test_a_faulty_shadow_challenger_never_changes_the_champions_answer(
     app.extensions["mlcanary.dataplane"].close(timeout=5)
     pairs = [p for p in sqlite_store.pairs.list() if p.request_id.startswith("q")]
     assert len(pairs) == 15
-    assert all(p.challenger_error and p.champion_error is None and p.champion_class for p in pairs)
+    assert all(p.champion_error is None and p.champion_class for p in pairs)
+    # every challenger call that ran failed; a job queued behind a hanging call never started: skipped
+    assert {p.challenger_status for p in pairs} <= {"error", "skipped"}
+    assert any(p.challenger_status == "error" and p.challenger_error for p in pairs)
+    if fault != "sleeps":
+        assert all(p.challenger_status == "error" for p in pairs)
 
 
 def test_in_canary_a_failing_challenger_is_replaced_by_the_champion(
