@@ -138,7 +138,7 @@ class PairRecord:
     (it answered), "error" (it raised, answered garbage, or its own scoring exceeded the timeout:
     the arm's fault), "skipped" (a shadow job that never started scoring: ``skip_reason`` says
     why, see SKIP_REASONS), or None (the arm was not asked). Left None, a status is derived from
-    the record (an error → "error", a latency or an output → "ok"), so older writers stay valid.
+    the record (an error → "error", a latency → "ok"), so older writers stay valid.
     ``shadow_wait_ms``: how long the shadow job waited in the router's queue before its call
     started (the router's health, never counted in the arm's latency).
     """
@@ -178,12 +178,13 @@ class PairRecord:
 
 
 def arm_status(record: PairRecord, arm: str) -> str | None:
-    """Derive an arm's status from what a record holds (for records written without one)."""
+    """Derive an arm's status from what a record holds (for records written without one).
+
+    As before statuses existed: an arm ran when it has a latency or an error, and failed on an error.
+    """
     if getattr(record, f"{arm}_error") is not None:
         return ERROR
-    if any(getattr(record, f"{arm}_{k}") is not None for k in ("latency_ms", "class", "value", "output")):
-        return OK
-    return None
+    return OK if getattr(record, f"{arm}_latency_ms") is not None else None
 
 
 @dataclass(frozen=True)

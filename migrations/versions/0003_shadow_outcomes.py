@@ -4,7 +4,7 @@ Revision ID: 0003
 Revises: 0002
 Create Date: 2026-12-05
 
-Existing rows are classified from what they hold: an error → "error", a latency or an output → "ok".
+Existing rows are classified as the analytics did before: an error → "error", a latency → "ok".
 The two legacy shadow "errors" that never scored anything (a full queue, a shutdown) become skips;
 a legacy "shadow_timeout" stays an error (whether it waited or scored cannot be told afterwards).
 """
@@ -32,8 +32,7 @@ def upgrade() -> None:
         op.execute(
             f"UPDATE paired_outputs SET {arm}_status = CASE "
             f"WHEN {arm}_error IS NOT NULL THEN 'error' "
-            f"WHEN {arm}_latency_ms IS NOT NULL OR {arm}_class IS NOT NULL OR {arm}_value IS NOT NULL "
-            "THEN 'ok' END"
+            f"WHEN {arm}_latency_ms IS NOT NULL THEN 'ok' END"
         )
         for pattern, reason in LEGACY_SKIPS:
             op.execute(
