@@ -29,7 +29,8 @@ holds one thread, never the pool (replacements are capped at max_stuck).
 Load shedding: each lane has a share in (0, 1]. The watchdog looks every control interval: when a
 lane's jobs expire or are refused, or its oldest job has waited more than half the timeout, the
 share halves (at most once per interval, down to min_share); when the lane's queue waits less than
-a quarter of the timeout, the share grows by share_step. The data plane scores only requests whose
+a quarter of the timeout, the share grows by share_step. A lane whose own call ran past the timeout
+recently is left alone: that backlog is the arm's slowness, already charged, not the router's load. The data plane scores only requests whose
 id falls in the share (`split.sampled`), so the scored sample stays a random one.
 """
 
@@ -85,6 +86,7 @@ class _Lane:
     share: float = 1.0
     pressure: int = 0  # jobs expired or refused since the last control step
     last_cut: float = float("-inf")
+    charged_at: float = float("-inf")  # when a call of this lane last ran past the timeout
 
 
 class ShadowPool:
@@ -330,6 +332,7 @@ class ShadowPool:
                             continue
                         if job.started_at is not None and now - job.started_at >= self.timeout_s:
                             charged.append(job)
+                            lane.charged_at = now
                             self._replace_stuck(lane)
                         elif job.started_at is None and now - job.queued_at >= self.timeout_s:
                             expired.append(job)  # behind another group of the same call
@@ -373,7 +376,9 @@ class ShadowPool:
         """Lower a lane's share when its jobs wait too long, raise it again when the lane drains."""
         for lane in self._lanes.values():
             age = now - lane.queue[0].queued_at if lane.queue else 0.0
-            if lane.pressure or age > 0.5 * self.timeout_s:
+            if lane.stuck or now - lane.charged_at < 2 * self.timeout_s:
+                pass  # the backlog is the arm's own slowness (charged to it): keep its sample whole
+            elif lane.pressure or age > 0.5 * self.timeout_s:
                 if now - lane.last_cut >= max(self.control_interval, 0.25 * self.timeout_s):
                     lane.share = max(self.min_share, lane.share * 0.5)
                     lane.last_cut = now

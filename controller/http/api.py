@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 from flask import Blueprint, Response, current_app, g, request, send_from_directory
-from sqlalchemy import case, func, select
+from sqlalchemy import and_, case, func, literal, select
 from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import HTTPException
 
@@ -41,7 +41,9 @@ from controller.core.policy import PolicyError
 from controller.http import feedback
 from controller.http.auth import AuthError, Principal, authorize
 from controller.loop import actions
+from controller.loop.measure import shadow_summary
 from storage import AlreadyExists, ConcurrentUpdate, InvalidState, NotFound, StorageError, Store, Unavailable
+from storage import analytics
 from storage.entities import Analysis, Deployment, Event, NewEvent, PipelineVersion, Rollout
 from storage.models import PairedOutputRow
 
@@ -279,34 +281,32 @@ def _refs(s: Store, *ids: int) -> dict[int, str]:
 
 
 def live_figures(s: Store, rollout: Rollout) -> dict[str, Any]:
-    """Summarise the current step's paired outputs per arm: requests, errors, latency p50/p99.
+    """Summarise the current step's paired outputs per arm: requests, errors, latency p50/p99, shadow.
 
-    Counts are exact SQL aggregates; latency quantiles use the step's latest LATENCY_SAMPLE rows.
-    `served` counts the rows an arm answered; `scored` the rows it computed (served or shadow).
+    Counts are exact SQL aggregates over requests (a request's row 0 stands for it: a 10-row request
+    that fails is one error); latency quantiles use the step's latest LATENCY_SAMPLE rows.
+    `served` counts the requests an arm answered; `scored` those it computed (served or shadow,
+    answered or failed). `shadow`: the step's shadow sample — coverage, effective share, skips by
+    reason, queue wait — as the controller's measurement computes it (`measure.shadow_summary`).
     """
     rows = PairedOutputRow
     where = (rows.rollout_id == rollout.id, rows.step == rollout.step_index)
+    first = rows.row_index == 0
     arms: dict[str, Any] = {}
+
+    def count(condition: Any) -> Any:
+        return func.sum(case((and_(first, condition), 1), else_=0))
+
     with s.db.session() as session:
         totals = session.execute(
             select(
-                func.count(),
-                func.sum(case((rows.served_arm == "champion", 1), else_=0)),
-                func.sum(case((rows.served_arm == "challenger", 1), else_=0)),
-                func.sum(case((rows.champion_error.is_not(None), 1), else_=0)),
-                func.sum(case((rows.challenger_error.is_not(None), 1), else_=0)),
-                func.sum(
-                    case(
-                        ((rows.champion_latency_ms.is_not(None)) | (rows.champion_error.is_not(None)), 1),
-                        else_=0,
-                    )
-                ),
-                func.sum(
-                    case(
-                        ((rows.challenger_latency_ms.is_not(None)) | (rows.challenger_error.is_not(None)), 1),
-                        else_=0,
-                    )
-                ),
+                count(literal(True)),
+                count(rows.served_arm == "champion"),
+                count(rows.served_arm == "challenger"),
+                count(rows.champion_status == "error"),
+                count(rows.challenger_status == "error"),
+                count(rows.champion_status.in_(("ok", "error"))),
+                count(rows.challenger_status.in_(("ok", "error"))),
                 func.min(rows.received_at),
                 func.max(rows.received_at),
             ).where(*where)
@@ -325,8 +325,8 @@ def live_figures(s: Store, rollout: Rollout) -> dict[str, Any]:
         err_challenger,
         scored_champion,
         scored_challenger,
-        first,
-        last,
+        first_at,
+        last_at,
     ) = totals
     for index, (arm, served, errors, scored) in enumerate(
         (
@@ -348,13 +348,15 @@ def live_figures(s: Store, rollout: Rollout) -> dict[str, Any]:
                 "n": int(values.size),
             },
         }
+    coverage = analytics.coverage(s.db, rollout_id=rollout.id, step=rollout.step_index)
     return {
         "rollout_id": rollout.id,
         "step": rollout.step_index,
         "requests": int(total or 0),
-        "first_at": first,
-        "last_at": last,
+        "first_at": first_at,
+        "last_at": last_at,
         "arms": arms,
+        "shadow": shadow_summary(coverage, requests=int(total or 0)),
     }
 
 
