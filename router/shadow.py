@@ -27,9 +27,10 @@ past the timeout the watchdog charges it and starts a replacement worker, so a h
 holds one thread, never the pool (replacements are capped at max_stuck).
 
 Load shedding: each lane has a share in (0, 1]. The watchdog looks every control interval: when a
-lane's jobs expire or are refused, or its oldest job has waited more than half the timeout, the
-share halves (at most once per interval, down to min_share); when the lane's queue waits less than
-a quarter of the timeout, the share grows by share_step. A lane whose own call ran past the timeout
+lane's jobs expire or are refused, or its oldest job has waited too long (half the timeout, or
+two lingers when that is longer, but below the timeout), the share halves (at most once per
+interval, down to min_share); when the lane's oldest job is younger than half that, the share grows
+by share_step. A lane whose own call ran past the timeout
 recently is left alone: that backlog is the arm's slowness, already charged, not the router's load. The data plane scores only requests whose
 id falls in the share (`split.sampled`), so the scored sample stays a random one.
 """
@@ -374,15 +375,17 @@ class ShadowPool:
 
     def _control(self, now: float) -> None:
         """Lower a lane's share when its jobs wait too long, raise it again when the lane drains."""
+        # a job normally waits up to two lingers (for company, then for an idle moment)
+        too_old = max(0.5 * self.timeout_s, min(0.9 * self.timeout_s, 2 * self.linger_s + 0.1 * self.timeout_s))
         for lane in self._lanes.values():
             age = now - lane.queue[0].queued_at if lane.queue else 0.0
             if lane.stuck or now - lane.charged_at < 2 * self.timeout_s:
                 pass  # the backlog is the arm's own slowness (charged to it): keep its sample whole
-            elif lane.pressure or age > 0.5 * self.timeout_s:
+            elif lane.pressure or age > too_old:
                 if now - lane.last_cut >= max(self.control_interval, 0.25 * self.timeout_s):
                     lane.share = max(self.min_share, lane.share * 0.5)
                     lane.last_cut = now
-            elif age < 0.25 * self.timeout_s and lane.share < 1.0:
+            elif age < 0.5 * too_old and lane.share < 1.0:
                 lane.share = min(1.0, lane.share + self.share_step)
             lane.pressure = 0
 
