@@ -18,8 +18,14 @@ Every job ends in exactly one `on_settled`, with one of three outcomes (`ArmResu
   the moment the call started, never from when the job was queued — ran past shadow_timeout_s;
 - skipped (the router's doing, never the arm's; `skip_reason`): the queue was full ("queue_full"),
   the deployment's share of it was full ("budget"), the timeout passed while the job still waited
-  ("expired"), or the router shut down first ("shutdown"). Load shedding ("shed") happens before a
-  job is submitted, in the data plane.
+  ("expired"), the router shut down first ("shutdown"), or the host starved the call of CPU
+  ("starved", below). Load shedding ("shed") happens before a job is submitted, in the data plane.
+
+The call's time excludes what the host took from it: on Linux the scoring thread's run-queue wait
+(/proc/self/task/TID/schedstat: runnable, but no CPU free) is subtracted before comparing with the
+timeout, so an overloaded machine is not charged to the arm. A call that stays under the timeout by
+that measure but runs three timeouts of wall time is settled as skipped ("starved"), so its record
+is not held back forever. Latencies recorded are wall times, like the champion's.
 
 Fairness between deployments (per-deployment budgets): a lane may hold at most queue_size divided
 by the number of busy lanes; at most one call per deployment runs at a time; and when a call runs
@@ -58,6 +64,7 @@ BUDGET = "budget"
 EXPIRED = "expired"
 SHUTDOWN = "shutdown"
 SHED = "shed"
+STARVED = "starved"
 TIMED_OUT = "shadow_timeout: its own scoring ran past the shadow timeout"
 
 
@@ -68,6 +75,7 @@ class ShadowJob:
     backend: Backend
     queued_at: float  # by the pool's clock (timeouts)
     started_at: float | None = field(default=None)  # pool clock, when its call started
+    starved_at_start: float = 0.0  # the scoring thread's run-queue wait (s) when its call started
     arrived: float = field(default_factory=time.monotonic)  # real time (lingering)
     done: bool = False  # settled by the watchdog (expired or charged)
 
@@ -83,6 +91,7 @@ class _Lane:
     queue: deque[ShadowJob] = field(default_factory=deque)
     running: list[ShadowJob] | None = None  # reserved or scoring (one call per deployment at a time)
     worker: int | None = None  # the thread scoring it
+    tid: int | None = None  # its native id (for its run-queue wait)
     stuck: bool = False  # its call ran past the timeout; a replacement worker was started
     share: float = 1.0
     pressure: int = 0  # jobs expired or refused since the last control step
@@ -230,6 +239,7 @@ class ShadowPool:
                     self._arrived.wait(wait)
                 lane.running = []  # reserved: no other worker takes this lane meanwhile
                 lane.worker = me
+                lane.tid = threading.get_native_id()
             if self.idle is not None and not self._closing:
                 self.idle.wait(self.linger_s)
             with self._cond:
@@ -278,10 +288,13 @@ class ShadowPool:
             columns = job.exchange.columns
             key = (id(job.backend), None if columns is None else tuple(columns))
             groups.setdefault(key, []).append(job)
+        tid = threading.get_native_id()
         for (_, names), group in groups.items():
             backend = group[0].backend
+            starved = run_queue_wait(tid)
             started_at = self.clock()
             for job in group:
+                job.starved_at_start = starved
                 job.started_at = started_at  # the call starts: from now on its time is the arm's
             started = time.perf_counter()
             try:
@@ -289,8 +302,10 @@ class ShadowPool:
                 error = None
             except BackendError as exc:
                 predictions, error = None, exc.message
-            latency = (time.perf_counter() - started) * 1000.0
-            if error is None and latency >= self.timeout_s * 1000.0:
+            wall = time.perf_counter() - started
+            latency = wall * 1000.0
+            own = wall - (run_queue_wait(tid) - starved)
+            if error is None and own >= self.timeout_s:
                 predictions, error = None, TIMED_OUT  # finished, but later than the timeout allows
             self.batches += 1
             if self.on_batch is not None:
@@ -323,22 +338,31 @@ class ShadowPool:
                 now = self.clock()
                 expired: list[ShadowJob] = []
                 charged: list[ShadowJob] = []
+                starved: list[ShadowJob] = []
                 for lane in self._lanes.values():
                     while lane.queue and now - lane.queue[0].queued_at >= self.timeout_s:
                         expired.append(lane.queue.popleft())
                         self._total -= 1
                         lane.pressure += 1
+                    starved_now: float | None = None
                     for job in lane.running or ():
                         if job.done:
                             continue
                         if job.started_at is not None and now - job.started_at >= self.timeout_s:
-                            charged.append(job)
-                            lane.charged_at = now
-                            self._replace_stuck(lane)
+                            if starved_now is None:
+                                starved_now = run_queue_wait(lane.tid)
+                            own = now - job.started_at - (starved_now - job.starved_at_start)
+                            if own >= self.timeout_s:
+                                charged.append(job)
+                                lane.charged_at = now
+                                self._replace_stuck(lane)
+                            elif now - job.started_at >= 3 * self.timeout_s:
+                                starved.append(job)  # the host, not the arm, kept it from finishing
+                                lane.pressure += 1
                         elif job.started_at is None and now - job.queued_at >= self.timeout_s:
                             expired.append(job)  # behind another group of the same call
                             lane.pressure += 1
-                for job in expired + charged:
+                for job in expired + charged + starved:
                     job.done = True
                 if self.shed:
                     self._control(now)
@@ -347,6 +371,12 @@ class ShadowPool:
                     job.exchange,
                     job.arm,
                     ArmResult(job.backend.version, skip_reason=EXPIRED, wait_ms=(now - job.queued_at) * 1000.0),
+                )
+            for job in starved:
+                self._settle(
+                    job.exchange,
+                    job.arm,
+                    ArmResult(job.backend.version, skip_reason=STARVED, wait_ms=job.wait_ms),
                 )
             for job in charged:
                 assert job.started_at is not None
@@ -423,6 +453,17 @@ class ShadowPool:
             self._settle(job.exchange, job.arm, result)
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def run_queue_wait(tid: int | None) -> float:
+    """Return the seconds a thread has waited runnable for a CPU (Linux schedstat), else 0."""
+    if tid is None:
+        return 0.0
+    try:
+        with open(f"/proc/self/task/{tid}/schedstat", encoding="ascii") as handle:
+            return int(handle.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def _frame(group: list[ShadowJob], *, joined: bool) -> pd.DataFrame:

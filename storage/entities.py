@@ -127,6 +127,7 @@ SKIP_REASONS = (
     "expired",  # the shadow timeout passed while the job waited in the queue
     "shutdown",  # the router shut down before scoring it
     "shed",  # load shedding: the router lowered the shadow share while its queue was too long
+    "starved",  # the host gave its call no CPU: within the timeout by its own time, far past it by the wall
 )
 
 
