@@ -134,7 +134,9 @@ def dropped(base: str) -> float:
     return sum(
         float(v)
         for v in re.findall(
-            r'^mlcanary_shadow_skipped_total\{[^}]*reason="(?:queue_full|budget)"[^}]*\} ([\d.e+]+)$', text, re.M
+            r'^mlcanary_shadow_skipped_total\{[^}]*reason="(?:queue_full|budget)"[^}]*\} ([\d.e+]+)$',
+            text,
+            re.M,
         )
     )
 

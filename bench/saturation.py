@@ -179,7 +179,9 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     ]
     for r in results:
         b = r["baseline"]
-        coverage = f"{r['scored'] / r['sampled']:.1%} ({r['scored']:,} of {r['sampled']:,})" if r["sampled"] else "-"
+        coverage = (
+            f"{r['scored'] / r['sampled']:.1%} ({r['scored']:,} of {r['sampled']:,})" if r["sampled"] else "-"
+        )
         skipped = ", ".join(f"{k} {v:,}" for k, v in sorted(r["skipped"].items())) or "none"
         wait = "-" if r["queue_wait_ms"] is None else f"{r['queue_wait_ms']:.0f}"
         lines.append(
@@ -201,7 +203,9 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--deployments", default="1,3,6")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--rollout-seconds", type=float, default=8.0)

@@ -34,7 +34,7 @@ class ArmResult:
 
     @property
     def status(self) -> str:
-        """"skipped", "error" or "ok": the one definition of what happened to the arm."""
+        """ "skipped", "error" or "ok": the one definition of what happened to the arm."""
         if self.skip_reason is not None:
             return SKIPPED
         return ERROR if self.error is not None or self.predictions is None else OK

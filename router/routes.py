@@ -264,7 +264,7 @@ def warm_rows(version: PipelineVersion) -> dict[str, list[Any]]:
     inputs = golden.get("inputs") if isinstance(golden, dict) else None
     if isinstance(inputs, dict) and inputs.get("columns") and inputs.get("data"):
         names = [str(c) for c in inputs["columns"]]
-        data = list(inputs["data"])[:max(1, min(len(inputs["data"]), 100))]
+        data = list(inputs["data"])[: max(1, min(len(inputs["data"]), 100))]
         return {name: [row[i] for row in data] for i, name in enumerate(names)}
     profile = (version.profile or {}).get("columns", {})
     columns: dict[str, list[Any]] = {}

@@ -189,7 +189,9 @@ class ShadowPool:
 
     def _budget(self, lane: _Lane) -> int:
         """Jobs one lane may hold: the queue divided among the lanes that have work (this one included)."""
-        busy = sum(1 for other in self._lanes.values() if other is not lane and (other.queue or other.running))
+        busy = sum(
+            1 for other in self._lanes.values() if other is not lane and (other.queue or other.running)
+        )
         return max(1, self.queue_size // (busy + 1))
 
     def start(self) -> None:
@@ -269,18 +271,23 @@ class ShadowPool:
                 for job in jobs:
                     result = ArmResult(job.backend.version, error="shadow_failed: internal error")
                     self._settle_job(job, result)
-            finally:
-                with self._cond:
-                    lane.running = None
-                    lane.worker = None
-                    lane.stuck = False
-                    self._arrived.notify()  # the lane may be ready again
-                    if self._closing:  # close() waits for the pool to drain
-                        self._cond.notify_all()
-                    if me in self._abandoned:  # a replacement took this thread's place
-                        self._abandoned.discard(me)
-                        self._spare -= 1
-                        return
+            if self._finish(lane, me):
+                return
+
+    def _finish(self, lane: _Lane, me: int) -> bool:
+        """Free the lane after its call; return True when this thread was replaced and must exit."""
+        with self._cond:
+            lane.running = None
+            lane.worker = None
+            lane.stuck = False
+            self._arrived.notify()  # the lane may be ready again
+            if self._closing:  # close() waits for the pool to drain
+                self._cond.notify_all()
+            if me in self._abandoned:  # a replacement took this thread's place
+                self._abandoned.discard(me)
+                self._spare -= 1
+                return True
+        return False
 
     def _score(self, jobs: list[ShadowJob]) -> None:
         groups: dict[tuple[int, tuple[str, ...] | None], list[ShadowJob]] = {}
@@ -330,8 +337,10 @@ class ShadowPool:
     def _watch(self) -> None:
         while True:
             with self._cond:
-                if self._closing and self._total == 0 and not any(
-                    lane.running for lane in self._lanes.values()
+                if (
+                    self._closing
+                    and self._total == 0
+                    and not any(lane.running for lane in self._lanes.values())
                 ):
                     return
                 self._cond.wait(self.control_interval)
@@ -370,7 +379,9 @@ class ShadowPool:
                 self._settle(
                     job.exchange,
                     job.arm,
-                    ArmResult(job.backend.version, skip_reason=EXPIRED, wait_ms=(now - job.queued_at) * 1000.0),
+                    ArmResult(
+                        job.backend.version, skip_reason=EXPIRED, wait_ms=(now - job.queued_at) * 1000.0
+                    ),
                 )
             for job in starved:
                 self._settle(
@@ -406,7 +417,9 @@ class ShadowPool:
     def _control(self, now: float) -> None:
         """Lower a lane's share when its jobs wait too long, raise it again when the lane drains."""
         # a job normally waits up to two lingers (for company, then for an idle moment)
-        too_old = max(0.5 * self.timeout_s, min(0.9 * self.timeout_s, 2 * self.linger_s + 0.1 * self.timeout_s))
+        too_old = max(
+            0.5 * self.timeout_s, min(0.9 * self.timeout_s, 2 * self.linger_s + 0.1 * self.timeout_s)
+        )
         for lane in self._lanes.values():
             age = now - lane.queue[0].queued_at if lane.queue else 0.0
             if lane.stuck or now - lane.charged_at < 2 * self.timeout_s:

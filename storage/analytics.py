@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import Float, and_, case, cast, func, literal, or_, select
+from sqlalchemy import Float, and_, case, cast, func, literal, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from storage.database import Database
@@ -221,9 +221,9 @@ def _cluster_sums(conn: Any, source: Any, where: ColumnElement[bool], *, y: Any,
     )
     yc, mc = cast(per_request.c.y, Float), cast(per_request.c.m, Float)
     row = conn.execute(
-        select(
-            _count(per_request.c.m > 0), _fsum(yc * yc), _fsum(mc * mc), _fsum(yc * mc)
-        ).select_from(per_request)
+        select(_count(per_request.c.m > 0), _fsum(yc * yc), _fsum(mc * mc), _fsum(yc * mc)).select_from(
+            per_request
+        )
     ).one()
     return ClusterSums(int(row[0] or 0), float(row[1] or 0.0), float(row[2] or 0.0), float(row[3] or 0.0))
 

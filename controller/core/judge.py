@@ -868,17 +868,32 @@ def _coverage(m: StepMetrics, policy: JudgePolicy) -> _Draft:
     if c is None or c.n == 0:
         return _no_data("coverage", spec, "no shadow sample")
     if c.n < spec.min_samples:
-        return _no_data("coverage", spec, f"burn-in: {c.n} of {spec.min_samples} sampled requests", c.n, c.count)
+        return _no_data(
+            "coverage", spec, f"burn-in: {c.n} of {spec.min_samples} sampled requests", c.n, c.count
+        )
     share = c.count / c.n
     lower = stats.confidence_sequence(
-        share, _bernoulli_se(c.count, c.n), float(c.n), alpha=policy.alpha, n_star=policy.n_star, side="greater"
+        share,
+        _bernoulli_se(c.count, c.n),
+        float(c.n),
+        alpha=policy.alpha,
+        n_star=policy.n_star,
+        side="greater",
     ).lower
     upper = stats.confidence_sequence(
-        share, _bernoulli_se(c.count, c.n), float(c.n), alpha=policy.alpha, n_star=policy.n_star, side="lesser"
+        share,
+        _bernoulli_se(c.count, c.n),
+        float(c.n),
+        alpha=policy.alpha,
+        n_star=policy.n_star,
+        side="lesser",
     ).upper
     described = f"{c.count} of {c.n} sampled requests scored ({share:.1%})"
     if lower > spec.margin:
-        outcome, why = Outcome.PASS, f"enough scored: {described}, lower bound {lower:.4g} > {spec.margin:.4g}"
+        outcome, why = (
+            Outcome.PASS,
+            f"enough scored: {described}, lower bound {lower:.4g} > {spec.margin:.4g}",
+        )
     else:
         outcome, why = (
             Outcome.INCONCLUSIVE,

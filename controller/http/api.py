@@ -42,8 +42,16 @@ from controller.http import feedback
 from controller.http.auth import AuthError, Principal, authorize
 from controller.loop import actions
 from controller.loop.measure import shadow_summary
-from storage import AlreadyExists, ConcurrentUpdate, InvalidState, NotFound, StorageError, Store, Unavailable
-from storage import analytics
+from storage import (
+    AlreadyExists,
+    ConcurrentUpdate,
+    InvalidState,
+    NotFound,
+    StorageError,
+    Store,
+    Unavailable,
+    analytics,
+)
 from storage.entities import Analysis, Deployment, Event, NewEvent, PipelineVersion, Rollout
 from storage.models import PairedOutputRow
 

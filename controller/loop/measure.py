@@ -188,7 +188,9 @@ def metrics_from_aggregates(
             else None,
             latency=latency,
             outputs=outputs,
-            coverage=Proportion(n=a.coverage.sampled, count=a.coverage.scored) if a.coverage.sampled else None,
+            coverage=Proportion(n=a.coverage.sampled, count=a.coverage.scored)
+            if a.coverage.sampled
+            else None,
         )
     return StepMetrics(
         mode="canary",

@@ -207,7 +207,9 @@ def test_report_with_labels_matches_its_schema_and_the_paired_rows(store: Store,
     assert report["arms"]["challenger"]["errors"] == chal_errors
     assert report["arms"]["challenger"]["served"] == sum(r.served_arm == "challenger" for r in records)
     both = [
-        r for r in records if r.champion_error is None and r.challenger_error is None and r.skip_reason is None
+        r
+        for r in records
+        if r.champion_error is None and r.challenger_error is None and r.skip_reason is None
     ]
     assert report["shadow"]["pairs"] == len(both)
     assert report["shadow"]["dropped"] == sum(r.skip_reason == "queue_full" for r in records) > 0

@@ -229,7 +229,12 @@ def _lane_exchanges(store: Store, deployment: str, n: int, prefix: str) -> list[
     entry = store.routing.load_table()[deployment]
     return [
         Exchange(
-            f"{prefix}{i}", datetime.now(UTC), entry, i, "champion", FRAME.iloc[i : i + 1].reset_index(drop=True)
+            f"{prefix}{i}",
+            datetime.now(UTC),
+            entry,
+            i,
+            "champion",
+            FRAME.iloc[i : i + 1].reset_index(drop=True),
         )
         for i in range(n)
     ]
@@ -273,7 +278,9 @@ def test_a_hanging_challenger_does_not_starve_another_deployments_shadow_work(
 ) -> None:
     champion = sqlite_store.pipelines.get_by_ref("churn:1")
     mlpipes.deploy(sqlite_store, "other", champion)
-    hung = create_backend(mlpipes.register(sqlite_store, tmp_path, version="2", fault="sleeps", delay=4.0), settings)
+    hung = create_backend(
+        mlpipes.register(sqlite_store, tmp_path, version="2", fault="sleeps", delay=4.0), settings
+    )
     healthy = create_backend(mlpipes.register(sqlite_store, tmp_path, version="3", seed=4), settings)
     settled: list[Exchange] = []
     pool = ShadowPool(on_settled=settled.append, workers=1, linger_s=0.001, timeout_s=0.5)

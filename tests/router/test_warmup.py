@@ -46,10 +46,10 @@ def test_a_cold_challenger_started_while_traffic_flows_is_never_charged_for_its_
         wait_for(lambda: len(statuses) >= 20, 30, "traffic flows before the rollout")
         rollout = mlpipes.start_rollout(store, deployment, cold, mode="shadow")  # picked up while serving
         wait_for(
-            lambda: sum(
-                p.challenger_status == "ok" for p in store.pairs.list(rollout_id=rollout.id, limit=5000)
-            )
-            >= 300,
+            lambda: (
+                sum(p.challenger_status == "ok" for p in store.pairs.list(rollout_id=rollout.id, limit=5000))
+                >= 300
+            ),
             60,
             "the challenger scores 300 shadow rows",
         )

@@ -341,7 +341,9 @@ def test_the_unit_is_the_request_and_skipped_shadow_jobs_are_coverage_lost_not_e
     assert a.worse == (fate == "error").sum() and a.better == 0
     assert sum(a.challenger.latency.values()) == ran.sum()  # one latency per request, not per row
     assert (a.compared, a.agreed) == (sizes[fate == "ok"].sum(), agree_rows)  # agreement keeps rows
-    expected_skips = {str(r): int(((fate == "skipped") & (reasons == r)).sum()) for r in set(reasons[fate == "skipped"])}
+    expected_skips = {
+        str(r): int(((fate == "skipped") & (reasons == r)).sum()) for r in set(reasons[fate == "skipped"])
+    }
     assert (a.coverage.sampled, a.coverage.scored, a.coverage.skipped) == (60, ran.sum(), expected_skips)
     assert a.coverage.wait_n == ran.sum() and a.coverage.wait_sum_ms == pytest.approx(2.0 * ran.sum())
     y, m = np.array(per_request, dtype=float).T

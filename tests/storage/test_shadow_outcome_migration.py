@@ -16,7 +16,11 @@ LEGACY = {  # challenger error (or None), challenger latency -> expected (status
     "ok": (None, 4.0, ("ok", None, False)),
     "failed": ("RuntimeError: boom", 4.0, ("error", None, True)),
     "dropped": ("shadow_dropped: the shadow queue was full", None, ("skipped", "queue_full", False)),
-    "cancelled": ("shadow_cancelled: the router shut down before scoring", None, ("skipped", "shutdown", False)),
+    "cancelled": (
+        "shadow_cancelled: the router shut down before scoring",
+        None,
+        ("skipped", "shutdown", False),
+    ),
     "timeout": ("shadow_timeout: no result within the shadow timeout", 2000.0, ("error", None, True)),
     "not_asked": (None, None, (None, None, False)),
 }

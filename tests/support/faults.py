@@ -87,7 +87,9 @@ def register_cold(
 ) -> PipelineVersion:
     """Register the churn classifier (mlpipes.classifier(seed=0)) wrapped to start cold (joblib)."""
     frame, target = mlpipes.churn_frame(50)
-    model = ColdClassifier(mlpipes.classifier(seed=0), load_s=load_s, first_call_s=first_call_s).fit(frame, target)
+    model = ColdClassifier(mlpipes.classifier(seed=0), load_s=load_s, first_call_s=first_call_s).fit(
+        frame, target
+    )
     return _register_joblib(store, directory, model, name=name, version=version, fault="cold")
 
 
