@@ -156,7 +156,9 @@ class DataPlane:
         challenger = route.challenger
         key_hash = routing_key_hash(routing_key or request_id, entry.rollout_id)
         served = CHAMPION
-        canary = challenger is not None and entry.canary_weight > 0 and entry.mode != "shadow"
+        canary = (
+            challenger is not None and entry.canary_weight > 0 and entry.mode != "shadow"
+        )  # as configured_share
         if canary and arm_for_hash(key_hash, entry.canary_weight) == CHALLENGER:
             served = CHALLENGER
         exchange = Exchange(
@@ -166,7 +168,7 @@ class DataPlane:
             assert challenger is not None
             exchange.challenger = _call(challenger, batch)
             if exchange.challenger.predictions is not None:
-                self._shadow_or_record(exchange, route, canary=True)
+                self._shadow_or_record(exchange, route)
                 return Answer(CHALLENGER, challenger.version, exchange.challenger.predictions)
             exchange.served_arm = served = CHAMPION  # the challenger failed: the champion answers
             get_metrics().errors.labels(entry.deployment, "challenger_fallback").inc()
@@ -175,18 +177,18 @@ class DataPlane:
         if served == CHAMPION and exchange.challenger is not None:
             self.recorder.add(exchange)  # fallback: both arms ran inline
         else:
-            self._shadow_or_record(exchange, route, canary=canary)
+            self._shadow_or_record(exchange, route)
         if result.predictions is None:
             assert isinstance(result.exception, BackendError)
             raise result.exception
         return Answer(CHAMPION, route.champion.version, result.predictions)
 
-    def _shadow_or_record(self, exchange: Exchange, route: Route, *, canary: bool) -> None:
+    def _shadow_or_record(self, exchange: Exchange, route: Route) -> None:
         entry = exchange.entry
         if route.challenger is None:
             self.recorder.add(exchange)
             return
-        rate = configured_share(entry, canary=canary)
+        rate = configured_share(entry)
         if not sampled(exchange.request_id, rate):
             self.recorder.add(exchange)
             return
@@ -237,9 +239,7 @@ class DataPlane:
                 entry = route.entry
                 if route.challenger is None:
                     continue
-                canary = entry.canary_weight > 0 and entry.mode != "shadow"
-                rate = configured_share(entry, canary=canary)
-                m.shadow_share.labels(name).set(rate * self.shadow.share(name))
+                m.shadow_share.labels(name).set(configured_share(entry) * self.shadow.share(name))
             for name, counts in list(self._coverage.items()):
                 if counts[1] >= 1.0:
                     m.shadow_coverage.labels(name).set(counts[0] / counts[1])
@@ -256,8 +256,9 @@ class DataPlane:
             log.exception("cannot publish gauges")
 
 
-def configured_share(entry: RoutingEntry, *, canary: bool) -> float:
-    """Return the share of requests the rollout asks to shadow (see the module docstring)."""
+def configured_share(entry: RoutingEntry) -> float:
+    """Return the share of requests a rollout with a challenger asks to shadow (see the module docstring)."""
+    canary = entry.canary_weight > 0 and entry.mode != "shadow"
     return entry.shadow_rate if canary else (entry.shadow_rate or 1.0)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from datetime import UTC, datetime
@@ -333,3 +334,25 @@ def test_shedding_keeps_a_random_subset_of_the_sample_decided_by_request_id() ->
     assert shed <= full  # a lower share keeps a subset of the same requests: deterministic by id
     assert abs(len(shed) / len(ids) - 0.15) < 0.01  # and the share it says (binomial sd 0.0025)
     assert {i for i in ids if sampled(i, 0.15)} == shed  # the same ids whichever process decides
+
+
+def test_metrics_show_shadow_outcomes_queue_wait_and_the_effective_share(
+    sqlite_store: Store, churn: Any, tmp_path: Path, make_app: Any
+) -> None:
+    deployment, _ = churn
+    challenger = mlpipes.register(sqlite_store, tmp_path, version="2", seed=4)
+    mlpipes.start_rollout(sqlite_store, deployment, challenger, mode="shadow", shadow_rate=1.0)
+    app = make_app()
+    client = app.test_client()
+    for i in range(6):
+        assert _answer(client, BODY, f"m{i}")[0] == 200
+    _wait(lambda: b"mlcanary_shadow_scored_total" in client.get("/metrics").data)
+    app.extensions["mlcanary.dataplane"]._publish_gauges()
+    text = client.get("/metrics").data.decode()
+    scored = re.search(
+        r'^mlcanary_shadow_scored_total\{arm="challenger",deployment="churn"\} ([\d.]+)$', text, re.M
+    )
+    assert scored is not None and float(scored.group(1)) >= 1
+    assert re.search(r'^mlcanary_shadow_queue_wait_seconds_count\{deployment="churn"\} [1-9]', text, re.M)
+    assert re.search(r'^mlcanary_shadow_effective_share\{deployment="churn"\} 1\.0$', text, re.M)
+    assert re.search(r'^mlcanary_shadow_coverage\{deployment="churn"\} 1\.0$', text, re.M)
