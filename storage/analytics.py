@@ -126,8 +126,8 @@ class StepAggregates:
     ``value_range``: (low, high) of the regression outputs bucketed in ``values`` histograms, or None.
     ``coverage``: the shadow jobs' fate. ``agreement_clusters`` (agreed/compared),
     ``labelled_clusters`` ((worse - better)/labelled pairs) and ``diff_clusters`` (diff sum/diff n):
-    per-request sums for a cluster-robust variance (None when every request has one row: then the
-    row sums are the request sums).
+    per-request sums for a cluster-robust variance, computed when asked (``clusters=True``) and some
+    request has several rows (else None: the row sums are then the request sums).
     """
 
     cohort: Cohort
@@ -238,8 +238,13 @@ def step_aggregates(
     label_cutoff: datetime | None,
     latency: LatencyBuckets,
     value_bins: int = 10,
+    clusters: bool = False,
 ) -> StepAggregates:
-    """Aggregate one rollout step in SQL; ``label_cutoff`` None ignores labels altogether."""
+    """Aggregate one rollout step in SQL; ``label_cutoff`` None ignores labels altogether.
+
+    ``clusters``: also compute the per-request ``ClusterSums`` (one GROUP BY request_id per row-level
+    figure: asked for only by a judge that uses a cluster-robust variance).
+    """
     step_filter = and_(P.rollout_id == rollout_id, P.step == step)
     both_ran = and_(_ran("champion"), _ran("challenger"))
     both_ok = and_(_ok("champion"), _ok("challenger"))
@@ -276,7 +281,8 @@ def step_aggregates(
         }
         extra: dict[str, Any] = {"pairs": values[6], "worse": values[7], "better": values[8]}
         extra["requests"] = values[9]
-        multi_row = values[10] > values[9]  # some request has several rows: per-request sums differ
+        # per-request sums differ from the row sums only when some request has several rows
+        multi_row = clusters and values[10] > values[9]
         if task == "classification":
             extra.update(compared=values[11], agreed=values[12])
         extra["coverage"] = _coverage(conn, and_(step_filter, FIRST_ROW))

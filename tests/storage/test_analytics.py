@@ -333,7 +333,7 @@ def test_the_unit_is_the_request_and_skipped_shadow_jobs_are_coverage_lost_not_e
 
     a = step_aggregates(
         store.db, rollout_id=rollout_id, step=0, cohort="paired", task="classification", label_cutoff=None,
-        latency=LATENCY,
+        latency=LATENCY, clusters=True,
     )  # fmt: skip
     ran = fate != "skipped"
     assert a.requests == 60
