@@ -132,7 +132,12 @@ def fixed_rate(url: str, payload: str, rate: float, seconds: float) -> dict[str,
 def dropped(base: str) -> float:
     text = httpx.get(f"{base}/metrics", timeout=5).text
     return sum(
-        float(v) for v in re.findall(r"^mlcanary_shadow_dropped_total\{[^}]*\} ([\d.e+]+)$", text, re.M)
+        float(v)
+        for v in re.findall(
+            r'^mlcanary_shadow_skipped_total\{[^}]*reason="(?:queue_full|budget)"[^}]*\} ([\d.e+]+)$',
+            text,
+            re.M,
+        )
     )
 
 

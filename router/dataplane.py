@@ -13,7 +13,9 @@ Every answered request becomes one PairRecord per row, written by the recorder.
 Shadow share: in canary mode the other arm shadows a share shadow_rate of requests; with a challenger
 but a canary weight of 0 (mode "shadow", or the shadow phase of "shadow_then_canary") the challenger
 shadows a share shadow_rate of requests, every request when shadow_rate is 0 (a shadow rollout that
-scores nothing would be pointless).
+scores nothing would be pointless). That configured share is the sample. Under load the shadow
+pool lowers a deployment's own share (load shedding, see router.shadow); a sampled request whose
+id falls outside the lowered share is recorded as skipped ("shed"): coverage lost, not an error.
 """
 
 from __future__ import annotations
@@ -36,10 +38,10 @@ from router.metrics import get_metrics
 from router.recorder import Recorder
 from router.routes import Route, RouteTable
 from router.settings import RouterSettings
-from router.shadow import ShadowPool
+from router.shadow import SHED, ShadowPool
 from router.split import CHALLENGER, CHAMPION, arm_for_hash, routing_key_hash, sampled
 from storage import Store
-from storage.entities import PipelineVersion
+from storage.entities import PipelineVersion, RoutingEntry
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +83,9 @@ class DataPlane:
             timeout_s=s.shadow_timeout_s,
             linger_s=s.shadow_linger_s,
             idle=self.idle,
-            on_drop=self._count_drop,
             on_batch=self._count_batch,
         )
+        self._coverage: dict[str, list[float]] = {}  # deployment -> [scored, sampled], decaying
         self.started = False
         self.closed = False
         self._stop = threading.Event()
@@ -92,7 +94,7 @@ class DataPlane:
 
     @property
     def ready(self) -> bool:
-        """True once the routing table is loaded (every routed version tried) and until close()."""
+        """True once the routing table is loaded (every routed version loaded and warmed) until close()."""
         return self.started and self.routes.loaded and not self.closed
 
     def start(self) -> DataPlane:
@@ -154,7 +156,9 @@ class DataPlane:
         challenger = route.challenger
         key_hash = routing_key_hash(routing_key or request_id, entry.rollout_id)
         served = CHAMPION
-        canary = challenger is not None and entry.canary_weight > 0 and entry.mode != "shadow"
+        canary = (
+            challenger is not None and entry.canary_weight > 0 and entry.mode != "shadow"
+        )  # as configured_share
         if canary and arm_for_hash(key_hash, entry.canary_weight) == CHALLENGER:
             served = CHALLENGER
         exchange = Exchange(
@@ -164,7 +168,7 @@ class DataPlane:
             assert challenger is not None
             exchange.challenger = _call(challenger, batch)
             if exchange.challenger.predictions is not None:
-                self._shadow_or_record(exchange, route, canary=True)
+                self._shadow_or_record(exchange, route)
                 return Answer(CHALLENGER, challenger.version, exchange.challenger.predictions)
             exchange.served_arm = served = CHAMPION  # the challenger failed: the champion answers
             get_metrics().errors.labels(entry.deployment, "challenger_fallback").inc()
@@ -173,37 +177,52 @@ class DataPlane:
         if served == CHAMPION and exchange.challenger is not None:
             self.recorder.add(exchange)  # fallback: both arms ran inline
         else:
-            self._shadow_or_record(exchange, route, canary=canary)
+            self._shadow_or_record(exchange, route)
         if result.predictions is None:
             assert isinstance(result.exception, BackendError)
             raise result.exception
         return Answer(CHAMPION, route.champion.version, result.predictions)
 
-    def _shadow_or_record(self, exchange: Exchange, route: Route, *, canary: bool) -> None:
+    def _shadow_or_record(self, exchange: Exchange, route: Route) -> None:
         entry = exchange.entry
         if route.challenger is None:
             self.recorder.add(exchange)
             return
-        rate = entry.shadow_rate if canary else (entry.shadow_rate or 1.0)
+        rate = configured_share(entry)
         if not sampled(exchange.request_id, rate):
             self.recorder.add(exchange)
             return
-        if exchange.served_arm == CHAMPION:
-            self.shadow.submit(exchange, CHALLENGER, route.challenger)
-        else:
-            self.shadow.submit(exchange, CHAMPION, route.champion)
+        arm, backend = (
+            (CHALLENGER, route.challenger) if exchange.served_arm == CHAMPION else (CHAMPION, route.champion)
+        )
+        share = self.shadow.share(entry.deployment)
+        if share < 1.0 and not sampled(exchange.request_id, rate * share):
+            # load shedding: the same hash, a lower threshold, so the scored requests stay a random sample
+            exchange.settle_shadow(arm, ArmResult(backend.version, skip_reason=SHED))
+            self._shadow_settled(exchange)
+            return
+        self.shadow.submit(exchange, arm, backend)
 
     # -- metrics ------------------------------------------------------------------------------------
 
     def _shadow_settled(self, exchange: Exchange) -> None:
         result = exchange.champion if exchange.served_arm == CHALLENGER else exchange.challenger
-        if result is not None and result.error is not None:
+        if result is not None:
             arm = CHAMPION if exchange.served_arm == CHALLENGER else CHALLENGER
-            get_metrics().shadow_errors.labels(exchange.entry.deployment, arm).inc()
+            name = exchange.entry.deployment
+            m = get_metrics()
+            counts = self._coverage.setdefault(name, [0.0, 0.0])
+            counts[1] += 1
+            if result.skip_reason is not None:
+                m.shadow_skipped.labels(name, result.skip_reason).inc()
+            else:
+                counts[0] += 1
+                m.shadow_scored.labels(name, arm).inc()
+                if result.error is not None:
+                    m.shadow_errors.labels(name, arm).inc()
+                if result.wait_ms is not None:
+                    m.shadow_wait.labels(name).observe(result.wait_ms / 1000.0)
         self.recorder.add(exchange)
-
-    def _count_drop(self, exchange: Exchange) -> None:
-        get_metrics().shadow_dropped.labels(exchange.entry.deployment).inc()
 
     def _count_batch(self, size: int) -> None:
         get_metrics().shadow_batch_size.observe(size)
@@ -216,6 +235,16 @@ class DataPlane:
         try:
             m = get_metrics()
             m.shadow_queue_depth.set(self.shadow.depth)
+            for name, route in list(self.routes.routes.items()):
+                entry = route.entry
+                if route.challenger is None:
+                    continue
+                m.shadow_share.labels(name).set(configured_share(entry) * self.shadow.share(name))
+            for name, counts in list(self._coverage.items()):
+                if counts[1] >= 1.0:
+                    m.shadow_coverage.labels(name).set(counts[0] / counts[1])
+                counts[0] *= 0.98  # about 30 s of memory at one publication every 0.5 s
+                counts[1] *= 0.98
             m.recorder_queue.set(self.recorder.pending)
             m.spool_rows.set(self.recorder.spool_rows)
             m.recorder_lag.set(self.recorder.lag_s)
@@ -225,6 +254,12 @@ class DataPlane:
             self._reported = (written, spooled)
         except Exception:  # metrics must never take the data plane down
             log.exception("cannot publish gauges")
+
+
+def configured_share(entry: RoutingEntry) -> float:
+    """Return the share of requests a rollout with a challenger asks to shadow (see the module docstring)."""
+    canary = entry.canary_weight > 0 and entry.mode != "shadow"
+    return entry.shadow_rate if canary else (entry.shadow_rate or 1.0)
 
 
 _frozen_in: int | None = None  # the process whose heap was frozen

@@ -11,18 +11,33 @@ from typing import Any
 import pandas as pd
 
 from router.backends import Predictions
-from storage.entities import PairRecord, PipelineVersion, RoutingEntry
+from storage.entities import ERROR, OK, SKIPPED, PairRecord, PipelineVersion, RoutingEntry
 
 
 @dataclass
 class ArmResult:
-    """What one arm did for a request: its predictions or its error, and how long it took."""
+    """What one arm did for a request: its predictions or its error, and how long it took.
+
+    ``latency_ms`` is the arm's own scoring time (from the moment its call started); a shadow job's
+    time in the router's queue is ``wait_ms``, kept apart. A skipped shadow job (``skip_reason``
+    set: it never started scoring) has neither predictions nor error nor latency: it is coverage
+    lost, never the arm's fault.
+    """
 
     version: PipelineVersion
     predictions: Predictions | None = None
     latency_ms: float | None = None
     error: str | None = None
     exception: Exception | None = field(default=None, repr=False, compare=False)
+    skip_reason: str | None = None
+    wait_ms: float | None = None
+
+    @property
+    def status(self) -> str:
+        """ "skipped", "error" or "ok": the one definition of what happened to the arm."""
+        if self.skip_reason is not None:
+            return SKIPPED
+        return ERROR if self.error is not None or self.predictions is None else OK
 
 
 @dataclass
@@ -69,6 +84,11 @@ class Exchange:
         raw = self._raw_rows(rows) if entry.store_raw_inputs else None
         c_out = _columns(champion, rows)
         h_out = _columns(challenger, rows)
+        shadow = champion if self.served_arm == "challenger" else challenger
+        skip = None if shadow is None else shadow.skip_reason
+        wait = None if shadow is None else shadow.wait_ms
+        c_status = None if champion is None else champion.status
+        h_status = None if challenger is None else challenger.status
         return [
             PairRecord(
                 request_id=self.request_id,
@@ -94,6 +114,10 @@ class Exchange:
                 champion_error=None if champion is None else champion.error,
                 challenger_error=None if challenger is None else challenger.error,
                 raw_input=None if raw is None else raw[i],
+                champion_status=c_status,
+                challenger_status=h_status,
+                skip_reason=skip,
+                shadow_wait_ms=wait,
             )
             for i in range(rows)
         ]

@@ -176,6 +176,8 @@ def ready() -> Response:
         "ready": plane.ready,
         "deployments": sorted(plane.routes.routes),
         "failed_versions": plane.routes.failures(),
+        "warming": sorted(plane.routes.warming),
+        "warmed_ms": dict(plane.routes.warmed),
     }
     if plane.routes.last_error:
         body["storage_error"] = plane.routes.last_error

@@ -26,9 +26,13 @@ class Metrics:
     errors: Any  # Counter(deployment, code)
     latency: Any  # Histogram(deployment, arm), seconds on the request path
     shadow_queue_depth: Any  # Gauge
-    shadow_dropped: Any  # Counter(deployment)
+    shadow_skipped: Any  # Counter(deployment, reason): shadow jobs that never started scoring
+    shadow_scored: Any  # Counter(deployment, arm): shadow jobs scored (answered or failed)
     shadow_batch_size: Any  # Histogram
-    shadow_errors: Any  # Counter(deployment, arm)
+    shadow_errors: Any  # Counter(deployment, arm): the arm's own failures (raised, garbage, too slow)
+    shadow_wait: Any  # Histogram(deployment), seconds a shadow job waited in the queue
+    shadow_share: Any  # Gauge(deployment): effective shadow share after load shedding
+    shadow_coverage: Any  # Gauge(deployment): scored / sampled shadow jobs, recent
     recorder_lag: Any  # Gauge, seconds between a request and its write
     recorder_queue: Any  # Gauge, rows in memory
     spool_rows: Any  # Gauge, rows in this process's spool
@@ -66,10 +70,33 @@ def get_metrics() -> Metrics:
                 shadow_queue_depth=Gauge(
                     "mlcanary_shadow_queue_depth", "Shadow jobs waiting", multiprocess_mode="livesum"
                 ),
-                shadow_dropped=Counter(
-                    "mlcanary_shadow_dropped",
-                    "Shadow calls dropped because the queue was full",
+                shadow_skipped=Counter(
+                    "mlcanary_shadow_skipped",
+                    "Shadow jobs that never started scoring (coverage lost, not an arm's error)",
+                    ["deployment", "reason"],
+                ),
+                shadow_scored=Counter(
+                    "mlcanary_shadow_scored",
+                    "Shadow jobs whose call ran (answered or failed)",
+                    ["deployment", "arm"],
+                ),
+                shadow_wait=Histogram(
+                    "mlcanary_shadow_queue_wait_seconds",
+                    "Time a shadow job waited in the router's queue before its call started",
                     ["deployment"],
+                    buckets=LATENCY_BUCKETS,
+                ),
+                shadow_share=Gauge(
+                    "mlcanary_shadow_effective_share",
+                    "Share of requests shadowed now: the configured share times load shedding's",
+                    ["deployment"],
+                    multiprocess_mode="livemin",
+                ),
+                shadow_coverage=Gauge(
+                    "mlcanary_shadow_coverage",
+                    "Share of the configured shadow sample scored, last ~30 s",
+                    ["deployment"],
+                    multiprocess_mode="livemin",
                 ),
                 shadow_batch_size=Histogram(
                     "mlcanary_shadow_batch_size",
@@ -77,7 +104,9 @@ def get_metrics() -> Metrics:
                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
                 ),
                 shadow_errors=Counter(
-                    "mlcanary_shadow_errors", "Shadow calls that failed or timed out", ["deployment", "arm"]
+                    "mlcanary_shadow_errors",
+                    "Shadow calls that failed: raised, garbage, or their own scoring past the timeout",
+                    ["deployment", "arm"],
                 ),
                 recorder_lag=Gauge(
                     "mlcanary_recorder_lag_seconds",

@@ -4,6 +4,12 @@ Requests never query the database: they read `RouteTable.routes`, a dict replace
 reference assignment) after every change. Backends are cached per pipeline version id (a version's
 artifact never changes) and loaded by the refresh thread, never by a request. A version that fails
 to load is a MissingBackend until load_retry_interval has passed, then tried again.
+
+Warm before routing: a newly loaded version is scored once, in this process, on its golden rows
+(or, without a golden set, on one typical row built from its input profile or schema) before the
+new routes are swapped in, so no request — answered or shadowed — pays its cold start (lazy
+imports, first-call caches, an upstream's first connection), and no shadow call of a challenger is
+timed over it. `warming` names the versions being loaded now (/readyz shows them).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from router import parity
 from router.backends import Backend, MissingBackend, create_backend
@@ -57,6 +64,8 @@ class RouteTable:
         self._backends: dict[int, Backend] = {}
         self._failed_at: dict[int, float] = {}
         self._parity: dict[int, bool] = {}  # version id -> passed the parity gate when loaded
+        self.warming: set[str] = set()  # refs of the versions being loaded and warmed now
+        self.warmed: dict[str, float] = {}  # ref -> milliseconds its warm-up call took
         self._entries: dict[str, RoutingEntry] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -101,7 +110,9 @@ class RouteTable:
         self.loaded = True
         for version_id in list(self._backends):
             if version_id not in wanted:
-                self._backends.pop(version_id).close()
+                gone = self._backends.pop(version_id)
+                self.warmed.pop(gone.version.ref, None)
+                gone.close()
                 self._failed_at.pop(version_id, None)
                 self._parity.pop(version_id, None)
         return True
@@ -177,12 +188,17 @@ class RouteTable:
             and self._clock() - self._failed_at.get(version.id, 0.0) >= self.settings.load_retry_interval
         ):
             return cached
-        backend = self._factory(version, self.settings)
-        if isinstance(backend, MissingBackend):
-            log.error("cannot load %s: %s", version.ref, backend.reason)
-            self._failed_at[version.id] = self._clock()
-        else:
-            self._failed_at.pop(version.id, None)
+        self.warming.add(version.ref)
+        try:
+            backend = self._factory(version, self.settings)
+            if isinstance(backend, MissingBackend):
+                log.error("cannot load %s: %s", version.ref, backend.reason)
+                self._failed_at[version.id] = self._clock()
+            else:
+                self._failed_at.pop(version.id, None)
+                self.warmed[version.ref] = warm(backend, max_rows=self.settings.max_rows)
+        finally:
+            self.warming.discard(version.ref)
         self._backends[version.id] = backend
         return backend
 
@@ -210,3 +226,51 @@ class RouteTable:
         for backend in self._backends.values():
             backend.close()
         self._backends.clear()
+
+
+def warm(backend: Backend, *, max_rows: int) -> float:
+    """Score a freshly loaded backend once through the serving path; return the call's milliseconds.
+
+    The rows are the version's golden inputs, else one typical row: per column the most frequent
+    category or the middle of the numeric range from the input profile, else a neutral value of
+    the column's type. A failure is logged, never raised: the version is routed anyway and its
+    errors, if real, show on real requests.
+    """
+    from router.inputs import build_batch
+
+    version = backend.version
+    started = time.perf_counter()
+    try:
+        batch = build_batch(warm_rows(version), version.input_schema, max_rows=max_rows)
+        backend.predict(batch.frame)
+    except Exception as exc:  # warming is best effort; the version's own errors show on real requests
+        log.warning("warming %s failed: %s", version.ref, exc)
+    took = (time.perf_counter() - started) * 1000.0
+    log.info("warmed %s in %.1f ms", version.ref, took)
+    return took
+
+
+_NEUTRAL = {"float": 0.0, "int": 0, "bool": False, "str": "", "category": "", "datetime": "2000-01-01"}
+
+
+def warm_rows(version: PipelineVersion) -> dict[str, list[Any]]:
+    """Return the columns of the rows a version is warmed on (golden rows, else one typical row)."""
+    golden = version.golden_set or {}
+    inputs = golden.get("inputs") if isinstance(golden, dict) else None
+    if isinstance(inputs, dict) and inputs.get("columns") and inputs.get("data"):
+        names = [str(c) for c in inputs["columns"]]
+        data = list(inputs["data"])[: max(1, min(len(inputs["data"]), 100))]
+        return {name: [row[i] for row in data] for i, name in enumerate(names)}
+    profile = (version.profile or {}).get("columns", {})
+    columns: dict[str, list[Any]] = {}
+    for column in version.input_schema:
+        p = profile.get(column.name) or {}
+        value: Any = _NEUTRAL.get(column.dtype, 0.0)
+        if p.get("kind") == "categorical" and p.get("shares"):
+            value = max(p["shares"].items(), key=lambda kv: kv[1])[0]
+        elif p.get("kind") == "numeric" and p.get("min") is not None and p.get("max") is not None:
+            value = (float(p["min"]) + float(p["max"])) / 2.0
+            if column.dtype == "int":
+                value = int(round(value))
+        columns[column.name] = [value]
+    return columns

@@ -1,21 +1,44 @@
-"""Shadow scoring off the request path: a bounded queue, a bounded pool, micro-batches, a timeout.
+"""Shadow scoring off the request path: bounded lanes per deployment, micro-batches, honest outcomes.
 
 A request that wants the other arm's opinion submits a job with `put_nowait` semantics: when the
-queue is full the job is dropped at once (and counted), never waited for. Workers take everything
-queued (up to shadow_batch_max jobs), group it by backend, build one frame per group from the
-requests' converted columns, call predict once per group and hand each request its slice.
-Batching is what keeps shadowing cheap: scoring 100 rows costs scikit-learn about as much as one.
+queue is full the job is skipped at once, never waited for. Jobs wait in one lane per deployment.
+Workers take one lane's jobs at a time (up to shadow_batch_max), group them by backend, build one
+frame per group from the requests' converted columns, call predict once per group and hand each
+request its slice. Batching is what keeps shadowing cheap: scoring 100 rows costs scikit-learn
+about as much as one.
 
-So a worker lingers: it scores when batch_max jobs are queued or when the oldest has waited
-linger_s, whichever comes first; the batch size follows the load (at 200 requests/s and a 0.25 s
-linger about 50 requests share one predict call, at 4 requests/s one). Then it waits (at most
-linger_s again) for the process to have no request in flight, so that shadow work runs between
-requests rather than competing with them for the GIL. Submitting wakes a worker only when the queue
-stops being empty or reaches batch_max, never once per request.
+So a worker lingers: a lane is ready when batch_max jobs are queued in it or when its oldest has
+waited linger_s; of the ready lanes the one whose oldest job is oldest goes first (round robin by
+age). Then the worker waits (at most linger_s again) for the process to have no request in flight,
+so that shadow work runs between requests rather than competing with them for the GIL.
 
-A watchdog settles, as "timeout", every job not finished shadow_timeout_s after it was queued —
-whether it is still queued or its batch is stuck inside a hanging predict — so the request's record
-is written anyway; a result arriving later is ignored. Every job ends in exactly one `on_settled`.
+Every job ends in exactly one `on_settled`, with one of three outcomes (`ArmResult.status`):
+- ok: scored; `latency_ms` is the call's own time, `wait_ms` its time in the queue;
+- error (the arm's fault): the backend raised or answered garbage, or its own call — timed from
+  the moment the call started, never from when the job was queued — ran past shadow_timeout_s;
+- skipped (the router's doing, never the arm's; `skip_reason`): the queue was full ("queue_full"),
+  the deployment's share of it was full ("budget"), the timeout passed while the job still waited
+  ("expired"), the router shut down first ("shutdown"), or the host starved the call of CPU
+  ("starved", below). Load shedding ("shed") happens before a job is submitted, in the data plane.
+
+The call's time excludes what the host took from it: on Linux the scoring thread's run-queue wait
+(/proc/self/task/TID/schedstat: runnable, but no CPU free) is subtracted before comparing with the
+timeout, so an overloaded machine is not charged to the arm. A call that stays under the timeout by
+that measure but runs three timeouts of wall time is settled as skipped ("starved"), so its record
+is not held back forever. Latencies recorded are wall times, like the champion's.
+
+Fairness between deployments (per-deployment budgets): a lane may hold at most queue_size divided
+by the number of busy lanes; at most one call per deployment runs at a time; and when a call runs
+past the timeout the watchdog charges it and starts a replacement worker, so a hanging challenger
+holds one thread, never the pool (replacements are capped at max_stuck).
+
+Load shedding: each lane has a share in (0, 1]. The watchdog looks every control interval: when a
+lane's jobs expire or are refused, or its oldest job has waited too long (half the timeout, or
+two lingers when that is longer, but below the timeout), the share halves (at most once per
+interval, down to min_share); when the lane's oldest job is younger than half that, the share grows
+by share_step. A lane whose own call ran past the timeout
+recently is left alone: that backlog is the arm's slowness, already charged, not the router's load. The data plane scores only requests whose
+id falls in the share (`split.sampled`), so the scored sample stays a random one.
 """
 
 from __future__ import annotations
@@ -36,9 +59,13 @@ from router.inputs import join_columns
 
 log = logging.getLogger(__name__)
 
-DROPPED = "shadow_dropped: the shadow queue was full"
-TIMED_OUT = "shadow_timeout: no result within the shadow timeout"
-CANCELLED = "shadow_cancelled: the router shut down before scoring"
+QUEUE_FULL = "queue_full"
+BUDGET = "budget"
+EXPIRED = "expired"
+SHUTDOWN = "shutdown"
+SHED = "shed"
+STARVED = "starved"
+TIMED_OUT = "shadow_timeout: its own scoring ran past the shadow timeout"
 
 
 @dataclass
@@ -47,13 +74,33 @@ class ShadowJob:
     arm: str
     backend: Backend
     queued_at: float  # by the pool's clock (timeouts)
-    started_at: float | None = field(default=None)
+    started_at: float | None = field(default=None)  # pool clock, when its call started
+    starved_at_start: float = 0.0  # the scoring thread's run-queue wait (s) when its call started
     arrived: float = field(default_factory=time.monotonic)  # real time (lingering)
-    expired: bool = False  # settled as timed out by the watchdog
+    done: bool = False  # settled by the watchdog (expired or charged)
+
+    @property
+    def wait_ms(self) -> float | None:
+        return None if self.started_at is None else (self.started_at - self.queued_at) * 1000.0
+
+
+@dataclass
+class _Lane:
+    """One deployment's queue, its call in progress, and its load-shedding share."""
+
+    queue: deque[ShadowJob] = field(default_factory=deque)
+    running: list[ShadowJob] | None = None  # reserved or scoring (one call per deployment at a time)
+    worker: int | None = None  # the thread scoring it
+    tid: int | None = None  # its native id (for its run-queue wait)
+    stuck: bool = False  # its call ran past the timeout; a replacement worker was started
+    share: float = 1.0
+    pressure: int = 0  # jobs expired or refused since the last control step
+    last_cut: float = float("-inf")
+    charged_at: float = float("-inf")  # when a call of this lane last ran past the timeout
 
 
 class ShadowPool:
-    """Score shadow jobs in micro-batches on a few background threads."""
+    """Score shadow jobs in micro-batches on a few background threads, fairly between deployments."""
 
     def __init__(
         self,
@@ -65,8 +112,11 @@ class ShadowPool:
         timeout_s: float = 5.0,
         linger_s: float = 0.25,
         idle: threading.Event | None = None,
-        on_drop: Callable[[Exchange], None] | None = None,
         on_batch: Callable[[int], None] | None = None,
+        shed: bool = True,
+        min_share: float = 0.02,
+        share_step: float = 0.05,
+        max_stuck: int = 8,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.on_settled = on_settled
@@ -76,15 +126,20 @@ class ShadowPool:
         self.timeout_s = timeout_s
         self.linger_s = linger_s
         self.idle = idle
-        self.on_drop = on_drop
         self.on_batch = on_batch
+        self.shed = shed
+        self.min_share = min_share
+        self.share_step = share_step
+        self.max_stuck = max_stuck
         self.clock = clock
+        self.control_interval = max(0.01, min(0.25, timeout_s / 8))
         self._enough = min(batch_max, queue_size)  # queued jobs that end a linger at once
-        self.dropped = 0
+        self.dropped = 0  # submissions refused (queue_full, budget, shutdown)
         self.batches = 0
-        self._queue: deque[ShadowJob] = deque()
-        self._running: set[int] = set()
-        self._inflight: dict[int, list[ShadowJob]] = {}
+        self._lanes: dict[str, _Lane] = {}
+        self._total = 0
+        self._abandoned: set[int] = set()  # worker threads stuck in a charged call (they exit after it)
+        self._spare = 0  # replacement workers started
         lock = threading.Lock()
         self._cond = threading.Condition(lock)  # queue and in-flight changes (close, the watchdog)
         self._arrived = threading.Condition(lock)  # workers wait here for jobs
@@ -93,81 +148,146 @@ class ShadowPool:
 
     @property
     def depth(self) -> int:
-        """Jobs waiting in the queue."""
-        return len(self._queue)
+        """Jobs waiting in the queue (every lane)."""
+        return self._total
+
+    def share(self, deployment: str) -> float:
+        """Return the share (0, 1] of its sampled requests the deployment's lane accepts now."""
+        lane = self._lanes.get(deployment)
+        return 1.0 if lane is None else lane.share
+
+    def shares(self) -> dict[str, float]:
+        """Return every known lane's current share."""
+        return {name: lane.share for name, lane in list(self._lanes.items())}
 
     def submit(self, exchange: Exchange, arm: str, backend: Backend) -> bool:
-        """Queue a shadow job without waiting; when full or closing, settle it as dropped and return False."""
+        """Queue a shadow job without waiting; when it cannot be queued settle it as skipped, return False."""
+        key = exchange.entry.deployment
+        reason: str | None = None
         with self._cond:
-            depth = len(self._queue)
-            accepted = not self._closing and depth < self.queue_size
-            if accepted:
-                self._queue.append(ShadowJob(exchange, arm, backend, self.clock()))
+            lane = self._lanes.get(key)
+            if lane is None:
+                lane = self._lanes[key] = _Lane()
+            if self._closing:
+                reason = SHUTDOWN
+            elif self._total >= self.queue_size:
+                reason = QUEUE_FULL
+            elif len(lane.queue) >= self._budget(lane):
+                reason = BUDGET
+            if reason is None:
+                depth = len(lane.queue)
+                lane.queue.append(ShadowJob(exchange, arm, backend, self.clock()))
+                self._total += 1
                 if depth == 0 or depth + 1 == self._enough:  # a worker waits for either moment
                     self._arrived.notify()
-        if not accepted:
-            self.dropped += 1
-            if self.on_drop is not None:
-                self.on_drop(exchange)
-            self._settle(
-                ShadowJob(exchange, arm, backend, self.clock()), ArmResult(backend.version, error=DROPPED)
-            )
-        return accepted
+            else:
+                lane.pressure += 1
+                self.dropped += 1
+        if reason is not None:
+            self._settle(exchange, arm, ArmResult(backend.version, skip_reason=reason))
+        return reason is None
+
+    def _budget(self, lane: _Lane) -> int:
+        """Jobs one lane may hold: the queue divided among the lanes that have work (this one included)."""
+        busy = sum(
+            1 for other in self._lanes.values() if other is not lane and (other.queue or other.running)
+        )
+        return max(1, self.queue_size // (busy + 1))
 
     def start(self) -> None:
-        for i in range(self.workers):
-            thread = threading.Thread(target=self._work, name=f"mlcanary-shadow-{i}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        for _ in range(self.workers):
+            self._start_worker()
         watchdog = threading.Thread(target=self._watch, name="mlcanary-shadow-watchdog", daemon=True)
         watchdog.start()
         self._threads.append(watchdog)
 
-    def _take(self) -> list[ShadowJob] | None:
-        with self._cond:
-            while True:
-                if not self._queue:
-                    if self._closing:
-                        return None
-                    self._arrived.wait(0.5)
+    def _start_worker(self) -> None:
+        thread = threading.Thread(
+            target=self._work, name=f"mlcanary-shadow-{len(self._threads)}", daemon=True
+        )
+        thread.start()
+        self._threads.append(thread)
+
+    # -- workers ------------------------------------------------------------------------------------
+
+    def _ready_lane(self) -> tuple[_Lane | None, float]:
+        """Return the ready lane whose oldest job is oldest (or None) and how long until one may be."""
+        now = time.monotonic()
+        best: _Lane | None = None
+        wait = 0.5
+        for lane in self._lanes.values():
+            if lane.running is not None or not lane.queue:
+                continue
+            head = lane.queue[0].arrived
+            if not (self._closing or len(lane.queue) >= self._enough):
+                remaining = self.linger_s - (now - head)
+                if remaining > 0:
+                    wait = min(wait, remaining)
                     continue
-                if self._closing or len(self._queue) >= self._enough:
-                    break
-                remaining = self.linger_s - (time.monotonic() - self._queue[0].arrived)
-                if remaining <= 0:
-                    break
-                self._arrived.wait(remaining)
-        if self.idle is not None and not self._closing:
-            self.idle.wait(self.linger_s)
-        with self._cond:
-            jobs: list[ShadowJob] = []
-            while self._queue and len(jobs) < self.batch_max:
-                jobs.append(self._queue.popleft())
-            now = self.clock()
-            for job in jobs:
-                job.started_at = now
-            if jobs:
-                self._inflight[id(jobs)] = jobs
-            if self._queue:
-                self._arrived.notify()  # more than one batch is waiting: wake another worker
-            return jobs
+            if best is None or head < best.queue[0].arrived:
+                best = lane
+        return best, wait
+
+    def _take(self) -> tuple[_Lane, list[ShadowJob]] | None:
+        me = threading.get_ident()
+        while True:
+            with self._cond:
+                while True:
+                    if self._closing and self._total == 0:
+                        return None
+                    lane, wait = self._ready_lane()
+                    if lane is not None:
+                        break
+                    self._arrived.wait(wait)
+                lane.running = []  # reserved: no other worker takes this lane meanwhile
+                lane.worker = me
+                lane.tid = threading.get_native_id()
+            if self.idle is not None and not self._closing:
+                self.idle.wait(self.linger_s)
+            with self._cond:
+                jobs: list[ShadowJob] = []
+                while lane.queue and len(jobs) < self.batch_max:
+                    jobs.append(lane.queue.popleft())
+                self._total -= len(jobs)
+                if not jobs:  # the watchdog expired them meanwhile
+                    lane.running = None
+                    continue
+                lane.running = jobs
+                if self._total:
+                    self._arrived.notify()  # more is waiting: wake another worker
+                return lane, jobs
 
     def _work(self) -> None:
+        me = threading.get_ident()
         while True:
-            jobs = self._take()
-            if jobs is None:
+            taken = self._take()
+            if taken is None:
                 return
+            lane, jobs = taken
             try:
                 self._score(jobs)
             except Exception:  # a worker must survive anything a pipeline does
                 log.exception("shadow batch failed")
                 for job in jobs:
-                    self._settle(job, ArmResult(job.backend.version, error="shadow_failed: internal error"))
-            finally:
-                with self._cond:
-                    self._inflight.pop(id(jobs), None)
-                    if self._closing:  # close() waits for the pool to drain; nobody else needs waking
-                        self._cond.notify_all()
+                    result = ArmResult(job.backend.version, error="shadow_failed: internal error")
+                    self._settle_job(job, result)
+            if self._finish(lane, me):
+                return
+
+    def _finish(self, lane: _Lane, me: int) -> bool:
+        """Free the lane after its call; return True when this thread was replaced and must exit."""
+        with self._cond:
+            lane.running = None
+            lane.worker = None
+            lane.stuck = False
+            self._arrived.notify()  # the lane may be ready again
+            if self._closing:  # close() waits for the pool to drain
+                self._cond.notify_all()
+            if me in self._abandoned:  # a replacement took this thread's place
+                self._abandoned.discard(me)
+                self._spare -= 1
+                return True
+        return False
 
     def _score(self, jobs: list[ShadowJob]) -> None:
         groups: dict[tuple[int, tuple[str, ...] | None], list[ShadowJob]] = {}
@@ -175,15 +295,25 @@ class ShadowPool:
             columns = job.exchange.columns
             key = (id(job.backend), None if columns is None else tuple(columns))
             groups.setdefault(key, []).append(job)
+        tid = threading.get_native_id()
         for (_, names), group in groups.items():
             backend = group[0].backend
+            starved = run_queue_wait(tid)
+            started_at = self.clock()
+            for job in group:
+                job.starved_at_start = starved
+                job.started_at = started_at  # the call starts: from now on its time is the arm's
             started = time.perf_counter()
             try:
                 predictions = backend.predict(_frame(group, joined=names is not None))
                 error = None
             except BackendError as exc:
                 predictions, error = None, exc.message
-            latency = (time.perf_counter() - started) * 1000.0
+            wall = time.perf_counter() - started
+            latency = wall * 1000.0
+            own = wall - (run_queue_wait(tid) - starved)
+            if error is None and own >= self.timeout_s:
+                predictions, error = None, TIMED_OUT  # finished, but later than the timeout allows
             self.batches += 1
             if self.on_batch is not None:
                 self.on_batch(len(group))
@@ -192,56 +322,161 @@ class ShadowPool:
                 rows = len(job.exchange.frame)
                 part = None if predictions is None else predictions.slice(offset, offset + rows)
                 offset += rows
-                self._settle(job, ArmResult(backend.version, part, latency, error))
+                self._settle_job(job, ArmResult(backend.version, part, latency, error, wait_ms=job.wait_ms))
 
-    def _settle(self, job: ShadowJob, result: ArmResult) -> None:
-        if job.exchange.settle_shadow(job.arm, result):
-            self.on_settled(job.exchange)
+    def _settle_job(self, job: ShadowJob, result: ArmResult) -> None:
+        if not job.done:
+            self._settle(job.exchange, job.arm, result)
+
+    def _settle(self, exchange: Exchange, arm: str, result: ArmResult) -> None:
+        if exchange.settle_shadow(arm, result):
+            self.on_settled(exchange)
+
+    # -- the watchdog: timeouts, stuck calls, load shedding -----------------------------------------
 
     def _watch(self) -> None:
-        idle_period = min(1.0, self.timeout_s / 4)
         while True:
             with self._cond:
-                if self._closing and not self._queue and not self._inflight:
+                if (
+                    self._closing
+                    and self._total == 0
+                    and not any(lane.running for lane in self._lanes.values())
+                ):
                     return
-                # sleep until the oldest unexpired job can expire (jobs queued meanwhile expire later)
-                oldest = [
-                    next((j.queued_at for j in b if not j.expired), None) for b in self._inflight.values()
-                ]
-                if self._queue:
-                    oldest.append(self._queue[0].queued_at)
-                due = [t for t in oldest if t is not None]
-                wait = min(due) + self.timeout_s - self.clock() if due else idle_period
-                self._cond.wait(min(idle_period, max(0.005, wait)))
+                self._cond.wait(self.control_interval)
                 now = self.clock()
-                expired = []
-                while self._queue and now - self._queue[0].queued_at >= self.timeout_s:
-                    expired.append(self._queue.popleft())
-                for batch in self._inflight.values():
-                    expired.extend(j for j in batch if not j.expired and now - j.queued_at >= self.timeout_s)
-                for job in expired:
-                    job.expired = True
+                expired: list[ShadowJob] = []
+                charged: list[ShadowJob] = []
+                starved: list[ShadowJob] = []
+                for lane in self._lanes.values():
+                    while lane.queue and now - lane.queue[0].queued_at >= self.timeout_s:
+                        expired.append(lane.queue.popleft())
+                        self._total -= 1
+                        lane.pressure += 1
+                    starved_now: float | None = None
+                    for job in lane.running or ():
+                        if job.done:
+                            continue
+                        if job.started_at is not None and now - job.started_at >= self.timeout_s:
+                            if starved_now is None:
+                                starved_now = run_queue_wait(lane.tid)
+                            own = now - job.started_at - (starved_now - job.starved_at_start)
+                            if own >= self.timeout_s:
+                                charged.append(job)
+                                lane.charged_at = now
+                                self._replace_stuck(lane)
+                            elif now - job.started_at >= 3 * self.timeout_s:
+                                starved.append(job)  # the host, not the arm, kept it from finishing
+                                lane.pressure += 1
+                        elif job.started_at is None and now - job.queued_at >= self.timeout_s:
+                            expired.append(job)  # behind another group of the same call
+                            lane.pressure += 1
+                for job in expired + charged + starved:
+                    job.done = True
+                if self.shed:
+                    self._control(now)
             for job in expired:
                 self._settle(
-                    job, ArmResult(job.backend.version, latency_ms=self.timeout_s * 1000.0, error=TIMED_OUT)
+                    job.exchange,
+                    job.arm,
+                    ArmResult(
+                        job.backend.version, skip_reason=EXPIRED, wait_ms=(now - job.queued_at) * 1000.0
+                    ),
+                )
+            for job in starved:
+                self._settle(
+                    job.exchange,
+                    job.arm,
+                    ArmResult(job.backend.version, skip_reason=STARVED, wait_ms=job.wait_ms),
+                )
+            for job in charged:
+                assert job.started_at is not None
+                self._settle(
+                    job.exchange,
+                    job.arm,
+                    ArmResult(
+                        job.backend.version,
+                        latency_ms=(now - job.started_at) * 1000.0,
+                        error=TIMED_OUT,
+                        wait_ms=job.wait_ms,
+                    ),
                 )
 
+    def _replace_stuck(self, lane: _Lane) -> None:
+        """A lane's call ran past the timeout: let its thread go and start another (under the lock)."""
+        if lane.stuck or lane.worker is None or self._closing:
+            return
+        lane.stuck = True
+        if self._spare >= self.max_stuck:
+            log.warning("shadow calls stuck in %d threads; not starting another", self._spare)
+            return
+        self._abandoned.add(lane.worker)
+        self._spare += 1
+        self._start_worker()
+
+    def _control(self, now: float) -> None:
+        """Lower a lane's share when its jobs wait too long, raise it again when the lane drains."""
+        # a job normally waits up to two lingers (for company, then for an idle moment)
+        too_old = max(
+            0.5 * self.timeout_s, min(0.9 * self.timeout_s, 2 * self.linger_s + 0.1 * self.timeout_s)
+        )
+        for lane in self._lanes.values():
+            age = now - lane.queue[0].queued_at if lane.queue else 0.0
+            if lane.stuck or now - lane.charged_at < 2 * self.timeout_s:
+                pass  # the backlog is the arm's own slowness (charged to it): keep its sample whole
+            elif lane.pressure or age > too_old:
+                if now - lane.last_cut >= max(self.control_interval, 0.25 * self.timeout_s):
+                    lane.share = max(self.min_share, lane.share * 0.5)
+                    lane.last_cut = now
+            elif age < 0.5 * too_old and lane.share < 1.0:
+                lane.share = min(1.0, lane.share + self.share_step)
+            lane.pressure = 0
+
     def close(self, timeout: float = 5.0) -> None:
-        """Stop taking jobs, score what is queued within timeout, settle the rest as cancelled."""
+        """Stop taking jobs, score what is queued within timeout, settle the rest as skipped (shutdown)."""
         deadline = time.monotonic() + timeout
         with self._cond:
             self._closing = True
             self._cond.notify_all()
             self._arrived.notify_all()
-            while (self._queue or self._inflight) and time.monotonic() < deadline:
+            while (self._total or any(lane.running for lane in self._lanes.values())) and (
+                time.monotonic() < deadline
+            ):
                 self._cond.wait(min(0.05, max(0.0, deadline - time.monotonic())))
-            leftovers = list(self._queue) + [j for b in self._inflight.values() for j in b]
-            self._queue.clear()
-            self._cond.notify_all()  # the watchdog may sleep long: let it see the empty queue
+            leftovers = [j for lane in self._lanes.values() for j in lane.queue]
+            leftovers += [j for lane in self._lanes.values() for j in lane.running or () if not j.done]
+            for lane in self._lanes.values():
+                lane.queue.clear()
+            self._total = 0
+            for job in leftovers:
+                job.done = True
+            self._cond.notify_all()
+            self._arrived.notify_all()
+        now = self.clock()
         for job in leftovers:
-            self._settle(job, ArmResult(job.backend.version, error=CANCELLED))
+            if job.started_at is not None and now - job.started_at >= self.timeout_s:
+                result = ArmResult(
+                    job.backend.version,
+                    latency_ms=(now - job.started_at) * 1000.0,
+                    error=TIMED_OUT,
+                    wait_ms=job.wait_ms,
+                )
+            else:
+                result = ArmResult(job.backend.version, skip_reason=SHUTDOWN, wait_ms=job.wait_ms)
+            self._settle(job.exchange, job.arm, result)
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def run_queue_wait(tid: int | None) -> float:
+    """Return the seconds a thread has waited runnable for a CPU (Linux schedstat), else 0."""
+    if tid is None:
+        return 0.0
+    try:
+        with open(f"/proc/self/task/{tid}/schedstat", encoding="ascii") as handle:
+            return int(handle.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def _frame(group: list[ShadowJob], *, joined: bool) -> pd.DataFrame:

@@ -5,15 +5,25 @@ different splits are never pooled and a look costs a handful of aggregate querie
 Only numeric and short text columns are read; uuid-like ids, JSON outputs and raw inputs never leave
 the database. Pure SQLAlchemy Core: the same SQL runs on SQLite and PostgreSQL.
 
+Outcomes: an arm "ran" on a request when its status is "ok" or "error" and "failed" when it is
+"error" (its own fault: it raised, answered garbage or its own scoring ran past the timeout). A
+shadow job that never started scoring is "skipped" (``skip_reason``): it did not run, is no pair and
+no error, and counts only as coverage lost (``Coverage``).
+
+The unit of analysis is the request: counts of requests, failures, pairs, discordant pairs and
+latency histograms count a request once however many rows it has (its row 0 stands for it; every
+row of a request shares its arms' statuses and latencies). Row-level quality figures (agreement,
+accuracy, absolute errors, output histograms) keep rows; ``ClusterSums`` give their per-request
+sums so that a variance can account for rows of one request being scored together.
+
 Cohorts:
-- ``paired`` (shadow steps): rows on which both arms ran (an arm "ran" when it has a latency or an
-  error); each arm is read from its own columns;
-- ``served`` (canary steps): each arm's cohort is the rows it answered (``served_arm``), read from that
-  arm's columns; agreement still uses the rows on which the other arm also scored in shadow.
+- ``paired`` (shadow steps): requests on which both arms ran; each arm is read from its own columns;
+- ``served`` (canary steps): each arm's cohort is the requests it answered (``served_arm``), read from
+  that arm's columns; agreement still uses the rows on which the other arm also scored in shadow.
 
 Labels join on (request_id, row_index) and count only for requests received at or before
-``label_cutoff`` (the label maturity); an arm "failed" when its error column is set, and failed rows
-are left out of agreement, accuracy, regression and output histograms.
+``label_cutoff`` (the label maturity); failed rows are left out of agreement, accuracy, regression
+and output histograms.
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import Float, and_, case, cast, func, literal, or_, select
+from sqlalchemy import Float, and_, case, cast, func, literal, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from storage.database import Database
@@ -51,11 +61,50 @@ class LatencyBuckets:
 
 
 @dataclass(frozen=True)
+class ClusterSums:
+    """Per-request sums of a row-level ratio y/m (e.g. agreed/compared rows): sum over requests i of
+    y_i², m_i² and y_i·m_i, and the number of requests with m_i > 0. With the totals Y and M they
+    give the cluster-robust (by request) variance of Y/M: (Σy² - 2r·Σym + r²·Σm²) / M², r = Y/M."""
+
+    clusters: int = 0
+    sum_y2: float = 0.0
+    sum_m2: float = 0.0
+    sum_ym: float = 0.0
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """What became of the shadow jobs of one step, counted in requests.
+
+    ``sampled``: requests whose other arm was to be scored in shadow; ``scored``: of those, the ones
+    whose call ran (answered or failed); ``skipped``: reason → requests that never started scoring;
+    ``wait_n`` / ``wait_sum_ms`` / ``wait_max_ms``: queue waits of the scored jobs (the router's
+    health, never an arm's latency).
+    """
+
+    sampled: int = 0
+    scored: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    wait_n: int = 0
+    wait_sum_ms: float = 0.0
+    wait_max_ms: float | None = None
+
+    @property
+    def share(self) -> float | None:
+        """Scored / sampled, None before any sampled request."""
+        return self.scored / self.sampled if self.sampled else None
+
+
+@dataclass(frozen=True)
 class ArmAggregates:
-    """One arm's figures over its cohort. Histograms map a bucket index (or a class) to a count."""
+    """One arm's figures over its cohort. Histograms map a bucket index (or a class) to a count.
+
+    ``n`` and ``failed`` count requests; ``rows`` the rows of those requests.
+    """
 
     n: int = 0
     failed: int = 0
+    rows: int = 0
     units: int = 0  # served cohort: distinct routing keys the arm answered (the units of randomisation)
     labelled: int = 0  # labelled rows the arm answered without error (classification or regression)
     correct: int = 0  # classification: of those, predicted class == label
@@ -71,11 +120,15 @@ class StepAggregates:
     """Aggregates of one (rollout, step) cohort; the controller turns them into judge.StepMetrics.
 
     Paired fields are filled for the ``paired`` cohort: ``pairs`` rows where both arms ran;
-    ``worse`` / ``better``: challenger failed alone / champion failed alone; ``compared`` / ``agreed``:
-    pairs where both succeeded / and predicted the same class; ``labelled_pairs``, ``labelled_worse``
-    (champion right, challenger wrong), ``labelled_better``; ``diff_*``: moments of
-    |challenger - label| - |champion - label|. ``value_range``: (low, high) of the regression outputs
-    bucketed in ``values`` histograms, or None.
+    ``worse`` / ``better``: challenger failed alone / champion failed alone (all three in requests);
+    ``compared`` / ``agreed``: rows where both succeeded / and predicted the same class;
+    ``labelled_pairs``, ``labelled_worse`` (champion right, challenger wrong), ``labelled_better``
+    (rows); ``diff_*``: moments of |challenger - label| - |champion - label| over rows.
+    ``value_range``: (low, high) of the regression outputs bucketed in ``values`` histograms, or None.
+    ``coverage``: the shadow jobs' fate. ``agreement_clusters`` (agreed/compared),
+    ``labelled_clusters`` ((worse - better)/labelled pairs) and ``diff_clusters`` (diff sum/diff n):
+    per-request sums for a cluster-robust variance, computed when asked (``clusters=True``) and some
+    request has several rows (else None: the row sums are then the request sums).
     """
 
     cohort: Cohort
@@ -93,15 +146,66 @@ class StepAggregates:
     diff_sum: float = 0.0
     diff_sumsq: float = 0.0
     value_range: tuple[float, float] | None = None
+    requests: int = 0
+    coverage: Coverage = field(default_factory=Coverage)
+    agreement_clusters: ClusterSums | None = None
+    labelled_clusters: ClusterSums | None = None
+    diff_clusters: ClusterSums | None = None
 
 
 def ran(arm: str) -> ColumnElement[bool]:
-    """Whether an arm ran on a row: it has a latency or an error (the one definition; reports use it too)."""
-    return or_(P[f"{arm}_latency_ms"].is_not(None), P[f"{arm}_error"].is_not(None))
+    """Whether an arm ran on a row: it answered or failed, not skipped (the one definition; reports use it too)."""
+    return P[f"{arm}_status"].in_(("ok", "error"))
 
 
 def _ok(arm: str) -> ColumnElement[bool]:
-    return and_(ran(arm), P[f"{arm}_error"].is_(None))
+    return P[f"{arm}_status"] == "ok"
+
+
+def _failed(arm: str) -> ColumnElement[bool]:
+    return P[f"{arm}_status"] == "error"
+
+
+FIRST_ROW = P.row_index == 0  # a request's row 0 stands for the request
+SHADOW_STATUS = case((P.served_arm == "champion", P.challenger_status), else_=P.champion_status)
+
+
+def coverage(db: Database, *, rollout_id: int, step: int | None = None) -> Coverage:
+    """Count a rollout's (or one step's) shadow jobs by fate, in requests, with their queue waits."""
+    where = [P.rollout_id == rollout_id, FIRST_ROW]
+    if step is not None:
+        where.append(P.step == step)
+    with db.connection() as conn:
+        return _coverage(conn, and_(*where))
+
+
+def _coverage(conn: Any, where: ColumnElement[bool]) -> Coverage:
+    scored = SHADOW_STATUS.in_(("ok", "error"))
+    row = conn.execute(
+        select(
+            _count(SHADOW_STATUS.is_not(None)),
+            _count(scored),
+            func.count(P.shadow_wait_ms),
+            func.coalesce(func.sum(case((scored, P.shadow_wait_ms), else_=None)), 0.0),
+            func.max(case((scored, P.shadow_wait_ms), else_=None)),
+        ).where(where)
+    ).one()
+    skipped = {
+        str(reason): int(n)
+        for reason, n in conn.execute(
+            select(P.skip_reason, func.count())
+            .where(where, SHADOW_STATUS == "skipped")
+            .group_by(P.skip_reason)
+        )
+    }
+    return Coverage(
+        sampled=int(row[0] or 0),
+        scored=int(row[1] or 0),
+        skipped=skipped,
+        wait_n=int(row[2] or 0),
+        wait_sum_ms=float(row[3] or 0.0),
+        wait_max_ms=None if row[4] is None else float(row[4]),
+    )
 
 
 def _count(condition: ColumnElement[bool]) -> Any:
@@ -128,7 +232,7 @@ def latency_histogram(
 
 
 def live_figures(db: Database, *, rollout_id: int, step: int, latency: LatencyBuckets) -> LiveFigures:
-    """Count one step's requests and, per arm, the rows it answered, ran and failed, and its latencies.
+    """Count one step's requests and, per arm, the requests it answered, ran and failed, and its latencies.
 
     "Ran" and the latency buckets are those of ``step_aggregates`` (the judge's figures).
     """
@@ -139,15 +243,16 @@ def live_figures(db: Database, *, rollout_id: int, step: int, latency: LatencyBu
             columns += [
                 _count(P.served_arm == arm),
                 _count(ran(arm)),
-                _count(P[f"{arm}_error"].is_not(None)),
+                _count(_failed(arm)),
             ]
-        row = conn.execute(select(*columns).where(step_filter)).one()
+        # a request's row 0 stands for it: a 10-row request that fails is one error
+        row = conn.execute(select(*columns).where(step_filter, FIRST_ROW)).one()
         figures = {
             arm: ArmLiveFigures(
                 served=int(row[3 + 3 * i] or 0),
                 scored=int(row[4 + 3 * i] or 0),
                 errors=int(row[5 + 3 * i] or 0),
-                latency=latency_histogram(conn, and_(step_filter, ran(arm)), arm, latency),
+                latency=latency_histogram(conn, and_(step_filter, FIRST_ROW, ran(arm)), arm, latency),
             )
             for i, arm in enumerate(ARMS)
         }
@@ -162,6 +267,20 @@ def live_figures(db: Database, *, rollout_id: int, step: int, latency: LatencyBu
     )
 
 
+def _cluster_sums(conn: Any, source: Any, where: ColumnElement[bool], *, y: Any, m: Any) -> ClusterSums:
+    """Sum y², m² and y·m over requests, where y and m are per-request aggregates of the rows."""
+    per_request = (
+        select(y.label("y"), m.label("m")).select_from(source).where(where).group_by(P.request_id).subquery()
+    )
+    yc, mc = cast(per_request.c.y, Float), cast(per_request.c.m, Float)
+    row = conn.execute(
+        select(_count(per_request.c.m > 0), _fsum(yc * yc), _fsum(mc * mc), _fsum(yc * mc)).select_from(
+            per_request
+        )
+    ).one()
+    return ClusterSums(int(row[0] or 0), float(row[1] or 0.0), float(row[2] or 0.0), float(row[3] or 0.0))
+
+
 def step_aggregates(
     db: Database,
     *,
@@ -172,14 +291,22 @@ def step_aggregates(
     label_cutoff: datetime | None,
     latency: LatencyBuckets,
     value_bins: int = 10,
+    clusters: bool = False,
 ) -> StepAggregates:
-    """Aggregate one rollout step in SQL; ``label_cutoff`` None ignores labels altogether."""
+    """Aggregate one rollout step in SQL; ``label_cutoff`` None ignores labels altogether.
+
+    ``clusters``: also compute the per-request ``ClusterSums`` (one GROUP BY request_id per row-level
+    figure: asked for only by a judge that uses a cluster-robust variance).
+    """
     step_filter = and_(P.rollout_id == rollout_id, P.step == step)
     both_ran = and_(ran("champion"), ran("challenger"))
     both_ok = and_(_ok("champion"), _ok("challenger"))
 
     def member(arm: str) -> ColumnElement[bool]:
         return both_ran if cohort == "paired" else and_(P.served_arm == arm, ran(arm))
+
+    def request(condition: ColumnElement[bool]) -> Any:
+        return _count(and_(FIRST_ROW, condition))
 
     def answered(arm: str) -> ColumnElement[bool]:
         """Rows whose output of this arm counts: both succeeded (paired) or this arm succeeded (served)."""
@@ -189,23 +316,29 @@ def step_aggregates(
         # 1. counts and failures per arm; discordance and agreement
         columns: list[Any] = []
         for arm in ARMS:
-            columns += [_count(member(arm)), _count(and_(member(arm), P[f"{arm}_error"].is_not(None)))]
+            columns += [request(member(arm)), request(and_(member(arm), _failed(arm))), _count(member(arm))]
         columns += [
-            _count(both_ran),
-            _count(and_(both_ran, P.challenger_error.is_not(None), P.champion_error.is_(None))),
-            _count(and_(both_ran, P.champion_error.is_not(None), P.challenger_error.is_(None))),
+            request(both_ran),
+            request(and_(both_ran, _failed("challenger"), _ok("champion"))),
+            request(and_(both_ran, _failed("champion"), _ok("challenger"))),
+            request(literal(True)),
+            _count(literal(True)),
         ]
         if task == "classification":
             columns += [_count(both_ok), _count(and_(both_ok, P.champion_class == P.challenger_class))]
         row = conn.execute(select(*columns).where(step_filter)).one()
         values = [int(x or 0) for x in row]
         arms: dict[str, dict[str, Any]] = {
-            "champion": {"n": values[0], "failed": values[1]},
-            "challenger": {"n": values[2], "failed": values[3]},
+            "champion": {"n": values[0], "failed": values[1], "rows": values[2]},
+            "challenger": {"n": values[3], "failed": values[4], "rows": values[5]},
         }
-        extra: dict[str, Any] = {"pairs": values[4], "worse": values[5], "better": values[6]}
+        extra: dict[str, Any] = {"pairs": values[6], "worse": values[7], "better": values[8]}
+        extra["requests"] = values[9]
+        # per-request sums differ from the row sums only when some request has several rows
+        multi_row = clusters and values[10] > values[9]
         if task == "classification":
-            extra.update(compared=values[7], agreed=values[8])
+            extra.update(compared=values[11], agreed=values[12])
+        extra["coverage"] = _coverage(conn, and_(step_filter, FIRST_ROW))
         if cohort == "served":
             extra.update(pairs=0, worse=0, better=0)
             # The split is sticky per routing key, so keys, not requests, are the independent units
@@ -236,6 +369,16 @@ def step_aggregates(
                     arms[arm].update(labelled=r[i], correct=r[2 + i])
                 if cohort == "paired":
                     extra.update(labelled_pairs=r[0], labelled_worse=r[4], labelled_better=r[5])
+                    if multi_row:
+                        worse = and_(has, both_ok, right["champion"], ~right["challenger"])
+                        better = and_(has, both_ok, ~right["champion"], right["challenger"])
+                        extra["labelled_clusters"] = _cluster_sums(
+                            conn,
+                            joined,
+                            matured,
+                            y=_count(worse) - _count(better),
+                            m=_count(and_(has, both_ok)),
+                        )
             else:
                 has = L.label_value.is_not(None)
                 err = {arm: func.abs(P[f"{arm}_value"] - L.label_value) for arm in ARMS}
@@ -259,10 +402,25 @@ def step_aggregates(
                     extra.update(
                         diff_n=int(r[6] or 0), diff_sum=float(r[7] or 0.0), diff_sumsq=float(r[8] or 0.0)
                     )
+                    if multi_row:
+                        extra["diff_clusters"] = _cluster_sums(
+                            conn, joined, matured, y=_fsum(d), m=_count(both)
+                        )
+
+        if multi_row and task == "classification":
+            extra["agreement_clusters"] = _cluster_sums(
+                conn,
+                PAIRS,
+                step_filter,
+                y=_count(and_(both_ok, P.champion_class == P.challenger_class)),
+                m=_count(both_ok),
+            )
 
         # 3. latency histograms: bucket = 1 + floor(ln(ms / start) / ln(growth)), clipped
         for arm in ARMS:
-            arms[arm]["latency"] = latency_histogram(conn, and_(step_filter, member(arm)), arm, latency)
+            arms[arm]["latency"] = latency_histogram(
+                conn, and_(step_filter, FIRST_ROW, member(arm)), arm, latency
+            )
 
         # 4. output histograms: classes, or equal-width bins of regression values over both arms' range
         value_range: tuple[float, float] | None = None

@@ -137,9 +137,33 @@ class RoutingEntry:
     parity_atol: float | None = None
 
 
+OK = "ok"
+ERROR = "error"
+SKIPPED = "skipped"
+ARM_STATUSES = (OK, ERROR, SKIPPED)
+# Why a shadow job never started scoring (a skip: coverage lost, never the arm's error).
+SKIP_REASONS = (
+    "queue_full",  # the process's shadow queue was full
+    "budget",  # the deployment's share of the shadow queue was full (per-deployment budget)
+    "expired",  # the shadow timeout passed while the job waited in the queue
+    "shutdown",  # the router shut down before scoring it
+    "shed",  # load shedding: the router lowered the shadow share while its queue was too long
+    "starved",  # the host gave its call no CPU: within the timeout by its own time, far past it by the wall
+)
+
+
 @dataclass(frozen=True)
 class PairRecord:
-    """One request row's paired output, as the router's recorder writes it."""
+    """One request row's paired output, as the router's recorder writes it.
+
+    ``champion_status`` / ``challenger_status``: what happened to each arm on this request — "ok"
+    (it answered), "error" (it raised, answered garbage, or its own scoring exceeded the timeout:
+    the arm's fault), "skipped" (a shadow job that never started scoring: ``skip_reason`` says
+    why, see SKIP_REASONS), or None (the arm was not asked). Left None, a status is derived from
+    the record (an error → "error", a latency → "ok"), so older writers stay valid.
+    ``shadow_wait_ms``: how long the shadow job waited in the router's queue before its call
+    started (the router's health, never counted in the arm's latency).
+    """
 
     request_id: str
     row_index: int
@@ -164,6 +188,25 @@ class PairRecord:
     champion_error: str | None = None
     challenger_error: str | None = None
     raw_input: Any = None
+    champion_status: str | None = None
+    challenger_status: str | None = None
+    skip_reason: str | None = None
+    shadow_wait_ms: float | None = None
+
+    def __post_init__(self) -> None:
+        for arm in ("champion", "challenger"):
+            if getattr(self, f"{arm}_status") is None:
+                object.__setattr__(self, f"{arm}_status", arm_status(self, arm))
+
+
+def arm_status(record: PairRecord, arm: str) -> str | None:
+    """Derive an arm's status from what a record holds (for records written without one).
+
+    As before statuses existed: an arm ran when it has a latency or an error, and failed on an error.
+    """
+    if getattr(record, f"{arm}_error") is not None:
+        return ERROR
+    return OK if getattr(record, f"{arm}_latency_ms") is not None else None
 
 
 @dataclass(frozen=True)

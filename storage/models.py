@@ -193,6 +193,10 @@ class PairedOutputRow(Base):
     champion_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     challenger_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     raw_input: Mapped[Any] = mapped_column(JSONType, nullable=True)
+    champion_status: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    challenger_status: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    skip_reason: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    shadow_wait_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     def to_entity(self) -> entities.PairRecord:
         return entities.PairRecord(

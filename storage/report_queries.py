@@ -109,11 +109,15 @@ class StepCounts:
     champion_latency_sum: float
     challenger_latency_sum: float
     both_outputs: int
-    shadow_dropped: int
-    shadow_timeout: int
-    shadow_cancelled: int
+    shadow_dropped: int  # skipped: the queue (or the deployment's share of it) was full
+    shadow_timeout: int  # the arm's own scoring ran past the timeout (its fault)
+    shadow_cancelled: int  # skipped: the router shut down first
     shadow_other_errors: int
-    shadow_missing: int
+    shadow_missing: int  # the other arm was not asked (outside the configured shadow share)
+    shadow_expired: int  # skipped: the timeout passed while the job waited in the queue
+    shadow_shed: int  # skipped: load shedding lowered the shadow share
+    shadow_wait_n: int
+    shadow_wait_sum: float  # ms the scored shadow jobs waited in the router's queue
     agree: int
     diff_n: int
     diff_sum: float
@@ -152,11 +156,13 @@ def _overview_columns() -> list[Any]:
 
     ``COUNT(*) FILTER (WHERE ...)`` (SQLite 3.30+, PostgreSQL) instead of ``COUNT(CASE ...)``; plain
     ``COUNT(column)`` where a NULL test is all it takes; the shadow error kinds only look at the error
-    text when a row has an error at all (rare), so most rows skip the CASE and the LIKEs.
+    text when a row has an error at all (rare), so most rows skip the CASE and the LIKEs. Skips (jobs
+    the router never started) are read from ``skip_reason``, which only a skipped row has.
     """
     shadow_error = case((P.served_arm == "champion", P.challenger_error), else_=P.champion_error)
-    shadow_ran = case((P.served_arm == "champion", _ran("challenger")), else_=_ran("champion"))
+    shadow_status = case((P.served_arm == "champion", P.challenger_status), else_=P.champion_status)
     any_error = or_(P.champion_error.isnot(None), P.challenger_error.isnot(None))
+    skipped = P.skip_reason.isnot(None)
     diff = P.challenger_value - P.champion_value
     score_diff = P.challenger_score - P.champion_score
     both = _both_ok()
@@ -167,6 +173,9 @@ def _overview_columns() -> list[Any]:
 
     def count_error(kind: str) -> ColumnElement[Any]:
         return count_if(and_(any_error, shadow_error.like(kind)))
+
+    def count_skip(*reasons: str) -> ColumnElement[Any]:
+        return count_if(and_(skipped, P.skip_reason.in_(reasons)))
 
     return [
         func.count(),
@@ -181,11 +190,15 @@ def _overview_columns() -> list[Any]:
         func.coalesce(func.sum(P.champion_latency_ms), 0.0),
         func.coalesce(func.sum(P.challenger_latency_ms), 0.0),
         count_if(both),
-        count_error("shadow_dropped%"),
+        count_skip("queue_full", "budget"),
         count_error("shadow_timeout%"),
-        count_error("shadow_cancelled%"),
+        count_skip("shutdown"),
         count_if(and_(any_error, shadow_error.isnot(None), ~shadow_error.like("shadow_%"))),
-        count_if(~shadow_ran),
+        count_if(shadow_status.is_(None)),
+        count_skip("expired"),
+        count_skip("shed"),
+        func.count(P.shadow_wait_ms),
+        func.coalesce(func.sum(P.shadow_wait_ms), 0.0),
         count_if(and_(both, P.champion_class == P.challenger_class)),
         func.count(value_diff),
         func.coalesce(func.sum(value_diff), 0.0),

@@ -471,6 +471,10 @@ class PairRepository:
         """Return a rollout step's live figures (requests, per arm served/ran/failed and latency histogram)."""
         return analytics.live_figures(self.db, rollout_id=rollout_id, step=step, latency=latency)
 
+    def coverage(self, rollout_id: int, step: int | None = None) -> analytics.Coverage:
+        """Count a rollout's (or one step's) shadow jobs by fate (scored, skipped by reason), in requests."""
+        return analytics.coverage(self.db, rollout_id=rollout_id, step=step)
+
     def count(self, *, deployment_id: int | None = None, rollout_id: int | None = None) -> int:
         """Count paired outputs, of one deployment or rollout if given."""
         with self.db.session(write=False) as s:
@@ -526,7 +530,7 @@ _ORJSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 _pair_values = operator.attrgetter(*PAIR_COLUMNS)
 _JSON_INDEXES = tuple(i for i, name in enumerate(PAIR_COLUMNS) if name in PAIR_JSON_COLUMNS)
 _FLOAT_INDEXES = tuple(
-    i for i, name in enumerate(PAIR_COLUMNS) if name.endswith(("_score", "_value", "_latency_ms"))
+    i for i, name in enumerate(PAIR_COLUMNS) if name.endswith(("_score", "_value", "_latency_ms", "_wait_ms"))
 )
 _RECEIVED_AT = PAIR_COLUMNS.index("received_at")
 

@@ -266,6 +266,17 @@ def status_lines(d: dict[str, Any]) -> Iterator[str]:
                 f"  {arm:<10} served {f['served']:>8,}  scored {f['scored']:>8,}  errors {f['errors']:>6,} ({rate})"
                 f"  latency p50 {p50} ms  p99 {p99} ms"
             )
+        sh = live.get("shadow")
+        if sh and sh["sampled"]:
+            skipped = ", ".join(f"{reason} {n:,}" for reason, n in sh["skipped"].items()) or "none"
+            wait = sh["queue_wait_ms"]
+            mean = "-" if wait["mean"] is None else f"{wait['mean']:.1f}"
+            peak = "-" if wait["max"] is None else f"{wait['max']:.1f}"
+            yield (
+                f"  shadow     coverage {100 * sh['coverage']:.1f}% ({sh['scored']:,} of {sh['sampled']:,} sampled "
+                f"scored), effective share {sh['effective_share']:.3g}, skipped: {skipped}; "
+                f"queue wait mean {mean} ms, max {peak} ms"
+            )
     a = d.get("last_analysis")
     if a:
         yield f"last analysis {a['evaluated_at']} (step {a['step']}): {a['outcome']}"

@@ -167,6 +167,8 @@ class StepMetrics:
     (shadow regression). ``champion_abs_error`` / ``challenger_abs_error``: moments of each arm's
     absolute error (champion's gives the MAE baseline; both are used in canary mode). ``latency``:
     latency histograms. ``outputs``: histograms of predictions (class counts or binned values).
+    ``coverage``: requests sampled for shadow scoring (n) and those actually scored (count); the
+    rest were skipped by the router (full queue, load shedding...), never the challenger's fault.
     Absent fields make their gates report no-data.
     """
 
@@ -185,6 +187,7 @@ class StepMetrics:
     challenger_abs_error: Moments | None = None
     latency: Histogram | None = None
     outputs: Histogram | None = None
+    coverage: Proportion | None = None
 
 
 def metrics_from_pairs(
@@ -306,7 +309,7 @@ class JudgePolicy:
     ratio challenger p99 / champion p99 (e.g. 1.2); ``agreement`` minimum share of identical
     predictions (e.g. 0.9); ``accuracy`` absolute accuracy drop tolerated (0.01 = one point);
     ``regression`` relative MAE increase tolerated (0.05 = 5%); ``drift`` PSI above which outputs have
-    drifted (0.2). ``n_star``: the sample size at which the confidence sequences are tightest.
+    drifted (0.2); ``coverage`` minimum share of the shadow sample actually scored (0.5). ``n_star``: the sample size at which the confidence sequences are tightest.
     ``srm_alpha``: level of the sample-ratio-mismatch chi-square test. ``error_rate_slo``: hard ceiling of
     the challenger's error rate; ``latency_p99_slo_ms``: hard ceiling of its p99 — both vetoes once the
     confidence sequence proves the breach.
@@ -335,6 +338,9 @@ class JudgePolicy:
     )
     drift: GateSpec = field(
         default_factory=lambda: GateSpec(role="informational", margin=0.2, min_samples=500)
+    )
+    coverage: GateSpec = field(
+        default_factory=lambda: GateSpec(role="informational", margin=0.5, min_samples=100)
     )
     summary_pass: float = 0.75
     summary_marginal: float = 0.5
@@ -851,6 +857,65 @@ def _vetoes(m: StepMetrics, policy: JudgePolicy) -> list[Verdict]:
     return out
 
 
+def _coverage(m: StepMetrics, policy: JudgePolicy) -> _Draft:
+    """Was enough of the shadow sample scored? Pass when the lower bound of the share clears the margin.
+
+    Never a harm: a router that skipped requests says nothing about the challenger. It passes or
+    stays inconclusive ("too little was scored"); as a required gate it holds promotion until the
+    scored share is proven, with the same one-sided confidence sequence as the other gates.
+    """
+    spec = policy.coverage
+    c = m.coverage
+    if c is None or c.n == 0:
+        return _no_data("coverage", spec, "no shadow sample")
+    if c.n < spec.min_samples:
+        return _no_data(
+            "coverage", spec, f"burn-in: {c.n} of {spec.min_samples} sampled requests", c.n, c.count
+        )
+    share = c.count / c.n
+    lower = stats.confidence_sequence(
+        share,
+        _bernoulli_se(c.count, c.n),
+        float(c.n),
+        alpha=policy.alpha,
+        n_star=policy.n_star,
+        side="greater",
+    ).lower
+    upper = stats.confidence_sequence(
+        share,
+        _bernoulli_se(c.count, c.n),
+        float(c.n),
+        alpha=policy.alpha,
+        n_star=policy.n_star,
+        side="lesser",
+    ).upper
+    described = f"{c.count} of {c.n} sampled requests scored ({share:.1%})"
+    if lower > spec.margin:
+        outcome, why = (
+            Outcome.PASS,
+            f"enough scored: {described}, lower bound {lower:.4g} > {spec.margin:.4g}",
+        )
+    else:
+        outcome, why = (
+            Outcome.INCONCLUSIVE,
+            f"too little scored: {described}, lower bound {lower:.4g} <= {spec.margin:.4g}",
+        )
+    verdict = Verdict(
+        "coverage",
+        spec.role,
+        outcome,
+        float((spec.margin - share) / max(_bernoulli_se(c.count, c.n), 1e-12)),
+        float(lower),
+        float(share),
+        spec.margin,
+        c.n,
+        c.count,
+        why,
+        interval=stats.Interval(float(lower), float(upper)),
+    )
+    return _Draft(verdict)
+
+
 _GATES = {
     "error_rate": _error_rate,
     "latency_p99": _latency,
@@ -858,6 +923,7 @@ _GATES = {
     "accuracy": _accuracy,
     "regression": _regression,
     "drift": _drift,
+    "coverage": _coverage,
 }
 
 

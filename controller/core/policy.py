@@ -135,6 +135,9 @@ class Gates(_Model):
     ``accuracy``: absolute accuracy drop tolerated once labels arrive (0 <= margin < 1).
     ``regression``: relative increase of the mean absolute error tolerated once labels arrive (>= 0).
     ``drift``: PSI of the output distributions above which outputs have drifted (> 0).
+    ``coverage``: minimum share of the shadow sample the router actually scored (0 < margin <= 1); it
+    never rolls back (skipped requests are the router's doing): ``informational`` reports it,
+    ``required`` holds promotion until the share is proven above the margin.
     ``agreement_until_labelled``: classification, when agreement and accuracy are both required: while
     the step has no matured label, agreement stands in for accuracy (accuracy is informational); once
     labels exist, accuracy decides and agreement becomes informational. Otherwise each gate keeps its
@@ -147,6 +150,7 @@ class Gates(_Model):
     accuracy: Gate = Gate(role="required", margin=0.01)
     regression: Gate = Gate(role="required", margin=0.05)
     drift: Gate = Gate(role="informational", margin=0.2)
+    coverage: Gate = Gate(role="informational", margin=0.5)
     agreement_until_labelled: bool = True
 
     @model_validator(mode="before")
@@ -171,6 +175,7 @@ class Gates(_Model):
             "accuracy": (0.0 <= self.accuracy.margin < 1.0, "must lie in [0, 1)"),
             "regression": (self.regression.margin >= 0.0, "must be >= 0"),
             "drift": (self.drift.margin > 0.0, "must be > 0"),
+            "coverage": (0.0 < self.coverage.margin <= 1.0, "must lie in (0, 1]"),
         }
         for name, (ok, rule) in checks.items():
             if not ok:
@@ -366,6 +371,13 @@ class Policy(_Model):
             else spec(g.accuracy, role="off"),
             regression=spec(g.regression) if task == "regression" else spec(g.regression, role="off"),
             drift=spec(g.drift),
+            # Coverage is the shadow sample's: it decides (as a required gate) only in shadow steps.
+            coverage=spec(
+                g.coverage,
+                role="informational"
+                if g.coverage.role == "guardrail" or (mode == "canary" and g.coverage.role != "off")
+                else None,
+            ),
         )
 
 

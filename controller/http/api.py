@@ -188,8 +188,11 @@ def _refs(s: Store, *ids: int) -> dict[int, str]:
 def live_figures(s: Store, rollout: Rollout) -> dict[str, Any]:
     """Summarise the current step per arm: requests, errors, latency p50/p99 (storage's LiveFigures).
 
-    ``served`` counts the rows an arm answered; ``scored`` the rows it ran (served or shadow). Latency
-    quantiles are read off the step's latency histogram exactly as the judge reads its p99.
+    Requests are the unit (a request's row 0 stands for it: a 10-row request that fails is one error).
+    ``served`` counts the requests an arm answered; ``scored`` those it ran (served or shadow, answered
+    or failed; a skipped shadow job did not run). Latency quantiles are read off the step's latency
+    histogram exactly as the judge reads its p99. ``shadow``: the step's shadow sample — coverage,
+    effective share, skips by reason, queue wait — as the controller's measurement computes it.
     """
     figures = s.pairs.live_figures(rollout.id, rollout.step_index, latency=measure.LATENCY)
     arms: dict[str, Any] = {}
@@ -205,6 +208,7 @@ def live_figures(s: Store, rollout: Rollout) -> dict[str, Any]:
                 "n": sum(f.latency.values()),
             },
         }
+    coverage = s.pairs.coverage(rollout.id, rollout.step_index)
     return {
         "rollout_id": figures.rollout_id,
         "step": figures.step,
@@ -212,6 +216,7 @@ def live_figures(s: Store, rollout: Rollout) -> dict[str, Any]:
         "first_at": figures.first_at,
         "last_at": figures.last_at,
         "arms": arms,
+        "shadow": measure.shadow_summary(coverage, requests=figures.requests),
     }
 
 

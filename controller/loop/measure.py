@@ -1,7 +1,8 @@
 """Measure one rollout step: SQL aggregates from storage.analytics turned into judge.StepMetrics.
 
 A shadow step is measured on its pairs (both arms ran on the same request: paired tests); a canary
-step on the requests each arm answered (unpaired tests, plus the sample-ratio check against the
+step on the requests each arm answered. Counts are of requests (a 10-row request that fails is one
+failure); shadow jobs the router skipped are no pairs and no errors, only coverage lost (unpaired tests, plus the sample-ratio check against the
 configured weight). Only the current step's rows are read (``rollout_id`` and ``step``), and labels
 count only for requests older than the policy's label maturity.
 """
@@ -19,7 +20,7 @@ from controller.core import stats
 from controller.core.judge import Histogram, Moments, PairedCounts, Proportion, StepMetrics
 from controller.core.policy import Policy
 from storage import Store
-from storage.analytics import ArmAggregates, LatencyBuckets, StepAggregates, step_aggregates
+from storage.analytics import ArmAggregates, Coverage, LatencyBuckets, StepAggregates, step_aggregates
 from storage.entities import Rollout
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "latency_quantile",
     "measure",
     "metrics_from_aggregates",
+    "shadow_summary",
 ]
 
 # The one set of latency buckets: the judge's, the reports' and the dashboard's figures all use it.
@@ -66,7 +68,30 @@ class Measurement:
             out.update(pairs=a.pairs, labelled_pairs=a.labelled_pairs or a.diff_n)
         if a.compared:
             out["agreement"] = a.agreed / a.compared
+        out["requests"] = a.requests
+        out["shadow"] = shadow_summary(a.coverage, requests=a.requests)
         return out
+
+
+def shadow_summary(c: Coverage, *, requests: int) -> dict[str, Any]:
+    """Return the shadow sample's fate as plain data: the one definition shown by status and reports.
+
+    ``coverage``: scored / sampled; ``effective_share``: scored / all requests of the step (what the
+    router really shadowed after skips and load shedding); ``queue_wait_ms``: mean and max wait of
+    the scored jobs in the router's queue.
+    """
+    return {
+        "sampled": c.sampled,
+        "scored": c.scored,
+        "skipped": dict(sorted(c.skipped.items())),
+        "coverage": c.share,
+        "effective_share": c.scored / requests if requests else None,
+        "queue_wait_ms": {
+            "mean": c.wait_sum_ms / c.wait_n if c.wait_n else None,
+            "max": c.wait_max_ms,
+            "n": c.wait_n,
+        },
+    }
 
 
 def measure(
@@ -185,6 +210,9 @@ def metrics_from_aggregates(
             else None,
             latency=latency,
             outputs=outputs,
+            coverage=Proportion(n=a.coverage.sampled, count=a.coverage.scored)
+            if a.coverage.sampled
+            else None,
         )
     return StepMetrics(
         mode="canary",

@@ -162,7 +162,7 @@ REPORT_SCHEMA: dict[str, Any] = {
         "shadow": {
             "type": "object",
             "required": ["rows", "pairs", "coverage", "not_scored", "dropped", "timeouts", "cancelled",
-                         "other_errors"],
+                         "other_errors", "expired", "shed", "queue_wait_ms"],
         },
         "agreement": {
             "type": ["object", "null"],
@@ -327,6 +327,7 @@ def build_report(
         for arm, v in (("champion", champion), ("challenger", challenger))
     }
     traffic = _traffic(steps, overview, span, unit)
+    waited = sum(s.shadow_wait_n for s in steps)
     shadow = {
         "rows": rows,
         "pairs": pairs,
@@ -336,6 +337,10 @@ def build_report(
         "timeouts": sum(s.shadow_timeout for s in steps),
         "cancelled": sum(s.shadow_cancelled for s in steps),
         "other_errors": sum(s.shadow_other_errors for s in steps),
+        # skips are the router's (coverage lost), never the challenger's errors; queue wait is its health
+        "expired": sum(s.shadow_expired for s in steps),
+        "shed": sum(s.shadow_shed for s in steps),
+        "queue_wait_ms": _f(sum(s.shadow_wait_sum for s in steps) / waited) if waited else None,
     }
     agreement_ = _agreement(table, steps) if task == "classification" else None
     differences = _differences(steps, task)
@@ -1190,9 +1195,12 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     )
     sh = r["shadow"]
     out += [
-        f"Shadow coverage {_md_pct(sh['coverage'])} ({sh['pairs']} pairs of {sh['rows']} requests); not scored "
-        f"{sh['not_scored']}, dropped {sh['dropped']}, timed out {sh['timeouts']}, cancelled {sh['cancelled']}, "
-        f"other errors {sh['other_errors']}.",
+        f"Shadow coverage {_md_pct(sh['coverage'])} ({sh['pairs']} pairs of {sh['rows']} requests); not asked "
+        f"{sh['not_scored']}; skipped by the router (coverage lost, not errors): queue full {sh['dropped']}, "
+        f"expired in the queue {sh['expired']}, load shed {sh['shed']}, shutdown {sh['cancelled']}; "
+        f"errors of the shadow arm: too slow {sh['timeouts']}, other {sh['other_errors']}; mean queue wait "
+        + ("-" if sh["queue_wait_ms"] is None else f"{sh['queue_wait_ms']:.1f} ms")
+        + ".",
         "",
     ]
     out += ["## Outputs and drift", ""]

@@ -731,9 +731,12 @@ def _arms_section(r: Mapping[str, Any]) -> list[str]:
     )
     out.append(
         f"<p>Shadow coverage: {_pct(sh['coverage'])} of {sh['rows']:,} requests have both outputs "
-        f"({sh['pairs']:,} pairs). The other arm did not run on {sh['not_scored']:,}; it was dropped on "
-        f"{sh['dropped']:,}, timed out on {sh['timeouts']:,}, cancelled on {sh['cancelled']:,} and failed "
-        f"otherwise on {sh['other_errors']:,}.</p>"
+        f"({sh['pairs']:,} pairs). The other arm was not asked on {sh['not_scored']:,}. The router skipped "
+        f"it (coverage lost, not an error) on {sh['dropped']:,} for a full queue, {sh['expired']:,} expired "
+        f"in the queue, {sh['shed']:,} shed under load and {sh['cancelled']:,} at shutdown; the arm itself "
+        f"was too slow on {sh['timeouts']:,} and failed otherwise on {sh['other_errors']:,}. Mean queue wait "
+        + ("-" if sh.get("queue_wait_ms") is None else f"{sh['queue_wait_ms']:.1f} ms")
+        + " (the router's health, not the arm's latency).</p>"
     )
     h1, h2 = arms["champion"]["latency_ms"]["histogram"], arms["challenger"]["latency_ms"]["histogram"]
     edges = sorted(set(h1["edges_ms"]) | set(h2["edges_ms"]))

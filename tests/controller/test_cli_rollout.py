@@ -127,6 +127,37 @@ def test_status_shows_phase_weights_and_live_figures(runner: Any, store: Store, 
     assert document["weights"]["challenger"] == 25.0
 
 
+def test_status_counts_requests_and_shows_shadow_coverage_and_skips(
+    runner: Any, store: Store, churn: Deployment
+) -> None:
+    rollout = store.rollouts.create(deployment_id=churn.id, challenger_id=2, mode="shadow", policy={}, created_by="t",
+                                    phase="shadowing")  # fmt: skip
+    records = []
+    for i in range(8):  # 8 requests of 5 rows: 5 scored (one failed), 2 expired in the queue, 1 shed
+        fate = {0: "error", 5: "expired", 6: "expired", 7: "shed"}.get(i, "ok")
+        challenger: dict[str, Any] = (
+            {"challenger_status": "skipped", "skip_reason": fate}
+            if fate in ("expired", "shed")
+            else {"challenger_latency_ms": 20.0, "shadow_wait_ms": 40.0 + 10 * i,
+                  "challenger_error": "boom" if fate == "error" else None}
+        )  # fmt: skip
+        records += [
+            PairRecord(
+                request_id=f"s{i}", row_index=row, deployment_id=churn.id, rollout_id=rollout.id, step=0,
+                received_at=datetime.now(UTC), routing_key_hash=i, served_arm="champion", champion_version_id=1,
+                challenger_version_id=2, champion_latency_ms=10.0, **challenger,
+            )
+            for row in range(5)
+        ]  # fmt: skip
+    store.pairs.insert_many(records)
+    text = runner("rollout", "status", "churn").output
+    assert "8 requests" in text and "errors      1 (20.00%)" in text  # 1 failed request of 5 scored
+    assert "coverage 62.5% (5 of 8 sampled scored)" in text, text
+    assert "skipped: expired 2, shed 1" in text and "queue wait mean 60.0 ms, max 80.0 ms" in text
+    shadow = json.loads(runner("rollout", "status", "churn", "--json").output)["live"]["shadow"]
+    assert (shadow["sampled"], shadow["scored"], shadow["effective_share"]) == (8, 5, 5 / 8)
+
+
 def test_events_list_the_audit_log(runner: Any, store: Store, churn: Deployment) -> None:
     runner("rollout", "start", "churn", "--challenger", "churn:2")
     runner("rollout", "abort", "churn")

@@ -82,13 +82,17 @@ def build_scenario(
         served = "challenger" if step == 1 and i % 4 == 0 else "champion"
         shadow = "challenger" if served == "champion" else "champion"
         error = {"champion": None, "challenger": None}
-        if i % 50 == 7:
-            error[shadow] = "shadow_dropped: the shadow queue was full"
-        elif i % 50 == 23:
+        skipped = i % 50 == 7  # the router's queue was full: the shadow arm never ran
+        if i % 50 == 23:
             error[shadow] = "shadow_timeout: no result within the shadow timeout"
         fields: dict[str, Any] = {}
+        if skipped:
+            fields[f"{shadow}_status"] = "skipped"
+            fields["skip_reason"] = "queue_full"
         for arm in ("champion", "challenger"):
             pred, score = outputs[arm]
+            if skipped and arm == shadow:
+                continue
             if error[arm] is None:
                 if kind == "classification":
                     fields[f"{arm}_output"] = int(pred[i])
@@ -207,11 +211,13 @@ def test_report_with_labels_matches_its_schema_and_the_paired_rows(store: Store,
     assert report["arms"]["champion"]["errors"] == champ_errors
     assert report["arms"]["challenger"]["errors"] == chal_errors
     assert report["arms"]["challenger"]["served"] == sum(r.served_arm == "challenger" for r in records)
-    both = [r for r in records if r.champion_error is None and r.challenger_error is None]
+    both = [
+        r
+        for r in records
+        if r.champion_error is None and r.challenger_error is None and r.skip_reason is None
+    ]
     assert report["shadow"]["pairs"] == len(both)
-    assert report["shadow"]["dropped"] == sum(
-        "shadow_dropped" in (r.champion_error or r.challenger_error or "") for r in records
-    )
+    assert report["shadow"]["dropped"] == sum(r.skip_reason == "queue_full" for r in records) > 0
     assert report["shadow"]["timeouts"] > 0
     assert report["shadow"]["coverage"] == pytest.approx(len(both) / n)
     agree = sum(r.champion_class == r.challenger_class for r in both)

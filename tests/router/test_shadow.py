@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from datetime import UTC, datetime
@@ -17,7 +18,8 @@ from router.backends import create_backend
 from router.exchange import Exchange
 from router.inputs import build_batch, join_columns
 from router.settings import RouterSettings
-from router.shadow import DROPPED, TIMED_OUT, ShadowPool
+from router.shadow import EXPIRED, QUEUE_FULL, TIMED_OUT, ShadowPool
+from router.split import sampled
 from storage import Store
 
 FRAME, _ = mlpipes.churn_frame(30, seed=9)
@@ -62,7 +64,7 @@ def test_queued_shadow_work_is_scored_in_one_micro_batch_with_per_request_result
         assert exchange.challenger.predictions.scores == pytest.approx(expected.scores[i : i + 1])  # type: ignore[index]
 
 
-def test_a_full_queue_drops_and_counts_without_waiting(
+def test_a_full_queue_skips_and_counts_without_waiting(
     sqlite_store: Store, churn: Any, tmp_path: Path, settings: RouterSettings
 ) -> None:
     slow = mlpipes.register(sqlite_store, tmp_path, version="2", fault="sleeps", delay=0.5)
@@ -74,13 +76,15 @@ def test_a_full_queue_drops_and_counts_without_waiting(
     accepted = [pool.submit(e, "challenger", backend) for e in _exchanges(sqlite_store, 10)]
     assert time.monotonic() - started < 0.2
     assert accepted.count(False) == pool.dropped >= 7
-    dropped = [e for e in settled if e.challenger is not None and e.challenger.error == DROPPED]
+    dropped = [e for e in settled if e.challenger is not None and e.challenger.skip_reason == QUEUE_FULL]
     assert len(dropped) == pool.dropped
+    assert all(e.challenger is not None and e.challenger.status == "skipped" for e in dropped)
+    assert all(e.challenger is not None and e.challenger.error is None for e in dropped)
     pool.close(timeout=5)
     assert len(settled) == 10  # every request settled exactly once
 
 
-def test_a_hanging_shadow_call_is_settled_as_timed_out(
+def test_a_hanging_shadow_call_is_charged_as_timed_out_from_its_start(
     sqlite_store: Store, churn: Any, tmp_path: Path, settings: RouterSettings
 ) -> None:
     hung = mlpipes.register(sqlite_store, tmp_path, version="2", fault="sleeps", delay=3.0)
@@ -94,6 +98,7 @@ def test_a_hanging_shadow_call_is_settled_as_timed_out(
     _wait(lambda: len(settled) == 3, timeout=2.0)
     assert len(settled) == 3
     assert all(e.challenger is not None and e.challenger.error == TIMED_OUT for e in exchanges)
+    assert all(e.challenger is not None and e.challenger.latency_ms >= 300 for e in exchanges)  # type: ignore[operator]
     pool.close(timeout=0.2)
 
 
@@ -132,7 +137,12 @@ def test_a_faulty_shadow_challenger_never_changes_the_champions_answer(
     app.extensions["mlcanary.dataplane"].close(timeout=5)
     pairs = [p for p in sqlite_store.pairs.list() if p.request_id.startswith("q")]
     assert len(pairs) == 15
-    assert all(p.challenger_error and p.champion_error is None and p.champion_class for p in pairs)
+    assert all(p.champion_error is None and p.champion_class for p in pairs)
+    # every challenger call that ran failed; a job queued behind a hanging call never started: skipped
+    assert {p.challenger_status for p in pairs} <= {"error", "skipped"}
+    assert any(p.challenger_status == "error" and p.challenger_error for p in pairs)
+    if fault != "sleeps":
+        assert all(p.challenger_status == "error" for p in pairs)
 
 
 def test_in_canary_a_failing_challenger_is_replaced_by_the_champion(
@@ -214,3 +224,135 @@ def test_jobs_arriving_within_the_linger_share_one_batch_and_a_full_batch_goes_a
     assert pool.batches == 2
     expected = backend.predict(pd.concat([e.frame for e in exchanges], ignore_index=True))
     assert [e.challenger.predictions.outputs[0] for e in exchanges] == expected.outputs  # type: ignore[union-attr]
+
+
+def _lane_exchanges(store: Store, deployment: str, n: int, prefix: str) -> list[Exchange]:
+    entry = store.routing.load_table()[deployment]
+    return [
+        Exchange(
+            f"{prefix}{i}",
+            datetime.now(UTC),
+            entry,
+            i,
+            "champion",
+            FRAME.iloc[i : i + 1].reset_index(drop=True),
+        )
+        for i in range(n)
+    ]
+
+
+def test_a_job_that_waited_past_the_timeout_is_skipped_not_charged_and_its_queue_wait_is_kept_apart(
+    sqlite_store: Store, churn: Any, tmp_path: Path, settings: RouterSettings
+) -> None:
+    challenger = mlpipes.register(sqlite_store, tmp_path, version="2", seed=4)
+    backend = create_backend(challenger, settings)
+    settled: list[Exchange] = []
+    busy = threading.Event()  # a request stays "in flight": the worker lingers for an idle moment
+    pool = ShadowPool(on_settled=settled.append, idle=busy, linger_s=0.6, timeout_s=0.3, shed=False)
+    pool.start()
+    late = _exchanges(sqlite_store, 3)
+    for exchange in late:
+        pool.submit(exchange, "challenger", backend)
+    _wait(lambda: len(settled) == 3, timeout=5.0)
+    pool.close()
+    assert [e.challenger.status for e in late] == ["skipped"] * 3  # type: ignore[union-attr]
+    assert [e.challenger.skip_reason for e in late] == [EXPIRED] * 3  # type: ignore[union-attr]
+    records = [r for e in late for r in e.to_records()]
+    assert all(r.challenger_status == "skipped" and r.challenger_error is None for r in records)
+    assert all(r.challenger_latency_ms is None and r.shadow_wait_ms >= 300 for r in records)  # type: ignore[operator]
+
+    settled.clear()
+    pool = ShadowPool(on_settled=settled.append, linger_s=0.001, timeout_s=5)
+    pool.start()
+    scored = _exchanges(sqlite_store, 3)
+    for exchange in scored:
+        pool.submit(exchange, "challenger", backend)
+    _wait(lambda: len(settled) == 3, timeout=5.0)
+    pool.close()
+    records = [r for e in scored for r in e.to_records()]
+    assert all(r.challenger_status == "ok" and r.skip_reason is None for r in records)
+    assert all(r.shadow_wait_ms is not None and r.challenger_latency_ms is not None for r in records)
+
+
+def test_a_hanging_challenger_does_not_starve_another_deployments_shadow_work(
+    sqlite_store: Store, churn: Any, tmp_path: Path, settings: RouterSettings
+) -> None:
+    champion = sqlite_store.pipelines.get_by_ref("churn:1")
+    mlpipes.deploy(sqlite_store, "other", champion)
+    hung = create_backend(
+        mlpipes.register(sqlite_store, tmp_path, version="2", fault="sleeps", delay=4.0), settings
+    )
+    healthy = create_backend(mlpipes.register(sqlite_store, tmp_path, version="3", seed=4), settings)
+    settled: list[Exchange] = []
+    pool = ShadowPool(on_settled=settled.append, workers=1, linger_s=0.001, timeout_s=0.5)
+    pool.start()
+    stuck = _lane_exchanges(sqlite_store, "churn", 5, "h")
+    for exchange in stuck:
+        pool.submit(exchange, "challenger", hung)
+    _wait(lambda: any(e.challenger is not None for e in stuck), timeout=3.0)  # its call was charged
+    others = _lane_exchanges(sqlite_store, "other", 10, "o")
+    for exchange in others:  # the only worker is still inside the hanging call
+        pool.submit(exchange, "challenger", healthy)
+    _wait(lambda: all(e.challenger is not None for e in others), timeout=3.0)
+    pool.close(timeout=0.5)
+    assert [e.challenger.status for e in others] == ["ok"] * 10  # type: ignore[union-attr]
+    expected = healthy.predict(FRAME.iloc[:10])
+    assert [e.challenger.predictions.outputs[0] for e in others] == expected.outputs  # type: ignore[union-attr]
+    charged = [e for e in stuck if e.challenger is not None and e.challenger.status == "error"]
+    assert charged and all(e.challenger.error == TIMED_OUT for e in charged)  # type: ignore[union-attr]
+    assert all(e.challenger is not None and e.challenger.status in ("error", "skipped") for e in stuck)
+
+
+def test_load_shedding_lowers_an_overloaded_lanes_share_and_raises_it_when_it_drains(
+    sqlite_store: Store, churn: Any, tmp_path: Path, settings: RouterSettings
+) -> None:
+    challenger = create_backend(mlpipes.register(sqlite_store, tmp_path, version="2", seed=4), settings)
+    settled: list[Exchange] = []
+    busy = threading.Event()  # requests always in flight: the worker waits its linger before each batch
+    pool = ShadowPool(
+        on_settled=settled.append, idle=busy, linger_s=0.5, batch_max=4, timeout_s=0.4, share_step=0.25
+    )
+    pool.start()
+    flood = _exchanges(sqlite_store, 30)
+    for exchange in flood:  # far more than one 4-job batch per 0.5 s can score within 0.4 s
+        pool.submit(exchange, "challenger", challenger)
+    _wait(lambda: pool.share("churn") < 1.0, timeout=5.0)
+    lowered = pool.share("churn")
+    _wait(lambda: len(settled) == 30, timeout=5.0)
+    busy.set()  # the process is idle and nothing more arrives: the lane drains
+    _wait(lambda: pool.share("churn") == 1.0, timeout=5.0)
+    pool.close()
+    assert lowered < 1.0 and pool.share("churn") == 1.0
+    outcomes = {e.challenger.status for e in flood}  # type: ignore[union-attr]
+    assert "error" not in outcomes and "skipped" in outcomes  # the overload was the router's, not the arm's
+
+
+def test_shedding_keeps_a_random_subset_of_the_sample_decided_by_request_id() -> None:
+    ids = [f"req-{i}" for i in range(20_000)]
+    full = {i for i in ids if sampled(i, 0.5)}
+    shed = {i for i in ids if sampled(i, 0.5 * 0.3)}
+    assert shed <= full  # a lower share keeps a subset of the same requests: deterministic by id
+    assert abs(len(shed) / len(ids) - 0.15) < 0.01  # and the share it says (binomial sd 0.0025)
+    assert {i for i in ids if sampled(i, 0.15)} == shed  # the same ids whichever process decides
+
+
+def test_metrics_show_shadow_outcomes_queue_wait_and_the_effective_share(
+    sqlite_store: Store, churn: Any, tmp_path: Path, make_app: Any
+) -> None:
+    deployment, _ = churn
+    challenger = mlpipes.register(sqlite_store, tmp_path, version="2", seed=4)
+    mlpipes.start_rollout(sqlite_store, deployment, challenger, mode="shadow", shadow_rate=1.0)
+    app = make_app()
+    client = app.test_client()
+    for i in range(6):
+        assert _answer(client, BODY, f"m{i}")[0] == 200
+    _wait(lambda: b"mlcanary_shadow_scored_total" in client.get("/metrics").data)
+    app.extensions["mlcanary.dataplane"]._publish_gauges()
+    text = client.get("/metrics").data.decode()
+    scored = re.search(
+        r'^mlcanary_shadow_scored_total\{arm="challenger",deployment="churn"\} ([\d.]+)$', text, re.M
+    )
+    assert scored is not None and float(scored.group(1)) >= 1
+    assert re.search(r'^mlcanary_shadow_queue_wait_seconds_count\{deployment="churn"\} [1-9]', text, re.M)
+    assert re.search(r'^mlcanary_shadow_effective_share\{deployment="churn"\} 1\.0$', text, re.M)
+    assert re.search(r'^mlcanary_shadow_coverage\{deployment="churn"\} 1\.0$', text, re.M)

@@ -287,3 +287,69 @@ def test_labels_younger_than_the_maturity_do_not_count(store: Store) -> None:
     )
     assert before.labelled_pairs == 0
     assert after.labelled_pairs == int((~d["f1"] & ~d["f2"]).sum())
+
+
+def test_the_unit_is_the_request_and_skipped_shadow_jobs_are_coverage_lost_not_errors(store: Store) -> None:
+    """Requests of 1..10 rows: errors, pairs and latencies count requests; skips count only as coverage."""
+    deployment_id, rollout_id = _deploy(store, "classification")
+    rng = np.random.default_rng(13)
+    sizes = rng.integers(1, 11, 60)
+    fate = rng.choice(["ok", "error", "skipped"], size=60, p=[0.6, 0.2, 0.2])
+    reasons = rng.choice(["expired", "shed", "queue_full"], size=60)
+    records, agree_rows, per_request = [], 0, []
+    for i, (size, what) in enumerate(zip(sizes, fate, strict=True)):
+        classes = rng.integers(0, 2, (2, int(size)))
+        agreed = int((classes[0] == classes[1]).sum()) if what == "ok" else 0
+        agree_rows += agreed
+        per_request.append((agreed, int(size) if what == "ok" else 0))
+        for row in range(int(size)):
+            challenger: dict[str, Any] = {}
+            if what == "ok":
+                challenger = {"challenger_class": str(classes[1, row]), "challenger_latency_ms": 5.0}
+            elif what == "error":
+                challenger = {"challenger_error": "RuntimeError: boom", "challenger_latency_ms": 5.0}
+            else:
+                challenger = {"challenger_status": "skipped", "skip_reason": str(reasons[i])}
+            records.append(
+                PairRecord(
+                    request_id=f"q{i}",
+                    row_index=row,
+                    deployment_id=deployment_id,
+                    rollout_id=rollout_id,
+                    step=0,
+                    received_at=T0,
+                    routing_key_hash=i,
+                    served_arm="champion",
+                    champion_version_id=1,
+                    challenger_version_id=2,
+                    champion_class=str(classes[0, row]),
+                    champion_latency_ms=1.0,
+                    shadow_wait_ms=None if what == "skipped" else 2.0,
+                    **challenger,
+                )
+            )
+    store.pairs.insert_many(records)
+    from controller.loop.measure import LATENCY
+
+    a = step_aggregates(
+        store.db, rollout_id=rollout_id, step=0, cohort="paired", task="classification", label_cutoff=None,
+        latency=LATENCY, clusters=True,
+    )  # fmt: skip
+    ran = fate != "skipped"
+    assert a.requests == 60
+    assert (a.pairs, a.challenger.n, a.challenger.failed) == (ran.sum(), ran.sum(), (fate == "error").sum())
+    assert a.worse == (fate == "error").sum() and a.better == 0
+    assert sum(a.challenger.latency.values()) == ran.sum()  # one latency per request, not per row
+    assert (a.compared, a.agreed) == (sizes[fate == "ok"].sum(), agree_rows)  # agreement keeps rows
+    expected_skips = {
+        str(r): int(((fate == "skipped") & (reasons == r)).sum()) for r in set(reasons[fate == "skipped"])
+    }
+    assert (a.coverage.sampled, a.coverage.scored, a.coverage.skipped) == (60, ran.sum(), expected_skips)
+    assert a.coverage.wait_n == ran.sum() and a.coverage.wait_sum_ms == pytest.approx(2.0 * ran.sum())
+    y, m = np.array(per_request, dtype=float).T
+    c = a.agreement_clusters
+    assert c is not None and c.clusters == (fate == "ok").sum()
+    assert (c.sum_y2, c.sum_m2, c.sum_ym) == pytest.approx(((y * y).sum(), (m * m).sum(), (y * m).sum()))
+    metrics = metrics_from_aggregates(a, task="classification")
+    assert metrics.challenger == judge.Proportion(n=int(ran.sum()), count=int((fate == "error").sum()))
+    assert metrics.coverage == judge.Proportion(n=60, count=int(ran.sum()))

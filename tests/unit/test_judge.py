@@ -371,3 +371,26 @@ def test_identical_arms_are_rarely_promoted_or_rolled_back_under_continuous_moni
                 break
     assert promoted / rollouts <= alpha
     assert rolled_back / rollouts <= alpha
+
+
+COVERAGE_REQUIRED = replace(ONLY_ACCURACY, coverage=GateSpec(role="required", margin=0.5, min_samples=100))
+
+
+@pytest.mark.parametrize(
+    ("coverage", "outcome", "decision"),
+    [
+        (None, Outcome.NO_DATA, "continue"),  # no shadow sample: nothing to say
+        (Proportion(n=50, count=50), Outcome.NO_DATA, "continue"),  # burn-in
+        (Proportion(n=2_000, count=1_900), Outcome.PASS, "promote"),  # 95% scored: proven above 50%
+        (Proportion(n=2_000, count=1_000), Outcome.INCONCLUSIVE, "continue"),  # 50%: not above the margin
+        (Proportion(n=2_000, count=20), Outcome.INCONCLUSIVE, "continue"),  # 1% scored: never a rollback
+    ],
+)
+def test_a_required_coverage_gate_holds_promotion_until_enough_was_scored_and_never_rolls_back(
+    coverage: Proportion | None, outcome: Outcome, decision: str
+) -> None:
+    good = PairedCounts(n=20_000, worse=100, better=400)  # accuracy proven non-inferior
+    j = judge(shadow(paired_correct=good, coverage=coverage), COVERAGE_REQUIRED)
+    assert (verdict(j, "coverage").outcome, j.decision) == (outcome, decision)
+    informational = judge(shadow(paired_correct=good, coverage=coverage), ONLY_ACCURACY)
+    assert informational.decision == "promote"  # by default coverage is reported, never decides

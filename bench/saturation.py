@@ -1,0 +1,233 @@
+"""Saturation: N deployments shadowing identical challengers, repeated short rollouts, one run.
+
+    .venv/bin/python bench/saturation.py [--deployments 1,3,6] [--repeats 20] [--rollout-seconds 8]
+                                         [--baseline-seconds 10] [--out bench/results/saturation.md]
+
+For each N: one `mlcanary serve` (gunicorn, 2 sync workers, controller loop every 0.5 s, the default
+2 s shadow timeout) on SQLite with N deployments, each with its own champion and a challenger that
+is the same fitted pipeline (ColumnTransformer + LogisticRegression) registered as another version.
+wrk -c16 -t2 sends 10-row MLflow requests round robin over the N deployments as fast as the server
+answers (closed loop: saturation). First champion-only for --baseline-seconds; then --repeats times:
+start a shadow rollout on every deployment (burn-in 100 requests, only harm may end it), keep the
+load for --rollout-seconds, count the rollouts the controller rolled back (every one is a false
+rollback: the arms are identical), abort the rest. Reported per N: false rollbacks, challenger
+errors, shadow coverage (scored / sampled requests) and skips by reason, the mean queue wait,
+champion throughput during the rollouts against champion-only, and champion p99 (mean of the
+per-rollout p99s) against champion-only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "support")]
+
+import mlpipes  # noqa: E402
+from servers import Server, body  # noqa: E402
+
+from controller.loop import actions  # noqa: E402
+from storage import Database, Store, analytics  # noqa: E402
+from storage import schema as db_schema  # noqa: E402
+from storage.models import PairedOutputRow  # noqa: E402
+
+POLICY: dict[str, Any] = {
+    "mode": "shadow",
+    "burn_in": 100,
+    "shadow": {"min_pairs": 1_000_000},
+    "gates": {"agreement": {"role": "informational", "margin": 0.9}},
+}
+
+
+def wrk(script: Path, url: str, seconds: float) -> dict[str, float]:
+    out = subprocess.run(
+        ["wrk", "-t2", "-c16", f"-d{max(1, round(seconds))}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "rps": rps,
+        "p99": float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit],
+        "non2xx": float(errors.group(1)) if errors else 0.0,
+    }
+
+
+def lua(names: list[str]) -> str:
+    payload = json.dumps(body(10, 3))
+    paths = ", ".join(json.dumps(f"/v1/models/{n}/invocations") for n in names)
+    return (
+        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+        f"wrk.body = {json.dumps(payload)}\nlocal paths = {{{paths}}}\nlocal i = 0\n"
+        "request = function()\n  i = i + 1\n  return wrk.format(nil, paths[(i % #paths) + 1])\nend\n"
+    )
+
+
+def run(n: int, args: argparse.Namespace, directory: Path) -> dict[str, Any]:
+    root = directory / f"n{n}"
+    root.mkdir()
+    url = f"sqlite:///{root / 'mlcanary.db'}"
+    db = Database(url)
+    db_schema.upgrade(db)
+    store = Store(db)
+    names = [f"d{i}" for i in range(n)]
+    for name in names:
+        champion = mlpipes.register(store, root, name=name, version="1", seed=0)
+        mlpipes.register(store, root, name=name, version="2", seed=0)  # the same model, another version
+        mlpipes.deploy(store, name, champion)
+    script = root / "post.lua"
+    script.write_text(lua(names))
+    server = Server("serve", url, root / "var", controller_interval=0.5, log_level="warning")
+    result: dict[str, Any] = {"n": n, "repeats": 0, "false_rollbacks": 0, "reasons": []}
+    rollout_ids: list[int] = []
+    loads: list[dict[str, float]] = []
+    try:
+        server.wait_ready(timeout=120)
+        wrk(script, server.base_url, 2)  # warm-up
+        result["baseline"] = wrk(script, server.base_url, args.baseline_seconds)
+        for repeat in range(args.repeats):
+            now = datetime.now(UTC)
+            started = [
+                actions.start_rollout(store, name, f"{name}:2", actor="bench", policy=POLICY, now=now)
+                for name in names
+            ]
+            rollout_ids += [r.id for r in started]
+            loads.append(wrk(script, server.base_url, args.rollout_seconds))
+            for name, r in zip(names, started, strict=True):
+                current = _end(store, name, r.id)
+                if current.phase == "rolled_back":
+                    result["false_rollbacks"] += 1
+                    result["reasons"].append(current.reason)
+            result["repeats"] = repeat + 1
+            print(f"N={n} repeat {repeat + 1}: {loads[-1]}, false rollbacks so far {result['false_rollbacks']}",
+                  flush=True)  # fmt: skip
+        server.terminate()
+    finally:
+        server.kill()
+    sampled = scored = waited = 0
+    wait_sum = 0.0
+    skipped: dict[str, int] = {}
+    for rollout_id in rollout_ids:
+        c = analytics.coverage(db, rollout_id=rollout_id)
+        sampled, scored = sampled + c.sampled, scored + c.scored
+        waited, wait_sum = waited + c.wait_n, wait_sum + c.wait_sum_ms
+        for reason, count in c.skipped.items():
+            skipped[reason] = skipped.get(reason, 0) + count
+    from sqlalchemy import func, select
+
+    with db.connection() as conn:
+        p = PairedOutputRow
+        errors = conn.execute(
+            select(func.count()).where(
+                p.rollout_id.in_(rollout_ids), p.row_index == 0, p.challenger_status == "error"
+            )
+        ).scalar_one()
+    db.dispose()
+    result.update(
+        sampled=sampled,
+        scored=scored,
+        skipped=skipped,
+        errors=int(errors),
+        queue_wait_ms=wait_sum / waited if waited else None,
+        rollout_rps=sum(x["rps"] for x in loads) / len(loads),
+        rollout_p99=sum(x["p99"] for x in loads) / len(loads),
+        non2xx=result["baseline"]["non2xx"] + sum(x["non2xx"] for x in loads),
+    )
+    return result
+
+
+def _end(store: Store, name: str, rollout_id: int) -> Any:
+    """Return the rollout as the controller left it, aborting it if it is still active."""
+    for _ in range(20):
+        current = store.rollouts.get(rollout_id)
+        if not current.active:
+            return current
+        try:
+            actions.abort(store, name, actor="bench", reason="benchmark repeat over", now=datetime.now(UTC))
+        except Exception:  # the controller updated it meanwhile: look again
+            time.sleep(0.05)
+    return store.rollouts.get(rollout_id)
+
+
+def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    lines = [
+        "# Saturation benchmark (issue 13)",
+        "",
+        f"Command: `.venv/bin/python bench/saturation.py --deployments {args.deployments} --repeats {args.repeats} "
+        f"--rollout-seconds {args.rollout_seconds} --baseline-seconds {args.baseline_seconds}`",
+        "",
+        "One run; 2 shared cores; `mlcanary serve` with 2 gunicorn sync workers, SQLite, shadow timeout 2 s;",
+        "wrk -c16 -t2, 10-row requests round robin over the deployments; identical challengers.",
+        "",
+        "| N | short rollouts | false rollbacks | challenger errors (requests) | shadow coverage | skipped (requests) "
+        "| mean queue wait ms | champion-only req/s | req/s during rollouts | throughput ratio "
+        "| champion-only p99 ms | p99 during rollouts ms | p99 ratio | non-2xx |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        b = r["baseline"]
+        coverage = (
+            f"{r['scored'] / r['sampled']:.1%} ({r['scored']:,} of {r['sampled']:,})" if r["sampled"] else "-"
+        )
+        skipped = ", ".join(f"{k} {v:,}" for k, v in sorted(r["skipped"].items())) or "none"
+        wait = "-" if r["queue_wait_ms"] is None else f"{r['queue_wait_ms']:.0f}"
+        lines.append(
+            f"| {r['n']} | {r['repeats']} | {r['false_rollbacks']} | {r['errors']} | {coverage} | {skipped} | {wait} "
+            f"| {b['rps']:.0f} | {r['rollout_rps']:.0f} | {r['rollout_rps'] / b['rps']:.2f} "
+            f"| {b['p99']:.1f} | {r['rollout_p99']:.1f} | {r['rollout_p99'] / b['p99']:.2f} | {r['non2xx']:.0f} |"
+        )
+    reasons = [reason for r in results for reason in r["reasons"]]
+    if reasons:
+        lines += ["", "Rollback reasons:", *[f"- {x}" for x in reasons]]
+    lines += [
+        "",
+        "Targets: false rollbacks 0; throughput ratio >= 0.85; p99 ratio <= 1.2. A skip (`expired`: the",
+        "2 s timeout passed while the job waited in the queue; `shed`: load shedding lowered the share;",
+        "`queue_full` / `budget`: no room; `shutdown`) is coverage lost, never an error: before issue 13",
+        "every `expired` and `queue_full` job was recorded as a challenger error.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--deployments", default="1,3,6")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--rollout-seconds", type=float, default=8.0)
+    parser.add_argument("--baseline-seconds", type=float, default=10.0)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "saturation.md")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is needed: apt-get install -y wrk")
+    directory = Path(tempfile.mkdtemp(prefix="saturation-bench-"))
+    results = []
+    try:
+        for n in (int(x) for x in args.deployments.split(",")):
+            started = time.monotonic()
+            results.append(run(n, args, directory))
+            print(json.dumps(results[-1]), f"({time.monotonic() - started:.0f} s)", flush=True)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    text = report(results, args)
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
