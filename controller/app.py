@@ -43,6 +43,9 @@ def router_settings(settings: Settings) -> RouterSettings:
         max_body_bytes=settings.max_body_bytes,
         trust_pickle=settings.trust_pickle,
         upstream_timeout_s=settings.upstream_timeout_s,
+        breaker_failures=settings.breaker_failures,
+        breaker_open_s=settings.breaker_open_s,
+        challenger_concurrency=settings.challenger_concurrency,
     )
 
 

@@ -114,6 +114,7 @@ class RoutingEntry:
     rollout_id: int | None
     step: int | None
     store_raw_inputs: bool
+    split_salt: str | None = field(default=None, repr=False)  # the rollout's secret split key (hex)
 
 
 @dataclass(frozen=True)

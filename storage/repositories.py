@@ -246,6 +246,7 @@ class RolloutRepository:
                 created_by=created_by,
                 created_at=now,
                 step_started_at=now,
+                split_salt=secrets.token_hex(16),
             )
             s.add(row)
             deployment.updated_at = now
@@ -361,6 +362,7 @@ class RoutingRepository:
                     rollout_id=None if r is None else r.id,
                     step=None if r is None else r.step_index,
                     store_raw_inputs=d.store_raw_inputs,
+                    split_salt=None if r is None else r.split_salt,
                 )
             return table
 
