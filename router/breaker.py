@@ -33,6 +33,8 @@ HALF_OPEN = "half_open"
 
 CIRCUIT_OPEN = "circuit_open: the challenger failed repeatedly; the champion answers until a probe succeeds"
 BUSY = "challenger_busy: too many calls to the challenger in flight; the champion answered"
+# A request answered by the champion because the breaker is open records CIRCUIT_OPEN followed by
+# the last fault seen ("... (last fault: model_timeout: ...)"), BUSY alone when the bulkhead was full.
 
 
 def is_fault(exception: Exception | None) -> bool:
@@ -49,6 +51,7 @@ class CircuitBreaker:
         self.clock = clock
         self.state = CLOSED
         self.opened = 0  # times the breaker opened (metrics, tests)
+        self.last_fault: str | None = None
         self._faults = 0
         self._opened_at = 0.0
         self._probing = False
@@ -68,9 +71,11 @@ class CircuitBreaker:
             self._probing = True
             return True
 
-    def record(self, fault: bool) -> None:
-        """Report the outcome of an allowed call."""
+    def record(self, fault: bool, message: str | None = None) -> None:
+        """Report the outcome of an allowed call (message: what the fault was)."""
         with self._lock:
+            if fault:
+                self.last_fault = message
             if not fault:
                 self._faults = 0
                 self.state = CLOSED

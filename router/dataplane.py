@@ -183,7 +183,7 @@ class DataPlane:
             error = exchange.challenger.error or ""
             code = (
                 "challenger_circuit_open"
-                if error == CIRCUIT_OPEN
+                if error.startswith(CIRCUIT_OPEN)
                 else "challenger_busy"
                 if error == BUSY
                 else "challenger_fallback"
@@ -210,13 +210,14 @@ class DataPlane:
             return ArmResult(version, None, 0.0, BUSY, ModelUnavailable(BUSY))
         try:
             if not guard.breaker.allow():
-                return ArmResult(version, None, 0.0, CIRCUIT_OPEN, ModelUnavailable(CIRCUIT_OPEN))
+                error = f"{CIRCUIT_OPEN} (last fault: {guard.breaker.last_fault})"
+                return ArmResult(version, None, 0.0, error, ModelUnavailable(error))
             try:
                 result = _call(backend, batch)
             except BaseException:
                 guard.breaker.record(True)  # an allowed probe must always report back
                 raise
-            guard.breaker.record(is_fault(result.exception))
+            guard.breaker.record(is_fault(result.exception), result.error)
             return result
         finally:
             if guard.bulkhead is not None:

@@ -105,8 +105,9 @@ class ShadowPool:
                 self._queue.append(ShadowJob(exchange, arm, backend, self.clock()))
                 if depth == 0 or depth + 1 == self._enough:  # a worker waits for either moment
                     self._arrived.notify()
+            else:
+                self.dropped += 1  # under the lock: request threads submit concurrently
         if not accepted:
-            self.dropped += 1
             if self.on_drop is not None:
                 self.on_drop(exchange)
             self._settle(
@@ -184,7 +185,8 @@ class ShadowPool:
             except BackendError as exc:
                 predictions, error = None, exc.message
             latency = (time.perf_counter() - started) * 1000.0
-            self.batches += 1
+            with self._cond:
+                self.batches += 1
             if self.on_batch is not None:
                 self.on_batch(len(group))
             offset = 0
