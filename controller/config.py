@@ -66,7 +66,8 @@ class Settings:
         default=5.0, metadata={"help": "seconds an open breaker sends the challenger's share to the champion"}
     )
     challenger_concurrency: int = field(
-        default=4, metadata={"help": "remote challenger calls in flight per worker; beyond, the champion answers"}
+        default=4,
+        metadata={"help": "remote challenger calls in flight per worker; beyond, the champion answers"},
     )
     log_level: str = field(default="info", metadata={"help": "debug, info, warning or error"})
     webhook_urls: str = field(

@@ -98,7 +98,12 @@ def test_a_hanging_canary_challenger_does_not_starve_another_deployment_and_the_
     deployment_a = mlpipes.deploy(store, "a", champion)
     mlpipes.deploy(store, "b", champion)
     remote = mlpipes.register_upstream(
-        store, name="remote", version="1", url=f"http://127.0.0.1:{hanging.port}", protocol="mlflow", like=champion
+        store,
+        name="remote",
+        version="1",
+        url=f"http://127.0.0.1:{hanging.port}",
+        protocol="mlflow",
+        like=champion,
     )
     server = launch(
         "router",
@@ -115,7 +120,9 @@ def test_a_hanging_canary_challenger_does_not_starve_another_deployment_and_the_
     base_a, base_b = (load.join() for load in _loads(server, "base"))
     assert base_a.failed == [] and base_b.failed == []
 
-    rollout = mlpipes.start_rollout(store, deployment_a, remote, mode="canary", canary_weight=50, shadow_rate=0)
+    rollout = mlpipes.start_rollout(
+        store, deployment_a, remote, mode="canary", canary_weight=50, shadow_rate=0
+    )
     hung_a, hung_b = (load.join() for load in _loads(server, "hung"))
 
     ratio = _answered(hung_b) / _answered(base_b)
