@@ -1,9 +1,11 @@
 """Benchmark the data plane against a bare Flask app scoring the same pipeline.
 
     .venv/bin/python bench/router_bench.py [--seconds 8] [--rate 100] [--out bench/results/router.md]
+                                           [--worker threads|sync] [--threads 8]
 
 Four setups, one run, same pipeline (ColumnTransformer + LogisticRegression, one row per request),
-same gunicorn (2 sync workers), SQLite storage:
+same gunicorn (2 workers, the worker model of `mlcanary serve` by default: controller.server's
+ReadBufferingWorker with 8 threads; --worker sync for the sync workers of before), SQLite storage:
   1 baseline   bare Flask, DataFrame per call, predict_proba
   2 champion   router, no rollout (champion answers, pairs recorded)
   3 shadow     router, challenger shadows every request
@@ -167,6 +169,11 @@ def run_setup(
         "PYTHONPATH": f"{ROOT}:{ROOT / 'bench'}",
     }
     factory = "router_apps:baseline()" if setup == "baseline" else "router_apps:router()"
+    worker = (
+        ["--worker-class", "sync"]
+        if args.worker == "sync"
+        else ["--worker-class", "controller.server.ReadBufferingWorker", "--threads", str(args.threads)]
+    )
     process = subprocess.Popen(
         [
             str(Path(sys.executable).with_name("gunicorn")),
@@ -174,8 +181,7 @@ def run_setup(
             f"127.0.0.1:{port}",
             "--workers",
             "2",
-            "--worker-class",
-            "sync",
+            *worker,
             "--config",
             str(ROOT / "bench" / "router_apps.py"),
             "--log-level",
@@ -236,9 +242,10 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [
         "# Router benchmark",
         "",
-        f"Command: `.venv/bin/python bench/router_bench.py --seconds {args.seconds} --rate {args.rate}`",
+        f"Command: `.venv/bin/python bench/router_bench.py --seconds {args.seconds} --rate {args.rate:g} "
+        f"--worker {args.worker}`",
         "",
-        "One run; 2 cores; gunicorn 2 sync workers; one-row MLflow `dataframe_split` requests;",
+        f"One run; 2 cores; gunicorn 2 workers, {_worker(args)}; one-row MLflow `dataframe_split` requests;",
         "ColumnTransformer + LogisticRegression champion (challenger: same pipeline, other seed); SQLite.",
         "",
         f"| setup | fixed {args.rate:g} req/s p50 / p99 ms | wrk c=1 req/s | c=1 p50 / p99 ms "
@@ -269,6 +276,12 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _worker(args: argparse.Namespace) -> str:
+    if args.worker == "sync":
+        return "sync workers"
+    return f"ReadBufferingWorker x {args.threads} threads"
+
+
 def _batch(result: dict[str, Any]) -> str:
     if result["setup"] not in ("shadow", "canary"):
         return "-"
@@ -282,6 +295,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--setups", default=",".join(SETUPS))
+    parser.add_argument("--worker", choices=("threads", "sync"), default="threads")
+    parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "router.md")
     args = parser.parse_args()
     if shutil.which("wrk") is None:

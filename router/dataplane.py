@@ -34,6 +34,7 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -120,6 +121,11 @@ class DataPlane:
             _freeze_heap()
         if self.settings.switch_interval_s is not None:
             sys.setswitchinterval(self.settings.switch_interval_s)
+        # Serving threads score at the same time; the `warnings.catch_warnings` blocks inside pandas
+        # and scikit-learn swap the process-wide filter list, so scikit-learn's Parallel sometimes
+        # captures an empty list and warns on every call that it cannot propagate its configuration
+        # (pipelines here run n_jobs=None, in the calling thread, so there is nothing to propagate).
+        warnings.filterwarnings("ignore", message=r"`sklearn\.utils\.parallel\.delayed` should be used")
         self._gauges = threading.Thread(target=self._update_gauges, name="mlcanary-gauges", daemon=True)
         self._gauges.start()
         self.started = True
