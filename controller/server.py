@@ -99,26 +99,34 @@ class ReadBufferingWorker(ThreadWorker):
         # read the next request in the event loop; bytes already read ahead count towards it
         conn.request_bytes = bytearray(conn.parser.unreader.take_buffered() if conn.parser else b"")
         conn.sock.setblocking(False)
+        # Most requests are already there (a kept-alive connection the poller found readable, a
+        # client that sent right after connecting): read at once rather than one poll later.
+        if not self._complete(conn) and not self._receive(conn):
+            return
         if self._complete(conn):
             self._dispatch(conn)
             return
         self.reading[conn] = time.monotonic() + self.read_timeout_s
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
 
-    def _on_readable(self, conn: TConn, _sock: Any) -> None:
+    def _receive(self, conn: TConn) -> bool:
+        """Read what the socket holds into the buffer; False (and closed) if the client went away."""
         try:
             data = conn.sock.recv(256 * 1024)
         except (BlockingIOError, InterruptedError):
-            return
+            return True
         except OSError:
             data = b""
         if not data:  # the client went away before sending a whole request
             self._forget(conn)
             self.nr_conns -= 1
             conn.close()
-            return
+            return False
         conn.request_bytes += data
-        if self._complete(conn):
+        return True
+
+    def _on_readable(self, conn: TConn, _sock: Any) -> None:
+        if self._receive(conn) and self._complete(conn):
             self._forget(conn)
             self._dispatch(conn)
 
