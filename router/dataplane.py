@@ -121,11 +121,7 @@ class DataPlane:
             _freeze_heap()
         if self.settings.switch_interval_s is not None:
             sys.setswitchinterval(self.settings.switch_interval_s)
-        # Serving threads score at the same time; the `warnings.catch_warnings` blocks inside pandas
-        # and scikit-learn swap the process-wide filter list, so scikit-learn's Parallel sometimes
-        # captures an empty list and warns on every call that it cannot propagate its configuration
-        # (pipelines here run n_jobs=None, in the calling thread, so there is nothing to propagate).
-        warnings.filterwarnings("ignore", message=r"`sklearn\.utils\.parallel\.delayed` should be used")
+        quiet_sklearn_thread_warning()
         self._gauges = threading.Thread(target=self._update_gauges, name="mlcanary-gauges", daemon=True)
         self._gauges.start()
         self.started = True
@@ -277,6 +273,32 @@ class DataPlane:
             self._reported = (written, spooled)
         except Exception:  # metrics must never take the data plane down
             log.exception("cannot publish gauges")
+
+
+_SKLEARN_THREAD_WARNING = "`sklearn.utils.parallel.delayed` should be used with"
+
+
+def quiet_sklearn_thread_warning() -> None:
+    """Drop scikit-learn's spurious "cannot propagate the configuration" warning (once per process).
+
+    Serving threads score at the same time. scikit-learn's Parallel (ColumnTransformer uses it,
+    even with n_jobs=None) captures the process-wide `warnings.filters` list, which another
+    thread's `warnings.catch_warnings` + `resetwarnings` may have emptied for a moment (the
+    filter list is not thread-safe before Python 3.14); it then warns, on stderr, for every
+    call. Nothing is lost: the pipelines here run in the calling thread, with its own config.
+    A filter cannot silence it (the filter list is what is emptied), so the display is wrapped.
+    """
+    show = warnings.showwarning
+    if getattr(show, "_mlcanary_quiet", False):
+        return
+
+    def showwarning(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
+        if str(message).startswith(_SKLEARN_THREAD_WARNING):
+            return
+        show(message, category, *args, **kwargs)  # type: ignore[arg-type]
+
+    showwarning._mlcanary_quiet = True  # type: ignore[attr-defined]
+    warnings.showwarning = showwarning
 
 
 _frozen_in: int | None = None  # the process whose heap was frozen
