@@ -1,7 +1,7 @@
 """Benchmark the data plane against a bare Flask app scoring the same pipeline.
 
     .venv/bin/python bench/router_bench.py [--seconds 8] [--rate 100] [--out bench/results/router.md]
-                                           [--worker threads|sync] [--threads 8]
+                                           [--worker threads|sync|both] [--threads 8]
 
 Four setups, one run, same pipeline (ColumnTransformer + LogisticRegression, one row per request),
 same gunicorn (2 workers, the worker model of `mlcanary serve` by default: controller.server's
@@ -155,8 +155,10 @@ def mean_batch(before: tuple[float, float], after: tuple[float, float]) -> float
 
 
 def run_setup(
-    setup: str, directory: Path, args: argparse.Namespace, script: Path, payload: str
+    setup: str, directory: Path, args: argparse.Namespace, script: Path, payload: str, worker_model: str
 ) -> dict[str, Any]:
+    directory = directory / worker_model
+    directory.mkdir(exist_ok=True)
     url = prepare(directory, setup)
     port = _port()
     metrics_dir = directory / f"metrics-{setup}"
@@ -171,7 +173,7 @@ def run_setup(
     factory = "router_apps:baseline()" if setup == "baseline" else "router_apps:router()"
     worker = (
         ["--worker-class", "sync"]
-        if args.worker == "sync"
+        if worker_model == "sync"
         else ["--worker-class", "controller.server.ReadBufferingWorker", "--threads", str(args.threads)]
     )
     process = subprocess.Popen(
@@ -194,7 +196,7 @@ def run_setup(
     base = f"http://127.0.0.1:{port}"
     endpoint = f"{base}/v1/models/churn/invocations"
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120  # a shared, loaded machine can take that long to import and load
         while True:
             try:
                 if (
@@ -207,10 +209,10 @@ def run_setup(
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{setup} did not start")
+                raise RuntimeError(f"{setup} ({worker_model}) did not start")
             time.sleep(0.2)
         wrk(endpoint, script, 16, 2)  # warm-up
-        result: dict[str, Any] = {"setup": setup}
+        result: dict[str, Any] = {"setup": setup, "worker": worker_model}
         shadowing = setup in ("shadow", "canary")
         start = batches(base) if shadowing else (0.0, 0.0)
         result["fixed"] = fixed_rate(endpoint, payload, args.rate, args.seconds)
@@ -238,16 +240,25 @@ def run_setup(
 
 
 def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
-    by = {r["setup"]: r for r in results}
     lines = [
         "# Router benchmark",
         "",
         f"Command: `.venv/bin/python bench/router_bench.py --seconds {args.seconds} --rate {args.rate:g} "
         f"--worker {args.worker}`",
         "",
-        f"One run; 2 cores; gunicorn 2 workers, {_worker(args)}; one-row MLflow `dataframe_split` requests;",
+        "One run; 2 cores; gunicorn 2 workers; one-row MLflow `dataframe_split` requests;",
         "ColumnTransformer + LogisticRegression champion (challenger: same pipeline, other seed); SQLite.",
-        "",
+        "With --worker both, each setup runs under sync workers, then under the threaded worker.",
+    ]
+    for model in dict.fromkeys(r["worker"] for r in results):
+        lines += ["", f"## {_worker(model, args)}", ""]
+        lines += _table([r for r in results if r["worker"] == model], args)
+    return "\n".join(lines) + "\n"
+
+
+def _table(results: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
+    by = {r["setup"]: r for r in results}
+    lines = [
         f"| setup | fixed {args.rate:g} req/s p50 / p99 ms | wrk c=1 req/s | c=1 p50 / p99 ms "
         "| wrk c=16 req/s | c=16 p50 / p99 ms | shadow drops (moderate / total) "
         "| requests per shadow batch (moderate / c=16) | pairs stored |",
@@ -273,11 +284,11 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
             f"- shadow drops at moderate load: {s['dropped_moderate']:.0f} (shadow), "
             f"{by['canary']['dropped_moderate']:.0f} (canary)",
         ]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
-def _worker(args: argparse.Namespace) -> str:
-    if args.worker == "sync":
+def _worker(model: str, args: argparse.Namespace) -> str:
+    if model == "sync":
         return "sync workers"
     return f"ReadBufferingWorker x {args.threads} threads"
 
@@ -295,7 +306,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--setups", default=",".join(SETUPS))
-    parser.add_argument("--worker", choices=("threads", "sync"), default="threads")
+    parser.add_argument("--worker", choices=("threads", "sync", "both"), default="threads")
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "router.md")
     args = parser.parse_args()
@@ -309,9 +320,11 @@ def main() -> None:
         f"wrk.body = {json.dumps(payload)}\n"
     )
     results = []
+    models = ("sync", "threads") if args.worker == "both" else (args.worker,)
     for setup in args.setups.split(","):
-        results.append(run_setup(setup, directory, args, script, payload))
-        print(json.dumps(results[-1]), flush=True)
+        for model in models:
+            results.append(run_setup(setup, directory, args, script, payload, model))
+            print(json.dumps(results[-1]), flush=True)
     text = report(results, args)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
