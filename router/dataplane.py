@@ -209,11 +209,11 @@ class DataPlane:
         version = backend.version
         guard = self.guards.get(version.id, remote=bool(version.upstream_url))
         if guard.bulkhead is not None and not guard.bulkhead.acquire(blocking=False):
-            return ArmResult(version, None, 0.0, BUSY, ModelUnavailable(BUSY))
+            return ArmResult(version, None, None, BUSY, ModelUnavailable(BUSY))  # no call: no latency
         try:
             if not guard.breaker.allow():
                 error = f"{CIRCUIT_OPEN} (last fault: {guard.breaker.last_fault})"
-                return ArmResult(version, None, 0.0, error, ModelUnavailable(error))
+                return ArmResult(version, None, None, error, ModelUnavailable(error))
             try:
                 result = _call(backend, batch)
             except BaseException:
