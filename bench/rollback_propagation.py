@@ -56,12 +56,13 @@ def _row() -> dict[str, Any]:
     }
 
 
-def _challenger_keys(rollout_id: int, n: int = 200) -> list[str]:
+def _challenger_keys(rollout_id: int, salt: str | None, n: int = 200) -> list[str]:
+    # The split is keyed by the rollout's secret salt; the bench reads it from storage as routers do.
     keys: list[str] = []
     i = 0
     while len(keys) < n:
         key = f"user-{rollout_id}-{i}"
-        if assign_arm(key, rollout_id, 50.0) == "challenger":
+        if assign_arm(key, rollout_id, 50.0, salt) == "challenger":
             keys.append(key)
         i += 1
     return keys
@@ -181,7 +182,7 @@ def main() -> None:
                 canary_weight=50.0,
                 shadow_rate=0.0,
             )
-            keys = _challenger_keys(rollout.id)
+            keys = _challenger_keys(rollout.id, store.routing.load_table()[deployment.name].split_salt)
             seen: set[str] = set()
             deadline = time.monotonic() + 30
             while len(seen) < 20:  # the routers have the canary: challenger-keyed requests get the challenger

@@ -14,12 +14,14 @@ import pandas as pd
 from flask import Flask, Response, request
 
 from router import create_app
+from router.dataplane import quiet_sklearn_thread_warning
 from router.settings import RouterSettings
 from storage import Database, Store
 from storage.artifacts import load_artifact
 
 
 def baseline() -> Flask:
+    quiet_sklearn_thread_warning()  # as the router does: threaded workers set it off (router.dataplane)
     store = Store(Database(os.environ["BENCH_DATABASE_URL"]))
     version = store.pipelines.get_by_ref("churn:1")
     assert version.artifact_path and version.sha256

@@ -1,9 +1,11 @@
 """Benchmark the data plane against a bare Flask app scoring the same pipeline.
 
     .venv/bin/python bench/router_bench.py [--seconds 8] [--rate 100] [--out bench/results/router.md]
+                                           [--worker threads|sync|both] [--threads 8]
 
 Four setups, one run, same pipeline (ColumnTransformer + LogisticRegression, one row per request),
-same gunicorn (2 sync workers), SQLite storage:
+same gunicorn (2 workers, the worker model of `mlcanary serve` by default: controller.server's
+ReadBufferingWorker with 8 threads; --worker sync for the sync workers of before), SQLite storage:
   1 baseline   bare Flask, DataFrame per call, predict_proba
   2 champion   router, no rollout (champion answers, pairs recorded)
   3 shadow     router, challenger shadows every request
@@ -158,8 +160,10 @@ def mean_batch(before: tuple[float, float], after: tuple[float, float]) -> float
 
 
 def run_setup(
-    setup: str, directory: Path, args: argparse.Namespace, script: Path, payload: str
+    setup: str, directory: Path, args: argparse.Namespace, script: Path, payload: str, worker_model: str
 ) -> dict[str, Any]:
+    directory = directory / worker_model
+    directory.mkdir(exist_ok=True)
     url = prepare(directory, setup)
     port = _port()
     metrics_dir = directory / f"metrics-{setup}"
@@ -172,6 +176,11 @@ def run_setup(
         "PYTHONPATH": f"{ROOT}:{ROOT / 'bench'}",
     }
     factory = "router_apps:baseline()" if setup == "baseline" else "router_apps:router()"
+    worker = (
+        ["--worker-class", "sync"]
+        if worker_model == "sync"
+        else ["--worker-class", "controller.server.ReadBufferingWorker", "--threads", str(args.threads)]
+    )
     process = subprocess.Popen(
         [
             str(Path(sys.executable).with_name("gunicorn")),
@@ -179,8 +188,7 @@ def run_setup(
             f"127.0.0.1:{port}",
             "--workers",
             "2",
-            "--worker-class",
-            "sync",
+            *worker,
             "--config",
             str(ROOT / "bench" / "router_apps.py"),
             "--log-level",
@@ -193,7 +201,7 @@ def run_setup(
     base = f"http://127.0.0.1:{port}"
     endpoint = f"{base}/v1/models/churn/invocations"
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120  # a shared, loaded machine can take that long to import and load
         while True:
             try:
                 if (
@@ -206,10 +214,10 @@ def run_setup(
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{setup} did not start")
+                raise RuntimeError(f"{setup} ({worker_model}) did not start")
             time.sleep(0.2)
         wrk(endpoint, script, 16, 2)  # warm-up
-        result: dict[str, Any] = {"setup": setup}
+        result: dict[str, Any] = {"setup": setup, "worker": worker_model}
         shadowing = setup in ("shadow", "canary")
         start = batches(base) if shadowing else (0.0, 0.0)
         result["fixed"] = fixed_rate(endpoint, payload, args.rate, args.seconds)
@@ -237,15 +245,25 @@ def run_setup(
 
 
 def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
-    by = {r["setup"]: r for r in results}
     lines = [
         "# Router benchmark",
         "",
-        f"Command: `.venv/bin/python bench/router_bench.py --seconds {args.seconds} --rate {args.rate}`",
+        f"Command: `.venv/bin/python bench/router_bench.py --seconds {args.seconds} --rate {args.rate:g} "
+        f"--worker {args.worker}`",
         "",
-        "One run; 2 cores; gunicorn 2 sync workers; one-row MLflow `dataframe_split` requests;",
+        "One run; 2 cores; gunicorn 2 workers; one-row MLflow `dataframe_split` requests;",
         "ColumnTransformer + LogisticRegression champion (challenger: same pipeline, other seed); SQLite.",
-        "",
+        "With --worker both, each setup runs under sync workers, then under the threaded worker.",
+    ]
+    for model in dict.fromkeys(r["worker"] for r in results):
+        lines += ["", f"## {_worker(model, args)}", ""]
+        lines += _table([r for r in results if r["worker"] == model], args)
+    return "\n".join(lines) + "\n"
+
+
+def _table(results: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
+    by = {r["setup"]: r for r in results}
+    lines = [
         f"| setup | fixed {args.rate:g} req/s p50 / p99 ms | wrk c=1 req/s | c=1 p50 / p99 ms "
         "| wrk c=16 req/s | c=16 p50 / p99 ms | shadow drops (moderate / total) "
         "| requests per shadow batch (moderate / c=16) | pairs stored |",
@@ -271,7 +289,13 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
             f"- shadow drops at moderate load: {s['dropped_moderate']:.0f} (shadow), "
             f"{by['canary']['dropped_moderate']:.0f} (canary)",
         ]
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def _worker(model: str, args: argparse.Namespace) -> str:
+    if model == "sync":
+        return "sync workers"
+    return f"ReadBufferingWorker x {args.threads} threads"
 
 
 def _batch(result: dict[str, Any]) -> str:
@@ -287,6 +311,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--setups", default=",".join(SETUPS))
+    parser.add_argument("--worker", choices=("threads", "sync", "both"), default="threads")
+    parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "router.md")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -299,9 +325,11 @@ def main() -> None:
         f"wrk.body = {json.dumps(payload)}\n"
     )
     results = []
+    models = ("sync", "threads") if args.worker == "both" else (args.worker,)
     for setup in args.setups.split(","):
-        results.append(run_setup(setup, directory, args, script, payload))
-        print(json.dumps(results[-1]), flush=True)
+        for model in models:
+            results.append(run_setup(setup, directory, args, script, payload, model))
+            print(json.dumps(results[-1]), flush=True)
     text = report(results, args)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)

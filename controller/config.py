@@ -38,6 +38,11 @@ class Settings:
     host: str = field(default="127.0.0.1", metadata={"help": "address the HTTP server binds"})
     port: int = field(default=8080, metadata={"help": "port the HTTP server binds"})
     workers: int = field(default=2, metadata={"help": "gunicorn worker processes"})
+    threads: int = field(default=8, metadata={"help": "serving threads per worker process"})
+    read_timeout_s: float = field(
+        default=30.0,
+        metadata={"help": "seconds a client has to send a whole request (and per socket operation after)"},
+    )
     controller_interval: float = field(
         default=5.0, metadata={"help": "seconds between controller evaluations"}
     )
@@ -54,6 +59,16 @@ class Settings:
     shadow_queue_size: int = field(default=10_000, metadata={"help": "shadow requests waiting per process"})
     shadow_timeout_s: float = field(default=2.0, metadata={"help": "shadow scoring timeout"})
     upstream_timeout_s: float = field(default=5.0, metadata={"help": "HTTP upstream backend timeout"})
+    breaker_failures: int = field(
+        default=3, metadata={"help": "canary challenger faults in a row that open its circuit breaker"}
+    )
+    breaker_open_s: float = field(
+        default=5.0, metadata={"help": "seconds an open breaker sends the challenger's share to the champion"}
+    )
+    challenger_concurrency: int = field(
+        default=4,
+        metadata={"help": "remote challenger calls in flight per worker; beyond, the champion answers"},
+    )
     log_level: str = field(default="info", metadata={"help": "debug, info, warning or error"})
     webhook_urls: str = field(
         default="", metadata={"help": "comma-separated URLs that receive rollout events as signed JSON POSTs"}
@@ -115,9 +130,17 @@ class Settings:
     def validate(self) -> None:
         if not 0 < self.port < 65536:
             raise ConfigError(f"port must be 1..65535, got {self.port}")
-        if self.workers < 1:
-            raise ConfigError(f"workers must be at least 1, got {self.workers}")
-        for name in ("controller_interval", "refresh_interval", "shadow_timeout_s", "upstream_timeout_s"):
+        for name in ("workers", "threads", "breaker_failures", "challenger_concurrency"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in (
+            "controller_interval",
+            "refresh_interval",
+            "shadow_timeout_s",
+            "upstream_timeout_s",
+            "read_timeout_s",
+            "breaker_open_s",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.log_level not in ("debug", "info", "warning", "error"):

@@ -3,21 +3,175 @@
 The app is built inside each worker after the fork (no preload), so every worker starts its own
 background threads. On a graceful stop (SIGTERM) gunicorn calls worker_exit, which closes the app's
 data plane: queued shadow work and paired outputs are flushed before the worker exits.
+
+The worker model: each worker process runs `threads` serving threads (gunicorn's gthread worker),
+so many requests are in flight per process, and its event loop reads every request in full before
+a thread sees it (ReadBufferingWorker). A slow client — a slowloris trickling its headers, or a
+body sent a byte at a time — then holds a connection and a small buffer in the event loop, never a
+thread: the threads only ever score requests that have arrived. A request not fully received
+within read_timeout_s of its first wait is dropped. Requests reach the app whole and concurrently,
+which is also what live-request batching needs: a batcher can gather requests across serving
+threads (docs/operations.md, "Worker model").
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import re
+import selectors
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from flask import Flask
 from gunicorn.app.base import BaseApplication
+from gunicorn.workers.gthread import TConn, ThreadWorker
 
 CLOSE_TIMEOUT_S = 20.0
+HEAD_LIMIT = 64 * 1024  # a head longer than this goes to the parser, which refuses it (400/431)
+_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length[ \t]*:[ \t]*(\d+)[ \t]*\r\n", re.IGNORECASE)
+_CHUNKED = re.compile(rb"\r\ntransfer-encoding[ \t]*:[^\r\n]*chunked", re.IGNORECASE)
+_EXPECT = re.compile(rb"\r\nexpect[ \t]*:[ \t]*100-continue", re.IGNORECASE)
+
+
+class _TimedSocket(socket.socket):
+    """A client socket whose "blocking" mode has a timeout: a thread never waits on it for ever.
+
+    gunicorn's threads put the socket in blocking mode before reading a request; here that means
+    blocking with a timeout of `timeout_s` per operation (a backstop for what the event loop does
+    not buffer: bodies above the buffer size, or sent after a 100-continue).
+    """
+
+    __slots__ = ()
+    timeout_s: float = 30.0
+
+    def setblocking(self, flag: bool) -> None:
+        if flag:
+            self.settimeout(self.timeout_s)
+        else:
+            super().setblocking(False)
+
+
+class ReadBufferingWorker(ThreadWorker):
+    """gunicorn's threaded worker whose event loop reads each request in full before a thread runs it.
+
+    Every request — on a new connection or the next one on a kept-alive connection — is read by
+    the worker's event loop (non-blocking recv into a buffer) until its head, and its body when the
+    head announces one of at most buffer_bytes (Content-Length, or chunked up to the last chunk),
+    have arrived; then the bytes go back to the connection's parser and a thread handles the
+    request without waiting on the client. A request not complete read_timeout_s after the loop
+    started waiting for it is closed. A larger body, or one sent only after "100 Continue", is read
+    by the thread, each socket operation bounded by read_timeout_s.
+    """
+
+    read_timeout_s: float = 30.0
+    buffer_bytes: int = 1024 * 1024
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.reading: dict[TConn, float] = {}  # connection -> deadline, in start order
+        self._socket_class = type(
+            "TimedSocket", (_TimedSocket,), {"__slots__": (), "timeout_s": self.read_timeout_s}
+        )
+
+    def accept(self, listener: socket.socket) -> None:
+        try:
+            client, address = listener.accept()
+        except OSError as error:
+            if error.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                raise
+            return
+        self.nr_conns += 1
+        timed = self._socket_class(client.family, client.type, client.proto, fileno=client.detach())
+        self.enqueue_req(TConn(self.cfg, timed, address, listener.getsockname()))
+
+    def enqueue_req(self, conn: TConn) -> None:
+        if self.cfg.is_ssl or conn.is_http2:  # TLS and HTTP/2 are read by the threads, as gunicorn does
+            super().enqueue_req(conn)
+            return
+        # read the next request in the event loop; bytes already read ahead count towards it
+        conn.request_bytes = bytearray(conn.parser.unreader.take_buffered() if conn.parser else b"")
+        conn.sock.setblocking(False)
+        # Most requests are already there (a kept-alive connection the poller found readable, a
+        # client that sent right after connecting): read at once rather than one poll later.
+        if not self._complete(conn) and not self._receive(conn):
+            return
+        if self._complete(conn):
+            self._dispatch(conn)
+            return
+        self.reading[conn] = time.monotonic() + self.read_timeout_s
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
+
+    def _receive(self, conn: TConn) -> bool:
+        """Read what the socket holds into the buffer; False (and closed) if the client went away."""
+        try:
+            data = conn.sock.recv(256 * 1024)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            data = b""
+        if not data:  # the client went away before sending a whole request
+            self._forget(conn)
+            self.nr_conns -= 1
+            conn.close()
+            return False
+        conn.request_bytes += data
+        return True
+
+    def _on_readable(self, conn: TConn, _sock: Any) -> None:
+        if self._receive(conn) and self._complete(conn):
+            self._forget(conn)
+            self._dispatch(conn)
+
+    def _complete(self, conn: TConn) -> bool:
+        """Whether the buffer holds a whole request (or as much as the loop should read of it)."""
+        data = conn.request_bytes
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            return len(data) > HEAD_LIMIT
+        head = bytes(data[: end + 2])
+        if _EXPECT.search(head):
+            return True  # the client waits for "100 Continue", which the thread sends
+        body = len(data) - end - 4
+        if _CHUNKED.search(head):
+            return (
+                body >= self.buffer_bytes
+                or data.endswith(b"\r\n0\r\n\r\n")
+                or data[end + 4 :].startswith(b"0\r\n\r\n")
+            )
+        found = _CONTENT_LENGTH.search(head)
+        length = int(found.group(1)) if found else 0
+        return length > self.buffer_bytes or body >= length
+
+    def _dispatch(self, conn: TConn) -> None:
+        data = bytes(conn.request_bytes)
+        conn.request_bytes = bytearray()
+        conn.init()  # plain HTTP/1: creates the parser if this is the connection's first request
+        conn.parser.unreader.unread(data)
+        conn.data_ready = True
+        super().enqueue_req(conn)
+
+    def _forget(self, conn: TConn) -> None:
+        self.reading.pop(conn, None)
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self.poller.unregister(conn.sock)
+
+    def murder_pending(self) -> None:
+        """Close the connections whose request did not arrive within read_timeout_s (each loop turn)."""
+        super().murder_pending()
+        now = time.monotonic()
+        for conn, deadline in list(self.reading.items()):
+            if deadline <= now or (not self.alive and not conn.request_bytes):  # stopping: drop idle ones
+                self._forget(conn)
+                self.nr_conns -= 1
+                conn.close()
 
 
 def _worker_exit(server: Any, worker: Any) -> None:
@@ -58,6 +212,11 @@ class Server(BaseApplication):
         return self.factory()
 
 
+def worker_class(read_timeout_s: float) -> type[ReadBufferingWorker]:
+    """Return the worker class with its read timeout (a subclass: the setting travels with it to the workers)."""
+    return type("ReadBufferingWorker", (ReadBufferingWorker,), {"read_timeout_s": read_timeout_s})
+
+
 def prepare_metrics_dir(data_dir: Path) -> Path:
     """Give prometheus-client a fresh multiprocess folder, so /metrics sums every worker correctly."""
     path = Path(tempfile.mkdtemp(prefix="mlcanary-metrics-"))
@@ -74,6 +233,8 @@ def run(
     data_dir: Path,
     log_level: str = "info",
     graceful_timeout: int = 30,
+    threads: int = 8,
+    read_timeout_s: float = 30.0,
 ) -> None:
     """Serve until stopped; SIGTERM drains requests and flushes every worker's data plane."""
     metrics_dir = prepare_metrics_dir(data_dir)
@@ -83,7 +244,8 @@ def run(
             {
                 "bind": f"{host}:{port}",
                 "workers": workers,
-                "worker_class": "sync",
+                "worker_class": worker_class(read_timeout_s),
+                "threads": threads,
                 "timeout": 60,
                 "graceful_timeout": graceful_timeout,
                 "keepalive": 5,

@@ -10,6 +10,15 @@ the answering arm runs inline; the other arm, when the rollout asks for it, is s
 canary mode a challenger that fails to answer is replaced by the champion (its error is recorded).
 Every answered request becomes one PairRecord per row, written by the recorder.
 
+A challenger called inline goes through its guards (router.breaker): a bulkhead bounds the calls
+waiting on a remote challenger, a circuit breaker stops calling one that keeps failing; either way
+the champion answers at once and the challenger's arm records why.
+
+Thread safety: under gunicorn's threaded worker several requests run serve() at once. Per-request
+state lives in the Exchange; what is shared is the route table (swapped whole, read without a
+lock), the guards (locked), the in-flight count (locked), the shadow pool and the recorder (their
+queues and counters are locked), and prometheus-client's metrics (thread-safe).
+
 Shadow share: in canary mode the other arm shadows a share shadow_rate of requests; with a challenger
 but a canary weight of 0 (mode "shadow", or the shadow phase of "shadow_then_canary") the challenger
 shadows a share shadow_rate of requests, every request when shadow_rate is 0 (a shadow rollout that
@@ -27,11 +36,13 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from router.backends import Backend, Predictions
-from router.errors import BackendError
+from router.backends import Backend, MissingBackend, Predictions
+from router.breaker import BUSY, CIRCUIT_OPEN, Guards, is_fault
+from router.errors import BackendError, ModelUnavailable
 from router.exchange import ArmResult, Exchange
 from router.inputs import Batch
 from router.metrics import get_metrics
@@ -86,6 +97,9 @@ class DataPlane:
             on_batch=self._count_batch,
         )
         self._coverage: dict[str, list[float]] = {}  # deployment -> [scored, sampled], decaying
+        self.guards = Guards(
+            failures=s.breaker_failures, open_s=s.breaker_open_s, limit=s.challenger_concurrency
+        )
         self.started = False
         self.closed = False
         self._stop = threading.Event()
@@ -109,6 +123,7 @@ class DataPlane:
             _freeze_heap()
         if self.settings.switch_interval_s is not None:
             sys.setswitchinterval(self.settings.switch_interval_s)
+        quiet_sklearn_thread_warning()
         self._gauges = threading.Thread(target=self._update_gauges, name="mlcanary-gauges", daemon=True)
         self._gauges.start()
         self.started = True
@@ -154,7 +169,7 @@ class DataPlane:
         request_id = request_id or uuid.uuid4().hex
         entry = route.entry
         challenger = route.challenger
-        key_hash = routing_key_hash(routing_key or request_id, entry.rollout_id)
+        key_hash = routing_key_hash(routing_key or request_id, entry.rollout_id, entry.split_salt)
         served = CHAMPION
         canary = (
             challenger is not None and entry.canary_weight > 0 and entry.mode != "shadow"
@@ -166,12 +181,20 @@ class DataPlane:
         )
         if served == CHALLENGER:
             assert challenger is not None
-            exchange.challenger = _call(challenger, batch)
+            exchange.challenger = self._call_guarded(challenger, batch)
             if exchange.challenger.predictions is not None:
                 self._shadow_or_record(exchange, route)
                 return Answer(CHALLENGER, challenger.version, exchange.challenger.predictions)
             exchange.served_arm = served = CHAMPION  # the challenger failed: the champion answers
-            get_metrics().errors.labels(entry.deployment, "challenger_fallback").inc()
+            error = exchange.challenger.error or ""
+            code = (
+                "challenger_circuit_open"
+                if error.startswith(CIRCUIT_OPEN)
+                else "challenger_busy"
+                if error == BUSY
+                else "challenger_fallback"
+            )
+            get_metrics().errors.labels(entry.deployment, code).inc()
         exchange.champion = _call(route.champion, batch)
         result = exchange.champion
         if served == CHAMPION and exchange.challenger is not None:
@@ -182,6 +205,29 @@ class DataPlane:
             assert isinstance(result.exception, BackendError)
             raise result.exception
         return Answer(CHAMPION, route.champion.version, result.predictions)
+
+    def _call_guarded(self, backend: Backend, batch: Batch) -> ArmResult:
+        """Call a challenger inline through its bulkhead and circuit breaker (router.breaker)."""
+        if isinstance(backend, MissingBackend):  # fails at once, with its own reason: nothing to guard
+            return _call(backend, batch)
+        version = backend.version
+        guard = self.guards.get(version.id, remote=bool(version.upstream_url))
+        if guard.bulkhead is not None and not guard.bulkhead.acquire(blocking=False):
+            return ArmResult(version, None, None, BUSY, ModelUnavailable(BUSY))  # no call: no latency
+        try:
+            if not guard.breaker.allow():
+                error = f"{CIRCUIT_OPEN} (last fault: {guard.breaker.last_fault})"
+                return ArmResult(version, None, None, error, ModelUnavailable(error))
+            try:
+                result = _call(backend, batch)
+            except BaseException:
+                guard.breaker.record(True)  # an allowed probe must always report back
+                raise
+            guard.breaker.record(is_fault(result.exception), result.error)
+            return result
+        finally:
+            if guard.bulkhead is not None:
+                guard.bulkhead.release()
 
     def _shadow_or_record(self, exchange: Exchange, route: Route) -> None:
         entry = exchange.entry
@@ -230,6 +276,8 @@ class DataPlane:
     def _update_gauges(self) -> None:
         while not self._stop.wait(0.5):
             self._publish_gauges()
+            routed = self.routes.routes.values()
+            self.guards.retain({r.challenger.version.id for r in routed if r.challenger is not None})
 
     def _publish_gauges(self) -> None:
         try:
@@ -260,6 +308,32 @@ def configured_share(entry: RoutingEntry) -> float:
     """Return the share of requests a rollout with a challenger asks to shadow (see the module docstring)."""
     canary = entry.canary_weight > 0 and entry.mode != "shadow"
     return entry.shadow_rate if canary else (entry.shadow_rate or 1.0)
+
+
+_SKLEARN_THREAD_WARNING = "`sklearn.utils.parallel.delayed` should be used with"
+
+
+def quiet_sklearn_thread_warning() -> None:
+    """Drop scikit-learn's spurious "cannot propagate the configuration" warning (once per process).
+
+    Serving threads score at the same time. scikit-learn's Parallel (ColumnTransformer uses it,
+    even with n_jobs=None) captures the process-wide `warnings.filters` list, which another
+    thread's `warnings.catch_warnings` + `resetwarnings` may have emptied for a moment (the
+    filter list is not thread-safe before Python 3.14); it then warns, on stderr, for every
+    call. Nothing is lost: the pipelines here run in the calling thread, with its own config.
+    A filter cannot silence it (the filter list is what is emptied), so the display is wrapped.
+    """
+    show = warnings.showwarning
+    if getattr(show, "_mlcanary_quiet", False):
+        return
+
+    def showwarning(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
+        if str(message).startswith(_SKLEARN_THREAD_WARNING):
+            return
+        show(message, category, *args, **kwargs)  # type: ignore[arg-type]
+
+    showwarning._mlcanary_quiet = True  # type: ignore[attr-defined]
+    warnings.showwarning = showwarning
 
 
 _frozen_in: int | None = None  # the process whose heap was frozen

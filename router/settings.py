@@ -41,6 +41,12 @@ class RouterSettings:
         short-lived-but-promoted request objects set off, no longer rescan it (a pause of 50-120 ms
         each on a 2-core host). Once per process; turn off when embedding in an app that minds.
     upstream_timeout_s / upstream_pool_size: HTTP upstream backends' timeout and pooled connections.
+    breaker_failures / breaker_open_s: a challenger called inline (canary) that fails this many
+        times in a row is not called for breaker_open_s seconds (the champion answers its share at
+        once, the challenger's arm records "circuit_open"); then one probe at a time decides.
+    challenger_concurrency: the most calls to a remote (upstream) challenger in flight at once in
+        this process; a request beyond it is answered by the champion ("challenger_busy"). Keep it
+        below the serving threads, so that a hanging challenger cannot hold every thread.
     switch_interval_s: the interpreter's thread switch interval in a router process (None leaves
         Python's 5 ms). Shadow batches run scikit-learn's Python-level work holding the GIL; a
         shorter interval lets a request thread take the GIL back sooner, so a request that lands
@@ -65,6 +71,9 @@ class RouterSettings:
     freeze_heap: bool = True
     upstream_timeout_s: float = 5.0
     upstream_pool_size: int = 20
+    breaker_failures: int = 3
+    breaker_open_s: float = 5.0
+    challenger_concurrency: int = 4
     switch_interval_s: float | None = 0.0005
 
     def __post_init__(self) -> None:

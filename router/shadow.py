@@ -314,7 +314,8 @@ class ShadowPool:
             own = wall - (run_queue_wait(tid) - starved)
             if error is None and own >= self.timeout_s:
                 predictions, error = None, TIMED_OUT  # finished, but later than the timeout allows
-            self.batches += 1
+            with self._cond:  # request threads read the counters concurrently (gthread workers)
+                self.batches += 1
             if self.on_batch is not None:
                 self.on_batch(len(group))
             offset = 0

@@ -135,6 +135,7 @@ class RoutingEntry:
     store_raw_inputs: bool
     parity_rtol: float | None = None  # the rollout policy's parity tolerance (None: no rollout)
     parity_atol: float | None = None
+    split_salt: str | None = field(default=None, repr=False)  # the rollout's secret split key (hex)
 
 
 OK = "ok"

@@ -139,6 +139,8 @@ class RolloutRow(Base):
     step_started_at: Mapped[datetime] = mapped_column(UTCDateTime())
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The secret key of the sticky split (hex); read by routers only, never part of the entity.
+    split_salt: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     def to_entity(self) -> entities.Rollout:
         return entities.Rollout(

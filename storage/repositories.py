@@ -268,6 +268,7 @@ class RolloutRepository:
                 created_by=created_by,
                 created_at=now,
                 step_started_at=now,
+                split_salt=secrets.token_hex(16),
             )
             s.add(row)
             deployment.updated_at = now
@@ -406,6 +407,7 @@ class RoutingRepository:
                     store_raw_inputs=d.store_raw_inputs,
                     parity_rtol=repro.get("parity_rtol"),
                     parity_atol=repro.get("parity_atol"),
+                    split_salt=None if r is None else r.split_salt,
                 )
             return table
 

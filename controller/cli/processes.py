@@ -22,7 +22,9 @@ def _serve(ctx: click.Context, role: str, host: str | None, port: int | None, wo
     settings.validate()
     open_store(settings).db.dispose()  # create the embedded database / refuse an old schema before forking
     click.echo(
-        f"mlcanary {role} on http://{settings.host}:{settings.port} ({settings.workers} workers)", err=True
+        f"mlcanary {role} on http://{settings.host}:{settings.port} "
+        f"({settings.workers} workers x {settings.threads} threads)",
+        err=True,
     )
     # `serve` is the whole product: one controller loop runs beside gunicorn as a child process.
     child = _start_controller_child(settings) if role == "serve" else None
@@ -34,6 +36,8 @@ def _serve(ctx: click.Context, role: str, host: str | None, port: int | None, wo
             workers=settings.workers,
             data_dir=settings.data_dir,
             log_level=settings.log_level,
+            threads=settings.threads,
+            read_timeout_s=settings.read_timeout_s,
         )
     finally:
         if child is not None:

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import text
 
 from controller.http import api
 from storage import Store
@@ -300,6 +301,31 @@ def test_a_rollout_is_started_with_a_policy_and_listed(world: World) -> None:
     assert error_of(world.post("/deployments/churn/rollouts", {"challenger": "churn:2"})) == (
         409, "invalid_transition",
     )  # fmt: skip
+
+
+def test_the_split_salt_of_a_rollout_is_never_shown_by_the_api(world: World) -> None:
+    started = world.post(
+        "/deployments/churn/rollouts", {"challenger": "churn:2", "policy": {"mode": "canary"}}
+    )
+    assert started.status_code == 201, started.get_json()
+    with world.store.db.engine.connect() as connection:
+        salt = connection.execute(
+            text("SELECT split_salt FROM rollouts WHERE id = :id"), {"id": started.get_json()["id"]}
+        ).scalar_one()
+    assert isinstance(salt, str) and len(salt) == 32  # 16 random bytes, hex
+    pages = [started] + [
+        world.get(url)
+        for url in (
+            "/deployments",
+            "/deployments/churn",
+            "/deployments/churn/rollouts",
+            "/deployments/churn/events",
+        )
+    ]
+    for page in pages:
+        assert page.status_code == 200 or page is started
+        assert salt not in page.get_data(as_text=True)
+        assert "split_salt" not in page.get_data(as_text=True)
 
 
 def test_an_invalid_policy_is_a_422_naming_the_field(world: World) -> None:
