@@ -206,6 +206,7 @@ def register_artifact(
     task: str,
     artifact_dir: str | Path,
     trust_pickle: bool = False,
+    trusted_types: tuple[str, ...] | list[str] = (),
     sample: pd.DataFrame | None = None,
     schema: tuple[Column, ...] | None = None,
     holdout: pd.DataFrame | None = None,
@@ -224,6 +225,9 @@ def register_artifact(
     metrics and the input profile are computed here; `metrics` adds or overrides figures measured
     elsewhere. The golden set is given as raw input rows (`golden`, whose outputs are computed now by
     this environment) or as a ready dict with the research environment's own outputs (`golden_set`).
+    `trusted_types` are exact names (e.g. `mymodule.add_ratios`) the skops artifact may hold beyond
+    the built-in list; each must import here, and they are stored with the version so that every
+    router trusts exactly them.
     """
     if task not in TASKS:
         raise RegistrationError(f"unknown task {task!r}; choose classification or regression")
@@ -238,9 +242,14 @@ def register_artifact(
             "save it with skops, or pass --trust-pickle if you trust its origin"
         )
     try:
-        from storage.artifacts import sha256_of
+        from storage.artifacts import check_trusted_names, sha256_of
 
-        estimator = load_artifact(artifact, sha256=sha256_of(artifact), fmt=fmt, trust_pickle=trust_pickle)
+        trusted = check_trusted_names(tuple(trusted_types))
+        if trusted and fmt != "skops":
+            raise RegistrationError("--trust applies to skops artifacts only")
+        estimator = load_artifact(
+            artifact, sha256=sha256_of(artifact), fmt=fmt, trust_pickle=trust_pickle, trusted=trusted
+        )
     except ArtifactError as error:
         raise RegistrationError(str(error)) from error
     classes = check_estimator(estimator, task)
@@ -296,12 +305,14 @@ def register_artifact(
         profile=profile,
         environment=dict(environment or environment_fingerprint()),
         metadata=dict(metadata or {}),
+        trusted_types=trusted,
     )
     event = NewEvent(
         actor=actor,
         action="pipeline.register",
         reason="registered",
-        message=f"registered {name}:{version} ({task}, {fmt}, sha256 {digest[:12]})",
+        message=f"registered {name}:{version} ({task}, {fmt}, sha256 {digest[:12]})"
+        + (f", trusting {', '.join(trusted)}" if trusted else ""),
     )
     return store.pipelines.add(new, event=event)
 

@@ -36,6 +36,7 @@ class PipelineVersion:
     environment: dict[str, Any]
     metadata: dict[str, Any]
     created_at: datetime
+    trusted_types: tuple[str, ...] = ()  # exact names the operator trusted in the skops artifact
 
     @property
     def ref(self) -> str:
@@ -64,6 +65,7 @@ class NewPipelineVersion:
     profile: dict[str, Any] | None = None
     environment: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
+    trusted_types: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -72,6 +72,7 @@ class PipelineVersionRow(Base):
     environment: Mapped[dict[str, Any]] = mapped_column(JSONType)
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    trusted_types: Mapped[list[str] | None] = mapped_column(JSONType, nullable=True)
 
     def to_entity(self) -> entities.PipelineVersion:
         return entities.PipelineVersion(
@@ -93,6 +94,7 @@ class PipelineVersionRow(Base):
             environment=dict(self.environment or {}),
             metadata=dict(self.meta or {}),
             created_at=self.created_at,
+            trusted_types=tuple(self.trusted_types or ()),
         )
 
 

@@ -91,6 +91,7 @@ class PipelineRepository:
             for key in ("offline_metrics", "golden_set", "profile", "environment"):
                 fields[key] = _json_safe(fields[key])
             fields["meta"] = _json_safe(fields.pop("metadata")) or {}
+            fields["trusted_types"] = list(new.trusted_types) or None
             row = PipelineVersionRow(**fields, created_at=now)
             s.add(row)
             s.flush()

@@ -42,6 +42,15 @@ def pipelines() -> None:
 @click.option(
     "--trust-pickle", is_flag=True, help="Allow a joblib/pickle artifact (it can run code when loaded)."
 )
+@click.option(
+    "--trust",
+    "--trust-type",
+    "trust",
+    multiple=True,
+    metavar="MODULE.NAME",
+    help="Trust one more type or function in the skops artifact (repeatable), e.g. mymodule.add_ratios. "
+    "It runs with the server's rights: trust only code you wrote or reviewed.",
+)
 @click.pass_context
 def pipelines_register(ctx: click.Context, name: str, version: str, **opts: Any) -> None:
     """Register pipeline version NAME VERSION from a fitted artifact or an HTTP upstream."""
@@ -70,6 +79,7 @@ def pipelines_register(ctx: click.Context, name: str, version: str, **opts: Any)
             task=opts["task"],
             artifact_dir=settings.resolved_artifact_dir,
             trust_pickle=opts["trust_pickle"] or settings.trust_pickle,
+            trusted_types=opts["trust"],
             sample=sample,
             schema=schema,
             holdout=registry.read_table(opts["holdout"]) if opts["holdout"] else None,
@@ -113,7 +123,7 @@ def _version_summary(v: Any) -> dict[str, Any]:
         "input_schema": [{"name": c.name, "dtype": c.dtype} for c in v.input_schema],
         "classes": v.classes, "sha256": v.sha256, "artifact_format": v.artifact_format,
         "upstream_url": v.upstream_url, "upstream_protocol": v.upstream_protocol,
-        "offline_metrics": v.offline_metrics, "golden_set_rows": len(v.golden_set["outputs"]["prediction"])
+        "trusted_types": list(v.trusted_types), "offline_metrics": v.offline_metrics, "golden_set_rows": len(v.golden_set["outputs"]["prediction"])
         if v.golden_set else 0, "environment": v.environment, "metadata": v.metadata,
         "created_at": v.created_at.isoformat(),
     }  # fmt: skip

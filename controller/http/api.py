@@ -246,7 +246,7 @@ def version_json(v: PipelineVersion) -> dict[str, Any]:
         "artifact_format": v.artifact_format, "upstream_url": v.upstream_url,
         "upstream_protocol": v.upstream_protocol, "offline_metrics": v.offline_metrics,
         "golden_set_rows": golden_rows, "environment": v.environment, "metadata": v.metadata,
-        "created_at": v.created_at,
+        "trusted_types": list(v.trusted_types), "created_at": v.created_at,
     }  # fmt: skip
 
 
@@ -443,6 +443,7 @@ _ARTIFACT_FIELDS = {
     "metrics",
     "environment",
     "metadata",
+    "trust",
 }
 _ARTIFACT_FILES = {"artifact", "sample", "holdout", "golden"}
 _TABLE_SUFFIXES = (".csv", ".parquet", ".pq", ".json", ".jsonl")
@@ -535,6 +536,7 @@ def _register_artifact(actor: str) -> PipelineVersion:
             task=form["task"],
             artifact_dir=config.resolved_artifact_dir,
             trust_pickle=config.trust_pickle,  # a server setting: a client cannot make the server unpickle
+            trusted_types=[t for value in form.getlist("trust") for t in value.split(",") if t.strip()],
             sample=table("sample"),
             schema=_schema_of(form.get("schema") or None),
             holdout=table("holdout"),

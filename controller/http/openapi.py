@@ -124,6 +124,7 @@ def _schemas() -> dict[str, Any]:
                 "golden_set_rows": {"type": "integer"},
                 "environment": {"type": "object"},
                 "metadata": {"type": "object"},
+                "trusted_types": {"type": "array", "items": {"type": "string"}},
                 "created_at": time,
             },
         },  # fmt: skip
@@ -184,6 +185,11 @@ def _schemas() -> dict[str, Any]:
                 "metrics": {"type": "string", "description": "JSON object"},
                 "environment": {"type": "string", "description": "JSON object"},
                 "metadata": {"type": "string", "description": "JSON object"},
+                "trust": {
+                    "type": "string",
+                    "description": "Exact names (comma-separated or repeated) of extra types/functions the "
+                    "skops artifact may hold, e.g. mymodule.add_ratios; each must import on the server",
+                },
             },
         },  # fmt: skip
         "Rollout": {

@@ -33,6 +33,7 @@ class InProcessBackend:
                 sha256=version.sha256,
                 fmt=version.artifact_format or "skops",
                 trust_pickle=trust_pickle,
+                trusted=version.trusted_types,
             )
         except StorageError as exc:
             raise ModelUnavailable(str(exc)) from exc
