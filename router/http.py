@@ -21,7 +21,8 @@ from werkzeug.exceptions import HTTPException
 
 from router import mlflow, v2
 from router.dataplane import DataPlane
-from router.errors import PayloadTooLarge, RouterError
+from router.edge import check_id, header_value
+from router.errors import PayloadTooLarge, RouterError, UnsupportedMediaType
 from router.inputs import build_batch
 from router.metrics import exposition, get_metrics
 
@@ -55,9 +56,18 @@ def _predict(deployment: str, protocol: str) -> Response:
     started = time.perf_counter()
     request_id = request.headers.get("X-Request-Id") or ""
     arm = "none"
+    # /metrics labels only deployments the router knows: a URL cannot add a series
+    label = deployment if deployment in plane.routes.routes else "unknown"
     plane.enter()
     try:
         try:
+            if request_id:
+                check_id(request_id, "X-Request-Id")
+            routing_key = request.headers.get("X-Routing-Key")
+            if routing_key is not None:
+                check_id(routing_key, "X-Routing-Key")
+            if protocol == "v2":
+                _check_v2_media_type()
             body = _read_body(plane.settings.max_body_bytes)
             route = plane.route(deployment)
             schema = route.entry.champion.input_schema
@@ -68,11 +78,11 @@ def _predict(deployment: str, protocol: str) -> Response:
                 document, binary = v2.read_request(body, request.headers.get(v2.HEADER_LENGTH))
                 columns = v2.read_columns(document, binary, schema)
                 v2_id = document.get("id") if isinstance(document.get("id"), str) else None
+                if v2_id is not None:
+                    check_id(v2_id, "the V2 id")
             request_id = request_id or v2_id or uuid.uuid4().hex
             batch = build_batch(columns, schema, max_rows=plane.settings.max_rows)
-            answer = plane.serve(
-                route, batch, request_id=request_id, routing_key=request.headers.get("X-Routing-Key")
-            )
+            answer = plane.serve(route, batch, request_id=request_id, routing_key=routing_key)
             arm = answer.arm
             outputs = answer.predictions.outputs
             if protocol == "mlflow":
@@ -87,14 +97,14 @@ def _predict(deployment: str, protocol: str) -> Response:
                 )
             response = _json_response(payload, 200)
             response.headers["X-Mlcanary-Arm"] = answer.arm
-            response.headers["X-Mlcanary-Version"] = answer.version.ref
+            response.headers["X-Mlcanary-Version"] = header_value(answer.version.ref)
             metrics = get_metrics()
-            metrics.requests.labels(deployment, arm, protocol).inc()
+            metrics.requests.labels(label, arm, protocol).inc()
         except RouterError as exc:
             response = _json_response(exc.to_json(), exc.status)
-            get_metrics().errors.labels(deployment, exc.code).inc()
-        response.headers["X-Request-Id"] = request_id or uuid.uuid4().hex
-        get_metrics().latency.labels(deployment, arm).observe(time.perf_counter() - started)
+            get_metrics().errors.labels(label, exc.code).inc()
+        response.headers["X-Request-Id"] = header_value(request_id or uuid.uuid4().hex)
+        get_metrics().latency.labels(label, arm).observe(time.perf_counter() - started)
     except BaseException:
         plane.leave()
         raise
@@ -102,13 +112,42 @@ def _predict(deployment: str, protocol: str) -> Response:
     return response
 
 
+def _check_v2_media_type() -> None:
+    """Refuse V2 bodies that are not JSON or binary: a cross-site form or text/plain post never scores."""
+    media = (request.content_type or "").split(";", 1)[0].strip().lower()
+    if media == "application/json" or media.endswith("+json") or media == "application/octet-stream":
+        return
+    raise UnsupportedMediaType(
+        f"content type {media or 'none'!r} is not accepted; send application/json "
+        "(or application/octet-stream with the binary tensor extension)"
+    )
+
+
 def _read_body(limit: int) -> bytes:
+    """Read the whole body, or PayloadTooLarge (413) beyond limit bytes, chunked bodies included.
+
+    A chunked body has no Content-Length: werkzeug's own stream would stop at the limit and hand
+    back a truncated body, so the server's (terminated) input is read directly, one byte past it.
+    """
     length = request.content_length
     if length is not None and length > limit:
         raise PayloadTooLarge(f"the body has {length} bytes; at most {limit} are accepted")
-    body = request.stream.read(limit + 1)
+    environ = request.environ
+    if length is None and environ.get("wsgi.input_terminated"):
+        stream = environ["wsgi.input"]
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = stream.read(limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        body = b"".join(chunks)
+    else:
+        body = request.stream.read(limit + 1)
     if len(body) > limit:
-        raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+        raise PayloadTooLarge(f"the body is larger than {limit} bytes; at most {limit} are accepted")
     return body
 
 

@@ -4,6 +4,7 @@ from storage.database import Database
 from storage.errors import (
     AlreadyExists,
     ConcurrentUpdate,
+    DataRefused,
     InvalidState,
     NotFound,
     SchemaOutOfDate,
@@ -15,6 +16,7 @@ from storage.repositories import Store
 __all__ = [
     "AlreadyExists",
     "ConcurrentUpdate",
+    "DataRefused",
     "Database",
     "InvalidState",
     "NotFound",

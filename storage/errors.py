@@ -5,6 +5,7 @@ StorageError (Exception)
 ├── AlreadyExists (ValueError)      a unique name/version/id is taken
 ├── ConcurrentUpdate                an optimistic version check lost the race
 ├── InvalidState (ValueError)       the change breaks a rule of the data (e.g. two active rollouts)
+├── DataRefused (ValueError)        the database cannot hold a value (too long, NUL, bad encoding)
 ├── SchemaOutOfDate                 the database schema is not at the migrations' head
 └── Unavailable (ConnectionError)   the database cannot be reached; worth retrying later
 """
@@ -30,6 +31,10 @@ class ConcurrentUpdate(StorageError):
 
 class InvalidState(StorageError, ValueError):
     """The change would break an invariant of the stored data."""
+
+
+class DataRefused(StorageError, ValueError):
+    """The database refused a value itself (too long for its column, a NUL character, bad encoding)."""
 
 
 class SchemaOutOfDate(StorageError):
