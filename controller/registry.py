@@ -379,9 +379,14 @@ def parse_schema(text: str) -> tuple[Column, ...]:
 
 
 def _check_name(name: str, version: str) -> None:
-    for label, value in (("name", name), ("version", version)):
-        if not value or len(value) > 100 or any(ch in value for ch in ":/\\ \t\n"):
-            raise RegistrationError(f"bad {label} {value!r}: 1-100 characters, no ':', '/', '\\' or spaces")
+    from storage import InvalidName
+    from storage.entities import check_name
+
+    try:
+        check_name("name", name)
+        check_name("version", version)
+    except InvalidName as error:
+        raise RegistrationError(str(error)) from error
 
 
 def _check_schema_matches(estimator: Any, schema: tuple[Column, ...]) -> None:

@@ -24,6 +24,16 @@ _UNSAFE_TEXT = re.compile(r"[\x00\ud800-\udfff]")
 _HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
 
 
+def valid_id(value: object) -> bool:
+    """Return whether value is a valid request id or routing key (1..128 printable ASCII)."""
+    return isinstance(value, str) and _ID.match(value) is not None
+
+
+def storable_text(value: str) -> bool:
+    """Return whether every database can store the string (no NUL, no lone surrogate)."""
+    return "\x00" not in value and (value.isascii() or not _UNSAFE_TEXT.search(value))
+
+
 def check_id(value: str, what: str) -> str:
     """Return value if it is a valid id or key, else InvalidInput (400) naming `what`."""
     if not _ID.match(value):
@@ -38,7 +48,7 @@ def check_id(value: str, what: str) -> str:
 
 def check_text(value: str, where: str) -> str:
     """Return value unless it holds a NUL character or a lone surrogate (InvalidInput, 400)."""
-    if ("\x00" in value) or (not value.isascii() and _UNSAFE_TEXT.search(value)):
+    if not storable_text(value):
         raise InvalidInput(
             f"{where} holds a NUL character or an unpaired surrogate, which cannot be stored",
             code="invalid_text",

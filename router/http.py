@@ -216,8 +216,8 @@ def ready() -> Response:
         "deployments": sorted(plane.routes.routes),
         "failed_versions": plane.routes.failures(),
     }
-    if plane.routes.last_error:
-        body["storage_error"] = plane.routes.last_error
+    if plane.routes.last_error:  # the text (database address, driver message) goes to the log only
+        body["storage_error"] = "storage is unavailable; serving the last routing table"
     return _json_response(body, 200 if plane.ready else 503)
 
 

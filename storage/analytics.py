@@ -165,7 +165,14 @@ def step_aggregates(
 
         # 2. labels that have matured
         if label_cutoff is not None:
-            joined = PAIRS.join(LABELS, and_(L.request_id == P.request_id, L.row_index == P.row_index))
+            joined = PAIRS.join(
+                LABELS,
+                and_(
+                    L.request_id == P.request_id,
+                    L.row_index == P.row_index,
+                    L.deployment_id == P.deployment_id,
+                ),
+            )
             matured = and_(step_filter, P.received_at <= label_cutoff)
             if task == "classification":
                 has = L.label_class.is_not(None)

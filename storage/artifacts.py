@@ -102,8 +102,8 @@ def load_artifact(
     (exact names, checked by check_trusted_names); any other type or function is refused unloaded.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"artifact file not found: {path}")
+    if not path.is_file():  # the name only: this message reaches anonymous clients and /readyz
+        raise ArtifactError(f"artifact file not found: {path.name}")
     actual = sha256_of(path)
     if actual != sha256:
         raise ArtifactError(

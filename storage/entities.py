@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+from storage.errors import InvalidName
+
+# One naming rule for deployments, pipelines and versions, whoever creates them (CLI, admin API, code):
+# names appear in URLs, response headers, metric labels and file names, so ASCII letters, digits,
+# '.', '_' and '-' only, starting with a letter or digit, at most 100 characters.
+NAME_RULE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+NAME_RULE_TEXT = "1-100 ASCII letters, digits, '.', '_' or '-', starting with a letter or digit"
+
+
+def check_name(what: str, value: object) -> str:
+    """Return value if it is a valid name, else InvalidName saying what the rule is."""
+    if not isinstance(value, str) or not NAME_RULE.match(value):
+        shown = repr(value)[:60].encode("ascii", "backslashreplace").decode("ascii")
+        raise InvalidName(f"bad {what} {shown}: use {NAME_RULE_TEXT}")
+    return value
+
 
 ACTIVE_PHASES = ("pending", "shadowing", "progressing", "paused")
 FINAL_PHASES = ("promoted", "rolled_back", "aborted")
@@ -145,6 +163,16 @@ class PairRecord:
     champion_error: str | None = None
     challenger_error: str | None = None
     raw_input: Any = None
+
+
+@dataclass(frozen=True)
+class LabelsStored:
+    """What became of a batch of labels: how many were stored, which request ids have no pair yet
+    (their labels kept pending) and which of those were not kept because the pending window is full."""
+
+    stored: int
+    unknown: tuple[str, ...] = ()
+    dropped: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -41,15 +41,24 @@ from controller.core.policy import PolicyError
 from controller.http import feedback
 from controller.http.auth import AuthError, Principal, authorize
 from controller.loop import actions
-from storage import AlreadyExists, ConcurrentUpdate, InvalidState, NotFound, StorageError, Store, Unavailable
-from storage.entities import Analysis, Deployment, Event, NewEvent, PipelineVersion, Rollout
+from storage import (
+    AlreadyExists,
+    ConcurrentUpdate,
+    DataRefused,
+    InvalidName,
+    InvalidState,
+    NotFound,
+    StorageError,
+    Store,
+    Unavailable,
+)
+from storage.entities import Analysis, Deployment, Event, NewEvent, PipelineVersion, Rollout, check_name
 from storage.models import PairedOutputRow
 
 API_PREFIX = "/api/v1"
 STATIC_DIR = Path(__file__).parent / "static"
 ROLLOUT_ACTIONS = ("promote", "rollback", "pause", "resume", "abort")
 LATENCY_SAMPLE = 20_000
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 blueprint = Blueprint("mlcanary_api", __name__, url_prefix=API_PREFIX)
 dashboard = Blueprint("mlcanary_dashboard", __name__)
@@ -125,8 +134,9 @@ def _check_token() -> Response | None:
         if error.status == 401:
             response.headers["WWW-Authenticate"] = 'Bearer realm="mlcanary"'
         return response
-    except Unavailable as error:
-        return error_response(503, "storage_unavailable", str(error))
+    except Unavailable:  # the caller is not known yet: no database address or driver text for it
+        current_app.logger.warning("token check: storage unavailable", exc_info=True)
+        return error_response(503, "storage_unavailable", "storage is unavailable; try again later")
     return None
 
 
@@ -157,6 +167,10 @@ def _status_of(error: Exception) -> tuple[int, str]:
         return 404, "not_found"
     if isinstance(error, AlreadyExists):
         return 409, "already_exists"
+    if isinstance(error, InvalidName):
+        return 400, "invalid_name"
+    if isinstance(error, DataRefused):
+        return 400, "invalid_value"
     if isinstance(error, InvalidState):
         return 409, "conflict"
     if isinstance(error, ConcurrentUpdate):
@@ -569,10 +583,10 @@ def deployments_create() -> Response:
     body = _json_object(allowed={"name", "champion", "store_raw_inputs"}, required={"name", "champion"})
     name, champion = _string(body, "name"), _string(body, "champion")
     assert name is not None and champion is not None
-    if not _NAME.match(name):
-        raise ApiError(
-            400, "invalid_field", "name must be 1-100 letters, digits, '.', '_' or '-', starting alphanumeric"
-        )
+    try:
+        check_name("deployment name", name)
+    except InvalidName as error:
+        raise ApiError(400, "invalid_field", str(error)) from error
     raw = body.get("store_raw_inputs", True)
     if not isinstance(raw, bool):
         raise ApiError(400, "invalid_field", "store_raw_inputs must be a boolean")
@@ -669,8 +683,8 @@ def events_list(name: str) -> Response:
 @blueprint.post("/deployments/<name>/labels")
 def labels_upload(name: str) -> Response:
     """Store ground-truth labels in bulk as an operator (same body as the feedback endpoint)."""
-    triples = feedback.parse_labels(feedback.read_json_body())
     s = store()
+    triples = feedback.parse_labels(feedback.read_json_body(), accept=feedback.label_rule(s, name))
     result = feedback.store_labels(s, name, triples)
     deployment = s.deployments.get(name)
     s.events.add(

@@ -72,7 +72,11 @@ def _custom_pipeline(module: ModuleType) -> Any:
     numeric = ["age", "tenure_months", "monthly_charges", "charge_ratio"]
     prepare = ColumnTransformer([("numeric", make_pipeline(SimpleImputer(), StandardScaler()), numeric)])
     model = Pipeline(
-        [("ratios", FunctionTransformer(module.add_ratios)), ("prepare", prepare), ("model", LogisticRegression())]
+        [
+            ("ratios", FunctionTransformer(module.add_ratios)),
+            ("prepare", prepare),
+            ("model", LogisticRegression()),
+        ]
     )
     return model.fit(frame, target)
 
@@ -106,7 +110,9 @@ def test_every_hostile_artifact_is_refused_by_the_cli_and_nothing_is_written(
         assert "not trusted" in result.output, (case, result.output)
         assert len(result.output.strip().splitlines()) == 1, (case, result.output)
     assert Store(Database(database_url)).pipelines.list() == []
-    assert not (tmp_path / "var" / "artifacts").exists() or not any((tmp_path / "var" / "artifacts").iterdir())
+    assert not (tmp_path / "var" / "artifacts").exists() or not any(
+        (tmp_path / "var" / "artifacts").iterdir()
+    )
 
 
 def test_every_hostile_artifact_is_refused_by_the_admin_api(

@@ -53,7 +53,9 @@ def _record(request_id: str, deployment_id: int, **fields: Any) -> PairRecord:
 
 
 def _dead_pid() -> int:
-    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     return int(done.stdout)
 
 
@@ -77,21 +79,28 @@ def test_a_spooled_batch_with_bad_rows_stores_the_others_and_quarantines_the_bad
     recorder = Recorder(store, spool_dir=spool, batch_size=1000, flush_interval=0.05, retry_interval=0.05)
     recorder.start()
     deadline = time.monotonic() + 20
-    while any(p.name.startswith(("pairs-", "claimed-")) for p in spool.iterdir()) and time.monotonic() < deadline:
+    while (
+        any(p.name.startswith(("pairs-", "claimed-")) for p in spool.iterdir())
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.05)
     time.sleep(0.3)  # a few more recorder cycles: nothing is replayed again
     recorder.close()
 
     stored = {p.request_id for p in store.pairs.list(limit=1000)}
     assert {r.request_id for r in good} <= stored, "every innocent pair is stored"
-    quarantine = [json.loads(line) for f in spool.glob("quarantine-*.jsonl") for line in f.read_text().splitlines()]
+    quarantine = [
+        json.loads(line) for f in spool.glob("quarantine-*.jsonl") for line in f.read_text().splitlines()
+    ]
     quarantined = {q["record"]["request_id"] for q in quarantine}
     assert "surrogate-\ud800" in quarantined
     assert len(stored) + len(quarantine) == len(batch), (len(stored), quarantined)
     assert all(q["reason"] for q in quarantine)
     if store.db.dialect == "postgresql":
         assert quarantined == {r.request_id for r in bad}
-    assert not [p for p in spool.iterdir() if p.name.startswith(("pairs-", "claimed-"))], "nothing left to retry"
+    assert not [p for p in spool.iterdir() if p.name.startswith(("pairs-", "claimed-"))], (
+        "nothing left to retry"
+    )
     assert recorder.quarantined == len(quarantine)
 
 
@@ -133,3 +142,19 @@ def test_ids_keys_and_strings_storage_cannot_hold_are_refused_at_the_edge_and_wr
     assert ok.status_code == 200 and ok.headers["X-Request-Id"] == "r" * 128
     served.extensions["mlcanary.dataplane"].close(timeout=5)
     assert [p.request_id for p in store.pairs.list()] == ["r" * 128]
+
+
+def test_a_request_id_reused_on_another_deployment_keeps_both_pairs_and_their_own_labels(
+    store: Store, tmp_path: Path
+) -> None:
+    champion = mlpipes.register(store, tmp_path, version="1")
+    churn = mlpipes.deploy(store, "churn", champion)
+    other = mlpipes.deploy(store, "other", champion)
+    assert store.pairs.insert_many([_record("shared", churn.id, champion_class="1")]) == 1
+    assert store.pairs.insert_many([_record("shared", other.id, champion_class="0")]) == 1
+    assert store.pairs.insert_many([_record("shared", other.id, champion_class="0")]) == 0  # a replay
+    assert store.pairs.count(deployment_id=churn.id) == 1 and store.pairs.count(deployment_id=other.id) == 1
+    assert store.labels.upsert_many(churn.id, [("shared", 0, 1)]) == (1, [])
+    assert store.labels.upsert_many(other.id, [("shared", 0, 0)]) == (1, [])
+    assert store.labels.get("shared", deployment_id=churn.id).label == 1
+    assert store.labels.get("shared", deployment_id=other.id).label == 0
