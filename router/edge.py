@@ -13,30 +13,18 @@ make a batch of other requests' pairs fail to store:
 
 from __future__ import annotations
 
-import re
 from urllib.parse import quote
 
 from router.errors import InvalidInput
+from storage.entities import MAX_REQUEST_ID as MAX_ID
+from storage.entities import storable_text, valid_request_id
 
-MAX_ID = 128
-_ID = re.compile(r"^[\x20-\x7e]{1,128}$")
-_UNSAFE_TEXT = re.compile(r"[\x00\ud800-\udfff]")
 _HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
-
-
-def valid_id(value: object) -> bool:
-    """Return whether value is a valid request id or routing key (1..128 printable ASCII)."""
-    return isinstance(value, str) and _ID.match(value) is not None
-
-
-def storable_text(value: str) -> bool:
-    """Return whether every database can store the string (no NUL, no lone surrogate)."""
-    return "\x00" not in value and (value.isascii() or not _UNSAFE_TEXT.search(value))
 
 
 def check_id(value: str, what: str) -> str:
     """Return value if it is a valid id or key, else InvalidInput (400) naming `what`."""
-    if not _ID.match(value):
+    if not valid_request_id(value):
         shown = value[:40].encode("unicode_escape").decode("ascii")
         raise InvalidInput(
             f"{what} must be 1..{MAX_ID} printable ASCII characters, got {len(value)} characters "
@@ -58,6 +46,6 @@ def check_text(value: str, where: str) -> str:
 
 def header_value(value: str) -> str:
     """Return value as a safe HTTP header value: printable ASCII kept, anything else percent-encoded."""
-    if _ID.match(value) and "%" not in value:
+    if valid_request_id(value) and "%" not in value:
         return value
     return quote(value, safe=_HEADER_SAFE)

@@ -10,6 +10,7 @@ echoed; `X-Routing-Key` is the sticky assignment key (default: the request id). 
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import time
@@ -123,29 +124,44 @@ def _check_v2_media_type() -> None:
     )
 
 
-def _read_body(limit: int) -> bytes:
-    """Read the whole body, or PayloadTooLarge (413) beyond limit bytes, chunked bodies included.
+def bound_chunked_body() -> None:
+    """Read a chunked body whole before any view, refusing it (413) past the app's size limit.
 
-    A chunked body has no Content-Length: werkzeug's own stream would stop at the limit and hand
-    back a truncated body, so the server's (terminated) input is read directly, one byte past it.
+    A chunked body has no Content-Length, and werkzeug's own stream stops at MAX_CONTENT_LENGTH and
+    hands back a truncated body, which would be parsed and scored (a row's 419999 read as 41). So the
+    server's terminated input is read here, one byte past the limit, and the request continues with
+    the whole body and its length. Multipart uploads (artifacts, with their own larger limit) are
+    left to the form parser.
     """
+    environ = request.environ
+    if request.content_length is not None or not environ.get("wsgi.input_terminated"):
+        return
+    if (request.mimetype or "").startswith("multipart/"):
+        return
+    limit = int(current_app.config.get("MAX_CONTENT_LENGTH") or 0) or dataplane().settings.max_body_bytes
+    stream = environ["wsgi.input"]
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = stream.read(min(1 << 16, limit + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    if size > limit:
+        raise PayloadTooLarge(f"the chunked body is larger than {limit} bytes; at most {limit} are accepted")
+    environ["wsgi.input"] = io.BytesIO(b"".join(chunks))
+    environ["CONTENT_LENGTH"] = str(size)
+    environ.pop("wsgi.input_terminated", None)
+    environ.pop("HTTP_TRANSFER_ENCODING", None)
+
+
+def _read_body(limit: int) -> bytes:
+    """Read the whole body, or PayloadTooLarge (413) beyond limit bytes (chunked: see bound_chunked_body)."""
     length = request.content_length
     if length is not None and length > limit:
         raise PayloadTooLarge(f"the body has {length} bytes; at most {limit} are accepted")
-    environ = request.environ
-    if length is None and environ.get("wsgi.input_terminated"):
-        stream = environ["wsgi.input"]
-        chunks: list[bytes] = []
-        size = 0
-        while size <= limit:
-            chunk = stream.read(limit + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-        body = b"".join(chunks)
-    else:
-        body = request.stream.read(limit + 1)
+    body = request.stream.read(limit + 1)
     if len(body) > limit:
         raise PayloadTooLarge(f"the body is larger than {limit} bytes; at most {limit} are accepted")
     return body

@@ -178,7 +178,7 @@ def _text(column: Column, values: Sequence[Any]) -> Any:
             try:
                 out.append(str(value))
             except ValueError as exc:  # an integer beyond Python's 4300-digit conversion limit
-                raise _type_error(column, f"an integer of {value.bit_length()} bits", "a string") from exc
+                raise _type_error(column, "an integer of more than 4300 digits", "a string") from exc
         else:
             raise _type_error(column, value, "a string")
     return pd.array(out, dtype="str")

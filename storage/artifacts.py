@@ -218,7 +218,7 @@ def check_trusted_names(names: tuple[str, ...] | list[str], *, resolve: bool = T
         raise ArtifactError(f"{len(names)} trusted types; trust at most {MAX_TRUSTED_TYPES}")
     checked: list[str] = []
     for name in names:
-        if not isinstance(name, str) or not _NAME.match(name):
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise ArtifactError(
                 f"cannot trust {name!r}: give one exact dotted name such as mymodule.add_ratios "
                 "(no wildcards, prefixes or spaces)"

@@ -18,10 +18,27 @@ NAME_RULE_TEXT = "1-100 ASCII letters, digits, '.', '_' or '-', starting with a 
 
 def check_name(what: str, value: object) -> str:
     """Return value if it is a valid name, else InvalidName saying what the rule is."""
-    if not isinstance(value, str) or not NAME_RULE.match(value):
+    if not isinstance(value, str) or not NAME_RULE.fullmatch(value):
         shown = repr(value)[:60].encode("ascii", "backslashreplace").decode("ascii")
         raise InvalidName(f"bad {what} {shown}: use {NAME_RULE_TEXT}")
     return value
+
+
+# What every database can store as a request id and as text (PostgreSQL refuses NUL and lone
+# surrogates; request_id columns hold 128 characters). The edges (router, feedback) check these.
+MAX_REQUEST_ID = 128
+REQUEST_ID_RULE = re.compile(r"[\x20-\x7e]{1,128}")
+_UNSTORABLE_TEXT = re.compile(r"[\x00\ud800-\udfff]")
+
+
+def valid_request_id(value: object) -> bool:
+    """Return whether value is a valid request id or routing key (1..128 printable ASCII)."""
+    return isinstance(value, str) and REQUEST_ID_RULE.fullmatch(value) is not None
+
+
+def storable_text(value: str) -> bool:
+    """Return whether every database can store the string (no NUL, no lone surrogate)."""
+    return "\x00" not in value and (value.isascii() or not _UNSTORABLE_TEXT.search(value))
 
 
 ACTIVE_PHASES = ("pending", "shadowing", "progressing", "paused")

@@ -31,8 +31,8 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from controller.http.auth import AuthError, authenticate
-from router.edge import storable_text, valid_id
 from storage import NotFound, StorageError, Store, Unavailable
+from storage.entities import storable_text, valid_request_id
 
 MAX_LABELS = 10_000
 MAX_REQUEST_ID = 128
@@ -97,7 +97,7 @@ def parse_labels(
         if unknown:
             raise LabelsError(400, "invalid_labels", f"{where} has unknown keys {sorted(unknown)}")
         request_id = item.get("request_id")
-        if not valid_id(request_id):
+        if not isinstance(request_id, str) or not valid_request_id(request_id):
             raise LabelsError(
                 400,
                 "invalid_labels",
