@@ -592,6 +592,7 @@ def deployments_create() -> Response:
         raise ApiError(400, "invalid_field", "store_raw_inputs must be a boolean")
     s = store()
     version = s.pipelines.get_by_ref(champion)
+    registry.check_loadable(version, trust_pickle=settings().trust_pickle)
     event = NewEvent(
         actor=principal().name,
         action="deployment.create",

@@ -1125,7 +1125,7 @@ def render_html(report: Mapping[str, Any]) -> str:
 
 _MD_SPECIAL = str.maketrans(
     {
-        **{c: "\\" + c for c in "\\`*_[]()#!|~"},
+        **{c: "\\" + c for c in "\\`[]|"},
         "<": "&lt;",
         ">": "&gt;",
         "&": "&amp;",
@@ -1139,7 +1139,8 @@ def _md(value: Any, fmt: str = "{:.4g}") -> str:
     """Write a value for Markdown: numbers formatted, text escaped (no HTML, links or emphasis).
 
     Segment values, class labels, reasons and event messages come from clients and operators; a
-    Markdown viewer must show them as text, never render `<img onerror=...>` or `[x](javascript:...)`.
+    Markdown viewer must show them as text, never render `<img onerror=...>` or `[x](javascript:...)`:
+    HTML is escaped as entities, link brackets, code backticks and table pipes with a backslash.
     """
     if value is None:
         return "–"
