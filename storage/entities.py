@@ -27,6 +27,7 @@ def check_name(what: str, value: object) -> str:
 # What every database can store as a request id and as text (PostgreSQL refuses NUL and lone
 # surrogates; request_id columns hold 128 characters). The edges (router, feedback) check these.
 MAX_REQUEST_ID = 128
+MAX_CLASS_TEXT = 200  # a class label as text (champion_class, label_class)
 REQUEST_ID_RULE = re.compile(r"[\x20-\x7e]{1,128}")
 _UNSTORABLE_TEXT = re.compile(r"[\x00\ud800-\udfff]")
 

@@ -31,8 +31,8 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from controller.http.auth import AuthError, authenticate
-from storage import NotFound, StorageError, Store, Unavailable
-from storage.entities import storable_text, valid_request_id
+from storage import DataRefused, NotFound, StorageError, Store, Unavailable
+from storage.entities import MAX_CLASS_TEXT, storable_text, valid_request_id
 
 MAX_LABELS = 10_000
 MAX_REQUEST_ID = 128
@@ -117,6 +117,10 @@ def parse_labels(
             )
         if isinstance(label, str) and not storable_text(label):
             raise LabelsError(400, "invalid_labels", f"{where}.label holds a NUL or an unpaired surrogate")
+        if isinstance(label, str) and len(label) > MAX_CLASS_TEXT:
+            raise LabelsError(
+                400, "invalid_labels", f"{where}.label is longer than {MAX_CLASS_TEXT} characters"
+            )
         problem = accept(label) if accept is not None else None
         if problem is not None:
             raise LabelsError(400, "invalid_labels", f"{where}.label {_shown(label)} is not {problem}")
@@ -283,6 +287,8 @@ def feedback(deployment: str) -> Response:
         return error_response(error.status, error.code, error.message)
     except NotFound as error:
         return error_response(404, "deployment_not_found", str(error))
+    except DataRefused as error:  # a value the database cannot hold (PostgreSQL: a label over 200 chars)
+        return error_response(400, "invalid_value", f"a label cannot be stored: {error}")
     except Unavailable:  # anonymous callers get no database address or driver text
         current_app.logger.warning("feedback: storage unavailable", exc_info=True)
         return error_response(503, "storage_unavailable", "storage is unavailable; try again later")

@@ -191,3 +191,32 @@ def test_the_markdown_report_shows_user_text_as_text() -> None:
     line = _md_table(["value"], [[hostile]])[2]
     assert "<img" not in line and "[click](" not in line and " `code`" not in line
     assert "&lt;img src=x onerror=alert(1)&gt;" in line and "\\[click\\]" in line and "\\| next" in line
+
+
+def test_values_over_postgresql_limits_are_a_4xx_on_every_database(store: Store, tmp_path: Path) -> None:
+    from storage.entities import Column, NewPipelineVersion
+
+    classless = store.pipelines.add(
+        NewPipelineVersion(
+            name="remote", version="1", kind="http", task="classification", input_schema=(Column("age", "float"),),
+            upstream_url="http://127.0.0.1:9/", upstream_protocol="v2",
+        )
+    )  # fmt: skip
+    champion = mlpipes.register(store, tmp_path, version="1")
+    challenger = mlpipes.register(store, tmp_path, version="2", seed=3)
+    mlpipes.start_rollout(store, mlpipes.deploy(store, "churn", champion), challenger)
+    mlpipes.deploy(store, "remote", classless)
+    with adminapp.running(store, tmp_path, feedback_auth="open") as app:
+        client = app.test_client()
+        before = store.labels.count()
+        long_label = client.post(
+            "/v1/models/remote/feedback", json={"labels": [{"request_id": "a", "label": "x" * 300}]}
+        )
+        assert 400 <= long_label.status_code < 500, long_label.get_data(as_text=True)
+        assert store.labels.count() == before
+        long_reason = client.post(
+            "/api/v1/deployments/churn/rollout/pause",
+            json={"reason": "r" * 5000},
+            headers=adminapp.bearer(store, "operator", "o" * 200),
+        )
+        assert long_reason.status_code < 500, long_reason.get_data(as_text=True)
