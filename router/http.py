@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import time
 import uuid
 from typing import Any
@@ -102,7 +103,7 @@ def _predict(deployment: str, protocol: str) -> Response:
             metrics = get_metrics()
             metrics.requests.labels(label, arm, protocol).inc()
         except RouterError as exc:
-            response = _json_response(exc.to_json(), exc.status)
+            response = _json_response(public_error(exc), exc.status)
             get_metrics().errors.labels(label, exc.code).inc()
         response.headers["X-Request-Id"] = header_value(request_id or uuid.uuid4().hex)
         get_metrics().latency.labels(label, arm).observe(time.perf_counter() - started)
@@ -111,6 +112,24 @@ def _predict(deployment: str, protocol: str) -> Response:
         raise
     response.call_on_close(plane.leave)
     return response
+
+
+_URL = re.compile(r"[a-z][a-z0-9+.-]*://[^\s'\"]+", re.IGNORECASE)
+_PATH = re.compile(r"(?<![\w.:])/(?:[^\s/'\":]+/)+[^\s/'\":]*")
+
+
+def public_error(exc: RouterError) -> dict[str, dict[str, str]]:
+    """Return the error body for an anonymous client: a model's failure without URLs or file paths.
+
+    The full message (upstream address, artifact path) is what the pair records and the log shows.
+    """
+    body = exc.to_json()
+    if exc.status >= 500:
+        message = _PATH.sub("<path>", _URL.sub("<upstream>", exc.message))
+        body["error"]["message"] = message
+        if message != exc.message:
+            log.info("%s answered to the client as: %s (was: %s)", exc.code, message, exc.message)
+    return body
 
 
 def _check_v2_media_type() -> None:

@@ -220,3 +220,23 @@ def test_values_over_postgresql_limits_are_a_4xx_on_every_database(store: Store,
             headers=adminapp.bearer(store, "operator", "o" * 200),
         )
         assert long_reason.status_code < 500, long_reason.get_data(as_text=True)
+
+
+def test_a_failing_champion_is_reported_to_anonymous_clients_without_its_address(
+    store: Store, tmp_path: Path
+) -> None:
+    like = mlpipes.register(store, tmp_path, version="1")
+    remote = mlpipes.register_upstream(
+        store,
+        name="remote",
+        version="1",
+        url="http://127.0.0.1:9/v2/models/secret-host",
+        protocol="v2",
+        like=like,
+    )
+    mlpipes.deploy(store, "remote", remote)
+    with adminapp.running(store, tmp_path) as app:
+        response = app.test_client().post("/v1/models/remote/invocations", json=_split_rows(1))
+    assert response.status_code in (502, 503, 504)
+    message = response.get_json()["error"]["message"]
+    assert "127.0.0.1" not in message and "secret-host" not in message and "remote:1" in message
