@@ -10,7 +10,8 @@ Nothing is lost:
 - when more than recorder_queue_size records wait in memory, the newest go straight to the spool;
 - spool files are replayed when the database answers again; a file is claimed by an atomic rename
   (`pairs-*.jsonl` → `claimed-PID-*.jsonl`) so two processes never replay the same file, and the
-  insert is idempotent per (request_id, row_index), so a replay interrupted midway is safe to repeat;
+  insert is idempotent per (deployment, request_id, row_index), so a replay interrupted midway is safe
+  to repeat;
 - at start, files left by processes that are no longer alive (spooled or half-replayed) are replayed;
 - close() writes everything still queued (or spools it) before returning.
 

@@ -11,7 +11,7 @@ Cohorts:
 - ``served`` (canary steps): each arm's cohort is the rows it answered (``served_arm``), read from that
   arm's columns; agreement still uses the rows on which the other arm also scored in shadow.
 
-Labels join on (request_id, row_index) and count only for requests received at or before
+Labels join on (deployment, request_id, row_index) and count only for requests received at or before
 ``label_cutoff`` (the label maturity); an arm "failed" when its error column is set, and failed rows
 are left out of agreement, accuracy, regression and output histograms.
 """
