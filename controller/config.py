@@ -84,6 +84,22 @@ class Settings:
         default=1.0, metadata={"help": "first webhook retry delay; doubles at each retry"}
     )
     webhook_interval: float = field(default=1.0, metadata={"help": "seconds between looks for new events"})
+    feedback_auth: str = field(
+        default="token",
+        metadata={"help": "POST /v1/models/*/feedback needs a labeller (or operator) token: token, or open"},
+    )
+    feedback_max_labels: int = field(
+        default=10_000, metadata={"help": "labels accepted in one feedback request"}
+    )
+    feedback_rate: float = field(
+        default=2000.0, metadata={"help": "labels per second per deployment and process (0: no limit)"}
+    )
+    feedback_pending_s: float = field(
+        default=3600.0, metadata={"help": "seconds a label waits for its request's pair before it is dropped"}
+    )
+    feedback_pending_max: int = field(
+        default=100_000, metadata={"help": "labels waiting for their pair, per deployment"}
+    )
 
     @property
     def resolved_database_url(self) -> str:
@@ -152,6 +168,12 @@ class Settings:
             raise ConfigError(f"webhook_retries must be 0..10, got {self.webhook_retries}")
         if self.webhook_backoff_s < 0:
             raise ConfigError(f"webhook_backoff_s must be >= 0, got {self.webhook_backoff_s}")
+        if self.feedback_auth not in ("token", "open"):
+            raise ConfigError(f"feedback_auth must be token or open, got {self.feedback_auth!r}")
+        if self.feedback_max_labels < 1 or self.feedback_pending_max < 0:
+            raise ConfigError("feedback_max_labels must be >= 1 and feedback_pending_max >= 0")
+        if self.feedback_rate < 0 or self.feedback_pending_s <= 0:
+            raise ConfigError("feedback_rate must be >= 0 and feedback_pending_s positive")
         for url in self.webhook_url_list:
             if not url.startswith(("http://", "https://")):
                 raise ConfigError(f"webhook URL must start with http:// or https://, got {url!r}")

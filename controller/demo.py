@@ -464,6 +464,8 @@ class Demo:
         store.deployments.create("churn", store.pipelines.get_by_ref("churn:1").id)
         token, _ = store.tokens.create("demo-operator", "operator")
         (self.data_dir / "operator.token").write_text(token)
+        labeller, _ = store.tokens.create("demo-labeller", "labeller")  # labels need a labeller token
+        (self.data_dir / "labeller.token").write_text(labeller)
         db.dispose()
         return candidates, traffic_rows, traffic_truth
 
@@ -553,6 +555,9 @@ class Demo:
         with running_server(self.data_dir, port, log=self.data_dir / "server.log") as url:
             token = (self.data_dir / "operator.token").read_text()
             traffic = Traffic(url, "churn", rows, truth, seed=self.seed, label_delay_s=1.0)
+            traffic.client.headers["Authorization"] = (
+                f"Bearer {(self.data_dir / 'labeller.token').read_text()}"
+            )
             api = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
             try:
                 traffic.send(200)  # warm up: the champion alone

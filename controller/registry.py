@@ -366,6 +366,29 @@ def register_upstream(
     return store.pipelines.add(new, event=event)
 
 
+def check_loadable(version: PipelineVersion, *, trust_pickle: bool) -> None:
+    """Refuse (RegistrationError) an artifact version this process cannot load, so no router could serve it.
+
+    Called before a deployment is created with it as champion: a missing or changed file, a type
+    that is no longer trusted or a pickle without the server's opt-in would otherwise be found only by
+    the routers, after the deployment answers 503.
+    """
+    if version.kind != "artifact" or not version.artifact_path:
+        return
+    try:
+        load_artifact(
+            version.artifact_path,
+            sha256=version.sha256 or "",
+            fmt=version.artifact_format or "skops",
+            trust_pickle=trust_pickle,
+            trusted=version.trusted_types,
+        )
+    except ArtifactError as error:
+        raise RegistrationError(
+            f"{version.ref} cannot be loaded, so no router could serve it: {error}"
+        ) from error
+
+
 def parse_schema(text: str) -> tuple[Column, ...]:
     """Parse "age:float,plan:str" into columns."""
     columns = []
@@ -382,9 +405,14 @@ def parse_schema(text: str) -> tuple[Column, ...]:
 
 
 def _check_name(name: str, version: str) -> None:
-    for label, value in (("name", name), ("version", version)):
-        if not value or len(value) > 100 or any(ch in value for ch in ":/\\ \t\n"):
-            raise RegistrationError(f"bad {label} {value!r}: 1-100 characters, no ':', '/', '\\' or spaces")
+    from storage import InvalidName
+    from storage.entities import check_name
+
+    try:
+        check_name("name", name)
+        check_name("version", version)
+    except InvalidName as error:
+        raise RegistrationError(str(error)) from error
 
 
 def _check_schema_matches(estimator: Any, schema: tuple[Column, ...]) -> None:

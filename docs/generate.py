@@ -258,6 +258,8 @@ def _anchor(title: str) -> str:
 def _auth(operation: dict[str, Any], method: str) -> str:
     if operation.get("security") == []:
         return "public"
+    if operation.get("x-mlcanary-role"):
+        return str(operation["x-mlcanary-role"])
     return "viewer" if method.upper() in ("GET", "HEAD") else "operator"
 
 

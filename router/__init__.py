@@ -26,7 +26,7 @@ def create_app(store: Store, settings: RouterSettings | None = None, *, start: b
     from flask import Flask
 
     from router.dataplane import DataPlane
-    from router.http import EXTENSION, blueprint, install_error_handlers
+    from router.http import EXTENSION, blueprint, bound_chunked_body, install_error_handlers
     from router.settings import RouterSettings
 
     settings = settings or RouterSettings()
@@ -35,6 +35,7 @@ def create_app(store: Store, settings: RouterSettings | None = None, *, start: b
     plane = DataPlane(store, settings)
     app.extensions[EXTENSION] = plane
     app.register_blueprint(blueprint)
+    app.before_request(bound_chunked_body)  # every route, feedback and admin API included
     install_error_handlers(app)
     if start:
         plane.start()

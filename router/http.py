@@ -10,8 +10,10 @@ echoed; `X-Routing-Key` is the sticky assignment key (default: the request id). 
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import re
 import time
 import uuid
 from typing import Any
@@ -21,7 +23,8 @@ from werkzeug.exceptions import HTTPException
 
 from router import mlflow, v2
 from router.dataplane import DataPlane
-from router.errors import PayloadTooLarge, RouterError
+from router.edge import check_id, header_value
+from router.errors import PayloadTooLarge, RouterError, UnsupportedMediaType
 from router.inputs import build_batch
 from router.metrics import exposition, get_metrics
 
@@ -55,9 +58,18 @@ def _predict(deployment: str, protocol: str) -> Response:
     started = time.perf_counter()
     request_id = request.headers.get("X-Request-Id") or ""
     arm = "none"
+    # /metrics labels only deployments the router knows: a URL cannot add a series
+    label = deployment if deployment in plane.routes.routes else "unknown"
     plane.enter()
     try:
         try:
+            if request_id:
+                check_id(request_id, "X-Request-Id")
+            routing_key = request.headers.get("X-Routing-Key")
+            if routing_key is not None:
+                check_id(routing_key, "X-Routing-Key")
+            if protocol == "v2":
+                _check_v2_media_type()
             body = _read_body(plane.settings.max_body_bytes)
             route = plane.route(deployment)
             schema = route.entry.champion.input_schema
@@ -68,11 +80,11 @@ def _predict(deployment: str, protocol: str) -> Response:
                 document, binary = v2.read_request(body, request.headers.get(v2.HEADER_LENGTH))
                 columns = v2.read_columns(document, binary, schema)
                 v2_id = document.get("id") if isinstance(document.get("id"), str) else None
+                if v2_id is not None:
+                    check_id(v2_id, "the V2 id")
             request_id = request_id or v2_id or uuid.uuid4().hex
             batch = build_batch(columns, schema, max_rows=plane.settings.max_rows)
-            answer = plane.serve(
-                route, batch, request_id=request_id, routing_key=request.headers.get("X-Routing-Key")
-            )
+            answer = plane.serve(route, batch, request_id=request_id, routing_key=routing_key)
             arm = answer.arm
             outputs = answer.predictions.outputs
             if protocol == "mlflow":
@@ -87,14 +99,14 @@ def _predict(deployment: str, protocol: str) -> Response:
                 )
             response = _json_response(payload, 200)
             response.headers["X-Mlcanary-Arm"] = answer.arm
-            response.headers["X-Mlcanary-Version"] = answer.version.ref
+            response.headers["X-Mlcanary-Version"] = header_value(answer.version.ref)
             metrics = get_metrics()
-            metrics.requests.labels(deployment, arm, protocol).inc()
+            metrics.requests.labels(label, arm, protocol).inc()
         except RouterError as exc:
-            response = _json_response(exc.to_json(), exc.status)
-            get_metrics().errors.labels(deployment, exc.code).inc()
-        response.headers["X-Request-Id"] = request_id or uuid.uuid4().hex
-        get_metrics().latency.labels(deployment, arm).observe(time.perf_counter() - started)
+            response = _json_response(public_error(exc), exc.status)
+            get_metrics().errors.labels(label, exc.code).inc()
+        response.headers["X-Request-Id"] = header_value(request_id or uuid.uuid4().hex)
+        get_metrics().latency.labels(label, arm).observe(time.perf_counter() - started)
     except BaseException:
         plane.leave()
         raise
@@ -102,13 +114,75 @@ def _predict(deployment: str, protocol: str) -> Response:
     return response
 
 
+_URL = re.compile(r"[a-z][a-z0-9+.-]*://[^\s'\"]+", re.IGNORECASE)
+_PATH = re.compile(r"(?<![\w.:])/(?:[^\s/'\":]+/)+[^\s/'\":]*")
+
+
+def public_error(exc: RouterError) -> dict[str, dict[str, str]]:
+    """Return the error body for an anonymous client: a model's failure without URLs or file paths.
+
+    The full message (upstream address, artifact path) is what the pair records and the log shows.
+    """
+    body = exc.to_json()
+    if exc.status >= 500:
+        message = _PATH.sub("<path>", _URL.sub("<upstream>", exc.message))
+        body["error"]["message"] = message
+        if message != exc.message:
+            log.info("%s answered to the client as: %s (was: %s)", exc.code, message, exc.message)
+    return body
+
+
+def _check_v2_media_type() -> None:
+    """Refuse V2 bodies that are not JSON or binary: a cross-site form or text/plain post never scores."""
+    media = (request.content_type or "").split(";", 1)[0].strip().lower()
+    if media == "application/json" or media.endswith("+json") or media == "application/octet-stream":
+        return
+    raise UnsupportedMediaType(
+        f"content type {media or 'none'!r} is not accepted; send application/json "
+        "(or application/octet-stream with the binary tensor extension)"
+    )
+
+
+def bound_chunked_body() -> None:
+    """Read a chunked body whole before any view, refusing it (413) past the app's size limit.
+
+    A chunked body has no Content-Length, and werkzeug's own stream stops at MAX_CONTENT_LENGTH and
+    hands back a truncated body, which would be parsed and scored (a row's 419999 read as 41). So the
+    server's terminated input is read here, one byte past the limit, and the request continues with
+    the whole body and its length. Multipart uploads (artifacts, with their own larger limit) are
+    left to the form parser.
+    """
+    environ = request.environ
+    if request.content_length is not None or not environ.get("wsgi.input_terminated"):
+        return
+    if (request.mimetype or "").startswith("multipart/"):
+        return
+    limit = int(current_app.config.get("MAX_CONTENT_LENGTH") or 0) or dataplane().settings.max_body_bytes
+    stream = environ["wsgi.input"]
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = stream.read(min(1 << 16, limit + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    if size > limit:
+        raise PayloadTooLarge(f"the chunked body is larger than {limit} bytes; at most {limit} are accepted")
+    environ["wsgi.input"] = io.BytesIO(b"".join(chunks))
+    environ["CONTENT_LENGTH"] = str(size)
+    environ.pop("wsgi.input_terminated", None)
+    environ.pop("HTTP_TRANSFER_ENCODING", None)
+
+
 def _read_body(limit: int) -> bytes:
+    """Read the whole body, or PayloadTooLarge (413) beyond limit bytes (chunked: see bound_chunked_body)."""
     length = request.content_length
     if length is not None and length > limit:
         raise PayloadTooLarge(f"the body has {length} bytes; at most {limit} are accepted")
     body = request.stream.read(limit + 1)
     if len(body) > limit:
-        raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+        raise PayloadTooLarge(f"the body is larger than {limit} bytes; at most {limit} are accepted")
     return body
 
 
@@ -179,8 +253,8 @@ def ready() -> Response:
         "warming": sorted(plane.routes.warming),
         "warmed_ms": dict(plane.routes.warmed),
     }
-    if plane.routes.last_error:
-        body["storage_error"] = plane.routes.last_error
+    if plane.routes.last_error:  # the text (database address, driver message) goes to the log only
+        body["storage_error"] = "storage is unavailable; serving the last routing table"
     return _json_response(body, 200 if plane.ready else 503)
 
 

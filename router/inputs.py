@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from pandas.api.extensions import ExtensionArray
 
+from router.edge import check_text
 from router.errors import InvalidInput
 from storage.entities import Column
 
@@ -122,7 +123,7 @@ def _is_na(value: Any) -> bool:
 def _numeric(column: Column, values: Sequence[Any]) -> np.ndarray:
     try:
         array = np.array(values, dtype=np.float64)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):  # OverflowError: an integer beyond float64
         array = None
     if array is None or array.ndim != 1 or any(isinstance(v, bool | list | dict) for v in values):
         array = np.empty(len(values), dtype=np.float64)
@@ -134,7 +135,7 @@ def _numeric(column: Column, values: Sequence[Any]) -> np.ndarray:
             else:
                 try:
                     array[i] = float(value)
-                except ValueError as exc:
+                except (ValueError, OverflowError) as exc:
                     raise _type_error(column, value, "a number") from exc
     if column.dtype == "int":
         finite = array[~np.isnan(array)]
@@ -170,11 +171,14 @@ def _text(column: Column, values: Sequence[Any]) -> Any:
     out: list[Any] = []
     for value in values:
         if isinstance(value, str):
-            out.append(np.nan if value in NA_TEXT else value)
+            out.append(np.nan if value in NA_TEXT else check_text(value, f"column {column.name!r}"))
         elif value is None or (isinstance(value, float) and value != value):
             out.append(np.nan)
         elif isinstance(value, bool | int | float):
-            out.append(str(value))
+            try:
+                out.append(str(value))
+            except ValueError as exc:  # an integer beyond Python's 4300-digit conversion limit
+                raise _type_error(column, "an integer of more than 4300 digits", "a string") from exc
         else:
             raise _type_error(column, value, "a string")
     return pd.array(out, dtype="str")

@@ -64,8 +64,10 @@ def load_json(body: bytes) -> Any:
         raise InvalidInput("the request body is empty", code="empty_batch")
     try:
         return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError) as exc:  # also integers beyond 4300 digits
         raise InvalidInput(f"the body is not valid JSON: {exc}", code="invalid_json") from exc
+    except RecursionError as exc:
+        raise InvalidInput("the body is nested too deeply", code="invalid_json") from exc
 
 
 def _split_columns(payload: Any, schema: Sequence[Column]) -> dict[str, list[Any]]:

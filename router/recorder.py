@@ -10,9 +10,16 @@ Nothing is lost:
 - when more than recorder_queue_size records wait in memory, the newest go straight to the spool;
 - spool files are replayed when the database answers again; a file is claimed by an atomic rename
   (`pairs-*.jsonl` → `claimed-PID-*.jsonl`) so two processes never replay the same file, and the
-  insert is idempotent per (request_id, row_index), so a replay interrupted midway is safe to repeat;
+  insert is idempotent per (deployment, request_id, row_index), so a replay interrupted midway is safe
+  to repeat;
 - at start, files left by processes that are no longer alive (spooled or half-replayed) are replayed;
 - close() writes everything still queued (or spools it) before returning.
+
+One bad row never holds back the others: when storage refuses a value itself (DataRefused: too
+long for its column, a NUL character PostgreSQL cannot hold, text that is not UTF-8), the batch is
+split in halves until every good row is stored and each refused row is isolated; those go to this
+process's quarantine file (`quarantine-PID-*.jsonl` in spool_dir, one JSON line {"reason",
+"record"} each) and are never retried. Any other storage error spools the batch as before.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from router.exchange import Exchange
-from storage import StorageError, Store
+from storage import DataRefused, StorageError, Store
 from storage.entities import PairRecord
 
 log = logging.getLogger(__name__)
@@ -65,6 +72,7 @@ class Recorder:
         self.written = 0
         self.spooled = 0
         self.replayed = 0
+        self.quarantined = 0
         self.lag_s = 0.0
         self._queue: deque[Exchange] = deque()
         self._pending_rows = 0
@@ -147,12 +155,52 @@ class Recorder:
             self._spool(batch)
             return
         try:
-            self.store.pairs.insert_many(batch)
-            self.written += len(batch)
+            self.written += self._store(batch)
         except StorageError as exc:
             log.warning("storage refused %d paired rows, spooling them: %s", len(batch), exc)
             self._down_until = self.clock() + self.retry_interval
             self._spool(batch)
+
+    def _store(self, batch: list[PairRecord]) -> int:
+        """Insert a batch, isolating and quarantining rows storage refuses; return the rows stored.
+
+        Raises any other StorageError (the batch is then spooled and retried later).
+        """
+        try:
+            self.store.pairs.insert_many(batch)
+        except DataRefused as exc:
+            refused = self._isolate(batch, exc)
+            for record, reason in refused:
+                self._quarantine(record, reason)
+            return len(batch) - len(refused)
+        return len(batch)
+
+    def _isolate(self, batch: list[PairRecord], error: BaseException) -> list[tuple[PairRecord, str]]:
+        """Store what can be stored of a refused batch by halves; return the refused rows and why."""
+        if len(batch) == 1:
+            return [(batch[0], str(error)[:500])]
+        refused: list[tuple[PairRecord, str]] = []
+        middle = len(batch) // 2
+        for half in (batch[:middle], batch[middle:]):
+            try:
+                self.store.pairs.insert_many(half)
+            except DataRefused as exc:
+                refused.extend(self._isolate(half, exc))
+        return refused
+
+    def _quarantine(self, record: PairRecord, reason: str) -> None:
+        """Keep a row storage refuses, with the reason, in a file that is never replayed."""
+        log.error(
+            "storage refused paired row %r (row %d): %s; kept in the quarantine file, not retried",
+            record.request_id[:64], record.row_index, reason,
+        )  # fmt: skip
+        line = json.dumps({"reason": reason, "record": _to_json(record)}, default=_json_default) + "\n"
+        path = self.spool_dir / f"quarantine-{os.getpid()}-{self._token}.jsonl"
+        with self._spool_lock:
+            self.spool_dir.mkdir(parents=True, exist_ok=True)
+            with open(path, "a", encoding="utf-8", errors="backslashreplace") as handle:
+                handle.write(line)
+            self.quarantined += 1
 
     # -- the spool ----------------------------------------------------------------------------------
 
@@ -206,8 +254,8 @@ class Recorder:
         stored = 0
         try:
             for chunk in _read_chunks(path, self.batch_size):
-                self.store.pairs.insert_many(chunk)
-                stored += len(chunk)
+                self._store(chunk)
+                stored += len(chunk)  # stored, or quarantined: out of the spool either way
         except StorageError as exc:
             log.warning("replaying %s failed after %d rows; will retry: %s", path.name, stored, exc)
             self._down_until = self.clock() + self.retry_interval

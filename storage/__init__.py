@@ -4,6 +4,8 @@ from storage.database import Database
 from storage.errors import (
     AlreadyExists,
     ConcurrentUpdate,
+    DataRefused,
+    InvalidName,
     InvalidState,
     NotFound,
     SchemaOutOfDate,
@@ -15,7 +17,9 @@ from storage.repositories import Store
 __all__ = [
     "AlreadyExists",
     "ConcurrentUpdate",
+    "DataRefused",
     "Database",
+    "InvalidName",
     "InvalidState",
     "NotFound",
     "SchemaOutOfDate",

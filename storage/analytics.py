@@ -21,7 +21,7 @@ Cohorts:
 - ``served`` (canary steps): each arm's cohort is the requests it answered (``served_arm``), read from
   that arm's columns; agreement still uses the rows on which the other arm also scored in shadow.
 
-Labels join on (request_id, row_index) and count only for requests received at or before
+Labels join on (deployment, request_id, row_index) and count only for requests received at or before
 ``label_cutoff`` (the label maturity); failed rows are left out of agreement, accuracy, regression
 and output histograms.
 """
@@ -350,7 +350,14 @@ def step_aggregates(
 
         # 2. labels that have matured
         if label_cutoff is not None:
-            joined = PAIRS.join(LABELS, and_(L.request_id == P.request_id, L.row_index == P.row_index))
+            joined = PAIRS.join(
+                LABELS,
+                and_(
+                    L.request_id == P.request_id,
+                    L.row_index == P.row_index,
+                    L.deployment_id == P.deployment_id,
+                ),
+            )
             matured = and_(step_filter, P.received_at <= label_cutoff)
             if task == "classification":
                 has = L.label_class.is_not(None)

@@ -104,8 +104,8 @@ def load_artifact(
     (exact names, checked by check_trusted_names); any other type or function is refused unloaded.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"artifact file not found: {path}")
+    if not path.is_file():  # the name only: this message reaches anonymous clients and /readyz
+        raise ArtifactError(f"artifact file not found: {path.name}")
     actual = sha256_of(path)
     if actual != sha256:
         raise ArtifactError(
@@ -220,7 +220,7 @@ def check_trusted_names(names: tuple[str, ...] | list[str], *, resolve: bool = T
         raise ArtifactError(f"{len(names)} trusted types; trust at most {MAX_TRUSTED_TYPES}")
     checked: list[str] = []
     for name in names:
-        if not isinstance(name, str) or not _NAME.match(name):
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise ArtifactError(
                 f"cannot trust {name!r}: give one exact dotted name such as mymodule.add_ratios "
                 "(no wildcards, prefixes or spaces)"

@@ -14,7 +14,7 @@ from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage.errors import AlreadyExists, StorageError, Unavailable
+from storage.errors import AlreadyExists, DataRefused, StorageError, Unavailable
 
 
 def normalise_url(url: str) -> str:
@@ -130,7 +130,9 @@ def translate_errors() -> Iterator[None]:
         text = str(error.orig).lower()
         if "unique" in text or "duplicate" in text:
             raise AlreadyExists(_first_line(error.orig)) from error
-        raise StorageError(_first_line(error.orig)) from error
+        raise DataRefused(_first_line(error.orig)) from error
+    except exc.DataError as error:
+        raise DataRefused(_first_line(error.orig)) from error
     except (exc.OperationalError, exc.InterfaceError) as error:
         text = str(error.orig).lower()
         if "locked" in text or "busy" in text:
@@ -150,14 +152,22 @@ def translate_errors() -> Iterator[None]:
         raise Unavailable(_first_line(error)) from error
     except psycopg.errors.UniqueViolation as error:
         raise AlreadyExists(_first_line(error)) from error
+    except (psycopg.DataError, psycopg.IntegrityError) as error:
+        raise DataRefused(_first_line(error)) from error
     except psycopg.Error as error:
         raise StorageError(_first_line(error)) from error
     except sqlite3.IntegrityError as error:
+        if "unique" not in str(error).lower():
+            raise DataRefused(_first_line(error)) from error
         raise AlreadyExists(_first_line(error)) from error
+    except sqlite3.DataError as error:
+        raise DataRefused(_first_line(error)) from error
     except sqlite3.OperationalError as error:
         raise Unavailable(_first_line(error)) from error
     except sqlite3.Error as error:
         raise StorageError(_first_line(error)) from error
+    except UnicodeEncodeError as error:  # a lone surrogate the driver cannot encode as UTF-8
+        raise DataRefused(f"a value cannot be encoded as UTF-8: {error.reason}") from error
 
 
 def _first_line(error: BaseException | None) -> str:

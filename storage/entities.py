@@ -2,9 +2,45 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+from storage.errors import InvalidName
+
+# One naming rule for deployments, pipelines and versions, whoever creates them (CLI, admin API, code):
+# names appear in URLs, response headers, metric labels and file names, so ASCII letters, digits,
+# '.', '_' and '-' only, starting with a letter or digit, at most 100 characters.
+NAME_RULE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+NAME_RULE_TEXT = "1-100 ASCII letters, digits, '.', '_' or '-', starting with a letter or digit"
+
+
+def check_name(what: str, value: object) -> str:
+    """Return value if it is a valid name, else InvalidName saying what the rule is."""
+    if not isinstance(value, str) or not NAME_RULE.fullmatch(value):
+        shown = repr(value)[:60].encode("ascii", "backslashreplace").decode("ascii")
+        raise InvalidName(f"bad {what} {shown}: use {NAME_RULE_TEXT}")
+    return value
+
+
+# What every database can store as a request id and as text (PostgreSQL refuses NUL and lone
+# surrogates; request_id columns hold 128 characters). The edges (router, feedback) check these.
+MAX_REQUEST_ID = 128
+MAX_CLASS_TEXT = 200  # a class label as text (champion_class, label_class)
+REQUEST_ID_RULE = re.compile(r"[\x20-\x7e]{1,128}")
+_UNSTORABLE_TEXT = re.compile(r"[\x00\ud800-\udfff]")
+
+
+def valid_request_id(value: object) -> bool:
+    """Return whether value is a valid request id or routing key (1..128 printable ASCII)."""
+    return isinstance(value, str) and REQUEST_ID_RULE.fullmatch(value) is not None
+
+
+def storable_text(value: str) -> bool:
+    """Return whether every database can store the string (no NUL, no lone surrogate)."""
+    return "\x00" not in value and (value.isascii() or not _UNSTORABLE_TEXT.search(value))
+
 
 ACTIVE_PHASES = ("pending", "shadowing", "progressing", "paused")
 FINAL_PHASES = ("promoted", "rolled_back", "aborted")
@@ -208,6 +244,16 @@ def arm_status(record: PairRecord, arm: str) -> str | None:
     if getattr(record, f"{arm}_error") is not None:
         return ERROR
     return OK if getattr(record, f"{arm}_latency_ms") is not None else None
+
+
+@dataclass(frozen=True)
+class LabelsStored:
+    """What became of a batch of labels: how many were stored, which request ids have no pair yet
+    (their labels kept pending) and which of those were not kept because the pending window is full."""
+
+    stored: int
+    unknown: tuple[str, ...] = ()
+    dropped: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

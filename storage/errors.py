@@ -5,6 +5,8 @@ StorageError (Exception)
 ├── AlreadyExists (ValueError)      a unique name/version/id is taken
 ├── ConcurrentUpdate                an optimistic version check lost the race
 ├── InvalidState (ValueError)       the change breaks a rule of the data (e.g. two active rollouts)
+├── DataRefused (ValueError)        the database cannot hold a value (too long, NUL, bad encoding)
+├── InvalidName (ValueError)        a deployment, pipeline or version name breaks entities.NAME_RULE
 ├── SchemaOutOfDate                 the database schema is not at the migrations' head
 └── Unavailable (ConnectionError)   the database cannot be reached; worth retrying later
 """
@@ -30,6 +32,14 @@ class ConcurrentUpdate(StorageError):
 
 class InvalidState(StorageError, ValueError):
     """The change would break an invariant of the stored data."""
+
+
+class DataRefused(StorageError, ValueError):
+    """The database refused a value itself (too long for its column, a NUL character, bad encoding)."""
+
+
+class InvalidName(StorageError, ValueError):
+    """A deployment, pipeline or version name breaks the naming rule (entities.check_name)."""
 
 
 class SchemaOutOfDate(StorageError):

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -166,7 +167,8 @@ class RolloutRow(Base):
 class PairedOutputRow(Base):
     __tablename__ = "paired_outputs"
     __table_args__ = (
-        UniqueConstraint("request_id", "row_index", name="uq_paired_outputs_request"),
+        # request ids are unique per deployment: two deployments may see the same client id
+        UniqueConstraint("deployment_id", "request_id", "row_index", name="uq_paired_outputs_request"),
         Index("ix_paired_outputs_rollout_step_time", "rollout_id", "step", "received_at"),
         Index("ix_paired_outputs_deployment_time", "deployment_id", "received_at"),
     )
@@ -211,15 +213,19 @@ PAIR_JSON_COLUMNS = frozenset({"champion_output", "challenger_output", "raw_inpu
 
 
 class LabelRow(Base):
+    """A label of one request row of one deployment; pending while no pair of that row is stored."""
+
     __tablename__ = "labels"
+    __table_args__ = (Index("ix_labels_pending", "deployment_id", "pending", "received_at"),)
 
     request_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     row_index: Mapped[int] = mapped_column(Integer, primary_key=True, default=0)
-    deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id"))
+    deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id"), primary_key=True)
     label: Mapped[Any] = mapped_column(JSONType)
     label_class: Mapped[str | None] = mapped_column(String(200), nullable=True)
     label_value: Mapped[float | None] = mapped_column(Float, nullable=True)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    pending: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     def to_entity(self) -> entities.Label:
         return entities.Label(

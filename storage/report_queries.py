@@ -425,7 +425,8 @@ def time_range(db: Database, rollout_id: int) -> tuple[float, float] | None:
 
 def _label_join() -> Any:
     return PairedOutputRow.__table__.join(
-        LabelRow.__table__, and_(L.request_id == P.request_id, L.row_index == P.row_index)
+        LabelRow.__table__,
+        and_(L.request_id == P.request_id, L.row_index == P.row_index, L.deployment_id == P.deployment_id),
     )
 
 
@@ -598,7 +599,10 @@ def segments(
     source: Any = PairedOutputRow.__table__
     if labelled:
         source = PairedOutputRow.__table__.outerjoin(
-            LabelRow.__table__, and_(L.request_id == P.request_id, L.row_index == P.row_index)
+            LabelRow.__table__,
+            and_(
+                L.request_id == P.request_id, L.row_index == P.row_index, L.deployment_id == P.deployment_id
+            ),
         )
         lab = and_(both, or_(L.label_class.isnot(None), L.label_value.isnot(None)))
         right1 = P.champion_class == L.label_class

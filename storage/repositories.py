@@ -10,7 +10,7 @@ import operator
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -81,7 +81,9 @@ class PipelineRepository:
     def add(
         self, new: entities.NewPipelineVersion, *, event: entities.NewEvent | None = None
     ) -> entities.PipelineVersion:
-        """Store a new pipeline version; AlreadyExists if name+version is taken."""
+        """Store a new pipeline version; AlreadyExists if name+version is taken, InvalidName if bad."""
+        entities.check_name("pipeline name", new.name)
+        entities.check_name("version", new.version)
         now = utcnow()
         with self.db.session() as s:
             if (
@@ -153,6 +155,7 @@ class DeploymentRepository:
 
         NotFound if the version does not exist; AlreadyExists if the name is taken.
         """
+        entities.check_name("deployment name", name)
         now = utcnow()
         with self.db.session() as s:
             if s.get(PipelineVersionRow, champion_id) is None:
@@ -419,7 +422,7 @@ class PairRepository:
         self.db = db
 
     def insert_many(self, records: Sequence[entities.PairRecord]) -> int:
-        """Store records in one transaction; rows whose (request_id, row_index) exist are skipped.
+        """Store records in one transaction; rows whose (deployment_id, request_id, row_index) exist are skipped.
 
         PostgreSQL: COPY (the fastest path); if a duplicate is met (a spool replay), fall back to a
         multi-row INSERT ... ON CONFLICT DO NOTHING. SQLite: executemany of INSERT OR IGNORE.
@@ -463,7 +466,7 @@ class PairRepository:
                 values = ", ".join(f"({placeholders})" for _ in chunk)
                 cursor.execute(
                     f"INSERT INTO paired_outputs ({columns}) VALUES {values} "
-                    "ON CONFLICT (request_id, row_index) DO NOTHING",
+                    "ON CONFLICT (deployment_id, request_id, row_index) DO NOTHING",
                     [v for row in chunk for v in row],
                 )
                 inserted += cursor.rowcount
@@ -573,35 +576,63 @@ class LabelRepository:
     def upsert_many(
         self, deployment_id: int, labels: Sequence[tuple[str, int, Any]], *, now: datetime | None = None
     ) -> tuple[int, list[str]]:
-        """Store (request_id, row_index, label) triples; the last label for a request row wins.
+        """Store (request_id, row_index, label) triples with no bound on pending labels.
 
-        Returns (labels stored, request ids with no paired output in this deployment yet). A label
-        may arrive before its request's pair is written (the recorder writes in batches, after the
-        shadow arm), so labels of unknown requests are kept and join their pair when it lands; one
-        whose request never appears joins nothing and cannot sway a gate (`prune` removes it). A
-        label for a request that another deployment served is reported and not stored.
+        Returns (labels stored, request ids with no paired output in this deployment yet).
+        """
+        result = self.store(deployment_id, labels, now=now)
+        return result.stored, list(result.unknown)
+
+    def store(
+        self,
+        deployment_id: int,
+        labels: Sequence[tuple[str, int, Any]],
+        *,
+        now: datetime | None = None,
+        pending_limit: int | None = None,
+        pending_window: timedelta | None = None,
+    ) -> entities.LabelsStored:
+        """Store (request_id, row_index, label) triples of a deployment; the last label for a row wins.
+
+        A label may arrive before its request's pair is written (the recorder writes in batches, after
+        the shadow arm): a label of a row with no pair in this deployment yet is kept as pending and
+        joins its pair when it lands. Pending labels are bounded: those older than pending_window with
+        still no pair are deleted, and at most pending_limit are kept per deployment; labels of unknown
+        rows beyond it are not stored (reported in `dropped`). Request ids are per deployment: another
+        deployment's pair of the same id is never joined.
         """
         now = now or utcnow()
         ids = list({rid for rid, _, _ in labels})
         with self.db.session() as s:
             known: set[tuple[str, int]] = set()
-            foreign: set[str] = set()
             for start in range(0, len(ids), 500):
-                query = select(
-                    PairedOutputRow.request_id, PairedOutputRow.row_index, PairedOutputRow.deployment_id
+                query = select(PairedOutputRow.request_id, PairedOutputRow.row_index).where(
+                    PairedOutputRow.deployment_id == deployment_id,
+                    PairedOutputRow.request_id.in_(ids[start : start + 500]),
                 )
-                for rid, idx, owner in s.execute(
-                    query.where(PairedOutputRow.request_id.in_(ids[start : start + 500]))
-                ):
-                    (known.add((rid, idx)) if owner == deployment_id else foreign.add(rid))
+                known.update((rid, idx) for rid, idx in s.execute(query))
             unknown = sorted({rid for rid, idx, _ in labels if (rid, idx) not in known})
+            room = None
+            if pending_limit is not None or pending_window is not None:
+                room = self._settle_pending(s, deployment_id, now, pending_limit, pending_window)
             stored: set[tuple[str, int]] = set()
+            dropped: set[str] = set()
             for rid, idx, value in labels:
-                if rid in foreign and (rid, idx) not in known:
-                    continue
+                pending = (rid, idx) not in known
+                existing = s.scalar(
+                    select(LabelRow).where(
+                        LabelRow.deployment_id == deployment_id,
+                        LabelRow.request_id == rid,
+                        LabelRow.row_index == idx,
+                    )
+                )
+                if pending and existing is None and room is not None:
+                    if room <= 0:
+                        dropped.add(rid)
+                        continue
+                    room -= 1
                 stored.add((rid, idx))
                 label_class, label_value = _label_columns(value)
-                existing = s.get(LabelRow, (rid, idx))
                 if existing is None:
                     s.add(
                         LabelRow(
@@ -612,6 +643,7 @@ class LabelRepository:
                             label_class=label_class,
                             label_value=label_value,
                             received_at=now,
+                            pending=pending,
                         )
                     )
                     s.flush()  # a request row labelled twice in one batch: the second updates the first
@@ -619,7 +651,37 @@ class LabelRepository:
                     existing.label = _json_safe(value)
                     existing.label_class, existing.label_value = label_class, label_value
                     existing.received_at = now
-            return len(stored), unknown
+                    existing.pending = pending
+            return entities.LabelsStored(
+                stored=len(stored), unknown=tuple(unknown), dropped=tuple(sorted(dropped))
+            )
+
+    def _settle_pending(
+        self,
+        s: Session,
+        deployment_id: int,
+        now: datetime,
+        limit: int | None,
+        window: timedelta | None,
+    ) -> int | None:
+        """Mark pending labels whose pair has landed as joined, expire old ones; return the room left."""
+        has_pair = (
+            select(PairedOutputRow.id)
+            .where(
+                PairedOutputRow.deployment_id == LabelRow.deployment_id,
+                PairedOutputRow.request_id == LabelRow.request_id,
+                PairedOutputRow.row_index == LabelRow.row_index,
+            )
+            .exists()
+        )
+        mine = (LabelRow.deployment_id == deployment_id) & LabelRow.pending.is_(True)
+        s.execute(update(LabelRow).where(mine, has_pair).values(pending=False))
+        if window is not None:
+            s.execute(delete(LabelRow).where(mine, LabelRow.received_at < now - window, ~has_pair))
+        if limit is None:
+            return None
+        count = int(s.scalar(select(func.count()).select_from(LabelRow).where(mine)) or 0)
+        return max(0, limit - count)
 
     def count(self, *, deployment_id: int | None = None) -> int:
         """Count labels, of one deployment if given."""
@@ -629,10 +691,13 @@ class LabelRepository:
                 query = query.where(LabelRow.deployment_id == deployment_id)
             return int(s.scalar(query) or 0)
 
-    def get(self, request_id: str, row_index: int = 0) -> entities.Label:
-        """Return the label of a request row; NotFound if there is none."""
+    def get(self, request_id: str, row_index: int = 0, *, deployment_id: int | None = None) -> entities.Label:
+        """Return the label of a request row (of one deployment, or of the first that has one); NotFound if none."""
         with self.db.session(write=False) as s:
-            row = s.get(LabelRow, (request_id, row_index))
+            query = select(LabelRow).where(LabelRow.request_id == request_id, LabelRow.row_index == row_index)
+            if deployment_id is not None:
+                query = query.where(LabelRow.deployment_id == deployment_id)
+            row = s.scalars(query.order_by(LabelRow.deployment_id).limit(1)).first()
             if row is None:
                 raise NotFound(f"no label for request {request_id!r} row {row_index}")
             return row.to_entity()
@@ -643,13 +708,12 @@ class LabelRepository:
         while True:
             with self.db.session() as s:
                 oldest = (
-                    select(LabelRow.request_id, LabelRow.row_index)
+                    select(LabelRow.request_id, LabelRow.row_index, LabelRow.deployment_id)
                     .where(LabelRow.received_at < before)
                     .limit(batch_size)
                 )
-                deleted = s.execute(
-                    delete(LabelRow).where(tuple_(LabelRow.request_id, LabelRow.row_index).in_(oldest))
-                ).rowcount  # type: ignore[attr-defined]
+                key = tuple_(LabelRow.request_id, LabelRow.row_index, LabelRow.deployment_id)
+                deleted = s.execute(delete(LabelRow).where(key.in_(oldest))).rowcount  # type: ignore[attr-defined]
             if not deleted:
                 return total
             total += deleted
@@ -760,7 +824,7 @@ class AnalysisRepository:
             return None if row is None else row.to_entity()
 
 
-ROLES = ("viewer", "operator")
+ROLES = ("viewer", "operator", "labeller")
 
 
 def hash_token(token: str) -> str:

@@ -88,7 +88,12 @@ def labelled_metrics(
                 )
                 .select_from(
                     PairedOutputRow.__table__.join(
-                        LabelRow.__table__, and_(L.request_id == P.request_id, L.row_index == P.row_index)
+                        LabelRow.__table__,
+                        and_(
+                            L.request_id == P.request_id,
+                            L.row_index == P.row_index,
+                            L.deployment_id == P.deployment_id,
+                        ),
                     )
                 )
                 .where(P.rollout_id == rollout_id, scored)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from controller.cli.common import store_of
+from controller.cli.common import settings_of, store_of
 
 
 @click.group()
@@ -19,10 +19,12 @@ def deployments() -> None:
 @click.pass_context
 def deployments_create(ctx: click.Context, name: str, champion: str, no_raw_inputs: bool) -> None:
     """Create deployment NAME served by a champion version."""
+    from controller import registry
     from storage.entities import NewEvent
 
     store = store_of(ctx)
     version = store.pipelines.get_by_ref(champion)
+    registry.check_loadable(version, trust_pickle=settings_of(ctx).trust_pickle)
     event = NewEvent(
         actor="cli", action="deployment.create", reason="created", message=f"champion {version.ref}"
     )

@@ -384,7 +384,11 @@ def labels_upload(ctx: click.Context, deployment: str, file: Path) -> None:
     remote = _remote(ctx)
     store: Store | None = None if remote is not None else _store(ctx)
     if store is not None:
-        store.deployments.get(deployment)  # an unknown deployment fails before any work
+        rule = feedback.label_rule(store, deployment)  # an unknown deployment fails before any work
+        for number, (_rid, _row, value) in enumerate(triples):
+            problem = rule(value)
+            if problem is not None:
+                raise click.ClickException(f"{file.name} line {number + 2}: label {value!r} is not {problem}")
     stored, unknown = 0, []
     stderr = sys.stderr
     with click.progressbar(

@@ -14,7 +14,13 @@ def tokens() -> None:
 
 @tokens.command("create")
 @click.argument("name")
-@click.option("--role", type=click.Choice(["viewer", "operator"]), default="viewer", show_default=True)
+@click.option(
+    "--role",
+    type=click.Choice(["viewer", "operator", "labeller"]),
+    default="viewer",
+    show_default=True,
+    help="viewer: admin API reads; operator: everything; labeller: POST feedback labels only.",
+)
 @click.pass_context
 def tokens_create(ctx: click.Context, name: str, role: str) -> None:
     """Create a token and print it once."""

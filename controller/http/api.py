@@ -38,13 +38,21 @@ from controller.http.auth import AuthError, Principal, authorize
 from controller.http.errors import ApiError, json_response, render_error
 from controller.loop import actions, measure
 from controller.reports import build as reports
-from storage import Store, Unavailable
-from storage.entities import Analysis, Column, Deployment, Event, NewEvent, PipelineVersion, Rollout
+from storage import InvalidName, Store, Unavailable
+from storage.entities import (
+    Analysis,
+    Column,
+    Deployment,
+    Event,
+    NewEvent,
+    PipelineVersion,
+    Rollout,
+    check_name,
+)
 
 API_PREFIX = "/api/v1"
 STATIC_DIR = Path(__file__).parent / "static"
 CLOCK_EXTENSION = "mlcanary.clock"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 blueprint = Blueprint("mlcanary_api", __name__, url_prefix=API_PREFIX)
 dashboard = Blueprint("mlcanary_dashboard", __name__)
@@ -427,15 +435,16 @@ def deployments_create() -> Response:
     body = _json_object(allowed={"name", "champion", "store_raw_inputs"}, required={"name", "champion"})
     name, champion = _string(body, "name"), _string(body, "champion")
     assert name is not None and champion is not None
-    if not _NAME.match(name):
-        raise ApiError(
-            400, "invalid_field", "name must be 1-100 letters, digits, '.', '_' or '-', starting alphanumeric"
-        )
+    try:
+        check_name("deployment name", name)
+    except InvalidName as error:
+        raise ApiError(400, "invalid_field", str(error)) from error
     raw = body.get("store_raw_inputs", True)
     if not isinstance(raw, bool):
         raise ApiError(400, "invalid_field", "store_raw_inputs must be a boolean")
     s = store()
     version = s.pipelines.get_by_ref(champion)
+    registry.check_loadable(version, trust_pickle=settings().trust_pickle)
     event = NewEvent(
         actor=principal().name,
         action="deployment.create",
@@ -526,8 +535,8 @@ def events_list(name: str) -> Response:
 @blueprint.post("/deployments/<name>/labels")
 def labels_upload(name: str) -> Response:
     """Store ground-truth labels in bulk as an operator (same body as the feedback endpoint)."""
-    triples = feedback.parse_labels(feedback.read_json_body())
     s = store()
+    triples = feedback.parse_labels(feedback.read_json_body(), accept=feedback.label_rule(s, name))
     result = feedback.store_labels(s, name, triples)
     deployment = s.deployments.get(name)
     s.events.add(

@@ -21,7 +21,16 @@ from flask import Response, current_app
 from werkzeug.exceptions import HTTPException
 
 from controller.encoding import dumps
-from storage import AlreadyExists, ConcurrentUpdate, InvalidState, NotFound, StorageError, Unavailable
+from storage import (
+    AlreadyExists,
+    ConcurrentUpdate,
+    DataRefused,
+    InvalidName,
+    InvalidState,
+    NotFound,
+    StorageError,
+    Unavailable,
+)
 
 __all__ = [
     "ApiError",
@@ -38,6 +47,8 @@ __all__ = [
 STORAGE_STATUSES: tuple[tuple[type[StorageError], int, str], ...] = (
     (NotFound, 404, "not_found"),
     (AlreadyExists, 409, "already_exists"),
+    (InvalidName, 400, "invalid_name"),
+    (DataRefused, 400, "invalid_value"),
     (InvalidState, 409, "conflict"),
     (ConcurrentUpdate, 409, "concurrent_update"),
     (Unavailable, 503, "storage_unavailable"),
@@ -106,6 +117,9 @@ def render_error(error: Exception) -> Response:
     if status >= 500 and status != 503:
         current_app.logger.exception("%s", code)
         return error_response(500, "internal_error", "internal error; see the logs")
+    if isinstance(error, Unavailable):  # no database address or driver text for an anonymous caller
+        current_app.logger.warning("storage unavailable: %s", error)
+        return error_response(503, code, "storage is unavailable; try again later")
     response = error_response(status, code, message)
     if isinstance(error, HTTPException) and status == 405:
         allow = error.get_response().headers.get("Allow")

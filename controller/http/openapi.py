@@ -31,6 +31,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
     texts = {
         400: "Bad input", 401: "No valid token", 403: "The token's role may not do this", 404: "Not found",
         409: "Conflict or invalid transition", 413: "Body too large", 415: "Unsupported media type",
+        429: "Too many requests (Retry-After says when to retry)",
         422: "Invalid policy (the message names the field)",
         502: "The model failed", 503: "Unavailable", 504: "The model timed out",
     }  # fmt: skip
@@ -59,9 +60,13 @@ _DEPLOYMENT = _param("deployment", description="Deployment name")
 _VERSION = _param("version", description="Ignored: the router picks the version")
 
 
+def _extension(name: str, value: Any) -> dict[str, Any]:
+    return {name: value}
+
+
 def _operation(
     summary: str, responses: dict[str, Any], *, tags: list[str], public: bool = False, **more: Any
-) -> Any:
+) -> Any:  # `more` holds OpenAPI fields (parameters, requestBody, x-mlcanary-role, ...)
     operation: dict[str, Any] = {"summary": summary, "tags": tags, "responses": responses, **more}
     if public:
         operation["security"] = []
@@ -352,7 +357,16 @@ def _schemas() -> dict[str, Any]:
             "type": "object",
             "properties": {
                 "stored": {"type": "integer"},
-                "unknown_request_ids": {"type": "array", "items": {"type": "string"}},
+                "unknown_request_ids": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "ids with no pair in this deployment yet: their labels wait as pending",
+                },
+                "dropped_request_ids": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "unknown ids whose labels were not kept: the pending bound is full",
+                },
             },
         },
         "MlflowRequest": {
@@ -624,12 +638,15 @@ def _data_plane_paths() -> dict[str, Any]:
         },  # fmt: skip
         "/v1/models/{deployment}/feedback": {
             "post": _operation(
-                "Store ground-truth labels for earlier requests (idempotent; unknown request ids reported)",
-                {**_ok(_ref("LabelsResult")), **_errors(400, 404, 413, 415, 503)},
+                "Store ground-truth labels for earlier requests (idempotent; unknown request ids reported, "
+                "kept pending within a bound)",
+                {**_ok(_ref("LabelsResult")), **_errors(400, 401, 403, 404, 413, 415, 429, 503)},
                 tags=data,
-                public=True,
                 parameters=[_DEPLOYMENT],
                 requestBody=_json_body(_ref("Labels")),
+                **_extension(
+                    "x-mlcanary-role", "labeller (or operator); public with MLCANARY_FEEDBACK_AUTH=open"
+                ),
             ),
         },  # fmt: skip
         "/v2/models/{deployment}/infer": {"post": v2_infer},

@@ -1108,11 +1108,32 @@ def render_html(report: Mapping[str, Any]) -> str:
     return html_page(report)
 
 
+_MD_SPECIAL = str.maketrans(
+    {
+        **{c: "\\" + c for c in "\\`[]|"},
+        "<": "&lt;",
+        ">": "&gt;",
+        "&": "&amp;",
+        "\n": " ",
+        "\r": " ",
+    }
+)
+
+
 def _md(value: Any, fmt: str = "{:.4g}") -> str:
+    """Write a value for Markdown: numbers formatted, text escaped (no HTML, links or emphasis).
+
+    Segment values, class labels, reasons and event messages come from clients and operators; a
+    Markdown viewer must show them as text, never render `<img onerror=...>` or `[x](javascript:...)`:
+    HTML is escaped as entities, link brackets, code backticks and table pipes with a backslash.
+    """
     if value is None:
         return "–"
-    text = fmt.format(value) if isinstance(value, float) else str(value)
-    return text.replace("|", "\\|").replace("\n", " ")
+    if isinstance(value, float):
+        return fmt.format(value)
+    if isinstance(value, int):
+        return str(value)
+    return str(value).translate(_MD_SPECIAL)
 
 
 def _md_pct(value: Any) -> str:
@@ -1134,7 +1155,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "",
         f"Rollout {ro['id']}, {ro['mode']}, phase **{ro['phase']}**, step {ro['step_index']}, challenger weight "
         f"{ro['canary_weight']:g}%, shadow rate {ro['shadow_rate']:g}; started {ro['created_at']} by "
-        f"{ro['created_by']}. Generated {r['generated_at']}.",
+        f"{_md(ro['created_by'])}. Generated {r['generated_at']}.",
         "",
     ]
     g = r["gates"]
@@ -1293,7 +1314,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         [[e["at"], e["actor"], e["action"], e["reason"], e["message"]] for e in r["timeline"]],
     )
     rep = r["reproducibility"]
-    out += ["## Reproducibility", "", f"{rep['status'].replace('_', ' ')}: {rep['message']}", ""]
+    out += ["## Reproducibility", "", f"{rep['status'].replace('_', ' ')}: {_md(rep['message'])}", ""]
     if rep.get("online_vs_offline"):
         out += _md_table(
             ["arm", "version", "metric", "offline", "online", "outcome", "labels", "labels still needed"],

@@ -425,7 +425,7 @@ def test_operator_labels_are_stored_and_the_upload_is_audited(world: World) -> N
     world.store.pairs.insert_many([pair(world, None, None, 1, served_arm="champion")])  # type: ignore[arg-type]
     body = {"labels": [{"request_id": "req-None-1", "label": 1}, {"request_id": "ghost", "label": 0}]}
     response = world.post("/deployments/churn/labels", body)
-    assert response.get_json() == {"stored": 2, "unknown_request_ids": ["ghost"]}
+    assert response.get_json() == {"stored": 2, "unknown_request_ids": ["ghost"], "dropped_request_ids": []}
     event = world.store.events.list(limit=100)[-1]
     assert (event.action, event.actor, event.details) == (
         "labels.upload",

@@ -11,6 +11,7 @@ import adminapp
 import mlpipes
 import pytest
 from flask import Flask
+from flask.testing import FlaskClient
 
 from controller.http import feedback
 from storage import Store
@@ -52,16 +53,30 @@ def churn(store: Store) -> int:
     return deployment.id
 
 
+def labeller_clients(app: Flask, store: Store) -> Flask:
+    """Make the app's test clients send a labeller token (feedback needs one by default)."""
+    token, _ = store.tokens.create(f"labeller-{id(app)}", "labeller")
+
+    class Labeller(FlaskClient):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {token}"
+
+    app.test_client_class = Labeller
+    return app
+
+
 @pytest.fixture
 def app(store: Store, tmp_path: Path, churn: int) -> Iterator[Flask]:
     with adminapp.running(store, tmp_path) as built:
-        yield built
+        yield labeller_clients(built, store)
 
 
 def test_the_router_role_serves_feedback_too(store: Store, tmp_path: Path, churn: int) -> None:
     with adminapp.running(store, tmp_path, role="router") as router_app:
-        response = router_app.test_client().post(URL, json={"labels": [{"request_id": "a", "label": 1}]})
-    assert response.get_json() == {"stored": 1, "unknown_request_ids": []}
+        client = labeller_clients(router_app, store).test_client()
+        response = client.post(URL, json={"labels": [{"request_id": "a", "label": 1}]})
+    assert response.get_json() == {"stored": 1, "unknown_request_ids": [], "dropped_request_ids": []}
 
 
 def test_labels_are_stored_and_unknown_request_ids_reported(app: Flask, store: Store) -> None:
@@ -74,7 +89,7 @@ def test_labels_are_stored_and_unknown_request_ids_reported(app: Flask, store: S
     }
     response = app.test_client().post(URL, json=body)
     assert response.status_code == 200
-    assert response.get_json() == {"stored": 3, "unknown_request_ids": ["nope"]}
+    assert response.get_json() == {"stored": 3, "unknown_request_ids": ["nope"], "dropped_request_ids": []}
     assert store.labels.get("a").label == 1
     assert store.labels.get("b", 1).label == "yes"
     assert store.labels.get("nope").label == 0  # kept until its pair lands (or prune removes it)
@@ -95,14 +110,14 @@ def test_resending_a_batch_is_idempotent_and_the_last_label_wins(app: Flask, sto
 def test_a_request_row_repeated_in_one_batch_keeps_its_last_label(app: Flask, store: Store) -> None:
     body = {"labels": [{"request_id": "a", "label": 0}, {"request_id": "a", "label": 1}]}
     response = app.test_client().post(URL, json=body)
-    assert response.get_json() == {"stored": 1, "unknown_request_ids": []}
+    assert response.get_json() == {"stored": 1, "unknown_request_ids": [], "dropped_request_ids": []}
     assert store.labels.get("a").label == 1
 
 
 def test_a_batch_of_only_unknown_ids_is_not_an_error(app: Flask, store: Store) -> None:
     response = app.test_client().post(URL, json={"labels": [{"request_id": "x", "label": 1}]})
     assert response.status_code == 200
-    assert response.get_json() == {"stored": 1, "unknown_request_ids": ["x"]}
+    assert response.get_json() == {"stored": 1, "unknown_request_ids": ["x"], "dropped_request_ids": []}
 
 
 BAD_BODIES: list[tuple[Any, str]] = [
@@ -168,10 +183,12 @@ def test_labels_of_another_deployment_are_unknown_here(app: Flask, store: Store)
     other = mlpipes.deploy(store, "other", store.pipelines.get_by_ref("churn:1"))
     store.pairs.insert_many([record("z", other.id)])
     response = app.test_client().post(URL, json={"labels": [{"request_id": "z", "label": 1}]})
-    assert response.get_json() == {"stored": 0, "unknown_request_ids": ["z"]}
+    # request ids are per deployment: kept pending for churn's own "z", never joined to other's
+    assert response.get_json() == {"stored": 1, "unknown_request_ids": ["z"], "dropped_request_ids": []}
+    assert store.labels.count(deployment_id=other.id) == 0
 
 
-def test_feedback_needs_no_token_and_writes_no_event(app: Flask, store: Store) -> None:
+def test_feedback_writes_no_event(app: Flask, store: Store) -> None:
     before = store.events.list(limit=1000)
     response = app.test_client().post(URL, json={"labels": [{"request_id": "a", "label": 1}]})
     assert response.status_code == 200

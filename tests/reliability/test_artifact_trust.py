@@ -216,3 +216,27 @@ def test_a_plain_pipeline_needs_no_trust(tmp_path: Path) -> None:
     for model in (mlpipes.classifier(), mlpipes.regressor(boosted=True)):
         path = mlpipes.save(model, tmp_path, f"plain-{id(model)}")
         assert hasattr(load_artifact(path, sha256=sha256_of(path), fmt="skops"), "predict")
+
+
+def test_a_deployment_cannot_be_created_on_a_version_no_router_can_load(
+    store: Store, corpus: dict[str, Path], tmp_path: Path
+) -> None:
+    frame, _ = mlpipes.churn_frame(5)
+    stored, digest = store_artifact(corpus["builtins.exec"], tmp_path / "artifacts")
+    legacy = store.pipelines.add(  # registered by a version of mlcanary that trusted builtins.*
+        NewPipelineVersion(
+            name="evil", version="1", kind="artifact", task="classification",
+            input_schema=mlpipes.input_schema(frame), classes=(0, 1), artifact_path=str(stored),
+            artifact_format="skops", sha256=digest,
+        )
+    )  # fmt: skip
+    result = _cli(store.db.url, tmp_path, "deployments", "create", "churn", "--champion", legacy.ref)
+    assert result.exit_code != 0 and "no router could serve it" in result.output, result.output
+    with adminapp.running(store, tmp_path) as app:
+        response = app.test_client().post(
+            "/api/v1/deployments",
+            json={"name": "churn", "champion": legacy.ref},
+            headers=adminapp.bearer(store, "operator"),
+        )
+    assert response.status_code == 400 and "not trusted" in response.get_json()["error"]["message"]
+    assert store.deployments.list() == []

@@ -54,6 +54,10 @@ def world(
         assert (
             client.post(DATA_PLANE[0], json=_split(2), headers={"X-Request-Id": "known"}).status_code == 200
         )
+        deadline = time.monotonic() + 10  # its pairs are stored (after the shadow arm) before any snapshot
+        while store.pairs.count() < 2 and time.monotonic() < deadline:
+            app.extensions["mlcanary.dataplane"].recorder.flush()
+            time.sleep(0.05)
         yield app, store, adminapp.bearer(store, "operator", "fuzzer")
     store.db.dispose()
 
@@ -61,6 +65,27 @@ def world(
 def _split(rows: int) -> dict[str, Any]:
     frame, _ = mlpipes.churn_frame(rows, seed=5)
     return {"dataframe_split": json.loads(frame.to_json(orient="split", index=False))}
+
+
+def _split_with(**values: Any) -> dict[str, Any]:
+    """A one-row MLflow split body with some cells replaced."""
+    body = _split(1)
+    columns = body["dataframe_split"]["columns"]
+    for name, value in values.items():
+        body["dataframe_split"]["data"][0][columns.index(name)] = value
+    return body
+
+
+def _v2_plan(plan: str) -> dict[str, Any]:
+    """A one-row V2 request whose plan column is the given text."""
+    frame, _ = mlpipes.churn_frame(1, seed=5)
+    frame.loc[0, "plan"] = plan
+    inputs = []
+    for column in mlpipes.input_schema(frame):
+        values = [None if v != v else v for v in frame[column.name].tolist()]
+        kind = {"float": "FP64", "int": "INT64", "bool": "BOOL", "str": "BYTES"}[column.dtype]
+        inputs.append({"name": column.name, "shape": [1], "datatype": kind, "data": values})
+    return {"inputs": inputs}
 
 
 def snapshot(app: Flask, store: Store) -> tuple[Any, ...]:
@@ -116,8 +141,16 @@ def _fuzzer(app: Flask, store: Store, token: dict[str, str], operation: Any, cal
     return fuzz
 
 
+# Text with NUL, control characters and lone surrogates; integers far beyond float64 and int64.
+nasty_text = st.text(st.characters(categories=["Cs", "Cc", "L", "N", "P"]), max_size=20)
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=-(10**400), max_value=10**400)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20)
+    | nasty_text,
     lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=15), inner, max_size=5),
     max_leaves=40,
 )
@@ -140,9 +173,9 @@ bodies = json_values | st.fixed_dictionaries(
 def test_arbitrary_json_on_the_data_plane_is_answered_or_refused_cleanly(
     world: tuple[Flask, Store, dict[str, str]], path: str, document: Any
 ) -> None:
-    app, store, _ = world
+    app, store, token = world
     before = snapshot(app, store)
-    response = app.test_client().post(path, json=document)
+    response = app.test_client().post(path, json=document, headers=token if path == DATA_PLANE[2] else {})
     check(app, store, before, response.status_code, f"{path} {document!r:.200}")
     if response.status_code >= 400:
         assert set(response.get_json()["error"]) >= {"code", "message"}
@@ -170,7 +203,7 @@ def test_the_usual_nasties_are_refused_with_a_4xx_and_write_nothing(
     ]
     nasties: list[tuple[str, str, Any, str, dict[str, str]]] = []
     for path in DATA_PLANE + ("/api/v1/deployments", "/api/v1/deployments/churn/labels"):
-        headers = token if path.startswith("/api") else {}
+        headers = token if path.startswith("/api") or path == DATA_PLANE[2] else {}
         nasties += [
             ("malformed JSON", path, b'{"dataframe_split": {"columns": [', "application/json", headers),
             ("huge body", path, b'{"x": "' + b"a" * (2 * MAX_BODY) + b'"}', "application/json", headers),
@@ -202,9 +235,36 @@ def test_the_usual_nasties_are_refused_with_a_4xx_and_write_nothing(
             DATA_PLANE[2],
             b'{"labels": [{"request_id": "known", "label": NaN}]}',
             "application/json",
-            {},
+            token,
         ),
-    ]
+        ("label not a class", DATA_PLANE[2], b'{"labels": [{"request_id": "known", "label": "yes"}]}',
+         "application/json", token),
+        ("label with NUL", DATA_PLANE[2], b'{"labels": [{"request_id": "known", "label": "1\\u0000"}]}',
+         "application/json", token),
+        ("request id with NUL", DATA_PLANE[2], b'{"labels": [{"request_id": "kn\\u0000own", "label": 1}]}',
+         "application/json", token),
+        ("labels without a token", DATA_PLANE[2], b'{"labels": [{"request_id": "known", "label": 1}]}',
+         "application/json", {}),
+        ("lone surrogate", DATA_PLANE[0], json.dumps(_split(1)).replace('"plan"', '"plan"').replace(
+            '"basic"', '"\\ud83d"').replace('"plus"', '"\\ud83d"').replace('"pro"', '"\\ud83d"'),
+         "application/json", {}),
+        ("NUL in a string", DATA_PLANE[1], json.dumps(_v2_plan("ba\x00sic")), "application/json", {}),
+        ("huge integer", DATA_PLANE[0], json.dumps(_split_with(age=10**500)), "application/json", {}),
+        ("integer past the digit limit", DATA_PLANE[0], '{"dataframe_split": {"columns": ["age"], "data": [['
+         + "9" * 5000 + "]]}}", "application/json", {}),
+        ("request id too long", DATA_PLANE[0], json.dumps(_split(1)), "application/json", {"X-Request-Id": "r" * 129}),
+        ("request id with control characters", DATA_PLANE[0], json.dumps(_split(1)), "application/json",
+         {"X-Request-Id": "a\x01b"}),
+        ("routing key too long", DATA_PLANE[1], json.dumps(_v2_plan("basic")), "application/json",
+         {"X-Routing-Key": "k" * 200}),
+        ("V2 id too long", DATA_PLANE[1], json.dumps({**_v2_plan("basic"), "id": "i" * 129}), "application/json", {}),
+        ("cross-site text/plain V2 post", DATA_PLANE[1], json.dumps(_v2_plan("basic")), "text/plain", {}),
+        ("cross-site form V2 post", DATA_PLANE[1], "inputs=1", "application/x-www-form-urlencoded", {}),
+        ("deployment name not ASCII", "/api/v1/deployments", json.dumps({"name": "chürn", "champion": "churn:1"}),
+         "application/json", token),
+        ("deployment name with a newline", "/api/v1/deployments",
+         json.dumps({"name": "churn\nX-Evil: 1", "champion": "churn:1"}), "application/json", token),
+    ]  # fmt: skip
     seen: dict[str, set[int]] = {}
     for name, path, data, content_type, headers in nasties:
         before = snapshot(app, store)
@@ -214,6 +274,36 @@ def test_the_usual_nasties_are_refused_with_a_4xx_and_write_nothing(
         assert set(response.get_json()["error"]) >= {"code", "message"}
         seen.setdefault(name, set()).add(response.status_code)
     assert seen["huge body"] == {413}
+    assert seen["labels without a token"] == {401}
+    assert seen["cross-site text/plain V2 post"] == seen["cross-site form V2 post"] == {415}
+
+
+header_text = st.text(st.characters(min_codepoint=0, max_codepoint=255), min_size=1, max_size=300)
+
+
+@settings(
+    max_examples=100, deadline=None, database=None, derandomize=IN_CI, suppress_health_check=list(HealthCheck)
+)
+@given(request_id=header_text, routing_key=header_text)
+def test_arbitrary_request_ids_and_routing_keys_are_scored_or_refused_at_the_edge(
+    world: tuple[Flask, Store, dict[str, str]], request_id: str, routing_key: str
+) -> None:
+    import re
+
+    app, _, _ = world
+    try:
+        response = app.test_client().post(
+            DATA_PLANE[0], json=_split(1), headers={"X-Request-Id": request_id, "X-Routing-Key": routing_key}
+        )
+    except ValueError:  # the test client itself refuses a header value with a newline
+        return
+    valid = re.compile(r"[\x20-\x7e]{1,128}")
+    if valid.fullmatch(request_id) and valid.fullmatch(routing_key):
+        assert response.status_code == 200
+        assert response.headers["X-Request-Id"] == request_id
+    else:  # refused before routing: nothing is scored, so nothing can be stored
+        assert response.status_code == 400
+        assert response.get_json()["error"]["code"] == "invalid_request_id"
 
 
 def test_a_duplicated_request_id_never_duplicates_a_pair(world: tuple[Flask, Store, dict[str, str]]) -> None:
@@ -241,7 +331,7 @@ def test_a_duplicated_request_id_never_duplicates_a_pair(world: tuple[Flask, Sto
 def test_labels_for_unknown_requests_are_reported_and_kept_for_their_pair(
     world: tuple[Flask, Store, dict[str, str]],
 ) -> None:
-    app, store, _ = world
+    app, store, token = world
     before = store.labels.count()
     response = app.test_client().post(
         DATA_PLANE[2],
@@ -251,7 +341,12 @@ def test_labels_for_unknown_requests_are_reported_and_kept_for_their_pair(
                 {"request_id": "known", "row": 1, "label": 0},
             ]
         },
+        headers=token,
     )
     assert response.status_code == 200
-    assert response.get_json() == {"stored": 2, "unknown_request_ids": ["never-seen"]}
+    assert response.get_json() == {
+        "stored": 2,
+        "unknown_request_ids": ["never-seen"],
+        "dropped_request_ids": [],
+    }
     assert store.labels.count() == before + 2

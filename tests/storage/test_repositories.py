@@ -172,9 +172,11 @@ def test_a_label_that_arrives_before_its_pair_joins_it_when_the_pair_lands(store
     other = store.deployments.create("other", store.pipelines.get_by_ref("churn:1").id)
     store.pairs.insert_many([_pair("theirs", other.id)])
     stored, unknown = store.labels.upsert_many(deployment_id, [("early", 0, 1), ("theirs", 0, 1)])
-    assert (stored, unknown) == (1, ["early", "theirs"])  # another deployment's request is not labelled here
+    # request ids are per deployment: "theirs" is unknown here and waits for this deployment's own pair
+    assert (stored, unknown) == (2, ["early", "theirs"])
     store.pairs.insert_many([_pair("early", deployment_id)])
-    assert store.labels.get("early").label == 1 and store.labels.count(deployment_id=deployment_id) == 1
+    assert store.labels.get("early").label == 1 and store.labels.count(deployment_id=deployment_id) == 2
+    assert store.labels.count(deployment_id=other.id) == 0
 
 
 def test_tokens_are_stored_hashed_and_revocable(store: Store) -> None:

@@ -1,0 +1,51 @@
+"""What a data-plane request may carry, checked before anything is routed, scored or stored.
+
+One place for the rules every storage backend can hold (PostgreSQL refuses NUL characters and lone
+surrogates in text and JSON, and keys longer than their columns), so that one request can never
+make a batch of other requests' pairs fail to store:
+
+- request ids (`X-Request-Id`, the V2 `id`) and routing keys (`X-Routing-Key`): 1..128 printable
+  ASCII characters (space to `~`);
+- every string in a body: no NUL character, no lone surrogate (`check_text`);
+- header values written back to a client: printable ASCII, anything else percent-encoded
+  (`header_value`), so a stored name can never break a response.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from router.errors import InvalidInput
+from storage.entities import MAX_REQUEST_ID as MAX_ID
+from storage.entities import storable_text, valid_request_id
+
+_HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+
+
+def check_id(value: str, what: str) -> str:
+    """Return value if it is a valid id or key, else InvalidInput (400) naming `what`."""
+    if not valid_request_id(value):
+        shown = value[:40].encode("unicode_escape").decode("ascii")
+        raise InvalidInput(
+            f"{what} must be 1..{MAX_ID} printable ASCII characters, got {len(value)} characters "
+            f"starting {shown!r}",
+            code="invalid_request_id",
+        )
+    return value
+
+
+def check_text(value: str, where: str) -> str:
+    """Return value unless it holds a NUL character or a lone surrogate (InvalidInput, 400)."""
+    if not storable_text(value):
+        raise InvalidInput(
+            f"{where} holds a NUL character or an unpaired surrogate, which cannot be stored",
+            code="invalid_text",
+        )
+    return value
+
+
+def header_value(value: str) -> str:
+    """Return value as a safe HTTP header value: printable ASCII kept, anything else percent-encoded."""
+    if valid_request_id(value) and "%" not in value:
+        return value
+    return quote(value, safe=_HEADER_SAFE)
