@@ -264,6 +264,7 @@ def metrics_from_pairs(
     )
     agreement_ = None
     paired_correct = abs_diff = champ_abs = None
+    pair_abs: PairedAbsErrors | None = None
     ok_lab = both_ok if labelled is None else both_ok & np.asarray(labelled, dtype=bool)
     if task == "classification":
         # SUM(both ok), SUM(both ok AND champion_prediction = challenger_prediction)
@@ -283,6 +284,15 @@ def metrics_from_pairs(
         # SUM(ABS(challenger - label) - ABS(champion - label)), SUM(POWER(that, 2)); SUM(ABS(champion - label)) ...
         abs_diff = Moments(n=int(d.size), total=float(d.sum()), total_sq=float(np.dot(d, d)))
         champ_abs = Moments(n=int(e1.size), total=float(e1.sum()), total_sq=float(np.dot(e1, e1)))
+        # SUM(e1), SUM(e1 * e1), SUM(e2), SUM(e2 * e2), SUM(e1 * e2) over labelled pairs
+        pair_abs = PairedAbsErrors(
+            n=int(e1.size),
+            champion=float(e1.sum()),
+            champion_sq=float(np.dot(e1, e1)),
+            challenger=float(e2.sum()),
+            challenger_sq=float(np.dot(e2, e2)),
+            cross=float(np.dot(e1, e2)),
+        )
     latency = None
     if champion_latency_ms is not None and challenger_latency_ms is not None:
         # GROUP BY bucket (floor(ln(ms / start) / ln(growth))): counts per arm
@@ -315,6 +325,7 @@ def metrics_from_pairs(
         champion_abs_error=champ_abs,
         latency=latency,
         outputs=outputs,
+        paired_abs_errors=pair_abs,
     )
 
 
