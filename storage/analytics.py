@@ -67,13 +67,14 @@ class ArmAggregates:
 
 @dataclass(frozen=True)
 class ClusterAggregate:
-    """Per-cluster totals summed as cross products: K clusters with rows m_k and quantities a_k, b_k.
+    """Per-cluster totals summed as cross products: K clusters with rows m_k (N in all), quantities a_k, b_k.
 
     ``mm`` = sum m_k^2, ``ma`` = sum m_k a_k, ... — what a cluster-robust variance needs, from one
     GROUP BY inside one aggregate (never the clusters themselves).
     """
 
     clusters: int = 0
+    rows: float = 0.0
     mm: float = 0.0
     ma: float = 0.0
     mb: float = 0.0
@@ -178,6 +179,7 @@ def _cluster_sums(
         m, a, b = inner.c[f"m{i}"], inner.c[f"a{i}"], inner.c[f"b{i}"]
         outer += [
             _count(m > 0),
+            _fsum(m),
             _fsum(m * m),
             _fsum(m * a),
             _fsum(m * b),
@@ -188,7 +190,7 @@ def _cluster_sums(
     row = conn.execute(select(*outer)).one()
     out: dict[str, ClusterAggregate] = {}
     for i, name in enumerate(specs):
-        v = [float(x or 0.0) for x in row[7 * i : 7 * i + 7]]
+        v = [float(x or 0.0) for x in row[8 * i : 8 * i + 8]]
         out[name] = ClusterAggregate(int(v[0]), *v[1:])
     return out
 

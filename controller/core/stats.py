@@ -930,12 +930,13 @@ def tango_null_variance(worse: int, better: int, n: int, *, null: float) -> Null
 class ClusterSums:
     """Per-cluster totals of rows m_k and of two per-row quantities a_k, b_k, summed as cross products.
 
-    ``clusters`` = K; ``mm`` = sum m_k^2, ``ma`` = sum m_k a_k, ``mb``, ``aa`` = sum a_k^2, ``ab``, ``bb``.
+    ``clusters`` = K; ``rows`` = N = sum m_k; ``mm`` = sum m_k^2, ``ma`` = sum m_k a_k, ``mb``, ``aa`` = sum a_k^2, ``ab``, ``bb``.
     A cluster is a routing key (canary: the split is sticky per key) or a request (rows of one
     multi-row request). Storage computes them with one GROUP BY inside one aggregate.
     """
 
     clusters: int
+    rows: float = 0.0
     mm: float = 0.0
     ma: float = 0.0
     mb: float = 0.0
@@ -961,15 +962,19 @@ def design_effect(clusters: ClusterSums, row_residual_sq: float, *, weight: floa
     The mean of y = a - weight b over N rows has the cluster-robust (sandwich, delta-method) variance
     K/(K-1) sum_k (y_k - mu m_k)^2 / N^2 (Liang & Zeger 1986; for a ratio of per-cluster sums, the
     delta method of Cochran 1977, 6.13), and the independent-rows variance sum_i (y_i - mu)^2 / N^2.
-    Their ratio, evaluated at mu = ``null`` (the same residuals the score test uses), multiplies the
-    variance under the null. ``row_residual_sq`` = sum_i (y_i - null)^2 over rows. Floored at 1: a
-    negative within-cluster correlation never makes the test bolder. 1 when K < 2.
+    N/(N-1) sum_i (y_i - mu)^2 / N^2, each with its small-sample factor (CR1 and the usual n - 1), so
+    one-row clusters give exactly 1. Their ratio, evaluated at mu = ``null`` (the same residuals the
+    score test uses), multiplies the variance under the null. ``row_residual_sq`` = sum_i (y_i -
+    null)^2 over the N = ``clusters.rows`` rows. Floored at 1: a negative
+    within-cluster correlation never makes the test bolder. 1 when K < 2.
     """
     k = clusters.clusters
+    n = clusters.rows
     if k < 2 or row_residual_sq <= 0.0:
         return 1.0
     robust = k / (k - 1.0) * max(clusters.residual_sq(weight=weight, null=null), 0.0)
-    return max(1.0, robust / row_residual_sq)
+    independent = (n / (n - 1.0) if n > 1 else 1.0) * row_residual_sq
+    return max(1.0, robust / independent)
 
 
 # --------------------------------------------------------------------------------------------------
