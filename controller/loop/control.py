@@ -153,6 +153,7 @@ def _with_reproducibility(
         store.db, rollout.id, received_before=now - timedelta(seconds=policy.label_maturity_s)
     )
     reproductions = []
+    arms: dict[str, tuple[reproducibility.ArmOnline, Any]] = {}
     for arm, version_id in (("champion", rollout.champion_id), ("challenger", rollout.challenger_id)):
         version = store.pipelines.get(version_id)
         sums = labelled[arm]
@@ -164,6 +165,7 @@ def _with_reproducibility(
             abs_error_sum=sums.abs_error_sum,
             abs_error_sq_sum=sums.abs_error_sq_sum,
         )
+        arms[arm] = (online, version.offline_metrics)
         reproductions.append(
             reproducibility.compare_online_offline(
                 task,
@@ -175,6 +177,20 @@ def _with_reproducibility(
                 min_labels=repro.min_labels,
             )
         )
+    # the champion as control: the challenger's online-minus-offline gap against the champion's
+    reproductions.append(
+        reproducibility.compare_with_control(
+            task,
+            arms["champion"][1],
+            arms["challenger"][1],
+            arms["champion"][0],
+            arms["challenger"][0],
+            accuracy_margin=repro.accuracy_margin,
+            mae_margin=repro.mae_margin,
+            alpha=1.0 - repro.confidence,
+            min_labels=repro.min_labels,
+        )
+    )
     return reproducibility.gate(judgement, reproductions, role=repro.role, on_worse=repro.on_worse)
 
 
