@@ -1125,12 +1125,20 @@ def quantile_ratio_test(
     p2_below = exceedance_p_value(s2, n2, share=tail, side="lesser")  # Q2 < e_i
     p1_above = exceedance_p_value(s1, n1, share=tail, side="greater")  # Q1 >= e_j
     p1_below = exceedance_p_value(s1, n1, share=tail, side="lesser")  # Q1 < e_j
-    ei, ej = e[:, None], e[None, :]
-    harm_ok = (ei >= ratio * ej) & (ei >= floor) & (ej > 0)
-    harm = np.where(harm_ok, 2.0 * np.maximum(p2_above[:, None], p1_below[None, :]), 1.0)
-    pass_ok = ei <= ratio * ej
-    both = np.where(pass_ok, 2.0 * np.maximum(p2_below[:, None], p1_above[None, :]), 1.0)
-    under_floor = np.where((e <= floor) & (e > 0), p2_below, 1.0)
+    # For each challenger edge e_i, the best champion edge: harm needs some e_j > 0 with ratio e_j <=
+    # e_i (prefix minimum of p1_below), non-inferiority some e_j with ratio e_j >= e_i (suffix minimum
+    # of p1_above). O(E log E) instead of all pairs.
+    positive = e > 0
+    p1_below_pos = np.where(positive, p1_below, 1.0)
+    prefix = np.minimum.accumulate(p1_below_pos)
+    suffix = np.minimum.accumulate(p1_above[::-1])[::-1]
+    j_harm = np.searchsorted(ratio * e, e, side="right") - 1  # last j with ratio e_j <= e_i
+    j_pass = np.searchsorted(ratio * e, e, side="left")  # first j with ratio e_j >= e_i
+    best_below = np.where(j_harm >= 0, prefix[np.clip(j_harm, 0, e.size - 1)], 1.0)
+    best_above = np.where(j_pass < e.size, suffix[np.clip(j_pass, 0, e.size - 1)], 1.0)
+    harm = np.where(e >= floor, 2.0 * np.maximum(p2_above, best_below), 1.0)
+    both = 2.0 * np.maximum(p2_below, best_above)
+    under_floor = np.where((e <= floor) & positive, p2_below, 1.0)
     harm_p = float(min(1.0, harm.min()))
     pass_p = float(min(1.0, both.min(), under_floor.min()))
     return QuantileRatioTest(
