@@ -59,7 +59,9 @@ def first(decisions: list[str]) -> str:
     return next((d for d in decisions if d in ("promote", "rollback", "veto")), "continue")
 
 
-def run(rollouts: int, one: Callable[[np.random.Generator], tuple[str, str]], seed: int) -> dict[str, dict[str, float]]:
+def run(
+    rollouts: int, one: Callable[[np.random.Generator], tuple[str, str]], seed: int
+) -> dict[str, dict[str, float]]:
     """Return {"before": {decision: share}, "after": {...}} over ``rollouts`` seeded rollouts."""
     out: dict[str, dict[str, float]] = {"before": {}, "after": {}}
     rng = np.random.default_rng(seed)
@@ -97,7 +99,11 @@ def error_rate_rare(p1: float, p2: float, margin: float, step: int = 500, looks:
             n = step * (k + 1)
             se = math.sqrt(_bern(x1[k], n) ** 2 + _bern(x2[k], n) ** 2)
             before.append(_cs_rule((x2[k] - x1[k]) / n, se, 2 * n, margin))
-            m = StepMetrics(mode="canary", champion=Proportion(n=n, count=int(x1[k])), challenger=Proportion(n=n, count=int(x2[k])))
+            m = StepMetrics(
+                mode="canary",
+                champion=Proportion(n=n, count=int(x1[k])),
+                challenger=Proportion(n=n, count=int(x2[k])),
+            )
             after.append(judge(m, policy).decision)
         return first(before), first(after)
 
@@ -129,7 +135,9 @@ def accuracy_paired(worse: float, better: float, margin: float, step: int = 200,
     return one
 
 
-def regression_rare(rate: float, size: float, shift: float, margin: float = 0.05, step: int = 250, looks: int = 40):
+def regression_rare(
+    rate: float, size: float, shift: float, margin: float = 0.05, step: int = 250, looks: int = 40
+):
     """Shadow, paired regression errors; the challenger adds errors of ``size`` at ``rate`` (catastrophic)."""
     policy = only(regression=GateSpec(role="required", margin=margin, min_samples=200))
 
@@ -250,7 +258,9 @@ def latency(scale: float, margin: float, step: int = 300, looks: int = 15):
                 mode="shadow",
                 champion=Proportion(n=n1, count=0),
                 challenger=Proportion(n=n2, count=0),
-                latency=Histogram(edges=tuple(EDGES.tolist()), champion=tuple(h1.tolist()), challenger=tuple(h2.tolist())),
+                latency=Histogram(
+                    edges=tuple(EDGES.tolist()), champion=tuple(h1.tolist()), challenger=tuple(h2.tolist())
+                ),
             )
             after.append(judge(m, policy).decision)
         return first(before), first(after)
@@ -270,8 +280,12 @@ def online_offline(shift: float, extra: float, step: int = 250, looks: int = 24)
             n = step * (k + 1)
             a1 = rp.ArmOnline(arm="champion", version="1", labelled=n, correct=int(k1[k]))
             a2 = rp.ArmOnline(arm="challenger", version="2", labelled=n, correct=int(k2[k]))
-            old = rp.compare_online_offline("classification", off, a2, accuracy_margin=0.02, confidence=0.99, min_labels=200)
-            new = rp.compare_with_control("classification", off, off, a1, a2, accuracy_margin=0.02, alpha=0.01, min_labels=200)
+            old = rp.compare_online_offline(
+                "classification", off, a2, accuracy_margin=0.02, confidence=0.99, min_labels=200
+            )
+            new = rp.compare_with_control(
+                "classification", off, off, a1, a2, accuracy_margin=0.02, alpha=0.01, min_labels=200
+            )
             before.append({"worse": "rollback", "reproduced": "promote"}.get(old.outcome, "continue"))
             after.append({"worse": "rollback", "reproduced": "promote"}.get(new.outcome, "continue"))
         return first(before), first(after)
@@ -279,20 +293,100 @@ def online_offline(shift: float, extra: float, step: int = 250, looks: int = 24)
     return one
 
 
-ROWS: list[tuple[str, str, Callable[..., Callable[[np.random.Generator], tuple[str, str]]], dict[str, float], str]] = [
-    ("error rate, canary, rare errors 0.2% vs 0.2% + margin 0.2 pt", "promote", error_rate_rare, {"p1": 0.002, "p2": 0.004, "margin": 0.002}, "false promotion at the margin"),
-    ("error rate, canary, 0.2% both, margin 0", "rollback", error_rate_rare, {"p1": 0.002, "p2": 0.002, "margin": 0.0}, "false rollback A/A"),
-    ("accuracy, paired, discordance 2%, at the 1-pt margin", "promote", accuracy_paired, {"worse": 0.015, "better": 0.005, "margin": 0.01}, "false promotion at the margin"),
-    ("accuracy, paired, discordance 2%, equal", "rollback", accuracy_paired, {"worse": 0.01, "better": 0.01, "margin": 0.01}, "false rollback (margin 1 pt)"),
-    ("regression, rare catastrophic errors (0.2% of size ~14-28), MAE +5.5% vs 5%", "promote", regression_rare, {"rate": 0.002, "size": 14.0, "shift": 0.0}, "false promotion of a harmful one"),
-    ("regression, A/A (no rare errors)", "rollback", regression_rare, {"rate": 0.0, "size": 0.0, "shift": 0.0}, "false rollback A/A"),
-    ("regression, A/A (no rare errors)", "promote", regression_rare, {"rate": 0.0, "size": 0.0, "shift": 0.0}, "promotion (power)"),
-    ("SRM, A/A split 10%, 100 keys per look x 50", "veto", srm, {"weight": 0.10}, "false veto per step (level 0.1%)"),
-    ("error rate, canary A/A, uneven keys (Pareto 1.2), margin 0", "rollback", clustered_errors, {}, "false rollback A/A"),
-    ("latency p99, A/A, margin 1.0", "rollback", latency, {"scale": 1.0, "margin": 1.0}, "false rollback A/A"),
-    ("latency p99, challenger 3x, margin 1.2", "rollback", latency, {"scale": 3.0, "margin": 1.2}, "rollback (power)"),
-    ("online vs offline, both arms -6 pt online (shift), identical", "rollback", online_offline, {"shift": 0.06, "extra": 0.0}, "false 'worse'"),
-    ("online vs offline, challenger 2 pt worse than the champion's gap", "rollback", online_offline, {"shift": 0.0, "extra": 0.02}, "'worse' at the boundary"),
+ROWS: list[
+    tuple[str, str, Callable[..., Callable[[np.random.Generator], tuple[str, str]]], dict[str, float], str]
+] = [
+    (
+        "error rate, canary, rare errors 0.2% vs 0.2% + margin 0.2 pt",
+        "promote",
+        error_rate_rare,
+        {"p1": 0.002, "p2": 0.004, "margin": 0.002},
+        "false promotion at the margin",
+    ),
+    (
+        "error rate, canary, 0.2% both, margin 0",
+        "rollback",
+        error_rate_rare,
+        {"p1": 0.002, "p2": 0.002, "margin": 0.0},
+        "false rollback A/A",
+    ),
+    (
+        "accuracy, paired, discordance 2%, at the 1-pt margin",
+        "promote",
+        accuracy_paired,
+        {"worse": 0.015, "better": 0.005, "margin": 0.01},
+        "false promotion at the margin",
+    ),
+    (
+        "accuracy, paired, discordance 2%, equal",
+        "rollback",
+        accuracy_paired,
+        {"worse": 0.01, "better": 0.01, "margin": 0.01},
+        "false rollback (margin 1 pt)",
+    ),
+    (
+        "regression, rare catastrophic errors (0.2% of size ~14-28), MAE +5.5% vs 5%",
+        "promote",
+        regression_rare,
+        {"rate": 0.002, "size": 14.0, "shift": 0.0},
+        "false promotion of a harmful one",
+    ),
+    (
+        "regression, A/A (no rare errors)",
+        "rollback",
+        regression_rare,
+        {"rate": 0.0, "size": 0.0, "shift": 0.0},
+        "false rollback A/A",
+    ),
+    (
+        "regression, A/A (no rare errors)",
+        "promote",
+        regression_rare,
+        {"rate": 0.0, "size": 0.0, "shift": 0.0},
+        "promotion (power)",
+    ),
+    (
+        "SRM, A/A split 10%, 100 keys per look x 50",
+        "veto",
+        srm,
+        {"weight": 0.10},
+        "false veto per step (level 0.1%)",
+    ),
+    (
+        "error rate, canary A/A, uneven keys (Pareto 1.2), margin 0",
+        "rollback",
+        clustered_errors,
+        {},
+        "false rollback A/A",
+    ),
+    (
+        "latency p99, A/A, margin 1.0",
+        "rollback",
+        latency,
+        {"scale": 1.0, "margin": 1.0},
+        "false rollback A/A",
+    ),
+    (
+        "latency p99, challenger 3x, margin 1.2",
+        "rollback",
+        latency,
+        {"scale": 3.0, "margin": 1.2},
+        "rollback (power)",
+    ),
+    (
+        "online vs offline, both arms -6 pt online (shift), identical",
+        "rollback",
+        online_offline,
+        {"shift": 0.06, "extra": 0.0},
+        "false 'worse'",
+    ),
+    (
+        "online vs offline, challenger 2 pt worse than the champion's gap",
+        "rollback",
+        online_offline,
+        {"shift": 0.0, "extra": 0.02},
+        "'worse' at the boundary",
+    ),
 ]
 
 
@@ -312,7 +406,10 @@ def main() -> None:
         n = args.rollouts if make not in (latency,) else max(args.rollouts // 3, 100)
         res = run(n, make(**kwargs), args.seed + i)
         b, a = res["before"].get(decision, 0.0), res["after"].get(decision, 0.0)
-        print(f"| {name} | {what} ({decision}) | {b:.1%} | {a:.1%} |  <!-- {n} rollouts, {time.perf_counter() - t0:.0f} s -->", flush=True)
+        print(
+            f"| {name} | {what} ({decision}) | {b:.1%} | {a:.1%} |  <!-- {n} rollouts, {time.perf_counter() - t0:.0f} s -->",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

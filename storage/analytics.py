@@ -363,7 +363,11 @@ def step_aggregates(
                             _count(base),
                             _count(and_(base, above["champion"])),
                             _count(usable["challenger"] if cohort == "served" else both),
-                            _count(and_(usable["challenger"] if cohort == "served" else both, above["challenger"])),
+                            _count(
+                                and_(
+                                    usable["challenger"] if cohort == "served" else both, above["challenger"]
+                                )
+                            ),
                             _count(both),
                             _count(and_(both, above["challenger"], ~above["champion"])),
                             _count(and_(both, above["champion"], ~above["challenger"])),

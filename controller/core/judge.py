@@ -523,7 +523,9 @@ def _binary_rows(x: int, n: int, r: float) -> float:
 
 def _paired_rows(pc: PairedCounts, null: float) -> float:
     """Sum over pairs of (d_i - null)^2 with d_i = +1 (worse), -1 (better) or 0."""
-    return pc.worse * (1.0 - null) ** 2 + pc.better * (1.0 + null) ** 2 + (pc.n - pc.worse - pc.better) * null**2
+    return (
+        pc.worse * (1.0 - null) ** 2 + pc.better * (1.0 + null) ** 2 + (pc.n - pc.worse - pc.better) * null**2
+    )
 
 
 def _paired_null_se(m: StepMetrics, pc: PairedCounts, key: str, null: float) -> float:
@@ -532,7 +534,9 @@ def _paired_null_se(m: StepMetrics, pc: PairedCounts, key: str, null: float) -> 
     return math.sqrt(nv.variance * _deff(m, key, _paired_rows(pc, null), null=null))
 
 
-def _unpaired_null_se(m: StepMetrics, a: Proportion, b: Proportion, keys: tuple[str, str], null: float) -> float:
+def _unpaired_null_se(
+    m: StepMetrics, a: Proportion, b: Proportion, keys: tuple[str, str], null: float
+) -> float:
     """Farrington–Manning standard error of b/n - a/n under H0: difference = null, cluster-robust per arm."""
     nv = stats.farrington_manning(a.count, a.n, b.count, b.n, null=null)
     ra, rb = nv.restricted
@@ -699,7 +703,9 @@ def _regression(m: StepMetrics, policy: JudgePolicy) -> _Draft:
         if pa is not None:
             n = pa.n
             if n < spec.min_samples:
-                return _no_data("regression", spec, f"burn-in: {n} of {spec.min_samples} labelled pairs", n, n)
+                return _no_data(
+                    "regression", spec, f"burn-in: {n} of {spec.min_samples} labelled pairs", n, n
+                )
             mae = pa.champion / n
             total = pa.challenger - w * pa.champion
             total_sq = pa.challenger_sq - 2.0 * w * pa.cross + w * w * pa.champion_sq
@@ -710,7 +716,9 @@ def _regression(m: StepMetrics, policy: JudgePolicy) -> _Draft:
             assert d is not None and base is not None
             n = d.n
             if n < spec.min_samples:
-                return _no_data("regression", spec, f"burn-in: {n} of {spec.min_samples} labelled pairs", n, n)
+                return _no_data(
+                    "regression", spec, f"burn-in: {n} of {spec.min_samples} labelled pairs", n, n
+                )
             mae = base.mean
             mean = d.mean - spec.margin * mae
             var = (math.sqrt(d.variance) + spec.margin * math.sqrt(base.variance)) ** 2
@@ -749,8 +757,7 @@ def _regression(m: StepMetrics, policy: JudgePolicy) -> _Draft:
         n2=n2,
         offset=spec.margin,
         scale=scale,
-        describe=f"MAE change {mean * scale + spec.margin:+.2%} ({how}, direct test of "
-        f"|e2| - {w:g} |e1|)",
+        describe=f"MAE change {mean * scale + spec.margin:+.2%} ({how}, direct test of |e2| - {w:g} |e1|)",
     )
     tail = _error_tail(m, policy)
     return bulk if tail is None else _both(bulk, tail)

@@ -506,6 +506,7 @@ def compare_with_control(
     n1, n2 = champion.labelled, challenger.labelled
     common: dict[str, Any] = {"arm": CONTROLLED, "version": f"{challenger.version} vs {champion.version}"}
     z_off = float(sps.norm.ppf(1.0 - alpha / 2.0))
+    limit: float | None
     if task == "classification":
         b1, b2 = _offline_accuracy(champion_offline), _offline_accuracy(challenger_offline)
         metric: Literal["accuracy", "mae"] = "accuracy"
@@ -515,7 +516,13 @@ def compare_with_control(
         metric, margin = "mae", mae_margin
         limit = None if m2 is None else mae_margin * m2[0]
     labels = min(n1, n2)
-    base = {"metric": metric, "margin": margin, "limit": limit, "labels": labels, "holdout_size": None}
+    base: dict[str, Any] = {
+        "metric": metric,
+        "margin": margin,
+        "limit": limit,
+        "labels": labels,
+        "holdout_size": None,
+    }
     missing = (b1 is None or b2 is None) if task == "classification" else (m1 is None or m2 is None)
     if missing:
         return Reproduction(
@@ -541,6 +548,7 @@ def compare_with_control(
             **common,
             **base,
         )
+    assert limit is not None
     if task == "classification":
         assert b1 is not None and b2 is not None
         (p1_off, h1), (p2_off, h2) = b1, b2
@@ -550,7 +558,9 @@ def compare_with_control(
         )
         on = challenger.correct / n2 - champion.correct / n1
         null_on = min(max(off + limit, -0.999), 0.999)  # online difference at the boundary G = -margin
-        se = math.sqrt(stats.farrington_manning(champion.correct, n1, challenger.correct, n2, null=null_on).variance)
+        se = math.sqrt(
+            stats.farrington_manning(champion.correct, n1, challenger.correct, n2, null=null_on).variance
+        )
         offline_shown = f"offline {p2_off:.4f} vs {p1_off:.4f}"
         online_shown = f"online {challenger.correct / n2:.4f} vs {champion.correct / n1:.4f}"
     else:

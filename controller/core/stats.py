@@ -956,7 +956,9 @@ class ClusterSums:
         )
 
 
-def design_effect(clusters: ClusterSums, row_residual_sq: float, *, weight: float = 0.0, null: float) -> float:
+def design_effect(
+    clusters: ClusterSums, row_residual_sq: float, *, weight: float = 0.0, null: float
+) -> float:
     """Return the cluster-robust inflation of a mean's variance, at least 1 (Kish's design effect).
 
     The mean of y = a - weight b over N rows has the cluster-robust (sandwich, delta-method) variance
@@ -1055,12 +1057,10 @@ def exceedance_p_value(
         log_m = log_post - log_prior - s * math.log(p0) - (nn - s) * math.log1p(-p0)
         p = np.exp(-log_m)
     p = np.where(nn > 0, np.clip(np.nan_to_num(p, nan=1.0, posinf=1.0), 0.0, 1.0), 1.0)
-    return p  # type: ignore[no-any-return]
+    return p
 
 
-def quantile_confidence_sequence(
-    counts: ArrayLike, edges: ArrayLike, q: float, *, alpha: float
-) -> Interval:
+def quantile_confidence_sequence(counts: ArrayLike, edges: ArrayLike, q: float, *, alpha: float) -> Interval:
     """Return a time-uniform confidence sequence for the q-quantile from histogram counts.
 
     The lower end is the largest edge e with P(X >= e) > 1 - q proven by ``exceedance_p_value`` at

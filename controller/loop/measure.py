@@ -134,7 +134,9 @@ def metrics_from_aggregates(
     """
     c, h = a.champion, a.challenger
     clusters = {
-        name: stats.ClusterSums(clusters=x.clusters, rows=x.rows, mm=x.mm, ma=x.ma, mb=x.mb, aa=x.aa, ab=x.ab, bb=x.bb)
+        name: stats.ClusterSums(
+            clusters=x.clusters, rows=x.rows, mm=x.mm, ma=x.ma, mb=x.mb, aa=x.aa, ab=x.ab, bb=x.bb
+        )
         for name, x in a.clusters.items()
     }
     pair_abs = None

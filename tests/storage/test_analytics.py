@@ -351,7 +351,9 @@ def test_canary_cluster_sums_paired_errors_and_tail_match_the_rows(store: Store)
     a_k = np.array([e2[mine & (key == k)].sum() for k in keys])
     c = a.clusters["abs_error.challenger"]
     assert c.clusters == keys.size and c.rows == m_k.sum()
-    assert (c.mm, c.ma, c.aa) == pytest.approx((np.dot(m_k, m_k), np.dot(m_k, a_k), np.dot(a_k, a_k)), rel=1e-9)
+    assert (c.mm, c.ma, c.aa) == pytest.approx(
+        (np.dot(m_k, m_k), np.dot(m_k, a_k), np.dot(a_k, a_k)), rel=1e-9
+    )
     # paired clusters: a = challenger's |error|, b = champion's, over rows both scored
     keys = np.unique(key[both])
     a_k = np.array([e2[both & (key == k)].sum() for k in keys])

@@ -45,11 +45,15 @@ ERRORS_ONLY = JudgePolicy(
 def test_error_rate_does_not_pass_before_a_rare_error_could_have_been_seen() -> None:
     # 0 errors in 400 requests per arm: the Wald variance (with pseudo-counts) passed a 0.2-point
     # margin; under the null (challenger 0.2% worse) ~0.8 errors were expected: no evidence yet.
-    m = StepMetrics(mode="canary", champion=Proportion(n=4000, count=0), challenger=Proportion(n=400, count=0))
+    m = StepMetrics(
+        mode="canary", champion=Proportion(n=4000, count=0), challenger=Proportion(n=400, count=0)
+    )
     v = verdict(m, ERRORS_ONLY, "error_rate")
     assert v.outcome == Outcome.INCONCLUSIVE
     assert "Farrington-Manning" in v.reason
-    big = StepMetrics(mode="canary", champion=Proportion(n=40000, count=0), challenger=Proportion(n=20000, count=0))
+    big = StepMetrics(
+        mode="canary", champion=Proportion(n=40000, count=0), challenger=Proportion(n=20000, count=0)
+    )
     assert verdict(big, ERRORS_ONLY, "error_rate").outcome == Outcome.PASS
 
 
@@ -108,7 +112,9 @@ def _regression_metrics(e1: np.ndarray, e2: np.ndarray, cap_q: float = 0.99) -> 
             champion=Proportion(n=e1.size, count=int(np.sum(e1 > cap))),
             challenger=Proportion(n=e2.size, count=int(np.sum(e2 > cap))),
             paired=PairedCounts(
-                n=e1.size, worse=int(np.sum((e2 > cap) & (e1 <= cap))), better=int(np.sum((e1 > cap) & (e2 <= cap)))
+                n=e1.size,
+                worse=int(np.sum((e2 > cap) & (e1 <= cap))),
+                better=int(np.sum((e1 > cap) & (e2 <= cap))),
             ),
         ),
     )
@@ -172,10 +178,16 @@ def test_latency_gate_compares_two_estimated_p99s_and_respects_the_floor() -> No
             champion=tuple(stats.histogram_counts(a, edges).tolist()),
             challenger=tuple(stats.histogram_counts(b, edges).tolist()),
         )
-        return StepMetrics(mode="shadow", champion=Proportion(n=a.size, count=0), challenger=Proportion(n=b.size, count=0), latency=h)
+        return StepMetrics(
+            mode="shadow",
+            champion=Proportion(n=a.size, count=0),
+            challenger=Proportion(n=b.size, count=0),
+            latency=h,
+        )
 
     rollbacks = sum(
-        judge(metrics(rng.lognormal(2, 0.5, 2000), rng.lognormal(2, 0.5, 2000)), policy).decision == "rollback"
+        judge(metrics(rng.lognormal(2, 0.5, 2000), rng.lognormal(2, 0.5, 2000)), policy).decision
+        == "rollback"
         for _ in range(100)
     )
     assert rollbacks <= 5  # the audit measured 10-12% with the champion's p99 taken as known
@@ -220,7 +232,13 @@ def test_a_population_shift_that_moves_both_arms_does_not_make_the_challenger_wo
     assert r.outcome == "reproduced" and r.difference == pytest.approx(0.001)
     # a challenger that loses 6 points more than the champion is worse
     bad = rp.compare_with_control(
-        "classification", off, off, champ, _arm("challenger", 40_000, 29_200), accuracy_margin=0.02, alpha=0.01
+        "classification",
+        off,
+        off,
+        champ,
+        _arm("challenger", 40_000, 29_200),
+        accuracy_margin=0.02,
+        alpha=0.01,
     )
     assert bad.outcome == "worse"
 

@@ -422,13 +422,21 @@ def _fm_mle(x1: int, n1: int, x2: int, n2: int, null: float) -> float:
 
     def negloglik(r2: float) -> float:
         r1 = r2 - null
-        return -(x2 * math.log(r2) + (n2 - x2) * math.log(1 - r2) + x1 * math.log(r1) + (n1 - x1) * math.log(1 - r1))
+        return -(
+            x2 * math.log(r2)
+            + (n2 - x2) * math.log(1 - r2)
+            + x1 * math.log(r1)
+            + (n1 - x1) * math.log(1 - r1)
+        )
 
     lo, hi = max(0.0, null) + 1e-12, min(1.0, 1.0 + null) - 1e-12
     return float(minimize_scalar(negloglik, bounds=(lo, hi), method="bounded", options={"xatol": 1e-14}).x)
 
 
-@pytest.mark.parametrize(("x1", "n1", "x2", "n2", "null"), [(30, 400, 45, 380, 0.01), (3, 3000, 0, 300, 0.002), (900, 1000, 170, 200, -0.01)])
+@pytest.mark.parametrize(
+    ("x1", "n1", "x2", "n2", "null"),
+    [(30, 400, 45, 380, 0.01), (3, 3000, 0, 300, 0.002), (900, 1000, 170, 200, -0.01)],
+)
 def test_farrington_manning_restricted_estimates_maximise_the_null_likelihood(
     x1: int, n1: int, x2: int, n2: int, null: float
 ) -> None:
@@ -443,7 +451,9 @@ def test_farrington_manning_restricted_estimates_maximise_the_null_likelihood(
 def test_farrington_manning_at_zero_equals_statsmodels_and_pearson_chi_square() -> None:
     from statsmodels.stats.proportion import score_test_proportions_2indep
 
-    sm = score_test_proportions_2indep(45, 380, 30, 400, value=0, compare="diff", correction=False, return_results=True)
+    sm = score_test_proportions_2indep(
+        45, 380, 30, 400, value=0, compare="diff", correction=False, return_results=True
+    )
     r = stats.farrington_manning(30, 400, 45, 380, null=0.0)
     assert r.statistic == pytest.approx(float(sm.statistic), rel=1e-9)
     chi2 = sps.chi2_contingency([[45, 335], [30, 370]], correction=False)[0]
@@ -456,7 +466,9 @@ def test_farrington_manning_pins_statsmodels_cubic_which_misses_the_score_equati
     # numerical maximum above); the statistics differ in the fourth digit.
     from statsmodels.stats.proportion import score_test_proportions_2indep
 
-    sm = score_test_proportions_2indep(45, 380, 30, 400, value=0.01, compare="diff", correction=False, return_results=True)
+    sm = score_test_proportions_2indep(
+        45, 380, 30, 400, value=0.01, compare="diff", correction=False, return_results=True
+    )
     r = stats.farrington_manning(30, 400, 45, 380, null=0.01)
 
     def score(r2: float) -> float:
@@ -485,7 +497,9 @@ def test_tango_null_variance_is_mcnemar_at_zero_r1_and_the_restricted_mle_otherw
     def negloglik(q: float) -> float:
         return -(b * math.log(q) + c * math.log(q - null) + (n - b - c) * math.log(1 - 2 * q + null))
 
-    q = minimize_scalar(negloglik, bounds=(null + 1e-9, (1 + null) / 2 - 1e-9), method="bounded", options={"xatol": 1e-13}).x
+    q = minimize_scalar(
+        negloglik, bounds=(null + 1e-9, (1 + null) / 2 - 1e-9), method="bounded", options={"xatol": 1e-13}
+    ).x
     r = stats.tango_null_variance(b, c, n, null=null)
     assert r.variance == pytest.approx((2 * q - null - null**2) / n, rel=1e-6)
 
@@ -533,7 +547,9 @@ def test_srm_bayes_factor_is_the_dirichlet_multinomial_over_multinomial_likeliho
     counts, theta = [480, 520, 1010], np.array([0.25, 0.25, 0.5])
     r = stats.srm_bayes_factor(counts, [1, 1, 2], concentration=100.0)
     n = sum(counts)
-    expected = sps.dirichlet_multinomial(100.0 * theta, n).logpmf(counts) - sps.multinomial(n, theta).logpmf(counts)
+    expected = sps.dirichlet_multinomial(100.0 * theta, n).logpmf(counts) - sps.multinomial(n, theta).logpmf(
+        counts
+    )
     assert r.log_bayes_factor == pytest.approx(float(expected), rel=1e-9)
     assert r.min_expected == pytest.approx(0.25 * n)
 
@@ -590,7 +606,10 @@ def test_exceedance_p_value_keeps_its_level_under_continuous_monitoring() -> Non
     assert fired <= alpha
     # a doubled share is found
     s2 = np.cumsum(rng.random((200, n)) < 2 * p0, axis=1)[:, 4::5]
-    assert np.mean(stats.exceedance_p_value(s2, looks[None, :], share=p0, side="greater").min(axis=1) <= alpha) > 0.6
+    assert (
+        np.mean(stats.exceedance_p_value(s2, looks[None, :], share=p0, side="greater").min(axis=1) <= alpha)
+        > 0.6
+    )
 
 
 def test_quantile_confidence_sequence_covers_the_true_p99() -> None:
