@@ -55,21 +55,27 @@ def only(**gates: GateSpec) -> JudgePolicy:
     return replace(NONE, **gates)
 
 
-def first(decisions: list[str]) -> str:
-    return next((d for d in decisions if d in ("promote", "rollback", "veto")), "continue")
+def first(decisions: list[str]) -> tuple[str, int]:
+    """The first decisive look's decision and its 1-based look number (0 if none)."""
+    return next(
+        ((d, i + 1) for i, d in enumerate(decisions) if d in ("promote", "rollback", "veto")), ("continue", 0)
+    )
+
+
+Outcome = tuple[tuple[str, int], tuple[str, int]]
 
 
 def run(
-    rollouts: int, one: Callable[[np.random.Generator], tuple[str, str]], seed: int
-) -> dict[str, dict[str, float]]:
-    """Return {"before": {decision: share}, "after": {...}} over ``rollouts`` seeded rollouts."""
-    out: dict[str, dict[str, float]] = {"before": {}, "after": {}}
+    rollouts: int, one: Callable[[np.random.Generator], Outcome], seed: int, decision: str
+) -> dict[str, tuple[float, float]]:
+    """Return {"before"/"after": (share of rollouts ending in ``decision``, median look when they did)}."""
     rng = np.random.default_rng(seed)
-    for _ in range(rollouts):
-        before, after = one(rng)
-        out["before"][before] = out["before"].get(before, 0) + 1
-        out["after"][after] = out["after"].get(after, 0) + 1
-    return {k: {d: c / rollouts for d, c in v.items()} for k, v in out.items()}
+    results = [one(rng) for _ in range(rollouts)]
+    out = {}
+    for j, key in enumerate(("before", "after")):
+        looks = [r[j][1] for r in results if r[j][0] == decision]
+        out[key] = (len(looks) / rollouts, float(np.median(looks)) if looks else math.nan)
+    return out
 
 
 def _cs_rule(harm: float, se: float, n: float, limit: float) -> str:
@@ -91,7 +97,7 @@ def error_rate_rare(p1: float, p2: float, margin: float, step: int = 500, looks:
     """Canary, unpaired error rates (rare errors), equal arm sizes."""
     policy = only(error_rate=GateSpec(role="guardrail", margin=margin, min_samples=200))
 
-    def one(rng: np.random.Generator) -> tuple[str, str]:
+    def one(rng: np.random.Generator) -> Outcome:
         x1 = np.cumsum(rng.binomial(step, p1, looks))
         x2 = np.cumsum(rng.binomial(step, p2, looks))
         before, after = [], []
@@ -114,7 +120,7 @@ def accuracy_paired(worse: float, better: float, margin: float, step: int = 200,
     """Shadow, paired correctness discordance."""
     policy = only(accuracy=GateSpec(role="required", margin=margin, min_samples=200))
 
-    def one(rng: np.random.Generator) -> tuple[str, str]:
+    def one(rng: np.random.Generator) -> Outcome:
         c = np.cumsum(rng.multinomial(step, [worse, better, 1 - worse - better], size=looks), axis=0)
         before, after = [], []
         for k in range(looks):
@@ -141,7 +147,7 @@ def regression_rare(
     """Shadow, paired regression errors; the challenger adds errors of ``size`` at ``rate`` (catastrophic)."""
     policy = only(regression=GateSpec(role="required", margin=margin, min_samples=200))
 
-    def one(rng: np.random.Generator) -> tuple[str, str]:
+    def one(rng: np.random.Generator) -> Outcome:
         n_all = step * looks
         noise = rng.normal(0, 1, n_all)
         e1 = np.abs(noise + rng.normal(0, 0.5, n_all))
@@ -191,7 +197,7 @@ def srm(weight: float, keys_per_look: int = 100, looks: int = 50):
     """Canary split by routing keys, A/A (the split is as configured)."""
     policy = NONE
 
-    def one(rng: np.random.Generator) -> tuple[str, str]:
+    def one(rng: np.random.Generator) -> Outcome:
         u2 = np.cumsum(rng.binomial(keys_per_look, weight, looks))
         before, after = [], []
         for k in range(looks):
@@ -216,7 +222,7 @@ def clustered_errors(keys: int = 400, looks: int = 10, pareto: float = 1.2):
     """Canary A/A at margin 0; requests per routing key heavy-tailed, each key with its own error rate."""
     policy = only(error_rate=GateSpec(role="guardrail", margin=0.0, min_samples=100))
 
-    def one(rng: np.random.Generator) -> tuple[str, str]:
+    def one(rng: np.random.Generator) -> Outcome:
         size = rng.pareto(pareto, keys) + 1.0
         rate = rng.beta(0.5, 10, keys)
         arm = rng.random(keys) < 0.5
@@ -243,7 +249,7 @@ def latency(scale: float, margin: float, step: int = 300, looks: int = 15):
     """Shadow latency, lognormal; the challenger's latencies are ``scale`` times the champion's."""
     policy = only(latency_p99=GateSpec(role="guardrail", margin=margin, min_samples=300))
 
-    def one(rng: np.random.Generator) -> tuple[str, str]:
+    def one(rng: np.random.Generator) -> Outcome:
         h1 = np.zeros(EDGES.size - 1, dtype=np.int64)
         h2 = np.zeros(EDGES.size - 1, dtype=np.int64)
         before, after = [], []
@@ -272,7 +278,7 @@ def online_offline(shift: float, extra: float, step: int = 250, looks: int = 24)
     """Both arms registered at 85% offline; online both lose ``shift`` (population), the challenger ``extra``."""
     off = {"accuracy": 0.85, "holdout_size": 5000}
 
-    def one(rng: np.random.Generator) -> tuple[str, str]:
+    def one(rng: np.random.Generator) -> Outcome:
         k1 = np.cumsum(rng.binomial(step, 0.85 - shift, looks))
         k2 = np.cumsum(rng.binomial(step, 0.85 - shift - extra, looks))
         before, after = [], []
@@ -293,101 +299,50 @@ def online_offline(shift: float, extra: float, step: int = 250, looks: int = 24)
     return one
 
 
-ROWS: list[
-    tuple[str, str, Callable[..., Callable[[np.random.Generator], tuple[str, str]]], dict[str, float], str]
-] = [
-    (
-        "error rate, canary, rare errors 0.2% vs 0.2% + margin 0.2 pt",
-        "promote",
-        error_rate_rare,
-        {"p1": 0.002, "p2": 0.004, "margin": 0.002},
-        "false promotion at the margin",
-    ),
-    (
-        "error rate, canary, 0.2% both, margin 0",
-        "rollback",
-        error_rate_rare,
-        {"p1": 0.002, "p2": 0.002, "margin": 0.0},
-        "false rollback A/A",
-    ),
-    (
-        "accuracy, paired, discordance 2%, at the 1-pt margin",
-        "promote",
-        accuracy_paired,
-        {"worse": 0.015, "better": 0.005, "margin": 0.01},
-        "false promotion at the margin",
-    ),
-    (
-        "accuracy, paired, discordance 2%, equal",
-        "rollback",
-        accuracy_paired,
-        {"worse": 0.01, "better": 0.01, "margin": 0.01},
-        "false rollback (margin 1 pt)",
-    ),
-    (
-        "regression, rare catastrophic errors (0.2% of size ~14-28), MAE +5.5% vs 5%",
-        "promote",
-        regression_rare,
-        {"rate": 0.002, "size": 14.0, "shift": 0.0},
-        "false promotion of a harmful one",
-    ),
-    (
-        "regression, A/A (no rare errors)",
-        "rollback",
-        regression_rare,
-        {"rate": 0.0, "size": 0.0, "shift": 0.0},
-        "false rollback A/A",
-    ),
-    (
-        "regression, A/A (no rare errors)",
-        "promote",
-        regression_rare,
-        {"rate": 0.0, "size": 0.0, "shift": 0.0},
-        "promotion (power)",
-    ),
-    (
-        "SRM, A/A split 10%, 100 keys per look x 50",
-        "veto",
-        srm,
-        {"weight": 0.10},
-        "false veto per step (level 0.1%)",
-    ),
-    (
-        "error rate, canary A/A, uneven keys (Pareto 1.2), margin 0",
-        "rollback",
-        clustered_errors,
-        {},
-        "false rollback A/A",
-    ),
-    (
-        "latency p99, A/A, margin 1.0",
-        "rollback",
-        latency,
-        {"scale": 1.0, "margin": 1.0},
-        "false rollback A/A",
-    ),
-    (
-        "latency p99, challenger 3x, margin 1.2",
-        "rollback",
-        latency,
-        {"scale": 3.0, "margin": 1.2},
-        "rollback (power)",
-    ),
-    (
-        "online vs offline, both arms -6 pt online (shift), identical",
-        "rollback",
-        online_offline,
-        {"shift": 0.06, "extra": 0.0},
-        "false 'worse'",
-    ),
-    (
-        "online vs offline, challenger 2 pt worse than the champion's gap",
-        "rollback",
-        online_offline,
-        {"shift": 0.0, "extra": 0.02},
-        "'worse' at the boundary",
-    ),
-]
+Maker = Callable[..., Callable[[np.random.Generator], "Outcome"]]
+STEPS: dict[Maker, int] = {  # observations per look, for the "observations to decision" column
+    error_rate_rare: 1000,  # both arms together (500 each)
+    accuracy_paired: 200,
+    regression_rare: 250,
+    srm: 100,
+    clustered_errors: 1,
+    latency: 300,
+    online_offline: 250,
+}
+ROWS: list[tuple[str, str, Maker, dict[str, float], str]] = [
+    # (scenario, decision measured, row, its parameters, what the share means)
+    ("error rate, canary, rare errors 0.2% vs 0.2% + margin 0.2 pt", "promote", error_rate_rare,
+     {"p1": 0.002, "p2": 0.004, "margin": 0.002}, "false promotion at the margin"),
+    ("error rate, canary, 0.2% both, margin 0", "rollback", error_rate_rare,
+     {"p1": 0.002, "p2": 0.002, "margin": 0.0}, "false rollback A/A"),
+    ("error rate, canary, 0.2% both, margin 0.2 pt", "promote", error_rate_rare,
+     {"p1": 0.002, "p2": 0.002, "margin": 0.002}, "promotion (power)"),
+    ("accuracy, paired, discordance 2%, at the 1-pt margin", "promote", accuracy_paired,
+     {"worse": 0.015, "better": 0.005, "margin": 0.01}, "false promotion at the margin"),
+    ("accuracy, paired, discordance 2%, equal", "rollback", accuracy_paired,
+     {"worse": 0.01, "better": 0.01, "margin": 0.01}, "false rollback (margin 1 pt)"),
+    ("accuracy, paired, discordance 2%, equal", "promote", accuracy_paired,
+     {"worse": 0.01, "better": 0.01, "margin": 0.01}, "promotion (power)"),
+    ("regression, rare catastrophic errors (0.2% of size ~14-28), MAE +5.5% vs 5%", "promote", regression_rare,
+     {"rate": 0.002, "size": 14.0, "shift": 0.0}, "false promotion of a harmful one"),
+    ("regression, A/A (no rare errors)", "rollback", regression_rare,
+     {"rate": 0.0, "size": 0.0, "shift": 0.0}, "false rollback A/A"),
+    ("regression, A/A (no rare errors)", "promote", regression_rare,
+     {"rate": 0.0, "size": 0.0, "shift": 0.0}, "promotion (power)"),
+    ("SRM, A/A split 10%, 100 keys per look x 50", "veto", srm, {"weight": 0.10},
+     "false veto per step (level 0.1%)"),
+    ("error rate, canary A/A, uneven keys (Pareto 1.2), margin 0", "rollback", clustered_errors, {},
+     "false rollback A/A"),
+    ("latency p99, A/A, margin 1.0", "rollback", latency, {"scale": 1.0, "margin": 1.0}, "false rollback A/A"),
+    ("latency p99, challenger 3x, margin 1.2", "rollback", latency, {"scale": 3.0, "margin": 1.2},
+     "rollback (power)"),
+    ("online vs offline, both arms -6 pt online (shift), identical", "rollback", online_offline,
+     {"shift": 0.06, "extra": 0.0}, "false 'worse'"),
+    ("online vs offline, challenger 2 pt worse than the champion's gap", "rollback", online_offline,
+     {"shift": 0.0, "extra": 0.02}, "'worse' at the boundary"),
+    ("online vs offline, challenger 6 pt worse than the champion's gap", "rollback", online_offline,
+     {"shift": 0.0, "extra": 0.06}, "'worse' (power)"),
+]  # fmt: skip
 
 
 def main() -> None:
@@ -397,17 +352,22 @@ def main() -> None:
     parser.add_argument("--only", default="", help="substring of the row names to run")
     args = parser.parse_args()
     print(f"rollouts per row: {args.rollouts}, alpha {ALPHA}, seed {args.seed}\n")
-    print("| gate, scenario | measured | before | after |")
-    print("|---|---|---|---|")
+    print("| gate, scenario | measured | before | after | median observations to it, before / after |")
+    print("|---|---|---|---|---|")
     for i, (name, decision, make, kwargs, what) in enumerate(ROWS):
         if args.only and args.only not in name:
             continue
         t0 = time.perf_counter()
-        n = args.rollouts if make not in (latency,) else max(args.rollouts // 3, 100)
-        res = run(n, make(**kwargs), args.seed + i)
-        b, a = res["before"].get(decision, 0.0), res["after"].get(decision, 0.0)
+        n = args.rollouts if make is not latency else max(args.rollouts // 3, 100)
+        res = run(n, make(**kwargs), args.seed + i, decision)
+        (b, lb), (a, la) = res["before"], res["after"]
+
+        def obs(look: float, step: int = STEPS[make]) -> str:
+            return "-" if math.isnan(look) else f"{look * step:,.0f}"
+
         print(
-            f"| {name} | {what} ({decision}) | {b:.1%} | {a:.1%} |  <!-- {n} rollouts, {time.perf_counter() - t0:.0f} s -->",
+            f"| {name} | {what} ({decision}) | {b:.1%} | {a:.1%} | {obs(lb)} / {obs(la)} |"
+            f"  <!-- {n} rollouts, {time.perf_counter() - t0:.0f} s -->",
             flush=True,
         )
 
