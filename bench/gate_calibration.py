@@ -95,7 +95,7 @@ def _bern(count: float, n: float) -> float:
 
 def error_rate_rare(p1: float, p2: float, margin: float, step: int = 500, looks: int = 40):
     """Canary, unpaired error rates (rare errors), equal arm sizes."""
-    policy = only(error_rate=GateSpec(role="guardrail", margin=margin, min_samples=200))
+    policy = only(error_rate=GateSpec(role="required", margin=margin, min_samples=200))  # may promote
 
     def one(rng: np.random.Generator) -> Outcome:
         x1 = np.cumsum(rng.binomial(step, p1, looks))
