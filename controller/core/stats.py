@@ -1120,6 +1120,12 @@ def quantile_ratio_test(
     n1, n2 = c1.sum(), c2.sum()
     s1 = np.cumsum(c1[::-1])[::-1]
     s2 = np.cumsum(c2[::-1])[::-1]
+    # Only edges from the first occupied bucket to just above the last can decide (the tests are
+    # monotone in the counts): drop the empty ends of the log histogram.
+    occupied = np.flatnonzero((c1 + c2) > 0)
+    if occupied.size:
+        lo, hi = int(occupied[0]), min(int(occupied[-1]) + 1, e.size - 1)
+        e, s1, s2 = e[lo : hi + 1], s1[lo : hi + 1], s2[lo : hi + 1]
     tail = 1.0 - q
     p2_above = exceedance_p_value(s2, n2, share=tail, side="greater")  # Q2 >= e_i
     p2_below = exceedance_p_value(s2, n2, share=tail, side="lesser")  # Q2 < e_i
@@ -1141,11 +1147,19 @@ def quantile_ratio_test(
     under_floor = np.where((e <= floor) & positive, p2_below, 1.0)
     harm_p = float(min(1.0, harm.min()))
     pass_p = float(min(1.0, both.min(), under_floor.min()))
+
+    def bounds(above: FloatArray, below: FloatArray) -> Interval:  # as quantile_confidence_sequence
+        lower = e[above <= alpha / 2.0]
+        upper = e[below <= alpha / 2.0]
+        return Interval(
+            float(lower.max()) if lower.size else 0.0, float(upper.min()) if upper.size else math.inf
+        )
+
     return QuantileRatioTest(
         harm_p=harm_p,
         pass_p=pass_p,
-        champion=quantile_confidence_sequence(c1, edges, q, alpha=alpha),
-        challenger=quantile_confidence_sequence(c2, edges, q, alpha=alpha),
+        champion=bounds(p1_above, p1_below),
+        challenger=bounds(p2_above, p2_below),
     )
 
 

@@ -637,6 +637,8 @@ def test_quantile_ratio_test_treats_the_champion_p99_as_estimated() -> None:
     slow = stats.histogram_counts(3 * rng.lognormal(1.0, 0.6, 3000), edges)
     r = stats.quantile_ratio_test(a, slow, edges, q=0.99, ratio=1.2, alpha=0.05)
     assert r.harm_p < 1e-3 and r.pass_p == 1.0
+    assert r.challenger == stats.quantile_confidence_sequence(slow, edges, 0.99, alpha=0.05)
+    assert r.champion == stats.quantile_confidence_sequence(a, edges, 0.99, alpha=0.05)
     # the same 3x slowdown is harmless below a 100 ms floor (true p99 ~ 3 x 11 ms)
     floor = stats.quantile_ratio_test(a, slow, edges, q=0.99, ratio=1.2, floor=100.0, alpha=0.05)
     assert floor.harm_p == 1.0 and floor.pass_p <= 0.05
