@@ -234,11 +234,14 @@ def step_aggregates(
     latency: LatencyBuckets,
     value_bins: int = 10,
     tail_quantile: float = 0.99,
+    cluster_by: Literal["request", "routing_key"] | None = None,
 ) -> StepAggregates:
     """Aggregate one rollout step in SQL; ``label_cutoff`` None ignores labels altogether.
 
     ``tail_quantile``: the quantile of the champion's absolute errors above which a regression error
-    counts as catastrophic (``error_tail``).
+    counts as catastrophic (``error_tail``). ``cluster_by``: the clusters of ``clusters`` — by default
+    requests for the ``paired`` cohort (shadow steps) and routing keys for ``served`` (canary steps);
+    pass ``"routing_key"`` when reading the ``paired`` cohort of a canary step (its paired analysis).
     """
     step_filter = and_(P.rollout_id == rollout_id, P.step == step)
     both_ran = and_(_ran("champion"), _ran("challenger"))
@@ -273,7 +276,8 @@ def step_aggregates(
         if task == "classification":
             extra.update(compared=values[7], agreed=values[8])
         # Clusters: rows of one request (shadow) or of one routing key (canary, sticky split).
-        cluster = P.request_id if cohort == "paired" else P.routing_key_hash
+        by = cluster_by or ("request" if cohort == "paired" else "routing_key")
+        cluster = P.request_id if by == "request" else P.routing_key_hash
         failed = {arm: _indicator(P[f"{arm}_error"].is_not(None)) for arm in ARMS}
         specs: dict[str, tuple[ColumnElement[bool], Any, Any]] = {
             "errors.paired": (both_ran, failed["challenger"] - failed["champion"], None)

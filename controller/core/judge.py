@@ -167,6 +167,17 @@ class PairedAbsErrors:
     challenger_sq: float
     cross: float  # sum of e1 * e2
 
+    def __add__(self, other: PairedAbsErrors) -> PairedAbsErrors:
+        """Pool two disjoint sets of pairs (e.g. two rollout steps)."""
+        return PairedAbsErrors(
+            n=self.n + other.n,
+            champion=self.champion + other.champion,
+            champion_sq=self.champion_sq + other.champion_sq,
+            challenger=self.challenger + other.challenger,
+            challenger_sq=self.challenger_sq + other.challenger_sq,
+            cross=self.cross + other.cross,
+        )
+
 
 @dataclass(frozen=True, kw_only=True)
 class ErrorTail:
@@ -204,7 +215,8 @@ class StepMetrics:
     requests in shadow steps) for the cluster-robust variance, keyed ``errors.<arm>``,
     ``errors.paired`` (a = challenger failed - champion failed), ``correct.<arm>``, ``correct.paired``
     (a = champion right - challenger right), ``agreement`` (a = disagreement), ``abs_error.<arm>``
-    (a = |error|) and ``abs_error.paired`` (a = challenger's |error|, b = champion's); a missing key
+    (a = |error|), ``abs_error.paired`` (a = challenger's |error|, b = champion's) and
+    ``abs_error_tail.paired`` (a = challenger above the cap - champion above the cap); a missing key
     means rows are independent. Absent fields make their gates report no-data.
     """
 
@@ -359,7 +371,7 @@ class JudgePolicy:
     predictions (e.g. 0.9); ``accuracy`` absolute accuracy drop tolerated (0.01 = one point);
     ``regression`` relative MAE increase tolerated (0.05 = 5%); ``drift`` PSI above which outputs have
     drifted (0.2). ``n_star``: the sample size at which the confidence sequences are tightest.
-    ``srm_alpha``: level of the sample-ratio-mismatch chi-square test. ``error_rate_slo``: hard ceiling of
+    ``srm_alpha``: level of the sequential sample-ratio-mismatch test. ``error_rate_slo``: hard ceiling of
     the challenger's error rate; ``latency_p99_slo_ms``: hard ceiling of its p99 — both vetoes once the
     confidence sequence proves the breach. ``srm_min_expected``: the SRM test waits until the smaller
     arm expects this many units (routing keys), so a handful of keys cannot trigger it.

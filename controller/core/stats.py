@@ -944,6 +944,19 @@ class ClusterSums:
     ab: float = 0.0
     bb: float = 0.0
 
+    def __add__(self, other: ClusterSums) -> ClusterSums:
+        """Pool two disjoint sets of clusters (e.g. two rollout steps, each key counted per step)."""
+        return ClusterSums(
+            clusters=self.clusters + other.clusters,
+            rows=self.rows + other.rows,
+            mm=self.mm + other.mm,
+            ma=self.ma + other.ma,
+            mb=self.mb + other.mb,
+            aa=self.aa + other.aa,
+            ab=self.ab + other.ab,
+            bb=self.bb + other.bb,
+        )
+
     def residual_sq(self, *, weight: float = 0.0, null: float) -> float:
         """Return sum_k (a_k - weight b_k - null m_k)^2."""
         w, c = weight, null

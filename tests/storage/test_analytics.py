@@ -371,6 +371,28 @@ def test_canary_cluster_sums_paired_errors_and_tail_match_the_rows(store: Store)
         int(np.sum(both & (e2 > t.cap) & (e1 <= t.cap))),
         int(np.sum(both & (e1 > t.cap) & (e2 <= t.cap))),
     )
+    # the paired cohort of a canary step, clustered by routing key: same pairs, same key clusters
+    pa = step_aggregates(
+        store.db,
+        rollout_id=rollout_id,
+        step=3,
+        cohort="paired",
+        task="regression",
+        label_cutoff=T0,
+        latency=LATENCY,
+        cluster_by="routing_key",
+    )
+    assert pa.diff_n == a.diff_n and pa.clusters["abs_error.paired"] == p
+    by_request = step_aggregates(
+        store.db,
+        rollout_id=rollout_id,
+        step=3,
+        cohort="paired",
+        task="regression",
+        label_cutoff=T0,
+        latency=LATENCY,
+    )
+    assert by_request.clusters["abs_error.paired"].clusters == int(both.sum())  # one row per request
     m = metrics_from_aggregates(a, task="regression", challenger_weight=0.25, paired=True)
     assert m.paired_abs_errors is not None and m.paired_abs_errors.n == int(both.sum())
     unpaired = metrics_from_aggregates(a, task="regression", challenger_weight=0.25)

@@ -536,6 +536,13 @@ def test_design_effect_is_kish_cluster_size_for_identical_rows_and_one_for_singl
     rows = m * float(np.sum((z - p) ** 2))
     n = k * m
     assert stats.design_effect(sums, rows, null=p) == pytest.approx(m * k / (k - 1) * (n - 1) / n, rel=1e-12)
+    half = stats.ClusterSums(
+        clusters=k // 2, rows=k // 2 * m, mm=k // 2 * m * m, ma=m * m * z[:5].sum(), aa=m * m * z[:5] @ z[:5]
+    )
+    rest = stats.ClusterSums(
+        clusters=k // 2, rows=k // 2 * m, mm=k // 2 * m * m, ma=m * m * z[5:].sum(), aa=m * m * z[5:] @ z[5:]
+    )
+    assert half + rest == sums  # pooling disjoint clusters (two steps) adds their sums
     single = stats.ClusterSums(clusters=k, rows=k, mm=k, ma=z.sum(), aa=z @ z)
     assert stats.design_effect(single, float(np.sum((z - p) ** 2)), null=p) == pytest.approx(1.0)  # floored
 
