@@ -32,10 +32,17 @@ HORIZON = 20_000
 N_STAR = 5000.0
 
 
-def paired_harm(worse: np.ndarray, better: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Harm estimate (worse - better)/n and its standard error, as ``judge._paired_se``."""
+def paired_harm(
+    worse: np.ndarray, better: np.ndarray, n: np.ndarray, null: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Harm estimate (worse - better)/n and Tango's standard error under H0: harm = null (as the judge)."""
     d = (worse - better) / n
-    var = (worse + better + 2.0) / (n + 2.0) - d * d
+    d0 = -null  # stats.tango_null_variance, vectorised
+    a = 2.0 * n
+    b = -better - worse + (2.0 * n - better + worse) * d0
+    c = -worse * d0 * (1.0 - d0)
+    q21 = np.maximum((np.sqrt(np.maximum(b * b - 4.0 * a * c, 0.0)) - b) / (2.0 * a), 0.0)
+    var = np.maximum(q21 + d0, 0.0) + q21 - d0 * d0
     return d, np.sqrt(np.maximum(var, 1e-12) / n)
 
 
@@ -234,7 +241,7 @@ def main() -> None:
     # boundary of non-inferiority: challenger exactly one margin worse
     c_b, e_b = classification_rollouts(rng, args.rollouts, looks, 0.055, 0.045, 0.01)
     n = STEP * np.arange(1, looks + 1, dtype=float)[None, :]
-    h, se = paired_harm(c_b[..., 0], c_b[..., 1], n)
+    h, se = paired_harm(c_b[..., 0], c_b[..., 1], n, 0.01)
     passes, _ = gate(h, se, n, 0.01)
     kb, _ = first_decision(passes & (n >= 200), np.zeros_like(passes))
     print(

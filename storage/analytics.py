@@ -13,8 +13,9 @@ no error, and counts only as coverage lost (``Coverage``).
 The unit of analysis is the request: counts of requests, failures, pairs, discordant pairs and
 latency histograms count a request once however many rows it has (its row 0 stands for it; every
 row of a request shares its arms' statuses and latencies). Row-level quality figures (agreement,
-accuracy, absolute errors, output histograms) keep rows; ``ClusterSums`` give their per-request
-sums so that a variance can account for rows of one request being scored together.
+accuracy, absolute errors, output histograms) keep rows; ``clusters`` (``ClusterAggregate``) give
+their per-cluster sums — by request in shadow steps, by routing key in canary steps — so that a
+variance can account for rows of one cluster being scored together.
 
 Cohorts:
 - ``paired`` (shadow steps): requests on which both arms ran; each arm is read from its own columns;
@@ -61,18 +62,6 @@ class LatencyBuckets:
 
 
 @dataclass(frozen=True)
-class ClusterSums:
-    """Per-request sums of a row-level ratio y/m (e.g. agreed/compared rows): sum over requests i of
-    y_i², m_i² and y_i·m_i, and the number of requests with m_i > 0. With the totals Y and M they
-    give the cluster-robust (by request) variance of Y/M: (Σy² - 2r·Σym + r²·Σm²) / M², r = Y/M."""
-
-    clusters: int = 0
-    sum_y2: float = 0.0
-    sum_m2: float = 0.0
-    sum_ym: float = 0.0
-
-
-@dataclass(frozen=True)
 class Coverage:
     """What became of the shadow jobs of one step, counted in requests.
 
@@ -116,19 +105,56 @@ class ArmAggregates:
 
 
 @dataclass(frozen=True)
+class ClusterAggregate:
+    """Per-cluster totals summed as cross products: K clusters with rows m_k (N in all), quantities a_k, b_k.
+
+    ``mm`` = sum m_k^2, ``ma`` = sum m_k a_k, ... — what a cluster-robust variance needs, from one
+    GROUP BY inside one aggregate (never the clusters themselves).
+    """
+
+    clusters: int = 0
+    rows: float = 0.0
+    mm: float = 0.0
+    ma: float = 0.0
+    mb: float = 0.0
+    aa: float = 0.0
+    ab: float = 0.0
+    bb: float = 0.0
+
+
+@dataclass(frozen=True)
+class ErrorTailAggregate:
+    """Labelled rows whose absolute error exceeds ``cap`` (the champion's ``quantile`` of |error|)."""
+
+    cap: float
+    quantile: float
+    champion_n: int = 0
+    champion_above: int = 0
+    challenger_n: int = 0
+    challenger_above: int = 0
+    pairs: int = 0
+    worse: int = 0  # only the challenger above the cap
+    better: int = 0  # only the champion above the cap
+
+
+@dataclass(frozen=True)
 class StepAggregates:
     """Aggregates of one (rollout, step) cohort; the controller turns them into judge.StepMetrics.
 
     Paired fields are filled for the ``paired`` cohort: ``pairs`` rows where both arms ran;
-    ``worse`` / ``better``: challenger failed alone / champion failed alone (all three in requests);
-    ``compared`` / ``agreed``: rows where both succeeded / and predicted the same class;
-    ``labelled_pairs``, ``labelled_worse`` (champion right, challenger wrong), ``labelled_better``
-    (rows); ``diff_*``: moments of |challenger - label| - |champion - label| over rows.
-    ``value_range``: (low, high) of the regression outputs bucketed in ``values`` histograms, or None.
-    ``coverage``: the shadow jobs' fate. ``agreement_clusters`` (agreed/compared),
-    ``labelled_clusters`` ((worse - better)/labelled pairs) and ``diff_clusters`` (diff sum/diff n):
-    per-request sums for a cluster-robust variance, computed when asked (``clusters=True``) and some
-    request has several rows (else None: the row sums are then the request sums).
+    ``worse`` / ``better``: challenger failed alone / champion failed alone (all three in requests); ``compared`` / ``agreed``:
+    pairs where both succeeded / and predicted the same class; ``labelled_pairs``, ``labelled_worse``
+    (champion right, challenger wrong), ``labelled_better``; ``diff_*``: moments of
+    |challenger - label| - |champion - label|. ``value_range``: (low, high) of the regression outputs
+    bucketed in ``values`` histograms, or None. ``pair_abs``: over the ``diff_n`` labelled pairs, sums
+    of e1, e1^2, e2, e2^2 and e1 e2 (champion e1, challenger e2). ``error_tail``: rows above the
+    champion's high quantile of |error|. ``clusters``: per-cluster sums for the cluster-robust variance,
+    clusters being requests (``paired`` cohort: rows of one multi-row request) or routing keys
+    (``served`` cohort: the split is sticky per key); keys as ``judge.StepMetrics.clusters``.
+
+    In the ``served`` cohort the paired fields describe the rows on which both arms ran (the canary's
+    shadow share), clustered by routing key: the paired analysis of a canary step.
+    ``requests``: the step's requests; ``coverage``: the shadow jobs' fate (scored, skipped by reason).
     """
 
     cohort: Cohort
@@ -145,12 +171,12 @@ class StepAggregates:
     diff_n: int = 0
     diff_sum: float = 0.0
     diff_sumsq: float = 0.0
+    pair_abs: tuple[float, float, float, float, float] | None = None
+    error_tail: ErrorTailAggregate | None = None
+    clusters: dict[str, ClusterAggregate] = field(default_factory=dict)
     value_range: tuple[float, float] | None = None
     requests: int = 0
     coverage: Coverage = field(default_factory=Coverage)
-    agreement_clusters: ClusterSums | None = None
-    labelled_clusters: ClusterSums | None = None
-    diff_clusters: ClusterSums | None = None
 
 
 def ran(arm: str) -> ColumnElement[bool]:
@@ -267,18 +293,74 @@ def live_figures(db: Database, *, rollout_id: int, step: int, latency: LatencyBu
     )
 
 
-def _cluster_sums(conn: Any, source: Any, where: ColumnElement[bool], *, y: Any, m: Any) -> ClusterSums:
-    """Sum y², m² and y·m over requests, where y and m are per-request aggregates of the rows."""
-    per_request = (
-        select(y.label("y"), m.label("m")).select_from(source).where(where).group_by(P.request_id).subquery()
-    )
-    yc, mc = cast(per_request.c.y, Float), cast(per_request.c.m, Float)
-    row = conn.execute(
-        select(_count(per_request.c.m > 0), _fsum(yc * yc), _fsum(mc * mc), _fsum(yc * mc)).select_from(
-            per_request
-        )
-    ).one()
-    return ClusterSums(int(row[0] or 0), float(row[1] or 0.0), float(row[2] or 0.0), float(row[3] or 0.0))
+def _cluster_sums(
+    conn: Any,
+    source: Any,
+    where: ColumnElement[bool],
+    cluster: Any,
+    specs: dict[str, tuple[ColumnElement[bool], Any, Any]],
+) -> dict[str, ClusterAggregate]:
+    """Sum cross products of per-cluster totals: one GROUP BY cluster inside one aggregate query.
+
+    ``specs``: name -> (row belongs, a, b or None) with a, b per-row numeric expressions.
+    """
+    if not specs:
+        return {}
+    inner_cols: list[Any] = []
+    for i, (member, a, b) in enumerate(specs.values()):
+        inner_cols += [
+            _count(member).label(f"m{i}"),
+            _fsum(case((member, a), else_=0.0)).label(f"a{i}"),
+            _fsum(case((member, b if b is not None else 0.0), else_=0.0)).label(f"b{i}"),
+        ]
+    inner = select(*inner_cols).select_from(source).where(where).group_by(cluster).subquery()
+    outer: list[Any] = []
+    for i in range(len(specs)):
+        m, a, b = inner.c[f"m{i}"], inner.c[f"a{i}"], inner.c[f"b{i}"]
+        outer += [
+            _count(m > 0),
+            _fsum(m),
+            _fsum(m * m),
+            _fsum(m * a),
+            _fsum(m * b),
+            _fsum(a * a),
+            _fsum(a * b),
+            _fsum(b * b),
+        ]
+    row = conn.execute(select(*outer)).one()
+    out: dict[str, ClusterAggregate] = {}
+    for i, name in enumerate(specs):
+        v = [float(x or 0.0) for x in row[8 * i : 8 * i + 8]]
+        out[name] = ClusterAggregate(int(v[0]), *v[1:])
+    return out
+
+
+def _indicator(condition: ColumnElement[bool]) -> Any:
+    return case((condition, 1.0), else_=0.0)
+
+
+ERROR_BUCKETS = LatencyBuckets(start_ms=1e-9, growth=1.02, count=2400)
+"""Log buckets of absolute errors (1e-9 .. ~1e11, 2% wide) for the champion's high quantile."""
+
+
+def _upper_quantile(conn: Any, source: Any, where: ColumnElement[bool], value: Any, q: float) -> float | None:
+    """Return the upper edge of the log bucket holding the q-quantile of ``value`` (>= the quantile)."""
+    b = ERROR_BUCKETS
+    raw = literal(1.0) + func.floor(func.ln(value / b.start_ms) / func.ln(b.growth))
+    bucket = case((value < b.start_ms, 0), (raw > b.count - 1, b.count - 1), else_=raw)
+    rows = conn.execute(
+        select(bucket.label("b"), func.count()).select_from(source).where(where).group_by(bucket)
+    ).all()
+    counts = sorted((int(k), int(c)) for k, c in rows)
+    total = sum(c for _, c in counts)
+    if total == 0:
+        return None
+    seen = 0
+    for k, c in counts:
+        seen += c
+        if seen >= q * total:
+            return float(b.start_ms * b.growth**k)  # bucket k covers [start g^(k-1), start g^k)
+    return float(b.start_ms * b.growth ** counts[-1][0])
 
 
 def step_aggregates(
@@ -291,12 +373,15 @@ def step_aggregates(
     label_cutoff: datetime | None,
     latency: LatencyBuckets,
     value_bins: int = 10,
-    clusters: bool = False,
+    tail_quantile: float = 0.99,
+    cluster_by: Literal["request", "routing_key"] | None = None,
 ) -> StepAggregates:
     """Aggregate one rollout step in SQL; ``label_cutoff`` None ignores labels altogether.
 
-    ``clusters``: also compute the per-request ``ClusterSums`` (one GROUP BY request_id per row-level
-    figure: asked for only by a judge that uses a cluster-robust variance).
+    ``tail_quantile``: the quantile of the champion's absolute errors above which a regression error
+    counts as catastrophic (``error_tail``). ``cluster_by``: the clusters of ``clusters`` — by default
+    requests for the ``paired`` cohort (shadow steps) and routing keys for ``served`` (canary steps);
+    pass ``"routing_key"`` when reading the ``paired`` cohort of a canary step (its paired analysis).
     """
     step_filter = and_(P.rollout_id == rollout_id, P.step == step)
     both_ran = and_(ran("champion"), ran("challenger"))
@@ -334,13 +419,23 @@ def step_aggregates(
         }
         extra: dict[str, Any] = {"pairs": values[6], "worse": values[7], "better": values[8]}
         extra["requests"] = values[9]
-        # per-request sums differ from the row sums only when some request has several rows
-        multi_row = clusters and values[10] > values[9]
         if task == "classification":
             extra.update(compared=values[11], agreed=values[12])
         extra["coverage"] = _coverage(conn, and_(step_filter, FIRST_ROW))
+        # Clusters: rows of one request (shadow) or of one routing key (canary, sticky split).
+        by = cluster_by or ("request" if cohort == "paired" else "routing_key")
+        cluster = P.request_id if by == "request" else P.routing_key_hash
+        failed = {arm: _indicator(_failed(arm)) for arm in ARMS}
+        specs: dict[str, tuple[ColumnElement[bool], Any, Any]] = {
+            "errors.paired": (and_(FIRST_ROW, both_ran), failed["challenger"] - failed["champion"], None)
+        }
         if cohort == "served":
-            extra.update(pairs=0, worse=0, better=0)
+            for arm in ARMS:
+                specs[f"errors.{arm}"] = (and_(FIRST_ROW, member(arm)), failed[arm], None)
+        if task == "classification":
+            specs["agreement"] = (both_ok, _indicator(P.champion_class != P.challenger_class), None)
+        clusters = _cluster_sums(conn, PAIRS, step_filter, cluster, specs)
+        if cohort == "served":
             # The split is sticky per routing key, so keys, not requests, are the independent units
             # that a sample-ratio test may count (one busy client would otherwise look like a mismatch).
             units = select(P.served_arm, func.count(func.distinct(P.routing_key_hash))).where(step_filter)
@@ -364,28 +459,25 @@ def step_aggregates(
                 right = {arm: P[f"{arm}_class"] == L.label_class for arm in ARMS}
                 cols = [_count(and_(has, answered(arm))) for arm in ARMS]
                 cols += [_count(and_(has, answered(arm), right[arm])) for arm in ARMS]
-                if cohort == "paired":
-                    cols += [
-                        _count(and_(has, both_ok, right["champion"], ~right["challenger"])),
-                        _count(and_(has, both_ok, ~right["champion"], right["challenger"])),
-                    ]
+                cols += [
+                    _count(and_(has, both_ok)),
+                    _count(and_(has, both_ok, right["champion"], ~right["challenger"])),
+                    _count(and_(has, both_ok, ~right["champion"], right["challenger"])),
+                ]
                 r = [
                     int(x or 0) for x in conn.execute(select(*cols).select_from(joined).where(matured)).one()
                 ]
                 for i, arm in enumerate(ARMS):
                     arms[arm].update(labelled=r[i], correct=r[2 + i])
-                if cohort == "paired":
-                    extra.update(labelled_pairs=r[0], labelled_worse=r[4], labelled_better=r[5])
-                    if multi_row:
-                        worse = and_(has, both_ok, right["champion"], ~right["challenger"])
-                        better = and_(has, both_ok, ~right["champion"], right["challenger"])
-                        extra["labelled_clusters"] = _cluster_sums(
-                            conn,
-                            joined,
-                            matured,
-                            y=_count(worse) - _count(better),
-                            m=_count(and_(has, both_ok)),
-                        )
+                extra.update(labelled_pairs=r[4], labelled_worse=r[5], labelled_better=r[6])
+                hit = {arm: _indicator(right[arm]) for arm in ARMS}
+                lspecs: dict[str, tuple[ColumnElement[bool], Any, Any]] = {
+                    "correct.paired": (and_(has, both_ok), hit["champion"] - hit["challenger"], None)
+                }
+                if cohort == "served":
+                    for arm in ARMS:
+                        lspecs[f"correct.{arm}"] = (and_(has, answered(arm)), hit[arm], None)
+                clusters.update(_cluster_sums(conn, joined, matured, cluster, lspecs))
             else:
                 has = L.label_value.is_not(None)
                 err = {arm: func.abs(P[f"{arm}_value"] - L.label_value) for arm in ARMS}
@@ -394,10 +486,12 @@ def step_aggregates(
                 for arm in ARMS:
                     e = case((usable[arm], err[arm]), else_=None)
                     cols += [_count(usable[arm]), _fsum(e), _fsum(e * e)]
-                if cohort == "paired":
-                    both = and_(usable["champion"], usable["challenger"])
-                    d = case((both, err["challenger"] - err["champion"]), else_=None)
-                    cols += [_count(both), _fsum(d), _fsum(d * d)]
+                both = and_(has, both_ok, P.champion_value.is_not(None), P.challenger_value.is_not(None))
+                d = case((both, err["challenger"] - err["champion"]), else_=None)
+                cols += [_count(both), _fsum(d), _fsum(d * d)]
+                e1 = case((both, err["champion"]), else_=None)
+                e2 = case((both, err["challenger"]), else_=None)
+                cols += [_fsum(e1), _fsum(e1 * e1), _fsum(e2), _fsum(e2 * e2), _fsum(e1 * e2)]
                 r = list(conn.execute(select(*cols).select_from(joined).where(matured)).one())
                 for i, arm in enumerate(ARMS):
                     arms[arm].update(
@@ -405,23 +499,47 @@ def step_aggregates(
                         abs_error_sum=float(r[3 * i + 1] or 0.0),
                         abs_error_sumsq=float(r[3 * i + 2] or 0.0),
                     )
-                if cohort == "paired":
-                    extra.update(
-                        diff_n=int(r[6] or 0), diff_sum=float(r[7] or 0.0), diff_sumsq=float(r[8] or 0.0)
-                    )
-                    if multi_row:
-                        extra["diff_clusters"] = _cluster_sums(
-                            conn, joined, matured, y=_fsum(d), m=_count(both)
+                extra.update(
+                    diff_n=int(r[6] or 0),
+                    diff_sum=float(r[7] or 0.0),
+                    diff_sumsq=float(r[8] or 0.0),
+                    pair_abs=tuple(float(x or 0.0) for x in r[9:14]),
+                )
+                rspecs: dict[str, tuple[ColumnElement[bool], Any, Any]] = {
+                    "abs_error.paired": (both, err["challenger"], err["champion"])
+                }
+                if cohort == "served":
+                    for arm in ARMS:
+                        rspecs[f"abs_error.{arm}"] = (usable[arm], err[arm], None)
+                # catastrophic errors: above the champion's high quantile of |error| (its labelled rows)
+                base = usable["champion"] if cohort == "served" else both
+                cap = _upper_quantile(conn, joined, and_(matured, base), err["champion"], tail_quantile)
+                if cap is not None:
+                    above = {arm: err[arm] > cap for arm in ARMS}
+                    t = conn.execute(
+                        select(
+                            _count(base),
+                            _count(and_(base, above["champion"])),
+                            _count(usable["challenger"] if cohort == "served" else both),
+                            _count(
+                                and_(
+                                    usable["challenger"] if cohort == "served" else both, above["challenger"]
+                                )
+                            ),
+                            _count(both),
+                            _count(and_(both, above["challenger"], ~above["champion"])),
+                            _count(and_(both, above["champion"], ~above["challenger"])),
                         )
-
-        if multi_row and task == "classification":
-            extra["agreement_clusters"] = _cluster_sums(
-                conn,
-                PAIRS,
-                step_filter,
-                y=_count(and_(both_ok, P.champion_class == P.challenger_class)),
-                m=_count(both_ok),
-            )
+                        .select_from(joined)
+                        .where(matured)
+                    ).one()
+                    extra["error_tail"] = ErrorTailAggregate(cap, tail_quantile, *[int(x or 0) for x in t])
+                    rspecs["abs_error_tail.paired"] = (
+                        both,
+                        _indicator(above["challenger"]) - _indicator(above["champion"]),
+                        None,
+                    )
+                clusters.update(_cluster_sums(conn, joined, matured, cluster, rspecs))
 
         # 3. latency histograms: bucket = 1 + floor(ln(ms / start) / ln(growth)), clipped
         for arm in ARMS:
@@ -472,5 +590,6 @@ def step_aggregates(
         champion=ArmAggregates(**arms["champion"]),
         challenger=ArmAggregates(**arms["challenger"]),
         value_range=value_range,
+        clusters=clusters,
         **extra,
     )

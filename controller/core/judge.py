@@ -36,8 +36,8 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -54,7 +54,9 @@ __all__ = [
     "Histogram",
     "Judgement",
     "JudgePolicy",
+    "ErrorTail",
     "Moments",
+    "PairedAbsErrors",
     "Outcome",
     "PairedCounts",
     "Proportion",
@@ -153,6 +155,47 @@ class Histogram:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PairedAbsErrors:
+    """Sums over ``n`` labelled pairs of each arm's absolute error e1 (champion), e2 (challenger).
+
+    Enough for the mean and variance of e2 - (1 + m) e1 for any margin m: the direct regression test.
+    """
+
+    n: int
+    champion: float
+    champion_sq: float
+    challenger: float
+    challenger_sq: float
+    cross: float  # sum of e1 * e2
+
+    def __add__(self, other: PairedAbsErrors) -> PairedAbsErrors:
+        """Pool two disjoint sets of pairs (e.g. two rollout steps)."""
+        return PairedAbsErrors(
+            n=self.n + other.n,
+            champion=self.champion + other.champion,
+            champion_sq=self.champion_sq + other.champion_sq,
+            challenger=self.challenger + other.challenger,
+            challenger_sq=self.challenger_sq + other.challenger_sq,
+            cross=self.cross + other.cross,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ErrorTail:
+    """Labelled rows whose absolute error exceeds ``cap``, the champion's ``quantile`` of |error|.
+
+    ``champion`` / ``challenger``: rows above the cap of each arm's labelled rows; ``paired``: over
+    labelled pairs, ``worse`` = only the challenger above the cap, ``better`` = only the champion.
+    """
+
+    cap: float
+    quantile: float
+    champion: Proportion
+    challenger: Proportion
+    paired: PairedCounts | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class StepMetrics:
     """Sufficient statistics of one rollout step, cumulative since the step (or rollout) began.
 
@@ -169,7 +212,15 @@ class StepMetrics:
     latency histograms. ``outputs``: histograms of predictions (class counts or binned values).
     ``coverage``: requests sampled for shadow scoring (n) and those actually scored (count); the
     rest were skipped by the router (full queue, load shedding...), never the challenger's fault.
-    Absent fields make their gates report no-data.
+    ``paired_abs_errors``: per-arm sums and the cross product of absolute errors over labelled pairs
+    (the direct regression test); ``error_tail``: rows above a high quantile of the champion's absolute
+    errors (the catastrophic-error test). ``clusters``: per-cluster sums (routing keys in canary steps,
+    requests in shadow steps) for the cluster-robust variance, keyed ``errors.<arm>``,
+    ``errors.paired`` (a = challenger failed - champion failed), ``correct.<arm>``, ``correct.paired``
+    (a = champion right - challenger right), ``agreement`` (a = disagreement), ``abs_error.<arm>``
+    (a = |error|), ``abs_error.paired`` (a = challenger's |error|, b = champion's) and
+    ``abs_error_tail.paired`` (a = challenger above the cap - champion above the cap); a missing key
+    means rows are independent. Absent fields make their gates report no-data.
     """
 
     mode: Mode
@@ -188,6 +239,9 @@ class StepMetrics:
     latency: Histogram | None = None
     outputs: Histogram | None = None
     coverage: Proportion | None = None
+    paired_abs_errors: PairedAbsErrors | None = None
+    error_tail: ErrorTail | None = None
+    clusters: Mapping[str, stats.ClusterSums] = field(default_factory=dict)
 
 
 def metrics_from_pairs(
@@ -226,6 +280,7 @@ def metrics_from_pairs(
     )
     agreement_ = None
     paired_correct = abs_diff = champ_abs = None
+    pair_abs: PairedAbsErrors | None = None
     ok_lab = both_ok if labelled is None else both_ok & np.asarray(labelled, dtype=bool)
     if task == "classification":
         # SUM(both ok), SUM(both ok AND champion_prediction = challenger_prediction)
@@ -245,6 +300,15 @@ def metrics_from_pairs(
         # SUM(ABS(challenger - label) - ABS(champion - label)), SUM(POWER(that, 2)); SUM(ABS(champion - label)) ...
         abs_diff = Moments(n=int(d.size), total=float(d.sum()), total_sq=float(np.dot(d, d)))
         champ_abs = Moments(n=int(e1.size), total=float(e1.sum()), total_sq=float(np.dot(e1, e1)))
+        # SUM(e1), SUM(e1 * e1), SUM(e2), SUM(e2 * e2), SUM(e1 * e2) over labelled pairs
+        pair_abs = PairedAbsErrors(
+            n=int(e1.size),
+            champion=float(e1.sum()),
+            champion_sq=float(np.dot(e1, e1)),
+            challenger=float(e2.sum()),
+            challenger_sq=float(np.dot(e2, e2)),
+            cross=float(np.dot(e1, e2)),
+        )
     latency = None
     if champion_latency_ms is not None and challenger_latency_ms is not None:
         # GROUP BY bucket (floor(ln(ms / start) / ln(growth))): counts per arm
@@ -277,6 +341,7 @@ def metrics_from_pairs(
         champion_abs_error=champ_abs,
         latency=latency,
         outputs=outputs,
+        paired_abs_errors=pair_abs,
     )
 
 
@@ -310,9 +375,11 @@ class JudgePolicy:
     predictions (e.g. 0.9); ``accuracy`` absolute accuracy drop tolerated (0.01 = one point);
     ``regression`` relative MAE increase tolerated (0.05 = 5%); ``drift`` PSI above which outputs have
     drifted (0.2); ``coverage`` minimum share of the shadow sample actually scored (0.5). ``n_star``: the sample size at which the confidence sequences are tightest.
-    ``srm_alpha``: level of the sample-ratio-mismatch chi-square test. ``error_rate_slo``: hard ceiling of
+    ``srm_alpha``: level of the sequential sample-ratio-mismatch test. ``error_rate_slo``: hard ceiling of
     the challenger's error rate; ``latency_p99_slo_ms``: hard ceiling of its p99 — both vetoes once the
-    confidence sequence proves the breach.
+    confidence sequence proves the breach. ``srm_min_expected``: the SRM test waits until the smaller
+    arm expects this many units (routing keys), so a handful of keys cannot trigger it.
+    ``latency_floor_ms``: a challenger p99 at or below it never counts as latency harm.
     """
 
     alpha: float = 0.05
@@ -321,6 +388,8 @@ class JudgePolicy:
     error_rate_slo: float | None = None
     latency_p99_slo_ms: float | None = None
     slo_min_samples: int = 100
+    srm_min_expected: float = 50.0
+    latency_floor_ms: float = 0.0
     error_rate: GateSpec = field(
         default_factory=lambda: GateSpec(role="guardrail", margin=0.0, min_samples=200)
     )
@@ -458,12 +527,41 @@ def _bernoulli_se(count: float, n: float) -> float:
     return math.sqrt(p * (1.0 - p) / n)
 
 
-def _paired_se(pc: PairedCounts) -> float:
-    """Standard error of (worse - better)/n with one pseudo-count in each discordant cell."""
-    n = pc.n
-    d = (pc.worse - pc.better) / n
-    var = (pc.worse + pc.better + 2.0) / (n + 2.0) - d * d
-    return math.sqrt(max(var, 1e-12) / n)
+def _deff(m: StepMetrics, key: str, row_residual_sq: float, *, null: float, weight: float = 0.0) -> float:
+    """Cluster design effect of the quantity ``key`` (1 when its rows are independent)."""
+    sums = m.clusters.get(key)
+    if sums is None:
+        return 1.0
+    return stats.design_effect(sums, row_residual_sq, weight=weight, null=null)
+
+
+def _binary_rows(x: int, n: int, r: float) -> float:
+    """Sum over n binary rows with x ones of (y_i - r)^2."""
+    return x * (1.0 - r) ** 2 + (n - x) * r * r
+
+
+def _paired_rows(pc: PairedCounts, null: float) -> float:
+    """Sum over pairs of (d_i - null)^2 with d_i = +1 (worse), -1 (better) or 0."""
+    return (
+        pc.worse * (1.0 - null) ** 2 + pc.better * (1.0 + null) ** 2 + (pc.n - pc.worse - pc.better) * null**2
+    )
+
+
+def _paired_null_se(m: StepMetrics, pc: PairedCounts, key: str, null: float) -> float:
+    """Tango's standard error of (worse - better)/n under H0: difference = null, cluster-robust."""
+    nv = stats.tango_null_variance(pc.worse, pc.better, pc.n, null=null)
+    return math.sqrt(nv.variance * _deff(m, key, _paired_rows(pc, null), null=null))
+
+
+def _unpaired_null_se(
+    m: StepMetrics, a: Proportion, b: Proportion, keys: tuple[str, str], null: float
+) -> float:
+    """Farrington–Manning standard error of b/n - a/n under H0: difference = null, cluster-robust per arm."""
+    nv = stats.farrington_manning(a.count, a.n, b.count, b.n, null=null)
+    ra, rb = nv.restricted
+    va = ra * (1.0 - ra) / a.n * _deff(m, keys[0], _binary_rows(a.count, a.n, ra), null=ra)
+    vb = rb * (1.0 - rb) / b.n * _deff(m, keys[1], _binary_rows(b.count, b.n, rb), null=rb)
+    return math.sqrt(max(va + vb, 1e-18))
 
 
 def _harm_gate(
@@ -485,8 +583,10 @@ def _harm_gate(
     """Decide a gate where larger ``harm`` is worse and ``limit`` is the tolerated harm.
 
     Pass when the one-sided upper bound of ``harm`` is below ``limit``; the harm p-value tests
-    H0: harm <= limit. ``offset + scale * x`` maps harm-scale numbers to the gate's natural unit
-    (accuracy difference, agreement share, relative MAE change) for the verdict and its reason.
+    H0: harm <= limit. ``se`` is the standard error the decision uses: for proportions the one under
+    the null hypothesis harm = limit (a score test), so both one-sided tests share it. ``offset +
+    scale * x`` maps harm-scale numbers to the gate's natural unit (accuracy difference, agreement
+    share, relative MAE change) for the verdict and its reason.
     """
     upper = stats.confidence_sequence(
         harm, se, n_cs, alpha=policy.alpha, n_star=policy.n_star, side="lesser"
@@ -539,17 +639,20 @@ def _error_rate(m: StepMetrics, policy: JudgePolicy) -> _Draft:
         if pe.n < spec.min_samples:
             return _no_data("error_rate", spec, f"burn-in: {pe.n} of {spec.min_samples} pairs", pe.n, pe.n)
         diff = (pe.worse - pe.better) / pe.n
-        se, n_cs, n1, n2 = _paired_se(pe), float(pe.n), pe.n, pe.n
-        how = "paired"
+        se = _paired_null_se(m, pe, "errors.paired", spec.margin)
+        n_cs, n1, n2 = float(pe.n), pe.n, pe.n
+        how = "paired, Tango score variance"
     else:
         if min(n1, n2) < spec.min_samples:
             return _no_data(
                 "error_rate", spec, f"burn-in: {min(n1, n2)} of {spec.min_samples} requests", n1, n2
             )
         diff = m.challenger.count / n2 - m.champion.count / n1
-        se = math.sqrt(_bernoulli_se(m.challenger.count, n2) ** 2 + _bernoulli_se(m.champion.count, n1) ** 2)
+        se = _unpaired_null_se(
+            m, m.champion, m.challenger, ("errors.champion", "errors.challenger"), spec.margin
+        )
         n_cs = float(n1 + n2)
-        how = "unpaired"
+        how = "unpaired, Farrington-Manning variance"
     return _harm_gate(
         "error_rate",
         spec,
@@ -573,7 +676,8 @@ def _accuracy(m: StepMetrics, policy: JudgePolicy) -> _Draft:
                 "accuracy", spec, f"burn-in: {pc.n} of {spec.min_samples} labelled pairs", pc.n, pc.n
             )
         loss = (pc.worse - pc.better) / pc.n  # champion accuracy minus challenger accuracy
-        se, n_cs, n1, n2, how = _paired_se(pc), float(pc.n), pc.n, pc.n, "paired"
+        se = _paired_null_se(m, pc, "correct.paired", spec.margin)
+        n_cs, n1, n2, how = float(pc.n), pc.n, pc.n, "paired, Tango score variance"
     elif m.champion_correct is not None and m.challenger_correct is not None:
         a, b = m.champion_correct, m.challenger_correct
         if min(a.n, b.n) < spec.min_samples:
@@ -581,8 +685,9 @@ def _accuracy(m: StepMetrics, policy: JudgePolicy) -> _Draft:
                 "accuracy", spec, f"burn-in: {min(a.n, b.n)} of {spec.min_samples} labelled rows", a.n, b.n
             )
         loss = a.count / a.n - b.count / b.n
-        se = math.sqrt(_bernoulli_se(a.count, a.n) ** 2 + _bernoulli_se(b.count, b.n) ** 2)
-        n_cs, n1, n2, how = float(a.n + b.n), a.n, b.n, "unpaired"
+        # harm = champion's accuracy - challenger's: the challenger plays Farrington-Manning's control
+        se = _unpaired_null_se(m, b, a, ("correct.challenger", "correct.champion"), spec.margin)
+        n_cs, n1, n2, how = float(a.n + b.n), a.n, b.n, "unpaired, Farrington-Manning variance"
     else:
         return _no_data("accuracy", spec, "no labelled outcomes yet")
     return _harm_gate(
@@ -600,20 +705,47 @@ def _accuracy(m: StepMetrics, policy: JudgePolicy) -> _Draft:
     )
 
 
+TAIL_QUANTILE = 0.99
+"""The catastrophic-error test counts absolute errors above this quantile of the champion's."""
+TAIL_MARGIN = 0.01
+"""Tolerated increase of the share of errors above the champion's TAIL_QUANTILE (0.01: 1% -> 2%)."""
+
+
 def _regression(m: StepMetrics, policy: JudgePolicy) -> _Draft:
     spec = policy.regression
     base = m.champion_abs_error
-    if base is None or base.n == 0:
+    pa = m.paired_abs_errors
+    if (base is None or base.n == 0) and (pa is None or pa.n == 0):
         return _no_data("regression", spec, "no labelled regression outcomes yet")
-    mae = base.mean
-    if m.abs_error_difference is not None:
-        d = m.abs_error_difference
-        if d.n < spec.min_samples:
-            return _no_data(
-                "regression", spec, f"burn-in: {d.n} of {spec.min_samples} labelled pairs", d.n, d.n
-            )
-        diff, se, n_cs, n1, n2, how = d.mean, math.sqrt(d.variance / d.n), float(d.n), d.n, d.n, "paired"
-    elif m.challenger_abs_error is not None:
+    w = 1.0 + spec.margin
+    if pa is not None or m.abs_error_difference is not None:
+        if pa is not None:
+            n = pa.n
+            if n < spec.min_samples:
+                return _no_data(
+                    "regression", spec, f"burn-in: {n} of {spec.min_samples} labelled pairs", n, n
+                )
+            mae = pa.champion / n
+            total = pa.challenger - w * pa.champion
+            total_sq = pa.challenger_sq - 2.0 * w * pa.cross + w * w * pa.champion_sq
+            mean = total / n
+            var = max((total_sq - total * total / n) / (n - 1), 0.0)
+        else:  # only the moments of d = e2 - e1 and of e1: a Cauchy-Schwarz bound on the variance
+            d = m.abs_error_difference
+            assert d is not None and base is not None
+            n = d.n
+            if n < spec.min_samples:
+                return _no_data(
+                    "regression", spec, f"burn-in: {n} of {spec.min_samples} labelled pairs", n, n
+                )
+            mae = base.mean
+            mean = d.mean - spec.margin * mae
+            var = (math.sqrt(d.variance) + spec.margin * math.sqrt(base.variance)) ** 2
+            total_sq = (n - 1) * var + n * mean * mean
+        rows = (n - 1) * var  # sum of squared deviations from the mean
+        deff = _deff(m, "abs_error.paired", rows, null=mean, weight=w) if pa is not None else 1.0
+        se, n_cs, n1, n2, how = math.sqrt(var * deff / n), float(n), n, n, "paired"
+    elif m.challenger_abs_error is not None and base is not None:
         c = m.challenger_abs_error
         if min(base.n, c.n) < spec.min_samples:
             return _no_data(
@@ -623,25 +755,89 @@ def _regression(m: StepMetrics, policy: JudgePolicy) -> _Draft:
                 base.n,
                 c.n,
             )
-        diff = c.mean - mae
-        se = math.sqrt(c.variance / c.n + base.variance / base.n)
+        mae = base.mean
+        mean = c.mean - w * mae
+        d1 = _deff(m, "abs_error.champion", (base.n - 1) * base.variance, null=base.mean)
+        d2 = _deff(m, "abs_error.challenger", (c.n - 1) * c.variance, null=c.mean)
+        se = math.sqrt(c.variance / c.n * d2 + w * w * base.variance / base.n * d1)
         n_cs, n1, n2, how = float(base.n + c.n), base.n, c.n, "unpaired"
     else:
         return _no_data("regression", spec, "no labelled challenger errors yet")
-    limit = spec.margin * mae  # the champion's MAE is treated as known: a plug-in approximation
-    rel = diff / mae if mae > 0 else math.inf
+    scale = 1.0 / mae if mae > 0 else 1.0
+    bulk = _harm_gate(
+        "regression",
+        spec,
+        policy,
+        harm=mean,
+        se=se,
+        n_cs=n_cs,
+        limit=0.0,
+        n1=n1,
+        n2=n2,
+        offset=spec.margin,
+        scale=scale,
+        describe=f"MAE change {mean * scale + spec.margin:+.2%} ({how}, direct test of |e2| - {w:g} |e1|)",
+    )
+    tail = _error_tail(m, policy)
+    return bulk if tail is None else _both(bulk, tail)
+
+
+def _error_tail(m: StepMetrics, policy: JudgePolicy) -> _Draft | None:
+    """Catastrophic errors: the challenger's share above the champion's high quantile, vs the champion's."""
+    t = m.error_tail
+    spec = policy.regression
+    if t is None:
+        return None
+    if t.paired is not None and t.paired.n >= spec.min_samples:
+        pc = t.paired
+        harm = (pc.worse - pc.better) / pc.n
+        se = _paired_null_se(m, pc, "abs_error_tail.paired", TAIL_MARGIN)
+        n_cs, n1, n2, how = float(pc.n), pc.n, pc.n, "paired"
+    elif min(t.champion.n, t.challenger.n) >= spec.min_samples:
+        a, b = t.champion, t.challenger
+        harm = b.count / b.n - a.count / a.n
+        nv = stats.farrington_manning(a.count, a.n, b.count, b.n, null=TAIL_MARGIN)
+        se, n_cs, n1, n2, how = math.sqrt(nv.variance), float(a.n + b.n), a.n, b.n, "unpaired"
+    else:
+        return None
     return _harm_gate(
         "regression",
         spec,
         policy,
-        harm=diff,
+        harm=harm,
         se=se,
         n_cs=n_cs,
-        limit=limit,
+        limit=TAIL_MARGIN,
         n1=n1,
         n2=n2,
-        scale=1.0 / mae if mae > 0 else 1.0,
-        describe=f"MAE change {rel:+.2%} ({how})",
+        describe=f"share of errors above the champion's {t.quantile:g} quantile ({t.cap:.4g}) "
+        f"{harm:+.3%} ({how})",
+    )
+
+
+def _both(bulk: _Draft, tail: _Draft) -> _Draft:
+    """Combine the mean test and the tail test of one gate: pass needs both, harm needs either.
+
+    Passing is an intersection-union test (no adjustment); the harm p-value is Bonferroni's
+    2 min(p_mean, p_tail), so the gate keeps one p-value in the judge's Holm family.
+    """
+    v = bulk.verdict
+    both_pass = bulk.verdict.outcome == Outcome.PASS and tail.verdict.outcome == Outcome.PASS
+    p_bulk = 1.0 if bulk.harm_p is None else bulk.harm_p
+    p_tail = 1.0 if tail.harm_p is None else tail.harm_p
+    worst = tail if p_tail < p_bulk else bulk
+    reason = f"{bulk.verdict.reason}; tail: {tail.verdict.reason}"
+    outcome = Outcome.PASS if both_pass else Outcome.INCONCLUSIVE
+    if not both_pass and bulk.verdict.outcome == Outcome.PASS:
+        reason = f"inconclusive: {bulk.describe} passes, but {tail.verdict.reason}"
+    harm_p = min(1.0, 2.0 * min(p_bulk, p_tail))
+    verdict = replace(v, outcome=outcome, reason=reason, p_value=harm_p)
+    return _Draft(
+        verdict,
+        harm_p=harm_p,
+        describe=f"{bulk.describe}; {tail.describe}",
+        fail_bound=worst.fail_bound,
+        fail_reason=f"{worst.describe}: {worst.fail_reason}",
     )
 
 
@@ -654,14 +850,18 @@ def _agreement(m: StepMetrics, policy: JudgePolicy) -> _Draft:
         return _no_data("agreement", spec, f"burn-in: {a.n} of {spec.min_samples} pairs", a.n, a.n)
     share = a.count / a.n
     disagree = 1.0 - share
+    limit = 1.0 - spec.margin
+    # score variance: the disagreement share's variance at the limit, not at the observed share
+    rows = _binary_rows(a.n - a.count, a.n, limit)
+    var0 = limit * (1.0 - limit) / a.n * _deff(m, "agreement", rows, null=limit)
     return _harm_gate(
         "agreement",
         spec,
         policy,
         harm=disagree,
-        se=_bernoulli_se(a.count, a.n),
+        se=math.sqrt(max(var0, 1e-18)),
         n_cs=float(a.n),
-        limit=1.0 - spec.margin,
+        limit=limit,
         n1=a.n,
         n2=a.n,
         offset=1.0,
@@ -680,25 +880,49 @@ def _latency(m: StepMetrics, policy: JudgePolicy) -> _Draft:
         return _no_data("latency_p99", spec, f"burn-in: {min(n1, n2)} of {spec.min_samples} requests", n1, n2)
     p99_champ = stats.quantile_from_histogram(h.champion, h.edges, 0.99)
     p99_chal = stats.quantile_from_histogram(h.challenger, h.edges, 0.99)
-    threshold = spec.margin * p99_champ
-    above = stats.share_above(h.challenger, h.edges, threshold)
-    share = above / n2
-    draft = _harm_gate(
-        "latency_p99",
-        spec,
-        policy,
-        harm=share,
-        se=_bernoulli_se(above, n2),
-        n_cs=float(n2),
-        limit=0.01,
-        n1=n1,
-        n2=n2,
-        effect=p99_chal / p99_champ if p99_champ > 0 else math.inf,
-        describe=f"p99 ratio {p99_chal / p99_champ:.3g} ({p99_chal:.4g} vs {p99_champ:.4g} ms); "
-        f"share of challenger requests above {spec.margin:g} x champion p99 "
-        f"({threshold:.4g} ms) = {share:.3%}, must stay under 1%",
+    r = stats.quantile_ratio_test(
+        h.champion,
+        h.challenger,
+        h.edges,
+        q=0.99,
+        ratio=spec.margin,
+        floor=policy.latency_floor_ms,
+        alpha=policy.alpha,
     )
-    return draft
+    ratio = p99_chal / p99_champ if p99_champ > 0 else math.inf
+    cs1, cs2 = r.champion, r.challenger
+    describe = (
+        f"p99 ratio {ratio:.3g} ({p99_chal:.4g} vs {p99_champ:.4g} ms); p99 bounds challenger "
+        f"{cs2.lower:.4g}..{cs2.upper:.4g} ms, champion {cs1.lower:.4g}..{cs1.upper:.4g} ms, "
+        f"tolerated {spec.margin:g} x champion or {policy.latency_floor_ms:g} ms"
+    )
+    good = cs2.upper / cs1.lower if cs1.lower > 0 else math.inf
+    bad = cs2.lower / cs1.upper if cs1.upper > 0 and math.isfinite(cs1.upper) else 0.0
+    if r.pass_p <= policy.alpha:
+        outcome, why = Outcome.PASS, f"non-inferior: {describe}, p = {r.pass_p:.3g}"
+    else:
+        outcome, why = Outcome.INCONCLUSIVE, f"inconclusive: {describe}"
+    verdict = Verdict(
+        "latency_p99",
+        spec.role,
+        outcome,
+        ratio - spec.margin,
+        good,
+        ratio,
+        spec.margin,
+        n1,
+        n2,
+        why,
+        p_value=r.harm_p,
+        interval=stats.Interval(bad, good),
+    )
+    return _Draft(
+        verdict,
+        harm_p=r.harm_p,
+        describe=describe,
+        fail_bound=bad,
+        fail_reason=f"challenger p99 proven above {spec.margin:g} x the champion's",
+    )
 
 
 def _drift(m: StepMetrics, policy: JudgePolicy) -> _Draft:
@@ -734,7 +958,8 @@ def _vetoes(m: StepMetrics, policy: JudgePolicy) -> list[Verdict]:
         w = m.challenger_weight
         u1, u2 = m.units if m.units is not None else (n1, n2)
         unit = "routing keys" if m.units is not None else "requests"
-        if u1 + u2 == 0:
+        expected = min(w, 1.0 - w) * (u1 + u2)
+        if expected < policy.srm_min_expected:
             out.append(
                 Verdict(
                     "srm",
@@ -746,13 +971,15 @@ def _vetoes(m: StepMetrics, policy: JudgePolicy) -> list[Verdict]:
                     w,
                     u1,
                     u2,
-                    "no traffic yet",
+                    f"burn-in: the smaller arm expects {expected:.3g} of {policy.srm_min_expected:g} {unit}",
                 )
             )
         else:
-            r = stats.srm_test([u1, u2], [1.0 - w, w], alpha=policy.srm_alpha)
+            # Sequential: the Dirichlet-multinomial Bayes factor is a test martingale, re-testing at
+            # every look keeps the false-veto rate at srm_alpha (Lindon & Malek 2022).
+            r = stats.srm_bayes_factor([u1, u2], [1.0 - w, w])
             share = u2 / (u1 + u2)
-            bad = r.p_value < policy.srm_alpha
+            bad = r.p_value <= policy.srm_alpha
             why = (
                 f"sample-ratio mismatch: challenger share of {unit} {share:.4f} vs {w:.4f}, p = {r.p_value:.3g}"
                 if bad
@@ -763,7 +990,7 @@ def _vetoes(m: StepMetrics, policy: JudgePolicy) -> list[Verdict]:
                     "srm",
                     "veto",
                     Outcome.FAIL if bad else Outcome.PASS,
-                    r.statistic,
+                    r.log_bayes_factor,
                     policy.srm_alpha,
                     share,
                     w,
@@ -796,7 +1023,9 @@ def _vetoes(m: StepMetrics, policy: JudgePolicy) -> list[Verdict]:
             lower = stats.confidence_sequence(
                 rate, se, n2, alpha=policy.alpha, n_star=policy.n_star, side="greater"
             ).lower
-            bad = lower > slo
+            # decided by the exact beta-binomial mixture (H0: rate <= SLO), not the Wald bound
+            slo_p = float(stats.exceedance_p_value(m.challenger.count, n2, share=slo, side="greater"))
+            bad = 0.0 < slo < 1.0 and slo_p <= policy.alpha
             out.append(
                 Verdict(
                     "error_rate_slo",
@@ -808,8 +1037,9 @@ def _vetoes(m: StepMetrics, policy: JudgePolicy) -> list[Verdict]:
                     slo,
                     n1,
                     n2,
-                    f"challenger error rate {rate:.4g}, lower bound {lower:.4g} "
-                    f"{'>' if bad else '<='} SLO {slo:.4g}",
+                    f"challenger error rate {rate:.4g}, lower bound {lower:.4g} vs SLO {slo:.4g}, "
+                    f"p = {slo_p:.3g} (H0: rate <= SLO)",
+                    p_value=slo_p,
                 )
             )
     if policy.latency_p99_slo_ms is not None and m.latency is not None:
@@ -834,10 +1064,13 @@ def _vetoes(m: StepMetrics, policy: JudgePolicy) -> list[Verdict]:
         else:
             above = stats.share_above(h.challenger, h.edges, slo_ms)
             share, se = above / k2, _bernoulli_se(above, k2)
-            lower = stats.confidence_sequence(
-                share, se, k2, alpha=policy.alpha, n_star=policy.n_star, side="greater"
-            ).lower
-            bad = lower > 0.01
+            # p99 >= e proven for an edge e >= SLO: exact share test on the counts at and above e
+            e = np.asarray(h.edges[:-1], dtype=float)
+            at_or_above = np.cumsum(np.asarray(h.challenger, dtype=float)[::-1])[::-1]
+            p_edge = stats.exceedance_p_value(at_or_above, k2, share=0.01, side="greater")
+            slo_p = float(np.min(np.where(e >= slo_ms, p_edge, 1.0)))
+            lower = stats.quantile_confidence_sequence(h.challenger, h.edges, 0.99, alpha=policy.alpha).lower
+            bad = slo_p <= policy.alpha
             p99 = stats.quantile_from_histogram(h.challenger, h.edges, 0.99)
             out.append(
                 Verdict(
@@ -850,8 +1083,9 @@ def _vetoes(m: StepMetrics, policy: JudgePolicy) -> list[Verdict]:
                     slo_ms,
                     int(sum(h.champion)),
                     k2,
-                    f"challenger p99 {p99:.4g} ms; {share:.2%} above the {slo_ms:.4g} ms SLO "
-                    f"(lower bound {lower:.2%} {'>' if bad else '<='} 1%)",
+                    f"challenger p99 {p99:.4g} ms (lower bound {lower:.4g} ms); {share:.2%} above the "
+                    f"{slo_ms:.4g} ms SLO, p = {slo_p:.3g} (H0: p99 <= SLO)",
+                    p_value=slo_p,
                 )
             )
     return out

@@ -55,11 +55,13 @@ from controller.core.judge import Judgement, Outcome, Verdict
 ReproOutcome = Literal["reproduced", "worse", "not-enough-labels", "no-baseline"]
 
 __all__ = [
+    "CONTROLLED",
     "ArmOnline",
     "FeatureDrift",
     "InputDrift",
     "Reproduction",
     "compare_online_offline",
+    "compare_with_control",
     "gate",
     "input_drift",
     "report_section",
@@ -135,8 +137,8 @@ class Reproduction:
             bound=float(bound),
             effect=nan if self.difference is None else self.difference,
             margin=self.margin,
-            n_champion=self.labels if self.arm == "champion" else 0,
-            n_challenger=self.labels if self.arm == "challenger" else 0,
+            n_champion=self.labels if self.arm in ("champion", CONTROLLED) else 0,
+            n_challenger=self.labels if self.arm in ("challenger", CONTROLLED) else 0,
             reason=self.reason,
             interval=interval,
         )
@@ -426,13 +428,16 @@ def gate(
 
     The challenger's verdict takes ``role``; the champion's is informational (it explains, it does not
     decide: a champion worse than its own offline metrics points at a data shift, not at the new
-    pipeline). A challenger proven worse holds the step (a "promote" becomes "continue") or, with
-    ``on_worse="rollback"``, rolls back unless a veto already decided. Undecided arms change nothing.
+    pipeline). When the champion-controlled comparison (``compare_with_control``, arm
+    ``CONTROLLED``) is among the reproductions with both baselines, it decides instead and both arms' own verdicts are
+    informational, so a population shift that moves both arms alike holds nothing. A challenger proven
+    worse holds the step (a "promote" becomes "continue") or, with ``on_worse="rollback"``, rolls back
+    unless a veto already decided. Undecided arms change nothing.
     """
-    verdicts = [r.to_verdict(role=role if r.arm == "challenger" else "informational") for r in reproductions]
-    worse = [
-        r for r in reproductions if r.arm == "challenger" and r.outcome == "worse" and role == "guardrail"
-    ]
+    controlled = any(r.arm == CONTROLLED and r.outcome != "no-baseline" for r in reproductions)
+    deciding = CONTROLLED if controlled else "challenger"
+    verdicts = [r.to_verdict(role=role if r.arm == deciding else "informational") for r in reproductions]
+    worse = [r for r in reproductions if r.arm == deciding and r.outcome == "worse" and role == "guardrail"]
     decision, reason = judgement.decision, judgement.reason
     if worse and decision != "veto":
         why = f"challenger does not reproduce its offline quality: {worse[0].reason}"
@@ -442,6 +447,160 @@ def gate(
             decision, reason = "continue", why + "; holding"
     outcome = Outcome.FAIL if worse else judgement.outcome
     return Judgement(decision, outcome, (*judgement.verdicts, *verdicts), reason, judgement.summary)
+
+
+# ------------------------------------------------------------------------ online versus offline, controlled
+
+CONTROLLED = "challenger-vs-champion"
+"""``Reproduction.arm`` of the champion-controlled comparison (``compare_with_control``)."""
+
+
+def _offline_accuracy(metrics: Mapping[str, Any]) -> tuple[float, int | None] | None:
+    base = metrics.get("accuracy")
+    if not isinstance(base, int | float) or not 0.0 <= base <= 1.0:
+        return None
+    h = metrics.get("holdout_size")
+    return float(base), (int(h) if isinstance(h, int | float) and h > 0 else None)
+
+
+def _offline_mae(metrics: Mapping[str, Any]) -> tuple[float, float] | None:
+    """Return (offline MAE, variance of that MAE from the holdout: (RMSE^2 - MAE^2)/m, else 0)."""
+    base = metrics.get("mae")
+    if not isinstance(base, int | float) or base < 0:
+        return None
+    h, rmse = metrics.get("holdout_size"), metrics.get("rmse")
+    var = 0.0
+    if isinstance(h, int | float) and h > 0 and isinstance(rmse, int | float) and rmse >= base:
+        var = (float(rmse) ** 2 - float(base) ** 2) / float(h)
+    return float(base), var
+
+
+def compare_with_control(
+    task: str,
+    champion_offline: Mapping[str, Any],
+    challenger_offline: Mapping[str, Any],
+    champion: ArmOnline,
+    challenger: ArmOnline,
+    *,
+    accuracy_margin: float = 0.02,
+    mae_margin: float = 0.10,
+    alpha: float = 0.01,
+    n_star: float = 5000.0,
+    min_labels: int = 100,
+) -> Reproduction:
+    """Decide whether the challenger's online-minus-offline gap is worse than the champion's, always valid.
+
+    The champion is the control: a population shift moves both arms' online quality, so the quantity
+    judged is G = (challenger online - challenger offline) - (champion online - champion offline), the
+    difference in differences. Accuracy: "worse" when G < -``accuracy_margin`` is proven, "reproduced"
+    when G >= -margin is proven. MAE: G = challenger's MAE gap minus the champion's, against the limit
+    ``mae_margin`` x the challenger's offline MAE (worse above it).
+
+    Null hypothesis of "worse": G is within the margin. The online difference is bounded by a
+    one-sided asymptotic confidence sequence at alpha/2 (``stats.confidence_sequence``, valid at every
+    look), with the Farrington–Manning variance at the boundary for accuracy (unpaired: conservative
+    when the arms scored the same requests) and Welch's variance for MAE; the offline difference by a
+    fixed-n normal interval at alpha/2 from the holdout sizes (taken as exact without one). By the
+    union bound the decision errs with probability at most alpha however often it is looked at.
+    """
+    n1, n2 = champion.labelled, challenger.labelled
+    common: dict[str, Any] = {"arm": CONTROLLED, "version": f"{challenger.version} vs {champion.version}"}
+    z_off = float(sps.norm.ppf(1.0 - alpha / 2.0))
+    limit: float | None
+    if task == "classification":
+        b1, b2 = _offline_accuracy(champion_offline), _offline_accuracy(challenger_offline)
+        metric: Literal["accuracy", "mae"] = "accuracy"
+        margin, limit = accuracy_margin, -accuracy_margin
+    else:
+        m1, m2 = _offline_mae(champion_offline), _offline_mae(challenger_offline)
+        metric, margin = "mae", mae_margin
+        limit = None if m2 is None else mae_margin * m2[0]
+    labels = min(n1, n2)
+    base: dict[str, Any] = {
+        "metric": metric,
+        "margin": margin,
+        "limit": limit,
+        "labels": labels,
+        "holdout_size": None,
+    }
+    missing = (b1 is None or b2 is None) if task == "classification" else (m1 is None or m2 is None)
+    if missing:
+        return Reproduction(
+            outcome="no-baseline",
+            offline=None,
+            online=None,
+            difference=None,
+            interval=None,
+            labels_needed=None,
+            reason="both arms need a registered offline metric for the controlled comparison",
+            **common,
+            **base,
+        )
+    if labels < max(min_labels, 2):
+        return Reproduction(
+            outcome="not-enough-labels",
+            offline=None,
+            online=None,
+            difference=None,
+            interval=None,
+            labels_needed=max(min_labels, 2) - labels,
+            reason=f"burn-in: {labels} of {min_labels} labels in the smaller arm",
+            **common,
+            **base,
+        )
+    assert limit is not None
+    if task == "classification":
+        assert b1 is not None and b2 is not None
+        (p1_off, h1), (p2_off, h2) = b1, b2
+        off = p2_off - p1_off
+        off_half = z_off * math.sqrt(
+            (p1_off * (1 - p1_off) / h1 if h1 else 0.0) + (p2_off * (1 - p2_off) / h2 if h2 else 0.0)
+        )
+        on = challenger.correct / n2 - champion.correct / n1
+        null_on = min(max(off + limit, -0.999), 0.999)  # online difference at the boundary G = -margin
+        se = math.sqrt(
+            stats.farrington_manning(champion.correct, n1, challenger.correct, n2, null=null_on).variance
+        )
+        offline_shown = f"offline {p2_off:.4f} vs {p1_off:.4f}"
+        online_shown = f"online {challenger.correct / n2:.4f} vs {champion.correct / n1:.4f}"
+    else:
+        assert m1 is not None and m2 is not None and limit is not None
+        (mae1_off, v1_off), (mae2_off, v2_off) = m1, m2
+        off = mae2_off - mae1_off
+        off_half = z_off * math.sqrt(v1_off + v2_off)
+        mae1, mae2 = champion.abs_error_sum / n1, challenger.abs_error_sum / n2
+        var1 = max(champion.abs_error_sq_sum / n1 - mae1 * mae1, 0.0) * n1 / (n1 - 1)
+        var2 = max(challenger.abs_error_sq_sum / n2 - mae2 * mae2, 0.0) * n2 / (n2 - 1)
+        on = mae2 - mae1
+        se = math.sqrt(var1 / n1 + var2 / n2)
+        offline_shown = f"offline MAE {mae2_off:.4g} vs {mae1_off:.4g}"
+        online_shown = f"online MAE {mae2:.4g} vs {mae1:.4g}"
+    cs_lo = stats.confidence_sequence(on, se, n1 + n2, alpha=alpha / 2.0, n_star=n_star, side="greater").lower
+    cs_hi = stats.confidence_sequence(on, se, n1 + n2, alpha=alpha / 2.0, n_star=n_star, side="lesser").upper
+    g = on - off
+    interval = stats.Interval(cs_lo - (off + off_half), cs_hi - (off - off_half))
+    shown = (
+        f"challenger's gap minus the champion's {g:+.4g} ({online_shown}; {offline_shown}); "
+        f"always-valid bounds [{interval.lower:+.4g}, {interval.upper:+.4g}]"
+    )
+    if task == "classification":
+        worse, ok = interval.upper < limit, interval.lower >= limit
+    else:
+        worse, ok = interval.lower > limit, interval.upper <= limit
+    outcome: ReproOutcome = "worse" if worse else "reproduced" if ok else "not-enough-labels"
+    word = {"worse": "worse than the champion's gap by more than", "reproduced": "within"}.get(outcome)
+    reason = f"{shown}: {word} the margin {limit:+.4g}" if word else f"{shown}: undecided"
+    return Reproduction(
+        outcome=outcome,
+        offline=off,
+        online=on,
+        difference=g,
+        interval=interval,
+        labels_needed=None,
+        reason=reason,
+        **common,
+        **base,
+    )
 
 
 # -------------------------------------------------------------------------------------------- drift

@@ -38,6 +38,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 from scipy import stats as sps
+from scipy.special import betainc, betaincc, betaln, gammaln
 
 ArrayLike = npt.ArrayLike
 FloatArray = npt.NDArray[np.float64]
@@ -46,20 +47,27 @@ Alternative = Literal["two-sided", "greater", "less"]
 
 __all__ = [
     "AgreementResult",
+    "ClusterSums",
     "ConfidenceSequencePValue",
     "Interval",
     "KappaResult",
     "LatencyComparison",
     "MeanDifference",
     "MsprtResult",
+    "NullVariance",
     "PairsPlan",
     "PsiResult",
+    "QuantileRatioTest",
+    "SrmBayesFactor",
     "TestResult",
     "agreement",
     "barnard_exact_test",
     "cohen_kappa",
     "confidence_sequence",
     "confidence_sequence_p_value",
+    "design_effect",
+    "exceedance_p_value",
+    "farrington_manning",
     "fisher_exact_test",
     "histogram_counts",
     "holm",
@@ -76,9 +84,14 @@ __all__ = [
     "plan_labelled_pairs",
     "psi",
     "psi_from_counts",
+    "quantile_confidence_sequence",
     "quantile_from_histogram",
+    "quantile_ratio_test",
+    "share_above",
+    "srm_bayes_factor",
     "srm_test",
     "tango_noninferiority",
+    "tango_null_variance",
     "two_proportion_score_test",
     "welch_t",
     "wilcoxon_signed_rank",
@@ -822,6 +835,345 @@ def holm(p_values: ArrayLike) -> FloatArray:
     out = np.empty(m)
     out[order] = adj
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Variance under the null hypothesis (score tests) and cluster-robust design effects
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NullVariance:
+    """A difference estimate with its variance under H0: difference = ``null`` (a score test).
+
+    ``restricted``: the maximum-likelihood estimates of the two cell or arm probabilities under the
+    null hypothesis; ``statistic``: (estimate - null) / sqrt(variance); ``p_value``: fixed-n, one-sided
+    for "estimate > null" (use ``1 - p_value`` for the other side).
+    """
+
+    estimate: float
+    null: float
+    variance: float
+    statistic: float
+    p_value: float
+    restricted: tuple[float, float]
+
+
+def _null_result(estimate: float, null: float, var: float, restricted: tuple[float, float]) -> NullVariance:
+    if var <= 0.0:
+        z = 0.0 if estimate == null else math.copysign(math.inf, estimate - null)
+    else:
+        z = (estimate - null) / math.sqrt(var)
+    return NullVariance(estimate, null, max(var, 0.0), z, float(sps.norm.sf(z)), restricted)
+
+
+def farrington_manning(x1: int, n1: int, x2: int, n2: int, *, null: float) -> NullVariance:
+    """Test H0: p2 - p1 = ``null`` for two independent proportions with the Farrington–Manning score test.
+
+    ``x1`` of ``n1`` (the champion), ``x2`` of ``n2`` (the challenger); the estimate is x2/n2 - x1/n1.
+    The variance is p1~(1 - p1~)/n1 + p2~(1 - p2~)/n2 at the maximum-likelihood estimates restricted to
+    p2~ - p1~ = null, from the closed-form cubic root of Farrington & Manning (1990, Stat Med 9:1447),
+    without Miettinen–Nurminen's n/(n-1) factor (statsmodels ``test_proportions_2indep(method="score",
+    correction=False)``). Unlike the Wald variance it is positive with zero events, so a rare
+    outcome cannot look certain before it has been seen.
+    """
+    if n1 <= 0 or n2 <= 0:
+        raise ValueError("both arms need observations")
+    if not -1.0 < null < 1.0:
+        raise ValueError("the null difference must lie in (-1, 1)")
+    # Farrington & Manning's notation: group 1 = challenger, group 2 = champion, H0: q1 - q2 = delta.
+    q1, q2, m1, m2, delta = x2 / n2, x1 / n1, n2, n1, null
+    theta = m2 / m1
+    a = 1.0 + theta
+    b = -(1.0 + theta + q1 + theta * q2 + delta * (theta + 2.0))
+    c = delta * delta + delta * (2.0 * q1 + theta + 1.0) + q1 + theta * q2
+    d = -q1 * delta * (1.0 + delta)
+    v = b**3 / (3.0 * a) ** 3 - b * c / (6.0 * a * a) + d / (2.0 * a)
+    u2 = b * b / (3.0 * a) ** 2 - c / (3.0 * a)
+    u = math.copysign(math.sqrt(max(u2, 0.0)), v) if v != 0 else math.sqrt(max(u2, 0.0))
+    if u == 0.0:
+        r1 = -b / (3.0 * a)
+    else:
+        w = (math.pi + math.acos(min(1.0, max(-1.0, v / u**3)))) / 3.0
+        r1 = 2.0 * u * math.cos(w) - b / (3.0 * a)
+    r1 = min(1.0, max(0.0, r1))
+    r2 = min(1.0, max(0.0, r1 - delta))
+    var = r1 * (1.0 - r1) / m1 + r2 * (1.0 - r2) / m2
+    return _null_result(q1 - q2, null, var, (r2, r1))
+
+
+def tango_null_variance(worse: int, better: int, n: int, *, null: float) -> NullVariance:
+    """Test H0: (worse - better)/n has expectation ``null`` for paired binary outcomes (Tango 1998).
+
+    ``worse``: pairs where only the challenger is bad (McNemar's b), ``better``: only the champion (c).
+    The variance is (p_b~ + p_c~ - null^2)/n at Tango's restricted maximum-likelihood estimates of the
+    two discordant cells under p_b - p_c = null (Tango 1998, Stat Med 17:891; Nam 1997's score test
+    is the same statistic). With null 0 it is McNemar's (b - c)/sqrt(b + c) scaled to a proportion.
+    """
+    if n <= 0:
+        raise ValueError("n must be positive")
+    if not -1.0 < null < 1.0:
+        raise ValueError("the null difference must lie in (-1, 1)")
+    d0 = -null  # Tango's delta = p12 - p21 with x12 = better, x21 = worse
+    x12, x21 = better, worse
+    a_coef = 2.0 * n
+    b_coef = -x12 - x21 + (2.0 * n - x12 + x21) * d0
+    c_coef = -x21 * d0 * (1.0 - d0)
+    disc = max(b_coef * b_coef - 4.0 * a_coef * c_coef, 0.0)
+    q21 = max((math.sqrt(disc) - b_coef) / (2.0 * a_coef), 0.0)
+    q12 = max(q21 + d0, 0.0)
+    var = (q12 + q21 - d0 * d0) / n
+    return _null_result((worse - better) / n, null, var, (q21, q12))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClusterSums:
+    """Per-cluster totals of rows m_k and of two per-row quantities a_k, b_k, summed as cross products.
+
+    ``clusters`` = K; ``rows`` = N = sum m_k; ``mm`` = sum m_k^2, ``ma`` = sum m_k a_k, ``mb``, ``aa`` = sum a_k^2, ``ab``, ``bb``.
+    A cluster is a routing key (canary: the split is sticky per key) or a request (rows of one
+    multi-row request). Storage computes them with one GROUP BY inside one aggregate.
+    """
+
+    clusters: int
+    rows: float = 0.0
+    mm: float = 0.0
+    ma: float = 0.0
+    mb: float = 0.0
+    aa: float = 0.0
+    ab: float = 0.0
+    bb: float = 0.0
+
+    def __add__(self, other: ClusterSums) -> ClusterSums:
+        """Pool two disjoint sets of clusters (e.g. two rollout steps, each key counted per step)."""
+        return ClusterSums(
+            clusters=self.clusters + other.clusters,
+            rows=self.rows + other.rows,
+            mm=self.mm + other.mm,
+            ma=self.ma + other.ma,
+            mb=self.mb + other.mb,
+            aa=self.aa + other.aa,
+            ab=self.ab + other.ab,
+            bb=self.bb + other.bb,
+        )
+
+    def residual_sq(self, *, weight: float = 0.0, null: float) -> float:
+        """Return sum_k (a_k - weight b_k - null m_k)^2."""
+        w, c = weight, null
+        return (
+            self.aa
+            - 2.0 * w * self.ab
+            + w * w * self.bb
+            - 2.0 * c * (self.ma - w * self.mb)
+            + c * c * self.mm
+        )
+
+
+def design_effect(
+    clusters: ClusterSums, row_residual_sq: float, *, weight: float = 0.0, null: float
+) -> float:
+    """Return the cluster-robust inflation of a mean's variance, at least 1 (Kish's design effect).
+
+    The mean of y = a - weight b over N rows has the cluster-robust (sandwich, delta-method) variance
+    K/(K-1) sum_k (y_k - mu m_k)^2 / N^2 (Liang & Zeger 1986; for a ratio of per-cluster sums, the
+    delta method of Cochran 1977, 6.13), and the independent-rows variance sum_i (y_i - mu)^2 / N^2.
+    N/(N-1) sum_i (y_i - mu)^2 / N^2, each with its small-sample factor (CR1 and the usual n - 1), so
+    one-row clusters give exactly 1. Their ratio, evaluated at mu = ``null`` (the same residuals the
+    score test uses), multiplies the variance under the null. ``row_residual_sq`` = sum_i (y_i -
+    null)^2 over the N = ``clusters.rows`` rows. Floored at 1: a negative
+    within-cluster correlation never makes the test bolder. 1 when K < 2.
+    """
+    k = clusters.clusters
+    n = clusters.rows
+    if k < 2 or row_residual_sq <= 0.0:
+        return 1.0
+    robust = k / (k - 1.0) * max(clusters.residual_sq(weight=weight, null=null), 0.0)
+    independent = (n / (n - 1.0) if n > 1 else 1.0) * row_residual_sq
+    return max(1.0, robust / independent)
+
+
+# --------------------------------------------------------------------------------------------------
+# Sequential sample-ratio mismatch
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SrmBayesFactor:
+    """Dirichlet-multinomial Bayes factor against the configured split, and its always-valid p-value."""
+
+    bayes_factor: float
+    log_bayes_factor: float
+    p_value: float
+    min_expected: float
+
+
+def srm_bayes_factor(
+    observed_counts: Sequence[int], expected_weights: Sequence[float], *, concentration: float = 100.0
+) -> SrmBayesFactor:
+    """Test the traffic split sequentially with the Dirichlet-multinomial Bayes factor (Lindon & Malek 2022).
+
+    Null hypothesis: units fall into the arms with the configured probabilities theta (weights,
+    normalised). Alternative: the probabilities follow a Dirichlet(concentration * theta) prior. The
+    Bayes factor BF_n = [Gamma(A) / Gamma(A + n)] prod_i Gamma(a_i + x_i) / Gamma(a_i) / prod_i
+    theta_i^x_i (A = sum a_i) is a nonnegative martingale under the null, so by Ville's inequality
+    p_n = min(1, 1/BF_n) is an always-valid p-value: the controller may re-test at every look without
+    inflating the false-alarm rate ("Anytime-valid inference for multinomial count data", NeurIPS
+    2022). ``min_expected``: the smallest expected count, for the caller's burn-in.
+    """
+    x = np.asarray(observed_counts, dtype=float)
+    w = np.asarray(expected_weights, dtype=float)
+    theta = w / w.sum()
+    alpha_i = concentration * theta
+    n = float(x.sum())
+    log_bf = float(
+        gammaln(alpha_i.sum())
+        - gammaln(alpha_i.sum() + n)
+        + np.sum(gammaln(alpha_i + x) - gammaln(alpha_i))
+        - np.sum(np.where(x > 0, x * np.log(theta), 0.0))
+    )
+    return SrmBayesFactor(
+        bayes_factor=math.exp(min(log_bf, 700.0)),
+        log_bayes_factor=log_bf,
+        p_value=min(1.0, math.exp(-log_bf)),
+        min_expected=float((theta * n).min()),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Always-valid exceedance shares and quantiles (latency)
+# --------------------------------------------------------------------------------------------------
+
+
+def exceedance_p_value(
+    exceed: ArrayLike, n: ArrayLike, *, share: float, side: Literal["greater", "lesser"]
+) -> FloatArray:
+    """Return the always-valid p-value for a share of events, from a one-sided beta-binomial mixture.
+
+    Null hypothesis (``greater``): P(event) <= ``share``; (``lesser``): P(event) >= ``share``. The test
+    martingale mixes the binomial likelihood ratio (q / share)^S ((1 - q) / (1 - share))^(n - S) over
+    q ~ Beta(1, (1 - share)/share) (mean ``share``) truncated to the alternative (q > share, resp.
+    q < share): the beta-binomial boundary of Howard, Ramdas, McAuliffe & Sekhon (2021, Ann Stat
+    49:1055) and of Howard & Ramdas (2022, Bernoulli 28:1704) for quantiles. Exact, not asymptotic:
+    valid with zero events and under continuous monitoring (p = min(1, 1/M_n), Ville's inequality), and
+    monotone in S, so searching thresholds costs nothing. Vectorised over ``exceed`` and ``n``.
+    """
+    s = np.asarray(exceed, dtype=float)
+    nn = np.asarray(n, dtype=float)
+    p0 = float(share)
+    if not 0.0 < p0 < 1.0:
+        raise ValueError("share must lie in (0, 1)")
+    a, b = 1.0, (1.0 - p0) / p0
+    tail = betaincc if side == "greater" else betainc
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        log_post = betaln(a + s, b + nn - s) + np.log(tail(a + s, b + nn - s, p0))
+        log_prior = betaln(a, b) + math.log(float(tail(a, b, p0)))
+        log_m = log_post - log_prior - s * math.log(p0) - (nn - s) * math.log1p(-p0)
+        p = np.exp(-log_m)
+    p = np.where(nn > 0, np.clip(np.nan_to_num(p, nan=1.0, posinf=1.0), 0.0, 1.0), 1.0)
+    return p
+
+
+def quantile_confidence_sequence(counts: ArrayLike, edges: ArrayLike, q: float, *, alpha: float) -> Interval:
+    """Return a time-uniform confidence sequence for the q-quantile from histogram counts.
+
+    The lower end is the largest edge e with P(X >= e) > 1 - q proven by ``exceedance_p_value`` at
+    level alpha/2, the upper end the smallest edge with P(X >= e) < 1 - q proven (Howard & Ramdas
+    2022, Theorem 1's construction with a beta-binomial boundary, read on the bucket edges: the ends
+    are conservative to one bucket). Valid at every look simultaneously; (0, inf) with too little data.
+    """
+    c = np.asarray(counts, dtype=float)
+    e = np.asarray(edges, dtype=float)[:-1]
+    n = c.sum()
+    at_or_above = np.cumsum(c[::-1])[::-1]
+    greater = exceedance_p_value(at_or_above, n, share=1.0 - q, side="greater") <= alpha / 2.0
+    lesser = exceedance_p_value(at_or_above, n, share=1.0 - q, side="lesser") <= alpha / 2.0
+    lower = float(e[greater].max()) if greater.any() else 0.0
+    upper = float(e[lesser].min()) if lesser.any() else math.inf
+    return Interval(lower, upper)
+
+
+@dataclass(frozen=True)
+class QuantileRatioTest:
+    """Always-valid comparison of two arms' q-quantiles against a tolerated ratio and a floor.
+
+    ``harm_p``: p-value of "challenger quantile > ratio x champion quantile and > floor";
+    ``pass_p``: p-value of "challenger quantile <= max(ratio x champion quantile, floor)".
+    ``champion`` / ``challenger``: each arm's confidence sequence at level alpha / 2.
+    """
+
+    harm_p: float
+    pass_p: float
+    champion: Interval
+    challenger: Interval
+
+
+def quantile_ratio_test(
+    champion: ArrayLike,
+    challenger: ArrayLike,
+    edges: ArrayLike,
+    *,
+    q: float,
+    ratio: float,
+    floor: float = 0.0,
+    alpha: float = 0.05,
+) -> QuantileRatioTest:
+    """Test challenger's q-quantile against ``ratio`` times the champion's, both estimated, always valid.
+
+    Harm (H0: Q2 <= max(ratio Q1, floor)) is proven at level a when some edges e_i >= max(ratio e_j,
+    floor) have P2(X >= e_i) > 1 - q and P1(X >= e_j) < 1 - q both proven at a/2 — then Q2 >= e_i >=
+    ratio e_j > ratio Q1. Non-inferiority (H0: Q2 > max(ratio Q1, floor)) is proven when P2(X >= e_i)
+    < 1 - q and either e_i <= floor (at level a) or P1(X >= e_j) > 1 - q with e_i <= ratio e_j (both at
+    a/2). Each share test is ``exceedance_p_value`` (exact, anytime valid); the union bound over the two
+    arms gives the factor 2, and monotonicity makes the search over edges free. Any dependence between
+    the arms is allowed (paired shadow requests too). The champion's quantile is never taken as known.
+    """
+    c1 = np.asarray(champion, dtype=float)
+    c2 = np.asarray(challenger, dtype=float)
+    e = np.asarray(edges, dtype=float)[:-1]
+    n1, n2 = c1.sum(), c2.sum()
+    s1 = np.cumsum(c1[::-1])[::-1]
+    s2 = np.cumsum(c2[::-1])[::-1]
+    # Only edges from the first occupied bucket to just above the last can decide (the tests are
+    # monotone in the counts): drop the empty ends of the log histogram.
+    occupied = np.flatnonzero((c1 + c2) > 0)
+    if occupied.size:
+        lo, hi = int(occupied[0]), min(int(occupied[-1]) + 1, e.size - 1)
+        e, s1, s2 = e[lo : hi + 1], s1[lo : hi + 1], s2[lo : hi + 1]
+    tail = 1.0 - q
+    p2_above = exceedance_p_value(s2, n2, share=tail, side="greater")  # Q2 >= e_i
+    p2_below = exceedance_p_value(s2, n2, share=tail, side="lesser")  # Q2 < e_i
+    p1_above = exceedance_p_value(s1, n1, share=tail, side="greater")  # Q1 >= e_j
+    p1_below = exceedance_p_value(s1, n1, share=tail, side="lesser")  # Q1 < e_j
+    # For each challenger edge e_i, the best champion edge: harm needs some e_j > 0 with ratio e_j <=
+    # e_i (prefix minimum of p1_below), non-inferiority some e_j with ratio e_j >= e_i (suffix minimum
+    # of p1_above). O(E log E) instead of all pairs.
+    positive = e > 0
+    p1_below_pos = np.where(positive, p1_below, 1.0)
+    prefix = np.minimum.accumulate(p1_below_pos)
+    suffix = np.minimum.accumulate(p1_above[::-1])[::-1]
+    j_harm = np.searchsorted(ratio * e, e, side="right") - 1  # last j with ratio e_j <= e_i
+    j_pass = np.searchsorted(ratio * e, e, side="left")  # first j with ratio e_j >= e_i
+    best_below = np.where(j_harm >= 0, prefix[np.clip(j_harm, 0, e.size - 1)], 1.0)
+    best_above = np.where(j_pass < e.size, suffix[np.clip(j_pass, 0, e.size - 1)], 1.0)
+    harm = np.where(e >= floor, 2.0 * np.maximum(p2_above, best_below), 1.0)
+    both = 2.0 * np.maximum(p2_below, best_above)
+    under_floor = np.where((e <= floor) & positive, p2_below, 1.0)
+    harm_p = float(min(1.0, harm.min()))
+    pass_p = float(min(1.0, both.min(), under_floor.min()))
+
+    def bounds(above: FloatArray, below: FloatArray) -> Interval:  # as quantile_confidence_sequence
+        lower = e[above <= alpha / 2.0]
+        upper = e[below <= alpha / 2.0]
+        return Interval(
+            float(lower.max()) if lower.size else 0.0, float(upper.min()) if upper.size else math.inf
+        )
+
+    return QuantileRatioTest(
+        harm_p=harm_p,
+        pass_p=pass_p,
+        champion=bounds(p1_above, p1_below),
+        challenger=bounds(p2_above, p2_below),
+    )
 
 
 # --------------------------------------------------------------------------------------------------

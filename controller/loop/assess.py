@@ -112,12 +112,14 @@ def assess(store: Store, rollout: Rollout, *, now: datetime) -> Assessment:
 def online_offline(
     store: Store, rollout: Rollout, *, task: str, policy: Policy, now: datetime
 ) -> list[reproducibility.Reproduction]:
-    """Compare each arm's matured online labels with its offline metrics (champion, then challenger)."""
+    """Compare each arm's matured online labels with its offline metrics (champion, then challenger), then
+    the challenger's online-minus-offline gap against the champion's (the champion as control)."""
     repro = policy.reproducibility
     labelled = repro_queries.labelled_metrics(
         store.db, rollout.id, received_before=now - timedelta(seconds=policy.label_maturity_s)
     )
     out = []
+    arms: dict[str, tuple[reproducibility.ArmOnline, Any]] = {}
     for arm, version_id in (("champion", rollout.champion_id), ("challenger", rollout.challenger_id)):
         version = store.pipelines.get(version_id)
         sums = labelled[arm]
@@ -129,6 +131,7 @@ def online_offline(
             abs_error_sum=sums.abs_error_sum,
             abs_error_sq_sum=sums.abs_error_sq_sum,
         )
+        arms[arm] = (online, version.offline_metrics)
         out.append(
             reproducibility.compare_online_offline(
                 task,
@@ -140,4 +143,18 @@ def online_offline(
                 min_labels=repro.min_labels,
             )
         )
+    # the champion as control: the challenger's online-minus-offline gap against the champion's
+    out.append(
+        reproducibility.compare_with_control(
+            task,
+            arms["champion"][1],
+            arms["challenger"][1],
+            arms["champion"][0],
+            arms["challenger"][0],
+            accuracy_margin=repro.accuracy_margin,
+            mae_margin=repro.mae_margin,
+            alpha=1.0 - repro.confidence,
+            min_labels=repro.min_labels,
+        )
+    )
     return out

@@ -17,7 +17,15 @@ from typing import Any, Literal
 import numpy as np
 
 from controller.core import stats
-from controller.core.judge import Histogram, Moments, PairedCounts, Proportion, StepMetrics
+from controller.core.judge import (
+    ErrorTail,
+    Histogram,
+    Moments,
+    PairedAbsErrors,
+    PairedCounts,
+    Proportion,
+    StepMetrics,
+)
 from controller.core.policy import Policy
 from storage import Store
 from storage.analytics import ArmAggregates, Coverage, LatencyBuckets, StepAggregates, step_aggregates
@@ -161,9 +169,40 @@ def metrics_from_aggregates(
     task: Literal["classification", "regression"],
     challenger_weight: float | None = None,
     classes: Sequence[Any] | None = None,
+    paired: bool = False,
 ) -> StepMetrics:
-    """Build StepMetrics from one step's aggregates (the SQL twin of judge.metrics_from_pairs)."""
+    """Build StepMetrics from one step's aggregates (the SQL twin of judge.metrics_from_pairs).
+
+    ``paired``: in a canary step, judge error rate, accuracy and regression on the requests both arms
+    scored (the canary's shadow share), clustered by routing key, instead of on each arm's own
+    requests; only when that share has pairs (products where the served answer does not change the
+    label). The sample-ratio check still counts each arm's routing keys.
+    """
     c, h = a.champion, a.challenger
+    clusters = {
+        name: stats.ClusterSums(
+            clusters=x.clusters, rows=x.rows, mm=x.mm, ma=x.ma, mb=x.mb, aa=x.aa, ab=x.ab, bb=x.bb
+        )
+        for name, x in a.clusters.items()
+    }
+    pair_abs = None
+    if task == "regression" and a.pair_abs is not None and a.diff_n:
+        s1, ss1, s2, ss2, cross = a.pair_abs
+        pair_abs = PairedAbsErrors(
+            n=a.diff_n, champion=s1, champion_sq=ss1, challenger=s2, challenger_sq=ss2, cross=cross
+        )
+    tail = None
+    if task == "regression" and a.error_tail is not None:
+        t = a.error_tail
+        tail = ErrorTail(
+            cap=t.cap,
+            quantile=t.quantile,
+            champion=Proportion(n=t.champion_n, count=t.champion_above),
+            challenger=Proportion(n=t.challenger_n, count=t.challenger_above),
+            paired=PairedCounts(n=t.pairs, worse=t.worse, better=t.better)
+            if a.cohort == "paired" or paired
+            else None,
+        )
     latency = None
     if c.latency or h.latency:
         latency = Histogram(
@@ -213,7 +252,11 @@ def metrics_from_aggregates(
             coverage=Proportion(n=a.coverage.sampled, count=a.coverage.scored)
             if a.coverage.sampled
             else None,
+            paired_abs_errors=pair_abs,
+            error_tail=tail,
+            clusters=clusters,
         )
+    use_pairs = paired and a.pairs > 0
     return StepMetrics(
         mode="canary",
         champion=Proportion(n=c.n, count=c.failed),
@@ -231,6 +274,13 @@ def metrics_from_aggregates(
         else None,
         latency=latency,
         outputs=outputs,
+        paired_errors=PairedCounts(n=a.pairs, worse=a.worse, better=a.better) if use_pairs else None,
+        paired_correct=PairedCounts(n=a.labelled_pairs, worse=a.labelled_worse, better=a.labelled_better)
+        if use_pairs and task == "classification"
+        else None,
+        paired_abs_errors=pair_abs if use_pairs else None,
+        error_tail=tail,
+        clusters=clusters,
     )
 
 

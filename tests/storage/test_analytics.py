@@ -164,6 +164,11 @@ def test_sql_aggregates_match_metrics_from_pairs(store: Store, task: str) -> Non
         "outputs",
     ):
         assert getattr(got, name) == getattr(expected, name), name
+    if task == "regression":
+        a, b = got.paired_abs_errors, expected.paired_abs_errors
+        assert a is not None and b is not None and a.n == b.n
+        for f in ("champion", "champion_sq", "challenger", "challenger_sq", "cross"):
+            assert getattr(a, f) == pytest.approx(getattr(b, f), rel=1e-9), f
     for name in ("abs_error_difference", "champion_abs_error"):
         a, b = getattr(got, name), getattr(expected, name)
         assert (a is None) == (b is None), name
@@ -296,12 +301,11 @@ def test_the_unit_is_the_request_and_skipped_shadow_jobs_are_coverage_lost_not_e
     sizes = rng.integers(1, 11, 60)
     fate = rng.choice(["ok", "error", "skipped"], size=60, p=[0.6, 0.2, 0.2])
     reasons = rng.choice(["expired", "shed", "queue_full"], size=60)
-    records, agree_rows, per_request = [], 0, []
+    records, agree_rows = [], 0
     for i, (size, what) in enumerate(zip(sizes, fate, strict=True)):
         classes = rng.integers(0, 2, (2, int(size)))
         agreed = int((classes[0] == classes[1]).sum()) if what == "ok" else 0
         agree_rows += agreed
-        per_request.append((agreed, int(size) if what == "ok" else 0))
         for row in range(int(size)):
             challenger: dict[str, Any] = {}
             if what == "ok":
@@ -333,7 +337,7 @@ def test_the_unit_is_the_request_and_skipped_shadow_jobs_are_coverage_lost_not_e
 
     a = step_aggregates(
         store.db, rollout_id=rollout_id, step=0, cohort="paired", task="classification", label_cutoff=None,
-        latency=LATENCY, clusters=True,
+        latency=LATENCY,
     )  # fmt: skip
     ran = fate != "skipped"
     assert a.requests == 60
@@ -346,10 +350,111 @@ def test_the_unit_is_the_request_and_skipped_shadow_jobs_are_coverage_lost_not_e
     }
     assert (a.coverage.sampled, a.coverage.scored, a.coverage.skipped) == (60, ran.sum(), expected_skips)
     assert a.coverage.wait_n == ran.sum() and a.coverage.wait_sum_ms == pytest.approx(2.0 * ran.sum())
-    y, m = np.array(per_request, dtype=float).T
-    c = a.agreement_clusters
-    assert c is not None and c.clusters == (fate == "ok").sum()
-    assert (c.sum_y2, c.sum_m2, c.sum_ym) == pytest.approx(((y * y).sum(), (m * m).sum(), (y * m).sum()))
     metrics = metrics_from_aggregates(a, task="classification")
     assert metrics.challenger == judge.Proportion(n=int(ran.sum()), count=int((fate == "error").sum()))
     assert metrics.coverage == judge.Proportion(n=60, count=int(ran.sum()))
+
+
+def test_canary_cluster_sums_paired_errors_and_tail_match_the_rows(store: Store) -> None:
+    """Per-routing-key sums, the canary's paired share and the catastrophic-error counts, by numpy."""
+    deployment_id, rollout_id = _deploy(store, "regression")
+    rng = np.random.default_rng(11)
+    n = 400
+    key = rng.integers(0, 60, n)  # uneven: several requests per routing key
+    served = np.where(key % 4 == 0, "challenger", "champion")
+    both = rng.random(n) < 0.5  # the other arm also scored in shadow
+    y = rng.normal(10, 2, n)
+    p1 = y + rng.normal(0, 1, n)
+    p2 = y + rng.standard_t(2, n)
+    records = [
+        PairRecord(
+            request_id=f"q{i}",
+            row_index=0,
+            deployment_id=deployment_id,
+            rollout_id=rollout_id,
+            step=3,
+            received_at=T0,
+            routing_key_hash=int(key[i]),
+            served_arm=str(served[i]),
+            champion_version_id=1,
+            challenger_version_id=2,
+            champion_value=float(p1[i]) if served[i] == "champion" or both[i] else None,
+            challenger_value=float(p2[i]) if served[i] == "challenger" or both[i] else None,
+            champion_latency_ms=1.0 if served[i] == "champion" or both[i] else None,
+            challenger_latency_ms=1.0 if served[i] == "challenger" or both[i] else None,
+        )
+        for i in range(n)
+    ]
+    store.pairs.insert_many(records)
+    store.labels.upsert_many(deployment_id, [(f"q{i}", 0, float(y[i])) for i in range(n)])
+    from controller.loop.measure import LATENCY
+
+    a = step_aggregates(
+        store.db,
+        rollout_id=rollout_id,
+        step=3,
+        cohort="served",
+        task="regression",
+        label_cutoff=T0,
+        latency=LATENCY,
+    )
+    e1, e2 = np.abs(p1 - y), np.abs(p2 - y)
+    assert a.diff_n == int(both.sum())
+    np.testing.assert_allclose(
+        a.pair_abs,
+        [e1[both].sum(), (e1[both] ** 2).sum(), e2[both].sum(), (e2[both] ** 2).sum(), (e1 * e2)[both].sum()],
+        rtol=1e-9,
+    )
+    # cluster sums of the challenger's own rows, by routing key
+    mine = served == "challenger"
+    keys = np.unique(key[mine])
+    m_k = np.array([np.sum(mine & (key == k)) for k in keys], dtype=float)
+    a_k = np.array([e2[mine & (key == k)].sum() for k in keys])
+    c = a.clusters["abs_error.challenger"]
+    assert c.clusters == keys.size and c.rows == m_k.sum()
+    assert (c.mm, c.ma, c.aa) == pytest.approx(
+        (np.dot(m_k, m_k), np.dot(m_k, a_k), np.dot(a_k, a_k)), rel=1e-9
+    )
+    # paired clusters: a = challenger's |error|, b = champion's, over rows both scored
+    keys = np.unique(key[both])
+    a_k = np.array([e2[both & (key == k)].sum() for k in keys])
+    b_k = np.array([e1[both & (key == k)].sum() for k in keys])
+    p = a.clusters["abs_error.paired"]
+    assert p.clusters == keys.size and p.ab == pytest.approx(np.dot(a_k, b_k), rel=1e-9)
+    # catastrophic errors: above the upper edge of the log bucket of the champion's 99th percentile
+    t = a.error_tail
+    assert t is not None
+    base = e1[(served == "champion")]
+    assert np.mean(base <= t.cap) >= 0.99 and t.cap <= np.quantile(base, 0.99, method="higher") * 1.02 + 1e-9
+    assert (t.champion_n, t.champion_above) == (base.size, int(np.sum(base > t.cap)))
+    assert t.challenger_above == int(np.sum(e2[mine] > t.cap))
+    assert (t.worse, t.better) == (
+        int(np.sum(both & (e2 > t.cap) & (e1 <= t.cap))),
+        int(np.sum(both & (e1 > t.cap) & (e2 <= t.cap))),
+    )
+    # the paired cohort of a canary step, clustered by routing key: same pairs, same key clusters
+    pa = step_aggregates(
+        store.db,
+        rollout_id=rollout_id,
+        step=3,
+        cohort="paired",
+        task="regression",
+        label_cutoff=T0,
+        latency=LATENCY,
+        cluster_by="routing_key",
+    )
+    assert pa.diff_n == a.diff_n and pa.clusters["abs_error.paired"] == p
+    by_request = step_aggregates(
+        store.db,
+        rollout_id=rollout_id,
+        step=3,
+        cohort="paired",
+        task="regression",
+        label_cutoff=T0,
+        latency=LATENCY,
+    )
+    assert by_request.clusters["abs_error.paired"].clusters == int(both.sum())  # one row per request
+    m = metrics_from_aggregates(a, task="regression", challenger_weight=0.25, paired=True)
+    assert m.paired_abs_errors is not None and m.paired_abs_errors.n == int(both.sum())
+    unpaired = metrics_from_aggregates(a, task="regression", challenger_weight=0.25)
+    assert unpaired.paired_abs_errors is None and unpaired.challenger_abs_error is not None

@@ -92,8 +92,8 @@ def test_unpaired_canary_accuracy_and_error_rate_use_the_two_arms() -> None:
     m = StepMetrics(
         mode="canary",
         champion=Proportion(n=30_000, count=30),
-        challenger=Proportion(n=3_000, count=3),
-        challenger_weight=0.0909,
+        challenger=Proportion(n=10_000, count=10),  # rare errors: the null variance needs more requests
+        challenger_weight=0.25,
         champion_correct=Proportion(n=20_000, count=18_000),
         challenger_correct=Proportion(n=2_000, count=1_790),
     )

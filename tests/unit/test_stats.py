@@ -411,3 +411,241 @@ def test_histogram_quantile_is_within_the_bucket_growth() -> None:
     edges = stats.latency_edges(growth=1.05)
     q = stats.quantile_from_histogram(stats.histogram_counts(x, edges), edges, 0.99)
     assert q == pytest.approx(np.quantile(x, 0.99), rel=0.05)
+
+
+# --- Variance under the null hypothesis (issue 14) -------------------------------------------------
+
+
+def _fm_mle(x1: int, n1: int, x2: int, n2: int, null: float) -> float:
+    """Independent path: maximise the two-binomial likelihood under p2 - p1 = null numerically."""
+    from scipy.optimize import minimize_scalar
+
+    def negloglik(r2: float) -> float:
+        r1 = r2 - null
+        return -(
+            x2 * math.log(r2)
+            + (n2 - x2) * math.log(1 - r2)
+            + x1 * math.log(r1)
+            + (n1 - x1) * math.log(1 - r1)
+        )
+
+    lo, hi = max(0.0, null) + 1e-12, min(1.0, 1.0 + null) - 1e-12
+    return float(minimize_scalar(negloglik, bounds=(lo, hi), method="bounded", options={"xatol": 1e-14}).x)
+
+
+@pytest.mark.parametrize(
+    ("x1", "n1", "x2", "n2", "null"),
+    [(30, 400, 45, 380, 0.01), (3, 3000, 0, 300, 0.002), (900, 1000, 170, 200, -0.01)],
+)
+def test_farrington_manning_restricted_estimates_maximise_the_null_likelihood(
+    x1: int, n1: int, x2: int, n2: int, null: float
+) -> None:
+    r = stats.farrington_manning(x1, n1, x2, n2, null=null)
+    r2 = _fm_mle(x1, n1, x2, n2, null)
+    assert r.restricted[1] == pytest.approx(r2, abs=1e-7)
+    assert r.restricted[1] - r.restricted[0] == pytest.approx(null, abs=1e-12)
+    expected_var = r2 * (1 - r2) / n2 + (r2 - null) * (1 - r2 + null) / n1
+    assert r.variance == pytest.approx(expected_var, rel=1e-6)
+
+
+def test_farrington_manning_at_zero_equals_statsmodels_and_pearson_chi_square() -> None:
+    from statsmodels.stats.proportion import score_test_proportions_2indep
+
+    sm = score_test_proportions_2indep(
+        45, 380, 30, 400, value=0, compare="diff", correction=False, return_results=True
+    )
+    r = stats.farrington_manning(30, 400, 45, 380, null=0.0)
+    assert r.statistic == pytest.approx(float(sm.statistic), rel=1e-9)
+    chi2 = sps.chi2_contingency([[45, 335], [30, 370]], correction=False)[0]
+    assert r.statistic**2 == pytest.approx(chi2, rel=1e-9)
+
+
+def test_farrington_manning_pins_statsmodels_cubic_which_misses_the_score_equation() -> None:
+    # statsmodels 0.14-0.15 computes Miettinen-Nurminen's cubic with count0 * diff where the paper has
+    # nobs0 * diff: its restricted estimate does not zero the score, ours does (and matches the
+    # numerical maximum above); the statistics differ in the fourth digit.
+    from statsmodels.stats.proportion import score_test_proportions_2indep
+
+    sm = score_test_proportions_2indep(
+        45, 380, 30, 400, value=0.01, compare="diff", correction=False, return_results=True
+    )
+    r = stats.farrington_manning(30, 400, 45, 380, null=0.01)
+
+    def score(r2: float) -> float:
+        r1 = r2 - 0.01
+        return 45 / r2 - 335 / (1 - r2) + 30 / r1 - 370 / (1 - r1)
+
+    assert abs(score(r.restricted[1])) < 1e-6
+    assert abs(score(float(sm.prop1_null))) > 0.1
+    assert r.statistic == pytest.approx(float(sm.statistic), abs=1e-2)
+
+
+def test_farrington_manning_variance_is_positive_without_events_unlike_wald() -> None:
+    r = stats.farrington_manning(0, 3000, 0, 300, null=0.002)
+    assert r.variance > 0.002 * 0.998 / 300 * 0.9  # about the challenger's binomial variance at 0.2%
+    assert r.statistic < 0  # no events: evidence of non-inferiority, not of harm
+
+
+def test_tango_null_variance_is_mcnemar_at_zero_r1_and_the_restricted_mle_otherwise() -> None:
+    r = stats.tango_null_variance(150, 86, 1600, null=0.0)
+    assert r.statistic**2 == pytest.approx(17.356, abs=printed(17.356, 3))  # R1, uncorrected McNemar
+    # non-zero null: the same restricted estimate as maximising the multinomial likelihood numerically
+    from scipy.optimize import minimize_scalar
+
+    b, c, n, null = 30, 18, 400, 0.05  # H0: P(b) - P(c) = 0.05
+
+    def negloglik(q: float) -> float:
+        return -(b * math.log(q) + c * math.log(q - null) + (n - b - c) * math.log(1 - 2 * q + null))
+
+    q = minimize_scalar(
+        negloglik, bounds=(null + 1e-9, (1 + null) / 2 - 1e-9), method="bounded", options={"xatol": 1e-13}
+    ).x
+    r = stats.tango_null_variance(b, c, n, null=null)
+    assert r.variance == pytest.approx((2 * q - null - null**2) / n, rel=1e-6)
+
+
+# --- Cluster-robust design effect ------------------------------------------------------------------
+
+
+def test_design_effect_matches_statsmodels_cluster_robust_variance_of_a_mean() -> None:
+    import statsmodels.api as sm
+
+    rng = np.random.default_rng(3)
+    k = 40
+    sizes = rng.integers(1, 30, k)
+    groups = np.repeat(np.arange(k), sizes)
+    y = (rng.random(groups.size) < np.repeat(rng.beta(2, 8, k), sizes)).astype(float)
+    fit = sm.OLS(y, np.ones_like(y)).fit(cov_type="cluster", cov_kwds={"groups": groups})
+    mean = y.mean()
+    m_k = np.bincount(groups).astype(float)
+    a_k = np.bincount(groups, weights=y)
+    n = y.size
+    sums = stats.ClusterSums(clusters=k, rows=n, mm=m_k @ m_k, ma=m_k @ a_k, aa=a_k @ a_k)
+    rows = float(np.sum((y - mean) ** 2))
+    deff = stats.design_effect(sums, rows, null=mean)
+    # statsmodels' CR1 variance of the mean vs the usual s^2 / N
+    assert deff * rows / (n - 1) / n == pytest.approx(float(fit.bse[0]) ** 2, rel=1e-9)
+
+
+def test_design_effect_is_kish_cluster_size_for_identical_rows_and_one_for_singletons() -> None:
+    # K clusters of m identical rows: Kish's deff 1 + (m - 1) * 1 = m, times CR1's K / (K - 1) over (N - 1) / N
+    k, m = 10, 5
+    z = np.array([1, 0, 0, 1, 0, 1, 0, 0, 0, 1], dtype=float)
+    p = z.mean()
+    sums = stats.ClusterSums(clusters=k, rows=k * m, mm=k * m * m, ma=m * m * z.sum(), aa=m * m * z @ z)
+    rows = m * float(np.sum((z - p) ** 2))
+    n = k * m
+    assert stats.design_effect(sums, rows, null=p) == pytest.approx(m * k / (k - 1) * (n - 1) / n, rel=1e-12)
+    half = stats.ClusterSums(
+        clusters=k // 2, rows=k // 2 * m, mm=k // 2 * m * m, ma=m * m * z[:5].sum(), aa=m * m * z[:5] @ z[:5]
+    )
+    rest = stats.ClusterSums(
+        clusters=k // 2, rows=k // 2 * m, mm=k // 2 * m * m, ma=m * m * z[5:].sum(), aa=m * m * z[5:] @ z[5:]
+    )
+    assert half + rest == sums  # pooling disjoint clusters (two steps) adds their sums
+    single = stats.ClusterSums(clusters=k, rows=k, mm=k, ma=z.sum(), aa=z @ z)
+    assert stats.design_effect(single, float(np.sum((z - p) ** 2)), null=p) == pytest.approx(1.0)  # floored
+
+
+# --- Sequential SRM (Lindon & Malek 2022) ----------------------------------------------------------
+
+
+def test_srm_bayes_factor_is_the_dirichlet_multinomial_over_multinomial_likelihood_ratio() -> None:
+    counts, theta = [480, 520, 1010], np.array([0.25, 0.25, 0.5])
+    r = stats.srm_bayes_factor(counts, [1, 1, 2], concentration=100.0)
+    n = sum(counts)
+    expected = sps.dirichlet_multinomial(100.0 * theta, n).logpmf(counts) - sps.multinomial(n, theta).logpmf(
+        counts
+    )
+    assert r.log_bayes_factor == pytest.approx(float(expected), rel=1e-9)
+    assert r.min_expected == pytest.approx(0.25 * n)
+
+
+def test_srm_bayes_factor_rarely_vetoes_a_correct_split_however_often_it_looks() -> None:
+    # 400 A/A canaries at 25%, a look after every 20 keys up to 4,000: the chi-square at the same level
+    # re-tested at every look fires far more often than its nominal rate; the Bayes factor stays below.
+    rng = np.random.default_rng(5)
+    runs, looks, per_look, alpha = 300, 100, 40, 0.01
+    to_challenger = rng.random((runs, looks * per_look)) < 0.25
+    u2 = np.cumsum(to_challenger, axis=1)[:, per_look - 1 :: per_look]
+    n = np.arange(per_look, looks * per_look + 1, per_look)[None, :]
+    u1 = n - u2
+    chi_p = sps.chi2.sf((u2 - 0.25 * n) ** 2 / (n * 0.25 * 0.75), 1)  # Pearson's X^2 for two cells
+    bf_fired = sum(
+        min(stats.srm_bayes_factor([a, b], [0.75, 0.25]).p_value for a, b in zip(u1[r], u2[r], strict=True))
+        <= alpha
+        for r in range(runs)
+    )
+    assert bf_fired / runs <= alpha + 3 * math.sqrt(alpha / runs)
+    assert np.mean(chi_p.min(axis=1) <= alpha) > 3 * alpha
+    assert stats.srm_bayes_factor([2400, 600], [0.75, 0.25]).p_value < 1e-3  # a real 20% split
+
+
+# --- Always-valid exceedance shares and quantiles --------------------------------------------------
+
+
+def test_exceedance_p_value_is_the_inverse_of_the_truncated_beta_mixture_integral() -> None:
+    from scipy.integrate import quad
+
+    p0, n = 0.01, 800
+    b = (1 - p0) / p0
+    for s, side in ((20, "greater"), (0, "lesser"), (3, "lesser")):
+        lo, hi = (p0, 1.0) if side == "greater" else (0.0, p0)
+        prior = quad(lambda q: sps.beta.pdf(q, 1, b), lo, hi, points=[p0])[0]
+        lr = quad(
+            lambda q, s=s: sps.beta.pdf(q, 1, b) * (q / p0) ** s * ((1 - q) / (1 - p0)) ** (n - s),
+            lo,
+            hi,
+            points=[p0, 0.02],
+            limit=200,
+        )[0]
+        p = float(stats.exceedance_p_value(s, n, share=p0, side=side))  # type: ignore[arg-type]
+        assert p == pytest.approx(min(1.0, prior / lr), rel=1e-5)
+
+
+def test_exceedance_p_value_keeps_its_level_under_continuous_monitoring() -> None:
+    rng = np.random.default_rng(9)
+    runs, n, p0, alpha = 2000, 3000, 0.01, 0.05
+    s = np.cumsum(rng.random((runs, n)) < p0, axis=1)[:, 4::5]  # a look every 5 observations
+    looks = np.arange(5, n + 1, 5)
+    p = stats.exceedance_p_value(s, looks[None, :], share=p0, side="greater")
+    fired = np.mean(p.min(axis=1) <= alpha)
+    assert fired <= alpha
+    # a doubled share is found
+    s2 = np.cumsum(rng.random((200, n)) < 2 * p0, axis=1)[:, 4::5]
+    assert (
+        np.mean(stats.exceedance_p_value(s2, looks[None, :], share=p0, side="greater").min(axis=1) <= alpha)
+        > 0.6
+    )
+
+
+def test_quantile_confidence_sequence_covers_the_true_p99() -> None:
+    rng = np.random.default_rng(2)
+    edges = stats.latency_edges()
+    true = float(sps.lognorm.ppf(0.99, 0.6, scale=math.exp(1.0)))
+    missed = 0
+    for _ in range(200):
+        x = rng.lognormal(1.0, 0.6, 4000)
+        cs = stats.quantile_confidence_sequence(stats.histogram_counts(x, edges), edges, 0.99, alpha=0.05)
+        missed += not cs.lower <= true <= cs.upper
+    assert missed / 200 <= 0.05
+
+
+def test_quantile_ratio_test_treats_the_champion_p99_as_estimated() -> None:
+    rng = np.random.default_rng(4)
+    edges = stats.latency_edges()
+    false_harm = 0
+    for _ in range(300):  # A/A at ratio 1.0, the margin the audit found rolling back 10-12%
+        a = stats.histogram_counts(rng.lognormal(1.0, 0.6, 3000), edges)
+        b = stats.histogram_counts(rng.lognormal(1.0, 0.6, 3000), edges)
+        false_harm += stats.quantile_ratio_test(a, b, edges, q=0.99, ratio=1.0, alpha=0.05).harm_p <= 0.05
+    assert false_harm / 300 <= 0.05
+    a = stats.histogram_counts(rng.lognormal(1.0, 0.6, 3000), edges)
+    slow = stats.histogram_counts(3 * rng.lognormal(1.0, 0.6, 3000), edges)
+    r = stats.quantile_ratio_test(a, slow, edges, q=0.99, ratio=1.2, alpha=0.05)
+    assert r.harm_p < 1e-3 and r.pass_p == 1.0
+    assert r.challenger == stats.quantile_confidence_sequence(slow, edges, 0.99, alpha=0.05)
+    assert r.champion == stats.quantile_confidence_sequence(a, edges, 0.99, alpha=0.05)
+    # the same 3x slowdown is harmless below a 100 ms floor (true p99 ~ 3 x 11 ms)
+    floor = stats.quantile_ratio_test(a, slow, edges, q=0.99, ratio=1.2, floor=100.0, alpha=0.05)
+    assert floor.harm_p == 1.0 and floor.pass_p <= 0.05
