@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-ACTIVE_PHASES = ("pending", "shadowing", "progressing", "paused")
+ACTIVE_PHASES = ("pending", "shadowing", "progressing", "paused", "watching")
 FINAL_PHASES = ("promoted", "rolled_back", "aborted")
 
 

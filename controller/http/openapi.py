@@ -196,6 +196,7 @@ def _schemas() -> dict[str, Any]:
                         "shadowing",
                         "progressing",
                         "paused",
+                        "watching",
                         "promoted",
                         "rolled_back",
                         "aborted",

@@ -119,7 +119,8 @@ def apply_decision(
         rollout.id,
         expected_version=rollout.version,
         events=[transition_event(rollout, decision, actor=actor, message=message, details=details)],
-        promote_challenger=decision.promotes_challenger,
+        promote_challenger=decision.promotes_challenger and not decision.revert,
+        restore_champion=decision.revert,
         now=now,
         **decision.changes(now),
     )

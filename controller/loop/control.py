@@ -91,7 +91,7 @@ def evaluate_rollout(store: Store, rollout: Rollout, *, now: datetime) -> Outcom
             "regression" if challenger.task == "regression" else "classification"
         )
         measurement = measure(store, rollout, task=task, policy=policy, now=now, classes=challenger.classes)
-        judge_policy = policy.to_judge_policy(task, measurement.metrics.mode, labelled=measurement.labelled)
+        judge_policy = policy.to_judge_policy(task, measurement.metrics.mode, final=measurement.final)
         judgement = judge(measurement.metrics, judge_policy)
         judgement = _with_reproducibility(store, rollout, judgement, task=task, policy=policy, now=now)
     decision = decide(state_of(rollout, samples=measurement.samples if measurement else 0), judgement, now)
@@ -107,6 +107,7 @@ def evaluate_rollout(store: Store, rollout: Rollout, *, now: datetime) -> Outcom
                 "decision": judgement.decision,
                 "judgement": judgement.reason,
                 "summary": {"score": _number(judgement.summary.score), "band": judgement.summary.band},
+                "error_budget": policy.budget(),
                 "controller": {
                     "action": decision.action,
                     "reason": decision.reason,
@@ -171,7 +172,7 @@ def _with_reproducibility(
                 online,
                 accuracy_margin=repro.accuracy_margin,
                 mae_margin=repro.mae_margin,
-                confidence=repro.confidence,
+                confidence=1.0 - policy.budget()["reproducibility"],
                 min_labels=repro.min_labels,
             )
         )

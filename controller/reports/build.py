@@ -396,9 +396,10 @@ def _reproducibility(
     from storage import repro_queries
 
     try:
-        repro = Policy.parse(rollout.policy).reproducibility
+        full = Policy.parse(rollout.policy)
     except PolicyError:
-        repro = Policy().reproducibility
+        full = Policy()
+    repro = full.reproducibility
     parity = [
         e.details["parity"]
         for e in events
@@ -412,7 +413,7 @@ def _reproducibility(
             task, version.offline_metrics,
             rp.ArmOnline(arm=arm, version=version.ref, labelled=labelled[arm].labelled, correct=labelled[arm].correct,
                          abs_error_sum=labelled[arm].abs_error_sum, abs_error_sq_sum=labelled[arm].abs_error_sq_sum),
-            accuracy_margin=repro.accuracy_margin, mae_margin=repro.mae_margin, confidence=repro.confidence,
+            accuracy_margin=repro.accuracy_margin, mae_margin=repro.mae_margin, confidence=1.0 - full.budget()["reproducibility"],
             min_labels=repro.min_labels,
         )
         for arm, version in (("champion", champion), ("challenger", challenger))
