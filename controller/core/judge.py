@@ -972,8 +972,12 @@ def _combine(verdicts: list[Verdict], spec_of: dict[str, GateSpec], policy: Judg
     vetoed = [v for v in verdicts if v.role == "veto" and v.outcome == Outcome.FAIL]
     failing = [v for v in verdicts if v.role in deciding_roles and v.outcome == Outcome.FAIL]
     harmed = [v for v in failing if (s := spec(v)) is None or s.on_fail == "rollback"]
-    held = [v for v in failing if v not in harmed]
     required = [v for v in verdicts if v.role == "required"]
+    labelled = [v for v in required if v.gate in LABELLED_GATES]
+    # A hold gate (agreement) proven below its minimum holds the step until labels decide: once every
+    # required labelled gate passes, the labels have decided and the hold is lifted.
+    labels_decided = bool(labelled) and all(v.outcome == Outcome.PASS for v in labelled)
+    held = [] if labels_decided else [v for v in failing if v not in harmed]
     proxy = next((v for v in verdicts if v.gate == "agreement_proxy"), None)
 
     waiting: list[str] = []

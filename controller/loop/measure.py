@@ -28,7 +28,7 @@ from storage import Store
 from storage.analytics import ArmAggregates, LatencyBuckets, StepAggregates, step_aggregates
 from storage.entities import Rollout
 
-__all__ = ["LATENCY", "Measurement", "measure", "metrics_from_aggregates"]
+__all__ = ["LATENCY", "Measurement", "canary_metrics", "measure", "metrics_from_aggregates", "swap_aggregates"]
 
 _EDGES = stats.latency_edges()
 LATENCY = LatencyBuckets(start_ms=float(_EDGES[1]), growth=1.05, count=len(_EDGES) - 1)
@@ -117,20 +117,8 @@ def measure(
 
         if kind == "canary":
             served = read("served")
-            metrics = metrics_from_aggregates(served, task=task, challenger_weight=weight, classes=classes)
-            if policy.canary.paired and policy.canary.shadow_rate > 0:
-                both = metrics_from_aggregates(read("paired"), task=task, classes=classes)
-                metrics = replace(
-                    metrics,
-                    paired_errors=both.paired_errors,
-                    agreement=both.agreement,
-                    paired_correct=both.paired_correct,
-                    champion_correct=both.champion_correct,
-                    challenger_correct=both.challenger_correct,
-                    abs_error_difference=both.abs_error_difference,
-                    champion_abs_error=both.champion_abs_error,
-                    challenger_abs_error=both.challenger_abs_error,
-                )
+            paired = read("paired") if policy.canary.paired and policy.canary.shadow_rate > 0 else None
+            metrics = canary_metrics(served, paired, task=task, challenger_weight=weight, classes=classes)
             aggregates = served
         else:
             aggregates = read("paired")
@@ -157,6 +145,33 @@ def measure(
     )
     return Measurement(
         metrics, samples, labelled, current, final=policy.final_stage(rollout.step_index), steps=len(strata)
+    )
+
+
+def canary_metrics(
+    served: StepAggregates,
+    paired: StepAggregates | None,
+    *,
+    task: Literal["classification", "regression"],
+    challenger_weight: float | None,
+    classes: Sequence[Any] | None = None,
+) -> StepMetrics:
+    """One canary step's metrics: the served requests, and with ``paired`` the quality and error gates'
+    data from the requests both arms scored (``canary.paired``)."""
+    metrics = metrics_from_aggregates(served, task=task, challenger_weight=challenger_weight, classes=classes)
+    if paired is None:
+        return metrics
+    both = metrics_from_aggregates(paired, task=task, classes=classes)
+    return replace(
+        metrics,
+        paired_errors=both.paired_errors,
+        agreement=both.agreement,
+        paired_correct=both.paired_correct,
+        champion_correct=both.champion_correct,
+        challenger_correct=both.challenger_correct,
+        abs_error_difference=both.abs_error_difference,
+        champion_abs_error=both.champion_abs_error,
+        challenger_abs_error=both.challenger_abs_error,
     )
 
 
