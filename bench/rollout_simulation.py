@@ -87,15 +87,16 @@ UNPAIRED = {"canary": {"paired": False}}
 ROWS: tuple[Scenario, ...] = (
     Scenario("aa-paired-1-even", "equal", "A/A, canary steps paired, 1 req/s, one key per request",
              rate=1.0, look_s=1800.0),
-    Scenario("aa-paired-100-even", "equal", "A/A, canary steps paired, 100 req/s, one key per request"),
+    Scenario("aa-paired-100-even", "equal", "A/A, canary steps paired, 100 req/s, one key per request",
+             look_s=60.0),
     Scenario("aa-paired-100-uneven", "equal", "A/A, canary steps paired, 100 req/s, 200 Zipf keys",
-             keys="uneven"),
+             keys="uneven", look_s=60.0),
     Scenario("aa-canary-1-even", "equal", "A/A, canary steps unpaired, 1 req/s, one key per request",
              policy=UNPAIRED, rate=1.0, look_s=1800.0),
     Scenario("aa-canary-100-even", "equal", "A/A, canary steps unpaired, 100 req/s, one key per request",
-             policy=UNPAIRED),
+             policy=UNPAIRED, look_s=60.0),
     Scenario("aa-canary-100-uneven", "equal", "A/A, canary steps unpaired, 100 req/s, 200 Zipf keys",
-             policy=UNPAIRED, keys="uneven"),
+             policy=UNPAIRED, keys="uneven", look_s=60.0),
     Scenario("labels-1h-worse5", "harmful", "5 points less accurate, 8% disagreement, labels after 1 h",
              rate=10.0, worse=0.065, better=0.015, label_delay_s=3600.0, look_s=600.0),
     Scenario("labels-1d-worse5", "harmful", "5 points less accurate, 8% disagreement, labels after 1 day",
@@ -148,6 +149,7 @@ class StepData:
         self.latency = [np.zeros(LATENCY.count, dtype=np.int64), np.zeros(LATENCY.count, dtype=np.int64)]
         self.seen = [np.zeros(n_keys, dtype=bool), np.zeros(n_keys, dtype=bool)]
         self.units = [0, 0]
+        self.cache: tuple[tuple[int, int, int], StepMetrics, StepAggregates] | None = None
 
     def add(self, t: float, paired: np.ndarray, served: np.ndarray) -> None:
         self.times.append(t)
@@ -196,6 +198,8 @@ class Simulator:
         steps = [self._new_step(state)]
         t = 0.0
         labelled_at_end = 0
+        first_decided: int | None = None
+        cause = ""
         while t < sc.horizon_s:
             t += sc.look_s
             now = T0 + timedelta(seconds=t)
@@ -209,6 +213,14 @@ class Simulator:
             )  # fmt: skip
             d = decide(state, j, now)
             labelled_at_end = labelled_pairs
+            if first_decided is None:
+                quality = [v for v in j.verdicts if v.gate in ("accuracy", "regression") and v.role == "required"]
+                wanted = "pass" if sc.truth == "equal" else "fail"
+                if quality and quality[0].outcome.label == wanted:
+                    first_decided = labelled_pairs
+            if d.action == "rollback":
+                cause = ",".join(sorted({v.gate for v in j.verdicts if v.outcome.label == "fail"
+                                         and v.role in ("required", "guardrail", "veto")})) or d.reason  # fmt: skip
             if d.transition:
                 state = self._apply(state, d, now)
                 if state.phase in FINAL or state.phase == "paused":
@@ -216,7 +228,10 @@ class Simulator:
                 if d.new_step:
                     steps.append(self._new_step(state))
         end = state.phase if state.phase in FINAL or state.phase == "paused" else "undecided"
-        return {"end": end, "seconds": t, "labelled": labelled_at_end, "steps": len(steps)}
+        return {
+            "end": end, "seconds": t, "labelled": labelled_at_end, "steps": len(steps),
+            "first": first_decided, "cause": cause,
+        }  # fmt: skip
 
     def _apply(self, state: RolloutState, d: Any, now: datetime) -> RolloutState:
         started = now if d.new_step else state.step_started_at
@@ -275,8 +290,18 @@ class Simulator:
                       1.0 - acc - sc.better], axis=1)  # fmt: skip
         p = np.clip(p, 0.0, None)
         p /= p.sum(axis=1, keepdims=True)
-        return np.array([rng.multinomial(int(k), pk) for k, pk in zip(k_ok, p, strict=True) if k]).sum(axis=0) \
-            if k_ok.any() else np.zeros(4)  # fmt: skip
+        # a multinomial per key, vectorised as conditional binomials
+        left = k_ok.astype(np.int64)
+        rest = np.ones(len(left))
+        cells = np.zeros(4)
+        for i in range(3):
+            q = np.clip(np.divide(p[:, i], rest, out=np.zeros_like(rest), where=rest > 0), 0.0, 1.0)
+            x = rng.binomial(left, q)
+            cells[i] = x.sum()
+            left = left - x
+            rest = rest - p[:, i]
+        cells[3] = left.sum()
+        return cells
 
     def _paired(self, n: int, per_key: np.ndarray | None) -> np.ndarray:
         sc, rng = self.sc, self.rng
@@ -329,6 +354,11 @@ class Simulator:
         strata = []
         agg: StepAggregates | None = None
         for step in steps:
+            key = (len(step.times), bisect.bisect_right(step.times, fast), bisect.bisect_right(step.times, slow))
+            if step.cache is not None and step.cache[0] == key:  # nothing new in this step: same metrics
+                strata.append(step.cache[1])
+                agg = step.cache[2]
+                continue
             paired_now = step.paired[-1]
             p_fast, p_slow = step.at(fast, "paired"), step.at(slow, "paired")
             paired = self._paired_aggregates(paired_now, p_fast, p_slow)
@@ -341,6 +371,7 @@ class Simulator:
             else:
                 m = metrics_from_aggregates(paired, task=sc.task)
                 agg = paired
+            step.cache = (key, m, agg)
             strata.append(m)
         assert agg is not None
         metrics = stratified(strata, current=strata[-1])
@@ -351,10 +382,7 @@ class Simulator:
             samples = agg.champion.n + agg.challenger.n
         else:
             samples = agg.pairs
-        pc = metrics.paired_correct
-        labelled = (pc.n if pc is not None else 0) if not self.regression else (
-            metrics.abs_error_difference.n if metrics.abs_error_difference is not None else 0)  # fmt: skip
-        return metrics, int(samples), int(labelled)
+        return metrics, int(samples), _labelled(metrics)
 
     def _paired_aggregates(self, now: np.ndarray, fast: np.ndarray, slow: np.ndarray) -> StepAggregates:
         n, worse, better, both = (int(x) for x in now[:4])
@@ -391,6 +419,19 @@ class Simulator:
         return StepAggregates("served", c, h)
 
 
+def _labelled(m: StepMetrics) -> int:
+    """Labelled observations behind the quality gate: pairs, or both arms' labelled rows (unpaired)."""
+    if m.paired_correct is not None:
+        return m.paired_correct.n
+    if m.abs_error_difference is not None:
+        return m.abs_error_difference.n
+    if m.champion_correct is not None and m.challenger_correct is not None:
+        return m.champion_correct.n + m.challenger_correct.n
+    if m.champion_abs_error is not None and m.challenger_abs_error is not None:
+        return m.champion_abs_error.n + m.challenger_abs_error.n
+    return 0
+
+
 # --------------------------------------------------------------------------------------------------
 # Rows, bounds and the report
 # --------------------------------------------------------------------------------------------------
@@ -404,16 +445,28 @@ def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
 
 
 def fixed_n(sc: Scenario, alpha: float, power: float = 0.8) -> float:
-    """Fixed-n labelled pairs of the paired non-inferiority test of accuracy (or MAE) at the row's truth."""
-    z = sps.norm.ppf(1 - alpha) + sps.norm.ppf(power)
+    """Labelled pairs a fixed-n paired z test needs for the row's correct decision, at 80% power.
+
+    Equal challenger: non-inferiority of accuracy at the 1-point margin (or MAE at 5%); harmful one:
+    harm beyond the margin. NaN where the truth sits on the margin (no fixed n decides it) or the
+    row's harm is not in accuracy or MAE.
+    """
+    z = float(sps.norm.ppf(1 - alpha) + sps.norm.ppf(power))
     if sc.task == "regression":
-        return float(z**2 * 0.3**2 / (0.05 * 0.8) ** 2)
+        rng = np.random.default_rng(0)
+        zz = rng.standard_normal(1_000_000)
+        e1 = np.abs(zz)
+        e2 = np.abs(zz + rng.normal(0.0, sc.regression_noise, zz.size))
+        if sc.catastrophic is not None:
+            e2 = e2 + sc.catastrophic[1] * (rng.random(zz.size) < sc.catastrophic[0])
+        d = e2 - 1.05 * e1  # the direct test of |e2| - (1 + m)|e1|
+        gap = abs(float(d.mean()))
+        return float(z**2 * d.var() / gap**2) if gap > 1e-4 else math.nan
     disc = sc.worse + sc.better
-    margin = 0.01
-    delta = sc.worse - sc.better
-    if disc == 0:
+    gap = abs(0.01 - (sc.worse - sc.better))
+    if disc == 0 or gap < 1e-9:
         return math.nan
-    return float(z**2 * disc / (margin - delta) ** 2) if margin > delta else math.inf
+    return float(z**2 * disc / gap**2)
 
 
 @dataclass
@@ -423,6 +476,8 @@ class RowResult:
     rollouts: int
     seconds: list[float]
     labelled: list[int]
+    first: list[int]
+    causes: dict[str, int]
     wall_s: float
 
     @property
@@ -435,21 +490,31 @@ class RowResult:
         return "promoted" if self.scenario.truth == "equal" else "rolled_back"
 
 
-def run_row(sc: Scenario, rollouts: int, seed: int) -> RowResult:
+def run_row(sc: Scenario, rollouts: int, seed: int, budget_s: float | None = None) -> RowResult:
     rng = np.random.default_rng(seed)
     sim = Simulator(sc, rng)
     ends: dict[str, int] = {}
     seconds: list[float] = []
     labelled: list[int] = []
+    first: list[int] = []
+    causes: dict[str, int] = {}
     start = time.perf_counter()
     correct = "promoted" if sc.truth == "equal" else "rolled_back"
+    done = 0
     for _ in range(rollouts):
+        if budget_s is not None and time.perf_counter() - start > budget_s:
+            break
+        done += 1
         r = sim.run()
         ends[r["end"]] = ends.get(r["end"], 0) + 1
         if r["end"] == correct:
             seconds.append(r["seconds"])
             labelled.append(r["labelled"])
-    return RowResult(sc, ends, rollouts, seconds, labelled, time.perf_counter() - start)
+        if r["first"] is not None:
+            first.append(r["first"])
+        if r["cause"]:
+            causes[r["cause"]] = causes.get(r["cause"], 0) + 1
+    return RowResult(sc, ends, done, seconds, labelled, first, causes, time.perf_counter() - start)
 
 
 def exceeds(bad: int, n: int, alpha: float, p_value: float = 0.001) -> bool:
@@ -460,9 +525,10 @@ def exceeds(bad: int, n: int, alpha: float, p_value: float = 0.001) -> bool:
 def table(results: Sequence[RowResult], alpha: float) -> str:
     head = (
         "| row | truth | rollouts | promoted | rolled back | paused / undecided | error (bound <= alpha) "
-        "| 95% CI | median labelled pairs to the correct end | median time | fixed-n pairs |"
+        "| 95% CI | rollbacks caused by | labelled at the correct end (median) | time to it (median) "
+        "| labelled when the quality gate first decided right (median) | fixed-n (paired z test, 80% power) |"
     )
-    lines = [head, "|" + "---|" * 11]
+    lines = [head, "|" + "---|" * 13]
     for r in results:
         sc, n = r.scenario, r.rollouts
         lo, hi = clopper_pearson(r.bad, n)
@@ -470,12 +536,15 @@ def table(results: Sequence[RowResult], alpha: float) -> str:
         other = r.ends.get("paused", 0) + r.ends.get("undecided", 0) + r.ends.get("aborted", 0)
         med_l = f"{np.median(r.labelled):,.0f}" if r.labelled else "-"
         med_t = f"{np.median(r.seconds) / 3600:.1f} h" if r.seconds else "-"
-        fn = fixed_n(sc, alpha)
+        fn = fixed_n(sc, Policy().budget()["harm"])
         fn_s = "-" if not math.isfinite(fn) else f"{fn:,.0f}"
         verdict = "**exceeds**" if exceeds(r.bad, n, alpha) else ("above" if r.bad / n > alpha else "ok")
+        causes = ", ".join(f"{k} {v}" for k, v in sorted(r.causes.items(), key=lambda kv: -kv[1])) or "-"
+        med_f = f"{np.median(r.first):,.0f}" if r.first else "-"
         lines.append(
             f"| `{sc.name}` | {sc.truth} | {n} | {r.ends.get('promoted', 0)} | {r.ends.get('rolled_back', 0)} "
-            f"| {other} | {what} {r.bad / n:.1%} ({verdict}) | {lo:.1%}–{hi:.1%} | {med_l} | {med_t} | {fn_s} |"
+            f"| {other} | {what} {r.bad / n:.1%} ({verdict}) | {lo:.1%}–{hi:.1%} | {causes} | {med_l} | {med_t} "
+            f"| {med_f} | {fn_s} |"
         )
     return "\n".join(lines)
 
@@ -486,14 +555,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--rows", nargs="*", default=None, help="row names (default: all)")
     ap.add_argument("--out", type=Path, default=None, help="write the markdown table here")
+    ap.add_argument("--budget-s", type=float, default=None, help="wall-clock seconds per row at most")
     args = ap.parse_args(argv)
     alpha = Policy().alpha
     rows = [r for r in ROWS if args.rows is None or r.name in args.rows]
     results = []
     for i, sc in enumerate(rows):
-        res = run_row(sc, args.rollouts, args.seed + i)
+        res = run_row(sc, args.rollouts, args.seed + i, args.budget_s)
         results.append(res)
-        print(f"{sc.name}: {res.ends} in {res.wall_s:.0f} s", flush=True)
+        print(f"{sc.name}: {res.rollouts} rollouts {res.ends} in {res.wall_s:.0f} s", flush=True)
     text = table(results, alpha)
     print(text)
     if args.out is not None:
@@ -501,7 +571,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.out.write_text(
             "# Whole-rollout simulation\n\n"
             f"`nice -n 10 .venv/bin/python bench/rollout_simulation.py --rollouts {args.rollouts} "
-            f"--seed {args.seed} --out {args.out}`\n\nalpha = {alpha} (the policy's whole error budget).\n\n"
+            f"--seed {args.seed} --out {args.out}"
+            + (f" --budget-s {args.budget_s:g}" if args.budget_s else "")
+            + f"`\n\nalpha = {alpha} (the policy's whole error budget).\n\n"
             f"{descr}\n\n{text}\n"
         )
     return 0
