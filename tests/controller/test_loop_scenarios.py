@@ -240,6 +240,16 @@ def test_agreement_advances_into_the_watch_and_labels_in_the_watch_promote(
     assert entry.champion.id == world.versions["challenger"].id
     assert entry.challenger is not None and entry.challenger.id == world.versions["champion"].id
     assert (entry.mode, entry.step) == ("shadow", 1)
+    # visible where operators look: `rollout status` and the report
+    from controller.cli.rollout import status_lines
+    from controller.http import api
+    from controller.reports.build import _decision_notes  # the report's notes (the whole report needs scores)
+
+    document = api.plain(api.deployment_json(store, store.deployments.get("churn"), detail=True))
+    assert any(line.startswith("post-promotion watch: churn:2 answers every request") for line in status_lines(document))
+    notes = _decision_notes(world.rollout(), store.events.list(rollout_id=r.id))
+    assert any(n.startswith("Post-promotion watch (step 1)") and "in progress" in n for n in notes)
+    assert any(n.startswith("Error budget: alpha 0.05 split as harm family 0.04") for n in notes)
     world.traffic(1500)  # labels arrive during the watch
     world.tick(60)
     assert world.rollout().phase == "watching", "the bake period is not over"
