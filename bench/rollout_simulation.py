@@ -84,6 +84,20 @@ class Scenario:
 
 
 UNPAIRED = {"canary": {"paired": False}}
+
+
+def _cautious_canary() -> dict[str, Any]:
+    """The "cautious canary" example of docs/policy.md, read from the document itself."""
+    import yaml
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "policy.md").read_text()
+    section = text[text.index("### 3. A cautious canary") :]
+    block = section[section.index("```yaml") + len("```yaml") : section.index("```", section.index("```yaml") + 7)]
+    data: dict[str, Any] = yaml.safe_load(block)
+    return data
+
+
+CAUTIOUS = _cautious_canary()
 ROWS: tuple[Scenario, ...] = (
     Scenario("aa-paired-1-even", "equal", "A/A, canary steps paired, 1 req/s, one key per request",
              rate=1.0, look_s=1800.0),
@@ -104,6 +118,10 @@ ROWS: tuple[Scenario, ...] = (
     Scenario("labels-1d-worse5-watch", "harmful", "as above, with the post-promotion watch",
              policy={"watch": {"enabled": True}}, rate=10.0, worse=0.065, better=0.015,
              label_delay_s=86400.0, look_s=1800.0),
+    Scenario("cautious-canary-worse5", "harmful",
+             "docs/policy.md example 3 (watch on, labels mature in a day), 5 points worse, 8% disagreement",
+             policy=CAUTIOUS, rate=10.0, worse=0.065, better=0.015, label_delay_s=86400.0, look_s=1800.0,
+             horizon_s=12 * 86400.0),
     Scenario("labels-outcome-order", "harmful",
              "5 points less accurate; labels of its wrong answers after 1 day, others after 1 h",
              rate=10.0, worse=0.065, better=0.015, label_delay_s=3600.0, slow_label_delay_s=86400.0,
@@ -348,9 +366,10 @@ class Simulator:
     # ---------------------------------------------------------------------------- measurement
     def _measure(self, steps: Sequence[StepData], state: RolloutState, t: float) -> tuple[StepMetrics, int, int]:
         sc = self.sc
-        cutoff = t - self.policy.label_maturity_s
-        fast = cutoff - sc.label_delay_s
-        slow = cutoff - (sc.slow_label_delay_s if sc.slow_label_delay_s is not None else sc.label_delay_s)
+        # a request's label counts once it has arrived and the request is older than the label maturity
+        maturity = self.policy.label_maturity_s
+        fast = t - max(maturity, sc.label_delay_s)
+        slow = t - max(maturity, sc.slow_label_delay_s if sc.slow_label_delay_s is not None else sc.label_delay_s)
         strata = []
         agg: StepAggregates | None = None
         for step in steps:

@@ -63,6 +63,13 @@ def test_a_five_point_worse_challenger_with_slow_labels_is_never_promoted_on_agr
     assert result.ends.get("promoted", 0) == 0
 
 
+def test_the_cautious_canary_of_the_policy_docs_never_promotes_a_worse_challenger_without_labels() -> None:
+    row = ROWS["cautious-canary-worse5"]
+    assert row.policy["watch"]["enabled"] and row.policy["label_maturity_s"] == 86400
+    result = sim.run_row(row, 8, seed=9)
+    assert result.ends.get("promoted", 0) == 0, result.ends
+
+
 @pytest.mark.xfail(strict=False, reason="unpaired canary on clustered keys needs the cluster-robust variance (issue 14 part B)")
 def test_unpaired_canary_with_uneven_keys_stays_within_alpha() -> None:
     result = sim.run_row(ROWS["aa-canary-100-uneven"], 10, seed=3)
