@@ -92,7 +92,9 @@ def _cautious_canary() -> dict[str, Any]:
 
     text = (Path(__file__).resolve().parents[1] / "docs" / "policy.md").read_text()
     section = text[text.index("### 3. A cautious canary") :]
-    block = section[section.index("```yaml") + len("```yaml") : section.index("```", section.index("```yaml") + 7)]
+    block = section[
+        section.index("```yaml") + len("```yaml") : section.index("```", section.index("```yaml") + 7)
+    ]
     data: dict[str, Any] = yaml.safe_load(block)
     return data
 
@@ -232,7 +234,9 @@ class Simulator:
             d = decide(state, j, now)
             labelled_at_end = labelled_pairs
             if first_decided is None:
-                quality = [v for v in j.verdicts if v.gate in ("accuracy", "regression") and v.role == "required"]
+                quality = [
+                    v for v in j.verdicts if v.gate in ("accuracy", "regression") and v.role == "required"
+                ]
                 wanted = "pass" if sc.truth == "equal" else "fail"
                 if quality and quality[0].outcome.label == wanted:
                     first_decided = labelled_pairs
@@ -364,16 +368,24 @@ class Simulator:
         return np.array([n1, f1, n2, f2, r1, ok1 - r1, r2, ok2 - r2], dtype=float)
 
     # ---------------------------------------------------------------------------- measurement
-    def _measure(self, steps: Sequence[StepData], state: RolloutState, t: float) -> tuple[StepMetrics, int, int]:
+    def _measure(
+        self, steps: Sequence[StepData], state: RolloutState, t: float
+    ) -> tuple[StepMetrics, int, int]:
         sc = self.sc
         # a request's label counts once it has arrived and the request is older than the label maturity
         maturity = self.policy.label_maturity_s
         fast = t - max(maturity, sc.label_delay_s)
-        slow = t - max(maturity, sc.slow_label_delay_s if sc.slow_label_delay_s is not None else sc.label_delay_s)
+        slow = t - max(
+            maturity, sc.slow_label_delay_s if sc.slow_label_delay_s is not None else sc.label_delay_s
+        )
         strata = []
         agg: StepAggregates | None = None
         for step in steps:
-            key = (len(step.times), bisect.bisect_right(step.times, fast), bisect.bisect_right(step.times, slow))
+            key = (
+                len(step.times),
+                bisect.bisect_right(step.times, fast),
+                bisect.bisect_right(step.times, slow),
+            )
             if step.cache is not None and step.cache[0] == key:  # nothing new in this step: same metrics
                 strata.append(step.cache[1])
                 agg = step.cache[2]
@@ -382,7 +394,9 @@ class Simulator:
             p_fast, p_slow = step.at(fast, "paired"), step.at(slow, "paired")
             paired = self._paired_aggregates(paired_now, p_fast, p_slow)
             if step.kind == "canary":
-                served = self._served_aggregates(step, step.served[-1], step.at(fast, "served"), step.at(slow, "served"))
+                served = self._served_aggregates(
+                    step, step.served[-1], step.at(fast, "served"), step.at(slow, "served")
+                )
                 use_pairs = self.policy.canary.paired and self.policy.canary.shadow_rate > 0
                 m = canary_metrics(served, paired if use_pairs else None, task=sc.task,
                                    challenger_weight=step.weight)  # fmt: skip
@@ -407,8 +421,12 @@ class Simulator:
         n, worse, better, both = (int(x) for x in now[:4])
         if self.regression:
             m = int(fast[8])
-            c = ArmAggregates(n=n, failed=better + both, labelled=m, abs_error_sum=fast[9], abs_error_sumsq=fast[10])
-            h = ArmAggregates(n=n, failed=worse + both, labelled=m, abs_error_sum=fast[11], abs_error_sumsq=fast[12])
+            c = ArmAggregates(
+                n=n, failed=better + both, labelled=m, abs_error_sum=fast[9], abs_error_sumsq=fast[10]
+            )
+            h = ArmAggregates(
+                n=n, failed=worse + both, labelled=m, abs_error_sum=fast[11], abs_error_sumsq=fast[12]
+            )
             return StepAggregates("paired", c, h, pairs=n, worse=worse, better=better,
                                   diff_n=m, diff_sum=float(fast[13]), diff_sumsq=float(fast[14]))  # fmt: skip
         rr, hr = int(fast[4]), int(fast[6])
@@ -422,14 +440,30 @@ class Simulator:
             agreed=int(now[4] + now[7]), labelled_pairs=lab, labelled_worse=cr, labelled_better=hr,
         )  # fmt: skip
 
-    def _served_aggregates(self, step: StepData, now: np.ndarray, fast: np.ndarray, slow: np.ndarray) -> StepAggregates:
+    def _served_aggregates(
+        self, step: StepData, now: np.ndarray, fast: np.ndarray, slow: np.ndarray
+    ) -> StepAggregates:
         n1, f1, n2, f2 = (int(x) for x in now[:4])
         lat = [{i: int(c) for i, c in enumerate(h) if c} for h in step.latency]
         if self.regression:
-            c = ArmAggregates(n=n1, failed=f1, units=step.units[0], labelled=int(fast[4]),
-                              abs_error_sum=float(fast[5]), abs_error_sumsq=float(fast[6]), latency=lat[0])
-            h = ArmAggregates(n=n2, failed=f2, units=step.units[1], labelled=int(fast[7]),
-                              abs_error_sum=float(fast[8]), abs_error_sumsq=float(fast[9]), latency=lat[1])
+            c = ArmAggregates(
+                n=n1,
+                failed=f1,
+                units=step.units[0],
+                labelled=int(fast[4]),
+                abs_error_sum=float(fast[5]),
+                abs_error_sumsq=float(fast[6]),
+                latency=lat[0],
+            )
+            h = ArmAggregates(
+                n=n2,
+                failed=f2,
+                units=step.units[1],
+                labelled=int(fast[7]),
+                abs_error_sum=float(fast[8]),
+                abs_error_sumsq=float(fast[9]),
+                latency=lat[1],
+            )
             return StepAggregates("served", c, h)  # fmt: skip
         r1, w1, r2 = int(fast[4]), int(fast[5]), int(fast[6])
         w2 = int(slow[7])
@@ -502,7 +536,11 @@ class RowResult:
     @property
     def bad(self) -> int:
         """False rollbacks of an equal challenger, or false promotions of a harmful one."""
-        return self.ends.get("rolled_back", 0) if self.scenario.truth == "equal" else self.ends.get("promoted", 0)
+        return (
+            self.ends.get("rolled_back", 0)
+            if self.scenario.truth == "equal"
+            else self.ends.get("promoted", 0)
+        )
 
     @property
     def correct(self) -> str:

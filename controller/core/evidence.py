@@ -94,7 +94,9 @@ def stratified(strata: Sequence[StepMetrics], *, current: StepMetrics) -> StepMe
         if cur_a is None:
             return cur_a, cur_b
         if cur_b is None:  # only the champion's baseline (paired regression): summed as it is
-            return _add_moments([getattr(s, champion) for s in strata if getattr(s, champion) is not None]), None
+            return _add_moments(
+                [getattr(s, champion) for s in strata if getattr(s, champion) is not None]
+            ), None
         pairs = [(getattr(s, champion), getattr(s, challenger)) for s in strata]
         pairs = [(x, y) for x, y in pairs if x is not None and y is not None]
         a = [_scale_moments(x, min(x.n, y.n)) for x, y in pairs]
@@ -115,10 +117,12 @@ def stratified(strata: Sequence[StepMetrics], *, current: StepMetrics) -> StepMe
         hs = [s.latency for s in strata if s.mode == "canary" and s.latency is not None]
         if hs and all(h.edges == hs[0].edges for h in hs):
             scaled = [_scaled_histogram(h) for h in hs]
+            champion_counts = np.sum([a for a, _ in scaled], axis=0)
+            challenger_counts = np.sum([b for _, b in scaled], axis=0)
             latency = Histogram(
                 edges=hs[0].edges,
-                champion=tuple(int(x) for x in sum(a for a, _ in scaled)),
-                challenger=tuple(int(x) for x in sum(b for _, b in scaled)),
+                champion=tuple(int(x) for x in champion_counts),
+                challenger=tuple(int(x) for x in challenger_counts),
             )
     assert champion is not None and challenger is not None
     return replace(

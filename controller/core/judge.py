@@ -23,12 +23,25 @@ A tolerated degradation inside the margin is not harm. Outcomes are ordered best
 than an undecided measurement because it says nothing at all, and failure is worst).
 
 Roles: ``required`` gates must all pass to promote (an intersection–union test, so no multiplicity
-adjustment is needed for promotion); ``guardrail`` gates need not pass but their failure means harm;
-``informational`` gates are reported only. Vetoes — sample-ratio mismatch in canary mode and the hard
-SLOs on the challenger's absolute error rate and p99 latency — override everything.
+adjustment is needed for promotion); ``guardrail`` gates need not pass but their failure means harm,
+and while they have no data they block promotion (unless ``GateSpec.allow_no_data``);
+``informational`` gates are reported only. A gate's ``on_fail`` says what its proven failure means:
+``rollback`` (harm) or ``hold`` (the step cannot pass; agreement's default, since disagreement is not
+harm) — a hold is lifted once every required labelled gate (``LABELLED_GATES``) passes. Vetoes —
+sample-ratio mismatch in canary mode and the hard SLOs on the challenger's absolute error rate and p99
+latency — override everything, at their own level (``JudgePolicy.veto_alpha``, ``srm_alpha``).
+
+The harm family is fixed per step: every enabled required or guardrail gate that can roll back and has
+a harm p-value (``drift`` decides by its own rule), no-data gates counted with p = 1.
+
+Promotion evidence: on a step that is not final, agreement proven at least ``1 - accuracy.margin``
+(``agreement_proxy``) satisfies a required accuracy gate, since accuracy can drop by at most the
+disagreement rate; a ``final`` judgement needs every required labelled gate to pass itself.
 
 Decision, in priority order: ``veto`` (any veto fails) > ``rollback`` (any required or guardrail gate
-fails) > ``promote`` (every required gate passes, at least one required gate) > ``continue``.
+with ``on_fail="rollback"`` fails) > ``continue`` with a hold (a hold gate fails, labels have not
+decided) > ``promote`` (every required gate passes or is satisfied as above, no guardrail or veto lacks
+data, at least one required gate) > ``continue``.
 """
 
 from __future__ import annotations
@@ -900,7 +913,9 @@ HOLM_EXEMPT: frozenset[str] = frozenset({"drift"})
 """Gates decided by their own rule (PSI above its noise threshold), without a harm p-value."""
 
 
-def _with_p(v: Verdict, outcome: Outcome, p: float, reason: str | None = None, bound: float | None = None) -> Verdict:
+def _with_p(
+    v: Verdict, outcome: Outcome, p: float, reason: str | None = None, bound: float | None = None
+) -> Verdict:
     return replace(
         v, outcome=outcome, p_value=p, reason=v.reason if reason is None else reason,
         bound=v.bound if bound is None else bound,
@@ -993,7 +1008,9 @@ def _combine(verdicts: list[Verdict], spec_of: dict[str, GateSpec], policy: Judg
         if no_data and (s is None or not s.allow_no_data):
             waiting.append(f"{v.gate} no-data (blocks promotion until it has data)")
 
-    deciding = required + [v for v in verdicts if v.role in (*deciding_roles, "veto") and v.outcome == Outcome.FAIL]
+    deciding = required + [
+        v for v in verdicts if v.role in (*deciding_roles, "veto") and v.outcome == Outcome.FAIL
+    ]
     outcome = Outcome.worst([v.outcome for v in deciding]) if deciding else Outcome.NO_DATA
 
     decision: Decision

@@ -455,9 +455,7 @@ class Policy(_Model):
             else spec(g.agreement)
             if task == "classification"
             else spec(g.agreement, role="off"),
-            accuracy=spec(g.accuracy)
-            if task == "classification"
-            else spec(g.accuracy, role="off"),
+            accuracy=spec(g.accuracy) if task == "classification" else spec(g.accuracy, role="off"),
             regression=spec(g.regression) if task == "regression" else spec(g.regression, role="off"),
             drift=spec(g.drift),
         )

@@ -21,14 +21,21 @@ from typing import Any, Literal
 import numpy as np
 
 from controller.core import stats
-from controller.core.evidence import stratified, swap_arms
+from controller.core.evidence import stratified
 from controller.core.judge import Histogram, Moments, PairedCounts, Proportion, StepMetrics
 from controller.core.policy import Policy
 from storage import Store
 from storage.analytics import ArmAggregates, LatencyBuckets, StepAggregates, step_aggregates
 from storage.entities import Rollout
 
-__all__ = ["LATENCY", "Measurement", "canary_metrics", "measure", "metrics_from_aggregates", "swap_aggregates"]
+__all__ = [
+    "LATENCY",
+    "Measurement",
+    "canary_metrics",
+    "measure",
+    "metrics_from_aggregates",
+    "swap_aggregates",
+]
 
 _EDGES = stats.latency_edges()
 LATENCY = LatencyBuckets(start_ms=float(_EDGES[1]), growth=1.05, count=len(_EDGES) - 1)
@@ -139,7 +146,10 @@ def measure(
     labelled = any(
         (s.paired_correct is not None and s.paired_correct.n > 0)
         or (s.abs_error_difference is not None and s.abs_error_difference.n > 0)
-        or (s.champion_correct is not None and s.champion_correct.n + (s.challenger_correct or s.champion_correct).n > 0)
+        or (
+            s.champion_correct is not None
+            and s.champion_correct.n + (s.challenger_correct or s.champion_correct).n > 0
+        )
         or (s.champion_abs_error is not None and s.champion_abs_error.n > 0)
         for s in strata
     )
@@ -237,7 +247,9 @@ def metrics_from_aggregates(
             if task == "classification"
             else None,
             champion_correct=Proportion(n=c.labelled, count=c.correct) if task == "classification" else None,
-            challenger_correct=Proportion(n=h.labelled, count=h.correct) if task == "classification" else None,
+            challenger_correct=Proportion(n=h.labelled, count=h.correct)
+            if task == "classification"
+            else None,
             abs_error_difference=moments(a.diff_n, a.diff_sum, a.diff_sumsq)
             if task == "regression"
             else None,

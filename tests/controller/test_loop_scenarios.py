@@ -228,7 +228,9 @@ def test_agreement_advances_into_the_watch_and_labels_in_the_watch_promote(
     store: Store, tmp_path: Path, pipelines: dict[str, Any]
 ) -> None:
     world = World(store, tmp_path, champion=pipelines["good"], challenger=pipelines["same"])
-    world.start({"mode": "shadow", "watch": {"enabled": True, "min_duration_s": 600, "min_labelled_pairs": 300}})
+    world.start(
+        {"mode": "shadow", "watch": {"enabled": True, "min_duration_s": 600, "min_labelled_pairs": 300}}
+    )
     world.tick()
     world.traffic(1000, labels=False)  # agreement 1.0 >= 1 - accuracy margin: the shadow step may pass
     world.tick(60)
@@ -246,7 +248,10 @@ def test_agreement_advances_into_the_watch_and_labels_in_the_watch_promote(
     from controller.reports.build import _decision_notes  # the report's notes (the whole report needs scores)
 
     document = api.plain(api.deployment_json(store, store.deployments.get("churn"), detail=True))
-    assert any(line.startswith("post-promotion watch: churn:2 answers every request") for line in status_lines(document))
+    assert any(
+        line.startswith("post-promotion watch: churn:2 answers every request")
+        for line in status_lines(document)
+    )
     notes = _decision_notes(world.rollout(), store.events.list(rollout_id=r.id))
     assert any(n.startswith("Post-promotion watch (step 1)") and "in progress" in n for n in notes)
     assert any(n.startswith("Error budget: alpha 0.05 split as harm family 0.04") for n in notes)

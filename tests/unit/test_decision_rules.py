@@ -99,7 +99,9 @@ def test_agreement_below_its_minimum_holds_instead_of_rolling_back() -> None:
 
 
 def test_agreement_rolls_back_only_when_the_policy_says_so() -> None:
-    j = judge(shadow(agreement=agreement(0.7)), classification({"gates": {"agreement": {"on_fail": "rollback"}}}))
+    j = judge(
+        shadow(agreement=agreement(0.7)), classification({"gates": {"agreement": {"on_fail": "rollback"}}})
+    )
     assert j.decision == "rollback"
 
 
@@ -134,7 +136,9 @@ def _canary(latency_n: int) -> StepMetrics:
     ("latency_n", "allow", "decision"),
     [(999, False, "continue"), (999, True, "promote"), (5000, False, "promote")],
 )
-def test_a_guardrail_without_data_blocks_promotion_unless_waived(latency_n: int, allow: bool, decision: str) -> None:
+def test_a_guardrail_without_data_blocks_promotion_unless_waived(
+    latency_n: int, allow: bool, decision: str
+) -> None:
     policy = classification({"gates": {"latency_p99": {"allow_no_data": allow}}}, mode="canary", final=True)
     j = judge(_canary(latency_n), policy)
     assert j.decision == decision
@@ -189,12 +193,16 @@ def test_slo_vetoes_use_their_share_of_the_budget() -> None:
         rate = count / n
         se = math.sqrt((count + 1) / (n + 2) * (1 - (count + 1) / (n + 2)) / n)
         at_harm = stats.confidence_sequence(rate, se, n, alpha=p.alpha, n_star=p.n_star, side="greater").lower
-        at_veto = stats.confidence_sequence(rate, se, n, alpha=veto_alpha, n_star=p.n_star, side="greater").lower
+        at_veto = stats.confidence_sequence(
+            rate, se, n, alpha=veto_alpha, n_star=p.n_star, side="greater"
+        ).lower
         if at_harm > 0.01 >= at_veto:
             break
     else:
         raise AssertionError("no count between the two levels")
-    m = StepMetrics(mode="shadow", champion=Proportion(n=n, count=count), challenger=Proportion(n=n, count=count))
+    m = StepMetrics(
+        mode="shadow", champion=Proportion(n=n, count=count), challenger=Proportion(n=n, count=count)
+    )
     j = judge(m, replace(p, error_rate=replace(p.error_rate, enabled=False)))
     assert gate(j, "error_rate_slo").outcome == Outcome.PASS  # not proven at the veto level
 
@@ -248,7 +256,13 @@ def test_the_last_step_passing_starts_the_watch_when_enabled() -> None:
     p = Policy.parse(WATCH)
     state = RolloutState("shadowing", 0, 0.0, 1.0, T0, p, 1000)
     d = decide(state, _judgement("promote"), T0 + timedelta(seconds=60))
-    assert (d.action, d.phase, d.step_index, d.canary_weight, d.new_step) == ("watch", "watching", 1, 100.0, True)
+    assert (d.action, d.phase, d.step_index, d.canary_weight, d.new_step) == (
+        "watch",
+        "watching",
+        1,
+        100.0,
+        True,
+    )
     assert d.promotes_challenger and not d.revert
     assert p.final_stage(0) is False and p.final_stage(1) is True
 
@@ -265,7 +279,9 @@ def test_the_last_step_passing_starts_the_watch_when_enabled() -> None:
         (8 * 86400, 600, "continue", "hold", "watching", "watch_undecided"),
     ],
 )
-def test_watch_decisions(age_s: float, samples: int, decision: str, action: str, phase: str, reason: str) -> None:
+def test_watch_decisions(
+    age_s: float, samples: int, decision: str, action: str, phase: str, reason: str
+) -> None:
     d = decide(_watching(age_s, samples), _judgement(decision), T0 + timedelta(seconds=age_s))
     assert (d.action, d.phase, d.reason) == (action, phase, reason)
     assert d.revert == (phase == "rolled_back")

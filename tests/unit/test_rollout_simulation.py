@@ -48,7 +48,9 @@ ROWS = {r.name: r for r in sim.ROWS}
 def test_simulated_rollouts_stay_within_alpha(row: str, rollouts: int) -> None:
     result = sim.run_row(ROWS[row], rollouts, seed=3)
     assert result.rollouts == rollouts
-    assert not sim.exceeds(result.bad, rollouts, ALPHA), f"{row}: {result.bad} of {rollouts} wrong, {result.ends}"
+    assert not sim.exceeds(result.bad, rollouts, ALPHA), (
+        f"{row}: {result.bad} of {rollouts} wrong, {result.ends}"
+    )
 
 
 def test_the_bound_check_flags_a_rule_that_is_clearly_wrong() -> None:
@@ -70,7 +72,10 @@ def test_the_cautious_canary_of_the_policy_docs_never_promotes_a_worse_challenge
     assert result.ends.get("promoted", 0) == 0, result.ends
 
 
-@pytest.mark.xfail(strict=False, reason="unpaired canary on clustered keys needs the cluster-robust variance (issue 14 part B)")
+@pytest.mark.xfail(
+    strict=False,
+    reason="unpaired canary on clustered keys needs the cluster-robust variance (issue 14 part B)",
+)
 def test_unpaired_canary_with_uneven_keys_stays_within_alpha() -> None:
     result = sim.run_row(ROWS["aa-canary-100-uneven"], 10, seed=3)
     assert not sim.exceeds(result.bad, 10, ALPHA)
