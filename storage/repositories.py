@@ -368,7 +368,7 @@ class RoutingRepository:
                     champion=versions[d.champion_id],
                     challenger=None if r is None else versions[shadowed[d.id]],
                     mode=None if r is None else "shadow" if r.phase == "watching" else r.mode,
-                    canary_weight=0.0 if r is None else r.canary_weight,
+                    canary_weight=0.0 if r is None or r.phase == "watching" else r.canary_weight,
                     shadow_rate=0.0 if r is None else r.shadow_rate,
                     rollout_id=None if r is None else r.id,
                     step=None if r is None else r.step_index,

@@ -241,7 +241,7 @@ def test_agreement_advances_into_the_watch_and_labels_in_the_watch_promote(
     entry = store.routing.load_table()["churn"]
     assert entry.champion.id == world.versions["challenger"].id
     assert entry.challenger is not None and entry.challenger.id == world.versions["champion"].id
-    assert (entry.mode, entry.step) == ("shadow", 1)
+    assert (entry.mode, entry.step, entry.canary_weight) == ("shadow", 1, 0.0)
     # visible where operators look: `rollout status` and the report
     from controller.cli.rollout import status_lines
     from controller.http import api
