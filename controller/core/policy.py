@@ -1,7 +1,7 @@
 """The rollout policy: what a rollout may do, validated on input, with defaults that are safe alone.
 
     policy = Policy.parse({"canary": {"steps": [5, 50, 100]}})    # dict, YAML/JSON text or a file
-    judge_policy = policy.to_judge_policy("classification", "shadow", labelled=False)
+    judge_policy = policy.to_judge_policy("classification", "shadow", final=False)
     plan = policy.plan()                                           # the stages the rollout walks through
 
 Every field is documented in its model's docstring (docs are generated from them). Unknown keys and
@@ -402,16 +402,13 @@ class Policy(_Model):
         task: Task,
         mode: Literal["shadow", "canary"],
         *,
-        labelled: bool = True,
         final: bool = False,
     ) -> JudgePolicy:
         """Map this policy onto the judge's thresholds for one step.
 
         ``mode``: how the step's data are compared (shadow or canary). ``final``: passing this step
         promotes for good (see ``final_stage``): required labelled gates must then pass themselves.
-        ``labelled`` is accepted for compatibility and ignored (the judge sees the labels itself).
         """
-        del labelled
         g = self.gates
 
         def spec(gate: Gate, *, role: GateRole | None = None, allow_no_data: bool | None = None) -> GateSpec:
