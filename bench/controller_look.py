@@ -103,7 +103,7 @@ def time_look(store: Store, rollout: object) -> float:
     for _ in range(5):
         start = time.perf_counter()
         m = measure(store, rollout, task="classification", policy=policy, now=T0 + timedelta(hours=1))  # type: ignore[arg-type]
-        judge(m.metrics, policy.to_judge_policy("classification", "shadow", labelled=m.labelled))
+        judge(m.metrics, policy.to_judge_policy("classification", "shadow", final=m.final))
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 

@@ -183,6 +183,8 @@ POLICY_SECTIONS: tuple[tuple[str, type[BaseModel], str], ...] = (
     ("policy-gates", policy.Gates, "gates."),
     ("policy-slo", policy.Slo, "slo."),
     ("policy-reproducibility", policy.Reproducibility, "reproducibility."),
+    ("policy-watch", policy.Watch, "watch."),
+    ("policy-error-budget", policy.ErrorBudget, "error_budget."),
 )
 
 

@@ -42,7 +42,7 @@ def storable_text(value: str) -> bool:
     return "\x00" not in value and (value.isascii() or not _UNSTORABLE_TEXT.search(value))
 
 
-ACTIVE_PHASES = ("pending", "shadowing", "progressing", "paused")
+ACTIVE_PHASES = ("pending", "shadowing", "progressing", "paused", "watching")
 FINAL_PHASES = ("promoted", "rolled_back", "aborted")
 
 

@@ -317,13 +317,15 @@ class RolloutRepository:
         events: Sequence[entities.NewEvent] = (),
         promote_challenger: bool = False,
         analysis: entities.NewAnalysis | None = None,
+        restore_champion: bool = False,
         now: datetime | None = None,
         **changes: Any,
     ) -> entities.Rollout:
         """Apply changes if the stored version is still expected_version; write events in the same transaction.
 
         ConcurrentUpdate if another writer got there first: at most one of two racing writers wins.
-        With promote_challenger, the deployment's champion becomes the rollout's challenger atomically.
+        With promote_challenger, the deployment's champion becomes the rollout's challenger atomically;
+        with restore_champion (a watch reverted), it becomes the rollout's champion again.
         With ``analysis`` (the look that caused the change), it is stored in the same transaction too,
         and every event's details start with its ``analysis_id``.
         """
@@ -353,6 +355,8 @@ class RolloutRepository:
             assert deployment is not None
             if promote_challenger:
                 deployment.champion_id = row.challenger_id
+            if restore_champion:
+                deployment.champion_id = row.champion_id
             deployment.updated_at = now
             if analysis is not None:
                 analysis_row = AnalysisRow(
@@ -385,10 +389,18 @@ class RoutingRepository:
             rollouts = {
                 r.deployment_id: r
                 for r in s.scalars(
-                    select(RolloutRow).where(RolloutRow.phase.in_(("shadowing", "progressing", "paused")))
+                    select(RolloutRow).where(
+                        RolloutRow.phase.in_(("shadowing", "progressing", "paused", "watching"))
+                    )
                 )
             }
-            wanted = {d.champion_id for d in deployments} | {r.challenger_id for r in rollouts.values()}
+            # A watch: the deployment's champion is already the rollout's challenger; the previous
+            # champion (the rollout's champion) is routed as the shadow arm.
+            shadowed = {
+                r.deployment_id: r.champion_id if r.phase == "watching" else r.challenger_id
+                for r in rollouts.values()
+            }
+            wanted = {d.champion_id for d in deployments} | set(shadowed.values())
             versions = {
                 v.id: v.to_entity()
                 for v in s.scalars(select(PipelineVersionRow).where(PipelineVersionRow.id.in_(wanted)))
@@ -401,9 +413,9 @@ class RoutingRepository:
                     deployment=d.name,
                     deployment_id=d.id,
                     champion=versions[d.champion_id],
-                    challenger=None if r is None else versions[r.challenger_id],
-                    mode=None if r is None else r.mode,
-                    canary_weight=0.0 if r is None else r.canary_weight,
+                    challenger=None if r is None else versions[shadowed[d.id]],
+                    mode=None if r is None else "shadow" if r.phase == "watching" else r.mode,
+                    canary_weight=0.0 if r is None or r.phase == "watching" else r.canary_weight,
                     shadow_rate=0.0 if r is None else r.shadow_rate,
                     rollout_id=None if r is None else r.id,
                     step=None if r is None else r.step_index,

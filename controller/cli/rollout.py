@@ -254,6 +254,11 @@ def status_lines(d: dict[str, Any]) -> Iterator[str]:
         f"traffic champion {w['champion']:g}% / challenger {w['challenger']:g}%, shadow rate {w['shadow_rate']:g}"
         + (f", ended: {r['reason']}" if r.get("ended_at") else "")
     )
+    if r["phase"] == "watching":
+        yield (
+            f"post-promotion watch: {r['challenger']} answers every request, the previous champion "
+            f"{r['champion']} scores in shadow until labels prove the challenger (proven harm restores it)"
+        )
     live = d.get("live")
     if live:
         yield f"step {live['step']}: {live['requests']:,} requests"

@@ -23,13 +23,26 @@ A tolerated degradation inside the margin is not harm. Outcomes are ordered best
 than an undecided measurement because it says nothing at all, and failure is worst).
 
 Roles: ``required`` gates must all pass to promote (an intersection–union test, so no multiplicity
-adjustment is needed for promotion); ``guardrail`` gates need not pass but their failure means harm;
-``informational`` gates are reported only. Vetoes — sample-ratio mismatch in canary mode and the hard
-SLOs on the challenger's absolute error rate and p99 latency — override everything.
+adjustment is needed for promotion); ``guardrail`` gates need not pass but their failure means harm,
+and while they have no data they block promotion (unless ``GateSpec.allow_no_data``);
+``informational`` gates are reported only. A gate's ``on_fail`` says what its proven failure means:
+``rollback`` (harm) or ``hold`` (the step cannot pass; agreement's default, since disagreement is not
+harm) — a hold is lifted once every required labelled gate (``LABELLED_GATES``) passes. Vetoes —
+sample-ratio mismatch in canary mode and the hard SLOs on the challenger's absolute error rate and p99
+latency — override everything, at their own level (``JudgePolicy.veto_alpha``, ``srm_alpha``).
 
-The recommendation (``Judgement.decision``; the state machine's ``Decision`` acts on it), in priority
-order: ``veto`` (any veto fails) > ``rollback`` (any required or guardrail gate fails) > ``promote``
-(every required gate passes, at least one required gate) > ``continue``.
+The harm family is fixed per step: every enabled required or guardrail gate that can roll back and has
+a harm p-value (``drift`` decides by its own rule), no-data gates counted with p = 1.
+
+Promotion evidence: on a step that is not final, agreement proven at least ``1 - accuracy.margin``
+(``agreement_proxy``) satisfies a required accuracy gate, since accuracy can drop by at most the
+disagreement rate; a ``final`` judgement needs every required labelled gate to pass itself.
+
+The recommendation (``Judgement.decision``; the state machine's ``Decision`` acts on it), in
+priority order: ``veto`` (any veto fails) > ``rollback`` (any required or guardrail gate
+with ``on_fail="rollback"`` fails) > ``continue`` with a hold (a hold gate fails, labels have not
+decided) > ``promote`` (every required gate passes or is satisfied as above, no guardrail or veto lacks
+data, at least one required gate) > ``continue``.
 """
 
 from __future__ import annotations
@@ -48,6 +61,7 @@ from controller.core import stats
 Role = Literal["required", "guardrail", "informational"]
 Mode = Literal["shadow", "canary"]
 Recommendation = Literal["promote", "rollback", "veto", "continue"]
+OnFail = Literal["rollback", "hold"]
 
 __all__ = [
     "GateSpec",
@@ -352,18 +366,27 @@ def metrics_from_pairs(
 
 @dataclass(frozen=True, kw_only=True)
 class GateSpec:
-    """Configuration of one gate. ``margin``'s meaning depends on the gate (see ``JudgePolicy``)."""
+    """Configuration of one gate. ``margin``'s meaning depends on the gate (see ``JudgePolicy``).
+
+    ``on_fail``: what a proven failure means for a required or guardrail gate: ``rollback`` (harm) or
+    ``hold`` (the step cannot pass while it fails, nothing rolls back: agreement's default).
+    ``allow_no_data``: a guardrail without data does not block promotion (waived explicitly).
+    """
 
     role: Role = "guardrail"
     margin: float = 0.0
     min_samples: int = 100
     enabled: bool = True
+    on_fail: OnFail = "rollback"
+    allow_no_data: bool = False
 
     def __post_init__(self) -> None:
         if self.role not in ("required", "guardrail", "informational"):
             raise ValueError(f"unknown gate role {self.role!r}")
         if self.margin < 0 or self.min_samples < 0:
             raise ValueError("margin and min_samples must be non-negative")
+        if self.on_fail not in ("rollback", "hold"):
+            raise ValueError(f"unknown on_fail {self.on_fail!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -380,6 +403,14 @@ class JudgePolicy:
     confidence sequence proves the breach. ``srm_min_expected``: the SRM test waits until the smaller
     arm expects this many units (routing keys), so a handful of keys cannot trigger it.
     ``latency_floor_ms``: a challenger p99 at or below it never counts as latency harm.
+
+    Error budget: ``alpha`` is the level of the harm family (every required and guardrail gate that
+    can roll back, Holm-adjusted) and of the non-inferiority bounds; ``veto_alpha`` the level of each
+    SLO veto (``None``: ``alpha``); ``srm_alpha`` the SRM veto's. ``controller.core.policy`` splits the
+    policy's one ``alpha`` between them. ``final``: this look may promote the challenger for good, so
+    every required labelled gate (``LABELLED_GATES``) must pass itself. ``agreement_stands_in``: on a
+    step that is not final, agreement proven at least ``1 - accuracy.margin`` satisfies a required
+    accuracy gate (accuracy can drop by at most the disagreement rate).
     """
 
     alpha: float = 0.05
@@ -413,8 +444,13 @@ class JudgePolicy:
     )
     summary_pass: float = 0.75
     summary_marginal: float = 0.5
+    veto_alpha: float | None = None
+    final: bool = False
+    agreement_stands_in: bool = False
 
     def __post_init__(self) -> None:
+        if self.veto_alpha is not None and not 0.0 < self.veto_alpha < 0.5:
+            raise ValueError("veto_alpha must lie in (0, 0.5)")
         if not 0.0 < self.alpha < 0.5 or not 0.0 < self.srm_alpha < 0.5:
             raise ValueError("alpha and srm_alpha must lie in (0, 0.5)")
         if self.n_star <= 0:
@@ -1171,60 +1207,111 @@ def _enabled(policy: JudgePolicy, name: str) -> bool:
 # --------------------------------------------------------------------------------------------------
 
 
+LABELLED_GATES: frozenset[str] = frozenset({"accuracy", "regression"})
+"""Required gates that need labels: the final promotion needs each of them to pass on its own."""
+
+HOLM_EXEMPT: frozenset[str] = frozenset({"drift"})
+"""Gates decided by their own rule (PSI above its noise threshold), without a harm p-value."""
+
+
+def _with_p(
+    v: Verdict, outcome: Outcome, p: float, reason: str | None = None, bound: float | None = None
+) -> Verdict:
+    return replace(
+        v, outcome=outcome, p_value=p, reason=v.reason if reason is None else reason,
+        bound=v.bound if bound is None else bound,
+    )  # fmt: skip
+
+
 def judge(metrics: StepMetrics, policy: JudgePolicy) -> Judgement:
     """Judge one rollout step: evaluate every enabled gate and combine the verdicts into a decision.
 
-    Harm p-values (always valid, from the confidence sequences) of all required and guardrail gates
-    are Holm-adjusted together; a gate fails when its adjusted p-value is <= ``policy.alpha``.
-    See the module docstring for the order of outcomes and the decision rules.
+    The harm family is fixed per step: every enabled required or guardrail gate whose failure rolls back
+    (``on_fail="rollback"``) and which has a harm p-value by design (not ``HOLM_EXEMPT``); a gate without
+    data counts with p = 1. Its p-values are Holm-adjusted together; a gate fails when its adjusted
+    p-value is <= ``policy.alpha``. See the module docstring for the decision rules.
     """
     drafts = [_GATES[name](metrics, policy) for name in _GATES if _enabled(policy, name)]
-    family = [i for i, d in enumerate(drafts) if d.harm_p is not None and d.verdict.role != "informational"]
-    harm_ps = [drafts[i].harm_p for i in family]
-    adjusted = stats.holm([1.0 if p is None else float(p) for p in harm_ps]) if family else np.array([])
+    spec_of = {name: getattr(policy, name) for name in _GATES}
+    family = [
+        i
+        for i, d in enumerate(drafts)
+        if d.verdict.role != "informational"
+        and d.verdict.gate not in HOLM_EXEMPT
+        and spec_of[d.verdict.gate].on_fail == "rollback"
+    ]
+    raw = [1.0 if drafts[i].harm_p is None else float(drafts[i].harm_p) for i in family]  # type: ignore[arg-type]
+    adjusted = dict(zip(family, stats.holm(raw).tolist() if family else [], strict=True))
     verdicts: list[Verdict] = []
     for i, d in enumerate(drafts):
         v = d.verdict
         if d.harm_p is not None:
-            p_adj = float(adjusted[family.index(i)]) if i in family else d.harm_p
+            p_adj = float(adjusted.get(i, d.harm_p))
             if p_adj <= policy.alpha:
-                why = f"harm: {d.describe}, {d.fail_reason}, Holm-adjusted p = {p_adj:.3g}"
-                v = Verdict(
-                    v.gate,
-                    v.role,
-                    Outcome.FAIL,
-                    v.statistic,
-                    d.fail_bound,
-                    v.effect,
-                    v.margin,
-                    v.n_champion,
-                    v.n_challenger,
-                    why,
-                    p_value=p_adj,
-                    interval=v.interval,
-                )
+                label = "harm" if i in family else "below"
+                adj = "Holm-adjusted " if i in family else ""
+                why = f"{label}: {d.describe}, {d.fail_reason}, {adj}p = {p_adj:.3g}"
+                v = _with_p(v, Outcome.FAIL, p_adj, why, d.fail_bound)
             else:
-                v = Verdict(
-                    v.gate,
-                    v.role,
-                    v.outcome,
-                    v.statistic,
-                    v.bound,
-                    v.effect,
-                    v.margin,
-                    v.n_champion,
-                    v.n_challenger,
-                    v.reason,
-                    p_value=p_adj,
-                    interval=v.interval,
-                )
+                v = _with_p(v, v.outcome, p_adj)
         verdicts.append(v)
-    verdicts.extend(_vetoes(metrics, policy))
+    proxy = _agreement_proxy(metrics, policy)
+    if proxy is not None:
+        verdicts.append(proxy)
+    veto_policy = policy if policy.veto_alpha is None else replace(policy, alpha=policy.veto_alpha)
+    verdicts.extend(_vetoes(metrics, veto_policy))
+    return _combine(verdicts, spec_of, policy)
 
+
+def _agreement_proxy(metrics: StepMetrics, policy: JudgePolicy) -> Verdict | None:
+    """Agreement tested at the accuracy margin: proven >= 1 - margin bounds the accuracy drop."""
+    if not (policy.agreement_stands_in and policy.accuracy.enabled and policy.accuracy.role == "required"):
+        return None
+    if policy.final:
+        return None
+    minimum = max(policy.agreement.margin, 1.0 - policy.accuracy.margin)
+    spec = replace(policy.agreement, role="required", margin=minimum, enabled=True)
+    d = _GATES["agreement"](metrics, replace(policy, agreement=spec))
+    return replace(
+        d.verdict,
+        gate="agreement_proxy",
+        role="proxy",
+        reason=f"stands in for accuracy on a step that is not the last: {d.verdict.reason}",
+    )
+
+
+def _combine(verdicts: list[Verdict], spec_of: dict[str, GateSpec], policy: JudgePolicy) -> Judgement:
+    def spec(v: Verdict) -> GateSpec | None:
+        return spec_of.get(v.gate)
+
+    deciding_roles = ("required", "guardrail")
     vetoed = [v for v in verdicts if v.role == "veto" and v.outcome == Outcome.FAIL]
-    harmed = [v for v in verdicts if v.role in ("required", "guardrail") and v.outcome == Outcome.FAIL]
+    failing = [v for v in verdicts if v.role in deciding_roles and v.outcome == Outcome.FAIL]
+    harmed = [v for v in failing if (s := spec(v)) is None or s.on_fail == "rollback"]
     required = [v for v in verdicts if v.role == "required"]
-    deciding = required + [v for v in verdicts if v.role != "informational" and v.outcome == Outcome.FAIL]
+    labelled = [v for v in required if v.gate in LABELLED_GATES]
+    # A hold gate (agreement) proven below its minimum holds the step until labels decide: once every
+    # required labelled gate passes, the labels have decided and the hold is lifted.
+    labels_decided = bool(labelled) and all(v.outcome == Outcome.PASS for v in labelled)
+    held = [] if labels_decided else [v for v in failing if v not in harmed]
+    proxy = next((v for v in verdicts if v.gate == "agreement_proxy"), None)
+
+    waiting: list[str] = []
+    for v in required:
+        if v.outcome == Outcome.PASS:
+            continue
+        if v.gate == "accuracy" and proxy is not None and proxy.outcome == Outcome.PASS:
+            continue  # accuracy proven within its margin through agreement (not the final promotion)
+        waiting.append(f"{v.gate} {v.outcome.label}")
+    for v in verdicts:
+        s = spec(v)
+        no_data = v.outcome == Outcome.NO_DATA and v.role in ("guardrail", "veto")
+        if no_data and (s is None or not s.allow_no_data):
+            waiting.append(f"{v.gate} no-data (blocks promotion until it has data)")
+
+    deciding = required + [
+        v for v in verdicts if v.role in (*deciding_roles, "veto") and v.outcome == Outcome.FAIL
+    ]
     outcome = Outcome.worst([v.outcome for v in deciding]) if deciding else Outcome.NO_DATA
 
     decision: Recommendation
@@ -1232,13 +1319,16 @@ def judge(metrics: StepMetrics, policy: JudgePolicy) -> Judgement:
         decision, reason = "veto", "veto: " + "; ".join(f"{v.gate}: {v.reason}" for v in vetoed)
     elif harmed:
         decision, reason = "rollback", "harm: " + "; ".join(f"{v.gate}: {v.reason}" for v in harmed)
-    elif required and all(v.outcome == Outcome.PASS for v in required):
-        decision, reason = (
-            "promote",
-            "every required gate is non-inferior: " + ", ".join(v.gate for v in required),
-        )
+    elif held:
+        decision = "continue"
+        reason = "hold (not harm; labels decide): " + "; ".join(f"{v.gate}: {v.reason}" for v in held)
+    elif required and not waiting:
+        how = [
+            "accuracy (through agreement)" if v.gate == "accuracy" and v.outcome != Outcome.PASS else v.gate
+            for v in required
+        ]
+        decision, reason = "promote", "every required gate is non-inferior: " + ", ".join(how)
     else:
-        waiting = [f"{v.gate} {v.outcome.label}" for v in required if v.outcome != Outcome.PASS]
         decision = "continue"
         reason = "continue: " + (", ".join(waiting) if waiting else "no required gate configured")
     return Judgement(decision, outcome, tuple(verdicts), reason, _summary(verdicts, policy))

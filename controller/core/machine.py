@@ -1,11 +1,18 @@
 """The rollout state machine: which transitions exist, and what to do next. Pure, no I/O, no clock.
 
-    pending ──► shadowing ──► progressing ──► progressing (next step) ──► promoted
-       │            │  ▲            │  ▲
-       │            ▼  │            ▼  │
+    pending ──► shadowing ──► progressing ──► progressing (next step) ──► [watching] ──► promoted
+       │            │  ▲            │  ▲                                        │
+       │            ▼  │            ▼  │                                        └──► rolled_back
        │           paused ◄─────────┘  │         (paused ──► shadowing | progressing: resume)
        │              │                │
        └──────────────┴──► rolled_back | aborted | promoted (manual)
+
+``watching`` (only with ``watch.enabled``): the post-promotion watch. The challenger is already the
+deployment's champion and answers every request; the previous champion scores in shadow. Its step
+index is ``len(plan)``. It ends ``promoted`` once the required labelled gates pass (after
+``watch.min_duration_s`` and ``watch.min_labelled_pairs``), or ``rolled_back`` with the previous
+champion restored (``Decision.revert``) on proven harm, on an operator's rollback, or when its budget
+runs out under ``on_inconclusive: rollback``.
 
 ``TRANSITIONS`` is the whole table; ``check_transition`` enforces it for the loop and for manual
 actions alike. ``decide(state, judgement, now)`` is what the controller does on its own at one look;
@@ -32,6 +39,7 @@ PHASES: tuple[str, ...] = (
     "shadowing",
     "progressing",
     "paused",
+    "watching",
     "promoted",
     "rolled_back",
     "aborted",
@@ -40,9 +48,10 @@ FINAL: frozenset[str] = frozenset({"promoted", "rolled_back", "aborted"})
 
 TRANSITIONS: Mapping[str, frozenset[str]] = {
     "pending": frozenset({"shadowing", "progressing", "aborted"}),
-    "shadowing": frozenset({"progressing", "promoted", "paused", "rolled_back", "aborted"}),
-    "progressing": frozenset({"progressing", "promoted", "paused", "rolled_back", "aborted"}),
-    "paused": frozenset({"shadowing", "progressing", "promoted", "rolled_back", "aborted"}),
+    "shadowing": frozenset({"progressing", "watching", "promoted", "paused", "rolled_back", "aborted"}),
+    "progressing": frozenset({"progressing", "watching", "promoted", "paused", "rolled_back", "aborted"}),
+    "paused": frozenset({"shadowing", "progressing", "watching", "promoted", "rolled_back", "aborted"}),
+    "watching": frozenset({"promoted", "rolled_back"}),
     "promoted": frozenset(),
     "rolled_back": frozenset(),
     "aborted": frozenset(),
@@ -84,7 +93,8 @@ class RolloutState:
     """What ``decide`` needs to know about a rollout at one look.
 
     ``samples``: observations in the current step so far (pairs in a shadow step, requests in a canary
-    step); ``step_started_at``: when the current step (or the last resume) began.
+    step; labelled pairs of the watch itself while ``watching``); ``step_started_at``: when the
+    current step (or the last resume) began.
     """
 
     phase: str
@@ -110,7 +120,8 @@ class Decision:
     """The target of one look or action: phase, step, split, a machine-readable reason and a message.
 
     ``action``: ``hold`` (nothing changes) or the verb of the transition (``start``, ``advance``,
-    ``promote``, ``rollback``, ``pause``, ``resume``, ``abort``).
+    ``watch``, ``promote``, ``rollback``, ``pause``, ``resume``, ``abort``). ``revert``: the rollback
+    ends a watch, so the previous champion becomes the deployment's champion again.
     """
 
     action: str
@@ -121,6 +132,7 @@ class Decision:
     reason: str
     message: str
     new_step: bool = False
+    revert: bool = False
 
     @property
     def transition(self) -> bool:
@@ -128,7 +140,7 @@ class Decision:
 
     @property
     def promotes_challenger(self) -> bool:
-        return self.phase == "promoted"
+        return self.phase in ("promoted", "watching")
 
     def changes(self, now: datetime) -> dict[str, Any]:
         """Return the rollout fields to store for this decision (empty when holding)."""
@@ -169,10 +181,27 @@ def _describe(stage: Stage) -> str:
     return "shadow" if stage.kind == "shadow" else f"canary {stage.weight:g}%"
 
 
+def _revert(state: RolloutState, reason: str, message: str) -> Decision:
+    """End a watch by restoring the previous champion."""
+    return Decision(
+        "rollback", "rolled_back", state.step_index, 0.0, 0.0, reason,
+        f"{message}; the previous champion is restored", revert=True,
+    )  # fmt: skip
+
+
 def _advance(state: RolloutState, action: str, reason: str, why: str) -> Decision:
-    """Move to the next stage, or promote after the last one."""
+    """Move to the next stage; after the last one, start the watch (if enabled) or promote."""
     plan = state.plan
     nxt = state.step_index + 1
+    if nxt >= len(plan) and state.policy.watch.enabled:
+        w = state.policy.watch
+        return Decision(
+            "watch", "watching", len(plan), 100.0, w.sample_rate, reason,
+            f"{why}; {_describe(plan[-1])} was the last step: the challenger becomes the champion and the "
+            f"previous champion scores in shadow for the watch (at least {w.min_duration_s:g} s and "
+            f"{w.min_labelled_pairs} labelled pairs)",
+            new_step=True,
+        )  # fmt: skip
     if nxt >= len(plan):
         return _final(
             state,
@@ -200,6 +229,8 @@ def decide(state: RolloutState, judgement: Judgement | None, now: datetime) -> D
     if state.phase == "pending":
         first = state.plan[0]
         return _enter(state, 0, "start", "started", f"rollout started: {_describe(first)}")
+    if state.phase == "watching":
+        return _decide_watch(state, judgement, now)
     if judgement is not None and judgement.decision in ("veto", "rollback"):
         reason = "veto" if judgement.decision == "veto" else "harm"
         return _final(state, "rolled_back", "rollback", reason, judgement.reason)
@@ -238,6 +269,34 @@ def decide(state: RolloutState, judgement: Judgement | None, now: datetime) -> D
     return _hold(state, "inconclusive", judgement.reason if judgement else "no judgement yet")
 
 
+def _decide_watch(state: RolloutState, judgement: Judgement | None, now: datetime) -> Decision:
+    w = state.policy.watch
+    elapsed = (now - state.step_started_at).total_seconds()
+    if judgement is not None and judgement.decision in ("veto", "rollback"):
+        return _revert(state, "watch_harm", f"harm during the watch: {judgement.reason}")
+    ready = elapsed >= w.min_duration_s and state.samples >= w.min_labelled_pairs
+    if ready and judgement is not None and judgement.decision == "promote":
+        return Decision(
+            "promote", "promoted", state.step_index, 100.0, 0.0, "watch_passed",
+            f"watch passed after {elapsed:.0f} s and {state.samples} labelled pairs: {judgement.reason}",
+        )  # fmt: skip
+    why = judgement.reason if judgement else "no judgement yet"
+    if elapsed >= w.max_duration_s:
+        if state.policy.on_inconclusive == "rollback":
+            return _revert(
+                state, "watch_budget_exhausted",
+                f"watch ran {elapsed:.0f} s of its {w.max_duration_s:g} s budget undecided ({why})",
+            )  # fmt: skip
+        return _hold(state, "watch_undecided", f"watch budget spent, waiting for an operator: {why}")
+    if elapsed < w.min_duration_s:
+        return _hold(state, "watch_min_duration", f"{elapsed:.0f} of {w.min_duration_s:g} s of the watch")
+    if state.samples < w.min_labelled_pairs:
+        return _hold(
+            state, "watch_labels", f"{state.samples} of {w.min_labelled_pairs} labelled pairs in the watch"
+        )
+    return _hold(state, "watch_inconclusive", why)
+
+
 def manual(state: RolloutState, action: ManualAction, now: datetime, *, reason: str = "") -> Decision:
     """Turn an operator's action into a Decision; TransitionError if the table forbids it.
 
@@ -246,6 +305,20 @@ def manual(state: RolloutState, action: ManualAction, now: datetime, *, reason: 
     ``abort`` (stop without a verdict; traffic returns to the champion).
     """
     why = reason or f"manual {action.replace('_', ' ')}"
+    if state.phase == "watching":
+        if action in ("promote", "promote_full"):
+            decision = Decision(
+                "promote", "promoted", state.step_index, 100.0, 0.0, "manual_promote",
+                f"{why}: the watch ends, the challenger stays the champion",
+            )  # fmt: skip
+        elif action == "rollback":
+            decision = _revert(state, "manual_rollback", why)
+        else:
+            raise TransitionError(
+                f"a watching rollout can only be promoted (end the watch) or rolled back, not {action}"
+            )
+        check_transition(state.phase, decision.phase)
+        return decision
     if action == "promote":
         if state.phase == "pending":
             raise TransitionError("a pending rollout has not started; wait for the controller or abort it")

@@ -1,7 +1,7 @@
 """The rollout policy: what a rollout may do, validated on input, with defaults that are safe alone.
 
     policy = Policy.parse({"canary": {"steps": [5, 50, 100]}})    # dict, YAML/JSON text or a file
-    judge_policy = policy.to_judge_policy("classification", "shadow", labelled=False)
+    judge_policy = policy.to_judge_policy("classification", "shadow", final=False)
     plan = policy.plan()                                           # the stages the rollout walks through
 
 Every field is documented in its model's docstring (docs are generated from them). Unknown keys and
@@ -38,7 +38,9 @@ __all__ = [
     "Reproducibility",
     "Shadow",
     "Canary",
+    "ErrorBudget",
     "Slo",
+    "Watch",
     "Stage",
     "RolloutMode",
 ]
@@ -79,6 +81,10 @@ class Shadow(_Model):
 class Canary(_Model):
     """The canary stages: a sticky share of traffic is answered by the challenger, step by step.
 
+    ``paired``: when the other arm also scores (``shadow_rate`` > 0), judge canary steps on the pairs
+    (both arms answered the same request: far fewer requests needed); false keeps the unpaired
+    comparison of the requests each arm served, for products where the served answer changes the
+    label. Latency and the sample-ratio check always use the served requests.
     ``steps``: challenger weights in percent, strictly increasing, each in (0, 100]. A final 100 is
     allowed and means "promote" (passing the last step below 100 promotes anyway).
     ``shadow_rate``: share (0..1) of canary requests on which the other arm also scores in shadow,
@@ -89,6 +95,7 @@ class Canary(_Model):
 
     steps: tuple[float, ...] = (5.0, 25.0, 50.0, 100.0)
     shadow_rate: float = Field(default=1.0, ge=0.0, le=1.0)
+    paired: bool = True
     min_samples: int = Field(default=500, ge=1)
     min_duration_s: float = Field(default=60.0, ge=0.0)
     max_duration_s: float = Field(default=24 * 3600.0, gt=0.0)
@@ -119,11 +126,17 @@ class Gate(_Model):
     ``guardrail`` (proven harm rolls back), ``informational`` (reported only) or ``off``.
     ``margin``: the tolerated difference, in the gate's unit (see ``Gates``).
     ``min_samples``: the gate's burn-in; ``None`` takes the policy's ``burn_in``.
+    ``on_fail``: what proven failure of a required or guardrail gate does: ``rollback`` (harm; the
+    default) or ``hold`` (the step cannot pass, nothing rolls back; agreement's default).
+    ``allow_no_data``: a guardrail (or a hold gate) without data does not block promotion; by default
+    it does (an unmeasured guardrail is no evidence of safety).
     """
 
     role: GateRole
     margin: float
     min_samples: int | None = Field(default=None, ge=1)
+    on_fail: Literal["rollback", "hold"] = "rollback"
+    allow_no_data: bool = False
 
 
 class Gates(_Model):
@@ -138,15 +151,17 @@ class Gates(_Model):
     ``coverage``: minimum share of the shadow sample the router actually scored (0 < margin <= 1); it
     never rolls back (skipped requests are the router's doing): ``informational`` reports it,
     ``required`` holds promotion until the share is proven above the margin.
-    ``agreement_until_labelled``: classification, when agreement and accuracy are both required: while
-    the step has no matured label, agreement stands in for accuracy (accuracy is informational); once
-    labels exist, accuracy decides and agreement becomes informational. Otherwise each gate keeps its
-    role (a required accuracy without labels holds the step until labels arrive).
+    ``agreement_until_labelled``: classification, when agreement and accuracy are both required: on a
+    step that is not the final promotion, agreement proven at least ``max(agreement.margin, 1 -
+    accuracy.margin)`` satisfies accuracy (accuracy can drop by at most the disagreement rate); the
+    final promotion always needs accuracy itself to pass. Agreement is then a hold gate: proven below
+    its margin, the step holds until labels decide (``on_fail: rollback`` makes it roll back). Off,
+    agreement keeps its role and must pass on its own when required.
     """
 
     error_rate: Gate = Gate(role="required", margin=0.01)
     latency_p99: Gate = Gate(role="guardrail", margin=1.2, min_samples=1000)
-    agreement: Gate = Gate(role="required", margin=0.9)
+    agreement: Gate = Gate(role="required", margin=0.9, on_fail="hold")
     accuracy: Gate = Gate(role="required", margin=0.01)
     regression: Gate = Gate(role="required", margin=0.05)
     drift: Gate = Gate(role="informational", margin=0.2)
@@ -184,6 +199,55 @@ class Gates(_Model):
         return self
 
 
+class Watch(_Model):
+    """The post-promotion watch, for labels that arrive after the last canary step.
+
+    ``enabled``: after the last step passes, the challenger becomes the champion and answers every
+    request while the previous champion keeps scoring in shadow (phase ``watching``); the rollout ends
+    ``promoted`` once every required labelled gate passes on the whole rollout's evidence, and proven
+    harm restores the previous champion (``rolled_back``). Off (the default), the last step itself must
+    pass the required labelled gates before promotion.
+    ``sample_rate``: share (0 < x <= 1) of requests the previous champion scores in shadow.
+    ``min_duration_s``: seconds the watch lasts at least (the bake period).
+    ``min_labelled_pairs``: labelled pairs of the watch itself needed before it may end.
+    ``max_duration_s``: seconds after which an undecided watch follows ``on_inconclusive``: ``rollback``
+    restores the previous champion, ``pause`` leaves it watching for an operator to promote or roll back.
+    """
+
+    enabled: bool = False
+    sample_rate: float = Field(default=1.0, gt=0.0, le=1.0)
+    min_duration_s: float = Field(default=3600.0, ge=0.0)
+    min_labelled_pairs: int = Field(default=500, ge=0)
+    max_duration_s: float = Field(default=7 * 24 * 3600.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _durations(self) -> Watch:
+        if self.max_duration_s < self.min_duration_s:
+            raise ValueError("max_duration_s must be at least min_duration_s")
+        return self
+
+
+class ErrorBudget(_Model):
+    """How the policy's one ``alpha`` is split; the three shares add up to 1.
+
+    ``harm``: the harm family (every required and guardrail gate that can roll back, Holm-adjusted,
+    and the non-inferiority bounds that promote). ``vetoes``: the vetoes, split evenly over three fixed
+    slots (sample-ratio mismatch, error-rate SLO, latency SLO) whether or not they are configured.
+    ``reproducibility``: the online-versus-offline gate, split evenly over the two arms.
+    """
+
+    harm: float = Field(default=0.8, gt=0.0, le=1.0)
+    vetoes: float = Field(default=0.1, gt=0.0, lt=1.0)
+    reproducibility: float = Field(default=0.1, gt=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _sum(self) -> ErrorBudget:
+        total = self.harm + self.vetoes + self.reproducibility
+        if abs(total - 1.0) > 1e-9:
+            raise ValueError(f"harm + vetoes + reproducibility must add up to 1, got {total:g}")
+        return self
+
+
 class Slo(_Model):
     """Hard service levels of the challenger: a proven breach vetoes the rollout (rolls back at once).
 
@@ -207,7 +271,8 @@ class Reproducibility(_Model):
     offline metrics by more than the margin → ``on_worse``), ``informational`` (reported only) or ``off``.
     ``accuracy_margin``: tolerated drop of online accuracy below the offline accuracy (0 <= x < 1).
     ``mae_margin``: tolerated relative increase of the online MAE over the offline MAE (>= 0).
-    ``confidence``: level of the online-versus-offline intervals (0.5 < x < 1).
+    ``confidence``: level of the online-versus-offline intervals (0.5 < x < 1); null (the default)
+    takes it from the error budget: 1 - alpha * error_budget.reproducibility / 2.
     ``min_labels``: labelled rows an arm needs before it is compared with offline.
     ``on_worse``: ``hold`` (never promote while worse; the step's budget then decides) or ``rollback``.
     """
@@ -217,7 +282,7 @@ class Reproducibility(_Model):
     role: Literal["guardrail", "informational", "off"] = "guardrail"
     accuracy_margin: float = Field(default=0.02, ge=0.0, lt=1.0)
     mae_margin: float = Field(default=0.10, ge=0.0)
-    confidence: float = Field(default=0.99, gt=0.5, lt=1.0)
+    confidence: float | None = Field(default=None, gt=0.5, lt=1.0)
     min_labels: int = Field(default=200, ge=1)
     on_worse: Literal["hold", "rollback"] = "hold"
 
@@ -241,8 +306,10 @@ class Policy(_Model):
     ``shadow_then_canary`` (the default).
     ``shadow`` / ``canary``: the stages (see ``Shadow`` and ``Canary``).
     ``gates``: margins and roles of the statistical gates (see ``Gates``).
-    ``alpha``: error level of the always-valid confidence sequences (0 < alpha < 0.5).
-    ``srm_alpha``: level of the sample-ratio-mismatch test in canary steps (0 < x < 0.5).
+    ``alpha``: the rollout's whole error budget (0 < alpha < 0.5), split by ``error_budget``.
+    ``error_budget``: shares of ``alpha`` for harm, vetoes and reproducibility (see ``ErrorBudget``).
+    ``srm_alpha``: level of the sample-ratio-mismatch veto in canary steps (0 < x < 0.5); null (the
+    default) takes it from the error budget: alpha * error_budget.vetoes / 3.
     ``n_star``: sample size at which the confidence sequences are tightest (> 0).
     ``burn_in``: observations a gate needs before it may decide, unless the gate sets its own.
     ``label_maturity_s``: seconds a request must be old before its label counts: younger requests
@@ -251,6 +318,7 @@ class Policy(_Model):
     (hold the current split for a human) or ``rollback``.
     ``slo``: hard service levels (see ``Slo``).
     ``reproducibility``: the parity gate and the online-versus-offline gate (see ``Reproducibility``).
+    ``watch``: the post-promotion watch (see ``Watch``).
     """
 
     mode: RolloutMode = "shadow_then_canary"
@@ -258,13 +326,15 @@ class Policy(_Model):
     canary: Canary = Canary()
     gates: Gates = Gates()
     alpha: float = Field(default=0.05, gt=0.0, lt=0.5)
-    srm_alpha: float = Field(default=0.001, gt=0.0, lt=0.5)
+    error_budget: ErrorBudget = ErrorBudget()
+    srm_alpha: float | None = Field(default=None, gt=0.0, lt=0.5)
     n_star: float = Field(default=5000.0, gt=0.0)
     burn_in: int = Field(default=200, ge=1)
     label_maturity_s: float = Field(default=0.0, ge=0.0)
     on_inconclusive: Literal["pause", "rollback"] = "pause"
     slo: Slo = Slo()
     reproducibility: Reproducibility = Reproducibility()
+    watch: Watch = Watch()
 
     @model_validator(mode="after")
     def _plan(self) -> Policy:
@@ -315,43 +385,64 @@ class Policy(_Model):
                     )
         return tuple(stages)
 
+    def budget(self) -> dict[str, float]:
+        """Return the error budget as levels: harm family, each veto, SRM, each arm's reproducibility."""
+        b = self.error_budget
+        veto = self.alpha * b.vetoes / 3.0
+        repro = self.alpha * b.reproducibility / 2.0
+        return {
+            "alpha": self.alpha,
+            "harm": self.alpha * b.harm,
+            "veto": veto,
+            "srm": self.srm_alpha if self.srm_alpha is not None else veto,
+            "reproducibility": 1.0 - self.reproducibility.confidence
+            if self.reproducibility.confidence is not None
+            else repro,
+        }
+
+    def final_stage(self, step_index: int) -> bool:
+        """Whether passing this step (or the watch, past the plan) promotes the challenger for good."""
+        last = len(self.plan()) - 1
+        return step_index > last if self.watch.enabled else step_index >= last
+
     def to_judge_policy(
-        self, task: Task, mode: Literal["shadow", "canary"], *, labelled: bool = True
+        self,
+        task: Task,
+        mode: Literal["shadow", "canary"],
+        *,
+        final: bool = False,
     ) -> JudgePolicy:
         """Map this policy onto the judge's thresholds for one step.
 
-        ``mode``: how the step's data are compared (paired shadow or unpaired canary).
-        ``labelled``: whether the step has matured labels; decides, with ``gates.agreement_until_labelled``,
-        whether agreement or accuracy is the quality gate of a classification.
+        ``mode``: how the step's data are compared (shadow or canary). ``final``: passing this step
+        promotes for good (see ``final_stage``): required labelled gates must then pass themselves.
         """
         g = self.gates
 
-        def spec(gate: Gate, *, role: GateRole | None = None) -> GateSpec:
+        def spec(gate: Gate, *, role: GateRole | None = None, allow_no_data: bool | None = None) -> GateSpec:
             role = role or gate.role
             return GateSpec(
                 role="informational" if role == "off" else role,
                 margin=gate.margin,
                 min_samples=gate.min_samples or self.burn_in,
                 enabled=role != "off",
+                on_fail=gate.on_fail,
+                allow_no_data=gate.allow_no_data if allow_no_data is None else allow_no_data,
             )
 
-        agreement_role: GateRole | None = None
-        accuracy_role: GateRole | None = None
-        # One gate stands in for the other only when both are required: agreement until labels exist,
-        # accuracy afterwards. Otherwise each keeps its role (an unlabelled required accuracy then waits).
-        if (
+        stands_in = (
             task == "classification"
             and g.agreement_until_labelled
             and g.agreement.role == g.accuracy.role == "required"
-        ):
-            if labelled:
-                agreement_role = "informational"
-            else:
-                accuracy_role = "informational"
+        )
+        budget = self.budget()
         return JudgePolicy(
-            alpha=self.alpha,
+            alpha=budget["harm"],
+            veto_alpha=budget["veto"],
+            final=final,
+            agreement_stands_in=stands_in,
             n_star=self.n_star,
-            srm_alpha=self.srm_alpha,
+            srm_alpha=budget["srm"],
             error_rate_slo=self.slo.error_rate,
             # In a shadow stage the challenger scores in micro-batches off the live path: its latencies
             # measure batch work, not what a user would wait. Latency is reported there and decides
@@ -363,12 +454,13 @@ class Policy(_Model):
                 g.latency_p99,
                 role="informational" if mode == "shadow" and g.latency_p99.role != "off" else None,
             ),
-            agreement=spec(g.agreement, role=agreement_role)
+            # Standing in, agreement is a hold gate whose lack of data blocks nothing (accuracy decides).
+            agreement=spec(g.agreement, role="guardrail", allow_no_data=True)
+            if stands_in
+            else spec(g.agreement)
             if task == "classification"
             else spec(g.agreement, role="off"),
-            accuracy=spec(g.accuracy, role=accuracy_role)
-            if task == "classification"
-            else spec(g.accuracy, role="off"),
+            accuracy=spec(g.accuracy) if task == "classification" else spec(g.accuracy, role="off"),
             regression=spec(g.regression) if task == "regression" else spec(g.regression, role="off"),
             drift=spec(g.drift),
             # Coverage is the shadow sample's: it decides (as a required gate) only in shadow steps.

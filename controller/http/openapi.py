@@ -207,6 +207,7 @@ def _schemas() -> dict[str, Any]:
                         "shadowing",
                         "progressing",
                         "paused",
+                        "watching",
                         "promoted",
                         "rolled_back",
                         "aborted",

@@ -53,6 +53,7 @@ class Assessment:
                 "decision": judgement.decision,
                 "judgement": judgement.reason,
                 "summary": {"score": finite(judgement.summary.score), "band": judgement.summary.band},
+                "error_budget": policy_of(self.rollout).budget(),
                 "controller": {
                     "action": decision.action,
                     "reason": decision.reason,
@@ -95,7 +96,7 @@ def assess(store: Store, rollout: Rollout, *, now: datetime) -> Assessment:
     challenger = store.pipelines.get(rollout.challenger_id)
     task = task_of(challenger)
     measurement = measure(store, rollout, task=task, policy=policy, now=now, classes=challenger.classes)
-    judge_policy = policy.to_judge_policy(task, measurement.metrics.mode, labelled=measurement.labelled)
+    judge_policy = policy.to_judge_policy(task, measurement.metrics.mode, final=measurement.final)
     judgement = judge(measurement.metrics, judge_policy)
     repro = policy.reproducibility
     if repro.role != "off":
@@ -139,7 +140,7 @@ def online_offline(
                 online,
                 accuracy_margin=repro.accuracy_margin,
                 mae_margin=repro.mae_margin,
-                confidence=repro.confidence,
+                confidence=1.0 - policy.budget()["reproducibility"],
                 min_labels=repro.min_labels,
             )
         )
@@ -153,7 +154,7 @@ def online_offline(
             arms["challenger"][0],
             accuracy_margin=repro.accuracy_margin,
             mae_margin=repro.mae_margin,
-            alpha=1.0 - repro.confidence,
+            alpha=policy.budget()["reproducibility"],
             min_labels=repro.min_labels,
         )
     )

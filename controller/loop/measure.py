@@ -1,22 +1,28 @@
-"""Measure one rollout step: SQL aggregates from storage.analytics turned into judge.StepMetrics.
+"""Measure a rollout: SQL aggregates from storage.analytics turned into judge.StepMetrics.
 
-A shadow step is measured on its pairs (both arms ran on the same request: paired tests); a canary
-step on the requests each arm answered. Counts are of requests (a 10-row request that fails is one
-failure); shadow jobs the router skipped are no pairs and no errors, only coverage lost (unpaired tests, plus the sample-ratio check against the
-configured weight). Only the current step's rows are read (``rollout_id`` and ``step``), and labels
-count only for requests older than the policy's label maturity.
+Every step so far is read (``rollout_id`` and ``step``: one set of aggregate queries per step) and the
+steps are combined stratified by step (``controller.core.evidence``), so guardrail and labelled
+evidence carries from step to step without mixing splits. A shadow step and the watch are measured on
+their pairs (both arms ran on the same request); a canary step on the requests each arm answered
+(latency, the sample-ratio check against the configured weight, and the unpaired tests), and, with
+``canary.paired`` and a ``canary.shadow_rate`` above 0, its quality and error gates on the requests
+both arms scored. In the watch the new champion answers and the previous champion scores in shadow,
+so its arms are swapped back: "challenger" is always the rollout's challenger. Labels count only for
+requests older than the policy's label maturity. Counts are of requests (a 10-row request that fails is one failure); shadow
+jobs the router skipped are no pairs and no errors, only coverage lost.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import numpy as np
 
 from controller.core import stats
+from controller.core.evidence import stratified
 from controller.core.judge import (
     ErrorTail,
     Histogram,
@@ -35,11 +41,13 @@ __all__ = [
     "LATENCY",
     "LATENCY_EDGES",
     "Measurement",
+    "canary_metrics",
     "latency_counts",
     "latency_quantile",
     "measure",
     "metrics_from_aggregates",
     "shadow_summary",
+    "swap_aggregates",
 ]
 
 # The one set of latency buckets: the judge's, the reports' and the dashboard's figures all use it.
@@ -51,12 +59,19 @@ VALUE_BINS = 10
 
 @dataclass(frozen=True)
 class Measurement:
-    """One step's metrics, how many samples it holds, and whether any matured label is among them."""
+    """The rollout's metrics so far (stratified by step), the current step's samples and aggregates.
+
+    ``samples``: observations of the current step (pairs in a shadow step, requests in a canary step,
+    labelled pairs in the watch); ``labelled``: whether any matured label is in the evidence;
+    ``final``: passing this step promotes for good (see ``Policy.final_stage``).
+    """
 
     metrics: StepMetrics
     samples: int
     labelled: bool
     aggregates: StepAggregates
+    final: bool = False
+    steps: int = 1
 
     def summary(self) -> dict[str, Any]:
         """Return the headline figures as plain data (stored with the analysis)."""
@@ -65,6 +80,8 @@ class Measurement:
             "mode": self.metrics.mode,
             "samples": self.samples,
             "labelled": self.labelled,
+            "final": self.final,
+            "steps_combined": self.steps,
             "champion": {"n": a.champion.n, "failed": a.champion.failed, "labelled": a.champion.labelled},
             "challenger": {
                 "n": a.challenger.n,
@@ -102,6 +119,20 @@ def shadow_summary(c: Coverage, *, requests: int) -> dict[str, Any]:
     }
 
 
+def swap_aggregates(a: StepAggregates) -> StepAggregates:
+    """Exchange the arms of one step's aggregates (the watch stores the new champion as "champion")."""
+    return replace(
+        a,
+        champion=a.challenger,
+        challenger=a.champion,
+        worse=a.better,
+        better=a.worse,
+        labelled_worse=a.labelled_better,
+        labelled_better=a.labelled_worse,
+        diff_sum=-a.diff_sum,
+    )
+
+
 def measure(
     store: Store,
     rollout: Rollout,
@@ -111,31 +142,85 @@ def measure(
     now: datetime,
     classes: Sequence[Any] | None = None,
 ) -> Measurement:
-    """Aggregate the rollout's current step in SQL and build its StepMetrics."""
-    stage = policy.plan()[min(rollout.step_index, len(policy.plan()) - 1)]
-    mode: Literal["shadow", "canary"] = "shadow" if stage.kind == "shadow" else "canary"
-    aggregates = step_aggregates(
-        store.db,
-        rollout_id=rollout.id,
-        step=rollout.step_index,
-        cohort="paired" if mode == "shadow" else "served",
-        task=task,
-        label_cutoff=now - timedelta(seconds=policy.label_maturity_s),
-        latency=LATENCY,
-        value_bins=VALUE_BINS,
-    )
-    metrics = metrics_from_aggregates(
-        aggregates,
-        task=task,
-        challenger_weight=rollout.canary_weight / 100.0 if mode == "canary" else None,
-        classes=classes,
-    )
-    a = aggregates
-    if mode == "shadow":
-        samples, labelled = a.pairs, (a.labelled_pairs if task == "classification" else a.diff_n) > 0
+    """Aggregate every step of the rollout so far in SQL and combine them, stratified by step."""
+    plan = policy.plan()
+    watching = rollout.step_index >= len(plan)
+    cutoff = now - timedelta(seconds=policy.label_maturity_s)
+    strata: list[StepMetrics] = []
+    current: StepAggregates | None = None
+    for step in range(rollout.step_index + 1):
+        kind = "watch" if step >= len(plan) else plan[step].kind
+        weight = None if kind != "canary" else plan[step].weight / 100.0
+        if step == rollout.step_index and kind == "canary":
+            weight = rollout.canary_weight / 100.0
+
+        def read(cohort: Literal["paired", "served"], step: int = step) -> StepAggregates:
+            return step_aggregates(
+                store.db, rollout_id=rollout.id, step=step, cohort=cohort, task=task,
+                label_cutoff=cutoff, latency=LATENCY, value_bins=VALUE_BINS,
+            )  # fmt: skip
+
+        if kind == "canary":
+            served = read("served")
+            paired = read("paired") if policy.canary.paired and policy.canary.shadow_rate > 0 else None
+            metrics = canary_metrics(served, paired, task=task, challenger_weight=weight, classes=classes)
+            aggregates = served
+        else:
+            aggregates = read("paired")
+            if kind == "watch":
+                aggregates = swap_aggregates(aggregates)
+            metrics = metrics_from_aggregates(aggregates, task=task, classes=classes)
+        strata.append(metrics)
+        current = aggregates
+    assert current is not None
+    metrics = stratified(strata, current=strata[-1])
+    a = current
+    if watching:
+        samples = a.labelled_pairs if task == "classification" else a.diff_n
+    elif a.cohort == "paired":
+        samples = a.pairs
     else:
-        samples, labelled = a.champion.n + a.challenger.n, a.champion.labelled + a.challenger.labelled > 0
-    return Measurement(metrics, samples, labelled, aggregates)
+        samples = a.champion.n + a.challenger.n
+    labelled = any(
+        (s.paired_correct is not None and s.paired_correct.n > 0)
+        or (s.abs_error_difference is not None and s.abs_error_difference.n > 0)
+        or (
+            s.champion_correct is not None
+            and s.champion_correct.n + (s.challenger_correct or s.champion_correct).n > 0
+        )
+        or (s.champion_abs_error is not None and s.champion_abs_error.n > 0)
+        for s in strata
+    )
+    return Measurement(
+        metrics, samples, labelled, current, final=policy.final_stage(rollout.step_index), steps=len(strata)
+    )
+
+
+def canary_metrics(
+    served: StepAggregates,
+    paired: StepAggregates | None,
+    *,
+    task: Literal["classification", "regression"],
+    challenger_weight: float | None,
+    classes: Sequence[Any] | None = None,
+) -> StepMetrics:
+    """One canary step's metrics: the served requests, and with ``paired`` the quality and error gates'
+    data from the requests both arms scored (``canary.paired``)."""
+    metrics = metrics_from_aggregates(served, task=task, challenger_weight=challenger_weight, classes=classes)
+    if paired is None:
+        return metrics
+    both = metrics_from_aggregates(paired, task=task, classes=classes)
+    return replace(
+        metrics,
+        paired_errors=both.paired_errors,
+        agreement=both.agreement,
+        paired_correct=both.paired_correct,
+        champion_correct=both.champion_correct,
+        challenger_correct=both.challenger_correct,
+        abs_error_difference=both.abs_error_difference,
+        champion_abs_error=both.champion_abs_error,
+        challenger_abs_error=both.challenger_abs_error,
+    )
 
 
 def class_codes(observed: Sequence[str], classes: Sequence[Any] | None = None) -> dict[str, int]:
@@ -241,10 +326,17 @@ def metrics_from_aggregates(
             paired_correct=PairedCounts(n=a.labelled_pairs, worse=a.labelled_worse, better=a.labelled_better)
             if task == "classification"
             else None,
+            champion_correct=Proportion(n=c.labelled, count=c.correct) if task == "classification" else None,
+            challenger_correct=Proportion(n=h.labelled, count=h.correct)
+            if task == "classification"
+            else None,
             abs_error_difference=moments(a.diff_n, a.diff_sum, a.diff_sumsq)
             if task == "regression"
             else None,
             champion_abs_error=moments(c.labelled, c.abs_error_sum, c.abs_error_sumsq)
+            if task == "regression"
+            else None,
+            challenger_abs_error=moments(h.labelled, h.abs_error_sum, h.abs_error_sumsq)
             if task == "regression"
             else None,
             latency=latency,

@@ -57,6 +57,7 @@ _KINDS = {
     "rollout.create": "created",
     "rollout.start": "started",
     "rollout.advance": "step_advanced",
+    "rollout.watch": "watching",
     "rollout.pause": "paused",
     "rollout.resume": "resumed",
     "rollout.promote": "promoted",
@@ -66,6 +67,7 @@ _KINDS = {
 _VERBS = {
     "created": "was created", "started": "started", "step_advanced": "advanced a step", "paused": "paused",
     "resumed": "resumed", "promoted": "was promoted", "rolled_back": "was rolled back", "aborted": "was aborted",
+    "watching": "was promoted under watch (the previous champion scores in shadow)",
     "veto": "was vetoed and rolled back",
 }  # fmt: skip
 

@@ -363,6 +363,7 @@ def build_report(
     )
     if segment_block["results"]:
         notes.append(segment_block["method"])
+    notes.extend(_decision_notes(rollout, events))
     return {
         "schema_version": SCHEMA_VERSION,
         "generated_at": _iso(now or system_clock()),
@@ -1144,6 +1145,36 @@ def _md_table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(_md(c) for c in row) + " |" for row in rows]
     return [*lines, ""]
+
+
+def _decision_notes(rollout: Any, events: Sequence[Any]) -> list[str]:
+    """The error budget the rollout's decisions used, and its post-promotion watch, if any."""
+    from controller.core.policy import Policy, PolicyError
+
+    try:
+        policy = Policy.parse(rollout.policy)
+    except PolicyError:
+        return []
+    b = policy.budget()
+    out = [
+        f"Error budget: alpha {b['alpha']:g} split as harm family {b['harm']:.4g} (Holm over every required "
+        f"and guardrail gate that can roll back, no-data gates counted with p = 1), each of the three veto "
+        f"slots {b['veto']:.4g} (SRM {b['srm']:.4g}), online versus offline {b['reproducibility']:.4g} per arm."
+    ]
+    watch = [e for e in events if e.action == "rollout.watch"]
+    if rollout.phase == "watching" or watch:
+        since = _iso(watch[-1].at) if watch else "?"
+        state = {
+            "watching": "in progress",
+            "promoted": "passed",
+            "rolled_back": "ended by a revert to the previous champion",
+        }.get(rollout.phase, rollout.phase)
+        out.append(
+            f"Post-promotion watch (step {len(policy.plan())}) since {since}: {state}. The challenger answered "
+            f"every request while the previous champion scored in shadow; in that step the stored champion "
+            f"columns hold the new champion."
+        )
+    return out
 
 
 def render_markdown(report: Mapping[str, Any]) -> str:

@@ -61,6 +61,9 @@ class World:
         frame, target = mlpipes.churn_frame(n, seed=self.seed)
         rng = np.random.default_rng(self.seed)
         preds = {arm: np.asarray(m.predict(frame)) for arm, m in self.models.items()}
+        # columns: in a watch the router serves the new champion (the rollout's challenger) in the
+        # champion columns and scores the previous champion in the challenger columns
+        column = {"champion": "challenger", "challenger": "champion"} if r.phase == "watching" else None
         canary = r.phase == "progressing" or (r.phase == "paused" and r.canary_weight > 0)
         served = (
             np.where(rng.random(n) < r.canary_weight / 100.0, "challenger", "champion")
@@ -77,11 +80,12 @@ class World:
             for arm in ("champion", "challenger"):
                 if served[i] != arm and not other_runs[i]:
                     continue
-                out[f"{arm}_latency_ms"] = float(rng.lognormal(1.0, 0.3))
+                col = column[arm] if column else arm  # which columns hold this model's outputs
+                out[f"{col}_latency_ms"] = float(rng.lognormal(1.0, 0.3))
                 if arm == "challenger" and failing[i]:
-                    out["challenger_error"] = "RuntimeError: boom"
+                    out[f"{col}_error"] = "RuntimeError: boom"
                 else:
-                    out[f"{arm}_class"] = str(int(preds[arm][i]))
+                    out[f"{col}_class"] = str(int(preds[arm][i]))
             records.append(
                 PairRecord(
                     request_id=rid,
@@ -92,8 +96,8 @@ class World:
                     received_at=self.now,
                     routing_key_hash=number,
                     served_arm=str(served[i]),
-                    champion_version_id=r.champion_id,
-                    challenger_version_id=r.challenger_id,
+                    champion_version_id=r.challenger_id if column else r.champion_id,
+                    challenger_version_id=r.champion_id if column else r.challenger_id,
                     **out,
                 )
             )
@@ -192,19 +196,97 @@ def test_a_challenger_failing_a_fifth_of_requests_is_rolled_back_within_the_burn
     assert [v["gate"] for v in event.details["verdicts"] if v["outcome"] == "fail"] == ["error_rate"]
 
 
-def test_identical_arms_are_promoted_by_non_inferiority(
+def test_identical_arms_are_promoted_by_non_inferiority_once_labels_prove_accuracy(
     store: Store, tmp_path: Path, pipelines: dict[str, Any]
 ) -> None:
     world = World(store, tmp_path, champion=pipelines["good"], challenger=pipelines["same"])
     world.start({"mode": "shadow"})
     world.tick()
-    final = _run_until_final(world, per_tick=600, seconds=60, max_ticks=10, labels=False)
+    final = _run_until_final(world, per_tick=600, seconds=60, max_ticks=10)
     assert final.phase == "promoted"
     event = store.events.list(rollout_id=final.id)[-1]
     passed = {
         v["gate"] for v in event.details["verdicts"] if v["outcome"] == "pass" and v["role"] == "required"
     }
-    assert passed == {"error_rate", "agreement"}
+    assert passed == {"error_rate", "accuracy"}
+
+
+def test_agreement_alone_never_makes_the_final_promotion(
+    store: Store, tmp_path: Path, pipelines: dict[str, Any]
+) -> None:
+    world = World(store, tmp_path, champion=pipelines["good"], challenger=pipelines["same"])
+    world.start({"mode": "shadow", "shadow": {"max_duration_s": 900}})
+    world.tick()
+    final = _run_until_final(world, per_tick=600, seconds=60, max_ticks=20, labels=False)
+    # identical predictions (agreement 1.0) but no label: the only step is the final one, so it waits
+    # for accuracy and pauses when its budget runs out
+    assert (final.phase, final.reason) == ("paused", "step_budget_exhausted")
+    assert store.deployments.get("churn").champion_id == world.versions["champion"].id
+
+
+def test_agreement_advances_into_the_watch_and_labels_in_the_watch_promote(
+    store: Store, tmp_path: Path, pipelines: dict[str, Any]
+) -> None:
+    world = World(store, tmp_path, champion=pipelines["good"], challenger=pipelines["same"])
+    world.start(
+        {"mode": "shadow", "watch": {"enabled": True, "min_duration_s": 600, "min_labelled_pairs": 300}}
+    )
+    world.tick()
+    world.traffic(1000, labels=False)  # agreement 1.0 >= 1 - accuracy margin: the shadow step may pass
+    world.tick(60)
+    r = world.rollout()
+    assert (r.phase, r.step_index, r.canary_weight) == ("watching", 1, 100.0)
+    # the challenger is the champion now; the router shadows the previous champion
+    assert store.deployments.get("churn").champion_id == world.versions["challenger"].id
+    entry = store.routing.load_table()["churn"]
+    assert entry.champion.id == world.versions["challenger"].id
+    assert entry.challenger is not None and entry.challenger.id == world.versions["champion"].id
+    assert (entry.mode, entry.step, entry.canary_weight) == ("shadow", 1, 0.0)
+    # visible where operators look: `rollout status` and the report
+    from controller.cli.rollout import status_lines
+    from controller.http import api
+    from controller.reports.build import _decision_notes  # the report's notes (the whole report needs scores)
+
+    document = api.plain(api.deployment_json(store, store.deployments.get("churn"), detail=True))
+    assert any(
+        line.startswith("post-promotion watch: churn:2 answers every request")
+        for line in status_lines(document)
+    )
+    notes = _decision_notes(world.rollout(), store.events.list(rollout_id=r.id))
+    assert any(n.startswith("Post-promotion watch (step 1)") and "in progress" in n for n in notes)
+    assert any(n.startswith("Error budget: alpha 0.05 split as harm family 0.04") for n in notes)
+    world.traffic(1500)  # labels arrive during the watch
+    world.tick(60)
+    assert world.rollout().phase == "watching", "the bake period is not over"
+    world.tick(600)
+    final = world.rollout()
+    assert (final.phase, final.reason) == ("promoted", "watch_passed")
+    assert [a for a, _, _ in world.transitions()] == [
+        "rollout.create", "rollout.start", "rollout.watch", "rollout.promote",
+    ]  # fmt: skip
+    assert store.routing.load_table()["churn"].challenger is None
+
+
+def test_proven_harm_during_the_watch_restores_the_previous_champion(
+    store: Store, tmp_path: Path, pipelines: dict[str, Any]
+) -> None:
+    world = World(store, tmp_path, champion=pipelines["good"], challenger=pipelines["same"])
+    world.start({"mode": "shadow", "watch": {"enabled": True}})
+    world.tick()
+    world.traffic(1000, labels=False)
+    world.tick(60)
+    assert world.rollout().phase == "watching"
+    for _ in range(5):
+        world.traffic(600, labels=False, challenger_errors=0.2)  # the new champion now fails a fifth
+        world.tick(60)
+        if world.rollout().phase != "watching":
+            break
+    final = world.rollout()
+    assert (final.phase, final.reason) == ("rolled_back", "watch_harm")
+    assert store.deployments.get("churn").champion_id == world.versions["champion"].id
+    event = store.events.list(rollout_id=final.id)[-1]
+    assert [v["gate"] for v in event.details["verdicts"] if v["outcome"] == "fail"] == ["error_rate"]
+    assert store.routing.load_table()["churn"].challenger is None
 
 
 def test_a_step_that_runs_out_of_budget_undecided_pauses_for_a_human(

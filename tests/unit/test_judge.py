@@ -269,7 +269,7 @@ def _errors_with_raw_p_between(lo: float, hi: float) -> PairedCounts:
     """Find paired error counts whose raw always-valid harm p-value lies in (lo, hi)."""
     for worse in range(60, 400):
         pc = PairedCounts(n=20_000, worse=worse, better=60)
-        policy = replace(ONLY_ACCURACY, error_rate=GateSpec(margin=0.0))
+        policy = replace(ONLY_ACCURACY, accuracy=GateSpec(enabled=False), error_rate=GateSpec(margin=0.0))
         p = verdict(judge(shadow(paired_errors=pc), policy), "error_rate").p_value
         if lo < p < hi:
             return pc

@@ -31,6 +31,8 @@ ALLOWED = {
     ("progressing", "rolled_back"), ("progressing", "aborted"),
     ("paused", "shadowing"), ("paused", "progressing"), ("paused", "promoted"), ("paused", "rolled_back"),
     ("paused", "aborted"),
+    ("shadowing", "watching"), ("progressing", "watching"), ("paused", "watching"),
+    ("watching", "promoted"), ("watching", "rolled_back"),
 }  # fmt: skip
 
 

@@ -22,12 +22,13 @@ def test_defaults_alone_are_a_safe_policy() -> None:
         ("canary", 25.0),
         ("canary", 50.0),
     ]
-    unlabelled = p.to_judge_policy("classification", "shadow", labelled=False)
-    assert unlabelled.error_rate.role == "required" and unlabelled.agreement.role == "required"
-    assert unlabelled.accuracy.role == "informational"
-    labelled = p.to_judge_policy("classification", "shadow", labelled=True)
-    assert labelled.accuracy.role == "required" and labelled.agreement.role == "informational"
-    assert labelled.latency_p99.role == "informational"  # shadow latencies are batch work, not user waits
+    shadow = p.to_judge_policy("classification", "shadow")
+    assert shadow.error_rate.role == "required" and shadow.accuracy.role == "required"
+    # agreement stands in for accuracy on earlier steps, and below its minimum it only holds
+    assert shadow.agreement_stands_in and shadow.agreement.on_fail == "hold"
+    assert shadow.agreement.role == "guardrail" and shadow.agreement.allow_no_data
+    assert not shadow.final and p.to_judge_policy("classification", "canary", final=True).final
+    assert shadow.latency_p99.role == "informational"  # shadow latencies are batch work, not user waits
     assert p.to_judge_policy("classification", "canary").latency_p99.role == "guardrail"
     regression = p.to_judge_policy("regression", "canary")
     assert regression.regression.role == "required"
@@ -36,7 +37,8 @@ def test_defaults_alone_are_a_safe_policy() -> None:
 
 def test_a_required_accuracy_without_a_required_agreement_waits_for_labels() -> None:
     p = Policy.parse({"gates": {"agreement": {"role": "informational", "margin": 0.9}}})
-    assert p.to_judge_policy("classification", "shadow", labelled=False).accuracy.role == "required"
+    j = p.to_judge_policy("classification", "shadow")
+    assert j.accuracy.role == "required" and not j.agreement_stands_in
 
 
 def test_plans_follow_the_mode() -> None:
@@ -59,7 +61,9 @@ def test_gate_settings_and_burn_in_reach_the_judge() -> None:
         }
     )
     j = p.to_judge_policy("classification", "canary")
-    assert j.alpha == 0.01
+    # the default error budget gives 80% of alpha to harm, 10% to the three veto slots
+    assert j.alpha == pytest.approx(0.008) and j.veto_alpha == pytest.approx(0.001 / 3)
+    assert j.srm_alpha == pytest.approx(0.001 / 3)
     assert (j.error_rate.role, j.error_rate.margin, j.error_rate.min_samples) == ("guardrail", 0.02, 50)
     assert j.agreement.min_samples == 300 and j.slo_min_samples == 300
     assert (j.error_rate_slo, j.latency_p99_slo_ms) == (0.05, 250)
