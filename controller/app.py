@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mlcanary")
 PARITY_CHECK = "mlcanary.parity_check"
+UPSTREAMS = "mlcanary.upstreams"
 
 
 def open_store(settings: Settings, *, create_embedded: bool = True) -> Store:
@@ -64,6 +65,10 @@ def create_app(settings: Settings | None = None, *, role: str = "serve", store: 
     app.extensions["mlcanary.store"] = store
     # The parity gate, injected: the admin API's start_rollout calls it (the controller never imports router).
     app.extensions[PARITY_CHECK] = parity_check(settings)
+    # Upstream presets and the registration probe, injected the same way (admin API's register route).
+    from router.backends.upstream import UpstreamTools
+
+    app.extensions[UPSTREAMS] = UpstreamTools(timeout_s=settings.upstream_timeout_s)
     if role not in ("serve", "router"):
         raise ValueError(f"unknown role {role!r}")
     from controller.http import api, feedback

@@ -36,6 +36,7 @@ class PipelineVersion:
     environment: dict[str, Any]
     metadata: dict[str, Any]
     created_at: datetime
+    upstream_config: dict[str, Any] | None = None  # encoding, outputs, timeout... (router.backends.encodings)
 
     @property
     def ref(self) -> str:
@@ -59,6 +60,7 @@ class NewPipelineVersion:
     sha256: str | None = None
     upstream_url: str | None = None
     upstream_protocol: str | None = None
+    upstream_config: dict[str, Any] | None = None
     offline_metrics: dict[str, Any] = field(default_factory=dict)
     golden_set: dict[str, Any] | None = None
     profile: dict[str, Any] | None = None

@@ -120,6 +120,7 @@ def _schemas() -> dict[str, Any]:
                 "artifact_format": nullable_string,
                 "upstream_url": nullable_string,
                 "upstream_protocol": nullable_string,
+                "upstream_config": {"type": ["object", "null"]},
                 "offline_metrics": {"type": "object"},
                 "golden_set_rows": {"type": "integer"},
                 "environment": {"type": "object"},
@@ -136,6 +137,16 @@ def _schemas() -> dict[str, Any]:
                 "version": {"type": "string"},
                 "upstream": {"type": "string", "format": "uri"},
                 "protocol": {"enum": ["v2", "mlflow"], "default": "v2"},
+                "kind": {"enum": ["mlserver", "kserve", "triton", "mlflow"]},
+                "upstream_settings": {
+                    "type": "object",
+                    "description": "encoding, tensor_name, tensor_datatype, class_output, proba_output, "
+                    "score_output, value_output, request_outputs, timeout_s, pool_size, retries, health_url",
+                },
+                "sample": {"type": "object", "description": 'rows to probe the upstream with: {"columns", "data"}'},
+                "golden": {"type": "object", "description": "rows whose upstream answers become the golden set"},
+                "golden_set": {"type": "object"},
+                "probe": {"type": "boolean", "default": True},
                 "task": {"enum": ["classification", "regression"]},
                 "schema": {
                     "oneOf": [
