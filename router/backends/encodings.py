@@ -218,7 +218,7 @@ def encode(
         ]
     if config.encoding == "v2-columns":
         document["parameters"] = {"content_type": "pd"}
-    return json.dumps(document).encode()
+    return json.dumps(document, separators=(",", ":")).encode()  # compact, as tritonclient writes it
 
 
 def tensor_values(datatype: str, columns: Mapping[str, Sequence[Any]]) -> list[Any]:

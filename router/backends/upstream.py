@@ -122,7 +122,7 @@ class UpstreamBackend:
                 continue
             break
         if response.status_code >= 400:
-            text = response.text[:200]
+            text = _error_text(response)
             if response.status_code in (400, 422):
                 raise InputRejected(f"{self.version.ref} refused the input ({response.status_code}): {text}")
             if response.status_code in (502, 503, 504):
@@ -147,6 +147,20 @@ class UpstreamBackend:
 
     def close(self) -> None:
         self._client.close()
+
+
+def _error_text(response: httpx.Response) -> str:
+    """One line saying why the server refused: its JSON error message, else its body's last line."""
+    try:
+        document = response.json()
+    except ValueError:
+        document = None
+    if isinstance(document, dict):
+        for key in ("error", "detail", "message"):
+            if isinstance(document.get(key), str):
+                return " ".join(document[key].split())[:300]
+    lines = [line.strip() for line in response.text.splitlines() if line.strip()]
+    return (lines[-1] if lines else "")[:300]
 
 
 def _health_url(config: UpstreamConfig, url: str) -> str | None:

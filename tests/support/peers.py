@@ -23,10 +23,13 @@ import subprocess
 import sys
 import time
 from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+import mlpipes
+import pandas as pd
 import sklearn
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,6 +42,7 @@ REQUIREMENTS: dict[str, list[str]] = {
     "mlflow": ["mlflow>=3,<4", _SKLEARN],
 }
 MARKER = ".mlcanary-requirements"
+NUMERIC = ["age", "tenure_months", "monthly_charges"]
 INSTALL_TIMEOUT_S = 900
 READY_TIMEOUT_S = 180
 
@@ -92,6 +96,7 @@ class PeerServer:
         self.log = cwd / f"{kind}-{port}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
         env["PYTHONUNBUFFERED"] = "1"
+        env["PATH"] = f"{Path(command[0]).parent}{os.pathsep}{env.get('PATH', '')}"  # mlflow runs `uvicorn`
         with self.log.open("w") as out:
             self.process = subprocess.Popen(
                 command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
@@ -219,3 +224,19 @@ sys.stdout.buffer.write(body)
     if done.returncode != 0:
         raise PeerUnavailable(f"tritonclient failed: {done.stderr.decode(errors='replace')[-300:]}")
     return done.stdout
+
+
+@dataclass(frozen=True)
+class Models:
+    """The fitted pipelines every server serves, and where their joblib files are."""
+
+    columns: Any  # ColumnTransformer + LogisticRegression on the churn DataFrame
+    tensor: Any  # StandardScaler + LogisticRegression on a NumPy array of the numeric columns
+    columns_path: Path
+    tensor_path: Path
+    directory: Path
+
+
+def frame_of(rows: int, *, seed: int, numeric_only: bool = False) -> pd.DataFrame:
+    frame, _ = mlpipes.churn_frame(rows, seed=seed)
+    return frame[NUMERIC] if numeric_only else frame
