@@ -388,7 +388,9 @@ def register_upstream(
         if tools is None:
             raise RegistrationError("recording an upstream's golden set needs the router's upstream tools")
         if len(golden) > GOLDEN_SET_MAX_ROWS:
-            raise RegistrationError(f"golden set has {len(golden)} rows; keep it at most {GOLDEN_SET_MAX_ROWS}")
+            raise RegistrationError(
+                f"golden set has {len(golden)} rows; keep it at most {GOLDEN_SET_MAX_ROWS}"
+            )
         frame = _columns_of(golden, columns, "golden set")
         answers = _ask(tools, candidate, frame)
         _check_answers(task, classes, len(frame), answers)
@@ -470,7 +472,9 @@ def _check_answers(task: str, classes: tuple[Any, ...] | None, rows: int, answer
             )
     for score in scores or ():
         if not 0.0 <= score <= 1.0:
-            raise RegistrationError(f"{prefix} task classification: it answered the score {score!r}, outside [0, 1]")
+            raise RegistrationError(
+                f"{prefix} task classification: it answered the score {score!r}, outside [0, 1]"
+            )
 
 
 def _same_class(value: Any, declared: Any) -> bool:

@@ -25,7 +25,9 @@ def pipelines() -> None:
 )
 @click.option("--upstream", help="URL of a model server, instead of an artifact.")
 @click.option(
-    "--protocol", type=click.Choice(["v2", "mlflow"]), help="Upstream protocol (default: from the kind, else v2)."
+    "--protocol",
+    type=click.Choice(["v2", "mlflow"]),
+    help="Upstream protocol (default: from the kind, else v2).",
 )
 @click.option(
     "--upstream-kind",

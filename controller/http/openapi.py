@@ -143,8 +143,14 @@ def _schemas() -> dict[str, Any]:
                     "description": "encoding, tensor_name, tensor_datatype, class_output, proba_output, "
                     "score_output, value_output, request_outputs, timeout_s, pool_size, retries, health_url",
                 },
-                "sample": {"type": "object", "description": 'rows to probe the upstream with: {"columns", "data"}'},
-                "golden": {"type": "object", "description": "rows whose upstream answers become the golden set"},
+                "sample": {
+                    "type": "object",
+                    "description": 'rows to probe the upstream with: {"columns", "data"}',
+                },
+                "golden": {
+                    "type": "object",
+                    "description": "rows whose upstream answers become the golden set",
+                },
                 "golden_set": {"type": "object"},
                 "probe": {"type": "boolean", "default": True},
                 "task": {"enum": ["classification", "regression"]},

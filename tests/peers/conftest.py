@@ -16,9 +16,9 @@ from typing import Any
 import joblib
 import mlpipes
 import peers
-from peers import NUMERIC, Models
 import pytest
 from flask import Flask
+from peers import NUMERIC, Models
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -28,8 +28,6 @@ from router.settings import RouterSettings
 from storage import Database, Store
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-pytestmark = pytest.mark.slow
 
 
 def _require(kind: str, start: Callable[[Path], Any]) -> Any:

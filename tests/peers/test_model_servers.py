@@ -27,7 +27,8 @@ from router.settings import RouterSettings
 from storage import Store
 from storage.entities import PipelineVersion
 
-pytestmark = pytest.mark.slow
+# The first run builds the servers' environments inside a fixture (minutes): a longer timeout.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 REQUESTS, ROWS = 8, 3
 
@@ -51,7 +52,9 @@ def _shadow(store: Store, make_app: Any, champion: PipelineVersion, challenger: 
     for i in range(REQUESTS):
         part = frame.iloc[i * ROWS : (i + 1) * ROWS]
         body = {"dataframe_split": json.loads(part.to_json(orient="split", index=False))}
-        response = client.post("/v1/models/churn/invocations", json=body, headers={"X-Request-Id": f"q{i:02d}"})
+        response = client.post(
+            "/v1/models/churn/invocations", json=body, headers={"X-Request-Id": f"q{i:02d}"}
+        )
         assert response.status_code == 200, response.json
         assert response.headers["X-Mlcanary-Arm"] == "champion"
     app.extensions["mlcanary.dataplane"].close(timeout=20)
@@ -136,9 +139,7 @@ def test_mlserver_numpy_model_is_sent_one_2d_tensor(
 ) -> None:
     frame = frame_of(REQUESTS * ROWS, seed=12, numeric_only=True).fillna(50.0)
     champion = _champion(store, tmp_path, models.tensor, frame)
-    challenger = _register(
-        store, f"{mlserver.url}/v2/models/tensor", "mlserver", frame, encoding="v2-tensor"
-    )
+    challenger = _register(store, f"{mlserver.url}/v2/models/tensor", "mlserver", frame, encoding="v2-tensor")
     answer = _post(f"{mlserver.url}/v2/models/tensor/infer", _v2_tensor_body(frame))
     direct = _flat(answer["outputs"][0]["data"])
     pairs = _shadow(store, make_app, champion, challenger, frame)
@@ -151,7 +152,9 @@ def test_registration_refuses_an_encoding_the_server_cannot_read_with_its_error(
     mlserver: peers.PeerServer, store: Store
 ) -> None:
     frame = frame_of(5, seed=13, numeric_only=True).fillna(1.0)
-    with pytest.raises(registry.RegistrationError, match=r"probe failed: x:1 answered 500: .*Error") as caught:
+    with pytest.raises(
+        registry.RegistrationError, match=r"probe failed: x:1 answered 500: .*Error"
+    ) as caught:
         registry.register_upstream(
             store, name="x", version="1", url=f"{mlserver.url}/v2/models/churn", protocol=None,
             task="classification", schema=registry.schema_from_frame(frame), kind="mlserver",
@@ -181,7 +184,9 @@ def test_a_changed_model_behind_the_same_url_fails_the_parity_gate_at_load_and_a
 
     other = mlpipes.classifier(seed=5)  # a different model, same name and URL
     numeric = frame_of(300, seed=15, numeric_only=True).fillna(50.0).to_numpy()
-    other_tensor = type(models.tensor)(models.tensor.steps).fit(numeric, other.predict(frame_of(300, seed=15)))
+    other_tensor = type(models.tensor)(models.tensor.steps).fit(
+        numeric, other.predict(frame_of(300, seed=15))
+    )
     import joblib
 
     joblib.dump(other_tensor, folder / "model.joblib")

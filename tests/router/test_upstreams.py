@@ -36,7 +36,9 @@ def _closed_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _upstream(store: Store, like: PipelineVersion, url: str, name: str = "remote", **config: Any) -> PipelineVersion:
+def _upstream(
+    store: Store, like: PipelineVersion, url: str, name: str = "remote", **config: Any
+) -> PipelineVersion:
     base = {"encoding": "v2-columns", "request_outputs": [], "retries": 0}
     return store.pipelines.add(
         NewPipelineVersion(
@@ -105,7 +107,9 @@ def test_a_versions_own_timeout_overrides_the_routers(
     _, like = churn
     url = serve_wsgi(Flaky(failures=0, delay=0.8)) + "/v2/models/m"
     patient_router = RouterSettings(spool_dir=tmp_path, upstream_timeout_s=30.0)
-    assert create_backend(_upstream(sqlite_store, like, url), patient_router).predict(FRAME.head(1)).outputs == [1]
+    assert create_backend(_upstream(sqlite_store, like, url), patient_router).predict(
+        FRAME.head(1)
+    ).outputs == [1]
     short = create_backend(_upstream(sqlite_store, like, url, name="short", timeout_s=0.2), patient_router)
     with pytest.raises(ModelTimeout):
         short.predict(FRAME.head(1))
@@ -188,7 +192,9 @@ def test_the_probe_refuses_classes_that_were_not_declared(
     sqlite_store: Store, churn: Any, make_app: Any, serve_wsgi: Any
 ) -> None:
     url = serve_wsgi(make_app()) + "/v2/models/churn"
-    with pytest.raises(registry.RegistrationError, match="declared classes: it answered 0, declared are 'no', 'yes'"):
+    with pytest.raises(
+        registry.RegistrationError, match="declared classes: it answered 0, declared are 'no', 'yes'"
+    ):
         registry.register_upstream(
             sqlite_store, name="wrong", version="1", url=url, protocol=None, task="classification",
             schema=mlpipes.input_schema(FRAME), classes=("no", "yes"), tools=UpstreamTools(),
@@ -202,7 +208,9 @@ def test_the_probe_refuses_classes_that_were_not_declared(
     assert version.golden_set is not None
     pipeline = mlpipes.classifier()
     assert version.golden_set["outputs"]["prediction"] == pipeline.predict(FRAME).tolist()
-    assert version.golden_set["outputs"]["score"] == pytest.approx(pipeline.predict_proba(FRAME)[:, 1], rel=1e-12)
+    assert version.golden_set["outputs"]["score"] == pytest.approx(
+        pipeline.predict_proba(FRAME)[:, 1], rel=1e-12
+    )
 
 
 def test_the_cli_registers_an_upstream_with_a_kind_and_refuses_a_mismatch_in_one_line(
@@ -221,7 +229,9 @@ def test_the_cli_registers_an_upstream_with_a_kind_and_refuses_a_mismatch_in_one
               "--upstream-timeout", "2.5", "--upstream-retries", "1", "--golden", str(sample)],
     )  # fmt: skip
     assert done.exit_code == 0, done.output
-    shown = json.loads(runner.invoke(cli, ["--database-url", sqlite_url, "pipelines", "show", "remote:1"]).output)
+    shown = json.loads(
+        runner.invoke(cli, ["--database-url", sqlite_url, "pipelines", "show", "remote:1"]).output
+    )
     config = shown["upstream_config"]
     assert (config["kind"], config["encoding"], config["timeout_s"], config["retries"]) == (
         "mlserver", "v2-columns", 2.5, 1,

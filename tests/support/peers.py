@@ -1,9 +1,10 @@
 """Real model servers for tests: MLServer, a KServe model server and `mlflow models serve`, on loopback.
 
 Each server kind lives in its own virtual environment under .cache/peers/<kind> in the repository
-root (git-ignored): their pins conflict with mlcanary's. The first use creates it with pip from the
-package index (a few minutes, once); a marker file records the requirements it was built from, so a
-later run reuses it and a changed requirement rebuilds it. scikit-learn is pinned to the version of
+root (git-ignored; MLCANARY_PEER_CACHE moves it, e.g. to a directory a CI machine keeps between
+runs): their pins conflict with mlcanary's. The first use creates it with pip from the package index
+(the three in parallel, ~5 minutes once); a marker file records the requirements it was built from,
+so a later run reuses it and a changed requirement rebuilds it. scikit-learn is pinned to the version of
 this environment: the tests fit the models here and hand them to the servers as joblib files.
 
     python = peer_python("mlserver")               # raises PeerUnavailable(reason) if it cannot install
@@ -21,7 +22,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +36,7 @@ import pandas as pd
 import sklearn
 
 ROOT = Path(__file__).resolve().parents[2]
-CACHE = ROOT / ".cache" / "peers"
+CACHE = Path(os.environ.get("MLCANARY_PEER_CACHE") or ROOT / ".cache" / "peers")
 SUPPORT = Path(__file__).resolve().parent
 _SKLEARN = f"scikit-learn=={sklearn.__version__}"
 REQUIREMENTS: dict[str, list[str]] = {
@@ -45,20 +48,40 @@ MARKER = ".mlcanary-requirements"
 NUMERIC = ["age", "tenure_months", "monthly_charges"]
 INSTALL_TIMEOUT_S = 900
 READY_TIMEOUT_S = 180
+_lock = threading.Lock()
+_installs: dict[str, Future[None]] = {}
+_pool = ThreadPoolExecutor(max_workers=len(REQUIREMENTS), thread_name_prefix="peer-install")
 
 
 class PeerUnavailable(RuntimeError):
     """A peer server's environment cannot be installed or the server does not start."""
 
 
-def peer_python(kind: str) -> Path:
-    """Return the Python of kind's cached virtual environment, creating it first if needed."""
+def peer_python(kind: str, *, prefetch: bool = True) -> Path:
+    """Return the Python of kind's cached virtual environment, creating it first if needed.
+
+    prefetch: also start building the other kinds' missing environments, in parallel (pip spends
+    most of its time waiting on downloads and unpacking; three at once take about as long as one).
+    """
+    with _lock:
+        for name in REQUIREMENTS if prefetch else (kind,):
+            if name not in _installs and not _installed(name):
+                _installs[name] = _pool.submit(_install, name)
+        future = _installs.get(kind)
+    if future is not None:
+        future.result()  # re-raises PeerUnavailable
+    return CACHE / kind / "bin" / "python"
+
+
+def _installed(kind: str) -> bool:
+    marker = CACHE / kind / MARKER
+    python = CACHE / kind / "bin" / "python"
+    return python.exists() and marker.exists() and marker.read_text() == "\n".join(REQUIREMENTS[kind]) + "\n"
+
+
+def _install(kind: str) -> None:
     venv = CACHE / kind
     python = venv / "bin" / "python"
-    wanted = "\n".join(REQUIREMENTS[kind]) + "\n"
-    marker = venv / MARKER
-    if python.exists() and marker.exists() and marker.read_text() == wanted:
-        return python
     venv.parent.mkdir(parents=True, exist_ok=True)
     log = CACHE / f"{kind}-install.log"
     try:
@@ -76,8 +99,7 @@ def peer_python(kind: str) -> Path:
     except (subprocess.SubprocessError, OSError) as error:
         tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
         raise PeerUnavailable(f"cannot install {kind} ({error}): {' | '.join(tail)}") from error
-    marker.write_text(wanted)
-    return python
+    (venv / MARKER).write_text("\n".join(REQUIREMENTS[kind]) + "\n")
 
 
 def free_port() -> int:
