@@ -654,7 +654,11 @@ def _data_plane_paths() -> dict[str, Any]:
         },
         "/v2/models/{deployment}/ready": {"get": ready},
         "/v2/models/{deployment}/versions/{version}/ready": {
-            "get": {**copy.deepcopy(ready), "parameters": with_version}
+            "get": {
+                **copy.deepcopy(ready),
+                "parameters": with_version,
+                "summary": "Whether that version (champion or challenger, VERSION or NAME:VERSION) is loaded",
+            }
         },
         "/v2": {"get": _operation("V2 server metadata", _ok({"type": "object"}), tags=data, public=True)},
         "/v2/health/live": {"get": live},
