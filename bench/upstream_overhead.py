@@ -139,6 +139,8 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "One run; 2 cores shared by the router, MLServer and wrk (and, here, other work on the machine);",
         "one-row requests; MLServer 1.7.1 sklearn runtime (parallel_workers 0); router: gunicorn 2 sync",
         "workers, SQLite; wrk closed loop.",
+        f"Load average (1 min) before / after the run: {args.load_before:.1f} / {os.getloadavg()[0]:.1f}"
+        " (2 cores; above 2, other processes were competing for them).",
         "",
         "| setup | c=1 req/s | c=1 p50 / p99 ms | c=16 req/s | c=16 p50 / p99 ms | pairs stored "
         "| challenger answers |",
@@ -176,6 +178,7 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install -y wrk")
+    args.load_before = os.getloadavg()[0]
     directory = Path(tempfile.mkdtemp(prefix="upstream-bench-"))
     joblib.dump(mlpipes.classifier(seed=0), directory / "a.joblib")
     joblib.dump(mlpipes.classifier(seed=1), directory / "b.joblib")
