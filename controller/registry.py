@@ -447,7 +447,7 @@ def _ask(tools: UpstreamTools, candidate: PipelineVersion, frame: pd.DataFrame) 
 
 def _check_answers(task: str, classes: tuple[Any, ...] | None, rows: int, answers: Any) -> None:
     """Refuse an upstream whose answers do not fit the declared task; the message names the mismatch."""
-    outputs = list(answers.outputs)
+    outputs = list(getattr(answers, "raw", answers.outputs))  # as sent: a regressor's 1.0 is no class 1
     scores = answers.scores
     prefix = "the upstream's answer does not fit"
     if len(outputs) != rows:
@@ -456,6 +456,12 @@ def _check_answers(task: str, classes: tuple[Any, ...] | None, rows: int, answer
         for value in outputs:
             if isinstance(value, bool) or not isinstance(value, int | float | None):
                 raise RegistrationError(f"{prefix} task regression: it answered {value!r}, not a number")
+        if outputs and all(isinstance(v, int) for v in outputs):  # a regressor answers floats (1.0)
+            seen = ", ".join(repr(v) for v in sorted(set(outputs))[:5])
+            raise RegistrationError(
+                f"{prefix} task regression: it answered only integers ({seen}), classes of a classifier? "
+                "(--no-probe registers it anyway)"
+            )
         return
     for value in outputs:
         if isinstance(value, float) and value == value and not value.is_integer():

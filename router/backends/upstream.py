@@ -13,6 +13,7 @@ unavailable (the router retries the load later), and nothing else.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -86,7 +87,11 @@ class UpstreamBackend:
             )
 
     def predict(self, frame: pd.DataFrame) -> Predictions:
-        rows = len(frame)
+        labels, scores = self.answer(frame)
+        return check_length(self.version, self._shape(labels, scores), len(frame))
+
+    def answer(self, frame: pd.DataFrame) -> tuple[list[Any], list[float] | None]:
+        """The server's answers as it sent them (classes or values, and scores), before any conversion."""
         columns = {str(name): [_cell(v) for v in frame[name].tolist()] for name in frame.columns}
         try:
             body = encode(self.config, columns, self._dtypes)
@@ -101,8 +106,7 @@ class UpstreamBackend:
                 answer = read_mlflow(self.config, document, task)
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise InvalidOutput(f"{self.version.ref} answered an unreadable body: {exc}") from exc
-        labels = [plain(v) for v in answer.outputs]
-        return check_length(self.version, self._shape(labels, answer.scores), rows)
+        return [plain(v) for v in answer.outputs], answer.scores
 
     def _post(self, body: bytes) -> Any:
         headers = {"Content-Type": "application/json"}
@@ -199,7 +203,7 @@ class UpstreamTools:
 
         return configure(kind, protocol, task, overrides).to_json()
 
-    def answers(self, version: PipelineVersion, frame: pd.DataFrame) -> Predictions:
+    def answers(self, version: PipelineVersion, frame: pd.DataFrame) -> ProbeAnswers:
         """Score raw rows on the upstream; raise BackendError (or InvalidInput) when it cannot."""
         import json
 
@@ -209,6 +213,7 @@ class UpstreamTools:
         backend = UpstreamBackend(version, timeout_s=self.timeout_s, pool_size=1)
         try:
             outputs: list[Any] = []
+            raw: list[Any] = []
             scores: list[float] | None = []
             for start in range(0, len(frame), self.max_rows):
                 part = frame.iloc[start : start + self.max_rows]
@@ -216,12 +221,23 @@ class UpstreamTools:
                 body = json.dumps({"dataframe_split": split}).encode()
                 sent = read_columns(body, "application/json", version.input_schema)
                 batch = build_batch(sent, version.input_schema, max_rows=self.max_rows)
-                predictions = backend.predict(batch.frame)
+                labels, answered = backend.answer(batch.frame)
+                predictions = check_length(version, backend._shape(labels, answered), len(batch.frame))
+                raw.extend(labels)
                 outputs.extend(predictions.outputs)
                 if scores is not None and predictions.scores is not None:
                     scores.extend(predictions.scores)
                 else:
                     scores = None
-            return Predictions(outputs, scores)
+            return ProbeAnswers(outputs, scores, raw)
         finally:
             backend.close()
+
+
+@dataclass(frozen=True)
+class ProbeAnswers:
+    """An upstream's answers to the probe: as the router reads them, and as the server sent them."""
+
+    outputs: list[Any]
+    scores: list[float] | None
+    raw: list[Any]

@@ -237,3 +237,17 @@ def test_the_cli_registers_an_upstream_with_a_kind_and_refuses_a_mismatch_in_one
         "mlserver", "v2-columns", 2.5, 1,
     )  # fmt: skip
     assert shown["golden_set_rows"] == len(FRAME)
+
+
+def test_the_probe_refuses_a_classifier_registered_as_a_regression_model(
+    sqlite_store: Store, churn: Any, make_app: Any, serve_wsgi: Any
+) -> None:
+    url = serve_wsgi(make_app()) + "/v2/models/churn"
+    with pytest.raises(
+        registry.RegistrationError, match=r"task regression: it answered only integers \(0, 1\)"
+    ):
+        registry.register_upstream(
+            sqlite_store, name="wrong", version="1", url=url, protocol=None, task="regression",
+            schema=mlpipes.input_schema(FRAME), tools=UpstreamTools(), sample=FRAME,
+        )  # fmt: skip
+    assert [v.ref for v in sqlite_store.pipelines.list()] == ["churn:1"]
