@@ -1,4 +1,4 @@
-"""HTTP upstream backend: a remote model server speaking V2 or MLflow, over pooled httpx connections.
+"""HTTP upstream backend: a remote model server speaking V2 or MLflow, over pooled keep-alive connections.
 
 upstream_url for V2 encodings is the model's base URL (`http://host:port/v2/models/NAME`, the
 request goes to `.../infer`; a URL already ending in /infer is used as is). For "mlflow" it is the
@@ -12,19 +12,22 @@ unavailable (the router retries the load later), and nothing else.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
-import httpx
 import pandas as pd
 
 from router.backends import Predictions, check_length, plain
+from router.backends.connections import ConnectError, ConnectionPool, Timeout
 from router.backends.encodings import ConfigError, UpstreamConfig, encode, read_mlflow, read_v2
 from router.errors import BackendError, InputRejected, InvalidOutput, ModelTimeout, ModelUnavailable
 from storage.entities import PipelineVersion
 
 _RETRIED_STATUS = (502, 503)
+_JSON = {"Content-Type": "application/json"}
 
 
 class UpstreamBackend:
@@ -36,7 +39,6 @@ class UpstreamBackend:
         *,
         timeout_s: float = 5.0,
         pool_size: int = 20,
-        transport: httpx.BaseTransport | None = None,
         check_health: bool = True,
     ) -> None:
         if not version.upstream_url or version.upstream_protocol not in ("v2", "mlflow"):
@@ -59,31 +61,35 @@ class UpstreamBackend:
         self.timeout_s = self.config.timeout_s or timeout_s
         self.retries = self.config.retries
         self._dtypes = {c.name: c.dtype for c in version.input_schema}
-        self._client = httpx.Client(
-            timeout=httpx.Timeout(self.timeout_s),
-            limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
-            transport=transport,
-        )
+        try:
+            self._pool = ConnectionPool(self.url, size=size, timeout=self.timeout_s)
+        except ValueError as exc:
+            raise ModelUnavailable(f"{version.ref}: {exc}") from exc
         if check_health:
             try:
                 self.check_health()
             except BackendError:
-                self._client.close()
+                self._pool.close()
                 raise
 
     def check_health(self) -> None:
         """Raise ModelUnavailable unless the server answers its health URL (a 404 means no such URL: fine)."""
         if not self.health_url:
             return
+        same_host = urlsplit(self.health_url).netloc == urlsplit(self.url).netloc
+        pool = self._pool if same_host else ConnectionPool(self.health_url, size=1, timeout=self.timeout_s)
         try:
-            response = self._client.get(self.health_url)
-        except httpx.HTTPError as exc:
+            reply = pool.request("GET", self.health_url)
+        except (ConnectError, Timeout, ValueError) as exc:
             raise ModelUnavailable(
                 f"{self.version.ref}: the upstream at {self.health_url} is down: {type(exc).__name__}"
             ) from exc
-        if response.status_code >= 500:
+        finally:
+            if not same_host:
+                pool.close()
+        if reply.status >= 500:
             raise ModelUnavailable(
-                f"{self.version.ref}: the upstream at {self.health_url} is not ready ({response.status_code})"
+                f"{self.version.ref}: the upstream at {self.health_url} is not ready ({reply.status})"
             )
 
     def predict(self, frame: pd.DataFrame) -> Predictions:
@@ -109,31 +115,30 @@ class UpstreamBackend:
         return [plain(v) for v in answer.outputs], answer.scores
 
     def _post(self, body: bytes) -> Any:
-        headers = {"Content-Type": "application/json"}
         attempt = 0
         while True:
             try:
-                response = self._client.post(self.url, content=body, headers=headers)
-            except httpx.TimeoutException as exc:
+                reply = self._pool.request("POST", self.url, body, _JSON)
+            except Timeout as exc:
                 raise ModelTimeout(f"{self.version.ref} at {self.url} did not answer in time") from exc
-            except httpx.HTTPError as exc:
+            except ConnectError as exc:
                 if attempt < self.retries:
                     attempt += 1
                     continue
                 raise ModelUnavailable(f"{self.version.ref} at {self.url} is unreachable: {exc}") from exc
-            if response.status_code in _RETRIED_STATUS and attempt < self.retries:
+            if reply.status in _RETRIED_STATUS and attempt < self.retries:
                 attempt += 1
                 continue
             break
-        if response.status_code >= 400:
-            text = _error_text(response)
-            if response.status_code in (400, 422):
-                raise InputRejected(f"{self.version.ref} refused the input ({response.status_code}): {text}")
-            if response.status_code in (502, 503, 504):
-                raise ModelUnavailable(f"{self.version.ref} answered {response.status_code}: {text}")
-            raise BackendError(f"{self.version.ref} answered {response.status_code}: {text}")
+        if reply.status >= 400:
+            text = _error_text(reply.body)
+            if reply.status in (400, 422):
+                raise InputRejected(f"{self.version.ref} refused the input ({reply.status}): {text}")
+            if reply.status in (502, 503, 504):
+                raise ModelUnavailable(f"{self.version.ref} answered {reply.status}: {text}")
+            raise BackendError(f"{self.version.ref} answered {reply.status}: {text}")
         try:
-            return response.json()
+            return json.loads(reply.body)
         except ValueError as exc:
             raise InvalidOutput(f"{self.version.ref} answered a body that is not JSON") from exc
 
@@ -150,20 +155,21 @@ class UpstreamBackend:
         return Predictions(labels, scores)
 
     def close(self) -> None:
-        self._client.close()
+        self._pool.close()
 
 
-def _error_text(response: httpx.Response) -> str:
+def _error_text(body: bytes) -> str:
     """One line saying why the server refused: its JSON error message, else its body's last line."""
+    text = body.decode("utf-8", "replace")
     try:
-        document = response.json()
+        document = json.loads(text)
     except ValueError:
         document = None
     if isinstance(document, dict):
         for key in ("error", "detail", "message"):
             if isinstance(document.get(key), str):
                 return " ".join(document[key].split())[:300]
-    lines = [line.strip() for line in response.text.splitlines() if line.strip()]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     return (lines[-1] if lines else "")[:300]
 
 
@@ -205,8 +211,6 @@ class UpstreamTools:
 
     def answers(self, version: PipelineVersion, frame: pd.DataFrame) -> ProbeAnswers:
         """Score raw rows on the upstream; raise BackendError (or InvalidInput) when it cannot."""
-        import json
-
         from router.inputs import build_batch
         from router.mlflow import read_columns
 

@@ -251,3 +251,37 @@ def test_the_probe_refuses_a_classifier_registered_as_a_regression_model(
             schema=mlpipes.input_schema(FRAME), tools=UpstreamTools(), sample=FRAME,
         )  # fmt: skip
     assert [v.ref for v in sqlite_store.pipelines.list()] == ["churn:1"]
+
+
+def test_a_keep_alive_connection_the_server_closed_is_replaced_without_an_error() -> None:
+    """Servers (uvicorn: after 5 s idle) close keep-alive connections; the next call must not fail."""
+    import socket
+
+    from router.backends.connections import ConnectionPool
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[int] = []
+
+    def serve() -> None:
+        for _ in range(2):
+            conn, _ = listener.accept()
+            accepted.append(1)
+            conn.recv(65536)
+            body = b'{"ok": true}'
+            conn.sendall(  # keep-alive promised, then the connection is closed once idle
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                + str(len(body)).encode() + b"\r\n\r\n" + body
+            )  # fmt: skip
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/v2/models/m/infer"
+    pool = ConnectionPool(url, size=2, timeout=5)
+    first = pool.request("POST", url, b"{}")
+    time.sleep(0.1)  # let the server's close arrive
+    second = pool.request("POST", url, b"{}")
+    assert (first.status, second.status, second.body) == (200, 200, b'{"ok": true}')
+    assert len(accepted) == 2
+    pool.close()
+    listener.close()
