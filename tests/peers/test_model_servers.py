@@ -28,7 +28,7 @@ from storage import Store
 from storage.entities import PipelineVersion
 
 # The first run builds the servers' environments inside a fixture (minutes): a longer timeout.
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 REQUESTS, ROWS = 8, 3
 

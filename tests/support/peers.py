@@ -46,7 +46,7 @@ REQUIREMENTS: dict[str, list[str]] = {
 }
 MARKER = ".mlcanary-requirements"
 NUMERIC = ["age", "tenure_months", "monthly_charges"]
-INSTALL_TIMEOUT_S = 900
+INSTALL_TIMEOUT_S = 1800  # pip under a load of 20+ on 2 cores took 15 min for mlflow
 READY_TIMEOUT_S = 180
 _lock = threading.Lock()
 _installs: dict[str, Future[None]] = {}
