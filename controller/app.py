@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mlcanary")
 PARITY_CHECK = "mlcanary.parity_check"
+UPSTREAMS = "mlcanary.upstreams"
 
 
 def open_store(settings: Settings, *, create_embedded: bool = True) -> Store:
@@ -79,6 +80,10 @@ def create_app(
     app.extensions[api.CLOCK_EXTENSION] = clock
     # The parity gate, injected: the admin API's start_rollout calls it (the controller never imports router).
     app.extensions[PARITY_CHECK] = parity_check(settings)
+    # Upstream presets and the registration probe, injected the same way (admin API's register route).
+    from router.backends.upstream import UpstreamTools
+
+    app.extensions[UPSTREAMS] = UpstreamTools(timeout_s=settings.upstream_timeout_s)
     if role not in ("serve", "router"):
         raise ValueError(f"unknown role {role!r}")
     app.register_blueprint(feedback.blueprint)  # labels are data plane: both roles

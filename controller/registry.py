@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -320,30 +321,102 @@ def register_artifact(
     return store.pipelines.add(new, event=event)
 
 
+class UpstreamTools(Protocol):
+    """The data plane's upstream knowledge, injected (the controller never imports router):
+    router.backends.upstream.UpstreamTools is the implementation the CLI and the app pass."""
+
+    def configure(
+        self, kind: str | None, protocol: str | None, task: str, overrides: dict[str, Any] | None = None
+    ) -> dict[str, Any]: ...
+
+    def answers(self, version: PipelineVersion, frame: pd.DataFrame) -> Any: ...
+
+
+PROBE_ROWS = 50
+
+
 def register_upstream(
     store: Store,
     *,
     name: str,
     version: str,
     url: str,
-    protocol: str,
+    protocol: str | None,
     task: str,
     schema: tuple[Column, ...],
     classes: tuple[Any, ...] | None = None,
     metrics: Mapping[str, Any] | None = None,
     metadata: Mapping[str, Any] | None = None,
     actor: str = "cli",
+    kind: str | None = None,
+    settings: Mapping[str, Any] | None = None,
+    tools: UpstreamTools | None = None,
+    sample: pd.DataFrame | None = None,
+    golden: pd.DataFrame | None = None,
+    golden_set: dict[str, Any] | None = None,
+    probe: bool = True,
 ) -> PipelineVersion:
-    """Register a remote model server (V2 or MLflow protocol) as a pipeline version."""
+    """Register a remote model server (V2 or MLflow protocol) as a pipeline version.
+
+    With ``tools`` the upstream settings are resolved from the server ``kind``'s preset and the
+    ``settings`` overrides (encoding, output names, timeout, pool, retries) and stored with the
+    version. Unless ``probe`` is False, the upstream is then sent up to PROBE_ROWS rows of the sample
+    (or of the golden rows) and its answer checked against the task: one answer per row, classes
+    (not fractional numbers) that are among the declared ``classes``, scores within [0, 1], numbers
+    for regression. ``golden`` rows are scored by the upstream itself and become the version's golden
+    set, so the parity gate later notices a different model behind the same URL.
+    """
     if task not in TASKS:
         raise RegistrationError(f"unknown task {task!r}; choose classification or regression")
-    if protocol not in PROTOCOLS:
+    if protocol is not None and protocol not in PROTOCOLS:
         raise RegistrationError(f"unknown protocol {protocol!r}; choose v2 or mlflow")
     if not url.startswith(("http://", "https://")):
         raise RegistrationError(f"upstream URL must start with http:// or https://, got {url!r}")
     if not schema:
         raise RegistrationError("an upstream needs an input schema: give --sample or --schema")
     _check_name(name, version)
+    config: dict[str, Any] | None = None
+    if tools is not None:
+        try:
+            config = tools.configure(kind, protocol, task, dict(settings or {}))
+        except (ValueError, TypeError) as error:
+            raise RegistrationError(f"bad upstream settings: {error}") from error
+        protocol = "mlflow" if config["encoding"] == "mlflow" else "v2"
+    elif kind is not None or settings:
+        raise RegistrationError("upstream kinds and settings need the router's upstream tools")
+    protocol = protocol or "v2"
+    if golden is not None and golden_set is not None:
+        raise RegistrationError("give golden rows or a ready golden set, not both")
+    candidate = PipelineVersion(
+        id=0, name=name, version=version, kind="http", task=task, input_schema=schema, classes=classes,
+        artifact_path=None, artifact_format=None, sha256=None, upstream_url=url,
+        upstream_protocol=protocol, offline_metrics={}, golden_set=None, profile=None, environment={},
+        metadata={}, created_at=datetime.now(UTC), upstream_config=config,
+    )  # fmt: skip
+    columns = [c.name for c in schema]
+    rows = sample if sample is not None else golden
+    if probe and rows is not None and tools is not None:
+        probe_rows = _columns_of(rows, columns, "sample").head(PROBE_ROWS)
+        _check_answers(task, classes, len(probe_rows), _ask(tools, candidate, probe_rows))
+    if golden is not None:
+        if tools is None:
+            raise RegistrationError("recording an upstream's golden set needs the router's upstream tools")
+        if len(golden) > GOLDEN_SET_MAX_ROWS:
+            raise RegistrationError(
+                f"golden set has {len(golden)} rows; keep it at most {GOLDEN_SET_MAX_ROWS}"
+            )
+        frame = _columns_of(golden, columns, "golden set")
+        answers = _ask(tools, candidate, frame)
+        _check_answers(task, classes, len(frame), answers)
+        golden_set = {
+            "inputs": json.loads(frame.to_json(orient="split", index=False)),
+            "outputs": {"prediction": list(answers.outputs)},
+            "source": "upstream",
+        }
+        if answers.scores is not None:
+            golden_set["outputs"]["score"] = list(answers.scores)
+    if golden_set is not None:
+        _check_golden_set(golden_set, schema)
     new = NewPipelineVersion(
         name=name,
         version=version,
@@ -353,15 +426,18 @@ def register_upstream(
         classes=classes,
         upstream_url=url,
         upstream_protocol=protocol,
+        upstream_config=config,
+        golden_set=golden_set,
         offline_metrics=dict(metrics or {}),
         environment={},
         metadata=dict(metadata or {}),
     )
+    how = f", {config['encoding']}" if config else ""
     event = NewEvent(
         actor=actor,
         action="pipeline.register",
         reason="registered",
-        message=f"registered upstream {name}:{version}",
+        message=f"registered upstream {name}:{version} ({protocol}{how})",
     )
     return store.pipelines.add(new, event=event)
 
@@ -387,6 +463,69 @@ def check_loadable(version: PipelineVersion, *, trust_pickle: bool) -> None:
         raise RegistrationError(
             f"{version.ref} cannot be loaded, so no router could serve it: {error}"
         ) from error
+
+
+def _columns_of(frame: pd.DataFrame, columns: list[str], what: str) -> pd.DataFrame:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise RegistrationError(f"the {what} lacks input columns: {', '.join(missing)}")
+    if frame.empty:
+        raise RegistrationError(f"the {what} has no rows")
+    return frame[columns].reset_index(drop=True)
+
+
+def _ask(tools: UpstreamTools, candidate: PipelineVersion, frame: pd.DataFrame) -> Any:
+    try:
+        return tools.answers(candidate, frame)
+    except Exception as error:  # the upstream's own failure, whatever it is: refuse and say it
+        message = getattr(error, "message", None) or str(error)
+        raise RegistrationError(f"the upstream probe failed: {message}") from error
+
+
+def _check_answers(task: str, classes: tuple[Any, ...] | None, rows: int, answers: Any) -> None:
+    """Refuse an upstream whose answers do not fit the declared task; the message names the mismatch."""
+    outputs = list(getattr(answers, "raw", answers.outputs))  # as sent: a regressor's 1.0 is no class 1
+    scores = answers.scores
+    prefix = "the upstream's answer does not fit"
+    if len(outputs) != rows:
+        raise RegistrationError(f"{prefix}: {len(outputs)} answers for {rows} rows")
+    if task == "regression":
+        for value in outputs:
+            if isinstance(value, bool) or not isinstance(value, int | float | None):
+                raise RegistrationError(f"{prefix} task regression: it answered {value!r}, not a number")
+        if outputs and all(isinstance(v, int) for v in outputs):  # a regressor answers floats (1.0)
+            seen = ", ".join(repr(v) for v in sorted(set(outputs))[:5])
+            raise RegistrationError(
+                f"{prefix} task regression: it answered only integers ({seen}), classes of a classifier? "
+                "(--no-probe registers it anyway)"
+            )
+        return
+    for value in outputs:
+        if isinstance(value, float) and value == value and not value.is_integer():
+            raise RegistrationError(
+                f"{prefix} task classification: it answered {value!r}, a fraction, not a class "
+                "(a regression model?)"
+            )
+        if isinstance(value, dict | list):
+            raise RegistrationError(f"{prefix} task classification: it answered {value!r}, not a class")
+        if classes is not None and not any(_same_class(value, c) for c in classes):
+            raise RegistrationError(
+                f"{prefix} the declared classes: it answered {value!r}, declared are "
+                + ", ".join(repr(c) for c in classes)
+            )
+    for score in scores or ():
+        if not 0.0 <= score <= 1.0:
+            raise RegistrationError(
+                f"{prefix} task classification: it answered the score {score!r}, outside [0, 1]"
+            )
+
+
+def _same_class(value: Any, declared: Any) -> bool:
+    if isinstance(value, bool) != isinstance(declared, bool):
+        return False
+    if isinstance(value, str) != isinstance(declared, str):
+        return False
+    return bool(value == declared)
 
 
 def parse_schema(text: str) -> tuple[Column, ...]:

@@ -22,6 +22,7 @@ from flask import Blueprint, Flask, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
 from router import mlflow, v2
+from router.backends import MissingBackend
 from router.dataplane import DataPlane
 from router.edge import check_id, header_value
 from router.errors import PayloadTooLarge, RouterError, UnsupportedMediaType
@@ -218,14 +219,31 @@ def model_metadata(deployment: str, version: str | None = None) -> Response:
 @blueprint.get("/v2/models/<deployment>/ready")
 @blueprint.get("/v2/models/<deployment>/versions/<version>/ready")
 def model_ready(deployment: str, version: str | None = None) -> Response:
-    """Answer 200 when the deployment's champion is loaded, else 503 (404 if unknown)."""
+    """Answer 200 when the deployment's champion is loaded, else 503 (404 if unknown).
+
+    With a version (its VERSION or NAME:VERSION, the champion's or the challenger's): whether that
+    version is loaded. An upstream that is down makes its own version not ready, nothing else.
+    """
     plane = dataplane()
     try:
         route = plane.route(deployment)
     except RouterError as exc:
         return _json_response(exc.to_json(), exc.status)
-    ready = plane.ready and route.champion.version.ref not in plane.routes.failures()
-    return _json_response({"name": deployment, "ready": ready}, 200 if ready else 503)
+    backend = route.champion
+    if version is not None:
+        arms = [route.champion] + ([route.challenger] if route.challenger is not None else [])
+        found = [b for b in arms if version in (b.version.version, b.version.ref)]
+        if not found:
+            error = {"code": "version_not_found", "message": f"{deployment} routes no version {version!r}"}
+            return _json_response({"error": error}, 404)
+        backend = found[0]
+    ready = plane.ready and not isinstance(backend, MissingBackend)
+    body: dict[str, Any] = {"name": deployment, "ready": ready}
+    if version is not None:
+        body["version"] = backend.version.ref
+    if isinstance(backend, MissingBackend):
+        body["reason"] = backend.reason
+    return _json_response(body, 200 if ready else 503)
 
 
 @blueprint.get("/v2")

@@ -1,7 +1,8 @@
 """The parity gate: score a version's golden set through the exact serving path and compare with research.
 
 The golden set (registered with the version) holds raw input rows and the outputs the research
-environment produced for them. ``check`` sends those rows the way a client would — an MLflow JSON
+environment produced for them (for an HTTP upstream registered with ``--golden``: the upstream's own
+answers at registration, classes and scores as served, so a different model behind the same URL fails). ``check`` sends those rows the way a client would — an MLflow JSON
 body with ``dataframe_split`` — decodes it with the router's own ``router.mlflow.read_columns`` and
 ``router.inputs.build_batch`` against the version's registered schema, predicts with the backend
 class the router uses (``router.backends.create_backend``), and compares:
@@ -227,6 +228,7 @@ def check(
         expected_outputs = golden["outputs"]
         expected_predictions = list(expected_outputs["prediction"])
         expected_proba = expected_outputs.get("proba")
+        expected_score = expected_outputs.get("score")
     except (KeyError, TypeError) as exc:
         return _failed(base, 0, f"the golden set is malformed: {exc!r}")
     if len(expected_predictions) != len(rows):
@@ -280,6 +282,8 @@ def check(
     bad_rows: set[int] = set()
     regression = version.task == "regression"
     expected_scores = _scores(expected_proba) if expected_proba is not None and not regression else None
+    if expected_score is not None and not regression:  # an upstream's own answers: scores as served
+        expected_scores = [None if v is None else float(v) for v in expected_score]
     if expected_scores is not None and len(expected_scores) != len(rows):
         return _failed(
             base, len(rows), f"{len(rows)} golden input rows but {len(expected_scores)} probabilities"

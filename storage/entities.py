@@ -79,6 +79,7 @@ class PipelineVersion:
     metadata: dict[str, Any]
     created_at: datetime
     trusted_types: tuple[str, ...] = ()  # exact names the operator trusted in the skops artifact
+    upstream_config: dict[str, Any] | None = None  # encoding, outputs, timeout... (router.backends.encodings)
 
     @property
     def ref(self) -> str:
@@ -106,6 +107,7 @@ class NewPipelineVersion:
     sha256: str | None = None
     upstream_url: str | None = None
     upstream_protocol: str | None = None
+    upstream_config: dict[str, Any] | None = None
     offline_metrics: dict[str, Any] = field(default_factory=dict)
     golden_set: dict[str, Any] | None = None
     profile: dict[str, Any] | None = None

@@ -67,6 +67,7 @@ class PipelineVersionRow(Base):
     sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     upstream_url: Mapped[str | None] = mapped_column(Text, nullable=True)
     upstream_protocol: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    upstream_config: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     offline_metrics: Mapped[dict[str, Any]] = mapped_column(JSONType)
     golden_set: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     profile: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
@@ -89,6 +90,7 @@ class PipelineVersionRow(Base):
             sha256=self.sha256,
             upstream_url=self.upstream_url,
             upstream_protocol=self.upstream_protocol,
+            upstream_config=self.upstream_config,
             offline_metrics=dict(self.offline_metrics or {}),
             golden_set=self.golden_set,
             profile=self.profile,

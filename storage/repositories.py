@@ -94,7 +94,7 @@ class PipelineRepository:
             fields = asdict(new)
             fields["input_schema"] = [{"name": c.name, "dtype": c.dtype} for c in new.input_schema]
             fields["classes"] = None if new.classes is None else _json_safe(list(new.classes))
-            for key in ("offline_metrics", "golden_set", "profile", "environment"):
+            for key in ("offline_metrics", "golden_set", "profile", "environment", "upstream_config"):
                 fields[key] = _json_safe(fields[key])
             fields["meta"] = _json_safe(fields.pop("metadata")) or {}
             fields["trusted_types"] = list(new.trusted_types) or None

@@ -24,7 +24,36 @@ def pipelines() -> None:
     help="Fitted pipeline (.skops, or .joblib with --trust-pickle).",
 )
 @click.option("--upstream", help="URL of a model server, instead of an artifact.")
-@click.option("--protocol", type=click.Choice(["v2", "mlflow"]), default="v2", show_default=True)
+@click.option(
+    "--protocol",
+    type=click.Choice(["v2", "mlflow"]),
+    help="Upstream protocol (default: from the kind, else v2).",
+)
+@click.option(
+    "--upstream-kind",
+    type=click.Choice(["mlserver", "kserve", "triton", "mlflow"]),
+    help="Preset encoding and output names for this model server.",
+)
+@click.option(
+    "--encoding", type=click.Choice(["v2-columns", "v2-tensor", "mlflow"]), help="Upstream request encoding."
+)
+@click.option("--tensor-name", help="v2-tensor: the input tensor's name.")
+@click.option(
+    "--tensor-datatype",
+    type=click.Choice(["FP64", "FP32", "INT64", "INT32", "BYTES"]),
+    help="v2-tensor: the input tensor's datatype.",
+)
+@click.option("--class-output", help="Output holding the class (classification); '' for the first one.")
+@click.option("--proba-output", help="Output holding class probabilities [n, classes]; '' for none.")
+@click.option("--score-output", help="Output holding a ready score per row; '' for none.")
+@click.option("--value-output", help="Output holding the value (regression).")
+@click.option("--request-output", "request_outputs", multiple=True, help="V2 output to ask for (repeatable).")
+@click.option("--upstream-timeout", type=float, help="Seconds per upstream call (default: the router's).")
+@click.option("--upstream-pool", type=int, help="Pooled connections to the upstream per router process.")
+@click.option("--upstream-retries", type=int, help="Re-sends of an undelivered request (never of a timeout).")
+@click.option("--health-url", help="Checked when the router loads the version ('' for no check).")
+@click.option("--classes", "classes_text", help='Classes the upstream may answer, as "0,1" or a JSON list.')
+@click.option("--no-probe", is_flag=True, help="Do not send the sample rows to the upstream to check it.")
 @click.option("--task", required=True, help="classification or regression.")
 @click.option(
     "--sample", type=click.Path(path_type=Path), help="CSV/Parquet of raw inputs: gives the schema."
@@ -65,10 +94,24 @@ def pipelines_register(ctx: click.Context, name: str, version: str, **opts: Any)
     metadata = json_option(opts["metadata"], "--metadata")
     store = store_of(ctx)
     if opts["upstream"]:
+        from router.backends.upstream import UpstreamTools
+
+        golden = registry.read_table(opts["golden"]) if opts["golden"] else None
         resolved = schema or (registry.schema_from_frame(sample) if sample is not None else ())
+        upstream_settings = {
+            "encoding": opts["encoding"], "tensor_name": opts["tensor_name"],
+            "tensor_datatype": opts["tensor_datatype"], "class_output": opts["class_output"],
+            "proba_output": opts["proba_output"], "score_output": opts["score_output"],
+            "value_output": opts["value_output"], "request_outputs": opts["request_outputs"] or None,
+            "timeout_s": opts["upstream_timeout"], "pool_size": opts["upstream_pool"],
+            "retries": opts["upstream_retries"], "health_url": opts["health_url"],
+        }  # fmt: skip
         version_entity = registry.register_upstream(
             store, name=name, version=version, url=opts["upstream"], protocol=opts["protocol"],
             task=opts["task"], schema=resolved, metrics=metrics, metadata=metadata,
+            classes=_classes(opts["classes_text"]), kind=opts["upstream_kind"], settings=upstream_settings,
+            tools=UpstreamTools(timeout_s=settings.upstream_timeout_s), sample=sample, golden=golden,
+            golden_set=json_option(opts["golden_set"], "--golden-set"), probe=not opts["no_probe"],
         )  # fmt: skip
     else:
         version_entity = registry.register_artifact(
@@ -94,6 +137,27 @@ def pipelines_register(ctx: click.Context, name: str, version: str, **opts: Any)
     click.echo(
         f"registered {v.ref} (id {v.id}, {v.task}, {v.kind}{', sha256 ' + v.sha256[:12] if v.sha256 else ''})"
     )
+
+
+def _classes(text: str | None) -> tuple[Any, ...] | None:
+    """Read --classes: a JSON list, or comma-separated values (all integers become ints)."""
+    import json
+
+    if not text:
+        return None
+    if text.lstrip().startswith("["):
+        try:
+            values = json.loads(text)
+        except ValueError as error:
+            raise click.UsageError(f"--classes is not a JSON list: {error}") from error
+        if not isinstance(values, list):
+            raise click.UsageError("--classes must be a list")
+        return tuple(values)
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    try:
+        return tuple(int(p) for p in parts)
+    except ValueError:
+        return tuple(parts)
 
 
 @pipelines.command("list")
@@ -123,7 +187,8 @@ def _version_summary(v: Any) -> dict[str, Any]:
         "input_schema": [{"name": c.name, "dtype": c.dtype} for c in v.input_schema],
         "classes": v.classes, "sha256": v.sha256, "artifact_format": v.artifact_format,
         "upstream_url": v.upstream_url, "upstream_protocol": v.upstream_protocol,
-        "trusted_types": list(v.trusted_types), "offline_metrics": v.offline_metrics, "golden_set_rows": len(v.golden_set["outputs"]["prediction"])
+        "trusted_types": list(v.trusted_types), "upstream_config": v.upstream_config,
+        "offline_metrics": v.offline_metrics, "golden_set_rows": len(v.golden_set["outputs"]["prediction"])
         if v.golden_set else 0, "environment": v.environment, "metadata": v.metadata,
         "created_at": v.created_at.isoformat(),
     }  # fmt: skip

@@ -159,7 +159,8 @@ def version_json(v: PipelineVersion) -> dict[str, Any]:
         "input_schema": [{"name": c.name, "dtype": c.dtype} for c in v.input_schema],
         "classes": list(v.classes) if v.classes is not None else None, "sha256": v.sha256,
         "artifact_format": v.artifact_format, "upstream_url": v.upstream_url,
-        "upstream_protocol": v.upstream_protocol, "offline_metrics": v.offline_metrics,
+        "upstream_protocol": v.upstream_protocol, "upstream_config": v.upstream_config,
+        "offline_metrics": v.offline_metrics,
         "golden_set_rows": golden_rows, "environment": v.environment, "metadata": v.metadata,
         "trusted_types": list(v.trusted_types), "created_at": v.created_at,
     }  # fmt: skip
@@ -300,6 +301,12 @@ _UPSTREAM_FIELDS = {
     "classes",
     "metrics",
     "metadata",
+    "kind",
+    "upstream_settings",
+    "sample",
+    "golden",
+    "golden_set",
+    "probe",
 }
 _ARTIFACT_FIELDS = {
     "name",
@@ -335,19 +342,46 @@ def _register_upstream(actor: str) -> PipelineVersion:
     if classes is not None and not isinstance(classes, list):
         raise ApiError(400, "invalid_field", "classes must be a list")
     schema = _schema_of(body.get("schema"))
+    sample, golden = _rows(body, "sample"), _rows(body, "golden")
+    if schema is None and sample is not None:
+        schema = registry.schema_from_frame(sample)
     return registry.register_upstream(
         store(),
         name=str(_string(body, "name")),
         version=str(_string(body, "version")),
         url=str(_string(body, "upstream")),
-        protocol=str(_string(body, "protocol", default="v2")),
+        protocol=_string(body, "protocol"),
         task=str(_string(body, "task")),
         schema=schema or (),
         classes=tuple(classes) if classes is not None else None,
         metrics=_object(body, "metrics"),
         metadata=_object(body, "metadata"),
         actor=actor,
+        kind=_string(body, "kind"),
+        settings=_object(body, "upstream_settings"),
+        tools=current_app.extensions.get("mlcanary.upstreams"),  # set by controller.app
+        sample=sample,
+        golden=golden,
+        golden_set=_object(body, "golden_set") or None,
+        probe=body.get("probe", True) is not False,
     )
+
+
+def _rows(body: Mapping[str, Any], key: str) -> Any:
+    """Read rows given as {"columns": [...], "data": [[...], ...]} (pandas' split form) into a frame."""
+    import pandas as pd
+
+    value = body.get(key)
+    if value is None:
+        return None
+    if not (
+        isinstance(value, dict)
+        and isinstance(value.get("columns"), list)
+        and isinstance(value.get("data"), list)
+        and all(isinstance(r, list) and len(r) == len(value["columns"]) for r in value["data"])
+    ):
+        raise ApiError(400, "invalid_field", f'{key} must be {{"columns": [...], "data": [[...], ...]}}')
+    return pd.DataFrame(value["data"], columns=[str(c) for c in value["columns"]])
 
 
 def _register_artifact(actor: str) -> PipelineVersion:

@@ -125,6 +125,7 @@ def _schemas() -> dict[str, Any]:
                 "artifact_format": nullable_string,
                 "upstream_url": nullable_string,
                 "upstream_protocol": nullable_string,
+                "upstream_config": {"type": ["object", "null"]},
                 "offline_metrics": {"type": "object"},
                 "golden_set_rows": {"type": "integer"},
                 "environment": {"type": "object"},
@@ -142,6 +143,22 @@ def _schemas() -> dict[str, Any]:
                 "version": {"type": "string"},
                 "upstream": {"type": "string", "format": "uri"},
                 "protocol": {"enum": ["v2", "mlflow"], "default": "v2"},
+                "kind": {"enum": ["mlserver", "kserve", "triton", "mlflow"]},
+                "upstream_settings": {
+                    "type": "object",
+                    "description": "encoding, tensor_name, tensor_datatype, class_output, proba_output, "
+                    "score_output, value_output, request_outputs, timeout_s, pool_size, retries, health_url",
+                },
+                "sample": {
+                    "type": "object",
+                    "description": 'rows to probe the upstream with: {"columns", "data"}',
+                },
+                "golden": {
+                    "type": "object",
+                    "description": "rows whose upstream answers become the golden set",
+                },
+                "golden_set": {"type": "object"},
+                "probe": {"type": "boolean", "default": True},
                 "task": {"enum": ["classification", "regression"]},
                 "schema": {
                     "oneOf": [
@@ -660,7 +677,11 @@ def _data_plane_paths() -> dict[str, Any]:
         },
         "/v2/models/{deployment}/ready": {"get": ready},
         "/v2/models/{deployment}/versions/{version}/ready": {
-            "get": {**copy.deepcopy(ready), "parameters": with_version}
+            "get": {
+                **copy.deepcopy(ready),
+                "parameters": with_version,
+                "summary": "Whether that version (champion or challenger, VERSION or NAME:VERSION) is loaded",
+            }
         },
         "/v2": {"get": _operation("V2 server metadata", _ok({"type": "object"}), tags=data, public=True)},
         "/v2/health/live": {"get": live},

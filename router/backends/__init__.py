@@ -3,6 +3,7 @@
     Backend (Protocol)
     ├── inprocess.InProcessBackend   a registered scikit-learn artifact, loaded and hash-checked
     ├── upstream.UpstreamBackend     a remote model server speaking V2 or MLflow, over pooled HTTP
+    │                                (encodings.py: its request encodings and output reading)
     └── MissingBackend               a version that could not be loaded; every call says why
 
 Every backend answers `predict(frame)` for a DataFrame in the registered column order with

@@ -1,24 +1,33 @@
-"""HTTP upstream backend: a remote model server speaking V2 or MLflow, over pooled httpx connections.
+"""HTTP upstream backend: a remote model server speaking V2 or MLflow, over pooled keep-alive connections.
 
-upstream_url for protocol "v2" is the model's base URL (`http://host:port/v2/models/NAME`, the
+upstream_url for V2 encodings is the model's base URL (`http://host:port/v2/models/NAME`, the
 request goes to `.../infer`; a URL already ending in /infer is used as is). For "mlflow" it is the
 scoring URL (`http://host:port/invocations`, appended when the URL does not end with it).
+
+How requests are encoded and answers read is the version's UpstreamConfig (router.backends.encodings),
+as are its timeout, connection pool and retries. Loading the backend checks the server's health
+(GET `.../ready` for V2, `/ping` for MLflow): a server that is down or not ready makes this version
+unavailable (the router retries the load later), and nothing else.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
-import httpx
-import numpy as np
 import pandas as pd
 
 from router.backends.base import Predictions, check_length, plain
+from router.backends.connections import ConnectError, ConnectionPool, Timeout
+from router.backends.encodings import ConfigError, UpstreamConfig, encode, read_mlflow, read_v2
 from router.errors import BackendError, InputRejected, InvalidOutput, ModelTimeout, ModelUnavailable
-from router.v2 import encode_request
 from storage.entities import PipelineVersion
+
+_RETRIED_STATUS = (502, 503)
+_JSON = {"Content-Type": "application/json"}
 
 
 class UpstreamBackend:
@@ -30,89 +39,108 @@ class UpstreamBackend:
         *,
         timeout_s: float = 5.0,
         pool_size: int = 20,
-        transport: httpx.BaseTransport | None = None,
+        check_health: bool = True,
     ) -> None:
         if not version.upstream_url or version.upstream_protocol not in ("v2", "mlflow"):
             raise ModelUnavailable(f"{version.ref} needs an upstream_url and a protocol of v2 or mlflow")
+        try:
+            self.config = UpstreamConfig.from_json(
+                version.upstream_config, protocol=version.upstream_protocol
+            )
+        except (ConfigError, TypeError) as exc:
+            raise ModelUnavailable(f"{version.ref} has an unusable upstream configuration: {exc}") from exc
         self.version = version
-        self.protocol = version.upstream_protocol
+        self.protocol = self.config.protocol
         url = version.upstream_url.rstrip("/")
         if self.protocol == "v2":
             self.url = url if url.endswith("/infer") else url + "/infer"
         else:
             self.url = url if url.endswith("/invocations") else url + "/invocations"
-        self._client = httpx.Client(
-            timeout=httpx.Timeout(timeout_s),
-            limits=httpx.Limits(max_connections=pool_size, max_keepalive_connections=pool_size),
-            transport=transport,
-        )
+        self.health_url = _health_url(self.config, self.url)
+        size = self.config.pool_size or pool_size
+        self.timeout_s = self.config.timeout_s or timeout_s
+        self.retries = self.config.retries
+        self._dtypes = {c.name: c.dtype for c in version.input_schema}
+        try:
+            self._pool = ConnectionPool(self.url, size=size, timeout=self.timeout_s)
+        except ValueError as exc:
+            raise ModelUnavailable(f"{version.ref}: {exc}") from exc
+        if check_health:
+            try:
+                self.check_health()
+            except BackendError:
+                self._pool.close()
+                raise
+
+    def check_health(self) -> None:
+        """Raise ModelUnavailable unless the server answers its health URL (a 404 means no such URL: fine)."""
+        if not self.health_url:
+            return
+        same_host = urlsplit(self.health_url).netloc == urlsplit(self.url).netloc
+        pool = self._pool if same_host else ConnectionPool(self.health_url, size=1, timeout=self.timeout_s)
+        try:
+            reply = pool.request("GET", self.health_url)
+        except (ConnectError, Timeout, ValueError) as exc:
+            raise ModelUnavailable(
+                f"{self.version.ref}: the upstream at {self.health_url} is down: {type(exc).__name__}"
+            ) from exc
+        finally:
+            if not same_host:
+                pool.close()
+        if reply.status >= 500:
+            raise ModelUnavailable(
+                f"{self.version.ref}: the upstream at {self.health_url} is not ready ({reply.status})"
+            )
 
     def predict(self, frame: pd.DataFrame) -> Predictions:
-        rows = len(frame)
-        columns = {name: [_cell(v) for v in frame[name].tolist()] for name in frame.columns}
-        if self.protocol == "v2":
-            body = encode_request(columns, self.version.input_schema, request_id="mlcanary")
-        else:
-            data = [list(r) for r in zip(*columns.values(), strict=True)]
-            body = json.dumps({"dataframe_split": {"columns": list(columns), "data": data}}).encode()
-        document = self._post(body)
+        labels, scores = self.answer(frame)
+        return check_length(self.version, self._shape(labels, scores), len(frame))
+
+    def answer(self, frame: pd.DataFrame) -> tuple[list[Any], list[float] | None]:
+        """The server's answers as it sent them (classes or values, and scores), before any conversion."""
+        columns = {str(name): [_cell(v) for v in frame[name].tolist()] for name in frame.columns}
         try:
-            predictions = self._read_v2(document) if self.protocol == "v2" else self._read_mlflow(document)
+            body = encode(self.config, columns, self._dtypes)
+        except ValueError as exc:
+            raise InputRejected(f"{self.version.ref}: {exc}") from exc
+        document = self._post(body)
+        task = self.version.task
+        try:
+            if self.protocol == "v2":
+                answer = read_v2(self.config, document, task)
+            else:
+                answer = read_mlflow(self.config, document, task)
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise InvalidOutput(f"{self.version.ref} answered an unreadable body: {exc}") from exc
-        return check_length(self.version, predictions, rows)
+        return [plain(v) for v in answer.outputs], answer.scores
 
     def _post(self, body: bytes) -> Any:
+        attempt = 0
+        while True:
+            try:
+                reply = self._pool.request("POST", self.url, body, _JSON)
+            except Timeout as exc:
+                raise ModelTimeout(f"{self.version.ref} at {self.url} did not answer in time") from exc
+            except ConnectError as exc:
+                if attempt < self.retries:
+                    attempt += 1
+                    continue
+                raise ModelUnavailable(f"{self.version.ref} at {self.url} is unreachable: {exc}") from exc
+            if reply.status in _RETRIED_STATUS and attempt < self.retries:
+                attempt += 1
+                continue
+            break
+        if reply.status >= 400:
+            text = _error_text(reply.body)
+            if reply.status in (400, 422):
+                raise InputRejected(f"{self.version.ref} refused the input ({reply.status}): {text}")
+            if reply.status in (502, 503, 504):
+                raise ModelUnavailable(f"{self.version.ref} answered {reply.status}: {text}")
+            raise BackendError(f"{self.version.ref} answered {reply.status}: {text}")
         try:
-            response = self._client.post(self.url, content=body, headers={"Content-Type": "application/json"})
-        except httpx.TimeoutException as exc:
-            raise ModelTimeout(f"{self.version.ref} at {self.url} did not answer in time") from exc
-        except httpx.HTTPError as exc:
-            raise ModelUnavailable(f"{self.version.ref} at {self.url} is unreachable: {exc}") from exc
-        if response.status_code >= 400:
-            text = response.text[:200]
-            if response.status_code in (400, 422):
-                raise InputRejected(f"{self.version.ref} refused the input ({response.status_code}): {text}")
-            if response.status_code in (502, 503, 504):
-                raise ModelUnavailable(f"{self.version.ref} answered {response.status_code}: {text}")
-            raise BackendError(f"{self.version.ref} answered {response.status_code}: {text}")
-        try:
-            return response.json()
+            return json.loads(reply.body)
         except ValueError as exc:
             raise InvalidOutput(f"{self.version.ref} answered a body that is not JSON") from exc
-
-    def _read_v2(self, document: Any) -> Predictions:
-        outputs = {o["name"]: o for o in document["outputs"]}
-        first = outputs.get("predict") or document["outputs"][0]
-        labels = [plain(v) for v in _flat(first["data"])]
-        scores = None
-        if "score" in outputs:
-            scores = [float(v) for v in _flat(outputs["score"]["data"])]
-        elif "predict_proba" in outputs:
-            tensor = outputs["predict_proba"]
-            proba = np.asarray(_flat(tensor["data"]), dtype=np.float64).reshape(tensor["shape"])
-            scores = (proba[:, 1] if proba.shape[1] == 2 else proba.max(axis=1)).tolist()
-        return self._shape(labels, scores)
-
-    def _read_mlflow(self, document: Any) -> Predictions:
-        predictions = document["predictions"] if isinstance(document, dict) else document
-        labels: list[Any] = []
-        scores: list[float] | None = []
-        for item in predictions:
-            if isinstance(item, dict):
-                label = next(
-                    (item[k] for k in ("class", "label", "prediction", "predict") if k in item), None
-                )
-                labels.append(plain(label))
-                score = next((item[k] for k in ("score", "probability") if k in item), None)
-                if score is None or scores is None:
-                    scores = None
-                else:
-                    scores.append(float(score))
-            else:
-                labels.append(plain(item))
-                scores = None
-        return self._shape(labels, scores)
 
     def _shape(self, labels: list[Any], scores: list[float] | None) -> Predictions:
         if self.version.task == "regression":
@@ -127,15 +155,31 @@ class UpstreamBackend:
         return Predictions(labels, scores)
 
     def close(self) -> None:
-        self._client.close()
+        self._pool.close()
 
 
-def _flat(data: Any) -> list[Any]:
-    if isinstance(data, list) and any(isinstance(v, list) for v in data):
-        return [x for v in data for x in (v if isinstance(v, list) else [v])]
-    if not isinstance(data, list):
-        raise TypeError("data is not a list")
-    return data
+def _error_text(body: bytes) -> str:
+    """One line saying why the server refused: its JSON error message, else its body's last line."""
+    text = body.decode("utf-8", "replace")
+    try:
+        document = json.loads(text)
+    except ValueError:
+        document = None
+    if isinstance(document, dict):
+        for key in ("error", "detail", "message"):
+            if isinstance(document.get(key), str):
+                return " ".join(document[key].split())[:300]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return (lines[-1] if lines else "")[:300]
+
+
+def _health_url(config: UpstreamConfig, url: str) -> str | None:
+    if config.health_url is not None:
+        return config.health_url or None
+    if config.protocol == "v2":
+        return url.removesuffix("/infer") + "/ready"
+    base = url.removesuffix("/invocations")
+    return base + "/ping"
 
 
 def _cell(value: Any) -> Any:
@@ -144,3 +188,60 @@ def _cell(value: Any) -> Any:
     if value is pd.NA or value is pd.NaT:
         return None
     return value.item() if hasattr(value, "item") else value
+
+
+class UpstreamTools:
+    """What registration needs from the data plane, injected into the controller (which never imports router).
+
+    configure(): a server kind's preset with overrides applied, checked, as the JSON stored with the
+    version. answers(): the upstream's answers for raw rows, sent exactly the way the parity gate will
+    send them later (an MLflow dataframe_split body decoded by the router against the schema).
+    """
+
+    def __init__(self, *, timeout_s: float = 5.0, max_rows: int = 1000) -> None:
+        self.timeout_s = timeout_s
+        self.max_rows = max_rows
+
+    def configure(
+        self, kind: str | None, protocol: str | None, task: str, overrides: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        from router.backends.encodings import configure
+
+        return configure(kind, protocol, task, overrides).to_json()
+
+    def answers(self, version: PipelineVersion, frame: pd.DataFrame) -> ProbeAnswers:
+        """Score raw rows on the upstream; raise BackendError (or InvalidInput) when it cannot."""
+        from router.inputs import build_batch
+        from router.mlflow import read_columns
+
+        backend = UpstreamBackend(version, timeout_s=self.timeout_s, pool_size=1)
+        try:
+            outputs: list[Any] = []
+            raw: list[Any] = []
+            scores: list[float] | None = []
+            for start in range(0, len(frame), self.max_rows):
+                part = frame.iloc[start : start + self.max_rows]
+                split = json.loads(part.to_json(orient="split", index=False))
+                body = json.dumps({"dataframe_split": split}).encode()
+                sent = read_columns(body, "application/json", version.input_schema)
+                batch = build_batch(sent, version.input_schema, max_rows=self.max_rows)
+                labels, answered = backend.answer(batch.frame)
+                predictions = check_length(version, backend._shape(labels, answered), len(batch.frame))
+                raw.extend(labels)
+                outputs.extend(predictions.outputs)
+                if scores is not None and predictions.scores is not None:
+                    scores.extend(predictions.scores)
+                else:
+                    scores = None
+            return ProbeAnswers(outputs, scores, raw)
+        finally:
+            backend.close()
+
+
+@dataclass(frozen=True)
+class ProbeAnswers:
+    """An upstream's answers to the probe: as the router reads them, and as the server sent them."""
+
+    outputs: list[Any]
+    scores: list[float] | None
+    raw: list[Any]

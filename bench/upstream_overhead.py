@@ -1,0 +1,253 @@
+"""Benchmark mlcanary in front of MLServer against clients calling MLServer directly.
+
+    .venv/bin/python bench/upstream_overhead.py [--seconds 8] [--out bench/results/upstream_overhead.md]
+
+One MLServer 1.7.1 (the environment under .cache/peers/mlserver, built on first use like the tests
+do; sklearn runtime, parallel_workers 0) serves the churn pipeline (ColumnTransformer +
+LogisticRegression, joblib) as "churn" and a second fit as "churn-b". Three setups, one run, one-row
+requests, wrk closed loop at c=1 and at saturation (c=16):
+  direct   wrk -> MLServer /v2/models/churn/infer, the exact body mlcanary sends (v2-columns,
+           content_type pd, outputs predict + predict_proba)
+  proxied  wrk -> mlcanary router (gunicorn, 2 sync workers, SQLite) /v1/models/churn/invocations;
+           champion = the MLServer upstream (--upstream-kind mlserver); pairs recorded
+  shadow   as proxied, plus a challenger upstream ("churn-b" on the same MLServer) shadowing every request
+Added latency = setup p50/p99 - direct p50/p99; throughput ratio = setup req/s / direct req/s.
+Server-side CPU per request (MLServer, plus the router's gunicorn master and workers, from /proc)
+is the figure that survives a busy machine: on 2 shared cores, latency and throughput measure the
+other tenants as much as the proxy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import joblib
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "support"), str(ROOT / "bench")]
+
+import mlpipes  # noqa: E402
+import peers  # noqa: E402
+from router_bench import _port, wrk  # noqa: E402
+
+from controller import registry  # noqa: E402
+from router.backends.encodings import configure, encode  # noqa: E402
+from router.backends.upstream import UpstreamTools  # noqa: E402
+from storage import Database, Store  # noqa: E402
+from storage import schema as db_schema  # noqa: E402
+
+SETUPS = ("direct", "proxied", "shadow")
+
+
+def prepare(directory: Path, setup: str, url: str) -> str:
+    """A migrated SQLite database with deployment "churn": champion the MLServer upstream (and a shadow)."""
+    database = f"sqlite:///{directory / f'{setup}.db'}"
+    db = Database(database)
+    db_schema.upgrade(db)
+    store = Store(db)
+    sample, _ = mlpipes.churn_frame(20, seed=7)
+    schema = registry.schema_from_frame(sample)
+
+    def upstream(version: str, model: str) -> Any:
+        return registry.register_upstream(
+            store, name="churn", version=version, url=f"{url}/v2/models/{model}", protocol=None,
+            task="classification", schema=schema, classes=(0, 1), kind="mlserver",
+            tools=UpstreamTools(), sample=sample,
+        )  # fmt: skip
+
+    champion = upstream("1", "churn")
+    deployment = mlpipes.deploy(store, "churn", champion)
+    if setup == "shadow":
+        mlpipes.start_rollout(store, deployment, upstream("2", "churn-b"), mode="shadow", shadow_rate=1.0)
+    db.dispose()
+    return database
+
+
+def lua(directory: Path, name: str, payload: str) -> Path:
+    script = directory / f"{name}.lua"
+    script.write_text(
+        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+        f"wrk.body = {json.dumps(payload)}\n"
+    )
+    return script
+
+
+def cpu_seconds(roots: list[int]) -> float:
+    """User + system CPU seconds of these processes and all their descendants (from /proc)."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(fields[1])
+        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    wanted = set(roots)
+    grew = True
+    while grew:
+        more = {pid for pid, parent in parents.items() if parent in wanted} - wanted
+        grew = bool(more)
+        wanted |= more
+    return sum(times.get(pid, 0.0) for pid in wanted)
+
+
+def measure(endpoint: str, script: Path, seconds: int, pids: list[int]) -> dict[str, Any]:
+    """wrk at c=1 and c=16; with each, the CPU milliseconds per request spent by `pids` (server side)."""
+    wrk(endpoint, script, 4, 2)  # warm-up
+    result: dict[str, Any] = {}
+    for name, connections in (("c1", 1), ("c16", 16)):
+        before = cpu_seconds(pids)
+        figures = wrk(endpoint, script, connections, seconds)
+        figures["cpu_ms"] = (cpu_seconds(pids) - before) * 1000 / max(1.0, figures["rps"] * seconds)
+        result[name] = figures
+    return result
+
+
+def run_router(
+    setup: str, directory: Path, server: peers.PeerServer, script: Path, seconds: int
+) -> dict[str, Any]:
+    database = prepare(directory, setup, server.url)
+    port = _port()
+    metrics_dir = directory / f"metrics-{setup}"
+    metrics_dir.mkdir()
+    env = {
+        **os.environ,
+        "BENCH_DATABASE_URL": database,
+        "BENCH_SPOOL_DIR": str(directory / f"spool-{setup}"),
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        "PYTHONPATH": f"{ROOT}:{ROOT / 'bench'}",
+    }
+    process = subprocess.Popen(
+        [str(Path(sys.executable).with_name("gunicorn")), "--bind", f"127.0.0.1:{port}", "--workers", "2",
+         "--worker-class", "sync", "--config", str(ROOT / "bench" / "router_apps.py"),
+         "--log-level", "warning", "router_apps:router()"],
+        env=env, cwd=ROOT,
+    )  # fmt: skip
+    endpoint = f"http://127.0.0.1:{port}/v1/models/churn/invocations"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v2/models/churn/ready").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{setup} did not start")
+            time.sleep(0.2)
+        result = {"setup": setup, **measure(endpoint, script, seconds, [process.pid, server.process.pid])}
+        time.sleep(1.5)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+    store = Store(Database(database))
+    pairs = store.pairs.list(limit=100_000)
+    result["pairs"] = len(pairs)
+    result["champion_errors"] = sum(1 for p in pairs if p.champion_error)
+    result["challenger_answers"] = sum(1 for p in pairs if p.challenger_class is not None)
+    return result
+
+
+def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    by = {r["setup"]: r for r in results}
+    d = by["direct"]
+    lines = [
+        "# mlcanary in front of MLServer: overhead",
+        "",
+        f"Command: `.venv/bin/python bench/upstream_overhead.py --seconds {args.seconds}`",
+        "",
+        "One run; 2 cores shared by the router, MLServer and wrk (and, here, other work on the machine);",
+        "one-row requests; MLServer 1.7.1 sklearn runtime (parallel_workers 0); router: gunicorn 2 sync",
+        "workers, SQLite; wrk closed loop.",
+        f"Load average (1 min) before / after the run: {args.load_before:.1f} / {os.getloadavg()[0]:.1f}"
+        " (2 cores; above 2, other processes were competing for them).",
+        "",
+        "| setup | c=1 req/s | c=1 p50 / p99 ms | c=16 req/s | c=16 p50 / p99 ms "
+        "| server-side CPU ms per request (c=1 / c=16) | pairs stored | challenger answers |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        c1, c16 = r["c1"], r["c16"]
+        lines.append(
+            f"| {r['setup']} | {c1['rps']:.0f} | {c1['p50']:.2f} / {c1['p99']:.2f} | {c16['rps']:.0f} "
+            f"| {c16['p50']:.2f} / {c16['p99']:.2f} | {c1['cpu_ms']:.2f} / {c16['cpu_ms']:.2f} "
+            f"| {r.get('pairs', '-')} | {r.get('challenger_answers', '-')} |"
+        )
+    lines += ["", "Against direct (targets: added p50 <= 1 ms, throughput ratio >= 0.85):", ""]
+    lines += ["| setup | c=1 added p50 / p99 ms | c=1 throughput ratio | c=16 added p50 / p99 ms "
+              "| c=16 throughput ratio | added server-side CPU ms per request (c=16) |",
+              "|---|---|---|---|---|---|"]  # fmt: skip
+    for name in ("proxied", "shadow"):
+        if name not in by:
+            continue
+        r = by[name]
+        cells = []
+        for level in ("c1", "c16"):
+            added50 = r[level]["p50"] - d[level]["p50"]
+            added99 = r[level]["p99"] - d[level]["p99"]
+            ratio = r[level]["rps"] / d[level]["rps"]
+            cells += [f"{added50:+.2f} / {added99:+.2f}", f"{ratio:.2f}"]
+        cells.append(f"{r['c16']['cpu_ms'] - d['c16']['cpu_ms']:+.2f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "upstream_overhead.md")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is needed: apt-get install -y wrk")
+    args.load_before = os.getloadavg()[0]
+    directory = Path(tempfile.mkdtemp(prefix="upstream-bench-"))
+    joblib.dump(mlpipes.classifier(seed=0), directory / "a.joblib")
+    joblib.dump(mlpipes.classifier(seed=1), directory / "b.joblib")
+    server = peers.start_mlserver(
+        peers.peer_python("mlserver", prefetch=False), directory / "mlserver",
+        {"churn": directory / "a.joblib", "churn-b": directory / "b.joblib"}, pandas={"churn", "churn-b"},
+    )  # fmt: skip
+    try:
+        frame, _ = mlpipes.churn_frame(1, seed=42, missing=0)
+        columns = {c: [v.item() if hasattr(v, "item") else v for v in frame[c]] for c in frame.columns}
+        dtypes = {c.name: c.dtype for c in registry.schema_from_frame(frame)}
+        direct_body = encode(configure("mlserver", None, "classification"), columns, dtypes).decode()
+        proxied_body = json.dumps({"dataframe_split": json.loads(frame.to_json(orient="split", index=False))})
+        results = [
+            {"setup": "direct", **measure(f"{server.url}/v2/models/churn/infer",
+                                           lua(directory, "direct", direct_body), args.seconds,
+                                           [server.process.pid])}
+        ]  # fmt: skip
+        print(json.dumps(results[-1]), flush=True)
+        script = lua(directory, "proxied", proxied_body)
+        for setup in ("proxied", "shadow"):
+            results.append(run_router(setup, directory, server, script, args.seconds))
+            print(json.dumps(results[-1]), flush=True)
+    finally:
+        server.stop()
+    text = report(results, args)
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,287 @@
+"""Upstream versions: per-version settings, the health check at load, and the registration probe.
+
+The upstreams here are real HTTP servers on loopback: an mlcanary router serving a registered
+pipeline, or a small WSGI app that answers the way a misbehaving model server does.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import mlpipes
+import pytest
+from click.testing import CliRunner
+
+from controller import registry
+from controller.cli.main import cli
+from router.backends import MissingBackend, create_backend
+from router.backends.upstream import UpstreamTools
+from router.errors import ModelTimeout, ModelUnavailable
+from router.settings import RouterSettings
+from storage import Store
+from storage.entities import NewPipelineVersion, PipelineVersion
+
+FRAME, _ = mlpipes.churn_frame(12, seed=41)
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _upstream(
+    store: Store, like: PipelineVersion, url: str, name: str = "remote", **config: Any
+) -> PipelineVersion:
+    base = {"encoding": "v2-columns", "request_outputs": [], "retries": 0}
+    return store.pipelines.add(
+        NewPipelineVersion(
+            name=name, version="1", kind="http", task=like.task, input_schema=like.input_schema,
+            classes=like.classes, upstream_url=url, upstream_protocol="v2",
+            upstream_config={**base, **config},
+        )
+    )  # fmt: skip
+
+
+class Flaky:
+    """A WSGI model server that answers 503 to its first `failures` calls, then like mlcanary would."""
+
+    def __init__(self, failures: int, *, delay: float = 0.0) -> None:
+        self.failures = failures
+        self.delay = delay
+        self.calls = 0
+        self.inflight = 0
+        self.most_inflight = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, environ: Any, start_response: Any) -> list[bytes]:
+        if environ["REQUEST_METHOD"] == "GET":
+            start_response("200 OK", [("Content-Type", "application/json")])
+            return [b"{}"]
+        body = json.loads(environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0)))
+        with self._lock:
+            self.calls += 1
+            self.inflight += 1
+            self.most_inflight = max(self.most_inflight, self.inflight)
+            failing = self.calls <= self.failures
+        time.sleep(self.delay)
+        with self._lock:
+            self.inflight -= 1
+        if failing:
+            start_response("503 Service Unavailable", [("Content-Type", "application/json")])
+            return [b'{"error": "warming up"}']
+        rows = body["inputs"][0]["shape"][0]
+        answer = {"outputs": [{"name": "predict", "shape": [rows], "datatype": "INT64", "data": [1] * rows}]}
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps(answer).encode()]
+
+
+# ------------------------------------------------------------------------------------------ per version
+
+
+def test_retries_per_version_resend_a_request_the_server_refused_with_503(
+    sqlite_store: Store, churn: Any, serve_wsgi: Any, settings: RouterSettings
+) -> None:
+    _, like = churn
+    server = Flaky(failures=2)
+    url = serve_wsgi(server) + "/v2/models/m"
+    patient = create_backend(_upstream(sqlite_store, like, url, retries=2), settings)
+    assert patient.predict(FRAME.head(3)).outputs == [1, 1, 1]
+    assert server.calls == 3
+    server.calls = 0
+    impatient = create_backend(_upstream(sqlite_store, like, url, name="impatient"), settings)
+    with pytest.raises(ModelUnavailable, match="warming up"):
+        impatient.predict(FRAME.head(3))
+    assert server.calls == 1
+
+
+def test_a_versions_own_timeout_overrides_the_routers(
+    sqlite_store: Store, churn: Any, serve_wsgi: Any, tmp_path: Path
+) -> None:
+    _, like = churn
+    url = serve_wsgi(Flaky(failures=0, delay=0.8)) + "/v2/models/m"
+    patient_router = RouterSettings(spool_dir=tmp_path, upstream_timeout_s=30.0)
+    assert create_backend(_upstream(sqlite_store, like, url), patient_router).predict(
+        FRAME.head(1)
+    ).outputs == [1]
+    short = create_backend(_upstream(sqlite_store, like, url, name="short", timeout_s=0.2), patient_router)
+    with pytest.raises(ModelTimeout):
+        short.predict(FRAME.head(1))
+
+
+def test_a_versions_pool_bounds_the_connections_it_opens_to_its_server(
+    sqlite_store: Store, churn: Any, serve_wsgi: Any, settings: RouterSettings
+) -> None:
+    _, like = churn
+    server = Flaky(failures=0, delay=0.15)
+    url = serve_wsgi(server) + "/v2/models/m"
+
+    def most_inflight(version: PipelineVersion) -> int:
+        backend = create_backend(version, RouterSettings(spool_dir=settings.spool_dir, upstream_timeout_s=10))
+        server.most_inflight = 0
+        threads = [threading.Thread(target=backend.predict, args=(FRAME.head(1),)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        backend.close()
+        return server.most_inflight
+
+    assert most_inflight(_upstream(sqlite_store, like, url, name="one", pool_size=1)) == 1
+    assert most_inflight(_upstream(sqlite_store, like, url, name="many")) == 4
+
+
+# ------------------------------------------------------------------------------------------ health
+
+
+def test_an_upstream_down_at_load_makes_only_its_version_not_ready_and_its_errors_are_the_challengers(
+    sqlite_store: Store, churn: Any, make_app: Any
+) -> None:
+    deployment, champion = churn
+    down = _upstream(sqlite_store, champion, f"http://127.0.0.1:{_closed_port()}/v2/models/gone")
+    assert isinstance(create_backend(down, RouterSettings(upstream_timeout_s=1.0)), MissingBackend)
+    mlpipes.start_rollout(sqlite_store, deployment, down, mode="shadow")
+    app = make_app()
+    client = app.test_client()
+    assert client.get("/readyz").status_code == 200
+    assert client.get("/v2/models/churn/ready").status_code == 200
+    assert client.get("/v2/models/churn/versions/churn:1/ready").status_code == 200
+    gone = client.get("/v2/models/churn/versions/remote:1/ready")
+    assert gone.status_code == 503 and "down" in gone.json["reason"]
+    assert client.get("/v2/models/churn/versions/nope/ready").status_code == 404
+    body = {"dataframe_split": json.loads(FRAME.head(2).to_json(orient="split", index=False))}
+    responses = [client.post("/v1/models/churn/invocations", json=body) for _ in range(3)]
+    assert [r.status_code for r in responses] == [200, 200, 200]
+    app.extensions["mlcanary.dataplane"].close(timeout=5)
+    pairs = sqlite_store.pairs.list()
+    assert len(pairs) == 6
+    assert all(p.champion_error is None and p.champion_class is not None for p in pairs)
+    assert all("down" in (p.challenger_error or "") for p in pairs)
+
+
+# ------------------------------------------------------------------------------------------ the probe
+
+
+@pytest.fixture
+def remote(sqlite_store: Store, tmp_path: Path, make_app: Any, serve_wsgi: Any) -> str:
+    """An mlcanary router on loopback serving a Ridge regressor as deployment "spend" (V2 URL)."""
+    regressor = mlpipes.register(sqlite_store, tmp_path, name="spend", version="1", kind="regression")
+    mlpipes.deploy(sqlite_store, "spend", regressor)
+    return serve_wsgi(make_app()) + "/v2/models/spend"
+
+
+def test_the_probe_refuses_a_regression_model_registered_as_a_classifier(
+    sqlite_store: Store, remote: str
+) -> None:
+    before = len(sqlite_store.pipelines.list())
+    with pytest.raises(registry.RegistrationError, match="task classification: it answered .*a fraction"):
+        registry.register_upstream(
+            sqlite_store, name="wrong", version="1", url=remote, protocol=None, task="classification",
+            schema=mlpipes.input_schema(FRAME), tools=UpstreamTools(), sample=FRAME,
+        )  # fmt: skip
+    assert len(sqlite_store.pipelines.list()) == before
+
+
+def test_the_probe_refuses_classes_that_were_not_declared(
+    sqlite_store: Store, churn: Any, make_app: Any, serve_wsgi: Any
+) -> None:
+    url = serve_wsgi(make_app()) + "/v2/models/churn"
+    with pytest.raises(
+        registry.RegistrationError, match="declared classes: it answered 0, declared are 'no', 'yes'"
+    ):
+        registry.register_upstream(
+            sqlite_store, name="wrong", version="1", url=url, protocol=None, task="classification",
+            schema=mlpipes.input_schema(FRAME), classes=("no", "yes"), tools=UpstreamTools(),
+            sample=FRAME,
+        )  # fmt: skip
+    version = registry.register_upstream(
+        sqlite_store, name="right", version="1", url=url, protocol=None, task="classification",
+        schema=mlpipes.input_schema(FRAME), classes=(0, 1), tools=UpstreamTools(), sample=FRAME,
+        golden=FRAME,
+    )  # fmt: skip
+    assert version.golden_set is not None
+    pipeline = mlpipes.classifier()
+    assert version.golden_set["outputs"]["prediction"] == pipeline.predict(FRAME).tolist()
+    assert version.golden_set["outputs"]["score"] == pytest.approx(
+        pipeline.predict_proba(FRAME)[:, 1], rel=1e-12
+    )
+
+
+def test_the_cli_registers_an_upstream_with_a_kind_and_refuses_a_mismatch_in_one_line(
+    sqlite_url: str, remote: str, tmp_path: Path
+) -> None:
+    sample = tmp_path / "sample.csv"
+    FRAME.to_csv(sample, index=False)
+    runner = CliRunner()
+    base = ["--database-url", sqlite_url, "pipelines", "register", "remote", "1", "--upstream", remote,
+            "--sample", str(sample)]  # fmt: skip
+    refused = runner.invoke(cli, [*base, "--task", "classification"])
+    assert refused.exit_code != 0
+    assert len(refused.output.strip().splitlines()) == 1 and "a fraction" in refused.output
+    done = runner.invoke(
+        cli, [*base, "--task", "regression", "--upstream-kind", "mlserver", "--value-output", "predict",
+              "--upstream-timeout", "2.5", "--upstream-retries", "1", "--golden", str(sample)],
+    )  # fmt: skip
+    assert done.exit_code == 0, done.output
+    shown = json.loads(
+        runner.invoke(cli, ["--database-url", sqlite_url, "pipelines", "show", "remote:1"]).output
+    )
+    config = shown["upstream_config"]
+    assert (config["kind"], config["encoding"], config["timeout_s"], config["retries"]) == (
+        "mlserver", "v2-columns", 2.5, 1,
+    )  # fmt: skip
+    assert shown["golden_set_rows"] == len(FRAME)
+
+
+def test_the_probe_refuses_a_classifier_registered_as_a_regression_model(
+    sqlite_store: Store, churn: Any, make_app: Any, serve_wsgi: Any
+) -> None:
+    url = serve_wsgi(make_app()) + "/v2/models/churn"
+    with pytest.raises(
+        registry.RegistrationError, match=r"task regression: it answered only integers \(0, 1\)"
+    ):
+        registry.register_upstream(
+            sqlite_store, name="wrong", version="1", url=url, protocol=None, task="regression",
+            schema=mlpipes.input_schema(FRAME), tools=UpstreamTools(), sample=FRAME,
+        )  # fmt: skip
+    assert [v.ref for v in sqlite_store.pipelines.list()] == ["churn:1"]
+
+
+def test_a_keep_alive_connection_the_server_closed_is_replaced_without_an_error() -> None:
+    """Servers (uvicorn: after 5 s idle) close keep-alive connections; the next call must not fail."""
+    import socket
+
+    from router.backends.connections import ConnectionPool
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[int] = []
+
+    def serve() -> None:
+        for _ in range(2):
+            conn, _ = listener.accept()
+            accepted.append(1)
+            conn.recv(65536)
+            body = b'{"ok": true}'
+            conn.sendall(  # keep-alive promised, then the connection is closed once idle
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                + str(len(body)).encode() + b"\r\n\r\n" + body
+            )  # fmt: skip
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/v2/models/m/infer"
+    pool = ConnectionPool(url, size=2, timeout=5)
+    first = pool.request("POST", url, b"{}")
+    time.sleep(0.1)  # let the server's close arrive
+    second = pool.request("POST", url, b"{}")
+    assert (first.status, second.status, second.body) == (200, 200, b'{"ok": true}')
+    assert len(accepted) == 2
+    pool.close()
+    listener.close()
