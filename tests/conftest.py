@@ -1,8 +1,8 @@
 """Shared fixtures: databases (SQLite and PostgreSQL, schema from the migrations), and in the flaskr
 style the app (`create_app` over the test store), its test `client` and a CLI `runner`.
 
-A test module that needs data in place before the app starts gives it an autouse fixture (pytest runs
-those first); a module that needs other settings overrides `app_settings`.
+A test module that needs data stored before the app starts overrides `app_data`; one that needs other
+settings overrides `app_settings`.
 """
 
 from __future__ import annotations
@@ -113,7 +113,13 @@ def app_settings() -> dict[str, Any]:
 
 
 @pytest.fixture
-def app(store: Store, tmp_path: Path, app_settings: dict[str, Any]) -> Iterator[Flask]:
+def app_data() -> Any:
+    """Data stored before the app starts (none; a module redefines this fixture to store some)."""
+    return None
+
+
+@pytest.fixture
+def app(store: Store, tmp_path: Path, app_settings: dict[str, Any], app_data: Any) -> Iterator[Flask]:
     """The real WSGI app, `create_app(...)` in role "serve", over the test store; closed afterwards."""
     with adminapp.running(store, tmp_path, **app_settings) as built:
         yield built

@@ -49,8 +49,8 @@ def models() -> tuple[Any, Any]:
     return mlpipes.classifier(), mlpipes.classifier(seed=1)
 
 
-@pytest.fixture(autouse=True)
-def churn(
+@pytest.fixture
+def app_data(
     store: Store, tmp_path: Path, models: tuple[Any, Any]
 ) -> tuple[PipelineVersion, PipelineVersion, Deployment]:
     """Versions churn:1 (champion of deployment "churn") and churn:2, stored before the app starts."""
@@ -65,10 +65,10 @@ def world(
     client: FlaskClient,
     store: Store,
     tmp_path: Path,
-    churn: tuple[PipelineVersion, PipelineVersion, Deployment],
+    app_data: tuple[PipelineVersion, PipelineVersion, Deployment],
 ) -> World:
     """The shared app and client with the versions, an operator and a viewer token."""
-    v1, v2, deployment = churn
+    v1, v2, deployment = app_data
     return World(
         app, client, store, adminapp.bearer(store, "operator", "olivia"),
         adminapp.bearer(store, "viewer", "victor"), v1, v2, deployment, tmp_path,

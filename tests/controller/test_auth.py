@@ -39,8 +39,8 @@ def models() -> tuple[Any, Any]:
     return mlpipes.classifier(), mlpipes.classifier(seed=1)
 
 
-@pytest.fixture(autouse=True)
-def churn(store: Store, tmp_path: Path, models: tuple[Any, Any]) -> None:
+@pytest.fixture
+def app_data(store: Store, tmp_path: Path, models: tuple[Any, Any]) -> None:
     """A deployment "churn" with a shadowing rollout and one paired output, "idle" without a rollout."""
     v1 = mlpipes.register(store, tmp_path, model=models[0])
     v2 = mlpipes.register(store, tmp_path, version="2", model=models[1])

@@ -25,9 +25,9 @@ from storage import Store
 from storage.entities import PairRecord
 
 
-@pytest.fixture(autouse=True)
-def churn(store: Store, tmp_path: Path) -> None:
-    """A deployment "churn" with a rollout of churn:2 (before the app starts: autouse runs first)."""
+@pytest.fixture
+def app_data(store: Store, tmp_path: Path) -> None:
+    """A deployment "churn" with a rollout of churn:2 (stored before the app starts)."""
     v1 = mlpipes.register(store, tmp_path, version="1")
     v2 = mlpipes.register(store, tmp_path, version="2", seed=3)
     churn = mlpipes.deploy(store, "churn", v1)
