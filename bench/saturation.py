@@ -1,10 +1,11 @@
 """Saturation: N deployments shadowing identical challengers, repeated short rollouts, one run.
 
     .venv/bin/python bench/saturation.py [--deployments 1,3,6] [--repeats 20] [--rollout-seconds 8]
-                                         [--baseline-seconds 10] [--out bench/results/saturation.md]
+                                         [--baseline-seconds 10] [--controller-interval 0.5]
+                                         [--out bench/results/saturation.md]
 
-For each N: one `mlcanary serve` (gunicorn, 2 sync workers, controller loop every 0.5 s, the default
-2 s shadow timeout) on SQLite with N deployments, each with its own champion and a challenger that
+For each N: one `mlcanary serve` (gunicorn, 2 sync workers, controller loop every
+--controller-interval s, default 0.5, the default 2 s shadow timeout) on SQLite with N deployments, each with its own champion and a challenger that
 is the same fitted pipeline (ColumnTransformer + LogisticRegression) registered as another version.
 wrk -c16 -t2 sends 10-row MLflow requests round robin over the N deployments as fast as the server
 answers (closed loop: saturation). First champion-only for --baseline-seconds; then --repeats times:
@@ -90,7 +91,9 @@ def run(n: int, args: argparse.Namespace, directory: Path) -> dict[str, Any]:
         mlpipes.deploy(store, name, champion)
     script = root / "post.lua"
     script.write_text(lua(names))
-    server = Server("serve", url, root / "var", controller_interval=0.5, log_level="warning")
+    server = Server(
+        "serve", url, root / "var", controller_interval=args.controller_interval, log_level="warning"
+    )
     result: dict[str, Any] = {"n": n, "repeats": 0, "false_rollbacks": 0, "reasons": []}
     rollout_ids: list[int] = []
     loads: list[dict[str, float]] = []
@@ -167,9 +170,11 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "# Saturation benchmark (issue 13)",
         "",
         f"Command: `.venv/bin/python bench/saturation.py --deployments {args.deployments} --repeats {args.repeats} "
-        f"--rollout-seconds {args.rollout_seconds} --baseline-seconds {args.baseline_seconds}`",
+        f"--rollout-seconds {args.rollout_seconds} --baseline-seconds {args.baseline_seconds} "
+        f"--controller-interval {args.controller_interval}`",
         "",
-        "One run; 2 shared cores; `mlcanary serve` with 2 gunicorn sync workers, SQLite, shadow timeout 2 s;",
+        "One run; 2 shared cores; `mlcanary serve` with 2 gunicorn sync workers, SQLite, shadow timeout 2 s,",
+        f"controller look every {args.controller_interval:g} s (it looks only while rollouts are active);",
         "wrk -c16 -t2, 10-row requests round robin over the deployments; identical challengers.",
         "",
         "| N | short rollouts | false rollbacks | challenger errors (requests) | shadow coverage | skipped (requests) "
@@ -210,6 +215,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--rollout-seconds", type=float, default=8.0)
     parser.add_argument("--baseline-seconds", type=float, default=10.0)
+    parser.add_argument("--controller-interval", type=float, default=0.5)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "saturation.md")
     args = parser.parse_args()
     if shutil.which("wrk") is None:

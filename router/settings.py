@@ -24,11 +24,13 @@ class RouterSettings:
     load_retry_interval: seconds before a version that failed to load is tried again.
     shadow_queue_size / shadow_workers / shadow_batch_max: the bounded shadow queue, the threads
         scoring it, and the most requests scored in one micro-batch.
-    shadow_timeout_s: a shadow call not finished this long after it was queued is recorded as timed out.
+    shadow_timeout_s: a shadow call whose own scoring (from the moment it started) runs this long is the
+        arm's error; a job still queued this long is skipped (see router.shadow).
     shadow_linger_s: the longest a shadow job waits for later ones to share its micro-batch (a batch
         is scored sooner once shadow_batch_max jobs are queued); then the worker waits, at most as
         long again, for the process to be idle (no request in flight), so that shadow work runs
-        between requests. Longer: bigger batches, less CPU per shadowed request, later records.
+        between requests. Longer: bigger batches, less CPU per shadowed request, later records. It is
+        capped at a quarter of shadow_timeout_s, so lingering never spends more than half the timeout.
     recorder_batch / recorder_flush_interval / recorder_queue_size: rows per insert, the longest a
         record waits before a write, and the records held in memory (beyond them, records go
         straight to the spool).

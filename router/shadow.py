@@ -124,7 +124,8 @@ class ShadowPool:
         self.workers = workers
         self.batch_max = batch_max
         self.timeout_s = timeout_s
-        self.linger_s = linger_s
+        # lingering (for company, then for an idle moment) may take at most half the timeout
+        self.linger_s = min(linger_s, timeout_s / 4)
         self.idle = idle
         self.on_batch = on_batch
         self.shed = shed
