@@ -17,4 +17,6 @@ def test_a_challenger_failing_every_request_is_rolled_back() -> None:
     assert judgement.decision == "rollback", judgement.reason
     (error_rate,) = [v for v in judgement.verdicts if v.gate == "error_rate"]
     # under the null (no difference) Tango's variance is 1/n: z = 20, p ~ 4e-30 (the Wald variance gave 0)
-    assert error_rate.outcome.label == "fail" and error_rate.p_value is not None and error_rate.p_value < 1e-20
+    assert (
+        error_rate.outcome.label == "fail" and error_rate.p_value is not None and error_rate.p_value < 1e-20
+    )
