@@ -203,7 +203,9 @@ def demo_policy(*, fast: bool) -> dict[str, Any]:
         "gates": {
             "accuracy": {"role": "required", "margin": 0.04},
             "agreement": {"role": "required", "margin": 0.75},
-            "error_rate": {"role": "required", "margin": 0.01},
+            # With no errors at all, proving "at most 1 point worse" under the score variance takes
+            # ~850 challenger requests at the 20% step; 2 points fits the demo's step budget.
+            "error_rate": {"role": "required", "margin": 0.02},
             # Gradient boosting costs about twice a logistic regression per call: the demo accepts a
             # p99 up to 3x the champion's (still tens of milliseconds); a 1.2x guardrail would
             # rightly roll the better-but-slower challenger back.
