@@ -232,7 +232,9 @@ def test_agreement_advances_into_the_watch_and_labels_in_the_watch_promote(
         {"mode": "shadow", "watch": {"enabled": True, "min_duration_s": 600, "min_labelled_pairs": 300}}
     )
     world.tick()
-    world.traffic(1000, labels=False)  # agreement 1.0 >= 1 - accuracy margin: the shadow step may pass
+    # agreement 1.0 >= 1 - accuracy margin: the shadow step may pass once the score-variance bounds of
+    # agreement (0.99) and of the error rate (1 point) are proven, about 2,000 pairs
+    world.traffic(3000, labels=False)
     world.tick(60)
     r = world.rollout()
     assert (r.phase, r.step_index, r.canary_weight) == ("watching", 1, 100.0)
@@ -244,10 +246,11 @@ def test_agreement_advances_into_the_watch_and_labels_in_the_watch_promote(
     assert (entry.mode, entry.step, entry.canary_weight) == ("shadow", 1, 0.0)
     # visible where operators look: `rollout status` and the report
     from controller.cli.rollout import status_lines
+    from controller.encoding import plain
     from controller.http import api
     from controller.reports.build import _decision_notes  # the report's notes (the whole report needs scores)
 
-    document = api.plain(api.deployment_json(store, store.deployments.get("churn"), detail=True))
+    document = plain(api.deployment_json(store, store.deployments.get("churn"), detail=True))
     assert any(
         line.startswith("post-promotion watch: churn:2 answers every request")
         for line in status_lines(document)
@@ -273,7 +276,7 @@ def test_proven_harm_during_the_watch_restores_the_previous_champion(
     world = World(store, tmp_path, champion=pipelines["good"], challenger=pipelines["same"])
     world.start({"mode": "shadow", "watch": {"enabled": True}})
     world.tick()
-    world.traffic(1000, labels=False)
+    world.traffic(3000, labels=False)  # enough for the score-variance bounds (see the test above)
     world.tick(60)
     assert world.rollout().phase == "watching"
     for _ in range(5):

@@ -360,8 +360,14 @@ def test_the_report_shows_parity_environment_online_vs_offline_and_input_drift(
     rep = report["reproducibility"]
     assert rep["status"] == "pass" and rep["parity"]["rows_checked"] == 40
     assert rep["environment"]["differences"] == [] and rep["environment"]["serving"]["python"]
-    assert [a["arm"] for a in rep["online_vs_offline"]] == ["champion", "challenger"]
-    assert {a["outcome"] for a in rep["online_vs_offline"]} == {"not-enough-labels"}
+    # each arm against its own offline figure, then the challenger's gap against the champion's (the
+    # comparison the loop's reproducibility gate makes, controller.loop.assess.online_offline)
+    assert [a["arm"] for a in rep["online_vs_offline"]] == [
+        "champion",
+        "challenger",
+        "challenger-vs-champion",
+    ]
+    assert {a["outcome"] for a in rep["online_vs_offline"][:2]} == {"not-enough-labels"}
     assert rep["input_drift"]["against"] == "churn:2" and "monthly_charges" in rep["input_drift"]["drifted"]
     assert "input drift in monthly_charges" in rep["message"]
     html = reports.render_html(report)
