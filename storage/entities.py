@@ -154,6 +154,7 @@ class Label:
     label_class: str | None
     label_value: float | None
     received_at: datetime
+    outcome: float | None = None  # business outcome of the request row (revenue, a conversion, a cost)
 
 
 @dataclass(frozen=True)

@@ -212,6 +212,7 @@ class LabelRow(Base):
     label_class: Mapped[str | None] = mapped_column(String(200), nullable=True)
     label_value: Mapped[float | None] = mapped_column(Float, nullable=True)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    outcome: Mapped[float | None] = mapped_column(Float, nullable=True)  # business outcome (0005)
 
     def to_entity(self) -> entities.Label:
         return entities.Label(
@@ -222,6 +223,7 @@ class LabelRow(Base):
             label_class=self.label_class,
             label_value=self.label_value,
             received_at=self.received_at,
+            outcome=self.outcome,
         )
 
 

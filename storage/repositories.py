@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import delete, func, select, tuple_, update
+from sqlalchemy import JSON, delete, func, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from storage import entities
@@ -511,10 +511,16 @@ class LabelRepository:
         self.db = db
 
     def upsert_many(
-        self, deployment_id: int, labels: Sequence[tuple[str, int, Any]], *, now: datetime | None = None
+        self,
+        deployment_id: int,
+        labels: Sequence[tuple[str, int, Any] | tuple[str, int, Any, float | None]],
+        *,
+        now: datetime | None = None,
     ) -> tuple[int, list[str]]:
-        """Store (request_id, row_index, label) triples; the last label for a request row wins.
+        """Store (request_id, row_index, label[, outcome]) tuples; the last one for a request row wins.
 
+        ``label`` None (with an outcome) keeps the row's stored label; ``outcome`` None or absent keeps
+        its stored business outcome, so a label and an outcome may arrive separately.
         Returns (labels stored, request ids with no paired output in this deployment yet). A label
         may arrive before its request's pair is written (the recorder writes in batches, after the
         shadow arm), so labels of unknown requests are kept and join their pair when it lands; one
@@ -522,7 +528,8 @@ class LabelRepository:
         label for a request that another deployment served is reported and not stored.
         """
         now = now or utcnow()
-        ids = list({rid for rid, _, _ in labels})
+        items = [(t[0], t[1], t[2], t[3] if len(t) > 3 else None) for t in labels]  # type: ignore[misc]
+        ids = list({rid for rid, _, _, _ in items})
         with self.db.session() as s:
             known: set[tuple[str, int]] = set()
             foreign: set[str] = set()
@@ -534,9 +541,9 @@ class LabelRepository:
                     query.where(PairedOutputRow.request_id.in_(ids[start : start + 500]))
                 ):
                     (known.add((rid, idx)) if owner == deployment_id else foreign.add(rid))
-            unknown = sorted({rid for rid, idx, _ in labels if (rid, idx) not in known})
+            unknown = sorted({rid for rid, idx, _, _ in items if (rid, idx) not in known})
             stored: set[tuple[str, int]] = set()
-            for rid, idx, value in labels:
+            for rid, idx, value, outcome in items:
                 if rid in foreign and (rid, idx) not in known:
                     continue
                 stored.add((rid, idx))
@@ -548,16 +555,20 @@ class LabelRepository:
                             request_id=rid,
                             row_index=idx,
                             deployment_id=deployment_id,
-                            label=_json_safe(value),
+                            label=JSON.NULL if value is None else _json_safe(value),
                             label_class=label_class,
                             label_value=label_value,
                             received_at=now,
+                            outcome=outcome,
                         )
                     )
                     s.flush()  # a request row labelled twice in one batch: the second updates the first
                 else:
-                    existing.label = _json_safe(value)
-                    existing.label_class, existing.label_value = label_class, label_value
+                    if value is not None:
+                        existing.label = _json_safe(value)
+                        existing.label_class, existing.label_value = label_class, label_value
+                    if outcome is not None:
+                        existing.outcome = outcome
                     existing.received_at = now
             return len(stored), unknown
 

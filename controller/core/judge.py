@@ -42,6 +42,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from controller.core import metrics as quality
 from controller.core import stats
 
 Role = Literal["required", "guardrail", "informational"]
@@ -184,6 +185,7 @@ class StepMetrics:
     challenger_abs_error: Moments | None = None
     latency: Histogram | None = None
     outputs: Histogram | None = None
+    quality: quality.QualityStats | None = None  # class-aware metrics, losses, outcome, segments
 
 
 def metrics_from_pairs(
@@ -337,6 +339,7 @@ class JudgePolicy:
     )
     summary_pass: float = 0.75
     summary_marginal: float = 0.5
+    quality: quality.QualityPolicy | None = None  # gates of controller.core.metrics
 
     def __post_init__(self) -> None:
         if not 0.0 < self.alpha < 0.5 or not 0.0 < self.srm_alpha < 0.5:
@@ -850,6 +853,54 @@ def _vetoes(m: StepMetrics, policy: JudgePolicy) -> list[Verdict]:
     return out
 
 
+def _quality_draft(e: quality.HarmEstimate, policy: JudgePolicy) -> _Draft:
+    """Decide one estimate of ``controller.core.metrics`` like the gates above (role "hold": harm holds)."""
+    spec = GateSpec(role="guardrail" if e.role == "hold" else e.role, margin=e.margin, min_samples=0)  # type: ignore[arg-type]
+    if e.no_data is not None:
+        d = _no_data(e.gate, spec, e.no_data, e.n1, e.n2)
+    elif e.fixed:
+        d = _fixed_horizon_gate(e, spec, policy)
+    else:
+        d = _harm_gate(
+            e.gate, spec, policy, harm=e.harm, se=e.se, n_cs=e.n_cs, limit=e.limit, n1=e.n1, n2=e.n2,
+            describe=e.describe, offset=e.offset, scale=e.scale,
+        )  # fmt: skip
+    if e.role == "hold":
+        v = d.verdict
+        d = _Draft(
+            Verdict(v.gate, "hold", v.outcome, v.statistic, v.bound, v.effect, v.margin, v.n_champion,
+                    v.n_challenger, v.reason, p_value=v.p_value, interval=v.interval),
+            harm_p=d.harm_p, describe=d.describe, fail_bound=d.fail_bound, fail_reason=d.fail_reason,
+        )  # fmt: skip
+    return d
+
+
+def _fixed_horizon_gate(e: quality.HarmEstimate, spec: GateSpec, policy: JudgePolicy) -> _Draft:
+    """Test once at a planned n: one-sided normal bounds at 1 - alpha and the normal harm p-value."""
+    from scipy.stats import norm
+
+    z = float(norm.ppf(1.0 - policy.alpha))
+    upper, lower = e.harm + z * e.se, e.harm - z * e.se
+    p = float(norm.sf((e.harm - e.limit) / e.se)) if e.se > 0 else (0.0 if e.harm > e.limit else 1.0)
+
+    def show(x: float) -> float:
+        return float(e.offset + e.scale * x)
+
+    good, bad, lim = show(upper), show(lower), show(e.limit)
+    good_cmp = f"lower bound {good:.4g} > {lim:.4g}" if e.scale < 0 else f"upper bound {good:.4g} < {lim:.4g}"
+    bad_cmp = f"upper bound {bad:.4g} < {lim:.4g}" if e.scale < 0 else f"lower bound {bad:.4g} > {lim:.4g}"
+    if upper < e.limit:
+        outcome, why = Outcome.PASS, f"non-inferior: {e.describe}, {good_cmp}"
+    else:
+        outcome, why = Outcome.INCONCLUSIVE, f"inconclusive: {e.describe}, bounds include {lim:.4g}"
+    statistic = (e.harm - e.limit) / e.se if e.se > 0 else 0.0
+    verdict = Verdict(
+        e.gate, spec.role, outcome, statistic, good, show(e.harm), spec.margin, e.n1, e.n2, why,
+        p_value=p, interval=stats.Interval(min(good, bad), max(good, bad)),
+    )  # fmt: skip
+    return _Draft(verdict, harm_p=p, describe=e.describe, fail_bound=bad, fail_reason=bad_cmp)
+
+
 _GATES = {
     "error_rate": _error_rate,
     "latency_p99": _latency,
@@ -878,6 +929,7 @@ def judge(metrics: StepMetrics, policy: JudgePolicy) -> Judgement:
     See the module docstring for the order of outcomes and the decision rules.
     """
     drafts = [_GATES[name](metrics, policy) for name in _GATES if _enabled(policy, name)]
+    drafts += [_quality_draft(e, policy) for e in quality.estimates(metrics.quality, policy.quality)]
     family = [i for i, d in enumerate(drafts) if d.harm_p is not None and d.verdict.role != "informational"]
     harm_ps = [drafts[i].harm_p for i in family]
     adjusted = stats.holm([1.0 if p is None else float(p) for p in harm_ps]) if family else np.array([])
@@ -931,6 +983,8 @@ def judge(metrics: StepMetrics, policy: JudgePolicy) -> Judgement:
         decision, reason = "veto", "veto: " + "; ".join(f"{v.gate}: {v.reason}" for v in vetoed)
     elif harmed:
         decision, reason = "rollback", "harm: " + "; ".join(f"{v.gate}: {v.reason}" for v in harmed)
+    elif held := [v for v in verdicts if v.role == "hold" and v.outcome == Outcome.FAIL]:
+        decision, reason = "continue", "hold: " + "; ".join(f"{v.gate}: {v.reason}" for v in held)
     elif required and all(v.outcome == Outcome.PASS for v in required):
         decision, reason = (
             "promote",

@@ -91,7 +91,12 @@ def evaluate_rollout(store: Store, rollout: Rollout, *, now: datetime) -> Outcom
             "regression" if challenger.task == "regression" else "classification"
         )
         measurement = measure(store, rollout, task=task, policy=policy, now=now, classes=challenger.classes)
-        judge_policy = policy.to_judge_policy(task, measurement.metrics.mode, labelled=measurement.labelled)
+        judge_policy = policy.to_judge_policy(
+            task,
+            measurement.metrics.mode,
+            labelled=measurement.labelled,
+            classes=tuple(str(c) for c in challenger.classes or ()),
+        )
         judgement = judge(measurement.metrics, judge_policy)
         judgement = _with_reproducibility(store, rollout, judgement, task=task, policy=policy, now=now)
     decision = decide(state_of(rollout, samples=measurement.samples if measurement else 0), judgement, now)

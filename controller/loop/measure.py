@@ -9,7 +9,7 @@ count only for requests older than the policy's label maturity.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -18,6 +18,7 @@ import numpy as np
 from controller.core import stats
 from controller.core.judge import Histogram, Moments, PairedCounts, Proportion, StepMetrics
 from controller.core.policy import Policy
+from controller.loop.quality import measure_quality
 from storage import Store
 from storage.analytics import ArmAggregates, LatencyBuckets, StepAggregates, step_aggregates
 from storage.entities import Rollout
@@ -87,6 +88,14 @@ def measure(
         challenger_weight=rollout.canary_weight / 100.0 if mode == "canary" else None,
         classes=classes,
     )
+    # controller.loop.quality: class-aware metrics, losses, outcome and segments (controller.core.metrics)
+    metrics = replace(
+        metrics,
+        quality=measure_quality(
+            store, rollout_id=rollout.id, step=rollout.step_index, mode=mode, task=task, policy=policy, now=now,
+            classes=classes,
+        ),
+    )  # fmt: skip
     a = aggregates
     if mode == "shadow":
         samples, labelled = a.pairs, (a.labelled_pairs if task == "classification" else a.diff_n) > 0
