@@ -1,8 +1,13 @@
 """Ground-truth labels: the data-plane feedback endpoint and the parsing shared with the admin API.
 
     POST /v1/models/{deployment}/feedback
-    {"labels": [{"request_id": "abc", "row": 0, "label": 1}, ...]}
+    {"labels": [{"request_id": "abc", "row": 0, "label": 1, "outcome": 12.5}, ...]}
     -> 200 {"stored": 1, "unknown_request_ids": []}
+
+``outcome`` (optional): a numeric business outcome of the request row — revenue, a 0/1 conversion,
+a cost — next to the label or instead of it (an item needs at least one of the two); the policy's
+``outcome`` gate compares the arms on it. An item without a label keeps a label sent earlier, and
+one without an outcome keeps an earlier outcome.
 
 No token: like scoring, feedback is data plane (served by `mlcanary router` and `mlcanary serve`).
 Idempotent: the last label of a request row wins, so a client may resend a batch after a timeout.
@@ -52,14 +57,16 @@ def read_json_body() -> Any:
     return body
 
 
-def parse_labels(body: Any) -> list[tuple[str, int, Any]]:
-    """Validate a labels document and return (request_id, row, label) triples, last duplicate winning.
+def parse_labels(body: Any) -> list[tuple[str, int, Any, float | None]]:
+    """Validate a labels document; return (request_id, row, label, outcome) tuples, last duplicate winning.
 
     Labels must be JSON scalars (string, number, boolean); null and non-finite numbers are refused.
+    ``outcome`` must be a finite number; ``label`` or ``outcome`` may be left out (not both), and a
+    left-out one is None.
     """
     if not isinstance(body, Mapping) or set(body) != {"labels"}:
         raise LabelsError(
-            400, "invalid_labels", 'the body must be {"labels": [{"request_id", "label", "row"?}]}'
+            400, "invalid_labels", 'the body must be {"labels": [{"request_id", "label"?, "outcome"?, "row"?}]}'
         )
     items = body["labels"]
     if not isinstance(items, list) or not items:
@@ -68,12 +75,12 @@ def parse_labels(body: Any) -> list[tuple[str, int, Any]]:
         raise LabelsError(
             413, "too_many_labels", f"{len(items)} labels in one request; send at most {MAX_LABELS}"
         )
-    triples: dict[tuple[str, int], Any] = {}
+    triples: dict[tuple[str, int], tuple[Any, float | None]] = {}
     for position, item in enumerate(items):
         where = f"labels[{position}]"
         if not isinstance(item, Mapping):
             raise LabelsError(400, "invalid_labels", f"{where} must be an object")
-        unknown = set(item) - {"request_id", "row", "label"}
+        unknown = set(item) - {"request_id", "row", "label", "outcome"}
         if unknown:
             raise LabelsError(400, "invalid_labels", f"{where} has unknown keys {sorted(unknown)}")
         request_id = item.get("request_id")
@@ -86,20 +93,30 @@ def parse_labels(body: Any) -> list[tuple[str, int, Any]]:
         row = item.get("row", 0)
         if isinstance(row, bool) or not isinstance(row, int) or row < 0:
             raise LabelsError(400, "invalid_labels", f"{where}.row must be an integer >= 0")
-        if "label" not in item:
-            raise LabelsError(400, "invalid_labels", f"{where}.label is missing")
-        label = item["label"]
-        if not isinstance(label, str | int | float | bool) or (
-            isinstance(label, float) and not math.isfinite(label)
+        if "label" not in item and "outcome" not in item:
+            raise LabelsError(400, "invalid_labels", f"{where}.label is missing (give a label, an outcome or both)")
+        label = item.get("label")
+        if "label" in item and (
+            not isinstance(label, str | int | float | bool) or (isinstance(label, float) and not math.isfinite(label))
         ):
             raise LabelsError(
                 400, "invalid_labels", f"{where}.label must be a string, a finite number or a boolean"
             )
-        triples[(request_id, row)] = label
-    return [(rid, row, label) for (rid, row), label in triples.items()]
+        outcome = _outcome(item.get("outcome"), where) if "outcome" in item else None
+        triples[(request_id, row)] = (label, outcome)
+    return [(rid, row, label, outcome) for (rid, row), (label, outcome) in triples.items()]
 
 
-def store_labels(store: Store, deployment: str, triples: list[tuple[str, int, Any]]) -> dict[str, Any]:
+def _outcome(value: Any, where: str) -> float:
+    """A business outcome: a finite number (booleans are refused: send a conversion as 0 or 1)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise LabelsError(400, "invalid_labels", f"{where}.outcome must be a finite number")
+    return float(value)
+
+
+def store_labels(
+    store: Store, deployment: str, triples: list[tuple[str, int, Any, float | None]]
+) -> dict[str, Any]:
     """Upsert labels for a deployment; return {"stored": n, "unknown_request_ids": [...]}.
 
     NotFound if the deployment does not exist.
