@@ -75,8 +75,10 @@ __all__ = [
     "QualityStats",
     "SegmentPolicy",
     "SegmentStats",
+    "arm_values",
     "auc_estimates",
     "classification_value",
+    "higher_is_better",
     "confusion_from_rows",
     "delong",
     "estimates",
@@ -242,8 +244,8 @@ def confusion_from_rows(
 
 def _class_difference(
     conf: Confusion, metric: str, *, cls: int | None, classes: Sequence[int] | None
-) -> tuple[float, float, float, float, int, int] | None:
-    """Return (champion value, challenger value, difference challenger - champion, se, n1, n2)."""
+) -> tuple[float, float, float, float, int, int, float, float] | None:
+    """Return (champion value, challenger value, difference challenger - champion, se, n1, n2, se1, se2)."""
     m1, m2 = conf.arm_matrices()
     n1, n2 = int(m1.sum()), int(m2.sum())
     if n1 == 0 or n2 == 0:
@@ -252,6 +254,7 @@ def _class_difference(
     v2, f2 = influence(m2, metric, cls=cls, classes=classes)
     if math.isnan(v1) or math.isnan(v2):
         return None
+    var1, var2 = float((m1 * f1 * f1).sum() / (n1 * n1)), float((m2 * f2 * f2).sum() / (n2 * n2))
     if conf.paired is not None:
         var = 0.0
         for (y, a, b), count in conf.paired.items():
@@ -259,8 +262,8 @@ def _class_difference(
             var += count * d * d
         var /= n1 * n1
     else:
-        var = float((m1 * f1 * f1).sum() / (n1 * n1) + (m2 * f2 * f2).sum() / (n2 * n2))
-    return v1, v2, v2 - v1, math.sqrt(max(var, 0.0)), n1, n2
+        var = var1 + var2
+    return v1, v2, v2 - v1, math.sqrt(max(var, 0.0)), n1, n2, math.sqrt(var1), math.sqrt(var2)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -297,6 +300,13 @@ class LossMoments:
             d = b - a
             out = LossMoments(**{**out.__dict__, "nd": d.size, "sd": float(d.sum()), "qd": float(d @ d)})
         return out
+
+    def arm_se(self) -> tuple[float, float]:
+        """Return the standard error of each arm's mean loss."""
+        out = []
+        for n, total, sq in ((self.n1, self.s1, self.q1), (self.n2, self.s2, self.q2)):
+            out.append(math.sqrt(max((sq - total * total / n) / (n - 1), 0.0) / n) if n >= 2 else math.nan)
+        return out[0], out[1]
 
     def difference(self) -> tuple[float, float, float, float, int, int] | None:
         """Return (champion mean, challenger mean, difference, se, n1, n2), paired when possible."""
@@ -560,7 +570,53 @@ class HarmEstimate:
     no_data: str | None = None
     champion: float = math.nan
     challenger: float = math.nan
+    se_champion: float = math.nan
+    se_challenger: float = math.nan
     segment: str | None = None
+
+
+def higher_is_better(gate: str, reason: str = "") -> bool:
+    """Whether a quality gate's metric improves upwards (scores) or downwards (losses, costs).
+
+    ``reason``: the verdict's reason, which says so for the outcome gate (its direction is the user's).
+    """
+    metric = gate.rsplit(".", 1)[-1] if gate.startswith("segment[") else gate
+    metric = metric.split("[", 1)[0]
+    if metric == "outcome":
+        return "decrease is better" not in reason
+    return metric in (*CLASS_METRICS, "roc_auc")
+
+
+def arm_values(q: QualityStats | None, policy: QualityPolicy | None) -> list[dict[str, object]]:
+    """Return each quality gate's value per arm (for the stored analysis and the report; never decides).
+
+    Rows: gate, segment, champion, challenger, difference (challenger - champion) and n per arm.
+    """
+    rows: list[dict[str, object]] = []
+    for e in estimates(q, policy):
+        if e.no_data is not None:
+            rows.append({"gate": e.gate, "segment": e.segment, "no_data": e.no_data, "n_champion": e.n1,
+                         "n_challenger": e.n2})  # fmt: skip
+            continue
+        rows.append(
+            {
+                "gate": e.gate,
+                "segment": e.segment,
+                "champion": _plain(e.champion),
+                "challenger": _plain(e.challenger),
+                "difference": _plain(e.challenger - e.champion),
+                "se": _plain(e.se),
+                "se_champion": _plain(e.se_champion),
+                "se_challenger": _plain(e.se_challenger),
+                "n_champion": e.n1,
+                "n_challenger": e.n2,
+            }
+        )
+    return rows
+
+
+def _plain(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
 
 
 def _none(spec: MetricSpec, reason: str, n1: int = 0, n2: int = 0, gate: str | None = None) -> HarmEstimate:
@@ -585,7 +641,7 @@ def _class_estimate(
     result = _class_difference(conf, spec.metric, cls=cls, classes=chosen)
     if result is None:
         return _none(spec, f"class {spec.cls!r} has no labelled row yet", n1, n2, gate=gate)
-    v1, v2, diff, se, n1, n2 = result
+    v1, v2, diff, se, n1, n2, se1, se2 = result
     how = "paired" if conf.paired is not None else "unpaired"
     return HarmEstimate(
         gate=gate,
@@ -601,6 +657,8 @@ def _class_estimate(
         describe=f"{gate} {v1:.4g} -> {v2:.4g}, difference {diff:+.4g} ({how})",
         champion=v1,
         challenger=v2,
+        se_champion=se1,
+        se_challenger=se2,
         segment=segment,
     )
 
@@ -616,7 +674,10 @@ def _loss_estimate(moments: LossMoments | None, spec: MetricSpec, missing: str |
         return _none(spec, "too few labelled rows", moments.n1, moments.n2)
     m1, m2, diff, se, n1, n2 = result
     how = "paired" if moments.nd else "unpaired"
+    se1, se2 = moments.arm_se()
     return HarmEstimate(
+        se_champion=se1,
+        se_challenger=se2,
         gate=spec.gate,
         role=spec.role,
         margin=spec.margin,

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from controller.config import Settings
 from controller.core import reproducibility
+from controller.core import metrics as quality
 from controller.core.judge import Judgement, Verdict, judge
 from controller.core.machine import Decision, decide
 from controller.core.policy import Policy, PolicyError
@@ -112,6 +113,7 @@ def evaluate_rollout(store: Store, rollout: Rollout, *, now: datetime) -> Outcom
                 "decision": judgement.decision,
                 "judgement": judgement.reason,
                 "summary": {"score": _number(judgement.summary.score), "band": judgement.summary.band},
+                "quality": quality.arm_values(measurement.metrics.quality, judge_policy.quality),
                 "controller": {
                     "action": decision.action,
                     "reason": decision.reason,

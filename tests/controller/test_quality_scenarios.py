@@ -24,6 +24,7 @@ from sklearn.tree import DecisionTreeClassifier
 
 from controller.loop import actions
 from controller.loop.control import evaluate_once
+from controller.reports.build import build_report, render_html, render_markdown
 from storage import Store
 from storage.entities import PairRecord, Rollout
 
@@ -156,7 +157,7 @@ def test_a_challenger_harming_one_segment_is_rolled_back_naming_the_segment(stor
             "shadow": {"min_pairs": 10_000},  # enough for the young segment's test to have power
             "gates": {"accuracy": {"margin": 0.08}, "agreement": {"role": "informational"}},
             "metrics": {"balanced_accuracy": {"margin": 0.08}},
-            "segments": {"columns": [{"column": "age", "edges": [30, 60]}, {"column": "plan"}], "min_samples": 150},
+            "segments": {"columns": [{"column": "age", "edges": [30, 60, 85]}, {"column": "plan"}], "min_samples": 150},
         }
     )
     final = world.run(per_tick=2500, seconds=60, max_ticks=8)
@@ -166,6 +167,18 @@ def test_a_challenger_harming_one_segment_is_rolled_back_naming_the_segment(stor
     assert deciding and all(g.startswith("segment[age=<30]") for g in deciding)
     assert verdicts["accuracy"]["outcome"] != "fail"
     assert "age=<30" in world.store.events.list(rollout_id=final.id)[-1].message
+
+    report = build_report(store, "churn")
+    rows = {(s["segment"], s["metric"]): s for s in report["quality"]["segments"]}
+    assert rows[("age=<30", "accuracy")]["verdict"] == "fail"
+    assert rows[("plan=pro", "accuracy")]["verdict"] in ("pass", "inconclusive")
+    assert rows[("age=>=85", "accuracy")]["verdict"] == "too small"  # listed, not hidden
+    balanced = next(m for m in report["quality"]["metrics"] if m["gate"] == "balanced_accuracy")
+    assert balanced["difference"] == pytest.approx(balanced["challenger"]["value"] - balanced["champion"]["value"])
+    assert {"champion", "challenger"} == set(report["quality"]["reliability"])
+    page = render_html(report)
+    assert "Reliability per arm" in page and "segment[age=&lt;30].accuracy" in page
+    assert "| age=<30 | accuracy | fail |" in render_markdown(report)
 
 
 def _revenue(prediction: np.ndarray, truth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
