@@ -63,8 +63,8 @@ class QualityAggregates:
     """
 
     cohort: Cohort
-    paired_cells: dict[tuple[str, str, str], int] = field(default_factory=dict)
-    served_cells: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    paired_cells: dict[tuple[str, ...], int] = field(default_factory=dict)
+    served_cells: dict[tuple[str, ...], int] = field(default_factory=dict)
     log_loss: LossSums | None = None
     brier: LossSums | None = None
     squared: dict[str, tuple[int, float, float]] = field(default_factory=dict)
@@ -143,8 +143,12 @@ def quality_aggregates(
                 key = [] if expr is None else [expr.label("segment")]
                 if cohort == "paired":
                     cols = [*key, L.label_class, P.champion_class, P.challenger_class]
-                    where = and_(matured, has, both_ok, P.champion_class.is_not(None), P.challenger_class.is_not(None))
-                    rows = conn.execute(select(*cols, func.count()).select_from(joined).where(where).group_by(*cols))
+                    where = and_(
+                        matured, has, both_ok, P.champion_class.is_not(None), P.challenger_class.is_not(None)
+                    )
+                    rows = conn.execute(
+                        select(*cols, func.count()).select_from(joined).where(where).group_by(*cols)
+                    )
                     cells = [(tuple(str(v) for v in r[:-1]), int(r[-1])) for r in rows]
                 else:
                     cells = []
@@ -152,7 +156,9 @@ def quality_aggregates(
                         klass = P[f"{arm}_class"]
                         cols = [*key, L.label_class, klass]
                         where = and_(matured, has, answered(arm), klass.is_not(None))
-                        rows = conn.execute(select(*cols, func.count()).select_from(joined).where(where).group_by(*cols))
+                        rows = conn.execute(
+                            select(*cols, func.count()).select_from(joined).where(where).group_by(*cols)
+                        )
                         for r in rows:
                             values = tuple(str(v) for v in r[:-1])
                             cells.append(((*values[:-2], arm, *values[-2:]), int(r[-1])))
@@ -169,7 +175,7 @@ def quality_aggregates(
                     p = case((L.label_class == positive, s), else_=1.0 - s)
                     return case((p < EPS, EPS), (p > 1.0 - EPS, 1.0 - EPS), else_=p)
 
-                losses = {
+                losses: dict[str, dict[str, Any]] = {
                     "log_loss": {arm: -func.ln(clipped(arm)) for arm in ARMS},
                     "brier": {arm: (P[f"{arm}_score"] - y) * (P[f"{arm}_score"] - y) for arm in ARMS},
                 }
@@ -182,16 +188,18 @@ def quality_aggregates(
             has = L.label_value.is_not(None)
             usable = {arm: and_(has, answered(arm), P[f"{arm}_value"].is_not(None)) for arm in ARMS}
             err = {arm: P[f"{arm}_value"] - L.label_value for arm in ARMS}
-            cols: list[Any] = []
+            sums: list[Any] = []
             for arm in ARMS:
-                cols += _sums(usable[arm], err[arm] * err[arm])
+                sums += _sums(usable[arm], err[arm] * err[arm])
             both = and_(usable["champion"], usable["challenger"])
             sq = {arm: err[arm] * err[arm] for arm in ARMS}
-            cols += [
+            sums += [
                 func.coalesce(func.sum(case((both, 1), else_=0)), 0),
-                func.coalesce(func.sum(case((both, cast(sq["champion"] * sq["challenger"], Float)), else_=None)), 0.0),
+                func.coalesce(
+                    func.sum(case((both, cast(sq["champion"] * sq["challenger"], Float)), else_=None)), 0.0
+                ),
             ]
-            r = conn.execute(select(*cols).select_from(joined).where(matured)).one()
+            r = conn.execute(select(*sums).select_from(joined).where(matured)).one()
             out["squared"] = {arm: _triple(r, 3 * i) for i, arm in enumerate(ARMS)}
             out["squared_cross"] = (int(r[6] or 0), float(r[7] or 0.0)) if cohort == "paired" else (0, 0.0)
             for q in quantiles:
@@ -211,10 +219,10 @@ def quality_aggregates(
                 )
         if outcome and cohort == "served":
             has_outcome = L.outcome.is_not(None)
-            cols = []
+            outcome_sums: list[Any] = []
             for arm in ARMS:
-                cols += _sums(and_(has_outcome, P.served_arm == arm, _ran(arm)), L.outcome)
-            r = conn.execute(select(*cols).select_from(joined).where(matured)).one()
+                outcome_sums += _sums(and_(has_outcome, P.served_arm == arm, _ran(arm)), L.outcome)
+            r = conn.execute(select(*outcome_sums).select_from(joined).where(matured)).one()
             out["outcome"] = {arm: _triple(r, 3 * i) for i, arm in enumerate(ARMS)}
     return QualityAggregates(**out)
 
@@ -226,26 +234,42 @@ def _loss_sums(
     for arm in ARMS:
         cols += _sums(usable[arm], per_arm[arm])
     if paired:
-        cols += _sums(and_(usable["champion"], usable["challenger"]), per_arm["challenger"] - per_arm["champion"])
+        cols += _sums(
+            and_(usable["champion"], usable["challenger"]), per_arm["challenger"] - per_arm["champion"]
+        )
     r = conn.execute(select(*cols).select_from(joined).where(where)).one()
     return LossSums(
-        champion=_triple(r, 0), challenger=_triple(r, 3), difference=_triple(r, 6) if paired else (0, 0.0, 0.0)
+        champion=_triple(r, 0),
+        challenger=_triple(r, 3),
+        difference=_triple(r, 6) if paired else (0, 0.0, 0.0),
     )
 
 
 def _segment_losses(
-    conn: Any, joined: Any, where: Any, usable: dict[str, Any], per_arm: dict[str, Any], expr: Any, paired: bool,
+    conn: Any,
+    joined: Any,
+    where: Any,
+    usable: dict[str, Any],
+    per_arm: dict[str, Any],
+    expr: Any,
+    paired: bool,
     max_values: int,
 ) -> dict[str, LossSums]:
     cols: list[Any] = []
     for arm in ARMS:
         cols += _sums(usable[arm], per_arm[arm])
     if paired:
-        cols += _sums(and_(usable["champion"], usable["challenger"]), per_arm["challenger"] - per_arm["champion"])
-    rows = conn.execute(select(expr.label("segment"), *cols).select_from(joined).where(where).group_by(expr)).all()
+        cols += _sums(
+            and_(usable["champion"], usable["challenger"]), per_arm["challenger"] - per_arm["champion"]
+        )
+    rows = conn.execute(
+        select(expr.label("segment"), *cols).select_from(joined).where(where).group_by(expr)
+    ).all()
     found = {
         str(r[0]): LossSums(
-            champion=_triple(r, 1), challenger=_triple(r, 4), difference=_triple(r, 7) if paired else (0, 0.0, 0.0)
+            champion=_triple(r, 1),
+            challenger=_triple(r, 4),
+            difference=_triple(r, 7) if paired else (0, 0.0, 0.0),
         )
         for r in rows
         if r[0] is not None
@@ -254,14 +278,16 @@ def _segment_losses(
     return {v: found[v] for v in ranked[:max_values]}
 
 
-def _top_segments(cells: list[tuple[tuple[str, ...], int]], max_values: int) -> dict[str, dict[tuple[str, ...], int]]:
+def _top_segments(
+    cells: list[tuple[tuple[str, ...], int]], max_values: int
+) -> dict[str, dict[tuple[str, ...], int]]:
     """Split (segment, *cell) counts into the ``max_values`` largest segments; the rest pool as (other)."""
     by: dict[str, dict[tuple[str, ...], int]] = {}
     for key, n in cells:
         if key[0] == "None":
             continue
-        cell = by.setdefault(key[0], {})
-        cell[key[1:]] = cell.get(key[1:], 0) + n
+        found = by.setdefault(key[0], {})
+        found[key[1:]] = found.get(key[1:], 0) + n
     ranked = sorted(by, key=lambda v: -sum(by[v].values()))
     kept = {v: by[v] for v in ranked[:max_values]}
     if len(ranked) > max_values:
@@ -280,19 +306,29 @@ def _auc_rows(
     order = (P.received_at, P.id)
     if cohort == "paired":
         both = and_(scored["champion"], scored["challenger"])
-        available = int(conn.execute(select(func.count()).select_from(joined).where(matured, both)).scalar() or 0)
+        available = int(
+            conn.execute(select(func.count()).select_from(joined).where(matured, both)).scalar() or 0
+        )
         if available < horizon:
             return available, [], [], [], []
         rows = conn.execute(
             select(L.label_class, P.champion_score, P.challenger_score)
             .select_from(joined).where(matured, both).order_by(*order).limit(horizon)
         ).all()  # fmt: skip
-        return available, [r[0] == positive for r in rows], [float(r[1]) for r in rows], [float(r[2]) for r in rows], []
+        return (
+            available,
+            [r[0] == positive for r in rows],
+            [float(r[1]) for r in rows],
+            [float(r[2]) for r in rows],
+            [],
+        )
     per: dict[str, list[Any]] = {}
     counts = []
     for arm in ARMS:
         cond = and_(scored[arm], P.served_arm == arm)
-        counts.append(int(conn.execute(select(func.count()).select_from(joined).where(matured, cond)).scalar() or 0))
+        counts.append(
+            int(conn.execute(select(func.count()).select_from(joined).where(matured, cond)).scalar() or 0)
+        )
         per[arm] = conn.execute(
             select(L.label_class, P[f"{arm}_score"]).select_from(joined).where(matured, cond)
             .order_by(*order).limit(horizon)

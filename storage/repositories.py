@@ -528,7 +528,7 @@ class LabelRepository:
         label for a request that another deployment served is reported and not stored.
         """
         now = now or utcnow()
-        items = [(t[0], t[1], t[2], t[3] if len(t) > 3 else None) for t in labels]  # type: ignore[misc]
+        items = [(t[0], t[1], t[2], t[3] if len(t) > 3 else None) for t in labels]
         ids = list({rid for rid, _, _, _ in items})
         with self.db.session() as s:
             known: set[tuple[str, int]] = set()

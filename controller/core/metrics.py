@@ -149,7 +149,9 @@ def influence(
     if metric == "balanced_accuracy":
         present = [j for j in range(k) if rows[j] > 0]
         parts = [recall_if(j) for j in present]
-        return float(np.mean([v for v, _ in parts])), sum((f for _, f in parts), np.zeros_like(c)) / len(parts)
+        return float(np.mean([v for v, _ in parts])), sum((f for _, f in parts), np.zeros_like(c)) / len(
+            parts
+        )
     if metric == "macro_f1":
         chosen = list(classes) if classes is not None else [j for j in range(k) if rows[j] + cols[j] > 0]
         total, f = 0.0, np.zeros_like(c)
@@ -620,11 +622,19 @@ def _plain(x: float) -> float | None:
 
 
 def _none(spec: MetricSpec, reason: str, n1: int = 0, n2: int = 0, gate: str | None = None) -> HarmEstimate:
-    return HarmEstimate(gate=gate or spec.gate, role=spec.role, margin=spec.margin, no_data=reason, n1=n1, n2=n2)
+    return HarmEstimate(
+        gate=gate or spec.gate, role=spec.role, margin=spec.margin, no_data=reason, n1=n1, n2=n2
+    )
 
 
 def _class_estimate(
-    conf: Confusion | None, spec: MetricSpec, *, role: str, gate: str, min_samples: int, segment: str | None = None
+    conf: Confusion | None,
+    spec: MetricSpec,
+    *,
+    role: str,
+    gate: str,
+    min_samples: int,
+    segment: str | None = None,
 ) -> HarmEstimate:
     if conf is None:
         return _none(spec, "no labelled outcomes yet", gate=gate)
@@ -724,7 +734,12 @@ def _outcome_estimate(o: OutcomeMoments | None, spec: MetricSpec, missing: str |
     if o is None:
         return _none(spec, missing or "no outcomes yet")
     if min(o.n1, o.n2) < max(spec.min_samples, 2):
-        return _none(spec, f"burn-in: {min(o.n1, o.n2)} of {spec.min_samples} served requests with an outcome", o.n1, o.n2)
+        return _none(
+            spec,
+            f"burn-in: {min(o.n1, o.n2)} of {spec.min_samples} served requests with an outcome",
+            o.n1,
+            o.n2,
+        )
     m1, m2 = o.s1 / o.n1, o.s2 / o.n2
     v1 = max((o.q1 - o.s1 * m1) / (o.n1 - 1), 0.0)
     v2 = max((o.q2 - o.s2 * m2) / (o.n2 - 1), 0.0)
@@ -752,7 +767,9 @@ def auc_estimates(auc: Auc | None, spec: MetricSpec, missing: str | None = None)
     if auc is None:
         return _none(spec, missing or "no scored labelled rows yet")
     if len(auc.labels) < spec.horizon:
-        return _none(spec, f"fixed horizon: {auc.available} of {spec.horizon} labelled rows; AUC is tested once there")
+        return _none(
+            spec, f"fixed horizon: {auc.available} of {spec.horizon} labelled rows; AUC is tested once there"
+        )
     y = np.asarray(auc.labels, dtype=bool)
     if auc.paired:
         if y.all() or not y.any():
@@ -788,9 +805,11 @@ def auc_estimates(auc: Auc | None, spec: MetricSpec, missing: str | None = None)
 
 def _estimate(q: QualityStats, spec: MetricSpec) -> HarmEstimate:
     if spec.metric in CLASS_METRICS:
-        return _class_estimate(
-            q.confusion, spec, role=spec.role, gate=spec.gate, min_samples=spec.min_samples
-        ) if q.confusion is not None else _none(spec, q.missing.get("confusion", "no labelled outcomes yet"))
+        return (
+            _class_estimate(q.confusion, spec, role=spec.role, gate=spec.gate, min_samples=spec.min_samples)
+            if q.confusion is not None
+            else _none(spec, q.missing.get("confusion", "no labelled outcomes yet"))
+        )
     if spec.metric == "log_loss":
         return _loss_estimate(q.log_loss, spec, q.missing.get("log_loss"))
     if spec.metric == "brier":
@@ -813,21 +832,30 @@ def _segment_estimates(q: QualityStats, seg: SegmentPolicy) -> list[HarmEstimate
         for spec in seg.metrics:
             gate = f"segment[{where}].{spec.gate}"
             if spec.metric in CLASS_METRICS:
-                e = _class_estimate(s.confusion, spec, role=seg.role, gate=gate, min_samples=seg.min_samples, segment=where)
+                e = _class_estimate(
+                    s.confusion, spec, role=seg.role, gate=gate, min_samples=seg.min_samples, segment=where
+                )
             elif spec.metric == "mae":
                 e = _segment_mae(s.abs_error, spec, role=seg.role, gate=gate, min_samples=seg.min_samples)
             else:
                 continue
             if e.no_data is not None:
                 e = HarmEstimate(
-                    gate=gate, role=seg.role, margin=spec.margin, no_data=f"too small: {e.no_data}",
-                    n1=e.n1, n2=e.n2, segment=where,
+                    gate=gate,
+                    role=seg.role,
+                    margin=spec.margin,
+                    no_data=f"too small: {e.no_data}",
+                    n1=e.n1,
+                    n2=e.n2,
+                    segment=where,
                 )
             out.append(HarmEstimate(**{**e.__dict__, "segment": where}))
     return out
 
 
-def _segment_mae(m: LossMoments | None, spec: MetricSpec, *, role: str, gate: str, min_samples: int) -> HarmEstimate:
+def _segment_mae(
+    m: LossMoments | None, spec: MetricSpec, *, role: str, gate: str, min_samples: int
+) -> HarmEstimate:
     """Relative MAE change in a segment, as the regression gate (margin x the champion's segment MAE)."""
     if m is None:
         return _none(spec, "no labelled rows", gate=gate)
@@ -840,9 +868,19 @@ def _segment_mae(m: LossMoments | None, spec: MetricSpec, *, role: str, gate: st
     m1, m2, diff, se, n1, n2 = result
     scale = 1.0 / m1 if m1 > 0 else 1.0
     return HarmEstimate(
-        gate=gate, role=role, margin=spec.margin, harm=diff, se=se, n_cs=float(m.nd or n1 + n2),
-        limit=spec.margin * m1, n1=n1, n2=n2, scale=scale,
-        describe=f"MAE {m1:.4g} -> {m2:.4g} ({diff * scale:+.2%})", champion=m1, challenger=m2,
+        gate=gate,
+        role=role,
+        margin=spec.margin,
+        harm=diff,
+        se=se,
+        n_cs=float(m.nd or n1 + n2),
+        limit=spec.margin * m1,
+        n1=n1,
+        n2=n2,
+        scale=scale,
+        describe=f"MAE {m1:.4g} -> {m2:.4g} ({diff * scale:+.2%})",
+        champion=m1,
+        challenger=m2,
     )
 
 

@@ -288,7 +288,9 @@ class Metrics(_Model):
     def _margins(self) -> Metrics:
         for name in ("balanced_accuracy", "macro_f1", "recall", "precision", "roc_auc"):
             if getattr(self, name).margin >= 1.0:
-                raise PolicyError(f"metrics.{name}.margin: must lie in [0, 1), got {getattr(self, name).margin:g}")
+                raise PolicyError(
+                    f"metrics.{name}.margin: must lie in [0, 1), got {getattr(self, name).margin:g}"
+                )
         return self
 
 
@@ -502,11 +504,18 @@ class Policy(_Model):
             else spec(g.accuracy, role="off"),
             regression=spec(g.regression) if task == "regression" else spec(g.regression, role="off"),
             drift=spec(g.drift),
-            quality=self.quality_policy(task, mode, standing_in=accuracy_role == "informational", classes=classes),
+            quality=self.quality_policy(
+                task, mode, standing_in=accuracy_role == "informational", classes=classes
+            ),
         )
 
     def quality_policy(
-        self, task: Task, mode: Literal["shadow", "canary"], *, standing_in: bool = False, classes: tuple[str, ...] = ()
+        self,
+        task: Task,
+        mode: Literal["shadow", "canary"],
+        *,
+        standing_in: bool = False,
+        classes: tuple[str, ...] = (),
     ) -> quality.QualityPolicy:
         """Map ``metrics``, ``outcome`` and ``segments`` onto ``controller.core.metrics`` gates.
 
@@ -524,7 +533,11 @@ class Policy(_Model):
                 role = "informational"
             gates.append(
                 quality.MetricSpec(
-                    metric=name, role=role, margin=metric.margin, min_samples=metric.min_samples or self.burn_in, **extra
+                    metric=name,
+                    role=role,
+                    margin=metric.margin,
+                    min_samples=metric.min_samples or self.burn_in,
+                    **extra,
                 )
             )
 

@@ -66,7 +66,9 @@ def parse_labels(body: Any) -> list[tuple[str, int, Any, float | None]]:
     """
     if not isinstance(body, Mapping) or set(body) != {"labels"}:
         raise LabelsError(
-            400, "invalid_labels", 'the body must be {"labels": [{"request_id", "label"?, "outcome"?, "row"?}]}'
+            400,
+            "invalid_labels",
+            'the body must be {"labels": [{"request_id", "label"?, "outcome"?, "row"?}]}',
         )
     items = body["labels"]
     if not isinstance(items, list) or not items:
@@ -94,10 +96,13 @@ def parse_labels(body: Any) -> list[tuple[str, int, Any, float | None]]:
         if isinstance(row, bool) or not isinstance(row, int) or row < 0:
             raise LabelsError(400, "invalid_labels", f"{where}.row must be an integer >= 0")
         if "label" not in item and "outcome" not in item:
-            raise LabelsError(400, "invalid_labels", f"{where}.label is missing (give a label, an outcome or both)")
+            raise LabelsError(
+                400, "invalid_labels", f"{where}.label is missing (give a label, an outcome or both)"
+            )
         label = item.get("label")
         if "label" in item and (
-            not isinstance(label, str | int | float | bool) or (isinstance(label, float) and not math.isfinite(label))
+            not isinstance(label, str | int | float | bool)
+            or (isinstance(label, float) and not math.isfinite(label))
         ):
             raise LabelsError(
                 400, "invalid_labels", f"{where}.label must be a string, a finite number or a boolean"

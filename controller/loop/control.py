@@ -24,8 +24,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from controller.config import Settings
-from controller.core import reproducibility
 from controller.core import metrics as quality
+from controller.core import reproducibility
 from controller.core.judge import Judgement, Verdict, judge
 from controller.core.machine import Decision, decide
 from controller.core.policy import Policy, PolicyError

@@ -57,7 +57,9 @@ def _codes(observed: Sequence[str], classes: Sequence[str]) -> tuple[str, ...]:
     return tuple(order)
 
 
-def _confusion(cells: Mapping[tuple[str, ...], int], paired: bool, classes: Sequence[str]) -> quality.Confusion | None:
+def _confusion(
+    cells: Mapping[tuple[str, ...], int], paired: bool, classes: Sequence[str]
+) -> quality.Confusion | None:
     if not cells:
         return None
     if paired:
@@ -92,7 +94,9 @@ def stats_from_aggregates(
     paired = a.cohort == "paired"
     missing: dict[str, str] = {}
     if mode == "shadow":
-        missing["outcome"] = "shadow: the challenger's answers never reached users, outcomes count in canary steps"
+        missing["outcome"] = (
+            "shadow: the challenger's answers never reached users, outcomes count in canary steps"
+        )
     elif not a.outcome:
         missing["outcome"] = "no outcomes"
     if task == "classification" and len(classes) != 2:
@@ -103,7 +107,9 @@ def stats_from_aggregates(
         for value, data in values.items():
             if task == "classification":
                 segments.append(
-                    quality.SegmentStats(column=column, value=value, confusion=_confusion(data, paired, classes))
+                    quality.SegmentStats(
+                        column=column, value=value, confusion=_confusion(data, paired, classes)
+                    )
                 )
             else:
                 segments.append(quality.SegmentStats(column=column, value=value, abs_error=_moments(data)))

@@ -874,7 +874,13 @@ def gate_threshold(gate: str, margin: float | None, reason: str = "") -> float |
     if gate == "srm":
         return None
     if gate.startswith("segment[") or gate.split("[", 1)[0] in (
-        *quality_metrics.CLASS_METRICS, "roc_auc", "log_loss", "brier", "rmse", "pinball", "outcome"
+        *quality_metrics.CLASS_METRICS,
+        "roc_auc",
+        "log_loss",
+        "brier",
+        "rmse",
+        "pinball",
+        "outcome",
     ):
         # controller.core.metrics: the bound is the difference challenger - champion in the metric's unit
         # (a segment's MAE gate is shown as a relative change, like the regression gate)

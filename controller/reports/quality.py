@@ -73,7 +73,9 @@ def quality_block(
             "role": v.get("role"),
             "outcome": v.get("outcome", "no-data"),
             "difference": row.get("difference"),
-            "interval": [interval.get("lower"), interval.get("upper")] if isinstance(interval, Mapping) else None,
+            "interval": [interval.get("lower"), interval.get("upper")]
+            if isinstance(interval, Mapping)
+            else None,
             "n_champion": row.get("n_champion"),
             "n_challenger": row.get("n_challenger"),
             "reason": v.get("reason", row.get("no_data", "")),
@@ -129,7 +131,10 @@ def quality_block(
             )
     reliability = None
     if score_buckets and positive is not None:
-        reliability = {arm: _reliability(score_buckets.get(arm, {}), positive, score_bins) for arm in ("champion", "challenger")}
+        reliability = {
+            arm: _reliability(score_buckets.get(arm, {}), positive, score_bins)
+            for arm in ("champion", "challenger")
+        }
     return {
         "metrics": metrics_rows,
         "history": history,
@@ -184,8 +189,20 @@ def html_section(r: Mapping[str, Any]) -> list[str]:
             xs = [float(i) for i in range(len(points))]
             series = [
                 Series("difference", xs, [p["effect"] for p in points], CHALLENGER),
-                Series("lower", xs, [p["interval"][0] if p["interval"] else None for p in points], GREY, dashed=True),
-                Series("upper", xs, [p["interval"][1] if p["interval"] else None for p in points], GREY, dashed=True),
+                Series(
+                    "lower",
+                    xs,
+                    [p["interval"][0] if p["interval"] else None for p in points],
+                    GREY,
+                    dashed=True,
+                ),
+                Series(
+                    "upper",
+                    xs,
+                    [p["interval"][1] if p["interval"] else None for p in points],
+                    GREY,
+                    dashed=True,
+                ),
             ]
             out.append(line_plot(f"{gate}: challenger - champion per look", series, x_label="look",
                                  y_label=gate, hlines=[(0.0, "no difference")]))  # fmt: skip
@@ -227,7 +244,13 @@ def markdown_lines(r: Mapping[str, Any]) -> list[str]:
             f"{m['champion'].get('versus_offline', '–')} / {m['challenger'].get('versus_offline', '–')} |"
         )
     if q["segments"]:
-        out += ["", "### Segments", "", "| segment | metric | verdict | difference | n |", "|---|---|---|---|---|"]
+        out += [
+            "",
+            "### Segments",
+            "",
+            "| segment | metric | verdict | difference | n |",
+            "|---|---|---|---|---|",
+        ]
         for s in q["segments"]:
             out.append(
                 f"| {s['segment']} | {s['metric']} | {s['verdict']} | {_n(s['difference'])}{_ci(s['interval'])} | "

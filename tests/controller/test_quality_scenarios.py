@@ -72,7 +72,9 @@ class World:
         self.seed = 1000
 
     def start(self, policy: dict[str, Any]) -> Rollout:
-        return actions.start_rollout(self.store, "churn", "churn:2", actor="alice", policy=policy, now=self.now)
+        return actions.start_rollout(
+            self.store, "churn", "churn:2", actor="alice", policy=policy, now=self.now
+        )
 
     def rollout(self) -> Rollout:
         latest = self.store.rollouts.latest(self.deployment.id)
@@ -88,7 +90,9 @@ class World:
         preds = {arm: np.asarray(m.predict(frame)) for arm, m in self.models.items()}
         scores = {arm: m.predict_proba(frame)[:, 1] for arm, m in self.models.items()}
         canary = r.phase == "progressing"
-        served = np.where(rng.random(n) < r.canary_weight / 100.0, "challenger", "champion") if canary else None
+        served = (
+            np.where(rng.random(n) < r.canary_weight / 100.0, "challenger", "champion") if canary else None
+        )
         raw = frame.to_dict("records")
         records, feedback = [], []
         for i in range(n):
@@ -127,7 +131,9 @@ class World:
         return self.rollout()
 
     def last_verdicts(self) -> dict[str, dict[str, Any]]:
-        return {v["gate"]: v for v in self.store.events.list(rollout_id=self.rollout().id)[-1].details["verdicts"]}
+        return {
+            v["gate"]: v for v in self.store.events.list(rollout_id=self.rollout().id)[-1].details["verdicts"]
+        }
 
 
 def test_a_challenger_that_never_predicts_the_rare_class_is_rolled_back_not_promoted(
@@ -145,7 +151,9 @@ def test_a_challenger_that_never_predicts_the_rare_class_is_rolled_back_not_prom
     assert verdicts["recall[1]"]["effect"] < -0.3  # the challenger finds none of the positives
 
 
-def test_a_challenger_harming_one_segment_is_rolled_back_naming_the_segment(store: Store, tmp_path: Path) -> None:
+def test_a_challenger_harming_one_segment_is_rolled_back_naming_the_segment(
+    store: Store, tmp_path: Path
+) -> None:
     young = lambda frame: (frame["age"] < 30).to_numpy()  # noqa: E731  about 10% of customers
     tree = {"max_depth": 6, "min_samples_leaf": 30, "random_state": 0}
     champion = _fit(DecisionTreeClassifier(**tree), churn_truth)
@@ -157,13 +165,18 @@ def test_a_challenger_harming_one_segment_is_rolled_back_naming_the_segment(stor
             "shadow": {"min_pairs": 10_000},  # enough for the young segment's test to have power
             "gates": {"accuracy": {"margin": 0.08}, "agreement": {"role": "informational"}},
             "metrics": {"balanced_accuracy": {"margin": 0.08}},
-            "segments": {"columns": [{"column": "age", "edges": [30, 60, 85]}, {"column": "plan"}], "min_samples": 150},
+            "segments": {
+                "columns": [{"column": "age", "edges": [30, 60, 85]}, {"column": "plan"}],
+                "min_samples": 150,
+            },
         }
     )
     final = world.run(per_tick=2500, seconds=60, max_ticks=8)
     assert final.phase == "rolled_back"
     verdicts = world.last_verdicts()
-    deciding = sorted(g for g, v in verdicts.items() if v["outcome"] == "fail" and v["role"] != "informational")
+    deciding = sorted(
+        g for g, v in verdicts.items() if v["outcome"] == "fail" and v["role"] != "informational"
+    )
     assert deciding and all(g.startswith("segment[age=<30]") for g in deciding)
     assert verdicts["accuracy"]["outcome"] != "fail"
     assert "age=<30" in world.store.events.list(rollout_id=final.id)[-1].message
@@ -174,7 +187,9 @@ def test_a_challenger_harming_one_segment_is_rolled_back_naming_the_segment(stor
     assert rows[("plan=pro", "accuracy")]["verdict"] in ("pass", "inconclusive")
     assert rows[("age=>=85", "accuracy")]["verdict"] == "too small"  # listed, not hidden
     balanced = next(m for m in report["quality"]["metrics"] if m["gate"] == "balanced_accuracy")
-    assert balanced["difference"] == pytest.approx(balanced["challenger"]["value"] - balanced["champion"]["value"])
+    assert balanced["difference"] == pytest.approx(
+        balanced["challenger"]["value"] - balanced["champion"]["value"]
+    )
     assert {"champion", "challenger"} == set(report["quality"]["reliability"])
     page = render_html(report)
     assert "Reliability per arm" in page and "segment[age=&lt;30].accuracy" in page
@@ -195,7 +210,9 @@ REVENUE_POLICY = {
 }
 
 
-@pytest.mark.parametrize(("champion_c", "challenger_c", "phase"), [(0.001, 1.0, "promoted"), (1.0, 0.001, "rolled_back")])
+@pytest.mark.parametrize(
+    ("champion_c", "challenger_c", "phase"), [(0.001, 1.0, "promoted"), (1.0, 0.001, "rolled_back")]
+)
 def test_a_revenue_gate_promotes_a_challenger_that_earns_more_and_rolls_back_one_that_earns_less(
     store: Store, tmp_path: Path, champion_c: float, challenger_c: float, phase: str
 ) -> None:

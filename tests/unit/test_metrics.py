@@ -167,7 +167,9 @@ def test_balanced_accuracy_rolls_back_a_challenger_that_never_predicts_the_rare_
     conf = q.confusion_from_rows(y, a, b, names=(False, True))
     n = y.size
     policy = JudgePolicy(
-        quality=q.QualityPolicy(gates=(q.MetricSpec(metric="balanced_accuracy", role="required", margin=0.05),))
+        quality=q.QualityPolicy(
+            gates=(q.MetricSpec(metric="balanced_accuracy", role="required", margin=0.05),)
+        )
     )
     metrics = StepMetrics(
         mode="shadow",
@@ -192,8 +194,9 @@ def test_a_hold_segment_blocks_promotion_without_rolling_back() -> None:
         q.SegmentStats(
             column="country",
             value=v,
-            confusion=q.confusion_from_rows(y[segment == v], champion[segment == v], challenger[segment == v],
-                                            names=(False, True)),
+            confusion=q.confusion_from_rows(
+                y[segment == v], champion[segment == v], challenger[segment == v], names=(False, True)
+            ),
         )  # fmt: skip
         for v in ("DE", "FR")
     ]
