@@ -85,12 +85,17 @@ def test_paired_classification_aggregates_match_scikit_learn(store: Store) -> No
     assert stats.brier.s2 / stats.brier.n2 == pytest.approx(skm.brier_score_loss(y, s2), abs=1e-9)
     auc = stats.auc
     assert auc is not None and auc.available == N and len(auc.labels) == 300  # the first 300 by arrival
-    assert q.roc_auc(auc.labels, auc.champion) == pytest.approx(skm.roc_auc_score(y[:300], s1[:300]), abs=1e-12)
+    assert q.roc_auc(auc.labels, auc.champion) == pytest.approx(
+        skm.roc_auc_score(y[:300], s1[:300]), abs=1e-12
+    )
     by_segment = {s.value: s for s in stats.segments}
     assert set(by_segment) == {"<30", "[30, 60)", ">=60"}
     young = age < 30
     assert by_segment["<30"].confusion is not None
-    assert by_segment["<30"].confusion.arm_matrices()[1].tolist() == skm.confusion_matrix(y[young], b[young]).tolist()
+    assert (
+        by_segment["<30"].confusion.arm_matrices()[1].tolist()
+        == skm.confusion_matrix(y[young], b[young]).tolist()
+    )
 
 
 def test_served_outcomes_and_regression_losses_match_numpy(store: Store) -> None:
@@ -117,7 +122,9 @@ def test_served_outcomes_and_regression_losses_match_numpy(store: Store) -> None
     assert r1 == pytest.approx(np.sqrt(skm.mean_squared_error(target[champ], v1[champ])), abs=1e-9)
     assert r2 == pytest.approx(np.sqrt(skm.mean_squared_error(target[chal], v2[chal])), abs=1e-9)
     pin = stats.pinball[0.9]
-    assert pin.s2 / pin.n2 == pytest.approx(skm.mean_pinball_loss(target[chal], v2[chal], alpha=0.9), abs=1e-9)
+    assert pin.s2 / pin.n2 == pytest.approx(
+        skm.mean_pinball_loss(target[chal], v2[chal], alpha=0.9), abs=1e-9
+    )
     o = stats.outcome
     assert o is not None and (o.n1, o.n2) == (int(champ.sum()), int(chal.sum()))
     assert o.s2 / o.n2 == pytest.approx(revenue[chal].mean(), abs=1e-9)

@@ -216,3 +216,30 @@ def test_a_hold_segment_blocks_promotion_without_rolling_back() -> None:
     assert by_gate["segment[country=FR].accuracy"].outcome == Outcome.FAIL
     assert by_gate["segment[country=DE].accuracy"].outcome != Outcome.FAIL
     assert result.decision == "continue" and "country=FR" in result.reason
+
+
+def test_roc_auc_waits_for_its_fixed_horizon_then_tests_once_with_the_delong_normal_bound() -> None:
+    from scipy.stats import norm
+
+    spec = q.MetricSpec(metric="roc_auc", role="guardrail", margin=0.02, horizon=300)
+    policy = JudgePolicy(quality=q.QualityPolicy(gates=(spec,)))
+    y = RNG.random(300) < 0.3
+    s1, s2 = y * 1.0 + RNG.normal(0, 0.6, 300), y * 0.3 + RNG.normal(0, 0.6, 300)
+
+    def verdict(auc: q.Auc) -> object:
+        m = StepMetrics(mode="shadow", champion=Prop(n=300, count=0), challenger=Prop(n=300, count=0),
+                        quality=q.QualityStats(auc=auc))  # fmt: skip
+        return next(v for v in judge(m, policy).verdicts if v.gate == "roc_auc")
+
+    early = verdict(q.Auc(horizon=300, available=250, paired=True))
+    assert early.outcome == Outcome.NO_DATA and "250 of 300" in early.reason  # type: ignore[attr-defined]
+    at = q.Auc(
+        horizon=300, available=900, paired=True, labels=tuple(y), champion=tuple(s1), challenger=tuple(s2)
+    )
+    v = verdict(at)
+    a1, a2, var = q.delong(y, s1, s2)
+    p = float(norm.sf(((a1 - a2) - 0.02) / np.sqrt(var)))
+    assert v.outcome == Outcome.FAIL  # type: ignore[attr-defined]
+    # Holm over the two gates with a harm p-value here (the error rate's is ~1): the smallest is doubled
+    assert v.p_value == pytest.approx(2 * p, rel=1e-9)  # type: ignore[attr-defined]
+    assert v.interval.upper == pytest.approx((a2 - a1) + norm.ppf(0.95) * np.sqrt(var), rel=1e-9)  # type: ignore[attr-defined]
