@@ -155,6 +155,7 @@ class Label:
     label_value: float | None
     received_at: datetime
     outcome: float | None = None  # business outcome of the request row (revenue, a conversion, a cost)
+    outcome_base: float | None = None  # denominator of a ratio outcome (e.g. visits)
 
 
 @dataclass(frozen=True)

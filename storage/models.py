@@ -213,6 +213,7 @@ class LabelRow(Base):
     label_value: Mapped[float | None] = mapped_column(Float, nullable=True)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime())
     outcome: Mapped[float | None] = mapped_column(Float, nullable=True)  # business outcome (0005)
+    outcome_base: Mapped[float | None] = mapped_column(Float, nullable=True)  # its ratio denominator
 
     def to_entity(self) -> entities.Label:
         return entities.Label(
@@ -224,6 +225,7 @@ class LabelRow(Base):
             label_value=self.label_value,
             received_at=self.received_at,
             outcome=self.outcome,
+            outcome_base=self.outcome_base,
         )
 
 

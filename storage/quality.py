@@ -57,7 +57,8 @@ class QualityAggregates:
     (arm, label, class) -> rows. ``log_loss`` / ``brier``: binary proper scores (``positive`` given).
     ``squared``: RMSE sums per arm (n, sum e^2, sum e^4) and paired (n, sum e1^2 e2^2); ``pinball``:
     loss sums per quantile; ``abs_error``: MAE loss sums. ``outcome``: per arm (n, sum, sum of squares)
-    over served requests with an outcome. ``auc``: (available rows, labels, champion scores,
+    over served requests with an outcome; ``outcome_ratio``: per arm (n, Σx, Σy, Σx², Σy², Σxy) of
+    outcome x and its denominator y over the rows that have both. ``auc``: (available rows, labels, champion scores,
     challenger scores, challenger labels) of the first ``horizon`` rows. ``segments``: column ->
     value -> the confusion cells or MAE sums of that segment.
     """
@@ -72,6 +73,7 @@ class QualityAggregates:
     pinball: dict[float, LossSums] = field(default_factory=dict)
     abs_error: LossSums | None = None
     outcome: dict[str, tuple[int, float, float]] = field(default_factory=dict)
+    outcome_ratio: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # n, Σx, Σy, Σx², Σy², Σxy
     auc: tuple[int, list[bool], list[float], list[float], list[bool]] | None = None
     segments: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -224,6 +226,21 @@ def quality_aggregates(
                 outcome_sums += _sums(and_(has_outcome, P.served_arm == arm, _ran(arm)), L.outcome)
             r = conn.execute(select(*outcome_sums).select_from(joined).where(matured)).one()
             out["outcome"] = {arm: _triple(r, 3 * i) for i, arm in enumerate(ARMS)}
+            # ratio outcomes (e.g. revenue per visit): rows with a denominator, sums and cross products
+            ratio_sums: list[Any] = []
+            for arm in ARMS:
+                has_both = and_(has_outcome, L.outcome_base.is_not(None), P.served_arm == arm, _ran(arm))
+                x = case((has_both, cast(L.outcome, Float)), else_=None)
+                y = case((has_both, cast(L.outcome_base, Float)), else_=None)
+                ratio_sums += [
+                    func.coalesce(func.sum(case((has_both, 1), else_=0)), 0),
+                    *(func.coalesce(func.sum(e), 0.0) for e in (x, y, x * x, y * y, x * y)),
+                ]
+            r = conn.execute(select(*ratio_sums).select_from(joined).where(matured)).one()
+            out["outcome_ratio"] = {
+                arm: (int(r[6 * i] or 0), *(float(r[6 * i + k] or 0.0) for k in range(1, 6)))
+                for i, arm in enumerate(ARMS)
+            }
     return QualityAggregates(**out)
 
 

@@ -11,7 +11,7 @@ import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from sqlalchemy import JSON, delete, func, select, tuple_, update
@@ -513,14 +513,18 @@ class LabelRepository:
     def upsert_many(
         self,
         deployment_id: int,
-        labels: Sequence[tuple[str, int, Any] | tuple[str, int, Any, float | None]],
+        labels: Sequence[
+            tuple[str, int, Any]
+            | tuple[str, int, Any, float | None]
+            | tuple[str, int, Any, float | None, float | None]
+        ],
         *,
         now: datetime | None = None,
     ) -> tuple[int, list[str]]:
-        """Store (request_id, row_index, label[, outcome]) tuples; the last one for a request row wins.
+        """Store (request_id, row_index, label[, outcome[, outcome_base]]) tuples; the last one for a row wins.
 
-        ``label`` None (with an outcome) keeps the row's stored label; ``outcome`` None or absent keeps
-        its stored business outcome, so a label and an outcome may arrive separately.
+        ``label`` None (with an outcome) keeps the row's stored label; ``outcome`` / ``outcome_base``
+        None or absent keep the stored ones, so a label and an outcome may arrive separately.
         Returns (labels stored, request ids with no paired output in this deployment yet). A label
         may arrive before its request's pair is written (the recorder writes in batches, after the
         shadow arm), so labels of unknown requests are kept and join their pair when it lands; one
@@ -528,8 +532,11 @@ class LabelRepository:
         label for a request that another deployment served is reported and not stored.
         """
         now = now or utcnow()
-        items = [(t[0], t[1], t[2], t[3] if len(t) > 3 else None) for t in labels]
-        ids = list({rid for rid, _, _, _ in items})
+        items = [
+            cast(tuple[str, int, Any, float | None, float | None], (*t, *(None,) * (5 - len(t))))
+            for t in labels
+        ]
+        ids = list({item[0] for item in items})
         with self.db.session() as s:
             known: set[tuple[str, int]] = set()
             foreign: set[str] = set()
@@ -541,9 +548,9 @@ class LabelRepository:
                     query.where(PairedOutputRow.request_id.in_(ids[start : start + 500]))
                 ):
                     (known.add((rid, idx)) if owner == deployment_id else foreign.add(rid))
-            unknown = sorted({rid for rid, idx, _, _ in items if (rid, idx) not in known})
+            unknown = sorted({rid for rid, idx, *_ in items if (rid, idx) not in known})
             stored: set[tuple[str, int]] = set()
-            for rid, idx, value, outcome in items:
+            for rid, idx, value, outcome, base in items:
                 if rid in foreign and (rid, idx) not in known:
                     continue
                 stored.add((rid, idx))
@@ -560,6 +567,7 @@ class LabelRepository:
                             label_value=label_value,
                             received_at=now,
                             outcome=outcome,
+                            outcome_base=base,
                         )
                     )
                     s.flush()  # a request row labelled twice in one batch: the second updates the first
@@ -569,6 +577,8 @@ class LabelRepository:
                         existing.label_class, existing.label_value = label_class, label_value
                     if outcome is not None:
                         existing.outcome = outcome
+                    if base is not None:
+                        existing.outcome_base = base
                     existing.received_at = now
             return len(stored), unknown
 

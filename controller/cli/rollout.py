@@ -321,7 +321,7 @@ def labels(ctx: click.Context, api_url: str | None, token: str | None) -> None:
     ctx.obj = _Remote(api_url, token)
 
 
-def read_labels(path: Path) -> list[tuple[str, int, Any, float | None]]:
+def read_labels(path: Path) -> list[tuple[str, int, Any, float | None, float | None]]:
     """Read a CSV with columns request_id and label and/or outcome, optionally row; numbers become numbers.
 
     An empty label or outcome cell means "not given" when the other one is there. ClickException if malformed.
@@ -333,7 +333,7 @@ def read_labels(path: Path) -> list[tuple[str, int, Any, float | None]]:
             if (
                 "request_id" not in columns
                 or not columns & {"label", "outcome"}
-                or columns - {"request_id", "label", "row", "outcome"}
+                or columns - {"request_id", "label", "row", "outcome", "outcome_base"}
             ):
                 raise click.ClickException(
                     f"{path.name} must have the columns request_id, label and/or outcome, and optionally row; "
@@ -344,6 +344,8 @@ def read_labels(path: Path) -> list[tuple[str, int, Any, float | None]]:
                  **({"label": _scalar(line.get("label") or "")}
                     if line.get("label") not in (None, "") or line.get("outcome") in (None, "") else {}),
                  **({"outcome": _scalar(line["outcome"])} if line.get("outcome") not in (None, "") else {}),
+                 **({"outcome_base": _scalar(line["outcome_base"])}
+                    if line.get("outcome_base") not in (None, "") else {}),
                  **({"row": _row(line.get("row"), number)} if line.get("row") not in (None, "") else {})}
                 for number, line in enumerate(reader, start=2)
             ]  # fmt: skip
@@ -400,8 +402,9 @@ def labels_upload(ctx: click.Context, deployment: str, file: Path) -> None:
                 body = {
                     "labels": [
                         {"request_id": r, "row": i,
-                         **({"label": v} if v is not None else {}), **({"outcome": o} if o is not None else {})}
-                        for r, i, v, o in batch
+                         **({"label": v} if v is not None else {}), **({"outcome": o} if o is not None else {}),
+                         **({"outcome_base": b} if b is not None else {})}
+                        for r, i, v, o, b in batch
                     ]
                 }  # fmt: skip
                 result = remote.call("POST", f"/deployments/{deployment}/labels", body)

@@ -83,6 +83,7 @@ __all__ = [
     "delong",
     "estimates",
     "influence",
+    "ratio_of_sums",
     "reliability_curve",
     "roc_auc",
 ]
@@ -375,7 +376,11 @@ class SquaredErrorMoments:
 
 @dataclass(frozen=True, kw_only=True)
 class OutcomeMoments:
-    """A business outcome per served request: count, sum and sum of squares per arm (canary only)."""
+    """A business outcome per served request: count, sum and sum of squares per arm (canary only).
+
+    ``ratio1`` / ``ratio2``: (n, Σx, Σy, Σx², Σy², Σxy) of the outcome x and its denominator y
+    (e.g. revenue and visits) per arm, for a ratio outcome.
+    """
 
     n1: int = 0
     s1: float = 0.0
@@ -383,6 +388,24 @@ class OutcomeMoments:
     n2: int = 0
     s2: float = 0.0
     q2: float = 0.0
+    ratio1: tuple[float, ...] | None = None
+    ratio2: tuple[float, ...] | None = None
+
+
+def ratio_of_sums(n: float, sx: float, sy: float, sxx: float, syy: float, sxy: float) -> tuple[float, float]:
+    """Return R = Σx / Σy and its delta-method standard error (a ratio metric, e.g. revenue per visit).
+
+    Var(R) ~= (s_xx - 2 R s_xy + R^2 s_yy) / (n ybar^2), with sample (co)variances s.
+    """
+    if n < 2 or sy == 0:
+        return math.nan, math.nan
+    r = sx / sy
+    ybar = sy / n
+    vxx = (sxx - sx * sx / n) / (n - 1)
+    vyy = (syy - sy * sy / n) / (n - 1)
+    vxy = (sxy - sx * sy / n) / (n - 1)
+    var = max(vxx - 2 * r * vxy + r * r * vyy, 0.0) / (n * ybar * ybar)
+    return r, math.sqrt(var)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -485,6 +508,7 @@ class MetricSpec:
     quantile: float = 0.5
     direction: Direction = "increase"
     horizon: int = 2000
+    ratio: bool = False
 
     @property
     def gate(self) -> str:
@@ -733,32 +757,44 @@ def _rmse_estimate(moments: SquaredErrorMoments | None, spec: MetricSpec) -> Har
 def _outcome_estimate(o: OutcomeMoments | None, spec: MetricSpec, missing: str | None) -> HarmEstimate:
     if o is None:
         return _none(spec, missing or "no outcomes yet")
-    if min(o.n1, o.n2) < max(spec.min_samples, 2):
-        return _none(
-            spec,
-            f"burn-in: {min(o.n1, o.n2)} of {spec.min_samples} served requests with an outcome",
-            o.n1,
-            o.n2,
-        )
-    m1, m2 = o.s1 / o.n1, o.s2 / o.n2
-    v1 = max((o.q1 - o.s1 * m1) / (o.n1 - 1), 0.0)
-    v2 = max((o.q2 - o.s2 * m2) / (o.n2 - 1), 0.0)
-    se = math.sqrt(v1 / o.n1 + v2 / o.n2)
+    if spec.ratio:
+        if o.ratio1 is None or o.ratio2 is None:
+            return _none(spec, missing or "no outcomes with a denominator yet")
+        n1, n2 = int(o.ratio1[0]), int(o.ratio2[0])
+        if min(n1, n2) < max(spec.min_samples, 2):
+            why = f"burn-in: {min(n1, n2)} of {spec.min_samples} served requests with a ratio outcome"
+            return _none(spec, why, n1, n2)
+        m1, se1 = ratio_of_sums(*o.ratio1)
+        m2, se2 = ratio_of_sums(*o.ratio2)
+        if math.isnan(m1) or math.isnan(m2):
+            return _none(spec, "the denominators sum to zero", n1, n2)
+        what = "outcome per unit of its base"
+    else:
+        n1, n2 = o.n1, o.n2
+        if min(n1, n2) < max(spec.min_samples, 2):
+            why = f"burn-in: {min(n1, n2)} of {spec.min_samples} served requests with an outcome"
+            return _none(spec, why, n1, n2)
+        m1, m2 = o.s1 / o.n1, o.s2 / o.n2
+        se1 = math.sqrt(max((o.q1 - o.s1 * m1) / (o.n1 - 1), 0.0) / o.n1)
+        se2 = math.sqrt(max((o.q2 - o.s2 * m2) / (o.n2 - 1), 0.0) / o.n2)
+        what = "mean outcome per served request"
     sign = 1.0 if spec.direction == "increase" else -1.0  # harm = loss in the good direction
     return HarmEstimate(
         gate="outcome",
         role=spec.role,
         margin=spec.margin,
         harm=sign * (m1 - m2),
-        se=se,
-        n_cs=float(o.n1 + o.n2),
+        se=math.sqrt(se1 * se1 + se2 * se2),
+        n_cs=float(n1 + n2),
         limit=spec.margin,
-        n1=o.n1,
-        n2=o.n2,
+        n1=n1,
+        n2=n2,
         scale=-sign,
-        describe=f"mean outcome per served request {m1:.4g} -> {m2:.4g} (unpaired, {spec.direction} is better)",
+        describe=f"{what} {m1:.4g} -> {m2:.4g} (unpaired, {spec.direction} is better)",
         champion=m1,
         challenger=m2,
+        se_champion=se1,
+        se_challenger=se2,
     )
 
 

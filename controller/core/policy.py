@@ -302,12 +302,16 @@ class BusinessOutcome(_Model):
     own unit (e.g. 0.05 = five cents of revenue per request). Only canary-served requests count: in
     shadow the challenger's answer never reached the user, so the outcome is the champion's doing.
     ``min_samples``: served requests with an outcome each arm needs (``None``: ``burn_in``).
+    ``ratio``: compare sum(outcome) / sum(outcome_base) per arm instead of the mean (e.g. revenue per
+    visit, the visits sent as ``outcome_base``); rows without a base are left out, and the margin is
+    in the ratio's unit.
     """
 
     role: GateRole = "off"
     direction: Literal["increase", "decrease"] = "increase"
     margin: float = Field(default=0.0, ge=0.0)
     min_samples: int | None = Field(default=None, ge=2)
+    ratio: bool = False
 
 
 class Segment(_Model):
@@ -558,7 +562,7 @@ class Policy(_Model):
             gates.append(
                 quality.MetricSpec(
                     metric="outcome", role=o.role, margin=o.margin, min_samples=o.min_samples or self.burn_in,
-                    direction=o.direction,
+                    direction=o.direction, ratio=o.ratio,
                 )
             )  # fmt: skip
         segments = None

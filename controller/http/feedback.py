@@ -6,7 +6,8 @@
 
 ``outcome`` (optional): a numeric business outcome of the request row — revenue, a 0/1 conversion,
 a cost — next to the label or instead of it (an item needs at least one of the two); the policy's
-``outcome`` gate compares the arms on it. An item without a label keeps a label sent earlier, and
+``outcome`` gate compares the arms on it. ``outcome_base`` (optional, with an outcome): the
+denominator of a ratio outcome, e.g. the visits behind the revenue (revenue per visit). An item without a label keeps a label sent earlier, and
 one without an outcome keeps an earlier outcome.
 
 No token: like scoring, feedback is data plane (served by `mlcanary router` and `mlcanary serve`).
@@ -57,8 +58,8 @@ def read_json_body() -> Any:
     return body
 
 
-def parse_labels(body: Any) -> list[tuple[str, int, Any, float | None]]:
-    """Validate a labels document; return (request_id, row, label, outcome) tuples, last duplicate winning.
+def parse_labels(body: Any) -> list[tuple[str, int, Any, float | None, float | None]]:
+    """Validate a labels document; return (request_id, row, label, outcome, outcome_base) tuples, last duplicate winning.
 
     Labels must be JSON scalars (string, number, boolean); null and non-finite numbers are refused.
     ``outcome`` must be a finite number; ``label`` or ``outcome`` may be left out (not both), and a
@@ -77,12 +78,12 @@ def parse_labels(body: Any) -> list[tuple[str, int, Any, float | None]]:
         raise LabelsError(
             413, "too_many_labels", f"{len(items)} labels in one request; send at most {MAX_LABELS}"
         )
-    triples: dict[tuple[str, int], tuple[Any, float | None]] = {}
+    triples: dict[tuple[str, int], tuple[Any, float | None, float | None]] = {}
     for position, item in enumerate(items):
         where = f"labels[{position}]"
         if not isinstance(item, Mapping):
             raise LabelsError(400, "invalid_labels", f"{where} must be an object")
-        unknown = set(item) - {"request_id", "row", "label", "outcome"}
+        unknown = set(item) - {"request_id", "row", "label", "outcome", "outcome_base"}
         if unknown:
             raise LabelsError(400, "invalid_labels", f"{where} has unknown keys {sorted(unknown)}")
         request_id = item.get("request_id")
@@ -108,19 +109,22 @@ def parse_labels(body: Any) -> list[tuple[str, int, Any, float | None]]:
                 400, "invalid_labels", f"{where}.label must be a string, a finite number or a boolean"
             )
         outcome = _outcome(item.get("outcome"), where) if "outcome" in item else None
-        triples[(request_id, row)] = (label, outcome)
-    return [(rid, row, label, outcome) for (rid, row), (label, outcome) in triples.items()]
+        base = _outcome(item.get("outcome_base"), where, "outcome_base") if "outcome_base" in item else None
+        if base is not None and outcome is None:
+            raise LabelsError(400, "invalid_labels", f"{where}.outcome_base needs an outcome")
+        triples[(request_id, row)] = (label, outcome, base)
+    return [(rid, row, *values) for (rid, row), values in triples.items()]
 
 
-def _outcome(value: Any, where: str) -> float:
+def _outcome(value: Any, where: str, name: str = "outcome") -> float:
     """A business outcome: a finite number (booleans are refused: send a conversion as 0 or 1)."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise LabelsError(400, "invalid_labels", f"{where}.outcome must be a finite number")
+        raise LabelsError(400, "invalid_labels", f"{where}.{name} must be a finite number")
     return float(value)
 
 
 def store_labels(
-    store: Store, deployment: str, triples: list[tuple[str, int, Any, float | None]]
+    store: Store, deployment: str, triples: list[tuple[str, int, Any, float | None, float | None]]
 ) -> dict[str, Any]:
     """Upsert labels for a deployment; return {"stored": n, "unknown_request_ids": [...]}.
 

@@ -342,6 +342,10 @@ def _schemas() -> dict[str, Any]:
                                 "type": "number",
                                 "description": "business outcome of the request row: revenue, a 0/1 conversion, a cost",
                             },
+                            "outcome_base": {
+                                "type": "number",
+                                "description": "denominator of a ratio outcome (e.g. visits, for revenue per visit)",
+                            },
                         },
                     },
                 }

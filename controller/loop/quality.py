@@ -122,7 +122,17 @@ def stats_from_aggregates(
     outcome = None
     if a.outcome:
         (n1, s1, q1), (n2, s2, q2) = a.outcome["champion"], a.outcome["challenger"]
-        outcome = quality.OutcomeMoments(n1=n1, s1=s1, q1=q1, n2=n2, s2=s2, q2=q2)
+        ratio = a.outcome_ratio or {}
+        outcome = quality.OutcomeMoments(
+            n1=n1,
+            s1=s1,
+            q1=q1,
+            n2=n2,
+            s2=s2,
+            q2=q2,
+            ratio1=ratio.get("champion"),
+            ratio2=ratio.get("challenger"),
+        )
     auc = None
     if a.auc is not None:
         available, labels, s1_, s2_, labels2 = a.auc

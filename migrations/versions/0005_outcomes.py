@@ -1,4 +1,5 @@
-"""outcomes: a numeric business outcome per labelled request row (revenue, a conversion, a cost)
+"""outcomes: a numeric business outcome per labelled request row (revenue, a conversion, a cost),
+and the denominator of a ratio outcome (e.g. visits, for revenue per visit)
 
 Revision ID: 0005
 Revises: 0002
@@ -19,8 +20,10 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("labels", schema=None) as batch_op:
         batch_op.add_column(sa.Column("outcome", sa.Float(), nullable=True))
+        batch_op.add_column(sa.Column("outcome_base", sa.Float(), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("labels", schema=None) as batch_op:
+        batch_op.drop_column("outcome_base")
         batch_op.drop_column("outcome")

@@ -128,6 +128,8 @@ BAD_BODIES: list[tuple[Any, str]] = [
     ({"labels": [{"request_id": "a", "outcome": True}]}, "invalid_labels"),
     ({"labels": [{"request_id": "a", "outcome": None}]}, "invalid_labels"),
     ({"labels": [{"request_id": "a", "label": 1, "outcome": [1]}]}, "invalid_labels"),
+    ({"labels": [{"request_id": "a", "label": 1, "outcome_base": 2}]}, "invalid_labels"),
+    ({"labels": [{"request_id": "a", "outcome": 1, "outcome_base": "2"}]}, "invalid_labels"),
 ]
 
 
@@ -200,6 +202,8 @@ def test_an_outcome_is_stored_next_to_the_label_or_instead_of_it(app: Flask, sto
     client.post(URL, json={"labels": [{"request_id": "a", "outcome": 3}, {"request_id": "b", "label": 0}]})
     assert (store.labels.get("a").label, store.labels.get("a").outcome) == (1, 3.0)
     assert (store.labels.get("b").label, store.labels.get("b").outcome) == (0, 0.0)
+    client.post(URL, json={"labels": [{"request_id": "c", "outcome": 24.9, "outcome_base": 3}]})
+    assert (store.labels.get("c").outcome, store.labels.get("c").outcome_base) == (24.9, 3.0)
 
 
 def test_a_non_numeric_outcome_is_a_400_naming_the_field(app: Flask, store: Store) -> None:

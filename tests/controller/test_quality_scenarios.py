@@ -81,7 +81,9 @@ class World:
         assert latest is not None
         return latest
 
-    def traffic(self, n: int, *, label: bool = True, revenue: Revenue | None = None) -> None:
+    def traffic(
+        self, n: int, *, label: bool = True, revenue: Revenue | None = None, visits: bool = False
+    ) -> None:
         r = self.rollout()
         self.seed += 1
         frame, _ = mlpipes.churn_frame(n, seed=self.seed, missing=0.0)
@@ -112,10 +114,13 @@ class World:
                     raw_input={k: (v.item() if hasattr(v, "item") else v) for k, v in raw[i].items()}, **out,
                 )
             )  # fmt: skip
-            value = None
+            value = base = None
             if revenue is not None:
                 value = float(revenue(preds[arm][i : i + 1], truth[i : i + 1], rng)[0])
-            feedback.append((rid, 0, int(truth[i]) if label else None, value))
+                if visits:  # 1-3 visits, each earning as the request did: revenue per visit is what differs
+                    base = float(rng.integers(1, 4))
+                    value *= base
+            feedback.append((rid, 0, int(truth[i]) if label else None, value, base))
         self.store.pairs.insert_many(records)
         self.store.labels.upsert_many(r.deployment_id, feedback, now=self.now)
 
@@ -211,18 +216,21 @@ REVENUE_POLICY = {
 
 
 @pytest.mark.parametrize(
-    ("champion_c", "challenger_c", "phase"), [(0.001, 1.0, "promoted"), (1.0, 0.001, "rolled_back")]
+    ("champion_c", "challenger_c", "phase", "ratio"),
+    [(0.001, 1.0, "promoted", False), (1.0, 0.001, "rolled_back", False), (0.001, 1.0, "promoted", True)],
 )
 def test_a_revenue_gate_promotes_a_challenger_that_earns_more_and_rolls_back_one_that_earns_less(
-    store: Store, tmp_path: Path, champion_c: float, challenger_c: float, phase: str
+    store: Store, tmp_path: Path, champion_c: float, challenger_c: float, phase: str, ratio: bool
 ) -> None:
+    """Outcomes only, no labels; with ``ratio`` the gate compares revenue per visit (visits as outcome_base)."""
     from sklearn.linear_model import LogisticRegression
 
     champion = _fit(LogisticRegression(C=champion_c, max_iter=500), churn_truth)
     challenger = _fit(LogisticRegression(C=challenger_c, max_iter=500), churn_truth)
     world = World(store, tmp_path, champion, challenger, churn_truth)
-    world.start(REVENUE_POLICY)
-    final = world.run(per_tick=3000, seconds=60, max_ticks=10, label=False, revenue=_revenue)
+    world.start({**REVENUE_POLICY, "outcome": {**REVENUE_POLICY["outcome"], "ratio": ratio}})  # type: ignore[dict-item]
+    final = world.run(per_tick=3000, seconds=60, max_ticks=10, label=False, revenue=_revenue, visits=ratio)
     assert final.phase == phase
     outcome = world.last_verdicts()["outcome"]
     assert outcome["outcome"] == ("pass" if phase == "promoted" else "fail")
+    assert ("per unit of its base" in outcome["reason"]) == ratio

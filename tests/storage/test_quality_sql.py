@@ -104,12 +104,18 @@ def test_served_outcomes_and_regression_losses_match_numpy(store: Store) -> None
     v1, v2 = target + rng.normal(0, 1, N), target + rng.normal(0.3, 1.5, N)
     served = np.where(rng.random(N) < 0.5, "challenger", "champion")
     revenue = rng.normal(5, 2, N)
+    visits = rng.integers(1, 4, N).astype(float)
     rollout = _deployment(store, "regression")
     rows = [
         {"served_arm": str(served[i]), "champion_value": float(v1[i]), "challenger_value": float(v2[i])}
         for i in range(N)
     ]
-    _write(store, rollout, rows, [(f"r{i}", 0, float(target[i]), float(revenue[i])) for i in range(N)])
+    _write(
+        store,
+        rollout,
+        rows,
+        [(f"r{i}", 0, float(target[i]), float(revenue[i]), float(visits[i])) for i in range(N)],
+    )
     agg = quality_aggregates(
         store.db, rollout_id=rollout, step=0, cohort="served", task="regression",
         label_cutoff=T0 + timedelta(days=1), quantiles=(0.9,), outcome=True,
@@ -128,3 +134,6 @@ def test_served_outcomes_and_regression_losses_match_numpy(store: Store) -> None
     o = stats.outcome
     assert o is not None and (o.n1, o.n2) == (int(champ.sum()), int(chal.sum()))
     assert o.s2 / o.n2 == pytest.approx(revenue[chal].mean(), abs=1e-9)
+    assert o.ratio1 is not None and o.ratio2 is not None
+    per_visit, _ = q.ratio_of_sums(*o.ratio1)
+    assert per_visit == pytest.approx(revenue[champ].sum() / visits[champ].sum(), abs=1e-12)

@@ -243,3 +243,16 @@ def test_roc_auc_waits_for_its_fixed_horizon_then_tests_once_with_the_delong_nor
     # Holm over the two gates with a harm p-value here (the error rate's is ~1): the smallest is doubled
     assert v.p_value == pytest.approx(2 * p, rel=1e-9)  # type: ignore[attr-defined]
     assert v.interval.upper == pytest.approx((a2 - a1) + norm.ppf(0.95) * np.sqrt(var), rel=1e-9)  # type: ignore[attr-defined]
+
+
+def test_ratio_of_sums_reduces_to_the_mean_and_its_standard_error_when_the_base_is_one() -> None:
+    x = RNG.normal(5, 2, 300)
+    r, se = q.ratio_of_sums(300, x.sum(), 300.0, float(x @ x), 300.0, x.sum())
+    assert r == pytest.approx(x.mean(), rel=1e-12)
+    assert se == pytest.approx(x.std(ddof=1) / math.sqrt(300), rel=1e-9)
+    # with a varying base: the linearised (Taylor) variance of sum(x) / sum(y), computed per row
+    y = RNG.integers(1, 4, 300).astype(float)
+    r, se = q.ratio_of_sums(300, x.sum(), y.sum(), float(x @ x), float(y @ y), float(x @ y))
+    linear = (x - r * y) / y.mean()
+    assert r == pytest.approx(x.sum() / y.sum(), rel=1e-12)
+    assert se == pytest.approx(linear.std(ddof=1) / math.sqrt(300), rel=1e-9)
