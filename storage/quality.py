@@ -141,34 +141,7 @@ def quality_aggregates(
         seg_exprs += [(s.column, segment_expression(s)) for s in segments]
         if task == "classification":
             has = L.label_class.is_not(None)
-            for column, expr in seg_exprs:
-                key = [] if expr is None else [expr.label("segment")]
-                if cohort == "paired":
-                    cols = [*key, L.label_class, P.champion_class, P.challenger_class]
-                    where = and_(
-                        matured, has, both_ok, P.champion_class.is_not(None), P.challenger_class.is_not(None)
-                    )
-                    rows = conn.execute(
-                        select(*cols, func.count()).select_from(joined).where(where).group_by(*cols)
-                    )
-                    cells = [(tuple(str(v) for v in r[:-1]), int(r[-1])) for r in rows]
-                else:
-                    cells = []
-                    for arm in ARMS:
-                        klass = P[f"{arm}_class"]
-                        cols = [*key, L.label_class, klass]
-                        where = and_(matured, has, answered(arm), klass.is_not(None))
-                        rows = conn.execute(
-                            select(*cols, func.count()).select_from(joined).where(where).group_by(*cols)
-                        )
-                        for r in rows:
-                            values = tuple(str(v) for v in r[:-1])
-                            cells.append(((*values[:-2], arm, *values[-2:]), int(r[-1])))
-                target = "paired_cells" if cohort == "paired" else "served_cells"
-                if column is None:
-                    out[target] = {k: n for k, n in cells}
-                else:
-                    out.setdefault("segments", {})[column] = _top_segments(cells, max_values)
+            losses: dict[str, dict[str, Any]] = {}
             if positive is not None:
                 y = case((L.label_class == positive, 1.0), else_=0.0)
 
@@ -177,14 +150,51 @@ def quality_aggregates(
                     p = case((L.label_class == positive, s), else_=1.0 - s)
                     return case((p < EPS, EPS), (p > 1.0 - EPS, 1.0 - EPS), else_=p)
 
-                losses: dict[str, dict[str, Any]] = {
+                losses = {
                     "log_loss": {arm: -func.ln(clipped(arm)) for arm in ARMS},
                     "brier": {arm: (P[f"{arm}_score"] - y) * (P[f"{arm}_score"] - y) for arm in ARMS},
                 }
+            totals: dict[str, list[list[float]]] = {
+                name: [[0, 0.0, 0.0] for _ in range(3)] for name in losses
+            }
+            for column, expr in seg_exprs:
+                # The overall confusion query also sums the proper scores (one scan of the join, not two).
+                with_losses = losses if column is None else {}
+                key = [] if expr is None else [expr]
+                if cohort == "paired":
+                    where = and_(
+                        matured, has, both_ok, P.champion_class.is_not(None), P.challenger_class.is_not(None)
+                    )
+                    rows = _cells_with_losses(
+                        conn, joined, where, [*key, L.label_class, P.champion_class, P.challenger_class],
+                        with_losses, ARMS, totals,
+                    )  # fmt: skip
+                    cells = [(tuple(str(v) for v in k), n) for k, n in rows]
+                else:
+                    cells = []
+                    for arm in ARMS:
+                        klass = P[f"{arm}_class"]
+                        where = and_(matured, has, answered(arm), klass.is_not(None))
+                        rows = _cells_with_losses(
+                            conn, joined, where, [*key, L.label_class, klass], with_losses, (arm,), totals
+                        )
+                        for k, n in rows:
+                            values = tuple(str(v) for v in k)
+                            cells.append(((*values[:-2], arm, *values[-2:]), n))
+                target = "paired_cells" if cohort == "paired" else "served_cells"
+                if column is None:
+                    out[target] = {k: n for k, n in cells}
+                else:
+                    out.setdefault("segments", {})[column] = _top_segments(cells, max_values)
+            for name, (t1, t2, td) in totals.items():
+                out[name] = LossSums(
+                    champion=(int(t1[0]), t1[1], t1[2]),
+                    challenger=(int(t2[0]), t2[1], t2[2]),
+                    difference=(int(td[0]), td[1], td[2]),
+                )
+            if positive is not None and auc_horizon:
                 scored = {arm: and_(has, answered(arm), P[f"{arm}_score"].is_not(None)) for arm in ARMS}
-                out.update(_loss_sums_many(conn, joined, matured, scored, losses, paired=cohort == "paired"))
-                if auc_horizon:
-                    out["auc"] = _auc_rows(conn, joined, matured, scored, positive, auc_horizon, cohort)
+                out["auc"] = _auc_rows(conn, joined, matured, scored, positive, auc_horizon, cohort)
         else:
             has = L.label_value.is_not(None)
             usable = {arm: and_(has, answered(arm), P[f"{arm}_value"].is_not(None)) for arm in ARMS}
@@ -274,6 +284,58 @@ def _from_row(r: Sequence[Any], i: int, paired: bool) -> LossSums:
         challenger=_triple(r, i + 3),
         difference=_triple(r, i + 6) if paired else (0, 0.0, 0.0),
     )
+
+
+def _cells_with_losses(
+    conn: Any,
+    joined: Any,
+    where: Any,
+    keys: list[Any],
+    losses: dict[str, dict[str, Any]],
+    arms: Sequence[str],
+    totals: dict[str, list[list[float]]],
+) -> list[tuple[tuple[Any, ...], int]]:
+    """GROUP BY the confusion cell; alongside, sum each arm's per-row losses into ``totals`` (in place).
+
+    ``totals[name]``: [champion, challenger, difference] as [count, sum, sum of squares]; the
+    difference (challenger - champion) only when both arms are in ``arms`` (paired rows).
+    """
+    loss_cols = [
+        case((P[f"{arm}_score"].is_not(None), cast(per_arm[arm], Float)), else_=None).label(f"{name}_{arm}")
+        for name, per_arm in losses.items()
+        for arm in arms
+    ]
+    inner = (
+        select(*[k.label(f"k{i}") for i, k in enumerate(keys)], *loss_cols)
+        .select_from(joined)
+        .where(where)
+        .offset(0)  # a fence: each per-row loss is computed once (see _loss_sums_many)
+        .subquery()
+    )
+    ks = [inner.c[f"k{i}"] for i in range(len(keys))]
+    aggregates: list[Any] = [func.count()]
+    slots: list[tuple[str, int]] = []
+    for name in losses:
+        parts: list[tuple[Any, int]] = [(inner.c[f"{name}_{arm}"], ARMS.index(arm)) for arm in arms]
+        if len(arms) == 2:
+            parts.append((inner.c[f"{name}_challenger"] - inner.c[f"{name}_champion"], 2))
+        for e, slot in parts:
+            aggregates += [
+                func.count(e),
+                func.coalesce(func.sum(e), 0.0),
+                func.coalesce(func.sum(e * e), 0.0),
+            ]
+            slots.append((name, slot))
+    out = []
+    for r in conn.execute(select(*ks, *aggregates).group_by(*ks)):
+        width = len(ks)
+        out.append((tuple(r[:width]), int(r[width])))
+        for j, (name, slot) in enumerate(slots):
+            total = totals[name][slot]
+            total[0] += int(r[width + 1 + 3 * j] or 0)
+            total[1] += float(r[width + 2 + 3 * j] or 0.0)
+            total[2] += float(r[width + 3 + 3 * j] or 0.0)
+    return out
 
 
 def _loss_sums(
