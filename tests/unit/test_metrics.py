@@ -107,7 +107,6 @@ def test_proper_scores_and_regression_losses_match_scikit_learn() -> None:
 
 
 def test_rmse_difference_standard_error_matches_the_delta_method_on_per_row_influence() -> None:
-    target = RNG.normal(0, 1, 500)
     e1, e2 = RNG.normal(0, 1, 500), RNG.normal(0, 1.3, 500)
     sq = q.SquaredErrorMoments.from_rows(e1, e2, paired=True)
     _, _, diff, se, _, _ = sq.difference() or (0, 0, 0, 0, 0, 0)
@@ -115,7 +114,6 @@ def test_rmse_difference_standard_error_matches_the_delta_method_on_per_row_infl
     influence = (e2**2 - m2) / (2 * np.sqrt(m2)) - (e1**2 - m1) / (2 * np.sqrt(m1))
     assert se == pytest.approx(math.sqrt(np.mean(influence**2) / 500), rel=1e-9)
     assert diff == pytest.approx(np.sqrt(m2) - np.sqrt(m1), rel=1e-12)
-    assert target.size == 500
 
 
 def test_roc_auc_matches_scikit_learn_and_delong_matches_its_definition() -> None:
@@ -256,3 +254,28 @@ def test_ratio_of_sums_reduces_to_the_mean_and_its_standard_error_when_the_base_
     linear = (x - r * y) / y.mean()
     assert r == pytest.approx(x.sum() / y.sum(), rel=1e-12)
     assert se == pytest.approx(linear.std(ddof=1) / math.sqrt(300), rel=1e-9)
+
+
+def test_a_regression_segment_with_a_worse_mae_fails_and_names_the_segment() -> None:
+    rng = np.random.default_rng(5)
+    north = rng.random(4000) < 0.15
+    e1 = np.abs(rng.normal(0, 2, 4000))
+    e2 = np.where(north, e1 * 1.6, e1 * 0.98)  # 60% worse in the north, 2% better elsewhere
+    segments = tuple(
+        q.SegmentStats(column="region", value=v, abs_error=q.LossMoments.from_rows(e1[m], e2[m], paired=True))
+        for v, m in (("north", north), ("south", ~north))
+    )
+    policy = JudgePolicy(
+        quality=q.QualityPolicy(segments=q.SegmentPolicy(metrics=(q.MetricSpec(metric="mae", margin=0.05),)))
+    )
+    metrics = StepMetrics(
+        mode="shadow", champion=Prop(n=4000, count=0), challenger=Prop(n=4000, count=0),
+        quality=q.QualityStats(segments=segments),
+    )  # fmt: skip
+    result = judge(metrics, policy)
+    by_gate = {v.gate: v for v in result.verdicts}
+    north_gate = by_gate["segment[region=north].mae"]
+    assert north_gate.outcome == Outcome.FAIL
+    assert north_gate.effect == pytest.approx(e2[north].mean() / e1[north].mean() - 1, rel=1e-9)
+    assert by_gate["segment[region=south].mae"].outcome != Outcome.FAIL
+    assert result.decision == "rollback" and "region=north" in result.reason
