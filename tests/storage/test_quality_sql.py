@@ -137,3 +137,30 @@ def test_served_outcomes_and_regression_losses_match_numpy(store: Store) -> None
     assert o.ratio1 is not None and o.ratio2 is not None
     per_visit, _ = q.ratio_of_sums(*o.ratio1)
     assert per_visit == pytest.approx(revenue[champ].sum() / visits[champ].sum(), abs=1e-12)
+
+
+def test_served_confusion_counts_each_arm_on_the_requests_it_answered(store: Store) -> None:
+    rng = np.random.default_rng(13)
+    y = rng.random(N) < 0.2
+    a, b = np.where(rng.random(N) < 0.85, y, ~y), np.zeros(N, dtype=bool)  # the challenger never says 1
+    served = np.where(rng.random(N) < 0.3, "challenger", "champion")
+    rollout = _deployment(store, "classification")
+    rows = [
+        {"served_arm": str(served[i]), "champion_class": str(int(a[i])), "challenger_class": str(int(b[i]))}
+        for i in range(N)
+    ]
+    _write(store, rollout, rows, [(f"r{i}", 0, int(y[i])) for i in range(N)])
+    agg = quality_aggregates(
+        store.db, rollout_id=rollout, step=0, cohort="served", task="classification",
+        label_cutoff=T0 + timedelta(days=1), positive="1",
+    )  # fmt: skip
+    stats = stats_from_aggregates(agg, task="classification", classes=("0", "1"), mode="canary")
+    assert stats.confusion is not None and stats.confusion.paired is None
+    m1, m2 = stats.confusion.arm_matrices()
+    champ, chal = served == "champion", served == "challenger"
+    assert m1.tolist() == skm.confusion_matrix(y[champ], a[champ], labels=[False, True]).tolist()
+    assert m2.tolist() == skm.confusion_matrix(y[chal], b[chal], labels=[False, True]).tolist()
+    spec = q.MetricSpec(metric="balanced_accuracy", role="required", margin=0.05, min_samples=10)
+    est = q.estimates(stats, q.QualityPolicy(gates=(spec,)))[0]
+    assert est.challenger == pytest.approx(skm.balanced_accuracy_score(y[chal], b[chal]), abs=1e-12)
+    assert est.se**2 == pytest.approx(est.se_champion**2 + est.se_challenger**2, rel=1e-12)  # unpaired
