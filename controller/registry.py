@@ -138,7 +138,13 @@ def frame_fingerprint(frame: pd.DataFrame) -> str:
 
 
 def offline_metrics(estimator: Any, task: str, features: pd.DataFrame, target: pd.Series) -> dict[str, Any]:
-    """Score a holdout set: accuracy/F1/ROC AUC (classification) or MAE/RMSE (regression)."""
+    """Score a holdout set with every metric the gates use, so online-versus-offline covers each one.
+
+    Classification: accuracy, balanced accuracy, macro-F1, per-class recall and precision (keyed by the
+    class as text), F1 (binary) and, with ``predict_proba``, log loss, Brier score (binary: of the second
+    class; multi-class: the mean over rows of the summed squared differences, sklearn's definition) and
+    ROC AUC (multi-class: one-vs-rest, macro). Regression: MAE, RMSE and the pinball loss at 0.1, 0.5, 0.9.
+    """
     from sklearn import metrics
 
     predicted = estimator.predict(features)
@@ -149,18 +155,36 @@ def offline_metrics(estimator: Any, task: str, features: pd.DataFrame, target: p
     if task == "classification":
         result["accuracy"] = float(metrics.accuracy_score(target, predicted))
         classes = list(estimator.classes_)
+        result["balanced_accuracy"] = float(metrics.balanced_accuracy_score(target, predicted))
+        result["macro_f1"] = float(metrics.f1_score(target, predicted, average="macro", zero_division=0))
+        recall = metrics.recall_score(target, predicted, labels=classes, average=None, zero_division=0)
+        precision = metrics.precision_score(target, predicted, labels=classes, average=None, zero_division=0)
+        result["recall"] = {str(c): float(v) for c, v in zip(classes, recall, strict=True)}
+        result["precision"] = {str(c): float(v) for c, v in zip(classes, precision, strict=True)}
+        proba = estimator.predict_proba(features) if hasattr(estimator, "predict_proba") else None
         if len(classes) == 2:
             result["f1"] = float(metrics.f1_score(target, predicted, pos_label=classes[1]))
-            if hasattr(estimator, "predict_proba"):
-                result["roc_auc"] = float(
-                    metrics.roc_auc_score(target, estimator.predict_proba(features)[:, 1])
-                )
+            if proba is not None:
+                result["roc_auc"] = float(metrics.roc_auc_score(target, proba[:, 1]))
+                result["brier"] = float(metrics.brier_score_loss(target, proba[:, 1], pos_label=classes[1]))
         else:
-            result["f1_macro"] = float(metrics.f1_score(target, predicted, average="macro"))
+            result["f1_macro"] = result["macro_f1"]
+            if proba is not None and len(set(target)) == len(classes):
+                result["roc_auc"] = float(
+                    metrics.roc_auc_score(target, proba, multi_class="ovr", average="macro", labels=classes)
+                )
+            if proba is not None:
+                result["brier"] = float(metrics.brier_score_loss(target, proba, labels=classes))
+        if proba is not None:
+            result["log_loss"] = float(metrics.log_loss(target, proba, labels=classes))
     else:
-        errors = np.asarray(predicted, dtype=float) - np.asarray(target, dtype=float)
+        truth = np.asarray(target, dtype=float)
+        errors = np.asarray(predicted, dtype=float) - truth
         result["mae"] = float(np.mean(np.abs(errors)))
         result["rmse"] = float(np.sqrt(np.mean(errors**2)))
+        result["pinball"] = {
+            f"{q:g}": float(metrics.mean_pinball_loss(truth, predicted, alpha=q)) for q in (0.1, 0.5, 0.9)
+        }
     return result
 
 

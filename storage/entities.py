@@ -269,6 +269,8 @@ class Label:
     label_class: str | None
     label_value: float | None
     received_at: datetime
+    outcome: float | None = None  # business outcome of the request row (revenue, a conversion, a cost)
+    outcome_base: float | None = None  # denominator of a ratio outcome (e.g. visits)
 
 
 @dataclass(frozen=True)

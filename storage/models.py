@@ -228,6 +228,8 @@ class LabelRow(Base):
     label_value: Mapped[float | None] = mapped_column(Float, nullable=True)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime())
     pending: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    outcome: Mapped[float | None] = mapped_column(Float, nullable=True)  # business outcome (0005)
+    outcome_base: Mapped[float | None] = mapped_column(Float, nullable=True)  # its ratio denominator
 
     def to_entity(self) -> entities.Label:
         return entities.Label(
@@ -238,6 +240,8 @@ class LabelRow(Base):
             label_class=self.label_class,
             label_value=self.label_value,
             received_at=self.received_at,
+            outcome=self.outcome,
+            outcome_base=self.outcome_base,
         )
 
 

@@ -11,10 +11,10 @@ import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import orjson
-from sqlalchemy import delete, func, select, tuple_, update
+from sqlalchemy import JSON, delete, func, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from storage import analytics, entities
@@ -70,6 +70,14 @@ def _add_event(session: Session, new: entities.NewEvent, at: datetime) -> EventR
     )
     session.add(row)
     return row
+
+
+# A label row as callers give it: (request_id, row_index, label[, outcome[, outcome_base]]).
+LabelItem = (
+    tuple[str, int, Any]
+    | tuple[str, int, Any, float | None]
+    | tuple[str, int, Any, float | None, float | None]
+)
 
 
 class PipelineRepository:
@@ -586,9 +594,13 @@ class LabelRepository:
         self.db = db
 
     def upsert_many(
-        self, deployment_id: int, labels: Sequence[tuple[str, int, Any]], *, now: datetime | None = None
+        self,
+        deployment_id: int,
+        labels: Sequence[LabelItem],
+        *,
+        now: datetime | None = None,
     ) -> tuple[int, list[str]]:
-        """Store (request_id, row_index, label) triples with no bound on pending labels.
+        """Store label tuples (see ``store``) with no bound on pending labels.
 
         Returns (labels stored, request ids with no paired output in this deployment yet).
         """
@@ -598,14 +610,16 @@ class LabelRepository:
     def store(
         self,
         deployment_id: int,
-        labels: Sequence[tuple[str, int, Any]],
+        labels: Sequence[LabelItem],
         *,
         now: datetime | None = None,
         pending_limit: int | None = None,
         pending_window: timedelta | None = None,
     ) -> entities.LabelsStored:
-        """Store (request_id, row_index, label) triples of a deployment; the last label for a row wins.
+        """Store (request_id, row_index, label[, outcome[, outcome_base]]) tuples; the last one for a row wins.
 
+        ``label`` None (with an outcome) keeps the row's stored label; ``outcome`` / ``outcome_base``
+        None or absent keep the stored ones, so a label and an outcome may arrive separately.
         A label may arrive before its request's pair is written (the recorder writes in batches, after
         the shadow arm): a label of a row with no pair in this deployment yet is kept as pending and
         joins its pair when it lands. Pending labels are bounded: those older than pending_window with
@@ -614,7 +628,11 @@ class LabelRepository:
         deployment's pair of the same id is never joined.
         """
         now = now or utcnow()
-        ids = list({rid for rid, _, _ in labels})
+        items = [
+            cast(tuple[str, int, Any, float | None, float | None], (*t, *(None,) * (5 - len(t))))
+            for t in labels
+        ]
+        ids = list({item[0] for item in items})
         with self.db.session() as s:
             known: set[tuple[str, int]] = set()
             for start in range(0, len(ids), 500):
@@ -623,13 +641,13 @@ class LabelRepository:
                     PairedOutputRow.request_id.in_(ids[start : start + 500]),
                 )
                 known.update((rid, idx) for rid, idx in s.execute(query))
-            unknown = sorted({rid for rid, idx, _ in labels if (rid, idx) not in known})
+            unknown = sorted({rid for rid, idx, *_ in items if (rid, idx) not in known})
             room = None
             if pending_limit is not None or pending_window is not None:
                 room = self._settle_pending(s, deployment_id, now, pending_limit, pending_window)
             stored: set[tuple[str, int]] = set()
             dropped: set[str] = set()
-            for rid, idx, value in labels:
+            for rid, idx, value, outcome, base in items:
                 pending = (rid, idx) not in known
                 existing = s.scalar(
                     select(LabelRow).where(
@@ -651,17 +669,24 @@ class LabelRepository:
                             request_id=rid,
                             row_index=idx,
                             deployment_id=deployment_id,
-                            label=_json_safe(value),
+                            label=JSON.NULL if value is None else _json_safe(value),
                             label_class=label_class,
                             label_value=label_value,
                             received_at=now,
                             pending=pending,
+                            outcome=outcome,
+                            outcome_base=base,
                         )
                     )
                     s.flush()  # a request row labelled twice in one batch: the second updates the first
                 else:
-                    existing.label = _json_safe(value)
-                    existing.label_class, existing.label_value = label_class, label_value
+                    if value is not None:
+                        existing.label = _json_safe(value)
+                        existing.label_class, existing.label_value = label_class, label_value
+                    if outcome is not None:
+                        existing.outcome = outcome
+                    if base is not None:
+                        existing.outcome_base = base
                     existing.received_at = now
                     existing.pending = pending
             return entities.LabelsStored(

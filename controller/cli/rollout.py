@@ -7,7 +7,7 @@ API instead, as the token's owner. Mistakes give one line on stderr and exit sta
     mlcanary rollout start churn --challenger churn:2 --mode canary --policy policy.yaml
     mlcanary rollout promote churn --full --reason "looks good"
     mlcanary rollout status churn --json
-    mlcanary labels upload churn labels.csv          # request_id,label[,row]
+    mlcanary labels upload churn labels.csv          # request_id,label[,row][,outcome]
 """
 
 from __future__ import annotations
@@ -335,18 +335,31 @@ def labels(ctx: click.Context, api_url: str | None, token: str | None) -> None:
     ctx.obj = _Remote(api_url, token)
 
 
-def read_labels(path: Path) -> list[tuple[str, int, Any]]:
-    """Read a CSV with columns request_id,label[,row]; numbers become numbers. ClickException if malformed."""
+def read_labels(path: Path) -> list[tuple[str, int, Any, float | None, float | None]]:
+    """Read a CSV with columns request_id and label and/or outcome, optionally row; numbers become numbers.
+
+    An empty label or outcome cell means "not given" when the other one is there. ClickException if malformed.
+    """
     try:
         with path.open(newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
             columns = set(reader.fieldnames or ())
-            if not {"request_id", "label"} <= columns or columns - {"request_id", "label", "row"}:
+            if (
+                "request_id" not in columns
+                or not columns & {"label", "outcome"}
+                or columns - {"request_id", "label", "row", "outcome", "outcome_base"}
+            ):
                 raise click.ClickException(
-                    f"{path.name} must have the columns request_id,label and optionally row; it has {sorted(columns)}"
+                    f"{path.name} must have the columns request_id, label and/or outcome, and optionally row; "
+                    f"it has {sorted(columns)}"
                 )
             items = [
-                {"request_id": line["request_id"], "label": _scalar(line["label"] or ""),
+                {"request_id": line["request_id"],
+                 **({"label": _scalar(line.get("label") or "")}
+                    if line.get("label") not in (None, "") or line.get("outcome") in (None, "") else {}),
+                 **({"outcome": _scalar(line["outcome"])} if line.get("outcome") not in (None, "") else {}),
+                 **({"outcome_base": _scalar(line["outcome_base"])}
+                    if line.get("outcome_base") not in (None, "") else {}),
                  **({"row": _row(line.get("row"), number)} if line.get("row") not in (None, "") else {})}
                 for number, line in enumerate(reader, start=2)
             ]  # fmt: skip
@@ -383,15 +396,15 @@ def _scalar(text: str) -> Any:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.pass_context
 def labels_upload(ctx: click.Context, deployment: str, file: Path) -> None:
-    """Store the labels of FILE.csv (request_id,label[,row]) for DEPLOYMENT's earlier requests."""
+    """Store the labels and/or outcomes of FILE.csv (request_id,label[,row][,outcome]) for DEPLOYMENT's earlier requests."""
     triples = read_labels(file)
     batches = [triples[i : i + feedback.MAX_LABELS] for i in range(0, len(triples), feedback.MAX_LABELS)]
     remote = _remote(ctx)
     store: Store | None = None if remote is not None else _store(ctx)
     if store is not None:
         rule = feedback.label_rule(store, deployment)  # an unknown deployment fails before any work
-        for number, (_rid, _row, value) in enumerate(triples):
-            problem = rule(value)
+        for number, (_rid, _row, value, *_outcomes) in enumerate(triples):
+            problem = None if value is None else rule(value)  # a row may carry only an outcome
             if problem is not None:
                 raise click.ClickException(f"{file.name} line {number + 2}: label {value!r} is not {problem}")
     stored, unknown = 0, []
@@ -404,7 +417,14 @@ def labels_upload(ctx: click.Context, deployment: str, file: Path) -> None:
                 result = feedback.store_labels(store, deployment, batch)
             else:
                 assert remote is not None
-                body = {"labels": [{"request_id": r, "row": i, "label": v} for r, i, v in batch]}
+                body = {
+                    "labels": [
+                        {"request_id": r, "row": i,
+                         **({"label": v} if v is not None else {}), **({"outcome": o} if o is not None else {}),
+                         **({"outcome_base": b} if b is not None else {})}
+                        for r, i, v, o, b in batch
+                    ]
+                }  # fmt: skip
                 result = remote.call("POST", f"/deployments/{deployment}/labels", body)
             stored += result["stored"]
             unknown.extend(result["unknown_request_ids"])

@@ -56,6 +56,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from controller.core import metrics as quality
 from controller.core import stats
 
 Role = Literal["required", "guardrail", "informational"]
@@ -256,6 +257,7 @@ class StepMetrics:
     paired_abs_errors: PairedAbsErrors | None = None
     error_tail: ErrorTail | None = None
     clusters: Mapping[str, stats.ClusterSums] = field(default_factory=dict)
+    quality: quality.QualityStats | None = None  # class-aware metrics, losses, outcome, segments
 
 
 def metrics_from_pairs(
@@ -447,6 +449,7 @@ class JudgePolicy:
     veto_alpha: float | None = None
     final: bool = False
     agreement_stands_in: bool = False
+    quality: quality.QualityPolicy | None = None  # gates of controller.core.metrics
 
     def __post_init__(self) -> None:
         if self.veto_alpha is not None and not 0.0 < self.veto_alpha < 0.5:
@@ -1186,6 +1189,54 @@ def _coverage(m: StepMetrics, policy: JudgePolicy) -> _Draft:
     return _Draft(verdict)
 
 
+def _quality_draft(e: quality.HarmEstimate, policy: JudgePolicy) -> _Draft:
+    """Decide one estimate of ``controller.core.metrics`` like the gates above (role "hold": harm holds)."""
+    spec = GateSpec(role="guardrail" if e.role == "hold" else e.role, margin=e.margin, min_samples=0)  # type: ignore[arg-type]
+    if e.no_data is not None:
+        d = _no_data(e.gate, spec, e.no_data, e.n1, e.n2)
+    elif e.fixed:
+        d = _fixed_horizon_gate(e, spec, policy)
+    else:
+        d = _harm_gate(
+            e.gate, spec, policy, harm=e.harm, se=e.se, n_cs=e.n_cs, limit=e.limit, n1=e.n1, n2=e.n2,
+            describe=e.describe, offset=e.offset, scale=e.scale,
+        )  # fmt: skip
+    if e.role == "hold":
+        v = d.verdict
+        d = _Draft(
+            Verdict(v.gate, "hold", v.outcome, v.statistic, v.bound, v.effect, v.margin, v.n_champion,
+                    v.n_challenger, v.reason, p_value=v.p_value, interval=v.interval),
+            harm_p=d.harm_p, describe=d.describe, fail_bound=d.fail_bound, fail_reason=d.fail_reason,
+        )  # fmt: skip
+    return d
+
+
+def _fixed_horizon_gate(e: quality.HarmEstimate, spec: GateSpec, policy: JudgePolicy) -> _Draft:
+    """Test once at a planned n: one-sided normal bounds at 1 - alpha and the normal harm p-value."""
+    from scipy.stats import norm
+
+    z = float(norm.ppf(1.0 - policy.alpha))
+    upper, lower = e.harm + z * e.se, e.harm - z * e.se
+    p = float(norm.sf((e.harm - e.limit) / e.se)) if e.se > 0 else (0.0 if e.harm > e.limit else 1.0)
+
+    def show(x: float) -> float:
+        return float(e.offset + e.scale * x)
+
+    good, bad, lim = show(upper), show(lower), show(e.limit)
+    good_cmp = f"lower bound {good:.4g} > {lim:.4g}" if e.scale < 0 else f"upper bound {good:.4g} < {lim:.4g}"
+    bad_cmp = f"upper bound {bad:.4g} < {lim:.4g}" if e.scale < 0 else f"lower bound {bad:.4g} > {lim:.4g}"
+    if upper < e.limit:
+        outcome, why = Outcome.PASS, f"non-inferior: {e.describe}, {good_cmp}"
+    else:
+        outcome, why = Outcome.INCONCLUSIVE, f"inconclusive: {e.describe}, bounds include {lim:.4g}"
+    statistic = (e.harm - e.limit) / e.se if e.se > 0 else 0.0
+    verdict = Verdict(
+        e.gate, spec.role, outcome, statistic, good, show(e.harm), spec.margin, e.n1, e.n2, why,
+        p_value=p, interval=stats.Interval(min(good, bad), max(good, bad)),
+    )  # fmt: skip
+    return _Draft(verdict, harm_p=p, describe=e.describe, fail_bound=bad, fail_reason=bad_cmp)
+
+
 _GATES = {
     "error_rate": _error_rate,
     "latency_p99": _latency,
@@ -1232,13 +1283,18 @@ def judge(metrics: StepMetrics, policy: JudgePolicy) -> Judgement:
     p-value is <= ``policy.alpha``. See the module docstring for the decision rules.
     """
     drafts = [_GATES[name](metrics, policy) for name in _GATES if _enabled(policy, name)]
+    # the quality gates of controller.core.metrics (class-aware metrics, losses, outcome, segments)
+    drafts += [_quality_draft(e, policy) for e in quality.estimates(metrics.quality, policy.quality)]
     spec_of = {name: getattr(policy, name) for name in _GATES}
+
+    def rolls_back(d: _Draft) -> bool:
+        spec = spec_of.get(d.verdict.gate)
+        return d.harm_p is not None if spec is None else spec.on_fail == "rollback"
+
     family = [
         i
         for i, d in enumerate(drafts)
-        if d.verdict.role != "informational"
-        and d.verdict.gate not in HOLM_EXEMPT
-        and spec_of[d.verdict.gate].on_fail == "rollback"
+        if d.verdict.role != "informational" and d.verdict.gate not in HOLM_EXEMPT and rolls_back(d)
     ]
     raw = [1.0 if drafts[i].harm_p is None else float(drafts[i].harm_p) for i in family]  # type: ignore[arg-type]
     adjusted = dict(zip(family, stats.holm(raw).tolist() if family else [], strict=True))
@@ -1322,6 +1378,8 @@ def _combine(verdicts: list[Verdict], spec_of: dict[str, GateSpec], policy: Judg
     elif held:
         decision = "continue"
         reason = "hold (not harm; labels decide): " + "; ".join(f"{v.gate}: {v.reason}" for v in held)
+    elif quality_held := [v for v in verdicts if v.role == "hold" and v.outcome == Outcome.FAIL]:
+        decision, reason = "continue", "hold: " + "; ".join(f"{v.gate}: {v.reason}" for v in quality_held)
     elif required and not waiting:
         how = [
             "accuracy (through agreement)" if v.gate == "accuracy" and v.outcome != Outcome.PASS else v.gate

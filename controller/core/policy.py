@@ -24,6 +24,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from controller.core import metrics as quality
 from controller.core.judge import GateSpec, JudgePolicy
 
 RolloutMode = Literal["shadow", "canary", "shadow_then_canary"]
@@ -33,6 +34,11 @@ GateRole = Literal["required", "guardrail", "informational", "off"]
 __all__ = [
     "Gate",
     "Gates",
+    "Metric",
+    "Metrics",
+    "BusinessOutcome",
+    "Segment",
+    "Segments",
     "Policy",
     "PolicyError",
     "Reproducibility",
@@ -287,6 +293,133 @@ class Reproducibility(_Model):
     on_worse: Literal["hold", "rollback"] = "hold"
 
 
+class Metric(_Model):
+    """One quality gate of ``metrics`` (controller.core.metrics): a role, a margin in the metric's unit.
+
+    ``role``: as ``Gate.role``. ``margin``: tolerated harm (a drop for scores where more is better,
+    a rise for losses). ``min_samples``: labelled rows before the gate decides (``None``: ``burn_in``).
+    """
+
+    role: GateRole
+    margin: float = Field(ge=0.0)
+    min_samples: int | None = Field(default=None, ge=1)
+
+
+class PerClassMetric(Metric):
+    """Per-class recall or precision: one gate per class in ``classes`` (empty: every class the pipeline has)."""
+
+    classes: tuple[str, ...] = ()
+
+
+class QuantileMetric(Metric):
+    """Pinball (quantile) loss of a regression at ``quantile`` (0 < q < 1)."""
+
+    quantile: float = Field(default=0.5, gt=0.0, lt=1.0)
+
+
+class AucMetric(Metric):
+    """ROC AUC (two classes), tested once at a fixed ``horizon`` of labelled rows (see docs/statistics.md)."""
+
+    horizon: int = Field(default=2000, ge=20)
+
+
+class Metrics(_Model):
+    """Quality gates besides accuracy and MAE, once labels arrive. Margins are in each metric's unit.
+
+    Classification: ``balanced_accuracy`` (mean per-class recall; required by default, so a challenger
+    that drops a rare class cannot be promoted; it stands in with ``gates.accuracy`` while the step is
+    unlabelled), ``macro_f1``, ``recall`` and ``precision`` (per class), ``log_loss`` and ``brier``
+    (need probabilities: two classes online), ``roc_auc`` (fixed horizon). Regression: ``rmse``
+    (absolute RMSE increase tolerated, target units) and ``pinball`` (absolute increase of the
+    quantile loss). Drops are absolute (0.05 = five points of balanced accuracy).
+    """
+
+    balanced_accuracy: Metric = Metric(role="required", margin=0.05)
+    macro_f1: Metric = Metric(role="informational", margin=0.05)
+    recall: PerClassMetric = PerClassMetric(role="informational", margin=0.1)
+    precision: PerClassMetric = PerClassMetric(role="informational", margin=0.1)
+    log_loss: Metric = Metric(role="informational", margin=0.05)
+    brier: Metric = Metric(role="informational", margin=0.01)
+    roc_auc: AucMetric = AucMetric(role="off", margin=0.02)
+    rmse: Metric = Metric(role="informational", margin=0.0)
+    pinball: QuantileMetric = QuantileMetric(role="off", margin=0.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_from_defaults(cls, data: Any) -> Any:
+        """Let a metric be given in part (``macro_f1: {role: required}``): the rest keeps its default."""
+        if not isinstance(data, Mapping):
+            return data
+        filled = dict(data)
+        for name, given in data.items():
+            field = cls.model_fields.get(name)
+            if isinstance(given, Mapping) and field is not None and isinstance(field.default, Metric):
+                filled[name] = {**field.default.model_dump(), **given}
+        return filled
+
+    @model_validator(mode="after")
+    def _margins(self) -> Metrics:
+        for name in ("balanced_accuracy", "macro_f1", "recall", "precision", "roc_auc"):
+            if getattr(self, name).margin >= 1.0:
+                raise PolicyError(
+                    f"metrics.{name}.margin: must lie in [0, 1), got {getattr(self, name).margin:g}"
+                )
+        return self
+
+
+class BusinessOutcome(_Model):
+    """A business outcome per request (revenue, a 0/1 conversion, a cost) sent with the feedback.
+
+    ``role``: as ``Gate.role`` (``off`` by default). ``direction``: ``increase`` (more is better) or
+    ``decrease`` (a cost). ``margin``: tolerated loss of the mean outcome per served request, in its
+    own unit (e.g. 0.05 = five cents of revenue per request). Only canary-served requests count: in
+    shadow the challenger's answer never reached the user, so the outcome is the champion's doing.
+    ``min_samples``: served requests with an outcome each arm needs (``None``: ``burn_in``).
+    ``ratio``: compare sum(outcome) / sum(outcome_base) per arm instead of the mean (e.g. revenue per
+    visit, the visits sent as ``outcome_base``); rows without a base are left out, and the margin is
+    in the ratio's unit.
+    """
+
+    role: GateRole = "off"
+    direction: Literal["increase", "decrease"] = "increase"
+    margin: float = Field(default=0.0, ge=0.0)
+    min_samples: int | None = Field(default=None, ge=2)
+    ratio: bool = False
+
+
+class Segment(_Model):
+    """A segment column of the raw inputs: its values (``edges`` null) or numeric buckets.
+
+    ``edges``: increasing cut points; the buckets are (-inf, e0), [e0, e1), ..., [ek, inf).
+    """
+
+    column: str = Field(min_length=1, max_length=200)
+    edges: tuple[float, ...] | None = None
+
+    @field_validator("edges")
+    @classmethod
+    def _edges(cls, edges: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        if edges is not None and (not edges or any(b <= a for a, b in zip(edges, edges[1:], strict=False))):
+            raise ValueError("edges must be a non-empty, strictly increasing list")
+        return edges
+
+
+class Segments(_Model):
+    """Segments that cannot hide harm: every required quality metric is also tested per segment.
+
+    ``columns``: the segment columns (raw-input columns; the deployment must store raw inputs).
+    ``role``: ``guardrail`` (a harm proven in one segment rolls back) or ``hold`` (it blocks
+    promotion; the step's budget then decides). ``min_samples``: labelled rows a segment needs per arm
+    before it is judged; smaller segments are reported as too small. ``max_values``: the most
+    frequent values per column that get a segment each. Segment tests join the Holm family of the gates.
+    """
+
+    columns: tuple[Segment, ...] = ()
+    role: Literal["guardrail", "hold"] = "guardrail"
+    min_samples: int = Field(default=200, ge=1)
+    max_values: int = Field(default=20, ge=1, le=200)
+
+
 @dataclass(frozen=True)
 class Stage:
     """One stage of the plan: "shadow" (weight 0) or "canary" at a challenger weight in percent."""
@@ -319,6 +452,9 @@ class Policy(_Model):
     ``slo``: hard service levels (see ``Slo``).
     ``reproducibility``: the parity gate and the online-versus-offline gate (see ``Reproducibility``).
     ``watch``: the post-promotion watch (see ``Watch``).
+    ``metrics``: class-aware quality gates, proper scores, RMSE and pinball loss (see ``Metrics``).
+    ``outcome``: the business-outcome gate (see ``Outcome``). ``segments``: per-segment harm tests
+    (see ``Segments``).
     """
 
     mode: RolloutMode = "shadow_then_canary"
@@ -335,6 +471,9 @@ class Policy(_Model):
     slo: Slo = Slo()
     reproducibility: Reproducibility = Reproducibility()
     watch: Watch = Watch()
+    metrics: Metrics = Metrics()
+    outcome: BusinessOutcome = BusinessOutcome()
+    segments: Segments = Segments()
 
     @model_validator(mode="after")
     def _plan(self) -> Policy:
@@ -411,11 +550,13 @@ class Policy(_Model):
         mode: Literal["shadow", "canary"],
         *,
         final: bool = False,
+        classes: tuple[str, ...] = (),
     ) -> JudgePolicy:
         """Map this policy onto the judge's thresholds for one step.
 
         ``mode``: how the step's data are compared (shadow or canary). ``final``: passing this step
         promotes for good (see ``final_stage``): required labelled gates must then pass themselves.
+        ``classes``: the pipeline's classes (per-class recall and precision gates, the positive class).
         """
         g = self.gates
 
@@ -470,7 +611,75 @@ class Policy(_Model):
                 if g.coverage.role == "guardrail" or (mode == "canary" and g.coverage.role != "off")
                 else None,
             ),
+            quality=self.quality_policy(task, mode, standing_in=stands_in and not final, classes=classes),
         )
+
+    def quality_policy(
+        self,
+        task: Task,
+        mode: Literal["shadow", "canary"],
+        *,
+        standing_in: bool = False,
+        classes: tuple[str, ...] = (),
+    ) -> quality.QualityPolicy:
+        """Map ``metrics``, ``outcome`` and ``segments`` onto ``controller.core.metrics`` gates.
+
+        ``standing_in``: agreement stands in for accuracy (unlabelled step), so a required
+        class-aware metric is informational too.
+        """
+        m = self.metrics
+        gates: list[quality.MetricSpec] = []
+
+        def add(name: str, metric: Metric, **extra: Any) -> None:
+            role = metric.role
+            if role == "off":
+                return
+            if standing_in and role == "required" and name in quality.CLASS_METRICS:
+                role = "informational"
+            gates.append(
+                quality.MetricSpec(
+                    metric=name,
+                    role=role,
+                    margin=metric.margin,
+                    min_samples=metric.min_samples or self.burn_in,
+                    **extra,
+                )
+            )
+
+        if task == "classification":
+            add("balanced_accuracy", m.balanced_accuracy)
+            add("macro_f1", m.macro_f1)
+            for name, per_class in (("recall", m.recall), ("precision", m.precision)):
+                for cls in per_class.classes or classes:
+                    add(name, per_class, cls=str(cls))
+            add("log_loss", m.log_loss)
+            add("brier", m.brier)
+            add("roc_auc", m.roc_auc, horizon=m.roc_auc.horizon)
+        else:
+            add("rmse", m.rmse)
+            add("pinball", m.pinball, quantile=m.pinball.quantile)
+        o = self.outcome
+        if o.role != "off":
+            gates.append(
+                quality.MetricSpec(
+                    metric="outcome", role=o.role, margin=o.margin, min_samples=o.min_samples or self.burn_in,
+                    direction=o.direction, ratio=o.ratio,
+                )
+            )  # fmt: skip
+        segments = None
+        if self.segments.columns:
+            g = self.gates
+            required: list[quality.MetricSpec] = []
+            if task == "classification":
+                if g.accuracy.role == "required":
+                    required.append(quality.MetricSpec(metric="accuracy", margin=g.accuracy.margin))
+                required += [s for s in gates if s.role == "required" and s.metric in quality.CLASS_METRICS]
+            elif g.regression.role == "required":
+                required.append(quality.MetricSpec(metric="mae", margin=g.regression.margin))
+            segments = quality.SegmentPolicy(
+                role=self.segments.role, min_samples=self.segments.min_samples, metrics=tuple(required)
+            )
+        return quality.QualityPolicy(gates=tuple(gates), segments=segments)
 
 
 def _load_text(source: str | Path) -> dict[str, Any]:

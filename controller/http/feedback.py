@@ -2,13 +2,19 @@
 
     POST /v1/models/{deployment}/feedback
     Authorization: Bearer <labeller or operator token>      (unless MLCANARY_FEEDBACK_AUTH=open)
-    {"labels": [{"request_id": "abc", "row": 0, "label": 1}, ...]}
+    {"labels": [{"request_id": "abc", "row": 0, "label": 1, "outcome": 12.5}, ...]}
     -> 200 {"stored": 1, "unknown_request_ids": [], "dropped_request_ids": []}
 
 Feedback is data plane (served by `mlcanary router` and `mlcanary serve`), guarded by a labeller
 token by default (`mlcanary tokens create NAME --role labeller`; a labeller token can do nothing
 else), at most feedback_max_labels labels per request (413) and feedback_rate labels per second per
 deployment and process (429 with Retry-After).
+
+``outcome`` (optional): a numeric business outcome of the request row — revenue, a 0/1 conversion,
+a cost — next to the label or instead of it (an item needs at least one of the two); the policy's
+``outcome`` gate compares the arms on it. ``outcome_base`` (optional, with an outcome): the
+denominator of a ratio outcome, e.g. the visits behind the revenue (revenue per visit). An item without a label keeps a label sent earlier, and
+one without an outcome keeps an earlier outcome.
 Idempotent: the last label of a request row wins, so a client may resend a batch after a timeout.
 Labels are checked against the deployment: one of the classes of its champion (or active
 challenger) for classification, a finite number for regression; a bad one is a 400 naming it.
@@ -57,15 +63,18 @@ def parse_labels(
     *,
     max_labels: int = MAX_LABELS,
     accept: Callable[[Any], str | None] | None = None,
-) -> list[tuple[str, int, Any]]:
-    """Validate a labels document and return (request_id, row, label) triples, last duplicate winning.
+) -> list[tuple[str, int, Any, float | None, float | None]]:
+    """Validate a labels document; return (request_id, row, label, outcome, outcome_base) tuples, last duplicate winning.
 
     Labels must be JSON scalars (string, number, boolean); null and non-finite numbers are refused,
-    and `accept` (see label_rule) may refuse more, its answer naming what is expected.
+    and `accept` (see label_rule) may refuse more, its answer naming what is expected. ``outcome``
+    must be a finite number; ``label`` or ``outcome`` may be left out (not both), a left-out one is None.
     """
     if not isinstance(body, Mapping) or set(body) != {"labels"}:
         raise LabelsError(
-            400, "invalid_labels", 'the body must be {"labels": [{"request_id", "label", "row"?}]}'
+            400,
+            "invalid_labels",
+            'the body must be {"labels": [{"request_id", "label"?, "outcome"?, "row"?}]}',
         )
     items = body["labels"]
     if not isinstance(items, list) or not items:
@@ -74,12 +83,12 @@ def parse_labels(
         raise LabelsError(
             413, "too_many_labels", f"{len(items)} labels in one request; send at most {max_labels}"
         )
-    triples: dict[tuple[str, int], Any] = {}
+    rows: dict[tuple[str, int], tuple[Any, float | None, float | None]] = {}
     for position, item in enumerate(items):
         where = f"labels[{position}]"
         if not isinstance(item, Mapping):
             raise LabelsError(400, "invalid_labels", f"{where} must be an object")
-        unknown = set(item) - {"request_id", "row", "label"}
+        unknown = set(item) - {"request_id", "row", "label", "outcome", "outcome_base"}
         if unknown:
             raise LabelsError(400, "invalid_labels", f"{where} has unknown keys {sorted(unknown)}")
         request_id = item.get("request_id")
@@ -92,26 +101,42 @@ def parse_labels(
         row = item.get("row", 0)
         if isinstance(row, bool) or not isinstance(row, int) or row < 0:
             raise LabelsError(400, "invalid_labels", f"{where}.row must be an integer >= 0")
-        if "label" not in item:
-            raise LabelsError(400, "invalid_labels", f"{where}.label is missing")
-        label = item["label"]
-        if not isinstance(label, str | int | float | bool) or (
-            isinstance(label, float) and not math.isfinite(label)
-        ):
+        if "label" not in item and "outcome" not in item:
             raise LabelsError(
-                400, "invalid_labels", f"{where}.label must be a string, a finite number or a boolean"
+                400, "invalid_labels", f"{where}.label is missing (give a label, an outcome or both)"
             )
-        if isinstance(label, str) and not storable_text(label):
-            raise LabelsError(400, "invalid_labels", f"{where}.label holds a NUL or an unpaired surrogate")
-        if isinstance(label, str) and len(label) > MAX_CLASS_TEXT:
-            raise LabelsError(
-                400, "invalid_labels", f"{where}.label is longer than {MAX_CLASS_TEXT} characters"
-            )
-        problem = accept(label) if accept is not None else None
-        if problem is not None:
-            raise LabelsError(400, "invalid_labels", f"{where}.label {_shown(label)} is not {problem}")
-        triples[(request_id, row)] = label
-    return [(rid, row, label) for (rid, row), label in triples.items()]
+        label = item.get("label")
+        if "label" in item:
+            if not isinstance(label, str | int | float | bool) or (
+                isinstance(label, float) and not math.isfinite(label)
+            ):
+                raise LabelsError(
+                    400, "invalid_labels", f"{where}.label must be a string, a finite number or a boolean"
+                )
+            if isinstance(label, str) and not storable_text(label):
+                raise LabelsError(
+                    400, "invalid_labels", f"{where}.label holds a NUL or an unpaired surrogate"
+                )
+            if isinstance(label, str) and len(label) > MAX_CLASS_TEXT:
+                raise LabelsError(
+                    400, "invalid_labels", f"{where}.label is longer than {MAX_CLASS_TEXT} characters"
+                )
+            problem = accept(label) if accept is not None else None
+            if problem is not None:
+                raise LabelsError(400, "invalid_labels", f"{where}.label {_shown(label)} is not {problem}")
+        outcome = _outcome(item.get("outcome"), where) if "outcome" in item else None
+        base = _outcome(item.get("outcome_base"), where, "outcome_base") if "outcome_base" in item else None
+        if base is not None and outcome is None:
+            raise LabelsError(400, "invalid_labels", f"{where}.outcome_base needs an outcome")
+        rows[(request_id, row)] = (label, outcome, base)
+    return [(rid, row, *values) for (rid, row), values in rows.items()]
+
+
+def _outcome(value: Any, where: str, name: str = "outcome") -> float:
+    """A business outcome: a finite number (booleans are refused: send a conversion as 0 or 1)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise LabelsError(400, "invalid_labels", f"{where}.{name} must be a finite number")
+    return float(value)
 
 
 def _shown(value: Any) -> str:
@@ -162,7 +187,7 @@ def _class_text(value: Any) -> str:
 def store_labels(
     store: Store,
     deployment: str,
-    triples: list[tuple[str, int, Any]],
+    triples: list[tuple[str, int, Any, float | None, float | None]],
     *,
     pending_limit: int | None = None,
     pending_window_s: float | None = None,

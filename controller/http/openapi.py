@@ -361,11 +361,20 @@ def _schemas() -> dict[str, Any]:
                     "items": {
                         "type": "object",
                         "additionalProperties": False,
-                        "required": ["request_id", "label"],
+                        "required": ["request_id"],
+                        "anyOf": [{"required": ["label"]}, {"required": ["outcome"]}],
                         "properties": {
                             "request_id": {"type": "string", "minLength": 1, "maxLength": 128},
                             "row": {"type": "integer", "minimum": 0, "default": 0},
                             "label": {"type": ["string", "number", "boolean"]},
+                            "outcome": {
+                                "type": "number",
+                                "description": "business outcome of the request row: revenue, a 0/1 conversion, a cost",
+                            },
+                            "outcome_base": {
+                                "type": "number",
+                                "description": "denominator of a ratio outcome (e.g. visits, for revenue per visit)",
+                            },
                         },
                     },
                 }

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from controller.core import metrics as quality
 from controller.core import reproducibility
 from controller.core.judge import Judgement, Verdict, judge
 from controller.core.machine import Decision, decide
@@ -38,6 +39,7 @@ class Assessment:
     decision: Decision
     measurement: Measurement | None = None
     judgement: Judgement | None = None
+    quality_policy: quality.QualityPolicy | None = None  # the look's quality gates (for their arm values)
 
     def analysis(self) -> NewAnalysis | None:
         """Return the analysis to store for this look (None when nothing was judged: a pending rollout)."""
@@ -54,6 +56,7 @@ class Assessment:
                 "judgement": judgement.reason,
                 "summary": {"score": finite(judgement.summary.score), "band": judgement.summary.band},
                 "error_budget": policy_of(self.rollout).budget(),
+                "quality": quality.arm_values(self.measurement.metrics.quality, self.quality_policy),
                 "controller": {
                     "action": decision.action,
                     "reason": decision.reason,
@@ -96,7 +99,12 @@ def assess(store: Store, rollout: Rollout, *, now: datetime) -> Assessment:
     challenger = store.pipelines.get(rollout.challenger_id)
     task = task_of(challenger)
     measurement = measure(store, rollout, task=task, policy=policy, now=now, classes=challenger.classes)
-    judge_policy = policy.to_judge_policy(task, measurement.metrics.mode, final=measurement.final)
+    judge_policy = policy.to_judge_policy(
+        task,
+        measurement.metrics.mode,
+        final=measurement.final,
+        classes=tuple(str(c) for c in challenger.classes or ()),
+    )
     judgement = judge(measurement.metrics, judge_policy)
     repro = policy.reproducibility
     if repro.role != "off":
@@ -107,7 +115,7 @@ def assess(store: Store, rollout: Rollout, *, now: datetime) -> Assessment:
             on_worse=repro.on_worse,
         )
     decision = decide(state_of(rollout, samples=measurement.samples), judgement, now)
-    return Assessment(rollout, decision, measurement, judgement)
+    return Assessment(rollout, decision, measurement, judgement, judge_policy.quality)
 
 
 def online_offline(

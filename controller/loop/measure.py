@@ -33,6 +33,7 @@ from controller.core.judge import (
     StepMetrics,
 )
 from controller.core.policy import Policy
+from controller.loop.quality import measure_quality
 from storage import Store
 from storage.analytics import ArmAggregates, Coverage, LatencyBuckets, StepAggregates, step_aggregates
 from storage.entities import Rollout
@@ -174,6 +175,16 @@ def measure(
         current = aggregates
     assert current is not None
     metrics = stratified(strata, current=strata[-1])
+    if not watching:  # controller.loop.quality: class-aware metrics, losses, outcome and segments
+        kind = plan[rollout.step_index].kind
+        metrics = replace(
+            metrics,
+            quality=measure_quality(
+                store, rollout_id=rollout.id, step=rollout.step_index,
+                mode="canary" if kind == "canary" else "shadow", task=task, policy=policy, now=now,
+                classes=classes,
+            ),
+        )  # fmt: skip
     a = current
     if watching:
         samples = a.labelled_pairs if task == "classification" else a.diff_n

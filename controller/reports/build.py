@@ -29,6 +29,7 @@ import numpy as np
 from scipy import stats as sps
 
 from controller.clock import system_clock
+from controller.core import metrics as quality_metrics
 from controller.core import reproducibility as rp
 from controller.core import stats
 from controller.core.judge import Outcome
@@ -38,6 +39,8 @@ from controller.loop import measure
 from controller.loop.actions import policy_of
 from controller.loop.assess import online_offline
 from controller.reports.plots import html_page
+from controller.reports.quality import markdown_lines as quality_markdown
+from controller.reports.quality import quality_block
 from storage import NotFound, Store, repro_queries
 from storage import report_queries as rq
 from storage.entities import Analysis, Event, PipelineVersion, Rollout
@@ -202,6 +205,7 @@ REPORT_SCHEMA: dict[str, Any] = {
                             "properties": {"status": {"enum": ["not_checked", "pass", "fail"]}}},
         "sample_size": {"type": "object", "required": ["status", "message", "needed", "have"]},
         "notes": {"type": "array", "items": {"type": "string"}},
+        "quality": {"type": "object", "required": ["metrics", "history", "segments", "reliability"]},
     },
 }  # fmt: skip
 
@@ -383,6 +387,10 @@ def build_report(
         "reproducibility": reproducibility,
         "sample_size": _sample_size(rollout.policy, task, agreement_, labels, challenger),
         "notes": notes,
+        "quality": quality_block(
+            analyses, champion=champion, challenger=challenger, score_buckets=auc_buckets, positive=positive,
+            score_bins=AUC_BINS,
+        ),
     }  # fmt: skip
 
 
@@ -843,7 +851,7 @@ def _outcome_label(value: Any) -> str:
     return text if text in ("pass", "inconclusive", "no-data", "fail") else "unknown"
 
 
-def gate_threshold(gate: str, margin: float | None) -> float | None:
+def gate_threshold(gate: str, margin: float | None, reason: str = "") -> float | None:
     """Return the value a gate's bound is compared with, in the bound's unit (see controller.core.judge)."""
     if margin is None:
         return None
@@ -853,6 +861,18 @@ def gate_threshold(gate: str, margin: float | None) -> float | None:
         return 0.01  # the bound is the share of challenger requests above the latency limit
     if gate == "srm":
         return None
+    if gate.startswith("segment[") or gate.split("[", 1)[0] in (
+        *quality_metrics.CLASS_METRICS,
+        "roc_auc",
+        "log_loss",
+        "brier",
+        "rmse",
+        "pinball",
+        "outcome",
+    ):
+        # controller.core.metrics: the bound is the difference challenger - champion in the metric's unit
+        # (a segment's MAE gate is shown as a relative change, like the regression gate)
+        return -margin if quality_metrics.higher_is_better(gate, reason) else margin
     return margin
 
 
@@ -865,7 +885,7 @@ def _verdict(d: Mapping[str, Any]) -> dict[str, Any]:
     n1, n2 = d.get("n_champion"), d.get("n_challenger")
     return {
         "gate": gate, "role": str(d.get("role", "")), "outcome": _outcome_label(d.get("outcome")),
-        "statistic": _f(d.get("statistic")), "bound": _f(d.get("bound")), "threshold": _f(gate_threshold(gate, margin)),
+        "statistic": _f(d.get("statistic")), "bound": _f(d.get("bound")), "threshold": _f(gate_threshold(gate, margin, str(d.get("reason", "")))),
         "effect": _f(d.get("effect")), "margin": margin,
         "n_champion": int(n1) if isinstance(n1, int | float) else None,
         "n_challenger": int(n2) if isinstance(n2, int | float) else None,
@@ -1218,6 +1238,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         )
     else:
         out += ["The controller has not evaluated this rollout yet.", ""]
+    out += quality_markdown(r)
     t = r["traffic"]
     out += ["## Traffic", ""]
     out += _md_table(

@@ -538,6 +538,7 @@ def html_page(r: Mapping[str, Any]) -> str:
         + "</div>"
     )
     parts += _gates_section(r)
+    parts += _quality_section(r)
     parts += _traffic_section(r)
     parts += _arms_section(r)
     parts += _outputs_section(r)
@@ -558,6 +559,13 @@ def html_page(r: Mapping[str, Any]) -> str:
         )
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _quality_section(r: Mapping[str, Any]) -> list[str]:
+    """Quality metrics, segment verdicts and reliability curves (controller.reports.quality)."""
+    from controller.reports.quality import html_section
+
+    return html_section(r)
 
 
 def _gates_section(r: Mapping[str, Any]) -> list[str]:

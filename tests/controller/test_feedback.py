@@ -139,6 +139,12 @@ BAD_BODIES: list[tuple[Any, str]] = [
     ({"labels": [{"request_id": "a", "label": 1, "row": True}]}, "invalid_labels"),
     ({"labels": [{"request_id": "a", "label": 1, "extra": 2}]}, "invalid_labels"),
     ({"labels": [{"request_id": "a", "label": 1}], "more": 1}, "invalid_labels"),
+    ({"labels": [{"request_id": "a", "outcome": "12"}]}, "invalid_labels"),
+    ({"labels": [{"request_id": "a", "outcome": True}]}, "invalid_labels"),
+    ({"labels": [{"request_id": "a", "outcome": None}]}, "invalid_labels"),
+    ({"labels": [{"request_id": "a", "label": 1, "outcome": [1]}]}, "invalid_labels"),
+    ({"labels": [{"request_id": "a", "label": 1, "outcome_base": 2}]}, "invalid_labels"),
+    ({"labels": [{"request_id": "a", "outcome": 1, "outcome_base": "2"}]}, "invalid_labels"),
 ]
 
 
@@ -193,3 +199,32 @@ def test_feedback_writes_no_event(app: Flask, store: Store) -> None:
     response = app.test_client().post(URL, json={"labels": [{"request_id": "a", "label": 1}]})
     assert response.status_code == 200
     assert store.events.list(limit=1000) == before
+
+
+def test_an_outcome_is_stored_next_to_the_label_or_instead_of_it(app: Flask, store: Store) -> None:
+    client = app.test_client()
+    body = {
+        "labels": [
+            {"request_id": "a", "label": 1, "outcome": 12.5},
+            {"request_id": "b", "outcome": 0},
+            {"request_id": "c", "label": "no"},
+        ]
+    }
+    assert client.post(URL, json=body).get_json() == {"stored": 3, "unknown_request_ids": []}
+    a, b, c = store.labels.get("a"), store.labels.get("b"), store.labels.get("c")
+    assert (a.label, a.outcome) == (1, 12.5)
+    assert (b.label, b.label_class, b.outcome) == (None, None, 0.0)
+    assert (c.label, c.outcome) == ("no", None)
+    # sent separately later, neither erases the other
+    client.post(URL, json={"labels": [{"request_id": "a", "outcome": 3}, {"request_id": "b", "label": 0}]})
+    assert (store.labels.get("a").label, store.labels.get("a").outcome) == (1, 3.0)
+    assert (store.labels.get("b").label, store.labels.get("b").outcome) == (0, 0.0)
+    client.post(URL, json={"labels": [{"request_id": "c", "outcome": 24.9, "outcome_base": 3}]})
+    assert (store.labels.get("c").outcome, store.labels.get("c").outcome_base) == (24.9, 3.0)
+
+
+def test_a_non_numeric_outcome_is_a_400_naming_the_field(app: Flask, store: Store) -> None:
+    response = app.test_client().post(URL, json={"labels": [{"request_id": "a", "outcome": "lots"}]})
+    assert response.status_code == 400
+    assert "labels[0].outcome" in response.get_json()["error"]["message"]
+    assert store.labels.count() == 0

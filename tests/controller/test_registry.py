@@ -225,3 +225,35 @@ def test_deployments_show_names_the_champion_and_refuses_an_unknown_deployment(
     assert shown["name"] == "churn" and shown["champion"] == "churn:1" and shown["rollout"] is None
     missing = invoke(runner, sqlite_url, "deployments", "show", "nope")
     assert missing.exit_code == 1 and "no deployment 'nope'" in missing.output
+
+
+def test_offline_metrics_cover_every_quality_gate_with_the_online_definitions() -> None:
+    """The holdout metrics equal what controller.core.metrics computes online from the same rows."""
+    import numpy as np
+
+    from controller.core import metrics as quality
+    from controller.registry import offline_metrics
+
+    model = mlpipes.classifier(seed=0)
+    frame, target = mlpipes.churn_frame(500, seed=41)
+    offline = offline_metrics(model, "classification", frame, target)
+    predicted = model.predict(frame)
+    conf = quality.confusion_from_rows(target, predicted, predicted, names=(0, 1))
+    matrix = conf.arm_matrices()[0]
+    assert offline["balanced_accuracy"] == quality.classification_value(matrix, "balanced_accuracy")
+    assert abs(offline["macro_f1"] - quality.classification_value(matrix, "macro_f1")) < 1e-12
+    assert abs(offline["recall"]["1"] - quality.classification_value(matrix, "recall", cls=1)) < 1e-12
+    assert abs(offline["precision"]["0"] - quality.classification_value(matrix, "precision", cls=0)) < 1e-12
+    score = model.predict_proba(frame)[:, 1]
+    y = np.asarray(target) == 1
+    p_true = np.clip(np.where(y, score, 1 - score), quality.EPS, 1 - quality.EPS)
+    assert abs(offline["log_loss"] - float(np.mean(-np.log(p_true)))) < 1e-9
+    assert abs(offline["brier"] - float(np.mean((score - y) ** 2))) < 1e-12
+    assert abs(offline["roc_auc"] - quality.roc_auc(y, score)) < 1e-12
+
+    regressor = mlpipes.regressor(seed=0)
+    value = frame["tenure_months"] * 1.5
+    out = offline_metrics(regressor, "regression", frame, value)
+    errors = regressor.predict(frame) - value.to_numpy()
+    assert set(out["pinball"]) == {"0.1", "0.5", "0.9"}
+    assert abs(out["pinball"]["0.5"] - float(np.mean(np.abs(errors))) / 2) < 1e-9

@@ -1,0 +1,94 @@
+"""What the quality gates (issue 15) add to one controller look: measure + judge with and without them.
+
+    .venv/bin/python bench/quality_look.py [--rows 100000] [--pg postgresql://postgres@127.0.0.1:5432/test]
+
+Same steps as bench/controller_look.py (classification shadow step, 70% labelled, no scores), then
+measure + judge timed 5 times (median) with the default policy (balanced accuracy, macro-F1,
+per-class recall/precision, log loss, Brier) and with the quality aggregates replaced by nothing,
+in the same run. Prints one line per database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import psycopg
+from sqlalchemy.engine import make_url
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+
+from controller_look import T0, fill  # noqa: E402
+
+import controller.loop.measure as measure_module  # noqa: E402
+from controller.core import metrics as quality  # noqa: E402
+from controller.core.judge import judge  # noqa: E402
+from controller.core.policy import Policy  # noqa: E402
+from storage import Database, Store  # noqa: E402
+from storage import schema as db_schema  # noqa: E402
+
+
+def time_look(store: Store, rollout: object, policy: Policy) -> float:
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        m = measure_module.measure(
+            store,
+            rollout,
+            task="classification",
+            policy=policy,
+            now=T0 + timedelta(hours=1),
+            classes=(0, 1),  # type: ignore[arg-type]
+        )
+        judge(
+            m.metrics,
+            policy.to_judge_policy("classification", "shadow", labelled=m.labelled, classes=("0", "1")),
+        )
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/test")
+    args = parser.parse_args()
+    policy = Policy.parse({"mode": "shadow"})
+    real = measure_module.measure_quality
+    for dialect in ("sqlite", "postgresql"):
+        name = f"mlcanary_quality_{uuid.uuid4().hex[:8]}"
+        if dialect == "sqlite":
+            url = f"sqlite:///{tempfile.mkdtemp()}/look.db"
+        else:
+            with psycopg.connect(args.pg, autocommit=True) as conn:
+                conn.execute(f'CREATE DATABASE "{name}"')
+            url = make_url(args.pg).set(database=name).render_as_string(hide_password=False)
+        db = Database(url)
+        db_schema.upgrade(db)
+        store = Store(db)
+        _, rollout = fill(store, args.rows)
+        measure_module.measure_quality = real
+        with_quality = time_look(store, rollout, policy)
+        measure_module.measure_quality = lambda *a, **k: quality.QualityStats()  # type: ignore[assignment]
+        without = time_look(store, rollout, policy)
+        measure_module.measure_quality = real
+        print(
+            f"{dialect} {args.rows} pairs: look {with_quality * 1000:.0f} ms with the quality gates, "
+            f"{without * 1000:.0f} ms without (x{with_quality / without:.2f})",
+            flush=True,
+        )
+        db.dispose()
+        if dialect == "postgresql":
+            with psycopg.connect(args.pg, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE "{name}"')
+
+
+if __name__ == "__main__":
+    main()
