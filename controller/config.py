@@ -15,7 +15,15 @@ from typing import Any
 
 PREFIX = "MLCANARY_"
 # Variables of ours that are not settings (read by tests, tools or libraries).
-NOT_SETTINGS = frozenset({"MLCANARY_TEST_PG_URL", "MLCANARY_DEMO_FAST", "MLCANARY_API_URL", "MLCANARY_TOKEN"})
+NOT_SETTINGS = frozenset(
+    {
+        "MLCANARY_TEST_PG_URL",
+        "MLCANARY_PEER_CACHE",
+        "MLCANARY_DEMO_FAST",
+        "MLCANARY_API_URL",
+        "MLCANARY_TOKEN",
+    }
+)
 
 
 class ConfigError(ValueError):

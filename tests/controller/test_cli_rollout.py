@@ -192,22 +192,22 @@ def test_labels_upload_stores_labels_and_reports_ids_without_a_pair_yet(
 
 
 def test_labels_upload_reads_an_outcome_column_next_to_or_instead_of_labels(
-    mlcanary: Any, store: Store, churn: Deployment, tmp_path: Path
+    runner: Any, store: Store, churn: Deployment, tmp_path: Path
 ) -> None:
     csv = tmp_path / "revenue.csv"
     csv.write_text("request_id,label,outcome\na,1,12.5\nb,,0\nc,0,\n")
-    assert mlcanary("labels", "upload", "churn", str(csv)).exit_code == 0
+    assert runner("labels", "upload", "churn", str(csv)).exit_code == 0
     assert (store.labels.get("a").label, store.labels.get("a").outcome) == (1, 12.5)
     assert (store.labels.get("b").label, store.labels.get("b").outcome) == (None, 0.0)
     assert (store.labels.get("c").label, store.labels.get("c").outcome) == (0, None)
     only = tmp_path / "only.csv"
     only.write_text("request_id,outcome\nd,-2\n")
-    assert mlcanary("labels", "upload", "churn", str(only)).exit_code == 0
+    assert runner("labels", "upload", "churn", str(only)).exit_code == 0
     assert store.labels.get("d").outcome == -2.0
     bad = tmp_path / "bad.csv"
     bad.write_text("request_id,outcome\ne,lots\n")
     assert "outcome must be a finite number" in one_line_error(
-        mlcanary("labels", "upload", "churn", str(bad))
+        runner("labels", "upload", "churn", str(bad))
     )
 
 
