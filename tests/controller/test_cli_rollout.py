@@ -206,9 +206,7 @@ def test_labels_upload_reads_an_outcome_column_next_to_or_instead_of_labels(
     assert store.labels.get("d").outcome == -2.0
     bad = tmp_path / "bad.csv"
     bad.write_text("request_id,outcome\ne,lots\n")
-    assert "outcome must be a finite number" in one_line_error(
-        runner("labels", "upload", "churn", str(bad))
-    )
+    assert "outcome must be a finite number" in one_line_error(runner("labels", "upload", "churn", str(bad)))
 
 
 def test_malformed_label_files_are_refused_in_one_line(
