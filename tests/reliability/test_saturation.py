@@ -29,7 +29,7 @@ IDENTICAL = ("alpha", "beta", "gamma")
 SLOW = "slow"
 POLICY: dict[str, Any] = {
     "mode": "shadow",
-    "burn_in": 150,
+    "burn_in": 60,  # small: the 2 shared cores may serve only a few requests per second
     "shadow": {"min_pairs": 100_000},  # never decided by sample size here: only harm may end it
     "gates": {"agreement": {"role": "informational", "margin": 0.9}},
 }
@@ -124,7 +124,7 @@ def test_identical_challengers_at_saturation_are_never_charged_and_a_slow_one_is
         for p in skipped:
             reasons[str(p.skip_reason)] = reasons.get(str(p.skip_reason), 0) + 1
         assert (coverage.sampled, coverage.scored, coverage.skipped) == (len(first), len(scored), reasons)
-        assert len(scored) >= 150
+        assert len(scored) >= 60
         figures.append(
             f"{name}: {len(scored)} scored, skipped {reasons}, coverage {len(scored) / len(first):.1%}"
         )
