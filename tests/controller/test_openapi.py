@@ -77,14 +77,17 @@ def test_every_path_parameter_is_declared_and_every_reference_resolves() -> None
         assert ref.startswith("#/components/schemas/") and ref.rsplit("/", 1)[1] in schemas, ref
 
 
-def test_admin_operations_need_the_bearer_token_and_the_data_plane_none() -> None:
+def test_admin_operations_and_feedback_need_the_bearer_token_and_scoring_none() -> None:
     document = openapi.document()
     assert document["openapi"] == "3.1.0"
     assert document["security"] == [{"bearer": []}]
     for path, item in document["paths"].items():
         for operation in item.values():
             public = operation.get("security") == []
-            expected_public = not path.startswith("/api/v1/") or path == "/api/v1/openapi.json"
+            labels = path == "/v1/models/{deployment}/feedback"  # a labeller token (issue 17)
+            expected_public = (
+                not path.startswith("/api/v1/") or path == "/api/v1/openapi.json"
+            ) and not labels
             assert public == expected_public, path
             if not public:
                 assert {"401", "403"} <= set(operation["responses"]), path
