@@ -147,10 +147,13 @@ def load_artifact(
 
 
 # Exact names outside skops' default trust list that fitted scikit-learn pipelines commonly hold (found
-# by saving every scikit-learn estimator with skops). Not here on purpose: HistGradientBoosting's
-# TreePredictor, which skops leaves out because a crafted one crashes the process at predict time.
+# by saving every scikit-learn estimator with skops). HistGradientBoosting's TreePredictor is here
+# although skops leaves it out: it runs no code, but a crafted one can crash a worker at predict time
+# (out-of-bounds node indices); HistGradientBoosting is too common to refuse, and only an operator
+# token can register an artifact.
 EXTRA_TRUSTED_TYPES: frozenset[str] = frozenset(
     {
+        "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
         "numpy.dtype",
         "numpy.mean",
         "numpy.median",

@@ -130,6 +130,8 @@ def translate_errors() -> Iterator[None]:
         text = str(error.orig).lower()
         if "unique" in text or "duplicate" in text:
             raise AlreadyExists(_first_line(error.orig)) from error
+        if "foreign key" in text:  # a row it refers to is missing (yet): not the value's fault
+            raise StorageError(_first_line(error.orig)) from error
         raise DataRefused(_first_line(error.orig)) from error
     except exc.DataError as error:
         raise DataRefused(_first_line(error.orig)) from error
@@ -152,12 +154,17 @@ def translate_errors() -> Iterator[None]:
         raise Unavailable(_first_line(error)) from error
     except psycopg.errors.UniqueViolation as error:
         raise AlreadyExists(_first_line(error)) from error
+    except psycopg.errors.ForeignKeyViolation as error:
+        raise StorageError(_first_line(error)) from error
     except (psycopg.DataError, psycopg.IntegrityError) as error:
         raise DataRefused(_first_line(error)) from error
     except psycopg.Error as error:
         raise StorageError(_first_line(error)) from error
     except sqlite3.IntegrityError as error:
-        if "unique" not in str(error).lower():
+        text = str(error).lower()
+        if "foreign key" in text:
+            raise StorageError(_first_line(error)) from error
+        if "unique" not in text:
             raise DataRefused(_first_line(error)) from error
         raise AlreadyExists(_first_line(error)) from error
     except sqlite3.DataError as error:

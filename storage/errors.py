@@ -5,7 +5,7 @@ StorageError (Exception)
 ├── AlreadyExists (ValueError)      a unique name/version/id is taken
 ├── ConcurrentUpdate                an optimistic version check lost the race
 ├── InvalidState (ValueError)       the change breaks a rule of the data (e.g. two active rollouts)
-├── DataRefused (ValueError)        the database cannot hold a value (too long, NUL, bad encoding)
+├── DataRefused (ValueError)        the database cannot hold a value (too long, NUL, bad encoding, NULL)
 ├── InvalidName (ValueError)        a deployment, pipeline or version name breaks entities.NAME_RULE
 ├── SchemaOutOfDate                 the database schema is not at the migrations' head
 └── Unavailable (ConnectionError)   the database cannot be reached; worth retrying later
