@@ -167,11 +167,18 @@ class ReadBufferingWorker(ThreadWorker):
         """Close the connections whose request did not arrive within read_timeout_s (each loop turn)."""
         super().murder_pending()
         now = time.monotonic()
-        for conn, deadline in list(self.reading.items()):
-            if deadline <= now or (not self.alive and not conn.request_bytes):  # stopping: drop idle ones
-                self._forget(conn)
-                self.nr_conns -= 1
-                conn.close()
+        expired = []
+        for conn, deadline in self.reading.items():  # in deadline order: one timeout, added as time goes
+            if deadline > now:
+                if self.alive:
+                    break
+                if conn.request_bytes:
+                    continue
+            expired.append(conn)  # timed out, or idle while the worker stops
+        for conn in expired:
+            self._forget(conn)
+            self.nr_conns -= 1
+            conn.close()
 
 
 def _worker_exit(server: Any, worker: Any) -> None:
