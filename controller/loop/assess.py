@@ -11,6 +11,7 @@ section with the same ``online_offline``, so a report cannot disagree with what 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -105,6 +106,10 @@ def assess(store: Store, rollout: Rollout, *, now: datetime) -> Assessment:
         final=measurement.final,
         classes=tuple(str(c) for c in challenger.classes or ()),
     )
+    if rollout.phase == "watching":
+        # The watch judges the previous champion's shadow on the core gates (its arms are swapped back
+        # in measure); the class-aware quality gates were proven before the promotion that began it.
+        judge_policy = dataclasses.replace(judge_policy, quality=None)
     judgement = judge(measurement.metrics, judge_policy)
     repro = policy.reproducibility
     if repro.role != "off":

@@ -210,7 +210,11 @@ def test_an_outcome_is_stored_next_to_the_label_or_instead_of_it(app: Flask, sto
             {"request_id": "c", "label": "no"},
         ]
     }
-    assert client.post(URL, json=body).get_json() == {"stored": 3, "unknown_request_ids": []}
+    assert client.post(URL, json=body).get_json() == {
+        "stored": 3,
+        "unknown_request_ids": [],
+        "dropped_request_ids": [],
+    }
     a, b, c = store.labels.get("a"), store.labels.get("b"), store.labels.get("c")
     assert (a.label, a.outcome) == (1, 12.5)
     assert (b.label, b.label_class, b.outcome) == (None, None, 0.0)

@@ -208,7 +208,7 @@ def test_identical_arms_are_promoted_by_non_inferiority_once_labels_prove_accura
     passed = {
         v["gate"] for v in event.details["verdicts"] if v["outcome"] == "pass" and v["role"] == "required"
     }
-    assert passed == {"error_rate", "accuracy"}
+    assert passed == {"error_rate", "accuracy", "balanced_accuracy"}  # the default class-aware gate too
 
 
 def test_agreement_alone_never_makes_the_final_promotion(
