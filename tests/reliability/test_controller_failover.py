@@ -41,6 +41,7 @@ POLICY = {
         "regression": OFF,
         "drift": {"role": "off", "margin": 0.2},
     },
+    "metrics": {"balanced_accuracy": {"role": "off"}},  # no labels here: error rate alone decides
     "burn_in": 50,
     "n_star": 200,
     "reproducibility": {"role": "off"},
