@@ -39,6 +39,7 @@ from controller.loop import measure
 from controller.loop.actions import policy_of
 from controller.loop.assess import online_offline
 from controller.reports.plots import html_page
+from controller.reports.quality import html_section as quality_html
 from controller.reports.quality import markdown_lines as quality_markdown
 from controller.reports.quality import quality_block
 from storage import NotFound, Store, repro_queries
@@ -1126,7 +1127,7 @@ def _sample_size(
 
 def render_html(report: Mapping[str, Any]) -> str:
     """Render the report as one self-contained HTML page (inline CSS and SVG; no script, no network)."""
-    return html_page(report)
+    return html_page(report, quality=quality_html(report))
 
 
 _MD_SPECIAL = str.maketrans(

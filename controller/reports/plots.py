@@ -501,8 +501,12 @@ def _x_minutes(series: Sequence[Mapping[str, Any]], bucket: float) -> list[float
     return [(p["t"] + bucket / 2) / 60.0 for p in series]
 
 
-def html_page(r: Mapping[str, Any]) -> str:
-    """Render a report dict (see controller.reports.build.REPORT_SCHEMA) as one self-contained HTML page."""
+def html_page(r: Mapping[str, Any], *, quality: Sequence[str] = ()) -> str:
+    """Render a report dict (see controller.reports.build.REPORT_SCHEMA) as one self-contained HTML page.
+
+    ``quality``: the quality block's HTML (controller.reports.quality.html_section), placed after the
+    labelled metrics; passed in so that this module knows nothing of the quality section.
+    """
     ro = r["rollout"]
     dep = r["deployment"]["name"]
     title = f"mlcanary report: {dep}, rollout {ro['id']}"
@@ -538,7 +542,7 @@ def html_page(r: Mapping[str, Any]) -> str:
         + "</div>"
     )
     parts += _gates_section(r)
-    parts += _quality_section(r)
+    parts += list(quality)
     parts += _traffic_section(r)
     parts += _arms_section(r)
     parts += _outputs_section(r)
@@ -559,13 +563,6 @@ def html_page(r: Mapping[str, Any]) -> str:
         )
     parts.append("</body></html>")
     return "\n".join(parts)
-
-
-def _quality_section(r: Mapping[str, Any]) -> list[str]:
-    """Quality metrics, segment verdicts and reliability curves (controller.reports.quality)."""
-    from controller.reports.quality import html_section
-
-    return html_section(r)
 
 
 def _gates_section(r: Mapping[str, Any]) -> list[str]:

@@ -15,6 +15,7 @@ from html import escape
 from typing import Any
 
 from controller.core import metrics as quality
+from controller.reports.plots import CHALLENGER, CHAMPION, GREY, Series, _table, line_plot
 from storage.entities import Analysis, PipelineVersion
 
 __all__ = ["RELIABILITY_BINS", "html_section", "markdown_lines", "quality_block"]
@@ -157,8 +158,6 @@ def _ci(iv: Any) -> str:
 
 def html_section(r: Mapping[str, Any]) -> list[str]:
     """Render the quality block: a table, one plot per gate, the segment verdicts and reliability curves."""
-    from controller.reports.plots import CHALLENGER, CHAMPION, GREY, Series, _table, line_plot
-
     q = r.get("quality")
     if not q:
         return []

@@ -14,11 +14,11 @@ def gates(policy: Policy, *args: object, **kw: object) -> dict[str, tuple[str, f
 
 
 def test_the_default_classification_policy_requires_balanced_accuracy_once_labels_exist() -> None:
-    labelled = gates(Policy(), "classification", "shadow", labelled=True, classes=("0", "1"))
+    labelled = gates(Policy(), "classification", "shadow", final=True, classes=("0", "1"))
     assert labelled["balanced_accuracy"] == ("required", 0.05)
     assert {"recall[0]", "recall[1]", "precision[1]", "macro_f1", "log_loss", "brier"} <= set(labelled)
     assert "roc_auc" not in labelled and "outcome" not in labelled
-    unlabelled = gates(Policy(), "classification", "shadow", labelled=False, classes=("0", "1"))
+    unlabelled = gates(Policy(), "classification", "shadow", final=False, classes=("0", "1"))
     assert unlabelled["balanced_accuracy"][0] == "informational"  # agreement stands in, as for accuracy
 
 
@@ -34,7 +34,7 @@ def test_regression_gets_rmse_and_pinball_and_the_outcome_gate_when_asked() -> N
 def test_segments_test_the_required_metrics_with_the_policy_role() -> None:
     p = Policy.parse({"segments": {"columns": [{"column": "plan"}, {"column": "age", "edges": [30, 60]}],
                                    "role": "hold"}})  # fmt: skip
-    seg = p.to_judge_policy("classification", "shadow", labelled=True).quality.segments  # type: ignore[union-attr]
+    seg = p.to_judge_policy("classification", "shadow", final=True).quality.segments  # type: ignore[union-attr]
     assert seg is not None and seg.role == "hold"
     assert [m.metric for m in seg.metrics] == ["accuracy", "balanced_accuracy"]
 
