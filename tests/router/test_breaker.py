@@ -55,6 +55,17 @@ def _canary(store: Store, tmp_path: Path, url: str) -> Any:
     return mlpipes.start_rollout(store, deployment, remote, mode="canary", canary_weight=100, shadow_rate=0)
 
 
+def _warmed(upstream: Upstream, mode: str) -> int:
+    """Wait for the router's warm-up call (it scores a new version once before routing to it), then
+    switch the upstream to ``mode``; return the calls made so far, which the test then discounts."""
+    deadline = time.monotonic() + 10
+    while upstream.calls < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert upstream.calls == 1, "the router warms the challenger with one call before routing to it"
+    upstream.mode = mode
+    return upstream.calls
+
+
 def _ask(client: Any, n: int) -> tuple[int, str]:
     response = client.post("/v1/models/churn/invocations", json=BODY, headers={"X-Request-Id": f"r{n}"})
     return response.status_code, str(response.headers.get("X-Mlcanary-Arm"))
@@ -64,26 +75,28 @@ def test_the_breaker_opens_after_the_failures_answers_with_the_champion_and_clos
     sqlite_store: Store, tmp_path: Path, make_app: Any, serve_wsgi: Any
 ) -> None:
     upstream = Upstream()
+    upstream.mode = "answer"
     rollout = _canary(sqlite_store, tmp_path, f"{serve_wsgi(upstream.app)}/invocations")
     app = make_app(breaker_failures=2, breaker_open_s=0.5)
     client = app.test_client()
+    warm = _warmed(upstream, "fail")
 
     failing = [_ask(client, n) for n in range(6)]
     assert failing == [(200, "champion")] * 6
-    assert upstream.calls == 2  # opened after two faults: the other four never reached the challenger
+    assert upstream.calls - warm == 2  # opened after two faults: the other four never reached the challenger
 
     time.sleep(0.6)  # open_s passed: half-open, the next request probes (and fails: open again)
     assert _ask(client, 6) == (200, "champion")
     assert _ask(client, 7) == (200, "champion")
-    assert upstream.calls == 3
+    assert upstream.calls - warm == 3
 
     upstream.mode = "answer"
     assert _ask(client, 8) == (200, "champion")  # still open: not called
-    assert upstream.calls == 3
+    assert upstream.calls - warm == 3
     time.sleep(0.6)
     recovered = [_ask(client, n) for n in range(9, 14)]
     assert recovered == [(200, "challenger")] * 5  # the probe succeeded: closed again
-    assert upstream.calls == 8
+    assert upstream.calls - warm == 8
 
     app.extensions["mlcanary.dataplane"].close(timeout=5)
     pairs = {p.request_id: p for p in sqlite_store.pairs.list(rollout_id=rollout.id, limit=100)}
@@ -103,9 +116,10 @@ def test_beyond_the_bulkhead_the_champion_answers_at_once_while_the_others_wait(
     sqlite_store: Store, tmp_path: Path, make_app: Any, serve_wsgi: Any
 ) -> None:
     upstream = Upstream()
-    upstream.mode = "hang"
+    upstream.mode = "answer"
     rollout = _canary(sqlite_store, tmp_path, f"{serve_wsgi(upstream.app)}/invocations")
     app = make_app(challenger_concurrency=2, breaker_failures=50, upstream_timeout_s=10.0)
+    warm = _warmed(upstream, "hang")
     answers: dict[int, tuple[int, str]] = {}
 
     def ask(n: int) -> None:
@@ -115,12 +129,14 @@ def test_beyond_the_bulkhead_the_champion_answers_at_once_while_the_others_wait(
     for thread in hanging:
         thread.start()
     deadline = time.monotonic() + 10
-    while upstream.calls < 2 and time.monotonic() < deadline:
+    while upstream.calls - warm < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert upstream.calls == 2  # both slots of the bulkhead are held by calls waiting on the challenger
+    assert (
+        upstream.calls - warm == 2
+    )  # both slots of the bulkhead are held by calls waiting on the challenger
     extra = [_ask(app.test_client(), n) for n in range(2, 6)]  # answered while the two still wait
     assert extra == [(200, "champion")] * 4
-    assert upstream.calls == 2
+    assert upstream.calls - warm == 2
     assert all(thread.is_alive() for thread in hanging)
     upstream.release.set()
     for thread in hanging:
