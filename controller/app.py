@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from controller.clock import Clock, system_clock
-from controller.config import Settings
+from controller.config import ConfigError, Settings
 from storage import Database, Store
 from storage import schema as db_schema
 
@@ -28,11 +28,31 @@ log = logging.getLogger("mlcanary")
 PARITY_CHECK = "mlcanary.parity_check"
 
 
+class NoDatabase(ConfigError):
+    """The configured SQLite file does not exist, and this command may not create one."""
+
+
+def create_command(settings: Settings) -> str:
+    """The command that creates (or migrates) the configured database."""
+    if settings.is_embedded_default:
+        return f"mlcanary --data-dir {settings.data_dir.resolve()} db upgrade"
+    return f"mlcanary --database-url {settings.resolved_database_url} db upgrade"
+
+
 def open_store(settings: Settings, *, create_embedded: bool = True) -> Store:
     """Open the configured database; the embedded default creates a fresh SQLite file itself.
 
+    With ``create_embedded=False`` (every command but ``serve``, ``controller`` and ``db upgrade``), a
+    SQLite file that does not exist is refused, naming the command that creates it: a command run from
+    another folder never quietly writes to a new database there.
     Any other database must be at the migrations' head, else SchemaOutOfDate names the command to run.
     """
+    path = settings.sqlite_path
+    if not create_embedded and path is not None and not path.is_file():
+        raise NoDatabase(
+            f"no database at {path} ({settings.database_source}); run: {create_command(settings)} "
+            "-- or run this command where mlcanary.toml pins your database, or give --data-dir"
+        )
     db = Database(settings.resolved_database_url)
     if create_embedded and settings.is_embedded_default:
         db_schema.ensure_fresh_sqlite(db)

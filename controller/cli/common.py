@@ -1,30 +1,33 @@
 """Helpers every command module shares: the root group class, settings, the store, JSON output.
 
-Imported by the command modules and by ``main``; imports no command module itself.
+Imported by the command modules and by ``main``; imports no command module itself, and nothing heavy
+(SQLAlchemy, pandas, NumPy, Flask) at its top: ``mlcanary --help`` imports this module.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from controller.clock import Clock, system_clock
 from controller.config import ConfigError, Settings
-from controller.encoding import dumps
-from storage import StorageError, Store
-from storage.artifacts import ArtifactError
 
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
-    StorageError,
-    ConfigError,
-    ArtifactError,
-    ValueError,
-    OSError,
-)
+if TYPE_CHECKING:
+    from storage import Store
+
+
+def expected_errors() -> tuple[type[BaseException], ...]:
+    """The errors an operator can cause: shown as one line (imported only once one is raised)."""
+    from storage import StorageError
+    from storage.artifacts import ArtifactError
+
+    return (StorageError, ConfigError, ArtifactError, ValueError, OSError)
 
 
 def one_line(error: BaseException) -> str:
@@ -34,13 +37,56 @@ def one_line(error: BaseException) -> str:
 
 
 class Cli(click.Group):
-    """A group that turns expected errors into one line on stderr and exit status 1."""
+    """The root group: expected errors become one line and exit status 1; commands load lazily.
+
+    ``lazy_commands`` maps a command name to ``(module:attribute, short help)``: a command's module is
+    imported only when that command runs (or its own --help is asked for), so ``mlcanary --help`` and
+    ``--version`` import no pandas, SQLAlchemy or scikit-learn.
+    """
+
+    def __init__(self, *args: Any, lazy_commands: Mapping[str, tuple[str, str]] | None = None, **kw: Any):
+        super().__init__(*args, **kw)
+        self.lazy_commands = dict(lazy_commands or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy_commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy_commands and cmd_name not in self.commands:
+            module, attribute = self.lazy_commands[cmd_name][0].split(":")
+            command: click.Command = getattr(importlib.import_module(module), attribute)
+            self.add_command(command, cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, self.lazy_commands[name][1]) for name in sorted(self.lazy_commands)]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except EXPECTED_ERRORS as error:
+        except click.ClickException:
+            raise
+        except (ConfigError, ValueError, OSError) as error:
+            if isinstance(error, BrokenPipeError):
+                _quiet_broken_pipe()
             raise click.ClickException(one_line(error)) from error
+        except Exception as error:
+            if isinstance(error, expected_errors()):
+                raise click.ClickException(one_line(error)) from error
+            raise
+
+
+def _quiet_broken_pipe() -> None:
+    """`mlcanary ... | head` closed our stdout: exit quietly, as the shell's own tools do."""
+    import os
+    import sys
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(141)  # 128 + SIGPIPE, what a shell reports for a command killed by a closed pipe
 
 
 def settings_of(ctx: click.Context) -> Settings:
@@ -58,15 +104,38 @@ def clock_of(ctx: click.Context) -> Clock:
     return clock
 
 
+VERBOSE = "mlcanary.verbose"
+API = "mlcanary.api"
+
+
+def say_database(ctx: click.Context, *, always: bool = False) -> None:
+    """Print which database this command uses (on stderr; always, or with --verbose)."""
+    if always or ctx.find_root().meta.get(VERBOSE):
+        click.echo(f"mlcanary: {settings_of(ctx).database_description()}", err=True)
+
+
 def store_of(ctx: click.Context) -> Store:
-    """Open the store of the configured database (the schema checked)."""
+    """Open the store of the configured database (the schema checked); never creates one.
+
+    Only ``serve``, ``controller`` and ``db upgrade`` create a database: any other command refuses a
+    missing one, naming the command that creates it.
+    """
     from controller.app import open_store
 
-    return open_store(settings_of(ctx))
+    say_database(ctx)
+    return open_store(settings_of(ctx), create_embedded=False)
+
+
+def api_of(ctx: click.Context) -> tuple[str, str | None] | None:
+    """The (admin API URL, token) given by the global --api/--token (or a group's), else None."""
+    found: tuple[str, str | None] | None = ctx.find_root().meta.get(API)
+    return found if found and found[0] else None
 
 
 def echo_json(value: Any) -> None:
     """Print a value as indented JSON."""
+    from controller.encoding import dumps
+
     click.echo(dumps(value, indent=2))
 
 

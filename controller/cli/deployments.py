@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from controller.cli.common import settings_of, store_of
+from controller.cli.common import api_of, say_database, settings_of, store_of
+from controller.cli.remote import ApiClient
 
 
 @click.group()
@@ -19,6 +20,14 @@ def deployments() -> None:
 @click.pass_context
 def deployments_create(ctx: click.Context, name: str, champion: str, no_raw_inputs: bool) -> None:
     """Create deployment NAME served by a champion version."""
+    given = api_of(ctx)
+    if given is not None:
+        body = {"name": name, "champion": champion, "store_raw_inputs": not no_raw_inputs}
+        created = ApiClient(*given).call("POST", "/deployments", body)
+        click.echo(
+            f"created deployment {created['name']} with champion {created['champion']} through {given[0]}"
+        )
+        return
     from controller import registry
     from storage.entities import NewEvent
 
@@ -30,12 +39,26 @@ def deployments_create(ctx: click.Context, name: str, champion: str, no_raw_inpu
     )
     deployment = store.deployments.create(name, version.id, store_raw_inputs=not no_raw_inputs, event=event)
     click.echo(f"created deployment {deployment.name} with champion {version.ref}")
+    say_database(ctx, always=True)  # a write: always say where it went
 
 
 @deployments.command("list")
 @click.pass_context
 def deployments_list(ctx: click.Context) -> None:
     """List deployments with their champion and active rollout."""
+    given = api_of(ctx)
+    if given is not None:
+        listed = ApiClient(*given).call("GET", "/deployments")["deployments"]
+        if not listed:
+            click.echo("no deployments")
+        for d in listed:
+            challenger = (
+                f" challenger {d['challenger']} ({d['mode']}, {d['weights']['challenger']:g}%)"
+                if d["challenger"]
+                else ""
+            )
+            click.echo(f"{d['name']}: champion {d['champion']}{challenger}")
+        return
     store = store_of(ctx)
     table = store.routing.load_table()
     if not table:

@@ -7,7 +7,8 @@ from typing import Any
 
 import click
 
-from controller.cli.common import echo_json, json_option, settings_of, store_of
+from controller.cli.common import api_of, echo_json, json_option, say_database, settings_of, store_of
+from controller.cli.remote import ApiClient
 
 
 @click.group()
@@ -54,10 +55,15 @@ def pipelines() -> None:
 @click.pass_context
 def pipelines_register(ctx: click.Context, name: str, version: str, **opts: Any) -> None:
     """Register pipeline version NAME VERSION from a fitted artifact or an HTTP upstream."""
-    from controller import registry
-
     if bool(opts["artifact"]) == bool(opts["upstream"]):
         raise click.UsageError("give exactly one of --artifact FILE or --upstream URL")
+    given = api_of(ctx)
+    if given is not None:
+        v = _register_remote(ApiClient(*given), name, version, opts)
+        click.echo(f"registered {v['ref']} (id {v['id']}, {v['task']}) through {given[0]}")
+        return
+    from controller import registry
+
     settings = settings_of(ctx)
     schema = registry.parse_schema(opts["schema_text"]) if opts["schema_text"] else None
     sample = registry.read_table(opts["sample"]) if opts["sample"] else None
@@ -94,6 +100,45 @@ def pipelines_register(ctx: click.Context, name: str, version: str, **opts: Any)
     click.echo(
         f"registered {v.ref} (id {v.id}, {v.task}, {v.kind}{', sha256 ' + v.sha256[:12] if v.sha256 else ''})"
     )
+    say_database(ctx, always=True)  # a write: always say where it went
+
+
+_FORM_OPTIONS = {"schema_text": "schema", "target": "target", "golden_set": "golden_set", "metrics": "metrics",
+                 "environment": "environment", "metadata": "metadata"}  # fmt: skip
+
+
+def _register_remote(api: ApiClient, name: str, version: str, opts: dict[str, Any]) -> dict[str, Any]:
+    """POST /api/v1/pipelines: JSON for an upstream, multipart with the files for an artifact."""
+    if opts["upstream"]:
+        body: dict[str, Any] = {"name": name, "version": version, "upstream": opts["upstream"],
+                                "protocol": opts["protocol"], "task": opts["task"]}  # fmt: skip
+        if opts["schema_text"]:
+            body["schema"] = opts["schema_text"]
+        for key in ("metrics", "metadata"):
+            if opts[key]:
+                body[key] = json_option(opts[key], f"--{key}")
+        result: dict[str, Any] = api.call("POST", "/pipelines", body)
+        return result
+    if opts["trust_pickle"]:
+        raise click.UsageError("--trust-pickle is the server's setting (MLCANARY_TRUST_PICKLE) with --api")
+    form: dict[str, Any] = {"name": name, "version": version, "task": opts["task"]}
+    for option, field in _FORM_OPTIONS.items():
+        if opts[option]:
+            value = opts[option]
+            path = Path(value)
+            form[field] = path.read_text() if path.suffix == ".json" and path.is_file() else value
+    if opts["trust"]:
+        form["trust"] = ",".join(opts["trust"])
+    handles = {
+        key: Path(opts[key]).open("rb") for key in ("artifact", "sample", "holdout", "golden") if opts[key]
+    }
+    try:
+        files = {key: (Path(handle.name).name, handle) for key, handle in handles.items()}
+        result = api.request("POST", "/pipelines", data=form, files=files).json()
+    finally:
+        for handle in handles.values():
+            handle.close()
+    return result
 
 
 @pipelines.command("list")
@@ -102,19 +147,24 @@ def pipelines_register(ctx: click.Context, name: str, version: str, **opts: Any)
 @click.pass_context
 def pipelines_list(ctx: click.Context, name: str | None, as_json: bool) -> None:
     """List registered pipeline versions."""
-    versions = store_of(ctx).pipelines.list(name=name)
+    given = api_of(ctx)
+    if given is not None:
+        summaries = ApiClient(*given).call("GET", "/pipelines", name=name)["pipelines"]
+    else:
+        summaries = [_version_summary(v) for v in store_of(ctx).pipelines.list(name=name)]
     if as_json:
-        echo_json([_version_summary(v) for v in versions])
+        echo_json(summaries)
         return
+    versions = summaries
     if not versions:
         click.echo("no pipeline versions registered")
         return
     click.echo(f"{'ID':>4}  {'VERSION':30} {'TASK':15} {'KIND':9} {'METRICS'}")
     for v in versions:
         metrics = ", ".join(
-            f"{k}={val:.4g}" for k, val in v.offline_metrics.items() if isinstance(val, float)
+            f"{k}={val:.4g}" for k, val in v["offline_metrics"].items() if isinstance(val, float)
         )
-        click.echo(f"{v.id:>4}  {v.ref:30} {v.task:15} {v.kind:9} {metrics}")
+        click.echo(f"{v['id']:>4}  {v['ref']:30} {v['task']:15} {v['kind']:9} {metrics}")
 
 
 def _version_summary(v: Any) -> dict[str, Any]:
@@ -134,4 +184,11 @@ def _version_summary(v: Any) -> dict[str, Any]:
 @click.pass_context
 def pipelines_show(ctx: click.Context, ref: str) -> None:
     """Show one pipeline version (NAME:VERSION or id) as JSON."""
+    given = api_of(ctx)
+    if given is not None:
+        if ":" not in ref:
+            raise click.UsageError("with --api, name the version as NAME:VERSION")
+        pipeline, version = ref.split(":", 1)
+        echo_json(ApiClient(*given).call("GET", f"/pipelines/{pipeline}/{version}"))
+        return
     echo_json(_version_summary(store_of(ctx).pipelines.get_by_ref(ref)))

@@ -18,14 +18,20 @@ import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from controller.cli.common import clock_of
+from controller.cli.common import api_of, clock_of
+from controller.cli.remote import ApiClient
 from controller.core.rollout_actions import ACTION_HELP, ROLLOUT_ACTIONS  # the one list; imports nothing
-from controller.http import feedback
-from storage import Store
+
+if TYPE_CHECKING:
+    from storage import Store
+
+# Labels accepted in one feedback request (controller.http.feedback.MAX_LABELS; a test checks they agree):
+# a literal here keeps Flask and SQLAlchemy out of `mlcanary rollout ... --api` (bench/cli_speed.py).
+MAX_LABELS = 10_000
 
 
 def actor() -> str:
@@ -36,46 +42,13 @@ def actor() -> str:
         return "cli:unknown"
 
 
-class ApiClient:
-    """The few admin API calls the commands need; any error answer becomes one ClickException line."""
-
-    def __init__(self, url: str, token: str | None, *, timeout: float = 30.0) -> None:
-        import httpx
-
-        if not url.startswith(("http://", "https://")):
-            raise click.UsageError(f"--api must be an http(s) URL, got {url!r}")
-        if not token:
-            raise click.UsageError("--api needs --token (or MLCANARY_TOKEN)")
-        self._client = httpx.Client(
-            base_url=url.rstrip("/") + "/api/v1",
-            timeout=timeout,
-            headers={"Authorization": f"Bearer {token}"},
-        )
-
-    def call(self, method: str, path: str, body: Any = None, **params: Any) -> Any:
-        import httpx
-
-        try:
-            response = self._client.request(
-                method, path, json=body, params={k: v for k, v in params.items() if v is not None}
-            )
-        except httpx.HTTPError as error:
-            raise click.ClickException(f"cannot reach the admin API: {error}") from error
-        if response.status_code >= 400:
-            try:
-                problem = response.json()["error"]
-                message = f"{problem['message']} (HTTP {response.status_code}, {problem['code']})"
-            except (ValueError, KeyError, TypeError):
-                message = f"HTTP {response.status_code} from the admin API"
-            raise click.ClickException(message)
-        return response.json()
-
-
 def _remote(ctx: click.Context) -> ApiClient | None:
+    """The admin API client when --api is given (on this group, or globally), else None."""
     obj = ctx.find_object(_Remote)
-    if obj is None or not obj.url:
-        return None
-    return ApiClient(obj.url, obj.token)
+    if obj is not None and obj.url:
+        return ApiClient(obj.url, obj.token)
+    given = api_of(ctx)
+    return ApiClient(*given) if given else None
 
 
 class _Remote:
@@ -84,9 +57,9 @@ class _Remote:
 
 
 _api_option = click.option(
-    "--api", "api_url", envvar="MLCANARY_API_URL", help="Go through this admin API URL."
+    "--api", "api_url", help="Go through this admin API URL (as the global --api; MLCANARY_API_URL)."
 )
-_token_option = click.option("--token", envvar="MLCANARY_TOKEN", help="Admin API token (with --api).")
+_token_option = click.option("--token", help="Admin API token (with --api; MLCANARY_TOKEN).")
 
 
 def _store(ctx: click.Context) -> Store:
@@ -171,7 +144,11 @@ def _read_policy(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (OSError, ValueError, yaml.YAMLError) as error:
+    except yaml.YAMLError as error:
+        from controller.core.policy import yaml_error_text
+
+        raise click.ClickException(f"cannot read policy {path.name}: {yaml_error_text(error)}") from error
+    except (OSError, ValueError) as error:
         raise click.ClickException(f"cannot read policy {path.name}: {str(error).splitlines()[0]}") from error
     if not isinstance(data, dict):
         raise click.ClickException(f"policy {path.name} must hold a mapping")
@@ -354,8 +331,10 @@ def read_labels(path: Path) -> list[tuple[str, int, Any]]:
         raise click.ClickException(f"cannot read {path.name}: {error}") from error
     if not items:
         raise click.ClickException(f"{path.name} has no labels")
+    from controller.http import feedback
+
     try:
-        chunks = [items[i : i + feedback.MAX_LABELS] for i in range(0, len(items), feedback.MAX_LABELS)]
+        chunks = [items[i : i + MAX_LABELS] for i in range(0, len(items), MAX_LABELS)]
         return [t for chunk in chunks for t in feedback.parse_labels({"labels": chunk})]
     except feedback.LabelsError as error:
         raise click.ClickException(f"{path.name}: {error.message}") from error
@@ -384,8 +363,10 @@ def _scalar(text: str) -> Any:
 @click.pass_context
 def labels_upload(ctx: click.Context, deployment: str, file: Path) -> None:
     """Store the labels of FILE.csv (request_id,label[,row]) for DEPLOYMENT's earlier requests."""
+    from controller.http import feedback
+
     triples = read_labels(file)
-    batches = [triples[i : i + feedback.MAX_LABELS] for i in range(0, len(triples), feedback.MAX_LABELS)]
+    batches = [triples[i : i + MAX_LABELS] for i in range(0, len(triples), MAX_LABELS)]
     remote = _remote(ctx)
     store: Store | None = None if remote is not None else _store(ctx)
     if store is not None:

@@ -648,7 +648,12 @@ def _harm_gate(
     else:
         outcome, why = (
             Outcome.INCONCLUSIVE,
-            f"inconclusive: {describe}, bounds {min(good, bad):.4g}..{max(good, bad):.4g} include {lim:.4g}",
+            f"inconclusive: {describe}, bounds {min(good, bad):.4g}..{max(good, bad):.4g} "
+            + (
+                f"include {lim:.4g}"
+                if min(good, bad) <= lim <= max(good, bad)
+                else f"lie past {lim:.4g} on the harmful side (harm is decided by its own test and level)"
+            ),
         )
     verdict = Verdict(
         gate,

@@ -15,6 +15,7 @@ champion would answer nothing and could not be compared with).
 
 from __future__ import annotations
 
+import difflib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -60,8 +61,8 @@ class _Model(BaseModel):
 class Shadow(_Model):
     """The shadow stage: the champion answers and the challenger scores the same requests off the live path.
 
-    ``sample_rate``: share of requests (0 < rate <= 1) the challenger scores in shadow.
-    ``min_pairs``: paired requests (both arms ran) needed before the stage may be decided.
+    ``sample_rate``: **fraction** of requests (0 < rate <= 1, not percent) the challenger scores in shadow.
+    ``min_pairs``: paired requests (both arms ran; a count) needed before the stage may be decided.
     ``min_duration_s``: seconds the stage lasts at least, even when the data decide earlier.
     ``max_duration_s``: seconds after which an undecided stage stops waiting (see ``on_inconclusive``).
     """
@@ -85,11 +86,12 @@ class Canary(_Model):
     (both arms answered the same request: far fewer requests needed); false keeps the unpaired
     comparison of the requests each arm served, for products where the served answer changes the
     label. Latency and the sample-ratio check always use the served requests.
-    ``steps``: challenger weights in percent, strictly increasing, each in (0, 100]. A final 100 is
-    allowed and means "promote" (passing the last step below 100 promotes anyway).
-    ``shadow_rate``: share (0..1) of canary requests on which the other arm also scores in shadow,
-    which gives the agreement gate its pairs; 0 saves the compute.
-    ``min_samples``: requests in the step needed before it may be decided.
+    ``steps``: challenger weights in **percent** of traffic (5 = 5%, not 0.05), strictly increasing,
+    each in (0, 100]. A final 100 is allowed and means "promote" (passing the last step below 100
+    promotes anyway). Steps that are all <= 1 look like fractions and are refused.
+    ``shadow_rate``: **fraction** (0..1, not percent) of canary requests on which the other arm also
+    scores in shadow, which gives the agreement gate its pairs; 0 saves the compute.
+    ``min_samples``: requests (a count) in the step needed before it may be decided.
     ``min_duration_s`` / ``max_duration_s``: least and most seconds spent in each step.
     """
 
@@ -110,6 +112,12 @@ class Canary(_Model):
                 raise ValueError(f"every weight must lie in (0, 100], got {w:g}")
         if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
             raise ValueError(f"weights must be strictly increasing, got {list(steps)}")
+        if all(w <= 1.0 for w in steps):
+            percent = [float(f"{100 * w:.6g}") for w in steps]
+            raise ValueError(
+                f"weights are percent of traffic (5 means 5%), got {[float(f'{w:g}') for w in steps]}, "
+                f"which look like fractions; write {[f'{p:g}' for p in percent]}".replace("'", "")
+            )
         return steps
 
     @model_validator(mode="after")
@@ -124,8 +132,8 @@ class Gate(_Model):
 
     ``role``: ``required`` (must prove non-inferiority to promote; proven harm rolls back),
     ``guardrail`` (proven harm rolls back), ``informational`` (reported only) or ``off``.
-    ``margin``: the tolerated difference, in the gate's unit (see ``Gates``).
-    ``min_samples``: the gate's burn-in; ``None`` takes the policy's ``burn_in``.
+    ``margin``: the tolerated difference, in the gate's unit (see ``Gates``: a fraction, a ratio or a PSI).
+    ``min_samples``: the gate's burn-in (observations, a count); ``None`` takes the policy's ``burn_in``.
     ``on_fail``: what proven failure of a required or guardrail gate does: ``rollback`` (harm; the
     default) or ``hold`` (the step cannot pass, nothing rolls back; agreement's default).
     ``allow_no_data``: a guardrail (or a hold gate) without data does not block promotion; by default
@@ -142,13 +150,18 @@ class Gate(_Model):
 class Gates(_Model):
     """The gates and their margins.
 
-    ``error_rate``: absolute increase of the error rate tolerated (0 <= margin < 1; 0.01 = one point).
+    ``error_rate``: absolute increase of the error rate tolerated, a fraction (0 <= margin < 1; 0.01 =
+    one percentage point).
     ``latency_p99``: tolerated ratio of challenger to champion p99 latency (>= 1; 1.2 = 20% slower).
-    ``agreement``: minimum share of identical predictions (0 < margin <= 1), classification only.
-    ``accuracy``: absolute accuracy drop tolerated once labels arrive (0 <= margin < 1).
-    ``regression``: relative increase of the mean absolute error tolerated once labels arrive (>= 0).
-    ``drift``: PSI of the output distributions above which outputs have drifted (> 0).
-    ``coverage``: minimum share of the shadow sample the router actually scored (0 < margin <= 1); it
+    ``agreement``: minimum fraction of identical predictions (0 < margin <= 1; 0.9 = 90%),
+    classification only.
+    ``accuracy``: absolute accuracy drop tolerated once labels arrive, a fraction (0 <= margin < 1;
+    0.01 = one percentage point).
+    ``regression``: relative increase of the mean absolute error tolerated once labels arrive, a
+    fraction of the champion's MAE (>= 0; 0.05 = 5% worse).
+    ``drift``: PSI (population stability index, unitless) of the output distributions above which
+    outputs have drifted (> 0).
+    ``coverage``: minimum fraction (0..1) of the shadow sample the router actually scored (0 < margin <= 1); it
     never rolls back (skipped requests are the router's doing): ``informational`` reports it,
     ``required`` holds promotion until the share is proven above the margin.
     ``agreement_until_labelled``: classification, when agreement and accuracy are both required: on a
@@ -207,9 +220,9 @@ class Watch(_Model):
     ``promoted`` once every required labelled gate passes on the whole rollout's evidence, and proven
     harm restores the previous champion (``rolled_back``). Off (the default), the last step itself must
     pass the required labelled gates before promotion.
-    ``sample_rate``: share (0 < x <= 1) of requests the previous champion scores in shadow.
+    ``sample_rate``: fraction (0 < x <= 1, not percent) of requests the previous champion scores in shadow.
     ``min_duration_s``: seconds the watch lasts at least (the bake period).
-    ``min_labelled_pairs``: labelled pairs of the watch itself needed before it may end.
+    ``min_labelled_pairs``: labelled pairs (a count) of the watch itself needed before it may end.
     ``max_duration_s``: seconds after which an undecided watch follows ``on_inconclusive``: ``rollback``
     restores the previous champion, ``pause`` leaves it watching for an operator to promote or roll back.
     """
@@ -230,6 +243,7 @@ class Watch(_Model):
 class ErrorBudget(_Model):
     """How the policy's one ``alpha`` is split; the three shares add up to 1.
 
+    Each share is a fraction of ``alpha`` (0..1).
     ``harm``: the harm family (every required and guardrail gate that can roll back, Holm-adjusted,
     and the non-inferiority bounds that promote). ``vetoes``: the vetoes, split evenly over three fixed
     slots (sample-ratio mismatch, error-rate SLO, latency SLO) whether or not they are configured.
@@ -251,9 +265,9 @@ class ErrorBudget(_Model):
 class Slo(_Model):
     """Hard service levels of the challenger: a proven breach vetoes the rollout (rolls back at once).
 
-    ``error_rate``: ceiling of the challenger's error rate (0 < x < 1), or null for none.
+    ``error_rate``: ceiling of the challenger's error rate, a fraction (0 < x < 1; 0.02 = 2%), or null.
     ``latency_p99_ms``: ceiling of its p99 latency in milliseconds (> 0), or null for none.
-    ``min_samples``: requests before an SLO may veto; ``None`` takes the policy's ``burn_in``.
+    ``min_samples``: requests (a count) before an SLO may veto; ``None`` takes the policy's ``burn_in``.
     """
 
     error_rate: float | None = Field(default=None, gt=0.0, lt=1.0)
@@ -269,11 +283,13 @@ class Reproducibility(_Model):
     the rollout from starting.
     ``role``: the challenger's online-versus-offline gate: ``guardrail`` (proven worse than its
     offline metrics by more than the margin → ``on_worse``), ``informational`` (reported only) or ``off``.
-    ``accuracy_margin``: tolerated drop of online accuracy below the offline accuracy (0 <= x < 1).
-    ``mae_margin``: tolerated relative increase of the online MAE over the offline MAE (>= 0).
+    ``accuracy_margin``: tolerated drop of online accuracy below the offline accuracy, a fraction
+    (0 <= x < 1; 0.02 = two percentage points).
+    ``mae_margin``: tolerated relative increase of the online MAE over the offline MAE, a fraction
+    (>= 0; 0.1 = 10% worse).
     ``confidence``: level of the online-versus-offline intervals (0.5 < x < 1); null (the default)
     takes it from the error budget: 1 - alpha * error_budget.reproducibility / 2.
-    ``min_labels``: labelled rows an arm needs before it is compared with offline.
+    ``min_labels``: labelled rows (a count) an arm needs before it is compared with offline.
     ``on_worse``: ``hold`` (never promote while worse; the step's budget then decides) or ``rollback``.
     """
 
@@ -306,12 +322,13 @@ class Policy(_Model):
     ``shadow_then_canary`` (the default).
     ``shadow`` / ``canary``: the stages (see ``Shadow`` and ``Canary``).
     ``gates``: margins and roles of the statistical gates (see ``Gates``).
-    ``alpha``: the rollout's whole error budget (0 < alpha < 0.5), split by ``error_budget``.
+    ``alpha``: the rollout's whole error budget, a probability (0 < alpha < 0.5), split by
+    ``error_budget``.
     ``error_budget``: shares of ``alpha`` for harm, vetoes and reproducibility (see ``ErrorBudget``).
     ``srm_alpha``: level of the sample-ratio-mismatch veto in canary steps (0 < x < 0.5); null (the
     default) takes it from the error budget: alpha * error_budget.vetoes / 3.
-    ``n_star``: sample size at which the confidence sequences are tightest (> 0).
-    ``burn_in``: observations a gate needs before it may decide, unless the gate sets its own.
+    ``n_star``: sample size (observations) at which the confidence sequences are tightest (> 0).
+    ``burn_in``: observations (a count) a gate needs before it may decide, unless the gate sets its own.
     ``label_maturity_s``: seconds a request must be old before its label counts: younger requests
     are left out of the accuracy and regression gates (labels still arriving would bias them).
     ``on_inconclusive``: what to do when a step's ``max_duration_s`` runs out undecided: ``pause``
@@ -485,13 +502,41 @@ def _load_text(source: str | Path) -> dict[str, Any]:
         text = str(source)
     try:
         data = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as error:
-        raise PolicyError(f"policy is neither valid JSON nor YAML: {str(error).splitlines()[0]}") from error
+    except json.JSONDecodeError as error:
+        raise PolicyError(
+            f"policy is not valid JSON: line {error.lineno}, column {error.colno}: {error.msg}"
+        ) from error
+    except yaml.YAMLError as error:
+        raise PolicyError(f"policy is not valid YAML: {yaml_error_text(error)}") from error
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise PolicyError(f"a policy is a mapping of fields, got {type(data).__name__}")
     return data
+
+
+def yaml_error_text(error: Exception) -> str:
+    """``line 3, column 5: mapping values are not allowed here`` (PyYAML's mark is 0-based)."""
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    if mark is None:
+        return str(problem)
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+
+
+def _known_fields(loc: tuple[Any, ...]) -> list[str]:
+    """The field names of the model at ``loc``'s parent (for "did you mean")."""
+    model: Any = Policy
+    for part in loc[:-1]:
+        field = getattr(model, "model_fields", {}).get(part)
+        if (
+            field is None
+            or not isinstance(field.annotation, type)
+            or not issubclass(field.annotation, BaseModel)
+        ):
+            return []
+        model = field.annotation
+    return list(getattr(model, "model_fields", {}))
 
 
 def _describe(error: ValidationError) -> str:
@@ -504,7 +549,13 @@ def _describe(error: ValidationError) -> str:
             parts.append(str(ctx_error))
             continue
         if e["type"] == "extra_forbidden":
-            message = "unknown field"
+            known = _known_fields(tuple(e["loc"]))
+            close = difflib.get_close_matches(str(e["loc"][-1]), known, n=1)
+            message = (
+                f"unknown field; did you mean {close[0]}?"
+                if close
+                else f"unknown field; known: {', '.join(known)}"
+            )
         message = message.removeprefix("Value error, ")
         parts.append(f"{path}: {message}")
     return "; ".join(parts)

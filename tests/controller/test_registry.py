@@ -169,6 +169,7 @@ def test_a_registered_version_survives_a_restart(files: dict[str, Path], tmp_pat
     """Register in one process and read it back in another, on the embedded default database."""
     data_dir = tmp_path / "var"
     command = [sys.executable, "-m", "controller", "--data-dir", str(data_dir)]
+    subprocess.run([*command, "db", "upgrade"], check=True, capture_output=True, timeout=120)
     subprocess.run([*command, *register_args(files)], check=True, capture_output=True, timeout=120)
     listed = subprocess.run(
         [*command, "pipelines", "list"], check=True, capture_output=True, text=True, timeout=120
@@ -202,7 +203,8 @@ def test_db_upgrade_builds_a_new_database_and_serving_refuses_an_old_one(
     try:
         for url in urls:
             refused = invoke(runner, url, "pipelines", "list")
-            assert refused.exit_code == 1 and "run: mlcanary db upgrade" in refused.output
+            assert refused.exit_code == 1 and "run: mlcanary" in refused.output
+            assert "db upgrade" in refused.output
             upgraded = invoke(runner, url, "db", "upgrade")
             assert upgraded.exit_code == 0 and "schema empty -> " in upgraded.output
             assert invoke(runner, url, "db", "check").exit_code == 0

@@ -122,7 +122,7 @@ def test_policies_come_from_yaml_or_json_text_or_files(tmp_path: Path) -> None:
     (tmp_path / "p.json").write_text('{"shadow": {"min_pairs": 42}}')
     assert Policy.parse(tmp_path / "p.yaml").on_inconclusive == "rollback"
     assert Policy.parse(str(tmp_path / "p.json")).shadow.min_pairs == 42
-    with pytest.raises(PolicyError, match="neither valid JSON nor YAML"):
+    with pytest.raises(PolicyError, match="not valid YAML: line 2, column 1"):
         Policy.parse("mode: [unclosed\n")
     with pytest.raises(PolicyError, match="a mapping"):
         Policy.parse("- 1\n- 2\n")
