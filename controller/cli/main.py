@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 
@@ -70,7 +70,7 @@ def cli(
     """
     # Options given on the command line override; the same values from MLCANARY_* are read by
     # Settings.from_env itself, which then names the variable as the database's source.
-    given = {
+    given: dict[str, Any] = {
         name: value
         for name, value in (("database_url", database_url), ("data_dir", data_dir))
         if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE

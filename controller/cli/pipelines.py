@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +60,8 @@ def pipelines_register(ctx: click.Context, name: str, version: str, **opts: Any)
         raise click.UsageError("give exactly one of --artifact FILE or --upstream URL")
     given = api_of(ctx)
     if given is not None:
-        v = _register_remote(ApiClient(*given), name, version, opts)
-        click.echo(f"registered {v['ref']} (id {v['id']}, {v['task']}) through {given[0]}")
+        answer = _register_remote(ApiClient(*given), name, version, opts)
+        click.echo(f"registered {answer['ref']} (id {answer['id']}, {answer['task']}) through {given[0]}")
         return
     from controller import registry
 
@@ -96,9 +97,9 @@ def pipelines_register(ctx: click.Context, name: str, version: str, **opts: Any)
             environment=json_option(opts["environment"], "--environment"),
             metadata=metadata,
         )
-    v = version_entity
     click.echo(
-        f"registered {v.ref} (id {v.id}, {v.task}, {v.kind}{', sha256 ' + v.sha256[:12] if v.sha256 else ''})"
+        f"registered {version_entity.ref} (id {version_entity.id}, {version_entity.task}, {version_entity.kind}"
+        f"{', sha256 ' + version_entity.sha256[:12] if version_entity.sha256 else ''})"
     )
     say_database(ctx, always=True)  # a write: always say where it went
 
@@ -129,15 +130,13 @@ def _register_remote(api: ApiClient, name: str, version: str, opts: dict[str, An
             form[field] = path.read_text() if path.suffix == ".json" and path.is_file() else value
     if opts["trust"]:
         form["trust"] = ",".join(opts["trust"])
-    handles = {
-        key: Path(opts[key]).open("rb") for key in ("artifact", "sample", "holdout", "golden") if opts[key]
-    }
-    try:
-        files = {key: (Path(handle.name).name, handle) for key, handle in handles.items()}
+    with contextlib.ExitStack() as stack:
+        files = {
+            key: (Path(opts[key]).name, stack.enter_context(Path(opts[key]).open("rb")))
+            for key in ("artifact", "sample", "holdout", "golden")
+            if opts[key]
+        }
         result = api.request("POST", "/pipelines", data=form, files=files).json()
-    finally:
-        for handle in handles.values():
-            handle.close()
     return result
 
 

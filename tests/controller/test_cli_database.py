@@ -3,8 +3,8 @@ finds the project's mlcanary.toml from any subfolder, and goes through the admin
 
 from __future__ import annotations
 
-import threading
 import os
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
