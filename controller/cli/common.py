@@ -67,8 +67,8 @@ class Cli(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except click.ClickException:
-            raise
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise  # click's own (usage errors, --help's exit): no need to look at ours
         except (ConfigError, ValueError, OSError) as error:
             if isinstance(error, BrokenPipeError):
                 _quiet_broken_pipe()
