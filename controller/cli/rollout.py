@@ -229,8 +229,10 @@ def status_lines(d: dict[str, Any]) -> Iterator[str]:
     yield (
         f"rollout {r['id']}: {r['phase']}, mode {r['mode']}, step {r['step_index']}, "
         f"traffic champion {w['champion']:g}% / challenger {w['challenger']:g}%, shadow rate {w['shadow_rate']:g}"
-        + (f", ended: {r['reason']}" if r.get("ended_at") else "")
+        + (f", ended: {r.get('reason_message') or r['reason']}" if r.get("ended_at") else "")
     )
+    if r["phase"] == "paused":
+        yield f"paused: {r.get('reason_message') or r['reason']}"
     if r["phase"] == "watching":
         yield (
             f"post-promotion watch: {r['challenger']} answers every request, the previous champion "
@@ -262,10 +264,17 @@ def status_lines(d: dict[str, Any]) -> Iterator[str]:
     a = d.get("last_analysis")
     if a:
         yield f"last analysis {a['evaluated_at']} (step {a['step']}): {a['outcome']}"
+        done = not r["active"]
         for verdict in a["verdicts"]:
             name = verdict.get("gate") or verdict.get("name") or "?"
+            role = verdict.get("role") or "-"
+            outcome = verdict.get("outcome", "?")
+            if role == "informational" and outcome == "fail":
+                outcome = "noted"  # informational: reported, never decides (not a failure of the rollout)
             detail = verdict.get("reason") or verdict.get("message") or ""
-            yield f"  {name:<14} {verdict.get('outcome', '?'):<13} {detail}"
+            yield f"  {name:<14} {role:<13} {outcome:<13} {detail}"
+        if done:
+            yield f"  (verdicts of the last look before the rollout ended {r['phase']})"
 
 
 @rollout.command("events")

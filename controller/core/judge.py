@@ -1323,7 +1323,11 @@ def _combine(verdicts: list[Verdict], spec_of: dict[str, GateSpec], policy: Judg
     if vetoed:
         decision, reason = "veto", "veto: " + "; ".join(f"{v.gate}: {v.reason}" for v in vetoed)
     elif harmed:
-        decision, reason = "rollback", "harm: " + "; ".join(f"{v.gate}: {v.reason}" for v in harmed)
+        # a harmed verdict's own reason starts "harm: ": said once, not "harm: regression: harm: ..."
+        decision, reason = (
+            "rollback",
+            "harm: " + "; ".join(f"{v.gate}: {v.reason.removeprefix('harm: ')}" for v in harmed),
+        )
     elif held:
         decision = "continue"
         reason = "hold (not harm; labels decide): " + "; ".join(f"{v.gate}: {v.reason}" for v in held)

@@ -152,7 +152,13 @@ class Gates(_Model):
 
     ``error_rate``: absolute increase of the error rate tolerated, a fraction (0 <= margin < 1; 0.01 =
     one percentage point).
-    ``latency_p99``: tolerated ratio of challenger to champion p99 latency (>= 1; 1.2 = 20% slower).
+    ``latency_p99``: tolerated ratio (unitless, >= 1; 1.2 = 20% slower) of the challenger's p99 latency
+    to the champion's, both estimated from the served requests' histograms: harm is proven when the
+    share of challenger requests slower than ``margin`` x a bound of the champion's p99 (and slower than
+    ``latency_floor_ms``) is proven above 1%; non-inferiority when the challenger's p99 is proven at or
+    below ``margin`` x the champion's, or below the floor.
+    ``latency_floor_ms``: milliseconds (>= 0); a challenger p99 at or below it never counts as latency
+    harm, however it compares with the champion's (0, the default: no floor).
     ``agreement``: minimum fraction of identical predictions (0 < margin <= 1; 0.9 = 90%),
     classification only.
     ``accuracy``: absolute accuracy drop tolerated once labels arrive, a fraction (0 <= margin < 1;
@@ -180,6 +186,7 @@ class Gates(_Model):
     drift: Gate = Gate(role="informational", margin=0.2)
     coverage: Gate = Gate(role="informational", margin=0.5)
     agreement_until_labelled: bool = True
+    latency_floor_ms: float = Field(default=0.0, ge=0.0)
 
     @model_validator(mode="before")
     @classmethod
@@ -465,6 +472,7 @@ class Policy(_Model):
             # measure batch work, not what a user would wait. Latency is reported there and decides
             # (gate and SLO) only in canary steps, where the challenger answers inline.
             latency_p99_slo_ms=None if mode == "shadow" else self.slo.latency_p99_ms,
+            latency_floor_ms=g.latency_floor_ms,
             slo_min_samples=self.slo.min_samples or self.burn_in,
             error_rate=spec(g.error_rate),
             latency_p99=spec(

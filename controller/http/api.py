@@ -253,6 +253,10 @@ def deployment_json(s: Store, d: Deployment, *, detail: bool) -> dict[str, Any]:
         body["rollout_id"] = active.id if active else None
         return body
     body["rollout"] = rollout_json(rollout, refs) if rollout else None
+    if rollout is not None:
+        # the words behind the reason code (an operator's --reason for manual_pause, the judge's text)
+        said = [e for e in s.events.list(rollout_id=rollout.id, limit=10_000) if e.reason == rollout.reason]
+        body["rollout"]["reason_message"] = said[-1].message if said else None
     body["live"] = live_figures(s, rollout) if rollout else None
     latest = s.analyses.latest(rollout.id) if rollout else None
     body["last_analysis"] = analysis_json(latest) if latest else None

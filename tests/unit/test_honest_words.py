@@ -65,3 +65,17 @@ def test_unknown_policy_fields_suggest_the_nearest_name_and_yaml_errors_give_the
         Policy.parse({"gates": {"accuracy": {"rol": "guardrail"}}})
     with pytest.raises(PolicyError, match=r"line 4, column 6: expected ',' or '\]'"):
         Policy.parse("mode: canary\ncanary:\n  steps: [5, 50\nalpha: 0.05\n")
+
+
+def test_the_latency_floor_in_ms_reaches_the_judge_and_is_documented() -> None:
+    policy = Policy.parse({"gates": {"latency_floor_ms": 50}})
+    assert policy.to_judge_policy("classification", "canary").latency_floor_ms == 50.0
+    with pytest.raises(PolicyError, match="latency_floor_ms"):
+        Policy.parse({"gates": {"latency_floor_ms": -1}})
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "policy.md").read_text()
+    assert (
+        "`gates.latency_floor_ms`" in text
+        and "ratio of the challenger's p99 latency to the champion's |" not in text
+    )

@@ -394,3 +394,14 @@ def test_a_required_coverage_gate_holds_promotion_until_enough_was_scored_and_ne
     assert (verdict(j, "coverage").outcome, j.decision) == (outcome, decision)
     informational = judge(shadow(paired_correct=good, coverage=coverage), ONLY_ACCURACY)
     assert informational.decision == "promote"  # by default coverage is reported, never decides
+
+
+def test_a_rollback_reason_says_harm_once_per_gate() -> None:
+    """Issue 19: no "harm: error_rate: harm: ..." stutter in the decision's reason."""
+    m = shadow(
+        paired_errors=PairedCounts(n=20_000, worse=200, better=20),
+        paired_correct=PairedCounts(n=20_000, worse=500, better=500),
+    )
+    j = judge(m, replace(ONLY_ACCURACY, error_rate=GateSpec(role="guardrail", margin=0.0)))
+    assert j.decision == "rollback"
+    assert j.reason.startswith("harm: error_rate: ") and j.reason.count("harm:") == 1, j.reason

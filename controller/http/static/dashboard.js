@@ -119,7 +119,8 @@
     if (last) {
       for (const v of last.verdicts || []) {
         const tr = document.createElement("tr");
-        const o = outcomeLabel(v.outcome);
+        // informational gates are reported, never decide: not a red "fail" (o-noted is neutral)
+        const o = v.role === "informational" && v.outcome === "fail" ? "noted" : outcomeLabel(v.outcome);
         cell(tr, v.gate); cell(tr, v.role); cell(tr, o, "o-" + o); cell(tr, v.reason);
         verdicts.appendChild(tr);
       }
