@@ -14,6 +14,8 @@ is not a number there is a type error. Values of str columns that are numbers be
 
 from __future__ import annotations
 
+import difflib
+
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,15 +47,25 @@ class Batch:
     columns: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
+def _near(name: str, sent: Sequence[str]) -> str:
+    """``plan (did you mean 'Plan'?)`` when a sent column is a near miss of a missing one (case, typo)."""
+    by_case = [c for c in sent if c.lower() == name.lower()]
+    close = by_case or difflib.get_close_matches(name, list(sent), n=1, cutoff=0.75)
+    return f"{name} (did you mean {close[0]!r}?)" if close else name
+
+
 def build_batch(columns: Mapping[str, Sequence[Any]], schema: Sequence[Column], *, max_rows: int) -> Batch:
     """Check columns against the schema and build the frame (registered columns, registered order)."""
     wanted = [c.name for c in schema]
     if not columns or all(len(v) == 0 for v in columns.values()):
         raise InvalidInput("the batch is empty: send at least one row", code="empty_batch")
     missing = [name for name in wanted if name not in columns]
-    if missing:
-        raise InvalidInput(f"missing column(s): {', '.join(missing)}", code="missing_columns")
     unknown = [str(name) for name in columns if name not in set(wanted)]
+    if missing:
+        raise InvalidInput(
+            f"missing column(s): {', '.join(_near(name, unknown) for name in missing)}",
+            code="missing_columns",
+        )
     if unknown:
         raise InvalidInput(
             f"unknown column(s): {', '.join(unknown)}; this deployment takes {', '.join(wanted)}",
