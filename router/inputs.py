@@ -15,7 +15,6 @@ is not a number there is a type error. Values of str columns that are numbers be
 from __future__ import annotations
 
 import difflib
-
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
