@@ -20,7 +20,9 @@ def _serve(ctx: click.Context, role: str, host: str | None, port: int | None, wo
         **{k: v for k, v in {"host": host, "port": port, "workers": workers}.items() if v is not None}
     )
     settings.validate()
-    open_store(settings).db.dispose()  # create the embedded database / refuse an old schema before forking
+    # `serve` may create the embedded database; `router` (a data plane of someone's existing system) may not.
+    # Either refuses an old schema before forking.
+    open_store(settings, create_embedded=role == "serve").db.dispose()
     click.echo(
         f"mlcanary {role} on http://{settings.host}:{settings.port} "
         f"({settings.workers} workers x {settings.threads} threads)",
