@@ -7,6 +7,13 @@ from pathlib import Path
 import click
 
 
+class _Format(click.Choice):
+    """The one documented name is ``markdown``; ``md``, the old spelling, is still accepted."""
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> object:
+        return super().convert("markdown" if value == "md" else value, param, ctx)
+
+
 @click.command("report")
 @click.argument("deployment")
 @click.option("--rollout", "rollout_id", type=int, help="Rollout id (default: the deployment's latest).")
@@ -16,10 +23,10 @@ import click
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["html", "json", "markdown", "md"]),
+    type=_Format(["html", "json", "markdown"]),
     default="html",
     show_default=True,
-    help="html, json or markdown (md is accepted for markdown).",
+    help="html, json or markdown (as the admin API's ?format=).",
 )
 @click.option(
     "--output",
@@ -39,7 +46,6 @@ def report(
     """Write the comparison report of DEPLOYMENT's latest (or --rollout) rollout."""
     from controller.cli.common import api_of, store_of
 
-    fmt = "markdown" if fmt == "md" else fmt
     given = api_of(ctx)
     if given is not None:
         from controller.cli.remote import ApiClient

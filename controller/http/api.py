@@ -566,6 +566,7 @@ def report(name: str) -> Response:
     if wanted is None:
         best = request.accept_mimetypes.best_match(["application/json", "text/html", "text/markdown"])
         wanted = {"text/html": "html", "text/markdown": "markdown"}.get(best or "", "json")
+    wanted = "markdown" if wanted == "md" else wanted  # the CLI's old spelling, accepted here too
     if wanted not in ("json", "html", "markdown"):
         raise ApiError(400, "invalid_parameter", "format must be json, html or markdown")
     built = reports.build_report(s, name, rollout_id)

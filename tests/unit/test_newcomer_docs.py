@@ -54,3 +54,16 @@ def test_the_readme_tour_writes_its_files_under_var_tour_not_the_repository_root
     }
     later = _tour_block(7)
     assert "--output churn-report.html" in later  # written in var/tour too: the same shell, after the cd
+
+
+def test_one_report_format_name_is_documented_and_md_still_works() -> None:
+    import click
+
+    from controller.cli.report import report
+
+    (option,) = [p for p in report.params if p.name == "fmt"]
+    context = click.Context(report)
+    assert option.type.convert("md", option, context) == "markdown"
+    assert option.type.convert("markdown", option, context) == "markdown"
+    cli_doc = (ROOT / "docs" / "cli.md").read_text()
+    assert "[html|json|markdown]" in cli_doc and "|md]" not in cli_doc
