@@ -122,7 +122,12 @@ def store_of(ctx: click.Context) -> Store:
     """
     from controller.app import open_store
 
-    say_database(ctx)
+    if api_of(ctx) is not None:  # --api was given but this command has no admin API route: say so
+        command = " ".join(["mlcanary", *ctx.command_path.split(" ")[1:]])
+        click.echo(f"mlcanary: {command} has no admin API route; it works on the database", err=True)
+        say_database(ctx, always=True)
+    else:
+        say_database(ctx)
     return open_store(settings_of(ctx), create_embedded=False)
 
 

@@ -104,4 +104,7 @@ def test_global_api_options_send_writes_to_the_server_and_touch_no_local_databas
     assert "remote:1" in run(here, *api, "pipelines", "list").output
     status = run(here, *api, "rollout", "status", "remote")
     assert "no rollout yet" in status.output
+    local_only = run(here, *api, "tokens", "list")  # no admin API route: said, then the database refused
+    assert "mlcanary tokens list has no admin API route" in local_only.output
+    assert local_only.exit_code == 1 and "no database at" in local_only.output
     assert not (here / "var").exists()  # no local database was created or opened
