@@ -83,7 +83,8 @@ def main() -> None:
             "pipelines", "register", "churn", "{n}", "--artifact", "churn-1.skops", "--task", "classification",
             "--holdout", "holdout.csv", "--target", "churned", "--golden", "golden.csv",
         ]  # fmt: skip
-        subprocess.run([MLCANARY, *[a.format(n=0) for a in register]], cwd=folder, env=env, check=True)
+        subprocess.run([MLCANARY, *[a.format(n=0) for a in register]], cwd=folder, env=env, check=True,
+                       capture_output=True)  # fmt: skip
         subprocess.run([MLCANARY, "deployments", "create", "churn", "--champion", "churn:0"], cwd=folder, env=env,
                        check=True, capture_output=True)  # fmt: skip
         port = free_port()
