@@ -1,10 +1,11 @@
 """Storage: models, repositories and entities. Imports nothing else of mlcanary."""
 
-from storage.database import Database
+from storage.database import Database, Keepalive
 from storage.errors import (
     AlreadyExists,
     ConcurrentUpdate,
     DataRefused,
+    InUse,
     InvalidName,
     InvalidState,
     NotFound,
@@ -19,7 +20,9 @@ __all__ = [
     "ConcurrentUpdate",
     "DataRefused",
     "Database",
+    "Keepalive",
     "InvalidName",
+    "InUse",
     "InvalidState",
     "NotFound",
     "SchemaOutOfDate",

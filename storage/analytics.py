@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import Float, and_, case, cast, func, literal, select
+from sqlalchemy import Float, and_, case, cast, func, literal, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from storage.database import Database
@@ -242,19 +242,49 @@ def _fsum(expr: Any) -> Any:
     return func.coalesce(func.sum(cast(expr, Float)), 0.0)
 
 
+def latency_bucket(ms: Any, latency: LatencyBuckets) -> ColumnElement[Any]:
+    """Return the bucket of ``latency`` holding a latency (SQL; NULL for a NULL latency)."""
+    raw = literal(1.0) + func.floor(func.ln(ms / latency.start_ms) / func.ln(latency.growth))
+    return case(
+        (ms < latency.start_ms, 0),
+        (raw > latency.count - 1, latency.count - 1),
+        else_=raw,
+    )
+
+
 def latency_histogram(
     conn: Any, where: ColumnElement[bool], arm: str, latency: LatencyBuckets
 ) -> dict[int, int]:
     """Count an arm's latencies per bucket of ``latency`` over the rows ``where`` selects."""
     ms = P[f"{arm}_latency_ms"]
-    raw = literal(1.0) + func.floor(func.ln(ms / latency.start_ms) / func.ln(latency.growth))
-    bucket = case(
-        (ms < latency.start_ms, 0),
-        (raw > latency.count - 1, latency.count - 1),
-        else_=raw,
-    )
+    bucket = latency_bucket(ms, latency)
     query = select(bucket.label("b"), func.count()).where(where, ms.is_not(None)).group_by(bucket)
     return {int(b): int(c) for b, c in conn.execute(query)}
+
+
+def _joint_histograms(
+    conn: Any, where: ColumnElement[bool], keys: dict[str, tuple[ColumnElement[bool], Any]]
+) -> dict[str, dict[Any, int]]:
+    """Per-arm histograms from one scan: GROUP BY the arms' keys together, then sum the margins.
+
+    ``keys``: arm -> (the rows this arm counts, its key: never NULL on them); the same rows and counts
+    as one GROUP BY key per arm, in one pass (the key pairs seen are few: buckets or classes).
+    """
+    columns = [
+        case((member, key), else_=None).label(f"k{i}") for i, (member, key) in enumerate(keys.values())
+    ]
+    query = (
+        select(*columns, func.count())
+        .where(where, or_(*[member for member, _ in keys.values()]))
+        .group_by(*columns)
+    )
+    out: dict[str, dict[Any, int]] = {arm: {} for arm in keys}
+    for row in conn.execute(query):
+        n = int(row[-1])
+        for arm, k in zip(keys, row[:-1], strict=True):
+            if k is not None:
+                out[arm][k] = out[arm].get(k, 0) + n
+    return out
 
 
 def live_figures(db: Database, *, rollout_id: int, step: int, latency: LatencyBuckets) -> LiveFigures:
@@ -541,23 +571,34 @@ def step_aggregates(
                     )
                 clusters.update(_cluster_sums(conn, joined, matured, cluster, rspecs))
 
-        # 3. latency histograms: bucket = 1 + floor(ln(ms / start) / ln(growth)), clipped
+        # 3. latency histograms: bucket = 1 + floor(ln(ms / start) / ln(growth)), clipped; both arms in one scan
+        histograms = _joint_histograms(
+            conn,
+            and_(step_filter, FIRST_ROW),
+            {
+                arm: (
+                    and_(member(arm), P[f"{arm}_latency_ms"].is_not(None)),
+                    latency_bucket(P[f"{arm}_latency_ms"], latency),
+                )
+                for arm in ARMS
+            },
+        )
         for arm in ARMS:
-            arms[arm]["latency"] = latency_histogram(
-                conn, and_(step_filter, FIRST_ROW, member(arm)), arm, latency
-            )
+            arms[arm]["latency"] = {int(b): c for b, c in histograms[arm].items()}
 
         # 4. output histograms: classes, or equal-width bins of regression values over both arms' range
         value_range: tuple[float, float] | None = None
         if task == "classification":
+            histograms = _joint_histograms(
+                conn,
+                step_filter,
+                {
+                    arm: (and_(answered(arm), P[f"{arm}_class"].is_not(None)), P[f"{arm}_class"])
+                    for arm in ARMS
+                },
+            )
             for arm in ARMS:
-                klass = P[f"{arm}_class"]
-                query = (
-                    select(klass, func.count())
-                    .where(step_filter, answered(arm), klass.is_not(None))
-                    .group_by(klass)
-                )
-                arms[arm]["classes"] = {str(k): int(c) for k, c in conn.execute(query)}
+                arms[arm]["classes"] = {str(k): c for k, c in histograms[arm].items()}
         else:
             bounds = conn.execute(
                 select(

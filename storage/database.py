@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psycopg
 from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import GenericFunction
 
 from storage.errors import AlreadyExists, DataRefused, StorageError, Unavailable
 
@@ -25,6 +29,85 @@ def normalise_url(url: str) -> str:
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     return parsed.render_as_string(hide_password=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Keepalive:
+    """How soon both ends of a PostgreSQL connection give up on a peer that vanished without a reset.
+
+    A silent partition (packets dropped, no RST) leaves a session alive on the server until TCP
+    notices: by default after two hours of keepalive silence, or ~15 minutes of retransmissions. A
+    session holds what it holds (the controllers' advisory lock, row locks) all that time. So every
+    connection asks the server for short keepalives and a ``tcp_user_timeout`` for its own session
+    (user-settable parameters since PostgreSQL 12, sent in the startup packet's ``options``), and sets
+    the same on its own socket (libpq parameters): whichever end is cut off, its socket fails after
+    ``dead_after_s`` = ``idle_s + interval_s * count`` seconds without an answer from the other end.
+    ``idle_s=0`` leaves both ends to their own settings (e.g. behind a PgBouncer that refuses the
+    ``options`` startup parameter): nothing is sent.
+    """
+
+    idle_s: int = 10
+    interval_s: int = 3
+    count: int = 3
+
+    def __post_init__(self) -> None:
+        if self.idle_s < 0 or self.interval_s < 1 or self.count < 1:
+            raise ValueError(f"keepalive idle must be >= 0 (0: off), interval and count >= 1, got {self}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.idle_s > 0
+
+    @property
+    def dead_after_s(self) -> int:
+        """Seconds of silence after which either end drops the connection."""
+        return self.idle_s + self.interval_s * self.count
+
+    def connect_args(
+        self, *, options: str | None = None, user_timeout_s: float | None = None
+    ) -> dict[str, Any]:
+        """libpq parameters for one connection: server-side settings in ``options``, client-side as parameters.
+
+        ``options`` (the URL's own, if any) is kept, ours appended. ``user_timeout_s`` shortens the
+        client's ``tcp_user_timeout`` (the controllers' lock connection: a hung query fails sooner).
+        Nothing when keepalives are off.
+        """
+        if not self.enabled:
+            return {}
+        dead_ms = self.dead_after_s * 1000
+        server = (
+            f"-c tcp_keepalives_idle={self.idle_s} -c tcp_keepalives_interval={self.interval_s} "
+            f"-c tcp_keepalives_count={self.count} -c tcp_user_timeout={dead_ms}"
+        )
+        client_ms = dead_ms if user_timeout_s is None else max(1, round(user_timeout_s * 1000))
+        return {
+            "keepalives": 1,
+            "keepalives_idle": self.idle_s,
+            "keepalives_interval": self.interval_s,
+            "keepalives_count": self.count,
+            "tcp_user_timeout": client_ms,
+            "options": f"{options} {server}" if options else server,
+        }
+
+
+class floor(GenericFunction[Any]):  # noqa: N801 (the SQL function's name: func.floor builds one)
+    """``func.floor``: PostgreSQL's floor; on SQLite the same integer in plain SQL, see below."""
+
+    name = "floor"
+    inherit_cache = True
+
+
+@compiles(floor, "sqlite")
+def _sqlite_floor(element: floor, compiler: SQLCompiler, **kw: Any) -> str:
+    """floor(x) as CAST(-ceil(-x) AS INTEGER) on SQLite: its own C ceil, x evaluated once.
+
+    SQLAlchemy's pysqlite dialect registers Python's ``math.floor`` as SQLite's ``floor`` on every
+    connection, so each call was a Python call holding the GIL: histogram scans of a million rows paid
+    one per row and could not run side by side on the report's threads. This is the same integer for
+    every finite x (negation is exact), and NULL for NULL where ``math.floor`` raised.
+    """
+    (x,) = element.clauses.clauses
+    return f"CAST(-ceil(-({compiler.process(x, **kw)})) AS INTEGER)"
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -47,13 +130,24 @@ def _sqlite_begin(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
+def _options(parsed: Any) -> str | None:
+    """The ``options`` query parameter of a PostgreSQL URL, if it has one."""
+    value = parsed.query.get("options")
+    if isinstance(value, tuple):
+        return " ".join(value)
+    return value if isinstance(value, str) else None
+
+
 class Database:
     """One database: its engine and a session wrapper that commits, rolls back and translates errors."""
 
-    def __init__(self, url: str, *, pool_size: int = 5, echo: bool = False) -> None:
+    def __init__(
+        self, url: str, *, pool_size: int = 5, echo: bool = False, keepalive: Keepalive | None = None
+    ) -> None:
         self.url = normalise_url(url)
         parsed = make_url(self.url)
         self.dialect = parsed.get_backend_name()
+        self.keepalive = keepalive or Keepalive()
         if self.dialect == "sqlite":
             database = parsed.database
             if database and database != ":memory:":
@@ -70,7 +164,7 @@ class Database:
                 pool_size=pool_size,
                 max_overflow=pool_size,
                 pool_pre_ping=True,
-                connect_args={"connect_timeout": 5},
+                connect_args={"connect_timeout": 5, **self.keepalive.connect_args(options=_options(parsed))},
             )
         else:
             raise StorageError(f"unsupported database {self.dialect!r}; use sqlite:/// or postgresql://")
@@ -106,11 +200,11 @@ class Database:
                 raise
 
     @contextmanager
-    def connection(self) -> Iterator[Any]:
-        """Yield a SQLAlchemy Connection inside a transaction, with errors translated."""
+    def connection(self, *, write: bool = True) -> Iterator[Any]:
+        """Yield a SQLAlchemy Connection inside a transaction, with errors translated (write: as session's)."""
         self._after_fork()
         with translate_errors(), self.engine.connect() as conn:
-            conn = conn.execution_options(mlcanary_write=True)
+            conn = conn.execution_options(mlcanary_write=write)
             with conn.begin():
                 yield conn
 
@@ -150,16 +244,6 @@ def translate_errors() -> Iterator[None]:
         raise StorageError(_first_line(error.orig)) from error
     except exc.SQLAlchemyError as error:
         raise StorageError(str(error)) from error
-    except psycopg.OperationalError as error:  # raw driver use on the bulk path
-        raise Unavailable(_first_line(error)) from error
-    except psycopg.errors.UniqueViolation as error:
-        raise AlreadyExists(_first_line(error)) from error
-    except psycopg.errors.ForeignKeyViolation as error:
-        raise StorageError(_first_line(error)) from error
-    except (psycopg.DataError, psycopg.IntegrityError) as error:
-        raise DataRefused(_first_line(error)) from error
-    except psycopg.Error as error:
-        raise StorageError(_first_line(error)) from error
     except sqlite3.IntegrityError as error:
         text = str(error).lower()
         if "foreign key" in text:
@@ -175,6 +259,29 @@ def translate_errors() -> Iterator[None]:
         raise StorageError(_first_line(error)) from error
     except UnicodeEncodeError as error:  # a lone surrogate the driver cannot encode as UTF-8
         raise DataRefused(f"a value cannot be encoded as UTF-8: {error.reason}") from error
+    except Exception as error:
+        _translate_psycopg(error)
+        raise
+
+
+def _translate_psycopg(error: Exception) -> None:
+    """Raise the storage error of a raw psycopg error (the bulk path's driver use); else return.
+
+    psycopg is looked up, not imported: an error of it can only come once something imported it, and
+    importing it here would cost every SQLite command (the CLI's) a few hundred milliseconds.
+    """
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is None or not isinstance(error, psycopg.Error):
+        return
+    if isinstance(error, psycopg.OperationalError):
+        raise Unavailable(_first_line(error)) from error
+    if isinstance(error, psycopg.errors.UniqueViolation):
+        raise AlreadyExists(_first_line(error)) from error
+    if isinstance(error, psycopg.errors.ForeignKeyViolation):
+        raise StorageError(_first_line(error)) from error
+    if isinstance(error, (psycopg.DataError, psycopg.IntegrityError)):
+        raise DataRefused(_first_line(error)) from error
+    raise StorageError(_first_line(error)) from error
 
 
 def _first_line(error: BaseException | None) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from dataclasses import replace as cls_replace
 from datetime import datetime
 from typing import Any
 
@@ -80,6 +81,7 @@ class PipelineVersion:
     created_at: datetime
     trusted_types: tuple[str, ...] = ()  # exact names the operator trusted in the skops artifact
     upstream_config: dict[str, Any] | None = None  # encoding, outputs, timeout... (router.backends.encodings)
+    archived_at: datetime | None = None  # archived: kept for its history, no new deployment or rollout
 
     @property
     def ref(self) -> str:
@@ -117,8 +119,59 @@ class NewPipelineVersion:
 
 
 @dataclass(frozen=True)
+class BatchingConfig:
+    """How a deployment's router processes batch live requests (adaptive batching).
+
+    enabled: gather concurrent requests for the same version (and the same input columns and
+        types) into one scoring call; off: each request is scored alone, as before batching.
+    max_batch_delay_ms: the longest a request that found its arm idle waits for company, and only
+        while other requests are in flight in its process (alone, it never waits); requests that
+        arrive while the arm is scoring wait for that call anyway and form the next batch.
+    max_batch_rows: the most rows scored in one call (a request larger than it is scored alone).
+    """
+
+    enabled: bool = True
+    max_batch_delay_ms: float = 1.0
+    max_batch_rows: int = 256
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise ValueError("batching enabled must be true or false")
+        delay = self.max_batch_delay_ms
+        if isinstance(delay, bool) or not isinstance(delay, int | float) or not 0 <= delay <= 1000:
+            raise ValueError(f"max_batch_delay_ms must be a number of milliseconds in 0..1000, got {delay!r}")
+        rows = self.max_batch_rows
+        if isinstance(rows, bool) or not isinstance(rows, int) or not 1 <= rows <= 100_000:
+            raise ValueError(f"max_batch_rows must be an integer in 1..100000, got {rows!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "enabled": self.enabled,
+            "max_batch_delay_ms": self.max_batch_delay_ms,
+            "max_batch_rows": self.max_batch_rows,
+        }
+
+    @classmethod
+    def from_json(cls, value: object) -> BatchingConfig:
+        """Build from a stored or sent object (missing keys take the defaults); ValueError if malformed."""
+        if value is None:
+            return cls()
+        if not isinstance(value, dict):
+            raise ValueError("batching must be an object with enabled, max_batch_delay_ms, max_batch_rows")
+        unknown = sorted(set(value) - {"enabled", "max_batch_delay_ms", "max_batch_rows"})
+        if unknown:
+            raise ValueError(f"unknown batching setting(s): {', '.join(map(str, unknown))}")
+        return cls(**value)
+
+    def replace(self, **changes: Any) -> BatchingConfig:
+        """Return a copy with the given settings changed (None leaves one as it is)."""
+        return cls_replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+@dataclass(frozen=True)
 class Deployment:
-    """A name clients call, the champion version that answers it, and whether raw inputs are kept."""
+    """A name clients call, the champion version that answers it, whether raw inputs are kept, and how
+    its live requests are batched."""
 
     id: int
     name: str
@@ -126,6 +179,8 @@ class Deployment:
     store_raw_inputs: bool
     created_at: datetime
     updated_at: datetime
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    archived_at: datetime | None = None  # archived: not routed, no new rollout; kept with its history
 
 
 @dataclass(frozen=True)
@@ -174,6 +229,7 @@ class RoutingEntry:
     parity_rtol: float | None = None  # the rollout policy's parity tolerance (None: no rollout)
     parity_atol: float | None = None
     split_salt: str | None = field(default=None, repr=False)  # the rollout's secret split key (hex)
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
 
 
 OK = "ok"
@@ -231,6 +287,8 @@ class PairRecord:
     challenger_status: str | None = None
     skip_reason: str | None = None
     shadow_wait_ms: float | None = None
+    champion_proba: dict[str, float] | None = None
+    challenger_proba: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         for arm in ("champion", "challenger"):

@@ -5,6 +5,7 @@ StorageError (Exception)
 ├── AlreadyExists (ValueError)      a unique name/version/id is taken
 ├── ConcurrentUpdate                an optimistic version check lost the race
 ├── InvalidState (ValueError)       the change breaks a rule of the data (e.g. two active rollouts)
+│   └── InUse                       a deployment or version to archive/delete is still used
 ├── DataRefused (ValueError)        the database cannot hold a value (too long, NUL, bad encoding, NULL)
 ├── InvalidName (ValueError)        a deployment, pipeline or version name breaks entities.NAME_RULE
 ├── SchemaOutOfDate                 the database schema is not at the migrations' head
@@ -32,6 +33,10 @@ class ConcurrentUpdate(StorageError):
 
 class InvalidState(StorageError, ValueError):
     """The change would break an invariant of the stored data."""
+
+
+class InUse(InvalidState):
+    """A deployment or pipeline version cannot be archived or deleted: something still uses it."""
 
 
 class DataRefused(StorageError, ValueError):

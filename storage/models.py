@@ -75,6 +75,7 @@ class PipelineVersionRow(Base):
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     trusted_types: Mapped[list[str] | None] = mapped_column(JSONType, nullable=True)
+    archived_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
     def to_entity(self) -> entities.PipelineVersion:
         return entities.PipelineVersion(
@@ -98,6 +99,7 @@ class PipelineVersionRow(Base):
             metadata=dict(self.meta or {}),
             created_at=self.created_at,
             trusted_types=tuple(self.trusted_types or ()),
+            archived_at=self.archived_at,
         )
 
 
@@ -110,6 +112,9 @@ class DeploymentRow(Base):
     store_raw_inputs: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # adaptive batching settings (entities.BatchingConfig.to_json); NULL: the defaults
+    batching: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    archived_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
     def to_entity(self) -> entities.Deployment:
         return entities.Deployment(
@@ -119,6 +124,8 @@ class DeploymentRow(Base):
             store_raw_inputs=self.store_raw_inputs,
             created_at=self.created_at,
             updated_at=self.updated_at,
+            batching=entities.BatchingConfig.from_json(self.batching),
+            archived_at=self.archived_at,
         )
 
 
@@ -203,6 +210,9 @@ class PairedOutputRow(Base):
     challenger_status: Mapped[str | None] = mapped_column(String(8), nullable=True)
     skip_reason: Mapped[str | None] = mapped_column(String(20), nullable=True)
     shadow_wait_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # > 2 classes: each arm's class probabilities keyed by the class as text (0011); NULL otherwise
+    champion_proba: Mapped[dict[str, float] | None] = mapped_column(JSONType, nullable=True)
+    challenger_proba: Mapped[dict[str, float] | None] = mapped_column(JSONType, nullable=True)
 
     def to_entity(self) -> entities.PairRecord:
         return entities.PairRecord(
@@ -211,7 +221,9 @@ class PairedOutputRow(Base):
 
 
 PAIR_COLUMNS: tuple[str, ...] = tuple(f for f in entities.PairRecord.__dataclass_fields__)
-PAIR_JSON_COLUMNS = frozenset({"champion_output", "challenger_output", "raw_input"})
+PAIR_JSON_COLUMNS = frozenset(
+    {"champion_output", "challenger_output", "raw_input", "champion_proba", "challenger_proba"}
+)
 
 
 class LabelRow(Base):

@@ -3,7 +3,9 @@
 The twin of ``storage.analytics`` for ``controller.core.metrics``: every figure is a GROUP BY count or
 a SUM over the step's rows joined with their matured labels, so a look costs a few aggregate queries
 whatever the history. Only the fixed-horizon ROC AUC reads rows: the first ``horizon`` labelled rows'
-scores (two floats and a short label each), once that many exist.
+scores (two floats and a short label each; for more than two classes each arm's probability vector),
+once that many exist. Multi-class log loss and Brier read each arm's vector (``champion_proba`` /
+``challenger_proba``, JSON keyed by class) with one JSON read per class and row.
 
 Cohorts as in ``storage.analytics``: ``paired`` (shadow: rows both arms answered without error; the
 confusion cells are (label, champion class, challenger class)) and ``served`` (canary: each arm's
@@ -13,8 +15,8 @@ answered rows, cells (arm, label, class)). Segments group the same aggregates by
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 
@@ -29,7 +31,7 @@ L = LABELS.c
 EPS = 2.220446049250313e-16  # float64 machine epsilon: scikit-learn's clipping of probabilities
 OTHER = "(other)"
 
-__all__ = ["LossSums", "QualityAggregates", "SegmentColumn", "quality_aggregates"]
+__all__ = ["LossSums", "QualityAggregates", "SegmentColumn", "label_delay", "quality_aggregates", "swap_arms"]
 
 
 @dataclass(frozen=True)
@@ -54,12 +56,15 @@ class QualityAggregates:
     """Aggregates of one (rollout, step) cohort for the quality gates.
 
     ``paired_cells``: (label, champion class, challenger class) -> rows; ``served_cells``:
-    (arm, label, class) -> rows. ``log_loss`` / ``brier``: binary proper scores (``positive`` given).
+    (arm, label, class) -> rows. ``log_loss`` / ``brier``: proper scores, binary (``positive`` given,
+    from the score) or multi-class (more than two ``classes``, from the stored probability vectors).
     ``squared``: RMSE sums per arm (n, sum e^2, sum e^4) and paired (n, sum e1^2 e2^2); ``pinball``:
     loss sums per quantile; ``abs_error``: MAE loss sums. ``outcome``: per arm (n, sum, sum of squares)
     over served requests with an outcome; ``outcome_ratio``: per arm (n, Σx, Σy, Σx², Σy², Σxy) of
-    outcome x and its denominator y over the rows that have both. ``auc``: (available rows, labels, champion scores,
-    challenger scores, challenger labels) of the first ``horizon`` rows. ``segments``: column ->
+    outcome x and its denominator y over the rows that have both (both over served rows, whatever ``cohort``). ``auc``: (available rows, labels, champion scores,
+    challenger scores, challenger labels) of the first ``horizon`` rows; ``auc_multiclass`` the same for
+    more than two classes, with each row's probability vector in ``classes`` order (a class an arm's
+    vector lacks counts as probability 0) instead of one score. ``segments``: column ->
     value -> the confusion cells or MAE sums of that segment.
     """
 
@@ -75,7 +80,67 @@ class QualityAggregates:
     outcome: dict[str, tuple[int, float, float]] = field(default_factory=dict)
     outcome_ratio: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # n, Σx, Σy, Σx², Σy², Σxy
     auc: tuple[int, list[bool], list[float], list[float], list[bool]] | None = None
+    auc_multiclass: tuple[int, list[str], list[list[float]], list[list[float]], list[str]] | None = None
     segments: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _swap_sums(s: LossSums | None) -> LossSums | None:
+    if s is None:
+        return None
+    n, total, squares = s.difference
+    return LossSums(champion=s.challenger, challenger=s.champion, difference=(n, -total, squares))
+
+
+def _swap_cells(cells: dict[tuple[str, ...], int], cohort: Cohort) -> dict[tuple[str, ...], int]:
+    """Paired cells (label, champion class, challenger class) exchange their classes; served cells
+    (arm, label, class) their arm."""
+    if cohort == "paired":
+        return {(k[0], k[2], k[1]): n for k, n in cells.items()}
+    other = {"champion": "challenger", "challenger": "champion"}
+    return {(other[k[0]], *k[1:]): n for k, n in cells.items()}
+
+
+def _swap_dict(d: dict[str, Any]) -> dict[str, Any]:
+    return {{"champion": "challenger", "challenger": "champion"}.get(k, k): v for k, v in d.items()}
+
+
+def swap_arms(a: QualityAggregates) -> QualityAggregates:
+    """Exchange the arms of one step's quality aggregates, as ``controller.loop.measure.swap_aggregates``
+    does for the core ones: in the post-promotion watch the router stores the new champion (the
+    rollout's challenger) in the champion columns and the previous champion in the challenger columns,
+    so the watch reads them swapped back and "challenger" is always the rollout's challenger.
+    Differences (challenger - champion) change sign; sums of squares and counts stay."""
+    segments: dict[str, dict[str, Any]] = {}
+    for column, values in a.segments.items():
+        segments[column] = {
+            value: _swap_sums(data) if isinstance(data, LossSums) else _swap_cells(data, a.cohort)
+            for value, data in values.items()
+        }
+    auc = a.auc
+    if auc is not None:
+        available, labels, s1, s2, labels2 = auc
+        auc = (
+            (available, labels, s2, s1, []) if a.cohort == "paired" else (available, labels2, s2, s1, labels)
+        )
+    multi = a.auc_multiclass
+    if multi is not None:
+        available, names, p1, p2, names2 = multi
+        multi = (available, names, p2, p1, []) if a.cohort == "paired" else (available, names2, p2, p1, names)
+    return replace(
+        a,
+        paired_cells=_swap_cells(a.paired_cells, "paired"),
+        served_cells=_swap_cells(a.served_cells, "served"),
+        log_loss=_swap_sums(a.log_loss),
+        brier=_swap_sums(a.brier),
+        squared=_swap_dict(a.squared),
+        pinball={q: s for q, v in a.pinball.items() if (s := _swap_sums(v)) is not None},
+        abs_error=_swap_sums(a.abs_error),
+        outcome=_swap_dict(a.outcome),
+        outcome_ratio=_swap_dict(a.outcome_ratio),
+        auc=auc,
+        auc_multiclass=multi,
+        segments=segments,
+    )
 
 
 def _ran(arm: str) -> ColumnElement[bool]:
@@ -120,13 +185,23 @@ def quality_aggregates(
     task: Literal["classification", "regression"],
     label_cutoff: datetime,
     positive: str | None = None,
+    classes: Sequence[str] = (),
     quantiles: Sequence[float] = (),
     auc_horizon: int | None = None,
     segments: Sequence[SegmentColumn] = (),
     max_values: int = 20,
     outcome: bool = False,
+    swapped: bool = False,
 ) -> QualityAggregates:
-    """Aggregate one step's labelled rows for the quality gates; see ``QualityAggregates``."""
+    """Aggregate one step's labelled rows for the quality gates; see ``QualityAggregates``.
+
+    ``positive``: a binary classifier's second class (proper scores and AUC from the score);
+    ``classes``: a classifier's classes as text — with more than two (and no ``positive``), the proper
+    scores and the AUC read the stored probability vectors (``champion_proba`` / ``challenger_proba``).
+    ``swapped``: the step stored the rollout's challenger in the champion columns (the post-promotion
+    watch); the result is turned back with ``swap_arms``.
+    """
+    multiclass = task == "classification" and positive is None and len(classes) > 2
     step_filter = and_(P.rollout_id == rollout_id, P.step == step)
     joined = PAIRS.join(LABELS, and_(L.request_id == P.request_id, L.row_index == P.row_index))
     matured = and_(step_filter, P.received_at <= label_cutoff)
@@ -141,8 +216,12 @@ def quality_aggregates(
         seg_exprs += [(s.column, segment_expression(s)) for s in segments]
         if task == "classification":
             has = L.label_class.is_not(None)
-            losses: dict[str, dict[str, Any]] = {}
-            if positive is not None:
+            losses: dict[str, dict[str, Any]] | _Staged = {}
+            present = {arm: P[f"{arm}_score"].is_not(None) for arm in ARMS}
+            if multiclass:
+                present = {arm: P[f"{arm}_proba"].is_not(None) for arm in ARMS}
+                losses = _multiclass_losses(classes)
+            elif positive is not None:
                 y = case((L.label_class == positive, 1.0), else_=0.0)
 
                 def clipped(arm: str) -> Any:
@@ -155,7 +234,8 @@ def quality_aggregates(
                     "brier": {arm: (P[f"{arm}_score"] - y) * (P[f"{arm}_score"] - y) for arm in ARMS},
                 }
             totals: dict[str, list[list[float]]] = {
-                name: [[0, 0.0, 0.0] for _ in range(3)] for name in losses
+                name: [[0, 0.0, 0.0] for _ in range(3)]
+                for name in (losses.names if isinstance(losses, _Staged) else losses)
             }
             for column, expr in seg_exprs:
                 # The overall confusion query also sums the proper scores (one scan of the join, not two).
@@ -167,7 +247,7 @@ def quality_aggregates(
                     )
                     rows = _cells_with_losses(
                         conn, joined, where, [*key, L.label_class, P.champion_class, P.challenger_class],
-                        with_losses, ARMS, totals,
+                        with_losses, ARMS, totals, present,
                     )  # fmt: skip
                     cells = [(tuple(str(v) for v in k), n) for k, n in rows]
                 else:
@@ -176,8 +256,9 @@ def quality_aggregates(
                         klass = P[f"{arm}_class"]
                         where = and_(matured, has, answered(arm), klass.is_not(None))
                         rows = _cells_with_losses(
-                            conn, joined, where, [*key, L.label_class, klass], with_losses, (arm,), totals
-                        )
+                            conn, joined, where, [*key, L.label_class, klass], with_losses, (arm,), totals,
+                            present,
+                        )  # fmt: skip
                         for k, n in rows:
                             values = tuple(str(v) for v in k)
                             cells.append(((*values[:-2], arm, *values[-2:]), n))
@@ -195,6 +276,11 @@ def quality_aggregates(
             if positive is not None and auc_horizon:
                 scored = {arm: and_(has, answered(arm), P[f"{arm}_score"].is_not(None)) for arm in ARMS}
                 out["auc"] = _auc_rows(conn, joined, matured, scored, positive, auc_horizon, cohort)
+            if multiclass and auc_horizon:
+                scored = {arm: and_(has, answered(arm), P[f"{arm}_proba"].is_not(None)) for arm in ARMS}
+                out["auc_multiclass"] = _auc_vectors(
+                    conn, joined, matured, scored, classes, auc_horizon, cohort
+                )
         else:
             has = L.label_value.is_not(None)
             usable = {arm: and_(has, answered(arm), P[f"{arm}_value"].is_not(None)) for arm in ARMS}
@@ -228,7 +314,7 @@ def quality_aggregates(
                 out.setdefault("segments", {})[column] = _segment_losses(
                     conn, joined, matured, usable, absolute, expr, cohort == "paired", max_values
                 )
-        if outcome and cohort == "served":
+        if outcome:  # outcomes are the served arm's doing, whatever the cohort of the other figures
             has_outcome = L.outcome.is_not(None)
             outcome_sums: list[Any] = []
             for arm in ARMS:
@@ -250,7 +336,65 @@ def quality_aggregates(
                 arm: (int(r[6 * i] or 0), *(float(r[6 * i + k] or 0.0) for k in range(1, 6)))
                 for i, arm in enumerate(ARMS)
             }
-    return QualityAggregates(**out)
+    result = QualityAggregates(**out)
+    return swap_arms(result) if swapped else result
+
+
+def label_delay(db: Database, *, rollout_id: int, recent: int = 2000) -> float | None:
+    """Return the longest delay in seconds between a request and its label among the rollout's ``recent``
+    latest labels (None without a label). Read as rows, not as a SQL difference of timestamps, which
+    SQLite and PostgreSQL spell differently; ``recent`` bounds the cost of a look."""
+    with db.connection() as conn:
+        rows = conn.execute(
+            select(L.received_at, P.received_at)
+            .select_from(PAIRS.join(LABELS, and_(L.request_id == P.request_id, L.row_index == P.row_index)))
+            .where(P.rollout_id == rollout_id)
+            .order_by(L.received_at.desc())
+            .limit(recent)
+        ).all()
+    delays = [(label_at - pair_at).total_seconds() for label_at, pair_at in rows]
+    return max(delays) if delays else None
+
+
+@dataclass(frozen=True)
+class LabelCoverage:
+    """Pairs (rows both arms answered with a class) received before a cutoff, and how many have a label.
+
+    ``agreeing`` / ``disagreeing``: (pairs, labelled pairs) where the arms gave the same / a different
+    class.
+    """
+
+    agreeing: tuple[int, int]
+    disagreeing: tuple[int, int]
+
+
+def label_coverage(db: Database, *, rollout_id: int, received_before: datetime) -> LabelCoverage:
+    """Count the rollout's pairs received before ``received_before`` by agreement, and those labelled.
+
+    What the outcome-dependent-labels check compares (``judge.hold_for_outcome_dependent_labels``):
+    labels that arrive later for wrong answers leave disagreeing pairs less labelled than agreeing ones.
+    """
+    both = and_(
+        _ok("champion"), _ok("challenger"), P.champion_class.is_not(None), P.challenger_class.is_not(None)
+    )
+    same = P.champion_class == P.challenger_class
+    has = L.label_class.is_not(None)
+
+    def count(condition: ColumnElement[bool]) -> Any:
+        return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
+
+    joined = PAIRS.outerjoin(
+        LABELS,
+        and_(L.request_id == P.request_id, L.row_index == P.row_index, L.deployment_id == P.deployment_id),
+    )
+    with db.connection() as conn:
+        row = conn.execute(
+            select(count(same), count(and_(same, has)), count(~same), count(and_(~same, has)))
+            .select_from(joined)
+            .where(P.rollout_id == rollout_id, P.received_at <= received_before, both)
+        ).one()
+    a, la, d, ld = (int(x or 0) for x in row)
+    return LabelCoverage(agreeing=(a, la), disagreeing=(d, ld))
 
 
 def _per_row(
@@ -291,27 +435,44 @@ def _cells_with_losses(
     joined: Any,
     where: Any,
     keys: list[Any],
-    losses: dict[str, dict[str, Any]],
+    losses: dict[str, dict[str, Any]] | _Staged,
     arms: Sequence[str],
     totals: dict[str, list[list[float]]],
+    present: dict[str, Any],
 ) -> list[tuple[tuple[Any, ...], int]]:
     """GROUP BY the confusion cell; alongside, sum each arm's per-row losses into ``totals`` (in place).
 
     ``totals[name]``: [champion, challenger, difference] as [count, sum, sum of squares]; the
-    difference (challenger - champion) only when both arms are in ``arms`` (paired rows).
+    difference (challenger - champion) only when both arms are in ``arms`` (paired rows). ``present``:
+    per arm, the condition under which its row has what the losses read (a score, or a vector).
+    ``_Staged`` losses read their inputs in a first fenced subquery, the losses in a second.
     """
+    source: Any = joined
+    if isinstance(losses, _Staged):
+        first = (
+            select(
+                *[k.label(f"k{i}") for i, k in enumerate(keys)],
+                *[case((present[arm], 1), else_=0).label(f"present_{arm}") for arm in arms],
+                *[e.label(name) for name, e in losses.inputs.items()],
+            )
+            .select_from(joined)
+            .where(where)
+            .offset(0)
+            .subquery()
+        )
+        source, where = first, None
+        keys = [first.c[f"k{i}"] for i in range(len(keys))]
+        present = {arm: first.c[f"present_{arm}"] == 1 for arm in arms}
+        losses = losses.build(first.c)
     loss_cols = [
-        case((P[f"{arm}_score"].is_not(None), cast(per_arm[arm], Float)), else_=None).label(f"{name}_{arm}")
+        case((present[arm], cast(per_arm[arm], Float)), else_=None).label(f"{name}_{arm}")
         for name, per_arm in losses.items()
         for arm in arms
     ]
-    inner = (
-        select(*[k.label(f"k{i}") for i, k in enumerate(keys)], *loss_cols)
-        .select_from(joined)
-        .where(where)
-        .offset(0)  # a fence: each per-row loss is computed once (see _loss_sums_many)
-        .subquery()
-    )
+    query = select(*[k.label(f"k{i}") for i, k in enumerate(keys)], *loss_cols).select_from(source)
+    if where is not None:
+        query = query.where(where)
+    inner = query.offset(0).subquery()  # a fence: each per-row loss is computed once (see _loss_sums_many)
     ks = [inner.c[f"k{i}"] for i in range(len(keys))]
     aggregates: list[Any] = [func.count()]
     slots: list[tuple[str, int]] = []
@@ -412,6 +573,101 @@ def _top_segments(
                 pooled[cell] = pooled.get(cell, 0) + n
         kept[OTHER] = pooled
     return kept
+
+
+@dataclass(frozen=True)
+class _Staged:
+    """Per-row losses read from ``inputs`` computed once per row behind their own fence.
+
+    ``build(columns)`` returns name -> arm -> loss expression over the first stage's columns (each
+    input by its name). Used for the multi-class scores: every p_k is one JSON read per row and arm,
+    however many times the losses use it.
+    """
+
+    names: tuple[str, ...]
+    inputs: dict[str, Any]
+    build: Callable[[Any], dict[str, dict[str, Any]]]
+
+
+def _multiclass_losses(classes: Sequence[str]) -> _Staged:
+    """Per-row multi-class log loss and Brier score per arm, from the JSON probability vectors.
+
+    p_k: the arm's probability of class k (a class missing from its vector counts 0); p_y: that of the
+    true class. Log loss -ln(clip(p_y, eps, 1 - eps)) (``sklearn.metrics.log_loss``, which clips the
+    same way); Brier sum_k (p_k - 1[y = k])^2 (``brier_score_loss`` for multi-class targets, which
+    averages this sum over rows; the original definition of Brier 1950). Each class is read with a
+    constant JSON key, so both dialects use their JSON operator, once per row (``_Staged``).
+    """
+    names = {k: f"p{i}" for i, k in enumerate(classes)}
+    inputs: dict[str, Any] = {"label": L.label_class}
+    for arm in ARMS:
+        column = P[f"{arm}_proba"]
+        inputs |= {f"{arm}_{names[k]}": func.coalesce(column[k].as_float(), 0.0) for k in classes}
+
+    def build(c: Any) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {"log_loss": {}, "brier": {}}
+        hits = {k: case((c["label"] == k, 1.0), else_=0.0) for k in classes}
+        for arm in ARMS:
+            p = {k: c[f"{arm}_{names[k]}"] for k in classes}
+            p_true = case(*((c["label"] == k, p[k]) for k in classes), else_=0.0)
+            clipped = case((p_true < EPS, EPS), (p_true > 1.0 - EPS, 1.0 - EPS), else_=p_true)
+            out["log_loss"][arm] = -func.ln(clipped)
+            out["brier"][arm] = sum(((p[k] - hits[k]) * (p[k] - hits[k]) for k in classes), literal(0.0))
+        return out
+
+    return _Staged(("log_loss", "brier"), inputs, build)
+
+
+def _auc_vectors(
+    conn: Any,
+    joined: Any,
+    matured: Any,
+    scored: dict[str, Any],
+    classes: Sequence[str],
+    horizon: int,
+    cohort: Cohort,
+) -> tuple[int, list[str], list[list[float]], list[list[float]], list[str]]:
+    """The first ``horizon`` labelled rows with probability vectors, by arrival (the multi-class twin of
+    ``_auc_rows``): labels and each arm's vector in ``classes`` order, or none before the horizon."""
+    order = (P.received_at, P.id)
+
+    def vector(value: Any) -> list[float]:
+        found = value if isinstance(value, dict) else {}
+        return [float(found.get(k) or 0.0) for k in classes]
+
+    def count(where: Any) -> int:
+        return int(conn.execute(select(func.count()).select_from(joined).where(matured, where)).scalar() or 0)
+
+    if cohort == "paired":
+        both = and_(scored["champion"], scored["challenger"])
+        available = count(both)
+        if available < horizon:
+            return available, [], [], [], []
+        rows = conn.execute(
+            select(L.label_class, P.champion_proba, P.challenger_proba)
+            .select_from(joined).where(matured, both).order_by(*order).limit(horizon)
+        ).all()  # fmt: skip
+        labels = [str(r[0]) for r in rows]
+        return available, labels, [vector(r[1]) for r in rows], [vector(r[2]) for r in rows], []
+    per: dict[str, list[Any]] = {}
+    counts = []
+    for arm in ARMS:
+        cond = and_(scored[arm], P.served_arm == arm)
+        counts.append(count(cond))
+        per[arm] = conn.execute(
+            select(L.label_class, P[f"{arm}_proba"]).select_from(joined).where(matured, cond)
+            .order_by(*order).limit(horizon)
+        ).all()  # fmt: skip
+    available = min(counts)
+    if available < horizon:
+        return available, [], [], [], []
+    return (
+        available,
+        [str(r[0]) for r in per["champion"]],
+        [vector(r[1]) for r in per["champion"]],
+        [vector(r[1]) for r in per["challenger"]],
+        [str(r[0]) for r in per["challenger"]],
+    )
 
 
 def _auc_rows(

@@ -15,10 +15,24 @@ from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Float, Integer, String, and_, bindparam, case, cast, func, literal, or_, select
+import numpy as np
+from sqlalchemy import (
+    Float,
+    Integer,
+    String,
+    and_,
+    bindparam,
+    case,
+    cast,
+    func,
+    literal,
+    or_,
+    select,
+    union_all,
+)
 from sqlalchemy.sql.elements import ColumnElement
 
-from storage.analytics import LatencyBuckets, latency_histogram, ran
+from storage.analytics import ARMS, LatencyBuckets, latency_bucket, ran
 from storage.database import Database
 from storage.models import LabelRow, PairedOutputRow
 
@@ -31,7 +45,10 @@ __all__ = [
     "confusion",
     "epoch_seconds",
     "label_confusion",
+    "label_proba_reliability",
     "label_regression",
+    "label_regression_sample",
+    "latency_sample",
     "label_score_buckets",
     "latency_buckets",
     "labelled_count",
@@ -128,7 +145,7 @@ class StepCounts:
     bucket: str | None = None
 
 
-BUCKETS = {"minute": 16, "hour": 13, "day": 10}
+BUCKETS = {"second": 19, "minute": 16, "hour": 13, "day": 10}
 
 
 def time_bucket(db: Database, unit: str) -> ColumnElement[Any]:
@@ -209,15 +226,41 @@ def _overview_columns() -> list[Any]:
     ]
 
 
-UNITS = {"minute": (timedelta(minutes=1), "%Y-%m-%d %H:%M"), "hour": (timedelta(hours=1), "%Y-%m-%d %H"),
+UNITS = {"second": (timedelta(seconds=1), "%Y-%m-%d %H:%M:%S"),
+         "minute": (timedelta(minutes=1), "%Y-%m-%d %H:%M"), "hour": (timedelta(hours=1), "%Y-%m-%d %H"),
          "day": (timedelta(days=1), "%Y-%m-%d")}  # fmt: skip
 
 
+Span = tuple[int | None, int, datetime, datetime]  # step_spans's rows: (step, rows, first, last)
+
+
 def _floor(t: datetime, unit: str) -> datetime:
-    t = t.replace(second=0, microsecond=0)
+    t = t.replace(microsecond=0)
+    if unit == "second":
+        return t
+    t = t.replace(second=0)
     if unit in ("hour", "day"):
         t = t.replace(minute=0)
     return t.replace(hour=0) if unit == "day" else t
+
+
+def _ranges(spans: Sequence[Span], unit: str) -> Iterator[tuple[int | None, datetime, datetime]]:
+    """Yield (step, start, end) of every ``unit`` between each step's first and last row (UTC)."""
+    width = UNITS[unit][0]
+    for step, _rows, first, last in spans:
+        t = _floor(first, unit)
+        while t <= last:
+            yield step, t, t + width
+            t += width
+
+
+def _in_range(query: Any, step: int | None) -> Any:
+    """``query`` limited to one step's rows received in [:lo, :hi) (a range read of the rollout index)."""
+    return query.where(
+        P.received_at >= bindparam("lo", type_=P.received_at.type),
+        P.received_at < bindparam("hi", type_=P.received_at.type),
+        P.step.is_(None) if step is None else P.step == bindparam("step", type_=Integer),
+    )
 
 
 def step_counts(
@@ -225,7 +268,7 @@ def step_counts(
     rollout_id: int,
     *,
     bucket: str | None = None,
-    spans: Sequence[tuple[int | None, int, datetime, datetime]] | None = None,
+    spans: Sequence[Span] | None = None,
 ) -> list[StepCounts]:
     """Aggregate requests, errors, shadow coverage, agreement and output differences per step.
 
@@ -252,24 +295,40 @@ def step_counts(
             ]
     if spans is None:
         spans = step_spans(db, rollout_id)
-    width, fmt = UNITS[bucket]
-    ranged = select(*columns).where(
-        P.rollout_id == rollout_id,
-        P.received_at >= bindparam("lo", type_=P.received_at.type),
-        P.received_at < bindparam("hi", type_=P.received_at.type),
-    )
+    fmt = UNITS[bucket][1]
+    base = select(*columns).where(P.rollout_id == rollout_id)
     out = []
     with _reading(db) as conn:
-        for step, _rows, first, last in spans:
-            query = ranged.where(
-                P.step.is_(None) if step is None else P.step == bindparam("step", type_=Integer)
+        for step, lo, hi in _ranges(spans, bucket):
+            row = conn.execute(_in_range(base, step), {"lo": lo, "hi": hi, "step": step}).one()
+            if row[0]:
+                out.append(_step_row(step, row, lo.strftime(fmt)))
+    return out
+
+
+def _counts(
+    db: Database, query: Any, *, spans: Sequence[Span] | None, bucket: str | None
+) -> dict[tuple[Any, ...], int]:
+    """Run ``query`` (one rollout's rows, GROUP BY its keys, COUNT last) and return keys -> count.
+
+    On SQLite with ``spans`` and ``bucket``, once per (step, time bucket) range of the rollout index,
+    summed here: SQLite sorts every row for a GROUP BY, and many small sorts of a few thousand rows
+    cost about a third less CPU than one of a million (bench/report_bench.py). PostgreSQL hashes the
+    groups in one scan.
+    """
+    out: dict[tuple[Any, ...], int] = {}
+    with _reading(db) as conn:
+        if db.dialect != "sqlite" or spans is None or bucket is None:
+            results: Iterator[Any] = iter([conn.execute(query)])
+        else:
+            results = (
+                conn.execute(_in_range(query, step), {"lo": lo, "hi": hi, "step": step})
+                for step, lo, hi in _ranges(spans, bucket)
             )
-            t = _floor(first, bucket)
-            while t <= last:
-                row = conn.execute(query, {"lo": t, "hi": t + width, "step": step}).one()
-                if row[0]:
-                    out.append(_step_row(step, row, t.strftime(fmt)))
-                t += width
+        for result in results:
+            for *key, n in result:
+                k = tuple(key)
+                out[k] = out.get(k, 0) + int(n)
     return out
 
 
@@ -284,10 +343,28 @@ def _step_row(step: int | None, values: Sequence[Any], bucket: Any) -> StepCount
     return StepCounts(**dict(zip(names, out, strict=True)))
 
 
-def latency_buckets(db: Database, rollout_id: int, arm: str, *, latency: LatencyBuckets) -> dict[int, int]:
-    """Count an arm's latencies over the whole rollout per bucket of ``latency`` (the judge's buckets)."""
-    with _reading(db) as conn:
-        return latency_histogram(conn, P.rollout_id == rollout_id, arm, latency)
+def latency_buckets(
+    db: Database,
+    rollout_id: int,
+    *,
+    latency: LatencyBuckets,
+    spans: Sequence[Span] | None = None,
+    bucket: str | None = None,
+) -> dict[str, dict[int, int]]:
+    """Count each arm's latencies over the whole rollout per bucket of ``latency`` (the judge's buckets).
+
+    One scan for both arms, grouped by the pair of buckets (a row without an arm's latency has a NULL
+    bucket for it) and added up per arm here. ``spans`` and ``bucket``: as ``step_counts`` (SQLite
+    then reads the rollout range by range).
+    """
+    keys = [latency_bucket(P[f"{arm}_latency_ms"], latency) for arm in ARMS]
+    query = select(*keys, func.count()).where(P.rollout_id == rollout_id).group_by(*keys)
+    out: dict[str, dict[int, int]] = {arm: {} for arm in ARMS}
+    for pair, n in _counts(db, query, spans=spans, bucket=bucket).items():
+        for arm, b in zip(ARMS, pair, strict=True):
+            if b is not None:
+                out[arm][int(b)] = out[arm].get(int(b), 0) + n
+    return out
 
 
 def confusion(db: Database, rollout_id: int, *, limit: int = 400) -> list[tuple[str, str, int]]:
@@ -314,12 +391,19 @@ def _bucket(column: Any, low: float, width: float, bins: int) -> ColumnElement[A
 
 
 def class_score_table(
-    db: Database, rollout_id: int, *, bins: int, limit: int = 20_000
+    db: Database,
+    rollout_id: int,
+    *,
+    bins: int,
+    limit: int = 20_000,
+    spans: Sequence[Span] | None = None,
+    bucket: str | None = None,
 ) -> list[tuple[Any, ...]]:
     """Count (champion class, challenger class, champion score bucket, challenger score bucket) over pairs.
 
     One scan gives the agreement table, both class distributions and both score histograms (buckets of
-    width 1/bins on [0, 1]; a missing score is bucket None).
+    width 1/bins on [0, 1]; a missing score is bucket None); at most ``limit`` of these groups.
+    ``spans`` and ``bucket``: as ``step_counts`` (SQLite then reads the rollout range by range).
     """
     b1 = _bucket(P.champion_score, 0.0, 1.0 / bins, bins)
     b2 = _bucket(P.challenger_score, 0.0, 1.0 / bins, bins)
@@ -332,10 +416,9 @@ def class_score_table(
             P.challenger_class.isnot(None),
         )
         .group_by(P.champion_class, P.challenger_class, b1, b2)
-        .limit(limit)
     )
-    with _reading(db) as conn:
-        return [(str(a), str(b), x, y, int(n)) for a, b, x, y, n in conn.execute(query)]
+    counts = _counts(db, query, spans=spans, bucket=bucket)
+    return [(str(a), str(b), x, y, n) for (a, b, x, y), n in list(counts.items())[:limit]]
 
 
 def score_buckets(
@@ -477,6 +560,78 @@ def label_score_buckets(
         for arm, b in (("champion", b1), ("challenger", b2)):
             if b is not None:
                 out[arm][(b, y)] = out[arm].get((b, y), 0) + n
+    return out
+
+
+ReliabilityBins = dict[str, dict[int, list[float]]]
+"""Per arm, per bin: [sum of the predicted probabilities, rows whose event happened, rows]."""
+
+
+def label_proba_reliability(
+    db: Database, rollout_id: int, classes: Sequence[str], *, shown: Sequence[str], bins: int = 10
+) -> dict[str, ReliabilityBins]:
+    """Sum the probability vectors of labelled pairs into reliability bins, per arm (more than 2 classes).
+
+    Panels: ``"top"`` (confidence = the vector's largest probability; the event: the arm's answer equals
+    the label) and, for each class of ``shown``, one-vs-rest (p[class]; the event: the label is that
+    class). Bins are ``bins`` equal widths on [0, 1] with sklearn's ``calibration_curve`` edges: bin i
+    holds edge_i < p <= edge_i+1 (the first bin takes 0 too), so the sums match it exactly. Rows are the
+    ``label_confusion`` rows (both arms answered, a label) with the arm's stored vector (a class missing
+    from a vector is 0). One statement: the rows' probabilities read once, then a ``GROUP BY`` of both arms'
+    bins per panel.
+    """
+    edges = [float(e) for e in np.linspace(0.0, 1.0, bins + 1)[1:-1]]
+    where = and_(P.rollout_id == rollout_id, _both_ok(), L.label_class.isnot(None))
+    # Each row's probabilities are read from the JSON once, into a materialised CTE (SQLite would
+    # otherwise re-read the JSON for every comparison of every bin); the panels group its columns.
+    names = {c: f"p{i}" for i, c in enumerate(classes)}
+
+    def probability(arm: str, cls: str) -> ColumnElement[Any]:
+        column = P[f"{arm}_proba"]
+        value = case((column.is_(None), None), else_=func.coalesce(column[cls].as_float(), 0.0))
+        return value.label(f"{arm}_{names[cls]}")
+
+    vectors = (
+        select(L.label_class.label("label"), P.champion_class.label("champion_class"),
+               P.challenger_class.label("challenger_class"),
+               *(probability(a, c) for a in ARMS for c in classes))
+        .select_from(_label_join()).where(where)
+        .cte("vectors").prefix_with("MATERIALIZED")
+    )  # fmt: skip
+    v = vectors.c
+
+    def confidence(arm: str) -> ColumnElement[Any]:
+        values = [v[f"{arm}_{names[c]}"] for c in classes]  # NULL for a row without a vector
+        return func.max(*values) if db.dialect == "sqlite" else func.greatest(*values)
+
+    def binned(p: ColumnElement[Any]) -> ColumnElement[Any]:
+        return case((p.is_(None), None), else_=sum((case((p > e, 1), else_=0) for e in edges), literal(0)))
+
+    panels: list[tuple[str, dict[str, ColumnElement[Any]], dict[str, ColumnElement[Any]]]] = [
+        ("top", {a: confidence(a) for a in ARMS}, {a: v[f"{a}_class"] == v.label for a in ARMS})
+    ]
+    panels += [(c, {a: v[f"{a}_{names[c]}"] for a in ARMS}, {a: v.label == c for a in ARMS}) for c in shown]
+    selects = []
+    for i, (_name, p, event) in enumerate(panels):
+        hit = {a: case((event[a], 1), else_=0) for a in ARMS}
+        b = {a: binned(p[a]) for a in ARMS}
+        keys = [hit["champion"], hit["challenger"], b["champion"], b["challenger"]]
+        selects.append(
+            select(literal(i).label("panel"), *keys, func.sum(p["champion"]), func.sum(p["challenger"]),
+                   func.count()).select_from(vectors).group_by(*keys)
+        )  # fmt: skip
+    out: dict[str, ReliabilityBins] = {name: {a: {} for a in ARMS} for name, _, _ in panels}
+    with _reading(db) as conn:
+        rows = conn.execute(union_all(*selects)).all()
+    for panel, h1, h2, b1, b2, s1, s2, n in rows:
+        name = panels[int(panel)][0]
+        for arm, hit, b, s in (("champion", h1, b1, s1), ("challenger", h2, b2, s2)):
+            if b is None:
+                continue
+            cell = out[name][arm].setdefault(int(b), [0.0, 0, 0])
+            cell[0] += float(s)
+            cell[1] += int(n) * int(hit)
+            cell[2] += int(n)
     return out
 
 
@@ -649,3 +804,50 @@ def segments(
             item["segment"] = str(item["segment"])
             out.append(item)
         return out
+
+
+def latency_sample(
+    db: Database, rollout_id: int, *, limit: int, total: int
+) -> list[tuple[datetime, float | None, float | None]]:
+    """Return up to ``limit`` (receive time, champion latency, challenger latency) of the rollout's rows.
+
+    A systematic sample (every k-th row by id, k = total // limit) spread over the whole rollout, for
+    latency quantiles over time; the whole-rollout latency histogram is exact (``latency_buckets``).
+    """
+    step = max(total // max(limit, 1), 1)
+    where = [P.rollout_id == rollout_id]
+    if step > 1:
+        where.append(P.id % step == 0)
+    query = select(P.received_at, P.champion_latency_ms, P.challenger_latency_ms).where(*where).limit(limit)
+    with _reading(db) as conn:
+        return [
+            (t, None if a is None else float(a), None if b is None else float(b))
+            for t, a, b in conn.execute(query)
+        ]
+
+
+def label_regression_sample(
+    db: Database, rollout_id: int, *, limit: int, total: int
+) -> list[tuple[float, float, float]]:
+    """Return up to ``limit`` (champion value, challenger value, label) of labelled pairs (regression).
+
+    Every k-th row by id (k = total // limit, ``total`` the rollout's rows), so it spreads over the rollout.
+    """
+    step = max(total // max(limit, 1), 1)
+    where = [
+        P.rollout_id == rollout_id,
+        _both_ok(),
+        P.champion_value.isnot(None),
+        P.challenger_value.isnot(None),
+        L.label_value.isnot(None),
+    ]
+    if step > 1:
+        where.append(P.id % step == 0)
+    query = (
+        select(P.champion_value, P.challenger_value, L.label_value)
+        .select_from(_label_join())
+        .where(*where)
+        .limit(limit)
+    )
+    with _reading(db) as conn:
+        return [(float(a), float(b), float(y)) for a, b, y in conn.execute(query)]

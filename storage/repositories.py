@@ -8,19 +8,21 @@ import json
 import math
 import operator
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import orjson
-from sqlalchemy import JSON, delete, func, select, tuple_, update
+from sqlalchemy import JSON, String, Table, any_, bindparam, delete, func, select, tuple_, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 
 from storage import analytics, entities
 from storage.analytics import LatencyBuckets
 from storage.database import Database
-from storage.errors import AlreadyExists, ConcurrentUpdate, InvalidState, NotFound
+from storage.errors import AlreadyExists, ConcurrentUpdate, InUse, InvalidState, NotFound
 from storage.models import (
     PAIR_COLUMNS,
     PAIR_JSON_COLUMNS,
@@ -52,8 +54,10 @@ def _json_default(value: Any) -> Any:
 
 def _json_safe(value: Any) -> Any:
     """Round-trip through JSON with NaN/Infinity as null, so PostgreSQL's jsonb accepts it."""
-    if value is None:
-        return None
+    if value is None or isinstance(value, str | int):  # bool is an int; the common label values, as they are
+        return value
+    if isinstance(value, float):
+        return float(value) if math.isfinite(value) else None
     return json.loads(json.dumps(value, default=_json_default), parse_constant=lambda _c: None)
 
 
@@ -136,13 +140,123 @@ class PipelineRepository:
                 raise NotFound(f"no pipeline version {ref!r}")
             return row.to_entity()
 
-    def list(self, *, name: str | None = None) -> list[entities.PipelineVersion]:
-        """Return every version (of one ``name`` if given), by name then id."""
+    def list(self, *, name: str | None = None, archived: bool = False) -> list[entities.PipelineVersion]:
+        """Return the versions (of one ``name`` if given), by name then id; archived ones only if asked."""
         with self.db.session(write=False) as s:
             query = select(PipelineVersionRow).order_by(PipelineVersionRow.name, PipelineVersionRow.id)
             if name is not None:
                 query = query.filter_by(name=name)
+            if not archived:
+                query = query.where(PipelineVersionRow.archived_at.is_(None))
             return [r.to_entity() for r in s.scalars(query)]
+
+    def archive(
+        self, version_id: int, *, event: entities.NewEvent, now: datetime | None = None
+    ) -> entities.PipelineVersion:
+        """Archive a version: kept with its history, but no new deployment or rollout may use it.
+
+        InUse while it is a live deployment's champion or an arm of an active rollout. An archived
+        version is returned as it is (no second event). NotFound if there is no such version.
+        """
+        now = now or utcnow()
+        with self.db.session() as s:
+            row = s.get(PipelineVersionRow, version_id, with_for_update=True)
+            if row is None:
+                raise NotFound(f"no pipeline version with id {version_id}")
+            if row.archived_at is not None:
+                return row.to_entity()
+            ref = f"{row.name}:{row.version}"
+            serving = s.scalar(
+                select(DeploymentRow.name).where(
+                    DeploymentRow.champion_id == version_id, DeploymentRow.archived_at.is_(None)
+                )
+            )
+            if serving is not None:
+                raise InUse(
+                    f"{ref} is the champion of deployment {serving!r}; promote another version "
+                    f"or archive the deployment first"
+                )
+            _refuse_active_rollout(s, version_id, ref)
+            row.archived_at = now
+            _add_event(s, replace(event, details={**event.details, "pipeline_version_id": row.id}), now)
+            s.flush()
+            return row.to_entity()
+
+    def restore(
+        self, version_id: int, *, event: entities.NewEvent, now: datetime | None = None
+    ) -> entities.PipelineVersion:
+        """Undo ``archive``: the version may be deployed and rolled out again."""
+        now = now or utcnow()
+        with self.db.session() as s:
+            row = s.get(PipelineVersionRow, version_id, with_for_update=True)
+            if row is None:
+                raise NotFound(f"no pipeline version with id {version_id}")
+            if row.archived_at is None:
+                return row.to_entity()
+            row.archived_at = None
+            _add_event(s, replace(event, details={**event.details, "pipeline_version_id": row.id}), now)
+            s.flush()
+            return row.to_entity()
+
+    def delete(
+        self, version_id: int, *, event: entities.NewEvent, now: datetime | None = None
+    ) -> entities.PipelineVersion:
+        """Delete a version that no deployment or rollout ever used (a mistaken registration).
+
+        InUse if a deployment or any rollout (active or ended: their history needs it) refers to it;
+        archive it instead. Returns the deleted version; its artifact file is the caller's to remove.
+        """
+        now = now or utcnow()
+        with self.db.session() as s:
+            row = s.get(PipelineVersionRow, version_id, with_for_update=True)
+            if row is None:
+                raise NotFound(f"no pipeline version with id {version_id}")
+            ref = f"{row.name}:{row.version}"
+            _refuse_active_rollout(s, version_id, ref)
+            deployment = s.scalar(select(DeploymentRow.name).where(DeploymentRow.champion_id == version_id))
+            if deployment is not None:
+                raise InUse(f"{ref} is the champion of deployment {deployment!r}; it cannot be deleted")
+            rollout = s.scalar(
+                select(RolloutRow.id).where(
+                    (RolloutRow.champion_id == version_id) | (RolloutRow.challenger_id == version_id)
+                )
+            )
+            if rollout is not None:
+                raise InUse(
+                    f"{ref} took part in rollout {rollout}, whose history needs it; archive it instead"
+                )
+            deleted = row.to_entity()
+            s.delete(row)
+            _add_event(
+                s,
+                replace(event, details={**event.details, "pipeline_version_id": version_id, "ref": ref}),
+                now,
+            )
+            s.flush()
+            return deleted
+
+    def artifact_shared(self, path: str) -> bool:
+        """Return whether a stored version still uses this artifact file (content-addressed: shared)."""
+        with self.db.session(write=False) as s:
+            return s.scalar(select(PipelineVersionRow.id).filter_by(artifact_path=path).limit(1)) is not None
+
+
+def _refuse_active_rollout(s: Session, version_id: int, ref: str) -> None:
+    """Raise InUse if the version is an arm of an active rollout."""
+    active = s.execute(
+        select(RolloutRow.id, DeploymentRow.name)
+        .join(DeploymentRow, DeploymentRow.id == RolloutRow.deployment_id)
+        .where(
+            (RolloutRow.champion_id == version_id) | (RolloutRow.challenger_id == version_id),
+            RolloutRow.phase.in_(entities.ACTIVE_PHASES),
+        )
+        .limit(1)
+    ).first()
+    if active is not None:
+        raise InUse(
+            f"{ref} is in active rollout {active[0]} of deployment {active[1]!r}; "
+            "finish, roll back or abort it first"
+        )
 
 
 class DeploymentRepository:
@@ -157,6 +271,7 @@ class DeploymentRepository:
         champion_id: int,
         *,
         store_raw_inputs: bool = True,
+        batching: entities.BatchingConfig | None = None,
         event: entities.NewEvent | None = None,
     ) -> entities.Deployment:
         """Create a deployment served by ``champion_id`` (and its ``event``, in the same transaction).
@@ -166,14 +281,21 @@ class DeploymentRepository:
         entities.check_name("deployment name", name)
         now = utcnow()
         with self.db.session() as s:
-            if s.get(PipelineVersionRow, champion_id) is None:
+            champion = s.get(PipelineVersionRow, champion_id)
+            if champion is None:
                 raise NotFound(f"no pipeline version with id {champion_id}")
+            if champion.archived_at is not None:
+                raise InvalidState(
+                    f"pipeline version {champion.name}:{champion.version} is archived; "
+                    "restore it to deploy it (mlcanary pipelines restore)"
+                )
             if s.scalar(select(DeploymentRow.id).filter_by(name=name)) is not None:
                 raise AlreadyExists(f"deployment {name!r} exists already")
             row = DeploymentRow(
                 name=name,
                 champion_id=champion_id,
                 store_raw_inputs=store_raw_inputs,
+                batching=None if batching is None else batching.to_json(),
                 created_at=now,
                 updated_at=now,
             )
@@ -199,13 +321,95 @@ class DeploymentRepository:
                 raise NotFound(f"no deployment with id {deployment_id}")
             return row.to_entity()
 
-    def list(self) -> list[entities.Deployment]:
-        """Return every deployment, by name."""
+    def list(self, *, archived: bool = False) -> list[entities.Deployment]:
+        """Return the deployments, by name; archived ones only if asked."""
         with self.db.session(write=False) as s:
-            return [r.to_entity() for r in s.scalars(select(DeploymentRow).order_by(DeploymentRow.name))]
+            query = select(DeploymentRow).order_by(DeploymentRow.name)
+            if not archived:
+                query = query.where(DeploymentRow.archived_at.is_(None))
+            return [r.to_entity() for r in s.scalars(query)]
+
+    def archive(
+        self, name: str, *, event: entities.NewEvent, now: datetime | None = None
+    ) -> entities.Deployment:
+        """Archive a deployment: no longer routed (clients get deployment_not_found), no new rollout;
+        its rollouts, pairs, labels and events stay. InUse while it has an active rollout.
+        An archived deployment is returned as it is (no second event).
+        """
+        now = now or utcnow()
+        with self.db.session() as s:
+            row = _deployment_for_update(s, name)
+            if row.archived_at is not None:
+                return row.to_entity()
+            _refuse_active_rollout_of(s, row)
+            row.archived_at = now
+            row.updated_at = now
+            _add_event(s, replace(event, deployment_id=row.id), now)
+            s.flush()
+            return row.to_entity()
+
+    def restore(
+        self, name: str, *, event: entities.NewEvent, now: datetime | None = None
+    ) -> entities.Deployment:
+        """Undo ``archive``: routed again (its champion must not be archived meanwhile)."""
+        now = now or utcnow()
+        with self.db.session() as s:
+            row = _deployment_for_update(s, name)
+            if row.archived_at is None:
+                return row.to_entity()
+            champion = s.get(PipelineVersionRow, row.champion_id)
+            if champion is not None and champion.archived_at is not None:
+                raise InvalidState(
+                    f"deployment {name!r}'s champion {champion.name}:{champion.version} is archived; "
+                    "restore it first"
+                )
+            row.archived_at = None
+            row.updated_at = now
+            _add_event(s, replace(event, deployment_id=row.id), now)
+            s.flush()
+            return row.to_entity()
+
+    def delete(self, name: str, *, event: entities.NewEvent, now: datetime | None = None) -> dict[str, int]:
+        """Delete a deployment with its rollouts, analyses, paired outputs and labels, in one transaction.
+
+        The events stay: each keeps its message, and its deployment's name and rollout id move into
+        its details (the rows they pointed to are gone); ``event`` is written with the counts deleted.
+        InUse while the deployment has an active rollout. Returns the counts.
+        """
+        now = now or utcnow()
+        with self.db.session() as s:
+            row = _deployment_for_update(s, name)
+            _refuse_active_rollout_of(s, row)
+            rollout_ids = list(s.scalars(select(RolloutRow.id).filter_by(deployment_id=row.id)))
+            for kept in s.scalars(select(EventRow).where(EventRow.deployment_id == row.id)):
+                kept.details = {**(kept.details or {}), "deployment": name, "rollout_id": kept.rollout_id}
+                kept.deployment_id, kept.rollout_id = None, None
+            s.flush()
+            counts = {
+                "analyses": _count_deleted(
+                    s, delete(AnalysisRow).where(AnalysisRow.rollout_id.in_(rollout_ids))
+                )
+                if rollout_ids
+                else 0,
+                "paired_outputs": _count_deleted(s, delete(PairedOutputRow).filter_by(deployment_id=row.id)),
+                "labels": _count_deleted(s, delete(LabelRow).filter_by(deployment_id=row.id)),
+                "rollouts": _count_deleted(s, delete(RolloutRow).filter_by(deployment_id=row.id)),
+            }
+            deployment_id = row.id
+            s.delete(row)
+            s.flush()
+            details = {**event.details, "deployment": name, "deployment_id": deployment_id, "deleted": counts}
+            _add_event(s, replace(event, deployment_id=None, details=details), now)
+            s.flush()
+            return counts
 
     def update(
-        self, name: str, *, store_raw_inputs: bool | None = None, event: entities.NewEvent | None = None
+        self,
+        name: str,
+        *,
+        store_raw_inputs: bool | None = None,
+        batching: entities.BatchingConfig | None = None,
+        event: entities.NewEvent | None = None,
     ) -> entities.Deployment:
         """Change a deployment's settings (None leaves one as it is) and write ``event`` with the change.
 
@@ -218,11 +422,36 @@ class DeploymentRepository:
                 raise NotFound(f"no deployment {name!r}")
             if store_raw_inputs is not None:
                 row.store_raw_inputs = store_raw_inputs
+            if batching is not None:
+                row.batching = batching.to_json()
             row.updated_at = now
             if event is not None:
                 _add_event(s, replace(event, deployment_id=row.id), now)
             s.flush()
             return row.to_entity()
+
+
+def _deployment_for_update(s: Session, name: str) -> DeploymentRow:
+    row = s.scalar(select(DeploymentRow).filter_by(name=name).with_for_update())
+    if row is None:
+        raise NotFound(f"no deployment {name!r}")
+    return row
+
+
+def _refuse_active_rollout_of(s: Session, deployment: DeploymentRow) -> None:
+    active = s.scalar(
+        select(RolloutRow.id).where(
+            RolloutRow.deployment_id == deployment.id, RolloutRow.phase.in_(entities.ACTIVE_PHASES)
+        )
+    )
+    if active is not None:
+        raise InUse(
+            f"deployment {deployment.name!r} has active rollout {active}; finish, roll back or abort it first"
+        )
+
+
+def _count_deleted(s: Session, statement: Any) -> int:
+    return int(cast(Any, s.execute(statement)).rowcount or 0)
 
 
 class RolloutRepository:
@@ -251,8 +480,15 @@ class RolloutRepository:
             deployment = s.get(DeploymentRow, deployment_id, with_for_update=True)
             if deployment is None:
                 raise NotFound(f"no deployment with id {deployment_id}")
-            if s.get(PipelineVersionRow, challenger_id) is None:
+            challenger = s.get(PipelineVersionRow, challenger_id)
+            if challenger is None:
                 raise NotFound(f"no pipeline version with id {challenger_id}")
+            if deployment.archived_at is not None:
+                raise InvalidState(f"deployment {deployment.name!r} is archived; restore it first")
+            if challenger.archived_at is not None:
+                raise InvalidState(
+                    f"pipeline version {challenger.name}:{challenger.version} is archived; restore it first"
+                )
             if challenger_id == deployment.champion_id:
                 raise InvalidState("the challenger is already the champion of this deployment")
             active = s.scalar(
@@ -384,23 +620,59 @@ class RolloutRepository:
             return row.to_entity()
 
 
+# The phases of a rollout whose challenger is routed (a pending rollout's is not yet).
+ROUTED_PHASES = ("shadowing", "progressing", "paused", "watching")
+
+
+# Built once: composing the statement costs more than running it (SQLite, a few deployments).
+_STAMP = (
+    select(
+        DeploymentRow.id,
+        DeploymentRow.name,
+        DeploymentRow.champion_id,
+        DeploymentRow.store_raw_inputs,
+        DeploymentRow.batching,
+        DeploymentRow.updated_at,
+        RolloutRow.id,
+        RolloutRow.phase,
+        RolloutRow.version,
+    )
+    .outerjoin(
+        RolloutRow,
+        (RolloutRow.deployment_id == DeploymentRow.id) & RolloutRow.phase.in_(ROUTED_PHASES),
+    )
+    .where(DeploymentRow.archived_at.is_(None))
+    .order_by(DeploymentRow.id, RolloutRow.id)
+)
+
+
 class RoutingRepository:
     """What the data plane reads to route: every deployment with its active rollout, in one go."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
 
+    def stamp(self) -> tuple[tuple[Any, ...], ...]:
+        """Return what the routing table depends on, in one cheap query: equal stamps, equal tables.
+
+        One row per routed deployment with every column of it the table reads (its ``updated_at``
+        too, which every change of a deployment or of its rollouts sets) and its routed rollout's id,
+        phase and ``version`` (the optimistic counter every rollout update bumps). Pipeline versions
+        are not read: a routed version cannot change (archive, restore and delete refuse one in use).
+        A router reads this every refresh interval and the whole table (the versions' JSON, through
+        the ORM) only when it differs from the stamp of its last load.
+        """
+        with self.db.connection(write=False) as conn:
+            rows = conn.execute(_STAMP)
+            return tuple(tuple(row) for row in rows)
+
     def load_table(self) -> dict[str, entities.RoutingEntry]:
         """Read every deployment's routing in one transaction (a few small queries, not one per request)."""
         with self.db.session(write=False) as s:
-            deployments = list(s.scalars(select(DeploymentRow)))
+            deployments = list(s.scalars(select(DeploymentRow).where(DeploymentRow.archived_at.is_(None))))
             rollouts = {
                 r.deployment_id: r
-                for r in s.scalars(
-                    select(RolloutRow).where(
-                        RolloutRow.phase.in_(("shadowing", "progressing", "paused", "watching"))
-                    )
-                )
+                for r in s.scalars(select(RolloutRow).where(RolloutRow.phase.in_(ROUTED_PHASES)))
             }
             # A watch: the deployment's champion is already the rollout's challenger; the previous
             # champion (the rollout's champion) is routed as the shadow arm.
@@ -431,6 +703,7 @@ class RoutingRepository:
                     parity_rtol=repro.get("parity_rtol"),
                     parity_atol=repro.get("parity_atol"),
                     split_salt=None if r is None else r.split_salt,
+                    batching=entities.BatchingConfig.from_json(d.batching),
                 )
             return table
 
@@ -628,70 +901,89 @@ class LabelRepository:
         deployment's pair of the same id is never joined.
         """
         now = now or utcnow()
-        items = [
-            cast(tuple[str, int, Any, float | None, float | None], (*t, *(None,) * (5 - len(t))))
-            for t in labels
-        ]
-        ids = list({item[0] for item in items})
+        # One entry per row, in first-seen order: the last label, outcome and base given (None: not given).
+        merged: dict[tuple[str, int], list[Any]] = {}
+        for t in labels:
+            rid, idx, value, outcome, base = cast(
+                tuple[str, int, Any, float | None, float | None], (*t, *(None,) * (5 - len(t)))
+            )
+            entry = merged.setdefault((rid, idx), [None, None, None])
+            for k, given in enumerate((value, outcome, base)):
+                if given is not None:
+                    entry[k] = given
+        ids = list({rid for rid, _ in merged})
+        table = cast(Table, LabelRow.__table__)
         with self.db.session() as s:
             known: set[tuple[str, int]] = set()
-            for start in range(0, len(ids), 500):
+            for chunk in self._id_chunks(ids):
                 query = select(PairedOutputRow.request_id, PairedOutputRow.row_index).where(
-                    PairedOutputRow.deployment_id == deployment_id,
-                    PairedOutputRow.request_id.in_(ids[start : start + 500]),
+                    PairedOutputRow.deployment_id == deployment_id, chunk(PairedOutputRow.request_id)
                 )
                 known.update((rid, idx) for rid, idx in s.execute(query))
-            unknown = sorted({rid for rid, idx, *_ in items if (rid, idx) not in known})
+            unknown = sorted({rid for rid, idx in merged if (rid, idx) not in known})
             room = None
             if pending_limit is not None or pending_window is not None:
                 room = self._settle_pending(s, deployment_id, now, pending_limit, pending_window)
+            existing: set[tuple[str, int]] = set()  # read after settling: expired pending labels are gone
+            for chunk in self._id_chunks(ids):
+                query = select(LabelRow.request_id, LabelRow.row_index).where(
+                    LabelRow.deployment_id == deployment_id, chunk(LabelRow.request_id)
+                )
+                existing.update((rid, idx) for rid, idx in s.execute(query))
             stored: set[tuple[str, int]] = set()
             dropped: set[str] = set()
-            for rid, idx, value, outcome, base in items:
+            inserts: list[dict[str, Any]] = []
+            updates: dict[tuple[bool, bool, bool], list[dict[str, Any]]] = {}
+            for (rid, idx), (value, outcome, base) in merged.items():
                 pending = (rid, idx) not in known
-                existing = s.scalar(
-                    select(LabelRow).where(
-                        LabelRow.deployment_id == deployment_id,
-                        LabelRow.request_id == rid,
-                        LabelRow.row_index == idx,
-                    )
-                )
-                if pending and existing is None and room is not None:
+                if pending and (rid, idx) not in existing and room is not None:
                     if room <= 0:
                         dropped.add(rid)
                         continue
                     room -= 1
                 stored.add((rid, idx))
                 label_class, label_value = _label_columns(value)
-                if existing is None:
-                    s.add(
-                        LabelRow(
-                            request_id=rid,
-                            row_index=idx,
-                            deployment_id=deployment_id,
-                            label=JSON.NULL if value is None else _json_safe(value),
-                            label_class=label_class,
-                            label_value=label_value,
-                            received_at=now,
-                            pending=pending,
-                            outcome=outcome,
-                            outcome_base=base,
-                        )
-                    )
-                    s.flush()  # a request row labelled twice in one batch: the second updates the first
-                else:
-                    if value is not None:
-                        existing.label = _json_safe(value)
-                        existing.label_class, existing.label_value = label_class, label_value
-                    if outcome is not None:
-                        existing.outcome = outcome
-                    if base is not None:
-                        existing.outcome_base = base
-                    existing.received_at = now
-                    existing.pending = pending
+                row = {"k_request_id": rid, "k_row_index": idx, "received_at": now, "pending": pending}
+                if (rid, idx) not in existing:
+                    inserts.append({
+                        "request_id": rid, "row_index": idx, "deployment_id": deployment_id,
+                        "label": JSON.NULL if value is None else _json_safe(value), "label_class": label_class,
+                        "label_value": label_value, "received_at": now, "pending": pending,
+                        "outcome": outcome, "outcome_base": base,
+                    })  # fmt: skip
+                    continue
+                if value is not None:
+                    row.update(label=_json_safe(value), label_class=label_class, label_value=label_value)
+                if outcome is not None:
+                    row["outcome"] = outcome
+                if base is not None:
+                    row["outcome_base"] = base
+                shape = (value is not None, outcome is not None, base is not None)
+                updates.setdefault(shape, []).append(row)
+            if inserts:
+                s.execute(table.insert(), inserts)
+            key = (
+                (table.c.deployment_id == deployment_id)
+                & (table.c.request_id == bindparam("k_request_id"))
+                & (table.c.row_index == bindparam("k_row_index"))
+            )
+            for rows in updates.values():  # one executemany per set of columns given; SET from the rows' keys
+                s.connection().execute(update(table).where(key), rows)
             return entities.LabelsStored(
                 stored=len(stored), unknown=tuple(unknown), dropped=tuple(sorted(dropped))
             )
+
+    def _id_chunks(self, ids: Sequence[str]) -> Iterator[Callable[[Any], ColumnElement[bool]]]:
+        """Yield conditions "column is one of these request ids" covering ``ids``: on PostgreSQL one
+        array parameter for them all (``= ANY``), elsewhere IN lists of 500 (SQLite's parameter limit)."""
+        if self.db.dialect == "postgresql":
+            if ids:
+                array = bindparam("ids", list(ids), type_=ARRAY(String))
+                yield lambda column: column == any_(array)
+            return
+        for start in range(0, len(ids), 500):
+            part = ids[start : start + 500]
+            yield lambda column, part=part: column.in_(part)  # type: ignore[misc]
 
     def _settle_pending(
         self,
@@ -804,6 +1096,19 @@ class EventRepository:
             if rollout_id is not None:
                 query = query.where(EventRow.rollout_id == rollout_id)
             return [r.to_entity() for r in s.scalars(query)]
+
+    def latest(
+        self, *, rollout_id: int, actions: Sequence[str] = (), reason: str | None = None
+    ) -> entities.Event | None:
+        """Return a rollout's newest event with one of ``actions`` (any when empty) and ``reason`` (when given)."""
+        with self.db.session(write=False) as s:
+            query = select(EventRow).where(EventRow.rollout_id == rollout_id)
+            if actions:
+                query = query.where(EventRow.action.in_(actions))
+            if reason is not None:
+                query = query.where(EventRow.reason == reason)
+            row = s.scalars(query.order_by(EventRow.id.desc()).limit(1)).first()
+            return row.to_entity() if row is not None else None
 
     def last_id(self) -> int:
         """Return the id of the newest event (0 if there is none)."""

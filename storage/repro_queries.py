@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, case, func, select
+from sqlalchemy import and_, case, func, or_, select
 
 from storage.database import Database
 from storage.models import LabelRow, PairedOutputRow
@@ -62,53 +62,59 @@ class RawInput:
 def labelled_metrics(
     db: Database, rollout_id: int, *, received_before: datetime | None = None
 ) -> dict[str, ArmLabelled]:
-    """Sum each arm's labelled outcomes over a rollout's paired outputs, in one scan per arm.
+    """Sum each arm's labelled outcomes over a rollout's paired outputs, both arms in one scan of the join.
 
     ``received_before``: count only requests received before this time (label maturity); aware UTC.
     """
-    result: dict[str, ArmLabelled] = {}
+    columns: list[Any] = []
+    scored_any = []
+    for arm in ARMS:
+        cls, value, error, version = (
+            P[f"{arm}_class"],
+            P[f"{arm}_value"],
+            P[f"{arm}_error"],
+            P[f"{arm}_version_id"],
+        )
+        scored = and_(error.is_(None), (cls.isnot(None)) | (value.isnot(None)))
+        scored_any.append(scored)
+        abs_err = func.abs(value - L.label_value)
+        regression_row = and_(scored, value.isnot(None), L.label_value.isnot(None))
+        columns += [
+            func.count(case((scored, 1))),
+            func.coalesce(func.sum(case((and_(scored, cls == L.label_class), 1), else_=0)), 0),
+            func.coalesce(func.sum(case((regression_row, abs_err), else_=0.0)), 0.0),
+            func.coalesce(func.sum(case((regression_row, abs_err * abs_err), else_=0.0)), 0.0),
+            func.max(case((scored, version))),
+        ]
+    query = (
+        select(*columns)
+        .select_from(
+            PairedOutputRow.__table__.join(
+                LabelRow.__table__,
+                and_(
+                    L.request_id == P.request_id,
+                    L.row_index == P.row_index,
+                    L.deployment_id == P.deployment_id,
+                ),
+            )
+        )
+        .where(P.rollout_id == rollout_id, or_(*scored_any))
+    )
+    if received_before is not None:
+        query = query.where(P.received_at < received_before)
     with db.session(write=False) as s:
-        for arm in ARMS:
-            cls, value, error, version = (
-                P[f"{arm}_class"],
-                P[f"{arm}_value"],
-                P[f"{arm}_error"],
-                P[f"{arm}_version_id"],
-            )
-            scored = and_(error.is_(None), (cls.isnot(None)) | (value.isnot(None)))
-            abs_err = func.abs(value - L.label_value)
-            regression_row = and_(value.isnot(None), L.label_value.isnot(None))
-            query = (
-                select(
-                    func.count(),
-                    func.coalesce(func.sum(case((cls == L.label_class, 1), else_=0)), 0),
-                    func.coalesce(func.sum(case((regression_row, abs_err), else_=0.0)), 0.0),
-                    func.coalesce(func.sum(case((regression_row, abs_err * abs_err), else_=0.0)), 0.0),
-                    func.max(version),
-                )
-                .select_from(
-                    PairedOutputRow.__table__.join(
-                        LabelRow.__table__,
-                        and_(
-                            L.request_id == P.request_id,
-                            L.row_index == P.row_index,
-                            L.deployment_id == P.deployment_id,
-                        ),
-                    )
-                )
-                .where(P.rollout_id == rollout_id, scored)
-            )
-            if received_before is not None:
-                query = query.where(P.received_at < received_before)
-            n, correct, abs_sum, sq_sum, version_id = s.execute(query).one()
-            result[arm] = ArmLabelled(
-                arm=arm,
-                version_id=None if version_id is None else int(version_id),
-                labelled=int(n or 0),
-                correct=int(correct or 0),
-                abs_error_sum=float(abs_sum or 0.0),
-                abs_error_sq_sum=float(sq_sum or 0.0),
-            )
+        row = s.execute(query).one()
+    result: dict[str, ArmLabelled] = {}
+    for i, arm in enumerate(ARMS):
+        n, correct, abs_sum, sq_sum, version_id = row[5 * i : 5 * i + 5]
+        result[arm] = ArmLabelled(
+            arm=arm,
+            version_id=None if version_id is None else int(version_id),
+            labelled=int(n or 0),
+            correct=int(correct or 0),
+            abs_error_sum=float(abs_sum or 0.0),
+            abs_error_sq_sum=float(sq_sum or 0.0),
+        )
     return result
 
 

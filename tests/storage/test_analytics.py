@@ -458,3 +458,66 @@ def test_canary_cluster_sums_paired_errors_and_tail_match_the_rows(store: Store)
     assert m.paired_abs_errors is not None and m.paired_abs_errors.n == int(both.sum())
     unpaired = metrics_from_aggregates(a, task="regression", challenger_weight=0.25)
     assert unpaired.paired_abs_errors is None and unpaired.challenger_abs_error is not None
+
+
+@pytest.mark.parametrize("cohort", ["paired", "served"])
+def test_both_arms_histograms_from_one_scan_are_each_arms_own(store: Store, cohort: str) -> None:
+    """Latency and class histograms are read for both arms in one GROUP BY; each arm's must be the one
+    of its own GROUP BY (``latency_histogram``) and of its own rows (classes), also in the served cohort
+    where the arms' rows differ."""
+    deployment_id, rollout_id = _deploy(store, "classification")
+    rng = np.random.default_rng(29)
+    records = []
+    for i in range(400):
+        arm = "champion" if rng.random() < 0.6 else "challenger"
+        size = int(rng.integers(1, 4))
+        fails = {a: bool(rng.random() < 0.1) for a in ("champion", "challenger")}
+        skipped = bool(rng.random() < 0.1)
+        latencies = {a: float(rng.lognormal(2 if a == "champion" else 2.5, 1.0)) for a in fails}
+        for row in range(size):
+            arms: dict[str, Any] = {}
+            for a in ("champion", "challenger"):
+                if a != arm and skipped:
+                    arms.update({f"{a}_status": "skipped", "skip_reason": "shed"})
+                elif fails[a]:
+                    arms.update({f"{a}_error": "RuntimeError: boom", f"{a}_latency_ms": latencies[a]})
+                else:
+                    arms.update({f"{a}_class": str(rng.integers(0, 3)), f"{a}_latency_ms": latencies[a]})
+            records.append(
+                PairRecord(
+                    request_id=f"h{i}", row_index=row, deployment_id=deployment_id, rollout_id=rollout_id,
+                    step=0, received_at=T0, routing_key_hash=i % 50, served_arm=arm, champion_version_id=1,
+                    challenger_version_id=2, **arms,
+                )
+            )  # fmt: skip
+    store.pairs.insert_many(records)
+    from sqlalchemy import and_
+
+    from controller.loop.measure import LATENCY
+    from storage.analytics import FIRST_ROW, P, latency_histogram, ran
+
+    a = step_aggregates(
+        store.db, rollout_id=rollout_id, step=0, cohort=cohort, task="classification",  # type: ignore[arg-type]
+        label_cutoff=None, latency=LATENCY,
+    )  # fmt: skip
+    both_ran = and_(ran("champion"), ran("challenger"))
+    for arm, got in (("champion", a.champion), ("challenger", a.challenger)):
+        member = both_ran if cohort == "paired" else and_(P.served_arm == arm, ran(arm))
+        where = and_(P.rollout_id == rollout_id, P.step == 0, FIRST_ROW, member)
+        with store.db.connection() as conn:
+            assert got.latency == latency_histogram(conn, where, arm, LATENCY), arm
+        assert sum(got.latency.values()) == got.n and got.n > 0
+        counted = [
+            r
+            for r in records
+            if getattr(r, f"{arm}_class") is not None
+            and (
+                r.champion_class is not None and r.challenger_class is not None  # both answered
+                if cohort == "paired"
+                else r.served_arm == arm
+            )
+        ]
+        expected: dict[str, int] = {}
+        for r in counted:
+            expected[getattr(r, f"{arm}_class")] = expected.get(getattr(r, f"{arm}_class"), 0) + 1
+        assert got.classes == expected, arm

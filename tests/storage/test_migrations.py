@@ -17,6 +17,15 @@ from storage.models import Base
 def test_migrations_have_exactly_one_head(sqlite_url: str) -> None:
     heads = ScriptDirectory.from_config(db_schema.alembic_config(Database(sqlite_url))).get_heads()
     assert len(heads) == 1
+    # the schema check reads the head from the files without Alembic: it must be Alembic's
+    assert db_schema.head_revision() == heads[0]
+
+
+def test_the_current_revision_is_the_one_alembic_reads(db: Database, tmp_path: Path) -> None:
+    with db.engine.connect() as conn:
+        assert db_schema.current_revision(db) == MigrationContext.configure(conn).get_current_revision()
+    assert db_schema.current_revision(db) == db_schema.head_revision()
+    assert db_schema.current_revision(Database(f"sqlite:///{tmp_path / 'empty.db'}")) is None
 
 
 def test_models_and_migrations_agree(db: Database) -> None:

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from dbtools import truncate_postgres
+from sqlalchemy import event
 
 from storage import AlreadyExists, ConcurrentUpdate, Database, InvalidState, NotFound, Store
 from storage.entities import Column, NewEvent, NewPipelineVersion, PairRecord
@@ -177,6 +178,80 @@ def test_a_label_that_arrives_before_its_pair_joins_it_when_the_pair_lands(store
     store.pairs.insert_many([_pair("early", deployment_id)])
     assert store.labels.get("early").label == 1 and store.labels.count(deployment_id=deployment_id) == 2
     assert store.labels.count(deployment_id=other.id) == 0
+
+
+def test_a_bulk_label_upload_takes_a_few_statements_whatever_its_size(store: Store) -> None:
+    # 3,000 labels (half new, half updates, 200 pending) must not cost a statement per label: the
+    # PostgreSQL report bench's 100,000-label fill ran past 10 minutes with a SELECT per label.
+    deployment_id, _, _ = _deployment(store)
+    store.pairs.insert_many([_pair(f"r{i}", deployment_id) for i in range(2_800)])
+    store.labels.upsert_many(deployment_id, [(f"r{i}", 0, 0) for i in range(1_500)])
+    statements: list[str] = []
+
+    def count(conn: object, cursor: object, statement: str, *args: object) -> None:
+        statements.append(statement)
+
+    event.listen(store.db.engine, "before_cursor_execute", count)
+    try:
+        labels = [(f"r{i}", 0, 1) for i in range(2_800)] + [(f"early{i}", 0, 1) for i in range(200)]
+        stored, unknown = store.labels.upsert_many(deployment_id, labels)
+    finally:
+        event.remove(store.db.engine, "before_cursor_execute", count)
+    assert (stored, len(unknown)) == (3_000, 200)
+    assert len(statements) <= 20, statements[:30]
+    assert store.labels.count(deployment_id=deployment_id) == 3_000
+    assert store.labels.get("r7", deployment_id=deployment_id).label == 1  # updated
+    assert store.labels.get("r2000", deployment_id=deployment_id).label == 1  # inserted
+
+
+def test_labels_of_one_batch_merge_in_order_and_an_outcome_keeps_the_label(store: Store) -> None:
+    deployment_id, _, _ = _deployment(store)
+    store.pairs.insert_many([_pair("a", deployment_id), _pair("b", deployment_id)])
+    store.labels.store(
+        deployment_id, [("a", 0, 1), ("a", 0, None, 2.5), ("a", 0, 0), ("b", 0, None, 1.0, 4.0)]
+    )
+    a, b = store.labels.get("a"), store.labels.get("b")
+    assert (a.label, a.label_class, a.outcome, a.outcome_base) == (0, "0", 2.5, None)
+    assert (b.label, b.label_class, b.outcome, b.outcome_base) == (None, None, 1.0, 4.0)
+    store.labels.store(deployment_id, [("a", 0, None, 3.0), ("b", 0, 1)])  # each keeps what is not given
+    a, b = store.labels.get("a"), store.labels.get("b")
+    assert (a.label, a.outcome) == (0, 3.0) and (b.label, b.label_value, b.outcome, b.outcome_base) == (
+        1,
+        1.0,
+        1.0,
+        4.0,
+    )
+
+
+def test_pending_labels_beyond_the_limit_are_dropped_and_counted_once_per_row(store: Store) -> None:
+    deployment_id, _, _ = _deployment(store)
+    store.pairs.insert_many([_pair("a", deployment_id)])
+    result = store.labels.store(
+        deployment_id, [("x", 0, 1), ("y", 0, 1), ("x", 0, 0), ("z", 0, 1), ("a", 0, 1)], pending_limit=2
+    )
+    assert (result.stored, result.dropped) == (3, ("z",))
+    assert store.labels.get("x", deployment_id=deployment_id).label == 0
+
+
+def test_the_latest_event_of_some_actions_or_a_reason(store: Store) -> None:
+    deployment_id, _, challenger_id = _deployment(store)
+    rollout = store.rollouts.create(
+        deployment_id=deployment_id, challenger_id=challenger_id, mode="shadow", policy={}, created_by="t"
+    )
+    for action, reason in [
+        ("rollout.pause", "a"),
+        ("rollout.resume", "b"),
+        ("rollout.pause", "c"),
+        ("note", "a"),
+    ]:
+        store.events.add(
+            NewEvent(actor="op", action=action, reason=reason, message=reason, rollout_id=rollout.id)
+        )
+    assert store.events.latest(rollout_id=rollout.id, actions=["rollout.pause"]).reason == "c"  # type: ignore[union-attr]
+    assert store.events.latest(rollout_id=rollout.id, reason="a").action == "note"  # type: ignore[union-attr]
+    assert store.events.latest(rollout_id=rollout.id).action == "note"  # type: ignore[union-attr]
+    assert store.events.latest(rollout_id=rollout.id, actions=["rollout.abort"]) is None
+    assert store.events.latest(rollout_id=rollout.id + 1) is None
 
 
 def test_tokens_are_stored_hashed_and_revocable(store: Store) -> None:
