@@ -6,7 +6,8 @@
     dataplane.close(timeout=10)  # gunicorn's worker_exit: score or cancel shadow work, flush records
 
 Per request: the routing key's hash picks the arm that answers (sticky split of the canary weight);
-the answering arm runs inline; the other arm, when the rollout asks for it, is scored in shadow. In
+the answering arm runs inline, through the batcher (router.batcher: concurrent requests for the same
+in-process version share one scoring call, as the deployment's batching settings allow); the other arm, when the rollout asks for it, is scored in shadow. In
 canary mode a challenger that fails to answer is replaced by the champion (its error is recorded).
 Every answered request becomes one PairRecord per row, written by the recorder.
 
@@ -23,8 +24,10 @@ Shadow share: in canary mode the other arm shadows a share shadow_rate of reques
 but a canary weight of 0 (mode "shadow", or the shadow phase of "shadow_then_canary") the challenger
 shadows a share shadow_rate of requests, every request when shadow_rate is 0 (a shadow rollout that
 scores nothing would be pointless). That configured share is the sample. Under load the shadow
-pool lowers a deployment's own share (load shedding, see router.shadow); a sampled request whose
-id falls outside the lowered share is recorded as skipped ("shed"): coverage lost, not an error.
+pool lowers a deployment's own share (load shedding, see router.shadow: when its jobs wait too long,
+or when, with this process's requests crowding each other most of the time, shadow scoring takes
+more than shadow_cpu_budget of its CPU); a sampled request whose id falls outside the lowered share is
+recorded as skipped ("shed"): coverage lost, not an error.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from router.backends import Backend, MissingBackend, Predictions
+from router.batcher import Arrival, Batcher
 from router.breaker import BUSY, CIRCUIT_OPEN, Guards, is_fault
 from router.errors import BackendError, ModelUnavailable
 from router.exchange import ArmResult, Exchange
@@ -86,6 +90,9 @@ class DataPlane:
         self.idle.set()
         self._inflight = 0
         self._inflight_lock = threading.Lock()
+        self._serving = 0  # requests inside serve() now
+        self._crowded_s = 0.0  # seconds at least two were, up to _crowded_since
+        self._crowded_since = 0.0
         self.shadow = ShadowPool(
             on_settled=self._shadow_settled,
             queue_size=s.shadow_queue_size,
@@ -95,8 +102,11 @@ class DataPlane:
             linger_s=s.shadow_linger_s,
             idle=self.idle,
             on_batch=self._count_batch,
+            crowded=self.crowded_seconds,
+            cpu_budget=s.shadow_cpu_budget,
         )
         self._coverage: dict[str, list[float]] = {}  # deployment -> [scored, sampled], decaying
+        self.batcher = Batcher()
         self.guards = Guards(
             failures=s.breaker_failures, open_s=s.breaker_open_s, limit=s.challenger_concurrency
         )
@@ -105,11 +115,14 @@ class DataPlane:
         self._stop = threading.Event()
         self._gauges: threading.Thread | None = None
         self._reported = (0, 0)
+        self._reported_live = (0, 0)
+        self._reported_cuts: dict[tuple[str, str], int] = {}
 
     @property
     def ready(self) -> bool:
-        """True once the routing table is loaded (every routed version loaded and warmed) until close()."""
-        return self.started and self.routes.loaded and not self.closed
+        """True once the routing table is loaded (every routed version loaded and warmed) until close(),
+        except while a deployment's champion cannot load (RouteTable.unservable)."""
+        return self.started and self.routes.loaded and not self.closed and not self.routes.unservable()
 
     def start(self) -> DataPlane:
         """Load the routing table and start the threads; call once per process, after fork."""
@@ -147,11 +160,21 @@ class DataPlane:
         """Return the deployment's current route (NotReady, DeploymentNotFound)."""
         return self.routes.get(deployment)
 
-    def enter(self) -> None:
-        """Mark a request in flight (shadow work waits for none to be)."""
+    def enter(self, deployment: str | None = None) -> Arrival | None:
+        """Mark a request in flight (shadow work waits for none to be); call answered() once it is.
+
+        With the deployment it asks for, the request is announced to the batcher: an idle lane of
+        that deployment may wait for it (max_batch_delay_ms at most). Pass what this returns to
+        serve() and answered().
+        """
         with self._inflight_lock:
             self._inflight += 1
             self.idle.clear()
+        return None if deployment is None else self.batcher.expect(deployment)
+
+    def answered(self, arrival: Arrival | None = None) -> None:
+        """Mark an entered request answered (or refused): the batcher no longer waits for it."""
+        self.batcher.settle(arrival)
 
     def leave(self) -> None:
         """Mark a request finished, after its response was sent."""
@@ -161,10 +184,50 @@ class DataPlane:
                 self._inflight = 0
                 self.idle.set()
 
+    def crowded_seconds(self) -> float:
+        """Return the seconds (cumulative) during which two or more requests were being served at once.
+
+        One of them then waits for the CPU (the GIL) the other holds: the live path is saturated. A
+        single request at a time (a client that waits for each answer, a moderate load) never counts.
+        """
+        with self._inflight_lock:
+            if self._serving >= 2:
+                return self._crowded_s + time.monotonic() - self._crowded_since
+            return self._crowded_s
+
     def serve(
-        self, route: Route, batch: Batch, *, request_id: str | None = None, routing_key: str | None = None
+        self,
+        route: Route,
+        batch: Batch,
+        *,
+        request_id: str | None = None,
+        routing_key: str | None = None,
+        arrival: Arrival | None = None,
     ) -> Answer:
-        """Answer a validated batch; record it; raise BackendError only if the champion fails."""
+        """Answer a validated batch; record it; raise BackendError only if the champion fails.
+
+        arrival: what enter() returned; it settles when the request reaches the batcher.
+        """
+        with self._inflight_lock:
+            self._serving += 1
+            if self._serving == 2:
+                self._crowded_since = time.monotonic()
+        try:
+            return self._serve(route, batch, request_id, routing_key, arrival)
+        finally:
+            with self._inflight_lock:
+                if self._serving == 2:
+                    self._crowded_s += time.monotonic() - self._crowded_since
+                self._serving -= 1
+
+    def _serve(
+        self,
+        route: Route,
+        batch: Batch,
+        request_id: str | None,
+        routing_key: str | None,
+        arrival: Arrival | None,
+    ) -> Answer:
         received_at = datetime.now(UTC)
         request_id = request_id or uuid.uuid4().hex
         entry = route.entry
@@ -176,12 +239,14 @@ class DataPlane:
         )  # as configured_share
         if canary and arm_for_hash(key_hash, entry.canary_weight) == CHALLENGER:
             served = CHALLENGER
-        exchange = Exchange(
-            request_id, received_at, entry, key_hash, served, batch.frame, columns=batch.columns or None
+        exchange = (
+            Exchange(request_id, received_at, entry, key_hash, served, None, columns=batch.columns)
+            if batch.columns
+            else Exchange(request_id, received_at, entry, key_hash, served, batch.frame)
         )
         if served == CHALLENGER:
             assert challenger is not None
-            exchange.challenger = self._call_guarded(challenger, batch)
+            exchange.challenger = self._call_guarded(challenger, batch, exchange, arrival)
             if exchange.challenger.predictions is not None:
                 self._shadow_or_record(exchange, route)
                 return Answer(CHALLENGER, challenger.version, exchange.challenger.predictions)
@@ -195,7 +260,7 @@ class DataPlane:
                 else "challenger_fallback"
             )
             get_metrics().errors.labels(entry.deployment, code).inc()
-        exchange.champion = _call(route.champion, batch)
+        exchange.champion = self._score(route.champion, batch, exchange, arrival)
         result = exchange.champion
         if served == CHAMPION and exchange.challenger is not None:
             self.recorder.add(exchange)  # fallback: both arms ran inline
@@ -206,20 +271,37 @@ class DataPlane:
             raise result.exception
         return Answer(CHAMPION, route.champion.version, result.predictions)
 
-    def _call_guarded(self, backend: Backend, batch: Batch) -> ArmResult:
+    def _score(
+        self, backend: Backend, batch: Batch, exchange: Exchange, arrival: Arrival | None = None
+    ) -> ArmResult:
+        """Score the answering arm, batched with concurrent requests as the deployment's settings say."""
+        entry = exchange.entry
+        scored = self.batcher.score(
+            backend, batch, entry.batching, deployment=entry.deployment, arrival=arrival
+        )
+        if scored.frame is not None:
+            exchange.batch_frame, exchange.batch_offset = scored.frame, scored.offset
+        return scored.result
+
+    def _call_guarded(
+        self, backend: Backend, batch: Batch, exchange: Exchange, arrival: Arrival | None = None
+    ) -> ArmResult:
         """Call a challenger inline through its bulkhead and circuit breaker (router.breaker)."""
         if isinstance(backend, MissingBackend):  # fails at once, with its own reason: nothing to guard
+            self.batcher.settle(arrival)
             return _call(backend, batch)
         version = backend.version
         guard = self.guards.get(version.id, remote=bool(version.upstream_url))
         if guard.bulkhead is not None and not guard.bulkhead.acquire(blocking=False):
+            self.batcher.settle(arrival)
             return ArmResult(version, None, None, BUSY, ModelUnavailable(BUSY))  # no call: no latency
         try:
             if not guard.breaker.allow():
+                self.batcher.settle(arrival)
                 error = f"{CIRCUIT_OPEN} (last fault: {guard.breaker.last_fault})"
                 return ArmResult(version, None, None, error, ModelUnavailable(error))
             try:
-                result = _call(backend, batch)
+                result = self._score(backend, batch, exchange, arrival)
             except BaseException:
                 guard.breaker.record(True)  # an allowed probe must always report back
                 raise
@@ -288,6 +370,10 @@ class DataPlane:
                 if route.challenger is None:
                     continue
                 m.shadow_share.labels(name).set(configured_share(entry) * self.shadow.share(name))
+            for key, count in list(self.shadow.cuts.items()):
+                m.shadow_cuts.labels(*key).inc(count - self._reported_cuts.get(key, 0))
+                self._reported_cuts[key] = count
+            m.shadow_cpu_share.set(self.shadow.cpu_share)
             for name, counts in list(self._coverage.items()):
                 if counts[1] >= 1.0:
                     m.shadow_coverage.labels(name).set(counts[0] / counts[1])
@@ -300,6 +386,10 @@ class DataPlane:
             m.records_written.inc(written - self._reported[0])
             m.records_spooled.inc(spooled - self._reported[1])
             self._reported = (written, spooled)
+            calls, batched = self.batcher.calls, self.batcher.requests
+            m.live_calls.inc(calls - self._reported_live[0])
+            m.live_batched.inc(batched - self._reported_live[1])
+            self._reported_live = (calls, batched)
         except Exception:  # metrics must never take the data plane down
             log.exception("cannot publish gauges")
 

@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 
 from router.backends import Predictions
+from router.inputs import frame_of
 from storage.entities import ERROR, OK, SKIPPED, PairRecord, PipelineVersion, RoutingEntry
 
 
@@ -49,7 +50,12 @@ class Exchange:
     record per request row reaches the recorder.
 
     `columns`, when given, are the converted arrays `frame` was built from; the shadow pool and
-    `to_records` use them instead of the frame (much cheaper than pandas row access).
+    `to_records` use them instead of the frame (much cheaper than pandas row access). `frame` may be
+    None when `columns` are given (`table()` builds it on demand; `rows` counts the rows).
+
+    `batch_frame` / `batch_offset`: when the answering arm scored this request in a batch with
+    others (router.batcher), the batch's frame and this request's first row in it; the shadow pool
+    scores the same frame when the whole batch is shadowed together.
     """
 
     request_id: str
@@ -57,12 +63,30 @@ class Exchange:
     entry: RoutingEntry
     key_hash: int
     served_arm: str
-    frame: pd.DataFrame
+    frame: pd.DataFrame | None
     champion: ArmResult | None = None
     challenger: ArmResult | None = None
     columns: Mapping[str, Any] | None = field(default=None, repr=False)  # the frame's arrays (Batch.columns)
+    rows: int = 0  # rows of the request (from frame when it is given)
+    batch_frame: pd.DataFrame | None = field(default=None, repr=False)
+    batch_offset: int = 0
     _settled: bool = field(default=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.frame is not None:
+            self.rows = len(self.frame)
+        elif not self.columns:
+            raise ValueError("an Exchange needs its frame or its columns")
+        else:
+            self.rows = len(next(iter(self.columns.values())))
+
+    def table(self) -> pd.DataFrame:
+        """Return the request's own frame (built from its columns if it was not given)."""
+        if self.frame is None:
+            assert self.columns is not None
+            self.frame = frame_of(self.columns)
+        return self.frame
 
     def settle_shadow(self, arm: str, result: ArmResult) -> bool:
         """Set the shadow arm's result if nobody did yet; return whether this call did it."""
@@ -80,7 +104,7 @@ class Exchange:
         """Return one PairRecord per row of the request (row_index 0..k-1)."""
         entry = self.entry
         champion, challenger = self.champion, self.challenger
-        rows = len(self.frame)
+        rows = self.rows
         raw = self._raw_rows(rows) if entry.store_raw_inputs else None
         c_out = _columns(champion, rows)
         h_out = _columns(challenger, rows)
@@ -118,24 +142,29 @@ class Exchange:
                 challenger_status=h_status,
                 skip_reason=skip,
                 shadow_wait_ms=wait,
+                champion_proba=c_out[4][i],
+                challenger_proba=h_out[4][i],
             )
             for i in range(rows)
         ]
 
     def _raw_rows(self, rows: int) -> list[dict[str, Any]]:
         """Return the input rows as `frame.to_dict("records")` would: Python scalars, NaN kept."""
-        arrays: Mapping[Any, Any] = self.columns if self.columns is not None else self.frame
+        arrays: Mapping[Any, Any] = self.columns if self.columns is not None else self.table()
         lists = [(name, arrays[name].tolist()) for name in arrays]
         return [{name: values[i] for name, values in lists} for i in range(rows)]
 
 
-def _columns(result: ArmResult | None, rows: int) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
-    """Return (outputs, classes, scores, values) per row; Nones where the arm gave nothing."""
+def _columns(
+    result: ArmResult | None, rows: int
+) -> tuple[list[Any], list[Any], list[Any], list[Any], list[Any]]:
+    """Return (outputs, classes, scores, values, class probabilities) per row; Nones where the arm gave nothing."""
     nothing: list[Any] = [None] * rows
     if result is None or result.predictions is None:
-        return nothing, nothing, nothing, nothing
+        return nothing, nothing, nothing, nothing, nothing
     outputs = result.predictions.outputs
     if result.version.task == "regression":
-        return outputs, nothing, nothing, outputs
+        return outputs, nothing, nothing, outputs, nothing
     scores = result.predictions.scores or nothing
-    return outputs, [None if o is None else str(o) for o in outputs], scores, nothing
+    probabilities = result.predictions.probabilities or nothing
+    return outputs, [None if o is None else str(o) for o in outputs], scores, nothing, probabilities

@@ -61,7 +61,7 @@ def _predict(deployment: str, protocol: str) -> Response:
     arm = "none"
     # /metrics labels only deployments the router knows: a URL cannot add a series
     label = deployment if deployment in plane.routes.routes else "unknown"
-    plane.enter()
+    arrival = plane.enter(deployment if label != "unknown" else None)
     try:
         try:
             if request_id:
@@ -85,7 +85,9 @@ def _predict(deployment: str, protocol: str) -> Response:
                     check_id(v2_id, "the V2 id")
             request_id = request_id or v2_id or uuid.uuid4().hex
             batch = build_batch(columns, schema, max_rows=plane.settings.max_rows)
-            answer = plane.serve(route, batch, request_id=request_id, routing_key=routing_key)
+            answer = plane.serve(
+                route, batch, request_id=request_id, routing_key=routing_key, arrival=arrival
+            )
             arm = answer.arm
             outputs = answer.predictions.outputs
             if protocol == "mlflow":
@@ -106,6 +108,8 @@ def _predict(deployment: str, protocol: str) -> Response:
         except RouterError as exc:
             response = _json_response(public_error(exc), exc.status)
             get_metrics().errors.labels(label, exc.code).inc()
+        finally:
+            plane.answered(arrival)
         response.headers["X-Request-Id"] = header_value(request_id or uuid.uuid4().hex)
         get_metrics().latency.labels(label, arm).observe(time.perf_counter() - started)
     except BaseException:
@@ -261,19 +265,26 @@ def live() -> Response:
 @blueprint.get("/v2/health/ready")
 @blueprint.get("/readyz")
 def ready() -> Response:
-    """Answer 200 once the routing table and its versions are loaded, else 503."""
+    """Answer 200 once the routing table and its versions are loaded, else 503.
+
+    503 too while a deployment's champion artifact cannot load here (``unservable``: deployment -> why);
+    a challenger that cannot load, or an HTTP upstream that is down, is listed in ``failed_versions`` but
+    leaves the process ready (router.routes says why).
+    """
     plane = dataplane()
+    ready = plane.ready
     body = {
-        "status": "ready" if plane.ready else "not_ready",
-        "ready": plane.ready,
+        "status": "ready" if ready else "not_ready",
+        "ready": ready,
         "deployments": sorted(plane.routes.routes),
         "failed_versions": plane.routes.failures(),
+        "unservable": plane.routes.unservable(),
         "warming": sorted(plane.routes.warming),
         "warmed_ms": dict(plane.routes.warmed),
     }
     if plane.routes.last_error:  # the text (database address, driver message) goes to the log only
         body["storage_error"] = "storage is unavailable; serving the last routing table"
-    return _json_response(body, 200 if plane.ready else 503)
+    return _json_response(body, 200 if ready else 503)
 
 
 @blueprint.get("/metrics")

@@ -14,8 +14,11 @@ is not a number there is a type error. Values of str columns that are numbers be
 
 from __future__ import annotations
 
+import difflib
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -40,9 +43,91 @@ class Batch:
     reads raw inputs from them, both without going through pandas per request.
     """
 
-    frame: pd.DataFrame
     rows: int
     columns: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @cached_property
+    def frame(self) -> pd.DataFrame:
+        """The request's frame, built on first use (a batched request is scored in its batch's frame)."""
+        return frame_of(self.columns)
+
+
+class Text:
+    """A str column's converted values before pandas: an object array of str and NaN.
+
+    pandas' "str" array costs tens of microseconds to build however short it is, so a request keeps
+    its text as a plain object array and the pandas array is built once per frame (`frame_of`,
+    `join_columns`): once per batch of requests rather than once per request. `tolist()` gives what
+    the pandas array's would (str and NaN).
+    """
+
+    __slots__ = ("values",)
+    dtype = "str"
+
+    def __init__(self, values: np.ndarray) -> None:
+        self.values = values
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def tolist(self) -> list[Any]:
+        return list(self.values.tolist())
+
+    def to_pandas(self) -> Any:
+        return _text_array(self.values)
+
+
+# pandas' "str" dtype and its array class, resolved once: `pd.array(values, dtype="str")` infers
+# and resolves them on every call (~50 us); the array class's constructor alone takes ~15.
+_STR = pd.array(np.array(["x"], dtype=object), dtype="str").dtype
+_STR_ARRAY = _STR.construct_array_type()
+
+
+def _text_array(values: np.ndarray) -> Any:
+    """The pandas "str" array of an object array of str and NaN (what `pd.array(values, dtype="str")` gives)."""
+    return _STR_ARRAY._from_sequence(values, dtype=_STR)
+
+
+@functools.lru_cache(maxsize=1024)
+def _column_index(names: tuple[str, ...]) -> pd.Index:
+    return pd.Index(list(names))
+
+
+def _frame(data: dict[str, Any], rows: int) -> pd.DataFrame:
+    """Build a frame of one array per column (registered order), as `pd.DataFrame(data, copy=False)` does.
+
+    Scoring one request costs the router little besides building this frame, and pandas' own
+    constructor from a dict spends most of its ~0.45 ms inferring what is known here (the column
+    index, that each value is already an array of the right length). So numpy arrays of plain
+    types and pandas extension arrays (strings) go straight into the frame's blocks; anything else
+    (a datetime Series) takes the constructor's path.
+    """
+    arrays = list(data.values())
+    if all(
+        (isinstance(a, np.ndarray) and a.ndim == 1 and a.dtype.kind in "biufO")
+        or isinstance(a, ExtensionArray)
+        for a in arrays
+    ) and all(len(a) == rows for a in arrays):
+        return pd.DataFrame._from_arrays(
+            arrays,
+            columns=_column_index(tuple(data)).copy(),  # a copy: a pipeline may rename its frame's index
+            index=pd.RangeIndex(rows),
+            verify_integrity=False,
+        )
+    return pd.DataFrame(data, columns=list(data), copy=False)
+
+
+def frame_of(columns: Mapping[str, Any]) -> pd.DataFrame:
+    """Build the frame of converted columns (registered order), text columns as pandas "str" arrays."""
+    data = {name: a.to_pandas() if isinstance(a, Text) else a for name, a in columns.items()}
+    return _frame(data, len(next(iter(data.values()))) if data else 0)
+
+
+def _near(name: str, sent: Sequence[str]) -> str:
+    """``plan (did you mean 'Plan'?)`` when a sent column is a near miss of a missing one (case, typo)."""
+    by_case = [c for c in sent if c.lower() == name.lower()]
+    close = by_case or difflib.get_close_matches(name, list(sent), n=1, cutoff=0.75)
+    return f"{name} (did you mean {close[0]!r}?)" if close else name
 
 
 def build_batch(columns: Mapping[str, Sequence[Any]], schema: Sequence[Column], *, max_rows: int) -> Batch:
@@ -51,9 +136,12 @@ def build_batch(columns: Mapping[str, Sequence[Any]], schema: Sequence[Column], 
     if not columns or all(len(v) == 0 for v in columns.values()):
         raise InvalidInput("the batch is empty: send at least one row", code="empty_batch")
     missing = [name for name in wanted if name not in columns]
-    if missing:
-        raise InvalidInput(f"missing column(s): {', '.join(missing)}", code="missing_columns")
     unknown = [str(name) for name in columns if name not in set(wanted)]
+    if missing:
+        raise InvalidInput(
+            f"missing column(s): {', '.join(_near(name, unknown) for name in missing)}",
+            code="missing_columns",
+        )
     if unknown:
         raise InvalidInput(
             f"unknown column(s): {', '.join(unknown)}; this deployment takes {', '.join(wanted)}",
@@ -70,7 +158,7 @@ def build_batch(columns: Mapping[str, Sequence[Any]], schema: Sequence[Column], 
             f"the batch has {rows} rows; at most {max_rows} are accepted", code="too_many_rows"
         )
     data = {c.name: convert_column(c, columns[c.name]) for c in schema}
-    return Batch(pd.DataFrame(data, columns=wanted, copy=False), rows, data)
+    return Batch(rows, data)
 
 
 def join_columns(parts: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
@@ -86,6 +174,11 @@ def join_columns(parts: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     for name in names:
         arrays = [part[name] for part in parts]
         first = arrays[0]
+        if all(isinstance(a, Text) for a in arrays):  # text: one pandas array for the whole batch
+            data[name] = _text_array(np.concatenate([a.values for a in arrays]))
+            continue
+        arrays = [a.to_pandas() if isinstance(a, Text) else a for a in arrays]
+        first = arrays[0]
         if all(isinstance(a, np.ndarray) for a in arrays):
             data[name] = np.concatenate(arrays)
         elif isinstance(first, ExtensionArray) and all(
@@ -94,7 +187,7 @@ def join_columns(parts: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
             data[name] = type(first)._concat_same_type(arrays)
         else:
             data[name] = pd.concat([pd.Series(a, copy=False) for a in arrays], ignore_index=True)
-    return pd.DataFrame(data, columns=names, copy=False)
+    return _frame(data, sum(len(part[names[0]]) for part in parts))
 
 
 def convert_column(column: Column, values: Sequence[Any]) -> Any:
@@ -167,7 +260,7 @@ def _boolean(column: Column, values: Sequence[Any]) -> Any:
     return np.array(out, dtype=object) if has_na else np.array(out, dtype=bool)
 
 
-def _text(column: Column, values: Sequence[Any]) -> Any:
+def _text(column: Column, values: Sequence[Any]) -> Text:
     out: list[Any] = []
     for value in values:
         if isinstance(value, str):
@@ -181,7 +274,9 @@ def _text(column: Column, values: Sequence[Any]) -> Any:
                 raise _type_error(column, "an integer of more than 4300 digits", "a string") from exc
         else:
             raise _type_error(column, value, "a string")
-    return pd.array(out, dtype="str")
+    array = np.empty(len(out), dtype=object)
+    array[:] = out
+    return Text(array)
 
 
 def _type_error(column: Column, value: Any, expected: str) -> InvalidInput:

@@ -33,11 +33,15 @@ class Metrics:
     shadow_wait: Any  # Histogram(deployment), seconds a shadow job waited in the queue
     shadow_share: Any  # Gauge(deployment): effective shadow share after load shedding
     shadow_coverage: Any  # Gauge(deployment): scored / sampled shadow jobs, recent
+    shadow_cuts: Any  # Counter(deployment, reason): load shedding's cuts of the share, by cause
+    shadow_cpu_share: Any  # Gauge: shadow scoring's part of the process's CPU, last window
     recorder_lag: Any  # Gauge, seconds between a request and its write
     recorder_queue: Any  # Gauge, rows in memory
     spool_rows: Any  # Gauge, rows in this process's spool
     records_written: Any  # Counter
     records_spooled: Any  # Counter
+    live_calls: Any  # Counter: scoring calls of the answering arm through the batcher
+    live_batched: Any  # Counter: requests those calls scored (mean batch = batched / calls)
 
 
 def multiprocess() -> bool:
@@ -98,6 +102,18 @@ def get_metrics() -> Metrics:
                     ["deployment"],
                     multiprocess_mode="livemin",
                 ),
+                shadow_cuts=Counter(
+                    "mlcanary_shadow_share_cuts",
+                    "Times load shedding lowered a deployment's shadow share, by cause: queue (jobs waited "
+                    "too long or were refused) or cpu (shadow scoring over its CPU budget at saturation)",
+                    ["deployment", "reason"],
+                ),
+                shadow_cpu_share=Gauge(
+                    "mlcanary_shadow_cpu_share",
+                    "Part of the process's CPU time shadow scoring took, last window (the budget applies at "
+                    "saturation)",
+                    multiprocess_mode="livemax",
+                ),
                 shadow_batch_size=Histogram(
                     "mlcanary_shadow_batch_size",
                     "Requests scored per shadow micro-batch",
@@ -125,6 +141,13 @@ def get_metrics() -> Metrics:
                 ),
                 records_written=Counter("mlcanary_records_written", "Paired rows stored"),
                 records_spooled=Counter("mlcanary_records_spooled", "Paired rows written to the spool"),
+                live_calls=Counter(
+                    "mlcanary_live_batches", "Scoring calls on the live path (adaptive batching)"
+                ),
+                live_batched=Counter(
+                    "mlcanary_live_batched_requests",
+                    "Requests scored by those calls (requests per live batch = this / mlcanary_live_batches)",
+                ),
             )
     return _metrics
 

@@ -97,7 +97,7 @@ class Recorder:
             return
         with self._count_lock:
             self._queue.append(exchange)
-            self._pending_rows += len(exchange.frame)
+            self._pending_rows += exchange.rows
         if self._pending_rows >= self.batch_size:
             self._wake.set()
 
@@ -141,7 +141,7 @@ class Recorder:
                 with self._count_lock:
                     while self._queue and len(taken) < self.batch_size:
                         exchange = self._queue.popleft()
-                        self._pending_rows -= len(exchange.frame)
+                        self._pending_rows -= exchange.rows
                         taken.append(exchange)
                 for exchange in taken:
                     batch.extend(exchange.to_records())

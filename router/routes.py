@@ -3,7 +3,13 @@
 Requests never query the database: they read `RouteTable.routes`, a dict replaced as a whole (one
 reference assignment) after every change. Backends are cached per pipeline version id (a version's
 artifact never changes) and loaded by the refresh thread, never by a request. A version that fails
-to load is a MissingBackend until load_retry_interval has passed, then tried again.
+to load is a MissingBackend until load_retry_interval has passed, then tried again; the failure is
+logged once per load_failure_log_interval (a minute), not at every retry. While a deployment's
+champion artifact cannot load in this process (an untrusted type, a missing module, a pickle without
+trust_pickle), the process is not ready (`unservable`, /readyz 503): its requests would fail here, and
+another router configured right could serve them. An HTTP upstream that is down leaves the process
+ready (every router sees the same server; see docs/pipelines.md), and so does a challenger that cannot
+load: the champion answers its requests. Both are listed in `failures`.
 
 Warm before routing: a newly loaded version is scored once, in this process, on its golden rows
 (or, without a golden set, on one typical row built from its input profile or schema) before the
@@ -63,10 +69,14 @@ class RouteTable:
         self._clock = clock
         self._backends: dict[int, Backend] = {}
         self._failed_at: dict[int, float] = {}
+        self._logged: dict[int, tuple[float, str]] = {}  # version id -> (when, reason) last logged
         self._parity: dict[int, bool] = {}  # version id -> passed the parity gate when loaded
         self.warming: set[str] = set()  # refs of the versions being loaded and warmed now
         self.warmed: dict[str, float] = {}  # ref -> milliseconds its warm-up call took
         self._entries: dict[str, RoutingEntry] | None = None
+        self._stamp: tuple[tuple[Any, ...], ...] | None = None  # the storage stamp of the last full read
+        self._read_at = float("-inf")  # when the table was last read whole (clock)
+        self.reads = 0  # full reads of the table
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -80,8 +90,25 @@ class RouteTable:
         return route
 
     def refresh(self) -> bool:
-        """Read the table once and swap in new routes if anything changed; return whether it did."""
+        """Read the table if it changed and swap in new routes if anything did; return whether it did.
+
+        Every call reads the table's stamp (`RoutingRepository.stamp`: one small query, no JSON of
+        the versions); the whole table is read only when the stamp differs from the last load's, a
+        version that failed to load is due for a retry, or table_reload_interval has passed since the
+        last full read (so that even a change written around the repositories is seen at last).
+        """
+        retry_due = any(
+            self._clock() - at >= self.settings.load_retry_interval for at in self._failed_at.values()
+        )
         try:
+            stamp = self.store.routing.stamp()  # before the table: a change between the two reloads again
+            if (
+                stamp == self._stamp
+                and not retry_due
+                and self._clock() - self._read_at < self.settings.table_reload_interval
+            ):
+                self.last_error = None
+                return False
             entries = self.store.routing.load_table()
         except StorageError as exc:
             if self.last_error is None:
@@ -89,9 +116,8 @@ class RouteTable:
             self.last_error = str(exc)
             return False
         self.last_error = None
-        retry_due = any(
-            self._clock() - at >= self.settings.load_retry_interval for at in self._failed_at.values()
-        )
+        self.reads += 1
+        self._stamp, self._read_at = stamp, self._clock()
         if entries == self._entries and not retry_due:
             return False
         routes = {
@@ -114,6 +140,7 @@ class RouteTable:
                 self.warmed.pop(gone.version.ref, None)
                 gone.close()
                 self._failed_at.pop(version_id, None)
+                self._logged.pop(version_id, None)
                 self._parity.pop(version_id, None)
         return True
 
@@ -192,9 +219,18 @@ class RouteTable:
         try:
             backend = self._factory(version, self.settings)
             if isinstance(backend, MissingBackend):
-                log.error("cannot load %s: %s", version.ref, backend.reason)
-                self._failed_at[version.id] = self._clock()
+                self._failed_at[version.id] = now = self._clock()
+                last = self._logged.get(version.id)
+                interval = self.settings.load_failure_log_interval
+                if last is None or last[1] != backend.reason or now - last[0] >= interval:
+                    log.error(
+                        "cannot load %s: %s (retried every %gs; logged again in %gs if it still fails)",
+                        version.ref, backend.reason, self.settings.load_retry_interval, interval,
+                    )  # fmt: skip
+                    self._logged[version.id] = (now, backend.reason)
             else:
+                if self._logged.pop(version.id, None) is not None:
+                    log.info("loaded %s (it had failed to load)", version.ref)
                 self._failed_at.pop(version.id, None)
                 self.warmed[version.ref] = warm(backend, max_rows=self.settings.max_rows)
         finally:
@@ -205,6 +241,14 @@ class RouteTable:
     def failures(self) -> dict[str, str]:
         """Return version ref → why it could not be loaded, for the versions currently routed."""
         return {b.version.ref: b.reason for b in self._backends.values() if isinstance(b, MissingBackend)}
+
+    def unservable(self) -> dict[str, str]:
+        """Return deployment → why its champion's artifact cannot load in this process (its requests fail)."""
+        return {
+            name: route.champion.reason
+            for name, route in self.routes.items()
+            if isinstance(route.champion, MissingBackend) and route.champion.version.kind == "artifact"
+        }
 
     def start(self) -> None:
         """Load the table once now (so a ready process is ready at once), then poll in a thread."""

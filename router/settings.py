@@ -20,8 +20,13 @@ def _default_spool_dir() -> Path:
 class RouterSettings:
     """Every knob of a router process; defaults suit one host with a few workers.
 
-    refresh_interval: seconds between two reads of the routing table (a change is live within it).
+    refresh_interval: seconds between two looks at the routing table (a change is live within it):
+        each reads a small stamp of what routing depends on, and the whole table only if it changed.
+    table_reload_interval: the whole table is read at least this often even when the stamp is the
+        same (a backstop for a change written to the database around mlcanary's repositories).
     load_retry_interval: seconds before a version that failed to load is tried again.
+    load_failure_log_interval: a version that keeps failing to load is logged once per this many
+        seconds (and at once when the reason changes), not at every retry.
     shadow_queue_size / shadow_workers / shadow_batch_max: the bounded shadow queue, the threads
         scoring it, and the most requests scored in one micro-batch.
     shadow_timeout_s: a shadow call whose own scoring (from the moment it started) runs this long is the
@@ -31,6 +36,15 @@ class RouterSettings:
         long again, for the process to be idle (no request in flight), so that shadow work runs
         between requests. Longer: bigger batches, less CPU per shadowed request, later records. It is
         capped at a quarter of shadow_timeout_s, so lingering never spends more than half the timeout.
+    shadow_cpu_budget: the most of a router process's CPU time shadow scoring may take while the
+        process is saturated (two or more requests being served at once, one waiting for the
+        other's CPU, at least 75% of a second); beyond it the shadow share of the deployments
+        scoring most is cut, and it grows back when the pressure goes (router.shadow). Below
+        saturation shadow scoring is never cut for CPU. 1 turns this off. The default, 0.15, is
+        1 minus the champion's 0.85 throughput target; measured at saturation (bench/saturation.py,
+        N=1), shadow scoring of an identical challenger took 2-5% of the process's CPU and a
+        gradient-boosting one against a linear champion 2-7% (peaks near 20% for one second), so
+        such challengers keep their whole sample and only a costlier one is cut.
     recorder_batch / recorder_flush_interval / recorder_queue_size: rows per insert, the longest a
         record waits before a write, and the records held in memory (beyond them, records go
         straight to the spool).
@@ -56,12 +70,15 @@ class RouterSettings:
     """
 
     refresh_interval: float = 0.25
+    table_reload_interval: float = 30.0
     load_retry_interval: float = 5.0
+    load_failure_log_interval: float = 60.0
     shadow_queue_size: int = 10_000
     shadow_workers: int = 1
     shadow_batch_max: int = 256
     shadow_timeout_s: float = 2.0
     shadow_linger_s: float = 0.25
+    shadow_cpu_budget: float = 0.15
     recorder_batch: int = 1000
     recorder_flush_interval: float = 0.2
     recorder_queue_size: int = 50_000
@@ -86,3 +103,7 @@ class RouterSettings:
                 continue
             if value <= 0:
                 raise ValueError(f"RouterSettings.{f.name} must be positive, got {value!r}")
+        if self.shadow_cpu_budget > 1:
+            raise ValueError(
+                f"RouterSettings.shadow_cpu_budget must be at most 1, got {self.shadow_cpu_budget!r}"
+            )

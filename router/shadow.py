@@ -39,6 +39,22 @@ interval, down to min_share); when the lane's oldest job is younger than half th
 by share_step. A lane whose own call ran past the timeout
 recently is left alone: that backlog is the arm's slowness, already charged, not the router's load. The data plane scores only requests whose
 id falls in the share (`split.sampled`), so the scored sample stays a random one.
+
+CPU shedding: a pool that keeps up can still slow the champion, because its scoring takes the CPU
+(and the GIL) the live requests need. So the pool also watches its own cost: every cpu_window_s it
+compares the CPU time its calls took (each worker's `time.thread_time`, per lane) with the whole
+process's (`time.process_time`). When the live path was saturated over the window (`crowded`, the
+seconds during which two or more requests were being served at once, so that one waited for the
+CPU the other held, grew by at least SATURATED of the window) and shadow scoring took
+more than cpu_budget of the process's CPU, each lane above its part of the budget (the budget divided
+among the lanes that scored) has its share cut in proportion (times part / spent, kept within
+0.25..0.75: scoring's cost falls more slowly than the share, a micro-batch costs more than its rows).
+The share grows again by share_step each control interval once the live path is no longer
+saturated, and by one share_step per window while it stays saturated with shadow scoring under
+CALM of the budget, so the share settles where shadow scoring takes about the budget. At a load
+the process answers one request at a time (a moderate rate, or one client waiting for each answer)
+nothing is cut: coverage stays whole.
+Every cut is counted by cause (`cuts`: "queue" for queue age and refusals, "cpu" for the budget).
 """
 
 from __future__ import annotations
@@ -49,10 +65,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import pandas as pd
 
-from router.backends import Backend
+from router.backends import Backend, predict_parts
 from router.errors import BackendError
 from router.exchange import ArmResult, Exchange
 from router.inputs import join_columns
@@ -66,6 +83,11 @@ SHUTDOWN = "shutdown"
 SHED = "shed"
 STARVED = "starved"
 TIMED_OUT = "shadow_timeout: its own scoring ran past the shadow timeout"
+# why a lane's share was cut (ShadowPool.cuts, the metric mlcanary_shadow_share_cuts_total)
+CUT_QUEUE = "queue"  # its jobs waited too long, expired or were refused
+CUT_CPU = "cpu"  # shadow scoring took more than its CPU budget while the live path was saturated
+SATURATED = 0.75  # the live path is saturated when requests crowded each other this much of a window
+CALM = 0.8  # at saturation the share grows again only while shadow CPU is below this much of the budget
 
 
 @dataclass
@@ -96,6 +118,7 @@ class _Lane:
     share: float = 1.0
     pressure: int = 0  # jobs expired or refused since the last control step
     last_cut: float = float("-inf")
+    cpu_s: float = 0.0  # CPU time its calls took in the current CPU window
     charged_at: float = float("-inf")  # when a call of this lane last ran past the timeout
 
 
@@ -117,6 +140,9 @@ class ShadowPool:
         min_share: float = 0.02,
         share_step: float = 0.05,
         max_stuck: int = 8,
+        crowded: Callable[[], float] | None = None,
+        cpu_budget: float | None = None,
+        cpu_window_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.on_settled = on_settled
@@ -132,11 +158,20 @@ class ShadowPool:
         self.min_share = min_share
         self.share_step = share_step
         self.max_stuck = max_stuck
+        # CPU shedding needs both: the seconds (cumulative) the live path was crowded, and a budget
+        self.crowded = crowded
+        self.cpu_budget = cpu_budget
+        self.cpu_window_s = cpu_window_s
         self.clock = clock
         self.control_interval = max(0.01, min(0.25, timeout_s / 8))
         self._enough = min(batch_max, queue_size)  # queued jobs that end a linger at once
         self.dropped = 0  # submissions refused (queue_full, budget, shutdown)
         self.batches = 0
+        self.cuts: dict[tuple[str, str], int] = {}  # (deployment, CUT_*) -> share cuts
+        self.cpu_share = 0.0  # shadow scoring's part of the process's CPU, last window
+        self.saturated = False  # the live path was saturated over the last window
+        self._window: tuple[float, float, float] | None = None  # (wall, process CPU, crowded) at its start
+        self._calm = True  # the last window allows the share to grow (see the module docstring)
         self._lanes: dict[str, _Lane] = {}
         self._total = 0
         self._abandoned: set[int] = set()  # worker threads stuck in a charged call (they exit after it)
@@ -265,6 +300,7 @@ class ShadowPool:
             if taken is None:
                 return
             lane, jobs = taken
+            spent = time.thread_time()
             try:
                 self._score(jobs)
             except Exception:  # a worker must survive anything a pipeline does
@@ -272,12 +308,13 @@ class ShadowPool:
                 for job in jobs:
                     result = ArmResult(job.backend.version, error="shadow_failed: internal error")
                     self._settle_job(job, result)
-            if self._finish(lane, me):
+            if self._finish(lane, me, time.thread_time() - spent):
                 return
 
-    def _finish(self, lane: _Lane, me: int) -> bool:
+    def _finish(self, lane: _Lane, me: int, cpu_s: float) -> bool:
         """Free the lane after its call; return True when this thread was replaced and must exit."""
         with self._cond:
+            lane.cpu_s += cpu_s
             lane.running = None
             lane.worker = None
             lane.stuck = False
@@ -306,7 +343,11 @@ class ShadowPool:
                 job.started_at = started_at  # the call starts: from now on its time is the arm's
             started = time.perf_counter()
             try:
-                predictions = backend.predict(_frame(group, joined=names is not None))
+                if names is None:
+                    predictions = backend.predict(_frame(group, joined=False))
+                else:  # an upstream reads the requests' columns; a pipeline scores their frame
+                    parts = [job.exchange.columns for job in group if job.exchange.columns is not None]
+                    predictions = predict_parts(backend, parts, partial(_frame, group, joined=True))
                 error = None
             except BackendError as exc:
                 predictions, error = None, exc.message
@@ -321,7 +362,7 @@ class ShadowPool:
                 self.on_batch(len(group))
             offset = 0
             for job in group:
-                rows = len(job.exchange.frame)
+                rows = job.exchange.rows
                 part = None if predictions is None else predictions.slice(offset, offset + rows)
                 offset += rows
                 self._settle_job(job, ArmResult(backend.version, part, latency, error, wait_ms=job.wait_ms))
@@ -417,22 +458,68 @@ class ShadowPool:
         self._start_worker()
 
     def _control(self, now: float) -> None:
-        """Lower a lane's share when its jobs wait too long, raise it again when the lane drains."""
+        """Lower a lane's share under pressure (queue age, or CPU at saturation); raise it when that goes.
+
+        Under the lock.
+        """
         # a job normally waits up to two lingers (for company, then for an idle moment)
         too_old = max(
             0.5 * self.timeout_s, min(0.9 * self.timeout_s, 2 * self.linger_s + 0.1 * self.timeout_s)
         )
-        for lane in self._lanes.values():
+        factors = self._cpu_step()  # None between two CPU windows
+        for name, lane in self._lanes.items():
             age = now - lane.queue[0].queued_at if lane.queue else 0.0
             if lane.stuck or now - lane.charged_at < 2 * self.timeout_s:
                 pass  # the backlog is the arm's own slowness (charged to it): keep its sample whole
             elif lane.pressure or age > too_old:
                 if now - lane.last_cut >= max(self.control_interval, 0.25 * self.timeout_s):
-                    lane.share = max(self.min_share, lane.share * 0.5)
-                    lane.last_cut = now
-            elif age < 0.5 * too_old and lane.share < 1.0:
+                    self._cut(name, lane, 0.5, CUT_QUEUE, now)
+            elif factors and name in factors:
+                self._cut(name, lane, factors[name], CUT_CPU, now)
+            elif age < 0.5 * too_old and lane.share < 1.0 and self._may_grow(factors):
                 lane.share = min(1.0, lane.share + self.share_step)
             lane.pressure = 0
+
+    def _may_grow(self, factors: dict[str, float] | None) -> bool:
+        """Below saturation a share grows every control step; at saturation once per calm CPU window."""
+        return not self.saturated or (factors is not None and self._calm)
+
+    def _cut(self, name: str, lane: _Lane, factor: float, reason: str, now: float) -> None:
+        if lane.share <= self.min_share:
+            return
+        lane.share = max(self.min_share, lane.share * factor)
+        lane.last_cut = now
+        self.cuts[(name, reason)] = self.cuts.get((name, reason), 0) + 1
+
+    def _cpu_step(self) -> dict[str, float] | None:
+        """At the end of each CPU window: measure, and return the factor for each lane over its part.
+
+        Between windows (or without crowded and a budget) return None. Under the lock.
+        """
+        if self.crowded is None or self.cpu_budget is None:
+            return None
+        wall, cpu, crowded = time.monotonic(), time.process_time(), self.crowded()
+        if self._window is None:
+            self._window = (wall, cpu, crowded)
+            for lane in self._lanes.values():
+                lane.cpu_s = 0.0  # spent before the first window
+            return None
+        wall0, cpu0, crowded0 = self._window
+        if wall - wall0 < self.cpu_window_s:
+            return None
+        self._window = (wall, cpu, crowded)
+        process = cpu - cpu0
+        spent = {name: lane.cpu_s for name, lane in self._lanes.items() if lane.cpu_s > 0}
+        for lane in self._lanes.values():
+            lane.cpu_s = 0.0
+        shadow = sum(spent.values())
+        self.cpu_share = min(1.0, shadow / process) if process > 0 else 0.0
+        self.saturated = crowded - crowded0 >= SATURATED * (wall - wall0)
+        self._calm = not self.saturated or self.cpu_share < CALM * self.cpu_budget
+        if not self.saturated or self.cpu_share <= self.cpu_budget:
+            return {}
+        part = self.cpu_budget * process / len(spent)  # each scoring lane's part of the budget
+        return {name: max(0.25, min(0.75, part / s)) for name, s in spent.items() if s > part}
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop taking jobs, score what is queued within timeout, settle the rest as skipped (shutdown)."""
@@ -482,9 +569,21 @@ def run_queue_wait(tid: int | None) -> float:
 
 
 def _frame(group: list[ShadowJob], *, joined: bool) -> pd.DataFrame:
-    """Return the group's rows as one frame (built from the requests' columns when they have them)."""
+    """Return the group's rows as one frame (built from the requests' columns when they have them).
+
+    When the group is exactly one live batch (router.batcher), its frame is reused as it is and the
+    group is put in the frame's row order (the caller slices the predictions in group order).
+    """
     if len(group) == 1:
-        return group[0].exchange.frame
+        return group[0].exchange.table()
+    shared = group[0].exchange.batch_frame
+    if (
+        shared is not None
+        and all(job.exchange.batch_frame is shared for job in group)
+        and sum(job.exchange.rows for job in group) == len(shared)
+    ):  # the whole live batch is shadowed: score the frame it was built into, rows in its order
+        group.sort(key=lambda job: job.exchange.batch_offset)
+        return shared
     if joined:
         return join_columns([job.exchange.columns for job in group if job.exchange.columns is not None])
-    return pd.concat([job.exchange.frame for job in group], ignore_index=True)
+    return pd.concat([job.exchange.table() for job in group], ignore_index=True)

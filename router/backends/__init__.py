@@ -7,12 +7,23 @@
     └── MissingBackend               a version that could not be loaded; every call says why
 
 Every backend answers `predict(frame)` for a DataFrame in the registered column order with
-Predictions of exactly one entry per row, or raises a router.errors.BackendError.
+Predictions of exactly one entry per row, or raises a router.errors.BackendError. An upstream also
+answers `predict_columns(columns)` for a request's converted columns (it sends them as JSON, so no
+DataFrame is built); callers on the request path go through `predict_batch` / `predict_parts`,
+which use it when the backend has it.
 """
 
 from __future__ import annotations
 
-from router.backends.base import Backend, MissingBackend, Predictions, check_length, plain
+from router.backends.base import (
+    Backend,
+    MissingBackend,
+    Predictions,
+    check_length,
+    plain,
+    predict_batch,
+    predict_parts,
+)
 from router.backends.inprocess import InProcessBackend
 from router.backends.upstream import UpstreamBackend
 from router.errors import BackendError
@@ -28,6 +39,8 @@ __all__ = [
     "check_length",
     "create_backend",
     "plain",
+    "predict_batch",
+    "predict_parts",
 ]
 
 

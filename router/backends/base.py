@@ -7,12 +7,16 @@ chooses between them (no import cycle between router.backends and its implementa
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from router.errors import InvalidOutput, ModelUnavailable
+from router.inputs import Batch
 from storage.entities import PipelineVersion
 
 
@@ -22,10 +26,14 @@ class Predictions:
 
     score: for classifiers, the probability of the positive (second) class when there are two
     classes, else the highest class probability; None when the model gives no probabilities.
+    probabilities: for classifiers of more than two classes, each row's whole probability vector
+    keyed by the class as text (the proper scores and the multi-class AUC need P(true class)); None
+    for two classes (the score says it all) and when the model gives no probabilities.
     """
 
     outputs: list[Any]
     scores: list[float] | None = None
+    probabilities: list[dict[str, float]] | None = None
 
     def __len__(self) -> int:
         return len(self.outputs)
@@ -33,7 +41,8 @@ class Predictions:
     def slice(self, start: int, stop: int) -> Predictions:
         """Return the predictions of rows start..stop-1 (a request's share of a micro-batch)."""
         scores = None if self.scores is None else self.scores[start:stop]
-        return Predictions(self.outputs[start:stop], scores)
+        probabilities = None if self.probabilities is None else self.probabilities[start:stop]
+        return Predictions(self.outputs[start:stop], scores, probabilities)
 
 
 class Backend(Protocol):
@@ -64,13 +73,57 @@ class MissingBackend:
         pass
 
 
+def predict_batch(backend: Backend, batch: Batch) -> Predictions:
+    """Score one validated request: from its converted columns when the backend reads them, else its frame.
+
+    An HTTP upstream (`predict_columns`) re-encodes the request as JSON, so the request's DataFrame
+    is never built for it; an in-process pipeline needs the frame.
+    """
+    read = getattr(backend, "predict_columns", None)
+    if read is not None and batch.columns:
+        predictions: Predictions = read(batch.columns)
+        return predictions
+    return backend.predict(batch.frame)
+
+
+def predict_parts(
+    backend: Backend, parts: Sequence[Mapping[str, Any]], frame: Callable[[], pd.DataFrame]
+) -> Predictions:
+    """Score several requests' rows in one call (a shadow micro-batch): a lone request from its columns.
+
+    frame: builds the frame of the same rows. Several requests are always scored from it: joining
+    their arrays promotes dtypes the way pandas does (an int column meets a missing value), and
+    that frame is built once for the whole batch.
+    """
+    read = getattr(backend, "predict_columns", None)
+    if read is not None and len(parts) == 1:
+        predictions: Predictions = read(parts[0])
+        return predictions
+    return backend.predict(frame())
+
+
 def check_length(version: PipelineVersion, predictions: Predictions, rows: int) -> Predictions:
     """Refuse predictions that do not have exactly one answer (and score) per row."""
-    if len(predictions.outputs) != rows or (
-        predictions.scores is not None and len(predictions.scores) != rows
+    if (
+        len(predictions.outputs) != rows
+        or (predictions.scores is not None and len(predictions.scores) != rows)
+        or (predictions.probabilities is not None and len(predictions.probabilities) != rows)
     ):
         raise InvalidOutput(f"{version.ref} answered {len(predictions.outputs)} predictions for {rows} rows")
     return predictions
+
+
+def probability_rows(
+    classes: Sequence[Any] | npt.NDArray[Any], proba: npt.NDArray[np.float64]
+) -> list[dict[str, float]] | None:
+    """Return each row's class probabilities keyed by the class as text, for more than two classes.
+
+    None for two classes or fewer: the stored score (P(second class)) already holds the vector.
+    """
+    if proba.ndim != 2 or proba.shape[1] <= 2 or proba.shape[1] != len(classes):
+        return None
+    names = [str(c) for c in classes]
+    return [dict(zip(names, row, strict=True)) for row in proba.tolist()]
 
 
 def plain(value: Any) -> Any:

@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from router.backends.base import probability_rows
+
 ENCODINGS = ("v2-columns", "v2-tensor", "mlflow")
 KINDS = ("mlserver", "kserve", "triton", "mlflow")
 TENSOR_DATATYPES = ("FP64", "FP32", "INT64", "INT32", "BYTES")
@@ -252,10 +254,15 @@ class Answer:
     outputs: list[Any]
     scores: list[float] | None
     classes_width: int | None = None  # the probability tensor's second dimension, when there is one
+    probabilities: list[dict[str, float]] | None = None  # > 2 classes: each row's vector by class
 
 
-def read_v2(config: UpstreamConfig, document: Any, task: str) -> Answer:
-    """Read a V2 answer: the configured output for classes or values, and probabilities or scores."""
+def read_v2(config: UpstreamConfig, document: Any, task: str, classes: Sequence[Any] | None = None) -> Answer:
+    """Read a V2 answer: the configured output for classes or values, and probabilities or scores.
+
+    ``classes``: the version's classes in the model's column order; with more than two of them and a
+    probability tensor as wide, each row's vector is kept keyed by class (``Answer.probabilities``).
+    """
     if not isinstance(document, dict) or not isinstance(document.get("outputs"), list):
         raise ValueError('the answer has no "outputs" list')
     outputs = {o["name"]: o for o in document["outputs"] if isinstance(o, dict) and "name" in o}
@@ -271,6 +278,7 @@ def read_v2(config: UpstreamConfig, document: Any, task: str) -> Answer:
         return Answer(labels, None)
     scores = None
     width = None
+    probabilities = None
     if config.score_output and config.score_output in outputs:
         scores = [float(v) for v in _flat(outputs[config.score_output]["data"])]
     elif config.proba_output and config.proba_output in outputs:
@@ -280,11 +288,16 @@ def read_v2(config: UpstreamConfig, document: Any, task: str) -> Answer:
             raise ValueError(f"output {config.proba_output!r} has shape {tensor['shape']}, not [n, classes]")
         width = int(proba.shape[1])
         scores = (proba[:, 1] if width == 2 else proba.max(axis=1)).tolist()
-    return Answer(labels, scores, width)
+        probabilities = probability_rows(classes or (), proba)
+    return Answer(labels, scores, width, probabilities)
 
 
 def read_mlflow(config: UpstreamConfig, document: Any, task: str) -> Answer:
-    """Read an MLflow answer: {"predictions": [...]} or a bare list, of scalars or records."""
+    """Read an MLflow answer: {"predictions": [...]} or a bare list, of scalars or records.
+
+    A record's score may be a mapping of more than two classes to their probabilities: it is kept as
+    the row's vector (``Answer.probabilities``) and its top probability is the score.
+    """
     predictions = document["predictions"] if isinstance(document, dict) else document
     if not isinstance(predictions, list):
         raise ValueError("the answer has no predictions list")
@@ -297,18 +310,28 @@ def read_mlflow(config: UpstreamConfig, document: Any, task: str) -> Answer:
     score_keys = [k for k in (config.score_output, config.proba_output) if k] + ["score", "probability"]
     labels: list[Any] = []
     scores: list[float] | None = []
+    vectors: list[dict[str, float]] | None = []
     for item in predictions:
         if isinstance(item, dict):
             labels.append(next((item[k] for k in label_keys if k in item), None))
             score = next((item[k] for k in score_keys if k in item), None)
+            if isinstance(score, dict) and len(score) > 2 and vectors is not None:
+                # a record's class probabilities ({"setosa": 0.9, ...}): the top one is the score
+                vector = {str(k): float(v) for k, v in score.items()}
+                vectors.append(vector)
+                score = max(vector.values())
+            else:
+                vectors = None
             if score is None or scores is None:
                 scores = None
             else:
                 scores.append(float(score))
         else:
             labels.append(item)
-            scores = None
-    return Answer(labels, scores if task == "classification" else None)
+            scores = vectors = None
+    if task != "classification":
+        return Answer(labels, None)
+    return Answer(labels, scores, probabilities=vectors or None)
 
 
 def _flat(data: Any) -> list[Any]:

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from router.backends.base import Predictions, check_length
+from router.backends.base import Predictions, check_length, probability_rows
 from router.errors import BackendError, InputRejected, InvalidOutput, ModelUnavailable
 from storage.artifacts import load_artifact
 from storage.entities import PipelineVersion
@@ -19,7 +19,8 @@ class InProcessBackend:
 
     Classifiers are asked for predict_proba once: the class is the most probable one (what predict
     answers for probabilistic classifiers) and the score is the positive-class probability for two
-    classes, else the top probability. Classifiers without predict_proba give classes only.
+    classes, else the top probability, with the whole vector (``Predictions.probabilities``).
+    Classifiers without predict_proba give classes only.
     Regressors give their value.
     """
 
@@ -73,7 +74,7 @@ class InProcessBackend:
             )
         labels = self._classes[proba.argmax(axis=1)].tolist()
         scores = proba[:, 1] if proba.shape[1] == 2 else proba.max(axis=1)
-        return Predictions(labels, scores.tolist())
+        return Predictions(labels, scores.tolist(), probability_rows(self._classes, proba))
 
     def close(self) -> None:
         pass

@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import numpy as np
 import pandas as pd
 
 from router.backends.base import Predictions, check_length, plain
 from router.backends.connections import ConnectError, ConnectionPool, Timeout
-from router.backends.encodings import ConfigError, UpstreamConfig, encode, read_mlflow, read_v2
+from router.backends.encodings import Answer, ConfigError, UpstreamConfig, encode, read_mlflow, read_v2
 from router.errors import BackendError, InputRejected, InvalidOutput, ModelTimeout, ModelUnavailable
 from storage.entities import PipelineVersion
 
@@ -93,12 +95,34 @@ class UpstreamBackend:
             )
 
     def predict(self, frame: pd.DataFrame) -> Predictions:
-        labels, scores = self.answer(frame)
-        return check_length(self.version, self._shape(labels, scores), len(frame))
+        answer = self._read(frame)
+        labels = [plain(v) for v in answer.outputs]
+        return check_length(
+            self.version, self._shape(labels, answer.scores, answer.probabilities), len(frame)
+        )
+
+    def predict_columns(self, columns: Mapping[str, Any]) -> Predictions:
+        """Score one request from its converted columns (`router.inputs.Batch.columns`), no DataFrame.
+
+        What the router calls on its request path: the upstream is sent JSON, and building a
+        DataFrame only to read its columns back cost twice the HTTP call's own CPU (~1.3 ms for a
+        one-row request); each array's `tolist()` gives the values the frame's column would.
+        """
+        values = _plain_columns(columns)
+        answer = self._answer(values)
+        labels = [plain(v) for v in answer.outputs]
+        rows = len(next(iter(values.values()))) if values else 0
+        return check_length(self.version, self._shape(labels, answer.scores, answer.probabilities), rows)
 
     def answer(self, frame: pd.DataFrame) -> tuple[list[Any], list[float] | None]:
         """The server's answers as it sent them (classes or values, and scores), before any conversion."""
-        columns = {str(name): [_cell(v) for v in frame[name].tolist()] for name in frame.columns}
+        answer = self._read(frame)
+        return [plain(v) for v in answer.outputs], answer.scores
+
+    def _read(self, frame: pd.DataFrame) -> Answer:
+        return self._answer({str(name): [_cell(v) for v in frame[name].tolist()] for name in frame.columns})
+
+    def _answer(self, columns: dict[str, list[Any]]) -> Answer:
         try:
             body = encode(self.config, columns, self._dtypes)
         except ValueError as exc:
@@ -107,12 +131,12 @@ class UpstreamBackend:
         task = self.version.task
         try:
             if self.protocol == "v2":
-                answer = read_v2(self.config, document, task)
+                answer = read_v2(self.config, document, task, self.version.classes)
             else:
                 answer = read_mlflow(self.config, document, task)
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise InvalidOutput(f"{self.version.ref} answered an unreadable body: {exc}") from exc
-        return [plain(v) for v in answer.outputs], answer.scores
+        return answer
 
     def _post(self, body: bytes) -> Any:
         attempt = 0
@@ -142,7 +166,12 @@ class UpstreamBackend:
         except ValueError as exc:
             raise InvalidOutput(f"{self.version.ref} answered a body that is not JSON") from exc
 
-    def _shape(self, labels: list[Any], scores: list[float] | None) -> Predictions:
+    def _shape(
+        self,
+        labels: list[Any],
+        scores: list[float] | None,
+        probabilities: list[dict[str, float]] | None = None,
+    ) -> Predictions:
         if self.version.task == "regression":
             values = []
             for v in labels:
@@ -152,7 +181,7 @@ class UpstreamBackend:
             return Predictions(values)
         if any(isinstance(v, dict | list) for v in labels):
             raise InvalidOutput(f"{self.version.ref} answered nested values instead of classes")
-        return Predictions(labels, scores)
+        return Predictions(labels, scores, probabilities)
 
     def close(self) -> None:
         self._pool.close()
@@ -180,6 +209,19 @@ def _health_url(config: UpstreamConfig, url: str) -> str | None:
         return url.removesuffix("/infer") + "/ready"
     base = url.removesuffix("/invocations")
     return base + "/ping"
+
+
+def _plain_columns(columns: Mapping[str, Any]) -> dict[str, list[Any]]:
+    """A request's converted arrays as plain Python lists (None for a missing value)."""
+    values: dict[str, list[Any]] = {}
+    for name, array in columns.items():
+        if isinstance(array, np.ndarray) and (
+            array.dtype.kind in "iub" or (array.dtype.kind == "f" and not np.isnan(array).any())
+        ):
+            values[str(name)] = array.tolist()  # no missing value to turn into None
+        else:
+            values[str(name)] = [_cell(v) for v in array.tolist()]
+    return values
 
 
 def _cell(value: Any) -> Any:

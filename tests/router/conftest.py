@@ -1,4 +1,7 @@
-"""Router fixtures: a SQLite store with real fitted pipelines, started data planes, loopback servers."""
+"""Router fixtures: a deployment with a real fitted pipeline, loopback servers, a TCP proxy.
+
+The SQLite store, the router settings and `make_app` are shared with tests/peers in tests/conftest.py.
+"""
 
 from __future__ import annotations
 
@@ -10,50 +13,10 @@ from typing import Any
 
 import mlpipes
 import pytest
-from flask import Flask
 from tcpproxy import TcpProxy
 from werkzeug.serving import make_server
 
-from router import create_app
-from router.settings import RouterSettings
-from storage import Database, Store
-
-
-@pytest.fixture
-def sqlite_store(sqlite_url: str) -> Iterator[Store]:
-    db = Database(sqlite_url)
-    yield Store(db)
-    db.dispose()
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> RouterSettings:
-    return RouterSettings(
-        spool_dir=tmp_path / "spool",
-        refresh_interval=0.05,
-        shadow_linger_s=0.001,
-        shadow_timeout_s=1.0,
-        recorder_flush_interval=0.05,
-        trust_pickle=True,
-        upstream_timeout_s=1.0,
-    )
-
-
-@pytest.fixture
-def make_app(sqlite_store: Store, settings: RouterSettings) -> Iterator[Callable[..., Flask]]:
-    """Build router apps over the SQLite store; every one is closed at the end."""
-    apps: list[Flask] = []
-
-    def make(store: Store | None = None, **overrides: Any) -> Flask:
-        from dataclasses import replace
-
-        app = create_app(store or sqlite_store, replace(settings, **overrides))
-        apps.append(app)
-        return app
-
-    yield make
-    for app in apps:
-        app.extensions["mlcanary.dataplane"].close(timeout=5)
+from storage import Store
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""Routing: table changes reach the router within a second; canary answers are sticky per routing key."""
+"""Routing: table changes reach the router within a second (an unchanged table is not read again);
+canary answers are sticky per routing key."""
 
 from __future__ import annotations
 
@@ -8,8 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import mlpipes
+from sqlalchemy import event
 
+from router.routes import RouteTable
+from router.settings import RouterSettings
 from storage import Store
+from storage.entities import BatchingConfig, NewEvent
 
 FRAME, _ = mlpipes.churn_frame(2, seed=1)
 BODY = {"dataframe_split": json.loads(FRAME.to_json(orient="split", index=False))}
@@ -69,3 +74,56 @@ def test_readiness_waits_for_the_routing_table(sqlite_store: Store, churn: Any, 
     assert client.get("/readyz").status_code == 200
     app.extensions["mlcanary.dataplane"].close(timeout=5)
     assert client.get("/readyz").status_code == 503
+
+
+def test_an_unchanged_table_is_not_read_again_and_every_change_is(
+    store: Store, tmp_path: Path, settings: RouterSettings
+) -> None:
+    champion = mlpipes.register(store, tmp_path, version="1")
+    challenger = mlpipes.register(store, tmp_path, version="2", seed=7)
+    deployment = mlpipes.deploy(store, "churn", champion)
+    now = [0.0]
+    table = RouteTable(store, settings, clock=lambda: now[0])
+    statements: list[str] = []
+
+    def executed(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    def look() -> bool:
+        """One refresh a refresh interval later; return whether it read the versions (the whole table)."""
+        statements.clear()
+        now[0] += settings.refresh_interval
+        table.refresh()
+        return any("pipeline_versions" in s for s in statements)
+
+    event.listen(store.db.engine, "before_cursor_execute", executed)
+    try:
+        assert look() and set(table.routes) == {"churn"}  # the first look reads it all
+        for _ in range(20):
+            assert not look()  # nothing changed: only the stamp
+            assert len([s for s in statements if "deployments" in s]) == 1  # one query per look
+        assert table.reads == 1
+        rollout = mlpipes.start_rollout(store, deployment, challenger, mode="canary", canary_weight=10)
+        assert look() and table.routes["churn"].challenger is not None
+        assert not look()
+        rollout = store.rollouts.update(rollout.id, expected_version=rollout.version, canary_weight=30.0)
+        assert look() and table.routes["churn"].entry.canary_weight == 30.0
+        store.deployments.update("churn", batching=BatchingConfig(max_batch_delay_ms=2.5))
+        assert look() and table.routes["churn"].entry.batching.max_batch_delay_ms == 2.5
+        store.rollouts.update(
+            rollout.id, expected_version=rollout.version, promote_challenger=True, phase="succeeded"
+        )
+        assert look()
+        assert table.routes["churn"].champion.version.id == challenger.id
+        assert table.routes["churn"].challenger is None
+        store.deployments.archive(
+            "churn", event=NewEvent(actor="tests", action="archive", reason="test", message="archived")
+        )
+        assert look() and table.routes == {}
+        assert not look()
+        reads = table.reads
+        now[0] += settings.table_reload_interval  # the backstop: read whole now and then, changed or not
+        assert look() and table.reads == reads + 1
+    finally:
+        event.remove(store.db.engine, "before_cursor_execute", executed)
+        table.close()

@@ -112,6 +112,7 @@ def _baseline(make_app: Any, body: Any, n: int) -> list[tuple[int, Any]]:
 
 def _answer(client: Any, body: Any, request_id: str) -> tuple[int, Any]:
     response = client.post("/v1/models/churn/invocations", json=body, headers={"X-Request-Id": request_id})
+    response.close()  # as a server does once it is sent: the request leaves the data plane
     return response.status_code, response.json
 
 
@@ -244,26 +245,27 @@ def _lane_exchanges(store: Store, deployment: str, n: int, prefix: str) -> list[
 def test_a_job_that_waited_past_the_timeout_is_skipped_not_charged_and_its_queue_wait_is_kept_apart(
     sqlite_store: Store, churn: Any, tmp_path: Path, settings: RouterSettings
 ) -> None:
-    # each call takes 0.15 s of its own (under the 0.3 s timeout); one job per call: the rest queue up
+    # each call takes 0.1 s of its own, far under the 0.6 s timeout even on a loaded machine; one job
+    # per call: the rest queue up, and at most 0.6 / 0.1 = 6 calls start within the first job's timeout
     slow = create_backend(
-        mlpipes.register(sqlite_store, tmp_path, version="2", fault="sleeps", delay=0.15), settings
+        mlpipes.register(sqlite_store, tmp_path, version="2", fault="sleeps", delay=0.1), settings
     )
     settled: list[Exchange] = []
-    pool = ShadowPool(on_settled=settled.append, batch_max=1, linger_s=0.001, timeout_s=0.3, shed=False)
+    pool = ShadowPool(on_settled=settled.append, batch_max=1, linger_s=0.001, timeout_s=0.6, shed=False)
     pool.start()
-    jobs = _exchanges(sqlite_store, 8)
+    jobs = _exchanges(sqlite_store, 12)
     for exchange in jobs:
         pool.submit(exchange, "challenger", slow)
-    _wait(lambda: len(settled) == 8, timeout=5.0)
+    _wait(lambda: len(settled) == 12, timeout=10.0)
     pool.close()
     results = [e.challenger for e in jobs]
     assert all(r is not None and r.status in ("ok", "skipped") for r in results)  # never the arm's error
     skipped = [r for r in results if r is not None and r.status == "skipped"]
     scored = [r for r in results if r is not None and r.status == "ok"]
-    assert len(skipped) >= 3 and scored  # at most 0.3 / 0.15 = 2 calls fit in the first job's timeout
+    assert len(skipped) >= 5 and scored  # at most 0.6 / 0.1 = 6 calls start in the first job's timeout
     assert all(r.skip_reason == EXPIRED and r.error is None and r.latency_ms is None for r in skipped)
-    assert all(r.wait_ms is not None and r.wait_ms >= 300 for r in skipped)
-    assert all(r.latency_ms is not None and r.latency_ms >= 150 and r.wait_ms is not None for r in scored)
+    assert all(r.wait_ms is not None and r.wait_ms >= 600 for r in skipped)
+    assert all(r.latency_ms is not None and r.latency_ms >= 100 and r.wait_ms is not None for r in scored)
     records = [r for e in jobs for r in e.to_records()]
     assert {(r.challenger_status, r.skip_reason) for r in records} == {("ok", None), ("skipped", EXPIRED)}
     assert all(r.challenger_error is None for r in records)
@@ -330,12 +332,18 @@ def test_shedding_keeps_a_random_subset_of_the_sample_decided_by_request_id() ->
     assert {i for i in ids if sampled(i, 0.15)} == shed  # the same ids whichever process decides
 
 
+def _shadow_everything(store: Store, churn: Any, tmp_path: Path) -> str:
+    """Start a shadow rollout of a real challenger (other seed) on every request; return the deployment's name."""
+    deployment, _ = churn
+    challenger = mlpipes.register(store, tmp_path, version="2", seed=4)
+    mlpipes.start_rollout(store, deployment, challenger, mode="shadow", shadow_rate=1.0)
+    return str(deployment.name)
+
+
 def test_metrics_show_shadow_outcomes_queue_wait_and_the_effective_share(
     sqlite_store: Store, churn: Any, tmp_path: Path, make_app: Any
 ) -> None:
-    deployment, _ = churn
-    challenger = mlpipes.register(sqlite_store, tmp_path, version="2", seed=4)
-    mlpipes.start_rollout(sqlite_store, deployment, challenger, mode="shadow", shadow_rate=1.0)
+    _shadow_everything(sqlite_store, churn, tmp_path)
     app = make_app()
     client = app.test_client()
     for i in range(6):
@@ -350,3 +358,152 @@ def test_metrics_show_shadow_outcomes_queue_wait_and_the_effective_share(
     assert re.search(r'^mlcanary_shadow_queue_wait_seconds_count\{deployment="churn"\} [1-9]', text, re.M)
     assert re.search(r'^mlcanary_shadow_effective_share\{deployment="churn"\} 1\.0$', text, re.M)
     assert re.search(r'^mlcanary_shadow_coverage\{deployment="churn"\} 1\.0$', text, re.M)
+
+
+def _hammer(app: Any, stop: threading.Event, answers: list[int], prefix: str) -> None:
+    """Send requests back to back (a closed loop) until stop is set; keep the status codes."""
+    client = app.test_client()
+    i = 0
+    while not stop.is_set():
+        answers.append(_answer(client, BODY, f"{prefix}{i}")[0])
+        i += 1
+
+
+def test_cpu_shedding_cuts_the_share_while_the_live_path_is_saturated_and_restores_it_after(
+    sqlite_store: Store, churn: Any, tmp_path: Path, make_app: Any
+) -> None:
+    name = _shadow_everything(sqlite_store, churn, tmp_path)
+    # every request shadowed one by one (linger 1 ms): shadow scoring takes about half the CPU, far
+    # over a 5% budget; a long timeout keeps the queue young, so any cut is the CPU's
+    app = make_app(shadow_cpu_budget=0.05, shadow_timeout_s=5.0)
+    plane = app.extensions["mlcanary.dataplane"]
+    stop = threading.Event()
+    answers: list[int] = []
+    threads = [
+        threading.Thread(target=_hammer, args=(app, stop, answers, f"s{t}-"), daemon=True) for t in range(8)
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        _wait(lambda: plane.shadow.cuts.get((name, "cpu"), 0) >= 1, timeout=60.0)
+        lowered = plane.shadow.share(name)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+    assert plane.shadow.cuts.get((name, "cpu"), 0) >= 1 and lowered < 1.0
+    _wait(lambda: plane.shadow.share(name) == 1.0, timeout=60.0)  # the load stopped: it comes back
+    assert plane.shadow.share(name) == 1.0
+    plane._publish_gauges()
+    text = app.test_client().get("/metrics").data.decode()
+    cuts = re.search(
+        r'^mlcanary_shadow_share_cuts_total\{deployment="churn",reason="cpu"\} ([\d.]+)$', text, re.M
+    )
+    assert cuts is not None and float(cuts.group(1)) >= 1
+    plane.close(timeout=10)
+    assert answers and set(answers) == {200}  # shedding never touches the answers
+    pairs = [p for p in sqlite_store.pairs.list() if p.request_id.startswith("s") and p.row_index == 0]
+    statuses = {p.challenger_status for p in pairs}
+    assert "error" not in statuses and "ok" in statuses
+    assert any(p.skip_reason == "shed" for p in pairs)  # coverage lost, never an error
+
+
+def test_below_saturation_shadow_scoring_is_never_cut_for_cpu(
+    sqlite_store: Store, churn: Any, tmp_path: Path, make_app: Any
+) -> None:
+    name = _shadow_everything(sqlite_store, churn, tmp_path)
+    # a budget so small that shadow scoring is over it at once; but one request at a time never crowds
+    app = make_app(shadow_cpu_budget=0.001, shadow_timeout_s=5.0)
+    plane = app.extensions["mlcanary.dataplane"]
+    client = app.test_client()
+    sent, until = 0, time.monotonic() + 3.0  # a few CPU windows of it
+    while sent < 20 or time.monotonic() < until:  # a client that waits for each answer: one at a time
+        assert _answer(client, BODY, f"low{sent}")[0] == 200
+        sent += 1
+    plane.close(timeout=10)
+    assert plane.shadow.cpu_share > 0.001  # over the budget, measured...
+    assert not plane.shadow.cuts and plane.shadow.share(name) == 1.0  # ...but never cut
+    pairs = [p for p in sqlite_store.pairs.list() if p.request_id.startswith("low")]
+    assert len(pairs) == 3 * sent and {p.challenger_status for p in pairs} == {"ok"}
+
+
+class _Live:
+    """A live path crowded until stop(); called, its crowded seconds (ShadowPool's `crowded`)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._since = time.monotonic()
+        self._busy = 0.0
+        self.saturated = True
+
+    def stop(self) -> None:
+        with self._lock:
+            self._busy += time.monotonic() - self._since
+            self.saturated = False
+
+    def __call__(self) -> float:
+        with self._lock:
+            return self._busy + (time.monotonic() - self._since if self.saturated else 0.0)
+
+
+def test_cpu_shedding_cuts_only_the_deployment_whose_scoring_takes_the_cpu(
+    sqlite_store: Store, churn: Any, tmp_path: Path, settings: RouterSettings
+) -> None:
+    champion = sqlite_store.pipelines.get_by_ref("churn:1")
+    mlpipes.deploy(sqlite_store, "other", champion)
+    heavy = create_backend(mlpipes.register(sqlite_store, tmp_path, version="2", seed=4), settings)
+    # the other challenger waits 0.5 s per call (an upstream, say) and takes almost no CPU
+    light = create_backend(
+        mlpipes.register(sqlite_store, tmp_path, version="3", fault="sleeps", delay=0.5), settings
+    )
+    heavy.predict(FRAME)  # warm, as the router warms a version before routing to it: a first call's
+    light.predict(FRAME.iloc[:1])  # one-off costs (lazy imports, caches) are not scoring's CPU
+    live = _Live()
+    answering = create_backend(champion, settings)
+
+    def serve() -> None:  # the live path: the champion scores 30-row requests back to back
+        while live.saturated:
+            answering.predict(FRAME)
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    settled: list[Exchange] = []
+    pool = ShadowPool(
+        on_settled=settled.append, workers=2, linger_s=0.001, timeout_s=5.0, crowded=live, cpu_budget=0.3
+    )
+    pool.start()
+    entries = sqlite_store.routing.load_table()
+    stop = threading.Event()
+
+    def feed() -> None:  # as the data plane does: only requests whose id falls in the lane's share
+        i = 0
+        light_due = time.monotonic()
+        while not stop.is_set():
+            # 30-row requests to the heavy one as fast as they come, a one-row request to the light one
+            # five times a second (its calls mostly wait: a few rows each, little CPU however busy the machine)
+            light_turn = time.monotonic() >= light_due
+            if light_turn:
+                light_due += 0.2
+            for name, backend, frame in (("churn", heavy, FRAME), ("other", light, FRAME.iloc[:1])):
+                request_id = f"{name}-{i}"
+                if (name == "churn" or light_turn) and sampled(request_id, pool.share(name)):
+                    exchange = Exchange(request_id, datetime.now(UTC), entries[name], i, "champion", frame)
+                    pool.submit(exchange, "challenger", backend)
+            i += 1
+            time.sleep(0.002)
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    try:
+        _wait(lambda: pool.cuts.get(("churn", "cpu"), 0) >= 2, timeout=60.0)
+    finally:
+        stop.set()
+        feeder.join(10)
+    assert pool.cuts.get(("churn", "cpu"), 0) >= 2 and pool.share("churn") < 1.0
+    assert pool.cuts.get(("other", "cpu"), 0) == 0 and pool.share("other") == 1.0  # its part was free
+    live.stop()  # the live path is idle again: the share comes back
+    server.join(10)
+    _wait(lambda: pool.share("churn") == 1.0, timeout=60.0)
+    pool.close()
+    assert pool.share("churn") == 1.0
+    assert all(e.challenger is not None and e.challenger.status != "error" for e in settled)

@@ -6,6 +6,7 @@ pipeline, or a small WSGI app that answers the way a misbehaving model server do
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 import time
@@ -18,9 +19,10 @@ from click.testing import CliRunner
 
 from controller import registry
 from controller.cli.main import cli
-from router.backends import MissingBackend, create_backend
-from router.backends.upstream import UpstreamTools
+from router.backends import MissingBackend, create_backend, predict_parts
+from router.backends.upstream import UpstreamBackend, UpstreamTools
 from router.errors import ModelTimeout, ModelUnavailable
+from router.inputs import build_batch, join_columns
 from router.settings import RouterSettings
 from storage import Store
 from storage.entities import NewPipelineVersion, PipelineVersion
@@ -285,3 +287,86 @@ def test_a_keep_alive_connection_the_server_closed_is_replaced_without_an_error(
     assert len(accepted) == 2
     pool.close()
     listener.close()
+
+
+# ------------------------------------------------------------------------------------------ the request path
+
+
+class Recording(Flaky):
+    """A model server (V2 or MLflow) that answers class 1 for every row and keeps the bodies it was sent."""
+
+    def __init__(self) -> None:
+        super().__init__(failures=0)
+        self.bodies: list[bytes] = []
+
+    def __call__(self, environ: Any, start_response: Any) -> list[bytes]:
+        if environ["REQUEST_METHOD"] == "POST":
+            body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+            self.bodies.append(body)
+            document = json.loads(body)
+            if "dataframe_split" in document:
+                start_response("200 OK", [("Content-Type", "application/json")])
+                return [json.dumps({"predictions": [1] * len(document["dataframe_split"]["data"])}).encode()]
+            environ["wsgi.input"] = io.BytesIO(body)
+        return super().__call__(environ, start_response)
+
+
+@pytest.mark.parametrize("encoding", ["v2-columns", "mlflow"])
+def test_an_upstream_is_sent_the_same_bytes_from_a_requests_columns_as_from_its_frame(
+    sqlite_store: Store, churn: Any, serve_wsgi: Any, settings: RouterSettings, encoding: str
+) -> None:
+    _, like = churn
+    server = Recording()
+    url = serve_wsgi(server) + ("/invocations" if encoding == "mlflow" else "/v2/models/m")
+    version = _upstream(sqlite_store, like, url, encoding=encoding)
+    backend = create_backend(version, settings)
+    assert isinstance(backend, UpstreamBackend)
+    rows = mlpipes.churn_frame(40, seed=5, missing=0.3)[0]  # missing values in every kind of column
+    rows["support_calls"] = rows["support_calls"].astype(object)
+    rows.loc[3, "support_calls"] = None  # an int column with a missing value becomes float64
+    split = json.loads(rows.to_json(orient="split", index=False))
+    parts = [
+        build_batch(dict(zip(split["columns"], zip(*chunk, strict=True), strict=True)), like.input_schema,
+                    max_rows=100)
+        for chunk in (split["data"][:1], split["data"][1:25], split["data"][25:])
+    ]  # fmt: skip
+    for batch in parts:
+        assert backend.predict_columns(batch.columns).outputs == [1] * batch.rows
+        assert backend.predict(batch.frame).outputs == [1] * batch.rows
+    assert (
+        predict_parts(
+            backend, [b.columns for b in parts], lambda: join_columns([b.columns for b in parts])
+        ).outputs
+        == [1] * 40
+    )
+    assert backend.predict(join_columns([batch.columns for batch in parts])).outputs == [1] * 40
+    bodies = server.bodies
+    assert len(bodies) == 8
+    assert bodies[0::2] == bodies[1::2]
+    sent = json.loads(bodies[-1])
+    if encoding == "mlflow":
+        sent_rows = sent["dataframe_split"]["data"]
+        assert (
+            len(sent_rows) == 40
+            and sent_rows[3][sent["dataframe_split"]["columns"].index("support_calls")] is None
+        )
+    else:
+        calls = next(i for i in sent["inputs"] if i["name"] == "support_calls")
+        assert calls["datatype"] == "INT64" and calls["data"][3] is None
+        assert any(v is None for i in sent["inputs"] for v in i["data"] if i["name"] == "plan")
+    backend.close()
+
+
+def test_a_request_answered_by_an_upstream_never_builds_a_dataframe(
+    sqlite_store: Store, churn: Any, serve_wsgi: Any, make_app: Any
+) -> None:
+    _, like = churn
+    url = serve_wsgi(Flaky(failures=0)) + "/v2/models/m"
+    mlpipes.deploy(sqlite_store, "remote", _upstream(sqlite_store, like, url))
+    plane = make_app().extensions["mlcanary.dataplane"]
+    route = plane.route("remote")
+    batch = build_batch({c: list(v) for c, v in FRAME.head(2).to_dict("list").items()}, like.input_schema,
+                        max_rows=10)  # fmt: skip
+    answer = plane.serve(route, batch, request_id="r1")
+    assert answer.predictions.outputs == [1, 1]
+    assert "frame" not in batch.__dict__  # the cached frame was never built

@@ -1,0 +1,268 @@
+"""Adaptive batching of live requests: concurrent requests for one version scored in one call.
+
+Scoring one row costs a scikit-learn pipeline about as much as scoring a hundred: nearly all of a
+request's model time is per-call overhead. So within one router process, requests of one deployment
+that want the same backend, with the same input columns of the same types, share a lane:
+
+- a request that finds its lane idle becomes the lane's leader and scores at once, unless requests
+  of its deployment are still arriving (announced with `expect`, not yet in a lane): then it waits
+  for them, at most max_batch_delay_ms (or until max_batch_rows are queued, or until every arriving
+  request of the deployment has joined a lane or given up). Alone, it never waits; requests of other
+  deployments, or already queued or scored, can never join it, so it never waits for them;
+- requests that arrive while the lane is scoring queue up; when the call ends, the oldest of them
+  leads the next batch at once (they have waited already): under load batches form by themselves;
+- the leader joins the requests' converted columns into one frame (`inputs.join_columns`), calls
+  the backend once, and hands each request its slice of the predictions. The frame and each
+  request's offset in it are handed back too, so the shadow arm scores the same frame.
+
+Isolation: requests are validated one by one before they reach a lane, so a request with a bad
+row is refused (400) alone. When a batch of several requests fails in the backend with an error
+about the input (model_error, model_rejected_input, invalid_model_output), each request is scored
+again alone, so a request the model rejects never fails its neighbours; an unavailable or timed-out
+model (model_unavailable, model_timeout) fails every request of that batch with its code, as
+today. Requests of different lanes (deployments, versions, arms, column names or types) are never
+mixed.
+
+Only in-process pipelines are batched. An HTTP upstream (a model server) is called once per request
+as before: model servers batch on their own (MLServer's adaptive batching, Triton's dynamic
+batcher), and the upstream's timeout, bulkhead and circuit breaker stay per request.
+
+Lanes are keyed by the deployment, the backend object (a version's backend lives as long as it is
+routed), the column names and their dtypes. The lock is held only to queue, take and hand back,
+never while scoring, so request threads parse and validate while a batch is scored: the GIL passes
+between request threads and the scoring leader once per batch, not once per request. Each lane has
+its own condition, so a call's end wakes only the requests of its lane.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from router.backends import Backend, InProcessBackend, Predictions, predict_batch
+from router.errors import BackendError, ModelTimeout, ModelUnavailable
+from router.exchange import ArmResult
+from router.inputs import Batch, join_columns
+from storage.entities import BatchingConfig
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One request's share of a batch call: its result, and the frame it was scored in (with its offset)."""
+
+    result: ArmResult
+    frame: pd.DataFrame | None = None  # the batch frame, when the call scored several requests
+    offset: int = 0  # the request's first row in frame
+    size: int = 1  # requests scored in the call
+
+
+@dataclass
+class _Waiter:
+    batch: Batch
+    scored: Scored | None = None
+    failure: BaseException | None = None  # an unexpected exception of the call (re-raised in each thread)
+
+
+@dataclass
+class _Lane:
+    done: threading.Condition  # its waiters: a batch was handed back, or the lane is free
+    queue: deque[_Waiter] = field(default_factory=deque)
+    rows: int = 0  # rows queued
+    busy: bool = False  # a leader is gathering or scoring
+
+
+class Arrival:
+    """A request announced to the batcher (`Batcher.expect`) that has not reached a lane yet.
+
+    It settles once: when it is queued in a lane, or when it ends without reaching one (refused,
+    answered by an upstream). Settling again is a no-op.
+    """
+
+    __slots__ = ("deployment", "pending")
+
+    def __init__(self, deployment: str) -> None:
+        self.deployment = deployment
+        self.pending = True
+
+
+class Batcher:
+    """Score requests through per-(backend, columns) lanes, several requests per call when they overlap."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)  # lingering leaders: an arriving request settled
+        self._lanes: dict[tuple[Any, ...], _Lane] = {}
+        self._arriving: dict[str, int] = {}  # deployment -> requests announced, not yet settled
+        self.calls = 0  # backend calls made through lanes
+        self.requests = 0  # requests they scored
+        self.lingered: Counter[str] = Counter()  # deployment -> leaders that waited for arriving requests
+        self.lingered_alone: Counter[str] = Counter()  # of them, those nobody joined while they waited
+
+    def expect(self, deployment: str) -> Arrival:
+        """Announce a request of deployment that may reach a lane soon: an idle lane's leader may wait for it."""
+        arrival = Arrival(deployment)
+        with self._lock:
+            self._arriving[deployment] = self._arriving.get(deployment, 0) + 1
+        return arrival
+
+    def settle(self, arrival: Arrival | None) -> None:
+        """Mark an announced request as no longer arriving (it queued, or will never queue); idempotent."""
+        if arrival is None or not arrival.pending:
+            return
+        with self._lock:
+            self._settle(arrival)
+
+    def arriving(self, deployment: str) -> int:
+        """Return the requests of deployment announced and not yet settled."""
+        with self._lock:
+            return self._arriving.get(deployment, 0)
+
+    def _settle(self, arrival: Arrival) -> None:  # lock held
+        if not arrival.pending:
+            return
+        arrival.pending = False
+        left = self._arriving.get(arrival.deployment, 0) - 1
+        if left > 0:
+            self._arriving[arrival.deployment] = left
+        else:
+            self._arriving.pop(arrival.deployment, None)
+        self._arrived.notify_all()  # a lingering leader looks again: it joined, or it never will
+
+    def score(
+        self,
+        backend: Backend,
+        batch: Batch,
+        config: BatchingConfig,
+        *,
+        deployment: str = "",
+        arrival: Arrival | None = None,
+    ) -> Scored:
+        """Score one validated request of deployment, in a batch with concurrent ones when config allows.
+
+        arrival, when the request was announced with `expect`, settles as the request queues (or is
+        scored without a lane).
+        """
+        if (
+            not config.enabled
+            or not isinstance(backend, InProcessBackend)
+            or not batch.columns
+            or batch.rows >= config.max_batch_rows
+        ):
+            self.settle(arrival)
+            return Scored(_call(backend, batch))  # an upstream reads the columns: no frame is built
+        key = (
+            deployment,
+            id(backend),
+            backend.version.id,
+            # numpy dtypes as they are (hashable; str() of one costs ~4 us, seven of them a request's 30)
+            *((n, a.dtype if isinstance(a, np.ndarray) else str(a.dtype)) for n, a in batch.columns.items()),
+        )
+        me = _Waiter(batch)
+        with self._lock:
+            lane = self._lanes.get(key)
+            if lane is None:
+                lane = self._lanes[key] = _Lane(threading.Condition(self._lock))
+            lane.queue.append(me)
+            lane.rows += batch.rows
+            found_idle = not lane.busy
+            if arrival is not None:
+                self._settle(arrival)  # wakes this deployment's lingering leaders
+            while True:
+                if me.scored is not None or me.failure is not None:
+                    break
+                if not lane.busy:
+                    lane.busy = True  # this thread leads the next batch
+                    self._lead(backend, key, lane, config, deployment, linger=found_idle)
+                    found_idle = False
+                    continue  # handed back (lead hands it its own result), or not taken: wait again
+                lane.done.wait()
+        if me.failure is not None:
+            raise me.failure
+        assert me.scored is not None
+        return me.scored
+
+    def _lead(
+        self,
+        backend: Backend,
+        key: tuple[Any, ...],
+        lane: _Lane,
+        config: BatchingConfig,
+        deployment: str,
+        *,
+        linger: bool,
+    ) -> None:
+        """Gather (lock held on entry and exit), score without the lock, hand back, free the lane."""
+        if linger and config.max_batch_delay_ms > 0 and self._arriving.get(deployment, 0) > 0:
+            self.lingered[deployment] += 1
+            queued = len(lane.queue)
+            deadline = time.monotonic() + config.max_batch_delay_ms / 1000.0
+            while lane.rows < config.max_batch_rows and self._arriving.get(deployment, 0) > 0:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._arrived.wait(remaining)
+            if len(lane.queue) == queued:
+                self.lingered_alone[deployment] += 1
+        taken: list[_Waiter] = []
+        rows = 0
+        while lane.queue and (not taken or rows + lane.queue[0].batch.rows <= config.max_batch_rows):
+            waiter = lane.queue.popleft()
+            taken.append(waiter)
+            rows += waiter.batch.rows
+        lane.rows -= rows
+        self._lock.release()
+        try:
+            self._score(backend, taken)
+        except BaseException as exc:  # never leave waiters hanging on a lane nobody frees
+            for waiter in taken:
+                if waiter.scored is None:
+                    waiter.failure = exc
+        finally:
+            self._lock.acquire()
+            self.calls += 1
+            self.requests += len(taken)
+            lane.busy = False
+            if not lane.queue:  # forget idle lanes (a version no longer routed leaves none behind)
+                self._lanes.pop(key, None)
+            lane.done.notify_all()
+
+    def _score(self, backend: Backend, taken: list[_Waiter]) -> None:
+        if len(taken) == 1:
+            taken[0].scored = Scored(_call(backend, taken[0].batch.frame))
+            return
+        frame = join_columns([w.batch.columns for w in taken])
+        result = _call(backend, frame)
+        if result.predictions is None and _about_input(result.exception):
+            for waiter in taken:  # isolate the request the model refused: score each alone
+                waiter.scored = Scored(_call(backend, waiter.batch.frame))
+            return
+        offset = 0
+        for waiter in taken:
+            rows = waiter.batch.rows
+            part: Predictions | None = None
+            if result.predictions is not None:
+                part = result.predictions.slice(offset, offset + rows)
+            own = ArmResult(result.version, part, result.latency_ms, result.error, result.exception)
+            waiter.scored = Scored(own, frame, offset, len(taken))
+            offset += rows
+
+
+def _about_input(exc: Exception | None) -> bool:
+    """Whether a backend error may come from one request's rows (not the model being unreachable)."""
+    return isinstance(exc, BackendError) and not isinstance(exc, ModelUnavailable | ModelTimeout)
+
+
+def _call(backend: Backend, rows: pd.DataFrame | Batch) -> ArmResult:
+    """Call the backend once; its BackendError becomes the arm's error, with the call's own time."""
+    started = time.perf_counter()
+    try:
+        predictions = predict_batch(backend, rows) if isinstance(rows, Batch) else backend.predict(rows)
+    except BackendError as exc:
+        return ArmResult(backend.version, None, (time.perf_counter() - started) * 1000.0, exc.message, exc)
+    return ArmResult(backend.version, predictions, (time.perf_counter() - started) * 1000.0)
