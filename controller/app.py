@@ -15,8 +15,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from controller.clock import Clock, system_clock
-from controller.config import Settings
-from storage import Database, Store
+from controller.config import ConfigError, Settings
+from storage import Database, Keepalive, Store
 from storage import schema as db_schema
 
 if TYPE_CHECKING:
@@ -29,12 +29,42 @@ PARITY_CHECK = "mlcanary.parity_check"
 UPSTREAMS = "mlcanary.upstreams"
 
 
+class NoDatabase(ConfigError):
+    """The configured SQLite file does not exist, and this command may not create one."""
+
+
+def create_command(settings: Settings) -> str:
+    """The command that creates (or migrates) the configured database."""
+    if settings.is_embedded_default:
+        return f"mlcanary --data-dir {settings.data_dir.resolve()} db upgrade"
+    return f"mlcanary --database-url {settings.resolved_database_url} db upgrade"
+
+
+def database_for(settings: Settings) -> Database:
+    """The configured database, its PostgreSQL connections with the configured TCP keepalives."""
+    keepalive = Keepalive(
+        idle_s=settings.db_keepalive_idle_s,
+        interval_s=settings.db_keepalive_interval_s,
+        count=settings.db_keepalive_count,
+    )
+    return Database(settings.resolved_database_url, keepalive=keepalive)
+
+
 def open_store(settings: Settings, *, create_embedded: bool = True) -> Store:
     """Open the configured database; the embedded default creates a fresh SQLite file itself.
 
+    With ``create_embedded=False`` (every command but ``serve``, ``controller`` and ``db upgrade``), a
+    SQLite file that does not exist is refused, naming the command that creates it: a command run from
+    another folder never quietly writes to a new database there.
     Any other database must be at the migrations' head, else SchemaOutOfDate names the command to run.
     """
-    db = Database(settings.resolved_database_url)
+    path = settings.sqlite_path
+    if not create_embedded and path is not None and not path.is_file():
+        raise NoDatabase(
+            f"no database at {path} ({settings.database_source}); run: {create_command(settings)} "
+            "-- or run this command where mlcanary.toml pins your database, or give --data-dir"
+        )
+    db = database_for(settings)
     if create_embedded and settings.is_embedded_default:
         db_schema.ensure_fresh_sqlite(db)
     db_schema.check(db)
@@ -88,8 +118,13 @@ def create_app(
         raise ValueError(f"unknown role {role!r}")
     app.register_blueprint(feedback.blueprint)  # labels are data plane: both roles
     if role == "serve":
+        from controller.http import dashboard
+        from storage.series import SeriesCache
+
         app.register_blueprint(api.blueprint)
         app.register_blueprint(api.dashboard)
+        # each rollout's time buckets kept between dashboard polls: a poll aggregates only the new rows
+        app.extensions[dashboard.SERIES_CACHE] = SeriesCache()
     app.static_folder = str(api.STATIC_DIR)  # /static/... is the dashboard's assets, never the working dir
     app.after_request(api.secure_headers)
     return app

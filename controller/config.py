@@ -7,7 +7,9 @@ factory. An MLCANARY_* variable that names no setting is an error, so a typo nev
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -22,8 +24,11 @@ NOT_SETTINGS = frozenset(
         "MLCANARY_DEMO_FAST",
         "MLCANARY_API_URL",
         "MLCANARY_TOKEN",
+        "MLCANARY_CONFIG",
     }
 )
+# The project's config file: looked up in the working folder, then each parent (MLCANARY_CONFIG names one).
+CONFIG_FILE = "mlcanary.toml"
 
 
 class ConfigError(ValueError):
@@ -46,7 +51,7 @@ class Settings:
     host: str = field(default="127.0.0.1", metadata={"help": "address the HTTP server binds"})
     port: int = field(default=8080, metadata={"help": "port the HTTP server binds"})
     workers: int = field(default=2, metadata={"help": "gunicorn worker processes"})
-    threads: int = field(default=8, metadata={"help": "serving threads per worker process"})
+    threads: int = field(default=32, metadata={"help": "serving threads per worker process"})
     read_timeout_s: float = field(
         default=30.0,
         metadata={"help": "seconds a client has to send a whole request (and per socket operation after)"},
@@ -54,8 +59,28 @@ class Settings:
     controller_interval: float = field(
         default=5.0, metadata={"help": "seconds between controller evaluations"}
     )
+    controller_busy_share: float = field(
+        default=0.25,
+        metadata={
+            "help": "most of the time the controller may spend looking (0..1]: after a look of t s it waits "
+            "at least t (1/share - 1) s, so long looks on big steps never take a whole core (1: no limit)"
+        },
+    )
     refresh_interval: float = field(
         default=0.25, metadata={"help": "seconds between routing-table refreshes"}
+    )
+    db_keepalive_idle_s: int = field(
+        default=10,
+        metadata={"help": "PostgreSQL: seconds of silence before TCP keepalive probes, both ends (0: off)"},
+    )
+    db_keepalive_interval_s: int = field(
+        default=3, metadata={"help": "PostgreSQL: seconds between unanswered keepalive probes"}
+    )
+    db_keepalive_count: int = field(
+        default=3,
+        metadata={
+            "help": "PostgreSQL: unanswered probes before a connection (and the server session) is dropped"
+        },
     )
     trust_pickle: bool = field(
         default=False, metadata={"help": "allow joblib/pickle artifacts (runs their code)"}
@@ -66,6 +91,13 @@ class Settings:
     )
     shadow_queue_size: int = field(default=10_000, metadata={"help": "shadow requests waiting per process"})
     shadow_timeout_s: float = field(default=2.0, metadata={"help": "shadow scoring timeout"})
+    shadow_cpu_budget: float = field(
+        default=0.15,
+        metadata={
+            "help": "most of a saturated router process's CPU shadow scoring may take (0..1]; "
+            "beyond, the shadow share is cut (1: never for CPU)"
+        },
+    )
     upstream_timeout_s: float = field(default=5.0, metadata={"help": "HTTP upstream backend timeout"})
     breaker_failures: int = field(
         default=3, metadata={"help": "canary challenger faults in a row that open its circuit breaker"}
@@ -108,6 +140,9 @@ class Settings:
     feedback_pending_max: int = field(
         default=100_000, metadata={"help": "labels waiting for their pair, per deployment"}
     )
+    # Where the database setting came from (an --option, an MLCANARY_* variable, a mlcanary.toml or the
+    # default folder): printed by the CLI so a command never quietly uses another database. Not a setting.
+    database_source: str = field(default="default ./var", compare=False, metadata={"internal": True})
 
     @property
     def resolved_database_url(self) -> str:
@@ -125,23 +160,48 @@ class Settings:
     def is_embedded_default(self) -> bool:
         return not self.database_url
 
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The file of a SQLite database URL (None for PostgreSQL or an in-memory SQLite)."""
+        url = self.resolved_database_url
+        if not url.startswith("sqlite:///"):
+            return None
+        path = url[len("sqlite:///") :].split("?", 1)[0]
+        return Path(path) if path and path != ":memory:" else None
+
+    def database_description(self) -> str:
+        """One line naming the database and why this one: ``database sqlite:///... (from mlcanary.toml ...)``."""
+        url = self.resolved_database_url
+        if "@" in url:  # never print a password
+            scheme, rest = url.split("://", 1)
+            url = f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+        return f"database {url} ({self.database_source})"
+
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, cwd: Path | None = None, **overrides: Any
+    ) -> Settings:
         """Build settings from MLCANARY_* variables; unknown variables and bad values raise ConfigError."""
         environ = os.environ if environ is None else environ
-        by_name = {f.name: f for f in fields(cls)}
-        values: dict[str, Any] = {}
+        by_name = {f.name: f for f in fields(cls) if not f.metadata.get("internal")}
+        config_path = _config_path(environ, cwd)
+        values: dict[str, Any] = read_config(config_path) if config_path else {}
+        source = f"from {config_path}" if config_path else f"default folder var in {Path.cwd()}"
         for key, raw in environ.items():
             if not key.startswith(PREFIX) or key in NOT_SETTINGS:
                 continue
             name = key[len(PREFIX) :].lower()
             if name not in by_name:
-                raise ConfigError(
-                    f"unknown setting {key}; known: {', '.join(PREFIX + n.upper() for n in by_name)}"
-                )
+                raise ConfigError(f"unknown setting {key}{_did_you_mean(name, by_name, PREFIX)}")
             values[name] = _parse(by_name[name], raw, key)
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        unknown = set(values) - set(by_name)
+            if name in ("data_dir", "database_url"):
+                source = f"from {key}"
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if given.keys() & {"data_dir", "database_url"}:
+            source = "from --database-url" if "database_url" in given else "from --data-dir"
+        values.update(given)
+        values["database_source"] = source
+        unknown = set(values) - set(by_name) - {"database_source"}
         if unknown:
             raise ConfigError(f"unknown setting(s) {', '.join(sorted(unknown))}")
         for name in ("data_dir", "artifact_dir"):
@@ -154,7 +214,14 @@ class Settings:
     def validate(self) -> None:
         if not 0 < self.port < 65536:
             raise ConfigError(f"port must be 1..65535, got {self.port}")
-        for name in ("workers", "threads", "breaker_failures", "challenger_concurrency"):
+        for name in (
+            "workers",
+            "threads",
+            "breaker_failures",
+            "challenger_concurrency",
+            "db_keepalive_interval_s",
+            "db_keepalive_count",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in (
@@ -167,6 +234,12 @@ class Settings:
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.db_keepalive_idle_s < 0:
+            raise ConfigError(f"db_keepalive_idle_s must be >= 0 (0: off), got {self.db_keepalive_idle_s}")
+        if not 0 < self.controller_busy_share <= 1:
+            raise ConfigError(f"controller_busy_share must be in (0, 1], got {self.controller_busy_share}")
+        if not 0 < self.shadow_cpu_budget <= 1:
+            raise ConfigError(f"shadow_cpu_budget must be in (0, 1], got {self.shadow_cpu_budget}")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
         for name in ("webhook_timeout_s", "webhook_interval"):
@@ -196,7 +269,65 @@ class Settings:
 
 def describe() -> list[tuple[str, str, str]]:
     """Return (environment variable, default, help) for every setting."""
-    return [(PREFIX + f.name.upper(), str(f.default), f.metadata.get("help", "")) for f in fields(Settings)]
+    return [
+        (PREFIX + f.name.upper(), str(f.default), f.metadata.get("help", ""))
+        for f in fields(Settings)
+        if not f.metadata.get("internal")
+    ]
+
+
+def find_config(start: Path) -> Path | None:
+    """Return the nearest mlcanary.toml in ``start`` or one of its parents (None if there is none)."""
+    start = start.resolve()
+    for folder in (start, *start.parents):
+        candidate = folder / CONFIG_FILE
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _config_path(environ: Mapping[str, str], cwd: Path | None) -> Path | None:
+    named = environ.get("MLCANARY_CONFIG")
+    if named:
+        path = Path(named)
+        if not path.is_file():
+            raise ConfigError(f"MLCANARY_CONFIG={named}: no such file")
+        return path.resolve()
+    return find_config(cwd or Path.cwd())
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """Read a mlcanary.toml: setting names as keys (data_dir = "var"); relative folders are the file's.
+
+    A key that names no setting is an error with the nearest name, as for the environment variables.
+    """
+    by_name = {f.name: f for f in fields(Settings) if not f.metadata.get("internal")}
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise ConfigError(f"cannot read {path}: {error}") from error
+    values: dict[str, Any] = {}
+    for key, raw in data.items():
+        if key not in by_name:
+            raise ConfigError(f"{path}: unknown setting {key!r}{_did_you_mean(key, by_name, '')}")
+        value = _parse(by_name[key], raw, f"{path}: {key}") if isinstance(raw, str) else raw
+        if key in ("data_dir", "artifact_dir"):
+            value = (path.parent / str(value)).resolve()
+        elif (
+            key == "database_url"
+            and str(value).startswith("sqlite:///")
+            and not str(value).startswith("sqlite:////")
+        ):
+            value = f"sqlite:///{(path.parent / str(value)[len('sqlite:///') :]).resolve()}"
+        values[key] = value
+    return values
+
+
+def _did_you_mean(name: str, known: Mapping[str, Any], prefix: str) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    if close:
+        return f"; did you mean {prefix}{close[0].upper() if prefix else close[0]}?"
+    return f"; known: {', '.join(prefix + n.upper() if prefix else n for n in known)}"
 
 
 def _parse(spec: dataclasses.Field[Any], raw: str, key: str) -> Any:

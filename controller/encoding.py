@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Mapping
 from datetime import date, datetime
 from pathlib import PurePath
 from typing import Any
-
-import numpy as np
 
 __all__ = ["dumps", "finite", "plain"]
 
@@ -37,15 +36,21 @@ def plain(value: Any) -> Any:
     """Return ``value`` made only of JSON types (see the module docstring)."""
     if value is None or isinstance(value, bool | str | int):
         return value
-    if isinstance(value, float | np.floating):
+    if isinstance(value, float):  # numpy's float64 too: made a plain float
         number = float(value)
         return number if math.isfinite(number) else None
-    if isinstance(value, np.bool_):
-        return bool(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.ndarray):
-        return [plain(v) for v in value.tolist()]
+    # A numpy value means numpy is loaded: never import it here (`mlcanary rollout status` needs none).
+    np = sys.modules.get("numpy")
+    if np is not None:
+        if isinstance(value, np.floating):
+            number = float(value)
+            return number if math.isfinite(number) else None
+        if isinstance(value, np.bool_):
+            return bool(value)
+        if isinstance(value, np.integer):
+            return int(value)
+        if isinstance(value, np.ndarray):
+            return [plain(v) for v in value.tolist()]
     if isinstance(value, datetime | date):
         return value.isoformat()
     if isinstance(value, PurePath):

@@ -10,8 +10,10 @@ a thread sees it (ReadBufferingWorker). A slow client — a slowloris trickling 
 body sent a byte at a time — then holds a connection and a small buffer in the event loop, never a
 thread: the threads only ever score requests that have arrived. A request not fully received
 within read_timeout_s of its first wait is dropped. Requests reach the app whole and concurrently,
-which is also what live-request batching needs: a batcher can gather requests across serving
-threads (docs/operations.md, "Worker model").
+which is what live-request batching needs: the data plane's batcher (router.batcher) gathers the
+requests of the serving threads that want the same version and one of them scores the batch in a
+single call, so the GIL passes between the reading threads and scoring once per batch, not once per
+request (docs/operations.md, "Worker model" and "Adaptive batching").
 """
 
 from __future__ import annotations
@@ -240,11 +242,12 @@ def run(
     data_dir: Path,
     log_level: str = "info",
     graceful_timeout: int = 30,
-    threads: int = 8,
+    threads: int = 32,
     read_timeout_s: float = 30.0,
 ) -> None:
     """Serve until stopped; SIGTERM drains requests and flushes every worker's data plane."""
     metrics_dir = prepare_metrics_dir(data_dir)
+    master = os.getpid()
     try:
         Server(
             factory,
@@ -262,4 +265,7 @@ def run(
             },
         ).run()
     finally:
-        shutil.rmtree(metrics_dir, ignore_errors=True)
+        # gunicorn forks the workers from inside run() and ends them with sys.exit, so each worker
+        # unwinds through this frame too: only the master may remove what the workers still share.
+        if os.getpid() == master:
+            shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -1,30 +1,34 @@
 """Helpers every command module shares: the root group class, settings, the store, JSON output.
 
-Imported by the command modules and by ``main``; imports no command module itself.
+Imported by the command modules and by ``main``; imports no command module itself, and nothing heavy
+(SQLAlchemy, pandas, NumPy, Flask) at its top: ``mlcanary --help`` imports this module.
 """
 
 from __future__ import annotations
 
+import getpass
+import importlib
 import json
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from controller.clock import Clock, system_clock
 from controller.config import ConfigError, Settings
-from controller.encoding import dumps
-from storage import StorageError, Store
-from storage.artifacts import ArtifactError
 
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
-    StorageError,
-    ConfigError,
-    ArtifactError,
-    ValueError,
-    OSError,
-)
+if TYPE_CHECKING:
+    from storage import Store
+
+
+def expected_errors() -> tuple[type[BaseException], ...]:
+    """The errors an operator can cause: shown as one line (imported only once one is raised)."""
+    from storage import StorageError
+    from storage.artifacts import ArtifactError
+
+    return (StorageError, ConfigError, ArtifactError, ValueError, OSError)
 
 
 def one_line(error: BaseException) -> str:
@@ -34,13 +38,56 @@ def one_line(error: BaseException) -> str:
 
 
 class Cli(click.Group):
-    """A group that turns expected errors into one line on stderr and exit status 1."""
+    """The root group: expected errors become one line and exit status 1; commands load lazily.
+
+    ``lazy_commands`` maps a command name to ``(module:attribute, short help)``: a command's module is
+    imported only when that command runs (or its own --help is asked for), so ``mlcanary --help`` and
+    ``--version`` import no pandas, SQLAlchemy or scikit-learn.
+    """
+
+    def __init__(self, *args: Any, lazy_commands: Mapping[str, tuple[str, str]] | None = None, **kw: Any):
+        super().__init__(*args, **kw)
+        self.lazy_commands = dict(lazy_commands or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy_commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy_commands and cmd_name not in self.commands:
+            module, attribute = self.lazy_commands[cmd_name][0].split(":")
+            command: click.Command = getattr(importlib.import_module(module), attribute)
+            self.add_command(command, cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, self.lazy_commands[name][1]) for name in sorted(self.lazy_commands)]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except EXPECTED_ERRORS as error:
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise  # click's own (usage errors, --help's exit): no need to look at ours
+        except (ConfigError, ValueError, OSError) as error:
+            if isinstance(error, BrokenPipeError):
+                _quiet_broken_pipe()
             raise click.ClickException(one_line(error)) from error
+        except Exception as error:
+            if isinstance(error, expected_errors()):
+                raise click.ClickException(one_line(error)) from error
+            raise
+
+
+def _quiet_broken_pipe() -> None:
+    """`mlcanary ... | head` closed our stdout: exit quietly, as the shell's own tools do."""
+    import os
+    import sys
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(141)  # 128 + SIGPIPE, what a shell reports for a command killed by a closed pipe
 
 
 def settings_of(ctx: click.Context) -> Settings:
@@ -58,15 +105,65 @@ def clock_of(ctx: click.Context) -> Clock:
     return clock
 
 
+VERBOSE = "mlcanary.verbose"
+API = "mlcanary.api"
+
+
+def say_database(ctx: click.Context, *, always: bool = False) -> None:
+    """Print which database this command uses (on stderr; always, or with --verbose)."""
+    if always or ctx.find_root().meta.get(VERBOSE):
+        click.echo(f"mlcanary: {settings_of(ctx).database_description()}", err=True)
+
+
 def store_of(ctx: click.Context) -> Store:
-    """Open the store of the configured database (the schema checked)."""
+    """Open the store of the configured database (the schema checked); never creates one.
+
+    Only ``serve``, ``controller`` and ``db upgrade`` create a database: any other command refuses a
+    missing one, naming the command that creates it. With --api given, refused in one line.
+    """
     from controller.app import open_store
 
-    return open_store(settings_of(ctx))
+    # every command goes through the admin API when --api is given, or refuses it (refuse_api) before
+    # this point: a command that reaches here with --api has no route, and never quietly uses a database
+    refuse_api(ctx, "it has no admin API route")
+    say_database(ctx)
+    return open_store(settings_of(ctx), create_embedded=False)
+
+
+def api_of(ctx: click.Context) -> tuple[str, str | None] | None:
+    """The (admin API URL, token) given by the global --api/--token (or a group's), else None."""
+    found: tuple[str, str | None] | None = ctx.find_root().meta.get(API)
+    return found if found and found[0] else None
+
+
+def archive_or_restore(
+    ctx: click.Context, path: str, verb: str, what: str, reason: str, local: Callable[[Store, str], str]
+) -> None:
+    """POST {path}/{verb} through the admin API when --api is given; else run ``local(store, actor)``
+    on the database and print the line it returns (``verb``: "archive" or "restore")."""
+    given = api_of(ctx)
+    if given is not None:
+        from controller.cli.remote import ApiClient
+
+        ApiClient(*given).call("POST", f"{path}/{verb}", {"reason": reason} if reason else {})
+        click.echo(f"{verb}d {what} through {given[0]}")
+        return
+    click.echo(local(store_of(ctx), actor()))
+    say_database(ctx, always=True)
+
+
+def actor() -> str:
+    """Return ``cli:<login>`` (who ran the command, for the event log)."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (OSError, KeyError):
+        return "cli:unknown"
 
 
 def echo_json(value: Any) -> None:
     """Print a value as indented JSON."""
+    from controller.encoding import dumps
+
     click.echo(dumps(value, indent=2))
 
 
@@ -83,9 +180,21 @@ def json_option(value: str | None, what: str) -> Any:
 
 
 def parse_age(text: str) -> timedelta:
-    """Parse an age such as 30d, 12h or 90m."""
-    units = {"d": "days", "h": "hours", "m": "minutes"}
-    number, unit = text[:-1], text[-1:]
-    if unit not in units or not number.isdigit() or int(number) <= 0:
-        raise click.BadParameter(f"{text!r}: write a positive number followed by d, h or m (e.g. 30d)")
-    return timedelta(**{units[unit]: int(number)})
+    """Parse an age such as 30d, 12h or 90m (controller.clock.parse_age); BadParameter if not."""
+    from controller.clock import parse_age as parse
+
+    try:
+        return parse(text)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from error
+
+
+def refuse_api(ctx: click.Context, why: str) -> None:
+    """Refuse a command that has no admin API route when --api (or MLCANARY_API_URL) is given: one line."""
+    given = api_of(ctx)
+    if given is not None:
+        command = " ".join(["mlcanary", *ctx.command_path.split(" ")[1:]])
+        raise click.ClickException(
+            f"{command} does not work through the admin API ({given[0]}): {why}; "
+            "run it without --api (unset MLCANARY_API_URL) on a host that reaches the database"
+        )

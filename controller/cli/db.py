@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import click
 
-from controller.cli.common import settings_of
+from controller.cli.common import refuse_api, say_database, settings_of
+
+# why the schema commands have no admin API route (docs/cli.md says the same)
+NO_API = "it migrates or checks the database itself, which the server must not do while it serves"
 
 
 @click.group()
@@ -16,11 +19,15 @@ def db() -> None:
 @click.pass_context
 def db_upgrade(ctx: click.Context) -> None:
     """Apply the migrations up to head (SQLite or PostgreSQL)."""
-    from storage import Database
+    refuse_api(ctx, NO_API)
+    from controller.app import database_for
     from storage import schema as db_schema
 
     settings = settings_of(ctx)
-    database = Database(settings.resolved_database_url)
+    say_database(ctx, always=True)
+    if settings.sqlite_path is not None:
+        settings.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+    database = database_for(settings)
     before, after = db_schema.upgrade(database)
     click.echo(f"{database.display_url}: schema {before or 'empty'} -> {after}")
 
@@ -29,9 +36,15 @@ def db_upgrade(ctx: click.Context) -> None:
 @click.pass_context
 def db_check(ctx: click.Context) -> None:
     """Exit non-zero unless the schema is at head."""
-    from storage import Database
+    refuse_api(ctx, NO_API)
+    from controller.app import NoDatabase, create_command, database_for
     from storage import schema as db_schema
 
-    database = Database(settings_of(ctx).resolved_database_url)
+    settings = settings_of(ctx)
+    say_database(ctx)
+    path = settings.sqlite_path
+    if path is not None and not path.is_file():  # never create an empty file just to look at it
+        raise NoDatabase(f"no database at {path}; run: {create_command(settings)}")
+    database = database_for(settings)
     db_schema.check(database)
     click.echo(f"{database.display_url}: schema at head {db_schema.head_revision(database)}")

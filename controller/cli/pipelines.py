@@ -1,18 +1,28 @@
-"""`mlcanary pipelines`: register, list and show pipeline versions."""
+"""`mlcanary pipelines`: register, list, show, archive, restore and delete pipeline versions."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
 import click
 
-from controller.cli.common import echo_json, json_option, settings_of, store_of
+from controller.cli.common import (
+    api_of,
+    archive_or_restore,
+    echo_json,
+    json_option,
+    say_database,
+    settings_of,
+    store_of,
+)
+from controller.cli.remote import ApiClient
 
 
 @click.group()
 def pipelines() -> None:
-    """Register, list and show pipeline versions."""
+    """Register, list, show, archive, restore and delete pipeline versions."""
 
 
 @pipelines.command("register")
@@ -83,10 +93,15 @@ def pipelines() -> None:
 @click.pass_context
 def pipelines_register(ctx: click.Context, name: str, version: str, **opts: Any) -> None:
     """Register pipeline version NAME VERSION from a fitted artifact or an HTTP upstream."""
-    from controller import registry
-
     if bool(opts["artifact"]) == bool(opts["upstream"]):
         raise click.UsageError("give exactly one of --artifact FILE or --upstream URL")
+    given = api_of(ctx)
+    if given is not None:
+        answer = _register_remote(ApiClient(*given), name, version, opts)
+        click.echo(f"registered {answer['ref']} (id {answer['id']}, {answer['task']}) through {given[0]}")
+        return
+    from controller import registry
+
     settings = settings_of(ctx)
     schema = registry.parse_schema(opts["schema_text"]) if opts["schema_text"] else None
     sample = registry.read_table(opts["sample"]) if opts["sample"] else None
@@ -98,14 +113,7 @@ def pipelines_register(ctx: click.Context, name: str, version: str, **opts: Any)
 
         golden = registry.read_table(opts["golden"]) if opts["golden"] else None
         resolved = schema or (registry.schema_from_frame(sample) if sample is not None else ())
-        upstream_settings = {
-            "encoding": opts["encoding"], "tensor_name": opts["tensor_name"],
-            "tensor_datatype": opts["tensor_datatype"], "class_output": opts["class_output"],
-            "proba_output": opts["proba_output"], "score_output": opts["score_output"],
-            "value_output": opts["value_output"], "request_outputs": opts["request_outputs"] or None,
-            "timeout_s": opts["upstream_timeout"], "pool_size": opts["upstream_pool"],
-            "retries": opts["upstream_retries"], "health_url": opts["health_url"],
-        }  # fmt: skip
+        upstream_settings = _upstream_settings(opts)
         version_entity = registry.register_upstream(
             store, name=name, version=version, url=opts["upstream"], protocol=opts["protocol"],
             task=opts["task"], schema=resolved, metrics=metrics, metadata=metadata,
@@ -133,10 +141,75 @@ def pipelines_register(ctx: click.Context, name: str, version: str, **opts: Any)
             environment=json_option(opts["environment"], "--environment"),
             metadata=metadata,
         )
-    v = version_entity
     click.echo(
-        f"registered {v.ref} (id {v.id}, {v.task}, {v.kind}{', sha256 ' + v.sha256[:12] if v.sha256 else ''})"
+        f"registered {version_entity.ref} (id {version_entity.id}, {version_entity.task}, {version_entity.kind}"
+        f"{', sha256 ' + version_entity.sha256[:12] if version_entity.sha256 else ''})"
     )
+    say_database(ctx, always=True)  # a write: always say where it went
+
+
+_FORM_OPTIONS = {"schema_text": "schema", "target": "target", "golden_set": "golden_set", "metrics": "metrics",
+                 "environment": "environment", "metadata": "metadata"}  # fmt: skip
+
+
+def _register_remote(api: ApiClient, name: str, version: str, opts: dict[str, Any]) -> dict[str, Any]:
+    """POST /api/v1/pipelines: JSON for an upstream, multipart with the files for an artifact."""
+    if opts["upstream"]:
+        body: dict[str, Any] = {"name": name, "version": version, "upstream": opts["upstream"],
+                                "protocol": opts["protocol"], "task": opts["task"]}  # fmt: skip
+        if opts["schema_text"]:
+            body["schema"] = opts["schema_text"]
+        for key in ("metrics", "metadata", "golden_set"):
+            if opts[key]:
+                body[key] = json_option(opts[key], "--" + key.replace("_", "-"))
+        if opts["upstream_kind"]:
+            body["kind"] = opts["upstream_kind"]
+        classes = _classes(opts["classes_text"])
+        if classes is not None:
+            body["classes"] = list(classes)
+        settings = {k: v for k, v in _upstream_settings(opts).items() if v is not None}
+        if settings:
+            body["upstream_settings"] = settings
+        if opts["no_probe"]:
+            body["probe"] = False
+        for key in ("sample", "golden"):  # rows as pandas' split form, as the API reads them
+            if opts[key]:
+                from controller import registry
+
+                frame = registry.read_table(opts[key])
+                body[key] = {"columns": [str(c) for c in frame.columns], "data": frame.to_numpy().tolist()}
+        result: dict[str, Any] = api.call("POST", "/pipelines", body)
+        return result
+    if opts["trust_pickle"]:
+        raise click.UsageError("--trust-pickle is the server's setting (MLCANARY_TRUST_PICKLE) with --api")
+    form: dict[str, Any] = {"name": name, "version": version, "task": opts["task"]}
+    for option, field in _FORM_OPTIONS.items():
+        if opts[option]:
+            value = opts[option]
+            path = Path(value)
+            form[field] = path.read_text() if path.suffix == ".json" and path.is_file() else value
+    if opts["trust"]:
+        form["trust"] = ",".join(opts["trust"])
+    with contextlib.ExitStack() as stack:
+        files = {
+            key: (Path(opts[key]).name, stack.enter_context(Path(opts[key]).open("rb")))
+            for key in ("artifact", "sample", "holdout", "golden")
+            if opts[key]
+        }
+        result = api.request("POST", "/pipelines", data=form, files=files).json()
+    return result
+
+
+def _upstream_settings(opts: dict[str, Any]) -> dict[str, Any]:
+    """The upstream options as registry.register_upstream's ``settings`` (None = the kind's preset)."""
+    return {
+        "encoding": opts["encoding"], "tensor_name": opts["tensor_name"],
+        "tensor_datatype": opts["tensor_datatype"], "class_output": opts["class_output"],
+        "proba_output": opts["proba_output"], "score_output": opts["score_output"],
+        "value_output": opts["value_output"], "request_outputs": list(opts["request_outputs"]) or None,
+        "timeout_s": opts["upstream_timeout"], "pool_size": opts["upstream_pool"],
+        "retries": opts["upstream_retries"], "health_url": opts["health_url"],
+    }  # fmt: skip
 
 
 def _classes(text: str | None) -> tuple[Any, ...] | None:
@@ -162,23 +235,94 @@ def _classes(text: str | None) -> tuple[Any, ...] | None:
 
 @pipelines.command("list")
 @click.option("--name", help="Only versions of this pipeline.")
+@click.option("--all", "archived", is_flag=True, help="Archived versions too.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def pipelines_list(ctx: click.Context, name: str | None, as_json: bool) -> None:
-    """List registered pipeline versions."""
-    versions = store_of(ctx).pipelines.list(name=name)
+def pipelines_list(ctx: click.Context, name: str | None, archived: bool, as_json: bool) -> None:
+    """List registered pipeline versions (not the archived ones, unless --all)."""
+    given = api_of(ctx)
+    if given is not None:
+        answer = ApiClient(*given).call("GET", "/pipelines", name=name, archived="true" if archived else None)
+        summaries = answer["pipelines"]
+    else:
+        listed = store_of(ctx).pipelines.list(name=name, archived=archived)
+        summaries = [_version_summary(v) for v in listed]
     if as_json:
-        echo_json([_version_summary(v) for v in versions])
+        echo_json(summaries)
         return
+    versions = summaries
     if not versions:
         click.echo("no pipeline versions registered")
         return
     click.echo(f"{'ID':>4}  {'VERSION':30} {'TASK':15} {'KIND':9} {'METRICS'}")
     for v in versions:
         metrics = ", ".join(
-            f"{k}={val:.4g}" for k, val in v.offline_metrics.items() if isinstance(val, float)
+            f"{k}={val:.4g}" for k, val in v["offline_metrics"].items() if isinstance(val, float)
         )
-        click.echo(f"{v.id:>4}  {v.ref:30} {v.task:15} {v.kind:9} {metrics}")
+        mark = " (archived)" if v.get("archived_at") else ""
+        click.echo(f"{v['id']:>4}  {v['ref']:30} {v['task']:15} {v['kind']:9} {metrics}{mark}")
+
+
+def _ref_path(ref: str) -> str:
+    name, sep, version = ref.partition(":")
+    if not sep or not name or not version:
+        raise click.UsageError(f"refer to a pipeline version as NAME:VERSION, got {ref!r}")
+    return f"/pipelines/{name}/{version}"
+
+
+@pipelines.command("archive")
+@click.argument("ref", metavar="NAME:VERSION")
+@click.option("--reason", default="", help="Why (written in the event).")
+@click.pass_context
+def pipelines_archive(ctx: click.Context, ref: str, reason: str) -> None:
+    """Archive a version: kept with its history, but no new deployment or rollout may use it.
+
+    Refused while it is a deployment's champion or an arm of an active rollout.
+    """
+    from controller import lifecycle
+
+    def local(store: Any, actor: str) -> str:
+        version = lifecycle.archive_version(store, ref, actor=actor, reason=reason)
+        return f"archived {version.ref} (restore it with: mlcanary pipelines restore {version.ref})"
+
+    archive_or_restore(ctx, _ref_path(ref), "archive", ref, reason, local)
+
+
+@pipelines.command("restore")
+@click.argument("ref", metavar="NAME:VERSION")
+@click.option("--reason", default="", help="Why (written in the event).")
+@click.pass_context
+def pipelines_restore(ctx: click.Context, ref: str, reason: str) -> None:
+    """Restore an archived version: it may be deployed and rolled out again."""
+    from controller import lifecycle
+
+    def local(store: Any, actor: str) -> str:
+        return f"restored {lifecycle.restore_version(store, ref, actor=actor, reason=reason).ref}"
+
+    archive_or_restore(ctx, _ref_path(ref), "restore", ref, reason, local)
+
+
+@pipelines.command("delete")
+@click.argument("ref", metavar="NAME:VERSION")
+@click.option("--reason", default="", help="Why (written in the event).")
+@click.pass_context
+def pipelines_delete(ctx: click.Context, ref: str, reason: str) -> None:
+    """Delete a version no deployment or rollout ever used, and its artifact file (unless shared).
+
+    A version with a history (a deployment's champion, an arm of any rollout) is refused: archive it.
+    """
+    given = api_of(ctx)
+    if given is not None:
+        ApiClient(*given).call("DELETE", _ref_path(ref), {"reason": reason} if reason else {})
+        click.echo(f"deleted {ref} through {given[0]}")
+        return
+    from controller import lifecycle
+    from controller.cli.common import actor
+
+    deleted = lifecycle.delete_version(store_of(ctx), ref, actor=actor(), reason=reason)
+    removed = ", artifact file removed" if deleted["artifact_removed"] else ""
+    click.echo(f"deleted {deleted['ref']} (id {deleted['id']}{removed})")
+    say_database(ctx, always=True)
 
 
 def _version_summary(v: Any) -> dict[str, Any]:
@@ -188,6 +332,7 @@ def _version_summary(v: Any) -> dict[str, Any]:
         "classes": v.classes, "sha256": v.sha256, "artifact_format": v.artifact_format,
         "upstream_url": v.upstream_url, "upstream_protocol": v.upstream_protocol,
         "trusted_types": list(v.trusted_types), "upstream_config": v.upstream_config,
+        "archived_at": v.archived_at.isoformat() if v.archived_at else None,
         "offline_metrics": v.offline_metrics, "golden_set_rows": len(v.golden_set["outputs"]["prediction"])
         if v.golden_set else 0, "environment": v.environment, "metadata": v.metadata,
         "created_at": v.created_at.isoformat(),
@@ -199,4 +344,11 @@ def _version_summary(v: Any) -> dict[str, Any]:
 @click.pass_context
 def pipelines_show(ctx: click.Context, ref: str) -> None:
     """Show one pipeline version (NAME:VERSION or id) as JSON."""
+    given = api_of(ctx)
+    if given is not None:
+        if ":" not in ref:
+            raise click.UsageError("with --api, name the version as NAME:VERSION")
+        pipeline, version = ref.split(":", 1)
+        echo_json(ApiClient(*given).call("GET", f"/pipelines/{pipeline}/{version}"))
+        return
     echo_json(_version_summary(store_of(ctx).pipelines.get_by_ref(ref)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from typing import Any
@@ -20,7 +21,9 @@ def _serve(ctx: click.Context, role: str, host: str | None, port: int | None, wo
         **{k: v for k, v in {"host": host, "port": port, "workers": workers}.items() if v is not None}
     )
     settings.validate()
-    open_store(settings).db.dispose()  # create the embedded database / refuse an old schema before forking
+    # `serve` may create the embedded database; `router` (a data plane of someone's existing system) may not.
+    # Either refuses an old schema before forking.
+    open_store(settings, create_embedded=role == "serve").db.dispose()
     click.echo(
         f"mlcanary {role} on http://{settings.host}:{settings.port} "
         f"({settings.workers} workers x {settings.threads} threads)",
@@ -28,6 +31,7 @@ def _serve(ctx: click.Context, role: str, host: str | None, port: int | None, wo
     )
     # `serve` is the whole product: one controller loop runs beside gunicorn as a child process.
     child = _start_controller_child(settings) if role == "serve" else None
+    master = os.getpid()
     try:
         server.run(
             lambda: create_app(settings, role=role),
@@ -40,7 +44,7 @@ def _serve(ctx: click.Context, role: str, host: str | None, port: int | None, wo
             read_timeout_s=settings.read_timeout_s,
         )
     finally:
-        if child is not None:
+        if child is not None and os.getpid() == master:  # gunicorn workers unwind through here as well
             _stop_child(child)
 
 
@@ -85,7 +89,7 @@ def controller(ctx: click.Context) -> None:
         level=settings.log_level.upper(), format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"
     )
     store = open_store(settings)
-    leadership = Tracked(leadership_for(store.db.url))
+    leadership = Tracked(leadership_for(store.db.url, keepalive=store.db.keepalive))
     stop = threading.Event()
     # Webhooks follow the event log; only the leader sends, so standbys never duplicate a delivery.
     dispatcher = webhooks.Dispatcher(store, settings, leading=lambda: leadership.held).start()

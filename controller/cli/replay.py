@@ -25,7 +25,7 @@ from typing import Any
 import click
 import pandas as pd
 
-from controller.cli.common import echo_json, settings_of, store_of
+from controller.cli.common import echo_json, refuse_api, settings_of, store_of
 from controller.encoding import finite
 from router.backends import Backend, Predictions, create_backend
 from router.errors import RouterError
@@ -277,6 +277,11 @@ def replay_command(
     as_json: bool,
 ) -> None:
     """Score stored raw inputs or a file through a registered version offline and compare with another."""
+    refuse_api(
+        ctx,
+        "it loads the pipelines and scores them in this process, reading their artifact files and the "
+        "stored raw inputs directly (minutes of CPU that do not belong on a serving host)",
+    )
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 

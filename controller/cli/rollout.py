@@ -13,69 +13,33 @@ API instead, as the token's owner. Mistakes give one line on stderr and exit sta
 from __future__ import annotations
 
 import csv
-import getpass
 import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from controller.cli.common import clock_of
+from controller.cli.common import actor, api_of, clock_of
+from controller.cli.remote import ApiClient
 from controller.core.rollout_actions import ACTION_HELP, ROLLOUT_ACTIONS  # the one list; imports nothing
-from controller.http import feedback
-from storage import Store
 
+if TYPE_CHECKING:
+    from storage import Store
 
-def actor() -> str:
-    """Return ``cli:<login>`` (who ran the command, for the event log)."""
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (OSError, KeyError):
-        return "cli:unknown"
-
-
-class ApiClient:
-    """The few admin API calls the commands need; any error answer becomes one ClickException line."""
-
-    def __init__(self, url: str, token: str | None, *, timeout: float = 30.0) -> None:
-        import httpx
-
-        if not url.startswith(("http://", "https://")):
-            raise click.UsageError(f"--api must be an http(s) URL, got {url!r}")
-        if not token:
-            raise click.UsageError("--api needs --token (or MLCANARY_TOKEN)")
-        self._client = httpx.Client(
-            base_url=url.rstrip("/") + "/api/v1",
-            timeout=timeout,
-            headers={"Authorization": f"Bearer {token}"},
-        )
-
-    def call(self, method: str, path: str, body: Any = None, **params: Any) -> Any:
-        import httpx
-
-        try:
-            response = self._client.request(
-                method, path, json=body, params={k: v for k, v in params.items() if v is not None}
-            )
-        except httpx.HTTPError as error:
-            raise click.ClickException(f"cannot reach the admin API: {error}") from error
-        if response.status_code >= 400:
-            try:
-                problem = response.json()["error"]
-                message = f"{problem['message']} (HTTP {response.status_code}, {problem['code']})"
-            except (ValueError, KeyError, TypeError):
-                message = f"HTTP {response.status_code} from the admin API"
-            raise click.ClickException(message)
-        return response.json()
+# Labels accepted in one feedback request (controller.http.feedback.MAX_LABELS; a test checks they agree):
+# a literal here keeps Flask and SQLAlchemy out of `mlcanary rollout ... --api` (bench/cli_speed.py).
+MAX_LABELS = 10_000
 
 
 def _remote(ctx: click.Context) -> ApiClient | None:
+    """The admin API client when --api is given (on this group, or globally), else None."""
     obj = ctx.find_object(_Remote)
-    if obj is None or not obj.url:
-        return None
-    return ApiClient(obj.url, obj.token)
+    if obj is not None and obj.url:
+        return ApiClient(obj.url, obj.token)
+    given = api_of(ctx)
+    return ApiClient(*given) if given else None
 
 
 class _Remote:
@@ -84,9 +48,9 @@ class _Remote:
 
 
 _api_option = click.option(
-    "--api", "api_url", envvar="MLCANARY_API_URL", help="Go through this admin API URL."
+    "--api", "api_url", help="Go through this admin API URL (as the global --api; MLCANARY_API_URL)."
 )
-_token_option = click.option("--token", envvar="MLCANARY_TOKEN", help="Admin API token (with --api).")
+_token_option = click.option("--token", help="Admin API token (with --api; MLCANARY_TOKEN).")
 
 
 def _store(ctx: click.Context) -> Store:
@@ -171,7 +135,11 @@ def _read_policy(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (OSError, ValueError, yaml.YAMLError) as error:
+    except yaml.YAMLError as error:
+        from controller.core.policy import yaml_error_text
+
+        raise click.ClickException(f"cannot read policy {path.name}: {yaml_error_text(error)}") from error
+    except (OSError, ValueError) as error:
         raise click.ClickException(f"cannot read policy {path.name}: {str(error).splitlines()[0]}") from error
     if not isinstance(data, dict):
         raise click.ClickException(f"policy {path.name} must hold a mapping")
@@ -222,16 +190,17 @@ for _name in ROLLOUT_ACTIONS:
 @click.option("--json", "as_json", is_flag=True, help="The same document as GET /api/v1/deployments/NAME.")
 @click.pass_context
 def status(ctx: click.Context, deployment: str, as_json: bool) -> None:
-    """Show DEPLOYMENT's phase, weights, step, live figures per arm and last verdicts."""
+    """Show DEPLOYMENT's verdict sentence, phase, weights, step, live figures per arm and last verdicts."""
     remote = _remote(ctx)
     if remote is not None:
         document = remote.call("GET", f"/deployments/{deployment}")
     else:
         from controller import encoding
-        from controller.http import api
+        from controller.http import documents  # not controller.http.api: no Flask, pandas or SciPy here
 
         store = _store(ctx)
-        document = encoding.plain(api.deployment_json(store, store.deployments.get(deployment), detail=True))
+        found = store.deployments.get(deployment)
+        document = encoding.plain(documents.deployment_json(store, found, detail=True, now=clock_of(ctx)()))
     if as_json:
         click.echo(json.dumps(document, indent=2))
         return
@@ -248,12 +217,16 @@ def status_lines(d: dict[str, Any]) -> Iterator[str]:
     if r is None:
         yield "no rollout yet"
         return
+    if d.get("verdict"):
+        yield d["verdict"]
     w = d["weights"] if r["active"] else {"champion": 100.0, "challenger": 0.0, "shadow_rate": 0.0}
     yield (
         f"rollout {r['id']}: {r['phase']}, mode {r['mode']}, step {r['step_index']}, "
         f"traffic champion {w['champion']:g}% / challenger {w['challenger']:g}%, shadow rate {w['shadow_rate']:g}"
-        + (f", ended: {r['reason']}" if r.get("ended_at") else "")
+        + (f", ended: {r.get('reason_message') or r['reason']}" if r.get("ended_at") else "")
     )
+    if r["phase"] == "paused":
+        yield f"paused: {r.get('reason_message') or r['reason']}"
     if r["phase"] == "watching":
         yield (
             f"post-promotion watch: {r['challenger']} answers every request, the previous champion "
@@ -285,10 +258,21 @@ def status_lines(d: dict[str, Any]) -> Iterator[str]:
     a = d.get("last_analysis")
     if a:
         yield f"last analysis {a['evaluated_at']} (step {a['step']}): {a['outcome']}"
+        said = str((a.get("metrics") or {}).get("judgement") or "")
+        if said.startswith("hold: "):  # a final promotion held for the labels (delay, outcome-dependent)
+            yield f"  {said.split('; ')[0]}"
+        done = not r["active"]
+        width = max([14, *(len(v.get("gate") or v.get("name") or "?") for v in a["verdicts"])])
         for verdict in a["verdicts"]:
             name = verdict.get("gate") or verdict.get("name") or "?"
+            role = verdict.get("role") or "-"
+            outcome = verdict.get("outcome", "?")
+            if role == "informational" and outcome == "fail":
+                outcome = "noted"  # informational: reported, never decides (not a failure of the rollout)
             detail = verdict.get("reason") or verdict.get("message") or ""
-            yield f"  {name:<14} {verdict.get('outcome', '?'):<13} {detail}"
+            yield f"  {name:<{width}} {role:<13} {outcome:<13} {detail}"  # one column each, however long
+        if done:
+            yield f"  (verdicts of the last look before the rollout ended {r['phase']})"
 
 
 @rollout.command("events")
@@ -306,13 +290,13 @@ def events(ctx: click.Context, deployment: str, after_id: int, limit: int, as_js
         ]
     else:
         from controller import encoding
-        from controller.http import api
+        from controller.http import documents
 
         store = _store(ctx)
         found = store.events.list(
             deployment_id=store.deployments.get(deployment).id, after_id=after_id, limit=limit
         )
-        listed = [encoding.plain(api.event_json(e)) for e in found]
+        listed = [encoding.plain(documents.event_json(e)) for e in found]
     if as_json:
         click.echo(json.dumps(listed, indent=2))
         return
@@ -367,8 +351,10 @@ def read_labels(path: Path) -> list[tuple[str, int, Any, float | None, float | N
         raise click.ClickException(f"cannot read {path.name}: {error}") from error
     if not items:
         raise click.ClickException(f"{path.name} has no labels")
+    from controller.http import feedback
+
     try:
-        chunks = [items[i : i + feedback.MAX_LABELS] for i in range(0, len(items), feedback.MAX_LABELS)]
+        chunks = [items[i : i + MAX_LABELS] for i in range(0, len(items), MAX_LABELS)]
         return [t for chunk in chunks for t in feedback.parse_labels({"labels": chunk})]
     except feedback.LabelsError as error:
         raise click.ClickException(f"{path.name}: {error.message}") from error
@@ -397,8 +383,10 @@ def _scalar(text: str) -> Any:
 @click.pass_context
 def labels_upload(ctx: click.Context, deployment: str, file: Path) -> None:
     """Store the labels and/or outcomes of FILE.csv (request_id,label[,row][,outcome]) for DEPLOYMENT's earlier requests."""
+    from controller.http import feedback
+
     triples = read_labels(file)
-    batches = [triples[i : i + feedback.MAX_LABELS] for i in range(0, len(triples), feedback.MAX_LABELS)]
+    batches = [triples[i : i + MAX_LABELS] for i in range(0, len(triples), MAX_LABELS)]
     remote = _remote(ctx)
     store: Store | None = None if remote is not None else _store(ctx)
     if store is not None:

@@ -78,8 +78,10 @@ __all__ = [
     "StepMetrics",
     "Summary",
     "Verdict",
+    "arm_values",
     "judge",
     "metrics_from_pairs",
+    "null_variance_at_bound",
 ]
 
 
@@ -405,6 +407,9 @@ class JudgePolicy:
     confidence sequence proves the breach. ``srm_min_expected``: the SRM test waits until the smaller
     arm expects this many units (routing keys), so a handful of keys cannot trigger it.
     ``latency_floor_ms``: a challenger p99 at or below it never counts as latency harm.
+    ``regression_error_bound``: the largest absolute error either model can make (label units), an
+    assumption the policy states; with it, the regression mean test uses the variance at the least
+    favourable null (``null_variance_at_bound``). ``None``: no bound assumed, the observed variance.
 
     Error budget: ``alpha`` is the level of the harm family (every required and guardrail gate that
     can roll back, Holm-adjusted) and of the non-inferiority bounds; ``veto_alpha`` the level of each
@@ -423,6 +428,7 @@ class JudgePolicy:
     slo_min_samples: int = 100
     srm_min_expected: float = 50.0
     latency_floor_ms: float = 0.0
+    regression_error_bound: float | None = None
     error_rate: GateSpec = field(
         default_factory=lambda: GateSpec(role="guardrail", margin=0.0, min_samples=200)
     )
@@ -460,6 +466,8 @@ class JudgePolicy:
             raise ValueError("n_star must be positive")
         if self.latency_p99.margin < 1.0:
             raise ValueError("the latency margin is a ratio >= 1")
+        if self.regression_error_bound is not None and not self.regression_error_bound > 0.0:
+            raise ValueError("regression_error_bound must be positive")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -651,7 +659,12 @@ def _harm_gate(
     else:
         outcome, why = (
             Outcome.INCONCLUSIVE,
-            f"inconclusive: {describe}, bounds {min(good, bad):.4g}..{max(good, bad):.4g} include {lim:.4g}",
+            f"inconclusive: {describe}, bounds {min(good, bad):.4g}..{max(good, bad):.4g} "
+            + (
+                f"include {lim:.4g}"
+                if min(good, bad) <= lim <= max(good, bad)
+                else f"lie past {lim:.4g} on the harmful side (harm is decided by its own test and level)"
+            ),
         )
     verdict = Verdict(
         gate,
@@ -740,7 +753,7 @@ def _accuracy(m: StepMetrics, policy: JudgePolicy) -> _Draft:
         n1=n1,
         n2=n2,
         scale=-1.0,
-        describe=f"accuracy difference {-loss:+.4g} ({how})",
+        describe=f"accuracy difference {0.0 - loss:+.4g} ({how})",
     )
 
 
@@ -780,10 +793,12 @@ def _regression(m: StepMetrics, policy: JudgePolicy) -> _Draft:
             mae = base.mean
             mean = d.mean - spec.margin * mae
             var = (math.sqrt(d.variance) + spec.margin * math.sqrt(base.variance)) ** 2
-            total_sq = (n - 1) * var + n * mean * mean
         rows = (n - 1) * var  # sum of squared deviations from the mean
         deff = _deff(m, "abs_error.paired", rows, null=mean, weight=w) if pa is not None else 1.0
-        se, n_cs, n1, n2, how = math.sqrt(var * deff / n), float(n), n, n, "paired"
+        bound = policy.regression_error_bound
+        # D = |e2| - (1 + m)|e1| <= bound: the null's D (mean 0) vs the sample's (mean below 0)
+        var0 = var if bound is None else null_variance_at_bound(mean, var, bound, -mean)
+        se, n_cs, n1, n2, how = math.sqrt(var0 * deff / n), float(n), n, n, "paired"
     elif m.challenger_abs_error is not None and base is not None:
         c = m.challenger_abs_error
         if min(base.n, c.n) < spec.min_samples:
@@ -798,7 +813,10 @@ def _regression(m: StepMetrics, policy: JudgePolicy) -> _Draft:
         mean = c.mean - w * mae
         d1 = _deff(m, "abs_error.champion", (base.n - 1) * base.variance, null=base.mean)
         d2 = _deff(m, "abs_error.challenger", (c.n - 1) * c.variance, null=c.mean)
-        se = math.sqrt(c.variance / c.n * d2 + w * w * base.variance / base.n * d1)
+        bound = policy.regression_error_bound
+        # at the null the challenger's errors (<= bound) have a mean higher by -mean
+        v2 = c.variance if bound is None else null_variance_at_bound(c.mean, c.variance, bound, -mean)
+        se = math.sqrt(v2 / c.n * d2 + w * w * base.variance / base.n * d1)
         n_cs, n1, n2, how = float(base.n + c.n), base.n, c.n, "unpaired"
     else:
         return _no_data("regression", spec, "no labelled challenger errors yet")
@@ -815,10 +833,33 @@ def _regression(m: StepMetrics, policy: JudgePolicy) -> _Draft:
         n2=n2,
         offset=spec.margin,
         scale=scale,
-        describe=f"MAE change {mean * scale + spec.margin:+.2%} ({how}, direct test of |e2| - {w:g} |e1|)",
+        describe=f"MAE change {mean * scale + spec.margin:+.2%} ({how}, direct test of |e2| - {w:g} |e1|"
+        + (
+            ""
+            if policy.regression_error_bound is None
+            else f", errors up to {policy.regression_error_bound:g}"
+        )
+        + ")",
     )
     tail = _error_tail(m, policy)
     return bulk if tail is None else _both(bulk, tail)
+
+
+def null_variance_at_bound(mean: float, var: float, bound: float, gap: float) -> float:
+    """Variance at the least favourable null of a variable at most ``bound`` whose mean must rise by ``gap``.
+
+    A sample with mean ``mean`` and variance ``var`` is ``gap`` short of the null (harm = margin). Of the
+    distributions of the null, the one hardest to tell from the sample moves a share p of the mass to
+    ``bound``, just enough to close the gap: p = gap / (bound - mean); its variance is
+    (1 - p) var + p (1 - p) (bound - mean)^2. Rare large errors not (yet) in the sample are then in the
+    variance the test uses, as the score tests of proportions use the variance at the null (Farrington
+    & Manning 1990). No gap (the mean at or past the null) returns ``var``.
+    """
+    spread = bound - mean
+    if gap <= 0.0 or spread <= 0.0:
+        return var
+    p = min(gap / spread, 1.0)
+    return (1.0 - p) * var + p * (1.0 - p) * spread * spread
 
 
 def _error_tail(m: StepMetrics, policy: JudgePolicy) -> _Draft | None:
@@ -1248,6 +1289,41 @@ _GATES = {
 }
 
 
+def arm_values(m: StepMetrics) -> dict[str, dict[str, float]]:
+    """Return what each two-arm gate compares, per arm, from the metrics it judged (for the plots).
+
+    ``error_rate``: failed / requests; ``accuracy``: correct / labelled rows; ``regression``: mean absolute
+    error; ``latency_p99``: p99 in ms read off the judge's histogram. A gate whose arms have no data yet
+    is left out. Agreement, drift and coverage compare no arm against the other (their effect is the
+    figure itself), so they have no entry.
+    """
+    out: dict[str, dict[str, float]] = {}
+
+    def pair(gate: str, champion: float | None, challenger: float | None) -> None:
+        if (
+            champion is not None
+            and challenger is not None
+            and math.isfinite(champion)
+            and math.isfinite(challenger)
+        ):
+            out[gate] = {"champion": float(champion), "challenger": float(challenger)}
+
+    def share(p: Proportion | None) -> float | None:
+        return p.count / p.n if p is not None and p.n else None
+
+    pair("error_rate", share(m.champion), share(m.challenger))
+    pair("accuracy", share(m.champion_correct), share(m.challenger_correct))
+    c, h = m.champion_abs_error, m.challenger_abs_error
+    pair("regression", c.mean if c is not None and c.n else None, h.mean if h is not None and h.n else None)
+    if m.latency is not None and any(m.latency.champion) and any(m.latency.challenger):
+        pair(
+            "latency_p99",
+            stats.quantile_from_histogram(m.latency.champion, m.latency.edges, 0.99),
+            stats.quantile_from_histogram(m.latency.challenger, m.latency.edges, 0.99),
+        )
+    return out
+
+
 def _enabled(policy: JudgePolicy, name: str) -> bool:
     spec: GateSpec = getattr(policy, name)
     return spec.enabled
@@ -1362,7 +1438,10 @@ def _combine(verdicts: list[Verdict], spec_of: dict[str, GateSpec], policy: Judg
     for v in verdicts:
         s = spec(v)
         no_data = v.outcome == Outcome.NO_DATA and v.role in ("guardrail", "veto")
-        if no_data and (s is None or not s.allow_no_data):
+        # The SRM check guards the split, not the challenger's quality: with few routing keys (200 keys at
+        # a 5% step expect 10 on the challenger, below srm_min_expected) it can never run, and waiting for
+        # it would hold every canary step of such a deployment until its budget ran out.
+        if no_data and v.gate != "srm" and (s is None or not s.allow_no_data):
             waiting.append(f"{v.gate} no-data (blocks promotion until it has data)")
 
     deciding = required + [
@@ -1374,7 +1453,11 @@ def _combine(verdicts: list[Verdict], spec_of: dict[str, GateSpec], policy: Judg
     if vetoed:
         decision, reason = "veto", "veto: " + "; ".join(f"{v.gate}: {v.reason}" for v in vetoed)
     elif harmed:
-        decision, reason = "rollback", "harm: " + "; ".join(f"{v.gate}: {v.reason}" for v in harmed)
+        # a harmed verdict's own reason starts "harm: ": said once, not "harm: regression: harm: ..."
+        decision, reason = (
+            "rollback",
+            "harm: " + "; ".join(f"{v.gate}: {v.reason.removeprefix('harm: ')}" for v in harmed),
+        )
     elif held:
         decision = "continue"
         reason = "hold (not harm; labels decide): " + "; ".join(f"{v.gate}: {v.reason}" for v in held)
@@ -1390,6 +1473,100 @@ def _combine(verdicts: list[Verdict], spec_of: dict[str, GateSpec], policy: Judg
         decision = "continue"
         reason = "continue: " + (", ".join(waiting) if waiting else "no required gate configured")
     return Judgement(decision, outcome, tuple(verdicts), reason, _summary(verdicts, policy))
+
+
+LABEL_DELAY_TOLERANCE_S = 60.0
+"""Labels arriving this much later than ``label_maturity_s`` do not yet hold a final promotion."""
+
+
+def hold_for_label_delays(
+    judgement: Judgement, *, final: bool, label_delay_s: float | None, maturity_s: float
+) -> Judgement:
+    """Hold a final promotion while labels arrive later than ``label_maturity_s`` allows for.
+
+    ``label_delay_s``: the longest delay between a request and its label seen in the rollout so far
+    (None: no label yet). A label maturity shorter than the delays lets the earliest labels decide; if
+    the delay depends on the outcome (wrong answers reported a day later, right ones within the hour)
+    those labels are a biased sample, and a worse challenger looks equal or better (the simulator's
+    outcome-order row promoted it in 99% of rollouts). No test can see that bias in the labels that have
+    arrived, so the final promotion waits for the policy to say how long labels take: the hold names
+    the delay to set. Other decisions (rollback on proven harm, earlier stages) stand.
+    """
+    if not final or judgement.decision != "promote" or label_delay_s is None:
+        return judgement
+    if label_delay_s <= maturity_s + LABEL_DELAY_TOLERANCE_S:
+        return judgement
+    reason = (
+        f"hold: labels arrive up to {label_delay_s:.0f} s after their requests but label_maturity_s is "
+        f"{maturity_s:g} s: the earliest labels may be a biased sample (set label_maturity_s to at least "
+        f"{label_delay_s:.0f} s); {judgement.reason}"
+    )
+    return replace(judgement, decision="continue", reason=reason)
+
+
+OUTCOME_LABEL_TOLERANCE = 0.05
+"""Labelled share by which disagreeing pairs may trail agreeing ones before labels look outcome-dependent."""
+
+
+def outcome_dependent_labels(
+    agreeing: Proportion,
+    disagreeing: Proportion,
+    *,
+    alpha: float,
+    n_star: float,
+    tolerance: float = OUTCOME_LABEL_TOLERANCE,
+) -> str | None:
+    """Return why labels look outcome-dependent, or None when they do not (or there is too little data).
+
+    ``agreeing`` / ``disagreeing``: pairs old enough for their labels where the arms agreed / disagreed
+    (``n``) and how many of them have a label (``count``). Null hypothesis: the labelled share of
+    disagreeing pairs is at most ``tolerance`` below that of agreeing ones. Rejected when the always-valid
+    one-sided p-value of the difference (the asymptotic confidence sequence of Waudby-Smith et al.,
+    unpooled Wald standard error, as ``confidence_sequence_p_value``) is below ``alpha``, so looking at
+    every step does not inflate the false holds.
+    """
+    if agreeing.n == 0 or disagreeing.n == 0:
+        return None
+    qa, qd = agreeing.count / agreeing.n, disagreeing.count / disagreeing.n
+    se = math.sqrt(
+        _bernoulli_se(agreeing.count, agreeing.n) ** 2 + _bernoulli_se(disagreeing.count, disagreeing.n) ** 2
+    )
+    p = stats.confidence_sequence_p_value(
+        qa - qd, se, agreeing.n + disagreeing.n, null=tolerance, alpha=alpha, n_star=n_star, side="greater"
+    ).p_value
+    if p >= alpha:
+        return None
+    return (
+        f"labels look outcome-dependent: {qd:.0%} of {disagreeing.n} disagreeing pairs labelled vs "
+        f"{qa:.0%} of {agreeing.n} agreeing (p = {p:.2g} < {alpha:g}); labels of one kind of answer "
+        "arrive later, so the labelled pairs are a biased sample (raise label_maturity_s to the labels' "
+        "delay)"
+    )
+
+
+def hold_for_outcome_dependent_labels(
+    judgement: Judgement,
+    *,
+    final: bool,
+    agreeing: Proportion | None,
+    disagreeing: Proportion | None,
+    alpha: float,
+    n_star: float,
+) -> Judgement:
+    """Hold a final promotion while disagreeing pairs are significantly less labelled than agreeing ones.
+
+    Catches what ``hold_for_label_delays`` cannot see yet: labels of wrong answers that will arrive
+    later than any label so far (a day, with the others after an hour and label_maturity_s set to the
+    hour). The labelled pairs then over-represent the challenger's right answers where the arms
+    disagree. Other decisions (rollback on proven harm, earlier stages) stand; the hold lifts once the
+    late labels arrive and the shares match.
+    """
+    if not final or judgement.decision != "promote" or agreeing is None or disagreeing is None:
+        return judgement
+    why = outcome_dependent_labels(agreeing, disagreeing, alpha=alpha, n_star=n_star)
+    if why is None:
+        return judgement
+    return replace(judgement, decision="continue", reason=f"hold: {why}; {judgement.reason}")
 
 
 def _summary(verdicts: Sequence[Verdict], policy: JudgePolicy) -> Summary:

@@ -27,12 +27,13 @@ over the given classes of 2 TP / (2 TP + FP + FN) (``f1_score(average="macro", l
 with no true and no predicted row scores 0). A never-predicted class has precision 0 with a
 degenerate (zero) influence: its standard error comes only from the other arm.
 
-Proper scores (binary; the router records P(positive class) as the score): log loss = mean of
--ln p(true class) with p clipped to [eps, 1 - eps], eps = float64 machine epsilon
-(``sklearn.metrics.log_loss``); Brier = mean of (score - 1[positive])^2 (``brier_score_loss``). Their
-paired difference is a mean of per-row differences (sum and sum of squares). For more than two
-classes the router records only the top probability, so online log loss and Brier report no-data;
-offline (registration) computes the multi-class versions from ``predict_proba``.
+Proper scores: log loss = mean of -ln p(true class) with p clipped to [eps, 1 - eps], eps = float64
+machine epsilon (``sklearn.metrics.log_loss``). Brier, binary = mean of (score - 1[positive])^2
+(``brier_score_loss``); multi-class = mean over rows of sum_k (p_k - 1[y = k])^2 (Brier's 1950
+definition; ``brier_score_loss`` on multi-class targets). Binary reads P(positive class), the score
+the router records; more than two classes read each arm's stored probability vector
+(``paired_outputs.champion_proba`` / ``challenger_proba``). Their paired difference is a mean of
+per-row differences (sum and sum of squares), so the loss gates are the same for any number of classes.
 
 Regression: RMSE difference sqrt(m2) - sqrt(m1) of the mean squared errors, delta method with the
 fourth moments (and the cross moment of the squared errors when paired); pinball (quantile) loss at
@@ -43,6 +44,9 @@ sums. It uses a documented *fixed-horizon* fallback: the gate waits until ``hori
 exist, then tests once, on exactly the first ``horizon`` rows by arrival (DeLong et al. 1988
 variance, paired when both arms scored the rows); every later look re-reads the same rows and so
 gets the same answer — the test is not repeated on growing data, so its one-sided level holds.
+More than two classes: the macro one-vs-rest AUC (the mean over classes k of the binary AUC of
+"label = k" against p_k; ``roc_auc_score(multi_class="ovr", average="macro")``), same horizon, its
+variance the DeLong structural components averaged over the classes per row (``macro_ovr_delong``).
 
 Business outcome: the arms' mean outcome per served request (revenue, a 0/1 conversion, a cost),
 unpaired Welch standard error; only canary-served requests count (in shadow the challenger's answer
@@ -77,6 +81,8 @@ __all__ = [
     "SegmentStats",
     "arm_values",
     "auc_estimates",
+    "macro_ovr_auc",
+    "macro_ovr_delong",
     "classification_value",
     "higher_is_better",
     "confusion_from_rows",
@@ -469,6 +475,66 @@ def delong(
     return a1, a2, var
 
 
+def _ovr_influence(
+    codes: npt.NDArray[np.int64], proba: npt.NDArray[np.float64], classes: Sequence[int]
+) -> tuple[float, npt.NDArray[np.float64]]:
+    """Return the macro one-vs-rest AUC over ``classes`` and each row's DeLong influence on it.
+
+    Class k's AUC is the binary AUC of (label = k) against column k. A row's influence on it is its
+    DeLong structural component minus the AUC, scaled so that the sum of squares over the rows is
+    DeLong's variance S10/m + S01/n (positives by sqrt(m (m - 1)), negatives by sqrt(n (n - 1)));
+    the macro AUC's influence is the mean of the classes' influences.
+    """
+    total = np.zeros(codes.size)
+    areas = []
+    for k in classes:
+        y = codes == k
+        m, n = int(y.sum()), int((~y).sum())
+        area, v10, v01 = _placements(proba[:, k], y)
+        influence = np.empty(codes.size)
+        influence[y] = (v10 - area) / math.sqrt(m * (m - 1)) if m > 1 else 0.0
+        influence[~y] = (v01 - area) / math.sqrt(n * (n - 1)) if n > 1 else 0.0
+        total += influence
+        areas.append(area)
+    return float(np.mean(areas)), total / len(classes)
+
+
+def macro_ovr_auc(labels: npt.ArrayLike, proba: npt.ArrayLike) -> float:
+    """Return the macro one-vs-rest ROC AUC of class codes ``labels`` (0..K-1) and an (n, K) probability
+    matrix: the mean over the classes present (with a positive and a negative row) of each class's
+    binary AUC. With every class present it is ``roc_auc_score(y, proba, multi_class="ovr")``."""
+    codes = np.asarray(labels, dtype=np.int64)
+    p = np.asarray(proba, dtype=float)
+    return _ovr_influence(codes, p, _ovr_classes(codes, p.shape[1]))[0]
+
+
+def _ovr_classes(codes: npt.NDArray[np.int64], k: int) -> list[int]:
+    return [c for c in range(k) if 0 < int((codes == c).sum()) < codes.size]
+
+
+def macro_ovr_delong(
+    labels: npt.ArrayLike, champion: npt.ArrayLike, challenger: npt.ArrayLike | None = None
+) -> tuple[float, float, float]:
+    """Return (champion, challenger macro one-vs-rest AUC, variance of their difference).
+
+    The structural-components (DeLong et al. 1988) variance extended to the mean of the classes'
+    one-vs-rest AUCs: each row's influence on the macro AUC is the mean of its DeLong components over
+    the classes, and the variance is the sum of squared influences (of the difference of the arms'
+    influences when paired, so their covariance — across arms and across classes — enters). With two
+    classes it equals ``delong``. ``challenger`` None: (AUC, nan, variance of the AUC).
+    H0 of the implied z-test: the two macro AUCs are equal (or differ by a given margin).
+    """
+    codes = np.asarray(labels, dtype=np.int64)
+    p1 = np.asarray(champion, dtype=float)
+    present = _ovr_classes(codes, p1.shape[1])
+    a1, f1 = _ovr_influence(codes, p1, present)
+    if challenger is None:
+        return a1, math.nan, float(f1 @ f1)
+    a2, f2 = _ovr_influence(codes, np.asarray(challenger, dtype=float), present)
+    d = f2 - f1
+    return a1, a2, float(d @ d)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Auc:
     """Rows for the fixed-horizon AUC test: the first ``horizon`` labelled rows by arrival.
@@ -476,15 +542,22 @@ class Auc:
     Paired: ``labels`` with ``champion`` and ``challenger`` scores of the same rows. Unpaired:
     ``champion_labels`` / ``champion`` and ``challenger_labels`` / ``challenger`` separately.
     ``available``: labelled rows that exist so far (to report progress towards the horizon).
+
+    More than two classes (``classes`` given): ``labels`` / ``challenger_labels`` are class codes
+    (indexes into ``classes``) and ``champion_proba`` / ``challenger_proba`` each row's probability
+    vector in ``classes`` order; the gate is the macro one-vs-rest AUC (``macro_ovr_delong``).
     """
 
     horizon: int
     available: int
     paired: bool
-    labels: tuple[bool, ...] = ()
+    labels: tuple[bool, ...] | tuple[int, ...] = ()
     champion: tuple[float, ...] = ()
     challenger: tuple[float, ...] = ()
-    challenger_labels: tuple[bool, ...] = ()
+    challenger_labels: tuple[bool, ...] | tuple[int, ...] = ()
+    classes: tuple[str, ...] = ()
+    champion_proba: tuple[tuple[float, ...], ...] = ()
+    challenger_proba: tuple[tuple[float, ...], ...] = ()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -806,6 +879,8 @@ def auc_estimates(auc: Auc | None, spec: MetricSpec, missing: str | None = None)
         return _none(
             spec, f"fixed horizon: {auc.available} of {spec.horizon} labelled rows; AUC is tested once there"
         )
+    if auc.classes:
+        return _multiclass_auc_estimate(auc, spec)
     y = np.asarray(auc.labels, dtype=bool)
     if auc.paired:
         if y.all() or not y.any():
@@ -819,6 +894,32 @@ def auc_estimates(auc: Auc | None, spec: MetricSpec, missing: str | None = None)
         a1, _, var1 = delong(y, auc.champion)
         a2, _, var2 = delong(y2, auc.challenger)
         var, n1, n2 = var1 + var2, int(y.size), int(y2.size)
+    return _auc_harm(spec, auc, "ROC AUC", a1, a2, var, n1, n2)
+
+
+def _multiclass_auc_estimate(auc: Auc, spec: MetricSpec) -> HarmEstimate:
+    """The macro one-vs-rest AUC gate of a multi-class classifier on the horizon's rows."""
+    k = len(auc.classes)
+    y = np.asarray(auc.labels, dtype=np.int64)
+    if auc.paired:
+        if len(_ovr_classes(y, k)) < 2:
+            return _none(spec, "the horizon's rows hold one class only")
+        a1, a2, var = macro_ovr_delong(y, auc.champion_proba, auc.challenger_proba)
+        n1 = n2 = int(y.size)
+    else:
+        y2 = np.asarray(auc.challenger_labels, dtype=np.int64)
+        if len(_ovr_classes(y, k)) < 2 or len(_ovr_classes(y2, k)) < 2:
+            return _none(spec, "the horizon's rows hold one class only")
+        a1, _, var1 = macro_ovr_delong(y, auc.champion_proba)
+        a2, _, var2 = macro_ovr_delong(y2, auc.challenger_proba)
+        var, n1, n2 = var1 + var2, int(y.size), int(y2.size)
+    return _auc_harm(spec, auc, f"ROC AUC (macro one-vs-rest, {k} classes)", a1, a2, var, n1, n2)
+
+
+def _auc_harm(
+    spec: MetricSpec, auc: Auc, what: str, a1: float, a2: float, var: float, n1: int, n2: int
+) -> HarmEstimate:
+    """The AUC gate's estimate: harm is the drop from the champion's AUC to the challenger's, fixed horizon."""
     diff = a2 - a1
     return HarmEstimate(
         gate="roc_auc",
@@ -832,7 +933,7 @@ def auc_estimates(auc: Auc | None, spec: MetricSpec, missing: str | None = None)
         n2=n2,
         scale=-1.0,
         fixed=True,
-        describe=f"ROC AUC {a1:.4g} -> {a2:.4g}, difference {diff:+.4g} "
+        describe=f"{what} {a1:.4g} -> {a2:.4g}, difference {diff:+.4g} "
         f"({'paired' if auc.paired else 'unpaired'} DeLong, fixed horizon {spec.horizon})",
         champion=a1,
         challenger=a2,

@@ -15,17 +15,20 @@ champion would answer nothing and could not be compared with).
 
 from __future__ import annotations
 
+import difflib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from controller.core import metrics as quality
-from controller.core.judge import GateSpec, JudgePolicy
+from controller.core.plan import Stage, stages
+
+if TYPE_CHECKING:  # imported where the judge's thresholds are built: the verdict sentence needs no NumPy
+    from controller.core import metrics as quality
+    from controller.core.judge import GateSpec, JudgePolicy
 
 RolloutMode = Literal["shadow", "canary", "shadow_then_canary"]
 Task = Literal["classification", "regression"]
@@ -66,8 +69,8 @@ class _Model(BaseModel):
 class Shadow(_Model):
     """The shadow stage: the champion answers and the challenger scores the same requests off the live path.
 
-    ``sample_rate``: share of requests (0 < rate <= 1) the challenger scores in shadow.
-    ``min_pairs``: paired requests (both arms ran) needed before the stage may be decided.
+    ``sample_rate``: **fraction** of requests (0 < rate <= 1, not percent) the challenger scores in shadow.
+    ``min_pairs``: paired requests (both arms ran; a count) needed before the stage may be decided.
     ``min_duration_s``: seconds the stage lasts at least, even when the data decide earlier.
     ``max_duration_s``: seconds after which an undecided stage stops waiting (see ``on_inconclusive``).
     """
@@ -91,11 +94,12 @@ class Canary(_Model):
     (both arms answered the same request: far fewer requests needed); false keeps the unpaired
     comparison of the requests each arm served, for products where the served answer changes the
     label. Latency and the sample-ratio check always use the served requests.
-    ``steps``: challenger weights in percent, strictly increasing, each in (0, 100]. A final 100 is
-    allowed and means "promote" (passing the last step below 100 promotes anyway).
-    ``shadow_rate``: share (0..1) of canary requests on which the other arm also scores in shadow,
-    which gives the agreement gate its pairs; 0 saves the compute.
-    ``min_samples``: requests in the step needed before it may be decided.
+    ``steps``: challenger weights in **percent** of traffic (5 = 5%, not 0.05), strictly increasing,
+    each in (0, 100]. A final 100 is allowed and means "promote" (passing the last step below 100
+    promotes anyway). Steps that are all <= 1 look like fractions and are refused.
+    ``shadow_rate``: **fraction** (0..1, not percent) of canary requests on which the other arm also
+    scores in shadow, which gives the agreement gate its pairs; 0 saves the compute.
+    ``min_samples``: requests (a count) in the step needed before it may be decided.
     ``min_duration_s`` / ``max_duration_s``: least and most seconds spent in each step.
     """
 
@@ -116,6 +120,12 @@ class Canary(_Model):
                 raise ValueError(f"every weight must lie in (0, 100], got {w:g}")
         if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
             raise ValueError(f"weights must be strictly increasing, got {list(steps)}")
+        if all(w <= 1.0 for w in steps):
+            percent = [float(f"{100 * w:.6g}") for w in steps]
+            raise ValueError(
+                f"weights are percent of traffic (5 means 5%), got {[float(f'{w:g}') for w in steps]}, "
+                f"which look like fractions; write {[f'{p:g}' for p in percent]}".replace("'", "")
+            )
         return steps
 
     @model_validator(mode="after")
@@ -130,8 +140,8 @@ class Gate(_Model):
 
     ``role``: ``required`` (must prove non-inferiority to promote; proven harm rolls back),
     ``guardrail`` (proven harm rolls back), ``informational`` (reported only) or ``off``.
-    ``margin``: the tolerated difference, in the gate's unit (see ``Gates``).
-    ``min_samples``: the gate's burn-in; ``None`` takes the policy's ``burn_in``.
+    ``margin``: the tolerated difference, in the gate's unit (see ``Gates``: a fraction, a ratio or a PSI).
+    ``min_samples``: the gate's burn-in (observations, a count); ``None`` takes the policy's ``burn_in``.
     ``on_fail``: what proven failure of a required or guardrail gate does: ``rollback`` (harm; the
     default) or ``hold`` (the step cannot pass, nothing rolls back; agreement's default).
     ``allow_no_data``: a guardrail (or a hold gate) without data does not block promotion; by default
@@ -148,13 +158,30 @@ class Gate(_Model):
 class Gates(_Model):
     """The gates and their margins.
 
-    ``error_rate``: absolute increase of the error rate tolerated (0 <= margin < 1; 0.01 = one point).
-    ``latency_p99``: tolerated ratio of challenger to champion p99 latency (>= 1; 1.2 = 20% slower).
-    ``agreement``: minimum share of identical predictions (0 < margin <= 1), classification only.
-    ``accuracy``: absolute accuracy drop tolerated once labels arrive (0 <= margin < 1).
-    ``regression``: relative increase of the mean absolute error tolerated once labels arrive (>= 0).
-    ``drift``: PSI of the output distributions above which outputs have drifted (> 0).
-    ``coverage``: minimum share of the shadow sample the router actually scored (0 < margin <= 1); it
+    ``error_rate``: absolute increase of the error rate tolerated, a fraction (0 <= margin < 1; 0.01 =
+    one percentage point).
+    ``latency_p99``: tolerated ratio (unitless, >= 1; 1.2 = 20% slower) of the challenger's p99 latency
+    to the champion's, both estimated from the served requests' histograms: harm is proven when the
+    share of challenger requests slower than ``margin`` x a bound of the champion's p99 (and slower than
+    ``latency_floor_ms``) is proven above 1%; non-inferiority when the challenger's p99 is proven at or
+    below ``margin`` x the champion's, or below the floor.
+    ``latency_floor_ms``: milliseconds (>= 0); a challenger p99 at or below it never counts as latency
+    harm, however it compares with the champion's (0, the default: no floor).
+    ``regression_error_bound``: label units (> 0); an assumption you state: no absolute error of either
+    model exceeds it (e.g. the width of the label's range). With it, the regression gate's mean test
+    uses the variance of the least favourable null (the sample with just enough mass moved to the bound
+    to make the challenger exactly as bad as the margin allows), so rare large errors that have not
+    shown yet cannot make it pass. ``null`` (the default): no bound assumed, the observed variance
+    (valid only asymptotically when rare huge errors are possible).
+    ``agreement``: minimum fraction of identical predictions (0 < margin <= 1; 0.9 = 90%),
+    classification only.
+    ``accuracy``: absolute accuracy drop tolerated once labels arrive, a fraction (0 <= margin < 1;
+    0.01 = one percentage point).
+    ``regression``: relative increase of the mean absolute error tolerated once labels arrive, a
+    fraction of the champion's MAE (>= 0; 0.05 = 5% worse).
+    ``drift``: PSI (population stability index, unitless) of the output distributions above which
+    outputs have drifted (> 0).
+    ``coverage``: minimum fraction (0..1) of the shadow sample the router actually scored (0 < margin <= 1); it
     never rolls back (skipped requests are the router's doing): ``informational`` reports it,
     ``required`` holds promotion until the share is proven above the margin.
     ``agreement_until_labelled``: classification, when agreement and accuracy are both required: on a
@@ -173,6 +200,8 @@ class Gates(_Model):
     drift: Gate = Gate(role="informational", margin=0.2)
     coverage: Gate = Gate(role="informational", margin=0.5)
     agreement_until_labelled: bool = True
+    latency_floor_ms: float = Field(default=0.0, ge=0.0)
+    regression_error_bound: float | None = Field(default=None, gt=0.0)
 
     @model_validator(mode="before")
     @classmethod
@@ -213,9 +242,9 @@ class Watch(_Model):
     ``promoted`` once every required labelled gate passes on the whole rollout's evidence, and proven
     harm restores the previous champion (``rolled_back``). Off (the default), the last step itself must
     pass the required labelled gates before promotion.
-    ``sample_rate``: share (0 < x <= 1) of requests the previous champion scores in shadow.
+    ``sample_rate``: fraction (0 < x <= 1, not percent) of requests the previous champion scores in shadow.
     ``min_duration_s``: seconds the watch lasts at least (the bake period).
-    ``min_labelled_pairs``: labelled pairs of the watch itself needed before it may end.
+    ``min_labelled_pairs``: labelled pairs (a count) of the watch itself needed before it may end.
     ``max_duration_s``: seconds after which an undecided watch follows ``on_inconclusive``: ``rollback``
     restores the previous champion, ``pause`` leaves it watching for an operator to promote or roll back.
     """
@@ -236,6 +265,7 @@ class Watch(_Model):
 class ErrorBudget(_Model):
     """How the policy's one ``alpha`` is split; the three shares add up to 1.
 
+    Each share is a fraction of ``alpha`` (0..1).
     ``harm``: the harm family (every required and guardrail gate that can roll back, Holm-adjusted,
     and the non-inferiority bounds that promote). ``vetoes``: the vetoes, split evenly over three fixed
     slots (sample-ratio mismatch, error-rate SLO, latency SLO) whether or not they are configured.
@@ -257,9 +287,9 @@ class ErrorBudget(_Model):
 class Slo(_Model):
     """Hard service levels of the challenger: a proven breach vetoes the rollout (rolls back at once).
 
-    ``error_rate``: ceiling of the challenger's error rate (0 < x < 1), or null for none.
+    ``error_rate``: ceiling of the challenger's error rate, a fraction (0 < x < 1; 0.02 = 2%), or null.
     ``latency_p99_ms``: ceiling of its p99 latency in milliseconds (> 0), or null for none.
-    ``min_samples``: requests before an SLO may veto; ``None`` takes the policy's ``burn_in``.
+    ``min_samples``: requests (a count) before an SLO may veto; ``None`` takes the policy's ``burn_in``.
     """
 
     error_rate: float | None = Field(default=None, gt=0.0, lt=1.0)
@@ -275,11 +305,13 @@ class Reproducibility(_Model):
     the rollout from starting.
     ``role``: the challenger's online-versus-offline gate: ``guardrail`` (proven worse than its
     offline metrics by more than the margin → ``on_worse``), ``informational`` (reported only) or ``off``.
-    ``accuracy_margin``: tolerated drop of online accuracy below the offline accuracy (0 <= x < 1).
-    ``mae_margin``: tolerated relative increase of the online MAE over the offline MAE (>= 0).
+    ``accuracy_margin``: tolerated drop of online accuracy below the offline accuracy, a fraction
+    (0 <= x < 1; 0.02 = two percentage points).
+    ``mae_margin``: tolerated relative increase of the online MAE over the offline MAE, a fraction
+    (>= 0; 0.1 = 10% worse).
     ``confidence``: level of the online-versus-offline intervals (0.5 < x < 1); null (the default)
     takes it from the error budget: 1 - alpha * error_budget.reproducibility / 2.
-    ``min_labels``: labelled rows an arm needs before it is compared with offline.
+    ``min_labels``: labelled rows (a count) an arm needs before it is compared with offline.
     ``on_worse``: ``hold`` (never promote while worse; the step's budget then decides) or ``rollback``.
     """
 
@@ -318,7 +350,8 @@ class QuantileMetric(Metric):
 
 
 class AucMetric(Metric):
-    """ROC AUC (two classes), tested once at a fixed ``horizon`` of labelled rows (see docs/statistics.md)."""
+    """ROC AUC (binary; macro one-vs-rest for more classes), tested once at a fixed ``horizon`` of labelled
+    rows (see docs/statistics.md)."""
 
     horizon: int = Field(default=2000, ge=20)
 
@@ -329,7 +362,7 @@ class Metrics(_Model):
     Classification: ``balanced_accuracy`` (mean per-class recall; required by default, so a challenger
     that drops a rare class cannot be promoted; it stands in with ``gates.accuracy`` while the step is
     unlabelled), ``macro_f1``, ``recall`` and ``precision`` (per class), ``log_loss`` and ``brier``
-    (need probabilities: two classes online), ``roc_auc`` (fixed horizon). Regression: ``rmse``
+    (need probabilities; more than two classes read the stored vectors), ``roc_auc`` (fixed horizon). Regression: ``rmse``
     (absolute RMSE increase tolerated, target units) and ``pinball`` (absolute increase of the
     quantile loss). Drops are absolute (0.05 = five points of balanced accuracy).
     """
@@ -420,18 +453,6 @@ class Segments(_Model):
     max_values: int = Field(default=20, ge=1, le=200)
 
 
-@dataclass(frozen=True)
-class Stage:
-    """One stage of the plan: "shadow" (weight 0) or "canary" at a challenger weight in percent."""
-
-    kind: Literal["shadow", "canary"]
-    weight: float
-    shadow_rate: float
-    min_samples: int
-    min_duration_s: float
-    max_duration_s: float
-
-
 class Policy(_Model):
     """How one rollout proceeds. ``Policy()`` alone is a safe policy.
 
@@ -439,12 +460,13 @@ class Policy(_Model):
     ``shadow_then_canary`` (the default).
     ``shadow`` / ``canary``: the stages (see ``Shadow`` and ``Canary``).
     ``gates``: margins and roles of the statistical gates (see ``Gates``).
-    ``alpha``: the rollout's whole error budget (0 < alpha < 0.5), split by ``error_budget``.
+    ``alpha``: the rollout's whole error budget, a probability (0 < alpha < 0.5), split by
+    ``error_budget``.
     ``error_budget``: shares of ``alpha`` for harm, vetoes and reproducibility (see ``ErrorBudget``).
     ``srm_alpha``: level of the sample-ratio-mismatch veto in canary steps (0 < x < 0.5); null (the
     default) takes it from the error budget: alpha * error_budget.vetoes / 3.
-    ``n_star``: sample size at which the confidence sequences are tightest (> 0).
-    ``burn_in``: observations a gate needs before it may decide, unless the gate sets its own.
+    ``n_star``: sample size (observations) at which the confidence sequences are tightest (> 0).
+    ``burn_in``: observations (a count) a gate needs before it may decide, unless the gate sets its own.
     ``label_maturity_s``: seconds a request must be old before its label counts: younger requests
     are left out of the accuracy and regression gates (labels still arriving would bias them).
     ``on_inconclusive``: what to do when a step's ``max_duration_s`` runs out undecided: ``pause``
@@ -479,6 +501,11 @@ class Policy(_Model):
     def _plan(self) -> Policy:
         if self.mode == "canary" and not any(w < 100.0 for w in self.canary.steps):
             raise PolicyError("canary.steps: canary mode needs at least one weight below 100")
+        if self.outcome.role != "off" and not any(s.kind == "canary" for s in self.plan()):
+            raise PolicyError(
+                "outcome: the business-outcome gate counts canary-served requests only; a plan without a "
+                "canary step (mode shadow) could never measure it"
+            )
         return self
 
     # ------------------------------------------------------------------------------------ input
@@ -509,20 +536,7 @@ class Policy(_Model):
     # ----------------------------------------------------------------------------------- output
     def plan(self) -> tuple[Stage, ...]:
         """Return the stages in order: shadow first (unless mode is canary), then canary weights < 100."""
-        stages: list[Stage] = []
-        if self.mode in ("shadow", "shadow_then_canary"):
-            s = self.shadow
-            stages.append(
-                Stage("shadow", 0.0, s.sample_rate, s.min_pairs, s.min_duration_s, s.max_duration_s)
-            )
-        if self.mode in ("canary", "shadow_then_canary"):
-            c = self.canary
-            for w in c.steps:
-                if w < 100.0:
-                    stages.append(
-                        Stage("canary", w, c.shadow_rate, c.min_samples, c.min_duration_s, c.max_duration_s)
-                    )
-        return tuple(stages)
+        return stages(self.mode, self.shadow, self.canary)
 
     def budget(self) -> dict[str, float]:
         """Return the error budget as levels: harm family, each veto, SRM, each arm's reproducibility."""
@@ -558,6 +572,8 @@ class Policy(_Model):
         promotes for good (see ``final_stage``): required labelled gates must then pass themselves.
         ``classes``: the pipeline's classes (per-class recall and precision gates, the positive class).
         """
+        from controller.core.judge import GateSpec, JudgePolicy
+
         g = self.gates
 
         def spec(gate: Gate, *, role: GateRole | None = None, allow_no_data: bool | None = None) -> GateSpec:
@@ -589,6 +605,8 @@ class Policy(_Model):
             # measure batch work, not what a user would wait. Latency is reported there and decides
             # (gate and SLO) only in canary steps, where the challenger answers inline.
             latency_p99_slo_ms=None if mode == "shadow" else self.slo.latency_p99_ms,
+            latency_floor_ms=g.latency_floor_ms,
+            regression_error_bound=g.regression_error_bound,
             slo_min_samples=self.slo.min_samples or self.burn_in,
             error_rate=spec(g.error_rate),
             latency_p99=spec(
@@ -627,6 +645,8 @@ class Policy(_Model):
         ``standing_in``: agreement stands in for accuracy (unlabelled step), so a required
         class-aware metric is informational too.
         """
+        from controller.core import metrics as quality
+
         m = self.metrics
         gates: list[quality.MetricSpec] = []
 
@@ -660,9 +680,11 @@ class Policy(_Model):
             add("pinball", m.pinball, quantile=m.pinball.quantile)
         o = self.outcome
         if o.role != "off":
+            # only canary-served requests have outcomes: in a shadow step (and the watch) the gate reports
+            # no-data as information, it cannot block a step that can never measure it
             gates.append(
                 quality.MetricSpec(
-                    metric="outcome", role=o.role, margin=o.margin, min_samples=o.min_samples or self.burn_in,
+                    metric="outcome", role=o.role if mode == "canary" else "informational", margin=o.margin, min_samples=o.min_samples or self.burn_in,
                     direction=o.direction, ratio=o.ratio,
                 )
             )  # fmt: skip
@@ -694,13 +716,41 @@ def _load_text(source: str | Path) -> dict[str, Any]:
         text = str(source)
     try:
         data = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as error:
-        raise PolicyError(f"policy is neither valid JSON nor YAML: {str(error).splitlines()[0]}") from error
+    except json.JSONDecodeError as error:
+        raise PolicyError(
+            f"policy is not valid JSON: line {error.lineno}, column {error.colno}: {error.msg}"
+        ) from error
+    except yaml.YAMLError as error:
+        raise PolicyError(f"policy is not valid YAML: {yaml_error_text(error)}") from error
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise PolicyError(f"a policy is a mapping of fields, got {type(data).__name__}")
     return data
+
+
+def yaml_error_text(error: Exception) -> str:
+    """``line 3, column 5: mapping values are not allowed here`` (PyYAML's mark is 0-based)."""
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    if mark is None:
+        return str(problem)
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+
+
+def _known_fields(loc: tuple[Any, ...]) -> list[str]:
+    """The field names of the model at ``loc``'s parent (for "did you mean")."""
+    model: Any = Policy
+    for part in loc[:-1]:
+        field = getattr(model, "model_fields", {}).get(part)
+        if (
+            field is None
+            or not isinstance(field.annotation, type)
+            or not issubclass(field.annotation, BaseModel)
+        ):
+            return []
+        model = field.annotation
+    return list(getattr(model, "model_fields", {}))
 
 
 def _describe(error: ValidationError) -> str:
@@ -713,7 +763,13 @@ def _describe(error: ValidationError) -> str:
             parts.append(str(ctx_error))
             continue
         if e["type"] == "extra_forbidden":
-            message = "unknown field"
+            known = _known_fields(tuple(e["loc"]))
+            close = difflib.get_close_matches(str(e["loc"][-1]), known, n=1)
+            message = (
+                f"unknown field; did you mean {close[0]}?"
+                if close
+                else f"unknown field; known: {', '.join(known)}"
+            )
         message = message.removeprefix("Value error, ")
         parts.append(f"{path}: {message}")
     return "; ".join(parts)

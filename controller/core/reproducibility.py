@@ -271,7 +271,12 @@ def _accuracy(
             difference=d,
             interval=interval,
             labels_needed=None,
-            reason=f"{shown}: reproduced within {margin:g} ({ci})",
+            reason=(
+                f"{shown}: BETTER than offline by more than {margin:g} ({ci}); flagged, not reproduced: "
+                "check the offline metrics (leakage, another holdout) and the labels"
+                if lo > margin
+                else f"{shown}: reproduced within {margin:g} ({ci})"
+            ),
             **common,
         )
     needed = _needed(n, max(p * (1 - p), 1e-4), d + margin, offline_var, z)
@@ -396,7 +401,12 @@ def _mae(
             difference=d,
             interval=interval,
             labels_needed=None,
-            reason=f"{shown}: reproduced within {margin:.0%} ({ci})",
+            reason=(
+                f"{shown}: BETTER than offline by more than {margin:.0%} ({ci}); flagged, not reproduced: "
+                "check the offline metrics (leakage, another holdout) and the labels"
+                if d + half < -limit
+                else f"{shown}: reproduced within {margin:.0%} ({ci})"
+            ),
             **common,
         )
     needed = _needed(n, var, limit - d, offline_var, z)

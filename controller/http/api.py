@@ -30,25 +30,25 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, request, send_from_directory
 from werkzeug.datastructures import FileStorage
 
-from controller import registry
-from controller.clock import Clock, system_clock
+from controller import lifecycle, registry
+from controller.clock import Clock, parse_age, system_clock
 from controller.config import Settings
-from controller.http import feedback, openapi
+from controller.http import dashboard as dashboard_view
+from controller.http import documents, feedback, openapi
 from controller.http.auth import AuthError, Principal, authorize
 from controller.http.errors import ApiError, json_response, render_error
-from controller.loop import actions, measure
+from controller.loop import actions
 from controller.reports import build as reports
-from storage import InvalidName, Store, Unavailable
+from storage import InvalidName, StorageError, Store, Unavailable
 from storage.entities import (
-    Analysis,
+    ApiToken,
+    BatchingConfig,
     Column,
-    Deployment,
-    Event,
     NewEvent,
     PipelineVersion,
-    Rollout,
     check_name,
 )
+from storage.repositories import ROLES as TOKEN_ROLES
 
 API_PREFIX = "/api/v1"
 STATIC_DIR = Path(__file__).parent / "static"
@@ -148,118 +148,6 @@ def _int_arg(name: str, default: int, *, low: int, high: int) -> int:
     return value
 
 
-# ------------------------------------------------------------------------------------------ views of entities
-def version_json(v: PipelineVersion) -> dict[str, Any]:
-    """Describe a pipeline version (never its golden set's rows: only their count)."""
-    golden_rows = 0
-    if v.golden_set:
-        golden_rows = len((v.golden_set.get("outputs") or {}).get("prediction") or [])
-    return {
-        "id": v.id, "name": v.name, "version": v.version, "ref": v.ref, "kind": v.kind, "task": v.task,
-        "input_schema": [{"name": c.name, "dtype": c.dtype} for c in v.input_schema],
-        "classes": list(v.classes) if v.classes is not None else None, "sha256": v.sha256,
-        "artifact_format": v.artifact_format, "upstream_url": v.upstream_url,
-        "upstream_protocol": v.upstream_protocol, "upstream_config": v.upstream_config,
-        "offline_metrics": v.offline_metrics,
-        "golden_set_rows": golden_rows, "environment": v.environment, "metadata": v.metadata,
-        "trusted_types": list(v.trusted_types), "created_at": v.created_at,
-    }  # fmt: skip
-
-
-def rollout_json(r: Rollout, refs: Mapping[int, str]) -> dict[str, Any]:
-    return {
-        "id": r.id, "phase": r.phase, "active": r.active, "mode": r.mode, "step_index": r.step_index,
-        "canary_weight": r.canary_weight, "shadow_rate": r.shadow_rate,
-        "champion": refs.get(r.champion_id), "challenger": refs.get(r.challenger_id), "policy": r.policy,
-        "version": r.version, "created_by": r.created_by, "created_at": r.created_at,
-        "step_started_at": r.step_started_at, "ended_at": r.ended_at, "reason": r.reason,
-    }  # fmt: skip
-
-
-def event_json(e: Event) -> dict[str, Any]:
-    return {
-        "id": e.id, "at": e.at, "deployment_id": e.deployment_id, "rollout_id": e.rollout_id, "actor": e.actor,
-        "action": e.action, "reason": e.reason, "message": e.message, "details": e.details,
-    }  # fmt: skip
-
-
-def analysis_json(a: Analysis) -> dict[str, Any]:
-    return {
-        "id": a.id, "step": a.step, "evaluated_at": a.evaluated_at, "outcome": a.outcome,
-        "verdicts": a.verdicts, "metrics": a.metrics,
-    }  # fmt: skip
-
-
-def _refs(s: Store, *ids: int) -> dict[int, str]:
-    return {i: s.pipelines.get(i).ref for i in set(ids)}
-
-
-def live_figures(s: Store, rollout: Rollout) -> dict[str, Any]:
-    """Summarise the current step per arm: requests, errors, latency p50/p99 (storage's LiveFigures).
-
-    Requests are the unit (a request's row 0 stands for it: a 10-row request that fails is one error).
-    ``served`` counts the requests an arm answered; ``scored`` those it ran (served or shadow, answered
-    or failed; a skipped shadow job did not run). Latency quantiles are read off the step's latency
-    histogram exactly as the judge reads its p99. ``shadow``: the step's shadow sample — coverage,
-    effective share, skips by reason, queue wait — as the controller's measurement computes it.
-    """
-    figures = s.pairs.live_figures(rollout.id, rollout.step_index, latency=measure.LATENCY)
-    arms: dict[str, Any] = {}
-    for arm, f in (("champion", figures.champion), ("challenger", figures.challenger)):
-        arms[arm] = {
-            "served": f.served,
-            "scored": f.scored,
-            "errors": f.errors,
-            "error_rate": f.errors / f.scored if f.scored else None,
-            "latency_ms": {
-                "p50": measure.latency_quantile(f.latency, 0.50),
-                "p99": measure.latency_quantile(f.latency, 0.99),
-                "n": sum(f.latency.values()),
-            },
-        }
-    coverage = s.pairs.coverage(rollout.id, rollout.step_index)
-    return {
-        "rollout_id": figures.rollout_id,
-        "step": figures.step,
-        "requests": figures.requests,
-        "first_at": figures.first_at,
-        "last_at": figures.last_at,
-        "arms": arms,
-        "shadow": measure.shadow_summary(coverage, requests=figures.requests),
-    }
-
-
-def deployment_json(s: Store, d: Deployment, *, detail: bool) -> dict[str, Any]:
-    """Describe a deployment; with detail, its latest rollout's live figures and last verdicts."""
-    rollout = s.rollouts.latest(d.id)
-    refs = _refs(s, d.champion_id, *((rollout.champion_id, rollout.challenger_id) if rollout else ()))
-    active = rollout if rollout is not None and rollout.active else None
-    body: dict[str, Any] = {
-        "name": d.name,
-        "champion": refs[d.champion_id],
-        "challenger": refs[active.challenger_id] if active else None,
-        "phase": active.phase if active else "stable",
-        "mode": active.mode if active else None,
-        "step_index": active.step_index if active else None,
-        "weights": {
-            "champion": 100.0 - active.canary_weight if active else 100.0,
-            "challenger": active.canary_weight if active else 0.0,
-            "shadow_rate": active.shadow_rate if active else 0.0,
-        },
-        "store_raw_inputs": d.store_raw_inputs,
-        "created_at": d.created_at,
-        "updated_at": d.updated_at,
-    }
-    if not detail:
-        body["rollout_id"] = active.id if active else None
-        return body
-    body["rollout"] = rollout_json(rollout, refs) if rollout else None
-    body["live"] = live_figures(s, rollout) if rollout else None
-    latest = s.analyses.latest(rollout.id) if rollout else None
-    body["last_analysis"] = analysis_json(latest) if latest else None
-    return body
-
-
 # ------------------------------------------------------------------------------------------ routes
 @blueprint.get("/openapi.json")
 def openapi_document() -> Response:
@@ -267,11 +155,19 @@ def openapi_document() -> Response:
     return json_response(openapi.document())
 
 
+def _archived_arg() -> bool:
+    raw = request.args.get("archived", "false").lower()
+    if raw not in ("true", "false", "1", "0"):
+        raise ApiError(400, "invalid_parameter", "archived must be true or false")
+    return raw in ("true", "1")
+
+
 @blueprint.get("/pipelines")
 def pipelines_list() -> Response:
-    """List pipeline versions (optionally ?name=)."""
+    """List pipeline versions (optionally ?name=; archived ones too with ?archived=true)."""
     name = request.args.get("name") or None
-    return json_response({"pipelines": [version_json(v) for v in store().pipelines.list(name=name)]})
+    listed = store().pipelines.list(name=name, archived=_archived_arg())
+    return json_response({"pipelines": [documents.version_json(v) for v in listed]})
 
 
 @blueprint.post("/pipelines")
@@ -286,7 +182,7 @@ def pipelines_register() -> Response:
         raise ApiError(
             415, "unsupported_media_type", "send JSON (an upstream) or multipart/form-data (an artifact file)"
         )
-    response = json_response(version_json(version), 201)
+    response = json_response(documents.version_json(version), 201)
     response.headers["Location"] = f"{API_PREFIX}/pipelines/{version.name}/{version.version}"
     return response
 
@@ -453,20 +349,140 @@ def _register_artifact(actor: str) -> PipelineVersion:
 @blueprint.get("/pipelines/<name>/<version>")
 def pipelines_show(name: str, version: str) -> Response:
     """Show one pipeline version."""
-    return json_response(version_json(store().pipelines.get_by_ref(f"{name}:{version}")))
+    return json_response(documents.version_json(store().pipelines.get_by_ref(f"{name}:{version}")))
+
+
+@blueprint.post("/pipelines/<name>/<version>/<change>")
+def pipelines_lifecycle(name: str, version: str, change: str) -> Response:
+    """Archive or restore a pipeline version (refused while an active rollout or a deployment uses it)."""
+    if change not in ("archive", "restore"):
+        raise ApiError(404, "not_found", f"unknown change {change!r}; use archive or restore")
+    reason = _string(_json_object(allowed={"reason"}, empty_ok=True), "reason") or ""
+    do = lifecycle.archive_version if change == "archive" else lifecycle.restore_version
+    return json_response(
+        documents.version_json(do(store(), f"{name}:{version}", actor=principal().name, reason=reason))
+    )
+
+
+@blueprint.delete("/pipelines/<name>/<version>")
+def pipelines_delete(name: str, version: str) -> Response:
+    """Delete a pipeline version no deployment or rollout ever used (else 409 in_use: archive it)."""
+    reason = _string(_json_object(allowed={"reason"}, empty_ok=True), "reason") or ""
+    return json_response(
+        lifecycle.delete_version(store(), f"{name}:{version}", actor=principal().name, reason=reason)
+    )
+
+
+# ------------------------------------------------------------------------------------------ tokens, retention
+def _operator_only() -> None:
+    """Tokens are an operator's business, reads included (names and roles say who may do what)."""
+    if not principal().may("operator"):
+        raise AuthError(
+            403, "forbidden", f"token {principal().name!r} has role {principal().role}; tokens need operator"
+        )
+
+
+def token_json(t: ApiToken) -> dict[str, Any]:
+    return {"name": t.name, "role": t.role, "created_at": t.created_at, "revoked_at": t.revoked_at}
+
+
+@blueprint.get("/tokens")
+def tokens_list() -> Response:
+    """List admin tokens, revoked ones too (never a secret)."""
+    _operator_only()
+    return json_response({"tokens": [token_json(t) for t in store().tokens.list()]})
+
+
+@blueprint.post("/tokens")
+def tokens_create() -> Response:
+    """Create a token and answer its secret once (only its hash is stored)."""
+    body = _json_object(allowed={"name", "role"}, required={"name"})
+    name, role = _string(body, "name"), _string(body, "role", default="viewer")
+    assert name is not None and role is not None
+    if role not in TOKEN_ROLES:
+        raise ApiError(400, "invalid_field", f"role must be one of {', '.join(TOKEN_ROLES)}, got {role!r}")
+    try:
+        check_name("token name", name)
+    except InvalidName as error:
+        raise ApiError(400, "invalid_field", str(error)) from error
+    event = NewEvent(
+        actor=principal().name, action="token.create", reason="created", message=f"token {name} ({role})"
+    )
+    secret, token = store().tokens.create(name, role, event=event)
+    response = json_response({**token_json(token), "token": secret}, 201)
+    response.headers["Location"] = f"{API_PREFIX}/tokens/{name}"
+    response.headers["Cache-Control"] = "no-store"  # the secret is shown once
+    return response
+
+
+@blueprint.delete("/tokens/<name>")
+def tokens_revoke(name: str) -> Response:
+    """Revoke a token by name (again is harmless); requests with it are refused (401) from now on."""
+    event = NewEvent(actor=principal().name, action="token.revoke", reason="revoked", message=f"token {name}")
+    return json_response(token_json(store().tokens.revoke(name, event=event)))
+
+
+@blueprint.post("/prune")
+def prune() -> Response:
+    """Delete paired outputs and labels received before ``older_than`` ago (30d, 12h, 90m), in batches."""
+    body = _json_object(allowed={"older_than", "batch_size"}, required={"older_than"})
+    older_than = _string(body, "older_than")
+    assert older_than is not None
+    batch_size = body.get("batch_size", 5000)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= 1_000_000:
+        raise ApiError(400, "invalid_field", "batch_size must be an integer in 1..1000000")
+    try:
+        cutoff = now() - parse_age(older_than)
+    except ValueError as error:
+        raise ApiError(400, "invalid_field", f"older_than: {error}") from error
+    s = store()
+    pairs = s.pairs.prune(before=cutoff, batch_size=batch_size)
+    labels = s.labels.prune(before=cutoff, batch_size=batch_size)
+    s.events.add(
+        NewEvent(actor=principal().name, action="data.prune", reason="pruned",
+                 message=f"{pairs} paired outputs and {labels} labels received before {cutoff.isoformat()}")
+    )  # fmt: skip
+    return json_response({"pairs": pairs, "labels": labels, "before": cutoff})
 
 
 @blueprint.get("/deployments")
 def deployments_list() -> Response:
-    """List deployments with their champion, phase and weights."""
+    """List deployments with their champion, phase and weights (archived ones too with ?archived=true)."""
     s = store()
-    return json_response({"deployments": [deployment_json(s, d, detail=False) for d in s.deployments.list()]})
+    listed = s.deployments.list(archived=_archived_arg())
+    return json_response(
+        {"deployments": [documents.deployment_json(s, d, detail=False, now=now()) for d in listed]}
+    )
+
+
+@blueprint.post("/deployments/<name>/<change>")
+def deployments_lifecycle(name: str, change: str) -> Response:
+    """Archive (stop routing; kept with its history) or restore a deployment; refused while a rollout is active."""
+    if change not in ("archive", "restore"):
+        raise ApiError(404, "not_found", f"unknown change {change!r}; use archive or restore")
+    reason = _string(_json_object(allowed={"reason"}, empty_ok=True), "reason") or ""
+    do = lifecycle.archive_deployment if change == "archive" else lifecycle.restore_deployment
+    s = store()
+    return json_response(
+        documents.deployment_json(
+            s, do(s, name, actor=principal().name, reason=reason), detail=False, now=now()
+        )
+    )
+
+
+@blueprint.delete("/deployments/<name>")
+def deployments_delete(name: str) -> Response:
+    """Delete a deployment with its rollouts, pairs and labels (its events stay); refused while a rollout is active."""
+    reason = _string(_json_object(allowed={"reason"}, empty_ok=True), "reason") or ""
+    return json_response(lifecycle.delete_deployment(store(), name, actor=principal().name, reason=reason))
 
 
 @blueprint.post("/deployments")
 def deployments_create() -> Response:
     """Create a deployment served by a champion version."""
-    body = _json_object(allowed={"name", "champion", "store_raw_inputs"}, required={"name", "champion"})
+    body = _json_object(
+        allowed={"name", "champion", "store_raw_inputs", "batching"}, required={"name", "champion"}
+    )
     name, champion = _string(body, "name"), _string(body, "champion")
     assert name is not None and champion is not None
     try:
@@ -476,6 +492,10 @@ def deployments_create() -> Response:
     raw = body.get("store_raw_inputs", True)
     if not isinstance(raw, bool):
         raise ApiError(400, "invalid_field", "store_raw_inputs must be a boolean")
+    try:
+        batching = BatchingConfig.from_json(body.get("batching"))
+    except (ValueError, TypeError) as error:
+        raise ApiError(400, "invalid_field", f"batching: {error}") from error
     s = store()
     version = s.pipelines.get_by_ref(champion)
     registry.check_loadable(version, trust_pickle=settings().trust_pickle)
@@ -485,8 +505,8 @@ def deployments_create() -> Response:
         reason="created",
         message=f"champion {version.ref}",
     )
-    deployment = s.deployments.create(name, version.id, store_raw_inputs=raw, event=event)
-    response = json_response(deployment_json(s, deployment, detail=True), 201)
+    deployment = s.deployments.create(name, version.id, store_raw_inputs=raw, batching=batching, event=event)
+    response = json_response(documents.deployment_json(s, deployment, detail=True, now=now()), 201)
     response.headers["Location"] = f"{API_PREFIX}/deployments/{deployment.name}"
     return response
 
@@ -495,7 +515,41 @@ def deployments_create() -> Response:
 def deployments_show(name: str) -> Response:
     """Show a deployment: phase, weights, step, live figures of the current step, last verdicts."""
     s = store()
-    return json_response(deployment_json(s, s.deployments.get(name), detail=True))
+    cache = current_app.extensions.get(dashboard_view.SERIES_CACHE)  # the dashboard polls this document
+    return json_response(
+        documents.deployment_json(s, s.deployments.get(name), detail=True, now=now(), cache=cache)
+    )
+
+
+@blueprint.patch("/deployments/<name>")
+def deployments_configure(name: str) -> Response:
+    """Change a deployment's adaptive batching: ``{"batching": {...}}`` with any of its three settings.
+
+    Settings left out keep their value; routers apply the change within a refresh interval.
+    """
+    body = _json_object(allowed={"batching"}, required={"batching"})
+    changes = body["batching"]
+    if not isinstance(changes, dict) or not changes:
+        raise ApiError(
+            400,
+            "invalid_field",
+            "batching must be an object with enabled, max_batch_delay_ms or max_batch_rows",
+        )
+    unknown = sorted(set(changes) - {"enabled", "max_batch_delay_ms", "max_batch_rows"})
+    if unknown:
+        raise ApiError(400, "invalid_field", f"unknown batching setting(s): {', '.join(unknown)}")
+    if any(value is None for value in changes.values()):
+        raise ApiError(
+            400, "invalid_field", "batching settings cannot be null: leave a setting out to keep it"
+        )
+    s = store()
+    try:
+        deployment = lifecycle.configure_deployment(s, name, actor=principal().name, **changes)
+    except ValueError as error:
+        if isinstance(error, StorageError):
+            raise
+        raise ApiError(400, "invalid_field", f"batching: {error}") from error
+    return json_response(documents.deployment_json(s, deployment, detail=True, now=now()))
 
 
 @blueprint.post("/deployments/<name>/rollouts")
@@ -517,7 +571,9 @@ def rollouts_start(name: str) -> Response:
         now=now(),
         parity_check=current_app.extensions.get("mlcanary.parity_check"),  # set by controller.app
     )
-    response = json_response(rollout_json(rollout, _refs(s, rollout.champion_id, rollout.challenger_id)), 201)
+    response = json_response(
+        documents.rollout_json(rollout, documents.refs_of(s, rollout.champion_id, rollout.challenger_id)), 201
+    )
     response.headers["Location"] = f"{API_PREFIX}/deployments/{name}"
     return response
 
@@ -528,8 +584,8 @@ def rollouts_list(name: str) -> Response:
     s = store()
     deployment = s.deployments.get(name)
     rollouts = s.rollouts.list(deployment_id=deployment.id)
-    refs = _refs(s, *(i for r in rollouts for i in (r.champion_id, r.challenger_id)))
-    return json_response({"rollouts": [rollout_json(r, refs) for r in rollouts]})
+    refs = documents.refs_of(s, *(i for r in rollouts for i in (r.champion_id, r.challenger_id)))
+    return json_response({"rollouts": [documents.rollout_json(r, refs) for r in rollouts]})
 
 
 @blueprint.post("/deployments/<name>/rollout/<action>")
@@ -550,7 +606,9 @@ def rollout_action(name: str, action: str) -> Response:
     s = store()
     s.deployments.get(name)
     rollout = actions.act(s, name, action, actor=principal().name, full=full, reason=reason or "", now=now())
-    return json_response(rollout_json(rollout, _refs(s, rollout.champion_id, rollout.challenger_id)))
+    return json_response(
+        documents.rollout_json(rollout, documents.refs_of(s, rollout.champion_id, rollout.challenger_id))
+    )
 
 
 @blueprint.get("/deployments/<name>/events")
@@ -562,7 +620,21 @@ def events_list(name: str) -> Response:
     limit = _int_arg("limit", 200, low=1, high=1000)
     events = s.events.list(deployment_id=deployment.id, after_id=after_id, limit=limit)
     return json_response(
-        {"events": [event_json(e) for e in events], "next_after_id": events[-1].id if events else after_id}
+        {
+            "events": [documents.event_json(e) for e in events],
+            "next_after_id": events[-1].id if events else after_id,
+        }
+    )
+
+
+@blueprint.get("/deployments/<name>/dashboard")
+def deployments_dashboard(name: str) -> Response:
+    """Show what the dashboard plots: state, verdict, plan and progress, time series, timeline."""
+    s = store()
+    events = _int_arg("events", 50, low=1, high=500)
+    cache = current_app.extensions.get(dashboard_view.SERIES_CACHE)  # set by controller.app
+    return json_response(
+        dashboard_view.overview(s, s.deployments.get(name), now=now(), events=events, cache=cache)
     )
 
 
@@ -596,6 +668,7 @@ def report(name: str) -> Response:
     if wanted is None:
         best = request.accept_mimetypes.best_match(["application/json", "text/html", "text/markdown"])
         wanted = {"text/html": "html", "text/markdown": "markdown"}.get(best or "", "json")
+    wanted = "markdown" if wanted == "md" else wanted  # the CLI's old spelling, accepted here too
     if wanted not in ("json", "html", "markdown"):
         raise ApiError(400, "invalid_parameter", "format must be json, html or markdown")
     built = reports.build_report(s, name, rollout_id)

@@ -58,6 +58,10 @@ _ADMIN_WRITE = _errors(400, 401, 403, 404, 409, 415)
 _NAME = _param("name", description="Deployment name")
 _DEPLOYMENT = _param("deployment", description="Deployment name")
 _VERSION = _param("version", description="Ignored: the router picks the version")
+_ARCHIVED = _param(
+    "archived", "query", {"type": "boolean", "default": False}, description="list archived ones too"
+)
+_CHANGE = _param("change", schema={"enum": ["archive", "restore"]})
 
 
 def _extension(name: str, value: Any) -> dict[str, Any]:
@@ -132,6 +136,7 @@ def _schemas() -> dict[str, Any]:
                 "metadata": {"type": "object"},
                 "trusted_types": {"type": "array", "items": {"type": "string"}},
                 "created_at": time,
+                "archived_at": {**nullable_string, "format": "date-time"},
             },
         },  # fmt: skip
         "UpstreamRegistration": {
@@ -264,9 +269,38 @@ def _schemas() -> dict[str, Any]:
                     },
                 },
                 "store_raw_inputs": {"type": "boolean"},
+                "batching": _ref("Batching"),
                 "created_at": time,
                 "updated_at": time,
+                "archived_at": {**nullable_string, "format": "date-time"},
                 "rollout_id": {"type": ["integer", "null"]},
+                "state": _ref("DeploymentState"),
+            },
+        },  # fmt: skip
+        "DeploymentState": {
+            "type": "object",
+            "description": "what happened last: the active phase, or how the latest rollout ended and when",
+            "properties": {
+                "phase": {"type": "string"},
+                "tone": {"enum": ["live", "held", "good", "bad", "idle"]},
+                "active": {"type": "boolean"},
+                "label": {"type": "string"},
+                "since": {"type": ["string", "null"], "format": "date-time"},
+                "age_s": {"type": ["number", "null"]},
+            },
+        },  # fmt: skip
+        "DeploymentDashboard": {
+            "type": "object",
+            "description": "what the dashboard shows: state, verdict sentence, plan and progress, plots' data, timeline",
+            "properties": {
+                "name": {"type": "string"},
+                "state": _ref("DeploymentState"),
+                "verdict": {"type": "string"},
+                "rollout_id": {"type": ["integer", "null"]},
+                "plan": {"type": ["array", "null"], "items": {"type": "object"}},
+                "progress": {"type": ["object", "null"]},
+                "series": {"type": ["object", "null"]},
+                "timeline": {"type": "array", "items": {"type": "object"}},
             },
         },  # fmt: skip
         "DeploymentDetail": {
@@ -299,6 +333,11 @@ def _schemas() -> dict[str, Any]:
                                 "metrics": {"type": "object"},
                             },
                         },
+                        "verdict": {
+                            "type": ["string", "null"],
+                            "description": "one sentence saying what happened to the latest rollout or what it "
+                            "is doing, and why (it also heads the report and `rollout status`)",
+                        },
                     },
                 },
             ]
@@ -311,6 +350,29 @@ def _schemas() -> dict[str, Any]:
                 "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"},
                 "champion": {"type": "string", "description": "NAME:VERSION"},
                 "store_raw_inputs": {"type": "boolean", "default": True},
+                "batching": _ref("Batching"),
+            },
+        },
+        "DeploymentChange": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["batching"],
+            "properties": {"batching": {**_ref("Batching"), "minProperties": 1}},
+        },
+        "Batching": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "adaptive batching of live requests in each router process (docs/operations.md)",
+            "properties": {
+                "enabled": {"type": "boolean", "default": True},
+                "max_batch_delay_ms": {
+                    "type": "number",
+                    "minimum": 0,
+                    "maximum": 1000,
+                    "default": 1.0,
+                    "description": "longest wait for company, only while other requests are in flight",
+                },
+                "max_batch_rows": {"type": "integer", "minimum": 1, "maximum": 100000, "default": 256},
             },
         },
         "RolloutStart": {
@@ -325,6 +387,63 @@ def _schemas() -> dict[str, Any]:
                     "description": "rollout policy; unknown keys and impossible values are 422",
                 },
                 "reason": {"type": "string", "description": "why (kept in the event log)"},
+            },
+        },
+        "Token": {
+            "type": "object",
+            "description": "an admin token's name, role and lifetime; the secret only in the answer to its creation",
+            "properties": {
+                "name": {"type": "string"},
+                "role": {"enum": ["viewer", "operator", "labeller"]},
+                "created_at": {"type": "string", "format": "date-time"},
+                "revoked_at": {"type": ["string", "null"], "format": "date-time"},
+                "token": {"type": "string", "description": "the secret, shown once (POST /tokens only)"},
+            },
+        },
+        "TokenCreate": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["name"],
+            "properties": {
+                "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"},
+                "role": {"enum": ["viewer", "operator", "labeller"], "default": "viewer"},
+            },
+        },
+        "Prune": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["older_than"],
+            "properties": {
+                "older_than": {
+                    "type": "string",
+                    "pattern": "^[0-9]+[dhm]$",
+                    "description": "e.g. 30d, 12h, 90m",
+                },
+                "batch_size": {"type": "integer", "minimum": 1, "maximum": 1000000, "default": 5000},
+            },
+        },
+        "Pruned": {
+            "type": "object",
+            "properties": {
+                "pairs": {"type": "integer"},
+                "labels": {"type": "integer"},
+                "before": {"type": "string", "format": "date-time"},
+            },
+        },
+        "LifecycleChange": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"reason": {"type": "string", "description": "written in the event"}},
+        },
+        "Deleted": {
+            "type": "object",
+            "description": "a version: ref, id, artifact_removed; a deployment: name and the rows deleted",
+            "properties": {
+                "ref": {"type": "string"},
+                "id": {"type": "integer"},
+                "artifact_removed": {"type": "boolean"},
+                "name": {"type": "string"},
+                "deleted": {"type": "object", "additionalProperties": {"type": "integer"}},
             },
         },
         "RolloutAction": {
@@ -450,7 +569,7 @@ def _admin_paths() -> dict[str, Any]:
                     **_errors(401, 403),
                 },
                 tags=["pipelines"],
-                parameters=[_param("name", "query", description="only versions of this pipeline")],
+                parameters=[_param("name", "query", description="only versions of this pipeline"), _ARCHIVED],
             ),
             "post": _operation(
                 "Register a pipeline version (JSON: an HTTP upstream; multipart: an artifact file)",
@@ -475,7 +594,60 @@ def _admin_paths() -> dict[str, Any]:
                 tags=["pipelines"],
                 parameters=[_param("name"), _param("version")],
             ),
+            "delete": _operation(
+                "Delete a pipeline version no deployment or rollout ever used (409 in_use: archive it)",
+                {**_ok(_ref("Deleted")), **_ADMIN_WRITE},
+                tags=["pipelines"],
+                parameters=[_param("name"), _param("version")],
+                requestBody=_json_body(_ref("LifecycleChange"), required=False),
+            ),
         },  # fmt: skip
+        f"{p}/pipelines/{{name}}/{{version}}/{{change}}": {
+            "post": _operation(
+                "Archive (no new deployment or rollout may use it) or restore a pipeline version",
+                {**_ok(_ref("PipelineVersion")), **_ADMIN_WRITE},
+                tags=["pipelines"],
+                parameters=[_param("name"), _param("version"), _CHANGE],
+                requestBody=_json_body(_ref("LifecycleChange"), required=False),
+            ),
+        },  # fmt: skip
+        f"{p}/tokens": {
+            "get": _operation(
+                "List admin tokens, revoked ones too, never a secret (operator)",
+                {
+                    **_ok(
+                        {
+                            "type": "object",
+                            "properties": {"tokens": {"type": "array", "items": _ref("Token")}},
+                        }
+                    ),
+                    **_errors(401, 403),
+                },
+                tags=admin,
+            ),
+            "post": _operation(
+                "Create an admin token; the answer holds its secret, shown once",
+                {**_ok(_ref("Token"), "Created", "201"), **_ADMIN_WRITE},
+                tags=admin,
+                requestBody=_json_body(_ref("TokenCreate")),
+            ),
+        },
+        f"{p}/tokens/{{name}}": {
+            "delete": _operation(
+                "Revoke an admin token (again is harmless)",
+                {**_ok(_ref("Token")), **_ADMIN_WRITE},
+                tags=admin,
+                parameters=[_param("name", description="Token name")],
+            ),
+        },
+        f"{p}/prune": {
+            "post": _operation(
+                "Delete paired outputs and labels received before an age, in batches that never block writers",
+                {**_ok(_ref("Pruned")), **_ADMIN_WRITE},
+                tags=admin,
+                requestBody=_json_body(_ref("Prune")),
+            ),
+        },
         f"{p}/deployments": {
             "get": _operation(
                 "List deployments",
@@ -486,9 +658,10 @@ def _admin_paths() -> dict[str, Any]:
                             "properties": {"deployments": {"type": "array", "items": _ref("Deployment")}},
                         }
                     ),
-                    **_errors(401, 403),
+                    **_errors(400, 401, 403),
                 },
                 tags=["deployments"],
+                parameters=[_ARCHIVED],
             ),
             "post": _operation(
                 "Create a deployment",
@@ -503,6 +676,29 @@ def _admin_paths() -> dict[str, Any]:
                 {**_ok(_ref("DeploymentDetail")), **_ADMIN_READ},
                 tags=["deployments"],
                 parameters=[_NAME],
+            ),
+            "patch": _operation(
+                "Change a deployment's adaptive batching (settings left out keep their value)",
+                {**_ok(_ref("DeploymentDetail")), **_ADMIN_WRITE},
+                tags=["deployments"],
+                parameters=[_NAME],
+                requestBody=_json_body(_ref("DeploymentChange")),
+            ),
+            "delete": _operation(
+                "Delete a deployment with its rollouts, pairs and labels; its events stay (409 while a rollout is active)",
+                {**_ok(_ref("Deleted")), **_ADMIN_WRITE},
+                tags=["deployments"],
+                parameters=[_NAME],
+                requestBody=_json_body(_ref("LifecycleChange"), required=False),
+            ),
+        },  # fmt: skip
+        f"{p}/deployments/{{name}}/{{change}}": {
+            "post": _operation(
+                "Archive (no longer routed, kept with its history) or restore a deployment",
+                {**_ok(_ref("Deployment")), **_ADMIN_WRITE},
+                tags=["deployments"],
+                parameters=[_NAME, _CHANGE],
+                requestBody=_json_body(_ref("LifecycleChange"), required=False),
             ),
         },  # fmt: skip
         f"{p}/deployments/{{name}}/rollouts": {
@@ -559,6 +755,19 @@ def _admin_paths() -> dict[str, Any]:
                     _param("after_id", "query", {"type": "integer", "minimum": 0, "default": 0}),
                     _param(
                         "limit", "query", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 200}
+                    ),
+                ],
+            ),
+        },  # fmt: skip
+        f"{p}/deployments/{{name}}/dashboard": {
+            "get": _operation(
+                "Show a deployment's state, verdict, plan and progress, plots' time series and timeline",
+                {**_ok(_ref("DeploymentDashboard")), **_ADMIN_READ, **_errors(400)},
+                tags=["deployments"],
+                parameters=[
+                    _NAME,
+                    _param(
+                        "events", "query", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}
                     ),
                 ],
             ),
@@ -640,7 +849,7 @@ def _data_plane_paths() -> dict[str, Any]:
     )
     live = _operation("Liveness probe", _ok({"type": "object"}), tags=["probes"], public=True)
     readiness = _operation(
-        "Readiness probe: routing table and versions loaded",
+        "Readiness probe: routing table and versions loaded (503 while a champion artifact cannot load)",
         {**_ok({"type": "object"}), **_errors(503)},
         tags=["probes"],
         public=True,

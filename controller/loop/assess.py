@@ -11,14 +11,20 @@ section with the same ``online_offline``, so a report cannot disagree with what 
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from controller.core import metrics as quality
 from controller.core import reproducibility
-from controller.core.judge import Judgement, Verdict, judge
+from controller.core.judge import (
+    Judgement,
+    Proportion,
+    Verdict,
+    hold_for_label_delays,
+    hold_for_outcome_dependent_labels,
+    judge,
+)
 from controller.core.machine import Decision, decide
 from controller.core.policy import Policy
 from controller.encoding import finite
@@ -26,6 +32,7 @@ from controller.loop.actions import policy_of, state_of
 from controller.loop.measure import Measurement, measure
 from storage import Store, repro_queries
 from storage.entities import NewAnalysis, PipelineVersion, Rollout
+from storage.quality import label_coverage, label_delay
 
 __all__ = ["Assessment", "assess", "online_offline", "verdict_dict"]
 
@@ -106,10 +113,6 @@ def assess(store: Store, rollout: Rollout, *, now: datetime) -> Assessment:
         final=measurement.final,
         classes=tuple(str(c) for c in challenger.classes or ()),
     )
-    if rollout.phase == "watching":
-        # The watch judges the previous champion's shadow on the core gates (its arms are swapped back
-        # in measure); the class-aware quality gates were proven before the promotion that began it.
-        judge_policy = dataclasses.replace(judge_policy, quality=None)
     judgement = judge(measurement.metrics, judge_policy)
     repro = policy.reproducibility
     if repro.role != "off":
@@ -118,6 +121,25 @@ def assess(store: Store, rollout: Rollout, *, now: datetime) -> Assessment:
             online_offline(store, rollout, task=task, policy=policy, now=now),
             role=repro.role,
             on_worse=repro.on_worse,
+        )
+    if measurement.final and judgement.decision == "promote":
+        judgement = hold_for_label_delays(
+            judgement,
+            final=True,
+            label_delay_s=label_delay(store.db, rollout_id=rollout.id),
+            maturity_s=policy.label_maturity_s,
+        )
+    if measurement.final and judgement.decision == "promote" and task == "classification":
+        coverage = label_coverage(
+            store.db, rollout_id=rollout.id, received_before=now - timedelta(seconds=policy.label_maturity_s)
+        )
+        judgement = hold_for_outcome_dependent_labels(
+            judgement,
+            final=True,
+            agreeing=Proportion(n=coverage.agreeing[0], count=coverage.agreeing[1]),
+            disagreeing=Proportion(n=coverage.disagreeing[0], count=coverage.disagreeing[1]),
+            alpha=judge_policy.alpha,
+            n_star=judge_policy.n_star,
         )
     decision = decide(state_of(rollout, samples=measurement.samples), judgement, now)
     return Assessment(rollout, decision, measurement, judgement, judge_policy.quality)

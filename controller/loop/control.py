@@ -17,6 +17,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -53,11 +54,17 @@ class Look:
     error: str | None = None
 
 
-def evaluate_rollout(store: Store, rollout: Rollout, *, now: datetime) -> Look:
+NOT_LEADING = "not leading"
+
+
+def evaluate_rollout(
+    store: Store, rollout: Rollout, *, now: datetime, leading: Callable[[], bool] | None = None
+) -> Look:
     """Look at one active rollout once: assess it, then store the analysis and apply the decision.
 
     On a transition the analysis, the rollout's change and its event are written in one transaction;
-    otherwise the analysis alone.
+    otherwise the analysis alone. With ``leading``, nothing is written unless it says True just before
+    (a controller whose lead is no longer confirmed stops: controller.loop.leader).
     """
     assessment = assess(store, rollout, now=now)
     decision, judgement, measurement = assessment.decision, assessment.judgement, assessment.measurement
@@ -70,6 +77,9 @@ def evaluate_rollout(store: Store, rollout: Rollout, *, now: datetime) -> Look:
             "verdicts": analysis.verdicts,
         }
     details["controller"] = CONTROLLER_ID
+    if leading is not None and not leading():
+        log.warning("controller cannot confirm it leads: rollout %s left to the leader", rollout.id)
+        return Look(rollout.id, rollout.deployment_id, decision, judgement, error=NOT_LEADING)
     if not decision.transition:
         if analysis is not None:
             store.analyses.add(
@@ -101,12 +111,17 @@ def evaluate_rollout(store: Store, rollout: Rollout, *, now: datetime) -> Look:
     return Look(rollout.id, rollout.deployment_id, decision, judgement, applied=True, rollout=updated)
 
 
-def evaluate_once(store: Store, *, now: datetime) -> list[Look]:
-    """Look once at every active rollout; one rollout's failure never stops the others."""
+def evaluate_once(store: Store, *, now: datetime, leading: Callable[[], bool] | None = None) -> list[Look]:
+    """Look once at every active rollout; one rollout's failure never stops the others.
+
+    With ``leading`` (see evaluate_rollout) the pass ends at the first look that finds it False.
+    """
     outcomes: list[Look] = []
     for rollout in store.rollouts.list(active_only=True):
         try:
-            outcomes.append(evaluate_rollout(store, rollout, now=now))
+            outcomes.append(evaluate_rollout(store, rollout, now=now, leading=leading))
+            if outcomes[-1].error == NOT_LEADING:
+                break
         except (StorageError, PolicyError, ValueError) as error:
             log.error("rollout %s could not be evaluated: %s", rollout.id, error)
             outcomes.append(Look(rollout.id, rollout.deployment_id, None, error=str(error)))
@@ -123,10 +138,14 @@ def run(
 ) -> int:
     """Evaluate every ``settings.controller_interval`` seconds until ``stop`` is set; return the passes made.
 
+    Passes never take more than ``settings.controller_busy_share`` of the time (``pause_after``).
+
     With ``leadership`` (see controller.loop.leader) leadership is (re)claimed before every pass and a
-    standby only waits, retrying each interval. A database outage is logged and retried.
+    standby only waits, retrying each interval; within a pass, every write waits for the lead to be
+    confirmed (still within its lease, or one more health query). A database outage is logged and retried.
     """
-    interval = settings.controller_interval
+    interval, busy_share = settings.controller_interval, settings.controller_busy_share
+    confirm = None if leadership is None else (lambda: leadership.leads() or leadership.acquire())
     passes = 0
     leading = False
     while not stop.is_set():
@@ -139,9 +158,20 @@ def run(
                 )
                 leading = now_leading
             if leading:
-                evaluate_once(store, now=clock())
+                evaluate_once(store, now=clock(), leading=confirm)
                 passes += 1
         except StorageError as error:
             log.warning("controller pass failed, retrying in %.3g s: %s", interval, error)
-        stop.wait(max(0.0, interval - (time.monotonic() - started)))
+        stop.wait(pause_after(time.monotonic() - started, interval=interval, busy_share=busy_share))
     return passes
+
+
+def pause_after(elapsed: float, *, interval: float, busy_share: float) -> float:
+    """Seconds to wait after a pass that took ``elapsed`` s: the rest of ``interval``, but at least enough
+    that passes take no more than ``busy_share`` of the time.
+
+    A look's cost grows with its step (on SQLite its queries run in the controller's process); without
+    the bound a short interval on a big step makes the controller look back to back and take a core
+    from the routers it shares a machine with (issue 13).
+    """
+    return max(0.0, interval - elapsed, elapsed * (1.0 / busy_share - 1.0))

@@ -7,14 +7,15 @@ their pairs (both arms ran on the same request); a canary step on the requests e
 (latency, the sample-ratio check against the configured weight, and the unpaired tests), and, with
 ``canary.paired`` and a ``canary.shadow_rate`` above 0, its quality and error gates on the requests
 both arms scored. In the watch the new champion answers and the previous champion scores in shadow,
-so its arms are swapped back: "challenger" is always the rollout's challenger. Labels count only for
+so its arms are swapped back (the core aggregates here, the quality aggregates in
+``storage.quality.swap_arms``): "challenger" is always the rollout's challenger. Labels count only for
 requests older than the policy's label maturity. Counts are of requests (a 10-row request that fails is one failure); shadow
 jobs the router skipped are no pairs and no errors, only coverage lost.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -31,11 +32,13 @@ from controller.core.judge import (
     PairedCounts,
     Proportion,
     StepMetrics,
+    arm_values,
 )
 from controller.core.policy import Policy
+from controller.loop.figures import LATENCY, LATENCY_EDGES, latency_counts, latency_quantile, shadow_summary
 from controller.loop.quality import measure_quality
 from storage import Store
-from storage.analytics import ArmAggregates, Coverage, LatencyBuckets, StepAggregates, step_aggregates
+from storage.analytics import ArmAggregates, StepAggregates, step_aggregates
 from storage.entities import Rollout
 
 __all__ = [
@@ -51,10 +54,6 @@ __all__ = [
     "swap_aggregates",
 ]
 
-# The one set of latency buckets: the judge's, the reports' and the dashboard's figures all use it.
-LATENCY_EDGES = stats.latency_edges()
-_EDGES = LATENCY_EDGES
-LATENCY = LatencyBuckets(start_ms=float(_EDGES[1]), growth=1.05, count=len(_EDGES) - 1)
 VALUE_BINS = 10
 
 
@@ -96,28 +95,8 @@ class Measurement:
             out["agreement"] = a.agreed / a.compared
         out["requests"] = a.requests
         out["shadow"] = shadow_summary(a.coverage, requests=a.requests)
+        out["arms"] = arm_values(self.metrics)  # each gate's figure per arm, for the plots
         return out
-
-
-def shadow_summary(c: Coverage, *, requests: int) -> dict[str, Any]:
-    """Return the shadow sample's fate as plain data: the one definition shown by status and reports.
-
-    ``coverage``: scored / sampled; ``effective_share``: scored / all requests of the step (what the
-    router really shadowed after skips and load shedding); ``queue_wait_ms``: mean and max wait of
-    the scored jobs in the router's queue.
-    """
-    return {
-        "sampled": c.sampled,
-        "scored": c.scored,
-        "skipped": dict(sorted(c.skipped.items())),
-        "coverage": c.share,
-        "effective_share": c.scored / requests if requests else None,
-        "queue_wait_ms": {
-            "mean": c.wait_sum_ms / c.wait_n if c.wait_n else None,
-            "max": c.wait_max_ms,
-            "n": c.wait_n,
-        },
-    }
 
 
 def swap_aggregates(a: StepAggregates) -> StepAggregates:
@@ -175,16 +154,17 @@ def measure(
         current = aggregates
     assert current is not None
     metrics = stratified(strata, current=strata[-1])
-    if not watching:  # controller.loop.quality: class-aware metrics, losses, outcome and segments
-        kind = plan[rollout.step_index].kind
-        metrics = replace(
-            metrics,
-            quality=measure_quality(
-                store, rollout_id=rollout.id, step=rollout.step_index,
-                mode="canary" if kind == "canary" else "shadow", task=task, policy=policy, now=now,
-                classes=classes,
-            ),
-        )  # fmt: skip
+    # controller.loop.quality: class-aware metrics, losses, outcome and segments of the current step; the
+    # watch is measured on its pairs with the arms swapped back, as the core aggregates above
+    kind = "watch" if watching else plan[rollout.step_index].kind
+    metrics = replace(
+        metrics,
+        quality=measure_quality(
+            store, rollout_id=rollout.id, step=rollout.step_index,
+            mode="canary" if kind == "canary" else "shadow", task=task, policy=policy, now=now,
+            classes=classes, swapped=watching,
+        ),
+    )  # fmt: skip
     a = current
     if watching:
         samples = a.labelled_pairs if task == "classification" else a.diff_n
@@ -241,20 +221,6 @@ def class_codes(observed: Sequence[str], classes: Sequence[Any] | None = None) -
     return {c: i for i, c in enumerate(order)}
 
 
-def latency_counts(buckets: Mapping[int, int]) -> tuple[int, ...]:
-    """Return a storage latency histogram (bucket -> count, buckets of LATENCY) as counts over LATENCY_EDGES."""
-    counts = np.zeros(LATENCY.count, dtype=np.int64)
-    for bucket, n in buckets.items():
-        counts[bucket] += n
-    return tuple(int(x) for x in counts)
-
-
-def latency_quantile(buckets: Mapping[int, int], q: float) -> float | None:
-    """Read the q-quantile off a storage latency histogram, as the judge reads p99 (None when empty)."""
-    counts = latency_counts(buckets)
-    return stats.quantile_from_histogram(counts, LATENCY_EDGES, q) if sum(counts) else None
-
-
 def _latency(arm: ArmAggregates) -> tuple[int, ...]:
     return latency_counts(arm.latency)
 
@@ -301,9 +267,7 @@ def metrics_from_aggregates(
         )
     latency = None
     if c.latency or h.latency:
-        latency = Histogram(
-            edges=tuple(float(e) for e in _EDGES), champion=_latency(c), challenger=_latency(h)
-        )
+        latency = Histogram(edges=LATENCY_EDGES, champion=_latency(c), challenger=_latency(h))
     outputs = None
     if task == "classification" and (c.classes or h.classes):
         codes = class_codes([*c.classes, *h.classes], classes)

@@ -1,7 +1,10 @@
 """Measure the quality gates of one rollout step: storage.quality aggregates -> metrics.QualityStats.
 
 Called by ``controller.loop.measure``; only the parts the policy uses are queried (segments, the
-outcome, the fixed-horizon AUC rows, proper scores of a binary classifier).
+outcome, the fixed-horizon AUC rows, proper scores of a classifier: from the score for two classes,
+from the stored probability vectors for more). Cohorts as the core gates:
+pairs in shadow steps, the watch and canary steps with ``canary.paired`` (and a shadow share); each
+arm's served rows otherwise. The outcome is always the served rows'.
 """
 
 from __future__ import annotations
@@ -28,25 +31,36 @@ def measure_quality(
     policy: Policy,
     now: datetime,
     classes: Sequence[Any] | None,
+    swapped: bool = False,
 ) -> quality.QualityStats:
-    """Aggregate the step's quality statistics in SQL as the policy needs them."""
+    """Aggregate the step's quality statistics in SQL as the policy needs them.
+
+    ``swapped``: the step is the post-promotion watch, whose rows hold the rollout's challenger in the
+    champion columns; the aggregates come back with the arms exchanged (``storage.quality.swap_arms``).
+    """
     names = tuple(str(c) for c in classes or ())
     positive = names[1] if len(names) == 2 else None
     m = policy.metrics
-    wants_auc = task == "classification" and m.roc_auc.role != "off" and positive is not None
+    wants_auc = task == "classification" and m.roc_auc.role != "off" and len(names) >= 2
+    # A canary step with canary.paired and a shadow share judges its quality on the requests both arms
+    # scored, as the core gates do: paired differences cancel what varies from one routing key to the
+    # next, which the unpaired (per-arm) variance of the served rows ignores. Outcomes stay served.
+    paired = mode == "shadow" or (policy.canary.paired and policy.canary.shadow_rate > 0)
     aggregates = quality_aggregates(
         store.db,
         rollout_id=rollout_id,
         step=step,
-        cohort="paired" if mode == "shadow" else "served",
+        cohort="paired" if paired else "served",
         task=task,
         label_cutoff=now - timedelta(seconds=policy.label_maturity_s),
         positive=positive,
+        classes=names,
         quantiles=(m.pinball.quantile,) if task == "regression" and m.pinball.role != "off" else (),
         auc_horizon=m.roc_auc.horizon if wants_auc else None,
         segments=tuple(SegmentColumn(s.column, s.edges) for s in policy.segments.columns),
         max_values=policy.segments.max_values,
         outcome=policy.outcome.role != "off",
+        swapped=swapped,
     )
     return stats_from_aggregates(aggregates, task=task, classes=names, mode=mode)
 
@@ -99,8 +113,11 @@ def stats_from_aggregates(
         )
     elif not a.outcome:
         missing["outcome"] = "no outcomes"
-    if task == "classification" and len(classes) != 2:
-        why = "online proper scores need P(true class): the router records it for two classes only"
+    if task == "classification" and len(classes) < 2:
+        why = "online proper scores need the pipeline's classes, and this version has none registered"
+        missing.update(log_loss=why, brier=why, roc_auc=why)
+    elif task == "classification" and len(classes) > 2:
+        why = "no class-probability vectors stored (the model gives no probabilities, or older rows)"
         missing.update(log_loss=why, brier=why, roc_auc=why)
     segments: list[quality.SegmentStats] = []
     for column, values in a.segments.items():
@@ -145,6 +162,19 @@ def stats_from_aggregates(
             champion=tuple(s1_),
             challenger=tuple(s2_),
             challenger_labels=tuple(labels2),
+        )
+    if a.auc_multiclass is not None:
+        available, names, p1, p2, names2 = a.auc_multiclass
+        code = {c: i for i, c in enumerate(classes)}
+        auc = quality.Auc(
+            horizon=len(names) if names else available + 1,
+            available=available,
+            paired=paired,
+            labels=tuple(code.get(n, -1) for n in names),
+            challenger_labels=tuple(code.get(n, -1) for n in names2),
+            classes=tuple(classes),
+            champion_proba=tuple(tuple(v) for v in p1),
+            challenger_proba=tuple(tuple(v) for v in p2),
         )
     return quality.QualityStats(
         confusion=_confusion(a.paired_cells if paired else a.served_cells, paired, classes),

@@ -39,15 +39,24 @@ from controller.loop import measure
 from controller.loop.actions import policy_of
 from controller.loop.assess import online_offline
 from controller.reports.plots import html_page
+from controller.reports.quality import (
+    MAX_RELIABILITY_CLASSES,
+    RELIABILITY_BINS,
+    quality_block,
+    reliability_classes,
+)
 from controller.reports.quality import html_section as quality_html
 from controller.reports.quality import markdown_lines as quality_markdown
-from controller.reports.quality import quality_block
+from controller.reports.verdict import stage_name, verdict_sentence
 from storage import NotFound, Store, repro_queries
 from storage import report_queries as rq
 from storage.entities import Analysis, Event, PipelineVersion, Rollout
 
 SCHEMA_VERSION = 1
-TIMELINE_BUCKETS = 60
+TIMELINE_BUCKETS = 120
+TIMELINE_MIN_ROWS = 30
+LATENCY_SAMPLE = 60_000
+CURVE_SAMPLE = 20_000
 SCORE_BINS = 20
 VALUE_BINS = 30
 AUC_BINS = 200
@@ -130,7 +139,7 @@ REPORT_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["schema_version", "generated_at", "deployment", "rollout", "task", "timeline", "traffic",
                  "arms", "shadow", "agreement", "differences", "distributions", "labels", "gates", "segments",
-                 "reproducibility", "sample_size", "notes"],
+                 "reproducibility", "sample_size", "notes", "verdict", "plan", "curves", "latency_series"],
     "properties": {
         "schema_version": {"const": SCHEMA_VERSION},
         "generated_at": {"type": "string"},
@@ -189,8 +198,11 @@ REPORT_SCHEMA: dict[str, Any] = {
                 "latest": {"type": ["object", "null"], "required": ["at", "step", "outcome", "verdicts"],
                            "properties": {"verdicts": {"type": "array", "items": _S_verdict}}},
                 "series": {"type": "array", "items": {
-                    "type": "object", "required": ["at", "step", "outcome", "verdicts"],
-                    "properties": {"verdicts": {"type": "array", "items": _S_verdict}}}},
+                    "type": "object", "required": ["at", "step", "outcome", "verdicts", "arms"],
+                    "properties": {"verdicts": {"type": "array", "items": _S_verdict},
+                                   # each gate's figure per arm at this look: {gate: {champion, challenger}}
+                                   "arms": {"type": "object", "additionalProperties": {
+                                       "type": "object", "required": ["champion", "challenger"]}}}}},
             },
         },
         "segments": {
@@ -206,7 +218,12 @@ REPORT_SCHEMA: dict[str, Any] = {
                             "properties": {"status": {"enum": ["not_checked", "pass", "fail"]}}},
         "sample_size": {"type": "object", "required": ["status", "message", "needed", "have"]},
         "notes": {"type": "array", "items": {"type": "string"}},
-        "quality": {"type": "object", "required": ["metrics", "history", "segments", "reliability"]},
+        "quality": {"type": "object", "required": ["metrics", "history", "segments", "reliability", "class_reliability"]},
+        "verdict": {"type": "string"},
+        "plan": {"type": "array", "items": {"type": "object", "required": [
+            "step", "name", "weight", "status", "requests", "pairs", "first_at", "last_at", "outcome", "ended_by"]}},
+        "curves": {"type": "object", "required": ["roc", "confusion", "regression"]},
+        "latency_series": {"type": "object", "required": ["bucket_seconds", "sampled", "points"]},
     },
 }  # fmt: skip
 
@@ -281,32 +298,43 @@ def build_report(
     ]
 
     positive = _positive_class(challenger, [])
+    # more than two classes: the probability vectors' classes (champion's, then any new challenger's)
+    classes = [str(c) for c in champion.classes or ()]
+    classes += [str(c) for c in challenger.classes or () if str(c) not in classes]
+    multiclass = task == "classification" and positive is None and len(classes) > 2
     events = store.events.list(rollout_id=rollout.id, limit=10_000)
     column = "score" if task == "classification" else "value"
     with ThreadPoolExecutor(max_workers=3, thread_name_prefix="mlcanary-report") as pool:
         # Independent scans run side by side on their own connections (SQLite releases the GIL while
         # it reads and WAL readers do not block each other; PostgreSQL has one backend per connection);
-        # the overview, the longest, runs on this thread once the step spans are known.
-        table_f = (
-            pool.submit(rq.class_score_table, db, rollout.id, bins=SCORE_BINS)
-            if task == "classification"
-            else None
-        )
-        latency_f = {
-            arm: pool.submit(rq.latency_buckets, db, rollout.id, arm, latency=measure.LATENCY)
-            for arm in ("champion", "challenger")
-        }
+        # the overview, the longest, runs on this thread. SQLite reads the grouped scans range by range
+        # of the step spans (report_queries._counts).
         repro_f = pool.submit(_reproducibility, store, rollout, champion, challenger, events, task, now=now)
         spans = rq.step_spans(db, rollout.id)
         rows = sum(n for _, n, _, _ in spans)
         span = (min(s[2] for s in spans).timestamp(), max(s[3] for s in spans).timestamp()) if spans else None
         unit = _bucket_unit(span)
+        table_f = (
+            pool.submit(rq.class_score_table, db, rollout.id, bins=SCORE_BINS, spans=spans, bucket=unit)
+            if task == "classification"
+            else None
+        )
+        latency_f = pool.submit(
+            rq.latency_buckets, db, rollout.id, latency=measure.LATENCY, spans=spans, bucket=unit
+        )
         if task == "classification":
             labels_f: Future[Any] = pool.submit(
                 rq.label_confusion, db, rollout.id, score_bins=AUC_BINS if positive is not None else None
             )
         else:
             labels_f = pool.submit(rq.label_regression, db, rollout.id)
+        class_f = (  # every class gets a panel: no need to wait for the label counts
+            pool.submit(
+                rq.label_proba_reliability, db, rollout.id, classes, shown=classes, bins=RELIABILITY_BINS
+            )
+            if multiclass and len(classes) <= MAX_RELIABILITY_CLASSES
+            else None
+        )
         # The KS sample takes every k-th row with k = rows // ks_sample (rows, not pairs, so it need not
         # wait for the overview); it stays a systematic sample of at most ks_sample pairs.
         ks_f = (
@@ -314,17 +342,36 @@ def build_report(
             if rows
             else None
         )
+        latency_sample_f = (
+            pool.submit(rq.latency_sample, db, rollout.id, limit=LATENCY_SAMPLE, total=rows) if rows else None
+        )
+        regression_f = (
+            pool.submit(rq.label_regression_sample, db, rollout.id, limit=CURVE_SAMPLE, total=rows)
+            if rows and task == "regression"
+            else None
+        )
         overview = rq.step_counts(db, rollout.id, bucket=unit, spans=spans) if span else []
         steps = _per_step(overview)
         pairs = sum(st.both_outputs for st in steps)
         table = table_f.result() if table_f is not None else []
-        latency = {arm: f.result() for arm, f in latency_f.items()}
+        latency = latency_f.result()
         label_rows = labels_f.result()
+        class_bins = class_f.result() if class_f is not None else None
         ks_pairs = ks_f.result() if ks_f is not None and pairs else []
         reproducibility = repro_f.result()
+        latency_rows = latency_sample_f.result() if latency_sample_f is not None else []
+        regression_rows = regression_f.result() if regression_f is not None else []
+    shown = classes
+    if multiclass and class_f is None:  # the most often labelled classes get a one-vs-rest panel
+        counts: dict[str, int] = {}
+        for *_, y, _b1, _b2, n in label_rows:
+            counts[y] = counts.get(y, 0) + n
+        shown = reliability_classes(classes, counts)
+        class_bins = rq.label_proba_reliability(db, rollout.id, classes, shown=shown, bins=RELIABILITY_BINS)
     auc_buckets = (
         rq.label_score_buckets(label_rows) if task == "classification" and positive is not None else None
     )
+    curves = _curves(task, label_rows, auc_buckets, positive, regression_rows, rows, notes)
     if task == "classification":
         label_rows = _label_classes(label_rows)
     arms = {
@@ -354,6 +401,7 @@ def build_report(
     n_labelled = int(labels["n"])
     analyses = store.analyses.list(rollout.id)
     gates = _gates(analyses)
+    latency_series = _latency_series(latency_rows, traffic, rows, notes)
     segment_block = _segments(
         db,
         rollout.id,
@@ -388,9 +436,13 @@ def build_report(
         "reproducibility": reproducibility,
         "sample_size": _sample_size(rollout.policy, task, agreement_, labels, challenger),
         "notes": notes,
+        "verdict": verdict_sentence(rollout, analyses[-1] if analyses else None, events=events),
+        "plan": _plan(rollout, steps, analyses, events),
+        "curves": curves,
+        "latency_series": latency_series,
         "quality": quality_block(
             analyses, champion=champion, challenger=challenger, score_buckets=auc_buckets, positive=positive,
-            score_bins=AUC_BINS,
+            score_bins=AUC_BINS, class_bins=class_bins, classes=classes, shown=shown,
         ),
     }  # fmt: skip
 
@@ -478,10 +530,17 @@ def _arm_summary(
 
 
 def _bucket_unit(span: tuple[float, float] | None) -> str:
-    """Pick the timeline's bucket: minutes up to two hours, hours up to five days, else days."""
-    if span is None or span[1] - span[0] <= 2 * 3600:
+    """Pick the unit the database groups rows by: seconds up to 20 minutes, minutes up to 20 hours,
+    hours up to 20 days, else days (``_traffic`` then merges them into at most TIMELINE_BUCKETS points)."""
+    length = 0.0 if span is None else span[1] - span[0]
+    if length <= 1200:
+        return "second"
+    if length <= 20 * 3600:
         return "minute"
-    return "hour" if span[1] - span[0] <= 5 * 86400 else "day"
+    return "hour" if length <= 20 * 86400 else "day"
+
+
+UNIT_SECONDS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
 
 
 def _per_step(overview: Sequence[rq.StepCounts]) -> list[rq.StepCounts]:
@@ -534,14 +593,33 @@ def _traffic(
     ]  # fmt: skip
     if span is None:
         return {"rows": 0, "steps": step_rows, "bucket_seconds": None, "start": None, "series": []}
-    seconds = {"minute": 60.0, "hour": 3600.0, "day": 86400.0}[unit]
-    start = math.floor(span[0] / seconds) * seconds
-    series = sorted(
-        ({"t": _bucket_start(o.bucket or "") - start, "step": o.step, "rows": o.rows,
-          "served_challenger": o.served_challenger, "pairs": o.both_outputs, "agree": o.agree,
-          "champion_errors": o.champion_errors, "challenger_errors": o.challenger_errors} for o in overview),
-        key=lambda p: (p["t"], p["step"] if p["step"] is not None else -1),
-    )  # fmt: skip
+    unit_seconds = UNIT_SECONDS[unit]
+    # merge the database's buckets into "nice" wider ones: at most TIMELINE_BUCKETS points however long
+    # and about TIMELINE_MIN_ROWS rows or more each, so a share per point is not just 0 or 100%
+    length, total = span[1] - span[0], sum(s.rows for s in steps)
+
+    def fits(f: int) -> bool:
+        points = max(length / (unit_seconds * f), 1.0)
+        return points <= TIMELINE_BUCKETS and (total / points >= TIMELINE_MIN_ROWS or points <= 12)
+
+    factor = next(
+        (f for f in (1, 2, 5, 10, 15, 30, 60, 120, 300, 600) if fits(f)),
+        math.ceil(length / (unit_seconds * TIMELINE_BUCKETS)),
+    )
+    seconds = unit_seconds * factor
+    start = math.floor(span[0] / unit_seconds) * unit_seconds  # the first request, to the database unit
+    merged: dict[tuple[float, int | None], dict[str, Any]] = {}
+    counted = ("rows", "served_challenger", "pairs", "agree", "champion_errors", "challenger_errors")
+    for o in overview:
+        t = math.floor((_bucket_start(o.bucket or "") - start) / seconds) * seconds
+        point = merged.setdefault((t, o.step), {"t": t, "step": o.step, **dict.fromkeys(counted, 0)})
+        for name, value in zip(
+            counted,
+            (o.rows, o.served_challenger, o.both_outputs, o.agree, o.champion_errors, o.challenger_errors),
+            strict=True,
+        ):
+            point[name] += value
+    series = sorted(merged.values(), key=lambda p: (p["t"], p["step"] if p["step"] is not None else -1))  # fmt: skip
     return {
         "rows": sum(s.rows for s in steps),
         "steps": step_rows,
@@ -895,11 +973,36 @@ def _verdict(d: Mapping[str, Any]) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def arms_of(analysis: Analysis) -> dict[str, dict[str, float]]:
+    """Return each gate's figure per arm at one look, as the controller stored it: the two-arm core
+    gates' (``metrics["arms"]``, ``judge.arm_values``) and the quality gates' (``metrics["quality"]``,
+    ``metrics.arm_values``, whole population only). Analyses stored before either was kept give none."""
+    m = analysis.metrics if isinstance(analysis.metrics, Mapping) else {}
+    out: dict[str, dict[str, float]] = {}
+    rows = (
+        [(gate, row) for gate, row in (m.get("arms") or {}).items()]
+        if isinstance(m.get("arms"), Mapping)
+        else []
+    )
+    rows += [
+        (row.get("gate"), row)
+        for row in m.get("quality") or []
+        if isinstance(row, Mapping) and row.get("segment") is None
+    ]
+    for gate, row in rows:
+        if not isinstance(row, Mapping):
+            continue
+        c, h = _f(row.get("champion")), _f(row.get("challenger"))
+        if c is not None and h is not None:
+            out[str(gate)] = {"champion": c, "challenger": h}
+    return out
+
+
 def _gates(analyses: Sequence[Analysis]) -> dict[str, Any]:
     series: list[dict[str, Any]] = [
         {"at": _iso(a.evaluated_at), "step": a.step, "outcome": _outcome_label(a.outcome),
          "decision": a.metrics.get("decision") if isinstance(a.metrics, Mapping) else None,
-         "verdicts": [_verdict(v) for v in a.verdicts if isinstance(v, Mapping)]}
+         "verdicts": [_verdict(v) for v in a.verdicts if isinstance(v, Mapping)], "arms": arms_of(a)}
         for a in analyses
     ]  # fmt: skip
     latest = series[-1] if series else None
@@ -1120,6 +1223,169 @@ def _sample_size(
     }
 
 
+def _plan(
+    rollout: Rollout, steps: Sequence[rq.StepCounts], analyses: Sequence[Analysis], events: Sequence[Event]
+) -> list[dict[str, Any]]:
+    """The policy's plan, one entry per step: what it was, what happened in it, and what ended it."""
+    try:
+        policy = policy_of(rollout)
+    except PolicyError:
+        return []
+    stages = [(stage_name(st), st.weight) for st in policy.plan()]
+    if policy.watch.enabled:
+        stages.append(("post-promotion watch", 100.0))
+    by_step = {s.step: s for s in steps}
+    last_outcome: dict[int, str] = {}
+    for a in analyses:
+        last_outcome[a.step] = _outcome_label(a.outcome)
+    ended_by: dict[int, Event] = {}
+    for e in events:
+        frm, to = e.details.get("from"), e.details.get("to")
+        if not (isinstance(frm, Mapping) and isinstance(to, Mapping) and isinstance(frm.get("step"), int)):
+            continue
+        if to.get("step") != frm.get("step") or to.get("phase") in ("promoted", "rolled_back", "aborted"):
+            ended_by[int(frm["step"])] = e
+    current, phase = rollout.step_index, rollout.phase
+    out = []
+    for k, (name, weight) in enumerate(stages):
+        if k < current:
+            status = "passed"
+        elif k > current:
+            status = "skipped" if phase == "promoted" else "not reached"
+        else:
+            status = {
+                "promoted": "passed",
+                "rolled_back": "rolled back",
+                "aborted": "aborted",
+                "paused": "paused",
+                "pending": "not started",
+            }.get(phase, "in progress")
+        counts = by_step.get(k)
+        event = ended_by.get(k)
+        if status == "passed" and event is not None and event.actor != "controller":
+            status = f"promoted by {event.actor}"
+        out.append(
+            {
+                "step": k, "name": name, "weight": weight, "status": status,
+                "requests": counts.rows if counts else 0, "pairs": counts.both_outputs if counts else 0,
+                "first_at": _epoch_iso(counts.first_epoch) if counts else None,
+                "last_at": _epoch_iso(counts.last_epoch) if counts else None,
+                "outcome": last_outcome.get(k),
+                "ended_by": None if event is None else {"at": _iso(event.at), "actor": event.actor,
+                                                         "action": event.action, "message": event.message},
+            }
+        )  # fmt: skip
+    return out
+
+
+def _curves(
+    task: str,
+    label_rows: Sequence[tuple[Any, ...]],
+    auc_buckets: Mapping[str, Mapping[tuple[int, str], int]] | None,
+    positive: str | None,
+    regression_rows: Sequence[tuple[float, float, float]],
+    rows: int,
+    notes: list[str],
+) -> dict[str, Any]:
+    """Curves against the labels: ROC per arm and each arm's confusion matrix (classification), or
+    predicted-vs-actual and residual histograms per arm (regression). Reliability curves are the
+    quality block's."""
+    out: dict[str, Any] = {"roc": None, "confusion": None, "regression": None}
+    if task == "classification":
+        if label_rows:
+            classes = sorted(
+                {r[2] for r in label_rows} | {r[0] for r in label_rows} | {r[1] for r in label_rows}
+            )
+            index = {c: i for i, c in enumerate(classes)}
+            matrices = {arm: [[0] * len(classes) for _ in classes] for arm in ("champion", "challenger")}
+            for a, b, y, *_rest in label_rows:
+                n = int(_rest[-1])
+                matrices["champion"][index[y]][index[a]] += n
+                matrices["challenger"][index[y]][index[b]] += n
+            out["confusion"] = {"labels": classes, "rows": "label", "columns": "prediction", **matrices}
+        if auc_buckets and positive is not None:
+            roc: dict[str, Any] = {"positive": positive}
+            for arm in ("champion", "challenger"):
+                pos, neg = np.zeros(AUC_BINS), np.zeros(AUC_BINS)
+                for (b, y), n in auc_buckets[arm].items():
+                    (pos if y == positive else neg)[min(max(int(b), 0), AUC_BINS - 1)] += n
+                n1, n0 = pos.sum(), neg.sum()
+                if n1 and n0:
+                    tpr = np.concatenate([[0.0], np.cumsum(pos[::-1]) / n1])
+                    fpr = np.concatenate([[0.0], np.cumsum(neg[::-1]) / n0])
+                    roc[arm] = [[_f(x), _f(y)] for x, y in zip(fpr, tpr, strict=True)]
+                else:
+                    roc[arm] = []
+            out["roc"] = roc  # reliability curves: the quality block's (controller.reports.quality)
+        return out
+    if len(regression_rows) >= 2:
+        arr = np.asarray(regression_rows, dtype=float)
+        lo, hi = float(arr.min()), float(arr.max())
+        hi = hi if hi > lo else lo + 1.0
+        bins = 20
+        grid = [lo + (hi - lo) * i / bins for i in range(bins + 1)]
+        residuals = np.concatenate([arr[:, 0] - arr[:, 2], arr[:, 1] - arr[:, 2]])
+        r_lo, r_hi = float(np.quantile(residuals, 0.005)), float(np.quantile(residuals, 0.995))
+        r_hi = r_hi if r_hi > r_lo else r_lo + 1.0
+        r_edges = np.linspace(r_lo, r_hi, 31)
+        reg: dict[str, Any] = {"n": len(arr), "sampled": len(arr) >= CURVE_SAMPLE, "edges": grid,
+                               "residual_edges": [float(e) for e in r_edges]}  # fmt: skip
+        for i, arm in enumerate(("champion", "challenger")):
+            h, _, _ = np.histogram2d(arr[:, 2], arr[:, i], bins=[grid, grid])
+            res = np.clip(arr[:, i] - arr[:, 2], r_lo, r_hi)
+            reg[arm] = {
+                "actual_vs_predicted": h.astype(int).tolist(),  # [actual bin][predicted bin]
+                "residual_counts": np.histogram(res, bins=r_edges)[0].astype(int).tolist(),
+                "residual_mean": _f(float((arr[:, i] - arr[:, 2]).mean())),
+            }
+        out["regression"] = reg
+        if reg["sampled"]:
+            notes.append(
+                f"Predicted-vs-actual and residual plots use a systematic sample of {len(arr):,} labelled pairs."
+            )
+    return out
+
+
+def _latency_series(
+    sample: Sequence[tuple[datetime, float | None, float | None]],
+    traffic: Mapping[str, Any],
+    rows: int,
+    notes: list[str],
+) -> dict[str, Any]:
+    """p50 and p99 latency per arm over time, in the traffic plot's buckets (widened until each holds
+    about 25 rows of the sample, so a p99 rests on more than a handful of requests)."""
+    if not sample or traffic["start"] is None:
+        return {"bucket_seconds": None, "sampled": False, "points": []}
+    seconds = float(traffic["bucket_seconds"])
+    start = datetime.fromisoformat(traffic["start"]).timestamp()
+    times = np.asarray([t.replace(tzinfo=t.tzinfo or UTC).timestamp() for t, _, _ in sample]) - start
+    length = max(float(times.max()), seconds)
+    width = seconds
+    while len(sample) / max(length / width, 1.0) < 25 and width < length:
+        width *= 2
+    keys = np.floor(times / width).astype(int)
+    latencies = {
+        i: np.asarray([math.nan if row[i] is None else row[i] for row in sample], dtype=float) for i in (1, 2)
+    }
+    points = []
+    for k in np.unique(keys):
+        mask = keys == k
+        point: dict[str, Any] = {"t": float(k * width), "n": int(mask.sum())}
+        for i, arm in ((1, "champion"), (2, "challenger")):
+            values = latencies[i][mask]
+            values = values[np.isfinite(values)]
+            point[arm] = {
+                "n": int(values.size),
+                "p50": _f(float(np.quantile(values, 0.5))) if values.size else None,
+                "p99": _f(float(np.quantile(values, 0.99))) if values.size else None,
+            }
+        points.append(point)
+    sampled = len(sample) < rows
+    if sampled:
+        notes.append(f"Latency over time uses a systematic sample of {len(sample):,} of {rows:,} requests.")
+    return {"bucket_seconds": width, "sampled": sampled, "points": points}
+
+
 # --------------------------------------------------------------------------------------------------
 # Rendering
 # --------------------------------------------------------------------------------------------------
@@ -1205,38 +1471,58 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     out = [
         f"# {r['deployment']['name']}: {ro['challenger']['ref']} against {ro['champion']['ref']}",
         "",
-        f"Rollout {ro['id']}, {ro['mode']}, phase **{ro['phase']}**, step {ro['step_index']}, challenger weight "
+        f"**{_md(r['verdict'])}**",
+        "",
+        f"Rollout {ro['id']}, {ro['mode']}, phase {ro['phase']}, challenger weight "
         f"{ro['canary_weight']:g}%, shadow rate {ro['shadow_rate']:g}; started {ro['created_at']} by "
         f"{_md(ro['created_by'])}. Generated {r['generated_at']}.",
         "",
     ]
+    if r["plan"]:
+        out += ["## Plan", ""]
+        out += _md_table(
+            ["step", "stage", "status", "requests", "pairs", "last evaluation", "ended"],
+            [
+                [
+                    st["step"] + 1,
+                    st["name"],
+                    st["status"],
+                    st["requests"],
+                    st["pairs"],
+                    st["outcome"],
+                    f"{st['ended_by']['at']}: {st['ended_by']['message']}" if st["ended_by"] else None,
+                ]
+                for st in r["plan"]
+            ],
+        )
     g = r["gates"]
     out += ["## Gates", ""]
     if g["latest"]:
         latest = g["latest"]
         out += [
-            f"Latest evaluation {latest['at']} (step {latest['step']}): **{latest['outcome']}**"
+            f"Latest evaluation {latest['at']} (step {latest['step'] + 1}): **{latest['outcome']}**"
             f"{' → ' + str(latest['decision']) if latest.get('decision') else ''}; {g['analyses']} evaluations.",
+            "",
+            "Effect: what was observed, challenger against champion, in the gate's unit; interval: the "
+            "always-valid (1 − α) confidence sequence; margin: the tolerated difference; n: champion / challenger.",
             "",
         ]
         out += _md_table(
-            ["gate", "role", "outcome", "statistic", "bound", "threshold", "effect", "margin", "n", "why"],
+            ["gate", "role", "outcome", "effect", "always-valid interval", "margin", "n"],
             [
                 [
                     v["gate"],
                     v["role"],
                     v["outcome"],
-                    v["statistic"],
-                    v["bound"],
-                    v["threshold"],
                     v["effect"],
+                    f"{_md(v['interval'][0])} to {_md(v['interval'][1])}" if v["interval"] else None,
                     v["margin"],
                     f"{v['n_champion']} / {v['n_challenger']}",
-                    v["reason"],
                 ]
                 for v in latest["verdicts"]
             ],
         )
+        out += [f"- **{_md(v['gate'])}**: {_md(v['reason'])}" for v in latest["verdicts"]] + [""]
     else:
         out += ["The controller has not evaluated this rollout yet.", ""]
     out += quality_markdown(r)

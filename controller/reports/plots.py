@@ -17,8 +17,8 @@ from typing import Any
 CHAMPION = "#1f77b4"
 CHALLENGER = "#d95f02"
 GREY = "#555"
-W, H = 640, 230
-LEFT, RIGHT, TOP, BOTTOM = 62, 16, 28, 42
+W, H = 640, 250
+LEFT, RIGHT, TOP, BOTTOM = 62, 16, 44, 42
 
 
 @dataclass(frozen=True)
@@ -87,15 +87,14 @@ def _svg(title: str, body: list[str], legend: Sequence[tuple[str, str, bool]] = 
         f'<text x="{LEFT}" y="16" class="pt">{escape(title)}</text>',
         *body,
     ]
-    x = W - RIGHT
-    for name, color, dashed in reversed(legend):
-        width = 7 * len(name) + 26
-        x -= width
+    x = float(LEFT)  # the legend: one row under the title, left to right
+    for name, color, dashed in legend:
         dash = ' stroke-dasharray="5 3"' if dashed else ""
         parts.append(
-            f'<line x1="{x}" y1="12" x2="{x + 16}" y2="12" stroke="{color}" stroke-width="2.5"{dash}/>'
-            f'<text x="{x + 20}" y="16" class="lg">{escape(name)}</text>'
+            f'<line x1="{x:.0f}" y1="29" x2="{x + 16:.0f}" y2="29" stroke="{color}" stroke-width="2.5"{dash}/>'
+            f'<text x="{x + 20:.0f}" y="33" class="lg">{escape(name)}</text>'
         )
+        x += 6.2 * len(name) + 34
     parts.append("</svg>")
     return "".join(parts)
 
@@ -140,6 +139,17 @@ def _axes(
     return out
 
 
+@dataclass(frozen=True)
+class Band:
+    """A shaded interval around a series: ``lower``/``upper`` per x (None where there is none)."""
+
+    name: str
+    xs: Sequence[float]
+    lower: Sequence[float | None]
+    upper: Sequence[float | None]
+    color: str
+
+
 def line_plot(
     title: str,
     series: Sequence[Series],
@@ -147,26 +157,71 @@ def line_plot(
     x_label: str,
     y_label: str,
     hlines: Sequence[tuple[float, str]] = (),
+    vlines: Sequence[tuple[float, str]] = (),
+    bands: Sequence[Band] = (),
     y_range: tuple[float, float] | None = None,
+    x_range: tuple[float, float] | None = None,
     log_x: bool = False,
+    x_tick_fmt: Any = None,
 ) -> str:
-    """Plot lines (or step lines) sharing axes, with optional dashed horizontal reference lines."""
+    """Plot lines (or step lines) sharing axes, with shaded bands, dashed horizontal reference lines
+    (a margin) and dotted vertical markers (step boundaries). Every drawn series carries
+    ``data-series`` (its name) so a test can find it."""
     xs = [x for s in series for x in s.xs]
     ys = [y for s in series for y in s.ys if y is not None and math.isfinite(y)] + [h for h, _ in hlines]
-    if not xs or not ys:
+    ys += [v for b in bands for v in (*b.lower, *b.upper) if v is not None and math.isfinite(v)]
+    if not xs or not [y for s in series for y in s.ys if y is not None and math.isfinite(y)]:
         return empty_plot(title, "no data yet")
     if y_range is None:
         lo, hi = min(ys), max(ys)
         pad = (hi - lo) * 0.08 or abs(hi) * 0.1 or 1.0
         y_range = (lo - pad, hi + pad)
-    frame = _Frame(min(xs), max(xs), *y_range, log_x=log_x)
-    body = _axes(frame, x_label, y_label)
-    for value, label in hlines:
+    x0, x1 = x_range if x_range is not None else (min(xs), max(xs))
+    frame = _Frame(x0, x1, *y_range, log_x=log_x)
+    body = _axes(frame, x_label, y_label, **({"x_tick_fmt": x_tick_fmt} if x_tick_fmt else {}))
+    for b in bands:
+        upper = [
+            (x, u)
+            for x, lo_, u in zip(b.xs, b.lower, b.upper, strict=True)
+            if lo_ is not None and u is not None
+        ]
+        lower = [
+            (x, lo_)
+            for x, lo_, u in zip(b.xs, b.lower, b.upper, strict=True)
+            if lo_ is not None and u is not None
+        ]
+        if not upper:
+            continue
+        outline = [(frame.x(x), frame.y(_clip(v, *y_range))) for x, v in upper]
+        outline += [(frame.x(x), frame.y(_clip(v, *y_range))) for x, v in reversed(lower)]
+        if len(upper) == 1:  # one look: a vertical bar
+            (x, u), (_, lo_) = upper[0], lower[0]
+            body.append(
+                f'<line x1="{frame.x(x):.1f}" x2="{frame.x(x):.1f}" y1="{frame.y(_clip(u, *y_range)):.1f}" '
+                f'y2="{frame.y(_clip(lo_, *y_range)):.1f}" stroke="{b.color}" stroke-opacity="0.35" '
+                f'stroke-width="8" data-series="{escape(b.name)}"/>'
+            )
+            continue
+        body.append(
+            f'<polygon points="{" ".join(f"{px:.1f},{py:.1f}" for px, py in outline)}" fill="{b.color}" '
+            f'fill-opacity="0.18" stroke="none" data-series="{escape(b.name)}"/>'
+        )
+    for value, label in vlines:
+        x = frame.x(value)
+        if LEFT - 0.5 <= x <= W - RIGHT + 0.5:
+            body.append(
+                f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{TOP}" y2="{H - BOTTOM}" stroke="{GREY}" '
+                f'stroke-dasharray="2 3" stroke-width="1" class="step-mark"/>'
+                f'<text x="{x + 3:.1f}" y="{TOP + 11}" class="tk">{escape(label)}</text>'
+            )
+    for k, (value, label) in enumerate(hlines):
         y = frame.y(value)
+        # labels alternate right and left, so two close reference lines keep readable labels
+        anchor, lx = ("end", W - RIGHT - 4) if k % 2 == 0 else ("start", LEFT + 4)
         body.append(
             f'<line x1="{LEFT}" x2="{W - RIGHT}" y1="{y:.1f}" y2="{y:.1f}" stroke="{GREY}" '
             f'stroke-dasharray="6 4" stroke-width="1.5"/>'
-            f'<text x="{W - RIGHT - 4}" y="{y - 4:.1f}" class="tk" text-anchor="end">{escape(label)}</text>'
+            f'<text x="{lx}" y="{y - 4:.1f}" class="tk" text-anchor="{anchor}">{escape(label)}</text>'
         )
     for s in series:
         points: list[str] = []
@@ -186,17 +241,93 @@ def line_plot(
         if points:
             segments.append(points)
         dash = ' stroke-dasharray="5 3"' if s.dashed else ""
+        name = escape(s.name)
         for pts in segments:
             if len(pts) == 1:
                 x_, y_ = pts[0].split(",")
-                body.append(f'<circle cx="{x_}" cy="{y_}" r="2.5" fill="{s.color}"/>')
+                body.append(f'<circle cx="{x_}" cy="{y_}" r="2.5" fill="{s.color}" data-series="{name}"/>')
             else:
                 body.append(
                     f'<polyline points="{" ".join(pts)}" fill="none" stroke="{s.color}" '
-                    f'stroke-width="2"{dash}/>'
+                    f'stroke-width="2"{dash} data-series="{name}"/>'
                 )
     legend = [(s.name, s.color, s.dashed) for s in series]
     return _svg(title, body, legend)
+
+
+def _clip(value: float, lo: float, hi: float) -> float:
+    return min(max(value, lo), hi)
+
+
+def heatmap(
+    title: str,
+    row_labels: Sequence[str],
+    col_labels: Sequence[str],
+    counts: Sequence[Sequence[int]],
+    *,
+    x_label: str,
+    y_label: str,
+    color: str,
+    annotate: bool = True,
+    bottom_up: bool = True,
+) -> str:
+    """Counts as a grid of shaded square cells (a confusion matrix, a binned predicted-vs-actual plot).
+
+    ``bottom_up``: the first row at the bottom, so a binned scatter reads like a scatter (a confusion
+    matrix reads top-down). Cells are shaded by their share of the largest cell; with ``annotate``
+    each cell shows its count. The plot is as tall as its grid (at most 300 px of cells).
+    """
+    rows, cols = len(row_labels), len(col_labels)
+    top = max((c for row in counts for c in row), default=0)
+    if not rows or not cols or top == 0:
+        return empty_plot(title, "no data yet")
+    size = min((W - LEFT - RIGHT) / cols, 300 / rows, 70.0)
+    height = TOP + BOTTOM + rows * size
+    left = LEFT + (W - LEFT - RIGHT - size * cols) / 2
+    body: list[str] = []
+    for i, row in enumerate(counts):
+        for j, count in enumerate(row):
+            x = left + j * size
+            y = height - BOTTOM - (i + 1) * size if bottom_up else TOP + i * size
+            share = count / top
+            body.append(
+                f'<rect x="{x:.1f}" y="{y:.1f}" width="{size:.1f}" height="{size:.1f}" fill="{color}" '
+                f'fill-opacity="{0.06 + 0.94 * share:.3f}" stroke="#fff" data-series="{escape(title)}">'
+                f"<title>{escape(y_label)} {escape(row_labels[i])}, {escape(x_label)} {escape(col_labels[j])}: "
+                f"{count:,}</title></rect>"
+            )
+            if annotate:
+                ink = "#fff" if share > 0.55 else "#222"
+                body.append(
+                    f'<text x="{x + size / 2:.1f}" y="{y + size / 2 + 4:.1f}" class="tk" text-anchor="middle" '
+                    f'style="fill:{ink}">{count:,}</text>'
+                )
+    every_r = max(rows // 5, 1)
+    for i, label in enumerate(row_labels):
+        if i % every_r == 0:
+            y = height - BOTTOM - (i + 0.5) * size if bottom_up else TOP + (i + 0.5) * size
+            body.append(
+                f'<text x="{left - 5:.1f}" y="{y + 4:.1f}" class="tk" text-anchor="end">{escape(label[:12])}</text>'
+            )
+    every_c = max(cols // 5, 1)
+    for j, label in enumerate(col_labels):
+        if j % every_c == 0:
+            x = left + (j + 0.5) * size
+            body.append(
+                f'<text x="{x:.1f}" y="{height - BOTTOM + 14:.1f}" class="tk" text-anchor="middle">'
+                f"{escape(label[:12])}</text>"
+            )
+    body.append(
+        f'<text x="{(LEFT + W - RIGHT) / 2}" y="{height - 10:.1f}" class="al" text-anchor="middle">'
+        f"{escape(x_label)}</text>"
+        f'<text transform="translate({left - 40:.1f} {(TOP + height - BOTTOM) / 2:.1f}) rotate(-90)" class="al" '
+        f'text-anchor="middle">{escape(y_label)}</text>'
+    )
+    return _svg(title, body).replace(
+        f'viewBox="0 0 {W} {H}" width="{W}" height="{H}"',
+        f'viewBox="0 0 {W} {height:.0f}" width="{W}" height="{height:.0f}"',
+        1,
+    )
 
 
 def bar_plot(
@@ -216,7 +347,7 @@ def bar_plot(
             y = frame.y(vs[i])
             body.append(
                 f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar * 0.92:.1f}" height="{H - BOTTOM - y:.1f}" '
-                f'fill="{color}"/>'
+                f'fill="{color}" data-series="{escape(groups[j][0])}"/>'
             )
         body.append(
             f'<text x="{LEFT + (i + 0.5) * slot:.1f}" y="{H - BOTTOM + 16}" class="tk" '
@@ -294,7 +425,9 @@ def forest_plot(
                 f'stroke-width="2"/>'
             )
         assert effect is not None
-        body.append(f'<circle cx="{px(effect):.1f}" cy="{y}" r="4" fill="{color}"/>')
+        body.append(
+            f'<circle cx="{px(effect):.1f}" cy="{y}" r="4" fill="{color}" data-series="{escape(label)}"/>'
+        )
     body.append(
         f'<text x="{(scale_left + W - RIGHT) / 2}" y="{height - 6}" class="al" text-anchor="middle">'
         f"{escape(x_label)}</text>"
@@ -320,30 +453,46 @@ def empty_plot(title: str, message: str) -> str:
 # --------------------------------------------------------------------------------------------------
 
 CSS = """
-:root{--fg:#1d1d1f;--muted:#5f6368;--line:#d9dce1;--pass:#1e7f3c;--fail:#b3261e;--warn:#9a6700}
+:root{--fg:#1d1d1f;--muted:#5f6368;--line:#d9dce1;--soft:#f5f6f8;--pass:#1e7f3c;--fail:#b3261e;--warn:#8a5a00;
+--champion:#1f77b4;--challenger:#d95f02;--s1:12px;--s2:14px;--s3:16px;--s4:20px;--s5:24px}
 *{box-sizing:border-box}
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:var(--fg);margin:0 auto;
-max-width:1000px;padding:24px}
-h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid var(--line);
-padding-bottom:4px}h3{font-size:15px;margin:16px 0 6px}
-.muted{color:var(--muted)}
-table{border-collapse:collapse;margin:6px 0 12px;width:100%}
-th,td{border-bottom:1px solid var(--line);padding:4px 8px;text-align:left;vertical-align:top}
-th{font-weight:600;background:#f5f6f8}td.n{text-align:right;font-variant-numeric:tabular-nums}
+body{font:var(--s2)/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:var(--fg);margin:0 auto;
+max-width:1120px;padding:24px 28px}
+h1{font-size:var(--s5);line-height:1.25;margin:0 0 6px}
+h2{font-size:var(--s4);margin:32px 0 10px;border-bottom:1px solid var(--line);padding-bottom:4px}
+h3{font-size:var(--s3);margin:18px 0 6px}
+p{margin:6px 0 10px;max-width:80ch}
+.muted{color:var(--muted)}small,.small{font-size:var(--s1)}
+.verdict{font-size:var(--s3);line-height:1.45;max-width:none;margin:12px 0;padding:12px 16px;border-left:6px solid var(--muted);
+background:var(--soft);border-radius:4px}
+.verdict.v-promoted{border-color:var(--pass)}.verdict.v-rolled_back,.verdict.v-aborted{border-color:var(--fail)}
+.verdict.v-paused{border-color:var(--warn)}.verdict.v-shadowing,.verdict.v-progressing,.verdict.v-watching{border-color:var(--champion)}
+table{border-collapse:collapse;margin:6px 0 14px;width:100%}table.compact{width:auto;min-width:360px}
+th,td{border-bottom:1px solid var(--line);padding:5px 10px;text-align:left;vertical-align:top}
+th{font-weight:600;background:var(--soft);font-size:var(--s1);white-space:nowrap}
+td.n,th.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+tr.why td{border-bottom:1px solid var(--line);padding-top:0;color:var(--muted);font-size:var(--s1)}
+tr.has-why td{border-bottom:none}
+dl.legend{display:grid;grid-template-columns:max-content 1fr;gap:2px 12px;font-size:var(--s1);color:var(--muted);margin:4px 0 12px}
+dl.legend dt{font-weight:600;color:var(--fg)}dl.legend dd{margin:0}
 .cards{display:flex;flex-wrap:wrap;gap:10px;margin:12px 0}
 .card{border:1px solid var(--line);border-radius:6px;padding:8px 12px;min-width:140px}
-.card b{display:block;font-size:18px}
+.card b{display:block;font-size:var(--s4);font-variant-numeric:tabular-nums}
 .o-pass{color:var(--pass);font-weight:600}.o-fail{color:var(--fail);font-weight:600}
 .o-inconclusive{color:var(--warn);font-weight:600}.o-no-data,.o-unknown{color:var(--muted)}
+.st-passed,.st-promoted{color:var(--pass);font-weight:600}.st-rolled,.st-aborted{color:var(--fail);font-weight:600}
+.st-in,.st-paused{color:var(--warn);font-weight:600}.st-not,.st-skipped{color:var(--muted)}
 .flag-worse{color:var(--fail);font-weight:600}
 svg.plot{max-width:100%;height:auto;display:block;margin:6px 0 14px}
 svg .bg{fill:#fafbfc;stroke:var(--line)}svg .grid{stroke:#e8eaed}svg .ax{stroke:#777}
 svg .tk{font-size:11px;fill:#444}svg .al{font-size:12px;fill:#333}svg .pt{font-size:13px;font-weight:600;fill:#222}
 svg .lg{font-size:11px;fill:#333}
-.grid2{display:grid;grid-template-columns:1fr;gap:4px}
-section{break-inside:avoid-page}
-@media print{body{max-width:none;padding:0;font-size:11px}h2{break-after:avoid}
-svg.plot,table,.card{break-inside:avoid}th{background:none}a{color:inherit;text-decoration:none}}
+.grid2{display:grid;grid-template-columns:repeat(auto-fit,minmax(460px,1fr));gap:0 20px}
+details{margin:8px 0}summary{cursor:pointer;color:var(--muted)}
+section{break-inside:auto}
+@media print{body{max-width:none;padding:0;font-size:11px}h2{break-after:avoid}.verdict{background:none}
+svg.plot,tr,.card{break-inside:avoid}th{background:none}a{color:inherit;text-decoration:none}
+details>*{display:block}.grid2{grid-template-columns:1fr 1fr}}
 """
 
 
@@ -366,8 +515,15 @@ def _ci(interval: Any, pct: bool = False) -> str:
     return f" <span class=muted>[{f(interval[0])}, {f(interval[1])}]</span>"
 
 
-def _table(head: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[int] = ()) -> str:
-    out = ["<table><thead><tr>", *(f"<th>{escape(h)}</th>" for h in head), "</tr></thead><tbody>"]
+def _table(
+    head: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[int] = (), *, compact: bool = False
+) -> str:
+    """A table; numeric columns right-aligned (headers too). ``compact``: as wide as its content."""
+    out = [
+        f"<table{' class=compact' if compact else ''}><thead><tr>",
+        *(f"<th{' class=n' if i in numeric else ''}>{escape(h)}</th>" for i, h in enumerate(head)),
+        "</tr></thead><tbody>",
+    ]
     for row in rows:
         out.append(
             "<tr>"
@@ -493,19 +649,62 @@ def _pct_or_blank(value: Any) -> str:
     return "" if value is None else f"{value:.1%}"
 
 
-def _minutes(seconds: float) -> str:
-    return f"{seconds / 60:.3g}"
+def _time_axis(r: Mapping[str, Any]) -> tuple[float, str]:
+    """The time unit of every over-time plot, from the rollout's length: (seconds per unit, axis label)."""
+    series = r["traffic"]["series"]
+    length = (series[-1]["t"] + (r["traffic"]["bucket_seconds"] or 0.0)) if series else 0.0
+    if length <= 600:
+        return 1.0, "seconds since the first request"
+    if length <= 10 * 3600:
+        return 60.0, "minutes since the first request"
+    if length <= 10 * 86400:
+        return 3600.0, "hours since the first request"
+    return 86400.0, "days since the first request"
 
 
-def _x_minutes(series: Sequence[Mapping[str, Any]], bucket: float) -> list[float]:
-    return [(p["t"] + bucket / 2) / 60.0 for p in series]
+def _x_time(r: Mapping[str, Any], seconds: Sequence[float]) -> list[float]:
+    unit, _ = _time_axis(r)
+    return [t / unit for t in seconds]
+
+
+def _x_buckets(r: Mapping[str, Any], series: Sequence[Mapping[str, Any]], bucket: float) -> list[float]:
+    return _x_time(r, [p["t"] + bucket / 2 for p in series])
+
+
+def _since_start(r: Mapping[str, Any], iso: str | None) -> float | None:
+    """Seconds from the traffic plot's origin to an instant (None when either is unknown)."""
+    start, at = _epoch(r["traffic"]["start"]), _epoch(iso)
+    return None if start is None or at is None else at - start
+
+
+def _step_marks(r: Mapping[str, Any]) -> list[tuple[float, str]]:
+    """Vertical markers where each step after the first began (its first request), in plot units."""
+    unit, _ = _time_axis(r)
+    marks = []
+    for st in r.get("plan") or []:
+        if st["step"] == 0 or st["first_at"] is None:
+            continue
+        t = _since_start(r, st["first_at"])
+        if t is not None:
+            marks.append((t / unit, f"step {st['step'] + 1}"))
+    return marks
+
+
+def _x_range(r: Mapping[str, Any]) -> tuple[float, float] | None:
+    series = r["traffic"]["series"]
+    if not series:
+        return None
+    unit, _ = _time_axis(r)
+    return 0.0, (series[-1]["t"] + (r["traffic"]["bucket_seconds"] or 0.0)) / unit
 
 
 def html_page(r: Mapping[str, Any], *, quality: Sequence[str] = ()) -> str:
     """Render a report dict (see controller.reports.build.REPORT_SCHEMA) as one self-contained HTML page.
 
+    The verdict sentence first, then the plan with each step's outcome, then the evidence: gates with
+    their plots, quality, traffic, arms, outputs, labels, segments, timeline, reproducibility.
     ``quality``: the quality block's HTML (controller.reports.quality.html_section), placed after the
-    labelled metrics; passed in so that this module knows nothing of the quality section.
+    gates; passed in so that this module knows nothing of the quality section.
     """
     ro = r["rollout"]
     dep = r["deployment"]["name"]
@@ -517,13 +716,13 @@ def html_page(r: Mapping[str, Any], *, quality: Sequence[str] = ()) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{escape(title)}</title><style>{CSS}</style></head><body>",
         f"<h1>{escape(dep)}: {escape(ro['challenger']['ref'])} against {escape(ro['champion']['ref'])}</h1>",
-        f"<div class=muted>Rollout {ro['id']} · {escape(ro['mode'])} · phase <b>{escape(ro['phase'])}</b> · "
-        f"step {ro['step_index']} · challenger weight {ro['canary_weight']:g}% · shadow rate {ro['shadow_rate']:g} · "
-        f"started {escape(str(ro['created_at']))} by {escape(ro['created_by'])}"
-        f"{' · ended ' + escape(str(ro['ended_at'])) if ro['ended_at'] else ''} · "
-        f"generated {escape(str(r['generated_at']))}</div>",
+        f'<p class="verdict v-{escape(ro["phase"])}" id="verdict">{escape(r["verdict"])}</p>',
+        f"<div class='muted small'>Rollout {ro['id']} · {escape(ro['mode'].replace('_', ' '))} · phase "
+        f"<b>{escape(ro['phase'].replace('_', ' '))}</b> · challenger weight {ro['canary_weight']:g}% · shadow rate "
+        f"{ro['shadow_rate']:g} · started {escape(_clock(ro['created_at']))} by {escape(ro['created_by'])}"
+        f"{' · ended ' + escape(_clock(ro['ended_at'])) if ro['ended_at'] else ''} · "
+        f"generated {escape(_clock(r['generated_at']))}</div>",
     ]
-    latest = r["gates"]["latest"]
     cards = [
         ("requests", f"{r['traffic']['rows']:,}"),
         ("shadow coverage", _pct(r["shadow"]["coverage"])),
@@ -532,15 +731,14 @@ def html_page(r: Mapping[str, Any], *, quality: Sequence[str] = ()) -> str:
     ]
     if r["agreement"]:
         cards.append(("agreement", _pct(r["agreement"]["share"])))
-    if latest:
-        cards.append(
-            ("latest outcome", f'<span class="o-{latest["outcome"]}">{escape(latest["outcome"])}</span>')
-        )
+    if r["labels"]["n"]:
+        cards.append(("labelled pairs", f"{r['labels']['n']:,}"))
     parts.append(
         '<div class="cards">'
         + "".join(f"<div class=card><span class=muted>{k}</span><b>{v}</b></div>" for k, v in cards)
         + "</div>"
     )
+    parts += _plan_section(r)
     parts += _gates_section(r)
     parts += list(quality)
     parts += _traffic_section(r)
@@ -565,6 +763,68 @@ def html_page(r: Mapping[str, Any], *, quality: Sequence[str] = ()) -> str:
     return "\n".join(parts)
 
 
+def _clock(iso: Any) -> str:
+    """An ISO instant as "2025-03-01 12:04:05 UTC" (no microseconds, no offset noise)."""
+    if not iso:
+        return "–"
+    try:
+        at = datetime.fromisoformat(str(iso))
+    except ValueError:
+        return str(iso)
+    return at.strftime("%Y-%m-%d %H:%M:%S") + (" UTC" if at.utcoffset() is not None else "")
+
+
+def _status_class(status: str) -> str:
+    return "st-" + status.split(" ", 1)[0]
+
+
+def _plan_section(r: Mapping[str, Any]) -> list[str]:
+    plan = r.get("plan") or []
+    if not plan:
+        return []
+    out = ["<section><h2>Plan</h2>"]
+    head = ["step", "stage", "status", "requests", "pairs", "last evaluation", "from", "to"]
+    body = ["<table><thead><tr>"]
+    body += [f"<th{' class=n' if i in (0, 3, 4) else ''}>{escape(h)}</th>" for i, h in enumerate(head)]
+    body.append("</tr></thead><tbody>")
+    for st in plan:
+        ended = st.get("ended_by")
+        outcome = st["outcome"]
+        cells = [
+            f"<td class=n>{st['step'] + 1}</td>",
+            f"<td>{escape(st['name'])}</td>",
+            f"<td><span class='{_status_class(st['status'])}'>{escape(st['status'])}</span></td>",
+            f"<td class=n>{st['requests']:,}</td>",
+            f"<td class=n>{st['pairs']:,}</td>",
+            f"<td>{'–' if outcome is None else f'<span class=o-{outcome}>{escape(outcome)}</span>'}</td>",
+            f"<td>{escape(_clock(st['first_at']))}</td>",
+            f"<td>{escape(_clock(st['last_at']))}</td>",
+        ]
+        body.append(f"<tr{' class=has-why' if ended else ''}>" + "".join(cells) + "</tr>")
+        if ended:
+            who = "" if ended["actor"] == "controller" else f" by {ended['actor']}"
+            body.append(
+                f"<tr class=why><td></td><td colspan={len(head) - 1}>ended {escape(_clock(ended['at']))}{escape(who)}: "
+                f"{escape(ended['message'])}</td></tr>"
+            )
+    body.append("</tbody></table>")
+    out.append("".join(body))
+    out.append("</section>")
+    return out
+
+
+GATE_LEGEND = (
+    ("effect", "what was observed, challenger against champion, in the gate's own unit (a difference of "
+     "shares for accuracy and error rate, the agreement share, the relative change of MAE, the ratio of p99 "
+     "latencies)"),
+    ("always-valid interval", "where the true effect lies with confidence 1 − α (α from the policy), valid "
+     "however often the controller looks: a confidence sequence, not a fixed-n interval"),
+    ("margin", "how much worse the challenger may be and still pass (non-inferiority margin), from the policy"),
+    ("n", "the pairs or requests (champion / challenger) the gate used at this evaluation"),
+    ("p", "the harm p-value (always-valid, Holm-adjusted across the gates that can roll back)"),
+)  # fmt: skip
+
+
 def _gates_section(r: Mapping[str, Any]) -> list[str]:
     g = r["gates"]
     out = ["<section><h2>Gates</h2>"]
@@ -573,81 +833,235 @@ def _gates_section(r: Mapping[str, Any]) -> list[str]:
         return out
     latest = g["latest"]
     out.append(
-        f"<p>Latest evaluation {escape(str(latest['at']))} (step {latest['step']}): "
+        f"<p>Latest evaluation {escape(_clock(latest['at']))} (step {latest['step'] + 1}): "
         f"<span class='o-{latest['outcome']}'>{escape(latest['outcome'])}</span>"
         f"{' → ' + escape(str(latest['decision'])) if latest.get('decision') else ''}. "
-        f"{g['analyses']} evaluations in all.</p>"
+        f"{g['analyses']:,} evaluations in all.</p>"
     )
-    rows = [
-        [
-            escape(v["gate"]),
-            escape(v["role"]),
-            f"<span class='o-{v['outcome']}'>{escape(v['outcome'])}</span>",
-            _v(v["statistic"]),
-            _v(v["bound"]),
-            _v(v["threshold"]),
-            _v(v["effect"]),
-            _v(v["margin"]),
-            f"{_v(v['n_champion'])} / {_v(v['n_challenger'])}",
-            escape(v["reason"]),
+    head = ["gate", "role", "outcome", "effect", "always-valid interval", "margin", "n", "p"]
+    numeric = (3, 4, 5, 6, 7)
+    body = ["<table class=gates><thead><tr>"]
+    body += [f"<th{' class=n' if i in numeric else ''}>{escape(h)}</th>" for i, h in enumerate(head)]
+    body.append("</tr></thead><tbody>")
+    for v in latest["verdicts"]:
+        iv = v.get("interval")
+        interval = "–" if not iv or iv[0] is None or iv[1] is None else f"{_sig(iv[0])} to {_sig(iv[1])}"
+        cells = [
+            f"<td><b>{escape(v['gate'])}</b></td>",
+            f"<td>{escape(v['role'])}</td>",
+            f"<td><span class='o-{v['outcome']}'>{escape(v['outcome'])}</span></td>",
+            f"<td class=n>{_sig(v['effect'])}</td>",
+            f"<td class=n>{interval}</td>",
+            f"<td class=n>{_sig(v['margin'])}</td>",
+            f"<td class=n>{_count(v['n_champion'])} / {_count(v['n_challenger'])}</td>",
+            f"<td class=n>{_p(v.get('p_value'))}</td>",
         ]
-        for v in latest["verdicts"]
-    ]
+        body.append("<tr class=has-why>" + "".join(cells) + "</tr>")
+        body.append(f"<tr class=why><td></td><td colspan={len(head) - 1}>{escape(v['reason'])}</td></tr>")
+    body.append("</tbody></table>")
+    out.append("".join(body))
     out.append(
-        _table(
-            [
-                "gate",
-                "role",
-                "outcome",
-                "statistic",
-                "bound",
-                "threshold",
-                "effect",
-                "margin",
-                "n (champ / chal)",
-                "why",
-            ],
-            rows,
-            numeric=(3, 4, 5, 6, 7),
-        )
+        "<dl class=legend>"
+        + "".join(f"<dt>{escape(k)}</dt><dd>{escape(d)}</dd>" for k, d in GATE_LEGEND)
+        + "</dl>"
     )
-    primary = g["primary"]
-    if primary and g["series"]:
-        xs: list[float] = []
-        ys: list[float | None] = []
-        thr = None
-        t0 = _epoch(g["series"][0]["at"])
-        for k, a in enumerate(g["series"]):
-            at = _epoch(a["at"])
-            for v in a["verdicts"]:
-                if v["gate"] == primary:
-                    xs.append((at - t0) / 60.0 if at is not None and t0 is not None else float(k))
-                    ys.append(v["bound"])
-                    thr = v["threshold"] if v["threshold"] is not None else thr
-        hl = [(thr, f"threshold {thr:.4g}")] if thr is not None else []
-        out.append(
+    out += _gate_plots(r)
+    out += _evaluations(g)
+    out.append("</section>")
+    return out
+
+
+def _sig(value: Any) -> str:
+    """A number with sensible precision: 3 significant digits, no exponent for everyday sizes."""
+    if value is None or not isinstance(value, int | float) or not math.isfinite(value):
+        return "–"
+    a = abs(value)
+    if a == 0:
+        return "0"
+    if a >= 1000:
+        return f"{value:,.0f}"
+    if a >= 0.001:
+        return f"{value:.3g}"
+    return f"{value:.2e}"
+
+
+def _p(value: Any) -> str:
+    return "–" if value is None else f"{value:.2g}"
+
+
+def _count(value: Any) -> str:
+    return "–" if value is None else f"{int(value):,}"
+
+
+def _gate_plots(r: Mapping[str, Any]) -> list[str]:
+    """Two plots per gate with an effect: each arm's figure over time (when the gate compares arms), and
+    the paired difference with its always-valid band and its margin; step boundaries marked on both."""
+    g = r["gates"]
+    unit, x_label = _time_axis(r)
+    histories: dict[str, list[tuple[float, Mapping[str, Any], Mapping[str, Any] | None]]] = {}
+    for k, a in enumerate(g["series"]):
+        t = _since_start(r, a["at"])
+        x = t / unit if t is not None else float(k)
+        arms = a.get("arms") or {}
+        for v in a["verdicts"]:
+            if (
+                v["effect"] is not None or v["gate"] in arms
+            ):  # arms have figures before the gate's burn-in ends
+                histories.setdefault(v["gate"], []).append((x, v, arms.get(v["gate"])))
+    rows = []
+    marks = _step_marks(r)
+    for gate, points in histories.items():
+        xs = [x for x, _, _ in points]
+        plots = []
+        if any(arm is not None for _, _, arm in points):
+            plots.append(
+                line_plot(
+                    f"{gate} per arm over time",
+                    [
+                        Series(arm, xs, [p[arm] if p else None for _, _, p in points], color)
+                        for arm, color in (("champion", CHAMPION), ("challenger", CHALLENGER))
+                    ],
+                    x_label=x_label,
+                    y_label=_arm_unit(gate),
+                    vlines=marks,
+                    x_range=_x_range(r),
+                )
+            )
+        effect = [v["effect"] for _, v, _ in points]
+        lower = [v["interval"][0] if v.get("interval") else None for _, v, _ in points]
+        upper = [v["interval"][1] if v.get("interval") else None for _, v, _ in points]
+        last = points[-1][1]
+        hl = []
+        margin_at = _margin_line(last)
+        if margin_at is not None:
+            hl.append((margin_at, f"margin {_sig(last['margin'])}"))
+        same = _no_difference(gate)
+        if same is not None:
+            hl.append((same, "no difference"))
+        if all(e is None for e in effect):  # still in burn-in: only the arms have figures yet
+            rows.append(f'<div class=grid2 data-gate="{escape(gate)}">{"".join(plots)}</div>')
+            continue
+        plots.append(
             line_plot(
-                f"{primary}: confidence bound over time against its threshold",
-                [Series("bound", xs, ys, CHALLENGER)],
-                x_label="minutes since first evaluation",
-                y_label="bound",
+                f"{gate}: effect over time with its always-valid band",
+                [Series("effect", xs, effect, CHALLENGER)],
+                bands=[Band("always-valid interval", xs, lower, upper, CHALLENGER)],
+                x_label=x_label,
+                y_label=_gate_unit(gate),
                 hlines=hl,
+                vlines=marks,
+                x_range=_x_range(r),
             )
         )
-    history = [
-        [
-            escape(str(a["at"])),
-            str(a["step"]),
-            f"<span class='o-{a['outcome']}'>{escape(a['outcome'])}</span>",
-            ", ".join(
-                f"{escape(v['gate'])} <span class='o-{v['outcome']}'>{escape(v['outcome'])}</span>"
-                for v in a["verdicts"]
-            ),
-        ]
-        for a in g["series"][-30:]
+        rows.append(f'<div class=grid2 data-gate="{escape(gate)}">{"".join(plots)}</div>')
+    if not rows:
+        return []
+    return [
+        "<h3>Each gate over time</h3><p class=muted>Left: each arm's figure at every look of the controller "
+        "(gates that compare the arms). Right: what the gate judged, challenger against champion, with its "
+        "always-valid band and the margin it is held against. Dotted lines: step boundaries.</p>",
+        *rows,
     ]
-    out.append("<h3>Every evaluation</h3>" + _table(["at", "step", "outcome", "verdicts"], history))
-    out.append("</section>")
+
+
+def _margin_line(v: Mapping[str, Any]) -> float | None:
+    """Where a gate's margin sits on its effect axis (see controller.core.judge and gate_threshold)."""
+    if v["gate"] in ("latency_p99", "latency_p99_slo"):
+        return v["margin"]  # the effect is the p99 ratio (or ms); the threshold is the tail share's
+    return v["threshold"] if v["threshold"] is not None else v["margin"]
+
+
+def _no_difference(gate: str) -> float | None:
+    """Where "the arms are equal" sits on a gate's effect axis (None for one-arm figures)."""
+    if gate == "latency_p99":
+        return 1.0
+    if gate in ("agreement", "agreement_proxy", "drift", "coverage", "latency_p99_slo", "srm"):
+        return None
+    return 0.0
+
+
+def _arm_unit(gate: str) -> str:
+    return {
+        "accuracy": "accuracy",
+        "error_rate": "error rate",
+        "regression": "mean absolute error",
+        "latency_p99": "p99 latency (ms)",
+    }.get(gate, gate)
+
+
+def _gate_unit(gate: str) -> str:
+    return {
+        "accuracy": "accuracy difference",
+        "error_rate": "error rate difference",
+        "agreement": "agreement share",
+        "agreement_proxy": "agreement share",
+        "regression": "relative MAE change",
+        "latency_p99": "p99 ratio",
+        "drift": "PSI",
+    }.get(gate, "effect")
+
+
+def _evaluations(g: Mapping[str, Any]) -> list[str]:
+    """Every evaluation: the ones that changed an outcome in a table, all of them behind a details element."""
+    series = g["series"]
+
+    def key(a: Mapping[str, Any]) -> tuple[Any, ...]:
+        return (a["step"], a["outcome"], tuple((v["gate"], v["outcome"]) for v in a["verdicts"]))
+
+    changes, previous = [], None
+    for a in series:
+        if key(a) != previous:
+            changes.append(a)
+        previous = key(a)
+
+    def span(outcome: str) -> str:
+        return f"<span class='o-{escape(outcome)}'>{escape(outcome)}</span>"
+
+    def gates(a: Mapping[str, Any], before: Mapping[str, Any] | None) -> str:
+        """The gates whose outcome changed since ``before`` (all of them, by outcome, for the first)."""
+        if before is None:
+            by: dict[str, list[str]] = {}
+            for v in a["verdicts"]:
+                by.setdefault(v["outcome"], []).append(escape(v["gate"]))
+            return "; ".join(f"{span(o)}: {', '.join(names)}" for o, names in by.items())
+        old = {v["gate"]: v["outcome"] for v in before["verdicts"]}
+        changed = [
+            f"{escape(v['gate'])} {span(old[v['gate']]) if v['gate'] in old else 'new'} → {span(v['outcome'])}"
+            for v in a["verdicts"]
+            if old.get(v["gate"]) != v["outcome"]
+        ]
+        return ", ".join(changed) or "<span class=muted>no gate changed</span>"
+
+    def rows(items: Sequence[Mapping[str, Any]]) -> list[list[str]]:
+        out, before = [], None
+        for a in items:
+            out.append(
+                [
+                    escape(_clock(a["at"])),
+                    str(a["step"] + 1),
+                    span(a["outcome"]),
+                    escape(str(a.get("decision") or "")),
+                    gates(a, before),
+                ]
+            )
+            before = a
+        return out
+
+    head = ["at", "step", "outcome", "decision", "gates that changed"]
+    out = [
+        f"<h3>Evaluations that changed an outcome</h3><p class=muted>{len(changes):,} of {len(series):,} "
+        "evaluations changed the step, the combined outcome or a gate's outcome.</p>",
+        _table(head, rows(changes), numeric=(1,)),
+    ]
+    if len(series) > len(changes):
+        shown = series[-500:]
+        out.append(
+            f"<details><summary>All {len(series):,} evaluations"
+            + (f" (the latest {len(shown):,})" if len(shown) < len(series) else "")
+            + "</summary>"
+            + _table(head, rows(shown), numeric=(1,))
+            + "</details>"
+        )
     return out
 
 
@@ -660,12 +1074,12 @@ def _traffic_section(r: Mapping[str, Any]) -> list[str]:
     out = ["<section><h2>Traffic</h2>"]
     rows = [
         [
-            str(s["step"]),
+            str(s["step"] + 1) if s["step"] is not None else "–",
             f"{s['rows']:,}",
             f"{s['served_champion']:,}",
             f"{s['served_challenger']:,}",
-            escape(str(s["first_at"])),
-            escape(str(s["last_at"])),
+            escape(_clock(s["first_at"])),
+            escape(_clock(s["last_at"])),
         ]
         for s in t["steps"]
     ]
@@ -673,38 +1087,62 @@ def _traffic_section(r: Mapping[str, Any]) -> list[str]:
         _table(
             ["step", "requests", "served by champion", "served by challenger", "first", "last"],
             rows,
-            numeric=(1, 2, 3),
+            numeric=(0, 1, 2, 3),
         )
     )
     series = t["series"]
     if series:
         bucket = t["bucket_seconds"]
-        xs = _x_minutes(series, bucket)
+        xs = _x_buckets(r, series, bucket)
+        _, x_label = _time_axis(r)
         share = [100.0 * p["served_challenger"] / p["rows"] if p["rows"] else None for p in series]
-        steps = sorted({p["step"] for p in series if p["step"] is not None})
-        lines = [Series("challenger share", xs, share, CHALLENGER)]
-        if len(steps) > 1:
-            lines.append(
-                Series(
-                    "step",
-                    xs,
-                    [float(p["step"]) * 100 / max(steps) if p["step"] is not None else None for p in series],
-                    GREY,
-                    dashed=True,
-                    step=True,
-                )
-            )
+        coverage = [100.0 * p["pairs"] / p["rows"] if p["rows"] else None for p in series]
+        marks = _step_marks(r)
+        rate1 = [100.0 * p["champion_errors"] / p["rows"] if p["rows"] else None for p in series]
+        rate2 = [100.0 * p["challenger_errors"] / p["rows"] if p["rows"] else None for p in series]
+        out.append("<div class=grid2>")
         out.append(
             line_plot(
-                "Traffic share answered by the challenger, by step",
-                lines,
-                x_label="minutes since the first request",
+                "Traffic share and shadow coverage over time",
+                [
+                    Series("answered by the challenger", xs, share, CHALLENGER),
+                    Series("shadow coverage (both arms answered)", xs, coverage, CHAMPION, dashed=True),
+                ],
+                x_label=x_label,
                 y_label="% of requests",
                 y_range=(0.0, 105.0),
+                vlines=marks,
+                x_range=_x_range(r),
             )
+        )
+        top = max([v for v in (*rate1, *rate2) if v is not None] + [1.0])
+        out.append(
+            line_plot(
+                "Error rate per arm over time",
+                [Series("champion", xs, rate1, CHAMPION), Series("challenger", xs, rate2, CHALLENGER)],
+                x_label=x_label,
+                y_label="% of requests failed",
+                y_range=(0.0, top * 1.15),
+                vlines=marks,
+                x_range=_x_range(r),
+            )
+        )
+        out.append("</div>")
+        out.append(
+            f"<p class=muted>One point per {_duration(bucket)} of traffic; dotted lines mark where a step began.</p>"
         )
     out.append("</section>")
     return out
+
+
+def _duration(seconds: float | None) -> str:
+    if not seconds:
+        return "bucket"
+    for size, name in ((86400, "day"), (3600, "hour"), (60, "minute"), (1, "second")):
+        if seconds >= size:
+            k = seconds / size
+            return f"{k:g} {name}{'s' if k != 1 else ''}" if k != 1 else name
+    return f"{seconds:g} s"
 
 
 def _arms_section(r: Mapping[str, Any]) -> list[str]:
@@ -754,6 +1192,7 @@ def _arms_section(r: Mapping[str, Any]) -> list[str]:
                 counts[index[e]] += c
             return counts
 
+        out.append("<div class=grid2>")
         out.append(
             histogram_plot(
                 "Latency distribution per arm",
@@ -763,12 +1202,36 @@ def _arms_section(r: Mapping[str, Any]) -> list[str]:
                 log_x=True,
             )
         )
+        out.append(_latency_over_time(r))
+        out.append("</div>")
     out.append("</section>")
     return out
 
 
+def _latency_over_time(r: Mapping[str, Any]) -> str:
+    ls = r.get("latency_series") or {}
+    points = ls.get("points") or []
+    _, x_label = _time_axis(r)
+    width = ls.get("bucket_seconds") or 0.0
+    xs = _x_time(r, [p["t"] + width / 2 for p in points])
+    return line_plot(
+        "p99 latency per arm over time" + (" (sampled)" if ls.get("sampled") else ""),
+        [
+            Series("champion p99", xs, [p["champion"]["p99"] for p in points], CHAMPION),
+            Series("challenger p99", xs, [p["challenger"]["p99"] for p in points], CHALLENGER),
+            Series("champion p50", xs, [p["champion"]["p50"] for p in points], CHAMPION, dashed=True),
+            Series("challenger p50", xs, [p["challenger"]["p50"] for p in points], CHALLENGER, dashed=True),
+        ],
+        x_label=x_label,
+        y_label="ms",
+        vlines=_step_marks(r),
+        x_range=_x_range(r),
+    )
+
+
 def _outputs_section(r: Mapping[str, Any]) -> list[str]:
     out = ["<section><h2>Outputs and drift</h2>"]
+    plots: list[str] = []
     ag = r["agreement"]
     if ag:
         out.append(
@@ -782,18 +1245,20 @@ def _outputs_section(r: Mapping[str, Any]) -> list[str]:
                 [f"<b>{escape(lbl)}</b>", *(f"{c:,}" for c in row)]
                 for lbl, row in zip(labels, ag["table"]["counts"], strict=True)
             ]
-            out.append(_table(head, rows, numeric=tuple(range(1, len(labels) + 1))))
+            out.append(_table(head, rows, numeric=tuple(range(1, len(labels) + 1)), compact=True))
         series = r["traffic"]["series"]
         if series:
-            xs = _x_minutes(series, r["traffic"]["bucket_seconds"])
+            xs = _x_buckets(r, series, r["traffic"]["bucket_seconds"])
             ys = [p["agree"] / p["pairs"] if p["pairs"] else None for p in series]
-            out.append(
+            plots.append(
                 line_plot(
                     "Agreement over time",
                     [Series("agreement", xs, ys, CHAMPION)],
-                    x_label="minutes since the first request",
+                    x_label=_time_axis(r)[1],
                     y_label="share identical",
                     y_range=(min([y for y in ys if y is not None] + [0.8]) - 0.02, 1.01),
+                    vlines=_step_marks(r),
+                    x_range=_x_range(r),
                 )
             )
     diff = r["differences"]
@@ -820,7 +1285,7 @@ def _outputs_section(r: Mapping[str, Any]) -> list[str]:
             ]
         )
         if d["kind"] == "classes":
-            out.append(
+            plots.append(
                 bar_plot(
                     "Predicted classes per arm (paired rows)",
                     d["labels"],
@@ -829,7 +1294,7 @@ def _outputs_section(r: Mapping[str, Any]) -> list[str]:
                 )
             )
         else:
-            out.append(
+            plots.append(
                 histogram_plot(
                     f"Output {d['kind']} per arm (paired rows)",
                     d["edges"],
@@ -837,6 +1302,8 @@ def _outputs_section(r: Mapping[str, Any]) -> list[str]:
                     x_label="score" if d["kind"] == "scores" else "value",
                 )
             )
+    if plots:
+        out += ["<div class=grid2>", *plots, "</div>"]
     if rows:
         out.append(
             _table(
@@ -888,9 +1355,87 @@ def _labels_section(r: Mapping[str, Any]) -> list[str]:
     p = lab["paired"]
     out.append(
         f"<p>Paired difference (challenger − champion): <b>{_v(p['difference'])}</b>{_ci(p['interval'])}, "
-        f"p = {_v(p['p_value'], '{:.3g}')}. <span class=muted>{escape(p['method'])}</span></p></section>"
+        f"p = {_v(p['p_value'], '{:.3g}')}. <span class=muted>{escape(p['method'])}</span></p>"
     )
+    out += _curve_plots(r)
+    out.append("</section>")
     return out
+
+
+def _curve_plots(r: Mapping[str, Any]) -> list[str]:
+    """ROC curves and confusion matrices per arm (classification); predicted-vs-actual and residuals (regression)."""
+    c = r.get("curves") or {}
+    plots: list[str] = []
+    roc = c.get("roc")
+    if roc:
+        series = [
+            Series(
+                f"{arm} (AUC {_sig(((r['labels'].get(arm) or {}).get('roc_auc') or {}).get('value'))})",
+                [pt[0] for pt in roc[arm]],
+                [pt[1] for pt in roc[arm]],
+                color,
+            )
+            for arm, color in (("champion", CHAMPION), ("challenger", CHALLENGER))
+            if roc.get(arm)
+        ]
+        series.append(Series("chance", [0.0, 1.0], [0.0, 1.0], GREY, dashed=True))
+        plots.append(
+            line_plot(
+                f"ROC curve per arm (positive class {roc['positive']})",
+                series,
+                x_label="false positive rate",
+                y_label="true positive rate",
+                y_range=(0.0, 1.0),
+                x_range=(0.0, 1.0),
+            )
+        )
+    conf = c.get("confusion")
+    if conf:
+        for arm, color in (("champion", CHAMPION), ("challenger", CHALLENGER)):
+            plots.append(
+                heatmap(
+                    f"Confusion matrix: {arm} against the labels",
+                    conf["labels"],
+                    conf["labels"],
+                    conf[arm],
+                    x_label=f"{arm}'s prediction",
+                    y_label="label",
+                    color=color,
+                    annotate=len(conf["labels"]) <= 8,
+                    bottom_up=False,
+                )
+            )
+    reg = c.get("regression")
+    if reg:
+        edges = reg["edges"]
+        labels = [_sig(e) for e in edges[:-1]]
+        for arm, color in (("champion", CHAMPION), ("challenger", CHALLENGER)):
+            plots.append(
+                heatmap(
+                    f"Predicted against actual: {arm} (binned)",
+                    labels,
+                    labels,
+                    reg[arm]["actual_vs_predicted"],
+                    x_label=f"{arm}'s prediction",
+                    y_label="actual (label)",
+                    color=color,
+                    annotate=False,
+                )
+            )
+        plots.append(
+            histogram_plot(
+                "Residuals (prediction − label) per arm",
+                reg["residual_edges"],
+                [
+                    ("champion", reg["champion"]["residual_counts"], CHAMPION),
+                    ("challenger", reg["challenger"]["residual_counts"], CHALLENGER),
+                ],
+                x_label="residual",
+            )
+        )
+    if not plots:
+        return []
+    return ["<div class=grid2>", *plots, "</div>"]
 
 
 def _segments_section(r: Mapping[str, Any]) -> list[str]:
@@ -938,11 +1483,11 @@ def _segments_section(r: Mapping[str, Any]) -> list[str]:
 def _timeline_section(r: Mapping[str, Any]) -> list[str]:
     rows = [
         [
-            escape(str(e["at"])),
+            escape(_clock(e["at"])),
             escape(e["actor"]),
             escape(e["action"]),
             escape(e["reason"]),
-            _v(e["step"]),
+            "–" if e["step"] is None else str(e["step"] + 1),
             _v(e["canary_weight"], "{:g}%"),
             escape(e["message"]),
         ]

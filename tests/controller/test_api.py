@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,7 +19,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import text
 
-from controller.http import api
+from controller import encoding
+from controller.http import api, documents
 from storage import Store
 from storage.entities import Deployment, PairRecord, PipelineVersion
 
@@ -206,6 +209,74 @@ def test_a_deployment_is_created_listed_and_shown(world: World) -> None:
     assert (event.action, event.actor) == ("deployment.create", "olivia")
 
 
+def test_a_deployment_keeps_the_batching_settings_it_was_created_with(world: World) -> None:
+    body = {
+        "name": "fast",
+        "champion": "churn:1",
+        "batching": {"max_batch_rows": 32, "max_batch_delay_ms": 2},
+    }
+    assert world.post("/deployments", body).status_code == 201
+    shown = world.get("/deployments/fast").get_json()
+    assert shown["batching"] == {"enabled": True, "max_batch_delay_ms": 2, "max_batch_rows": 32}
+    assert world.store.routing.load_table()["fast"].batching.max_batch_rows == 32  # what routers read
+    default = world.get("/deployments/churn").get_json()["batching"]
+    assert default == {"enabled": True, "max_batch_delay_ms": 1.0, "max_batch_rows": 256}
+
+
+def test_patch_changes_the_batching_settings_given_and_keeps_the_others(world: World) -> None:
+    patch = world.client.patch(
+        f"{API}/deployments/churn", json={"batching": {"max_batch_rows": 16}}, headers=world.operator
+    )
+    assert patch.status_code == 200, patch.get_json()
+    assert patch.get_json()["batching"] == {"enabled": True, "max_batch_delay_ms": 1.0, "max_batch_rows": 16}
+    off = world.client.patch(
+        f"{API}/deployments/churn", json={"batching": {"enabled": False}}, headers=world.operator
+    )
+    assert off.get_json()["batching"] == {"enabled": False, "max_batch_delay_ms": 1.0, "max_batch_rows": 16}
+    table = world.store.routing.load_table()["churn"].batching  # what routers read
+    assert (table.enabled, table.max_batch_rows) == (False, 16)
+    event = world.store.events.list(limit=100)[-1]
+    assert (event.action, event.actor) == ("deployment.configure", "olivia")
+
+
+def test_bad_batching_patches_are_4xx_and_change_nothing(world: World) -> None:
+    cases = [
+        ({"batching": {"enabled": "yes"}}, world.operator, 400, "invalid_field"),
+        ({"batching": {"max_batch_rows": 0}}, world.operator, 400, "invalid_field"),
+        ({"batching": {"max_batch_rows": 2.5}}, world.operator, 400, "invalid_field"),
+        ({"batching": {"max_batch_delay_ms": 1001}}, world.operator, 400, "invalid_field"),
+        ({"batching": {"max_batch_delay_ms": None}}, world.operator, 400, "invalid_field"),
+        ({"batching": {"rows": 5}}, world.operator, 400, "invalid_field"),
+        ({"batching": {}}, world.operator, 400, "invalid_field"),
+        ({"batching": [1]}, world.operator, 400, "invalid_field"),
+        ({"store_raw_inputs": False}, world.operator, 400, "unknown_field"),
+        ({}, world.operator, 400, "missing_field"),
+        ({"batching": {"max_batch_rows": 8}}, world.viewer, 403, "forbidden"),
+    ]
+    for body, headers, status, code in cases:
+        answer = world.client.patch(f"{API}/deployments/churn", json=body, headers=headers)
+        assert error_of(answer) == (status, code), body
+    missing = world.client.patch(
+        f"{API}/deployments/nope", json={"batching": {"enabled": False}}, headers=world.operator
+    )
+    assert error_of(missing) == (404, "not_found")
+    assert world.store.deployments.get("churn").batching.max_batch_rows == 256
+    assert not [e for e in world.store.events.list(limit=100) if e.action == "deployment.configure"]
+
+
+def test_restoring_a_deployment_whose_champion_was_archived_is_refused_naming_the_version(
+    world: World,
+) -> None:
+    assert world.post("/deployments/churn/archive").status_code == 200
+    assert world.post("/pipelines/churn/1/archive").status_code == 200
+    refused = world.post("/deployments/churn/restore")
+    assert error_of(refused) == (409, "conflict")
+    assert "champion churn:1 is archived; restore it first" in refused.get_json()["error"]["message"]
+    assert world.store.deployments.get("churn").archived_at is not None  # nothing changed
+    assert world.post("/pipelines/churn/1/restore").status_code == 200
+    assert world.post("/deployments/churn/restore").get_json()["archived_at"] is None
+
+
 def test_bad_deployments_are_refused(world: World) -> None:
     cases = [
         ({"name": "a b", "champion": "churn:1"}, 400, "invalid_field"),
@@ -215,6 +286,11 @@ def test_bad_deployments_are_refused(world: World) -> None:
         ({"name": "churn", "champion": "churn:1"}, 409, "already_exists"),
         ({"name": "x"}, 400, "missing_field"),
         ([], 400, "invalid_json"),
+        ({"name": "x", "champion": "churn:1", "batching": {"enabled": "yes"}}, 400, "invalid_field"),
+        ({"name": "x", "champion": "churn:1", "batching": {"max_batch_rows": 0}}, 400, "invalid_field"),
+        ({"name": "x", "champion": "churn:1", "batching": {"max_batch_delay_ms": -1}}, 400, "invalid_field"),
+        ({"name": "x", "champion": "churn:1", "batching": {"rows": 5}}, 400, "invalid_field"),
+        ({"name": "x", "champion": "churn:1", "batching": [1]}, 400, "invalid_field"),
     ]
     for body, status, code in cases:
         assert error_of(world.post("/deployments", body)) == (status, code), body
@@ -267,6 +343,23 @@ def test_a_deployment_shows_live_figures_of_the_current_step_and_the_last_verdic
     assert shown["last_analysis"]["outcome"] == "inconclusive"
     assert shown["last_analysis"]["verdicts"] == verdicts
     assert shown["rollout"]["id"] == rollout.id
+
+
+def test_the_polled_status_document_equals_the_one_built_from_direct_scans(world: World) -> None:
+    rollout = mlpipes.start_rollout(world.store, world.churn, world.v2, mode="canary", canary_weight=25)
+    for batch in range(3):  # the first GET builds the app's kept sums, the others add the new rows
+        world.store.pairs.insert_many(
+            [
+                pair(world, rollout.id, 0, 100 * batch + i, served_arm="challenger" if i % 4 == 0 else "champion",
+                     champion_latency_ms=float(i + 1), challenger_latency_ms=None if i % 10 == 9 else 3.0 * i,
+                     challenger_error="boom" if i % 10 == 9 else None)
+                for i in range(100)
+            ]
+        )  # fmt: skip
+        polled = world.get("/deployments/churn").get_json()["live"]
+        direct = documents.live_figures(world.store, world.store.rollouts.get(rollout.id))
+        assert polled == json.loads(encoding.dumps(direct))
+        assert polled["requests"] == 100 * (batch + 1)
 
 
 def test_the_dashboard_the_report_and_the_judge_read_the_same_latency_quantiles(world: World) -> None:
@@ -536,3 +629,177 @@ def test_artifact_uploads_have_their_own_size_limit(
         response = upload(app.test_client(), adminapp.bearer(store, "operator", "second"), "2")
         assert error_of(response) == (413, "payload_too_large")
     assert [v.ref for v in store.pipelines.list()] == ["churn:1"]
+
+
+# ------------------------------------------------------------------------------------------ dashboard
+def _dashboard_rollout(world: World) -> Any:
+    policy = {"shadow": {"min_pairs": 50}, "canary": {"steps": [25, 100]}}
+    return world.store.rollouts.create(
+        deployment_id=world.churn.id, challenger_id=world.v2.id, mode="shadow_then_canary", policy=policy,
+        created_by="tests", phase="shadowing",
+    )  # fmt: skip
+
+
+def test_the_dashboard_endpoint_shows_plan_progress_time_series_gates_and_timeline(world: World) -> None:
+    rollout = _dashboard_rollout(world)
+    start = datetime(2026, 1, 5, 12, 0, 0, tzinfo=UTC)
+    rng = np.random.default_rng(3)
+    rows, expected = [], {"ran": 0, "errors": 0, "skipped": 0, "sampled": 0, "requests": 0}
+    for i in range(120):  # one request a second for two minutes; every fifth has three rows
+        fate = ("ok", "ok", "ok", "error", "skipped")[i % 5] if i % 7 else None  # None: not sampled
+        latency = None if fate in ("skipped", None) else float(rng.lognormal(2.0, 0.5))
+        for row in range(3 if i % 5 == 0 else 1):
+            rows.append(
+                PairRecord(
+                    request_id=f"d-{i}", row_index=row, deployment_id=world.churn.id, rollout_id=rollout.id,
+                    step=0, received_at=start + timedelta(seconds=i), routing_key_hash=i,
+                    served_arm="champion", champion_version_id=world.v1.id, challenger_version_id=world.v2.id,
+                    champion_latency_ms=5.0, champion_status="ok", challenger_latency_ms=latency,
+                    challenger_status=fate, challenger_error="boom" if fate == "error" else None,
+                    skip_reason="queue_full" if fate == "skipped" else None,
+                )
+            )  # fmt: skip
+        expected["requests"] += 1
+        expected["sampled"] += fate is not None
+        expected["ran"] += fate in ("ok", "error")
+        expected["errors"] += fate == "error"
+        expected["skipped"] += fate == "skipped"
+    world.store.pairs.insert_many(rows)
+    looks = [(30, 0.02, -0.01, 0.05), (60, 0.01, -0.005, 0.03), (90, 0.004, -0.002, 0.012)]
+    for seconds, effect, lower, upper in looks:
+        verdicts = [
+            {"gate": "error_rate", "role": "required", "outcome": "inconclusive", "effect": effect,
+             "margin": 0.01, "interval": {"lower": lower, "upper": upper}, "n_champion": seconds,
+             "n_challenger": seconds, "reason": "bound straddles the margin"},
+            {"gate": "drift", "role": "informational", "outcome": "pass", "effect": 0.01, "margin": 0.2},
+        ]  # fmt: skip
+        world.store.analyses.add(
+            rollout_id=rollout.id, step=0, outcome="inconclusive", verdicts=verdicts,
+            metrics={"samples": seconds // 2, "judgement": "error_rate inconclusive"},
+            now=start + timedelta(seconds=seconds),
+        )  # fmt: skip
+    world.post("/deployments/churn/rollout/pause", {"reason": "lunch"})
+
+    body = world.get("/deployments/churn/dashboard").get_json()
+    assert body["rollout_id"] == rollout.id
+    assert (body["state"]["phase"], body["state"]["tone"], body["state"]["active"]) == (
+        "paused",
+        "held",
+        True,
+    )
+    assert [(s["label"], s["status"]) for s in body["plan"]] == [
+        ("shadow", "current"),
+        ("canary 25%", "next"),
+    ]
+    progress = body["progress"]
+    assert (progress["samples"], progress["needed"], progress["unit"]) == (45, 50, "pairs")
+    assert progress["text"] == "45/50 pairs; next: canary 25%"
+    # one sentence everywhere: the dashboard says what the status document (and the report) says
+    assert body["verdict"] == world.get("/deployments/churn").get_json()["verdict"]
+    assert re.match(r"Paused at \d\d:\d\d UTC by olivia: lunch\. Shadow step 1 of 2 ", body["verdict"])
+
+    series = body["series"]
+    assert series["bucket_s"] == 2  # 119 s from first to last request, cut into at most 60 buckets
+    points = series["points"]
+    assert len(points) == 60
+    assert sum(p["requests"] for p in points) == expected["requests"]  # requests, not rows
+    assert sum(p["ran"]["challenger"] for p in points) == expected["ran"]
+    assert sum(p["sampled"] for p in points) == expected["sampled"]
+    assert sum(p["skipped"] for p in points) == expected["skipped"]
+    assert sum(p["scored"] for p in points) == expected["ran"]
+    assert all(p["share"] == {"champion": 1.0, "challenger": 0.0} for p in points)
+    assert all(p["p99_ms"]["champion"] == pytest.approx(5.0, rel=0.05) for p in points)
+    assert [p["at"] for p in points[:2]] == ["2026-01-05T12:00:00+00:00", "2026-01-05T12:00:02+00:00"]
+    first, second = (
+        points[0],
+        points[1],
+    )  # seconds 0-1: request 0 not sampled (i % 7 == 0), 1 ok; 2-3: ok, error
+    assert (first["sampled"], first["scored"], first["coverage"]) == (1, 1, 1.0)
+    assert (second["sampled"], second["scored"], second["error_rate"]["challenger"]) == (2, 2, 0.5)
+    errors = sum((p["error_rate"]["challenger"] or 0) * p["ran"]["challenger"] for p in points)
+    assert errors == pytest.approx(expected["errors"])
+    assert [g["gate"] for g in series["gates"]] == ["error_rate"]  # the required gates only
+    gate = series["gates"][0]
+    assert (gate["threshold"], gate["margin"], gate["role"]) == (0.01, 0.01, "required")
+    assert [(g["effect"], g["lower"], g["upper"]) for g in gate["looks"]] == [x[1:] for x in looks]
+    timeline = body["timeline"]
+    assert timeline[0]["action"] == "rollout.pause" and timeline[0]["actor"] == "olivia"
+    assert [e["id"] for e in timeline] == sorted((e["id"] for e in timeline), reverse=True)
+
+
+def test_the_dashboard_says_what_happened_last_after_a_rollback(world: World) -> None:
+    assert world.get("/deployments/churn/dashboard").get_json()["state"]["tone"] == "idle"
+    assert world.get("/deployments/churn/dashboard").get_json()["plan"] is None
+    _dashboard_rollout(world)
+    world.post("/deployments/churn/rollout/rollback", {"reason": "bad feature"})
+    body = world.get("/deployments/churn/dashboard").get_json()
+    assert (body["state"]["label"], body["state"]["tone"], body["state"]["active"]) == (
+        "rolled back", "bad", False,
+    )  # fmt: skip
+    assert body["state"]["age_s"] >= 0
+    assert re.fullmatch(r"Rolled back at \d\d:\d\d UTC by olivia: bad feature\.", body["verdict"])
+    assert [s["status"] for s in body["plan"]] == ["rolled_back", "skipped"]
+    assert body["progress"]["text"] == "Rolled back during shadow after 0 pairs"
+    listed = world.get("/deployments").get_json()["deployments"][0]
+    assert (listed["phase"], listed["state"]["label"], listed["state"]["tone"]) == (
+        "stable",
+        "rolled back",
+        "bad",
+    )
+
+
+def test_the_dashboard_endpoint_refuses_bad_calls(world: World) -> None:
+    assert error_of(world.get("/deployments/nope/dashboard")) == (404, "not_found")
+    assert error_of(world.get("/deployments/churn/dashboard?events=0")) == (400, "invalid_parameter")
+    assert error_of(world.get("/deployments/churn/dashboard", headers={})) == (401, "missing_token")
+
+
+def test_operators_create_list_and_revoke_tokens_and_viewers_cannot(world: World) -> None:
+    created = world.post("/tokens", {"name": "grafana", "role": "viewer"})
+    assert created.status_code == 201, created.get_json()
+    secret = created.get_json()["token"]
+    assert created.headers["Cache-Control"] == "no-store"
+    assert world.get("/deployments", headers={"Authorization": f"Bearer {secret}"}).status_code == 200
+    listed = world.get("/tokens", headers=world.operator).get_json()["tokens"]
+    assert {t["name"] for t in listed} >= {"olivia", "victor", "grafana"}
+    assert all("token" not in t for t in listed)  # never a secret in a listing
+    assert error_of(world.get("/tokens")) == (403, "forbidden")  # a viewer: not even the names
+    revoked = world.client.delete(f"{API}/tokens/grafana", headers=world.operator)
+    assert revoked.status_code == 200 and revoked.get_json()["revoked_at"] is not None
+    assert world.get("/deployments", headers={"Authorization": f"Bearer {secret}"}).status_code == 401
+    actions = [
+        (e.action, e.actor) for e in world.store.events.list(limit=100) if e.action.startswith("token.")
+    ]
+    assert actions == [("token.create", "olivia"), ("token.revoke", "olivia")]
+
+
+def test_bad_token_requests_are_4xx_and_create_nothing(world: World) -> None:
+    cases = [
+        ({"name": "x", "role": "admin"}, world.operator, 400, "invalid_field"),
+        ({"name": "a b"}, world.operator, 400, "invalid_field"),
+        ({"name": ""}, world.operator, 400, "invalid_field"),
+        ({"role": "viewer"}, world.operator, 400, "missing_field"),
+        ({"name": "x", "secret": "mine"}, world.operator, 400, "unknown_field"),
+        ({"name": "olivia"}, world.operator, 409, "already_exists"),
+        ({"name": "x"}, world.viewer, 403, "forbidden"),
+    ]
+    for body, headers, status, code in cases:
+        assert error_of(world.post("/tokens", body, headers=headers)) == (status, code), body
+    assert error_of(world.client.delete(f"{API}/tokens/nope", headers=world.operator)) == (404, "not_found")
+    assert {t.name for t in world.store.tokens.list()} == {"olivia", "victor"}
+
+
+def test_prune_deletes_old_pairs_and_labels_and_refuses_a_malformed_age(world: World) -> None:
+    rollout = mlpipes.start_rollout(world.store, world.churn, world.v2)
+    old = [pair(world, rollout.id, 0, i, served_arm="champion") for i in range(3)]
+    world.store.pairs.insert_many(old)
+    assert error_of(world.post("/prune", {"older_than": "soon"})) == (400, "invalid_field")
+    assert error_of(world.post("/prune", {"older_than": "1m", "batch_size": 0})) == (400, "invalid_field")
+    assert error_of(world.post("/prune", {"older_than": "1m"}, headers=world.viewer)) == (403, "forbidden")
+    assert len(world.store.pairs.list(limit=100)) == 3  # nothing deleted by the refusals
+    kept = world.post("/prune", {"older_than": "1d"}).get_json()
+    assert (kept["pairs"], kept["labels"]) == (0, 0)
+    pruned = world.post("/prune", {"older_than": "1m"}).get_json()  # the pairs are 100 s old
+    assert (pruned["pairs"], pruned["labels"]) == (3, 0)
+    assert world.store.pairs.list(limit=100) == []
+    assert world.store.events.list(limit=100)[-1].action == "data.prune"

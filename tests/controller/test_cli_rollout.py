@@ -15,7 +15,7 @@ import pytest
 from click.testing import Result
 from werkzeug.serving import make_server
 
-from controller.cli.rollout import actor
+from controller.cli.common import actor
 from storage import Store
 from storage.entities import Column, Deployment, NewPipelineVersion, PairRecord
 
@@ -125,6 +125,22 @@ def test_status_shows_phase_weights_and_live_figures(runner: Any, store: Store, 
     document = json.loads(runner("rollout", "status", "churn", "--json").output)
     assert document["live"]["arms"]["challenger"]["errors"] == 1
     assert document["weights"]["challenger"] == 25.0
+
+
+def test_status_shows_why_a_final_promotion_is_held_for_the_labels(
+    runner: Any, store: Store, churn: Deployment
+) -> None:
+    rollout = store.rollouts.create(deployment_id=churn.id, challenger_id=2, mode="shadow", policy={}, created_by="t",
+                                    phase="shadowing", canary_weight=0.0, shadow_rate=1.0)  # fmt: skip
+    why = (
+        "hold: labels look outcome-dependent: 19% of 8000 disagreeing pairs labelled vs 85% of 90000 agreeing"
+    )
+    store.analyses.add(
+        rollout_id=rollout.id, step=0, outcome="pass", verdicts=[],
+        metrics={"judgement": why + "; every required gate is non-inferior: accuracy"},
+    )  # fmt: skip
+    lines = runner("rollout", "status", "churn").output.splitlines()
+    assert "  " + why in lines
 
 
 def test_status_counts_requests_and_shows_shadow_coverage_and_skips(
@@ -275,3 +291,68 @@ def test_commands_can_go_through_the_admin_api(
         runner("rollout", "--api", server, "--token", "mlc_wrongtoken", "status", "churn")
     )
     assert "needs --token" in runner("rollout", "--api", server, "status", "churn").output
+
+
+def test_tokens_prune_and_batching_go_through_the_admin_api(runner: Any, store: Store, server: str) -> None:
+    token, _ = store.tokens.create("ops-bot", "operator")
+    remote = ("--api", server, "--token", token)
+    created = runner(*remote, "tokens", "create", "grafana", "--role", "viewer")
+    assert created.exit_code == 0, created.output
+    secret = created.output.strip().splitlines()[-1]
+    minted = store.tokens.verify(secret)
+    assert minted is not None and minted.role == "viewer"
+    listed = runner(*remote, "tokens", "list").output
+    assert "grafana" in listed and "ops-bot" in listed and secret not in listed
+    assert runner(*remote, "tokens", "revoke", "grafana").exit_code == 0
+    assert store.tokens.verify(secret) is None
+    assert [e.actor for e in store.events.list(limit=100) if e.action.startswith("token.")] == ["ops-bot"] * 2
+    pruned = runner(*remote, "prune", "--older-than", "30d")
+    assert pruned.exit_code == 0 and "pruned 0 paired outputs and 0 labels" in pruned.output, pruned.output
+    malformed = runner(*remote, "prune", "--older-than", "soon")
+    assert malformed.exit_code == 2 and "positive number" in malformed.output  # refused before any request
+    configured = runner(*remote, "deployments", "configure", "churn", "--max-batch-rows", "8")
+    assert configured.exit_code == 0, configured.output
+    assert store.deployments.get("churn").batching.max_batch_rows == 8
+    made = runner(*remote, "deployments", "create", "quick", "--champion", "churn:1", "--no-batching")
+    assert made.exit_code == 0, made.output
+    assert store.deployments.get("quick").batching.enabled is False  # the options go through too
+
+
+def test_commands_that_only_run_on_the_database_host_refuse_api_in_one_line(
+    runner: Any, store: Store, server: str, tmp_path: Path
+) -> None:
+    remote = ("--api", server, "--token", "mlc_any")
+    for args in (
+        ("db", "upgrade"),
+        ("db", "check"),
+        ("replay", "--version", "churn:1", "--deployment", "churn", "--output", str(tmp_path / "out.csv")),
+    ):
+        refused = runner(*remote, *args)
+        assert refused.exit_code == 1, args
+        line = one_line_error(refused)
+        assert "does not work through the admin API" in line and "without --api" in line, line
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_archive_and_restore_go_through_the_admin_api(runner: Any, store: Store, server: str) -> None:
+    token, _ = store.tokens.create("ops-bot", "operator")
+    remote = ("--api", server, "--token", token)
+    archived = runner(*remote, "pipelines", "archive", "churn:2", "--reason", "superseded")
+    assert archived.exit_code == 0 and f"archived churn:2 through {server}" in archived.output, (
+        archived.output
+    )
+    assert store.pipelines.get_by_ref("churn:2").archived_at is not None
+    restored = runner(*remote, "pipelines", "restore", "churn:2")
+    assert restored.exit_code == 0, restored.output
+    assert store.pipelines.get_by_ref("churn:2").archived_at is None
+    gone = runner(*remote, "deployments", "archive", "churn")
+    assert gone.exit_code == 0 and "archived deployment churn through" in gone.output, gone.output
+    assert store.deployments.get("churn").archived_at is not None
+    back = runner(*remote, "deployments", "restore", "churn")
+    assert back.exit_code == 0 and "restored deployment churn through" in back.output, back.output
+    assert store.deployments.get("churn").archived_at is None
+    actions = [
+        (e.actor, e.action) for e in store.events.list(limit=100) if e.action.endswith(("archive", "restore"))
+    ]
+    assert actions == [("ops-bot", a) for a in
+                       ("pipeline.archive", "pipeline.restore", "deployment.archive", "deployment.restore")]  # fmt: skip

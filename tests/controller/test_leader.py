@@ -14,11 +14,12 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from controller.loop import actions
-from controller.loop.leader import FileLeadership, leadership_for
-from storage import Database, Store
+from controller.loop.leader import FileLeadership, PostgresLeadership, Tracked, leadership_for
+from storage import Database, Keepalive, Store
 from storage.entities import Column, NewPipelineVersion
 
 INTERVAL = 0.2
@@ -40,6 +41,54 @@ def test_leadership_fits_the_database(tmp_path: Path) -> None:
     assert isinstance(lock, FileLeadership) and lock.path == tmp_path / "m.db.controller.lock"
     with pytest.raises(ValueError, match="in-memory"):
         leadership_for("sqlite:///:memory:")
+
+
+@pytest.mark.postgres
+def test_a_postgres_leader_acts_only_within_its_lease_after_a_confirmed_contact(postgres_url: str) -> None:
+    now = [100.0]
+    key = int.from_bytes(os.urandom(7), "big")  # not the product's key: other tests' controllers use that
+    lock = PostgresLeadership(postgres_url, key=key, keepalive=Keepalive(idle_s=10), clock=lambda: now[0])
+    other = PostgresLeadership(postgres_url, key=key)
+    tracked = Tracked(lock)
+    try:
+        assert lock.lease_s == 5.0  # half the time before the server could end a silent session
+        assert not tracked.held and not lock.leads()
+        assert tracked.acquire() and tracked.held
+        now[0] += 4.9
+        assert tracked.held
+        now[0] += 0.2  # the lease ran out with no newer answer: stop acting, the lock is still ours
+        assert not tracked.held and not lock.leads()
+        assert not other.acquire()
+        assert tracked.acquire() and tracked.held  # one answered health query renews it
+        tracked.release()
+        assert not tracked.held and other.acquire() and other.leads()
+    finally:
+        lock.release()
+        other.release()
+
+
+@pytest.mark.postgres
+def test_with_keepalives_off_the_lease_follows_the_servers_own_keepalive_idle(postgres_url: str) -> None:
+    lock = PostgresLeadership(
+        postgres_url, key=int.from_bytes(os.urandom(7), "big"), keepalive=Keepalive(idle_s=0)
+    )
+    try:
+        assert lock.acquire() and lock.leads()
+        with psycopg.connect(
+            postgres_url
+        ) as conn:  # over TCP, as the lock's: the session reports the OS value
+            row = conn.execute("SELECT current_setting('tcp_keepalives_idle')::int").fetchone()
+        assert row is not None and lock.lease_s == (row[0] / 2 if row[0] > 0 else 3600.0)
+    finally:
+        lock.release()
+
+
+def test_a_file_lock_leads_as_long_as_it_is_held(tmp_path: Path) -> None:
+    lock = FileLeadership(tmp_path / "x.lock")
+    assert not lock.leads()
+    assert lock.acquire() and lock.leads()
+    lock.release()
+    assert not lock.leads()
 
 
 def _controller(url: str, data_dir: Path, log: Path) -> subprocess.Popen[bytes]:
@@ -129,10 +178,11 @@ def test_a_standby_takes_over_when_the_leader_is_killed_and_no_transition_is_dou
     os.kill(a.pid, signal.SIGKILL)
     a.wait(timeout=10)
     _deployments(store, [f"f{i}" for i in range(5)])
-    taken_over = _wait(lambda: any(r.phase != "pending" for r in store.rollouts.list() if r.id > 10), 10)
-    _wait(lambda: ended(15), 30)
+    # how fast is a benchmark (bench/standby_takeover.py, timed from the kill to the standby's log line);
+    # here: that it takes over at all, and the event log below proves nothing doubled or lost
+    taken_over = _wait(lambda: any(r.phase != "pending" for r in store.rollouts.list() if r.id > 10), 60)
+    _wait(lambda: ended(15), 60)
     print(f"standby took over {taken_over:.2f} s after the leader was killed")
-    assert taken_over < 2 * INTERVAL + 1.5  # a standby retries every interval (plus process and commit time)
 
     b.send_signal(signal.SIGTERM)
     assert b.wait(timeout=10) == 0, (tmp_path / "b.log").read_text()

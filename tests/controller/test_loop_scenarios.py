@@ -52,9 +52,20 @@ class World:
         return evaluate_once(self.store, now=self.now)
 
     def traffic(
-        self, n: int, *, labels: bool = True, challenger_errors: float = 0.0, label_share: float = 1.0
+        self,
+        n: int,
+        *,
+        labels: bool = True,
+        challenger_errors: float = 0.0,
+        label_share: float = 1.0,
+        label_delay_s: float = 0.0,
+        disagree_label_share: float = 1.0,
     ) -> None:
-        """Score n fresh rows as the router would at the rollout's current split; store pairs (and labels)."""
+        """Score n fresh rows as the router would at the rollout's current split; store pairs (and labels).
+
+        ``disagree_label_share``: of the rows where the two models disagree, the share that gets a label
+        at all (labels that depend on the outcome).
+        """
         r = self.rollout()
         assert r.active and r.phase != "pending"
         self.seed += 1
@@ -101,11 +112,15 @@ class World:
                     **out,
                 )
             )
-            if labels and rng.random() < label_share:
+            share = label_share * (
+                disagree_label_share if preds["champion"][i] != preds["challenger"][i] else 1.0
+            )
+            if labels and rng.random() < share:
                 label_rows.append((rid, 0, int(target.iloc[i])))
         self.store.pairs.insert_many(records)
         if label_rows:
-            self.store.labels.upsert_many(r.deployment_id, label_rows, now=self.now)
+            later = self.now + timedelta(seconds=label_delay_s)
+            self.store.labels.upsert_many(r.deployment_id, label_rows, now=later)
 
     def transitions(self) -> list[tuple[str, str, str]]:
         return [(e.action, e.reason, e.actor) for e in self.store.events.list(rollout_id=self.rollout().id)]
@@ -117,6 +132,7 @@ def pipelines() -> dict[str, Any]:
         "good": mlpipes.classifier(seed=0),  # accuracy about 0.74 on fresh rows
         "weak": mlpipes.classifier(seed=0, c=0.01),  # about 6 points less accurate
         "same": mlpipes.classifier(seed=0),
+        "other": mlpipes.classifier(seed=1),  # fitted on other rows: about as accurate, some disagreement
     }
 
 
@@ -179,6 +195,14 @@ def test_a_less_accurate_challenger_is_rolled_back_once_labels_arrive(
     assert (event.action, event.reason, event.actor) == ("rollout.rollback", "harm", "controller")
     failed = [v["gate"] for v in event.details["verdicts"] if v["outcome"] == "fail"]
     assert "accuracy" in failed
+    # each arm's accuracy is stored with the look (the report's and the dashboard's per-arm lines); every
+    # labelled row is a pair here, so their difference is the paired effect the gate judged
+    last = store.analyses.latest(final.id)
+    assert last is not None
+    arms = last.metrics["arms"]["accuracy"]
+    effect = next(v["effect"] for v in last.verdicts if v["gate"] == "accuracy")
+    assert 0.6 < arms["challenger"] < arms["champion"] < 0.85
+    assert arms["challenger"] - arms["champion"] == pytest.approx(effect, abs=1e-9)
 
 
 def test_a_challenger_failing_a_fifth_of_requests_is_rolled_back_within_the_burn_in(
@@ -247,10 +271,12 @@ def test_agreement_advances_into_the_watch_and_labels_in_the_watch_promote(
     # visible where operators look: `rollout status` and the report
     from controller.cli.rollout import status_lines
     from controller.encoding import plain
-    from controller.http import api
+    from controller.http import documents
     from controller.reports.build import _decision_notes  # the report's notes (the whole report needs scores)
 
-    document = plain(api.deployment_json(store, store.deployments.get("churn"), detail=True))
+    document = plain(
+        documents.deployment_json(store, store.deployments.get("churn"), detail=True, now=world.now)
+    )
     assert any(
         line.startswith("post-promotion watch: churn:2 answers every request")
         for line in status_lines(document)
@@ -290,6 +316,42 @@ def test_proven_harm_during_the_watch_restores_the_previous_champion(
     event = store.events.list(rollout_id=final.id)[-1]
     assert [v["gate"] for v in event.details["verdicts"] if v["outcome"] == "fail"] == ["error_rate"]
     assert store.routing.load_table()["churn"].challenger is None
+
+
+@pytest.mark.parametrize(("maturity", "phase"), [(0.0, "shadowing"), (7200.0, "promoted")])
+def test_a_final_promotion_waits_while_labels_arrive_later_than_the_label_maturity(
+    store: Store, tmp_path: Path, pipelines: dict[str, Any], maturity: float, phase: str
+) -> None:
+    world = World(store, tmp_path, champion=pipelines["good"], challenger=pipelines["same"])
+    world.start({"mode": "shadow", "label_maturity_s": maturity})
+    world.tick()
+    world.traffic(3000, label_delay_s=7200.0)  # every label two hours after its request
+    world.tick(7260)
+    r = world.rollout()
+    assert r.phase == phase, store.analyses.list(r.id)[-1].metrics["judgement"]
+    if phase == "shadowing":  # identical answers pass every gate, but the labels may be a biased sample
+        last = store.analyses.list(r.id)[-1]
+        assert last.metrics["judgement"].startswith(
+            "hold: labels arrive up to 7200 s after their requests but label_maturity_s is 0 s"
+        )
+
+
+@pytest.mark.parametrize(("disagree_label_share", "phase"), [(0.2, "shadowing"), (1.0, "promoted")])
+def test_a_final_promotion_waits_while_disagreeing_pairs_are_far_less_labelled(
+    store: Store, tmp_path: Path, pipelines: dict[str, Any], disagree_label_share: float, phase: str
+) -> None:
+    world = World(store, tmp_path, champion=pipelines["good"], challenger=pipelines["other"])
+    gates = {"agreement": {"role": "informational"}, "accuracy": {"margin": 0.03}}
+    world.start({"mode": "shadow", "gates": gates})
+    world.tick()
+    world.traffic(3000, disagree_label_share=disagree_label_share)
+    world.tick(60)
+    r = world.rollout()
+    assert r.phase == phase, store.analyses.list(r.id)[-1].metrics["judgement"]
+    if phase == "shadowing":  # no delay is late, but the labels missing are those of disagreements
+        last = store.analyses.list(r.id)[-1]
+        assert last.metrics["judgement"].startswith("hold: labels look outcome-dependent: ")
+        assert "disagreeing pairs labelled vs 100% of " in last.metrics["judgement"]
 
 
 def test_a_step_that_runs_out_of_budget_undecided_pauses_for_a_human(
@@ -411,3 +473,24 @@ def test_the_analysis_and_the_transition_it_caused_are_stored_together_or_not_at
     assert (len(analyses), len(rollback)) == (2, 1)
     assert rollback[0].details["analysis_id"] == analyses[-1].id
     assert analyses[-1].metrics["controller"]["action"] == "rollback"
+
+
+def test_a_controller_that_cannot_confirm_it_leads_writes_nothing_and_ends_its_pass(
+    store: Store, tmp_path: Path, pipelines: dict[str, Any]
+) -> None:
+    world = World(store, tmp_path, champion=pipelines["good"], challenger=pipelines["same"])
+    world.start()
+    before = world.rollout()
+    asked: list[int] = []
+
+    def deposed() -> bool:
+        asked.append(1)
+        return False
+
+    looks = evaluate_once(store, now=world.now, leading=deposed)
+    assert [look.error for look in looks] == ["not leading"] and asked == [1]
+    after = world.rollout()
+    assert (after.phase, after.version) == ("pending", before.version)
+    assert store.analyses.list(before.id) == []
+    assert [actor for _, _, actor in world.transitions()] == ["alice"], "no event of the controller"
+    assert evaluate_once(store, now=world.now, leading=lambda: True)[0].applied  # the leader moves it on

@@ -95,6 +95,10 @@ class World:
         served = (
             np.where(rng.random(n) < r.canary_weight / 100.0, "challenger", "champion") if canary else None
         )
+        # in the watch the router serves the new champion (the rollout's challenger) in the champion
+        # columns and scores the previous champion in the challenger columns
+        watching = r.phase == "watching"
+        column = {"champion": "challenger", "challenger": "champion"} if watching else {}
         raw = frame.to_dict("records")
         records, feedback = [], []
         for i in range(n):
@@ -102,15 +106,17 @@ class World:
             rid = f"q-{number}"
             out: dict[str, Any] = {}
             for arm in ("champion", "challenger"):
-                out[f"{arm}_latency_ms"] = float(rng.lognormal(1.0, 0.3))
-                out[f"{arm}_class"] = str(int(preds[arm][i]))
-                out[f"{arm}_score"] = float(scores[arm][i])
+                col = column.get(arm, arm)
+                out[f"{col}_latency_ms"] = float(rng.lognormal(1.0, 0.3))
+                out[f"{col}_class"] = str(int(preds[arm][i]))
+                out[f"{col}_score"] = float(scores[arm][i])
             arm = "champion" if served is None else str(served[i])
             records.append(
                 PairRecord(
                     request_id=rid, row_index=0, deployment_id=r.deployment_id, rollout_id=r.id,
                     step=r.step_index, received_at=self.now, routing_key_hash=number, served_arm=arm,
-                    champion_version_id=r.champion_id, challenger_version_id=r.challenger_id,
+                    champion_version_id=r.challenger_id if watching else r.champion_id,
+                    challenger_version_id=r.champion_id if watching else r.challenger_id,
                     raw_input={k: (v.item() if hasattr(v, "item") else v) for k, v in raw[i].items()}, **out,
                 )
             )  # fmt: skip
@@ -154,6 +160,30 @@ def test_a_challenger_that_never_predicts_the_rare_class_is_rolled_back_not_prom
     assert verdicts["balanced_accuracy"]["outcome"] == "fail"
     assert verdicts["accuracy"]["outcome"] != "fail", "accuracy alone would not have caught it"
     assert verdicts["recall[1]"]["effect"] < -0.3  # the challenger finds none of the positives
+
+
+def test_a_promoted_challenger_worse_on_balanced_accuracy_in_the_watch_restores_the_previous_champion(
+    store: Store, tmp_path: Path
+) -> None:
+    champion = _fit(DecisionTreeClassifier(max_depth=3, random_state=0), rare_truth)
+    challenger = _fit(DummyClassifier(strategy="most_frequent"), rare_truth)
+    world = World(store, tmp_path, champion, challenger, rare_truth)
+    world.start({"mode": "shadow", "watch": {"enabled": True, "min_labelled_pairs": 500}})
+    world.run(per_tick=1, seconds=60, max_ticks=1)
+    # an operator promotes before any label (labels are slow): the watch begins, the challenger answers
+    # every request and the previous champion scores in shadow
+    actions.act(store, "churn", "promote", actor="alice", now=world.now)
+    r = world.rollout()
+    assert r.phase == "watching"
+    assert store.deployments.get("churn").champion_id == r.challenger_id
+    final = world.run(per_tick=4000, seconds=60, max_ticks=8)
+    assert (final.phase, final.reason) == ("rolled_back", "watch_harm")
+    assert store.deployments.get("churn").champion_id == final.champion_id
+    verdicts = world.last_verdicts()
+    assert verdicts["balanced_accuracy"]["outcome"] == "fail"
+    assert verdicts["accuracy"]["outcome"] != "fail", "accuracy alone would not have caught it"
+    # the arms are the rollout's: the challenger (the never-positive model) finds none of the positives
+    assert verdicts["recall[1]"]["effect"] < -0.3
 
 
 def test_a_challenger_harming_one_segment_is_rolled_back_naming_the_segment(

@@ -169,6 +169,7 @@ def test_a_registered_version_survives_a_restart(files: dict[str, Path], tmp_pat
     """Register in one process and read it back in another, on the embedded default database."""
     data_dir = tmp_path / "var"
     command = [sys.executable, "-m", "controller", "--data-dir", str(data_dir)]
+    subprocess.run([*command, "db", "upgrade"], check=True, capture_output=True, timeout=120)
     subprocess.run([*command, *register_args(files)], check=True, capture_output=True, timeout=120)
     listed = subprocess.run(
         [*command, "pipelines", "list"], check=True, capture_output=True, text=True, timeout=120
@@ -202,7 +203,8 @@ def test_db_upgrade_builds_a_new_database_and_serving_refuses_an_old_one(
     try:
         for url in urls:
             refused = invoke(runner, url, "pipelines", "list")
-            assert refused.exit_code == 1 and "run: mlcanary db upgrade" in refused.output
+            assert refused.exit_code == 1 and "run: mlcanary" in refused.output
+            assert "db upgrade" in refused.output
             upgraded = invoke(runner, url, "db", "upgrade")
             assert upgraded.exit_code == 0 and "schema empty -> " in upgraded.output
             assert invoke(runner, url, "db", "check").exit_code == 0
@@ -257,3 +259,41 @@ def test_offline_metrics_cover_every_quality_gate_with_the_online_definitions() 
     errors = regressor.predict(frame) - value.to_numpy()
     assert set(out["pinball"]) == {"0.1", "0.5", "0.9"}
     assert abs(out["pinball"]["0.5"] - float(np.mean(np.abs(errors))) / 2) < 1e-9
+
+
+def test_deployment_batching_is_set_at_creation_and_changed_by_configure(
+    runner: CliRunner, sqlite_url: str, files: dict[str, Path]
+) -> None:
+    from storage import Database, Store
+
+    invoke(runner, sqlite_url, *register_args(files))
+    created = invoke(
+        runner,
+        sqlite_url,
+        "deployments",
+        "create",
+        "churn",
+        "--champion",
+        "churn:1",
+        "--max-batch-rows",
+        "16",
+    )
+    assert created.exit_code == 0, created.output
+    store = Store(Database(sqlite_url))
+    assert store.deployments.get("churn").batching.max_batch_rows == 16
+    off = invoke(runner, sqlite_url, "deployments", "configure", "churn", "--no-batching")
+    assert off.exit_code == 0 and off.stdout.strip() == "deployment churn: batching off"
+    assert "mlcanary: database sqlite:" in off.stderr  # a write says where it went, as create does
+    on = invoke(
+        runner, sqlite_url, "deployments", "configure", "churn", "--batching", "--max-batch-delay-ms", "2"
+    )
+    assert on.stdout.strip() == "deployment churn: batching on, at most 16 rows and 2 ms"
+    config = store.routing.load_table()["churn"].batching
+    assert (config.enabled, config.max_batch_delay_ms, config.max_batch_rows) == (True, 2.0, 16)
+    assert store.events.list(limit=10)[-1].action == "deployment.configure"
+    nothing = invoke(runner, sqlite_url, "deployments", "configure", "churn")
+    assert nothing.exit_code != 0 and "nothing to change" in nothing.output
+    bad = invoke(runner, sqlite_url, "deployments", "configure", "churn", "--max-batch-rows", "0")
+    assert bad.exit_code != 0 and store.deployments.get("churn").batching.max_batch_rows == 16
+    unknown = invoke(runner, sqlite_url, "deployments", "configure", "nope", "--no-batching")
+    assert unknown.exit_code == 1 and "no deployment 'nope'" in unknown.output

@@ -17,8 +17,10 @@ from click.testing import CliRunner
 from scipy import stats as sps
 
 from controller.core import judge
+from controller.core.policy import Policy
+from controller.loop.measure import LATENCY_EDGES
 from controller.reports import build as reports
-from storage import NotFound, Store
+from storage import Database, NotFound, Store
 from storage.entities import NewEvent, PairRecord
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -41,6 +43,8 @@ def build_scenario(
     labelled: bool = True,
     kind: str = "classification",
     name: str = "churn",
+    spacing: timedelta = timedelta(seconds=1),
+    looks: int = 3,
 ) -> dict[str, Any]:
     """A shadow-then-canary rollout: real predictions of two fitted pipelines, events and analyses.
 
@@ -50,7 +54,16 @@ def build_scenario(
     champion = mlpipes.register(store, tmp_path, name=name, version="1", kind=kind, seed=0)
     challenger = mlpipes.register(store, tmp_path, name=name, version="2", kind=kind, seed=3)
     deployment = mlpipes.deploy(store, name, champion)
-    rollout = mlpipes.start_rollout(store, deployment, challenger, mode="shadow")
+    rollout = store.rollouts.create(
+        deployment_id=deployment.id,
+        challenger_id=challenger.id,
+        mode="shadow_then_canary",
+        policy={"mode": "shadow_then_canary", "canary": {"steps": [25, 50, 100]}},
+        created_by="tests",
+        phase="shadowing",
+        shadow_rate=1.0,
+        now=T0,
+    )
     store.events.add(
         NewEvent(
             actor="alice",
@@ -74,6 +87,10 @@ def build_scenario(
             outputs[arm] = (model.predict(frame), model.predict_proba(frame)[:, 1])
         else:
             outputs[arm] = (model.predict(frame), None)
+    if kind == "classification":
+        truth = [int(t) for t in target]
+    else:
+        truth = [float(v) for v in frame["tenure_months"] * 1.5 + target * 10.0]
     rng = np.random.default_rng(7)
     raw = frame.astype(object).where(frame.notna(), None).to_dict("records")
     records = []
@@ -110,7 +127,7 @@ def build_scenario(
                 deployment_id=deployment.id,
                 rollout_id=rollout.id,
                 step=step,
-                received_at=T0 + timedelta(seconds=i),
+                received_at=T0 + spacing * i,
                 routing_key_hash=i,
                 served_arm=served,
                 champion_version_id=champion.id,
@@ -126,25 +143,30 @@ def build_scenario(
         phase="progressing",
         step_index=1,
         canary_weight=25.0,
+        step_started_at=T0 + spacing * (n // 2),
+        now=T0 + spacing * (n // 2),
         events=[
             NewEvent(
                 actor="controller",
                 action="rollout.advance",
                 reason="gates_passed",
                 message="shadow step passed; canary at 25%",
-                details={"step": 1, "canary_weight": 25.0},
+                details={
+                    "step": 1,
+                    "canary_weight": 25.0,
+                    "from": {"phase": "shadowing", "step": 0, "canary_weight": 0.0},
+                    "to": {"phase": "progressing", "step": 1, "canary_weight": 25.0},
+                },
             )
         ],
     )
-    if kind == "classification":
-        truth = [int(t) for t in target]
-    else:
-        truth = [float(v) for v in frame["tenure_months"] * 1.5 + target * 10.0]
     if labelled:
         store.labels.upsert_many(deployment.id, [(f"req-{name}-{i}", 0, truth[i]) for i in range(0, n, 2)])
-    # Analyses as the controller stores them: judge() over growing prefixes of the paired rows.
-    policy = judge.JudgePolicy()
-    for k, upto in enumerate((n // 3, 2 * n // 3, n)):
+    # Analyses as the controller stores them: judge() over growing prefixes of the paired rows, with
+    # the labels that have arrived and the latencies, under the rollout's own policy.
+    task = "classification" if kind == "classification" else "regression"
+    policy = Policy.parse(rollout.policy).to_judge_policy(task, "shadow", final=False, classes=("0", "1"))
+    for upto in (n * (look + 1) // looks for look in range(looks)):
         ok1 = np.array([r.champion_error is not None for r in records[:upto]])
         ok2 = np.array([r.challenger_error is not None for r in records[:upto]])
         p1 = np.array(
@@ -164,21 +186,27 @@ def build_scenario(
         p1, p2 = np.nan_to_num(p1), np.nan_to_num(p2)
         if kind == "classification":
             p1, p2 = p1.astype(int), p2.astype(int)
+        labelled_rows = np.array([labelled and i % 2 == 0 for i in range(upto)])
         metrics = judge.metrics_from_pairs(
             champion_prediction=p1,
             challenger_prediction=p2,
             champion_failed=ok1,
             challenger_failed=ok2,
-            task=kind if kind == "classification" else "regression",
+            task=task,
+            label=np.array(truth[:upto], dtype=int if task == "classification" else float),
+            labelled=labelled_rows,
+            champion_latency_ms=[r.champion_latency_ms or 0.0 for r in records[:upto]],
+            challenger_latency_ms=[r.challenger_latency_ms or 0.0 for r in records[:upto]],
+            latency_edges=LATENCY_EDGES,
         )
         j = judge.judge(metrics, policy)
         store.analyses.add(
             rollout_id=rollout.id,
-            step=0 if k < 2 else 1,
+            step=0 if upto <= n // 2 else 1,
             outcome=j.outcome.label,
             verdicts=[_verdict_dict(v) for v in j.verdicts],
-            metrics={"decision": j.decision, "reason": j.reason},
-            now=T0 + timedelta(seconds=upto),
+            metrics={"decision": j.decision, "reason": j.reason, "arms": judge.arm_values(metrics)},
+            now=T0 + spacing * upto,
         )
     return {
         "deployment": deployment,
@@ -369,6 +397,40 @@ def test_html_report_is_one_offline_file_with_plots(store: Store, tmp_path: Path
     assert "| gate |" in md and "Reproducibility" in md
 
 
+def test_every_two_arm_gate_is_plotted_per_arm_over_time_with_the_figures_of_the_rows(
+    store: Store, tmp_path: Path
+) -> None:
+    s = build_scenario(store, tmp_path, n=400, looks=4)
+    report = reports.build_report(store, "churn")
+    last = report["gates"]["series"][-1]
+    records = s["records"]
+    # per-arm accuracy needs per-arm correct counts, which the loop measures (tests/controller/test_loop_scenarios)
+    # and metrics_from_pairs (shadow: the paired discordance only) does not
+    assert "accuracy" not in last["arms"]
+    # the last look judged every row: each arm's figure against a direct count of the rows
+    for arm in ARMS:
+        failed = [getattr(r, f"{arm}_error") is not None for r in records]
+        assert last["arms"]["error_rate"][arm] == pytest.approx(np.mean(failed))
+        ms = [getattr(r, f"{arm}_latency_ms") or 0.0 for r in records]
+        assert last["arms"]["latency_p99"][arm] == pytest.approx(np.quantile(ms, 0.99), rel=0.06)
+    assert all(
+        {"error_rate", "latency_p99"} <= set(a["arms"]) for a in report["gates"]["series"]
+    )  # every look
+    page = reports.render_html(report)
+    for gate in ("error_rate", "latency_p99"):
+        block = page.split(f'data-gate="{gate}"', 1)[1].split("</div>", 1)[0]
+        assert f"{gate} per arm over time" in block
+        assert 'data-series="champion"' in block and 'data-series="challenger"' in block
+        assert 'class="step-mark"' in block  # the canary step began at row 200
+    error_rate = page.split('data-gate="error_rate"', 1)[1].split("</div>", 1)[0]
+    assert 'data-series="always-valid interval"' in error_rate and "margin " in error_rate
+    # p99 per arm is drawn from the first look; its ratio gate is still in burn-in (400 requests)
+    latency = page.split('data-gate="latency_p99"', 1)[1].split("</div>", 1)[0]
+    assert "latency_p99 per arm over time" in latency and "latency_p99: effect over time" not in latency
+    agreement = page.split('data-gate="agreement"', 1)[1].split("</div>", 1)[0]
+    assert "per arm" not in agreement  # a share of the pairs, no arm against the other
+
+
 def test_report_cli_writes_each_format_and_fails_in_one_line(sqlite_url: str, tmp_path: Path) -> None:
     from controller.cli.main import cli
     from storage import Database
@@ -435,3 +497,125 @@ def test_segments_cover_only_the_most_recent_rows_when_the_rollout_is_longer(
     assert report["segments"]["method"] in report["notes"]
     # The rest of the report still covers every row.
     assert report["traffic"]["rows"] == 300
+
+
+def _labelled_pairs(s: dict[str, Any]) -> list[tuple[PairRecord, Any]]:
+    """The scenario's rows that have a label (every other one) and both arms' outputs."""
+    return [
+        (r, s["truth"][i])
+        for i, r in enumerate(s["records"])
+        if i % 2 == 0 and r.champion_error is None and r.challenger_error is None
+        and r.champion_output is not None and r.challenger_output is not None
+    ]  # fmt: skip
+
+
+def test_report_opens_with_the_verdict_and_the_plan_with_each_steps_outcome(
+    store: Store, tmp_path: Path
+) -> None:
+    s = build_scenario(store, tmp_path, n=300)
+    report = reports.build_report(store, "churn")
+    _valid(report)
+    # the scenario's policy: shadow, then canary 25% and 50%; the rollout is in its 25% step
+    assert report["verdict"].startswith(
+        "Canary step 2 of 3 (25% of traffic to the challenger); next: canary 50%. Since 12:02 UTC: "
+    )
+    records: list[PairRecord] = s["records"]
+    plan = report["plan"]
+    assert [(p["name"], p["status"]) for p in plan] == [
+        ("shadow", "passed"),
+        ("canary 25%", "in progress"),
+        ("canary 50%", "not reached"),
+    ]
+    assert [p["requests"] for p in plan] == [sum(r.step == k for r in records) for k in range(3)]
+    assert plan[0]["ended_by"]["message"] == "shadow step passed; canary at 25%"
+    assert plan[1]["ended_by"] is None and plan[1]["outcome"] == report["gates"]["latest"]["outcome"]
+    page = reports.render_html(report)
+    assert page.index('id="verdict"') < page.index("<h2>Plan</h2>") < page.index("<h2>Gates</h2>")
+    assert report["verdict"].replace("'", "&#x27;") in page
+    md = reports.render_markdown(report)
+    assert md.splitlines()[2] == f"**{report['verdict']}**" and "## Plan" in md
+
+
+def test_label_curves_match_scikit_learn(store: Store, tmp_path: Path) -> None:
+    s = build_scenario(store, tmp_path, n=400)
+    report = reports.build_report(store, "churn")
+    pairs = _labelled_pairs(s)
+    y = [str(int(t)) for _, t in pairs]
+    conf = report["curves"]["confusion"]
+    assert conf["labels"] == ["0", "1"]
+    for arm in ARMS:
+        predicted = [getattr(r, f"{arm}_class") for r, _ in pairs]
+        assert conf[arm] == skm.confusion_matrix(y, predicted, labels=["0", "1"]).tolist()  # rows: label
+        roc = report["curves"]["roc"][arm]
+        assert roc[0] == [0.0, 0.0] and roc[-1] == [1.0, 1.0]
+        fpr, tpr = np.array(roc).T
+        assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
+        scores = [getattr(r, f"{arm}_score") for r, _ in pairs]
+        # the area under the binned curve is the report's AUC, within binning of sklearn's exact one
+        area = float(np.trapezoid(tpr, fpr))
+        assert area == pytest.approx(report["labels"][arm]["roc_auc"]["value"], abs=1e-9)
+        assert area == pytest.approx(skm.roc_auc_score([int(v) for v in y], scores), abs=0.01)
+
+
+def test_regression_curves_count_every_labelled_pair(store: Store, tmp_path: Path) -> None:
+    s = build_scenario(store, tmp_path, n=300, kind="regression", name="spend")
+    report = reports.build_report(store, "spend")
+    _valid(report)
+    pairs = _labelled_pairs(s)
+    reg = report["curves"]["regression"]
+    assert reg["n"] == len(pairs) and not reg["sampled"]
+    for arm in ARMS:
+        grid = np.array(reg[arm]["actual_vs_predicted"])
+        assert grid.sum() == len(pairs)
+        residuals = np.array([getattr(r, f"{arm}_value") - t for r, t in pairs])
+        assert reg[arm]["residual_mean"] == pytest.approx(residuals.mean())
+        assert sum(reg[arm]["residual_counts"]) == len(pairs)
+        # the actual-value marginal of the binned plot is numpy's histogram of the labels
+        actual = np.histogram([t for _, t in pairs], bins=reg["edges"])[0]
+        assert grid.sum(axis=1).tolist() == actual.tolist()
+
+
+@pytest.mark.parametrize(
+    ("spacing", "n", "unit"),
+    [(timedelta(seconds=1), 120, 10.0), (timedelta(minutes=5), 600, 5 * 3600.0)],
+    ids=["two-minute rollout", "two-day rollout"],
+)
+def test_time_buckets_adapt_to_the_rollouts_length(
+    store: Store, tmp_path: Path, spacing: timedelta, n: int, unit: float
+) -> None:
+    s = build_scenario(store, tmp_path, n=n, spacing=spacing)
+    report = reports.build_report(store, "churn")
+    t = report["traffic"]
+    assert t["bucket_seconds"] == unit
+    records: list[PairRecord] = s["records"]
+    start = datetime.fromisoformat(t["start"])
+    expected: dict[tuple[float, int], int] = {}
+    for r in records:
+        k = ((r.received_at - start).total_seconds() // unit * unit, r.step)
+        expected[k] = expected.get(k, 0) + 1
+    assert {(p["t"], p["step"]): p["rows"] for p in t["series"]} == expected
+    assert len(t["series"]) >= 10  # a short rollout is a line, not one dot
+    points = report["latency_series"]["points"]
+    assert len(points) >= 3 and not report["latency_series"]["sampled"]
+    width = report["latency_series"]["bucket_seconds"]
+    first = [
+        r.challenger_latency_ms
+        for r in records
+        if r.challenger_latency_ms is not None and (r.received_at - start).total_seconds() < width
+    ]
+    assert points[0]["challenger"]["p99"] == pytest.approx(float(np.quantile(first, 0.99)))
+
+
+def test_rollout_status_and_the_admin_api_carry_the_reports_verdict(sqlite_url: str, tmp_path: Path) -> None:
+    from controller.cli.main import cli
+
+    db = Database(sqlite_url)
+    build_scenario(Store(db), tmp_path, n=300)
+    verdict = reports.build_report(Store(db), "churn")["verdict"]
+    db.dispose()
+    runner = CliRunner()
+    shown = runner.invoke(cli, ["--database-url", sqlite_url, "rollout", "status", "churn"])
+    assert shown.exit_code == 0, shown.output
+    assert shown.output.splitlines()[1] == verdict
+    document = runner.invoke(cli, ["--database-url", sqlite_url, "rollout", "status", "churn", "--json"])
+    assert json.loads(document.output)["verdict"] == verdict

@@ -19,7 +19,10 @@ from controller.core.judge import (
     Proportion,
     StepMetrics,
     Summary,
+    hold_for_label_delays,
+    hold_for_outcome_dependent_labels,
     judge,
+    outcome_dependent_labels,
 )
 from controller.core.machine import RolloutState, TransitionError, decide, manual
 from controller.core.policy import Policy, PolicyError
@@ -303,3 +306,92 @@ def test_operators_end_a_watch_by_promoting_or_reverting_and_nothing_else() -> N
     for action in ("pause", "resume", "abort"):
         with pytest.raises(TransitionError, match="watching"):
             manual(state, action, T0)  # type: ignore[arg-type]
+
+
+def _promoting() -> Judgement:
+    return Judgement(
+        "promote",
+        Outcome.PASS,
+        (),
+        "every required gate is non-inferior: accuracy",
+        Summary(1.0, "pass", 1, 1),
+    )
+
+
+def test_a_final_promotion_waits_while_labels_arrive_later_than_the_label_maturity() -> None:
+    held = hold_for_label_delays(_promoting(), final=True, label_delay_s=86_400.0, maturity_s=0.0)
+    assert held.decision == "continue"
+    assert "set label_maturity_s to at least 86400 s" in held.reason
+    # the maturity covers the delay (within the tolerance), no label yet, or not the final stage: unchanged
+    assert (
+        hold_for_label_delays(_promoting(), final=True, label_delay_s=86_400.0, maturity_s=86_400.0).decision
+        == "promote"
+    )
+    assert (
+        hold_for_label_delays(_promoting(), final=True, label_delay_s=30.0, maturity_s=0.0).decision
+        == "promote"
+    )
+    assert (
+        hold_for_label_delays(_promoting(), final=True, label_delay_s=None, maturity_s=0.0).decision
+        == "promote"
+    )
+    assert (
+        hold_for_label_delays(_promoting(), final=False, label_delay_s=86_400.0, maturity_s=0.0).decision
+        == "promote"
+    )
+    rollback = replace(_promoting(), decision="rollback")
+    assert hold_for_label_delays(rollback, final=True, label_delay_s=86_400.0, maturity_s=0.0) is rollback
+
+
+def _held(agreeing: Proportion, disagreeing: Proportion, **kw: Any) -> Judgement:
+    args: dict[str, Any] = {"final": True, "alpha": 0.05, "n_star": 5000.0, **kw}
+    return hold_for_outcome_dependent_labels(_promoting(), agreeing=agreeing, disagreeing=disagreeing, **args)
+
+
+def test_a_final_promotion_waits_while_disagreeing_pairs_are_far_less_labelled_than_agreeing_ones() -> None:
+    # the simulator's outcome-order row at 3 h: wrong answers of the challenger labelled a day later
+    held = _held(Proportion(n=90_000, count=76_800), Proportion(n=8_000, count=1_500))
+    assert held.decision == "continue"
+    assert held.reason.startswith(
+        "hold: labels look outcome-dependent: 19% of 8000 disagreeing pairs labelled vs 85% of 90000 agreeing"
+    )
+    assert held.reason.endswith(_promoting().reason)
+
+
+def test_equal_label_shares_or_too_few_pairs_do_not_hold_a_promotion() -> None:
+    assert _held(Proportion(n=90_000, count=85_500), Proportion(n=8_000, count=7_600)).decision == "promote"
+    # 3 points apart, inside the 5-point tolerance, with plenty of pairs
+    assert _held(Proportion(n=90_000, count=85_500), Proportion(n=80_000, count=73_600)).decision == "promote"
+    # 40% vs 90% on 10 disagreeing pairs: not yet evidence
+    assert _held(Proportion(n=100, count=90), Proportion(n=10, count=4)).decision == "promote"
+    # no disagreement at all (identical answers): nothing to compare
+    assert _held(Proportion(n=100, count=90), Proportion(n=0, count=0)).decision == "promote"
+    # not the final stage, no coverage (regression), or not a promotion: unchanged
+    bad = (Proportion(n=90_000, count=76_800), Proportion(n=8_000, count=1_500))
+    assert _held(*bad, final=False).decision == "promote"
+    assert (
+        hold_for_outcome_dependent_labels(
+            _promoting(), final=True, agreeing=None, disagreeing=None, alpha=0.05, n_star=5000.0
+        ).decision
+        == "promote"
+    )
+    rollback = replace(_promoting(), decision="rollback")
+    assert (
+        hold_for_outcome_dependent_labels(
+            rollback, final=True, agreeing=bad[0], disagreeing=bad[1], alpha=0.05, n_star=5000.0
+        )
+        is rollback
+    )
+
+
+def test_the_outcome_dependent_labels_test_is_the_confidence_sequence_p_value_at_the_tolerance() -> None:
+    # the documented test, recomputed by hand: shares, Wald errors with the pseudo-counts, n = both counts
+    a, d = Proportion(n=20_000, count=18_000), Proportion(n=2_000, count=1_600)
+    qa, qd = 18_001 / 20_002, 1_601 / 2_002
+    se = math.sqrt(qa * (1 - qa) / 20_000 + qd * (1 - qd) / 2_000)
+    p = stats.confidence_sequence_p_value(
+        0.9 - 0.8, se, 22_000, null=0.05, alpha=0.05, side="greater"
+    ).p_value
+    assert p < 0.05  # 10 points apart on 2,000 disagreeing pairs: outcome-dependent
+    assert outcome_dependent_labels(a, d, alpha=0.05, n_star=5000.0) is not None
+    assert outcome_dependent_labels(a, d, alpha=p / 2, n_star=5000.0) is None

@@ -25,6 +25,7 @@ from controller.core.judge import (
     Proportion,
     StepMetrics,
     judge,
+    null_variance_at_bound,
 )
 
 
@@ -158,6 +159,84 @@ def test_catastrophic_errors_hold_a_challenger_whose_bulk_looks_better() -> None
     assert "share of errors above the champion's 0.99 quantile" in v.reason
     without_tail = StepMetrics(**{**m.__dict__, "error_tail": None})
     assert verdict(without_tail, REGRESSION_ONLY, "regression").outcome == Outcome.PASS
+
+
+def test_the_null_variance_at_a_bound_is_the_variance_of_the_sample_with_mass_moved_to_the_bound() -> None:
+    # independent reference: build the least favourable null explicitly (the sample's points, weighted
+    # 1 - p, plus mass p at the bound that brings the mean to the null) and take numpy's variance
+    rng = np.random.default_rng(6)
+    x = rng.normal(-0.05, 0.6, 2000)
+    bound = 34.0
+    gap = -x.mean()  # the null: mean 0
+    p = gap / (bound - x.mean())
+    points = np.append(x, bound)
+    weights = np.append(np.full(x.size, (1 - p) / x.size), p)
+    mean0 = weights @ points
+    assert mean0 == pytest.approx(0.0, abs=1e-12)
+    var0 = weights @ (points - mean0) ** 2
+    assert null_variance_at_bound(x.mean(), x.var(), bound, gap) == pytest.approx(var0, rel=1e-9)
+    assert null_variance_at_bound(0.1, 0.36, bound, -0.1) == 0.36  # at or past the null: unchanged
+
+
+def test_an_error_bound_puts_the_rare_errors_not_yet_seen_in_the_variance() -> None:
+    # two equal models, 3,000 pairs: the mean test on the observed variance passes; with a stated bound
+    # of 34 (38 x the MAE) the null that rare errors of size 34 could make is not ruled out yet; with
+    # 20,000 pairs it is
+    from dataclasses import replace
+
+    rng = np.random.default_rng(5)
+    noise = rng.normal(0, 1, 20000)
+    e1 = np.abs(noise + rng.normal(0, 0.5, 20000))
+    e2 = np.abs(noise + rng.normal(0, 0.5, 20000))
+    bounded = replace(REGRESSION_ONLY, regression_error_bound=34.0)
+    short = _regression_metrics(e1[:3000], e2[:3000])
+    assert verdict(short, REGRESSION_ONLY, "regression").outcome == Outcome.PASS
+    held = verdict(short, bounded, "regression")
+    assert held.outcome == Outcome.INCONCLUSIVE and "errors up to 34" in held.reason
+    assert verdict(_regression_metrics(e1, e2), bounded, "regression").outcome == Outcome.PASS
+    # a harmful challenger (5 x worse) still fails at once: past the null the variance is the observed one
+    worse = verdict(_regression_metrics(e1[:1500], 5 * e2[:1500]), bounded, "regression")
+    assert worse.outcome == Outcome.FAIL
+    with pytest.raises(ValueError, match="regression_error_bound"):
+        replace(REGRESSION_ONLY, regression_error_bound=0.0)
+    # unpaired (canary): each arm's own 5,000 rows; the challenger's errors move towards the bound
+    a, c = e1[:5000], e2[10000:15000]
+    canary = StepMetrics(
+        mode="canary",
+        champion=Proportion(n=5000, count=0),
+        challenger=Proportion(n=5000, count=0),
+        champion_abs_error=Moments(n=5000, total=float(a.sum()), total_sq=float(a @ a)),
+        challenger_abs_error=Moments(n=5000, total=float(c.sum()), total_sq=float(c @ c)),
+    )
+    assert verdict(canary, REGRESSION_ONLY, "regression").outcome == Outcome.PASS
+    assert verdict(canary, bounded, "regression").outcome == Outcome.INCONCLUSIVE
+
+
+def test_an_error_bound_stops_promotions_that_rare_catastrophic_errors_slip_past_the_mean_test() -> None:
+    # bench/gate_calibration.py's rare-error rows, reduced: MAE +5.8% (margin 5%) from 0.05% of errors
+    # 79-157 x the MAE, 80 rollouts looked at every 250 pairs up to 6,000. The mean test alone promotes
+    # a third of them (most samples hold no such error yet); with the stated bound 140 the variance at
+    # the least favourable null (those errors at 140) keeps every one of them from passing.
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from scipy.stats import binom
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "gate_calibration.py"
+    spec = importlib.util.spec_from_file_location("gate_calibration", path)
+    assert spec is not None and spec.loader is not None
+    calibration = importlib.util.module_from_spec(spec)
+    sys.modules["gate_calibration"] = calibration
+    spec.loader.exec_module(calibration)
+    rollouts = 80
+
+    def promoted(bound: float | None) -> int:
+        one = calibration.regression_rare(rate=0.0005, size=70.0, shift=0.0, looks=24, bound=bound)
+        return round(calibration.run(rollouts, one, 7, "promote")["after"][0] * rollouts)
+
+    assert binom.sf(promoted(None) - 1, rollouts, 0.05) < 0.001  # clearly above alpha without the bound
+    assert promoted(140.0) == 0
 
 
 def test_latency_gate_compares_two_estimated_p99s_and_respects_the_floor() -> None:

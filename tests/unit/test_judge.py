@@ -185,6 +185,22 @@ def test_sample_ratio_counts_routing_keys_when_given_so_busy_clients_are_no_mism
     assert verdict(judge(skewed, ONLY_ACCURACY), "srm").outcome == Outcome.FAIL
 
 
+def test_a_split_over_too_few_routing_keys_to_test_does_not_hold_promotion() -> None:
+    # 200 keys at a 5% step: the challenger expects 10 keys, below srm_min_expected (50); the SRM test
+    # cannot run, and the step is promoted on its quality gates instead of waiting for keys forever.
+    m = StepMetrics(
+        mode="canary",
+        champion=Proportion(n=19_000, count=0),
+        challenger=Proportion(n=1_000, count=0),
+        challenger_weight=0.05,
+        units=(190, 10),
+        paired_correct=PairedCounts(n=20_000, worse=50, better=50),
+    )
+    j = judge(m, ONLY_ACCURACY)
+    assert verdict(j, "srm").outcome == Outcome.NO_DATA
+    assert j.decision == "promote"
+
+
 def test_vetoes_a_proven_breach_of_the_error_rate_slo_even_when_accuracy_passes() -> None:
     m = shadow(
         challenger=Proportion(n=20_000, count=400),
@@ -394,3 +410,151 @@ def test_a_required_coverage_gate_holds_promotion_until_enough_was_scored_and_ne
     assert (verdict(j, "coverage").outcome, j.decision) == (outcome, decision)
     informational = judge(shadow(paired_correct=good, coverage=coverage), ONLY_ACCURACY)
     assert informational.decision == "promote"  # by default coverage is reported, never decides
+
+
+# --- bounds and p-values by value, against an independent computation -------------------------------
+# The restricted maximum-likelihood estimates are found here by numerical maximisation of the null
+# likelihood (not the closed forms of stats.py), and the confidence sequence's half-width by
+# Waudby-Smith et al.'s formula as GrowthBook writes it, checked first against GrowthBook's own test
+# value (R11 of /shared/reference/statistics.md). The p-value is the smallest level at which the
+# one-sided sequence excludes the margin, found by root search (stats.py uses a closed form).
+
+
+def _half_width(
+    se: float, n: float, *, alpha: float, rho_alpha: float = 0.05, n_star: float = 5000.0
+) -> float:
+    a = 2.0 * rho_alpha  # one-sided: rho tuned at 2 alpha (GrowthBook)
+    rho = np.sqrt((-2.0 * np.log(a) + np.log(-2.0 * np.log(a) + 1.0)) / n_star)
+    s2 = se * se * n
+    nr2 = n * rho * rho
+    return float(
+        np.sqrt(s2 * 2.0 * (nr2 + 1.0) / (n * rho) ** 2 * np.log(1.0 + np.sqrt(nr2 + 1.0) / (2.0 * alpha)))
+    )
+
+
+def _cs_p_value(estimate: float, se: float, n: float, null: float) -> float:
+    """Smallest alpha' at which the one-sided sequence (rho at the design alpha 0.05) excludes null."""
+    from scipy.optimize import brentq
+
+    if estimate <= null:
+        return 1.0
+    gap = lambda level: estimate - _half_width(se, n, alpha=level) - null  # noqa: E731
+    if gap(1.0) <= 0:
+        return 1.0
+    log_level = brentq(lambda x: gap(float(np.exp(x))), -700.0, 0.0, xtol=1e-13)
+    return float(np.exp(log_level))
+
+
+def _tango_se_numeric(worse: int, better: int, n: int, null: float) -> float:
+    """SE of (worse - better)/n at the MLE of the cells restricted to p_worse - p_better = null."""
+    from scipy.optimize import minimize_scalar
+
+    rest = n - worse - better
+    lo, hi = max(0.0, -null) + 1e-15, (1.0 - null) / 2.0 - 1e-15
+
+    def minus_log_likelihood(t: float) -> float:
+        return -(worse * np.log(t + null) + better * np.log(t) + rest * np.log(1.0 - 2.0 * t - null))
+
+    t = minimize_scalar(minus_log_likelihood, bounds=(lo, hi), method="bounded", options={"xatol": 1e-14}).x
+    return float(np.sqrt((2.0 * t + null - null * null) / n))
+
+
+def test_the_half_width_helper_reproduces_growthbooks_value_r11() -> None:
+    diff, se, n = 0.23437666666666668, 0.12983081254184736, 6461
+    assert diff - _half_width(se, n, alpha=0.05) == pytest.approx(-0.12656844172804982, rel=1e-9)
+    assert diff + _half_width(se, n, alpha=0.05) == pytest.approx(0.5953217750613832, rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("worse", "better", "outcome"),
+    [(500, 500, Outcome.PASS), (900, 300, Outcome.FAIL), (620, 500, Outcome.INCONCLUSIVE)],
+)
+def test_accuracy_bounds_and_p_value_equal_an_independent_computation(
+    worse: int, better: int, outcome: Outcome
+) -> None:
+    n, margin = 20_000, 0.01
+    v = verdict(
+        judge(shadow(paired_correct=PairedCounts(n=n, worse=worse, better=better)), ONLY_ACCURACY), "accuracy"
+    )
+    loss = (worse - better) / n  # champion accuracy minus challenger accuracy
+    se = _tango_se_numeric(worse, better, n, margin)
+    hw = _half_width(se, n, alpha=0.05)
+    assert v.outcome == outcome
+    # the accuracy difference (challenger - champion) lies in -(loss +- hw)
+    assert (v.interval.lower, v.interval.upper) == (
+        pytest.approx(-(loss + hw), rel=1e-7),
+        pytest.approx(-(loss - hw), rel=1e-7),
+    )
+    # the bound shown: the lower bound when it proves non-inferiority, the upper one when it proves harm
+    shown = -(loss - hw) if outcome == Outcome.FAIL else -(loss + hw)
+    assert v.bound == pytest.approx(shown, rel=1e-7)
+    assert v.effect == pytest.approx(-loss, abs=1e-12)
+    assert v.statistic == pytest.approx((loss - margin) / se, rel=1e-6)
+    assert v.p_value == pytest.approx(_cs_p_value(loss, se, n, margin), rel=1e-6)
+    assert (v.p_value <= 0.05) == (outcome == Outcome.FAIL)
+
+
+def test_error_rate_bounds_at_margin_zero_use_mcnemars_variance() -> None:
+    # With margin 0 the restricted estimates are (b + c)/2n each: the variance is (b + c)/n^2.
+    n, b, c = 20_000, 200, 20
+    m = shadow(paired_errors=PairedCounts(n=n, worse=b, better=c))
+    v = verdict(
+        judge(m, replace(ONLY_ACCURACY, accuracy=GateSpec(enabled=False), error_rate=GateSpec(margin=0.0))),
+        "error_rate",
+    )
+    diff, se = (b - c) / n, np.sqrt(b + c) / n
+    hw = _half_width(se, n, alpha=0.05)
+    assert v.outcome == Outcome.FAIL
+    assert v.bound == pytest.approx(diff - hw, rel=1e-9)  # lower bound of the increase, above 0
+    assert (v.interval.lower, v.interval.upper) == (
+        pytest.approx(diff - hw, rel=1e-9),
+        pytest.approx(diff + hw, rel=1e-9),
+    )
+    assert v.statistic == pytest.approx((b - c) / np.sqrt(b + c), rel=1e-9)  # McNemar's z
+    assert v.p_value == pytest.approx(_cs_p_value(diff, se, n, 0.0), rel=1e-6)
+
+
+def test_unpaired_error_rate_bounds_use_the_restricted_mle_of_two_independent_proportions() -> None:
+    from scipy.optimize import minimize_scalar
+
+    x1, n1, x2, n2, margin = 30, 30_000, 12, 10_000, 0.003
+    m = StepMetrics(
+        mode="canary",
+        champion=Proportion(n=n1, count=x1),
+        challenger=Proportion(n=n2, count=x2),
+        challenger_weight=0.25,
+    )
+    v = verdict(
+        judge(
+            m, replace(ONLY_ACCURACY, accuracy=GateSpec(enabled=False), error_rate=GateSpec(margin=margin))
+        ),
+        "error_rate",
+    )
+
+    def minus_log_likelihood(p1: float) -> float:  # p2 = p1 + margin under the null hypothesis
+        p2 = p1 + margin
+        return -(x1 * np.log(p1) + (n1 - x1) * np.log1p(-p1) + x2 * np.log(p2) + (n2 - x2) * np.log1p(-p2))
+
+    p1 = minimize_scalar(
+        minus_log_likelihood, bounds=(1e-12, 1 - margin - 1e-12), method="bounded", options={"xatol": 1e-14}
+    ).x
+    p2 = p1 + margin
+    se = np.sqrt(p1 * (1 - p1) / n1 + p2 * (1 - p2) / n2)
+    diff, n = x2 / n2 - x1 / n1, n1 + n2
+    hw = _half_width(se, n, alpha=0.05)
+    assert v.outcome == Outcome.PASS  # upper bound of the increase below 0.3 points
+    assert v.bound == pytest.approx(diff + hw, rel=1e-6)
+    assert v.bound < margin
+    assert v.interval.lower == pytest.approx(diff - hw, rel=1e-6)
+    assert v.statistic == pytest.approx((diff - margin) / se, rel=1e-6)
+
+
+def test_a_rollback_reason_says_harm_once_per_gate() -> None:
+    """Issue 19: no "harm: error_rate: harm: ..." stutter in the decision's reason."""
+    m = shadow(
+        paired_errors=PairedCounts(n=20_000, worse=200, better=20),
+        paired_correct=PairedCounts(n=20_000, worse=500, better=500),
+    )
+    j = judge(m, replace(ONLY_ACCURACY, error_rate=GateSpec(role="guardrail", margin=0.0)))
+    assert j.decision == "rollback"
+    assert j.reason.startswith("harm: error_rate: ") and j.reason.count("harm:") == 1, j.reason

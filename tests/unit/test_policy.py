@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from controller.core.plan import stored_plan
 from controller.core.policy import Policy, PolicyError
 
 
@@ -48,6 +49,34 @@ def test_plans_follow_the_mode() -> None:
     assert [s.kind for s in Policy.parse({"canary": {"steps": [100]}}).plan()] == ["shadow"]
 
 
+@pytest.mark.parametrize(
+    "given",
+    [
+        {},
+        {
+            "mode": "shadow",
+            "alpha": 0.01,
+            "shadow": {"sample_rate": 0.25, "min_pairs": 80, "min_duration_s": 5},
+        },
+        {"mode": "canary", "canary": {"steps": [1, 10, 50, 100], "min_samples": 40, "shadow_rate": 0.5}},
+        {"canary": {"steps": [100]}, "alpha": 0.2},
+    ],
+)
+@pytest.mark.parametrize("mode", ["shadow", "canary", "shadow_then_canary"])
+def test_a_stored_policy_gives_the_plan_and_alpha_its_model_gives(given: dict[str, Any], mode: str) -> None:
+    # the verdict sentence (`rollout status`) reads a rollout's stored policy without pydantic
+    stored = Policy.parse(given).to_dict()  # what a rollout stores
+    try:
+        model = Policy.parse(stored, mode=mode)
+    except PolicyError:  # no rollout starts with it (canary mode, no weight below 100): nothing to walk
+        assert stored_plan(stored, mode) == ((), stored["alpha"])
+        return
+    assert stored_plan(stored, mode) == (model.plan(), model.alpha)
+    incomplete = {k: v for k, v in stored.items() if k != "canary"}
+    assert stored_plan(incomplete, mode) is None  # left to Policy.parse and its defaults
+    assert stored_plan({**stored, "shadow": "x"}, mode) is None
+
+
 def test_gate_settings_and_burn_in_reach_the_judge() -> None:
     p = Policy.parse(
         {
@@ -68,6 +97,9 @@ def test_gate_settings_and_burn_in_reach_the_judge() -> None:
     assert j.agreement.min_samples == 300 and j.slo_min_samples == 300
     assert (j.error_rate_slo, j.latency_p99_slo_ms) == (0.05, 250)
     assert not j.drift.enabled
+    assert j.regression_error_bound is None
+    bounded = Policy.parse({"gates": {"regression_error_bound": 250}})
+    assert bounded.to_judge_policy("regression", "shadow").regression_error_bound == 250.0
 
 
 @pytest.mark.parametrize(
@@ -107,6 +139,7 @@ def test_gate_settings_and_burn_in_reach_the_judge() -> None:
         ({"on_inconclusive": "shrug"}, "on_inconclusive"),
         ({"slo": {"error_rate": 1.5}}, "slo.error_rate"),
         ({"label_maturity_s": -1}, "label_maturity_s"),
+        ({"gates": {"regression_error_bound": 0}}, "gates.regression_error_bound"),
     ],
 )
 def test_invalid_policies_are_refused_naming_the_field(data: dict[str, Any], message: str) -> None:
@@ -122,7 +155,7 @@ def test_policies_come_from_yaml_or_json_text_or_files(tmp_path: Path) -> None:
     (tmp_path / "p.json").write_text('{"shadow": {"min_pairs": 42}}')
     assert Policy.parse(tmp_path / "p.yaml").on_inconclusive == "rollback"
     assert Policy.parse(str(tmp_path / "p.json")).shadow.min_pairs == 42
-    with pytest.raises(PolicyError, match="neither valid JSON nor YAML"):
+    with pytest.raises(PolicyError, match="not valid YAML: line 2, column 1"):
         Policy.parse("mode: [unclosed\n")
     with pytest.raises(PolicyError, match="a mapping"):
         Policy.parse("- 1\n- 2\n")

@@ -31,6 +31,17 @@ def test_regression_gets_rmse_and_pinball_and_the_outcome_gate_when_asked() -> N
     assert "balanced_accuracy" not in g
 
 
+def test_a_required_outcome_gate_cannot_block_a_shadow_step_that_never_measures_it() -> None:
+    p = Policy.parse({"outcome": {"role": "required", "ratio": True}})  # shadow, then canary steps
+    assert gates(p, "classification", "shadow")["outcome"][0] == "informational"
+    assert gates(p, "classification", "canary")["outcome"][0] == "required"
+
+
+def test_an_outcome_gate_without_a_canary_step_is_refused() -> None:
+    with pytest.raises(PolicyError, match="outcome: the business-outcome gate counts canary-served requests"):
+        Policy.parse({"mode": "shadow", "outcome": {"role": "guardrail"}})
+
+
 def test_segments_test_the_required_metrics_with_the_policy_role() -> None:
     p = Policy.parse({"segments": {"columns": [{"column": "plan"}, {"column": "age", "edges": [30, 60]}],
                                    "role": "hold"}})  # fmt: skip

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from controller.core import stats
+from controller.core import histograms, stats
 
 
 def printed(value: float, digits: int) -> float:
@@ -57,34 +57,6 @@ def test_mcnemar_has_no_default_method_unlike_r_and_statsmodels() -> None:
 # --- Tango -----------------------------------------------------------------------------------------
 
 
-def test_tango_equals_signed_mcnemar_z_at_zero_margin_r1() -> None:
-    # b = 150 (champion right, challenger wrong), c = 86: the challenger is worse, z negative.
-    result = stats.tango_noninferiority(150, 86, 1600, margin=0.0)
-    assert result.statistic == pytest.approx(-math.sqrt(17.356), abs=1e-4)
-    assert result.p_value == pytest.approx(1.0 - 3.0993e-05 / 2, abs=1e-8)
-
-
-def test_tango_variance_uses_the_restricted_maximum_likelihood_estimate() -> None:
-    # Independent path: maximise the multinomial likelihood under p(c) - p(b) = -margin numerically.
-    from scipy.optimize import minimize_scalar
-
-    b, c, n, margin = 30, 18, 400, 0.05
-
-    def negloglik(q: float) -> float:  # q = P(b cell); P(c cell) = q - margin
-        return -(b * math.log(q) + c * math.log(q - margin) + (n - b - c) * math.log(1 - 2 * q + margin))
-
-    q = minimize_scalar(
-        negloglik, bounds=(margin + 1e-9, (1 + margin) / 2 - 1e-9), method="bounded", options={"xatol": 1e-12}
-    ).x
-    z_direct = (c - b + n * margin) / math.sqrt(n * (2 * q - margin - margin**2))
-    assert stats.tango_noninferiority(b, c, n, margin=margin).statistic == pytest.approx(z_direct, rel=1e-6)
-
-
-def test_tango_rejects_inferiority_only_when_the_challenger_is_close_enough() -> None:
-    assert stats.tango_noninferiority(20, 20, 2000, margin=0.01).p_value < 0.05
-    assert stats.tango_noninferiority(60, 20, 2000, margin=0.01).p_value > 0.05
-
-
 # --- Wilson and Newcombe ---------------------------------------------------------------------------
 
 
@@ -120,101 +92,9 @@ def test_newcombe_hybrid_score_interval_matches_method_10(
 
 # --- R3, R4: Wilcoxon signed rank ------------------------------------------------------------------
 
-R3_X = (1.83, 0.50, 1.62, 2.48, 1.68, 1.88, 1.55, 3.06, 1.30)
-R3_Y = (0.878, 0.647, 0.598, 2.05, 1.06, 1.29, 1.06, 3.14, 1.29)
-DARWIN = (6, 8, 14, 16, 23, 24, 28, 29, 41, -48, 49, 56, 60, -67, 75)
-
-
-def test_wilcoxon_matches_r_help_depression_example_r3() -> None:
-    greater = stats.wilcoxon_signed_rank(R3_X, R3_Y, alternative="greater")
-    assert greater.statistic == 40
-    assert greater.p_value == pytest.approx(0.01953, abs=printed(0, 5))
-    assert stats.wilcoxon_signed_rank(R3_X, R3_Y).p_value == 0.0390625
-
-
-def test_wilcoxon_matches_scipy_docs_darwin_corn_r4() -> None:
-    assert stats.wilcoxon_signed_rank(DARWIN).p_value == 0.041259765625
-    greater = stats.wilcoxon_signed_rank(DARWIN, alternative="greater")
-    assert greater.statistic == 96
-    assert greater.p_value == 0.0206298828125
-
-
-def test_wilcoxon_reports_r_v_statistic_where_scipy_reports_the_minimum() -> None:
-    ours = stats.wilcoxon_signed_rank(DARWIN)
-    scipy_two_sided = sps.wilcoxon(DARWIN)
-    assert ours.statistic == 96  # R's V = W+
-    assert scipy_two_sided.statistic == 24  # SciPy: min(W+, W-) = 120 - 96
-    assert ours.p_value == scipy_two_sided.pvalue
-
-
-def test_wilcoxon_normal_approximation_uses_r_continuity_correction_not_scipy_default() -> None:
-    rng = np.random.default_rng(7)
-    d = np.round(rng.normal(0.2, 1.0, 80), 1)  # ties and n >= 50: normal approximation
-    d = d[d != 0]
-    ours = stats.wilcoxon_signed_rank(d)
-    corrected = sps.wilcoxon(d, method="approx", correction=True)
-    uncorrected = sps.wilcoxon(d, method="approx")
-    assert ours.p_value == pytest.approx(corrected.pvalue, rel=1e-9)
-    assert ours.p_value != pytest.approx(uncorrected.pvalue, rel=1e-6)
-
-
 # --- R5, R6: t tests -------------------------------------------------------------------------------
 
-SLEEP_1 = (0.7, -1.6, -0.2, -1.2, -0.1, 3.4, 3.7, 0.8, 0.0, 2.0)
-SLEEP_2 = (1.9, 0.8, 1.1, 0.1, -0.1, 4.4, 5.5, 1.6, 4.6, 3.4)
-
-
-def test_welch_t_matches_r_sleep_example_r5() -> None:
-    r = stats.welch_t(SLEEP_1, SLEEP_2)
-    assert r.statistic == pytest.approx(-1.8608, abs=printed(0, 4))
-    assert r.df == pytest.approx(17.776, abs=printed(0, 3))
-    assert r.p_value == pytest.approx(0.07939, abs=printed(0, 5))
-    assert r.interval.lower == pytest.approx(-3.3655, abs=printed(0, 4))
-    assert r.interval.upper == pytest.approx(0.2055, abs=printed(0, 4))
-
-
-def test_paired_t_matches_r_sleep_example_r6() -> None:
-    r = stats.paired_mean_difference(SLEEP_1, SLEEP_2)
-    assert r.statistic == pytest.approx(-4.0621, abs=printed(0, 4))
-    assert r.df == 9
-    assert r.p_value == pytest.approx(0.002833, abs=printed(0, 6))
-    assert (r.interval.lower, r.interval.upper) == pytest.approx((-2.4599, -0.7001), abs=printed(0, 4))
-    differences = np.subtract(SLEEP_1, SLEEP_2)
-    assert stats.paired_mean_difference(differences).statistic == r.statistic
-
-
-def test_mann_whitney_matches_r_wilcox_test_permeability_example() -> None:
-    # R ?wilcox.test, Hollander & Wolfe p. 110: W = 35, p-value = 0.1272 (alternative "greater").
-    x = (0.80, 0.83, 1.89, 1.04, 1.45, 1.38, 1.91, 1.64, 0.73, 1.46)
-    y = (1.15, 0.88, 0.90, 0.74, 1.21)
-    r = stats.mann_whitney(x, y, alternative="greater")
-    assert r.statistic == 35
-    assert r.p_value == pytest.approx(0.1272, abs=printed(0, 4))
-
-
 # --- R7 and exact tests for error rates ------------------------------------------------------------
-
-
-def test_fisher_matches_r_tea_tasting_r7() -> None:
-    assert stats.fisher_exact_test([[3, 1], [1, 3]], alternative="greater").p_value == pytest.approx(
-        0.2429, abs=printed(0, 4)
-    )
-    assert stats.fisher_exact_test([[3, 1], [1, 3]], alternative="greater").p_value == pytest.approx(17 / 70)
-
-
-def test_barnard_matches_scipy_docs_vaccine_example() -> None:
-    # SciPy barnard_exact docs: [[7, 12], [8, 3]], alternative "less": statistic -1.894, p 0.03407.
-    r = stats.barnard_exact_test([[7, 12], [8, 3]], alternative="less")
-    assert r.statistic == pytest.approx(-1.894, abs=printed(0, 3))
-    assert r.p_value == pytest.approx(0.03407, abs=1e-5)  # the docs truncate (0.034076...)
-
-
-def test_score_test_squared_equals_pearson_chi_square_without_correction() -> None:
-    table = np.array([[120, 880], [150, 850]])
-    chi2 = sps.chi2_contingency(table, correction=False)
-    r = stats.two_proportion_score_test(120, 1000, 150, 1000)
-    assert r.statistic**2 == pytest.approx(chi2.statistic, rel=1e-10)
-    assert r.p_value == pytest.approx(chi2.pvalue, rel=1e-10)
 
 
 # --- R8: SRM ---------------------------------------------------------------------------------------
@@ -301,20 +181,6 @@ def test_confidence_sequence_is_wider_than_the_fixed_n_interval_and_vectorises()
     assert np.all(cs.upper > fixed)  # type: ignore[operator]
 
 
-def test_msprt_matches_growthbook_two_sided_sequential_p_value() -> None:
-    # GrowthBook (SequentialTwoSidedTTest.pValue): e-value exp(rho^2 st2 / (2 (n rho^2 + 1))) / sqrt(n rho^2 + 1)
-    # with st2 = pe^2 n / se^2; the mSPRT of Johari et al. with V = se^2 n and tau2 = rho^2 V is the same.
-    pe, se, n = 0.5038633516821496, 0.033860214798231224, 6461
-    rho = math.sqrt((-2 * math.log(0.05) + math.log(-2 * math.log(0.05) + 1)) / 5000)
-    v = se**2 * n
-    r = stats.msprt_statistic(pe, n, v, rho**2 * v)
-    assert r.p_value < 1e-12  # GrowthBook's test prints pValue 0.0 for these proportions
-    weak = stats.msprt_statistic(0.01, 1000, 1.0, 0.01)
-    st2 = 0.01**2 * 1000 / (1.0 / 1000)
-    evalue = math.exp(0.01 * st2 / (2 * (1000 * 0.01 + 1))) / math.sqrt(1000 * 0.01 + 1)
-    assert weak.p_value == pytest.approx(min(1.0, 1.0 / evalue), rel=1e-12)
-
-
 # --- R12: sample size ------------------------------------------------------------------------------
 
 
@@ -380,37 +246,44 @@ def test_ks_test_matches_scipy_and_is_silent_on_identical_samples() -> None:
 # --- latency ---------------------------------------------------------------------------------------
 
 
-def test_latency_ratio_recovers_a_known_scale_factor_with_paired_resampling() -> None:
-    rng = np.random.default_rng(5)
-    champion = rng.lognormal(3.0, 0.4, 4000)
-    challenger = champion * 1.5
-    r = stats.latency_quantile_ratio(
-        champion, challenger, q=0.99, paired=True, rng=np.random.default_rng(1), n_boot=200
-    )
-    assert r.ratio == pytest.approx(1.5)
-    assert r.interval.lower == pytest.approx(1.5) and r.interval.upper == pytest.approx(1.5)
-    assert r.prob_challenger_slower > 0.6
-
-
-def test_latency_ratio_is_reproducible_with_an_injected_generator() -> None:
-    rng = np.random.default_rng(9)
-    a, b = rng.lognormal(3.0, 0.4, 1000), rng.lognormal(3.1, 0.4, 1200)
-
-    def run() -> stats.Interval:
-        return stats.latency_quantile_ratio(
-            a, b, q=0.5, paired=False, rng=np.random.default_rng(42), n_boot=300
-        ).interval
-
-    assert run() == run()
-    assert run().contains(math.exp(0.1))
-
-
 def test_histogram_quantile_is_within_the_bucket_growth() -> None:
     rng = np.random.default_rng(2)
     x = rng.lognormal(3.0, 0.6, 50_000)
     edges = stats.latency_edges(growth=1.05)
     q = stats.quantile_from_histogram(stats.histogram_counts(x, edges), edges, 0.99)
     assert q == pytest.approx(np.quantile(x, 0.99), rel=0.05)
+
+
+def _numpy_quantile(counts: np.ndarray, edges: np.ndarray, q: float) -> float:
+    """The NumPy reading the judge used before controller.core.histograms (the reference)."""
+    c, e = np.asarray(counts, dtype=float), np.asarray(edges, dtype=float)
+    cum = np.cumsum(c)
+    target = q * c.sum()
+    i = min(int(np.searchsorted(cum, target, side="left")), c.size - 1)
+    lo, hi = e[i], e[i + 1]
+    if not math.isfinite(hi):
+        return float(lo)
+    return float(lo + ((target - (cum[i] - c[i])) / c[i] if c[i] > 0 else 0.0) * (hi - lo))
+
+
+def test_plain_python_latency_histograms_read_what_numpy_reads() -> None:
+    # `rollout status` reads p50/p99 without NumPy (controller.core.histograms): same edges, same figures
+    for start, stop, growth in ((0.1, 120_000.0, 1.05), (1.0, 500.0, 1.25), (2.0, 64.0, 2.0)):
+        k = math.ceil(math.log(stop / start) / math.log(growth))
+        numpy_edges = np.concatenate([[0.0], start * growth ** np.arange(k + 1), [np.inf]])
+        ours = stats.latency_edges(start_ms=start, stop_ms=stop, growth=growth)
+        np.testing.assert_array_equal(ours, numpy_edges)
+        assert histograms.latency_edges(start_ms=start, stop_ms=stop, growth=growth) == tuple(numpy_edges)
+    rng = np.random.default_rng(7)
+    edges = stats.latency_edges()
+    for size in (1, 7, 400, 20_000):
+        counts = stats.histogram_counts(rng.lognormal(3.0, 1.0, size), edges)
+        for q in (0.0, 0.01, 0.5, 0.9, 0.99, 1.0):
+            expected = _numpy_quantile(counts, edges, q)
+            assert stats.quantile_from_histogram(counts, edges, q) == pytest.approx(expected, rel=1e-12)
+            assert histograms.quantile_from_histogram(
+                tuple(counts.tolist()), tuple(edges), q
+            ) == pytest.approx(expected, rel=1e-12)
 
 
 # --- Variance under the null hypothesis (issue 14) -------------------------------------------------

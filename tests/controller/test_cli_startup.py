@@ -1,0 +1,124 @@
+"""A fast CLI (issue 19): the root group loads a command's module only when that command runs.
+
+No timing here (bench/cli_speed.py measures it): the tests check what `mlcanary --help` and
+`rollout status` on the database import, that
+the help lists every command with the command's own short help, and the quiet exit into a closed pipe.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+
+from controller.cli.main import COMMANDS, cli
+from controller.core.policy import Policy
+from storage import Database, Store
+from storage.entities import Column, NewPipelineVersion, PairRecord
+
+HEAVY = ("pandas", "sqlalchemy", "sklearn", "scipy", "flask", "numpy", "httpx", "alembic", "skops")
+
+PROBE = """
+import sys
+from controller.cli.main import cli
+for args in (["--help"], ["--version"], ["rollout", "--help"]):
+    try:
+        cli.main(args, prog_name="mlcanary", standalone_mode=False)
+    except SystemExit:
+        pass
+print("LOADED", sorted({m.split(".")[0] for m in sys.modules} & set(sys.argv[1:])))
+"""
+
+
+def test_help_and_version_import_no_pandas_sqlalchemy_or_scikit_learn() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, *HEAVY], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert done.stdout.splitlines()[-1] == "LOADED []", done.stdout
+
+
+def test_the_root_help_lists_every_command_with_its_own_short_help() -> None:
+    context = click.Context(cli)
+    for name, (_module, listed) in COMMANDS.items():
+        command = cli.get_command(context, name)
+        assert command is not None, name
+        assert listed == command.get_short_help_str(limit=300), name
+    assert set(COMMANDS) == set(cli.list_commands(context))
+
+
+def test_output_piped_into_a_closed_reader_exits_without_a_traceback(tmp_path: Path) -> None:
+    # `mlcanary ... | head -1`: the reader closes the pipe early; no "Broken pipe" error or traceback.
+    writer = subprocess.Popen(
+        [sys.executable, "-m", "controller", "--data-dir", str(tmp_path), "db", "upgrade"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert writer.stdout is not None
+    writer.stdout.close()  # nobody reads: every write hits a closed pipe
+    _, err = writer.communicate(timeout=120)
+    assert (tmp_path / "mlcanary.db").is_file()  # the command did its work
+    assert b"Traceback" not in err and b"Broken pipe" not in err and b"Error" not in err, err.decode()
+
+
+STATUS_PROBE = """
+import sys
+from controller.cli.main import cli
+try:
+    cli.main(["--database-url", sys.argv[1], "rollout", "status", "churn"], prog_name="mlcanary")
+except SystemExit:
+    pass
+print("LOADED", sorted({m.split(".")[0] for m in sys.modules} & set(sys.argv[2:])))
+"""
+
+# what `rollout status` on the database needs no more (bench/cli_speed.py: < 0.6 s): the admin API's
+# Flask, the registry's pandas, SciPy and NumPy (no statistic is computed: p50/p99 come from
+# controller.core.histograms), Alembic (the schema check reads the head from the migration files),
+# psycopg on SQLite, scikit-learn and skops
+NOT_FOR_STATUS = (
+    "flask",
+    "pandas",
+    "scipy",
+    "numpy",
+    "alembic",
+    "psycopg",
+    "sklearn",
+    "skops",
+    "httpx",
+    "mako",
+)
+
+
+def test_rollout_status_on_the_database_imports_no_flask_pandas_scipy_or_alembic(sqlite_url: str) -> None:
+    store = Store(Database(sqlite_url))
+    versions = [
+        store.pipelines.add(
+            NewPipelineVersion(
+                name="churn", version=v, kind="http", task="classification", input_schema=(Column("age", "float"),),
+                upstream_url="http://127.0.0.1:9/", upstream_protocol="v2",
+            )
+        )
+        for v in ("1", "2")
+    ]  # fmt: skip
+    deployment = store.deployments.create("churn", versions[0].id)
+    rollout = store.rollouts.create(deployment_id=deployment.id, challenger_id=versions[1].id, mode="canary",
+                                    policy=Policy().to_dict(), created_by="t", phase="progressing", canary_weight=5.0,
+                                    shadow_rate=1.0)  # fmt: skip
+    store.pairs.insert_many(
+        [
+            PairRecord(
+                request_id=f"r{i}", row_index=0, deployment_id=deployment.id, rollout_id=rollout.id, step=0,
+                received_at=datetime.now(UTC), routing_key_hash=i, served_arm="champion", champion_version_id=1,
+                challenger_version_id=2, champion_latency_ms=10.0, challenger_latency_ms=20.0,
+            )
+            for i in range(3)
+        ]
+    )  # fmt: skip
+    store.db.dispose()
+    done = subprocess.run(
+        [sys.executable, "-c", STATUS_PROBE, sqlite_url, *NOT_FOR_STATUS],
+        capture_output=True, text=True, check=True, timeout=120,
+    )  # fmt: skip
+    assert "rollout 1: progressing, mode canary" in done.stdout and "3 requests" in done.stdout, done.stdout
+    assert done.stdout.splitlines()[-1] == "LOADED []", done.stdout
