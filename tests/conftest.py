@@ -1,8 +1,10 @@
-"""Shared fixtures: databases (SQLite and PostgreSQL, schema from the migrations), and in the flaskr
-style the app (`create_app` over the test store), its test `client` and a CLI `runner`.
+"""Shared fixtures: databases (SQLite and PostgreSQL, schema from the migrations), in the flaskr
+style the app (`create_app` over the test store), its test `client` and a CLI `runner`, and router
+data planes over a SQLite store (`sqlite_store`, `settings`, `make_app`).
 
 A test module that needs data stored before the app starts overrides `app_data`; one that needs other
-settings overrides `app_settings`.
+settings overrides `app_settings`. A folder whose upstreams answer slowly overrides
+`upstream_timeout_s` (tests/peers: real model servers).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,8 @@ from dbtools import truncate_postgres
 from flask import Flask
 from flask.testing import FlaskClient
 
+from router import create_app as create_router_app
+from router.settings import RouterSettings
 from storage import Database, Store
 from storage import schema as db_schema
 
@@ -142,3 +147,49 @@ def runner(database_url: str, tmp_path: Path) -> Callable[..., Result]:
         return invoker.invoke(cli, ["--database-url", database_url, "--data-dir", str(tmp_path), *args])
 
     return invoke
+
+
+# -- router data planes over a SQLite store ----------------------------------------------------------
+
+
+@pytest.fixture
+def sqlite_store(sqlite_url: str) -> Iterator[Store]:
+    """A store over a migrated SQLite database only (for tests that are not about storage)."""
+    db = Database(sqlite_url)
+    yield Store(db)
+    db.dispose()
+
+
+@pytest.fixture
+def upstream_timeout_s() -> float:
+    """The router's upstream and shadow timeout in `settings`; a folder with slow upstreams overrides it."""
+    return 1.0
+
+
+@pytest.fixture
+def settings(tmp_path: Path, upstream_timeout_s: float) -> RouterSettings:
+    """Router settings for tests: fast refresh and flushes, a spool under tmp_path, pickles trusted."""
+    return RouterSettings(
+        spool_dir=tmp_path / "spool",
+        refresh_interval=0.05,
+        shadow_linger_s=0.001,
+        shadow_timeout_s=upstream_timeout_s,
+        recorder_flush_interval=0.05,
+        trust_pickle=True,
+        upstream_timeout_s=upstream_timeout_s,
+    )
+
+
+@pytest.fixture
+def make_app(sqlite_store: Store, settings: RouterSettings) -> Iterator[Callable[..., Flask]]:
+    """Build router apps (over `sqlite_store` unless given a store); every one is closed at the end."""
+    apps: list[Flask] = []
+
+    def make(store: Store | None = None, **overrides: Any) -> Flask:
+        app = create_router_app(store or sqlite_store, replace(settings, **overrides))
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.extensions["mlcanary.dataplane"].close(timeout=10)

@@ -6,6 +6,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 
 import adminapp
@@ -17,6 +18,7 @@ from controller.reports import build as reports
 from storage import Database, Store
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "controller"))
+from test_multiclass_reliability import iris_rollout  # noqa: E402
 from test_reports import build_scenario  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -45,34 +47,108 @@ def serving(store: Store, tmp_path: Path) -> Iterator[str]:
             thread.join(timeout=10)
 
 
-def test_html_report_loads_offline_without_console_errors_and_shows_its_plots(
-    scenario_store: Store, tmp_path: Path
+REPORT_CASES = {
+    # name: (build_scenario arguments, plots that must be there with data)
+    "classification-short": (
+        {"n": 120, "spacing": timedelta(seconds=1), "looks": 6},
+        ["ROC curve per arm", "Confusion matrix: champion", "Confusion matrix: challenger", "Reliability per arm"],
+    ),
+    "classification-long": (
+        {"n": 1200, "spacing": timedelta(minutes=5), "looks": 24},
+        ["ROC curve per arm", "Confusion matrix: champion", "accuracy: effect over time", "error_rate: effect over time"],
+    ),
+    "regression-short": (
+        {"n": 600, "kind": "regression", "looks": 6},
+        ["Predicted against actual: champion", "Predicted against actual: challenger", "Residuals (prediction"],
+    ),
+    "regression-long": (
+        {"n": 900, "kind": "regression", "spacing": timedelta(minutes=7), "looks": 12},
+        ["Predicted against actual: champion", "regression: effect over time"],
+    ),
+}  # fmt: skip
+EVERY_REPORT = [
+    "Traffic share and shadow coverage over time",
+    "Error rate per arm over time",
+    "Latency distribution per arm",
+    "p99 latency per arm over time",
+]
+
+
+@pytest.mark.parametrize("case", list(REPORT_CASES))
+def test_html_report_leads_with_the_verdict_and_every_plot_has_data(
+    case: str, sqlite_url: str, tmp_path: Path
 ) -> None:
-    report = reports.build_report(scenario_store, "churn", segments=["plan", "age"])
-    path = ARTIFACTS / "report.html"
+    arguments, expected = REPORT_CASES[case]
+    db = Database(sqlite_url)
+    store = Store(db)
+    build_scenario(store, tmp_path, **arguments)  # type: ignore[arg-type]
+    report = reports.build_report(store, "churn", segments=["plan", "age"])
+    db.dispose()
+    path = ARTIFACTS / f"report-{case}.html"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(reports.render_html(report))
     with chromium(tmp_path) as page:
         page.navigate(path.as_uri())
-        svgs = page.evaluate("document.querySelectorAll('svg.plot').length")
-        polylines = page.evaluate(
-            "document.querySelectorAll('svg.plot polyline, svg.plot rect, svg.plot circle').length"
-        )
+        verdict = page.evaluate("document.querySelector('#verdict').textContent")
+        first_heading = page.evaluate("document.querySelector('h2').textContent")
         headings = page.evaluate("Array.from(document.querySelectorAll('h2')).map(h => h.textContent)")
-        page.screenshot(ARTIFACTS / "report.png", width=1100)
+        plots = page.evaluate(
+            "Array.from(document.querySelectorAll('svg.plot')).map(s => [s.querySelector('title').textContent, "
+            "s.querySelectorAll('[data-series]').length])"
+        )
+        marks = page.evaluate("document.querySelectorAll('svg.plot .step-mark').length")
+        widest = page.evaluate("document.documentElement.scrollWidth")
+        page.screenshot(ARTIFACTS / f"report-{case}.png", width=1280)
+        page.call("Emulation.setEmulatedMedia", media="print")
+        page.screenshot(ARTIFACTS / f"report-{case}-print.png", width=800)
         assert page.console_errors() == []
-    assert svgs >= 8 and polylines > 20
-    assert {
-        "Gates",
-        "Traffic",
-        "Arms",
-        "Outputs and drift",
-        "Quality against labels",
-        "Segments",
-        "Timeline",
-        "Reproducibility",
-        "Sample size still needed",
-    } <= set(headings)
+    assert verdict == report["verdict"] and verdict.startswith("Canary step 2 of 3")
+    assert first_heading == "Plan"  # the verdict, then the plan, then the evidence
+    assert {"Plan", "Gates", "Traffic", "Arms", "Outputs and drift", "Quality against labels", "Segments",
+            "Timeline", "Reproducibility"} <= set(headings)  # fmt: skip
+    empty = [title for title, series in plots if series == 0]
+    assert empty == [], f"plots without data: {empty}"
+    titles = [title for title, _ in plots]
+    for wanted in EVERY_REPORT + expected:
+        assert any(t.startswith(wanted) for t in titles), f"no plot {wanted!r} in {titles}"
+    assert marks >= 3  # the start of step 2 is marked on the over-time plots
+    assert widest <= 1280  # nothing runs off the side at 1280 px
+
+
+def test_html_report_of_a_three_class_model_draws_its_reliability_curves(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    db = Database(sqlite_url)
+    store = Store(db)
+    truth = iris_rollout(store, tmp_path, 400)
+    report = reports.build_report(store, "iris")
+    db.dispose()
+    path = ARTIFACTS / "report-multiclass.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(reports.render_html(report))
+    with chromium(tmp_path) as page:
+        page.navigate(path.as_uri())
+        plots = page.evaluate(
+            "Array.from(document.querySelectorAll('svg.plot')).map(s => [s.querySelector('title').textContent, "
+            "Array.from(s.querySelectorAll('[data-series]')).map(e => e.getAttribute('data-series'))])"
+        )
+        widest = page.evaluate("document.documentElement.scrollWidth")
+        page.screenshot(ARTIFACTS / "report-multiclass.png", width=1280)
+        page.call("Emulation.setEmulatedMedia", media="print")
+        page.screenshot(ARTIFACTS / "report-multiclass-print.png", width=800)
+        print_widest = page.evaluate("document.documentElement.scrollWidth")
+        assert page.console_errors() == []
+    series = dict(plots)
+    wanted = ["Reliability per arm (top label)"]
+    wanted += [f"Reliability of class {c} (one-vs-rest)" for c in truth["classes"]]
+    for title in wanted:
+        assert title in series, f"no plot {title!r} in {list(series)}"
+        names = series[title]
+        # both arms drawn, each named with its ECE, and the diagonal
+        assert sum(n.startswith("champion (ECE 0.") for n in names) == 1, names
+        assert sum(n.startswith("challenger (ECE 0.") for n in names) == 1, names
+        assert "perfect calibration" in names
+    assert widest <= 1280 and print_widest <= 1280
 
 
 def test_dashboard_lists_deployments_refreshes_and_rolls_back_after_confirmation(

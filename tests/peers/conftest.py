@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +16,12 @@ import joblib
 import mlpipes
 import peers
 import pytest
-from flask import Flask
 from peers import NUMERIC, Models
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from router import create_app
-from router.settings import RouterSettings
-from storage import Database, Store
+from storage import Store
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -101,33 +97,12 @@ def mlserver_python() -> Path:
 
 
 @pytest.fixture
-def store(sqlite_url: str) -> Iterator[Store]:
-    db = Database(sqlite_url)
-    yield Store(db)
-    db.dispose()
+def upstream_timeout_s() -> float:
+    """Real model servers on a loaded machine: a generous upstream and shadow timeout."""
+    return 10.0
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> RouterSettings:
-    return RouterSettings(
-        spool_dir=tmp_path / "spool",
-        refresh_interval=0.05,
-        shadow_linger_s=0.001,
-        shadow_timeout_s=10.0,
-        recorder_flush_interval=0.05,
-        upstream_timeout_s=10.0,
-    )
-
-
-@pytest.fixture
-def make_app(store: Store, settings: RouterSettings) -> Iterator[Callable[..., Flask]]:
-    apps: list[Flask] = []
-
-    def make(**overrides: Any) -> Flask:
-        app = create_app(store, replace(settings, **overrides))
-        apps.append(app)
-        return app
-
-    yield make
-    for app in apps:
-        app.extensions["mlcanary.dataplane"].close(timeout=10)
+def store(sqlite_store: Store) -> Store:
+    """SQLite only: these tests are about the model servers, not storage."""
+    return sqlite_store

@@ -15,16 +15,15 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import mlpipes
 import pytest
+from feeder import feed_steps
 from servers import ROOT, clean_env, wait_for
 
 from controller.loop import actions
 from storage import Database, Store
-from storage.entities import PairRecord
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -70,41 +69,6 @@ def _controller(url: str, tmp_path: Path, name: str) -> subprocess.Popen[bytes]:
     )
 
 
-def _feed(store: Store, rollout_id: int, stop: threading.Event) -> None:
-    """Write 200 clean pairs for the current step every 50 ms, split exactly at the step's weight."""
-    n = 0
-    while not stop.is_set():
-        r = store.rollouts.get(rollout_id)
-        if not r.active:
-            return
-        if r.phase == "progressing":
-            challenger_share = round(200 * r.canary_weight / 100.0)
-            records = []
-            for i in range(200):
-                n += 1
-                served = "challenger" if i < challenger_share else "champion"
-                records.append(
-                    PairRecord(
-                        request_id=f"feed-{n}",
-                        row_index=0,
-                        deployment_id=r.deployment_id,
-                        rollout_id=r.id,
-                        step=r.step_index,
-                        received_at=datetime.now(UTC),
-                        routing_key_hash=n,
-                        served_arm=served,
-                        champion_version_id=r.champion_id,
-                        challenger_version_id=r.challenger_id,
-                        champion_latency_ms=3.0,
-                        challenger_latency_ms=3.0,
-                        champion_class="1",
-                        challenger_class="1",
-                    )
-                )
-            store.pairs.insert_many(records)
-        stop.wait(0.05)
-
-
 def test_a_standby_finishes_a_rollout_whose_leader_was_killed_mid_way_applying_every_step_once(
     postgres_url: str, tmp_path: Path, controllers: list[subprocess.Popen[bytes]]
 ) -> None:
@@ -123,7 +87,7 @@ def test_a_standby_finishes_a_rollout_whose_leader_was_killed_mid_way_applying_e
     controllers.append(standby)
     rollout = actions.start_rollout(store, "churn", "churn:2", actor="tests", policy=POLICY)
     stop = threading.Event()
-    feeder = threading.Thread(target=_feed, args=(store, rollout.id, stop), daemon=True)
+    feeder = threading.Thread(target=feed_steps, args=(store, rollout.id, stop), daemon=True)
     feeder.start()
     try:
         wait_for(lambda: store.rollouts.get(rollout.id).step_index >= 3, 60, "the rollout is three steps in")

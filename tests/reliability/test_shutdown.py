@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import mlpipes
 import pytest
 from loadgen import Load
@@ -97,4 +98,42 @@ def test_sigkill_of_a_worker_loses_at_most_what_it_answered_in_its_last_flush_wi
     # write in progress). A generous second covers scheduling on a loaded machine.
     assert all(delay <= FLUSH_WINDOW_S + 1.0 for delay in late), late
     assert store.pairs.count() == len(answered) - len(lost), "no duplicates"
+    store.db.dispose()
+
+
+def test_a_worker_that_exits_leaves_the_others_and_its_replacement_serving(
+    database_url: str, tmp_path: Path, launch: Callable[..., Server]
+) -> None:
+    """A worker leaving by itself (gunicorn exits it with sys.exit) must not tear down what the master owns.
+
+    The exiting worker unwinds through the master's frames it was forked from: a clean-up there (the
+    Prometheus multiprocess folder) ran in the worker and its replacement then failed to boot, which
+    halts gunicorn. Found by CI when a SIGTERM reached the master while a replaced worker was booting.
+    """
+    store = Store(Database(database_url))
+    _world(store, tmp_path, shadow=False)
+    server = launch("router", database_url)
+    server.wait_ready()
+    first, second = server.workers()[:2]
+    os.kill(first, signal.SIGTERM)  # graceful exit of one worker: gunicorn replaces it
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert server.process.poll() is None, f"the master stopped: {server.output()}"
+        current = server.workers()
+        if first not in current and len(current) == 2:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"no replacement worker: {server.output()}")
+    os.kill(second, signal.SIGTERM)  # the replacement's metrics must survive the other worker leaving too
+    server.wait_ready()
+    time.sleep(1.0)
+    assert server.process.poll() is None, f"the master stopped: {server.output()}"
+    assert len(server.workers()) == 2, server.output()
+    assert (
+        httpx.post(f"{server.base_url}/v1/models/churn/invocations", json=body(1, 0), timeout=10).status_code
+        == 200
+    )
+    assert server.metric("mlcanary_requests_total") >= 1
+    assert server.terminate() == 0, server.output()
     store.db.dispose()

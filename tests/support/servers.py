@@ -5,6 +5,9 @@
     server.base_url, server.workers(), server.rss_mb()
     server.terminate()                          # SIGTERM, wait; the fixture kills the group anyway
 
+    Server("router", url, data_dir, address=host.address, wrap=host.command)   # inside an emulated host
+                                                # (tests/support/netns.py), bound to its address
+
 Every process is started with start_new_session=True and its whole group is SIGKILLed at teardown,
 so nothing outlives a test, whatever the test did.
 """
@@ -57,11 +60,20 @@ class Server:
     """One `python -m controller <role>` process (the gunicorn master) and its workers."""
 
     def __init__(
-        self, role: str, database_url: str, data_dir: Path, *, port: int | None = None, **settings: Any
+        self,
+        role: str,
+        database_url: str,
+        data_dir: Path,
+        *,
+        port: int | None = None,
+        address: str = "127.0.0.1",
+        wrap: Callable[[list[str]], list[str]] | None = None,
+        **settings: Any,
     ) -> None:
         self.role = role
         self.port = port or free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.address = address
+        self.base_url = f"http://{address}:{self.port}"
         self.log = data_dir / f"{role}-{self.port}-{time.monotonic_ns()}.log"
         data_dir.mkdir(parents=True, exist_ok=True)
         defaults: dict[str, Any] = {
@@ -77,11 +89,12 @@ class Server:
                 "database_url": database_url,
                 "data_dir": data_dir,
                 "port": self.port,
-                "host": "127.0.0.1",
+                "host": address,
             }
         )
+        argv = [sys.executable, "-m", "controller", role]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "controller", role],
+            wrap(argv) if wrap is not None else argv,
             cwd=ROOT,
             env=env,
             stdout=subprocess.DEVNULL,

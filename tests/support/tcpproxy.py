@@ -4,6 +4,8 @@ proxy = TcpProxy(("127.0.0.1", 5432))       # listen on 127.0.0.1:proxy.port, fo
 proxy.cut()                                 # close every connection; refuse new ones
 proxy.restore()                             # accept again
 proxy.close()
+
+TcpProxy(target, listen_host="10.1.2.1")    # listen on another local address (a veth's, tests/support/netns.py)
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from contextlib import suppress
 class TcpProxy:
     """A loopback TCP proxy that can be cut (refusing and closing connections) and restored."""
 
-    def __init__(self, target: tuple[str, int]) -> None:
+    def __init__(self, target: tuple[str, int], *, listen_host: str = "127.0.0.1") -> None:
         self.target = target
-        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener = socket.create_server((listen_host, 0))
         self.port = self.listener.getsockname()[1]
         self.up = True
         self._sockets: list[socket.socket] = []
