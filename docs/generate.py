@@ -214,9 +214,12 @@ def cli_commands(
 ) -> Iterator[tuple[tuple[str, ...], click.Command]]:
     """Yield (path, command) for the group and every command below it, in alphabetical order."""
     yield path, command
-    if isinstance(command, click.Group):
-        for name in sorted(command.commands):
-            yield from cli_commands(command.commands[name], (*path, name))
+    if isinstance(command, click.Group):  # the root group loads its commands lazily: ask it for each
+        context = click.Context(command)
+        for name in sorted(command.list_commands(context)):
+            found = command.get_command(context, name)
+            assert found is not None
+            yield from cli_commands(found, (*path, name))
 
 
 def command_help(path: tuple[str, ...]) -> str:
@@ -225,8 +228,10 @@ def command_help(path: tuple[str, ...]) -> str:
     command: click.Command = cli
     for index, name in enumerate(path):
         if index:
-            assert isinstance(command, click.Group)
-            command = command.commands[name]
+            assert isinstance(command, click.Group) and parent is not None
+            found = command.get_command(parent, name)
+            assert found is not None
+            command = found
         parent = click.Context(
             command,
             info_name=name,
