@@ -3,7 +3,9 @@
     .venv/bin/python bench/controller_look.py [--rows 100000 1000000] [--pg postgresql://postgres@127.0.0.1:5432/test]
 
 Each size: a shadow step with that many pairs (classification, 3% / 5% errors, 70% labelled), then
-controller.loop.measure.measure + judge timed 5 times (median). Appends a table to bench/results/controller.md.
+controller.loop.measure.measure + judge timed 5 times (median). Writes its own results file,
+bench/results/controller_look.md (``--out``). `filled_step` (a scratch database of either dialect,
+migrated, filled, analysed, dropped afterwards) is shared with bench/quality_look.py.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -97,6 +101,48 @@ def fill(store: Store, rows: int) -> tuple[int, object]:
     return rollout.id, rollout
 
 
+@contextmanager
+def filled_step(dialect: str, rows: int, pg: str) -> Iterator[tuple[Store, object, float]]:
+    """A scratch database (SQLite file or a new PostgreSQL database) with one filled shadow step.
+
+    Yields the store, the rollout and the seconds the filling took; the database is dropped afterwards.
+    """
+    name = f"mlcanary_look_{uuid.uuid4().hex[:8]}"
+    if dialect == "sqlite":
+        url = f"sqlite:///{tempfile.mkdtemp()}/look.db"
+    else:
+        with psycopg.connect(pg, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        url = make_url(pg).set(database=name).render_as_string(hide_password=False)
+    db = Database(url)
+    try:
+        db_schema.upgrade(db)
+        store = Store(db)
+        started = time.perf_counter()
+        _, rollout = fill(store, rows)
+        filled = time.perf_counter() - started
+        if dialect == "postgresql":
+            with psycopg.connect(
+                make_url(url).set(drivername="postgresql").render_as_string(hide_password=False),
+                autocommit=True,
+            ) as conn:
+                conn.execute("VACUUM ANALYZE paired_outputs")
+        yield store, rollout, filled
+    finally:
+        db.dispose()
+        if dialect == "postgresql":
+            with psycopg.connect(pg, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def load_average() -> str:
+    """The 1-, 5- and 15-minute load averages, to print beside figures taken on a shared machine."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
 def time_look(store: Store, rollout: object) -> float:
     policy = Policy.parse({"mode": "shadow"})
     times = []
@@ -112,42 +158,22 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/test")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "controller.md")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "controller_look.md")
     args = parser.parse_args()
+    before = load_average()
     results: list[tuple[str, int, float, float]] = []
     for rows in args.rows:
         for dialect in ("sqlite", "postgresql"):
-            name = f"mlcanary_look_{uuid.uuid4().hex[:8]}"
-            if dialect == "sqlite":
-                url = f"sqlite:///{tempfile.mkdtemp()}/look.db"
-            else:
-                with psycopg.connect(args.pg, autocommit=True) as conn:
-                    conn.execute(f'CREATE DATABASE "{name}"')
-                url = make_url(args.pg).set(database=name).render_as_string(hide_password=False)
-            db = Database(url)
-            db_schema.upgrade(db)
-            store = Store(db)
-            started = time.perf_counter()
-            _, rollout = fill(store, rows)
-            filled = time.perf_counter() - started
-            if dialect == "postgresql":
-                with psycopg.connect(
-                    make_url(url).set(drivername="postgresql").render_as_string(hide_password=False),
-                    autocommit=True,
-                ) as conn:
-                    conn.execute("VACUUM ANALYZE paired_outputs")
-            look = time_look(store, rollout)
+            with filled_step(dialect, rows, args.pg) as (store, rollout, filled):
+                look = time_look(store, rollout)
             print(f"{dialect} {rows} rows: look {look * 1000:.0f} ms (filled in {filled:.0f} s)", flush=True)
             results.append((dialect, rows, look, filled))
-            db.dispose()
-            if dialect == "postgresql":
-                with psycopg.connect(args.pg, autocommit=True) as conn:
-                    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     lines = [
-        "",
         "## One controller look on a big step",
         "",
         f"Command: `.venv/bin/python bench/controller_look.py --rows {' '.join(map(str, args.rows))}`",
+        "",
+        f"Load average (1, 5, 15 min) before / after: {before} / {load_average()} (2 cores).",
         "",
         "A shadow step of N pairs (classification, 70% labelled): `controller.loop.measure.measure` (the SQL aggregates "
         "of storage.analytics: counts, discordance, labelled join, latency and class histograms) plus `judge`, "
@@ -158,9 +184,9 @@ def main() -> None:
         *[f"| {d} | {n:,} | {look * 1000:.0f} |" for d, n, look, _ in results],
         "",
     ]
-    with args.out.open("a") as f:
-        f.write("\n".join(lines))
+    args.out.write_text("\n".join(lines))
     print("\n".join(lines))
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

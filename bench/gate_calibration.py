@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
+from scipy.stats import beta
 
 from controller.core import reproducibility as rp
 from controller.core import stats
@@ -142,10 +143,23 @@ def accuracy_paired(worse: float, better: float, margin: float, step: int = 200,
 
 
 def regression_rare(
-    rate: float, size: float, shift: float, margin: float = 0.05, step: int = 250, looks: int = 40
+    rate: float,
+    size: float,
+    shift: float,
+    margin: float = 0.05,
+    step: int = 250,
+    looks: int = 40,
+    bound: float | None = None,
 ):
-    """Shadow, paired regression errors; the challenger adds errors of ``size`` at ``rate`` (catastrophic)."""
-    policy = only(regression=GateSpec(role="required", margin=margin, min_samples=200))
+    """Shadow, paired regression errors; the challenger's errors are ``size`` x U(1, 2) at ``rate``.
+
+    The bulk errors are |N(0, 1.25)| (MAE 0.892) for both arms, so the challenger's MAE is
+    0.892 (1 - rate) + 1.5 size rate. ``bound``: the policy's ``gates.regression_error_bound``.
+    """
+    policy = replace(
+        only(regression=GateSpec(role="required", margin=margin, min_samples=200)),
+        regression_error_bound=bound,
+    )
 
     def one(rng: np.random.Generator) -> Outcome:
         n_all = step * looks
@@ -323,8 +337,10 @@ ROWS: list[tuple[str, str, Maker, dict[str, float], str]] = [
      {"worse": 0.01, "better": 0.01, "margin": 0.01}, "false rollback (margin 1 pt)"),
     ("accuracy, paired, discordance 2%, equal", "promote", accuracy_paired,
      {"worse": 0.01, "better": 0.01, "margin": 0.01}, "promotion (power)"),
-    ("regression, rare catastrophic errors (0.2% of size ~14-28), MAE +5.5% vs 5%", "promote", regression_rare,
-     {"rate": 0.002, "size": 14.0, "shift": 0.0}, "false promotion of a harmful one"),
+    # this row's MAE is +4.6% (0.892 x 0.998 + 0.002 x 21 = 0.932), inside the 5% margin: until issue 14's
+    # last session it read "+5.5%" and its promotions were counted as false; see the rows at the end
+    ("regression, rare large errors (0.2% of size ~14-28), MAE +4.6% vs 5% (inside the margin)", "promote",
+     regression_rare, {"rate": 0.002, "size": 14.0, "shift": 0.0}, "promotion of a non-inferior one"),
     ("regression, A/A (no rare errors)", "rollback", regression_rare,
      {"rate": 0.0, "size": 0.0, "shift": 0.0}, "false rollback A/A"),
     ("regression, A/A (no rare errors)", "promote", regression_rare,
@@ -342,6 +358,14 @@ ROWS: list[tuple[str, str, Maker, dict[str, float], str]] = [
      {"shift": 0.0, "extra": 0.02}, "'worse' at the boundary"),
     ("online vs offline, challenger 6 pt worse than the champion's gap", "rollback", online_offline,
      {"shift": 0.0, "extra": 0.06}, "'worse' (power)"),
+    # new rows go last (a row's seed is the run's seed plus its index)
+    ("regression, rare catastrophic errors (0.2% of size ~17-34), MAE +5.5% vs 5%, no error bound", "promote",
+     regression_rare, {"rate": 0.002, "size": 17.0, "shift": 0.0}, "false promotion of a harmful one"),
+    ("regression, rare catastrophic errors (0.2% of size ~17-34), MAE +5.5% vs 5%, gates.regression_error_bound 34",
+     "promote", regression_rare,
+     {"rate": 0.002, "size": 17.0, "shift": 0.0, "bound": 34.0}, "false promotion of a harmful one"),
+    ("regression, A/A (no rare errors), gates.regression_error_bound 34", "promote", regression_rare,
+     {"rate": 0.0, "size": 0.0, "shift": 0.0, "bound": 34.0}, "promotion (power)"),
 ]  # fmt: skip
 
 
@@ -352,7 +376,9 @@ def main() -> None:
     parser.add_argument("--only", default="", help="substring of the row names to run")
     args = parser.parse_args()
     print(f"rollouts per row: {args.rollouts}, alpha {ALPHA}, seed {args.seed}\n")
-    print("| gate, scenario | measured | before | after | median observations to it, before / after |")
+    print(
+        "| gate, scenario | measured | before | after (95% CI) | median observations to it, before / after |"
+    )
     print("|---|---|---|---|---|")
     for i, (name, decision, make, kwargs, what) in enumerate(ROWS):
         if args.only and args.only not in name:
@@ -365,8 +391,11 @@ def main() -> None:
         def obs(look: float, step: int = STEPS[make]) -> str:
             return "-" if math.isnan(look) else f"{look * step:,.0f}"
 
+        k = round(a * n)  # rollouts ending in the decision, "after"; its 95% Clopper-Pearson interval
+        lo = 0.0 if k == 0 else float(beta.ppf(0.025, k, n - k + 1))
+        hi = 1.0 if k == n else float(beta.ppf(0.975, k + 1, n - k))
         print(
-            f"| {name} | {what} ({decision}) | {b:.1%} | {a:.1%} | {obs(lb)} / {obs(la)} |"
+            f"| {name} | {what} ({decision}) | {b:.1%} | {a:.1%} ({lo:.1%}–{hi:.1%}) | {obs(lb)} / {obs(la)} |"
             f"  <!-- {n} rollouts, {time.perf_counter() - t0:.0f} s -->",
             flush=True,
         )

@@ -15,10 +15,12 @@ which build_report spreads over four connections).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -90,8 +92,12 @@ def fill(store: Store, rows: int, *, batch: int = 50_000, seed: int = 0) -> int:
         store.pairs.insert_many(records)
         print(f"  {start + k:,} rows", end="\r", flush=True)
     print()
+    t = time.perf_counter()
     for start in range(0, len(labels), 20_000):
         store.labels.upsert_many(dep.id, labels[start : start + 20_000], now=T0)
+    print(
+        f"  {len(labels):,} labels stored (store.labels.upsert_many, 20,000 a call) in {time.perf_counter() - t:.1f} s"
+    )
     for a in range(50):
         verdicts = [
             {
@@ -123,16 +129,20 @@ def scan_times(store: Store, rollout_id: int, rows: int) -> dict[str, float]:
     db = store.db
     spans = rq.step_spans(db, rollout_id)
     first, last = min(s[2] for s in spans), max(s[3] for s in spans)
-    unit = "minute" if (last - first).total_seconds() <= 2 * 3600 else "hour"
+    unit = reports._bucket_unit((first.timestamp(), last.timestamp()))  # the report's own choice
     scans = {
         "step spans (index only)": lambda: rq.step_spans(db, rollout_id),
         f"overview per step and {unit}": lambda: rq.step_counts(db, rollout_id, bucket=unit, spans=spans),
-        "class x score table": lambda: rq.class_score_table(db, rollout_id, bins=reports.SCORE_BINS),
-        "latency histogram, champion": lambda: rq.latency_buckets(db, rollout_id, "champion", latency=LATENCY),
-        "latency histogram, challenger": lambda: rq.latency_buckets(db, rollout_id, "challenger", latency=LATENCY),
+        "class x score table": lambda: rq.class_score_table(
+            db, rollout_id, bins=reports.SCORE_BINS, spans=spans, bucket=unit),
+        "latency histograms, both arms": lambda: rq.latency_buckets(
+            db, rollout_id, latency=LATENCY, spans=spans, bucket=unit),
         "labels: confusion + ROC histogram": lambda: rq.label_confusion(db, rollout_id, score_bins=reports.AUC_BINS),
         "KS sample": lambda: rq.numeric_sample(db, rollout_id, "score", limit=20_000, total=rows),
         "reproducibility: labelled_metrics": lambda: repro_queries.labelled_metrics(db, rollout_id),
+        "latency over time: sample": lambda: rq.latency_sample(db, rollout_id, limit=reports.LATENCY_SAMPLE, total=rows),
+        "regression curves: labelled sample": lambda: rq.label_regression_sample(
+            db, rollout_id, limit=reports.CURVE_SAMPLE, total=rows),
     }  # fmt: skip
     out = {}
     for name, scan in scans.items():
@@ -142,21 +152,19 @@ def scan_times(store: Store, rollout_id: int, rows: int) -> dict[str, float]:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--database-url", help="PostgreSQL server URL (a scratch database is created on it)")
-    parser.add_argument("--repeat", type=int, default=3)
-    args = parser.parse_args()
+@contextlib.contextmanager
+def filled_store(database_url: str | None, rows: int) -> Iterator[tuple[Store, int]]:
+    """A scratch database (PostgreSQL when a server URL is given, else SQLite) filled with ``rows``
+    paired rows of one rollout; yields the store and the rollout id, and drops the database after."""
     scratch: str | None = None
-    if args.database_url:
+    if database_url:
         import psycopg
         from sqlalchemy.engine import make_url
 
         scratch = f"mlcanary_bench_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(args.database_url, autocommit=True) as conn:
+        with psycopg.connect(database_url, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{scratch}"')
-        url = make_url(args.database_url).set(database=scratch).render_as_string(hide_password=False)
+        url = make_url(database_url).set(database=scratch).render_as_string(hide_password=False)
     else:
         url = f"sqlite:///{Path(tempfile.mkdtemp()) / 'bench.db'}"
     db = Database(url)
@@ -164,11 +172,29 @@ def main() -> None:
         db_schema.upgrade(db)
         store = Store(db)
         t = time.perf_counter()
-        rollout_id = fill(store, args.rows)
-        print(f"{db.dialect}: filled {args.rows:,} paired rows in {time.perf_counter() - t:.1f} s")
+        rollout_id = fill(store, rows)
+        print(f"{db.dialect}: filled {rows:,} paired rows in {time.perf_counter() - t:.1f} s")
         if db.dialect == "postgresql":
             with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
                 conn.exec_driver_sql("VACUUM ANALYZE paired_outputs")
+        yield store, rollout_id
+    finally:
+        db.dispose()
+        if scratch:
+            import psycopg
+
+            with psycopg.connect(database_url, autocommit=True) as conn:  # type: ignore[arg-type]
+                conn.execute(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--database-url", help="PostgreSQL server URL (a scratch database is created on it)")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    with filled_store(args.database_url, args.rows) as (store, rollout_id):
+        dialect = store.db.dialect
         for segments in ((), ("plan", "age")):
             build, render = [], []
             for _ in range(args.repeat):
@@ -178,21 +204,16 @@ def main() -> None:
                 page = reports.render_html(report)
                 build.append(t1 - t)
                 render.append(time.perf_counter() - t1)
+            with open("/proc/loadavg") as f:
+                load = f.read().split()[0]
             print(
-                f"{db.dialect}, {args.rows:,} rows, segments {list(segments) or 'none'}: build_report "
+                f"{dialect}, {args.rows:,} rows, segments {list(segments) or 'none'}, load {load}: build_report "
                 f"{statistics.median(build):.2f} s + render_html {statistics.median(render):.3f} s = "
                 f"{statistics.median(build) + statistics.median(render):.2f} s (median of {args.repeat}; "
                 f"page {len(page) / 1024:.0f} KiB)"
             )
         for name, seconds in scan_times(store, rollout_id, args.rows).items():
             print(f"  scan {name}: {seconds:.2f} s")
-    finally:
-        db.dispose()
-        if scratch:
-            import psycopg
-
-            with psycopg.connect(args.database_url, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
 
 
 if __name__ == "__main__":

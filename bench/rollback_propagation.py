@@ -1,7 +1,7 @@
 """Measure how fast a rollback reaches every router process: committed update -> champion-only answers.
 
     .venv/bin/python bench/rollback_propagation.py [--repeats 20] [--workers 2] [--refresh 0.25] \
-        [--out bench/results/controller.md]
+        [--out bench/results/rollback_propagation.md]
 
 Setup: `mlcanary router` (gunicorn, N sync workers) on SQLite on loopback; a deployment with a canary
 at 50% (shadow rate 0). Each repeat starts a fresh rollout at 50%, waits until the routers answer
@@ -119,7 +119,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--refresh", type=float, default=0.25)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "controller.md")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "rollback_propagation.md")
     args = parser.parse_args()
 
     directory = Path(tempfile.mkdtemp(prefix="mlcanary-rollback-"))

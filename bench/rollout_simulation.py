@@ -29,7 +29,8 @@ import math
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -40,11 +41,21 @@ from scipy import stats as sps
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from controller.core.evidence import stratified  # noqa: E402
-from controller.core.judge import JudgePolicy, StepMetrics, judge  # noqa: E402
+from controller.core.judge import (  # noqa: E402
+    JudgePolicy,
+    Proportion,
+    StepMetrics,
+    hold_for_label_delays,
+    hold_for_outcome_dependent_labels,
+    judge,
+)
 from controller.core.machine import FINAL, RolloutState, decide  # noqa: E402
+from controller.core.metrics import QualityStats  # noqa: E402
 from controller.core.policy import Policy  # noqa: E402
 from controller.loop.measure import LATENCY, canary_metrics, metrics_from_aggregates  # noqa: E402
-from storage.analytics import ArmAggregates, StepAggregates  # noqa: E402
+from controller.loop.quality import stats_from_aggregates  # noqa: E402
+from storage.analytics import ArmAggregates, ClusterAggregate, StepAggregates  # noqa: E402
+from storage.quality import QualityAggregates  # noqa: E402
 
 T0 = datetime(2026, 12, 1, tzinfo=UTC)
 _EDGES = np.concatenate([[0.0], LATENCY.start_ms * LATENCY.growth ** np.arange(LATENCY.count - 1), [np.inf]])
@@ -59,6 +70,11 @@ class Scenario:
     ``slow_label_delay_s``: labels of requests the challenger gets wrong arrive after this delay instead
     of ``label_delay_s`` (outcome-dependent order). ``catastrophic``: (rate, size) of rare huge
     regression errors of the challenger. ``key_spread``: standard deviation of the per-key accuracy.
+    ``groups`` (classification): (share, segment, label, accuracy, worse, better) per group of requests,
+    for the class-aware and segment gates (default: labels 0 and 1 in halves, the row's figures in
+    both); ``accuracy``, ``worse`` and ``better`` are then the groups' weighted means (``grouped``).
+    ``revenue``: value per visit of the champion's and the challenger's served requests (canary), each
+    request 1 + Poisson(1) visits and a gamma revenue with that mean per visit (the outcome gate).
     """
 
     name: str
@@ -81,6 +97,20 @@ class Scenario:
     regression_noise: float = 0.2
     key_spread: float = 0.08
     horizon_s: float = 6 * 86400.0
+    groups: tuple[tuple[float, str, int, float, float, float], ...] | None = None
+    revenue: tuple[float, float] | None = None
+
+
+Group = tuple[float, str, int, float, float, float]
+
+
+def grouped(name: str, truth: Literal["equal", "harmful"], description: str, groups: Sequence[Group],
+            **kw: Any) -> Scenario:  # fmt: skip
+    """A row whose requests fall in ``groups``; the overall accuracy, worse and better are their means."""
+    share = np.array([g[0] for g in groups])
+    acc, worse, better = (float(share @ np.array([g[i] for g in groups])) for i in (3, 4, 5))
+    return Scenario(name, truth, description, accuracy=acc, worse=worse, better=better, groups=tuple(groups),
+                    **kw)  # fmt: skip
 
 
 UNPAIRED = {"canary": {"paired": False}}
@@ -140,6 +170,48 @@ ROWS: tuple[Scenario, ...] = (
              rate=10.0, challenger_errors=0.011, look_s=600.0, worse=0.0, better=0.0),
     Scenario("latency-3x-low-traffic", "harmful", "challenger 3x slower at every quantile, 1 req/s",
              rate=1.0, latency_ratio=3.0, look_s=1800.0, worse=0.0, better=0.0),
+    # issue 15: a challenger that never predicts the 2% positive class (champion: recall 0.57, accuracy
+    # 0.9856; challenger 0.98: inside the 1-point accuracy margin, recall 0)
+    grouped("rare-class-never-positive", "harmful",
+            "2% positive class; the challenger never predicts it (accuracy 0.9856 -> 0.98, recall 0.57 -> 0)",
+            [(0.02, "all", 1, 0.57, 0.57, 0.0), (0.98, "all", 0, 0.994122, 0.0, 0.005878)], look_s=60.0),
+    # 10 points worse on a 10% segment, 0.3 points better overall
+    grouped("segment-harm-10pct", "harmful",
+            "10 points worse on a 10% segment (column `segment` in the policy), 0.3 points better overall",
+            [(0.05, "a", 0, 0.85, 0.125, 0.025), (0.05, "a", 1, 0.85, 0.125, 0.025),
+             (0.45, "b", 0, 0.85, 0.02, 0.0344), (0.45, "b", 1, 0.85, 0.02, 0.0344)],
+            policy={"segments": {"columns": [{"column": "segment"}]}}, look_s=60.0),
+    Scenario("revenue-per-visit-worse", "harmful",
+             "revenue per visit 10% lower (outcome gate required, ratio per visit, margin 0), same accuracy",
+             policy={"outcome": {"role": "required", "ratio": True}}, look_s=60.0, revenue=(1.0, 0.9)),
+    Scenario("revenue-per-visit-equal", "equal",
+             "revenue per visit equal (outcome gate required, ratio per visit, margin 0), same accuracy",
+             policy={"outcome": {"role": "required", "ratio": True, "margin": 0.02}}, look_s=60.0,
+             revenue=(1.0, 1.0)),
+    # new rows go last: a row's seed is the run's seed plus its index here
+    Scenario("labels-outcome-order-1h-maturity", "harmful",
+             "as labels-outcome-order, label_maturity_s 1 h (no delay seen exceeds it for a day)",
+             policy={"label_maturity_s": 3600.0}, rate=10.0, worse=0.065, better=0.015, label_delay_s=3600.0,
+             slow_label_delay_s=86400.0, look_s=1800.0),
+    # issue 15: the A/A twin of rare-class-never-positive for the class-aware default gate (required
+    # balanced accuracy): both arms have recall 0.57 on the 2% positive class and 0.994 on the other, and
+    # disagree on 10% of positives and 0.6% of negatives, each arm right on half of the disagreements
+    grouped("aa-rare-class-2pct", "equal",
+            "A/A on a 2% positive class (both: recall 0.57 and 0.994; 10% of positives, 0.6% of negatives "
+            "disagree): the class-aware default gate must not roll it back",
+            [(0.02, "all", 1, 0.57, 0.05, 0.05), (0.98, "all", 0, 0.994122, 0.003, 0.003)], look_s=60.0),
+    grouped("aa-rare-class-2pct-unpaired", "equal",
+            "as aa-rare-class-2pct, canary steps unpaired: the class-aware gate on the served rows",
+            [(0.02, "all", 1, 0.57, 0.05, 0.05), (0.98, "all", 0, 0.994122, 0.003, 0.003)], policy=UNPAIRED,
+            look_s=60.0),
+    # issue 14: rare large errors at 0.2% (17.5 x the MAE) put the MAE 5.5% above the champion's (margin 5%)
+    Scenario("regression-rare-errors", "harmful",
+             "regression, MAE +5.5% (margin 5%) from errors 17.5 x the MAE in 0.2% of requests, no error bound",
+             task="regression", rate=0.5, look_s=600.0, catastrophic=(0.002, 14.0)),
+    Scenario("regression-rare-errors-bounded", "harmful",
+             "as above, with gates.regression_error_bound 20 (no error of either arm exceeds it)",
+             policy={"gates": {"regression_error_bound": 20.0}}, task="regression", rate=0.5, look_s=600.0,
+             catastrophic=(0.002, 14.0)),
 )  # fmt: skip
 
 
@@ -169,15 +241,20 @@ class StepData:
         self.latency = [np.zeros(LATENCY.count, dtype=np.int64), np.zeros(LATENCY.count, dtype=np.int64)]
         self.seen = [np.zeros(n_keys, dtype=bool), np.zeros(n_keys, dtype=bool)]
         self.units = [0, 0]
+        # uneven keys: per routing key, cumulative requests, failed, right and wrong answers of the arm
+        # that serves it (canary steps; the split is sticky per key), for the per-key cluster sums
+        self.keys = [np.zeros((n_keys, 4))]
+        self.on_chal = np.zeros(n_keys, dtype=bool)
         self.cache: tuple[tuple[int, int, int], StepMetrics, StepAggregates] | None = None
 
-    def add(self, t: float, paired: np.ndarray, served: np.ndarray) -> None:
+    def add(self, t: float, paired: np.ndarray, served: np.ndarray, keys: np.ndarray | None = None) -> None:
         self.times.append(t)
         self.paired.append(self.paired[-1] + paired)
         self.served.append(self.served[-1] + served)
+        self.keys.append(self.keys[-1] + keys if keys is not None else self.keys[-1])
 
     def at(self, cutoff: float, which: str) -> np.ndarray:
-        rows = self.paired if which == "paired" else self.served
+        rows = {"paired": self.paired, "served": self.served, "keys": self.keys}[which]
         return rows[bisect.bisect_right(self.times, cutoff) - 1]
 
 
@@ -192,6 +269,24 @@ class Simulator:
         self._judge_policies: dict[tuple[str, bool], JudgePolicy] = {}
         lat1 = self._latency_probs(1.0)
         self.latency_probs = (lat1, self._latency_probs(sc.latency_ratio))
+        # groups of requests (classification): label, segment and the four paired cells' shares in each
+        groups = sc.groups or (
+            (0.5, "all", 0, sc.accuracy, sc.worse, sc.better),
+            (0.5, "all", 1, sc.accuracy, sc.worse, sc.better),
+        )
+        self.n_groups = 0 if self.regression else len(groups)
+        share = np.array([g[0] for g in groups])
+        acc, worse, better = (np.array([g[i] for g in groups]) for i in (3, 4, 5))
+        self.group_label = [g[2] for g in groups]
+        self.group_segment = [g[1] for g in groups]
+        # P(group | cell) for RR, CR, HR, WW; P(group | champion right / wrong, challenger right / wrong)
+        cells = share[:, None] * np.stack([acc - worse, worse, better, 1.0 - acc - better], axis=1)
+        arms = share[:, None] * np.stack(
+            [acc, 1.0 - acc, acc + better - worse, 1.0 - acc - better + worse], axis=1
+        )
+        self.given_cell = (cells / np.maximum(cells.sum(axis=0), 1e-300)).T
+        self.given_arm = (arms / np.maximum(arms.sum(axis=0), 1e-300)).T
+        self.classes = () if self.regression else ("0", "1")
 
     def _latency_probs(self, scale: float) -> np.ndarray:
         cdf = sps.lognorm.cdf(_EDGES, s=0.5, scale=20.0 * scale)
@@ -201,7 +296,12 @@ class Simulator:
     def judge_policy(self, mode: str, final: bool) -> JudgePolicy:
         key = (mode, final)
         if key not in self._judge_policies:
-            self._judge_policies[key] = self.policy.to_judge_policy(self.sc.task, mode, final=final)  # type: ignore[arg-type]
+            self._judge_policies[key] = self.policy.to_judge_policy(
+                self.sc.task,
+                mode,
+                final=final,
+                classes=self.classes,  # type: ignore[arg-type]
+            )
         return self._judge_policies[key]
 
     # ---------------------------------------------------------------------------- one rollout
@@ -227,6 +327,17 @@ class Simulator:
             metrics, samples, labelled_pairs = self._measure(steps, state, t)
             final = self.policy.final_stage(state.step_index)
             j = judge(metrics, self.judge_policy(metrics.mode, final))
+            if final and j.decision == "promote":  # as controller.loop.assess: labels later than the maturity
+                j = hold_for_label_delays(
+                    j, final=True, label_delay_s=self._label_delay(t, labelled_pairs),
+                    maturity_s=self.policy.label_maturity_s,
+                )  # fmt: skip
+            if final and j.decision == "promote" and not self.regression:  # and labels by agreement
+                jp = self.judge_policy(metrics.mode, final)
+                agreeing, disagreeing = self._label_coverage(steps, t)
+                j = hold_for_outcome_dependent_labels(
+                    j, final=True, agreeing=agreeing, disagreeing=disagreeing, alpha=jp.alpha, n_star=jp.n_star
+                )  # fmt: skip
             state = RolloutState(
                 state.phase, state.step_index, state.canary_weight, state.shadow_rate,
                 state.step_started_at, self.policy, samples,
@@ -261,9 +372,38 @@ class Simulator:
 
     def _new_step(self, state: RolloutState) -> StepData:
         kind = "watch" if state.step_index >= len(self.plan) else self.plan[state.step_index].kind
-        wp = 15 if self.regression else 8
-        ws = 10 if self.regression else 8
-        return StepData(kind, state.canary_weight / 100.0, self.n_keys, wp, ws)
+        wp = 15 if self.regression else 8 + 4 * self.n_groups
+        ws = 10 if self.regression else 8 + 4 * self.n_groups + 12
+        step = StepData(kind, state.canary_weight / 100.0, self.n_keys, wp, ws)
+        if self.n_keys and kind == "canary":
+            step.on_chal = self.key_u < step.weight
+        return step
+
+    def _label_delay(self, t: float, labelled: int) -> float | None:
+        """The longest delay between a request and its label seen by ``t`` (``storage.quality.label_delay``)."""
+        if not labelled:
+            return None
+        seen = [d for d in (self.sc.label_delay_s, self.sc.slow_label_delay_s) if d is not None and d <= t]
+        return max(seen) if seen else None
+
+    def _label_coverage(self, steps: Sequence[StepData], t: float) -> tuple[Proportion, Proportion]:
+        """Pairs old enough for their labels, agreeing and disagreeing, and those labelled
+        (``storage.quality.label_coverage``): RR and WW agree, CR and HR disagree; the challenger's
+        wrong answers (CR, WW) are labelled at the slow cutoff."""
+        sc = self.sc
+        maturity = self.policy.label_maturity_s
+        fast = t - max(maturity, sc.label_delay_s)
+        slow = t - max(
+            maturity, sc.slow_label_delay_s if sc.slow_label_delay_s is not None else sc.label_delay_s
+        )
+        a = la = d = ld = 0
+        for step in steps:
+            old, f, s = step.at(t - maturity, "paired"), step.at(fast, "paired"), step.at(slow, "paired")
+            a += int(old[4] + old[7])
+            d += int(old[5] + old[6])
+            la += int(f[4] + s[7])
+            ld += int(s[5] + f[6])
+        return Proportion(n=a, count=la), Proportion(n=d, count=ld)
 
     # ---------------------------------------------------------------------------- data generation
     def _traffic(self, step: StepData, t0: float, t1: float) -> None:
@@ -292,12 +432,13 @@ class Simulator:
         n = n1 + n2
         if not canary or paired_canary:
             paired = self._paired(n, per_key)
+        keys = None
         if canary:
-            served = self._served(n1, n2, per_key, on_chal if self.n_keys else None)
+            served, keys = self._served(n1, n2, per_key, on_chal if self.n_keys else None)
             for arm, k in ((0, n1), (1, n2)):
                 if k:
                     step.latency[arm] += rng.multinomial(k, self.latency_probs[arm])
-        step.add(mid, paired, served)
+        step.add(mid, paired, served, keys)
 
     def _accuracy_cells(self, ok: int, per_key: np.ndarray | None, n: int) -> np.ndarray:
         """Split ``ok`` both-ok requests into RR, CR, HR, WW."""
@@ -331,7 +472,9 @@ class Simulator:
         cells = rng.multinomial(n, [(1 - e1) * (1 - e2), (1 - e1) * e2, e1 * (1 - e2), e1 * e2])
         ok, worse, better, both = (int(x) for x in cells)
         if not self.regression:
-            return np.concatenate([[n, worse, better, both], self._accuracy_cells(ok, per_key, n)])
+            acc = self._accuracy_cells(ok, per_key, n)
+            split = [rng.multinomial(int(c), self.given_cell[i]) for i, c in enumerate(acc)]
+            return np.concatenate([[n, worse, better, both], acc, *split])
         a1, a2, sq1, sq2, sd, ssd = self._regression_errors(ok)
         return np.array([n, worse, better, both, 0, 0, 0, 0, ok, a1, sq1, a2, sq2, sd, ssd], dtype=float)
 
@@ -346,26 +489,49 @@ class Simulator:
         d = e2 - e1
         return float(e1.sum()), float(e2.sum()), float(e1 @ e1), float(e2 @ e2), float(d.sum()), float(d @ d)
 
-    def _served(self, n1: int, n2: int, per_key: np.ndarray | None, on_chal: np.ndarray | None) -> np.ndarray:
+    def _served(
+        self, n1: int, n2: int, per_key: np.ndarray | None, on_chal: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The served vector of one interval, and per routing key (uneven keys) requests, failed, right, wrong."""
         sc, rng = self.sc, self.rng
-        f1 = int(rng.binomial(n1, sc.champion_errors))
-        f2 = int(rng.binomial(n2, sc.challenger_errors))
+        keys = None
+        if per_key is None or on_chal is None or self.regression:
+            f1 = int(rng.binomial(n1, sc.champion_errors))
+            f2 = int(rng.binomial(n2, sc.challenger_errors))
+        else:  # failures, then right answers, drawn per key: the key's arm and the key's own accuracy
+            f_k = rng.binomial(per_key, np.where(on_chal, sc.challenger_errors, sc.champion_errors))
+            ok_k = per_key - f_k
+            acc_k = np.where(on_chal, np.clip(self.key_acc + sc.better - sc.worse, 0, 1), self.key_acc)
+            r_k = rng.binomial(ok_k, acc_k)
+            keys = np.stack([per_key, f_k, r_k, ok_k - r_k], axis=1).astype(float)
+            f1, f2 = int(f_k[~on_chal].sum()), int(f_k[on_chal].sum())
         ok1, ok2 = n1 - f1, n2 - f2
         if self.regression:
             a1 = self._regression_errors(ok1)  # champion-served: the champion's errors
             a2 = self._regression_errors(ok2)  # challenger-served: the challenger's errors
-            return np.array([n1, f1, n2, f2, ok1, a1[0], a1[2], ok2, a2[1], a2[3]], dtype=float)
-        acc2 = sc.accuracy + sc.better - sc.worse
-        if per_key is None or on_chal is None:
+            return np.array([n1, f1, n2, f2, ok1, a1[0], a1[2], ok2, a2[1], a2[3]], dtype=float), None
+        if keys is None:
             r1 = int(rng.binomial(ok1, sc.accuracy))
-            r2 = int(rng.binomial(ok2, acc2))
+            r2 = int(rng.binomial(ok2, sc.accuracy + sc.better - sc.worse))
         else:
-            k1 = rng.binomial(np.where(on_chal, 0, per_key), ok1 / max(n1, 1))
-            k2 = rng.binomial(np.where(on_chal, per_key, 0), ok2 / max(n2, 1))
-            r1 = int(rng.binomial(k1, self.key_acc).sum())
-            r2 = int(rng.binomial(k2, np.clip(self.key_acc + sc.better - sc.worse, 0, 1)).sum())
-            ok1, ok2 = int(k1.sum()), int(k2.sum())
-        return np.array([n1, f1, n2, f2, r1, ok1 - r1, r2, ok2 - r2], dtype=float)
+            assert on_chal is not None
+            r1, r2 = int(keys[~on_chal, 2].sum()), int(keys[on_chal, 2].sum())
+        totals = (r1, ok1 - r1, r2, ok2 - r2)
+        split = [rng.multinomial(int(c), self.given_arm[i]) for i, c in enumerate(totals)]
+        return np.concatenate([[n1, f1, n2, f2, *totals], *split, self._revenue(n1, n2)]), keys
+
+    def _revenue(self, n1: int, n2: int) -> np.ndarray:
+        """Per arm: n, sum x, sum x^2, sum v, sum v^2, sum x v of revenue x over visits v (served requests)."""
+        out = np.zeros(12)
+        if self.sc.revenue is None:
+            return out
+        for arm, (n, value) in enumerate(((n1, self.sc.revenue[0]), (n2, self.sc.revenue[1]))):
+            if n == 0:
+                continue
+            v = 1.0 + self.rng.poisson(1.0, n)
+            x = self.rng.gamma(2.0, value * v / 2.0)
+            out[6 * arm : 6 * arm + 6] = (n, x.sum(), x @ x, v.sum(), v @ v, x @ v)
+        return out
 
     # ---------------------------------------------------------------------------- measurement
     def _measure(
@@ -395,7 +561,7 @@ class Simulator:
             paired = self._paired_aggregates(paired_now, p_fast, p_slow)
             if step.kind == "canary":
                 served = self._served_aggregates(
-                    step, step.served[-1], step.at(fast, "served"), step.at(slow, "served")
+                    step, step.served[-1], step.at(fast, "served"), step.at(slow, "served"), fast, slow
                 )
                 use_pairs = self.policy.canary.paired and self.policy.canary.shadow_rate > 0
                 m = canary_metrics(served, paired if use_pairs else None, task=sc.task,
@@ -409,6 +575,8 @@ class Simulator:
         assert agg is not None
         metrics = stratified(strata, current=strata[-1])
         cur = steps[-1]
+        if not self.regression:  # the current step's class-aware, segment and outcome gates
+            metrics = replace(metrics, quality=self._quality(cur, fast, slow))
         if cur.kind == "watch":
             samples = agg.labelled_pairs if not self.regression else agg.diff_n
         elif cur.kind == "canary":
@@ -416,6 +584,58 @@ class Simulator:
         else:
             samples = agg.pairs
         return metrics, int(samples), _labelled(metrics)
+
+    def _quality(self, step: StepData, fast_t: float, slow_t: float) -> QualityStats:
+        """The step's ``storage.quality``-shaped aggregates, through the controller's own mapping."""
+        g = self.n_groups
+        # cohorts as controller.loop.quality: pairs unless an unpaired canary step; outcomes served
+        served_cohort = step.kind == "canary" and not (
+            self.policy.canary.paired and self.policy.canary.shadow_rate > 0
+        )
+        which = "served" if served_cohort else "paired"
+        fast, slow = step.at(fast_t, which), step.at(slow_t, which)
+        column = self.policy.segments.columns[0].column if self.policy.segments.columns else None
+        cells: dict[str, dict[tuple[str, ...], int]] = {}
+        for i in range(4):
+            # paired: RR, CR, HR, WW (challenger wrong: slow labels); served: champion right, wrong,
+            # challenger right, wrong (the last slow)
+            source = slow if (i in (1, 3) and not served_cohort) or (i == 3 and served_cohort) else fast
+            for k in range(g):
+                count = int(source[8 + i * g + k])
+                if not count:
+                    continue
+                y = self.group_label[k]
+                if served_cohort:
+                    arm = "champion" if i < 2 else "challenger"
+                    cell: tuple[str, ...] = (arm, str(y), str(y if i % 2 == 0 else 1 - y))
+                else:
+                    a = y if i in (0, 1) else 1 - y
+                    b = y if i in (0, 2) else 1 - y
+                    cell = (str(y), str(a), str(b))
+                for seg in ("", self.group_segment[k]) if column else ("",):
+                    found = cells.setdefault(seg, {})
+                    found[cell] = found.get(cell, 0) + count
+        overall = cells.pop("", {})
+        outcome: dict[str, tuple[int, float, float]] = {}
+        ratio: dict[str, tuple[Any, ...]] = {}
+        canary = step.kind == "canary"
+        if canary and self.policy.outcome.role != "off":
+            r = step.at(fast_t, "served")[8 + 4 * g : 8 + 4 * g + 12]
+            for arm, o in (("champion", 0), ("challenger", 6)):
+                outcome[arm] = (int(r[o]), float(r[o + 1]), float(r[o + 2]))
+                ratio[arm] = (int(r[o]), float(r[o + 1]), float(r[o + 3]), float(r[o + 2]), float(r[o + 4]),
+                              float(r[o + 5]))  # fmt: skip
+        aggregates = QualityAggregates(
+            "served" if served_cohort else "paired",
+            paired_cells={} if served_cohort else overall,
+            served_cells=overall if served_cohort else {},
+            outcome=outcome,
+            outcome_ratio=ratio,
+            segments={column: cells} if column else {},
+        )
+        return stats_from_aggregates(
+            aggregates, task="classification", classes=self.classes, mode="canary" if canary else "shadow"
+        )
 
     def _paired_aggregates(self, now: np.ndarray, fast: np.ndarray, slow: np.ndarray) -> StepAggregates:
         n, worse, better, both = (int(x) for x in now[:4])
@@ -441,7 +661,13 @@ class Simulator:
         )  # fmt: skip
 
     def _served_aggregates(
-        self, step: StepData, now: np.ndarray, fast: np.ndarray, slow: np.ndarray
+        self,
+        step: StepData,
+        now: np.ndarray,
+        fast: np.ndarray,
+        slow: np.ndarray,
+        fast_t: float,
+        slow_t: float,
     ) -> StepAggregates:
         n1, f1, n2, f2 = (int(x) for x in now[:4])
         lat = [{i: int(c) for i, c in enumerate(h) if c} for h in step.latency]
@@ -469,7 +695,31 @@ class Simulator:
         w2 = int(slow[7])
         c = ArmAggregates(n=n1, failed=f1, units=step.units[0], labelled=r1 + w1, correct=r1, latency=lat[0])
         h = ArmAggregates(n=n2, failed=f2, units=step.units[1], labelled=r2 + w2, correct=r2, latency=lat[1])
-        return StepAggregates("served", c, h)
+        return StepAggregates("served", c, h, clusters=self._key_clusters(step, fast_t, slow_t))
+
+    def _key_clusters(self, step: StepData, fast_t: float, slow_t: float) -> dict[str, ClusterAggregate]:
+        """Per-routing-key cluster sums of a canary step, as ``storage.analytics.step_aggregates`` builds them.
+
+        ``errors.<arm>``: rows = the key's requests, a = its failures; ``correct.<arm>``: rows = the key's
+        labelled answers, a = the right ones (a challenger's wrong answers labelled at the slow cutoff).
+        One-key-per-request rows (even keys) have no per-key sums, as each key is its own cluster there.
+        """
+        if not self.n_keys:
+            return {}
+        now, fast, slow = step.keys[-1], step.at(fast_t, "keys"), step.at(slow_t, "keys")
+        on_chal = step.on_chal
+        out: dict[str, ClusterAggregate] = {}
+        for arm, mask in (("champion", ~on_chal), ("challenger", on_chal)):
+            wrong = (slow if arm == "challenger" else fast)[mask, 3]
+            for name, m, a in (
+                (f"errors.{arm}", now[mask, 0], now[mask, 1]),
+                (f"correct.{arm}", fast[mask, 2] + wrong, fast[mask, 2]),
+            ):
+                out[name] = ClusterAggregate(
+                    clusters=int((m > 0).sum()), rows=float(m.sum()), mm=float(m @ m), ma=float(m @ a),
+                    aa=float(a @ a),
+                )  # fmt: skip
+        return out
 
 
 def _labelled(m: StepMetrics) -> int:
@@ -613,14 +863,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--rows", nargs="*", default=None, help="row names (default: all)")
     ap.add_argument("--out", type=Path, default=None, help="write the markdown table here")
     ap.add_argument("--budget-s", type=float, default=None, help="wall-clock seconds per row at most")
+    ap.add_argument("--jobs", type=int, default=1, help="rows run in this many processes at once")
     args = ap.parse_args(argv)
     alpha = Policy().alpha
     rows = [r for r in ROWS if args.rows is None or r.name in args.rows]
-    results = []
-    for i, sc in enumerate(rows):
-        res = run_row(sc, args.rollouts, args.seed + i, args.budget_s)
-        results.append(res)
-        print(f"{sc.name}: {res.rollouts} rollouts {res.ends} in {res.wall_s:.0f} s", flush=True)
+    unknown = set(args.rows or ()) - {r.name for r in ROWS}
+    if unknown:
+        ap.error(f"unknown rows: {', '.join(sorted(unknown))}")
+    # each row keeps its own seed (seed + its index in ROWS), so a row's figures do not depend on which
+    # other rows run, nor on --jobs
+    seeds = {r.name: args.seed + i for i, r in enumerate(ROWS)}
+    done: dict[str, RowResult] = {}
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        futures = {pool.submit(run_row, sc, args.rollouts, seeds[sc.name], args.budget_s): sc for sc in rows}
+        for future in as_completed(futures):
+            res = future.result()
+            done[res.scenario.name] = res
+            print(
+                f"{res.scenario.name}: {res.rollouts} rollouts {res.ends} in {res.wall_s:.0f} s", flush=True
+            )
+    results = [done[sc.name] for sc in rows]
     text = table(results, alpha)
     print(text)
     if args.out is not None:
@@ -630,6 +892,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"`nice -n 10 .venv/bin/python bench/rollout_simulation.py --rollouts {args.rollouts} "
             f"--seed {args.seed} --out {args.out}"
             + (f" --budget-s {args.budget_s:g}" if args.budget_s else "")
+            + (f" --jobs {args.jobs}" if args.jobs > 1 else "")
+            + (f" --rows {' '.join(args.rows)}" if args.rows else "")
             + f"`\n\nalpha = {alpha} (the policy's whole error budget).\n\n"
             f"{descr}\n\n{text}\n"
         )

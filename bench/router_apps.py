@@ -1,12 +1,15 @@
-"""WSGI factories for the router benchmark (gunicorn "router_apps:baseline()" / "router_apps:router()").
+"""WSGI factories for the router benchmark (gunicorn "router_apps:floor()" / "baseline()" / "router()").
 
+floor(): a bare WSGI app that parses the JSON body and answers a constant (the HTTP floor).
 baseline(): a bare Flask app scoring the same registered pipeline in process, DataFrame per call.
 router(): the mlcanary router app over BENCH_DATABASE_URL (shadow/canary set up by router_bench.py).
 """
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,22 @@ from router.dataplane import quiet_sklearn_thread_warning
 from router.settings import RouterSettings
 from storage import Database, Store
 from storage.artifacts import load_artifact
+
+
+def floor() -> Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]:
+    """Return a WSGI app that reads and parses the JSON body and answers a constant prediction."""
+    answer = b'{"predictions":[0]}'
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ["PATH_INFO"] == "/metrics":
+            start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "0")])
+            return [b""]
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        json.loads(environ["wsgi.input"].read(length))
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(answer)))])
+        return [answer]
+
+    return app
 
 
 def baseline() -> Flask:

@@ -1,17 +1,23 @@
-"""Benchmark the data plane against a bare Flask app scoring the same pipeline.
+"""Benchmark the data plane against a bare Flask app scoring the same pipeline, and the HTTP floor.
 
     .venv/bin/python bench/router_bench.py [--seconds 8] [--rate 100] [--out bench/results/router.md]
-                                           [--worker threads|sync|both] [--threads 8]
+                                           [--worker threads|sync|both] [--threads 32] [--setups ...]
 
-Four setups, one run, same pipeline (ColumnTransformer + LogisticRegression, one row per request),
+Setups, one run, same pipeline (ColumnTransformer + LogisticRegression, one row per request),
 same gunicorn (2 workers, the worker model of `mlcanary serve` by default: controller.server's
-ReadBufferingWorker with 8 threads; --worker sync for the sync workers of before), SQLite storage:
-  1 baseline   bare Flask, DataFrame per call, predict_proba
-  2 champion   router, no rollout (champion answers, pairs recorded)
-  3 shadow     router, challenger shadows every request
-  4 canary     router, 50% canary, the other arm shadows every request
-Saturation: wrk -c16 -t2 (closed loop). Moderate: wrk -c1, and an open-loop Python client at a
-fixed rate (requests at fixed times; latency from send to answer). Shadow drops come from /metrics.
+ReadBufferingWorker with 32 threads; --worker sync for the sync workers of before), SQLite storage:
+  0 floor           a bare WSGI app that parses the JSON and answers a constant (the HTTP floor)
+  1 baseline        bare Flask, DataFrame per call, predict_proba
+  2 champion        router, no rollout, adaptive batching off (each request scored alone)
+  3 shadow          router, challenger shadows every request, batching off
+  4 canary          router, 50% canary, the other arm shadows every request, batching off
+  5 batch-champion  router, no rollout, adaptive batching on (the default)
+  6 batch-shadow    router, challenger shadows every request, batching on
+  7 batch-canary    router, 50% canary + shadow, batching on
+Saturation: wrk -c16 and -c64, -t2 (closed loop). Moderate: wrk -c1, and an open-loop Python client
+at a fixed rate (requests at fixed times; latency from send to answer). Shadow skips, requests
+answered and requests per live batch come from /metrics; pairs stored from the database after a
+graceful stop (one row per request: pairs stored must equal requests answered).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -40,8 +47,19 @@ import mlpipes  # noqa: E402
 
 from storage import Database, Store  # noqa: E402
 from storage import schema as db_schema  # noqa: E402
+from storage.entities import BatchingConfig  # noqa: E402
 
-SETUPS = ("baseline", "champion", "shadow", "canary")
+SETUPS = (
+    "floor",
+    "baseline",
+    "champion",
+    "shadow",
+    "canary",
+    "batch-champion",
+    "batch-shadow",
+    "batch-canary",
+)
+ROUTED = SETUPS[2:]
 
 
 def _port() -> int:
@@ -50,7 +68,7 @@ def _port() -> int:
         return int(s.getsockname()[1])
 
 
-def prepare(directory: Path, setup: str) -> str:
+def prepare(directory: Path, setup: str, batching: BatchingConfig | None = None) -> str:
     """Create a migrated SQLite database with the deployment set up for one benchmark setup."""
     url = f"sqlite:///{directory / f'{setup}.db'}"
     db = Database(url)
@@ -59,9 +77,14 @@ def prepare(directory: Path, setup: str) -> str:
     champion = mlpipes.register(store, directory / setup, version="1")
     challenger = mlpipes.register(store, directory / setup, version="2", seed=3)
     deployment = mlpipes.deploy(store, "churn", champion)
-    if setup == "shadow":
+    kind = setup.removeprefix("batch-")
+    if kind == setup:  # the setups of before batching: each request scored alone
+        store.deployments.update("churn", batching=BatchingConfig(enabled=False))
+    elif batching is not None:
+        store.deployments.update("churn", batching=batching)
+    if kind == "shadow":
         mlpipes.start_rollout(store, deployment, challenger, mode="shadow", shadow_rate=1.0)
-    elif setup == "canary":
+    elif kind == "canary":
         mlpipes.start_rollout(store, deployment, challenger, mode="canary", canary_weight=50, shadow_rate=1.0)
     db.dispose()
     return url
@@ -72,7 +95,30 @@ def body() -> str:
     return json.dumps({"dataframe_split": json.loads(frame.to_json(orient="split", index=False))})
 
 
-def wrk(url: str, script: Path, connections: int, seconds: int) -> dict[str, float]:
+def process_cpu(pid: int) -> float:
+    """CPU seconds used so far by a process and its live children (gunicorn's arbiter and workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(stat.parent.name) == pid or int(fields[1]) == pid:  # fields[1]: the parent's pid
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def wrk(
+    url: str, script: Path, connections: int, seconds: int, server: int | None = None
+) -> dict[str, float]:
+    """Run wrk; with server (gunicorn's pid), add the server's and wrk's CPU milliseconds per answer.
+
+    CPU per request survives a busy machine better than throughput: the throughput a quiet host's
+    two cores could reach is about 2000 / (server + wrk CPU ms per request).
+    """
+    cpu = process_cpu(server) if server is not None else 0.0
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(
         [
             "wrk",
@@ -95,7 +141,16 @@ def wrk(url: str, script: Path, connections: int, seconds: int) -> dict[str, flo
         return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": rps, "p50": ms("50"), "p99": ms("99"), "non2xx": float(errors.group(1)) if errors else 0.0}
+    sent = float(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    non2xx = float(errors.group(1)) if errors else 0.0
+    result = {"rps": rps, "p50": ms("50"), "p99": ms("99"), "non2xx": non2xx, "ok": sent - non2xx}
+    if server is not None and sent:
+        done = resource.getrusage(resource.RUSAGE_CHILDREN)
+        result["cpu_ms"] = (process_cpu(server) - cpu) * 1000.0 / sent
+        result["wrk_cpu_ms"] = (
+            (done.ru_utime + done.ru_stime - children.ru_utime - children.ru_stime) * 1000.0 / sent
+        )
+    return result
 
 
 def fixed_rate(url: str, payload: str, rate: float, seconds: float) -> dict[str, float]:
@@ -136,22 +191,34 @@ def dropped(base: str) -> float:
     return sum(
         float(v)
         for v in re.findall(
-            r'^mlcanary_shadow_skipped_total\{[^}]*reason="(?:queue_full|budget)"[^}]*\} ([\d.e+]+)$',
+            r'^mlcanary_shadow_skipped_total\{[^}]*reason="(?:queue_full|budget|shed|expired)"[^}]*\} ([\d.e+]+)$',
             text,
             re.M,
         )
     )
 
 
+def _value(text: str, name: str) -> float:
+    found = re.search(rf"^{name} ([\d.e+]+)$", text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
 def batches(base: str) -> tuple[float, float]:
     """Return (shadowed requests, shadow micro-batches) so far, summed over the workers."""
     text = httpx.get(f"{base}/metrics", timeout=5).text
+    return _value(text, "mlcanary_shadow_batch_size_sum"), _value(text, "mlcanary_shadow_batch_size_count")
 
-    def value(name: str) -> float:
-        found = re.search(rf"^{name} ([\d.e+]+)$", text, re.M)
-        return float(found.group(1)) if found else 0.0
 
-    return value("mlcanary_shadow_batch_size_sum"), value("mlcanary_shadow_batch_size_count")
+def live_batches(base: str) -> tuple[float, float]:
+    """Return (requests scored through the batcher, its scoring calls) so far, summed over the workers."""
+    text = httpx.get(f"{base}/metrics", timeout=5).text
+    return _value(text, "mlcanary_live_batched_requests_total"), _value(text, "mlcanary_live_batches_total")
+
+
+def answered(base: str) -> float:
+    """Return the prediction requests answered 200 so far (every worker), from /metrics."""
+    text = httpx.get(f"{base}/metrics", timeout=5).text
+    return sum(float(v) for v in re.findall(r"^mlcanary_requests_total\{[^}]*\} ([\d.e+]+)$", text, re.M))
 
 
 def mean_batch(before: tuple[float, float], after: tuple[float, float]) -> float:
@@ -164,7 +231,11 @@ def run_setup(
 ) -> dict[str, Any]:
     directory = directory / worker_model
     directory.mkdir(exist_ok=True)
-    url = prepare(directory, setup)
+    url = prepare(
+        directory,
+        setup,
+        BatchingConfig().replace(max_batch_delay_ms=args.batch_delay_ms, max_batch_rows=args.batch_rows),
+    )
     port = _port()
     metrics_dir = directory / f"metrics-{setup}"
     metrics_dir.mkdir()
@@ -175,7 +246,9 @@ def run_setup(
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
         "PYTHONPATH": f"{ROOT}:{ROOT / 'bench'}",
     }
-    factory = "router_apps:baseline()" if setup == "baseline" else "router_apps:router()"
+    factory = {"floor": "router_apps:floor()", "baseline": "router_apps:baseline()"}.get(
+        setup, "router_apps:router()"
+    )
     worker = (
         ["--worker-class", "sync"]
         if worker_model == "sync"
@@ -218,24 +291,30 @@ def run_setup(
             time.sleep(0.2)
         wrk(endpoint, script, 16, 2)  # warm-up
         result: dict[str, Any] = {"setup": setup, "worker": worker_model}
-        shadowing = setup in ("shadow", "canary")
+        shadowing = setup.endswith(("shadow", "canary"))
+        routed = setup in ROUTED
         start = batches(base) if shadowing else (0.0, 0.0)
         result["fixed"] = fixed_rate(endpoint, payload, args.rate, args.seconds)
         time.sleep(1.0)  # the last micro-batches linger a moment
         result["dropped_moderate"] = dropped(base) if shadowing else 0.0
         moderate = batches(base) if shadowing else (0.0, 0.0)
-        result["c1"] = wrk(endpoint, script, 1, args.seconds)
+        result["c1"] = wrk(endpoint, script, 1, args.seconds, process.pid)
         before = batches(base) if shadowing else (0.0, 0.0)
-        result["c16"] = wrk(endpoint, script, 16, args.seconds)
+        live_before = live_batches(base) if routed else (0.0, 0.0)
+        result["c16"] = wrk(endpoint, script, 16, args.seconds, process.pid)
+        live_after = live_batches(base) if routed else (0.0, 0.0)
+        result["c64"] = wrk(endpoint, script, 64, args.seconds, process.pid)
         time.sleep(1.0)
         result["dropped_total"] = dropped(base) if shadowing else 0.0
         after = batches(base) if shadowing else (0.0, 0.0)
         result["batch_moderate"] = mean_batch(start, moderate)
         result["batch_c16"] = mean_batch(before, after)
+        result["live_batch_c16"] = mean_batch(live_before, live_after)
+        result["answered"] = answered(base) if routed else 0.0
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(60)
-    if setup != "baseline":
+    if setup in ROUTED:
         store = Store(Database(url))
         result["pairs"] = store.pairs.count()
         result["with_challenger"] = sum(
@@ -249,9 +328,13 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "# Router benchmark",
         "",
         f"Command: `.venv/bin/python bench/router_bench.py --seconds {args.seconds} --rate {args.rate:g} "
-        f"--worker {args.worker}`",
+        f"--worker {args.worker} --threads {args.threads} --setups {args.setups}"
+        + (f" --batch-delay-ms {args.batch_delay_ms:g}" if args.batch_delay_ms is not None else "")
+        + (f" --batch-rows {args.batch_rows}" if args.batch_rows is not None else "")
+        + "`",
         "",
-        "One run; 2 cores; gunicorn 2 workers; one-row MLflow `dataframe_split` requests;",
+        f"One run; 2 cores; load average at the start {_load()}; gunicorn 2 workers; one-row MLflow "
+        "`dataframe_split` requests;",
         "ColumnTransformer + LogisticRegression champion (challenger: same pipeline, other seed); SQLite.",
         "With --worker both, each setup runs under sync workers, then under the threaded worker.",
     ]
@@ -265,31 +348,80 @@ def _table(results: list[dict[str, Any]], args: argparse.Namespace) -> list[str]
     by = {r["setup"]: r for r in results}
     lines = [
         f"| setup | fixed {args.rate:g} req/s p50 / p99 ms | wrk c=1 req/s | c=1 p50 / p99 ms "
-        "| wrk c=16 req/s | c=16 p50 / p99 ms | shadow drops (moderate / total) "
-        "| requests per shadow batch (moderate / c=16) | pairs stored |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| wrk c=16 req/s | c=16 p50 / p99 ms | wrk c=64 req/s | c=64 p50 / p99 ms "
+        "| shadow skips: no room, shed, expired (moderate / total) | requests per shadow batch (moderate / c=16) "
+        "| requests per live batch (c=16) | answered / pairs stored "
+        "| server CPU ms per request c=1 / c=16 / c=64 | wrk CPU ms per request c=16 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        f, c1, c16 = r["fixed"], r["c1"], r["c16"]
+        f, c1, c16, c64 = r["fixed"], r["c1"], r["c16"], r["c64"]
+        stored = f"{r['answered']:.0f} / {r['pairs']}" if "pairs" in r else "-"
+        live = f"{r['live_batch_c16']:.1f}" if r["setup"] in ROUTED else "-"
         lines.append(
             f"| {r['setup']} | {f['p50']:.2f} / {f['p99']:.2f} | {c1['rps']:.0f} | {c1['p50']:.2f} / {c1['p99']:.2f} "
             f"| {c16['rps']:.0f} | {c16['p50']:.2f} / {c16['p99']:.2f} "
+            f"| {c64['rps']:.0f} | {c64['p50']:.2f} / {c64['p99']:.2f} "
             f"| {r['dropped_moderate']:.0f} / {r['dropped_total']:.0f} "
-            f"| {_batch(r)} | {r.get('pairs', '-')} |"
+            f"| {_batch(r)} | {live} | {stored} "
+            f"| {_cpu(c1)} / {_cpu(c16)} / {_cpu(c64)} | {c16.get('wrk_cpu_ms', float('nan')):.3f} |"
         )
-    if all(s in by for s in SETUPS):
-        b, c, s = by["baseline"], by["champion"], by["shadow"]
+    lines += ["", "Targets:"]
+    b = by.get("baseline")
+    c, s = by.get("champion"), by.get("shadow")
+    if b and c:
+        lines.append(f"- (2)/(1) throughput at c=16: {c['c16']['rps'] / b['c16']['rps']:.2f} (target ≥ 0.85)")
+    if c and s:
         lines += [
-            "",
-            "Targets:",
-            f"- (2)/(1) throughput at c=16: {c['c16']['rps'] / b['c16']['rps']:.2f} (target ≥ 0.85)",
             f"- (3)/(2) throughput at c=16: {s['c16']['rps'] / c['c16']['rps']:.2f} (target ≥ 0.85)",
             f"- p99 (3)/(2) at a fixed {args.rate:g} req/s: {s['fixed']['p99'] / c['fixed']['p99']:.2f} (target ≤ 1.2)",
-            f"- p99 (3)/(2) at wrk c=1: {s['c1']['p99'] / c['c1']['p99']:.2f}",
-            f"- shadow drops at moderate load: {s['dropped_moderate']:.0f} (shadow), "
-            f"{by['canary']['dropped_moderate']:.0f} (canary)",
         ]
+    bc, bs = by.get("batch-champion"), by.get("batch-shadow")
+    if bc and bs:
+        lines += [
+            f"- (6)/(5) throughput at c=16: {bs['c16']['rps'] / bc['c16']['rps']:.2f} (target ≥ 0.85); "
+            f"fixed-rate p99 (6)/(5): {bs['fixed']['p99'] / bc['fixed']['p99']:.2f} (target ≤ 1.2)",
+        ]
+    if b:
+        for name in ("batch-champion", "batch-shadow"):
+            r = by.get(name)
+            if r is None:
+                continue
+            lines.append(
+                f"- {name} vs bare Flask: throughput c=16 {r['c16']['rps'] / b['c16']['rps']:.2f}x, "
+                f"c=64 {r['c64']['rps'] / b['c64']['rps']:.2f}x (target ≥ 3); "
+                f"p99 at c=16 {r['c16']['p99']:.1f} vs {b['c16']['p99']:.1f} ms (target ≤); "
+                f"p50 at c=1 {r['c1']['p50']:.2f} vs {b['c1']['p50']:.2f} ms (target ≤ bare + 0.3)"
+            )
+    if b and "cpu_ms" in b["c16"]:
+        for name in ("batch-champion", "batch-shadow"):
+            r = by.get(name)
+            if r is None or "cpu_ms" not in r["c16"]:
+                continue
+            lines.append(
+                f"- {name} vs bare Flask by CPU per request (what a quiet, CPU-bound host turns into "
+                f"throughput): c=16 {b['c16']['cpu_ms']:.2f} / {r['c16']['cpu_ms']:.2f} ms = "
+                f"{b['c16']['cpu_ms'] / r['c16']['cpu_ms']:.2f}x, c=64 {b['c64']['cpu_ms']:.2f} / "
+                f"{r['c64']['cpu_ms']:.2f} ms = {b['c64']['cpu_ms'] / r['c64']['cpu_ms']:.2f}x"
+            )
+    floor = by.get("floor")
+    if floor:
+        for name in ("batch-champion", "batch-shadow"):
+            r = by.get(name)
+            if r is not None:
+                lines.append(
+                    f"- {name} against the HTTP floor: c=16 {r['c16']['rps'] / floor['c16']['rps']:.2f}, "
+                    f"c=64 {r['c64']['rps'] / floor['c64']['rps']:.2f} of the floor's throughput"
+                )
+    routed = [r for r in results if "pairs" in r]
+    if routed:
+        ok = all(round(r["answered"]) == r["pairs"] for r in routed)
+        lines.append(f"- pairs stored == requests answered in every routed setup: {'yes' if ok else 'NO'}")
     return lines
+
+
+def _cpu(run: dict[str, float]) -> str:
+    return f"{run['cpu_ms']:.2f}" if "cpu_ms" in run else "-"
 
 
 def _worker(model: str, args: argparse.Namespace) -> str:
@@ -298,8 +430,15 @@ def _worker(model: str, args: argparse.Namespace) -> str:
     return f"ReadBufferingWorker x {args.threads} threads"
 
 
+def _load() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
 def _batch(result: dict[str, Any]) -> str:
-    if result["setup"] not in ("shadow", "canary"):
+    if not result["setup"].endswith(("shadow", "canary")):
         return "-"
     return f"{result['batch_moderate']:.1f} / {result['batch_c16']:.1f}"
 
@@ -312,7 +451,11 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--setups", default=",".join(SETUPS))
     parser.add_argument("--worker", choices=("threads", "sync", "both"), default="threads")
-    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=32)
+    parser.add_argument(
+        "--batch-delay-ms", type=float, default=None, help="batch-* setups (default: the default)"
+    )
+    parser.add_argument("--batch-rows", type=int, default=None, help="batch-* setups (default: the default)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "router.md")
     args = parser.parse_args()
     if shutil.which("wrk") is None:

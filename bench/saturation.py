@@ -2,25 +2,29 @@
 
     .venv/bin/python bench/saturation.py [--deployments 1,3,6] [--repeats 20] [--rollout-seconds 8]
                                          [--baseline-seconds 10] [--controller-interval 0.5]
+                                         [--cpu-budget B] [--busy-share S]
                                          [--out bench/results/saturation.md]
 
-For each N: one `mlcanary serve` (gunicorn, 2 sync workers, controller loop every
+For each N: one `mlcanary serve` (gunicorn, 2 workers x 8 threads (its ReadBufferingWorker), controller loop every
 --controller-interval s, default 0.5, the default 2 s shadow timeout) on SQLite with N deployments, each with its own champion and a challenger that
 is the same fitted pipeline (ColumnTransformer + LogisticRegression) registered as another version.
-wrk -c16 -t2 sends 10-row MLflow requests round robin over the N deployments as fast as the server
+wrk -c16 -t2 (--connections) sends 10-row MLflow requests round robin over the N deployments as fast as the server
 answers (closed loop: saturation). First champion-only for --baseline-seconds; then --repeats times:
 start a shadow rollout on every deployment (burn-in 100 requests, only harm may end it), keep the
 load for --rollout-seconds, count the rollouts the controller rolled back (every one is a false
 rollback: the arms are identical), abort the rest. Reported per N: false rollbacks, challenger
 errors, shadow coverage (scored / sampled requests) and skips by reason, the mean queue wait,
 champion throughput during the rollouts against champion-only, and champion p99 (mean of the
-per-rollout p99s) against champion-only.
+per-rollout p99s) against champion-only. Champion-only is measured before the rollouts and again after
+them (every rollout ended); the ratios use the second, steady one (the first, right after start, can
+still pay the N champions' first calls), and both are shown.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -31,10 +35,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "support")]
 
 import mlpipes  # noqa: E402
+from router_bench import live_batches, mean_batch  # noqa: E402
 from servers import Server, body  # noqa: E402
 
 from controller.loop import actions  # noqa: E402
@@ -50,9 +57,18 @@ POLICY: dict[str, Any] = {
 }
 
 
-def wrk(script: Path, url: str, seconds: float) -> dict[str, float]:
+def wrk(script: Path, url: str, seconds: float, connections: int = 16) -> dict[str, float]:
     out = subprocess.run(
-        ["wrk", "-t2", "-c16", f"-d{max(1, round(seconds))}s", "--latency", "-s", str(script), url],
+        [
+            "wrk",
+            f"-t{min(2, connections)}",
+            f"-c{connections}",
+            f"-d{max(1, round(seconds))}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ],
         capture_output=True,
         text=True,
         timeout=seconds + 60,
@@ -91,16 +107,25 @@ def run(n: int, args: argparse.Namespace, directory: Path) -> dict[str, Any]:
         mlpipes.deploy(store, name, champion)
     script = root / "post.lua"
     script.write_text(lua(names))
+    budget = {} if args.cpu_budget is None else {"shadow_cpu_budget": args.cpu_budget}
+    if args.busy_share is not None:
+        budget["controller_busy_share"] = args.busy_share
     server = Server(
-        "serve", url, root / "var", controller_interval=args.controller_interval, log_level="warning"
+        "serve",
+        url,
+        root / "var",
+        controller_interval=args.controller_interval,
+        log_level="warning",
+        **budget,
     )
     result: dict[str, Any] = {"n": n, "repeats": 0, "false_rollbacks": 0, "reasons": []}
     rollout_ids: list[int] = []
     loads: list[dict[str, float]] = []
     try:
         server.wait_ready(timeout=120)
-        wrk(script, server.base_url, 2)  # warm-up
-        result["baseline"] = wrk(script, server.base_url, args.baseline_seconds)
+        wrk(script, server.base_url, 2, args.connections)  # warm-up
+        result["baseline"] = wrk(script, server.base_url, args.baseline_seconds, args.connections)
+        live_start = live_batches(server.base_url)
         for repeat in range(args.repeats):
             now = datetime.now(UTC)
             started = [
@@ -108,7 +133,7 @@ def run(n: int, args: argparse.Namespace, directory: Path) -> dict[str, Any]:
                 for name in names
             ]
             rollout_ids += [r.id for r in started]
-            loads.append(wrk(script, server.base_url, args.rollout_seconds))
+            loads.append(wrk(script, server.base_url, args.rollout_seconds, args.connections))
             for name, r in zip(names, started, strict=True):
                 current = _end(store, name, r.id)
                 if current.phase == "rolled_back":
@@ -117,6 +142,14 @@ def run(n: int, args: argparse.Namespace, directory: Path) -> dict[str, Any]:
             result["repeats"] = repeat + 1
             print(f"N={n} repeat {repeat + 1}: {loads[-1]}, false rollbacks so far {result['false_rollbacks']}",
                   flush=True)  # fmt: skip
+        # champion-only again, every rollout ended: the process is as old and as warm as during the
+        # rollouts (the first baseline, right after start, can still pay N champions' first calls)
+        live_rollouts = live_batches(server.base_url)
+        result["cuts"] = share_cuts(server.base_url)
+        result["baseline_after"] = wrk(script, server.base_url, args.baseline_seconds, args.connections)
+        time.sleep(1.0)  # the workers publish their batch counters every 0.5 s
+        result["live_batch"] = mean_batch(live_rollouts, live_batches(server.base_url))
+        result["live_batch_rollouts"] = mean_batch(live_start, live_rollouts)
         server.terminate()
     finally:
         server.kill()
@@ -147,9 +180,22 @@ def run(n: int, args: argparse.Namespace, directory: Path) -> dict[str, Any]:
         queue_wait_ms=wait_sum / waited if waited else None,
         rollout_rps=sum(x["rps"] for x in loads) / len(loads),
         rollout_p99=sum(x["p99"] for x in loads) / len(loads),
-        non2xx=result["baseline"]["non2xx"] + sum(x["non2xx"] for x in loads),
+        non2xx=result["baseline"]["non2xx"]
+        + result["baseline_after"]["non2xx"]
+        + sum(x["non2xx"] for x in loads),
     )
     return result
+
+
+def share_cuts(base_url: str) -> dict[str, float]:
+    """Return load shedding's cuts of the shadow share so far, by cause (queue, cpu), every worker."""
+    cuts: dict[str, float] = {}
+    text = httpx.get(f"{base_url}/metrics", timeout=5).text
+    for reason, value in re.findall(
+        r'^mlcanary_shadow_share_cuts_total\{[^}]*reason="(\w+)"[^}]*\} ([\d.e+]+)$', text, re.M
+    ):
+        cuts[reason] = cuts.get(reason, 0.0) + float(value)
+    return cuts
 
 
 def _end(store: Store, name: str, rollout_id: int) -> Any:
@@ -159,8 +205,10 @@ def _end(store: Store, name: str, rollout_id: int) -> Any:
         if not current.active:
             return current
         try:
-            actions.abort(store, name, actor="bench", reason="benchmark repeat over", now=datetime.now(UTC))
-        except Exception:  # the controller updated it meanwhile: look again
+            actions.act(
+                store, name, "abort", actor="bench", reason="benchmark repeat over", now=datetime.now(UTC)
+            )
+        except actions.ActionError:  # the controller updated it meanwhile: look again
             time.sleep(0.05)
     return store.rollouts.get(rollout_id)
 
@@ -171,19 +219,25 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "",
         f"Command: `.venv/bin/python bench/saturation.py --deployments {args.deployments} --repeats {args.repeats} "
         f"--rollout-seconds {args.rollout_seconds} --baseline-seconds {args.baseline_seconds} "
-        f"--controller-interval {args.controller_interval}`",
+        f"--controller-interval {args.controller_interval} --connections {args.connections}"
+        + ("" if args.cpu_budget is None else f" --cpu-budget {args.cpu_budget:g}")
+        + ("" if args.busy_share is None else f" --busy-share {args.busy_share:g}")
+        + "`",
         "",
-        "One run; 2 shared cores; `mlcanary serve` with 2 gunicorn sync workers, SQLite, shadow timeout 2 s,",
+        f"Load average (1, 5, 15 min) at the start: {args.load_start}; at the end: {_load()}.",
+        "",
+        "One run; 2 shared cores; `mlcanary serve` with 2 gunicorn workers x 8 threads, SQLite, shadow timeout 2 s,",
         f"controller look every {args.controller_interval:g} s (it looks only while rollouts are active);",
-        "wrk -c16 -t2, 10-row requests round robin over the deployments; identical challengers.",
+        f"wrk -c{args.connections}, 10-row requests round robin over the deployments; identical challengers.",
         "",
         "| N | short rollouts | false rollbacks | challenger errors (requests) | shadow coverage | skipped (requests) "
-        "| mean queue wait ms | champion-only req/s | req/s during rollouts | throughput ratio "
-        "| champion-only p99 ms | p99 during rollouts ms | p99 ratio | non-2xx |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| mean queue wait ms | champion-only req/s (before / after) | req/s during rollouts | throughput ratio "
+        "| champion-only p99 ms (before / after) | p99 during rollouts ms | p99 ratio | non-2xx "
+        "| requests per live batch (champion-only after / rollouts) | share cuts (cpu / queue) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        b = r["baseline"]
+        first, b = r["baseline"], r["baseline_after"]  # ratios against the steady (after) baseline
         coverage = (
             f"{r['scored'] / r['sampled']:.1%} ({r['scored']:,} of {r['sampled']:,})" if r["sampled"] else "-"
         )
@@ -191,8 +245,10 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         wait = "-" if r["queue_wait_ms"] is None else f"{r['queue_wait_ms']:.0f}"
         lines.append(
             f"| {r['n']} | {r['repeats']} | {r['false_rollbacks']} | {r['errors']} | {coverage} | {skipped} | {wait} "
-            f"| {b['rps']:.0f} | {r['rollout_rps']:.0f} | {r['rollout_rps'] / b['rps']:.2f} "
-            f"| {b['p99']:.1f} | {r['rollout_p99']:.1f} | {r['rollout_p99'] / b['p99']:.2f} | {r['non2xx']:.0f} |"
+            f"| {first['rps']:.0f} / {b['rps']:.0f} | {r['rollout_rps']:.0f} | {r['rollout_rps'] / b['rps']:.2f} "
+            f"| {first['p99']:.1f} / {b['p99']:.1f} | {r['rollout_p99']:.1f} | {r['rollout_p99'] / b['p99']:.2f} "
+            f"| {r['non2xx']:.0f} | {r['live_batch']:.1f} / {r['live_batch_rollouts']:.1f} "
+            f"| {r['cuts'].get('cpu', 0):.0f} / {r['cuts'].get('queue', 0):.0f} |"
         )
     reasons = [reason for r in results for reason in r["reasons"]]
     if reasons:
@@ -207,6 +263,10 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -216,8 +276,19 @@ def main() -> None:
     parser.add_argument("--rollout-seconds", type=float, default=8.0)
     parser.add_argument("--baseline-seconds", type=float, default=10.0)
     parser.add_argument("--controller-interval", type=float, default=0.5)
+    parser.add_argument("--connections", type=int, default=16, help="wrk's connections (closed loop)")
+    parser.add_argument(
+        "--cpu-budget", type=float, default=None, help="MLCANARY_SHADOW_CPU_BUDGET (default: the setting's)"
+    )
+    parser.add_argument(
+        "--busy-share",
+        type=float,
+        default=None,
+        help="MLCANARY_CONTROLLER_BUSY_SHARE (default: the setting's; 1: looks back to back when slow)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "saturation.md")
     args = parser.parse_args()
+    args.load_start = _load()
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install -y wrk")
     directory = Path(tempfile.mkdtemp(prefix="saturation-bench-"))

@@ -1,6 +1,7 @@
 """Benchmark mlcanary in front of MLServer against clients calling MLServer directly.
 
-    .venv/bin/python bench/upstream_overhead.py [--seconds 8] [--out bench/results/upstream_overhead.md]
+    .venv/bin/python bench/upstream_overhead.py [--seconds 8] [--worker threads|sync]
+        [--out bench/results/upstream_overhead.md]
 
 One MLServer 1.7.1 (the environment under .cache/peers/mlserver, built on first use like the tests
 do; sklearn runtime, parallel_workers 0) serves the churn pipeline (ColumnTransformer +
@@ -8,9 +9,13 @@ LogisticRegression, joblib) as "churn" and a second fit as "churn-b". Three setu
 requests, wrk closed loop at c=1 and at saturation (c=16):
   direct   wrk -> MLServer /v2/models/churn/infer, the exact body mlcanary sends (v2-columns,
            content_type pd, outputs predict + predict_proba)
-  proxied  wrk -> mlcanary router (gunicorn, 2 sync workers, SQLite) /v1/models/churn/invocations;
+  proxied  wrk -> mlcanary router (gunicorn, 2 workers, SQLite) /v1/models/churn/invocations;
            champion = the MLServer upstream (--upstream-kind mlserver); pairs recorded
   shadow   as proxied, plus a challenger upstream ("churn-b" on the same MLServer) shadowing every request
+The router's workers are what `mlcanary router` runs (--worker threads, the default: gunicorn's
+threaded worker with the read-buffering event loop, 8 threads each, keep-alive connections, as
+MLServer's uvicorn keeps them) or gunicorn's sync workers (--worker sync: one request per worker at
+a time, and a new TCP connection per request, since the sync worker closes each one).
 Added latency = setup p50/p99 - direct p50/p99; throughput ratio = setup req/s / direct req/s.
 Server-side CPU per request (MLServer, plus the router's gunicorn master and workers, from /proc)
 is the figure that survives a busy machine: on 2 shared cores, latency and throughput measure the
@@ -119,7 +124,7 @@ def measure(endpoint: str, script: Path, seconds: int, pids: list[int]) -> dict[
 
 
 def run_router(
-    setup: str, directory: Path, server: peers.PeerServer, script: Path, seconds: int
+    setup: str, directory: Path, server: peers.PeerServer, script: Path, args: argparse.Namespace
 ) -> dict[str, Any]:
     database = prepare(directory, setup, server.url)
     port = _port()
@@ -132,9 +137,14 @@ def run_router(
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
         "PYTHONPATH": f"{ROOT}:{ROOT / 'bench'}",
     }
+    worker = (
+        ["--worker-class", "sync"]
+        if args.worker == "sync"
+        else ["--worker-class", "controller.server.ReadBufferingWorker", "--threads", str(args.threads)]
+    )
     process = subprocess.Popen(
         [str(Path(sys.executable).with_name("gunicorn")), "--bind", f"127.0.0.1:{port}", "--workers", "2",
-         "--worker-class", "sync", "--config", str(ROOT / "bench" / "router_apps.py"),
+         *worker, "--config", str(ROOT / "bench" / "router_apps.py"),
          "--log-level", "warning", "router_apps:router()"],
         env=env, cwd=ROOT,
     )  # fmt: skip
@@ -150,7 +160,8 @@ def run_router(
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{setup} did not start")
             time.sleep(0.2)
-        result = {"setup": setup, **measure(endpoint, script, seconds, [process.pid, server.process.pid])}
+        pids = [process.pid, server.process.pid]
+        result = {"setup": setup, **measure(endpoint, script, args.seconds, pids)}
         time.sleep(1.5)
     finally:
         process.send_signal(signal.SIGTERM)
@@ -169,11 +180,11 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [
         "# mlcanary in front of MLServer: overhead",
         "",
-        f"Command: `.venv/bin/python bench/upstream_overhead.py --seconds {args.seconds}`",
+        f"Command: `.venv/bin/python bench/upstream_overhead.py --seconds {args.seconds} --worker {args.worker}`",
         "",
         "One run; 2 cores shared by the router, MLServer and wrk (and, here, other work on the machine);",
-        "one-row requests; MLServer 1.7.1 sklearn runtime (parallel_workers 0); router: gunicorn 2 sync",
-        "workers, SQLite; wrk closed loop.",
+        "one-row requests; MLServer 1.7.1 sklearn runtime (parallel_workers 0); router: gunicorn 2",
+        f"workers ({_WORKERS[args.worker].format(threads=args.threads)}), SQLite; wrk closed loop.",
         f"Load average (1 min) before / after the run: {args.load_before:.1f} / {os.getloadavg()[0]:.1f}"
         " (2 cores; above 2, other processes were competing for them).",
         "",
@@ -207,11 +218,19 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n"
 
 
+_WORKERS = {
+    "threads": "the product's threaded read-buffering worker, {threads} threads each, keep-alive",
+    "sync": "sync, a new connection per request",
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--worker", choices=("threads", "sync"), default="threads")
+    parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "upstream_overhead.md")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -238,7 +257,7 @@ def main() -> None:
         print(json.dumps(results[-1]), flush=True)
         script = lua(directory, "proxied", proxied_body)
         for setup in ("proxied", "shadow"):
-            results.append(run_router(setup, directory, server, script, args.seconds))
+            results.append(run_router(setup, directory, server, script, args))
             print(json.dumps(results[-1]), flush=True)
     finally:
         server.stop()
