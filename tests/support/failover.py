@@ -91,7 +91,9 @@ def cut_the_leader(
     assert set(pids[after_cut:]) == {str(standby.pid)}, (
         f"one leader at a time: the cut leader (pid {leader.pid}) applied nothing once cut at {cut_at}: {story}"
     )
-    assert str(leader.pid) in pids[:after_cut], f"the cut leader had moved the rollout before the cut: {story}"
+    assert str(leader.pid) in pids[:after_cut], (
+        f"the cut leader had moved the rollout before the cut: {story}"
+    )
     switch = after_cut
     # the cut leader, its link back, stands by: one leader at a time
     wait_for(
