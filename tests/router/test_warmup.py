@@ -14,8 +14,8 @@ from router import create_app
 from router.settings import RouterSettings
 from storage import Store
 
-FIRST_CALL_S = 1.0
-TIMEOUT_S = 0.3  # the cold first call alone would run past it
+FIRST_CALL_S = 2.0
+TIMEOUT_S = 0.5  # the cold first call alone would run past it
 
 
 def test_a_cold_challenger_started_while_traffic_flows_is_never_charged_for_its_start(
@@ -65,4 +65,6 @@ def test_a_cold_challenger_started_while_traffic_flows_is_never_charged_for_its_
     assert [p.challenger_error for p in pairs if p.challenger_status == "error"] == []
     scored = [p for p in pairs if p.challenger_status == "ok"]
     assert scored and all(p.challenger_class == p.champion_class for p in scored)  # the same model
-    assert all(p.challenger_latency_ms < TIMEOUT_S * 1000 for p in scored)
+    # No pair carries the cold call. (A pair's latency is wall time, as the champion's is: on a loaded
+    # host it may pass the timeout, which counts the arm's own time only, without being charged.)
+    assert all(p.challenger_latency_ms < FIRST_CALL_S * 1000 for p in scored)
