@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 
 import click
 
-from controller.cli.common import API, VERBOSE, Cli, one_line
+from controller.cli.common import API, VERBOSE, Cli, one_line, short_lived
 from controller.config import ConfigError, Settings
 
 # name -> (module:attribute, the short help `mlcanary --help` shows without importing the module)
@@ -87,4 +87,5 @@ def cli(
 
 def main() -> NoReturn:
     """Run the command line and exit with its status."""
+    short_lived()
     sys.exit(cli.main(prog_name="mlcanary"))

@@ -122,3 +122,47 @@ def test_rollout_status_on_the_database_imports_no_flask_pandas_scipy_or_alembic
     )  # fmt: skip
     assert "rollout 1: progressing, mode canary" in done.stdout and "3 requests" in done.stdout, done.stdout
     assert done.stdout.splitlines()[-1] == "LOADED []", done.stdout
+
+
+GC_PROBE = """
+import gc, sys
+import controller.server
+from controller.cli import main
+
+seen = []
+controller.server.run = lambda *a, **k: seen.append(gc.get_threshold()[0])  # a router, without serving
+main.cli.main(["--data-dir", sys.argv[1], "db", "upgrade"], prog_name="mlcanary", standalone_mode=False)
+sys.argv = ["mlcanary", "--data-dir", sys.argv[1], "router", "--port", "8765"]
+try:
+    main.main()
+except SystemExit:
+    pass
+
+
+class Command:  # what any other command runs with
+    def main(self, *args, **kwargs):
+        seen.append(gc.get_threshold()[0])
+
+
+main.cli = Command()
+try:
+    main.main()
+except SystemExit:
+    pass
+print(*seen)
+"""
+
+
+def test_commands_collect_cycles_less_often_and_servers_as_python_does(tmp_path: Path) -> None:
+    # a short command's CPU goes into imports, not into walking objects that live until exit; a
+    # long-running process keeps Python's own garbage collection
+    done = subprocess.run(
+        [sys.executable, "-c", GC_PROBE, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    serve, command = (int(x) for x in done.stdout.split()[-2:])
+    assert command >= 50_000
+    assert serve == 700  # CPython's default
