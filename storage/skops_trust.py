@@ -70,7 +70,7 @@ def import_skops() -> ModuleType:
             except BaseException:
                 sys.modules.pop(TRUSTED_TYPES_MODULE, None)
                 raise
-            skops.io._trusted_types = module  # type: ignore[attr-defined]
+            skops.io._trusted_types = module
     import skops.io
 
     return skops.io

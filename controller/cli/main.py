@@ -87,6 +87,7 @@ def cli(
 def main() -> NoReturn:
     """Run the command line and exit with its status (controller.cli.common.end_process: no teardown)."""
     short_lived()
+    code: object
     try:
         code = cli.main(prog_name="mlcanary")  # standalone mode: exits itself, with the status
     except SystemExit as done:
