@@ -441,8 +441,9 @@ class Demo:
         store = Store(db)
         artifacts = self.data_dir / "research"
         artifacts.mkdir()
-        import skops.io as sio
+        from storage.skops_trust import import_skops
 
+        sio = import_skops()
         for c in candidates:
             path = artifacts / f"churn-{c.version}.skops"
             sio.dump(c.model, path)

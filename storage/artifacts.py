@@ -113,7 +113,9 @@ def load_artifact(
             f"registered {sha256[:12]}…; nothing will be served from it"
         )
     if fmt == "skops":
-        import skops.io as sio
+        from storage.skops_trust import import_skops
+
+        sio = import_skops()  # skops' own trust lists, without its import-time scan when pinned
 
         allowed = EXTRA_TRUSTED_TYPES | set(check_trusted_names(trusted, resolve=False))
         try:

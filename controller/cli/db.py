@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from controller.cli.common import refuse_api, say_database, settings_of
+from controller.cli.common import close_at_exit, refuse_api, say_database, settings_of
 
 # why the schema commands have no admin API route (docs/cli.md says the same)
 NO_API = "it migrates or checks the database itself, which the server must not do while it serves"
@@ -27,7 +27,7 @@ def db_upgrade(ctx: click.Context) -> None:
     say_database(ctx, always=True)
     if settings.sqlite_path is not None:
         settings.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
-    database = database_for(settings)
+    database = close_at_exit(database_for(settings))
     before, after = db_schema.upgrade(database)
     click.echo(f"{database.display_url}: schema {before or 'empty'} -> {after}")
 
@@ -45,6 +45,6 @@ def db_check(ctx: click.Context) -> None:
     path = settings.sqlite_path
     if path is not None and not path.is_file():  # never create an empty file just to look at it
         raise NoDatabase(f"no database at {path}; run: {create_command(settings)}")
-    database = database_for(settings)
+    database = close_at_exit(database_for(settings))
     db_schema.check(database)
     click.echo(f"{database.display_url}: schema at head {db_schema.head_revision(database)}")

@@ -7,13 +7,12 @@ SQLAlchemy or scikit-learn (bench/cli_speed.py measures it; a test checks the im
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 
-from controller.cli.common import API, VERBOSE, Cli, one_line
+from controller.cli.common import API, VERBOSE, Cli, end_process, one_line, short_lived
 from controller.config import ConfigError, Settings
 
 # name -> (module:attribute, the short help `mlcanary --help` shows without importing the module)
@@ -86,5 +85,11 @@ def cli(
 
 
 def main() -> NoReturn:
-    """Run the command line and exit with its status."""
-    sys.exit(cli.main(prog_name="mlcanary"))
+    """Run the command line and exit with its status (controller.cli.common.end_process: no teardown)."""
+    short_lived()
+    code: object
+    try:
+        code = cli.main(prog_name="mlcanary")  # standalone mode: exits itself, with the status
+    except SystemExit as done:
+        code = done.code
+    end_process(code)

@@ -9,11 +9,12 @@ from typing import Any
 
 import click
 
-from controller.cli.common import clock_of, settings_of
+from controller.cli.common import clock_of, long_running, settings_of
 from controller.config import Settings
 
 
 def _serve(ctx: click.Context, role: str, host: str | None, port: int | None, workers: int | None) -> None:
+    long_running()
     from controller import server
     from controller.app import create_app, open_store
 
@@ -75,6 +76,7 @@ def controller(ctx: click.Context) -> None:
     Several may run against one database: one leads (PostgreSQL advisory lock, or a file lock beside
     the SQLite file), the others stand by and take over within two intervals if it dies.
     """
+    long_running()
     import logging
     import signal
     import threading
@@ -143,6 +145,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, workers: int |
 @click.pass_context
 def demo(ctx: click.Context, fast: bool, port: int | None) -> None:
     """Show the whole job on real pipelines: shadow, canary, parity gate, rollback, promotion."""
+    long_running()
     from controller.demo import Demo, DemoError
 
     data_dir = settings_of(ctx).data_dir / "demo"

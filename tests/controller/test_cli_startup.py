@@ -122,3 +122,74 @@ def test_rollout_status_on_the_database_imports_no_flask_pandas_scipy_or_alembic
     )  # fmt: skip
     assert "rollout 1: progressing, mode canary" in done.stdout and "3 requests" in done.stdout, done.stdout
     assert done.stdout.splitlines()[-1] == "LOADED []", done.stdout
+
+
+GC_PROBE = """
+import gc, sys
+import controller.server
+from controller.cli import main
+
+# a router, without serving: it keeps Python's thresholds and exits the ordinary way
+controller.server.run = lambda *a, **k: print("serve", gc.get_threshold()[0], flush=True)
+main.cli.main(["--data-dir", sys.argv[1], "db", "upgrade"], prog_name="mlcanary", standalone_mode=False)
+sys.argv = ["mlcanary", "--data-dir", sys.argv[1], "router", "--port", "8765"]
+try:
+    main.main()
+except SystemExit:
+    print("router exited through SystemExit", flush=True)
+
+
+class Command:  # what any other command runs with
+    def main(self, *args, **kwargs):
+        print("command", gc.get_threshold()[0])
+        return 3
+
+
+main.cli = Command()
+main.main()
+print("not reached: a short command ends the process")
+"""
+
+
+def test_commands_collect_cycles_less_often_and_servers_keep_pythons_own_collection(tmp_path: Path) -> None:
+    # a short command's CPU goes into imports, not into walking objects that live until exit; a
+    # long-running process keeps Python's own garbage collection and its ordinary exit
+    done = subprocess.run([sys.executable, "-c", GC_PROBE, str(tmp_path)], capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.stdout.splitlines()[-3:] == [
+        "serve 700",
+        "router exited through SystemExit",
+        "command 50000",
+    ], done.stdout + done.stderr
+    assert done.returncode == 3  # the command's status, output flushed before the process ended
+
+
+ATEXIT_PROBE = """
+import atexit, sys
+from pathlib import Path
+from controller.cli.main import main
+
+marker = Path(sys.argv[1])
+atexit.register(lambda: marker.write_text("ran"))
+sys.argv = ["mlcanary", *sys.argv[2:]]
+main()
+"""
+
+
+def test_a_short_command_ends_with_its_output_status_and_atexit_handlers(tmp_path: Path) -> None:
+    marker = tmp_path / "atexit"
+    ok = subprocess.run([sys.executable, "-c", ATEXIT_PROBE, str(marker), "--data-dir", str(tmp_path / "var"),
+                         "db", "upgrade"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert marker.read_text() == "ran"
+    listed = subprocess.run(
+        [sys.executable, "-m", "controller", "--data-dir", str(tmp_path / "var"), "pipelines", "list"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert (listed.returncode, listed.stdout) == (0, "no pipeline versions registered\n"), listed.stderr
+    assert not (tmp_path / "var" / "mlcanary.db-wal").exists()  # closed: SQLite folded its log into the file
+    refused = subprocess.run(
+        [sys.executable, "-m", "controller", "--data-dir", str(tmp_path / "var"), "rollout", "status", "nope"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert refused.returncode == 1 and "nope" in refused.stderr, refused.stderr
