@@ -19,7 +19,8 @@ a time, and a new TCP connection per request, since the sync worker closes each 
 Added latency = setup p50/p99 - direct p50/p99; throughput ratio = setup req/s / direct req/s.
 Server-side CPU per request (MLServer, plus the router's gunicorn master and workers, from /proc)
 is the figure that survives a busy machine: on 2 shared cores, latency and throughput measure the
-other tenants as much as the proxy.
+other tenants as much as the proxy. The router's part of it (its gunicorn processes alone) is given
+too: MLServer's own CPU per request grows with the machine's load, the router's much less.
 """
 
 from __future__ import annotations
@@ -111,14 +112,21 @@ def cpu_seconds(roots: list[int]) -> float:
     return sum(times.get(pid, 0.0) for pid in wanted)
 
 
-def measure(endpoint: str, script: Path, seconds: int, pids: list[int]) -> dict[str, Any]:
-    """wrk at c=1 and c=16; with each, the CPU milliseconds per request spent by `pids` (server side)."""
+def measure(
+    endpoint: str, script: Path, seconds: int, pids: list[int], router: int | None = None
+) -> dict[str, Any]:
+    """wrk at c=1 and c=16; with each, the CPU milliseconds per request spent by `pids` (server side)
+    and, given the router's gunicorn pid, by the router alone (its master and workers)."""
     wrk(endpoint, script, 4, 2)  # warm-up
     result: dict[str, Any] = {}
     for name, connections in (("c1", 1), ("c16", 16)):
         before = cpu_seconds(pids)
+        before_router = cpu_seconds([router]) if router is not None else 0.0
         figures = wrk(endpoint, script, connections, seconds)
-        figures["cpu_ms"] = (cpu_seconds(pids) - before) * 1000 / max(1.0, figures["rps"] * seconds)
+        answered = max(1.0, figures["rps"] * seconds)
+        figures["cpu_ms"] = (cpu_seconds(pids) - before) * 1000 / answered
+        if router is not None:
+            figures["router_cpu_ms"] = (cpu_seconds([router]) - before_router) * 1000 / answered
         result[name] = figures
     return result
 
@@ -161,7 +169,7 @@ def run_router(
                 raise RuntimeError(f"{setup} did not start")
             time.sleep(0.2)
         pids = [process.pid, server.process.pid]
-        result = {"setup": setup, **measure(endpoint, script, args.seconds, pids)}
+        result = {"setup": setup, **measure(endpoint, script, args.seconds, pids, process.pid)}
         time.sleep(1.5)
     finally:
         process.send_signal(signal.SIGTERM)
@@ -189,14 +197,16 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         " (2 cores; above 2, other processes were competing for them).",
         "",
         "| setup | c=1 req/s | c=1 p50 / p99 ms | c=16 req/s | c=16 p50 / p99 ms "
-        "| server-side CPU ms per request (c=1 / c=16) | pairs stored | challenger answers |",
-        "|---|---|---|---|---|---|---|---|",
+        "| server-side CPU ms per request (c=1 / c=16) | of which the router (c=1 / c=16) "
+        "| pairs stored | challenger answers |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         c1, c16 = r["c1"], r["c16"]
+        own = f"{c1['router_cpu_ms']:.2f} / {c16['router_cpu_ms']:.2f}" if "router_cpu_ms" in c1 else "-"
         lines.append(
             f"| {r['setup']} | {c1['rps']:.0f} | {c1['p50']:.2f} / {c1['p99']:.2f} | {c16['rps']:.0f} "
-            f"| {c16['p50']:.2f} / {c16['p99']:.2f} | {c1['cpu_ms']:.2f} / {c16['cpu_ms']:.2f} "
+            f"| {c16['p50']:.2f} / {c16['p99']:.2f} | {c1['cpu_ms']:.2f} / {c16['cpu_ms']:.2f} | {own} "
             f"| {r.get('pairs', '-')} | {r.get('challenger_answers', '-')} |"
         )
     lines += ["", "Against direct (targets: added p50 <= 1 ms, throughput ratio >= 0.85):", ""]

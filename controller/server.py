@@ -26,8 +26,11 @@ import selectors
 import shutil
 import socket
 import tempfile
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -61,6 +64,108 @@ class _TimedSocket(socket.socket):
             super().setblocking(False)
 
 
+class ThreadPool:
+    """The serving threads of a worker: the executor gunicorn's threaded worker submits requests to.
+
+    What `concurrent.futures.ThreadPoolExecutor` does for gunicorn (submit returning a Future,
+    shutdown), with one hand-off per request instead of a crowd. The standard executor's idle
+    threads all wait on one queue, and a submit there wakes two of them (the one that takes the
+    request, and another that finds nothing and goes back to sleep, after taking the GIL from the
+    first: at one request at a time, most of the serving thread's waits for the GIL). Here each idle
+    thread waits on its own lock and a submit wakes exactly one, the one idle most recently (its
+    stack and caches are warm); a request finding no idle thread is queued, and a new thread is
+    started while there are fewer than max_workers. Threads are daemons: gunicorn answers the
+    requests in flight (up to its graceful timeout) before it shuts the pool down.
+    """
+
+    def __init__(self, max_workers: int, name: str = "mlcanary-serve") -> None:
+        if max_workers <= 0:
+            raise ValueError("max_workers must be positive")
+        self.max_workers = max_workers
+        self.name = name
+        self._lock = threading.RLock()  # shutdown() may run in a signal handler (gunicorn's SIGQUIT)
+        self._queue: deque[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]] = deque()
+        self._idle: list[_Slot] = []  # a stack: the thread idle last is woken first
+        self._threads: list[threading.Thread] = []
+        self._shutdown = False
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        item = (future, fn, args)
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new work after shutdown")
+            if self._idle:
+                slot = self._idle.pop()
+                slot.item = item
+                slot.wake.release()
+                return future
+            self._queue.append(item)
+            if len(self._threads) < self.max_workers:
+                thread = threading.Thread(
+                    target=self._serve, name=f"{self.name}-{len(self._threads)}", daemon=True
+                )
+                self._threads.append(thread)
+                thread.start()
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self._shutdown = True
+            if cancel_futures:
+                while self._queue:
+                    self._queue.popleft()[0].cancel()
+            idle, self._idle = self._idle, []
+            threads = list(self._threads)
+        for slot in idle:
+            slot.item = None
+            slot.wake.release()
+        if wait:
+            for thread in threads:
+                if thread is not threading.current_thread():
+                    thread.join()
+
+    def _serve(self) -> None:
+        slot = _Slot()
+        while True:
+            item: tuple[Future[Any], Callable[..., Any], tuple[Any, ...]] | None
+            with self._lock:
+                if self._queue:
+                    item = self._queue.popleft()
+                elif self._shutdown:
+                    return
+                else:
+                    item = None
+                    self._idle.append(slot)
+            if item is None:
+                slot.wake.acquire()  # released by submit (with an item) or shutdown (without)
+                item, slot.item = slot.item, None
+                if item is None:
+                    return
+            future, fn, args = item
+            del item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = fn(*args)
+            except BaseException as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+            del future, fn, args
+
+
+class _Slot:
+    """An idle serving thread's wake-up: a lock it waits on, released with the work handed to it."""
+
+    __slots__ = ("item", "wake")
+
+    def __init__(self) -> None:
+        self.item: tuple[Future[Any], Callable[..., Any], tuple[Any, ...]] | None = None
+        self.wake = threading.Lock()
+        self.wake.acquire()
+
+
 class ReadBufferingWorker(ThreadWorker):
     """gunicorn's threaded worker whose event loop reads each request in full before a thread runs it.
 
@@ -82,6 +187,9 @@ class ReadBufferingWorker(ThreadWorker):
         self._socket_class = type(
             "TimedSocket", (_TimedSocket,), {"__slots__": (), "timeout_s": self.read_timeout_s}
         )
+
+    def get_thread_pool(self) -> Any:
+        return ThreadPool(self.cfg.threads)
 
     def accept(self, listener: socket.socket) -> None:
         try:
