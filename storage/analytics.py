@@ -244,16 +244,36 @@ def _coverage(conn: Any, where: ColumnElement[bool]) -> Coverage:
 
 
 def _plain_columns(figures: dict[str, tuple[str, ColumnElement[bool], Any]]) -> dict[str, Any]:
-    """One aggregate column per figure: ("count", rows), ("sum", rows, value) or ("max", rows, value)."""
+    """One aggregate column per figure: ("count", rows), ("sum", rows, value) or ("max", rows, value).
+
+    Each aggregates only the rows it selects (``FILTER (WHERE ...)``, on SQLite and PostgreSQL alike):
+    the same figures as a CASE inside the aggregate, without evaluating the aggregate on other rows.
+    """
     out: dict[str, Any] = {}
     for name, (kind, member, value) in figures.items():
         if kind == "count":
-            out[name] = _count(member)
+            out[name] = func.count().filter(member)
         elif kind == "sum":
-            out[name] = func.coalesce(func.sum(case((member, value), else_=None)), 0.0)
+            out[name] = func.coalesce(func.sum(value).filter(member), 0.0)
         else:
-            out[name] = func.max(case((member, value), else_=None))
+            out[name] = func.max(value).filter(member)
     return out
+
+
+def _distinct_columns(columns: dict[str, Any]) -> tuple[list[Any], dict[str, int]]:
+    """Compute each distinct aggregate once: the distinct columns, and each name's index among them.
+
+    Paired cohorts ask for the same figure under several names (both arms' requests are the pairs).
+    """
+    distinct: list[Any] = []
+    index: dict[str, int] = {}
+    for name, column in columns.items():
+        found = next((i for i, seen in enumerate(distinct) if column.compare(seen)), None)
+        if found is None:
+            found = len(distinct)
+            distinct.append(column)
+        index[name] = found
+    return distinct, index
 
 
 def _count(condition: ColumnElement[bool]) -> Any:
@@ -262,6 +282,11 @@ def _count(condition: ColumnElement[bool]) -> Any:
 
 def _fsum(expr: Any) -> Any:
     return func.coalesce(func.sum(cast(expr, Float)), 0.0)
+
+
+def _fsum_of(expr: Any, rows: ColumnElement[bool]) -> Any:
+    """The float sum of ``expr`` over the rows selected (0.0 without any)."""
+    return func.coalesce(func.sum(cast(expr, Float)).filter(rows), 0.0)
 
 
 def latency_bucket(ms: Any, latency: LatencyBuckets) -> ColumnElement[Any]:
@@ -360,9 +385,9 @@ def _cluster_query(
     """
     inner_cols: list[Any] = []
     for i, (member, a, b) in enumerate(specs.values()):
-        inner_cols += [_count(member).label(f"m{i}"), _fsum(case((member, a), else_=0.0)).label(f"a{i}")]
+        inner_cols += [func.count().filter(member).label(f"m{i}"), _fsum_of(a, member).label(f"a{i}")]
         if b is not None:
-            inner_cols.append(_fsum(case((member, b), else_=0.0)).label(f"b{i}"))
+            inner_cols.append(_fsum_of(b, member).label(f"b{i}"))
     inner = select(*inner_cols).select_from(source).where(where).group_by(cluster).subquery()
     outer: list[Any] = []
     for i, (_, _, b) in enumerate(specs.values()):
@@ -438,12 +463,12 @@ class _StepQueries:
     """
 
     figures: Any
-    figure_names: tuple[str, ...]
+    figure_index: dict[str, int]
     clusters: Any
     specs: tuple[tuple[str, bool], ...]  # cluster sum names, and whether each has a second quantity
     skipped: Any
     units: Any | None
-    latency: Any
+    latency: dict[str, Any]
     classes: Any | None
     bounds: Any | None
     values: dict[str, Any]
@@ -572,7 +597,7 @@ def _step_queries(
                     _indicator(above["challenger"]) - _indicator(above["champion"]),
                     None,
                 )
-    columns = _plain_columns(figures)
+    distinct, figure_index = _distinct_columns(_plain_columns(figures))
     units = None
     if cohort == "served":
         # The split is sticky per routing key, so keys, not requests, are the independent units that a
@@ -582,17 +607,17 @@ def _step_queries(
             .where(step_filter)
             .group_by(P.served_arm)
         )
-    # latency histograms: bucket = 1 + floor(ln(ms / start) / ln(growth)), clipped; both arms in one scan
-    latency_query = _joint_query(
-        and_(step_filter, FIRST_ROW),
-        [
-            (
-                and_(member(arm), P[f"{arm}_latency_ms"].is_not(None)),
-                latency_bucket(P[f"{arm}_latency_ms"], latency),
-            )
-            for arm in ARMS
-        ],
-    )
+    # latency histograms: bucket = 1 + floor(ln(ms / start) / ln(growth)), clipped; one query per arm (a
+    # joint GROUP BY of both arms' buckets returns about as many key pairs as rows, read one by one)
+    latency_queries = {}
+    for arm in ARMS:
+        ms = P[f"{arm}_latency_ms"]
+        bucket = latency_bucket(ms, latency)
+        latency_queries[arm] = (
+            select(bucket.label("b"), func.count())
+            .where(step_filter, FIRST_ROW, member(arm), ms.is_not(None))
+            .group_by(bucket)
+        )
     # output histograms: classes, or equal-width bins of regression values over both arms' range
     classes = bounds = None
     values: dict[str, Any] = {}
@@ -619,13 +644,13 @@ def _step_queries(
                 .group_by(bucket)
             )
     return _StepQueries(
-        figures=select(*columns.values()).select_from(source).where(step_filter),
-        figure_names=tuple(columns),
+        figures=select(*distinct).select_from(source).where(step_filter),
+        figure_index=figure_index,
         clusters=_cluster_query(source, step_filter, cluster, specs),
         specs=tuple((name, b is not None) for name, (_, _, b) in specs.items()),
         skipped=_skipped_query(and_(step_filter, FIRST_ROW)),
         units=units,
-        latency=latency_query,
+        latency=latency_queries,
         classes=classes,
         bounds=bounds,
         values=values,
@@ -670,7 +695,8 @@ def step_aggregates(
             if cap is not None:
                 params["cap"] = cap
         q = _step_queries(cohort, task, by, labelled, cap is not None, latency, value_bins)
-        f = dict(zip(q.figure_names, conn.execute(q.figures, params).one(), strict=True))
+        row = conn.execute(q.figures, params).one()
+        f = {name: row[i] for name, i in q.figure_index.items()}
         clusters = _read_clusters(conn.execute(q.clusters, params).one(), q.specs)
         arms: dict[str, dict[str, Any]] = {
             arm: {"n": int(f[f"{arm}.n"]), "failed": int(f[f"{arm}.failed"]), "rows": int(f[f"{arm}.rows"])}
@@ -718,9 +744,8 @@ def step_aggregates(
                     cap, tail_quantile, *[int(f[f"tail.{k}"]) for k in tail]
                 )
 
-        histograms = _read_joint(conn.execute(q.latency, params).all(), ARMS)
         for arm in ARMS:
-            arms[arm]["latency"] = {int(b): c for b, c in histograms[arm].items()}
+            arms[arm]["latency"] = {int(b): int(c) for b, c in conn.execute(q.latency[arm], params).all()}
         value_range: tuple[float, float] | None = None
         if q.classes is not None:
             histograms = _read_joint(conn.execute(q.classes, params).all(), ARMS)
