@@ -391,13 +391,18 @@ def _cluster_query(
     inner = select(*inner_cols).select_from(source).where(where).group_by(cluster).subquery()
     outer: list[Any] = []
     for i, (_, _, b) in enumerate(specs.values()):
+        # a cluster without rows of a spec adds 0 to each of its sums: only the others are summed
         m, a = inner.c[f"m{i}"], inner.c[f"a{i}"]
-        outer += [_count(m > 0), _fsum(m), _fsum(m * m), _fsum(m * a)]
+        some = m > 0
+        outer += [func.count().filter(some), _fsum_of(m, some), _fsum_of(m * m, some), _fsum_of(m * a, some)]
         if b is not None:
-            outer.append(_fsum(m * inner.c[f"b{i}"]))
-        outer.append(_fsum(a * a))
+            outer.append(_fsum_of(m * inner.c[f"b{i}"], some))
+        outer.append(_fsum_of(a * a, some))
         if b is not None:
-            outer += [_fsum(a * inner.c[f"b{i}"]), _fsum(inner.c[f"b{i}"] * inner.c[f"b{i}"])]
+            outer += [
+                _fsum_of(a * inner.c[f"b{i}"], some),
+                _fsum_of(inner.c[f"b{i}"] * inner.c[f"b{i}"], some),
+            ]
     return select(*outer)
 
 
@@ -524,6 +529,7 @@ def _step_queries(
         count("agreed", both_ok, P.champion_class == P.challenger_class)
     for name, (kind, rows, value) in _coverage_figures().items():
         figures[f"coverage.{name}"] = (kind, and_(FIRST_ROW, rows), value)
+    count("coverage.skipped", FIRST_ROW, SHADOW_STATUS == "skipped")  # by reason only when there are some
     failed = {arm: _indicator(_failed(arm)) for arm in ARMS}
     specs: dict[str, tuple[ColumnElement[bool], Any, Any]] = {
         "errors.paired": (and_(FIRST_ROW, both_ran), failed["challenger"] - failed["champion"], None)
@@ -705,7 +711,11 @@ def step_aggregates(
         extra: dict[str, Any] = {name: int(f[name]) for name in ("pairs", "worse", "better", "requests")}
         if task == "classification":
             extra.update(compared=int(f["compared"]), agreed=int(f["agreed"]))
-        skipped = {str(reason): int(n) for reason, n in conn.execute(q.skipped, params).all()}
+        skipped = (
+            {str(reason): int(n) for reason, n in conn.execute(q.skipped, params).all()}
+            if f["coverage.skipped"]
+            else {}
+        )
         extra["coverage"] = _coverage_of(
             {name: f[f"coverage.{name}"] for name in _coverage_figures()}, skipped
         )
