@@ -324,3 +324,34 @@ def test_a_look_gives_the_same_figures_as_before(store: Store, name: str) -> Non
     assert name in golden, f"no golden figures for {name} in {path}"
     diffs = _compare(found, golden[name])
     assert not diffs, "\n".join(diffs[:40])
+
+
+@pytest.mark.parametrize("name", ["shadow-binary", "shadow-multiclass", "shadow-regression-repro-off"])
+def test_figures_of_gates_that_are_off_are_not_computed_and_the_look_is_the_same(
+    store: Store, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Log loss, Brier (classification) and RMSE (regression) off: their sums are skipped, and the
+    analysis, the judgement and the decision are those of a look that computed them."""
+    scenario = dict(SCENARIOS[name])
+    metrics = {"log_loss": {"role": "off"}, "brier": {"role": "off"}, "rmse": {"role": "off"}}
+    scenario["policy"] = {
+        **scenario["policy"],
+        "metrics": {**scenario["policy"].get("metrics", {}), **metrics},
+    }
+    rollout = _fill(store, scenario, seed=3)
+    skipped = assess(store, rollout, now=NOW)
+    quality = skipped.measurement.metrics.quality if skipped.measurement else None
+    assert quality is not None
+    assert quality.log_loss is None and quality.brier is None and quality.squared_error is None
+
+    from controller.loop import quality as loop_quality
+
+    everything = loop_quality.quality_aggregates
+
+    def computing_everything(*args: Any, **kwargs: Any) -> Any:
+        return everything(*args, **{**kwargs, "proper_scores": True, "squared": True})
+
+    monkeypatch.setattr(loop_quality, "quality_aggregates", computing_everything)
+    computed = assess(store, rollout, now=NOW)
+    assert _plain(skipped.analysis()) == _plain(computed.analysis())
+    assert _plain(skipped.decision) == _plain(computed.decision)
