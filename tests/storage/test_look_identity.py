@@ -5,7 +5,8 @@ and three classes, regression; multi-row requests, failures, skipped shadow jobs
 after the maturity cutoff, outcomes, segments) are looked at with ``assess`` and read directly with
 ``step_aggregates`` / ``quality_aggregates`` / ``labelled_metrics``; everything they return is compared
 with what the code before the change returned on the same data (``data/look_identity_<dialect>.json``,
-written by the commit before the change with ``MLCANARY_WRITE_LOOK_GOLDEN=1``).
+written by commit ef3c9ed, before the change, with ``MLCANARY_WRITE_LOOK_GOLDEN=1``; a change that
+means to change a look's figures rewrites them the same way and says why).
 
 Counts, classes, verdicts and decisions must be equal. Floating-point sums may only differ by the order
 in which the database added them up (merged queries sum per cluster first): relative 1e-12.
