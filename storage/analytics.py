@@ -29,11 +29,12 @@ and output histograms.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import Float, and_, case, cast, func, literal, or_, select
+from sqlalchemy import Float, Integer, and_, bindparam, case, cast, func, literal, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from storage.database import Database
@@ -205,33 +206,74 @@ def coverage(db: Database, *, rollout_id: int, step: int | None = None) -> Cover
         return _coverage(conn, and_(*where))
 
 
-def _coverage(conn: Any, where: ColumnElement[bool]) -> Coverage:
+def _coverage_figures() -> dict[str, tuple[str, ColumnElement[bool], Any]]:
+    """The figures of ``Coverage`` but the skipped reasons, over a step's row-0 rows (see ``_figures``)."""
     scored = SHADOW_STATUS.in_(("ok", "error"))
-    row = conn.execute(
-        select(
-            _count(SHADOW_STATUS.is_not(None)),
-            _count(scored),
-            func.count(P.shadow_wait_ms),
-            func.coalesce(func.sum(case((scored, P.shadow_wait_ms), else_=None)), 0.0),
-            func.max(case((scored, P.shadow_wait_ms), else_=None)),
-        ).where(where)
-    ).one()
-    skipped = {
-        str(reason): int(n)
-        for reason, n in conn.execute(
-            select(P.skip_reason, func.count())
-            .where(where, SHADOW_STATUS == "skipped")
-            .group_by(P.skip_reason)
-        )
+    return {
+        "sampled": ("count", SHADOW_STATUS.is_not(None), None),
+        "scored": ("count", scored, None),
+        "wait_n": ("count", P.shadow_wait_ms.is_not(None), None),
+        "wait_sum_ms": ("sum", scored, P.shadow_wait_ms),
+        "wait_max_ms": ("max", scored, P.shadow_wait_ms),
     }
-    return Coverage(
-        sampled=int(row[0] or 0),
-        scored=int(row[1] or 0),
-        skipped=skipped,
-        wait_n=int(row[2] or 0),
-        wait_sum_ms=float(row[3] or 0.0),
-        wait_max_ms=None if row[4] is None else float(row[4]),
+
+
+def _skipped_query(where: ColumnElement[bool]) -> Any:
+    """Count the skipped shadow jobs of the rows ``where`` selects by reason."""
+    return (
+        select(P.skip_reason, func.count()).where(where, SHADOW_STATUS == "skipped").group_by(P.skip_reason)
     )
+
+
+def _coverage_of(figures: dict[str, Any], skipped: dict[str, int]) -> Coverage:
+    return Coverage(
+        sampled=int(figures["sampled"] or 0),
+        scored=int(figures["scored"] or 0),
+        skipped=skipped,
+        wait_n=int(figures["wait_n"] or 0),
+        wait_sum_ms=float(figures["wait_sum_ms"] or 0.0),
+        wait_max_ms=None if figures["wait_max_ms"] is None else float(figures["wait_max_ms"]),
+    )
+
+
+def _coverage(conn: Any, where: ColumnElement[bool]) -> Coverage:
+    columns = _plain_columns(_coverage_figures())
+    row = conn.execute(select(*columns.values()).where(where)).one()
+    skipped = {str(reason): int(n) for reason, n in conn.execute(_skipped_query(where))}
+    return _coverage_of(dict(zip(columns, row, strict=True)), skipped)
+
+
+def _plain_columns(figures: dict[str, tuple[str, ColumnElement[bool], Any]]) -> dict[str, Any]:
+    """One aggregate column per figure: ("count", rows), ("sum", rows, value) or ("max", rows, value).
+
+    Each aggregates only the rows it selects (``FILTER (WHERE ...)``, on SQLite and PostgreSQL alike):
+    the same figures as a CASE inside the aggregate, without evaluating the aggregate on other rows.
+    """
+    out: dict[str, Any] = {}
+    for name, (kind, member, value) in figures.items():
+        if kind == "count":
+            out[name] = func.count().filter(member)
+        elif kind == "sum":
+            out[name] = func.coalesce(func.sum(value).filter(member), 0.0)
+        else:
+            out[name] = func.max(value).filter(member)
+    return out
+
+
+def _distinct_columns(columns: dict[str, Any]) -> tuple[list[Any], dict[str, int]]:
+    """Compute each distinct aggregate once: the distinct columns, and each name's index among them.
+
+    Paired cohorts ask for the same figure under several names (both arms' requests are the pairs).
+    """
+    distinct: list[Any] = []
+    index: dict[str, int] = {}
+    for name, column in columns.items():
+        found = next((i for i, seen in enumerate(distinct) if column.compare(seen)), None)
+        if found is None:
+            found = len(distinct)
+            distinct.append(column)
+        index[name] = found
+    return distinct, index
 
 
 def _count(condition: ColumnElement[bool]) -> Any:
@@ -240,6 +282,11 @@ def _count(condition: ColumnElement[bool]) -> Any:
 
 def _fsum(expr: Any) -> Any:
     return func.coalesce(func.sum(cast(expr, Float)), 0.0)
+
+
+def _fsum_of(expr: Any, rows: ColumnElement[bool]) -> Any:
+    """The float sum of ``expr`` over the rows selected (0.0 without any)."""
+    return func.coalesce(func.sum(cast(expr, Float)).filter(rows), 0.0)
 
 
 def latency_bucket(ms: Any, latency: LatencyBuckets) -> ColumnElement[Any]:
@@ -262,28 +309,26 @@ def latency_histogram(
     return {int(b): int(c) for b, c in conn.execute(query)}
 
 
-def _joint_histograms(
-    conn: Any, where: ColumnElement[bool], keys: dict[str, tuple[ColumnElement[bool], Any]]
-) -> dict[str, dict[Any, int]]:
-    """Per-arm histograms from one scan: GROUP BY the arms' keys together, then sum the margins.
+def _joint_query(where: ColumnElement[bool], keys: list[tuple[ColumnElement[bool], Any]]) -> Any:
+    """Per-arm histograms from one scan: GROUP BY the arms' keys together (``_read_joint`` sums the margins).
 
-    ``keys``: arm -> (the rows this arm counts, its key: never NULL on them); the same rows and counts
+    ``keys``: per arm (the rows this arm counts, its key: never NULL on them); the same rows and counts
     as one GROUP BY key per arm, in one pass (the key pairs seen are few: buckets or classes).
     """
-    columns = [
-        case((member, key), else_=None).label(f"k{i}") for i, (member, key) in enumerate(keys.values())
-    ]
-    query = (
-        select(*columns, func.count())
-        .where(where, or_(*[member for member, _ in keys.values()]))
-        .group_by(*columns)
+    columns = [case((member, key), else_=None).label(f"k{i}") for i, (member, key) in enumerate(keys)]
+    return (
+        select(*columns, func.count()).where(where, or_(*[member for member, _ in keys])).group_by(*columns)
     )
-    out: dict[str, dict[Any, int]] = {arm: {} for arm in keys}
-    for row in conn.execute(query):
+
+
+def _read_joint(rows: Any, names: tuple[str, ...]) -> dict[str, dict[Any, int]]:
+    """The margins of a ``_joint_query``'s counts: name -> key -> count."""
+    out: dict[str, dict[Any, int]] = {name: {} for name in names}
+    for row in rows:
         n = int(row[-1])
-        for arm, k in zip(keys, row[:-1], strict=True):
+        for name, k in zip(names, row[:-1], strict=True):
             if k is not None:
-                out[arm][k] = out[arm].get(k, 0) + n
+                out[name][k] = out[name].get(k, 0) + n
     return out
 
 
@@ -323,44 +368,54 @@ def live_figures(db: Database, *, rollout_id: int, step: int, latency: LatencyBu
     )
 
 
-def _cluster_sums(
-    conn: Any,
+Figure = tuple[str, ColumnElement[bool], Any]
+"""("count", rows, None), ("sum", rows, value) or ("max", rows, value): one plain aggregate of a step."""
+
+
+def _cluster_query(
     source: Any,
     where: ColumnElement[bool],
     cluster: Any,
     specs: dict[str, tuple[ColumnElement[bool], Any, Any]],
-) -> dict[str, ClusterAggregate]:
+) -> Any:
     """Sum cross products of per-cluster totals: one GROUP BY cluster inside one aggregate query.
 
-    ``specs``: name -> (row belongs, a, b or None) with a, b per-row numeric expressions.
+    ``specs``: name -> (row belongs, a, b or None) with a, b per-row numeric expressions; without b its
+    cross products are 0 and not computed. ``_read_clusters`` reads the row.
     """
-    if not specs:
-        return {}
     inner_cols: list[Any] = []
     for i, (member, a, b) in enumerate(specs.values()):
-        inner_cols += [
-            _count(member).label(f"m{i}"),
-            _fsum(case((member, a), else_=0.0)).label(f"a{i}"),
-            _fsum(case((member, b if b is not None else 0.0), else_=0.0)).label(f"b{i}"),
-        ]
+        inner_cols += [func.count().filter(member).label(f"m{i}"), _fsum_of(a, member).label(f"a{i}")]
+        if b is not None:
+            inner_cols.append(_fsum_of(b, member).label(f"b{i}"))
     inner = select(*inner_cols).select_from(source).where(where).group_by(cluster).subquery()
     outer: list[Any] = []
-    for i in range(len(specs)):
-        m, a, b = inner.c[f"m{i}"], inner.c[f"a{i}"], inner.c[f"b{i}"]
-        outer += [
-            _count(m > 0),
-            _fsum(m),
-            _fsum(m * m),
-            _fsum(m * a),
-            _fsum(m * b),
-            _fsum(a * a),
-            _fsum(a * b),
-            _fsum(b * b),
-        ]
-    row = conn.execute(select(*outer)).one()
+    for i, (_, _, b) in enumerate(specs.values()):
+        # a cluster without rows of a spec adds 0 to each of its sums: only the others are summed
+        m, a = inner.c[f"m{i}"], inner.c[f"a{i}"]
+        some = m > 0
+        outer += [func.count().filter(some), _fsum_of(m, some), _fsum_of(m * m, some), _fsum_of(m * a, some)]
+        if b is not None:
+            outer.append(_fsum_of(m * inner.c[f"b{i}"], some))
+        outer.append(_fsum_of(a * a, some))
+        if b is not None:
+            outer += [
+                _fsum_of(a * inner.c[f"b{i}"], some),
+                _fsum_of(inner.c[f"b{i}"] * inner.c[f"b{i}"], some),
+            ]
+    return select(*outer)
+
+
+def _read_clusters(row: Any, specs: tuple[tuple[str, bool], ...]) -> dict[str, ClusterAggregate]:
+    """Turn a ``_cluster_query`` row into ``ClusterAggregate``s (specs: name, whether it has a b)."""
+    values = iter(row)
     out: dict[str, ClusterAggregate] = {}
-    for i, name in enumerate(specs):
-        v = [float(x or 0.0) for x in row[8 * i : 8 * i + 8]]
+    for name, has_b in specs:
+        clusters, rows, mm, ma = (next(values) for _ in range(4))
+        mb = next(values) if has_b else 0.0
+        aa = next(values)
+        ab, bb = (next(values), next(values)) if has_b else (0.0, 0.0)
+        v = [float(x or 0.0) for x in (clusters, rows, mm, ma, mb, aa, ab, bb)]
         out[name] = ClusterAggregate(int(v[0]), *v[1:])
     return out
 
@@ -373,15 +428,19 @@ ERROR_BUCKETS = LatencyBuckets(start_ms=1e-9, growth=1.02, count=2400)
 """Log buckets of absolute errors (1e-9 .. ~1e11, 2% wide) for the champion's high quantile."""
 
 
-def _upper_quantile(conn: Any, source: Any, where: ColumnElement[bool], value: Any, q: float) -> float | None:
-    """Return the upper edge of the log bucket holding the q-quantile of ``value`` (>= the quantile)."""
+# Values a look's statements take at each execution; everything else is fixed by their shape.
+ROLLOUT = bindparam("rollout_id", type_=Integer)
+STEP = bindparam("step", type_=Integer)
+CUTOFF = bindparam("label_cutoff", type_=P.received_at.type)
+CAP = bindparam("cap", type_=Float)
+LOW = bindparam("low", type_=Float)
+WIDTH = bindparam("width", type_=Float)
+
+
+def _upper_quantile_of(counts: list[tuple[int, int]], q: float) -> float | None:
+    """Return the upper edge of the log bucket holding the q-quantile of (bucket, count) (>= the quantile)."""
     b = ERROR_BUCKETS
-    raw = literal(1.0) + func.floor(func.ln(value / b.start_ms) / func.ln(b.growth))
-    bucket = case((value < b.start_ms, 0), (raw > b.count - 1, b.count - 1), else_=raw)
-    rows = conn.execute(
-        select(bucket.label("b"), func.count()).select_from(source).where(where).group_by(bucket)
-    ).all()
-    counts = sorted((int(k), int(c)) for k, c in rows)
+    counts = sorted(counts)
     total = sum(c for _, c in counts)
     if total == 0:
         return None
@@ -391,6 +450,218 @@ def _upper_quantile(conn: Any, source: Any, where: ColumnElement[bool], value: A
         if seen >= q * total:
             return float(b.start_ms * b.growth**k)  # bucket k covers [start g^(k-1), start g^k)
     return float(b.start_ms * b.growth ** counts[-1][0])
+
+
+def _upper_quantile_query(source: Any, where: ColumnElement[bool], value: Any) -> Any:
+    """Count ``value`` per log bucket of ``ERROR_BUCKETS`` (see ``_upper_quantile_of``)."""
+    b = ERROR_BUCKETS
+    raw = literal(1.0) + func.floor(func.ln(value / b.start_ms) / func.ln(b.growth))
+    bucket = case((value < b.start_ms, 0), (raw > b.count - 1, b.count - 1), else_=raw)
+    return select(bucket.label("b"), func.count()).select_from(source).where(where).group_by(bucket)
+
+
+@dataclass(frozen=True)
+class _StepQueries:
+    """The statements of one shape of ``step_aggregates``, built once (``_step_queries``).
+
+    They take ``ROLLOUT``, ``STEP`` and, as their shape needs, ``CUTOFF``, ``CAP``, ``LOW`` / ``WIDTH``.
+    """
+
+    figures: Any
+    figure_index: dict[str, int]
+    clusters: Any
+    specs: tuple[tuple[str, bool], ...]  # cluster sum names, and whether each has a second quantity
+    skipped: Any
+    units: Any | None
+    latency: dict[str, Any]
+    classes: Any | None
+    bounds: Any | None
+    values: dict[str, Any]
+    cap: Any | None
+
+
+@functools.lru_cache(maxsize=64)
+def _step_queries(
+    cohort: Cohort,
+    task: str,
+    by: str,
+    labelled: bool,
+    tail: bool,
+    latency: LatencyBuckets,
+    value_bins: int,
+) -> _StepQueries:
+    """Build the statements of ``step_aggregates`` for one shape: its cohort, task, clusters, whether
+    labels count (``labelled``) and the regression tail is known (``tail``: ``CAP`` bound)."""
+    step_filter = and_(P.rollout_id == ROLLOUT, P.step == STEP)
+    both_ran = and_(ran("champion"), ran("challenger"))
+    both_ok = and_(_ok("champion"), _ok("challenger"))
+
+    def member(arm: str) -> ColumnElement[bool]:
+        return both_ran if cohort == "paired" else and_(P.served_arm == arm, ran(arm))
+
+    def answered(arm: str) -> ColumnElement[bool]:
+        """Rows whose output of this arm counts: both succeeded (paired) or this arm succeeded (served)."""
+        return both_ok if cohort == "paired" else and_(P.served_arm == arm, _ok(arm))
+
+    # Clusters: rows of one request (shadow) or of one routing key (canary, sticky split).
+    cluster = P.request_id if by == "request" else P.routing_key_hash
+    # The step's rows are read twice, each time with their matured labels (an outer join): once for
+    # every plain figure (counts, failures, coverage, labelled counts and sums) and once grouped by
+    # cluster for every cluster sum. A request's row 0 stands for the request.
+    figures: dict[str, Figure] = {}
+
+    def count(name: str, *conditions: ColumnElement[bool]) -> None:
+        figures[name] = ("count", and_(*conditions), None)
+
+    def total(name: str, condition: ColumnElement[bool], value: Any) -> None:
+        figures[name] = ("sum", condition, cast(value, Float))
+
+    for arm in ARMS:
+        count(f"{arm}.n", FIRST_ROW, member(arm))
+        count(f"{arm}.failed", FIRST_ROW, member(arm), _failed(arm))
+        count(f"{arm}.rows", member(arm))
+    count("pairs", FIRST_ROW, both_ran)
+    count("worse", FIRST_ROW, both_ran, _failed("challenger"), _ok("champion"))
+    count("better", FIRST_ROW, both_ran, _failed("champion"), _ok("challenger"))
+    count("requests", FIRST_ROW)
+    if task == "classification":
+        count("compared", both_ok)
+        count("agreed", both_ok, P.champion_class == P.challenger_class)
+    for name, (kind, rows, value) in _coverage_figures().items():
+        figures[f"coverage.{name}"] = (kind, and_(FIRST_ROW, rows), value)
+    count("coverage.skipped", FIRST_ROW, SHADOW_STATUS == "skipped")  # by reason only when there are some
+    failed = {arm: _indicator(_failed(arm)) for arm in ARMS}
+    specs: dict[str, tuple[ColumnElement[bool], Any, Any]] = {
+        "errors.paired": (and_(FIRST_ROW, both_ran), failed["challenger"] - failed["champion"], None)
+    }
+    if cohort == "served":
+        for arm in ARMS:
+            specs[f"errors.{arm}"] = (and_(FIRST_ROW, member(arm)), failed[arm], None)
+    if task == "classification":
+        specs["agreement"] = (both_ok, _indicator(P.champion_class != P.challenger_class), None)
+
+    source: Any = PAIRS
+    cap_query = None
+    if labelled:
+        # labels that have matured: one label at most per row (the labels' key), so the outer join keeps
+        # every row and a row without a matured label counts in no labelled figure
+        on = and_(
+            L.request_id == P.request_id, L.row_index == P.row_index, L.deployment_id == P.deployment_id
+        )
+        source = PAIRS.outerjoin(LABELS, on)
+        mature = P.received_at <= CUTOFF
+        if task == "classification":
+            has = and_(mature, L.label_class.is_not(None))
+            right = {arm: P[f"{arm}_class"] == L.label_class for arm in ARMS}
+            for arm in ARMS:
+                count(f"{arm}.labelled", has, answered(arm))
+                count(f"{arm}.correct", has, answered(arm), right[arm])
+            count("labelled_pairs", has, both_ok)
+            count("labelled_worse", has, both_ok, right["champion"], ~right["challenger"])
+            count("labelled_better", has, both_ok, ~right["champion"], right["challenger"])
+            hit = {arm: _indicator(right[arm]) for arm in ARMS}
+            specs["correct.paired"] = (and_(has, both_ok), hit["champion"] - hit["challenger"], None)
+            if cohort == "served":
+                for arm in ARMS:
+                    specs[f"correct.{arm}"] = (and_(has, answered(arm)), hit[arm], None)
+        else:
+            has = and_(mature, L.label_value.is_not(None))
+            err = {arm: func.abs(P[f"{arm}_value"] - L.label_value) for arm in ARMS}
+            usable = {arm: and_(has, answered(arm), P[f"{arm}_value"].is_not(None)) for arm in ARMS}
+            for arm in ARMS:
+                count(f"{arm}.labelled", usable[arm])
+                total(f"{arm}.abs_error_sum", usable[arm], err[arm])
+                total(f"{arm}.abs_error_sumsq", usable[arm], err[arm] * err[arm])
+            both = and_(has, both_ok, P.champion_value.is_not(None), P.challenger_value.is_not(None))
+            d = err["challenger"] - err["champion"]
+            count("diff_n", both)
+            total("diff_sum", both, d)
+            total("diff_sumsq", both, d * d)
+            e1, e2 = err["champion"], err["challenger"]
+            for i, e in enumerate((e1, e1 * e1, e2, e2 * e2, e1 * e2)):
+                total(f"pair_abs.{i}", both, e)
+            specs["abs_error.paired"] = (both, err["challenger"], err["champion"])
+            if cohort == "served":
+                for arm in ARMS:
+                    specs[f"abs_error.{arm}"] = (usable[arm], err[arm], None)
+            # catastrophic errors: above the champion's high quantile of |error| (its labelled rows)
+            base = usable["champion"] if cohort == "served" else both
+            joined = PAIRS.join(LABELS, on)
+            cap_query = _upper_quantile_query(joined, and_(step_filter, base), err["champion"])
+            if tail:
+                above = {arm: err[arm] > CAP for arm in ARMS}
+                other = usable["challenger"] if cohort == "served" else both
+                count("tail.champion_n", base)
+                count("tail.champion_above", base, above["champion"])
+                count("tail.challenger_n", other)
+                count("tail.challenger_above", other, above["challenger"])
+                count("tail.pairs", both)
+                count("tail.worse", both, above["challenger"], ~above["champion"])
+                count("tail.better", both, above["champion"], ~above["challenger"])
+                specs["abs_error_tail.paired"] = (
+                    both,
+                    _indicator(above["challenger"]) - _indicator(above["champion"]),
+                    None,
+                )
+    distinct, figure_index = _distinct_columns(_plain_columns(figures))
+    units = None
+    if cohort == "served":
+        # The split is sticky per routing key, so keys, not requests, are the independent units that a
+        # sample-ratio test may count (one busy client would otherwise look like a mismatch).
+        units = (
+            select(P.served_arm, func.count(func.distinct(P.routing_key_hash)))
+            .where(step_filter)
+            .group_by(P.served_arm)
+        )
+    # latency histograms: bucket = 1 + floor(ln(ms / start) / ln(growth)), clipped; one query per arm (a
+    # joint GROUP BY of both arms' buckets returns about as many key pairs as rows, read one by one)
+    latency_queries = {}
+    for arm in ARMS:
+        ms = P[f"{arm}_latency_ms"]
+        bucket = latency_bucket(ms, latency)
+        latency_queries[arm] = (
+            select(bucket.label("b"), func.count())
+            .where(step_filter, FIRST_ROW, member(arm), ms.is_not(None))
+            .group_by(bucket)
+        )
+    # output histograms: classes, or equal-width bins of regression values over both arms' range
+    classes = bounds = None
+    values: dict[str, Any] = {}
+    if task == "classification":
+        classes = _joint_query(
+            step_filter,
+            [(and_(answered(arm), P[f"{arm}_class"].is_not(None)), P[f"{arm}_class"]) for arm in ARMS],
+        )
+    else:
+        bounds = select(
+            *[
+                agg(case((answered(arm), P[f"{arm}_value"]), else_=None))
+                for arm in ARMS
+                for agg in (func.min, func.max)
+            ]
+        ).where(step_filter)
+        for arm in ARMS:
+            v = P[f"{arm}_value"]
+            raw = func.floor((v - LOW) / WIDTH)
+            bucket = case((raw < 0, 0), (raw > value_bins - 1, value_bins - 1), else_=raw)
+            values[arm] = (
+                select(bucket.label("b"), func.count())
+                .where(step_filter, answered(arm), v.is_not(None))
+                .group_by(bucket)
+            )
+    return _StepQueries(
+        figures=select(*distinct).select_from(source).where(step_filter),
+        figure_index=figure_index,
+        clusters=_cluster_query(source, step_filter, cluster, specs),
+        specs=tuple((name, b is not None) for name, (_, _, b) in specs.items()),
+        skipped=_skipped_query(and_(step_filter, FIRST_ROW)),
+        units=units,
+        latency=latency_queries,
+        classes=classes,
+        bounds=bounds,
+        values=values,
+        cap=cap_query,
+    )
 
 
 def step_aggregates(
@@ -412,203 +683,86 @@ def step_aggregates(
     counts as catastrophic (``error_tail``). ``cluster_by``: the clusters of ``clusters`` — by default
     requests for the ``paired`` cohort (shadow steps) and routing keys for ``served`` (canary steps);
     pass ``"routing_key"`` when reading the ``paired`` cohort of a canary step (its paired analysis).
+    The statements are built once per shape (``_step_queries``) and only bound to these values here.
     """
-    step_filter = and_(P.rollout_id == rollout_id, P.step == step)
-    both_ran = and_(ran("champion"), ran("challenger"))
-    both_ok = and_(_ok("champion"), _ok("challenger"))
-
-    def member(arm: str) -> ColumnElement[bool]:
-        return both_ran if cohort == "paired" else and_(P.served_arm == arm, ran(arm))
-
-    def request(condition: ColumnElement[bool]) -> Any:
-        return _count(and_(FIRST_ROW, condition))
-
-    def answered(arm: str) -> ColumnElement[bool]:
-        """Rows whose output of this arm counts: both succeeded (paired) or this arm succeeded (served)."""
-        return both_ok if cohort == "paired" else and_(P.served_arm == arm, _ok(arm))
-
+    by = cluster_by or ("request" if cohort == "paired" else "routing_key")
+    labelled = label_cutoff is not None
+    params: dict[str, Any] = {"rollout_id": rollout_id, "step": step}
+    if labelled:
+        params["label_cutoff"] = label_cutoff
+    regression_labels = labelled and task == "regression"
     with db.connection() as conn:
-        # 1. counts and failures per arm; discordance and agreement
-        columns: list[Any] = []
-        for arm in ARMS:
-            columns += [request(member(arm)), request(and_(member(arm), _failed(arm))), _count(member(arm))]
-        columns += [
-            request(both_ran),
-            request(and_(both_ran, _failed("challenger"), _ok("champion"))),
-            request(and_(both_ran, _failed("champion"), _ok("challenger"))),
-            request(literal(True)),
-            _count(literal(True)),
-        ]
-        if task == "classification":
-            columns += [_count(both_ok), _count(and_(both_ok, P.champion_class == P.challenger_class))]
-        row = conn.execute(select(*columns).where(step_filter)).one()
-        values = [int(x or 0) for x in row]
+        cap: float | None = None
+        if regression_labels:
+            cap_query = _step_queries(cohort, task, by, labelled, False, latency, value_bins).cap
+            cap = _upper_quantile_of(
+                [(int(k), int(c)) for k, c in conn.execute(cap_query, params).all()], tail_quantile
+            )
+            if cap is not None:
+                params["cap"] = cap
+        q = _step_queries(cohort, task, by, labelled, cap is not None, latency, value_bins)
+        row = conn.execute(q.figures, params).one()
+        f = {name: row[i] for name, i in q.figure_index.items()}
+        clusters = _read_clusters(conn.execute(q.clusters, params).one(), q.specs)
         arms: dict[str, dict[str, Any]] = {
-            "champion": {"n": values[0], "failed": values[1], "rows": values[2]},
-            "challenger": {"n": values[3], "failed": values[4], "rows": values[5]},
+            arm: {"n": int(f[f"{arm}.n"]), "failed": int(f[f"{arm}.failed"]), "rows": int(f[f"{arm}.rows"])}
+            for arm in ARMS
         }
-        extra: dict[str, Any] = {"pairs": values[6], "worse": values[7], "better": values[8]}
-        extra["requests"] = values[9]
+        extra: dict[str, Any] = {name: int(f[name]) for name in ("pairs", "worse", "better", "requests")}
         if task == "classification":
-            extra.update(compared=values[11], agreed=values[12])
-        extra["coverage"] = _coverage(conn, and_(step_filter, FIRST_ROW))
-        # Clusters: rows of one request (shadow) or of one routing key (canary, sticky split).
-        by = cluster_by or ("request" if cohort == "paired" else "routing_key")
-        cluster = P.request_id if by == "request" else P.routing_key_hash
-        failed = {arm: _indicator(_failed(arm)) for arm in ARMS}
-        specs: dict[str, tuple[ColumnElement[bool], Any, Any]] = {
-            "errors.paired": (and_(FIRST_ROW, both_ran), failed["challenger"] - failed["champion"], None)
-        }
-        if cohort == "served":
-            for arm in ARMS:
-                specs[f"errors.{arm}"] = (and_(FIRST_ROW, member(arm)), failed[arm], None)
-        if task == "classification":
-            specs["agreement"] = (both_ok, _indicator(P.champion_class != P.challenger_class), None)
-        clusters = _cluster_sums(conn, PAIRS, step_filter, cluster, specs)
-        if cohort == "served":
-            # The split is sticky per routing key, so keys, not requests, are the independent units
-            # that a sample-ratio test may count (one busy client would otherwise look like a mismatch).
-            units = select(P.served_arm, func.count(func.distinct(P.routing_key_hash))).where(step_filter)
-            for arm, count in conn.execute(units.group_by(P.served_arm)):
-                if arm in arms:
-                    arms[arm]["units"] = int(count)
-
-        # 2. labels that have matured
-        if label_cutoff is not None:
-            joined = PAIRS.join(
-                LABELS,
-                and_(
-                    L.request_id == P.request_id,
-                    L.row_index == P.row_index,
-                    L.deployment_id == P.deployment_id,
-                ),
-            )
-            matured = and_(step_filter, P.received_at <= label_cutoff)
-            if task == "classification":
-                has = L.label_class.is_not(None)
-                right = {arm: P[f"{arm}_class"] == L.label_class for arm in ARMS}
-                cols = [_count(and_(has, answered(arm))) for arm in ARMS]
-                cols += [_count(and_(has, answered(arm), right[arm])) for arm in ARMS]
-                cols += [
-                    _count(and_(has, both_ok)),
-                    _count(and_(has, both_ok, right["champion"], ~right["challenger"])),
-                    _count(and_(has, both_ok, ~right["champion"], right["challenger"])),
-                ]
-                r = [
-                    int(x or 0) for x in conn.execute(select(*cols).select_from(joined).where(matured)).one()
-                ]
-                for i, arm in enumerate(ARMS):
-                    arms[arm].update(labelled=r[i], correct=r[2 + i])
-                extra.update(labelled_pairs=r[4], labelled_worse=r[5], labelled_better=r[6])
-                hit = {arm: _indicator(right[arm]) for arm in ARMS}
-                lspecs: dict[str, tuple[ColumnElement[bool], Any, Any]] = {
-                    "correct.paired": (and_(has, both_ok), hit["champion"] - hit["challenger"], None)
-                }
-                if cohort == "served":
-                    for arm in ARMS:
-                        lspecs[f"correct.{arm}"] = (and_(has, answered(arm)), hit[arm], None)
-                clusters.update(_cluster_sums(conn, joined, matured, cluster, lspecs))
-            else:
-                has = L.label_value.is_not(None)
-                err = {arm: func.abs(P[f"{arm}_value"] - L.label_value) for arm in ARMS}
-                usable = {arm: and_(has, answered(arm), P[f"{arm}_value"].is_not(None)) for arm in ARMS}
-                cols = []
-                for arm in ARMS:
-                    e = case((usable[arm], err[arm]), else_=None)
-                    cols += [_count(usable[arm]), _fsum(e), _fsum(e * e)]
-                both = and_(has, both_ok, P.champion_value.is_not(None), P.challenger_value.is_not(None))
-                d = case((both, err["challenger"] - err["champion"]), else_=None)
-                cols += [_count(both), _fsum(d), _fsum(d * d)]
-                e1 = case((both, err["champion"]), else_=None)
-                e2 = case((both, err["challenger"]), else_=None)
-                cols += [_fsum(e1), _fsum(e1 * e1), _fsum(e2), _fsum(e2 * e2), _fsum(e1 * e2)]
-                r = list(conn.execute(select(*cols).select_from(joined).where(matured)).one())
-                for i, arm in enumerate(ARMS):
-                    arms[arm].update(
-                        labelled=int(r[3 * i] or 0),
-                        abs_error_sum=float(r[3 * i + 1] or 0.0),
-                        abs_error_sumsq=float(r[3 * i + 2] or 0.0),
-                    )
-                extra.update(
-                    diff_n=int(r[6] or 0),
-                    diff_sum=float(r[7] or 0.0),
-                    diff_sumsq=float(r[8] or 0.0),
-                    pair_abs=tuple(float(x or 0.0) for x in r[9:14]),
-                )
-                rspecs: dict[str, tuple[ColumnElement[bool], Any, Any]] = {
-                    "abs_error.paired": (both, err["challenger"], err["champion"])
-                }
-                if cohort == "served":
-                    for arm in ARMS:
-                        rspecs[f"abs_error.{arm}"] = (usable[arm], err[arm], None)
-                # catastrophic errors: above the champion's high quantile of |error| (its labelled rows)
-                base = usable["champion"] if cohort == "served" else both
-                cap = _upper_quantile(conn, joined, and_(matured, base), err["champion"], tail_quantile)
-                if cap is not None:
-                    above = {arm: err[arm] > cap for arm in ARMS}
-                    t = conn.execute(
-                        select(
-                            _count(base),
-                            _count(and_(base, above["champion"])),
-                            _count(usable["challenger"] if cohort == "served" else both),
-                            _count(
-                                and_(
-                                    usable["challenger"] if cohort == "served" else both, above["challenger"]
-                                )
-                            ),
-                            _count(both),
-                            _count(and_(both, above["challenger"], ~above["champion"])),
-                            _count(and_(both, above["champion"], ~above["challenger"])),
-                        )
-                        .select_from(joined)
-                        .where(matured)
-                    ).one()
-                    extra["error_tail"] = ErrorTailAggregate(cap, tail_quantile, *[int(x or 0) for x in t])
-                    rspecs["abs_error_tail.paired"] = (
-                        both,
-                        _indicator(above["challenger"]) - _indicator(above["champion"]),
-                        None,
-                    )
-                clusters.update(_cluster_sums(conn, joined, matured, cluster, rspecs))
-
-        # 3. latency histograms: bucket = 1 + floor(ln(ms / start) / ln(growth)), clipped; both arms in one scan
-        histograms = _joint_histograms(
-            conn,
-            and_(step_filter, FIRST_ROW),
-            {
-                arm: (
-                    and_(member(arm), P[f"{arm}_latency_ms"].is_not(None)),
-                    latency_bucket(P[f"{arm}_latency_ms"], latency),
-                )
-                for arm in ARMS
-            },
+            extra.update(compared=int(f["compared"]), agreed=int(f["agreed"]))
+        skipped = (
+            {str(reason): int(n) for reason, n in conn.execute(q.skipped, params).all()}
+            if f["coverage.skipped"]
+            else {}
         )
-        for arm in ARMS:
-            arms[arm]["latency"] = {int(b): c for b, c in histograms[arm].items()}
-
-        # 4. output histograms: classes, or equal-width bins of regression values over both arms' range
-        value_range: tuple[float, float] | None = None
-        if task == "classification":
-            histograms = _joint_histograms(
-                conn,
-                step_filter,
-                {
-                    arm: (and_(answered(arm), P[f"{arm}_class"].is_not(None)), P[f"{arm}_class"])
-                    for arm in ARMS
-                },
+        extra["coverage"] = _coverage_of(
+            {name: f[f"coverage.{name}"] for name in _coverage_figures()}, skipped
+        )
+        if q.units is not None:
+            for arm, n in conn.execute(q.units, params).all():
+                if arm in arms:
+                    arms[arm]["units"] = int(n)
+        if labelled and task == "classification":
+            for arm in ARMS:
+                arms[arm].update(labelled=int(f[f"{arm}.labelled"]), correct=int(f[f"{arm}.correct"]))
+            extra.update({k: int(f[k]) for k in ("labelled_pairs", "labelled_worse", "labelled_better")})
+        if regression_labels:
+            for arm in ARMS:
+                arms[arm].update(
+                    labelled=int(f[f"{arm}.labelled"]),
+                    abs_error_sum=float(f[f"{arm}.abs_error_sum"]),
+                    abs_error_sumsq=float(f[f"{arm}.abs_error_sumsq"]),
+                )
+            extra.update(
+                diff_n=int(f["diff_n"]),
+                diff_sum=float(f["diff_sum"]),
+                diff_sumsq=float(f["diff_sumsq"]),
+                pair_abs=tuple(float(f[f"pair_abs.{i}"]) for i in range(5)),
             )
+            if cap is not None:
+                tail = (
+                    "champion_n",
+                    "champion_above",
+                    "challenger_n",
+                    "challenger_above",
+                    "pairs",
+                    "worse",
+                    "better",
+                )
+                extra["error_tail"] = ErrorTailAggregate(
+                    cap, tail_quantile, *[int(f[f"tail.{k}"]) for k in tail]
+                )
+
+        for arm in ARMS:
+            arms[arm]["latency"] = {int(b): int(c) for b, c in conn.execute(q.latency[arm], params).all()}
+        value_range: tuple[float, float] | None = None
+        if q.classes is not None:
+            histograms = _read_joint(conn.execute(q.classes, params).all(), ARMS)
             for arm in ARMS:
                 arms[arm]["classes"] = {str(k): c for k, c in histograms[arm].items()}
-        else:
-            bounds = conn.execute(
-                select(
-                    *[
-                        agg(case((answered(arm), P[f"{arm}_value"]), else_=None))
-                        for arm in ARMS
-                        for agg in (func.min, func.max)
-                    ]
-                ).where(step_filter)
-            ).one()
+        if q.bounds is not None:
+            bounds = conn.execute(q.bounds, params).one()
             lows = [b for b in (bounds[0], bounds[2]) if b is not None]
             highs = [b for b in (bounds[1], bounds[3]) if b is not None]
             if lows and highs:
@@ -616,15 +770,8 @@ def step_aggregates(
                 value_range = (lo, hi)
                 width = (hi - lo) / value_bins if hi > lo else 1.0
                 for arm in ARMS:
-                    v = P[f"{arm}_value"]
-                    raw = func.floor((v - lo) / width)
-                    bucket = case((raw < 0, 0), (raw > value_bins - 1, value_bins - 1), else_=raw)
-                    query = (
-                        select(bucket.label("b"), func.count())
-                        .where(step_filter, answered(arm), v.is_not(None))
-                        .group_by(bucket)
-                    )
-                    arms[arm]["values"] = {int(b): int(c) for b, c in conn.execute(query)}
+                    rows = conn.execute(q.values[arm], {**params, "low": lo, "width": width}).all()
+                    arms[arm]["values"] = {int(b): int(c) for b, c in rows}
 
     return StepAggregates(
         cohort=cohort,

@@ -192,6 +192,8 @@ def quality_aggregates(
     max_values: int = 20,
     outcome: bool = False,
     swapped: bool = False,
+    proper_scores: bool = True,
+    squared: bool = True,
 ) -> QualityAggregates:
     """Aggregate one step's labelled rows for the quality gates; see ``QualityAggregates``.
 
@@ -199,7 +201,9 @@ def quality_aggregates(
     ``classes``: a classifier's classes as text — with more than two (and no ``positive``), the proper
     scores and the AUC read the stored probability vectors (``champion_proba`` / ``challenger_proba``).
     ``swapped``: the step stored the rollout's challenger in the champion columns (the post-promotion
-    watch); the result is turned back with ``swap_arms``.
+    watch); the result is turned back with ``swap_arms``. ``proper_scores`` / ``squared`` False: no
+    log loss and Brier sums (classification) / no squared-error sums (regression), for a policy whose
+    gates on them are off.
     """
     multiclass = task == "classification" and positive is None and len(classes) > 2
     step_filter = and_(P.rollout_id == rollout_id, P.step == step)
@@ -218,10 +222,10 @@ def quality_aggregates(
             has = L.label_class.is_not(None)
             losses: dict[str, dict[str, Any]] | _Staged = {}
             present = {arm: P[f"{arm}_score"].is_not(None) for arm in ARMS}
-            if multiclass:
+            if proper_scores and multiclass:
                 present = {arm: P[f"{arm}_proba"].is_not(None) for arm in ARMS}
                 losses = _multiclass_losses(classes)
-            elif positive is not None:
+            elif proper_scores and positive is not None:
                 y = case((L.label_class == positive, 1.0), else_=0.0)
 
                 def clipped(arm: str) -> Any:
@@ -296,9 +300,12 @@ def quality_aggregates(
                     func.sum(case((both, cast(sq["champion"] * sq["challenger"], Float)), else_=None)), 0.0
                 ),
             ]
-            r = conn.execute(select(*sums).select_from(joined).where(matured)).one()
-            out["squared"] = {arm: _triple(r, 3 * i) for i, arm in enumerate(ARMS)}
-            out["squared_cross"] = (int(r[6] or 0), float(r[7] or 0.0)) if cohort == "paired" else (0, 0.0)
+            if squared:
+                r = conn.execute(select(*sums).select_from(joined).where(matured)).one()
+                out["squared"] = {arm: _triple(r, 3 * i) for i, arm in enumerate(ARMS)}
+                out["squared_cross"] = (
+                    (int(r[6] or 0), float(r[7] or 0.0)) if cohort == "paired" else (0, 0.0)
+                )
             for q in quantiles:
                 per_arm = {
                     arm: case((L.label_value >= P[f"{arm}_value"], q * (L.label_value - P[f"{arm}_value"])),

@@ -7,11 +7,12 @@ pages by id, never all rows at once. SQLAlchemy Core; SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, case, func, or_, select
+from sqlalchemy import Integer, and_, bindparam, case, func, or_, select
 
 from storage.database import Database
 from storage.models import LabelRow, PairedOutputRow
@@ -59,13 +60,9 @@ class RawInput:
     raw_input: dict[str, Any]
 
 
-def labelled_metrics(
-    db: Database, rollout_id: int, *, received_before: datetime | None = None
-) -> dict[str, ArmLabelled]:
-    """Sum each arm's labelled outcomes over a rollout's paired outputs, both arms in one scan of the join.
-
-    ``received_before``: count only requests received before this time (label maturity); aware UTC.
-    """
+@functools.lru_cache(maxsize=2)
+def _labelled_query(bounded: bool) -> Any:
+    """The statement of ``labelled_metrics``, built once (``bounded``: with ``received_before``)."""
     columns: list[Any] = []
     scored_any = []
     for arm in ARMS:
@@ -98,12 +95,25 @@ def labelled_metrics(
                 ),
             )
         )
-        .where(P.rollout_id == rollout_id, or_(*scored_any))
+        .where(P.rollout_id == bindparam("rollout_id", type_=Integer), or_(*scored_any))
     )
+    if bounded:
+        query = query.where(P.received_at < bindparam("received_before", type_=P.received_at.type))
+    return query
+
+
+def labelled_metrics(
+    db: Database, rollout_id: int, *, received_before: datetime | None = None
+) -> dict[str, ArmLabelled]:
+    """Sum each arm's labelled outcomes over a rollout's paired outputs, both arms in one scan of the join.
+
+    ``received_before``: count only requests received before this time (label maturity); aware UTC.
+    """
+    params: dict[str, Any] = {"rollout_id": rollout_id}
     if received_before is not None:
-        query = query.where(P.received_at < received_before)
+        params["received_before"] = received_before
     with db.session(write=False) as s:
-        row = s.execute(query).one()
+        row = s.execute(_labelled_query(received_before is not None), params).one()
     result: dict[str, ArmLabelled] = {}
     for i, arm in enumerate(ARMS):
         n, correct, abs_sum, sq_sum, version_id = row[5 * i : 5 * i + 5]

@@ -118,7 +118,7 @@ def assess(store: Store, rollout: Rollout, *, now: datetime) -> Assessment:
     if repro.role != "off":
         judgement = reproducibility.gate(
             judgement,
-            online_offline(store, rollout, task=task, policy=policy, now=now),
+            online_offline(store, rollout, task=task, policy=policy, now=now, challenger=challenger),
             role=repro.role,
             on_worse=repro.on_worse,
         )
@@ -146,10 +146,18 @@ def assess(store: Store, rollout: Rollout, *, now: datetime) -> Assessment:
 
 
 def online_offline(
-    store: Store, rollout: Rollout, *, task: str, policy: Policy, now: datetime
+    store: Store,
+    rollout: Rollout,
+    *,
+    task: str,
+    policy: Policy,
+    now: datetime,
+    challenger: PipelineVersion | None = None,
 ) -> list[reproducibility.Reproduction]:
     """Compare each arm's matured online labels with its offline metrics (champion, then challenger), then
-    the challenger's online-minus-offline gap against the champion's (the champion as control)."""
+    the challenger's online-minus-offline gap against the champion's (the champion as control).
+
+    ``challenger``: the rollout's challenger version when the caller has already read it."""
     repro = policy.reproducibility
     labelled = repro_queries.labelled_metrics(
         store.db, rollout.id, received_before=now - timedelta(seconds=policy.label_maturity_s)
@@ -157,7 +165,8 @@ def online_offline(
     out = []
     arms: dict[str, tuple[reproducibility.ArmOnline, Any]] = {}
     for arm, version_id in (("champion", rollout.champion_id), ("challenger", rollout.challenger_id)):
-        version = store.pipelines.get(version_id)
+        given = challenger if arm == "challenger" and challenger is not None else None
+        version = given or store.pipelines.get(version_id)
         sums = labelled[arm]
         online = reproducibility.ArmOnline(
             arm=arm,

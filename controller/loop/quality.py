@@ -2,7 +2,8 @@
 
 Called by ``controller.loop.measure``; only the parts the policy uses are queried (segments, the
 outcome, the fixed-horizon AUC rows, proper scores of a classifier: from the score for two classes,
-from the stored probability vectors for more). Cohorts as the core gates:
+from the stored probability vectors for more, and squared errors of a regressor: not when their
+gates are off). Cohorts as the core gates:
 pairs in shadow steps, the watch and canary steps with ``canary.paired`` (and a shadow share); each
 arm's served rows otherwise. The outcome is always the served rows'.
 """
@@ -61,6 +62,9 @@ def measure_quality(
         max_values=policy.segments.max_values,
         outcome=policy.outcome.role != "off",
         swapped=swapped,
+        # figures no gate of the policy reads are not computed
+        proper_scores=m.log_loss.role != "off" or m.brier.role != "off",
+        squared=m.rmse.role != "off",
     )
     return stats_from_aggregates(aggregates, task=task, classes=names, mode=mode)
 
