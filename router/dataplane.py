@@ -163,9 +163,9 @@ class DataPlane:
     def enter(self, deployment: str | None = None) -> Arrival | None:
         """Mark a request in flight (shadow work waits for none to be); call answered() once it is.
 
-        With the deployment it asks for, the request is announced to the batcher: an idle lane of
-        that deployment may wait for it (max_batch_delay_ms at most). Pass what this returns to
-        serve() and answered().
+        With the deployment it asks for, the request is announced to the batcher: a lane of that
+        deployment may wait for it (max_batch_delay_ms at most) while it arrives and, once scored,
+        until its answer is sent. Pass what this returns to serve(), answered() and leave().
         """
         with self._inflight_lock:
             self._inflight += 1
@@ -176,8 +176,9 @@ class DataPlane:
         """Mark an entered request answered (or refused): the batcher no longer waits for it."""
         self.batcher.settle(arrival)
 
-    def leave(self) -> None:
-        """Mark a request finished, after its response was sent."""
+    def leave(self, arrival: Arrival | None = None) -> None:
+        """Mark a request finished, after its response was sent (the batcher no longer waits for it)."""
+        self.batcher.done(arrival)
         with self._inflight_lock:
             self._inflight -= 1
             if self._inflight <= 0:
