@@ -111,7 +111,7 @@ class Batcher:
         self._leaving: dict[str, int] = {}  # deployment -> requests scored in a lane, answer not yet sent
         self.calls = 0  # backend calls made through lanes
         self.requests = 0  # requests they scored
-        self.lingered: Counter[str] = Counter()  # deployment -> leaders that waited for requests outside lanes
+        self.lingered: Counter[str] = Counter()  # deployment -> leaders that waited for others outside lanes
         self.lingered_alone: Counter[str] = Counter()  # of them, those nobody joined while they waited
 
     def expect(self, deployment: str) -> Arrival:
