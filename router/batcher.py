@@ -6,7 +6,7 @@ that want the same backend, with the same input columns of the same types, share
 
 - a request that finds its lane idle becomes the lane's leader and scores at once, unless other
   requests of its deployment are in flight in this process outside any lane: arriving (announced
-  with `expect`, not yet queued) or leaving (scored, their answer not yet sent: `done`). Then it
+  with `expect`, not yet queued) or leaving (scored, their response not yet built: `done`). Then it
   waits for them, at most max_batch_delay_ms (or until max_batch_rows are queued, or until none of
   the deployment's requests is outside a lane any more). Alone, it never waits; requests of other
   deployments can never join it, so it never waits for them;
@@ -89,7 +89,7 @@ class Arrival:
 
     It settles once: when it is queued in a lane, or when it ends without reaching one (refused,
     answered by an upstream). Settling again is a no-op. Scored in a lane, it is leaving until
-    `Batcher.done` (its answer was sent).
+    `Batcher.done` (its response is built, about to be sent).
     """
 
     __slots__ = ("deployment", "leaving", "pending")
@@ -97,7 +97,7 @@ class Arrival:
     def __init__(self, deployment: str) -> None:
         self.deployment = deployment
         self.pending = True  # announced, not yet queued in a lane (or ended without one)
-        self.leaving = False  # scored in a lane, its answer not yet sent (Batcher.done)
+        self.leaving = False  # scored in a lane, its response not yet built (Batcher.done)
 
 
 class Batcher:
@@ -108,7 +108,7 @@ class Batcher:
         self._arrived = threading.Condition(self._lock)  # lingering leaders: a request queued, or left
         self._lanes: dict[tuple[Any, ...], _Lane] = {}
         self._arriving: dict[str, int] = {}  # deployment -> requests announced, not yet settled
-        self._leaving: dict[str, int] = {}  # deployment -> requests scored in a lane, answer not yet sent
+        self._leaving: dict[str, int] = {}  # deployment -> requests scored in a lane, not yet answered
         self.calls = 0  # backend calls made through lanes
         self.requests = 0  # requests they scored
         self.lingered: Counter[str] = Counter()  # deployment -> leaders that waited for others outside lanes
@@ -129,7 +129,7 @@ class Batcher:
             self._settle(arrival)
 
     def done(self, arrival: Arrival | None) -> None:
-        """Mark an announced request's answer sent: a leader no longer waits for it; idempotent."""
+        """Mark an announced request answered (its response built): a leader no longer waits for it; idempotent."""
         if arrival is None or not arrival.leaving:
             return
         with self._lock:
@@ -141,7 +141,7 @@ class Batcher:
             return self._arriving.get(deployment, 0)
 
     def leaving(self, deployment: str) -> int:
-        """Return the requests of deployment scored in a lane whose answer is not yet sent."""
+        """Return the requests of deployment scored in a lane and not yet answered."""
         with self._lock:
             return self._leaving.get(deployment, 0)
 
@@ -260,7 +260,7 @@ class Batcher:
             self._lock.acquire()
             self.calls += 1
             self.requests += len(taken)
-            for waiter in taken:  # scored (or failed): leaving until its answer is sent
+            for waiter in taken:  # scored (or failed): leaving until answered (done)
                 if waiter.arrival is not None and not waiter.arrival.leaving:
                     waiter.arrival.leaving = True
                     name = waiter.arrival.deployment

@@ -165,7 +165,7 @@ class DataPlane:
 
         With the deployment it asks for, the request is announced to the batcher: a lane of that
         deployment may wait for it (max_batch_delay_ms at most) while it arrives and, once scored,
-        until its answer is sent. Pass what this returns to serve(), answered() and leave().
+        until it is answered. Pass what this returns to serve() and answered().
         """
         with self._inflight_lock:
             self._inflight += 1
@@ -173,12 +173,16 @@ class DataPlane:
         return None if deployment is None else self.batcher.expect(deployment)
 
     def answered(self, arrival: Arrival | None = None) -> None:
-        """Mark an entered request answered (or refused): the batcher no longer waits for it."""
-        self.batcher.settle(arrival)
+        """Mark an entered request answered (or refused): the batcher no longer waits for it.
 
-    def leave(self, arrival: Arrival | None = None) -> None:
-        """Mark a request finished, after its response was sent (the batcher no longer waits for it)."""
+        Call it once the response is built, before it is sent: a client that sends its next request
+        once answered never finds its last one still counted (alone, a request never waits).
+        """
+        self.batcher.settle(arrival)
         self.batcher.done(arrival)
+
+    def leave(self) -> None:
+        """Mark a request finished, after its response was sent."""
         with self._inflight_lock:
             self._inflight -= 1
             if self._inflight <= 0:

@@ -10,7 +10,6 @@ echoed; `X-Routing-Key` is the sticky assignment key (default: the request id). 
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 import logging
@@ -114,9 +113,9 @@ def _predict(deployment: str, protocol: str) -> Response:
         response.headers["X-Request-Id"] = header_value(request_id or uuid.uuid4().hex)
         get_metrics().latency.labels(label, arm).observe(time.perf_counter() - started)
     except BaseException:
-        plane.leave(arrival)
+        plane.leave()
         raise
-    response.call_on_close(functools.partial(plane.leave, arrival))
+    response.call_on_close(plane.leave)
     return response
 
 
