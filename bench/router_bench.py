@@ -338,7 +338,8 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         + (" --shared-socket" if args.shared_socket else "")
         + "`",
         "",
-        f"One run; 2 cores; load average at the start {_load()}; gunicorn 2 workers; one-row MLflow "
+        f"One run; 2 cores; load average at the start {args.load_start}, at the end {_load()}; gunicorn 2 workers; "
+        "one-row MLflow "
         "`dataframe_split` requests;",
         "ColumnTransformer + LogisticRegression champion (challenger: same pipeline, other seed); SQLite.",
         "With --worker both, each setup runs under sync workers, then under the threaded worker.",
@@ -470,6 +471,7 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install -y wrk")
+    args.load_start = _load()
     directory = Path(tempfile.mkdtemp(prefix="router-bench-"))
     payload = body()
     script = directory / "post.lua"
