@@ -5,7 +5,9 @@
 
 Setups, one run, same pipeline (ColumnTransformer + LogisticRegression, one row per request),
 same gunicorn (2 workers, the worker model of `mlcanary serve` by default: controller.server's
-ReadBufferingWorker with 32 threads; --worker sync for the sync workers of before), SQLite storage:
+ReadBufferingWorker with 32 threads and one listening socket per worker, gunicorn's --reuse-port;
+--worker sync for the sync workers of before; --shared-socket for one socket shared by the workers,
+as before), SQLite storage:
   0 floor           a bare WSGI app that parses the JSON and answers a constant (the HTTP floor)
   1 baseline        bare Flask, DataFrame per call, predict_proba
   2 champion        router, no rollout, adaptive batching off (each request scored alone)
@@ -254,6 +256,8 @@ def run_setup(
         if worker_model == "sync"
         else ["--worker-class", "controller.server.ReadBufferingWorker", "--threads", str(args.threads)]
     )
+    if not args.shared_socket:
+        worker.append("--reuse-port")  # as controller.server.run: each worker listens on its own socket
     process = subprocess.Popen(
         [
             str(Path(sys.executable).with_name("gunicorn")),
@@ -331,9 +335,11 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         f"--worker {args.worker} --threads {args.threads} --setups {args.setups}"
         + (f" --batch-delay-ms {args.batch_delay_ms:g}" if args.batch_delay_ms is not None else "")
         + (f" --batch-rows {args.batch_rows}" if args.batch_rows is not None else "")
+        + (" --shared-socket" if args.shared_socket else "")
         + "`",
         "",
-        f"One run; 2 cores; load average at the start {_load()}; gunicorn 2 workers; one-row MLflow "
+        f"One run; 2 cores; load average at the start {args.load_start}, at the end {_load()}; gunicorn 2 workers; "
+        "one-row MLflow "
         "`dataframe_split` requests;",
         "ColumnTransformer + LogisticRegression champion (challenger: same pipeline, other seed); SQLite.",
         "With --worker both, each setup runs under sync workers, then under the threaded worker.",
@@ -456,10 +462,16 @@ def main() -> None:
         "--batch-delay-ms", type=float, default=None, help="batch-* setups (default: the default)"
     )
     parser.add_argument("--batch-rows", type=int, default=None, help="batch-* setups (default: the default)")
+    parser.add_argument(
+        "--shared-socket",
+        action="store_true",
+        help="one listening socket shared by the workers (before: no --reuse-port)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "router.md")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install -y wrk")
+    args.load_start = _load()
     directory = Path(tempfile.mkdtemp(prefix="router-bench-"))
     payload = body()
     script = directory / "post.lua"

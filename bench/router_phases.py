@@ -94,7 +94,7 @@ def http_floor(seconds: int) -> dict[str, float]:
     port = router_bench._port()
     process = subprocess.Popen(
         [str(Path(sys.executable).with_name("gunicorn")), "--bind", f"127.0.0.1:{port}", "--workers", "2",
-         "--worker-class", "controller.server.ReadBufferingWorker", "--threads", "8",
+         "--worker-class", "controller.server.ReadBufferingWorker", "--threads", "8", "--reuse-port",
          "--config", str(ROOT / "bench" / "router_apps.py"), "--log-level", "warning", "router_apps:floor()"],
         env={**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'bench'}"}, cwd=ROOT,
     )  # fmt: skip

@@ -14,6 +14,13 @@ which is what live-request batching needs: the data plane's batcher (router.batc
 requests of the serving threads that want the same version and one of them scores the batch in a
 single call, so the GIL passes between the reading threads and scoring once per batch, not once per
 request (docs/operations.md, "Worker model" and "Adaptive batching").
+
+Each worker listens on its own socket (SO_REUSEPORT, gunicorn's reuse_port), so the kernel spreads new
+connections over the workers. With one shared socket the worker whose event loop is awake wins
+nearly every accept: wrk's 16 connections landed 1/15, 2/14 or 16/0 on two workers, and a worker
+left with one connection scores one request per call while the other cannot use the second core.
+Since the sockets of a reuse_port group may be shared by any process of the same user, `run` first
+checks that nothing listens on the port: a second server on it is refused, never silently sharing.
 """
 
 from __future__ import annotations
@@ -341,6 +348,15 @@ def prepare_metrics_dir(data_dir: Path) -> Path:
     return path
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Raise OSError (EADDRINUSE) if something listens on host:port (a reuse_port group would share it)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds: TIME_WAIT is fine
+        probe.bind(address)  # without SO_REUSEPORT: fails while any socket listens there
+
+
 def run(
     factory: Callable[[], Flask],
     *,
@@ -354,6 +370,7 @@ def run(
     read_timeout_s: float = 30.0,
 ) -> None:
     """Serve until stopped; SIGTERM drains requests and flushes every worker's data plane."""
+    check_port_free(host, port)
     metrics_dir = prepare_metrics_dir(data_dir)
     master = os.getpid()
     try:
@@ -370,6 +387,7 @@ def run(
                 "loglevel": log_level,
                 "accesslog": None,
                 "preload_app": False,
+                "reuse_port": hasattr(socket, "SO_REUSEPORT"),  # one socket per worker (module docstring)
             },
         ).run()
     finally:

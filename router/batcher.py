@@ -4,13 +4,19 @@ Scoring one row costs a scikit-learn pipeline about as much as scoring a hundred
 request's model time is per-call overhead. So within one router process, requests of one deployment
 that want the same backend, with the same input columns of the same types, share a lane:
 
-- a request that finds its lane idle becomes the lane's leader and scores at once, unless requests
-  of its deployment are still arriving (announced with `expect`, not yet in a lane): then it waits
-  for them, at most max_batch_delay_ms (or until max_batch_rows are queued, or until every arriving
-  request of the deployment has joined a lane or given up). Alone, it never waits; requests of other
-  deployments, or already queued or scored, can never join it, so it never waits for them;
+- a request that finds its lane idle becomes the lane's leader and scores at once, unless other
+  requests of its deployment are in flight in this process outside any lane: arriving (announced
+  with `expect`, not yet queued) or leaving (scored, their response not yet built: `done`). Then it
+  waits for them, at most max_batch_delay_ms (or until max_batch_rows are queued, or until none of
+  the deployment's requests is outside a lane any more). Alone, it never waits; requests of other
+  deployments can never join it, so it never waits for them;
 - requests that arrive while the lane is scoring queue up; when the call ends, the oldest of them
-  leads the next batch at once (they have waited already): under load batches form by themselves;
+  leads the next batch, by the same rule. Waiting for the leaving requests is what keeps batches
+  whole under a closed loop of clients (each sends its next request once answered): a leader that
+  scored at once would score only the requests that queued during the last call, and the process's
+  requests would settle into two alternating half-size batches (c=16 over 2 processes: ~4 requests
+  per call of the 8 in flight, bench/results/router_batch_batch.md). While the leader waits, the
+  process's CPU runs the other requests' parsing and answering, which it has to do anyway;
 - the leader joins the requests' converted columns into one frame (`inputs.join_columns`), calls
   the backend once, and hands each request its slice of the predictions. The frame and each
   request's offset in it are handed back too, so the shadow arm scores the same frame.
@@ -65,6 +71,7 @@ class Scored:
 @dataclass
 class _Waiter:
     batch: Batch
+    arrival: Arrival | None = None
     scored: Scored | None = None
     failure: BaseException | None = None  # an unexpected exception of the call (re-raised in each thread)
 
@@ -78,17 +85,19 @@ class _Lane:
 
 
 class Arrival:
-    """A request announced to the batcher (`Batcher.expect`) that has not reached a lane yet.
+    """A request announced to the batcher (`Batcher.expect`): arriving, then leaving, then done.
 
     It settles once: when it is queued in a lane, or when it ends without reaching one (refused,
-    answered by an upstream). Settling again is a no-op.
+    answered by an upstream). Settling again is a no-op. Scored in a lane, it is leaving until
+    `Batcher.done` (its response is built, about to be sent).
     """
 
-    __slots__ = ("deployment", "pending")
+    __slots__ = ("deployment", "leaving", "pending")
 
     def __init__(self, deployment: str) -> None:
         self.deployment = deployment
-        self.pending = True
+        self.pending = True  # announced, not yet queued in a lane (or ended without one)
+        self.leaving = False  # scored in a lane, its response not yet built (Batcher.done)
 
 
 class Batcher:
@@ -96,12 +105,13 @@ class Batcher:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._arrived = threading.Condition(self._lock)  # lingering leaders: an arriving request settled
+        self._arrived = threading.Condition(self._lock)  # lingering leaders: a request queued, or left
         self._lanes: dict[tuple[Any, ...], _Lane] = {}
         self._arriving: dict[str, int] = {}  # deployment -> requests announced, not yet settled
+        self._leaving: dict[str, int] = {}  # deployment -> requests scored in a lane, not yet answered
         self.calls = 0  # backend calls made through lanes
         self.requests = 0  # requests they scored
-        self.lingered: Counter[str] = Counter()  # deployment -> leaders that waited for arriving requests
+        self.lingered: Counter[str] = Counter()  # deployment -> leaders that waited for others outside lanes
         self.lingered_alone: Counter[str] = Counter()  # of them, those nobody joined while they waited
 
     def expect(self, deployment: str) -> Arrival:
@@ -118,10 +128,36 @@ class Batcher:
         with self._lock:
             self._settle(arrival)
 
+    def done(self, arrival: Arrival | None) -> None:
+        """Mark an announced request answered (its response built): a leader no longer waits for it; idempotent."""
+        if arrival is None or not arrival.leaving:
+            return
+        with self._lock:
+            self._unmark_leaving(arrival)
+
     def arriving(self, deployment: str) -> int:
         """Return the requests of deployment announced and not yet settled."""
         with self._lock:
             return self._arriving.get(deployment, 0)
+
+    def leaving(self, deployment: str) -> int:
+        """Return the requests of deployment scored in a lane and not yet answered."""
+        with self._lock:
+            return self._leaving.get(deployment, 0)
+
+    def _outside(self, deployment: str) -> int:  # lock held
+        return self._arriving.get(deployment, 0) + self._leaving.get(deployment, 0)
+
+    def _unmark_leaving(self, arrival: Arrival) -> None:  # lock held
+        if not arrival.leaving:
+            return
+        arrival.leaving = False
+        left = self._leaving.get(arrival.deployment, 0) - 1
+        if left > 0:
+            self._leaving[arrival.deployment] = left
+        else:
+            self._leaving.pop(arrival.deployment, None)
+        self._arrived.notify_all()  # a lingering leader looks again
 
     def _settle(self, arrival: Arrival) -> None:  # lock held
         if not arrival.pending:
@@ -163,23 +199,22 @@ class Batcher:
             # numpy dtypes as they are (hashable; str() of one costs ~4 us, seven of them a request's 30)
             *((n, a.dtype if isinstance(a, np.ndarray) else str(a.dtype)) for n, a in batch.columns.items()),
         )
-        me = _Waiter(batch)
+        me = _Waiter(batch, arrival)
         with self._lock:
             lane = self._lanes.get(key)
             if lane is None:
                 lane = self._lanes[key] = _Lane(threading.Condition(self._lock))
             lane.queue.append(me)
             lane.rows += batch.rows
-            found_idle = not lane.busy
             if arrival is not None:
                 self._settle(arrival)  # wakes this deployment's lingering leaders
+                self._unmark_leaving(arrival)  # queued again (a canary fallback to the champion)
             while True:
                 if me.scored is not None or me.failure is not None:
                     break
                 if not lane.busy:
                     lane.busy = True  # this thread leads the next batch
-                    self._lead(backend, key, lane, config, deployment, linger=found_idle)
-                    found_idle = False
+                    self._lead(backend, key, lane, config, deployment)
                     continue  # handed back (lead hands it its own result), or not taken: wait again
                 lane.done.wait()
         if me.failure is not None:
@@ -194,15 +229,13 @@ class Batcher:
         lane: _Lane,
         config: BatchingConfig,
         deployment: str,
-        *,
-        linger: bool,
     ) -> None:
         """Gather (lock held on entry and exit), score without the lock, hand back, free the lane."""
-        if linger and config.max_batch_delay_ms > 0 and self._arriving.get(deployment, 0) > 0:
+        if config.max_batch_delay_ms > 0 and self._outside(deployment) > 0:
             self.lingered[deployment] += 1
             queued = len(lane.queue)
             deadline = time.monotonic() + config.max_batch_delay_ms / 1000.0
-            while lane.rows < config.max_batch_rows and self._arriving.get(deployment, 0) > 0:
+            while lane.rows < config.max_batch_rows and self._outside(deployment) > 0:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -227,6 +260,11 @@ class Batcher:
             self._lock.acquire()
             self.calls += 1
             self.requests += len(taken)
+            for waiter in taken:  # scored (or failed): leaving until answered (done)
+                if waiter.arrival is not None and not waiter.arrival.leaving:
+                    waiter.arrival.leaving = True
+                    name = waiter.arrival.deployment
+                    self._leaving[name] = self._leaving.get(name, 0) + 1
             lane.busy = False
             if not lane.queue:  # forget idle lanes (a version no longer routed leaves none behind)
                 self._lanes.pop(key, None)

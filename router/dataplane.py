@@ -163,9 +163,9 @@ class DataPlane:
     def enter(self, deployment: str | None = None) -> Arrival | None:
         """Mark a request in flight (shadow work waits for none to be); call answered() once it is.
 
-        With the deployment it asks for, the request is announced to the batcher: an idle lane of
-        that deployment may wait for it (max_batch_delay_ms at most). Pass what this returns to
-        serve() and answered().
+        With the deployment it asks for, the request is announced to the batcher: a lane of that
+        deployment may wait for it (max_batch_delay_ms at most) while it arrives and, once scored,
+        until it is answered. Pass what this returns to serve() and answered().
         """
         with self._inflight_lock:
             self._inflight += 1
@@ -173,8 +173,13 @@ class DataPlane:
         return None if deployment is None else self.batcher.expect(deployment)
 
     def answered(self, arrival: Arrival | None = None) -> None:
-        """Mark an entered request answered (or refused): the batcher no longer waits for it."""
+        """Mark an entered request answered (or refused): the batcher no longer waits for it.
+
+        Call it once the response is built, before it is sent: a client that sends its next request
+        once answered never finds its last one still counted (alone, a request never waits).
+        """
         self.batcher.settle(arrival)
+        self.batcher.done(arrival)
 
     def leave(self) -> None:
         """Mark a request finished, after its response was sent."""

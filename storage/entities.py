@@ -124,9 +124,9 @@ class BatchingConfig:
 
     enabled: gather concurrent requests for the same version (and the same input columns and
         types) into one scoring call; off: each request is scored alone, as before batching.
-    max_batch_delay_ms: the longest a request that found its arm idle waits for company, and only
-        while other requests are in flight in its process (alone, it never waits); requests that
-        arrive while the arm is scoring wait for that call anyway and form the next batch.
+    max_batch_delay_ms: the longest the request leading a batch waits for company, and only while
+        other requests of its deployment are in flight in its process outside a batch (being read,
+        or being answered: their clients' next requests); alone, it never waits.
     max_batch_rows: the most rows scored in one call (a request larger than it is scored alone).
     """
 

@@ -25,6 +25,12 @@ def _serve(ctx: click.Context, role: str, host: str | None, port: int | None, wo
     # `serve` may create the embedded database; `router` (a data plane of someone's existing system) may not.
     # Either refuses an old schema before forking.
     open_store(settings, create_embedded=role == "serve").db.dispose()
+    try:
+        server.check_port_free(settings.host, settings.port)
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
+        ) from exc
     click.echo(
         f"mlcanary {role} on http://{settings.host}:{settings.port} "
         f"({settings.workers} workers x {settings.threads} threads)",

@@ -106,9 +106,11 @@ def test_concurrent_requests_share_calls_and_each_gets_what_scoring_it_alone_giv
     frames = _requests(60, seed=3)
     base = serve_wsgi(app)
     answers = _send_all(base, "churn", [_body(f) for f in frames], "r")
+    outside = plane.batcher.leaving("churn") + plane.batcher.arriving("churn")  # answered: none
     plane.close(timeout=10)
 
     assert {rid: r.status_code for rid, r in answers.items()} == {f"r{i}": 200 for i in range(60)}
+    assert outside == 0  # every request counted out before its client had the answer
     for i, frame in enumerate(frames):
         classes, _ = _expected(frame)
         assert answers[f"r{i}"].json()["predictions"] == classes
@@ -433,4 +435,77 @@ def test_a_leader_stops_waiting_when_the_arriving_request_gives_up_without_joini
     assert [rows for rows, _ in batchpipes.calls("gives")] == [1]
     assert outcome[0].result.predictions is not None
     assert batcher.lingered_alone == {"a": 1}
+    assert elapsed < delay_ms / 1000.0
+
+
+def test_a_leader_waits_for_its_deployments_answered_request_to_come_back_and_scores_them_together(
+    sqlite_store: Store, tmp_path: Path
+) -> None:
+    """A request scored but not yet answered (leaving) is waited for, as is its client's next request.
+
+    Under a closed loop of clients each answer brings the client's next request: a leader that scored
+    at once would split the process's requests into two alternating half-size batches.
+    """
+    delay_ms = 1000.0
+    backend = _lane_backend(sqlite_store, tmp_path, "back")
+    batcher = Batcher()
+    config = BatchingConfig(max_batch_delay_ms=delay_ms)
+    answered = batcher.expect("a")
+    first = batcher.score(backend, _one_row(backend, 0), config, deployment="a", arrival=answered)
+    assert first.size == 1 and batcher.lingered["a"] == 0  # alone: scored at once
+    assert batcher.leaving("a") == 1  # scored, not answered yet
+
+    leader_arrival = batcher.expect("a")
+    outcomes: dict[int, Any] = {}
+
+    def request(i: int, arrival: Any) -> None:
+        outcomes[i] = batcher.score(backend, _one_row(backend, i), config, deployment="a", arrival=arrival)
+
+    started = time.perf_counter()
+    leader = threading.Thread(target=request, args=(1, leader_arrival))
+    leader.start()
+    while batcher.lingered["a"] == 0:  # the leader waits for the answered request's client
+        threading.Event().wait(0.001)
+    again = batcher.expect("a")  # that client's next request arrives ...
+    batcher.done(answered)  # ... once it was answered
+    request(2, again)
+    leader.join(10)
+    elapsed = time.perf_counter() - started
+
+    assert [rows for rows, _ in batchpipes.calls("back")] == [1, 2]
+    assert outcomes[1].size == outcomes[2].size == 2
+    assert elapsed < delay_ms / 1000.0  # nobody of "a" outside a lane: it stopped waiting at once
+    assert batcher.leaving("a") == 2 and batcher.arriving("a") == 0
+    batcher.done(leader_arrival)
+    batcher.done(again)
+    batcher.done(again)  # done twice counts once
+    assert batcher.leaving("a") == 0
+
+
+def test_a_leader_stops_waiting_for_a_scored_request_once_it_is_answered(
+    sqlite_store: Store, tmp_path: Path
+) -> None:
+    """A scored request whose client sends nothing more ends the wait once it is answered."""
+    delay_ms = 1000.0
+    backend = _lane_backend(sqlite_store, tmp_path, "sent")
+    batcher = Batcher()
+    config = BatchingConfig(max_batch_delay_ms=delay_ms)
+    answered = batcher.expect("a")
+    batcher.score(backend, _one_row(backend, 0), config, deployment="a", arrival=answered)
+    outcome: list[Any] = []
+    started = time.perf_counter()
+    leader = threading.Thread(
+        target=lambda: outcome.append(
+            batcher.score(backend, _one_row(backend, 1), config, deployment="a", arrival=batcher.expect("a"))
+        )
+    )
+    leader.start()
+    while batcher.lingered["a"] == 0:
+        threading.Event().wait(0.001)
+    batcher.done(answered)
+    leader.join(10)
+    elapsed = time.perf_counter() - started
+
+    assert [rows for rows, _ in batchpipes.calls("sent")] == [1, 1]
+    assert outcome[0].size == 1 and batcher.lingered_alone == {"a": 1}
     assert elapsed < delay_ms / 1000.0
