@@ -387,6 +387,9 @@ def test_cpu_shedding_cuts_the_share_while_the_live_path_is_saturated_and_restor
     try:
         _wait(lambda: plane.shadow.cuts.get((name, "cpu"), 0) >= 1, timeout=60.0)
         lowered = plane.shadow.share(name)
+        # keep the load on for a while after the cut: requests outside the lowered share are shed
+        cut_at = len(answers)
+        _wait(lambda: len(answers) >= cut_at + 100, timeout=60.0)
     finally:
         stop.set()
         for thread in threads:
