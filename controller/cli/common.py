@@ -34,11 +34,16 @@ if TYPE_CHECKING:
 GC_THRESHOLDS = gc.get_threshold()  # Python's (unless the embedding process changed them)
 SHORT_LIVED_GC_THRESHOLD = 50_000
 _long_running = False
-_opened: list[Database] = []  # closed by end_process: SQLite checkpoints its WAL into the file on close
+_short_lived = False  # main() runs this process as one command (not commands run in-process)
+# closed by end_process (SQLite checkpoints its WAL into the file on close); kept only in a short-lived
+# process: one that runs commands in-process (tests, a notebook) must not hold every command's pool
+_opened: list[Database] = []
 
 
 def short_lived() -> None:
     """Collect cycles less often: this process is a command that exits when done."""
+    global _short_lived
+    _short_lived = True
     gc.set_threshold(max(SHORT_LIVED_GC_THRESHOLD, GC_THRESHOLDS[0]), *GC_THRESHOLDS[1:])
 
 
@@ -75,7 +80,8 @@ def end_process(code: object) -> NoReturn:
 
 def close_at_exit(database: Database) -> Database:
     """Have end_process close this database's connections (the interpreter's teardown would have)."""
-    _opened.append(database)
+    if _short_lived:
+        _opened.append(database)
     return database
 
 

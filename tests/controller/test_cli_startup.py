@@ -7,10 +7,12 @@ the help lists every command with the command's own short help, and the quiet ex
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -193,3 +195,15 @@ def test_a_short_command_ends_with_its_output_status_and_atexit_handlers(tmp_pat
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert refused.returncode == 1 and "nope" in refused.stderr, refused.stderr
+
+
+def test_commands_run_in_process_keep_no_database_open_once_finished(runner: Any, store: Store) -> None:
+    # end_process closes the databases a command opened; it must not keep them alive meanwhile, or a
+    # process that runs commands in-process (a test session, a notebook) holds every command's pool
+    before = {id(o) for o in gc.get_objects() if isinstance(o, Database)}
+    for _ in range(5):
+        result = runner("deployments", "list")
+        assert result.exit_code == 0, result.output
+    gc.collect()
+    left = [o for o in gc.get_objects() if isinstance(o, Database) and id(o) not in before]
+    assert left == [], f"{len(left)} databases of finished commands still alive"
