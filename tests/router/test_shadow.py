@@ -387,9 +387,9 @@ def test_cpu_shedding_cuts_the_share_while_the_live_path_is_saturated_and_restor
     try:
         _wait(lambda: plane.shadow.cuts.get((name, "cpu"), 0) >= 1, timeout=60.0)
         lowered = plane.shadow.share(name)
-        # keep the load on for a while after the cut: requests outside the lowered share are shed
+        # keep the load on a moment after the cut: requests outside the lowered share are shed
         cut_at = len(answers)
-        _wait(lambda: len(answers) >= cut_at + 100, timeout=60.0)
+        _wait(lambda: len(answers) >= cut_at + 20, timeout=60.0)
     finally:
         stop.set()
         for thread in threads:
@@ -405,7 +405,11 @@ def test_cpu_shedding_cuts_the_share_while_the_live_path_is_saturated_and_restor
     assert cuts is not None and float(cuts.group(1)) >= 1
     plane.close(timeout=10)
     assert answers and set(answers) == {200}  # shedding never touches the answers
-    pairs = [p for p in sqlite_store.pairs.list() if p.request_id.startswith("s") and p.row_index == 0]
+    pairs = [
+        p
+        for p in sqlite_store.pairs.list(limit=10_000_000)
+        if p.request_id.startswith("s") and p.row_index == 0
+    ]
     statuses = {p.challenger_status for p in pairs}
     assert "error" not in statuses and "ok" in statuses
     assert any(p.skip_reason == "shed" for p in pairs)  # coverage lost, never an error
@@ -426,7 +430,7 @@ def test_below_saturation_shadow_scoring_is_never_cut_for_cpu(
     plane.close(timeout=10)
     assert plane.shadow.cpu_share > 0.001  # over the budget, measured...
     assert not plane.shadow.cuts and plane.shadow.share(name) == 1.0  # ...but never cut
-    pairs = [p for p in sqlite_store.pairs.list() if p.request_id.startswith("low")]
+    pairs = [p for p in sqlite_store.pairs.list(limit=10_000_000) if p.request_id.startswith("low")]
     assert len(pairs) == 3 * sent and {p.challenger_status for p in pairs} == {"ok"}
 
 
