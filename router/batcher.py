@@ -152,22 +152,14 @@ class Batcher:
         if not arrival.leaving:
             return
         arrival.leaving = False
-        left = self._leaving.get(arrival.deployment, 0) - 1
-        if left > 0:
-            self._leaving[arrival.deployment] = left
-        else:
-            self._leaving.pop(arrival.deployment, None)
+        _drop_one(self._leaving, arrival.deployment)
         self._arrived.notify_all()  # a lingering leader looks again
 
     def _settle(self, arrival: Arrival) -> None:  # lock held
         if not arrival.pending:
             return
         arrival.pending = False
-        left = self._arriving.get(arrival.deployment, 0) - 1
-        if left > 0:
-            self._arriving[arrival.deployment] = left
-        else:
-            self._arriving.pop(arrival.deployment, None)
+        _drop_one(self._arriving, arrival.deployment)
         self._arrived.notify_all()  # a lingering leader looks again: it joined, or it never will
 
     def score(
@@ -304,3 +296,12 @@ def _call(backend: Backend, rows: pd.DataFrame | Batch) -> ArmResult:
     except BackendError as exc:
         return ArmResult(backend.version, None, (time.perf_counter() - started) * 1000.0, exc.message, exc)
     return ArmResult(backend.version, predictions, (time.perf_counter() - started) * 1000.0)
+
+
+def _drop_one(counts: dict[str, int], deployment: str) -> None:
+    """Count one request of deployment fewer; forget the deployment at zero."""
+    left = counts.get(deployment, 0) - 1
+    if left > 0:
+        counts[deployment] = left
+    else:
+        counts.pop(deployment, None)
