@@ -7,12 +7,22 @@ SQLAlchemy or scikit-learn (bench/cli_speed.py measures it; a test checks the im
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 
-from controller.cli.common import API, VERBOSE, Cli, end_process, one_line, short_lived
+from controller.cli.common import (
+    API,
+    VERBOSE,
+    Cli,
+    end_process,
+    one_line,
+    short_lived,
+    single_threaded_libraries,
+)
 from controller.config import ConfigError, Settings
 
 # name -> (module:attribute, the short help `mlcanary --help` shows without importing the module)
@@ -86,6 +96,7 @@ def cli(
 
 def main() -> NoReturn:
     """Run the command line and exit with its status (controller.cli.common.end_process: no teardown)."""
+    single_threaded_libraries(sys.argv[1:], os.environ)
     short_lived()
     code: object
     try:

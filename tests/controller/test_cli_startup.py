@@ -8,6 +8,7 @@ the help lists every command with the command's own short help, and the quiet ex
 from __future__ import annotations
 
 import gc
+import os
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -16,6 +17,7 @@ from typing import Any
 
 import click
 
+from controller.cli.common import single_threaded_libraries
 from controller.cli.main import COMMANDS, cli
 from controller.core.policy import Policy
 from storage import Database, Store
@@ -207,3 +209,35 @@ def test_commands_run_in_process_keep_no_database_open_once_finished(runner: Any
     gc.collect()
     left = [o for o in gc.get_objects() if isinstance(o, Database) and id(o) not in before]
     assert left == [], f"{len(left)} databases of finished commands still alive"
+
+
+THREADS_PROBE = """
+import os, sys
+from controller.cli.common import single_threaded_libraries
+single_threaded_libraries(sys.argv[1:], os.environ)
+import numpy, threadpoolctl
+print(sorted({p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"}))
+"""
+
+
+def test_short_commands_ask_the_libraries_for_one_thread_and_servers_keep_their_default() -> None:
+    env: dict[str, str] = {}
+    assert single_threaded_libraries(["pipelines", "register", "churn", "1", "--golden", "g.csv"], env)
+    assert env == {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    for argv in (
+        ["serve"],
+        ["--data-dir", "var", "serve", "--workers", "2"],
+        ["router"],
+        ["controller"],
+        ["demo"],
+    ):
+        untouched: dict[str, str] = {}
+        assert not single_threaded_libraries(argv, untouched) and untouched == {}
+    chosen = {"OMP_NUM_THREADS": "4"}
+    single_threaded_libraries(["rollout", "status", "churn"], chosen)
+    assert chosen["OMP_NUM_THREADS"] == "4"  # the user's own setting wins
+    # and NumPy's BLAS honours it when it is set before NumPy loads (as main() does)
+    clean = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+    run = [sys.executable, "-c", THREADS_PROBE]
+    short = subprocess.run([*run, "pipelines", "list"], env=clean, capture_output=True, text=True, check=True)
+    assert short.stdout.strip() == "[1]", short.stdout + short.stderr
