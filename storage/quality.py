@@ -18,13 +18,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from sqlalchemy import Float, and_, case, cast, func, literal, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from storage.analytics import ARMS, LABELS, PAIRS, Cohort
 from storage.database import Database
+
+_L = TypeVar("_L")  # a fixed-horizon sample's label type
+_V = TypeVar("_V")  # and its value type
 
 P = PAIRS.c
 L = LABELS.c
@@ -636,11 +639,41 @@ def _auc_vectors(
 ) -> tuple[int, list[str], list[list[float]], list[list[float]], list[str]]:
     """The first ``horizon`` labelled rows with probability vectors, by arrival (the multi-class twin of
     ``_auc_rows``): labels and each arm's vector in ``classes`` order, or none before the horizon."""
-    order = (P.received_at, P.id)
 
     def vector(value: Any) -> list[float]:
         found = value if isinstance(value, dict) else {}
         return [float(found.get(k) or 0.0) for k in classes]
+
+    return _horizon_sample(conn, joined, matured, scored, horizon, cohort, "proba", str, vector)
+
+
+def _auc_rows(
+    conn: Any, joined: Any, matured: Any, scored: dict[str, Any], positive: str, horizon: int, cohort: Cohort
+) -> tuple[int, list[bool], list[float], list[float], list[bool]]:
+    """The first ``horizon`` scored labelled rows by arrival (the fixed-horizon AUC sample), or none yet."""
+    return _horizon_sample(
+        conn, joined, matured, scored, horizon, cohort, "score", lambda label: label == positive, float
+    )
+
+
+def _horizon_sample(
+    conn: Any,
+    joined: Any,
+    matured: Any,
+    scored: dict[str, Any],
+    horizon: int,
+    cohort: Cohort,
+    column: str,
+    label: Callable[[Any], _L],
+    value: Callable[[Any], _V],
+) -> tuple[int, list[_L], list[_V], list[_V], list[_L]]:
+    """The first ``horizon`` labelled rows by arrival with each arm's ``<arm>_<column>``, or none yet.
+
+    Returns (rows available, labels, champion values, challenger values, challenger labels): paired,
+    both arms' values of the same rows (the challenger's labels empty); unpaired, each arm's own first
+    ``horizon`` rows where it served. Rows are read only once the horizon is reached.
+    """
+    order = (P.received_at, P.id)
 
     def count(where: Any) -> int:
         return int(conn.execute(select(func.count()).select_from(joined).where(matured, where)).scalar() or 0)
@@ -651,73 +684,31 @@ def _auc_vectors(
         if available < horizon:
             return available, [], [], [], []
         rows = conn.execute(
-            select(L.label_class, P.champion_proba, P.challenger_proba)
-            .select_from(joined).where(matured, both).order_by(*order).limit(horizon)
-        ).all()  # fmt: skip
-        labels = [str(r[0]) for r in rows]
-        return available, labels, [vector(r[1]) for r in rows], [vector(r[2]) for r in rows], []
-    per: dict[str, list[Any]] = {}
-    counts = []
-    for arm in ARMS:
-        cond = and_(scored[arm], P.served_arm == arm)
-        counts.append(count(cond))
-        per[arm] = conn.execute(
-            select(L.label_class, P[f"{arm}_proba"]).select_from(joined).where(matured, cond)
-            .order_by(*order).limit(horizon)
-        ).all()  # fmt: skip
-    available = min(counts)
-    if available < horizon:
-        return available, [], [], [], []
-    return (
-        available,
-        [str(r[0]) for r in per["champion"]],
-        [vector(r[1]) for r in per["champion"]],
-        [vector(r[1]) for r in per["challenger"]],
-        [str(r[0]) for r in per["challenger"]],
-    )
-
-
-def _auc_rows(
-    conn: Any, joined: Any, matured: Any, scored: dict[str, Any], positive: str, horizon: int, cohort: Cohort
-) -> tuple[int, list[bool], list[float], list[float], list[bool]]:
-    """The first ``horizon`` scored labelled rows by arrival (the fixed-horizon AUC sample), or none yet."""
-    order = (P.received_at, P.id)
-    if cohort == "paired":
-        both = and_(scored["champion"], scored["challenger"])
-        available = int(
-            conn.execute(select(func.count()).select_from(joined).where(matured, both)).scalar() or 0
-        )
-        if available < horizon:
-            return available, [], [], [], []
-        rows = conn.execute(
-            select(L.label_class, P.champion_score, P.challenger_score)
+            select(L.label_class, P[f"champion_{column}"], P[f"challenger_{column}"])
             .select_from(joined).where(matured, both).order_by(*order).limit(horizon)
         ).all()  # fmt: skip
         return (
             available,
-            [r[0] == positive for r in rows],
-            [float(r[1]) for r in rows],
-            [float(r[2]) for r in rows],
+            [label(r[0]) for r in rows],
+            [value(r[1]) for r in rows],
+            [value(r[2]) for r in rows],
             [],
         )
-    per: dict[str, list[Any]] = {}
-    counts = []
-    for arm in ARMS:
-        cond = and_(scored[arm], P.served_arm == arm)
-        counts.append(
-            int(conn.execute(select(func.count()).select_from(joined).where(matured, cond)).scalar() or 0)
-        )
-        per[arm] = conn.execute(
-            select(L.label_class, P[f"{arm}_score"]).select_from(joined).where(matured, cond)
-            .order_by(*order).limit(horizon)
-        ).all()  # fmt: skip
-    available = min(counts)
+    served = {arm: and_(scored[arm], P.served_arm == arm) for arm in ARMS}
+    available = min(count(cond) for cond in served.values())
     if available < horizon:
         return available, [], [], [], []
+    per = {
+        arm: conn.execute(
+            select(L.label_class, P[f"{arm}_{column}"]).select_from(joined).where(matured, cond)
+            .order_by(*order).limit(horizon)
+        ).all()
+        for arm, cond in served.items()
+    }  # fmt: skip
     return (
         available,
-        [r[0] == positive for r in per["champion"]],
-        [float(r[1]) for r in per["champion"]],
-        [float(r[1]) for r in per["challenger"]],
-        [r[0] == positive for r in per["challenger"]],
+        [label(r[0]) for r in per["champion"]],
+        [value(r[1]) for r in per["champion"]],
+        [value(r[1]) for r in per["challenger"]],
+        [label(r[0]) for r in per["challenger"]],
     )
