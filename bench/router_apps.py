@@ -2,7 +2,8 @@
 
 floor(): a bare WSGI app that parses the JSON body and answers a constant (the HTTP floor).
 baseline(): a bare Flask app scoring the same registered pipeline in process, DataFrame per call.
-router(): the mlcanary router app over BENCH_DATABASE_URL (shadow/canary set up by router_bench.py).
+router(): the mlcanary router app over BENCH_DATABASE_URL (shadow/canary set up by router_bench.py);
+    BENCH_ROUTER_SETTINGS, a JSON object of RouterSettings fields, overrides some (an A/B of a setting).
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ def baseline() -> Flask:
 
 def router() -> Flask:
     store = Store(Database(os.environ["BENCH_DATABASE_URL"]))
-    return create_app(store, RouterSettings(spool_dir=Path(os.environ["BENCH_SPOOL_DIR"])))
+    overrides = json.loads(os.environ.get("BENCH_ROUTER_SETTINGS") or "{}")  # an A/B of a setting
+    return create_app(store, RouterSettings(spool_dir=Path(os.environ["BENCH_SPOOL_DIR"]), **overrides))
 
 
 def worker_exit(server: Any, worker: Any) -> None:

@@ -63,6 +63,9 @@ class _TimedSocket(socket.socket):
 
     __slots__ = ()
     timeout_s: float = 30.0
+    # the connection stays open after an answer (gunicorn's keepalive is on): the data plane's
+    # batcher counts its client as about to send its next request (router.batcher, "returning")
+    keeps_alive: bool = False
 
     def setblocking(self, flag: bool) -> None:
         if flag:
@@ -192,7 +195,9 @@ class ReadBufferingWorker(ThreadWorker):
         super().__init__(*args, **kwargs)
         self.reading: dict[TConn, float] = {}  # connection -> deadline, in start order
         self._socket_class = type(
-            "TimedSocket", (_TimedSocket,), {"__slots__": (), "timeout_s": self.read_timeout_s}
+            "TimedSocket",
+            (_TimedSocket,),
+            {"__slots__": (), "timeout_s": self.read_timeout_s, "keeps_alive": self.cfg.keepalive > 0},
         )
 
     def get_thread_pool(self) -> Any:

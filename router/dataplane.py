@@ -160,17 +160,19 @@ class DataPlane:
         """Return the deployment's current route (NotReady, DeploymentNotFound)."""
         return self.routes.get(deployment)
 
-    def enter(self, deployment: str | None = None) -> Arrival | None:
+    def enter(self, deployment: str | None = None, connection: object = None) -> Arrival | None:
         """Mark a request in flight (shadow work waits for none to be); call answered() once it is.
 
         With the deployment it asks for, the request is announced to the batcher: a lane of that
         deployment may wait for it (max_batch_delay_ms at most) while it arrives and, once scored,
-        until it is answered. Pass what this returns to serve() and answered().
+        until it is answered. connection: the kept-alive client connection it came on (router.http),
+        counted as returning once answered (router.batcher). Pass what this returns to serve() and
+        answered().
         """
         with self._inflight_lock:
             self._inflight += 1
             self.idle.clear()
-        return None if deployment is None else self.batcher.expect(deployment)
+        return None if deployment is None else self.batcher.expect(deployment, connection)
 
     def answered(self, arrival: Arrival | None = None) -> None:
         """Mark an entered request answered (or refused): the batcher no longer waits for it.

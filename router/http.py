@@ -61,7 +61,7 @@ def _predict(deployment: str, protocol: str) -> Response:
     arm = "none"
     # /metrics labels only deployments the router knows: a URL cannot add a series
     label = deployment if deployment in plane.routes.routes else "unknown"
-    arrival = plane.enter(deployment if label != "unknown" else None)
+    arrival = plane.enter(deployment if label != "unknown" else None, _kept_alive(request.environ))
     try:
         try:
             if request_id:
@@ -117,6 +117,23 @@ def _predict(deployment: str, protocol: str) -> Response:
         raise
     response.call_on_close(plane.leave)
     return response
+
+
+def _kept_alive(environ: dict[str, Any]) -> int | None:
+    """Return a key of the client connection if the server keeps it open after the answer, else None.
+
+    Only the router's own worker (controller.server) says so, on its sockets (`keeps_alive`, when
+    gunicorn's keepalive is on); under any other server the batcher counts no returning connections.
+    """
+    sock = environ.get("gunicorn.socket")
+    if not getattr(sock, "keeps_alive", False):
+        return None
+    connection = environ.get("HTTP_CONNECTION", "").lower()
+    if "close" in connection:
+        return None
+    if environ.get("SERVER_PROTOCOL") == "HTTP/1.0" and "keep-alive" not in connection:
+        return None
+    return id(sock)
 
 
 _URL = re.compile(r"[a-z][a-z0-9+.-]*://[^\s'\"]+", re.IGNORECASE)

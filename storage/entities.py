@@ -126,12 +126,13 @@ class BatchingConfig:
         types) into one scoring call; off: each request is scored alone, as before batching.
     max_batch_delay_ms: the longest the request leading a batch waits for company, and only while
         other requests of its deployment are in flight in its process outside a batch (being read,
-        or being answered: their clients' next requests); alone, it never waits.
+        or being answered: their clients' next requests) or were answered on a kept-alive
+        connection within that delay (the client's next request on its way); alone, it never waits.
     max_batch_rows: the most rows scored in one call (a request larger than it is scored alone).
     """
 
     enabled: bool = True
-    max_batch_delay_ms: float = 1.0
+    max_batch_delay_ms: float = 2.0
     max_batch_rows: int = 256
 
     def __post_init__(self) -> None:

@@ -28,7 +28,7 @@ def _batching_options(command: Callable[..., Any]) -> Callable[..., Any]:
         "--max-batch-delay-ms",
         type=click.FloatRange(0, 1000),
         default=None,
-        help="Longest a request waits for company, only while others are in flight (default 1 ms).",
+        help="Longest a request waits for company, only while others are in flight (default 2 ms).",
     )(command)
     return click.option(
         "--batching/--no-batching",

@@ -11,6 +11,7 @@ from functools import cache
 from typing import Any
 
 from controller.core.machine import ROLLOUT_ACTIONS
+from storage.entities import BatchingConfig
 
 JSON = "application/json"
 
@@ -369,8 +370,11 @@ def _schemas() -> dict[str, Any]:
                     "type": "number",
                     "minimum": 0,
                     "maximum": 1000,
-                    "default": 1.0,
-                    "description": "longest wait for company, only while other requests are in flight",
+                    "default": BatchingConfig().max_batch_delay_ms,
+                    "description": (
+                        "longest wait for company, only while other requests of the deployment are in "
+                        "flight or their kept-alive connections were answered within it"
+                    ),
                 },
                 "max_batch_rows": {"type": "integer", "minimum": 1, "maximum": 100000, "default": 256},
             },

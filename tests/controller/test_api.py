@@ -220,7 +220,7 @@ def test_a_deployment_keeps_the_batching_settings_it_was_created_with(world: Wor
     assert shown["batching"] == {"enabled": True, "max_batch_delay_ms": 2, "max_batch_rows": 32}
     assert world.store.routing.load_table()["fast"].batching.max_batch_rows == 32  # what routers read
     default = world.get("/deployments/churn").get_json()["batching"]
-    assert default == {"enabled": True, "max_batch_delay_ms": 1.0, "max_batch_rows": 256}
+    assert default == {"enabled": True, "max_batch_delay_ms": 2.0, "max_batch_rows": 256}
 
 
 def test_patch_changes_the_batching_settings_given_and_keeps_the_others(world: World) -> None:
@@ -228,11 +228,11 @@ def test_patch_changes_the_batching_settings_given_and_keeps_the_others(world: W
         f"{API}/deployments/churn", json={"batching": {"max_batch_rows": 16}}, headers=world.operator
     )
     assert patch.status_code == 200, patch.get_json()
-    assert patch.get_json()["batching"] == {"enabled": True, "max_batch_delay_ms": 1.0, "max_batch_rows": 16}
+    assert patch.get_json()["batching"] == {"enabled": True, "max_batch_delay_ms": 2.0, "max_batch_rows": 16}
     off = world.client.patch(
         f"{API}/deployments/churn", json={"batching": {"enabled": False}}, headers=world.operator
     )
-    assert off.get_json()["batching"] == {"enabled": False, "max_batch_delay_ms": 1.0, "max_batch_rows": 16}
+    assert off.get_json()["batching"] == {"enabled": False, "max_batch_delay_ms": 2.0, "max_batch_rows": 16}
     table = world.store.routing.load_table()["churn"].batching  # what routers read
     assert (table.enabled, table.max_batch_rows) == (False, 16)
     event = world.store.events.list(limit=100)[-1]

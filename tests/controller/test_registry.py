@@ -285,11 +285,11 @@ def test_deployment_batching_is_set_at_creation_and_changed_by_configure(
     assert off.exit_code == 0 and off.stdout.strip() == "deployment churn: batching off"
     assert "mlcanary: database sqlite:" in off.stderr  # a write says where it went, as create does
     on = invoke(
-        runner, sqlite_url, "deployments", "configure", "churn", "--batching", "--max-batch-delay-ms", "2"
+        runner, sqlite_url, "deployments", "configure", "churn", "--batching", "--max-batch-delay-ms", "3"
     )
-    assert on.stdout.strip() == "deployment churn: batching on, at most 16 rows and 2 ms"
+    assert on.stdout.strip() == "deployment churn: batching on, at most 16 rows and 3 ms"
     config = store.routing.load_table()["churn"].batching
-    assert (config.enabled, config.max_batch_delay_ms, config.max_batch_rows) == (True, 2.0, 16)
+    assert (config.enabled, config.max_batch_delay_ms, config.max_batch_rows) == (True, 3.0, 16)
     assert store.events.list(limit=10)[-1].action == "deployment.configure"
     nothing = invoke(runner, sqlite_url, "deployments", "configure", "churn")
     assert nothing.exit_code != 0 and "nothing to change" in nothing.output

@@ -509,3 +509,88 @@ def test_a_leader_stops_waiting_for_a_scored_request_once_it_is_answered(
     assert [rows for rows, _ in batchpipes.calls("sent")] == [1, 1]
     assert outcome[0].size == 1 and batcher.lingered_alone == {"a": 1}
     assert elapsed < delay_ms / 1000.0
+
+
+def test_a_leader_waits_for_an_answered_kept_alive_connections_next_request(
+    sqlite_store: Store, tmp_path: Path
+) -> None:
+    """A client answered on a kept-alive connection is about to send again: the next leader waits for it.
+
+    Under a closed loop the answered clients' next requests arrive just after a leader that waited only
+    for requests already in the process had stopped waiting: batches split in two.
+    """
+    delay_ms = 1000.0
+    backend = _lane_backend(sqlite_store, tmp_path, "loop")
+    batcher = Batcher()
+    config = BatchingConfig(max_batch_delay_ms=delay_ms)
+    answered = batcher.expect("a", ("127.0.0.1", "5001"))
+    batcher.score(backend, _one_row(backend, 0), config, deployment="a", arrival=answered)
+    batcher.done(answered)  # answered: its client has its answer, its next request is on its way
+    assert batcher.leaving("a") == 0 and batcher.returning("a", delay_ms / 1000.0) == 1
+
+    outcomes: dict[int, Any] = {}
+
+    def request(i: int, arrival: Any) -> None:
+        outcomes[i] = batcher.score(backend, _one_row(backend, i), config, deployment="a", arrival=arrival)
+
+    started = time.perf_counter()
+    leader = threading.Thread(target=request, args=(1, batcher.expect("a", ("127.0.0.1", "5002"))))
+    leader.start()
+    while batcher.lingered["a"] == 0:  # the leader waits for the returning connection
+        threading.Event().wait(0.001)
+    again = batcher.expect("a", ("127.0.0.1", "5001"))  # the client's next request, same connection
+    assert batcher.returning("a", delay_ms / 1000.0) == 0  # back: no longer returning
+    request(2, again)
+    leader.join(10)
+    elapsed = time.perf_counter() - started
+
+    assert [rows for rows, _ in batchpipes.calls("loop")] == [1, 2]
+    assert outcomes[1].size == outcomes[2].size == 2
+    assert elapsed < delay_ms / 1000.0  # it stopped waiting once the connection was back
+
+
+def test_a_request_never_waits_for_its_own_connection_nor_for_one_that_closed(
+    sqlite_store: Store, tmp_path: Path
+) -> None:
+    """One client waiting for each answer is never delayed; a connection closed after its answer never counts."""
+    backend = _lane_backend(sqlite_store, tmp_path, "own_conn")
+    batcher = Batcher()
+    config = BatchingConfig(max_batch_delay_ms=1000.0)
+    closed = batcher.expect("a")  # a connection that closes after the answer: no connection key
+    batcher.score(backend, _one_row(backend, 0), config, deployment="a", arrival=closed)
+    batcher.done(closed)
+    assert batcher.returning("a", 1.0) == 0
+    connection = ("127.0.0.1", "6001")
+    for i in range(1, 4):  # c=1 on a kept-alive connection: each request follows its own answer
+        arrival = batcher.expect("a", connection)
+        started = time.perf_counter()
+        scored = batcher.score(backend, _one_row(backend, i), config, deployment="a", arrival=arrival)
+        assert scored.size == 1 and time.perf_counter() - started < 0.5  # far below the 1 s delay
+        batcher.done(arrival)
+        assert batcher.returning("a", 1.0) == 1  # its own connection, until its next request
+    assert batcher.lingered == {}
+    assert [rows for rows, _ in batchpipes.calls("own_conn")] == [1] * 4
+
+
+def test_a_returning_connection_that_sends_nothing_holds_a_leader_at_most_the_delay(
+    sqlite_store: Store, tmp_path: Path
+) -> None:
+    """A kept-alive client that does not come back costs the next leader at most max_batch_delay_ms."""
+    delay_ms = 150.0
+    backend = _lane_backend(sqlite_store, tmp_path, "gone")
+    batcher = Batcher()
+    config = BatchingConfig(max_batch_delay_ms=delay_ms)
+    answered = batcher.expect("a", ("127.0.0.1", "7001"))
+    batcher.score(backend, _one_row(backend, 0), config, deployment="a", arrival=answered)
+    batcher.done(answered)
+    started = time.perf_counter()
+    second = batcher.expect("a")  # on a connection that closes after it
+    scored = batcher.score(backend, _one_row(backend, 1), config, deployment="a", arrival=second)
+    elapsed = time.perf_counter() - started
+    assert scored.size == 1 and batcher.lingered_alone == {"a": 1}
+    assert elapsed < 10 * delay_ms / 1000.0  # bounded by the delay (generous: a loaded machine)
+    assert batcher.returning("a", delay_ms / 1000.0) == 0  # its time ran out: forgotten
+    batcher.done(second)
+    # once forgotten, the next leader scores at once
+    batcher.score(backend, _one_row(backend, 2), config, deployment="a", arrival=batcher.expect("a"))
+    assert batcher.lingered == {"a": 1}

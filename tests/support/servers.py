@@ -71,6 +71,7 @@ class Server:
         **settings: Any,
     ) -> None:
         self.role = role
+        self.expected_workers = int(settings.get("workers", 2))
         self.port = port or free_port()
         self.address = address
         self.base_url = f"http://{address}:{self.port}"
@@ -124,7 +125,7 @@ class Server:
                 if streak == 0:
                     time.sleep(0.1)
         deadline = time.monotonic() + timeout
-        while len(self.workers()) < 2 and time.monotonic() < deadline:
+        while len(self.workers()) < min(2, self.expected_workers) and time.monotonic() < deadline:
             time.sleep(0.05)
 
     def children(self, pid: int | None = None) -> list[int]:
