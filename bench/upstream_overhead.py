@@ -1,6 +1,6 @@
 """Benchmark mlcanary in front of MLServer against clients calling MLServer directly.
 
-    .venv/bin/python bench/upstream_overhead.py [--seconds 8] [--worker threads|sync]
+    .venv/bin/python bench/upstream_overhead.py [--seconds 8] [--rounds 3] [--worker threads|sync]
         [--out bench/results/upstream_overhead.md]
 
 One MLServer 1.7.1 (the environment under .cache/peers/mlserver, built on first use like the tests
@@ -16,7 +16,12 @@ The router's workers are what `mlcanary router` runs (--worker threads, the defa
 threaded worker with the read-buffering event loop, 8 threads each, keep-alive connections, as
 MLServer's uvicorn keeps them) or gunicorn's sync workers (--worker sync: one request per worker at
 a time, and a new TCP connection per request, since the sync worker closes each one).
-Added latency = setup p50/p99 - direct p50/p99; throughput ratio = setup req/s / direct req/s.
+The three setups are measured in --rounds rounds, each round every setup at c=1 and then c=16, the
+setups' order rotating from round to round (the routers stay up between rounds): added latency =
+setup p50/p99 - direct p50/p99 and throughput ratio = setup req/s / direct req/s are computed per
+round, against direct measured in the same round, and their medians reported (MLServer's own c=1
+p50 moved by several ms between runs a minute apart: one direct run per benchmark could not resolve
+the 1 ms target).
 Server-side CPU per request (MLServer, plus the router's gunicorn master and workers, from /proc)
 is the figure that survives a busy machine: on 2 shared cores, latency and throughput measure the
 other tenants as much as the proxy. The router's part of it (its gunicorn processes alone) is given
@@ -30,6 +35,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,7 +51,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "support"), str(ROOT / "bench")]
 
 import mlpipes  # noqa: E402
 import peers  # noqa: E402
-from router_bench import _port, wrk  # noqa: E402
+from router_bench import _port, answered, wrk  # noqa: E402
 
 from controller import registry  # noqa: E402
 from router.backends.encodings import configure, encode  # noqa: E402
@@ -112,85 +118,124 @@ def cpu_seconds(roots: list[int]) -> float:
     return sum(times.get(pid, 0.0) for pid in wanted)
 
 
-def measure(
-    endpoint: str, script: Path, seconds: int, pids: list[int], router: int | None = None
+def measure_once(
+    endpoint: str, script: Path, connections: int, seconds: int, pids: list[int], router: int | None = None
 ) -> dict[str, Any]:
-    """wrk at c=1 and c=16; with each, the CPU milliseconds per request spent by `pids` (server side)
+    """wrk at one concurrency; with it, the CPU milliseconds per request spent by `pids` (server side)
     and, given the router's gunicorn pid, by the router alone (its master and workers)."""
-    wrk(endpoint, script, 4, 2)  # warm-up
-    result: dict[str, Any] = {}
-    for name, connections in (("c1", 1), ("c16", 16)):
-        before = cpu_seconds(pids)
-        before_router = cpu_seconds([router]) if router is not None else 0.0
-        figures = wrk(endpoint, script, connections, seconds)
-        answered = max(1.0, figures["rps"] * seconds)
-        figures["cpu_ms"] = (cpu_seconds(pids) - before) * 1000 / answered
-        if router is not None:
-            figures["router_cpu_ms"] = (cpu_seconds([router]) - before_router) * 1000 / answered
-        result[name] = figures
-    return result
+    before = cpu_seconds(pids)
+    before_router = cpu_seconds([router]) if router is not None else 0.0
+    figures = wrk(endpoint, script, connections, seconds)
+    answered = max(1.0, figures["rps"] * seconds)
+    figures["cpu_ms"] = (cpu_seconds(pids) - before) * 1000 / answered
+    if router is not None:
+        figures["router_cpu_ms"] = (cpu_seconds([router]) - before_router) * 1000 / answered
+    return figures
 
 
-def run_router(
-    setup: str, directory: Path, server: peers.PeerServer, script: Path, args: argparse.Namespace
-) -> dict[str, Any]:
-    database = prepare(directory, setup, server.url)
-    port = _port()
-    metrics_dir = directory / f"metrics-{setup}"
-    metrics_dir.mkdir()
-    env = {
-        **os.environ,
-        "BENCH_DATABASE_URL": database,
-        "BENCH_SPOOL_DIR": str(directory / f"spool-{setup}"),
-        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
-        "PYTHONPATH": f"{ROOT}:{ROOT / 'bench'}",
-    }
-    worker = (
-        ["--worker-class", "sync"]
-        if args.worker == "sync"
-        else ["--worker-class", "controller.server.ReadBufferingWorker", "--threads", str(args.threads)]
-    )
-    process = subprocess.Popen(
-        [str(Path(sys.executable).with_name("gunicorn")), "--bind", f"127.0.0.1:{port}", "--workers", "2",
-         *worker, "--config", str(ROOT / "bench" / "router_apps.py"),
-         "--log-level", "warning", "router_apps:router()"],
-        env=env, cwd=ROOT,
-    )  # fmt: skip
-    endpoint = f"http://127.0.0.1:{port}/v1/models/churn/invocations"
-    try:
+class Router:
+    """One router (gunicorn, 2 workers) in front of the MLServer, for one setup, kept up for every round."""
+
+    def __init__(
+        self, setup: str, directory: Path, server: peers.PeerServer, args: argparse.Namespace
+    ) -> None:
+        self.setup = setup
+        self.database = prepare(directory, setup, server.url)
+        port = _port()
+        metrics_dir = directory / f"metrics-{setup}"
+        metrics_dir.mkdir()
+        env = {
+            **os.environ,
+            "BENCH_DATABASE_URL": self.database,
+            "BENCH_SPOOL_DIR": str(directory / f"spool-{setup}"),
+            "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+            "PYTHONPATH": f"{ROOT}:{ROOT / 'bench'}",
+        }
+        worker = (
+            ["--worker-class", "sync"]
+            if args.worker == "sync"
+            else ["--worker-class", "controller.server.ReadBufferingWorker", "--threads", str(args.threads)]
+        )
+        self.process = subprocess.Popen(
+            [str(Path(sys.executable).with_name("gunicorn")), "--bind", f"127.0.0.1:{port}", "--workers", "2",
+             *worker, "--config", str(ROOT / "bench" / "router_apps.py"),
+             "--log-level", "warning", "router_apps:router()"],
+            env=env, cwd=ROOT,
+        )  # fmt: skip
+        self.endpoint = f"http://127.0.0.1:{port}/v1/models/churn/invocations"
+        self.ready = f"http://127.0.0.1:{port}/v2/models/churn/ready"
+        self.base = f"http://127.0.0.1:{port}"
+
+    def wait_ready(self) -> None:
         deadline = time.monotonic() + 60
         while True:
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/v2/models/churn/ready").status_code == 200:
-                    break
+                if httpx.get(self.ready).status_code == 200:
+                    return
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{setup} did not start")
+                raise RuntimeError(f"{self.setup} did not start")
             time.sleep(0.2)
-        pids = [process.pid, server.process.pid]
-        result = {"setup": setup, **measure(endpoint, script, args.seconds, pids, process.pid)}
-        time.sleep(1.5)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(60)
-    store = Store(Database(database))
-    pairs = store.pairs.list(limit=100_000)
-    result["pairs"] = len(pairs)
-    result["champion_errors"] = sum(1 for p in pairs if p.champion_error)
-    result["challenger_answers"] = sum(1 for p in pairs if p.challenger_class is not None)
-    return result
+
+    def stop(self) -> dict[str, Any]:
+        """Stop gracefully (pairs flushed) and count what was stored, against the requests answered."""
+        served = answered(self.base)
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(60)
+        store = Store(Database(self.database))
+        pairs = store.pairs.list(limit=10_000_000)
+        return {
+            "answered": served,
+            "pairs": len(pairs),
+            "champion_errors": sum(1 for p in pairs if p.champion_error),
+            "challenger_answers": sum(1 for p in pairs if p.challenger_class is not None),
+        }
 
 
-def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
-    by = {r["setup"]: r for r in results}
-    d = by["direct"]
+def run_rounds(
+    targets: dict[str, tuple[str, Path, list[int], int | None]], args: argparse.Namespace
+) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """Measure every setup at c=1 and c=16, round after round, the setups' order rotating each round.
+
+    A setup and its baseline (direct) are measured minutes apart at most, never a whole run apart:
+    on shared cores a quiet minute and a busy one differ more than the proxy costs.
+    """
+    figures: dict[str, dict[str, list[dict[str, Any]]]] = {s: {"c1": [], "c16": []} for s in targets}
+    names = list(targets)
+    for endpoint, script, _, _ in targets.values():
+        wrk(endpoint, script, 4, 2)  # warm-up
+    for round_ in range(args.rounds):
+        order = names[round_ % len(names) :] + names[: round_ % len(names)]
+        for level, connections in (("c1", 1), ("c16", 16)):
+            for name in order:
+                endpoint, script, pids, router = targets[name]
+                result = measure_once(endpoint, script, connections, args.seconds, pids, router)
+                figures[name][level].append(result)
+                print(json.dumps({"round": round_, "setup": name, "level": level, **result}), flush=True)
+    return figures
+
+
+def _median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+def report(
+    figures: dict[str, dict[str, list[dict[str, Any]]]],
+    stored: dict[str, dict[str, Any]],
+    args: argparse.Namespace,
+) -> str:
+    d = figures["direct"]
     lines = [
         "# mlcanary in front of MLServer: overhead",
         "",
-        f"Command: `.venv/bin/python bench/upstream_overhead.py --seconds {args.seconds} --worker {args.worker}`",
+        f"Command: `.venv/bin/python bench/upstream_overhead.py --seconds {args.seconds} --rounds {args.rounds}"
+        f" --worker {args.worker}`",
         "",
-        "One run; 2 cores shared by the router, MLServer and wrk (and, here, other work on the machine);",
+        f"One run of {args.rounds} rounds; each round measures every setup at c=1 and then at c=16 ({args.seconds} s"
+        " of wrk each), the setups' order rotating from round to round; figures are medians over the rounds,",
+        "and the added latency and throughput ratio are the medians of each round's difference (ratio) with",
+        "direct measured in the same round. 2 cores shared by the router, MLServer and wrk;",
         "one-row requests; MLServer 1.7.1 sklearn runtime (parallel_workers 0); router: gunicorn 2",
         f"workers ({_WORKERS[args.worker].format(threads=args.threads)}), SQLite; wrk closed loop.",
         f"Load average (1 min) before / after the run: {args.load_before:.1f} / {os.getloadavg()[0]:.1f}"
@@ -198,32 +243,55 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "",
         "| setup | c=1 req/s | c=1 p50 / p99 ms | c=16 req/s | c=16 p50 / p99 ms "
         "| server-side CPU ms per request (c=1 / c=16) | of which the router (c=1 / c=16) "
-        "| pairs stored | challenger answers |",
+        "| pairs stored / requests answered | challenger answers |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in results:
-        c1, c16 = r["c1"], r["c16"]
-        own = f"{c1['router_cpu_ms']:.2f} / {c16['router_cpu_ms']:.2f}" if "router_cpu_ms" in c1 else "-"
-        lines.append(
-            f"| {r['setup']} | {c1['rps']:.0f} | {c1['p50']:.2f} / {c1['p99']:.2f} | {c16['rps']:.0f} "
-            f"| {c16['p50']:.2f} / {c16['p99']:.2f} | {c1['cpu_ms']:.2f} / {c16['cpu_ms']:.2f} | {own} "
-            f"| {r.get('pairs', '-')} | {r.get('challenger_answers', '-')} |"
+    for name, by_level in figures.items():
+        c1, c16 = by_level["c1"], by_level["c16"]
+
+        def med(runs: list[dict[str, Any]], key: str) -> float:
+            return _median([r[key] for r in runs])
+
+        own = (
+            f"{med(c1, 'router_cpu_ms'):.2f} / {med(c16, 'router_cpu_ms'):.2f}"
+            if "router_cpu_ms" in c1[0]
+            else "-"
         )
-    lines += ["", "Against direct (targets: added p50 <= 1 ms, throughput ratio >= 0.85):", ""]
-    lines += ["| setup | c=1 added p50 / p99 ms | c=1 throughput ratio | c=16 added p50 / p99 ms "
-              "| c=16 throughput ratio | added server-side CPU ms per request (c=16) |",
+        kept = stored.get(name)
+        pairs = f"{kept['pairs']} / {kept['answered']:.0f}" if kept else "-"
+        lines.append(
+            f"| {name} | {med(c1, 'rps'):.0f} | {med(c1, 'p50'):.2f} / {med(c1, 'p99'):.2f} | {med(c16, 'rps'):.0f} "
+            f"| {med(c16, 'p50'):.2f} / {med(c16, 'p99'):.2f} | {med(c1, 'cpu_ms'):.2f} / {med(c16, 'cpu_ms'):.2f} "
+            f"| {own} | {pairs} | {kept['challenger_answers'] if kept else '-'} |"
+        )
+    lines += [
+        "",
+        "Against direct, round by round (targets: added p50 <= 1 ms, throughput ratio >= 0.85):",
+        "",
+    ]
+    lines += ["| setup | c=1 added p50 / p99 ms (median; each round) | c=1 throughput ratio (median; each round) "
+              "| c=16 added p50 / p99 ms | c=16 throughput ratio | added server-side CPU ms per request (c=1 / c=16) |",
               "|---|---|---|---|---|---|"]  # fmt: skip
     for name in ("proxied", "shadow"):
-        if name not in by:
+        if name not in figures:
             continue
-        r = by[name]
+        r = figures[name]
         cells = []
         for level in ("c1", "c16"):
-            added50 = r[level]["p50"] - d[level]["p50"]
-            added99 = r[level]["p99"] - d[level]["p99"]
-            ratio = r[level]["rps"] / d[level]["rps"]
-            cells += [f"{added50:+.2f} / {added99:+.2f}", f"{ratio:.2f}"]
-        cells.append(f"{r['c16']['cpu_ms'] - d['c16']['cpu_ms']:+.2f}")
+            added50 = [a["p50"] - b["p50"] for a, b in zip(r[level], d[level], strict=True)]
+            added99 = [a["p99"] - b["p99"] for a, b in zip(r[level], d[level], strict=True)]
+            ratio = [a["rps"] / b["rps"] for a, b in zip(r[level], d[level], strict=True)]
+            each50 = ", ".join(f"{v:+.2f}" for v in added50)
+            eachr = ", ".join(f"{v:.2f}" for v in ratio)
+            cells += [
+                f"{_median(added50):+.2f} / {_median(added99):+.2f} ({each50})",
+                f"{_median(ratio):.2f} ({eachr})",
+            ]
+        cpu = [
+            _median([a["cpu_ms"] - b["cpu_ms"] for a, b in zip(r[level], d[level], strict=True)])
+            for level in ("c1", "c16")
+        ]
+        cells.append(f"{cpu[0]:+.2f} / {cpu[1]:+.2f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -241,6 +309,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--worker", choices=("threads", "sync"), default="threads")
     parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every setup, interleaved")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "upstream_overhead.md")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -253,25 +322,40 @@ def main() -> None:
         peers.peer_python("mlserver", prefetch=False), directory / "mlserver",
         {"churn": directory / "a.joblib", "churn-b": directory / "b.joblib"}, pandas={"churn", "churn-b"},
     )  # fmt: skip
+    routers: list[Router] = []
+    stored: dict[str, dict[str, Any]] = {}
     try:
         frame, _ = mlpipes.churn_frame(1, seed=42, missing=0)
         columns = {c: [v.item() if hasattr(v, "item") else v for v in frame[c]] for c in frame.columns}
         dtypes = {c.name: c.dtype for c in registry.schema_from_frame(frame)}
         direct_body = encode(configure("mlserver", None, "classification"), columns, dtypes).decode()
         proxied_body = json.dumps({"dataframe_split": json.loads(frame.to_json(orient="split", index=False))})
-        results = [
-            {"setup": "direct", **measure(f"{server.url}/v2/models/churn/infer",
-                                           lua(directory, "direct", direct_body), args.seconds,
-                                           [server.process.pid])}
-        ]  # fmt: skip
-        print(json.dumps(results[-1]), flush=True)
         script = lua(directory, "proxied", proxied_body)
-        for setup in ("proxied", "shadow"):
-            results.append(run_router(setup, directory, server, script, args))
-            print(json.dumps(results[-1]), flush=True)
+        routers = [Router(setup, directory, server, args) for setup in ("proxied", "shadow")]
+        for router in routers:
+            router.wait_ready()
+        targets: dict[str, tuple[str, Path, list[int], int | None]] = {
+            "direct": (
+                f"{server.url}/v2/models/churn/infer",
+                lua(directory, "direct", direct_body),
+                [server.process.pid],
+                None,
+            ),
+            **{
+                r.setup: (r.endpoint, script, [r.process.pid, server.process.pid], r.process.pid)
+                for r in routers
+            },
+        }
+        figures = run_rounds(targets, args)
+        time.sleep(1.5)
+        for router in routers:
+            stored[router.setup] = router.stop()
+        routers = []
     finally:
+        for router in routers:
+            router.process.kill()
         server.stop()
-    text = report(results, args)
+    text = report(figures, stored, args)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
