@@ -32,6 +32,7 @@ import resource
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -336,6 +337,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         + (f" --batch-delay-ms {args.batch_delay_ms:g}" if args.batch_delay_ms is not None else "")
         + (f" --batch-rows {args.batch_rows}" if args.batch_rows is not None else "")
         + (" --shared-socket" if args.shared_socket else "")
+        + (f" --repeats {args.repeats}" if args.repeats > 1 else "")
         + "`",
         "",
         f"One run; 2 cores; load average at the start {args.load_start}, at the end {_load()}; gunicorn 2 workers; "
@@ -344,10 +346,64 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "ColumnTransformer + LogisticRegression champion (challenger: same pipeline, other seed); SQLite.",
         "With --worker both, each setup runs under sync workers, then under the threaded worker.",
     ]
+    if args.repeats > 1:
+        lines += [
+            f"Each setup ran {args.repeats} times, the whole sequence of setups repeated (setups of one repeat",
+            "minutes apart, repeats further apart); the tables give each figure's median over the repeats, and",
+            "the ratios to bare Flask are also given repeat by repeat (against the bare app of the same repeat).",
+        ]
     for model in dict.fromkeys(r["worker"] for r in results):
         lines += ["", f"## {_worker(model, args)}", ""]
-        lines += _table([r for r in results if r["worker"] == model], args)
+        mine = [r for r in results if r["worker"] == model]
+        lines += _table(_medians(mine), args)
+        if args.repeats > 1:
+            lines += _per_repeat(mine)
     return "\n".join(lines) + "\n"
+
+
+def _medians(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One result per setup: each numeric figure's median over the repeats (pairs: all must match)."""
+    by: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        by.setdefault(r["setup"], []).append(r)
+
+    def merge(values: list[Any]) -> Any:
+        if isinstance(values[0], dict):
+            return {k: merge([v[k] for v in values if k in v]) for k in values[0]}
+        if isinstance(values[0], bool) or not isinstance(values[0], int | float):
+            return values[0]
+        return statistics.median(values)
+
+    merged = []
+    for runs in by.values():
+        one = merge(runs)
+        if "pairs" in one:  # pairs == answered is checked over every repeat, not on medians
+            one["answered"] = sum(r["answered"] for r in runs)
+            one["pairs"] = sum(r["pairs"] for r in runs)
+        merged.append(one)
+    return merged
+
+
+def _per_repeat(results: list[dict[str, Any]]) -> list[str]:
+    """The batching router against the bare app of the same repeat, repeat by repeat."""
+    lines = ["", "Repeat by repeat (each against the bare app of the same repeat):"]
+    repeats = sorted({r["repeat"] for r in results})
+    for name in ("batch-champion", "batch-shadow"):
+        c16, c64, c1 = [], [], []
+        for rep in repeats:
+            by = {r["setup"]: r for r in results if r["repeat"] == rep}
+            b, r = by.get("baseline"), by.get(name)
+            if b is None or r is None:
+                continue
+            c16.append(f"{r['c16']['rps'] / b['c16']['rps']:.2f}x")
+            c64.append(f"{r['c64']['rps'] / b['c64']['rps']:.2f}x")
+            c1.append(f"{r['c1']['p50'] - b['c1']['p50']:+.2f}")
+        if c16:
+            lines.append(
+                f"- {name}: throughput c=16 {', '.join(c16)}; c=64 {', '.join(c64)}; "
+                f"c=1 p50 minus the bare app's {', '.join(c1)} ms"
+            )
+    return lines
 
 
 def _table(results: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
@@ -467,6 +523,9 @@ def main() -> None:
         action="store_true",
         help="one listening socket shared by the workers (before: no --reuse-port)",
     )
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="run the whole sequence of setups this many times"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "router.md")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -481,10 +540,13 @@ def main() -> None:
     )
     results = []
     models = ("sync", "threads") if args.worker == "both" else (args.worker,)
-    for setup in args.setups.split(","):
-        for model in models:
-            results.append(run_setup(setup, directory, args, script, payload, model))
-            print(json.dumps(results[-1]), flush=True)
+    for repeat in range(args.repeats):
+        for setup in args.setups.split(","):
+            for model in models:
+                place = directory / f"repeat-{repeat}"
+                place.mkdir(exist_ok=True)
+                results.append({**run_setup(setup, place, args, script, payload, model), "repeat": repeat})
+                print(json.dumps(results[-1]), flush=True)
     text = report(results, args)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
