@@ -1,7 +1,7 @@
 """Saturation: N deployments shadowing identical challengers, repeated short rollouts, one run.
 
     .venv/bin/python bench/saturation.py [--deployments 1,3,6] [--repeats 20] [--rollout-seconds 8]
-                                         [--baseline-seconds 10] [--controller-interval 0.5]
+                                         [--baseline-seconds 10] [--controller-interval 0.5] [--paired-seconds 4]
                                          [--cpu-budget B] [--busy-share S]
                                          [--out bench/results/saturation.md]
 
@@ -17,7 +17,10 @@ errors, shadow coverage (scored / sampled requests) and skips by reason, the mea
 champion throughput during the rollouts against champion-only, and champion p99 (mean of the
 per-rollout p99s) against champion-only. Champion-only is measured before the rollouts and again after
 them (every rollout ended); the ratios use the second, steady one (the first, right after start, can
-still pay the N champions' first calls), and both are shown.
+still pay the N champions' first calls), and both are shown. With --paired-seconds (default 4), each
+repeat is also followed by champion-only for that long, and each repeat's rollout throughput and p99
+are compared with its own champion-only run: the medians of those paired ratios survive a load that
+drifts during the run.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -121,6 +125,7 @@ def run(n: int, args: argparse.Namespace, directory: Path) -> dict[str, Any]:
     result: dict[str, Any] = {"n": n, "repeats": 0, "false_rollbacks": 0, "reasons": []}
     rollout_ids: list[int] = []
     loads: list[dict[str, float]] = []
+    paired: list[dict[str, float]] = []  # champion-only after each repeat (--paired-seconds)
     try:
         server.wait_ready(timeout=120)
         wrk(script, server.base_url, 2, args.connections)  # warm-up
@@ -140,6 +145,9 @@ def run(n: int, args: argparse.Namespace, directory: Path) -> dict[str, Any]:
                     result["false_rollbacks"] += 1
                     result["reasons"].append(current.reason)
             result["repeats"] = repeat + 1
+            if args.paired_seconds > 0:  # champion-only right after, against this repeat's rollouts
+                time.sleep(1.0)  # every router has dropped the challengers; the last shadow jobs settled
+                paired.append(wrk(script, server.base_url, args.paired_seconds, args.connections))
             print(f"N={n} repeat {repeat + 1}: {loads[-1]}, false rollbacks so far {result['false_rollbacks']}",
                   flush=True)  # fmt: skip
         # champion-only again, every rollout ended: the process is as old and as warm as during the
@@ -179,10 +187,12 @@ def run(n: int, args: argparse.Namespace, directory: Path) -> dict[str, Any]:
         errors=int(errors),
         queue_wait_ms=wait_sum / waited if waited else None,
         rollout_rps=sum(x["rps"] for x in loads) / len(loads),
+        paired_rps=[a["rps"] / b["rps"] for a, b in zip(loads, paired, strict=False)],
+        paired_p99=[a["p99"] / b["p99"] for a, b in zip(loads, paired, strict=False)],
         rollout_p99=sum(x["p99"] for x in loads) / len(loads),
         non2xx=result["baseline"]["non2xx"]
         + result["baseline_after"]["non2xx"]
-        + sum(x["non2xx"] for x in loads),
+        + sum(x["non2xx"] for x in loads + paired),
     )
     return result
 
@@ -219,7 +229,8 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "",
         f"Command: `.venv/bin/python bench/saturation.py --deployments {args.deployments} --repeats {args.repeats} "
         f"--rollout-seconds {args.rollout_seconds} --baseline-seconds {args.baseline_seconds} "
-        f"--controller-interval {args.controller_interval} --connections {args.connections}"
+        f"--controller-interval {args.controller_interval} --connections {args.connections} "
+        f"--paired-seconds {args.paired_seconds:g}"
         + ("" if args.cpu_budget is None else f" --cpu-budget {args.cpu_budget:g}")
         + ("" if args.busy_share is None else f" --busy-share {args.busy_share:g}")
         + "`",
@@ -250,6 +261,19 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
             f"| {r['non2xx']:.0f} | {r['live_batch']:.1f} / {r['live_batch_rollouts']:.1f} "
             f"| {r['cuts'].get('cpu', 0):.0f} / {r['cuts'].get('queue', 0):.0f} |"
         )
+    if any(r["paired_rps"] for r in results):
+        lines += [
+            "",
+            f"Paired: after each repeat's rollouts ended, champion-only for {args.paired_seconds:g} s; each repeat's",
+            "rollout figures against its own champion-only run (on shared cores the load drifts between a run's",
+            "first and last minute more than shadowing costs); median and quartiles over the repeats:",
+            "",
+            "| N | throughput ratio, median (quartiles) | p99 ratio, median (quartiles) |",
+            "|---|---|---|",
+        ]
+        for r in results:
+            if r["paired_rps"]:
+                lines.append(f"| {r['n']} | {_spread(r['paired_rps'])} | {_spread(r['paired_p99'])} |")
     reasons = [reason for r in results for reason in r["reasons"]]
     if reasons:
         lines += ["", "Rollback reasons:", *[f"- {x}" for x in reasons]]
@@ -261,6 +285,13 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "every `expired` and `queue_full` job was recorded as a challenger error.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _spread(values: list[float]) -> str:
+    if len(values) < 4:
+        return f"{statistics.median(values):.2f} ({', '.join(f'{v:.2f}' for v in values)})"
+    q1, q2, q3 = statistics.quantiles(values, n=4)
+    return f"{q2:.2f} ({q1:.2f}-{q3:.2f})"
 
 
 def _load() -> str:
@@ -276,6 +307,9 @@ def main() -> None:
     parser.add_argument("--rollout-seconds", type=float, default=8.0)
     parser.add_argument("--baseline-seconds", type=float, default=10.0)
     parser.add_argument("--controller-interval", type=float, default=0.5)
+    parser.add_argument(
+        "--paired-seconds", type=float, default=4.0, help="champion-only after each repeat (0: none)"
+    )
     parser.add_argument("--connections", type=int, default=16, help="wrk's connections (closed loop)")
     parser.add_argument(
         "--cpu-budget", type=float, default=None, help="MLCANARY_SHADOW_CPU_BUDGET (default: the setting's)"
