@@ -44,8 +44,10 @@ batcher), and the upstream's timeout, bulkhead and circuit breaker stay per requ
 Lanes are keyed by the deployment, the backend object (a version's backend lives as long as it is
 routed), the column names and their dtypes. The lock is held only to queue, take and hand back,
 never while scoring, so request threads parse and validate while a batch is scored: the GIL passes
-between request threads and the scoring leader once per batch, not once per request. Each lane has
-its own condition, so a call's end wakes only the requests of its lane.
+between request threads and the scoring leader once per batch, not once per request. Each request
+sleeps on a lock of its own: a call's end wakes only the requests it scored and the oldest one still
+queued (it leads the next batch); the others sleep on (a shared condition woke every queued request
+at every call's end, each to find its result not yet in and sleep again).
 """
 
 from __future__ import annotations
@@ -76,17 +78,31 @@ class Scored:
     size: int = 1  # requests scored in the call
 
 
-@dataclass
 class _Waiter:
-    batch: Batch
-    arrival: Arrival | None = None
-    scored: Scored | None = None
-    failure: BaseException | None = None  # an unexpected exception of the call (re-raised in each thread)
+    """A request in a lane: its batch, and the lock its thread sleeps on until it is woken."""
+
+    __slots__ = ("arrival", "batch", "failure", "scored", "sleeping", "wake")
+
+    def __init__(self, batch: Batch, arrival: Arrival | None = None) -> None:
+        self.batch = batch
+        self.arrival = arrival
+        self.scored: Scored | None = None
+        self.failure: BaseException | None = (
+            None  # an unexpected exception of the call (re-raised in each thread)
+        )
+        self.sleeping = False  # its thread sleeps on wake (set and cleared under the batcher's lock)
+        self.wake = threading.Lock()
+        self.wake.acquire()
+
+    def rouse(self) -> None:
+        """Wake its thread if it sleeps (batcher lock held): its result is in, or it may lead the lane."""
+        if self.sleeping:
+            self.sleeping = False
+            self.wake.release()
 
 
 @dataclass
 class _Lane:
-    done: threading.Condition  # its waiters: a batch was handed back, or the lane is free
     queue: deque[_Waiter] = field(default_factory=deque)
     rows: int = 0  # rows queued
     busy: bool = False  # a leader is gathering or scoring
@@ -237,7 +253,7 @@ class Batcher:
         with self._lock:
             lane = self._lanes.get(key)
             if lane is None:
-                lane = self._lanes[key] = _Lane(threading.Condition(self._lock))
+                lane = self._lanes[key] = _Lane()
             lane.queue.append(me)
             lane.rows += batch.rows
             if arrival is not None:
@@ -250,7 +266,12 @@ class Batcher:
                     lane.busy = True  # this thread leads the next batch
                     self._lead(backend, key, lane, config, deployment)
                     continue  # handed back (lead hands it its own result), or not taken: wait again
-                lane.done.wait()
+                me.sleeping = True  # woken (rouse) when its result is in, or to lead the lane
+                self._lock.release()
+                try:
+                    me.wake.acquire()
+                finally:
+                    self._lock.acquire()
         if me.failure is not None:
             raise me.failure
         assert me.scored is not None
@@ -302,9 +323,12 @@ class Batcher:
                     name = waiter.arrival.deployment
                     self._leaving[name] = self._leaving.get(name, 0) + 1
             lane.busy = False
-            if not lane.queue:  # forget idle lanes (a version no longer routed leaves none behind)
+            for waiter in taken:  # only the requests of this batch wake up ...
+                waiter.rouse()
+            if lane.queue:  # ... and the oldest queued one, to lead the next batch
+                lane.queue[0].rouse()
+            else:  # forget idle lanes (a version no longer routed leaves none behind)
                 self._lanes.pop(key, None)
-            lane.done.notify_all()
 
     def _score(self, backend: Backend, taken: list[_Waiter]) -> None:
         if len(taken) == 1:
