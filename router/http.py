@@ -104,14 +104,16 @@ def _predict(deployment: str, protocol: str) -> Response:
             response.headers["X-Mlcanary-Arm"] = answer.arm
             response.headers["X-Mlcanary-Version"] = header_value(answer.version.ref)
             metrics = get_metrics()
-            metrics.requests.labels(label, arm, protocol).inc()
+            metrics.child(metrics.requests, label, arm, protocol).inc()
         except RouterError as exc:
             response = _json_response(public_error(exc), exc.status)
-            get_metrics().errors.labels(label, exc.code).inc()
+            metrics = get_metrics()
+            metrics.child(metrics.errors, label, exc.code).inc()
         finally:
             plane.answered(arrival)
         response.headers["X-Request-Id"] = header_value(request_id or uuid.uuid4().hex)
-        get_metrics().latency.labels(label, arm).observe(time.perf_counter() - started)
+        metrics = get_metrics()
+        metrics.child(metrics.latency, label, arm).observe(time.perf_counter() - started)
     except BaseException:
         plane.leave()
         raise
@@ -175,8 +177,8 @@ def bound_chunked_body() -> None:
     left to the form parser.
     """
     environ = request.environ
-    if request.content_length is not None or not environ.get("wsgi.input_terminated"):
-        return
+    if not environ.get("wsgi.input_terminated") or request.content_length is not None:
+        return  # the environ first: werkzeug's content_length parses headers (~3 us a request)
     if (request.mimetype or "").startswith("multipart/"):
         return
     limit = int(current_app.config.get("MAX_CONTENT_LENGTH") or 0) or dataplane().settings.max_body_bytes

@@ -136,7 +136,8 @@ def build_batch(columns: Mapping[str, Sequence[Any]], schema: Sequence[Column], 
     if not columns or all(len(v) == 0 for v in columns.values()):
         raise InvalidInput("the batch is empty: send at least one row", code="empty_batch")
     missing = [name for name in wanted if name not in columns]
-    unknown = [str(name) for name in columns if name not in set(wanted)]
+    known = set(wanted)
+    unknown = [str(name) for name in columns if name not in known]
     if missing:
         raise InvalidInput(
             f"missing column(s): {', '.join(_near(name, unknown) for name in missing)}",
@@ -213,12 +214,15 @@ def _is_na(value: Any) -> bool:
     return isinstance(value, str) and value in NA_TEXT
 
 
+_NOT_A_NUMBER = (bool, list, dict)  # a tuple: `bool | list | dict` in the loop built a union per value
+
+
 def _numeric(column: Column, values: Sequence[Any]) -> np.ndarray:
     try:
         array = np.array(values, dtype=np.float64)
     except (ValueError, TypeError, OverflowError):  # OverflowError: an integer beyond float64
         array = None
-    if array is None or array.ndim != 1 or any(isinstance(v, bool | list | dict) for v in values):
+    if array is None or array.ndim != 1 or any(isinstance(v, _NOT_A_NUMBER) for v in values):
         array = np.empty(len(values), dtype=np.float64)
         for i, value in enumerate(values):
             if _is_na(value):
@@ -231,7 +235,13 @@ def _numeric(column: Column, values: Sequence[Any]) -> np.ndarray:
                 except (ValueError, OverflowError) as exc:
                     raise _type_error(column, value, "a number") from exc
     if column.dtype == "int":
-        finite = array[~np.isnan(array)]
+        missing = np.isnan(array)
+        if not missing.any():  # the common case, in array methods (np.all's wrapper costs more here)
+            whole = np.floor(array) == array
+            if not whole.all():
+                raise _type_error(column, float(array[~whole][0]), "an integer")
+            return array.astype(np.int64)
+        finite = array[~missing]
         if finite.size and not np.all(np.floor(finite) == finite):
             bad = finite[np.floor(finite) != finite][0]
             raise _type_error(column, float(bad), "an integer")
