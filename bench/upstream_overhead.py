@@ -189,6 +189,7 @@ class Router:
             "answered": served,
             "pairs": len(pairs),
             "champion_errors": sum(1 for p in pairs if p.champion_error),
+            "error_kinds": sorted({(p.champion_error or "")[:80] for p in pairs if p.champion_error}),
             "challenger_answers": sum(1 for p in pairs if p.challenger_class is not None),
         }
 
@@ -243,7 +244,7 @@ def report(
         "",
         "| setup | c=1 req/s | c=1 p50 / p99 ms | c=16 req/s | c=16 p50 / p99 ms "
         "| server-side CPU ms per request (c=1 / c=16) | of which the router (c=1 / c=16) "
-        "| pairs stored / requests answered | challenger answers |",
+        "| pairs stored / requests answered + failed (a pair too) | challenger answers |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, by_level in figures.items():
@@ -258,12 +259,17 @@ def report(
             else "-"
         )
         kept = stored.get(name)
-        pairs = f"{kept['pairs']} / {kept['answered']:.0f}" if kept else "-"
+        pairs = (
+            f"{kept['pairs']} / {kept['answered']:.0f} + {kept['champion_errors']} failed" if kept else "-"
+        )
         lines.append(
             f"| {name} | {med(c1, 'rps'):.0f} | {med(c1, 'p50'):.2f} / {med(c1, 'p99'):.2f} | {med(c16, 'rps'):.0f} "
             f"| {med(c16, 'p50'):.2f} / {med(c16, 'p99'):.2f} | {med(c1, 'cpu_ms'):.2f} / {med(c16, 'cpu_ms'):.2f} "
             f"| {own} | {pairs} | {kept['challenger_answers'] if kept else '-'} |"
         )
+    for name, kept in stored.items():
+        for kind in kept["error_kinds"]:
+            lines.append(f"- {name}: failed requests' error: {kind}")
     lines += [
         "",
         "Against direct, round by round (targets: added p50 <= 1 ms, throughput ratio >= 0.85):",
