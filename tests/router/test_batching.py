@@ -368,6 +368,13 @@ def _lane_backend(store: Store, tmp_path: Path, tag: str) -> InProcessBackend:
     return backend
 
 
+def _lane(
+    store: Store, tmp_path: Path, tag: str, delay_ms: float
+) -> tuple[InProcessBackend, Batcher, BatchingConfig]:
+    """A lane's backend (the recording classifier), a fresh batcher, and batching with delay_ms."""
+    return _lane_backend(store, tmp_path, tag), Batcher(), BatchingConfig(max_batch_delay_ms=delay_ms)
+
+
 def _one_row(backend: InProcessBackend, i: int) -> Any:
     frame, _ = mlpipes.churn_frame(8, seed=23)
     return build_batch(
@@ -380,9 +387,7 @@ def test_an_idle_lanes_leader_waits_for_its_own_deployments_arriving_request_and
 ) -> None:
     """The leader waits while a request of its deployment is arriving, and stops as soon as it joined."""
     delay_ms = 1000.0
-    backend = _lane_backend(sqlite_store, tmp_path, "own")
-    batcher = Batcher()
-    config = BatchingConfig(max_batch_delay_ms=delay_ms)
+    backend, batcher, config = _lane(sqlite_store, tmp_path, "own", delay_ms)
     first, second = batcher.expect("a"), batcher.expect("a")
     other = batcher.expect("b")  # another deployment's request arriving: never waited for
     outcomes: dict[int, Any] = {}
@@ -414,9 +419,7 @@ def test_a_leader_stops_waiting_when_the_arriving_request_gives_up_without_joini
 ) -> None:
     """A request announced and then refused (it never reaches a lane) ends the wait at once."""
     delay_ms = 1000.0
-    backend = _lane_backend(sqlite_store, tmp_path, "gives")
-    batcher = Batcher()
-    config = BatchingConfig(max_batch_delay_ms=delay_ms)
+    backend, batcher, config = _lane(sqlite_store, tmp_path, "gives", delay_ms)
     first, refused = batcher.expect("a"), batcher.expect("a")
     outcome: list[Any] = []
     started = time.perf_counter()
@@ -447,9 +450,7 @@ def test_a_leader_waits_for_its_deployments_answered_request_to_come_back_and_sc
     at once would split the process's requests into two alternating half-size batches.
     """
     delay_ms = 1000.0
-    backend = _lane_backend(sqlite_store, tmp_path, "back")
-    batcher = Batcher()
-    config = BatchingConfig(max_batch_delay_ms=delay_ms)
+    backend, batcher, config = _lane(sqlite_store, tmp_path, "back", delay_ms)
     answered = batcher.expect("a")
     first = batcher.score(backend, _one_row(backend, 0), config, deployment="a", arrival=answered)
     assert first.size == 1 and batcher.lingered["a"] == 0  # alone: scored at once
@@ -487,9 +488,7 @@ def test_a_leader_stops_waiting_for_a_scored_request_once_it_is_answered(
 ) -> None:
     """A scored request whose client sends nothing more ends the wait once it is answered."""
     delay_ms = 1000.0
-    backend = _lane_backend(sqlite_store, tmp_path, "sent")
-    batcher = Batcher()
-    config = BatchingConfig(max_batch_delay_ms=delay_ms)
+    backend, batcher, config = _lane(sqlite_store, tmp_path, "sent", delay_ms)
     answered = batcher.expect("a")
     batcher.score(backend, _one_row(backend, 0), config, deployment="a", arrival=answered)
     outcome: list[Any] = []
@@ -520,9 +519,7 @@ def test_a_leader_waits_for_an_answered_kept_alive_connections_next_request(
     for requests already in the process had stopped waiting: batches split in two.
     """
     delay_ms = 1000.0
-    backend = _lane_backend(sqlite_store, tmp_path, "loop")
-    batcher = Batcher()
-    config = BatchingConfig(max_batch_delay_ms=delay_ms)
+    backend, batcher, config = _lane(sqlite_store, tmp_path, "loop", delay_ms)
     answered = batcher.expect("a", ("127.0.0.1", "5001"))
     batcher.score(backend, _one_row(backend, 0), config, deployment="a", arrival=answered)
     batcher.done(answered)  # answered: its client has its answer, its next request is on its way
@@ -553,9 +550,7 @@ def test_a_request_never_waits_for_its_own_connection_nor_for_one_that_closed(
     sqlite_store: Store, tmp_path: Path
 ) -> None:
     """One client waiting for each answer is never delayed; a connection closed after its answer never counts."""
-    backend = _lane_backend(sqlite_store, tmp_path, "own_conn")
-    batcher = Batcher()
-    config = BatchingConfig(max_batch_delay_ms=1000.0)
+    backend, batcher, config = _lane(sqlite_store, tmp_path, "own_conn", 1000.0)
     closed = batcher.expect("a")  # a connection that closes after the answer: no connection key
     batcher.score(backend, _one_row(backend, 0), config, deployment="a", arrival=closed)
     batcher.done(closed)
@@ -577,9 +572,7 @@ def test_a_returning_connection_that_sends_nothing_holds_a_leader_at_most_the_de
 ) -> None:
     """A kept-alive client that does not come back costs the next leader at most max_batch_delay_ms."""
     delay_ms = 150.0
-    backend = _lane_backend(sqlite_store, tmp_path, "gone")
-    batcher = Batcher()
-    config = BatchingConfig(max_batch_delay_ms=delay_ms)
+    backend, batcher, config = _lane(sqlite_store, tmp_path, "gone", delay_ms)
     answered = batcher.expect("a", ("127.0.0.1", "7001"))
     batcher.score(backend, _one_row(backend, 0), config, deployment="a", arrival=answered)
     batcher.done(answered)
