@@ -5,8 +5,9 @@ per call here against ~0.4 ms for http.client on the same one-row request (bench
 upstream_overhead.md), a third of what the upstream hop costs the router. This pool keeps that
 path on http.client: at most `size` connections (a caller waits for a free one up to the timeout),
 idle ones reused last-in first-out, a connection that failed dropped. A request that found its
-reused connection closed by the server (keep-alive expired) is sent once more on a fresh one; model
-inference is idempotent.
+reused connection closed by the server (keep-alive expired) is sent once more on a fresh one, never
+on another idle one (after an idle spell they are all stale: retrying on the next one failed the
+request, seen as BrokenPipe errors in bench/upstream_overhead.py); model inference is idempotent.
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ class ConnectionPool:
             raise Timeout(f"no free connection to {self.host}:{self.port} within {self.timeout:g} s")
         try:
             for attempt in (0, 1):
-                connection, reused = self._take()
+                # the retry opens a fresh connection: after an idle spell every pooled one may be stale
+                connection, reused = self._take(fresh=attempt > 0)
                 try:
                     connection.request(method, target, body=body, headers=dict(headers))
                     response = connection.getresponse()
@@ -87,10 +89,11 @@ class ConnectionPool:
         finally:
             self._slots.release()
 
-    def _take(self) -> tuple[http.client.HTTPConnection, bool]:
-        with self._lock:
-            if self._idle:
-                return self._idle.pop(), True
+    def _take(self, *, fresh: bool = False) -> tuple[http.client.HTTPConnection, bool]:
+        if not fresh:
+            with self._lock:
+                if self._idle:
+                    return self._idle.pop(), True
         kind = http.client.HTTPSConnection if self.https else http.client.HTTPConnection
         return kind(self.host, self.port, timeout=self.timeout), False
 

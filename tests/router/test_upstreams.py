@@ -289,6 +289,57 @@ def test_a_keep_alive_connection_the_server_closed_is_replaced_without_an_error(
     listener.close()
 
 
+def test_after_an_idle_spell_every_pooled_connection_is_stale_and_the_retry_opens_a_fresh_one() -> None:
+    """Several keep-alive connections closed by the server while idle: the next call still succeeds.
+
+    The retry used to take the next idle connection, as stale as the first: the request failed.
+    """
+    import socket
+
+    from router.backends.connections import ConnectionPool
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    together = threading.Barrier(3)  # three requests in flight at once: three pooled connections
+    accepted: list[int] = []
+    body = b'{"ok": true}'
+    answer = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+        + str(len(body)).encode() + b"\r\n\r\n" + body
+    )  # fmt: skip
+
+    def handle(conn: socket.socket, n: int) -> None:
+        conn.recv(65536)
+        if n < 3:
+            together.wait(5)
+        conn.sendall(answer)  # keep-alive promised, then the connection is closed (as if idle too long)
+        conn.close()
+
+    def serve() -> None:
+        for n in range(4):
+            conn, _ = listener.accept()
+            accepted.append(n)
+            threading.Thread(target=handle, args=(conn, n), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/v2/models/m/infer"
+    pool = ConnectionPool(url, size=4, timeout=5)
+    first: list[int] = []
+    clients = [
+        threading.Thread(target=lambda: first.append(pool.request("POST", url, b"{}").status))
+        for _ in range(3)
+    ]
+    for client in clients:
+        client.start()
+    for client in clients:
+        client.join(10)
+    time.sleep(0.1)  # let the server's closes arrive
+    after = pool.request("POST", url, b"{}")
+    assert first == [200, 200, 200] and (after.status, after.body) == (200, body)
+    assert len(accepted) == 4  # the three pooled ones, then one fresh connection for the retry
+    pool.close()
+    listener.close()
+
+
 # ------------------------------------------------------------------------------------------ the request path
 
 
