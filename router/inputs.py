@@ -235,13 +235,7 @@ def _numeric(column: Column, values: Sequence[Any]) -> np.ndarray:
                 except (ValueError, OverflowError) as exc:
                     raise _type_error(column, value, "a number") from exc
     if column.dtype == "int":
-        missing = np.isnan(array)
-        if not missing.any():  # the common case, in array methods (np.all's wrapper costs more here)
-            whole = np.floor(array) == array
-            if not whole.all():
-                raise _type_error(column, float(array[~whole][0]), "an integer")
-            return array.astype(np.int64)
-        finite = array[~missing]
+        finite = array[~np.isnan(array)]
         if finite.size and not np.all(np.floor(finite) == finite):
             bad = finite[np.floor(finite) != finite][0]
             raise _type_error(column, float(bad), "an integer")

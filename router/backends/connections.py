@@ -48,18 +48,13 @@ class ConnectionPool:
         self._idle: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
         self._closed = False
-        self._targets: dict[str, str] = {}  # absolute URL -> the request target sent for it
 
     def request(
         self, method: str, url: str, body: bytes | None = None, headers: Mapping[str, str] = {}
     ) -> Reply:
         """Send one request to an absolute URL on this pool's host; raise ConnectError or Timeout."""
-        target = self._targets.get(url)
-        if target is None:  # one URL per pool in practice: split once, not per request
-            parts = urlsplit(url)
-            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-            if len(self._targets) < 16:
-                self._targets[url] = target
+        parts = urlsplit(url)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         if not self._slots.acquire(timeout=self.timeout):
             raise Timeout(f"no free connection to {self.host}:{self.port} within {self.timeout:g} s")
         try:
