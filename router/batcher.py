@@ -87,9 +87,8 @@ class _Waiter:
         self.batch = batch
         self.arrival = arrival
         self.scored: Scored | None = None
-        self.failure: BaseException | None = (
-            None  # an unexpected exception of the call (re-raised in each thread)
-        )
+        # an unexpected exception of the call (re-raised in each thread)
+        self.failure: BaseException | None = None
         self.sleeping = False  # its thread sleeps on wake (set and cleared under the batcher's lock)
         self.wake = threading.Lock()
         self.wake.acquire()
@@ -135,7 +134,7 @@ class Batcher:
         self._lanes: dict[tuple[Any, ...], _Lane] = {}
         self._arriving: dict[str, int] = {}  # deployment -> requests announced, not yet settled
         self._leaving: dict[str, int] = {}  # deployment -> requests scored in a lane, not yet answered
-        # deployment -> {connection: monotonic time its last request was answered}: kept-alive
+        # deployment -> {connection: monotonic time until which it counts as returning}: kept-alive
         # connections whose client has its answer and has not sent its next request yet
         self._returning: dict[str, dict[Any, float]] = {}
         self.calls = 0  # backend calls made through lanes
@@ -182,22 +181,22 @@ class Batcher:
         with self._lock:
             return self._leaving.get(deployment, 0)
 
-    def returning(self, deployment: str, window_s: float) -> int:
-        """Return the kept-alive connections of deployment answered within window_s, not back yet."""
+    def returning(self, deployment: str) -> int:
+        """Return the kept-alive connections of deployment answered within their lane's delay, not back yet."""
         with self._lock:
-            return self._back(deployment, window_s)
+            return self._back(deployment)
 
-    def _outside(self, deployment: str, window_s: float) -> int:  # lock held
+    def _outside(self, deployment: str) -> int:  # lock held
         outside = self._arriving.get(deployment, 0) + self._leaving.get(deployment, 0)
-        return outside + self._back(deployment, window_s)
+        return outside + self._back(deployment)
 
-    def _back(self, deployment: str, window_s: float) -> int:  # lock held
-        """Connections of deployment answered within window_s (forgets the older ones)."""
+    def _back(self, deployment: str) -> int:  # lock held
+        """Connections of deployment still returning (forgets those whose time ran out)."""
         returning = self._returning.get(deployment)
         if not returning:
             return 0
-        since = time.monotonic() - window_s
-        for connection in [c for c, t in returning.items() if t < since]:
+        now = time.monotonic()
+        for connection in [c for c, until in returning.items() if until <= now]:
             del returning[connection]
         if not returning:
             del self._returning[deployment]
@@ -210,7 +209,8 @@ class Batcher:
         _drop_one(self._leaving, arrival.deployment)
         if answered and arrival.connection is not None and arrival.window_s > 0:
             # its client has the answer: on a closed loop, its next request is on its way
-            self._returning.setdefault(arrival.deployment, {})[arrival.connection] = time.monotonic()
+            until = time.monotonic() + arrival.window_s
+            self._returning.setdefault(arrival.deployment, {})[arrival.connection] = until
         self._arrived.notify_all()  # a lingering leader looks again
 
     def _settle(self, arrival: Arrival) -> None:  # lock held
@@ -287,11 +287,11 @@ class Batcher:
     ) -> None:
         """Gather (lock held on entry and exit), score without the lock, hand back, free the lane."""
         delay_s = config.max_batch_delay_ms / 1000.0
-        if delay_s > 0 and self._outside(deployment, delay_s) > 0:
+        if delay_s > 0 and self._outside(deployment) > 0:
             self.lingered[deployment] += 1
             queued = len(lane.queue)
             deadline = time.monotonic() + delay_s
-            while lane.rows < config.max_batch_rows and self._outside(deployment, delay_s) > 0:
+            while lane.rows < config.max_batch_rows and self._outside(deployment) > 0:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break

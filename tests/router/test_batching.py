@@ -523,7 +523,7 @@ def test_a_leader_waits_for_an_answered_kept_alive_connections_next_request(
     answered = batcher.expect("a", ("127.0.0.1", "5001"))
     batcher.score(backend, _one_row(backend, 0), config, deployment="a", arrival=answered)
     batcher.done(answered)  # answered: its client has its answer, its next request is on its way
-    assert batcher.leaving("a") == 0 and batcher.returning("a", delay_ms / 1000.0) == 1
+    assert batcher.leaving("a") == 0 and batcher.returning("a") == 1
 
     outcomes: dict[int, Any] = {}
 
@@ -536,7 +536,7 @@ def test_a_leader_waits_for_an_answered_kept_alive_connections_next_request(
     while batcher.lingered["a"] == 0:  # the leader waits for the returning connection
         threading.Event().wait(0.001)
     again = batcher.expect("a", ("127.0.0.1", "5001"))  # the client's next request, same connection
-    assert batcher.returning("a", delay_ms / 1000.0) == 0  # back: no longer returning
+    assert batcher.returning("a") == 0  # back: no longer returning
     request(2, again)
     leader.join(10)
     elapsed = time.perf_counter() - started
@@ -554,7 +554,7 @@ def test_a_request_never_waits_for_its_own_connection_nor_for_one_that_closed(
     closed = batcher.expect("a")  # a connection that closes after the answer: no connection key
     batcher.score(backend, _one_row(backend, 0), config, deployment="a", arrival=closed)
     batcher.done(closed)
-    assert batcher.returning("a", 1.0) == 0
+    assert batcher.returning("a") == 0
     connection = ("127.0.0.1", "6001")
     for i in range(1, 4):  # c=1 on a kept-alive connection: each request follows its own answer
         arrival = batcher.expect("a", connection)
@@ -562,7 +562,7 @@ def test_a_request_never_waits_for_its_own_connection_nor_for_one_that_closed(
         scored = batcher.score(backend, _one_row(backend, i), config, deployment="a", arrival=arrival)
         assert scored.size == 1 and time.perf_counter() - started < 0.5  # far below the 1 s delay
         batcher.done(arrival)
-        assert batcher.returning("a", 1.0) == 1  # its own connection, until its next request
+        assert batcher.returning("a") == 1  # its own connection, until its next request
     assert batcher.lingered == {}
     assert [rows for rows, _ in batchpipes.calls("own_conn")] == [1] * 4
 
@@ -582,7 +582,7 @@ def test_a_returning_connection_that_sends_nothing_holds_a_leader_at_most_the_de
     elapsed = time.perf_counter() - started
     assert scored.size == 1 and batcher.lingered_alone == {"a": 1}
     assert elapsed < 10 * delay_ms / 1000.0  # bounded by the delay (generous: a loaded machine)
-    assert batcher.returning("a", delay_ms / 1000.0) == 0  # its time ran out: forgotten
+    assert batcher.returning("a") == 0  # its time ran out: forgotten
     batcher.done(second)
     # once forgotten, the next leader scores at once
     batcher.score(backend, _one_row(backend, 2), config, deployment="a", arrival=batcher.expect("a"))
