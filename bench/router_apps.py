@@ -1,6 +1,8 @@
 """WSGI factories for the router benchmark (gunicorn "router_apps:floor()" / "baseline()" / "router()").
 
 floor(): a bare WSGI app that parses the JSON body and answers a constant (the HTTP floor).
+hop(): a bare WSGI app that forwards the body as it is to BENCH_UPSTREAM_URL through the router's own
+    connection pool and answers the upstream's bytes: one Python HTTP hop, the proxy floor.
 baseline(): a bare Flask app scoring the same registered pipeline in process, DataFrame per call.
 router(): the mlcanary router app over BENCH_DATABASE_URL (shadow/canary set up by router_bench.py);
     BENCH_ROUTER_SETTINGS, a JSON object of RouterSettings fields, overrides some (an A/B of a setting).
@@ -18,6 +20,7 @@ import pandas as pd
 from flask import Flask, Response, request
 
 from router import create_app
+from router.backends.connections import ConnectionPool
 from router.dataplane import quiet_sklearn_thread_warning
 from router.settings import RouterSettings
 from storage import Database, Store
@@ -36,6 +39,31 @@ def floor() -> Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]:
         json.loads(environ["wsgi.input"].read(length))
         start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(answer)))])
         return [answer]
+
+    return app
+
+
+def hop() -> Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]:
+    """Return a WSGI app that forwards each POST body to BENCH_UPSTREAM_URL and answers what it got.
+
+    What any proxy written on this stack pays (gunicorn's threaded worker, http.client keep-alive
+    connections) and nothing of the router's own work: no parsing, validation, routing or recording.
+    """
+    url = os.environ["BENCH_UPSTREAM_URL"]
+    pool = ConnectionPool(url, size=16, timeout=30)
+    headers = {"Content-Type": "application/json"}
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ["REQUEST_METHOD"] != "POST":  # readiness and /metrics
+            start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "0")])
+            return [b""]
+        body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        reply = pool.request("POST", url, body, headers)
+        start_response(
+            f"{reply.status} {'OK' if reply.status == 200 else 'Error'}",
+            [("Content-Type", "application/json"), ("Content-Length", str(len(reply.body)))],
+        )
+        return [reply.body]
 
     return app
 

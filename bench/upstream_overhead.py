@@ -12,6 +12,9 @@ requests, wrk closed loop at c=1 and at saturation (c=16):
   proxied  wrk -> mlcanary router (gunicorn, 2 workers, SQLite) /v1/models/churn/invocations;
            champion = the MLServer upstream (--upstream-kind mlserver); pairs recorded
   shadow   as proxied, plus a challenger upstream ("churn-b" on the same MLServer) shadowing every request
+  hop      wrk -> a bare WSGI app on the same gunicorn worker that forwards direct's body as it is to
+           MLServer through the router's own connection pool (bench/router_apps.py hop()): what one
+           Python HTTP hop costs on this stack, the floor under any proxy's added latency here
 The router's workers are what `mlcanary router` runs (--worker threads, the default: gunicorn's
 threaded worker with the read-buffering event loop, 8 threads each, keep-alive connections, as
 MLServer's uvicorn keeps them) or gunicorn's sync workers (--worker sync: one request per worker at
@@ -59,7 +62,7 @@ from router.backends.upstream import UpstreamTools  # noqa: E402
 from storage import Database, Store  # noqa: E402
 from storage import schema as db_schema  # noqa: E402
 
-SETUPS = ("direct", "proxied", "shadow")
+SETUPS = ("direct", "hop", "proxied", "shadow")
 
 
 def prepare(directory: Path, setup: str, url: str) -> str:
@@ -140,7 +143,7 @@ class Router:
         self, setup: str, directory: Path, server: peers.PeerServer, args: argparse.Namespace
     ) -> None:
         self.setup = setup
-        self.database = prepare(directory, setup, server.url)
+        self.database = "" if setup == "hop" else prepare(directory, setup, server.url)
         port = _port()
         metrics_dir = directory / f"metrics-{setup}"
         metrics_dir.mkdir()
@@ -150,6 +153,7 @@ class Router:
             "BENCH_SPOOL_DIR": str(directory / f"spool-{setup}"),
             "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
             "PYTHONPATH": f"{ROOT}:{ROOT / 'bench'}",
+            "BENCH_UPSTREAM_URL": f"{server.url}/v2/models/churn/infer",
         }
         worker = (
             ["--worker-class", "sync"]
@@ -159,7 +163,7 @@ class Router:
         self.process = subprocess.Popen(
             [str(Path(sys.executable).with_name("gunicorn")), "--bind", f"127.0.0.1:{port}", "--workers", "2",
              *worker, "--config", str(ROOT / "bench" / "router_apps.py"),
-             "--log-level", "warning", "router_apps:router()"],
+             "--log-level", "warning", "router_apps:hop()" if setup == "hop" else "router_apps:router()"],
             env=env, cwd=ROOT,
         )  # fmt: skip
         self.endpoint = f"http://127.0.0.1:{port}/v1/models/churn/invocations"
@@ -178,11 +182,13 @@ class Router:
                 raise RuntimeError(f"{self.setup} did not start")
             time.sleep(0.2)
 
-    def stop(self) -> dict[str, Any]:
+    def stop(self) -> dict[str, Any] | None:
         """Stop gracefully (pairs flushed) and count what was stored, against the requests answered."""
         served = answered(self.base)
         self.process.send_signal(signal.SIGTERM)
         self.process.wait(60)
+        if self.setup == "hop":
+            return None  # nothing is stored
         store = Store(Database(self.database))
         pairs = store.pairs.list(limit=10_000_000)
         return {
@@ -278,7 +284,7 @@ def report(
     lines += ["| setup | c=1 added p50 / p99 ms (median; each round) | c=1 throughput ratio (median; each round) "
               "| c=16 added p50 / p99 ms | c=16 throughput ratio | added server-side CPU ms per request (c=1 / c=16) |",
               "|---|---|---|---|---|---|"]  # fmt: skip
-    for name in ("proxied", "shadow"):
+    for name in ("hop", "proxied", "shadow"):
         if name not in figures:
             continue
         r = figures[name]
@@ -299,6 +305,16 @@ def report(
         ]
         cells.append(f"{cpu[0]:+.2f} / {cpu[1]:+.2f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if "hop" in figures:
+        lines.append("")
+        for name in ("proxied", "shadow"):
+            if name in figures:
+                runs = zip(figures[name]["c1"], figures["hop"]["c1"], strict=True)
+                over = [a["p50"] - b["p50"] for a, b in runs]
+                lines.append(
+                    f"- {name} over the bare hop, c=1 p50: {_median(over):+.2f} ms "
+                    f"({', '.join(f'{v:+.2f}' for v in over)}): the router's own part of the added latency"
+                )
     return "\n".join(lines) + "\n"
 
 
@@ -337,7 +353,7 @@ def main() -> None:
         direct_body = encode(configure("mlserver", None, "classification"), columns, dtypes).decode()
         proxied_body = json.dumps({"dataframe_split": json.loads(frame.to_json(orient="split", index=False))})
         script = lua(directory, "proxied", proxied_body)
-        routers = [Router(setup, directory, server, args) for setup in ("proxied", "shadow")]
+        routers = [Router(setup, directory, server, args) for setup in ("hop", "proxied", "shadow")]
         for router in routers:
             router.wait_ready()
         targets: dict[str, tuple[str, Path, list[int], int | None]] = {
@@ -348,14 +364,21 @@ def main() -> None:
                 None,
             ),
             **{
-                r.setup: (r.endpoint, script, [r.process.pid, server.process.pid], r.process.pid)
+                r.setup: (
+                    r.endpoint,
+                    lua(directory, "hop", direct_body) if r.setup == "hop" else script,
+                    [r.process.pid, server.process.pid],
+                    r.process.pid,
+                )
                 for r in routers
             },
         }
         figures = run_rounds(targets, args)
         time.sleep(1.5)
         for router in routers:
-            stored[router.setup] = router.stop()
+            kept = router.stop()
+            if kept is not None:
+                stored[router.setup] = kept
         routers = []
     finally:
         for router in routers:
