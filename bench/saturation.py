@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/saturation.py [--deployments 1,3,6] [--repeats 20] [--rollout-seconds 8]
                                          [--baseline-seconds 10] [--controller-interval 0.5] [--paired-seconds 4]
-                                         [--cpu-budget B] [--busy-share S]
+                                         [--cpu-budget B] [--busy-share S] [--controller-nice K]
                                          [--out bench/results/saturation.md]
 
 For each N: one `mlcanary serve` (gunicorn, 2 workers x 8 threads (its ReadBufferingWorker), controller loop every
@@ -114,6 +114,8 @@ def run(n: int, args: argparse.Namespace, directory: Path) -> dict[str, Any]:
     budget = {} if args.cpu_budget is None else {"shadow_cpu_budget": args.cpu_budget}
     if args.busy_share is not None:
         budget["controller_busy_share"] = args.busy_share
+    if args.controller_nice is not None:
+        budget["controller_nice"] = args.controller_nice
     server = Server(
         "serve",
         url,
@@ -233,6 +235,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         f"--paired-seconds {args.paired_seconds:g}"
         + ("" if args.cpu_budget is None else f" --cpu-budget {args.cpu_budget:g}")
         + ("" if args.busy_share is None else f" --busy-share {args.busy_share:g}")
+        + ("" if args.controller_nice is None else f" --controller-nice {args.controller_nice}")
         + "`",
         "",
         f"Load average (1, 5, 15 min) at the start: {args.load_start}; at the end: {_load()}.",
@@ -319,6 +322,12 @@ def main() -> None:
         type=float,
         default=None,
         help="MLCANARY_CONTROLLER_BUSY_SHARE (default: the setting's; 1: looks back to back when slow)",
+    )
+    parser.add_argument(
+        "--controller-nice",
+        type=int,
+        default=None,
+        help="MLCANARY_CONTROLLER_NICE (default: the setting's; 0: the controller on equal footing)",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "saturation.md")
     args = parser.parse_args()

@@ -66,6 +66,13 @@ class Settings:
             "at least t (1/share - 1) s, so long looks on big steps never take a whole core (1: no limit)"
         },
     )
+    controller_nice: int = field(
+        default=10,
+        metadata={
+            "help": "niceness `serve` gives the controller loop it starts beside the router (0..19): a look "
+            "yields the cores to requests being served, and takes the CPU they leave (0: equal footing)"
+        },
+    )
     refresh_interval: float = field(
         default=0.25, metadata={"help": "seconds between routing-table refreshes"}
     )
@@ -236,6 +243,8 @@ class Settings:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.db_keepalive_idle_s < 0:
             raise ConfigError(f"db_keepalive_idle_s must be >= 0 (0: off), got {self.db_keepalive_idle_s}")
+        if not 0 <= self.controller_nice <= 19:
+            raise ConfigError(f"controller_nice must be in 0..19, got {self.controller_nice}")
         if not 0 < self.controller_busy_share <= 1:
             raise ConfigError(f"controller_busy_share must be in (0, 1], got {self.controller_busy_share}")
         if not 0 < self.shadow_cpu_budget <= 1:

@@ -56,12 +56,19 @@ def _serve(ctx: click.Context, role: str, host: str | None, port: int | None, wo
 
 
 def _start_controller_child(settings: Settings) -> subprocess.Popen[bytes]:
-    """Start `python -m controller ... controller` on the same database and data directory."""
+    """Start `python -m controller ... controller` on the same database and data directory.
+
+    It runs at `controller_nice`: on the cores it shares with the router, a look (a burst of CPU,
+    tens of ms on a big step) would otherwise take them from the requests in flight (at saturation on
+    2 cores, 6-8% of the champion's throughput in bench/saturation.py); niced, it takes what they
+    leave, and its looks only last longer.
+    """
     command = [
         sys.executable, "-m", "controller",
         "--database-url", settings.resolved_database_url, "--data-dir", str(settings.data_dir), "controller",
     ]  # fmt: skip
-    return subprocess.Popen(command)
+    nice = settings.controller_nice
+    return subprocess.Popen(command, preexec_fn=(lambda: os.nice(nice)) if nice else None)
 
 
 def _stop_child(child: subprocess.Popen[bytes], timeout: float = 10.0) -> None:

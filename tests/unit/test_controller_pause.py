@@ -29,3 +29,9 @@ def test_a_busy_share_of_one_is_the_plain_interval() -> None:
 def test_a_busy_share_outside_zero_to_one_is_refused(share: float) -> None:
     with pytest.raises(ConfigError, match="controller_busy_share"):
         Settings(controller_busy_share=share).validate()
+
+
+@pytest.mark.parametrize("nice", [-1, 20])
+def test_a_controller_niceness_outside_0_to_19_is_refused(nice: int) -> None:
+    with pytest.raises(ConfigError, match="controller_nice"):
+        Settings(controller_nice=nice).validate()
