@@ -356,17 +356,13 @@ def main() -> None:
         routers = [Router(setup, directory, server, args) for setup in ("hop", "proxied", "shadow")]
         for router in routers:
             router.wait_ready()
+        direct_script = lua(directory, "direct", direct_body)  # the hop forwards the same body as it is
         targets: dict[str, tuple[str, Path, list[int], int | None]] = {
-            "direct": (
-                f"{server.url}/v2/models/churn/infer",
-                lua(directory, "direct", direct_body),
-                [server.process.pid],
-                None,
-            ),
+            "direct": (f"{server.url}/v2/models/churn/infer", direct_script, [server.process.pid], None),
             **{
                 r.setup: (
                     r.endpoint,
-                    lua(directory, "hop", direct_body) if r.setup == "hop" else script,
+                    direct_script if r.setup == "hop" else script,
                     [r.process.pid, server.process.pid],
                     r.process.pid,
                 )
