@@ -33,7 +33,14 @@ WORKERS = 2
 BREAKER_FAILURES = 2
 CHALLENGER_CONCURRENCY = 2
 SECONDS = 8.0
-MIN_RATIO = 0.7  # B's answers with A's challenger hanging, against B's answers in the baseline
+# B's answers with A's challenger hanging, against B's answers in the baseline. Starvation (the bug this
+# test was written for) read 0.01; alone on the machine the ratio reads 0.99-1.05, and in a full CI run
+# on 2 shared cores 0.68 once, when other processes took the CPU in one phase and not the other. The
+# ratio bounds the loss of throughput; the gap bounds the stall, which no CPU noise produces:
+MIN_RATIO = 0.5
+MAX_GAP_S = (
+    1.0  # the longest time B went without an answer while A's challenger hung (= the upstream timeout)
+)
 
 
 class Hanging:
@@ -109,6 +116,14 @@ def _answered(report: Report) -> int:
     return len(report.answered)
 
 
+def _longest_gap(report: Report) -> float:
+    """The longest stretch (seconds) of the load's run in which no request was answered."""
+    times = sorted(
+        [report.started_at, report.ended_at, *(r.answered_at for r in report.results if r.status == 200)]
+    )
+    return max(later - earlier for earlier, later in zip(times, times[1:], strict=False))
+
+
 def test_a_hanging_canary_challenger_does_not_starve_another_deployment_and_the_champion_covers_it(
     tmp_path: Path, sqlite_template: Path, launch: Callable[..., Server], hanging: Hanging
 ) -> None:
@@ -148,12 +163,14 @@ def test_a_hanging_canary_challenger_does_not_starve_another_deployment_and_the_
     hung_a, hung_b = (load.join() for load in _loads(server, "hung"))
 
     ratio = _answered(hung_b) / _answered(base_b)
+    gap = _longest_gap(hung_b)
     print(
         f"\nB answered {_answered(base_b)} in the baseline, {_answered(hung_b)} with A's challenger hanging "
-        f"(ratio {ratio:.2f}); A answered {_answered(base_a)} then {_answered(hung_a)}"
+        f"(ratio {ratio:.2f}, longest gap {gap:.3f} s); A answered {_answered(base_a)} then {_answered(hung_a)}"
     )
     assert hung_b.failed == []
     assert ratio >= MIN_RATIO
+    assert gap < MAX_GAP_S
     # A: every request answered, by the champion
     assert hung_a.failed == []
     assert {r.arm for r in hung_a.results} == {"champion"}
