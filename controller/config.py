@@ -56,6 +56,13 @@ class Settings:
         default=30.0,
         metadata={"help": "seconds a client has to send a whole request (and per socket operation after)"},
     )
+    cpu_affinity: str = field(
+        default="auto",
+        metadata={
+            "help": "pin each worker process to one CPU: auto when there are at least as many workers as CPUs "
+            "the server may use (a worker per core), on always, off never (docs/operations.md)"
+        },
+    )
     controller_interval: float = field(
         default=5.0, metadata={"help": "seconds between controller evaluations"}
     )
@@ -243,6 +250,8 @@ class Settings:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.db_keepalive_idle_s < 0:
             raise ConfigError(f"db_keepalive_idle_s must be >= 0 (0: off), got {self.db_keepalive_idle_s}")
+        if self.cpu_affinity not in ("auto", "on", "off"):
+            raise ConfigError(f"cpu_affinity must be auto, on or off, got {self.cpu_affinity!r}")
         if not 0 <= self.controller_nice <= 19:
             raise ConfigError(f"controller_nice must be in 0..19, got {self.controller_nice}")
         if not 0 < self.controller_busy_share <= 1:

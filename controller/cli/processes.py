@@ -49,6 +49,7 @@ def _serve(ctx: click.Context, role: str, host: str | None, port: int | None, wo
             log_level=settings.log_level,
             threads=settings.threads,
             read_timeout_s=settings.read_timeout_s,
+            cpu_affinity=settings.cpu_affinity,
         )
     finally:
         if child is not None and os.getpid() == master:  # gunicorn workers unwind through here as well
