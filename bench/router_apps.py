@@ -19,12 +19,19 @@ from typing import Any
 import pandas as pd
 from flask import Flask, Response, request
 
+from controller.server import ReadBufferingWorker
 from router import create_app
 from router.backends.connections import ConnectionPool
 from router.dataplane import quiet_sklearn_thread_warning
 from router.settings import RouterSettings
 from storage import Database, Store
 from storage.artifacts import load_artifact
+
+
+class UnpinnedWorker(ReadBufferingWorker):
+    """The product's threaded worker with its CPU pinning off (router_bench.py --cpu-affinity off)."""
+
+    cpu_affinity = "off"
 
 
 def floor() -> Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]:

@@ -3,6 +3,7 @@
     .venv/bin/python bench/saturation.py [--deployments 1,3,6] [--repeats 20] [--rollout-seconds 8]
                                          [--baseline-seconds 10] [--controller-interval 0.5] [--paired-seconds 4]
                                          [--cpu-budget B] [--busy-share S] [--controller-nice K]
+                                         [--cpu-affinity auto|on|off]
                                          [--out bench/results/saturation.md]
 
 For each N: one `mlcanary serve` (gunicorn, 2 workers x 8 threads (its ReadBufferingWorker), controller loop every
@@ -116,6 +117,8 @@ def run(n: int, args: argparse.Namespace, directory: Path) -> dict[str, Any]:
         budget["controller_busy_share"] = args.busy_share
     if args.controller_nice is not None:
         budget["controller_nice"] = args.controller_nice
+    if args.cpu_affinity is not None:
+        budget["cpu_affinity"] = args.cpu_affinity
     server = Server(
         "serve",
         url,
@@ -236,6 +239,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         + ("" if args.cpu_budget is None else f" --cpu-budget {args.cpu_budget:g}")
         + ("" if args.busy_share is None else f" --busy-share {args.busy_share:g}")
         + ("" if args.controller_nice is None else f" --controller-nice {args.controller_nice}")
+        + ("" if args.cpu_affinity is None else f" --cpu-affinity {args.cpu_affinity}")
         + "`",
         "",
         f"Load average (1, 5, 15 min) at the start: {args.load_start}; at the end: {_load()}.",
@@ -328,6 +332,12 @@ def main() -> None:
         type=int,
         default=None,
         help="MLCANARY_CONTROLLER_NICE (default: the setting's; 0: the controller on equal footing)",
+    )
+    parser.add_argument(
+        "--cpu-affinity",
+        choices=("auto", "on", "off"),
+        default=None,
+        help="MLCANARY_CPU_AFFINITY (default: the setting's, auto: a worker per CPU here, so pinned)",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "saturation.md")
     args = parser.parse_args()
