@@ -28,10 +28,17 @@ from storage import Database, Store
 from storage.artifacts import load_artifact
 
 
-class UnpinnedWorker(ReadBufferingWorker):
-    """The product's threaded worker with its CPU pinning off (router_bench.py --cpu-affinity off)."""
+class BenchWorker(ReadBufferingWorker):
+    """The product's threaded worker, with the settings a benchmark A/Bs taken from its environment:
+    BENCH_CPU_AFFINITY (MLCANARY_CPU_AFFINITY) and BENCH_NEXT_REQUEST_WAIT_MS
+    (MLCANARY_NEXT_REQUEST_WAIT_MS); unset, the product's defaults."""
 
-    cpu_affinity = "off"
+    cpu_affinity = os.environ.get("BENCH_CPU_AFFINITY", ReadBufferingWorker.cpu_affinity)
+    next_request_wait_s = (
+        float(os.environ["BENCH_NEXT_REQUEST_WAIT_MS"]) / 1000
+        if "BENCH_NEXT_REQUEST_WAIT_MS" in os.environ
+        else ReadBufferingWorker.next_request_wait_s
+    )
 
 
 def floor() -> Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]:

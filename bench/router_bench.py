@@ -2,14 +2,15 @@
 
     .venv/bin/python bench/router_bench.py [--seconds 8] [--rate 100] [--out bench/results/router.md]
                                            [--worker threads|sync|both] [--threads 32] [--setups ...]
-                                           [--cpu-affinity auto|off]
+                                           [--cpu-affinity auto|off] [--next-request-wait-ms 2]
 
 Setups, one run, same pipeline (ColumnTransformer + LogisticRegression, one row per request),
 same gunicorn (2 workers, the worker model of `mlcanary serve` by default: controller.server's
 ReadBufferingWorker with 32 threads and one listening socket per worker, gunicorn's --reuse-port;
 --worker sync for the sync workers of before; --shared-socket for one socket shared by the workers,
 as before; --cpu-affinity off for the threaded worker without its CPU pinning, which is on by
-default when there is a worker per CPU, as here), SQLite storage:
+default when there is a worker per CPU, as here; --next-request-wait-ms 0 for the worker whose threads
+hand every kept-alive connection back to the event loop, as before), SQLite storage:
   0 floor           a bare WSGI app that parses the JSON and answers a constant (the HTTP floor)
   1 baseline        bare Flask, DataFrame per call, predict_proba
   2 champion        router, no rollout, adaptive batching off (each request scored alone)
@@ -65,10 +66,6 @@ SETUPS = (
     "batch-canary",
 )
 ROUTED = SETUPS[2:]
-
-
-# the product's worker as `mlcanary router` runs it (cpu_affinity auto), or with its CPU pinning off
-WORKER_CLASSES = {"auto": "controller.server.ReadBufferingWorker", "off": "router_apps.UnpinnedWorker"}
 
 
 def _port() -> int:
@@ -254,6 +251,8 @@ def run_setup(
         "BENCH_SPOOL_DIR": str(directory / f"spool-{setup}"),
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
         "PYTHONPATH": f"{ROOT}:{ROOT / 'bench'}",
+        "BENCH_CPU_AFFINITY": args.cpu_affinity,
+        "BENCH_NEXT_REQUEST_WAIT_MS": str(args.next_request_wait_ms),
     }
     factory = {"floor": "router_apps:floor()", "baseline": "router_apps:baseline()"}.get(
         setup, "router_apps:router()"
@@ -261,7 +260,7 @@ def run_setup(
     worker = (
         ["--worker-class", "sync"]
         if worker_model == "sync"
-        else ["--worker-class", WORKER_CLASSES[args.cpu_affinity], "--threads", str(args.threads)]
+        else ["--worker-class", "router_apps.BenchWorker", "--threads", str(args.threads)]
     )
     if not args.shared_socket:
         worker.append("--reuse-port")  # as controller.server.run: each worker listens on its own socket
@@ -339,7 +338,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "# Router benchmark",
         "",
         f"Command: `.venv/bin/python bench/router_bench.py --seconds {args.seconds} --rate {args.rate:g} "
-        f"--worker {args.worker} --threads {args.threads} --cpu-affinity {args.cpu_affinity} --setups {args.setups}"
+        f"--worker {args.worker} --threads {args.threads} --cpu-affinity {args.cpu_affinity} --next-request-wait-ms {args.next_request_wait_ms:g} --setups {args.setups}"
         + (f" --batch-delay-ms {args.batch_delay_ms:g}" if args.batch_delay_ms is not None else "")
         + (f" --batch-rows {args.batch_rows}" if args.batch_rows is not None else "")
         + (" --shared-socket" if args.shared_socket else "")
@@ -526,9 +525,16 @@ def main() -> None:
     parser.add_argument("--batch-rows", type=int, default=None, help="batch-* setups (default: the default)")
     parser.add_argument(
         "--cpu-affinity",
-        choices=sorted(WORKER_CLASSES),
+        choices=("auto", "off"),
         default="auto",
         help="the threaded worker's CPU pinning (MLCANARY_CPU_AFFINITY): auto, the default, or off",
+    )
+    parser.add_argument(
+        "--next-request-wait-ms",
+        type=float,
+        default=2.0,
+        help="how long the threaded worker's thread waits for a kept-alive connection's next request "
+        "(MLCANARY_NEXT_REQUEST_WAIT_MS; default the default, 0 never: the worker of before)",
     )
     parser.add_argument(
         "--shared-socket",

@@ -154,11 +154,12 @@ class Router:
             "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
             "PYTHONPATH": f"{ROOT}:{ROOT / 'bench'}",
             "BENCH_UPSTREAM_URL": f"{server.url}/v2/models/churn/infer",
+            "BENCH_NEXT_REQUEST_WAIT_MS": str(args.next_request_wait_ms),
         }
         worker = (
             ["--worker-class", "sync"]
             if args.worker == "sync"
-            else ["--worker-class", "controller.server.ReadBufferingWorker", "--threads", str(args.threads)]
+            else ["--worker-class", "router_apps.BenchWorker", "--threads", str(args.threads)]
         )
         self.process = subprocess.Popen(
             [str(Path(sys.executable).with_name("gunicorn")), "--bind", f"127.0.0.1:{port}", "--workers", "2",
@@ -237,7 +238,7 @@ def report(
         "# mlcanary in front of MLServer: overhead",
         "",
         f"Command: `.venv/bin/python bench/upstream_overhead.py --seconds {args.seconds} --rounds {args.rounds}"
-        f" --worker {args.worker}`",
+        f" --worker {args.worker} --next-request-wait-ms {args.next_request_wait_ms:g}`",
         "",
         f"One run of {args.rounds} rounds; each round measures every setup at c=1 and then at c=16 ({args.seconds} s"
         " of wrk each), the setups' order rotating from round to round; figures are medians over the rounds,",
@@ -332,6 +333,13 @@ def main() -> None:
     parser.add_argument("--worker", choices=("threads", "sync"), default="threads")
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3, help="rounds of every setup, interleaved")
+    parser.add_argument(
+        "--next-request-wait-ms",
+        type=float,
+        default=2.0,
+        help="the threaded worker's wait for a kept-alive connection's next request "
+        "(MLCANARY_NEXT_REQUEST_WAIT_MS; 0: the worker of before)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "upstream_overhead.md")
     args = parser.parse_args()
     if shutil.which("wrk") is None:

@@ -56,6 +56,13 @@ class Settings:
         default=30.0,
         metadata={"help": "seconds a client has to send a whole request (and per socket operation after)"},
     )
+    next_request_wait_ms: float = field(
+        default=2.0,
+        metadata={
+            "help": "how long the thread that answered a kept-alive connection waits for its next request "
+            "and serves it itself, skipping two thread hand-offs (0: never; at most 100; docs/operations.md)"
+        },
+    )
     cpu_affinity: str = field(
         default="auto",
         metadata={
@@ -250,6 +257,10 @@ class Settings:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.db_keepalive_idle_s < 0:
             raise ConfigError(f"db_keepalive_idle_s must be >= 0 (0: off), got {self.db_keepalive_idle_s}")
+        if not 0 <= self.next_request_wait_ms <= 100:
+            raise ConfigError(
+                f"next_request_wait_ms must be in 0..100 (0: never wait), got {self.next_request_wait_ms}"
+            )
         if self.cpu_affinity not in ("auto", "on", "off"):
             raise ConfigError(f"cpu_affinity must be auto, on or off, got {self.cpu_affinity!r}")
         if not 0 <= self.controller_nice <= 19:

@@ -50,6 +50,7 @@ def _serve(ctx: click.Context, role: str, host: str | None, port: int | None, wo
             threads=settings.threads,
             read_timeout_s=settings.read_timeout_s,
             cpu_affinity=settings.cpu_affinity,
+            next_request_wait_ms=settings.next_request_wait_ms,
         )
     finally:
         if child is not None and os.getpid() == master:  # gunicorn workers unwind through here as well

@@ -10,6 +10,7 @@ slow socket once the read timeout has passed, although it keeps sending.
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import threading
@@ -132,3 +133,65 @@ def test_more_slowloris_sockets_than_workers_and_threads_leave_health_and_scorin
     assert all(READ_TIMEOUT_S <= after <= 2 * READ_TIMEOUT_S for after in trickler.closed_after.values()), (
         trickler.closed_after
     )
+
+
+def _http(path: str, payload: bytes) -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\n\r\n"
+    ).encode() + payload
+
+
+def _answer(sock: socket.socket) -> tuple[int, bytes]:
+    """Read one HTTP answer (status, body) from a blocking socket with a timeout."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, "closed by the server"
+        data += chunk
+    head, rest = data.split(b"\r\n\r\n", 1)
+    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "closed by the server"
+        rest += chunk
+    return int(head.split()[1]), rest[:length]
+
+
+def test_a_kept_alive_client_that_stalls_after_its_answer_does_not_hold_the_only_thread(
+    tmp_path: Path, sqlite_template: Path, launch: Callable[..., Server]
+) -> None:
+    """One worker, one thread, the longest wait for a next request (100 ms): client A is answered, then
+    sends half of its next request and stalls. The thread that answered A waits for that request only
+    its 100 ms and gives the half back to the event loop: client B, sent after A's half, is answered
+    while A's request is still incomplete, and A, completing it later, gets its own answer (its first
+    bytes were not lost)."""
+    path = tmp_path / "mlcanary.db"
+    shutil.copyfile(sqlite_template, path)
+    url = f"sqlite:///{path}"
+    store = Store(Database(url))
+    mlpipes.deploy(store, "churn", mlpipes.register(store, tmp_path, version="1"))
+    store.db.dispose()
+    server = launch(
+        "router", url, workers=1, threads=1, read_timeout_s=READ_TIMEOUT_S, next_request_wait_ms=100
+    )
+    server.wait_ready(timeout=90)
+    endpoint = "/v1/models/churn/invocations"
+    first, second = (json.dumps(body(1, n)).encode() for n in (0, 1))
+    with httpx.Client(base_url=server.base_url, timeout=READ_TIMEOUT_S) as client:
+        expected = client.post(endpoint, content=second, headers={"Content-Type": "application/json"}).json()
+    a = socket.create_connection(("127.0.0.1", server.port), timeout=READ_TIMEOUT_S)
+    b = socket.create_connection(("127.0.0.1", server.port), timeout=READ_TIMEOUT_S)
+    try:
+        a.sendall(_http(endpoint, first))
+        assert _answer(a)[0] == 200
+        stalled = _http(endpoint, second)
+        a.sendall(stalled[: len(stalled) // 2])  # at once: the thread that answered A is waiting for it
+        b.sendall(_http(endpoint, first))
+        assert _answer(b)[0] == 200  # the only thread is free for B: A's half went back to the event loop
+        a.sendall(stalled[len(stalled) // 2 :])
+        status, answer = _answer(a)
+        assert (status, json.loads(answer)) == (200, expected)
+    finally:
+        a.close()
+        b.close()
