@@ -3,7 +3,7 @@
     .venv/bin/python bench/saturation.py [--deployments 1,3,6] [--repeats 20] [--rollout-seconds 8]
                                          [--baseline-seconds 10] [--controller-interval 0.5] [--paired-seconds 4]
                                          [--cpu-budget B] [--busy-share S] [--controller-nice K]
-                                         [--cpu-affinity auto|on|off]
+                                         [--cpu-affinity auto|on|off] [--next-request-wait-ms MS]
                                          [--out bench/results/saturation.md]
 
 For each N: one `mlcanary serve` (gunicorn, 2 workers x 8 threads (its ReadBufferingWorker), controller loop every
@@ -119,6 +119,8 @@ def run(n: int, args: argparse.Namespace, directory: Path) -> dict[str, Any]:
         budget["controller_nice"] = args.controller_nice
     if args.cpu_affinity is not None:
         budget["cpu_affinity"] = args.cpu_affinity
+    if args.next_request_wait_ms is not None:
+        budget["next_request_wait_ms"] = args.next_request_wait_ms
     server = Server(
         "serve",
         url,
@@ -240,6 +242,11 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         + ("" if args.busy_share is None else f" --busy-share {args.busy_share:g}")
         + ("" if args.controller_nice is None else f" --controller-nice {args.controller_nice}")
         + ("" if args.cpu_affinity is None else f" --cpu-affinity {args.cpu_affinity}")
+        + (
+            ""
+            if args.next_request_wait_ms is None
+            else f" --next-request-wait-ms {args.next_request_wait_ms:g}"
+        )
         + "`",
         "",
         f"Load average (1, 5, 15 min) at the start: {args.load_start}; at the end: {_load()}.",
@@ -338,6 +345,12 @@ def main() -> None:
         choices=("auto", "on", "off"),
         default=None,
         help="MLCANARY_CPU_AFFINITY (default: the setting's, auto: a worker per CPU here, so pinned)",
+    )
+    parser.add_argument(
+        "--next-request-wait-ms",
+        type=float,
+        default=None,
+        help="MLCANARY_NEXT_REQUEST_WAIT_MS (default: the setting's, 2; 0: threads never wait)",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "saturation.md")
     args = parser.parse_args()
