@@ -286,12 +286,13 @@ class ReadBufferingWorker(ThreadWorker):
     calling in sequence, a batch job, a load test) then skips the two hand-offs between threads each
     request otherwise takes (the thread handing the connection back to the event loop through its
     pipe, the loop waking a thread for the next request), which on these VMs cost more CPU than the
-    wait: the HTTP floor served 19-39% more requests at one connection, the batching router 20-30%
-    more at 16 connections (BENCHMARKS.md, "Eighth session"). A request still incomplete when the
-    wait ends goes to the event loop with the bytes read so far, so a slow client holds a thread no
-    longer than the wait. A thread waits only while no request is queued for a thread, and not
-    for a connection whose last wait found nothing (its client takes its time), until one of that
-    connection's requests comes within the wait again.
+    wait: the HTTP floor served 14-38% more requests at one connection (three alternated pairs), the
+    batching router 13% / 35% more at 16 connections, champion-only / 100% shadow (BENCHMARKS.md,
+    "Eighth session"). A request still incomplete when the wait ends goes to the event loop with
+    the bytes read so far, so a slow client holds a thread no longer than the wait. A thread waits
+    only while no request is queued for a thread, and not for a connection whose last wait found
+    nothing (its client takes its time), until one of that connection's requests comes within the
+    wait again.
     """
 
     read_timeout_s: float = 30.0

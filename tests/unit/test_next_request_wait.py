@@ -22,7 +22,8 @@ from gunicorn.config import Config
 from gunicorn.glogging import Logger
 from gunicorn.workers.gthread import TConn
 
-from controller.server import ThreadPool, worker_class
+from controller.config import ConfigError, Settings
+from controller.server import ReadBufferingWorker, ThreadPool, worker_class
 
 
 def _app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
@@ -196,3 +197,19 @@ def test_no_wait_for_a_connection_whose_last_wait_found_nothing_or_with_the_sett
     assert off.handle(_request("/a")) is True
     client.done()
     assert off.worker.nr == 1
+
+
+@pytest.mark.parametrize(("raw", "value"), [("0", 0.0), ("2", 2.0), ("0.5", 0.5), ("100", 100.0)])
+def test_the_setting_takes_0_to_100_ms(raw: str, value: float) -> None:
+    assert Settings.from_env({"MLCANARY_NEXT_REQUEST_WAIT_MS": raw}).next_request_wait_ms == value
+
+
+@pytest.mark.parametrize("raw", ["-1", "101", "soon"])
+def test_the_setting_refuses_anything_else(raw: str) -> None:
+    with pytest.raises(ConfigError, match="(?i)next_request_wait_ms"):
+        Settings.from_env({"MLCANARY_NEXT_REQUEST_WAIT_MS": raw})
+
+
+def test_the_default_is_2_ms_in_the_settings_and_the_worker() -> None:
+    assert Settings.from_env({}).next_request_wait_ms == 2.0
+    assert worker_class(30.0).next_request_wait_s == ReadBufferingWorker.next_request_wait_s == 0.002
