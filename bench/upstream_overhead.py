@@ -15,6 +15,9 @@ requests, wrk closed loop at c=1 and at saturation (c=16):
   hop      wrk -> a bare WSGI app on the same gunicorn worker that forwards direct's body as it is to
            MLServer through the router's own connection pool (bench/router_apps.py hop()): what one
            Python HTTP hop costs on this stack, the floor under any proxy's added latency here
+  nginx    (--nginx, nginx installed: apt-get install -y nginx-light) wrk -> nginx, 2 worker processes,
+           proxy_pass to MLServer over kept-alive upstream connections, direct's body as it is: what
+           one hop costs a native proxy on the same machine (the same processes woken per request)
 The router's workers are what `mlcanary router` runs (--worker threads, the default: gunicorn's
 threaded worker with the read-buffering event loop, 8 threads each, keep-alive connections, as
 MLServer's uvicorn keeps them) or gunicorn's sync workers (--worker sync: one request per worker at
@@ -45,6 +48,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import joblib
@@ -134,6 +138,33 @@ def measure_once(
     if router is not None:
         figures["router_cpu_ms"] = (cpu_seconds([router]) - before_router) * 1000 / answered
     return figures
+
+
+def start_nginx(directory: Path, upstream: str) -> tuple[subprocess.Popen[bytes], str]:
+    """nginx (2 workers, as the router) proxying to the MLServer over kept-alive connections; its URL."""
+    if shutil.which("nginx") is None:
+        sys.exit("--nginx needs nginx: apt-get install -y nginx-light")
+    port = _port()
+    config = directory / "nginx.conf"
+    config.write_text(
+        f"worker_processes 2; daemon off; pid {directory}/nginx.pid; error_log {directory}/nginx.log warn;\n"
+        "events { worker_connections 1024; }\n"
+        f"http {{ access_log off; upstream model {{ server {urlsplit(upstream).netloc}; keepalive 32; }}\n"
+        f"  server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://model; proxy_http_version 1.1;"
+        ' proxy_set_header Connection ""; } } }\n'
+    )
+    process = subprocess.Popen(["nginx", "-c", str(config), "-p", str(directory)])
+    url = f"http://127.0.0.1:{port}/v2/models/churn/infer"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/v2/health/ready")
+            return process, url
+        except httpx.TransportError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                raise RuntimeError("nginx did not start") from None
+            time.sleep(0.1)
 
 
 class Router:
@@ -238,7 +269,8 @@ def report(
         "# mlcanary in front of MLServer: overhead",
         "",
         f"Command: `.venv/bin/python bench/upstream_overhead.py --seconds {args.seconds} --rounds {args.rounds}"
-        f" --worker {args.worker} --next-request-wait-ms {args.next_request_wait_ms:g}`",
+        f" --worker {args.worker} --next-request-wait-ms {args.next_request_wait_ms:g}"
+        + (" --nginx`" if args.nginx else "`"),
         "",
         f"One run of {args.rounds} rounds; each round measures every setup at c=1 and then at c=16 ({args.seconds} s"
         " of wrk each), the setups' order rotating from round to round; figures are medians over the rounds,",
@@ -285,7 +317,7 @@ def report(
     lines += ["| setup | c=1 added p50 / p99 ms (median; each round) | c=1 throughput ratio (median; each round) "
               "| c=16 added p50 / p99 ms | c=16 throughput ratio | added server-side CPU ms per request (c=1 / c=16) |",
               "|---|---|---|---|---|---|"]  # fmt: skip
-    for name in ("hop", "proxied", "shadow"):
+    for name in ("nginx", "hop", "proxied", "shadow"):
         if name not in figures:
             continue
         r = figures[name]
@@ -333,6 +365,7 @@ def main() -> None:
     parser.add_argument("--worker", choices=("threads", "sync"), default="threads")
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3, help="rounds of every setup, interleaved")
+    parser.add_argument("--nginx", action="store_true", help="measure a hop through nginx too (nginx setup)")
     parser.add_argument(
         "--next-request-wait-ms",
         type=float,
@@ -353,6 +386,7 @@ def main() -> None:
         {"churn": directory / "a.joblib", "churn-b": directory / "b.joblib"}, pandas={"churn", "churn-b"},
     )  # fmt: skip
     routers: list[Router] = []
+    nginx: subprocess.Popen[bytes] | None = None
     stored: dict[str, dict[str, Any]] = {}
     try:
         frame, _ = mlpipes.churn_frame(1, seed=42, missing=0)
@@ -365,8 +399,13 @@ def main() -> None:
         for router in routers:
             router.wait_ready()
         direct_script = lua(directory, "direct", direct_body)  # the hop forwards the same body as it is
+        native: dict[str, tuple[str, Path, list[int], int | None]] = {}
+        if args.nginx:
+            nginx, nginx_url = start_nginx(directory, server.url)
+            native["nginx"] = (nginx_url, direct_script, [nginx.pid, server.process.pid], nginx.pid)
         targets: dict[str, tuple[str, Path, list[int], int | None]] = {
             "direct": (f"{server.url}/v2/models/churn/infer", direct_script, [server.process.pid], None),
+            **native,
             **{
                 r.setup: (
                     r.endpoint,
@@ -387,6 +426,9 @@ def main() -> None:
     finally:
         for router in routers:
             router.process.kill()
+        if nginx is not None:
+            nginx.terminate()
+            nginx.wait(10)
         server.stop()
     text = report(figures, stored, args)
     print(text)
