@@ -23,6 +23,10 @@ Saturation: wrk -c16 and -c64, -t2 (closed loop). Moderate: wrk -c1, and an open
 at a fixed rate (requests at fixed times; latency from send to answer). Shadow skips, requests
 answered and requests per live batch come from /metrics; pairs stored from the database after a
 graceful stop (one row per request: pairs stored must equal requests answered).
+--c1-rounds N then starts the bare app and the batch-* setups at once and measures each at c=1 for
+--c1-seconds in turn, N rounds, the order rotating: the router's c=1 p50 minus the bare app's, per
+round (within a repeat the setups are a setup's length apart, and the machine drifts more than that).
+--repeats 0 runs only these rounds.
 """
 
 from __future__ import annotations
@@ -232,9 +236,10 @@ def mean_batch(before: tuple[float, float], after: tuple[float, float]) -> float
     return (after[0] - before[0]) / count if count else 0.0
 
 
-def run_setup(
-    setup: str, directory: Path, args: argparse.Namespace, script: Path, payload: str, worker_model: str
-) -> dict[str, Any]:
+def start_setup(
+    setup: str, directory: Path, args: argparse.Namespace, payload: str, worker_model: str
+) -> tuple[subprocess.Popen[bytes], str, str, str]:
+    """Start one setup's gunicorn and wait until it answers; (process, database URL, base URL, endpoint)."""
     directory = directory / worker_model
     directory.mkdir(exist_ok=True)
     url = prepare(
@@ -283,22 +288,29 @@ def run_setup(
     )
     base = f"http://127.0.0.1:{port}"
     endpoint = f"{base}/v1/models/churn/invocations"
+    deadline = time.monotonic() + 120  # a shared, loaded machine can take that long to import and load
+    while True:
+        try:
+            if (
+                httpx.post(
+                    endpoint, content=payload, headers={"Content-Type": "application/json"}
+                ).status_code
+                == 200
+            ):
+                return process, url, base, endpoint
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline or process.poll() is not None:
+            process.kill()
+            raise RuntimeError(f"{setup} ({worker_model}) did not start")
+        time.sleep(0.2)
+
+
+def run_setup(
+    setup: str, directory: Path, args: argparse.Namespace, script: Path, payload: str, worker_model: str
+) -> dict[str, Any]:
+    process, url, base, endpoint = start_setup(setup, directory, args, payload, worker_model)
     try:
-        deadline = time.monotonic() + 120  # a shared, loaded machine can take that long to import and load
-        while True:
-            try:
-                if (
-                    httpx.post(
-                        endpoint, content=payload, headers={"Content-Type": "application/json"}
-                    ).status_code
-                    == 200
-                ):
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{setup} ({worker_model}) did not start")
-            time.sleep(0.2)
         wrk(endpoint, script, 16, 2)  # warm-up
         result: dict[str, Any] = {"setup": setup, "worker": worker_model}
         shadowing = setup.endswith(("shadow", "canary"))
@@ -333,17 +345,81 @@ def run_setup(
     return result
 
 
-def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
+def c1_rounds(
+    directory: Path, args: argparse.Namespace, script: Path, payload: str
+) -> dict[str, list[float]]:
+    """c=1 p50 of the bare app and the batching setups, all up at once, measured in alternation.
+
+    Each round runs wrk -c1 for --c1-seconds on every setup, the order rotating from round to round,
+    so the router and the bare app are compared seconds apart, not a setup's length apart: this
+    machine's speed drifts by more than the 0.3 ms being resolved within a minute.
+    """
+    names = [name for name in args.setups.split(",") if name == "baseline" or name.startswith("batch-")]
+    place = directory / "c1-rounds"
+    place.mkdir()
+    running = {name: start_setup(name, place, args, payload, "threads") for name in names}
+    p50: dict[str, list[float]] = {name: [] for name in names}
+    try:
+        for _, _, _, endpoint in running.values():
+            wrk(endpoint, script, 1, 2)  # warm-up
+        for round_ in range(args.c1_rounds):
+            order = names[round_ % len(names) :] + names[: round_ % len(names)]
+            for name in order:
+                p50[name].append(wrk(running[name][3], script, 1, args.c1_seconds)["p50"])
+            print(
+                json.dumps({"c1_round": round_, **{name: runs[-1] for name, runs in p50.items()}}), flush=True
+            )
+    finally:
+        for process, *_ in running.values():
+            process.send_signal(signal.SIGTERM)
+        for process, *_ in running.values():
+            process.wait(60)
+    return p50
+
+
+def _c1_report(p50: dict[str, list[float]], args: argparse.Namespace) -> list[str]:
     lines = [
-        "# Router benchmark",
         "",
+        f"## c=1 p50 in alternation ({args.c1_rounds} rounds of {args.c1_seconds} s, every setup up at once)",
+        "",
+        "Each round measures the bare app and each batching setup at c=1, one after the other (order",
+        "rotating); the router's c=1 p50 minus the bare app's is taken per round, against the bare app",
+        "of the same round (target: <= +0.3 ms).",
+        "",
+        "| setup | c=1 p50 ms, median | minus the bare app's, median (each round) |",
+        "|---|---|---|",
+    ]
+    bare = p50["baseline"]
+    for name, runs in p50.items():
+        if name == "baseline":
+            lines.append(f"| baseline | {statistics.median(runs):.2f} | - |")
+            continue
+        diff = [a - b for a, b in zip(runs, bare, strict=True)]
+        lines.append(
+            f"| {name} | {statistics.median(runs):.2f} | {statistics.median(diff):+.2f} "
+            f"({', '.join(f'{d:+.2f}' for d in diff)}) |"
+        )
+    return lines
+
+
+def _command(args: argparse.Namespace) -> str:
+    return (
         f"Command: `.venv/bin/python bench/router_bench.py --seconds {args.seconds} --rate {args.rate:g} "
         f"--worker {args.worker} --threads {args.threads} --cpu-affinity {args.cpu_affinity} --next-request-wait-ms {args.next_request_wait_ms:g} --setups {args.setups}"
         + (f" --batch-delay-ms {args.batch_delay_ms:g}" if args.batch_delay_ms is not None else "")
         + (f" --batch-rows {args.batch_rows}" if args.batch_rows is not None else "")
         + (" --shared-socket" if args.shared_socket else "")
-        + (f" --repeats {args.repeats}" if args.repeats > 1 else "")
-        + "`",
+        + (f" --repeats {args.repeats}" if args.repeats != 1 else "")
+        + (f" --c1-rounds {args.c1_rounds} --c1-seconds {args.c1_seconds}" if args.c1_rounds else "")
+        + "`"
+    )
+
+
+def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    lines = [
+        "# Router benchmark",
+        "",
+        _command(args),
         "",
         f"One run; 2 cores; load average at the start {args.load_start}, at the end {_load()}; gunicorn 2 workers; "
         "one-row MLflow "
@@ -542,7 +618,16 @@ def main() -> None:
         help="one listening socket shared by the workers (before: no --reuse-port)",
     )
     parser.add_argument(
-        "--repeats", type=int, default=1, help="run the whole sequence of setups this many times"
+        "--repeats", type=int, default=1, help="run the whole sequence of setups this many times (0: none)"
+    )
+    parser.add_argument(
+        "--c1-rounds",
+        type=int,
+        default=0,
+        help="then measure c=1 of baseline and the batch-* setups in alternation, this many rounds",
+    )
+    parser.add_argument(
+        "--c1-seconds", type=int, default=2, help="wrk time per setup and round (--c1-rounds)"
     )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "router.md")
     args = parser.parse_args()
@@ -565,7 +650,9 @@ def main() -> None:
                 place.mkdir(exist_ok=True)
                 results.append({**run_setup(setup, place, args, script, payload, model), "repeat": repeat})
                 print(json.dumps(results[-1]), flush=True)
-    text = report(results, args)
+    text = report(results, args) if results else f"# Router benchmark\n\n{_command(args)}\n"
+    if args.c1_rounds:
+        text += "\n".join(_c1_report(c1_rounds(directory, args, script, payload), args)) + "\n"
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
