@@ -285,8 +285,8 @@ class ReadBufferingWorker(ThreadWorker):
     serves it itself. A client that sends its next request as soon as it has an answer (a service
     calling in sequence, a batch job, a load test) then skips the two hand-offs between threads each
     request otherwise takes (the thread handing the connection back to the event loop through its
-    pipe, the loop waking a thread for the next request), which on these VMs cost more CPU than the
-    wait: the HTTP floor served 14-38% more requests at one connection (three alternated pairs), the
+    pipe, the loop waking a thread for the next request), a good part of a small request's cost:
+    the HTTP floor served 14-38% more requests at one connection (three alternated pairs), the
     batching router 13% / 35% more at 16 connections, champion-only / 100% shadow (BENCHMARKS.md,
     "Eighth session"). A request still incomplete when the wait ends goes to the event loop with
     the bytes read so far, so a slow client holds a thread no longer than the wait. A thread waits

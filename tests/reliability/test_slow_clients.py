@@ -82,14 +82,20 @@ class Trickler:
             s.close()
 
 
-@pytest.fixture
-def serving(tmp_path: Path, sqlite_template: Path, launch: Callable[..., Server]) -> Server:
+def _deployed(tmp_path: Path, sqlite_template: Path) -> str:
+    """A SQLite database with deployment "churn" (champion only); its URL."""
     path = tmp_path / "mlcanary.db"
     shutil.copyfile(sqlite_template, path)
     url = f"sqlite:///{path}"
     store = Store(Database(url))
     mlpipes.deploy(store, "churn", mlpipes.register(store, tmp_path, version="1"))
     store.db.dispose()
+    return url
+
+
+@pytest.fixture
+def serving(tmp_path: Path, sqlite_template: Path, launch: Callable[..., Server]) -> Server:
+    url = _deployed(tmp_path, sqlite_template)
     server = launch("serve", url, workers=WORKERS, threads=THREADS, read_timeout_s=READ_TIMEOUT_S)
     server.wait_ready(timeout=90)
     return server
@@ -166,12 +172,7 @@ def test_a_kept_alive_client_that_stalls_after_its_answer_does_not_hold_the_only
     its 100 ms and gives the half back to the event loop: client B, sent after A's half, is answered
     while A's request is still incomplete, and A, completing it later, gets its own answer (its first
     bytes were not lost)."""
-    path = tmp_path / "mlcanary.db"
-    shutil.copyfile(sqlite_template, path)
-    url = f"sqlite:///{path}"
-    store = Store(Database(url))
-    mlpipes.deploy(store, "churn", mlpipes.register(store, tmp_path, version="1"))
-    store.db.dispose()
+    url = _deployed(tmp_path, sqlite_template)
     server = launch(
         "router", url, workers=1, threads=1, read_timeout_s=READ_TIMEOUT_S, next_request_wait_ms=100
     )
