@@ -45,6 +45,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -288,21 +289,35 @@ def start_setup(
     )
     base = f"http://127.0.0.1:{port}"
     endpoint = f"{base}/v1/models/churn/invocations"
-    deadline = time.monotonic() + 120  # a shared, loaded machine can take that long to import and load
+    # a shared, loaded machine can take 120 s to import and load
+    wait_answering(
+        lambda: (
+            httpx.post(endpoint, content=payload, headers={"Content-Type": "application/json"}).status_code
+            == 200
+        ),
+        process,
+        120,
+        f"{setup} ({worker_model})",
+    )
+    return process, url, base, endpoint
+
+
+def wait_answering(
+    answers: Callable[[], bool], process: subprocess.Popen[bytes] | None, timeout_s: float, what: str
+) -> None:
+    """Wait until answers() is true (a refused connection counts as not yet); kill process and raise
+    if it exits or timeout_s passes first."""
+    deadline = time.monotonic() + timeout_s
     while True:
         try:
-            if (
-                httpx.post(
-                    endpoint, content=payload, headers={"Content-Type": "application/json"}
-                ).status_code
-                == 200
-            ):
-                return process, url, base, endpoint
+            if answers():
+                return
         except httpx.TransportError:
             pass
-        if time.monotonic() > deadline or process.poll() is not None:
-            process.kill()
-            raise RuntimeError(f"{setup} ({worker_model}) did not start")
+        if time.monotonic() > deadline or (process is not None and process.poll() is not None):
+            if process is not None:
+                process.kill()
+            raise RuntimeError(f"{what} did not start")
         time.sleep(0.2)
 
 

@@ -58,7 +58,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "support"), str(ROOT / "bench")]
 
 import mlpipes  # noqa: E402
 import peers  # noqa: E402
-from router_bench import _port, answered, wrk  # noqa: E402
+from router_bench import _port, answered, wait_answering, wrk  # noqa: E402
 
 from controller import registry  # noqa: E402
 from router.backends.encodings import configure, encode  # noqa: E402
@@ -154,17 +154,9 @@ def start_nginx(directory: Path, upstream: str) -> tuple[subprocess.Popen[bytes]
         ' proxy_set_header Connection ""; } } }\n'
     )
     process = subprocess.Popen(["nginx", "-c", str(config), "-p", str(directory)])
-    url = f"http://127.0.0.1:{port}/v2/models/churn/infer"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/v2/health/ready")
-            return process, url
-        except httpx.TransportError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                raise RuntimeError("nginx did not start") from None
-            time.sleep(0.1)
+    ready = f"http://127.0.0.1:{port}/v2/health/ready"
+    wait_answering(lambda: httpx.get(ready).status_code > 0, process, 20, "nginx")  # any answer: nginx is up
+    return process, f"http://127.0.0.1:{port}/v2/models/churn/infer"
 
 
 class Router:
@@ -203,16 +195,7 @@ class Router:
         self.base = f"http://127.0.0.1:{port}"
 
     def wait_ready(self) -> None:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(self.ready).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.setup} did not start")
-            time.sleep(0.2)
+        wait_answering(lambda: httpx.get(self.ready).status_code == 200, self.process, 60, self.setup)
 
     def stop(self) -> dict[str, Any] | None:
         """Stop gracefully (pairs flushed) and count what was stored, against the requests answered."""
