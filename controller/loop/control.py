@@ -138,7 +138,12 @@ def run(
 ) -> int:
     """Evaluate every ``settings.controller_interval`` seconds until ``stop`` is set; return the passes made.
 
-    Passes never take more than ``settings.controller_busy_share`` of the time (``pause_after``).
+    Passes never take more than ``settings.controller_busy_share`` of the time (``pause_after``), a
+    pass's time being its own: its wall time less what it waited runnable for a CPU (``runnable_wait``).
+    Niced beside a saturated router (`serve`), a look needing 0.1 s of CPU lasted 6 s of wall time;
+    counting those 6 s made the controller pause 18 s more, so at saturation it looked every ~24 s and
+    a harmful challenger was rolled back minutes late. Time spent waiting for the database (PostgreSQL
+    working in its own process) still counts: that work takes CPU from the routers as well.
 
     With ``leadership`` (see controller.loop.leader) leadership is (re)claimed before every pass and a
     standby only waits, retrying each interval; within a pass, every write waits for the lead to be
@@ -149,7 +154,7 @@ def run(
     passes = 0
     leading = False
     while not stop.is_set():
-        started = time.monotonic()
+        started, queued = time.monotonic(), runnable_wait()
         try:
             now_leading = True if leadership is None else leadership.acquire()
             if now_leading != leading:
@@ -162,8 +167,18 @@ def run(
                 passes += 1
         except StorageError as error:
             log.warning("controller pass failed, retrying in %.3g s: %s", interval, error)
-        stop.wait(pause_after(time.monotonic() - started, interval=interval, busy_share=busy_share))
+        own = (time.monotonic() - started) - (runnable_wait() - queued)
+        stop.wait(pause_after(own, interval=interval, busy_share=busy_share))
     return passes
+
+
+def runnable_wait() -> float:
+    """Return the seconds the calling thread has waited runnable for a CPU (Linux schedstat), else 0."""
+    try:
+        with open("/proc/thread-self/schedstat", encoding="ascii") as handle:
+            return int(handle.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def pause_after(elapsed: float, *, interval: float, busy_share: float) -> float:
@@ -172,6 +187,7 @@ def pause_after(elapsed: float, *, interval: float, busy_share: float) -> float:
 
     A look's cost grows with its step (on SQLite its queries run in the controller's process); without
     the bound a short interval on a big step makes the controller look back to back and take a core
-    from the routers it shares a machine with (issue 13).
+    from the routers it shares a machine with (issue 13). ``elapsed`` is the pass's own time (``run``),
+    not its wall time: a pass slowed by others' load already yielded the CPU it waited for.
     """
     return max(0.0, interval - elapsed, elapsed * (1.0 / busy_share - 1.0))
