@@ -76,15 +76,17 @@ class Settings:
     controller_busy_share: float = field(
         default=0.25,
         metadata={
-            "help": "most of the time the controller may spend looking (0..1]: after a look of t s it waits "
-            "at least t (1/share - 1) s, so long looks on big steps never take a whole core (1: no limit)"
+            "help": "most of the time the controller may spend looking (0..1]: after a look of t s of its own "
+            "(wall time less waits for a CPU) it waits at least t (1/share - 1) s, so long looks on big "
+            "steps never take a whole core (1: no limit)"
         },
     )
     controller_nice: int = field(
         default=10,
         metadata={
-            "help": "niceness `serve` gives the controller loop it starts beside the router (0..19): a look "
-            "yields the cores to requests being served, and takes the CPU they leave (0: equal footing)"
+            "help": "niceness `serve` gives the controller loop it starts beside the router, once started "
+            "(0..19): a look yields the cores to requests being served, and takes the CPU they leave "
+            "(0: equal footing)"
         },
     )
     refresh_interval: float = field(

@@ -63,14 +63,16 @@ def _start_controller_child(settings: Settings) -> subprocess.Popen[bytes]:
     It runs at `controller_nice`: on the cores it shares with the router, a look (a burst of CPU,
     tens of ms on a big step) would otherwise take them from the requests in flight (at saturation on
     2 cores, 6-8% of the champion's throughput in bench/saturation.py); niced, it takes what they
-    leave, and its looks only last longer.
+    leave, and its looks only last longer. It nices itself once started (``--nice-when-started``), not
+    from its first instruction: its start (imports, ~1.7 s of CPU) niced behind a saturated router took
+    30-50 s, and no rollout was looked at meanwhile.
     """
     command = [
         sys.executable, "-m", "controller",
         "--database-url", settings.resolved_database_url, "--data-dir", str(settings.data_dir), "controller",
+        "--nice-when-started", str(settings.controller_nice),
     ]  # fmt: skip
-    nice = settings.controller_nice
-    return subprocess.Popen(command, preexec_fn=(lambda: os.nice(nice)) if nice else None)
+    return subprocess.Popen(command)
 
 
 def _stop_child(child: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
@@ -84,8 +86,15 @@ def _stop_child(child: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
 
 
 @click.command()
+@click.option(
+    "--nice-when-started",
+    type=click.IntRange(0, 19),
+    default=0,
+    hidden=True,  # `serve` starts its controller child with it (controller_nice)
+    help="Niceness to add once started, before the first look.",
+)
 @click.pass_context
-def controller(ctx: click.Context) -> None:
+def controller(ctx: click.Context, nice_when_started: int) -> None:
     """Run the control loop: judge every active rollout each interval and apply the decisions.
 
     Several may run against one database: one leads (PostgreSQL advisory lock, or a file lock beside
@@ -119,6 +128,8 @@ def controller(ctx: click.Context) -> None:
     click.echo(
         f"mlcanary controller on {store.db.display_url}, every {settings.controller_interval:g} s", err=True
     )
+    if nice_when_started:
+        os.nice(nice_when_started)
     try:
         loop.run(store, settings, stop=stop, clock=clock_of(ctx), leadership=leadership)
     finally:

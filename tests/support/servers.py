@@ -141,8 +141,7 @@ class Server:
         found = []
         for child in self.children():
             with suppress(OSError):
-                cmdline = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
-                if b"controller" in cmdline and cmdline[-2:-1] == [b"controller"]:
+                if _is_controller_child(child):
                     continue  # `serve` runs its control loop as a child too
                 found.append(child)
         return found
@@ -150,8 +149,7 @@ class Server:
     def controller_child(self) -> int | None:
         for child in self.children():
             with suppress(OSError):
-                cmdline = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
-                if cmdline[-2:-1] == [b"controller"]:
+                if _is_controller_child(child):
                     return child
         return None
 
@@ -201,3 +199,8 @@ def wait_for(predicate: Callable[[], Any], timeout: float, message: str = "condi
     if predicate():
         return time.monotonic() - start
     raise AssertionError(f"{message} not met within {timeout} s")
+
+
+def _is_controller_child(pid: int) -> bool:
+    """`serve`'s controller child: python -m controller --database-url U --data-dir D controller [...]."""
+    return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[7:8] == [b"controller"]
