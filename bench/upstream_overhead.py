@@ -1,7 +1,7 @@
 """Benchmark mlcanary in front of MLServer against clients calling MLServer directly.
 
     .venv/bin/python bench/upstream_overhead.py [--seconds 8] [--rounds 3] [--worker threads|sync]
-        [--out bench/results/upstream_overhead.md]
+        [--nginx] [--alternate N] [--out bench/results/upstream_overhead.md]
 
 One MLServer 1.7.1 (the environment under .cache/peers/mlserver, built on first use like the tests
 do; sklearn runtime, parallel_workers 0) serves the churn pipeline (ColumnTransformer +
@@ -28,6 +28,12 @@ setup p50/p99 - direct p50/p99 and throughput ratio = setup req/s / direct req/s
 round, against direct measured in the same round, and their medians reported (MLServer's own c=1
 p50 moved by several ms between runs a minute apart: one direct run per benchmark could not resolve
 the 1 ms target).
+--alternate N then measures c=1 request by request: N turns, each sending one request to every setup
+in turn (direct included, the order rotating), each setup on its own kept-alive connection from one
+Python client; a setup's added latency is the median over the turns of its time minus direct's in
+the same turn. MLServer's own time for one row moves by several ms between windows seconds apart;
+requests milliseconds apart see the same server, so this resolves the 1 ms target where rounds of
+wrk could not.
 Server-side CPU per request (MLServer, plus the router's gunicorn master and workers, from /proc)
 is the figure that survives a busy machine: on 2 shared cores, latency and throughput measure the
 other tenants as much as the proxy. The router's part of it (its gunicorn processes alone) is given
@@ -52,6 +58,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import joblib
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "support"), str(ROOT / "bench")]
@@ -61,6 +68,7 @@ import peers  # noqa: E402
 from router_bench import _port, answered, wait_answering, wrk  # noqa: E402
 
 from controller import registry  # noqa: E402
+from router.backends.connections import ConnectionPool  # noqa: E402
 from router.backends.encodings import configure, encode  # noqa: E402
 from router.backends.upstream import UpstreamTools  # noqa: E402
 from storage import Database, Store  # noqa: E402
@@ -238,6 +246,43 @@ def run_rounds(
     return figures
 
 
+def alternate(targets: dict[str, tuple[str, bytes]], turns: int) -> dict[str, dict[str, float]]:
+    """c=1, request by request: each turn sends one request to every setup in turn (the order rotating
+    from turn to turn), each on its own kept-alive connection; a setup's added latency is its time
+    minus direct's in the same turn, the median over the turns.
+
+    MLServer's own time for one row moved by 3-5 ms between 3 s windows of the same run, more than the
+    1 ms target: rounds of wrk, seconds apart, measured that as much as the proxy. Requests sent in turn,
+    milliseconds apart, see the same MLServer; what differs between them is the route.
+    """
+    pools = {name: ConnectionPool(url, size=1, timeout=30) for name, (url, _) in targets.items()}
+    times: dict[str, list[float]] = {name: [] for name in targets}
+    names = list(targets)
+    try:
+        for turn in range(-20, turns):  # 20 turns of warm-up, not counted
+            for name in names[turn % len(names) :] + names[: turn % len(names)]:
+                url, body = targets[name]
+                started = time.perf_counter()
+                reply = pools[name].request("POST", url, body, {"Content-Type": "application/json"})
+                elapsed = (time.perf_counter() - started) * 1000
+                if reply.status != 200:
+                    sys.exit(f"{name} answered {reply.status}: {reply.body[:200]!r}")
+                if turn >= 0:
+                    times[name].append(elapsed)
+    finally:
+        for pool in pools.values():
+            pool.close()
+    direct = times["direct"]
+    return {
+        name: {
+            "p50": _median(ms),
+            "p99": float(np.percentile(ms, 99)),
+            "added_p50": _median([a - b for a, b in zip(ms, direct, strict=True)]),
+        }
+        for name, ms in times.items()
+    }
+
+
 def _median(values: list[float]) -> float:
     return float(statistics.median(values))
 
@@ -246,6 +291,7 @@ def report(
     figures: dict[str, dict[str, list[dict[str, Any]]]],
     stored: dict[str, dict[str, Any]],
     args: argparse.Namespace,
+    alternated: dict[str, dict[str, float]] | None = None,
 ) -> str:
     d = figures["direct"]
     lines = [
@@ -253,7 +299,8 @@ def report(
         "",
         f"Command: `.venv/bin/python bench/upstream_overhead.py --seconds {args.seconds} --rounds {args.rounds}"
         f" --worker {args.worker} --next-request-wait-ms {args.next_request_wait_ms:g}"
-        + (" --nginx`" if args.nginx else "`"),
+        + (" --nginx" if args.nginx else "")
+        + (f" --alternate {args.alternate}`" if args.alternate else "`"),
         "",
         f"One run of {args.rounds} rounds; each round measures every setup at c=1 and then at c=16 ({args.seconds} s"
         " of wrk each), the setups' order rotating from round to round; figures are medians over the rounds,",
@@ -331,6 +378,17 @@ def report(
                     f"- {name} over the bare hop, c=1 p50: {_median(over):+.2f} ms "
                     f"({', '.join(f'{v:+.2f}' for v in over)}): the router's own part of the added latency"
                 )
+    if alternated:
+        lines += [
+            "",
+            f"## c=1 request by request ({args.alternate} turns, every setup once per turn, the order rotating)",
+            "",
+            "| setup | p50 / p99 ms | added p50 ms (median of each turn's difference with direct) |",
+            "|---|---|---|",
+        ]
+        for name, f in alternated.items():
+            added = "-" if name == "direct" else f"{f['added_p50']:+.2f}"
+            lines.append(f"| {name} | {f['p50']:.2f} / {f['p99']:.2f} | {added} |")
     return "\n".join(lines) + "\n"
 
 
@@ -349,6 +407,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3, help="rounds of every setup, interleaved")
     parser.add_argument("--nginx", action="store_true", help="measure a hop through nginx too (nginx setup)")
+    parser.add_argument(
+        "--alternate",
+        type=int,
+        default=0,
+        help="then N turns at c=1, one request to every setup per turn (added latency request by request)",
+    )
     parser.add_argument(
         "--next-request-wait-ms",
         type=float,
@@ -371,6 +435,7 @@ def main() -> None:
     routers: list[Router] = []
     nginx: subprocess.Popen[bytes] | None = None
     stored: dict[str, dict[str, Any]] = {}
+    alternated: dict[str, dict[str, float]] | None = None
     try:
         frame, _ = mlpipes.churn_frame(1, seed=42, missing=0)
         columns = {c: [v.item() if hasattr(v, "item") else v for v in frame[c]] for c in frame.columns}
@@ -400,6 +465,16 @@ def main() -> None:
             },
         }
         figures = run_rounds(targets, args)
+        if args.alternate:
+            bodies = {
+                "direct": direct_body.encode(),
+                "nginx": direct_body.encode(),
+                "hop": direct_body.encode(),
+            }
+            alternated = alternate(
+                {name: (t[0], bodies.get(name, proxied_body.encode())) for name, t in targets.items()},
+                args.alternate,
+            )
         time.sleep(1.5)
         for router in routers:
             kept = router.stop()
@@ -413,7 +488,7 @@ def main() -> None:
             nginx.terminate()
             nginx.wait(10)
         server.stop()
-    text = report(figures, stored, args)
+    text = report(figures, stored, args, alternated)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
