@@ -302,6 +302,12 @@ def start_setup(
     return process, url, base, endpoint
 
 
+def rotated(names: list[str], turn: int) -> list[str]:
+    """The names in order, starting at the turn's: each setup goes first in its turn, in alternation."""
+    start = turn % len(names)
+    return names[start:] + names[:start]
+
+
 def wait_answering(
     answers: Callable[[], bool], process: subprocess.Popen[bytes] | None, timeout_s: float, what: str
 ) -> None:
@@ -378,7 +384,7 @@ def c1_rounds(
         for _, _, _, endpoint in running.values():
             wrk(endpoint, script, 1, 2)  # warm-up
         for round_ in range(args.c1_rounds):
-            order = names[round_ % len(names) :] + names[: round_ % len(names)]
+            order = rotated(names, round_)
             for name in order:
                 p50[name].append(wrk(running[name][3], script, 1, args.c1_seconds)["p50"])
             print(

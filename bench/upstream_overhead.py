@@ -65,7 +65,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "support"), str(ROOT / "bench")]
 
 import mlpipes  # noqa: E402
 import peers  # noqa: E402
-from router_bench import _port, answered, wait_answering, wrk  # noqa: E402
+from router_bench import _port, answered, rotated, wait_answering, wrk  # noqa: E402
 
 from controller import registry  # noqa: E402
 from router.backends.connections import ConnectionPool  # noqa: E402
@@ -236,7 +236,7 @@ def run_rounds(
     for endpoint, script, _, _ in targets.values():
         wrk(endpoint, script, 4, 2)  # warm-up
     for round_ in range(args.rounds):
-        order = names[round_ % len(names) :] + names[: round_ % len(names)]
+        order = rotated(names, round_)
         for level, connections in (("c1", 1), ("c16", 16)):
             for name in order:
                 endpoint, script, pids, router = targets[name]
@@ -260,7 +260,7 @@ def alternate(targets: dict[str, tuple[str, bytes]], turns: int) -> dict[str, di
     names = list(targets)
     try:
         for turn in range(-20, turns):  # 20 turns of warm-up, not counted
-            for name in names[turn % len(names) :] + names[: turn % len(names)]:
+            for name in rotated(names, turn):
                 url, body = targets[name]
                 started = time.perf_counter()
                 reply = pools[name].request("POST", url, body, {"Content-Type": "application/json"})
