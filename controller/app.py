@@ -127,4 +127,8 @@ def create_app(
         app.extensions[dashboard.SERIES_CACHE] = SeriesCache()
     app.static_folder = str(api.STATIC_DIR)  # /static/... is the dashboard's assets, never the working dir
     app.after_request(api.secure_headers)
+    # what secure_headers adds to a JSON answer, on the scoring routes' fast path too (router.http.FastScoring)
+    from router.http import scoring_headers
+
+    scoring_headers(app).append(("X-Content-Type-Options", "nosniff"))
     return app

@@ -26,7 +26,7 @@ def create_app(store: Store, settings: RouterSettings | None = None, *, start: b
     from flask import Flask
 
     from router.dataplane import DataPlane
-    from router.http import EXTENSION, blueprint, bound_chunked_body, install_error_handlers
+    from router.http import EXTENSION, FastScoring, blueprint, bound_chunked_body, install_error_handlers
     from router.settings import RouterSettings
 
     settings = settings or RouterSettings()
@@ -37,6 +37,7 @@ def create_app(store: Store, settings: RouterSettings | None = None, *, start: b
     app.register_blueprint(blueprint)
     app.before_request(bound_chunked_body)  # every route, feedback and admin API included
     install_error_handlers(app)
+    app.wsgi_app = FastScoring(app, plane)  # type: ignore[method-assign]  # the scoring routes without Flask's dispatch
     if start:
         plane.start()
     return app
