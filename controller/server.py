@@ -36,7 +36,10 @@ pinning would tie the workers to cores others may be using); "on" pins always, "
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
+import functools
+import io
 import os
 import re
 import select
@@ -54,7 +57,11 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask
+from gunicorn import SERVER
+from gunicorn import util as gunicorn_util
 from gunicorn.app.base import BaseApplication
+from gunicorn.http import wsgi
+from gunicorn.http.message import TOKEN_RE
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 CLOSE_TIMEOUT_S = 20.0
@@ -269,6 +276,173 @@ def _complete_request(data: bytearray, buffer_bytes: int) -> bool:
     return length > buffer_bytes or body >= length
 
 
+_PLAIN_LINE = re.compile(rb"([A-Z]+) (/[!-~]*) HTTP/1\.([01])")
+_PLAIN_HEADER = re.compile(rb"([!#$%&'*+.^`|~0-9A-Za-z-]+):[ \t]*([\t -~]*?)[ \t]*")
+# what only gunicorn's own handling gets right: message framing, upgrades, interim answers
+_NOT_PLAIN = frozenset({"TRANSFER_ENCODING", "EXPECT", "UPGRADE", "HTTP2_SETTINGS", "TE", "TRAILER"})
+
+
+@dataclasses.dataclass(frozen=True)
+class PlainRequest:
+    """A request plain_request read: its line, headers (environ names), the whole body, bytes after it."""
+
+    method: str
+    path: str
+    version: int  # HTTP/1.x
+    headers: dict[str, str]
+    body: bytes
+    rest: bytes
+
+    @property
+    def closes(self) -> bool:
+        """Whether the client asks to close after the answer (as gunicorn's Request.should_close)."""
+        connection = self.headers.get("HTTP_CONNECTION")
+        if connection is not None:
+            value = connection.lower().strip(" \t")
+            if value == "close":
+                return True
+            if value == "keep-alive":
+                return False
+        return self.version == 0
+
+    def environ(self, conn: TConn, base: dict[str, Any]) -> dict[str, Any]:
+        """The WSGI environ gunicorn would build for this request (no query, no proxy protocol) on
+        the worker's base environ (`gunicorn.http.wsgi.base_environ`)."""
+        environ = dict(base)
+        server = conn.server if isinstance(conn.server, tuple) else (str(conn.server), "")
+        environ.update(self.headers)
+        environ.update(
+            {
+                "wsgi.input": io.BytesIO(self.body),
+                "wsgi.multithread": True,
+                "wsgi.url_scheme": "http",
+                "gunicorn.socket": conn.sock,
+                "REQUEST_METHOD": self.method,
+                "QUERY_STRING": "",
+                "RAW_URI": self.path,
+                "SERVER_PROTOCOL": f"HTTP/1.{self.version}",
+                "SCRIPT_NAME": "",
+                "PATH_INFO": self.path,
+                "SERVER_NAME": str(server[0]),
+                "SERVER_PORT": str(server[1]),
+            }
+        )
+        if isinstance(conn.client, tuple):
+            environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = str(conn.client[0]), str(conn.client[1])
+        return environ
+
+
+def plain_request(data: bytes, claims: Callable[[str, str], bool], cfg: Any) -> PlainRequest | None:
+    """Read a whole request gunicorn's parser would read the same way, or None.
+
+    Plain: `METHOD /path HTTP/1.0|1.1` with a path of visible ASCII and no query or percent-escape,
+    headers of a token name without "_" (gunicorn drops those) and a visible-ASCII value, each at most
+    once, within gunicorn's limits, no framing or upgrade header but one Content-Length, and the body
+    all there; and the app claims the method and path. Anything else is gunicorn's to parse (and to
+    refuse: its 400s and 431s are unchanged).
+    """
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    lines = data[:end].split(b"\r\n")
+    if len(lines[0]) > (cfg.limit_request_line or len(lines[0])) or len(lines) - 1 > cfg.limit_request_fields:
+        return None
+    line = _PLAIN_LINE.fullmatch(lines[0])
+    if line is None or b"?" in line.group(2) or b"%" in line.group(2):
+        return None
+    method, path = line.group(1).decode(), line.group(2).decode()
+    if not claims(method, path):
+        return None
+    headers: dict[str, str] = {}
+    size_limit = cfg.limit_request_field_size or len(data)
+    for raw in lines[1:]:
+        found = _PLAIN_HEADER.fullmatch(raw)
+        if found is None or len(raw) > size_limit:
+            return None
+        name = found.group(1).decode().upper().replace("-", "_")
+        if name in _NOT_PLAIN:
+            return None
+        key = name if name in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + name
+        if key in headers:
+            return None  # a repeated header: gunicorn joins (or refuses) it
+        headers[key] = found.group(2).decode()
+    length = headers.get("CONTENT_LENGTH", "0")
+    if not length.isdigit() or not length.isascii():
+        return None
+    start, stop = end + 4, end + 4 + int(length)
+    if stop > len(data):
+        return None  # the rest of the body is still coming: gunicorn's reader waits for it
+    return PlainRequest(method, path, int(line.group(3)), headers, data[start:stop], data[stop:])
+
+
+_date_cache: tuple[int, str] = (0, "")
+
+
+def _http_date() -> str:
+    """gunicorn's Date header value, formatted once a second."""
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, gunicorn_util.http_date(now))
+    return _date_cache[1]
+
+
+@dataclasses.dataclass
+class _AppAnswer:
+    status: str
+    headers: list[tuple[str, str]]
+    body: bytes
+    close: Callable[[], Any]
+
+    def head(self, version: int, close: bool) -> bytes:
+        """The status line and headers gunicorn writes for this answer (its Response, length known)."""
+        lines = [
+            f"HTTP/1.{version} {self.status}\r\n",
+            f"Server: {SERVER}\r\n",
+            f"Date: {_http_date()}\r\n",
+            f"Connection: {'close' if close else 'keep-alive'}\r\n",
+        ]
+        length = None
+        for name, value in self.headers:
+            if not TOKEN_RE.fullmatch(name) or not wsgi.HEADER_VALUE_RE.fullmatch(value):
+                raise ValueError(f"invalid response header {name!r}")
+            value = value.strip(" \t")
+            if name.lower() == "content-length":
+                length = value
+            elif gunicorn_util.is_hoppish(name):
+                continue
+            lines.append(f"{name}: {value}\r\n")
+        if length is None:
+            lines.append(f"Content-Length: {len(self.body)}\r\n")
+        elif int(length) != len(self.body):
+            raise ValueError(f"the answer has {len(self.body)} bytes, its Content-Length says {length}")
+        lines.append("\r\n")
+        return "".join(lines).encode("latin-1")
+
+
+def _call_app(app: Any, environ: dict[str, Any]) -> _AppAnswer:
+    """Call a WSGI app and gather its whole answer; the caller closes it once sent (PEP 3333)."""
+    started: list[Any] = []
+    written: list[bytes] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        if exc_info is not None and started:
+            raise exc_info[1].with_traceback(exc_info[2])
+        started[:] = [status, headers]
+        return written.append
+
+    result = app(environ, start_response)
+    close = getattr(result, "close", None) or (lambda: None)
+    try:
+        written.extend(result)
+        if not started:
+            raise RuntimeError("the app returned without calling start_response")
+    except BaseException:
+        close()
+        raise
+    return _AppAnswer(started[0], list(started[1]), b"".join(written), close)
+
+
 class ReadBufferingWorker(ThreadWorker):
     """gunicorn's threaded worker whose event loop reads each request in full before a thread runs it.
 
@@ -293,8 +467,20 @@ class ReadBufferingWorker(ThreadWorker):
     only while no request is queued for a thread, and not for a connection whose last wait found
     nothing (its client takes its time), until one of that connection's requests comes within the
     wait again.
+
+    The plain path: a whole request that is plain (`plain_request`: no query, no percent-escape,
+    no header gunicorn would join, drop or frame by, one Content-Length, the body all read) and
+    that the app claims (its wsgi_app's `claims(method, path)`: the router's scoring routes,
+    router.http.FastScoring) is answered without gunicorn's parser, environ and response objects:
+    the thread builds the environ gunicorn would, calls the app and writes the status line and
+    headers gunicorn would write (Server, Date, Connection, then the app's), in one send. Those
+    objects cost ~0.3 ms of CPU per request on a thread that has idled for the model's answer, on
+    the answer's path at one request at a time (BENCHMARKS.md, "Tenth session"). Anything else,
+    and every request when an access log is configured, goes through gunicorn as before; a test
+    compares both paths' answers on a real router.
     """
 
+    alive: bool  # gunicorn's: False once the worker is told to stop
     read_timeout_s: float = 30.0
     buffer_bytes: int = 1024 * 1024
     cpu_affinity: str = "auto"  # auto | on | off (module docstring, "CPU affinity")
@@ -324,12 +510,69 @@ class ReadBufferingWorker(ThreadWorker):
 
     def handle(self, conn: TConn) -> Any:
         """Serve the connection's request, then (next_request_wait_s) its next ones on this thread."""
-        keep = super().handle(conn)
+        keep = self._serve(conn)
         while keep is True and self._wait_here(conn) and self._next_request(conn):
-            keep = super().handle(conn)
+            keep = self._serve(conn)
         if keep is True:
             conn.answered_at = time.monotonic()
         return keep
+
+    def _serve(self, conn: TConn) -> Any:
+        """Serve one request: on the plain path when it is one (`plain_request`), else gunicorn's."""
+        keep = self._serve_plain(conn)
+        return super().handle(conn) if keep is None else keep
+
+    def _serve_plain(self, conn: TConn) -> bool | None:
+        """Answer a plain request the app claims without gunicorn's parser, environ and response;
+        None (nothing consumed) when it is not one. See the class docstring, "The plain path"."""
+        claims = self._claims
+        if claims is None or not conn.data_ready or conn.parser is None or self.cfg.is_ssl or conn.is_http2:
+            return None
+        data = conn.parser.unreader.take_buffered()
+        request = plain_request(data, claims, self.cfg)
+        if request is None:
+            conn.parser.unreader.unread(data)
+            return None
+        if request.rest:
+            conn.parser.unreader.unread(request.rest)  # a pipelined next request
+        self.nr += 1
+        must_close = not self.alive or not self.cfg.keepalive
+        if self.nr >= self.max_requests:
+            if self.alive:
+                self.log.info("Autorestarting worker after current request.")
+                self.alive = False
+            must_close = True
+        elif len(self.keepalived_conns) >= self.max_keepalived:
+            must_close = True
+        close = must_close or request.closes
+        try:
+            conn.sock.setblocking(True)
+            answer = _call_app(self.wsgi, request.environ(conn, self._base_environ))
+            try:
+                conn.sock.sendall(answer.head(request.version, close) + answer.body)
+            finally:
+                answer.close()
+        except OSError as error:
+            if error.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
+                self.log.exception("Socket error processing request.")
+            return False
+        except Exception:
+            self.log.exception("Error handling request %s", request.path)
+            return False
+        self.log.debug("%s %s answered on the plain path", request.method, request.path)
+        return not close
+
+    @functools.cached_property
+    def _base_environ(self) -> dict[str, Any]:
+        return wsgi.base_environ(self.cfg)
+
+    @functools.cached_property
+    def _claims(self) -> Callable[[str, str], bool] | None:
+        """The app's say on which requests it answers the same whoever parses them (`claims`), if any."""
+        if self.cfg.accesslog or not self.cfg.keepalive:  # an access line needs gunicorn's request
+            return None
+        claims = getattr(getattr(self.wsgi, "wsgi_app", None), "claims", None)
+        return claims if callable(claims) else None
 
     def _wait_here(self, conn: TConn) -> bool:
         """Whether the thread that answered conn should wait for its next request (class docstring)."""
