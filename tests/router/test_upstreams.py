@@ -421,3 +421,35 @@ def test_a_request_answered_by_an_upstream_never_builds_a_dataframe(
     answer = plane.serve(route, batch, request_id="r1")
     assert answer.predictions.outputs == [1, 1]
     assert "frame" not in batch.__dict__  # the cached frame was never built
+
+
+def test_a_request_reaches_the_upstream_in_one_write_head_and_body_together() -> None:
+    """The server's first read holds the whole request: it never wakes for a head whose body is still coming."""
+    import socket
+
+    from router.backends.connections import ConnectionPool
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    reads: list[bytes] = []
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            for _ in range(3):  # three requests on the kept-alive connection
+                reads.append(conn.recv(65536))  # waiting already when the request arrives
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/v2/models/m/infer"
+    pool = ConnectionPool(url, size=1, timeout=5)
+    body = b'{"inputs": "' + b"x" * 3000 + b'"}'
+    for _ in range(3):
+        time.sleep(0.05)  # the server is in recv() before the request is sent
+        assert pool.request("POST", url, body, {"Content-Type": "application/json"}).body == b"ok"
+    thread.join(5)
+    pool.close()
+    listener.close()
+    for read in reads:
+        head, _, sent = read.partition(b"\r\n\r\n")
+        assert head.startswith(b"POST /v2/models/m/infer HTTP/1.1") and sent == body
