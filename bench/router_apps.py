@@ -3,6 +3,8 @@
 floor(): a bare WSGI app that parses the JSON body and answers a constant (the HTTP floor).
 hop(): a bare WSGI app that forwards the body as it is to BENCH_UPSTREAM_URL through the router's own
     connection pool and answers the upstream's bytes: one Python HTTP hop, the proxy floor.
+plain_hop(): hop() with its POSTs claimed by the worker's plain path (controller.server), as the
+    router's scoring routes are: the hop without gunicorn's parser and response objects.
 baseline(): a bare Flask app scoring the same registered pipeline in process, DataFrame per call.
 router(): the mlcanary router app over BENCH_DATABASE_URL (shadow/canary set up by router_bench.py);
     BENCH_ROUTER_SETTINGS, a JSON object of RouterSettings fields, overrides some (an A/B of a setting).
@@ -80,6 +82,25 @@ def hop() -> Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]:
         return [reply.body]
 
     return app
+
+
+class _Claimed:
+    """A WSGI app whose POSTs the product's worker answers on its plain path (what FastScoring says)."""
+
+    def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
+        self.wsgi_app = self
+        self.app = app
+
+    def claims(self, method: str, path: str) -> bool:
+        return method == "POST"
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        return self.app(environ, start_response)
+
+
+def plain_hop() -> _Claimed:
+    """Return hop() with its POSTs claimed by the worker's plain path."""
+    return _Claimed(hop())
 
 
 def baseline() -> Flask:

@@ -1,7 +1,7 @@
 """Benchmark mlcanary in front of MLServer against clients calling MLServer directly.
 
     .venv/bin/python bench/upstream_overhead.py [--seconds 8] [--rounds 3] [--worker threads|sync]
-        [--nginx] [--alternate N] [--out bench/results/upstream_overhead.md]
+        [--nginx] [--alternate N [--block K]] [--out bench/results/upstream_overhead.md]
 
 One MLServer 1.7.1 (the environment under .cache/peers/mlserver, built on first use like the tests
 do; sklearn runtime, parallel_workers 0) serves the churn pipeline (ColumnTransformer +
@@ -15,6 +15,8 @@ requests, wrk closed loop at c=1 and at saturation (c=16):
   hop      wrk -> a bare WSGI app on the same gunicorn worker that forwards direct's body as it is to
            MLServer through the router's own connection pool (bench/router_apps.py hop()): what one
            Python HTTP hop costs on this stack, the floor under any proxy's added latency here
+  plainhop the same app, its POSTs claimed by the worker's plain path (bench/router_apps.py plain_hop()):
+           the hop without gunicorn's parser and response objects, as the router's scoring routes run
   nginx    (--nginx, nginx installed: apt-get install -y nginx-light) wrk -> nginx, 2 worker processes,
            proxy_pass to MLServer over kept-alive upstream connections, direct's body as it is: what
            one hop costs a native proxy on the same machine (the same processes woken per request)
@@ -33,7 +35,10 @@ in turn (direct included, the order rotating), each setup on its own kept-alive 
 Python client; a setup's added latency is the median over the turns of its time minus direct's in
 the same turn. MLServer's own time for one row moves by several ms between windows seconds apart;
 requests milliseconds apart see the same server, so this resolves the 1 ms target where rounds of
-wrk could not.
+wrk could not. With --block K each turn sends K requests back to back to every setup in turn, and a
+setup's time in a turn is the median of its requests after the first: c=1 as wrk's closed loop sends
+it (each request as soon as the last is answered), still milliseconds from direct's; K = 1 (the
+default) is request by request, each setup idle while the others are served.
 Server-side CPU per request (MLServer, plus the router's gunicorn master and workers, from /proc)
 is the figure that survives a busy machine: on 2 shared cores, latency and throughput measure the
 other tenants as much as the proxy. The router's part of it (its gunicorn processes alone) is given
@@ -74,7 +79,8 @@ from router.backends.upstream import UpstreamTools  # noqa: E402
 from storage import Database, Store  # noqa: E402
 from storage import schema as db_schema  # noqa: E402
 
-SETUPS = ("direct", "hop", "proxied", "shadow")
+SETUPS = ("direct", "hop", "plainhop", "proxied", "shadow")
+HOPS = ("hop", "plainhop")  # forward direct's body as it is; nothing stored
 
 
 def prepare(directory: Path, setup: str, url: str) -> str:
@@ -174,7 +180,7 @@ class Router:
         self, setup: str, directory: Path, server: peers.PeerServer, args: argparse.Namespace
     ) -> None:
         self.setup = setup
-        self.database = "" if setup == "hop" else prepare(directory, setup, server.url)
+        self.database = "" if setup in HOPS else prepare(directory, setup, server.url)
         port = _port()
         metrics_dir = directory / f"metrics-{setup}"
         metrics_dir.mkdir()
@@ -195,7 +201,7 @@ class Router:
         self.process = subprocess.Popen(
             [str(Path(sys.executable).with_name("gunicorn")), "--bind", f"127.0.0.1:{port}", "--workers", "2",
              *worker, "--config", str(ROOT / "bench" / "router_apps.py"),
-             "--log-level", "warning", "router_apps:hop()" if setup == "hop" else "router_apps:router()"],
+             "--log-level", "warning", _APPS.get(setup, "router_apps:router()")],
             env=env, cwd=ROOT,
         )  # fmt: skip
         self.endpoint = f"http://127.0.0.1:{port}/v1/models/churn/invocations"
@@ -210,7 +216,7 @@ class Router:
         served = answered(self.base)
         self.process.send_signal(signal.SIGTERM)
         self.process.wait(60)
-        if self.setup == "hop":
+        if self.setup in HOPS:
             return None  # nothing is stored
         store = Store(Database(self.database))
         pairs = store.pairs.list(limit=10_000_000)
@@ -246,7 +252,9 @@ def run_rounds(
     return figures
 
 
-def alternate(targets: dict[str, tuple[str, bytes]], turns: int) -> dict[str, dict[str, float]]:
+def alternate(
+    targets: dict[str, tuple[str, bytes]], turns: int, block: int = 1
+) -> dict[str, dict[str, float]]:
     """c=1, request by request: each turn sends one request to every setup in turn (the order rotating
     from turn to turn), each on its own kept-alive connection; a setup's added latency is its time
     minus direct's in the same turn, the median over the turns.
@@ -254,6 +262,9 @@ def alternate(targets: dict[str, tuple[str, bytes]], turns: int) -> dict[str, di
     MLServer's own time for one row moved by 3-5 ms between 3 s windows of the same run, more than the
     1 ms target: rounds of wrk, seconds apart, measured that as much as the proxy. Requests sent in turn,
     milliseconds apart, see the same MLServer; what differs between them is the route.
+
+    block: requests sent back to back to a setup in its turn, the turn's time the median of all but
+    the first (c=1 in a closed loop, as wrk sends it); 1, request by request.
     """
     pools = {name: ConnectionPool(url, size=1, timeout=30) for name, (url, _) in targets.items()}
     times: dict[str, list[float]] = {name: [] for name in targets}
@@ -262,13 +273,15 @@ def alternate(targets: dict[str, tuple[str, bytes]], turns: int) -> dict[str, di
         for turn in range(-20, turns):  # 20 turns of warm-up, not counted
             for name in rotated(names, turn):
                 url, body = targets[name]
-                started = time.perf_counter()
-                reply = pools[name].request("POST", url, body, {"Content-Type": "application/json"})
-                elapsed = (time.perf_counter() - started) * 1000
-                if reply.status != 200:
-                    sys.exit(f"{name} answered {reply.status}: {reply.body[:200]!r}")
+                elapsed = []
+                for _ in range(block):
+                    started = time.perf_counter()
+                    reply = pools[name].request("POST", url, body, {"Content-Type": "application/json"})
+                    elapsed.append((time.perf_counter() - started) * 1000)
+                    if reply.status != 200:
+                        sys.exit(f"{name} answered {reply.status}: {reply.body[:200]!r}")
                 if turn >= 0:
-                    times[name].append(elapsed)
+                    times[name].append(_median(elapsed[1:]) if block > 1 else elapsed[0])
     finally:
         for pool in pools.values():
             pool.close()
@@ -300,7 +313,8 @@ def report(
         f"Command: `.venv/bin/python bench/upstream_overhead.py --seconds {args.seconds} --rounds {args.rounds}"
         f" --worker {args.worker} --next-request-wait-ms {args.next_request_wait_ms:g}"
         + (" --nginx" if args.nginx else "")
-        + (f" --alternate {args.alternate}`" if args.alternate else "`"),
+        + (f" --alternate {args.alternate}" if args.alternate else "")
+        + (f" --block {args.block}`" if args.alternate and args.block > 1 else "`"),
         "",
         f"One run of {args.rounds} rounds; each round measures every setup at c=1 and then at c=16 ({args.seconds} s"
         " of wrk each), the setups' order rotating from round to round; figures are medians over the rounds,",
@@ -347,7 +361,7 @@ def report(
     lines += ["| setup | c=1 added p50 / p99 ms (median; each round) | c=1 throughput ratio (median; each round) "
               "| c=16 added p50 / p99 ms | c=16 throughput ratio | added server-side CPU ms per request (c=1 / c=16) |",
               "|---|---|---|---|---|---|"]  # fmt: skip
-    for name in ("nginx", "hop", "proxied", "shadow"):
+    for name in ("nginx", *HOPS, "proxied", "shadow"):
         if name not in figures:
             continue
         r = figures[name]
@@ -381,7 +395,10 @@ def report(
     if alternated:
         lines += [
             "",
-            f"## c=1 request by request ({args.alternate} turns, every setup once per turn, the order rotating)",
+            f"## c=1 request by request ({args.alternate} turns, every setup once per turn, the order rotating)"
+            if args.block == 1
+            else f"## c=1 in a closed loop, turn by turn ({args.alternate} turns, {args.block} requests back to back"
+            " to every setup per turn, the order rotating; a turn's time: the median of all but the first)",
             "",
             "| setup | p50 / p99 ms | added p50 ms (median of each turn's difference with direct) |",
             "|---|---|---|",
@@ -392,6 +409,7 @@ def report(
     return "\n".join(lines) + "\n"
 
 
+_APPS = {"hop": "router_apps:hop()", "plainhop": "router_apps:plain_hop()"}
 _WORKERS = {
     "threads": "the product's threaded read-buffering worker, {threads} threads each, keep-alive",
     "sync": "sync, a new connection per request",
@@ -412,6 +430,18 @@ def main() -> None:
         type=int,
         default=0,
         help="then N turns at c=1, one request to every setup per turn (added latency request by request)",
+    )
+    parser.add_argument(
+        "--setups",
+        type=lambda text: [name for name in SETUPS[1:] if name in text.split(",")],
+        default=list(SETUPS[1:]),
+        help=f"the routed setups to measure besides direct (default: {','.join(SETUPS[1:])})",
+    )
+    parser.add_argument(
+        "--block",
+        type=int,
+        default=1,
+        help="with --alternate: K requests back to back to every setup per turn (c=1 in a closed loop)",
     )
     parser.add_argument(
         "--next-request-wait-ms",
@@ -443,7 +473,7 @@ def main() -> None:
         direct_body = encode(configure("mlserver", None, "classification"), columns, dtypes).decode()
         proxied_body = json.dumps({"dataframe_split": json.loads(frame.to_json(orient="split", index=False))})
         script = lua(directory, "proxied", proxied_body)
-        routers = [Router(setup, directory, server, args) for setup in ("hop", "proxied", "shadow")]
+        routers = [Router(setup, directory, server, args) for setup in args.setups]
         for router in routers:
             router.wait_ready()
         direct_script = lua(directory, "direct", direct_body)  # the hop forwards the same body as it is
@@ -457,7 +487,7 @@ def main() -> None:
             **{
                 r.setup: (
                     r.endpoint,
-                    direct_script if r.setup == "hop" else script,
+                    direct_script if r.setup in HOPS else script,
                     [r.process.pid, server.process.pid],
                     r.process.pid,
                 )
@@ -469,11 +499,12 @@ def main() -> None:
             bodies = {
                 "direct": direct_body.encode(),
                 "nginx": direct_body.encode(),
-                "hop": direct_body.encode(),
+                **{hop: direct_body.encode() for hop in HOPS},
             }
             alternated = alternate(
                 {name: (t[0], bodies.get(name, proxied_body.encode())) for name, t in targets.items()},
                 args.alternate,
+                args.block,
             )
         time.sleep(1.5)
         for router in routers:
