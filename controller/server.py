@@ -337,8 +337,8 @@ def plain_request(data: bytes, claims: Callable[[str, str], bool], cfg: Any) -> 
 
     Plain: `METHOD /path HTTP/1.0|1.1` with a path of visible ASCII and no query or percent-escape,
     headers of a token name without "_" (gunicorn drops those) and a visible-ASCII value, each at most
-    once, within gunicorn's limits, no framing or upgrade header but one Content-Length, and the body
-    all there; and the app claims the method and path. Anything else is gunicorn's to parse (and to
+    once, within gunicorn's limits, no framing, upgrade or forwarded-scheme header but one
+    Content-Length, and the body all there; and the app claims the method and path. Anything else is gunicorn's to parse (and to
     refuse: its 400s and 431s are unchanged).
     """
     end = data.find(b"\r\n\r\n")
@@ -359,7 +359,10 @@ def plain_request(data: bytes, claims: Callable[[str, str], bool], cfg: Any) -> 
         found = _PLAIN_HEADER.fullmatch(raw)
         if found is None or len(raw) > size_limit:
             return None
-        name = found.group(1).decode().upper().replace("-", "_")
+        field = found.group(1).decode().upper()
+        if field in cfg.secure_scheme_headers:
+            return None  # X-Forwarded-Proto and its kind: gunicorn weighs them by the peer's address
+        name = field.replace("-", "_")
         if name in _NOT_PLAIN:
             return None
         key = name if name in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + name
@@ -476,8 +479,8 @@ class ReadBufferingWorker(ThreadWorker):
     headers gunicorn would write (Server, Date, Connection, then the app's), in one send. Those
     objects cost ~0.3 ms of CPU per request on a thread that has idled for the model's answer, on
     the answer's path at one request at a time (BENCHMARKS.md, "Tenth session"). Anything else,
-    and every request when an access log is configured, goes through gunicorn as before; a test
-    compares both paths' answers on a real router.
+    and every request when an access log or a request hook is configured, goes through gunicorn as
+    before; a test compares both paths' answers on a real router.
     """
 
     alive: bool  # gunicorn's: False once the worker is told to stop
@@ -569,8 +572,9 @@ class ReadBufferingWorker(ThreadWorker):
     @functools.cached_property
     def _claims(self) -> Callable[[str, str], bool] | None:
         """The app's say on which requests it answers the same whoever parses them (`claims`), if any."""
-        if self.cfg.accesslog or not self.cfg.keepalive:  # an access line needs gunicorn's request
-            return None
+        hooks = (self.cfg.pre_request, self.cfg.post_request)
+        if self.cfg.accesslog or any(getattr(h, "__module__", None) != "gunicorn.config" for h in hooks):
+            return None  # an access line or a request hook of the configuration needs gunicorn's request
         claims = getattr(getattr(self.wsgi, "wsgi_app", None), "claims", None)
         return claims if callable(claims) else None
 

@@ -131,6 +131,9 @@ def test_requests_that_are_not_plain_take_gunicorns_path_and_are_answered_as_bef
     # a header name with "_" (gunicorn drops it): answered, on gunicorn's path
     [dropped] = _exchange(router, _request(rid="underscore", headers="X_Routing_Key: k\r\n"))
     assert dropped[0] == "HTTP/1.1 200 OK"
+    # a forwarded scheme (gunicorn trusts it from some peers only)
+    [forwarded] = _exchange(router, _request(rid="forwarded", headers="X-Forwarded-Proto: https\r\n"))
+    assert forwarded[0] == "HTTP/1.1 200 OK"
     # a repeated Content-Length: gunicorn refuses it
     with socket.create_connection(("127.0.0.1", router.port), timeout=10) as sock:
         sock.sendall(_request(rid="twice", headers=f"Content-Length: {len(BODY)}\r\n"))
