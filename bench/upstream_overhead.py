@@ -313,6 +313,7 @@ def report(
         f"Command: `.venv/bin/python bench/upstream_overhead.py --seconds {args.seconds} --rounds {args.rounds}"
         f" --worker {args.worker} --next-request-wait-ms {args.next_request_wait_ms:g}"
         + (" --nginx" if args.nginx else "")
+        + (f" --setups {','.join(args.setups)}" if args.setups != list(SETUPS[1:]) else "")
         + (f" --alternate {args.alternate}" if args.alternate else "")
         + (f" --block {args.block}`" if args.alternate and args.block > 1 else "`"),
         "",
