@@ -128,7 +128,7 @@ def create_app(
     app.static_folder = str(api.STATIC_DIR)  # /static/... is the dashboard's assets, never the working dir
     app.after_request(api.secure_headers)
     # what secure_headers adds to a JSON answer, on the scoring routes' fast path too (router.http.FastScoring)
-    from router.http import scoring_headers
+    from router.http import mirror_hook
 
-    scoring_headers(app).append(("X-Content-Type-Options", "nosniff"))
+    mirror_hook(app, api.secure_headers, [("X-Content-Type-Options", "nosniff")])
     return app

@@ -162,22 +162,49 @@ class FastScoring:
     of a millisecond of CPU per request on the proxied path (BENCHMARKS.md, "Tenth session"), as
     much as everything else the router adds to an upstream's answer but the HTTP client. The
     answer is the view's, byte for byte: `score` is the view's body; `headers` holds what the
-    app's after_request hooks add to a scoring answer (the serve app's `X-Content-Type-Options`),
-    and a test compares both paths' answers for each role.
+    app's after_request hooks add to a scoring answer (the serve app's `X-Content-Type-Options`,
+    `mirror_hook`), and a test compares both paths' answers for each role. An app with a request
+    hook this path does not mirror gets its scoring routes through Flask (`active`).
     """
 
     def __init__(self, app: Flask, plane: DataPlane) -> None:
+        self.app = app
         self.wsgi_app = app.wsgi_app
         self.plane = plane
         self.headers: list[tuple[str, str]] = []
+        self.mirrored: set[Any] = {bound_chunked_body}  # the app's hooks this path does the work of
+        self._active: bool | None = None
+
+    def active(self) -> bool:
+        """Whether every request hook of the app is one this path mirrors (decided at the first request).
+
+        A hook added to the app later (a check of a token on the scoring routes, say) is not silently
+        skipped: the scoring routes then go through Flask, and the log says why, once.
+        """
+        if self._active is None:
+            hooks = [
+                f
+                for table in (self.app.before_request_funcs, self.app.after_request_funcs)
+                for key in (None, blueprint.name)
+                for f in table.get(key, [])
+            ]
+            unknown = [getattr(f, "__qualname__", repr(f)) for f in hooks if f not in self.mirrored]
+            if unknown:
+                log.warning("scoring routes served through Flask: request hooks %s", ", ".join(unknown))
+            self._active = not unknown
+        return self._active
 
     def claims(self, method: str, path: str) -> bool:
         """Whether this answers the request itself (not Flask): a server may then hand it over with a
         minimal environ (controller.server's plain path); the answer is the same either way."""
-        return method == "POST" and _SCORING_PATH.fullmatch(path) is not None
+        return method == "POST" and _SCORING_PATH.fullmatch(path) is not None and self.active()
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
-        if environ.get("REQUEST_METHOD") != "POST" or "HTTP_TRANSFER_ENCODING" in environ:
+        if (
+            environ.get("REQUEST_METHOD") != "POST"
+            or "HTTP_TRANSFER_ENCODING" in environ
+            or not self.active()
+        ):
             return self.wsgi_app(environ, start_response)
         found = _SCORING_PATH.fullmatch(environ.get("PATH_INFO", ""))
         if found is None:
@@ -222,12 +249,13 @@ class _Answered:
         yield self.body
 
 
-def scoring_headers(app: Flask) -> list[tuple[str, str]]:
-    """The headers the fast path adds to every scoring answer (what the app's hooks add to them)."""
+def mirror_hook(app: Flask, hook: Any, headers: list[tuple[str, str]]) -> None:
+    """Say that the fast path does what an app hook does to a scoring answer: add these headers."""
     fast = app.wsgi_app
     if not isinstance(fast, FastScoring):
         raise TypeError("the app's scoring routes have no fast path (router.create_app installs it)")
-    return fast.headers
+    fast.headers.extend(headers)
+    fast.mirrored.add(hook)
 
 
 _V2_LENGTH = "HTTP_" + v2.HEADER_LENGTH.upper().replace("-", "_")

@@ -143,3 +143,30 @@ def test_an_unexpected_failure_is_a_500_without_details_and_leaves_nothing_in_fl
     status, _, _ = _answer(app.wsgi_app, CASES["mlflow"], "after")  # run as a server does: closed once sent
     assert status == "200 OK"
     assert plane._inflight == 0
+
+
+def test_a_request_hook_the_fast_path_does_not_mirror_sends_the_scoring_routes_through_flask(
+    sqlite_store: Store, tmp_path: Path
+) -> None:
+    """A hook added to the app (a token check on every route, say) is never skipped for scoring."""
+    champion = mlpipes.register(sqlite_store, tmp_path, name="churn", version="1")
+    mlpipes.deploy(sqlite_store, "churn", champion)
+    with running(sqlite_store, tmp_path, role="router") as app:
+
+        @app.before_request
+        def token_check() -> Any:
+            from flask import request
+
+            if request.headers.get("Authorization") != "Bearer t":
+                return {"error": {"code": "unauthorized", "message": "no token"}}, 401
+            return None
+
+        fast = app.wsgi_app
+        assert isinstance(fast, FastScoring)
+        assert not fast.claims("POST", "/v1/models/churn/invocations")
+        client = app.test_client()
+        assert client.post("/v1/models/churn/invocations", json=SPLIT).status_code == 401
+        allowed = client.post(
+            "/v1/models/churn/invocations", json=SPLIT, headers={"Authorization": "Bearer t"}
+        )
+        assert allowed.status_code == 200
