@@ -150,6 +150,7 @@ def score(plane: DataPlane, deployment: str, protocol: str, environ: dict[str, A
     return Scored(status, headers, text.encode())
 
 
+INTERNAL_ERROR = {"error": {"code": "internal_error", "message": "internal error; see the logs"}}
 _SCORING_PATH = re.compile(r"/v1/models/([^/]+)/invocations|/v2/models/([^/]+)/(?:versions/[^/]+/)?infer")
 
 
@@ -215,8 +216,7 @@ class FastScoring:
             answer = score(self.plane, name, "mlflow" if found.group(1) else "v2", environ)
         except Exception:
             log.exception("unexpected error")  # as the app's error handler: a 500 without details
-            error = {"error": {"code": "internal_error", "message": "internal error; see the logs"}}
-            answer = Scored(500, [], _json_text(error).encode())  # score has left the plane
+            answer = Scored(500, [], _json_text(INTERNAL_ERROR).encode())  # score has left the plane
             start_response(_status_line(500), _headers(answer, self.headers))
             return [answer.body]
         start_response(_status_line(answer.status), _headers(answer, self.headers))
@@ -492,6 +492,4 @@ def install_error_handlers(app: Flask) -> None:
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
         log.exception("unexpected error")
-        return _json_response(
-            {"error": {"code": "internal_error", "message": "internal error; see the logs"}}, 500
-        )
+        return _json_response(INTERNAL_ERROR, 500)
