@@ -32,6 +32,7 @@ recorded as skipped ("shed"): coverage lost, not an error.
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import os
@@ -40,8 +41,10 @@ import threading
 import time
 import uuid
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from router.backends import Backend, MissingBackend, Predictions
 from router.batcher import Arrival, Batcher
@@ -143,11 +146,16 @@ class DataPlane:
         return self
 
     def close(self, timeout: float = 10.0) -> None:
-        """Finish or cancel shadow work, then flush every record (to storage or the spool)."""
+        """Finish or cancel shadow work, then flush every record (to storage or the spool).
+
+        Requests still in flight are given a quarter of the timeout to leave first: one whose
+        answer is sent hands its pair and shadow work over only then (router.http, answer first).
+        """
         if self.closed:
             return
         self.closed = True
         deadline = time.monotonic() + timeout
+        self.idle.wait(timeout / 4)
         self.shadow.close(timeout=max(0.1, timeout / 2))
         self.recorder.close(timeout=max(0.1, deadline - time.monotonic()))
         self._stop.set()
@@ -210,17 +218,21 @@ class DataPlane:
         request_id: str | None = None,
         routing_key: str | None = None,
         arrival: Arrival | None = None,
+        after: list[Callable[[], None]] | None = None,
     ) -> Answer:
         """Answer a validated batch; record it; raise BackendError only if the champion fails.
 
         arrival: what enter() returned; it settles when the request reaches the batcher.
+        after: when given, what comes once the answer is known and need not delay it (recording the
+        pair, handing the other arm to the shadow pool) is appended here instead of done; the caller
+        runs it once the answer is sent (router.http). Nothing of it changes the answer.
         """
         with self._inflight_lock:
             self._serving += 1
             if self._serving == 2:
                 self._crowded_since = time.monotonic()
         try:
-            return self._serve(route, batch, request_id, routing_key, arrival)
+            return self._serve(route, batch, request_id, routing_key, arrival, after)
         finally:
             with self._inflight_lock:
                 if self._serving == 2:
@@ -234,6 +246,7 @@ class DataPlane:
         request_id: str | None,
         routing_key: str | None,
         arrival: Arrival | None,
+        after: list[Callable[[], None]] | None,
     ) -> Answer:
         received_at = datetime.now(UTC)
         request_id = request_id or uuid.uuid4().hex
@@ -255,7 +268,7 @@ class DataPlane:
             assert challenger is not None
             exchange.challenger = self._call_guarded(challenger, batch, exchange, arrival)
             if exchange.challenger.predictions is not None:
-                self._shadow_or_record(exchange, route)
+                _then(after, self._shadow_or_record, exchange, route)
                 return Answer(CHALLENGER, challenger.version, exchange.challenger.predictions)
             exchange.served_arm = served = CHAMPION  # the challenger failed: the champion answers
             error = exchange.challenger.error or ""
@@ -270,9 +283,9 @@ class DataPlane:
         exchange.champion = self._score(route.champion, batch, exchange, arrival)
         result = exchange.champion
         if served == CHAMPION and exchange.challenger is not None:
-            self.recorder.add(exchange)  # fallback: both arms ran inline
+            _then(after, self.recorder.add, exchange)  # fallback: both arms ran inline
         else:
-            self._shadow_or_record(exchange, route)
+            _then(after, self._shadow_or_record, exchange, route)
         if result.predictions is None:
             assert isinstance(result.exception, BackendError)
             raise result.exception
@@ -453,6 +466,14 @@ def _freeze_heap() -> None:
     gc.collect()
     gc.freeze()
     _frozen_in = os.getpid()
+
+
+def _then(after: list[Callable[[], None]] | None, work: Callable[..., None], *args: Any) -> None:
+    """Do work now, or append it to `after` (DataPlane.serve) to be done once the answer is sent."""
+    if after is None:
+        work(*args)
+    else:
+        after.append(functools.partial(work, *args))
 
 
 def _call(backend: Backend, batch: Batch) -> ArmResult:

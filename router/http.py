@@ -10,13 +10,15 @@ echoed; `X-Routing-Key` is the sticky assignment key (default: the request id). 
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
 import re
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, request
@@ -62,17 +64,22 @@ def _predict(deployment: str, protocol: str) -> Response:
     answer = score(plane, deployment, protocol, request.environ)
     response = Response(answer.body, status=answer.status, mimetype="application/json")
     response.headers.extend(answer.headers)
-    response.call_on_close(plane.leave)
+    response.call_on_close(functools.partial(_answered, plane, answer.after))
     return response
 
 
 @dataclass(frozen=True)
 class Scored:
-    """A scoring route's answer: status, the headers besides Content-Type and Content-Length, JSON body."""
+    """A scoring route's answer: status, the headers besides Content-Type and Content-Length, JSON body.
+
+    after: what is left to do once the answer is sent (`_answered`): the pair's recording, the
+    other arm's shadow scoring, the request's metrics.
+    """
 
     status: int
     headers: list[tuple[str, str]]
     body: bytes
+    after: list[Callable[[], None]] = field(default_factory=list)
 
 
 def score(plane: DataPlane, deployment: str, protocol: str, environ: dict[str, Any]) -> Scored:
@@ -80,7 +87,13 @@ def score(plane: DataPlane, deployment: str, protocol: str, environ: dict[str, A
 
     The one implementation of the scoring routes, under Flask's views and the fast path alike
     (`FastScoring`). The request counts as in flight from here until the caller calls
-    `plane.leave()`, once the answer is sent (or at once, if this raises).
+    `_answered(plane, scored.after)` once the answer is sent (or `plane.leave()` at once, if this
+    raises). Answer first: under gunicorn (`mlcanary router`), which closes every response once
+    sent, the pair's recording, the shadow arm's hand-off and the metrics wait in `after` until
+    then, so the client does not wait for them (at one request at a time in front of a model
+    server, the router's own work on the answer's path is what its added latency is). Under a
+    server that may not close a response (Flask's test client leaves it to its caller) they are
+    done before this returns.
     """
     started = time.perf_counter()
     request_id = environ.get("HTTP_X_REQUEST_ID") or ""
@@ -88,6 +101,7 @@ def score(plane: DataPlane, deployment: str, protocol: str, environ: dict[str, A
     # /metrics labels only deployments the router knows: a URL cannot add a series
     label = deployment if deployment in plane.routes.routes else "unknown"
     arrival = plane.enter(deployment if label != "unknown" else None, _kept_alive(environ))
+    after: list[Callable[[], None]] = []
     try:
         headers: list[tuple[str, str]] = []
         try:
@@ -114,7 +128,7 @@ def score(plane: DataPlane, deployment: str, protocol: str, environ: dict[str, A
             request_id = request_id or v2_id or uuid.uuid4().hex
             batch = build_batch(columns, schema, max_rows=plane.settings.max_rows)
             answer = plane.serve(
-                route, batch, request_id=request_id, routing_key=routing_key, arrival=arrival
+                route, batch, request_id=request_id, routing_key=routing_key, arrival=arrival, after=after
             )
             arm = answer.arm
             outputs = answer.predictions.outputs
@@ -133,21 +147,50 @@ def score(plane: DataPlane, deployment: str, protocol: str, environ: dict[str, A
                 ("X-Mlcanary-Arm", answer.arm),
                 ("X-Mlcanary-Version", header_value(answer.version.ref)),
             ]
-            metrics = get_metrics()
-            metrics.child(metrics.requests, label, arm, protocol).inc()
+            code = None
         except RouterError as exc:
             status, text = exc.status, _json_text(public_error(exc))
-            metrics = get_metrics()
-            metrics.child(metrics.errors, label, exc.code).inc()
+            code = exc.code
         finally:
             plane.answered(arrival)
         headers.append(("X-Request-Id", header_value(request_id or uuid.uuid4().hex)))
-        metrics = get_metrics()
-        metrics.child(metrics.latency, label, arm).observe(time.perf_counter() - started)
+        after.append(functools.partial(_count, label, arm, protocol, code, time.perf_counter() - started))
     except BaseException:
         plane.leave()
         raise
-    return Scored(status, headers, text.encode())
+    if "gunicorn.socket" not in environ:  # a server that may never close the response: do it now
+        _run(after)
+        after = []
+    return Scored(status, headers, text.encode(), after)
+
+
+def _count(label: str, arm: str, protocol: str, code: str | None, seconds: float) -> None:
+    """A scoring request's metrics: answered (or refused, with its error code), and its latency."""
+    metrics = get_metrics()
+    if code is None:
+        metrics.child(metrics.requests, label, arm, protocol).inc()
+    else:
+        metrics.child(metrics.errors, label, code).inc()
+    metrics.child(metrics.latency, label, arm).observe(seconds)
+
+
+def _answered(plane: DataPlane, after: list[Callable[[], None]]) -> None:
+    """Once a scoring answer is sent: what it left to do (`Scored.after`), then the request leaves.
+
+    A failure here is logged and never reaches the client, who has its answer.
+    """
+    try:
+        _run(after)
+    finally:
+        plane.leave()
+
+
+def _run(after: list[Callable[[], None]]) -> None:
+    for work in after:
+        try:
+            work()
+        except Exception:  # the answer stands: a failure to record or count is logged
+            log.exception("after a scoring answer")
 
 
 INTERNAL_ERROR = {"error": {"code": "internal_error", "message": "internal error; see the logs"}}
@@ -220,7 +263,7 @@ class FastScoring:
             start_response(_status_line(500), _headers(answer, self.headers))
             return [answer.body]
         start_response(_status_line(answer.status), _headers(answer, self.headers))
-        return _Answered(answer.body, self.plane.leave)
+        return _Answered(answer.body, functools.partial(_answered, self.plane, answer.after))
 
 
 def _status_line(status: int) -> str:
@@ -237,7 +280,7 @@ def _headers(answer: Scored, extra: list[tuple[str, str]]) -> list[tuple[str, st
 
 
 class _Answered:
-    """The fast path's response iterable: the body, and the request leaves the plane once it is sent."""
+    """The fast path's response iterable: the body; once it is sent, what is left (`_answered`)."""
 
     __slots__ = ("body", "close")
 

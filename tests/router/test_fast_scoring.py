@@ -170,3 +170,54 @@ def test_a_request_hook_the_fast_path_does_not_mirror_sends_the_scoring_routes_t
             "/v1/models/churn/invocations", json=SPLIT, headers={"Authorization": "Bearer t"}
         )
         assert allowed.status_code == 200
+
+
+def _started(app: Any, request_id: str, *, gunicorn: bool) -> tuple[list[str], Any]:
+    """Call a WSGI app with a scoring request as a server does, without closing the answer yet."""
+    environ = EnvironBuilder(
+        path="/v1/models/churn/invocations", method="POST", json=SPLIT, headers={"X-Request-Id": request_id}
+    ).get_environ()
+    if gunicorn:
+        environ["gunicorn.socket"] = object()  # what gunicorn (mlcanary router) puts in every environ
+    status: list[str] = []
+    answer = app(environ, lambda line, headers, exc_info=None: status.append(line))
+    return status, answer
+
+
+@pytest.mark.parametrize("path", ["fast", "views"])
+def test_under_gunicorn_the_answer_goes_first_and_the_pair_is_recorded_once_it_is_sent(
+    app: Flask, path: str
+) -> None:
+    """Recording (and the metrics) wait until the server closes the answer; elsewhere they come first."""
+    plane = app.extensions["mlcanary.dataplane"]
+    recorded: list[str] = []
+    plane.recorder.add = lambda exchange: recorded.append(exchange.request_id)
+    wsgi = app.wsgi_app if path == "fast" else app.wsgi_app.wsgi_app
+
+    status, answer = _started(wsgi, f"{path}-1", gunicorn=True)
+    body = b"".join(answer)
+    assert status == ["200 OK"] and len(json.loads(body)["predictions"]) == len(FRAME)
+    assert recorded == [] and plane._inflight == 1  # sent, not yet closed: nothing recorded
+    answer.close()
+    assert recorded == [f"{path}-1"] and plane._inflight == 0
+
+    _, answer = _started(wsgi, f"{path}-2", gunicorn=False)  # a server that may never close it
+    assert recorded == [f"{path}-1", f"{path}-2"]
+    answer.close()
+    assert plane._inflight == 0
+
+
+def test_a_failure_after_the_answer_is_logged_and_the_request_still_leaves(
+    app: Flask, caplog: pytest.LogCaptureFixture
+) -> None:
+    plane = app.extensions["mlcanary.dataplane"]
+
+    def broken(exchange: Any) -> None:
+        raise RuntimeError("the recorder broke")
+
+    plane.recorder.add = broken
+    status, answer = _started(app.wsgi_app, "late", gunicorn=True)
+    assert status == ["200 OK"] and b"predictions" in b"".join(answer)
+    answer.close()
+    assert plane._inflight == 0
+    assert any("after a scoring answer" in r.message and r.exc_info for r in caplog.records)
