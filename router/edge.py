@@ -13,7 +13,12 @@ make a batch of other requests' pairs fail to store:
 
 from __future__ import annotations
 
+import json
+import re
+from typing import Any
 from urllib.parse import quote
+
+import orjson
 
 from router.errors import InvalidInput
 from storage.entities import MAX_REQUEST_ID as MAX_ID
@@ -49,3 +54,24 @@ def header_value(value: str) -> str:
     if valid_request_id(value) and "%" not in value:
         return value
     return quote(value, safe=_HEADER_SAFE)
+
+
+def parse_json(data: bytes) -> Any:
+    """Parse JSON as `json.loads` does, through orjson when it can (the same values, a third of the time).
+
+    orjson refuses some of what the standard library reads (NaN and Infinity literals, UTF-16 and
+    UTF-32 bodies, a byte-order mark, lone surrogates) and reads an integer beyond 64 bits as a
+    float: a body with a run of 19 digits or more, and any body orjson refuses, goes to
+    `json.loads`, which gives its own result or its own error. A body parsed here is on the
+    answer's path of every request (the request, an upstream's answer): json.loads spent ~17 us on
+    a one-row request, orjson 2-12 (tests/unit/test_parse_json.py checks the two agree).
+    """
+    if _LONG_NUMBER.search(data) is None:
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(data)
+
+
+_LONG_NUMBER = re.compile(rb"\d{19}")  # 2**63 has 19 digits: orjson makes a float of what exceeds 64 bits

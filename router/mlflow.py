@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Sequence
 from typing import Any
 
+from router.edge import parse_json
 from router.errors import InvalidInput, UnsupportedMediaType
 from storage.entities import Column
 
@@ -63,7 +63,7 @@ def load_json(body: bytes) -> Any:
     if not body:
         raise InvalidInput("the request body is empty", code="empty_batch")
     try:
-        return json.loads(body)
+        return parse_json(body)
     except (ValueError, UnicodeDecodeError) as exc:  # also integers beyond 4300 digits
         raise InvalidInput(f"the body is not valid JSON: {exc}", code="invalid_json") from exc
     except RecursionError as exc:

@@ -25,6 +25,7 @@ import pandas as pd
 from router.backends.base import Predictions, check_length, plain
 from router.backends.connections import ConnectError, ConnectionPool, Timeout
 from router.backends.encodings import Answer, ConfigError, UpstreamConfig, encode, read_mlflow, read_v2
+from router.edge import parse_json
 from router.errors import BackendError, InputRejected, InvalidOutput, ModelTimeout, ModelUnavailable
 from storage.entities import PipelineVersion
 
@@ -162,8 +163,8 @@ class UpstreamBackend:
                 raise ModelUnavailable(f"{self.version.ref} answered {reply.status}: {text}")
             raise BackendError(f"{self.version.ref} answered {reply.status}: {text}")
         try:
-            return json.loads(reply.body)
-        except ValueError as exc:
+            return parse_json(reply.body)
+        except (ValueError, RecursionError) as exc:
             raise InvalidOutput(f"{self.version.ref} answered a body that is not JSON") from exc
 
     def _shape(
