@@ -40,7 +40,9 @@ def _same(a: Any, b: Any) -> bool:
 
 @settings(max_examples=300, deadline=None)
 @given(_DOCUMENTS, st.sampled_from(["utf-8", "utf-16", "utf-32", "utf-8-sig"]), st.booleans())
-def test_every_document_is_read_as_json_loads_reads_it(document: Any, encoding: str, ascii_only: bool) -> None:
+def test_every_document_is_read_as_json_loads_reads_it(
+    document: Any, encoding: str, ascii_only: bool
+) -> None:
     text = json.dumps(document, ensure_ascii=ascii_only)
     try:
         data = text.encode(encoding)
@@ -53,9 +55,9 @@ def test_every_document_is_read_as_json_loads_reads_it(document: Any, encoding: 
     "data",
     [
         b'{"a": NaN, "b": -Infinity}',
-        b'[18446744073709551616, -9223372036854775809]',
+        b"[18446744073709551616, -9223372036854775809]",
         b'{"k": 1, "k": 2}',
-        '"\\ud800"'.encode(),
+        b'"\\ud800"',
         '{"x": "caf\u00e9"}'.encode("utf-16"),
         b"\xef\xbb\xbf[1]",
         b"1e400",
