@@ -235,13 +235,21 @@ def _numeric(column: Column, values: Sequence[Any]) -> np.ndarray:
                 except (ValueError, OverflowError) as exc:
                     raise _type_error(column, value, "a number") from exc
     if column.dtype == "int":
-        finite = array[~np.isnan(array)]
-        if finite.size and not np.all(np.floor(finite) == finite):
-            bad = finite[np.floor(finite) != finite][0]
-            raise _type_error(column, float(bad), "an integer")
-        if finite.size == array.size:
+        # one pass over the floats (a request has a few): numpy's masks and floors cost ~9 us a column
+        missing = False
+        for number in array.tolist():
+            if number != number:
+                missing = True
+            elif not number.is_integer():  # 1.5, and infinity: not an integer
+                raise _type_error(column, number, "an integer")
+            elif not _INT64_MIN <= number < _INT64_END:
+                raise _type_error(column, number, "an integer of at most 64 bits")
+        if not missing:
             return array.astype(np.int64)
     return array
+
+
+_INT64_MIN, _INT64_END = -(2.0**63), 2.0**63  # an int64 holds every whole float in [MIN, END)
 
 
 def _boolean(column: Column, values: Sequence[Any]) -> Any:

@@ -105,6 +105,8 @@ def test_json_null_becomes_nan_in_every_column(client: Any, pipeline: Any) -> No
         ({"dataframe_records": [{**r, "colour": "red"} for r in _records()]}, "unknown_columns"),
         ({"dataframe_records": [{**r, "age": "old"} for r in _records()]}, "wrong_type"),
         ({"dataframe_records": [{**r, "support_calls": 1.5} for r in _records()]}, "wrong_type"),
+        ({"dataframe_records": [{**r, "support_calls": "inf"} for r in _records()]}, "wrong_type"),
+        ({"dataframe_records": [{**r, "support_calls": 1e30} for r in _records()]}, "wrong_type"),
         ({"dataframe_records": [{**r, "plan": {"x": 1}} for r in _records()]}, "wrong_type"),
         ({"dataframe_records": []}, "empty_batch"),
         ({"dataframe_split": {"columns": list(FRAME.columns), "data": [[1, 2]]}}, "ragged_rows"),
@@ -117,6 +119,8 @@ def test_json_null_becomes_nan_in_every_column(client: Any, pipeline: Any) -> No
         "extra",
         "wrong-float",
         "wrong-int",
+        "infinite-int",  # was scored as -9223372036854775808
+        "int-beyond-64-bits",  # likewise
         "nested",
         "empty",
         "ragged",
