@@ -161,9 +161,12 @@ class ConnectionPool:
         host = f"[{self.host}]" if ":" in self.host else self.host
         self._host_header = host if self.port == default_port else f"{host}:{self.port}"
         self._tls = ssl.create_default_context() if self.https else None
-        self._slots = threading.BoundedSemaphore(size)
+        self.size = size
+        self._busy = 0  # requests holding a slot (each on one connection)
+        self._waiting = 0  # requests waiting for a slot
         self._idle: list[_Connection] = []
         self._lock = threading.Lock()
+        self._freed = threading.Condition(self._lock)
         self._closed = False
 
     def request(
@@ -171,15 +174,16 @@ class ConnectionPool:
     ) -> Reply:
         """Send one request to an absolute URL on this pool's host; raise ConnectError or Timeout."""
         message = self._message(method, url, body, headers)
-        if not self._slots.acquire(timeout=self.timeout):
-            raise Timeout(f"no free connection to {self.host}:{self.port} within {self.timeout:g} s")
+        idle = self._checkout()
+        keep = False
+        connection: _Connection | None = None
         try:
             for attempt in (0, 1):
-                connection: _Connection | None = None
-                reused = False
+                reused = attempt == 0 and idle is not None
+                connection = None
                 try:
                     # the retry opens a fresh connection: after an idle spell every pooled one may be stale
-                    connection, reused = self._take(fresh=attempt > 0)
+                    connection = idle if reused and idle is not None else self._open()
                     status, data, keep = connection.exchange(message)
                 except TimeoutError as exc:
                     if connection is not None:
@@ -195,14 +199,12 @@ class ConnectionPool:
                     if isinstance(exc, ConnectError):
                         raise
                     raise ConnectError(f"{type(exc).__name__}: {exc}") from exc
-                if keep:
-                    self._give(connection)
-                else:
+                if not keep:
                     connection.close()
                 return Reply(status, data)
             raise AssertionError("unreachable")
         finally:
-            self._slots.release()
+            self._checkin(connection if keep else None)
 
     def _message(self, method: str, url: str, body: bytes | None, headers: Mapping[str, str]) -> bytes:
         """The request's bytes: its head (as http.client writes it) and its body, for one write."""
@@ -215,19 +217,35 @@ class ConnectionPool:
         head = "\r\n".join(lines) + "\r\n\r\n"
         return head.encode("latin-1") + (body or b"")
 
-    def _take(self, *, fresh: bool = False) -> tuple[_Connection, bool]:
-        if not fresh:
-            with self._lock:
-                if self._idle:
-                    return self._idle.pop(), True
-        return _Connection(self.host, self.port, self.timeout, self._tls, self.max_answer_bytes), False
-
-    def _give(self, connection: _Connection) -> None:
+    def _checkout(self) -> _Connection | None:
+        """Take a slot (waiting up to the timeout) and the idle connection used last, if there is one."""
         with self._lock:
-            if self._closed:
-                connection.close()
-            else:
-                self._idle.append(connection)
+            if self._busy >= self.size:
+                self._waiting += 1
+                try:
+                    if not self._freed.wait_for(lambda: self._busy < self.size, self.timeout):
+                        raise Timeout(
+                            f"no free connection to {self.host}:{self.port} within {self.timeout:g} s"
+                        )
+                finally:
+                    self._waiting -= 1
+            self._busy += 1
+            return self._idle.pop() if self._idle else None
+
+    def _open(self) -> _Connection:
+        return _Connection(self.host, self.port, self.timeout, self._tls, self.max_answer_bytes)
+
+    def _checkin(self, connection: _Connection | None) -> None:
+        """Give the slot back, and the connection with it when it stays open."""
+        with self._lock:
+            self._busy -= 1
+            if connection is not None:
+                if self._closed:
+                    connection.close()
+                else:
+                    self._idle.append(connection)
+            if self._waiting:
+                self._freed.notify()
 
     def close(self) -> None:
         with self._lock:

@@ -226,3 +226,28 @@ def test_a_refused_connection_is_a_connect_error() -> None:
     with pytest.raises(ConnectError, match="ConnectionRefusedError"):
         pool.request("POST", url, b"{}")
     pool.close()
+
+
+def test_requests_beyond_the_pool_size_wait_for_a_free_connection_up_to_the_timeout(
+    raw_server: Callable[..., RawServer],
+) -> None:
+    def answer(conn: socket.socket, body: bytes) -> bool:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        return True
+
+    server = raw_server(answer)
+    pool = ConnectionPool(server.url, size=1, timeout=0.3)
+    assert pool._checkout() is None  # the only slot taken (a request in flight), no idle connection
+    with pytest.raises(Timeout, match="no free connection"):
+        pool.request("POST", server.url, b"late")
+    answers: list[bytes] = []
+    waiting = threading.Thread(target=lambda: answers.append(pool.request("POST", server.url, b"waits").body))
+    waiting.start()
+    time.sleep(0.1)
+    assert answers == []  # still waiting for the slot
+    pool._checkin(None)  # the request in flight is done: the waiting one goes
+    waiting.join(5)
+    assert answers == [b"waits"]
+    assert pool.request("POST", server.url, b"again").body == b"again"
+    assert server.connections == 1  # the waiting request's connection was kept and reused
+    pool.close()
