@@ -216,12 +216,16 @@ def _plain_columns(columns: Mapping[str, Any]) -> dict[str, list[Any]]:
     """A request's converted arrays as plain Python lists (None for a missing value)."""
     values: dict[str, list[Any]] = {}
     for name, array in columns.items():
-        if isinstance(array, np.ndarray) and (
-            array.dtype.kind in "iub" or (array.dtype.kind == "f" and not np.isnan(array).any())
-        ):
-            values[str(name)] = array.tolist()  # no missing value to turn into None
+        kind = array.dtype.kind if isinstance(array, np.ndarray) else ""
+        plain = array.tolist()
+        if kind in ("i", "u", "b"):
+            values[str(name)] = plain  # no missing value to turn into None
+        elif kind == "f":  # NaN (missing) becomes None; a float compares unequal to itself only as NaN
+            values[str(name)] = (
+                [None if v != v else v for v in plain] if any(v != v for v in plain) else plain
+            )
         else:
-            values[str(name)] = [_cell(v) for v in array.tolist()]
+            values[str(name)] = [_cell(v) for v in plain]
     return values
 
 
