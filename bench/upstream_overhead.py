@@ -48,6 +48,7 @@ too: MLServer's own CPU per request grows with the machine's load, the router's 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import shutil
@@ -73,7 +74,6 @@ import peers  # noqa: E402
 from router_bench import _port, answered, rotated, wait_answering, wrk  # noqa: E402
 
 from controller import registry  # noqa: E402
-from router.backends.connections import ConnectionPool  # noqa: E402
 from router.backends.encodings import configure, encode  # noqa: E402
 from router.backends.upstream import UpstreamTools  # noqa: E402
 from storage import Database, Store  # noqa: E402
@@ -266,7 +266,12 @@ def alternate(
     block: requests sent back to back to a setup in its turn, the turn's time the median of all but
     the first (c=1 in a closed loop, as wrk sends it); 1, request by request.
     """
-    pools = {name: ConnectionPool(url, size=1, timeout=30) for name, (url, _) in targets.items()}
+    # the standard library's client, not the router's pool: the same client for every setup and
+    # for every version of the router measured (a before/after run compares the router alone)
+    connections = {
+        name: http.client.HTTPConnection(urlsplit(url).netloc, timeout=30)
+        for name, (url, _) in targets.items()
+    }
     times: dict[str, list[float]] = {name: [] for name in targets}
     names = list(targets)
     try:
@@ -276,15 +281,19 @@ def alternate(
                 elapsed = []
                 for _ in range(block):
                     started = time.perf_counter()
-                    reply = pools[name].request("POST", url, body, {"Content-Type": "application/json"})
+                    connections[name].request(
+                        "POST", urlsplit(url).path, body, {"Content-Type": "application/json"}
+                    )
+                    reply = connections[name].getresponse()
+                    data = reply.read()
                     elapsed.append((time.perf_counter() - started) * 1000)
                     if reply.status != 200:
-                        sys.exit(f"{name} answered {reply.status}: {reply.body[:200]!r}")
+                        sys.exit(f"{name} answered {reply.status}: {data[:200]!r}")
                 if turn >= 0:
                     times[name].append(_median(elapsed[1:]) if block > 1 else elapsed[0])
     finally:
-        for pool in pools.values():
-            pool.close()
+        for connection in connections.values():
+            connection.close()
     direct = times["direct"]
     return {
         name: {
