@@ -281,14 +281,10 @@ def alternate(
                 elapsed = []
                 for _ in range(block):
                     started = time.perf_counter()
-                    connections[name].request(
-                        "POST", urlsplit(url).path, body, {"Content-Type": "application/json"}
-                    )
-                    reply = connections[name].getresponse()
-                    data = reply.read()
+                    status, data = _post(connections[name], urlsplit(url).path, body)
                     elapsed.append((time.perf_counter() - started) * 1000)
-                    if reply.status != 200:
-                        sys.exit(f"{name} answered {reply.status}: {data[:200]!r}")
+                    if status != 200:
+                        sys.exit(f"{name} answered {status}: {data[:200]!r}")
                 if turn >= 0:
                     times[name].append(_median(elapsed[1:]) if block > 1 else elapsed[0])
     finally:
@@ -303,6 +299,20 @@ def alternate(
         }
         for name, ms in times.items()
     }
+
+
+def _post(connection: http.client.HTTPConnection, path: str, body: bytes) -> tuple[int, bytes]:
+    """POST on a kept-alive connection; once more on a new one if the server had closed it."""
+    for attempt in (0, 1):
+        try:
+            connection.request("POST", path, body, {"Content-Type": "application/json"})
+            reply = connection.getresponse()
+            return reply.status, reply.read()
+        except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+            connection.close()  # the next request opens a new connection
+            if attempt:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _median(values: list[float]) -> float:
