@@ -63,6 +63,16 @@ class RawServer:
         self.listener.close()
 
 
+def replying(data: bytes, *, keep: bool = True) -> Callable[[socket.socket, bytes], bool]:
+    """An answer sending these exact bytes to every request, then closing the connection unless keep."""
+
+    def answer(conn: socket.socket, body: bytes) -> bool:
+        conn.sendall(data)
+        return keep
+
+    return answer
+
+
 @pytest.fixture
 def raw_server() -> Iterator[Callable[[Callable[[socket.socket, bytes], bool]], RawServer]]:
     servers: list[RawServer] = []
@@ -95,11 +105,9 @@ def test_a_chunked_answer_is_read_whole_and_the_connection_kept(raw_server: Call
 def test_an_answer_ended_by_the_connection_is_read_and_the_connection_not_reused(
     raw_server: Callable[..., RawServer],
 ) -> None:
-    def answer(conn: socket.socket, body: bytes) -> bool:
-        conn.sendall(b'HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{"outputs": []}')
-        return False  # closes: the end of the body
-
-    server = raw_server(answer)
+    server = raw_server(
+        replying(b'HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{"outputs": []}', keep=False)
+    )
     pool = ConnectionPool(server.url, size=1, timeout=5)
     replies = [pool.request("POST", server.url, b"{}") for _ in range(2)]
     assert [(r.status, r.body) for r in replies] == [(200, b'{"outputs": []}')] * 2
@@ -110,13 +118,8 @@ def test_an_answer_ended_by_the_connection_is_read_and_the_connection_not_reused
 def test_a_server_that_refuses_keep_alive_gets_a_new_connection_each_time(
     raw_server: Callable[..., RawServer],
 ) -> None:
-    def answer(conn: socket.socket, body: bytes) -> bool:
-        conn.sendall(
-            b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 4\r\n\r\nbusy"
-        )
-        return False
-
-    server = raw_server(answer)
+    refusal = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 4\r\n\r\nbusy"
+    server = raw_server(replying(refusal, keep=False))
     pool = ConnectionPool(server.url, size=1, timeout=5)
     replies = [pool.request("POST", server.url, b"{}") for _ in range(3)]
     assert [(r.status, r.body) for r in replies] == [(503, b"busy")] * 3
@@ -125,11 +128,7 @@ def test_a_server_that_refuses_keep_alive_gets_a_new_connection_each_time(
 
 
 def test_the_request_is_what_http_client_would_send(raw_server: Callable[..., RawServer]) -> None:
-    def answer(conn: socket.socket, body: bytes) -> bool:
-        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-        return True
-
-    server = raw_server(answer)
+    server = raw_server(replying(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"))
     pool = ConnectionPool(server.url, size=1, timeout=5)
     pool.request("POST", server.url, b'{"x": 1}', {"Content-Type": "application/json"})
     pool.request("GET", server.url.removesuffix("/infer") + "/ready?verbose=1")
@@ -175,11 +174,7 @@ def test_a_server_that_trickles_its_answer_times_out_within_the_timeout_not_per_
 def test_an_answer_that_is_not_http_is_a_connect_error_naming_it(
     raw_server: Callable[..., RawServer],
 ) -> None:
-    def answer(conn: socket.socket, body: bytes) -> bool:
-        conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")
-        return True
-
-    server = raw_server(answer)
+    server = raw_server(replying(b"SSH-2.0-OpenSSH_9.2\r\n\r\n"))
     pool = ConnectionPool(server.url, size=1, timeout=5)
     with pytest.raises(ConnectError, match="not HTTP/1.1"):
         pool.request("POST", server.url, b"{}")
@@ -187,11 +182,7 @@ def test_an_answer_that_is_not_http_is_a_connect_error_naming_it(
 
 
 def test_an_answer_larger_than_the_limit_is_refused(raw_server: Callable[..., RawServer]) -> None:
-    def answer(conn: socket.socket, body: bytes) -> bool:
-        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 300000\r\n\r\n" + b"x" * 300_000)
-        return True
-
-    server = raw_server(answer)
+    server = raw_server(replying(b"HTTP/1.1 200 OK\r\nContent-Length: 300000\r\n\r\n" + b"x" * 300_000))
     small = ConnectionPool(server.url, size=1, timeout=5, max_answer_bytes=100_000)
     with pytest.raises(ConnectError, match="larger than 100000 bytes"):
         small.request("POST", server.url, b"{}")
@@ -206,11 +197,7 @@ def test_a_server_that_closes_in_the_middle_of_its_answer_is_not_retried(
 ) -> None:
     """Only a reused connection closed before any byte of the answer is sent again (keep-alive expired)."""
 
-    def answer(conn: socket.socket, body: bytes) -> bool:
-        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\npartial")
-        return False
-
-    server = raw_server(answer)
+    server = raw_server(replying(b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\npartial", keep=False))
     pool = ConnectionPool(server.url, size=1, timeout=5)
     with pytest.raises(ConnectError, match="in the middle of its answer"):
         pool.request("POST", server.url, b"{}")
@@ -231,11 +218,11 @@ def test_a_refused_connection_is_a_connect_error() -> None:
 def test_requests_beyond_the_pool_size_wait_for_a_free_connection_up_to_the_timeout(
     raw_server: Callable[..., RawServer],
 ) -> None:
-    def answer(conn: socket.socket, body: bytes) -> bool:
+    def echo(conn: socket.socket, body: bytes) -> bool:
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
         return True
 
-    server = raw_server(answer)
+    server = raw_server(echo)
     pool = ConnectionPool(server.url, size=1, timeout=0.3)
     assert pool._checkout() is None  # the only slot taken (a request in flight), no idle connection
     with pytest.raises(Timeout, match="no free connection"):
