@@ -87,13 +87,13 @@ def score(plane: DataPlane, deployment: str, protocol: str, environ: dict[str, A
 
     The one implementation of the scoring routes, under Flask's views and the fast path alike
     (`FastScoring`). The request counts as in flight from here until the caller calls
-    `_answered(plane, scored.after)` once the answer is sent (or `plane.leave()` at once, if this
-    raises). Answer first: under gunicorn (`mlcanary router`), which closes every response once
-    sent, the pair's recording, the shadow arm's hand-off and the metrics wait in `after` until
-    then, so the client does not wait for them (at one request at a time in front of a model
-    server, the router's own work on the answer's path is what its added latency is). Under a
-    server that may not close a response (Flask's test client leaves it to its caller) they are
-    done before this returns.
+    `_answered(plane, scored.after)` once the answer is sent (done here, if this raises). Answer
+    first: under gunicorn (`mlcanary router`), which closes every response once sent, the pair's
+    recording, the shadow arm's hand-off and the metrics wait in `after` until then, so the
+    client does not wait for them (at one request at a time in front of a model server, the
+    router's own work on the answer's path is what its added latency is). Under a server that may
+    not close a response (Flask's test client leaves it to its caller) they are done before this
+    returns.
     """
     started = time.perf_counter()
     request_id = environ.get("HTTP_X_REQUEST_ID") or ""
@@ -156,7 +156,7 @@ def score(plane: DataPlane, deployment: str, protocol: str, environ: dict[str, A
         headers.append(("X-Request-Id", header_value(request_id or uuid.uuid4().hex)))
         after.append(functools.partial(_count, label, arm, protocol, code, time.perf_counter() - started))
     except BaseException:
-        plane.leave()
+        _answered(plane, after)  # a pair already scored is still recorded
         raise
     if "gunicorn.socket" not in environ:  # a server that may never close the response: do it now
         _run(after)

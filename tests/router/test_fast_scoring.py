@@ -221,3 +221,23 @@ def test_a_failure_after_the_answer_is_logged_and_the_request_still_leaves(
     answer.close()
     assert plane._inflight == 0
     assert any("after a scoring answer" in r.message and r.exc_info for r in caplog.records)
+
+
+def test_a_request_that_fails_after_it_was_scored_is_a_500_and_its_pair_is_still_recorded(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from router import mlflow
+
+    def broken(outputs: Any) -> Any:
+        raise RuntimeError("writing the answer broke")
+
+    plane = app.extensions["mlcanary.dataplane"]
+    recorded: list[str] = []
+    plane.recorder.add = lambda exchange: recorded.append(exchange.request_id)
+    monkeypatch.setattr(mlflow, "write_predictions", broken)
+    status, answer = _started(app.wsgi_app, "scored", gunicorn=True)
+    assert status == ["500 INTERNAL SERVER ERROR"]
+    assert json.loads(b"".join(answer)) == {
+        "error": {"code": "internal_error", "message": "internal error; see the logs"}
+    }
+    assert recorded == ["scored"] and plane._inflight == 0  # done before the 500 was answered
