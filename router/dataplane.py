@@ -91,6 +91,9 @@ class DataPlane:
         )
         self.idle = threading.Event()
         self.idle.set()
+        self._owed = 0  # answers sent whose put-off work (router.http, answer first) has yet to run
+        self._paid = threading.Event()
+        self._paid.set()
         self._inflight = 0
         self._inflight_lock = threading.Lock()
         self._serving = 0  # requests inside serve() now
@@ -148,14 +151,14 @@ class DataPlane:
     def close(self, timeout: float = 10.0) -> None:
         """Finish or cancel shadow work, then flush every record (to storage or the spool).
 
-        Requests still in flight are given a quarter of the timeout to leave first: one whose
-        answer is sent hands its pair and shadow work over only then (router.http, answer first).
+        Answers already sent whose pair and shadow work are still to be handed over (router.http,
+        answer first: `owe` / `paid`) are given a quarter of the timeout to do it first.
         """
         if self.closed:
             return
         self.closed = True
         deadline = time.monotonic() + timeout
-        self.idle.wait(timeout / 4)
+        self._paid.wait(timeout / 4)
         self.shadow.close(timeout=max(0.1, timeout / 2))
         self.recorder.close(timeout=max(0.1, deadline - time.monotonic()))
         self._stop.set()
@@ -190,6 +193,19 @@ class DataPlane:
         """
         self.batcher.settle(arrival)
         self.batcher.done(arrival)
+
+    def owe(self) -> None:
+        """An answer is on its way with work put off until it is sent (router.http); `paid` once done."""
+        with self._inflight_lock:
+            self._owed += 1
+            self._paid.clear()
+
+    def paid(self) -> None:
+        """The work an answer put off is done (see `owe`)."""
+        with self._inflight_lock:
+            self._owed = max(0, self._owed - 1)
+            if not self._owed:
+                self._paid.set()
 
     def leave(self) -> None:
         """Mark a request finished, after its response was sent."""

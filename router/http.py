@@ -156,11 +156,14 @@ def score(plane: DataPlane, deployment: str, protocol: str, environ: dict[str, A
         headers.append(("X-Request-Id", header_value(request_id or uuid.uuid4().hex)))
         after.append(functools.partial(_count, label, arm, protocol, code, time.perf_counter() - started))
     except BaseException:
-        _answered(plane, after)  # a pair already scored is still recorded
+        _run(after)  # a pair already scored is still recorded
+        plane.leave()
         raise
     if "gunicorn.socket" not in environ:  # a server that may never close the response: do it now
         _run(after)
         after = []
+    else:
+        plane.owe()  # paid in _answered, once the answer is sent
     return Scored(status, headers, text.encode(), after)
 
 
@@ -182,6 +185,8 @@ def _answered(plane: DataPlane, after: list[Callable[[], None]]) -> None:
     try:
         _run(after)
     finally:
+        if after:
+            plane.paid()
         plane.leave()
 
 

@@ -198,11 +198,12 @@ def test_under_gunicorn_the_answer_goes_first_and_the_pair_is_recorded_once_it_i
     body = b"".join(answer)
     assert status == ["200 OK"] and len(json.loads(body)["predictions"]) == len(FRAME)
     assert recorded == [] and plane._inflight == 1  # sent, not yet closed: nothing recorded
+    assert not plane._paid.is_set()  # a closing data plane would wait for it
     answer.close()
-    assert recorded == [f"{path}-1"] and plane._inflight == 0
+    assert recorded == [f"{path}-1"] and plane._inflight == 0 and plane._paid.is_set()
 
     _, answer = _started(wsgi, f"{path}-2", gunicorn=False)  # a server that may never close it
-    assert recorded == [f"{path}-1", f"{path}-2"]
+    assert recorded == [f"{path}-1", f"{path}-2"] and plane._paid.is_set()  # nothing owed
     answer.close()
     assert plane._inflight == 0
 
