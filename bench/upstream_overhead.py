@@ -39,6 +39,13 @@ wrk could not. With --block K each turn sends K requests back to back to every s
 setup's time in a turn is the median of its requests after the first: c=1 as wrk's closed loop sends
 it (each request as soon as the last is answered), still milliseconds from direct's; K = 1 (the
 default) is request by request, each setup idle while the others are served.
+--baseline DIR runs every routed setup a second time from another checkout of mlcanary (a git
+worktree of an earlier commit: `git worktree add /tmp/base COMMIT`), as SETUP@base, in the same rounds
+and turns: a before/after of two versions of the router measured request by request against the same
+MLServer, where two runs minutes apart measured the machine (the same code's CPU per request moved
+by a factor 1.6 within an hour, BENCHMARKS.md "Twelfth session"). The turns then also give each
+setup's time minus its baseline's, the median over the turns. The baseline runs with this checkout's
+virtual environment and reads a database this checkout migrated, so it must read the current schema.
 Server-side CPU per request (MLServer, plus the router's gunicorn master and workers, from /proc)
 is the figure that survives a busy machine: on 2 shared cores, latency and throughput measure the
 other tenants as much as the proxy. The router's part of it (its gunicorn processes alone) is given
@@ -177,9 +184,18 @@ class Router:
     """One router (gunicorn, 2 workers) in front of the MLServer, for one setup, kept up for every round."""
 
     def __init__(
-        self, setup: str, directory: Path, server: peers.PeerServer, args: argparse.Namespace
+        self,
+        setup: str,
+        directory: Path,
+        server: peers.PeerServer,
+        args: argparse.Namespace,
+        root: Path = ROOT,
     ) -> None:
         self.setup = setup
+        self.name = setup if root == ROOT else f"{setup}@base"  # --baseline: another checkout's router
+        if root != ROOT:
+            directory = directory / "base"
+            directory.mkdir(exist_ok=True)
         self.database = "" if setup in HOPS else prepare(directory, setup, server.url)
         port = _port()
         metrics_dir = directory / f"metrics-{setup}"
@@ -189,7 +205,7 @@ class Router:
             "BENCH_DATABASE_URL": self.database,
             "BENCH_SPOOL_DIR": str(directory / f"spool-{setup}"),
             "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
-            "PYTHONPATH": f"{ROOT}:{ROOT / 'bench'}",
+            "PYTHONPATH": f"{root}:{root / 'bench'}",
             "BENCH_UPSTREAM_URL": f"{server.url}/v2/models/churn/infer",
             "BENCH_NEXT_REQUEST_WAIT_MS": str(args.next_request_wait_ms),
         }
@@ -200,16 +216,16 @@ class Router:
         )
         self.process = subprocess.Popen(
             [str(Path(sys.executable).with_name("gunicorn")), "--bind", f"127.0.0.1:{port}", "--workers", "2",
-             *worker, "--config", str(ROOT / "bench" / "router_apps.py"),
+             *worker, "--config", str(root / "bench" / "router_apps.py"),
              "--log-level", "warning", _APPS.get(setup, "router_apps:router()")],
-            env=env, cwd=ROOT,
+            env=env, cwd=root,
         )  # fmt: skip
         self.endpoint = f"http://127.0.0.1:{port}/v1/models/churn/invocations"
         self.ready = f"http://127.0.0.1:{port}/v2/models/churn/ready"
         self.base = f"http://127.0.0.1:{port}"
 
     def wait_ready(self) -> None:
-        wait_answering(lambda: httpx.get(self.ready).status_code == 200, self.process, 60, self.setup)
+        wait_answering(lambda: httpx.get(self.ready).status_code == 200, self.process, 60, self.name)
 
     def stop(self) -> dict[str, Any] | None:
         """Stop gracefully (pairs flushed) and count what was stored, against the requests answered."""
@@ -291,7 +307,7 @@ def alternate(
         for connection in connections.values():
             connection.close()
     direct = times["direct"]
-    return {
+    figures = {
         name: {
             "p50": _median(ms),
             "p99": float(np.percentile(ms, 99)),
@@ -299,6 +315,11 @@ def alternate(
         }
         for name, ms in times.items()
     }
+    for name, ms in times.items():  # --baseline: each setup against its baseline, turn by turn
+        if f"{name}@base" in times:
+            base = times[f"{name}@base"]
+            figures[name]["over_base_p50"] = _median([a - b for a, b in zip(ms, base, strict=True)])
+    return figures
 
 
 def _post(connection: http.client.HTTPConnection, path: str, body: bytes) -> tuple[int, bytes]:
@@ -334,7 +355,8 @@ def report(
         + (" --nginx" if args.nginx else "")
         + (f" --setups {','.join(args.setups)}" if args.setups != list(SETUPS[1:]) else "")
         + (f" --alternate {args.alternate}" if args.alternate else "")
-        + (f" --block {args.block}`" if args.alternate and args.block > 1 else "`"),
+        + (f" --block {args.block}" if args.alternate and args.block > 1 else "")
+        + (f" --baseline {args.baseline}`" if args.baseline else "`"),
         "",
         f"One run of {args.rounds} rounds; each round measures every setup at c=1 and then at c=16 ({args.seconds} s"
         " of wrk each), the setups' order rotating from round to round; figures are medians over the rounds,",
@@ -381,7 +403,7 @@ def report(
     lines += ["| setup | c=1 added p50 / p99 ms (median; each round) | c=1 throughput ratio (median; each round) "
               "| c=16 added p50 / p99 ms | c=16 throughput ratio | added server-side CPU ms per request (c=1 / c=16) |",
               "|---|---|---|---|---|---|"]  # fmt: skip
-    for name in ("nginx", *HOPS, "proxied", "shadow"):
+    for name in ("nginx", *HOPS, "proxied", "shadow", *(f"{s}@base" for s in (*HOPS, "proxied", "shadow"))):
         if name not in figures:
             continue
         r = figures[name]
@@ -420,12 +442,21 @@ def report(
             else f"## c=1 in a closed loop, turn by turn ({args.alternate} turns, {args.block} requests back to back"
             " to every setup per turn, the order rotating; a turn's time: the median of all but the first)",
             "",
-            "| setup | p50 / p99 ms | added p50 ms (median of each turn's difference with direct) |",
-            "|---|---|---|",
+            "| setup | p50 / p99 ms | added p50 ms (median of each turn's difference with direct) "
+            + (
+                "| against its baseline (median of each turn's difference with SETUP@base) |"
+                if args.baseline
+                else "|"
+            ),
+            "|---|---|---|" + ("---|" if args.baseline else ""),
         ]
         for name, f in alternated.items():
             added = "-" if name == "direct" else f"{f['added_p50']:+.2f}"
-            lines.append(f"| {name} | {f['p50']:.2f} / {f['p99']:.2f} | {added} |")
+            against = f"{f['over_base_p50']:+.2f}" if "over_base_p50" in f else "-"
+            lines.append(
+                f"| {name} | {f['p50']:.2f} / {f['p99']:.2f} | {added} |"
+                + (f" {against} |" if args.baseline else "")
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -470,8 +501,17 @@ def main() -> None:
         help="the threaded worker's wait for a kept-alive connection's next request "
         "(MLCANARY_NEXT_REQUEST_WAIT_MS; 0: the worker of before)",
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout of mlcanary (git worktree add DIR COMMIT): its routers measured as SETUP@base",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "upstream_overhead.md")
     args = parser.parse_args()
+    if args.baseline is not None:
+        args.baseline = args.baseline.resolve()
+        if not (args.baseline / "bench" / "router_apps.py").is_file():
+            sys.exit(f"--baseline {args.baseline}: not a checkout of mlcanary (no bench/router_apps.py)")
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install -y wrk")
     args.load_before = os.getloadavg()[0]
@@ -494,6 +534,8 @@ def main() -> None:
         proxied_body = json.dumps({"dataframe_split": json.loads(frame.to_json(orient="split", index=False))})
         script = lua(directory, "proxied", proxied_body)
         routers = [Router(setup, directory, server, args) for setup in args.setups]
+        if args.baseline is not None:
+            routers += [Router(setup, directory, server, args, args.baseline) for setup in args.setups]
         for router in routers:
             router.wait_ready()
         direct_script = lua(directory, "direct", direct_body)  # the hop forwards the same body as it is
@@ -505,7 +547,7 @@ def main() -> None:
             "direct": (f"{server.url}/v2/models/churn/infer", direct_script, [server.process.pid], None),
             **native,
             **{
-                r.setup: (
+                r.name: (
                     r.endpoint,
                     direct_script if r.setup in HOPS else script,
                     [r.process.pid, server.process.pid],
@@ -519,7 +561,7 @@ def main() -> None:
             bodies = {
                 "direct": direct_body.encode(),
                 "nginx": direct_body.encode(),
-                **{hop: direct_body.encode() for hop in HOPS},
+                **{name: direct_body.encode() for hop in HOPS for name in (hop, f"{hop}@base")},
             }
             alternated = alternate(
                 {name: (t[0], bodies.get(name, proxied_body.encode())) for name, t in targets.items()},
@@ -530,7 +572,7 @@ def main() -> None:
         for router in routers:
             kept = router.stop()
             if kept is not None:
-                stored[router.setup] = kept
+                stored[router.name] = kept
         routers = []
     finally:
         for router in routers:
