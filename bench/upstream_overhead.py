@@ -46,6 +46,8 @@ MLServer, where two runs minutes apart measured the machine (the same code's CPU
 by a factor 1.6 within an hour, BENCHMARKS.md "Twelfth session"). The turns then also give each
 setup's time minus its baseline's, the median over the turns. The baseline runs with this checkout's
 virtual environment and reads a database this checkout migrated, so it must read the current schema.
+An A/A run (the same commit as its own baseline) differed by up to 0.36 ms per setup (where each
+instance's pinned worker sits against MLServer): repeat with new instances before trusting less.
 Server-side CPU per request (MLServer, plus the router's gunicorn master and workers, from /proc)
 is the figure that survives a busy machine: on 2 shared cores, latency and throughput measure the
 other tenants as much as the proxy. The router's part of it (its gunicorn processes alone) is given
