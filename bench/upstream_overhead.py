@@ -1,7 +1,8 @@
 """Benchmark mlcanary in front of MLServer against clients calling MLServer directly.
 
     .venv/bin/python bench/upstream_overhead.py [--seconds 8] [--rounds 3] [--worker threads|sync]
-        [--nginx] [--alternate N [--block K]] [--out bench/results/upstream_overhead.md]
+        [--nginx] [--alternate N [--block K]] [--server-cpus LIST] [--baseline DIR]
+        [--out bench/results/upstream_overhead.md]
 
 One MLServer 1.7.1 (the environment under .cache/peers/mlserver, built on first use like the tests
 do; sklearn runtime, parallel_workers 0) serves the churn pipeline (ColumnTransformer +
@@ -48,6 +49,11 @@ setup's time minus its baseline's, the median over the turns. The baseline runs 
 virtual environment and reads a database this checkout migrated, so it must read the current schema.
 An A/A run (the same commit as its own baseline) differed by up to 0.36 ms per setup (where each
 instance's pinned worker sits against MLServer): repeat with new instances before trusting less.
+--server-cpus LIST gives MLServer CPUs of its own (every thread of its processes moved there once it
+is up) and runs everything else, the routers, nginx and the clients, on the other CPUs: the
+deployment docs/pipelines.md advises (the model server in its own pod or on its own cores), where the
+shared default measures the router's code refilling caches MLServer's ~10 ms of scoring emptied
+between two requests on the same core. Direct is measured with the same placement.
 Server-side CPU per request (MLServer, plus the router's gunicorn master and workers, from /proc)
 is the figure that survives a busy machine: on 2 shared cores, latency and throughput measure the
 other tenants as much as the proxy. The router's part of it (its gunicorn processes alone) is given
@@ -125,8 +131,8 @@ def lua(directory: Path, name: str, payload: str) -> Path:
     return script
 
 
-def cpu_seconds(roots: list[int]) -> float:
-    """User + system CPU seconds of these processes and all their descendants (from /proc)."""
+def process_tree(roots: list[int]) -> dict[int, float]:
+    """These processes and all their descendants (from /proc): pid -> user + system CPU seconds."""
     parents: dict[int, int] = {}
     times: dict[int, float] = {}
     tick = os.sysconf("SC_CLK_TCK")
@@ -140,12 +146,25 @@ def cpu_seconds(roots: list[int]) -> float:
         parents[int(entry.name)] = int(fields[1])
         times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
     wanted = set(roots)
-    grew = True
-    while grew:
-        more = {pid for pid, parent in parents.items() if parent in wanted} - wanted
-        grew = bool(more)
+    while more := {pid for pid, parent in parents.items() if parent in wanted} - wanted:
         wanted |= more
-    return sum(times.get(pid, 0.0) for pid in wanted)
+    return {pid: times.get(pid, 0.0) for pid in wanted}
+
+
+def cpu_seconds(roots: list[int]) -> float:
+    """User + system CPU seconds of these processes and all their descendants."""
+    return sum(process_tree(roots).values())
+
+
+def place(server: int, cpus: set[int]) -> set[int]:
+    """--server-cpus: every thread of the model server's processes onto `cpus`, and this process (so
+    the routers, nginx and wrk it starts after) onto the other CPUs; those other CPUs."""
+    rest = os.sched_getaffinity(0) - cpus
+    for pid in process_tree([server]):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            os.sched_setaffinity(int(task.name), cpus)  # threads it starts later inherit it
+    os.sched_setaffinity(0, rest)
+    return rest
 
 
 def measure_once(
@@ -358,12 +377,19 @@ def report(
         + (f" --setups {','.join(args.setups)}" if args.setups != list(SETUPS[1:]) else "")
         + (f" --alternate {args.alternate}" if args.alternate else "")
         + (f" --block {args.block}" if args.alternate and args.block > 1 else "")
+        + (f" --server-cpus {','.join(map(str, sorted(args.server_cpus)))}" if args.server_cpus else "")
         + (f" --baseline {args.baseline}`" if args.baseline else "`"),
         "",
         f"One run of {args.rounds} rounds; each round measures every setup at c=1 and then at c=16 ({args.seconds} s"
         " of wrk each), the setups' order rotating from round to round; figures are medians over the rounds,",
         "and the added latency and throughput ratio are the medians of each round's difference (ratio) with",
-        "direct measured in the same round. 2 cores shared by the router, MLServer and wrk;",
+        "direct measured in the same round. "
+        + (
+            f"MLServer alone on CPU {','.join(map(str, sorted(args.server_cpus)))}, the router, nginx and the"
+            f" clients on CPU {','.join(map(str, sorted(args.rest_cpus)))};"
+            if args.server_cpus
+            else "2 cores shared by the router, MLServer and wrk;"
+        ),
         "one-row requests; MLServer 1.7.1 sklearn runtime (parallel_workers 0); router: gunicorn 2",
         f"workers ({_WORKERS[args.worker].format(threads=args.threads)}), SQLite; wrk closed loop.",
         f"Load average (1 min) before / after the run: {args.load_before:.1f} / {os.getloadavg()[0]:.1f}"
@@ -508,12 +534,23 @@ def main() -> None:
         type=Path,
         help="another checkout of mlcanary (git worktree add DIR COMMIT): its routers measured as SETUP@base",
     )
+    parser.add_argument(
+        "--server-cpus",
+        type=lambda text: {int(cpu) for cpu in text.split(",") if cpu.strip()},
+        help="CPUs for MLServer alone (e.g. 1); the routers, nginx and the clients run on the others",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "upstream_overhead.md")
     args = parser.parse_args()
     if args.baseline is not None:
         args.baseline = args.baseline.resolve()
         if not (args.baseline / "bench" / "router_apps.py").is_file():
             sys.exit(f"--baseline {args.baseline}: not a checkout of mlcanary (no bench/router_apps.py)")
+    if args.server_cpus is not None:
+        allowed = os.sched_getaffinity(0)
+        if not set() < args.server_cpus < allowed:
+            sys.exit(
+                f"--server-cpus: must be some, not all, of the CPUs this process may use ({sorted(allowed)})"
+            )
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install -y wrk")
     args.load_before = os.getloadavg()[0]
@@ -529,6 +566,8 @@ def main() -> None:
     stored: dict[str, dict[str, Any]] = {}
     alternated: dict[str, dict[str, float]] | None = None
     try:
+        if args.server_cpus is not None:
+            args.rest_cpus = place(server.process.pid, args.server_cpus)
         frame, _ = mlpipes.churn_frame(1, seed=42, missing=0)
         columns = {c: [v.item() if hasattr(v, "item") else v for v in frame[c]] for c in frame.columns}
         dtypes = {c.name: c.dtype for c in registry.schema_from_frame(frame)}
