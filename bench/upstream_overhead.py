@@ -1,7 +1,7 @@
 """Benchmark mlcanary in front of MLServer against clients calling MLServer directly.
 
     .venv/bin/python bench/upstream_overhead.py [--seconds 8] [--rounds 3] [--worker threads|sync]
-        [--nginx] [--alternate N [--block K]] [--server-cpus LIST] [--baseline DIR]
+        [--nginx] [--rawhop] [--alternate N [--block K]] [--server-cpus LIST] [--baseline DIR]
         [--out bench/results/upstream_overhead.md]
 
 One MLServer 1.7.1 (the environment under .cache/peers/mlserver, built on first use like the tests
@@ -15,12 +15,15 @@ requests, wrk closed loop at c=1 and at saturation (c=16):
   shadow   as proxied, plus a challenger upstream ("churn-b" on the same MLServer) shadowing every request
   hop      wrk -> a bare WSGI app on the same gunicorn worker that forwards direct's body as it is to
            MLServer through the router's own connection pool (bench/router_apps.py hop()): what one
-           Python HTTP hop costs on this stack, the floor under any proxy's added latency here
+           Python HTTP hop costs on the product's worker, the router's work aside
   plainhop the same app, its POSTs claimed by the worker's plain path (bench/router_apps.py plain_hop()):
            the hop without gunicorn's parser and response objects, as the router's scoring routes run
   nginx    (--nginx, nginx installed: apt-get install -y nginx-light) wrk -> nginx, 2 worker processes,
            proxy_pass to MLServer over kept-alive upstream connections, direct's body as it is: what
            one hop costs a native proxy on the same machine (the same processes woken per request)
+  rawhop   (--rawhop) wrk -> bench/raw_hop.py, a thread per connection forwarding bytes on blocking
+           sockets: the least a Python hop costs here (it measured what nginx's does, BENCHMARKS.md
+           "Thirteenth session"), so what the worker adds over it is the worker's, not Python's
 The router's workers are what `mlcanary router` runs (--worker threads, the default: gunicorn's
 threaded worker with the read-buffering event loop, 8 threads each, keep-alive connections, as
 MLServer's uvicorn keeps them) or gunicorn's sync workers (--worker sync: one request per worker at
@@ -180,6 +183,24 @@ def measure_once(
     if router is not None:
         figures["router_cpu_ms"] = (cpu_seconds([router]) - before_router) * 1000 / answered
     return figures
+
+
+def start_rawhop(upstream: str) -> tuple[subprocess.Popen[bytes], str]:
+    """bench/raw_hop.py forwarding to the MLServer; its URL."""
+    port = _port()
+    address = urlsplit(upstream)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "raw_hop.py"),
+            str(port),
+            str(address.hostname),
+            str(address.port),
+        ]
+    )
+    ready = f"http://127.0.0.1:{port}/v2/health/ready"
+    wait_answering(lambda: httpx.get(ready).status_code == 200, process, 20, "rawhop")
+    return process, f"http://127.0.0.1:{port}/v2/models/churn/infer"
 
 
 def start_nginx(directory: Path, upstream: str) -> tuple[subprocess.Popen[bytes], str]:
@@ -374,6 +395,7 @@ def report(
         f"Command: `.venv/bin/python bench/upstream_overhead.py --seconds {args.seconds} --rounds {args.rounds}"
         f" --worker {args.worker} --next-request-wait-ms {args.next_request_wait_ms:g}"
         + (" --nginx" if args.nginx else "")
+        + (" --rawhop" if args.rawhop else "")
         + (f" --setups {','.join(args.setups)}" if args.setups != list(SETUPS[1:]) else "")
         + (f" --alternate {args.alternate}" if args.alternate else "")
         + (f" --block {args.block}" if args.alternate and args.block > 1 else "")
@@ -431,7 +453,14 @@ def report(
     lines += ["| setup | c=1 added p50 / p99 ms (median; each round) | c=1 throughput ratio (median; each round) "
               "| c=16 added p50 / p99 ms | c=16 throughput ratio | added server-side CPU ms per request (c=1 / c=16) |",
               "|---|---|---|---|---|---|"]  # fmt: skip
-    for name in ("nginx", *HOPS, "proxied", "shadow", *(f"{s}@base" for s in (*HOPS, "proxied", "shadow"))):
+    for name in (
+        "nginx",
+        "rawhop",
+        *HOPS,
+        "proxied",
+        "shadow",
+        *(f"{s}@base" for s in (*HOPS, "proxied", "shadow")),
+    ):
         if name not in figures:
             continue
         r = figures[name]
@@ -505,6 +534,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of every setup, interleaved")
     parser.add_argument("--nginx", action="store_true", help="measure a hop through nginx too (nginx setup)")
     parser.add_argument(
+        "--rawhop",
+        action="store_true",
+        help="measure the least Python hop too (bench/raw_hop.py, rawhop setup)",
+    )
+    parser.add_argument(
         "--alternate",
         type=int,
         default=0,
@@ -563,6 +597,7 @@ def main() -> None:
     )  # fmt: skip
     routers: list[Router] = []
     nginx: subprocess.Popen[bytes] | None = None
+    rawhop: subprocess.Popen[bytes] | None = None
     stored: dict[str, dict[str, Any]] = {}
     alternated: dict[str, dict[str, float]] | None = None
     try:
@@ -584,6 +619,9 @@ def main() -> None:
         if args.nginx:
             nginx, nginx_url = start_nginx(directory, server.url)
             native["nginx"] = (nginx_url, direct_script, [nginx.pid, server.process.pid], nginx.pid)
+        if args.rawhop:
+            rawhop, rawhop_url = start_rawhop(server.url)
+            native["rawhop"] = (rawhop_url, direct_script, [rawhop.pid, server.process.pid], rawhop.pid)
         targets: dict[str, tuple[str, Path, list[int], int | None]] = {
             "direct": (f"{server.url}/v2/models/churn/infer", direct_script, [server.process.pid], None),
             **native,
@@ -602,6 +640,7 @@ def main() -> None:
             bodies = {
                 "direct": direct_body.encode(),
                 "nginx": direct_body.encode(),
+                "rawhop": direct_body.encode(),
                 **{name: direct_body.encode() for hop in HOPS for name in (hop, f"{hop}@base")},
             }
             alternated = alternate(
@@ -618,9 +657,10 @@ def main() -> None:
     finally:
         for router in routers:
             router.process.kill()
-        if nginx is not None:
-            nginx.terminate()
-            nginx.wait(10)
+        for native_process in (nginx, rawhop):
+            if native_process is not None:
+                native_process.terminate()
+                native_process.wait(10)
         server.stop()
     text = report(figures, stored, args, alternated)
     print(text)
