@@ -159,15 +159,14 @@ def cpu_seconds(roots: list[int]) -> float:
     return sum(process_tree(roots).values())
 
 
-def place(server: int, cpus: set[int]) -> set[int]:
+def place(server: int, cpus: set[int]) -> None:
     """--server-cpus: every thread of the model server's processes onto `cpus`, and this process (so
-    the routers, nginx and wrk it starts after) onto the other CPUs; those other CPUs."""
+    the routers, nginx and wrk it starts after) onto the other CPUs."""
     rest = os.sched_getaffinity(0) - cpus
     for pid in process_tree([server]):
         for task in Path(f"/proc/{pid}/task").iterdir():
             os.sched_setaffinity(int(task.name), cpus)  # threads it starts later inherit it
     os.sched_setaffinity(0, rest)
-    return rest
 
 
 def measure_once(
@@ -408,7 +407,7 @@ def report(
         "direct measured in the same round. "
         + (
             f"MLServer alone on CPU {','.join(map(str, sorted(args.server_cpus)))}, the router, nginx and the"
-            f" clients on CPU {','.join(map(str, sorted(args.rest_cpus)))};"
+            f" clients on CPU {','.join(map(str, sorted(os.sched_getaffinity(0))))};"
             if args.server_cpus
             else "2 cores shared by the router, MLServer and wrk;"
         ),
@@ -453,17 +452,9 @@ def report(
     lines += ["| setup | c=1 added p50 / p99 ms (median; each round) | c=1 throughput ratio (median; each round) "
               "| c=16 added p50 / p99 ms | c=16 throughput ratio | added server-side CPU ms per request (c=1 / c=16) |",
               "|---|---|---|---|---|---|"]  # fmt: skip
-    for name in (
-        "nginx",
-        "rawhop",
-        *HOPS,
-        "proxied",
-        "shadow",
-        *(f"{s}@base" for s in (*HOPS, "proxied", "shadow")),
-    ):
-        if name not in figures:
+    for name, r in figures.items():
+        if name == "direct":
             continue
-        r = figures[name]
         cells = []
         for level in ("c1", "c16"):
             added50 = [a["p50"] - b["p50"] for a, b in zip(r[level], d[level], strict=True)]
@@ -602,7 +593,7 @@ def main() -> None:
     alternated: dict[str, dict[str, float]] | None = None
     try:
         if args.server_cpus is not None:
-            args.rest_cpus = place(server.process.pid, args.server_cpus)
+            place(server.process.pid, args.server_cpus)
         frame, _ = mlpipes.churn_frame(1, seed=42, missing=0)
         columns = {c: [v.item() if hasattr(v, "item") else v for v in frame[c]] for c in frame.columns}
         dtypes = {c.name: c.dtype for c in registry.schema_from_frame(frame)}
@@ -637,14 +628,9 @@ def main() -> None:
         }
         figures = run_rounds(targets, args)
         if args.alternate:
-            bodies = {
-                "direct": direct_body.encode(),
-                "nginx": direct_body.encode(),
-                "rawhop": direct_body.encode(),
-                **{name: direct_body.encode() for hop in HOPS for name in (hop, f"{hop}@base")},
-            }
+            bodies = {direct_script: direct_body.encode(), script: proxied_body.encode()}  # as wrk sends them
             alternated = alternate(
-                {name: (t[0], bodies.get(name, proxied_body.encode())) for name, t in targets.items()},
+                {name: (t[0], bodies[t[1]]) for name, t in targets.items()},
                 args.alternate,
                 args.block,
             )
