@@ -332,14 +332,37 @@ class PlainRequest:
         return environ
 
 
-def plain_request(data: bytes, claims: Callable[[str, str], bool], cfg: Any) -> PlainRequest | None:
+@dataclasses.dataclass(frozen=True)
+class PlainLimits:
+    """What `plain_request` reads of gunicorn's configuration, read once per worker: each read of
+    gunicorn's Config goes through its `__getattr__` and the setting's validator (~0.5-1 us, a few
+    per request on the plain path)."""
+
+    limit_request_line: int
+    limit_request_fields: int
+    limit_request_field_size: int
+    secure_scheme_headers: frozenset[str]
+
+    @classmethod
+    def of(cls, cfg: Any) -> PlainLimits:
+        return cls(
+            cfg.limit_request_line,
+            cfg.limit_request_fields,
+            cfg.limit_request_field_size,
+            frozenset(cfg.secure_scheme_headers),
+        )
+
+
+def plain_request(
+    data: bytes, claims: Callable[[str, str], bool], cfg: PlainLimits | Any
+) -> PlainRequest | None:
     """Read a whole request gunicorn's parser would read the same way, or None.
 
     Plain: `METHOD /path HTTP/1.0|1.1` with a path of visible ASCII and no query or percent-escape,
     headers of a token name without "_" (gunicorn drops those) and a visible-ASCII value, each at most
     once, within gunicorn's limits, no framing, upgrade or forwarded-scheme header but one
     Content-Length, and the body all there; and the app claims the method and path. Anything else is gunicorn's to parse (and to
-    refuse: its 400s and 431s are unchanged).
+    refuse: its 400s and 431s are unchanged). cfg: the worker's `PlainLimits` (or gunicorn's Config).
     """
     end = data.find(b"\r\n\r\n")
     if end < 0:
@@ -376,6 +399,21 @@ def plain_request(data: bytes, claims: Callable[[str, str], bool], cfg: Any) -> 
     if stop > len(data):
         return None  # the rest of the body is still coming: gunicorn's reader waits for it
     return PlainRequest(method, path, int(line.group(3)), headers, data[start:stop], data[stop:])
+
+
+def _send_all(sock: socket.socket, data: bytes) -> None:
+    """Send all of data: at once when the socket takes it (a non-blocking socket, as the plain path
+    leaves it between requests: no mode switch, no wait), else blocking with the socket's timeout."""
+    if sock.gettimeout() == 0.0:
+        try:
+            sent = sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
+        sock.setblocking(True)  # the worker's sockets: blocking with a timeout (_TimedSocket)
+    sock.sendall(data)
 
 
 _date_cache: tuple[int, str] = (0, "")
@@ -492,10 +530,14 @@ class ReadBufferingWorker(ThreadWorker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.reading: dict[TConn, float] = {}  # connection -> deadline, in start order
+        # the configuration, read once: gunicorn's Config computes each setting on every read
+        self._tls = bool(self.cfg.is_ssl)
+        self._keepalive = self.cfg.keepalive > 0
+        self._limits = PlainLimits.of(self.cfg)
         self._socket_class = type(
             "TimedSocket",
             (_TimedSocket,),
-            {"__slots__": (), "timeout_s": self.read_timeout_s, "keeps_alive": self.cfg.keepalive > 0},
+            {"__slots__": (), "timeout_s": self.read_timeout_s, "keeps_alive": self._keepalive},
         )
 
     def init_process(self) -> None:
@@ -529,17 +571,17 @@ class ReadBufferingWorker(ThreadWorker):
         """Answer a plain request the app claims without gunicorn's parser, environ and response;
         None (nothing consumed) when it is not one. See the class docstring, "The plain path"."""
         claims = self._claims
-        if claims is None or not conn.data_ready or conn.parser is None or self.cfg.is_ssl or conn.is_http2:
+        if claims is None or not conn.data_ready or conn.parser is None or self._tls or conn.is_http2:
             return None
         data = conn.parser.unreader.take_buffered()
-        request = plain_request(data, claims, self.cfg)
+        request = plain_request(data, claims, self._limits)
         if request is None:
             conn.parser.unreader.unread(data)
             return None
         if request.rest:
             conn.parser.unreader.unread(request.rest)  # a pipelined next request
         self.nr += 1
-        must_close = not self.alive or not self.cfg.keepalive
+        must_close = not self.alive or not self._keepalive
         if self.nr >= self.max_requests:
             if self.alive:
                 self.log.info("Autorestarting worker after current request.")
@@ -549,10 +591,9 @@ class ReadBufferingWorker(ThreadWorker):
             must_close = True
         close = must_close or request.closes
         try:
-            conn.sock.setblocking(True)
             answer = _call_app(self.wsgi, request.environ(conn, self._base_environ))
             try:
-                conn.sock.sendall(answer.head(request.version, close) + answer.body)
+                _send_all(conn.sock, answer.head(request.version, close) + answer.body)
             finally:
                 answer.close()
         except OSError as error:
@@ -585,7 +626,7 @@ class ReadBufferingWorker(ThreadWorker):
             and getattr(conn, "next_comes_soon", True)
             and self.alive
             and not self.tpool.queued()
-            and not (self.cfg.is_ssl or conn.is_http2)
+            and not (self._tls or conn.is_http2)
         )
 
     def _next_request(self, conn: TConn) -> bool:
@@ -599,7 +640,8 @@ class ReadBufferingWorker(ThreadWorker):
         deadline = time.monotonic() + self.next_request_wait_s
         poller = select.poll()
         try:
-            conn.sock.setblocking(False)
+            if conn.sock.gettimeout() != 0.0:  # each setblocking is a syscall, whatever the mode was
+                conn.sock.setblocking(False)
             poller.register(conn.sock.fileno(), select.POLLIN)
             while not _complete_request(data, self.buffer_bytes):
                 remaining = deadline - time.monotonic()
@@ -634,7 +676,7 @@ class ReadBufferingWorker(ThreadWorker):
         self.enqueue_req(TConn(self.cfg, timed, address, listener.getsockname()))
 
     def enqueue_req(self, conn: TConn) -> None:
-        if self.cfg.is_ssl or conn.is_http2:  # TLS and HTTP/2 are read by the threads, as gunicorn does
+        if self._tls or conn.is_http2:  # TLS and HTTP/2 are read by the threads, as gunicorn does
             super().enqueue_req(conn)
             return
         answered_at = getattr(conn, "answered_at", None)
