@@ -1,7 +1,8 @@
 """Benchmark mlcanary in front of MLServer against clients calling MLServer directly.
 
     .venv/bin/python bench/upstream_overhead.py [--seconds 8] [--rounds 3] [--worker threads|sync]
-        [--nginx] [--rawhop] [--alternate N [--block K]] [--server-cpus LIST] [--baseline DIR]
+        [--nginx] [--rawhop] [--rawloop [--steps]] [--alternate N [--block K]] [--server-cpus LIST]
+        [--baseline DIR]
         [--out bench/results/upstream_overhead.md]
 
 One MLServer 1.7.1 (the environment under .cache/peers/mlserver, built on first use like the tests
@@ -24,6 +25,13 @@ requests, wrk closed loop at c=1 and at saturation (c=16):
   rawhop   (--rawhop) wrk -> bench/raw_hop.py, a thread per connection forwarding bytes on blocking
            sockets: the least a Python hop costs here (it measured what nginx's does, BENCHMARKS.md
            "Thirteenth session"), so what the worker adds over it is the worker's, not Python's
+  loophop, looprouter
+           (--rawloop) wrk -> bench/raw_loop.py: raw_hop's loop (a thread per connection, blocking
+           sockets) answering with the worker's plain-path functions and one app, the bare hop
+           (direct's body) or the router (proxied's body and database): the router's own work
+           without the serving worker's event loop and hand-offs. With --steps, looprouter times
+           the router's steps and the report gives each one's thread CPU per request (the timers
+           add a few microseconds per step: read the steps against each other)
 The router's workers are what `mlcanary router` runs (--worker threads, the default: gunicorn's
 threaded worker with the read-buffering event loop, 8 threads each, keep-alive connections, as
 MLServer's uvicorn keeps them) or gunicorn's sync workers (--worker sync: one request per worker at
@@ -200,6 +208,29 @@ def start_rawhop(upstream: str) -> tuple[subprocess.Popen[bytes], str]:
     ready = f"http://127.0.0.1:{port}/v2/health/ready"
     wait_answering(lambda: httpx.get(ready).status_code == 200, process, 20, "rawhop")
     return process, f"http://127.0.0.1:{port}/v2/models/churn/infer"
+
+
+def start_rawloop(
+    directory: Path, server: peers.PeerServer, mode: str, steps: Path | None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """bench/raw_loop.py answering with the bare hop or the router (its own database); its URL."""
+    port = _port()
+    env = {**os.environ, "BENCH_UPSTREAM_URL": f"{server.url}/v2/models/churn/infer"}
+    path = "/v2/models/churn/infer"
+    if mode == "router":
+        metrics = directory / "metrics-looprouter"
+        metrics.mkdir()
+        env |= {
+            "BENCH_DATABASE_URL": prepare(directory, "looprouter", server.url),
+            "BENCH_SPOOL_DIR": str(directory / "spool-looprouter"),
+            "PROMETHEUS_MULTIPROC_DIR": str(metrics),
+        }
+        path = "/v1/models/churn/invocations"
+    command = [sys.executable, str(ROOT / "bench" / "raw_loop.py"), str(port), mode]
+    process = subprocess.Popen(command + (["--steps", str(steps)] if steps is not None else []), env=env)
+    ready = f"http://127.0.0.1:{port}/ready"
+    wait_answering(lambda: httpx.get(ready).status_code == 200, process, 60, f"raw loop ({mode})")
+    return process, f"http://127.0.0.1:{port}{path}"
 
 
 def start_nginx(directory: Path, upstream: str) -> tuple[subprocess.Popen[bytes], str]:
@@ -395,6 +426,8 @@ def report(
         f" --worker {args.worker} --next-request-wait-ms {args.next_request_wait_ms:g}"
         + (" --nginx" if args.nginx else "")
         + (" --rawhop" if args.rawhop else "")
+        + (" --rawloop" if args.rawloop else "")
+        + (" --steps" if args.rawloop and args.steps else "")
         + (f" --setups {','.join(args.setups)}" if args.setups != list(SETUPS[1:]) else "")
         + (f" --alternate {args.alternate}" if args.alternate else "")
         + (f" --block {args.block}" if args.alternate and args.block > 1 else "")
@@ -530,6 +563,16 @@ def main() -> None:
         help="measure the least Python hop too (bench/raw_hop.py, rawhop setup)",
     )
     parser.add_argument(
+        "--rawloop",
+        action="store_true",
+        help="measure the hop and the router on a bare thread-per-connection loop (bench/raw_loop.py)",
+    )
+    parser.add_argument(
+        "--steps",
+        action="store_true",
+        help="with --rawloop: time the router's steps in looprouter (thread CPU per request)",
+    )
+    parser.add_argument(
         "--alternate",
         type=int,
         default=0,
@@ -566,6 +609,8 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "upstream_overhead.md")
     args = parser.parse_args()
+    if args.steps and not args.rawloop:
+        sys.exit("--steps times the router's steps in the looprouter setup: add --rawloop")
     if args.baseline is not None:
         args.baseline = args.baseline.resolve()
         if not (args.baseline / "bench" / "router_apps.py").is_file():
@@ -589,6 +634,8 @@ def main() -> None:
     routers: list[Router] = []
     nginx: subprocess.Popen[bytes] | None = None
     rawhop: subprocess.Popen[bytes] | None = None
+    loops: list[subprocess.Popen[bytes]] = []
+    steps_file = directory / "steps.md" if args.rawloop and args.steps else None
     stored: dict[str, dict[str, Any]] = {}
     alternated: dict[str, dict[str, float]] | None = None
     try:
@@ -613,6 +660,13 @@ def main() -> None:
         if args.rawhop:
             rawhop, rawhop_url = start_rawhop(server.url)
             native["rawhop"] = (rawhop_url, direct_script, [rawhop.pid, server.process.pid], rawhop.pid)
+        if args.rawloop:
+            for name, mode, body in (("loophop", "hop", direct_script), ("looprouter", "router", script)):
+                loop, loop_url = start_rawloop(
+                    directory, server, mode, steps_file if mode == "router" else None
+                )
+                loops.append(loop)
+                native[name] = (loop_url, body, [loop.pid, server.process.pid], loop.pid)
         targets: dict[str, tuple[str, Path, list[int], int | None]] = {
             "direct": (f"{server.url}/v2/models/churn/infer", direct_script, [server.process.pid], None),
             **native,
@@ -643,12 +697,18 @@ def main() -> None:
     finally:
         for router in routers:
             router.process.kill()
-        for native_process in (nginx, rawhop):
+        for native_process in (nginx, rawhop, *loops):
             if native_process is not None:
                 native_process.terminate()
                 native_process.wait(10)
         server.stop()
     text = report(figures, stored, args, alternated)
+    if steps_file is not None and steps_file.is_file():
+        text += (
+            "\n## The router's steps in looprouter (--steps), per request, every request of the run\n\n"
+            "Inclusive: a step's time includes the indented steps under it; the upstream call's wall"
+            " time is MLServer's.\n\n" + steps_file.read_text()
+        )
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
