@@ -14,6 +14,8 @@ import contextlib
 import socket
 import sys
 import threading
+from collections.abc import Callable
+from typing import Any
 
 
 def read_message(sock: socket.socket, buffered: bytes) -> tuple[bytes | None, bytes]:
@@ -53,15 +55,20 @@ def forward(client: socket.socket, upstream_address: tuple[str, int]) -> None:
             client.sendall(answer)
 
 
-def main() -> None:
-    port, upstream_address = int(sys.argv[1]), (sys.argv[2], int(sys.argv[3]))
+def serve_forever(port: int, handle: Callable[[socket.socket, Any], None]) -> None:
+    """Listen on 127.0.0.1:port and run handle(client, address) on a thread of its own per connection."""
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", port))
     listener.listen(64)
     while True:
-        client, _ = listener.accept()
-        threading.Thread(target=forward, args=(client, upstream_address), daemon=True).start()
+        client, address = listener.accept()
+        threading.Thread(target=handle, args=(client, address), daemon=True).start()
+
+
+def main() -> None:
+    port, upstream_address = int(sys.argv[1]), (sys.argv[2], int(sys.argv[3]))
+    serve_forever(port, lambda client, _address: forward(client, upstream_address))
 
 
 if __name__ == "__main__":

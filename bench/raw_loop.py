@@ -26,7 +26,6 @@ import signal
 import socket
 import statistics
 import sys
-import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -37,7 +36,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from gunicorn.config import Config  # noqa: E402
 from gunicorn.http import wsgi  # noqa: E402
-from raw_hop import read_message  # noqa: E402
+from raw_hop import read_message, serve_forever  # noqa: E402
 
 from controller.server import PlainLimits, _call_app, plain_request  # noqa: E402
 
@@ -155,13 +154,7 @@ def main() -> None:
         os._exit(0)
 
     signal.signal(signal.SIGTERM, stop)
-    listener = socket.socket()
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", port))
-    listener.listen(64)
-    while True:
-        client, address = listener.accept()
-        threading.Thread(target=serve, args=(app, client, address, port), daemon=True).start()
+    serve_forever(port, lambda client, address: serve(app, client, address, port))
 
 
 if __name__ == "__main__":

@@ -53,6 +53,16 @@ def _read(client: socket.socket, size: int, delay: float = 0.0) -> bytes:
     return bytes(data)
 
 
+def _send_to_reader(server: _Timed, client: socket.socket, answer: bytes, delay: float) -> list[bytes]:
+    """_send_all the answer while a reader starts reading it after `delay`; what the reader got."""
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(_read(client, len(answer), delay=delay)))
+    reader.start()
+    _send_all(server, answer)
+    reader.join(20)
+    return received
+
+
 def test_an_answer_the_socket_takes_at_once_is_sent_without_switching_the_socket_mode(pair) -> None:
     server, client = pair
     server.setblocking(False)
@@ -65,12 +75,7 @@ def test_an_answer_larger_than_the_socket_takes_is_sent_whole_to_a_slow_reader(p
     server, client = pair
     server.setblocking(False)
     answer = bytes(range(256)) * 8192  # 2 MiB: far more than both buffers hold
-    received: list[bytes] = []
-    reader = threading.Thread(target=lambda: received.append(_read(client, len(answer), delay=0.2)))
-    reader.start()
-    _send_all(server, answer)
-    reader.join(20)
-    assert received == [answer]
+    assert _send_to_reader(server, client, answer, delay=0.2) == [answer]
     assert server.gettimeout() == _Timed.timeout_s  # the rest went blocking, with the worker's timeout
 
 
@@ -78,12 +83,7 @@ def test_an_answer_on_a_timed_socket_is_sent_whole(pair) -> None:
     server, client = pair
     server.setblocking(True)  # as gunicorn leaves a connection it hands to a thread
     answer = b"x" * (512 * 1024)
-    received: list[bytes] = []
-    reader = threading.Thread(target=lambda: received.append(_read(client, len(answer), delay=0.1)))
-    reader.start()
-    _send_all(server, answer)
-    reader.join(20)
-    assert received == [answer]
+    assert _send_to_reader(server, client, answer, delay=0.1) == [answer]
 
 
 def test_a_reader_that_never_reads_is_given_up_after_the_timeout(pair) -> None:
