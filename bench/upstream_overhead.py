@@ -210,24 +210,35 @@ def start_rawhop(upstream: str) -> tuple[subprocess.Popen[bytes], str]:
     return process, f"http://127.0.0.1:{port}/v2/models/churn/infer"
 
 
+def app_env(directory: Path, setup: str, server: peers.PeerServer, database: str) -> dict[str, str]:
+    """The environment bench/router_apps.py's apps read, for one setup (database "" for a hop)."""
+    metrics = directory / f"metrics-{setup}"
+    metrics.mkdir()
+    return {
+        **os.environ,
+        "BENCH_DATABASE_URL": database,
+        "BENCH_SPOOL_DIR": str(directory / f"spool-{setup}"),
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics),
+        "BENCH_UPSTREAM_URL": f"{server.url}/v2/models/churn/infer",
+    }
+
+
 def start_rawloop(
-    directory: Path, server: peers.PeerServer, mode: str, steps: Path | None
+    directory: Path, server: peers.PeerServer, setup: str, steps: Path | None
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """bench/raw_loop.py answering with the bare hop or the router (its own database); its URL."""
+    """bench/raw_loop.py answering as loophop (the bare hop) or looprouter (the router); its URL."""
     port = _port()
-    env = {**os.environ, "BENCH_UPSTREAM_URL": f"{server.url}/v2/models/churn/infer"}
-    path = "/v2/models/churn/infer"
-    if mode == "router":
-        metrics = directory / "metrics-looprouter"
-        metrics.mkdir()
-        env |= {
-            "BENCH_DATABASE_URL": prepare(directory, "looprouter", server.url),
-            "BENCH_SPOOL_DIR": str(directory / "spool-looprouter"),
-            "PROMETHEUS_MULTIPROC_DIR": str(metrics),
-        }
-        path = "/v1/models/churn/invocations"
+    mode, path = (
+        ("router", "/v1/models/churn/invocations")
+        if setup == "looprouter"
+        else ("hop", "/v2/models/churn/infer")
+    )
+    database = prepare(directory, setup, server.url) if mode == "router" else ""
     command = [sys.executable, str(ROOT / "bench" / "raw_loop.py"), str(port), mode]
-    process = subprocess.Popen(command + (["--steps", str(steps)] if steps is not None else []), env=env)
+    process = subprocess.Popen(
+        command + (["--steps", str(steps)] if steps is not None else []),
+        env=app_env(directory, setup, server, database),
+    )
     ready = f"http://127.0.0.1:{port}/ready"
     wait_answering(lambda: httpx.get(ready).status_code == 200, process, 60, f"raw loop ({mode})")
     return process, f"http://127.0.0.1:{port}{path}"
@@ -270,15 +281,9 @@ class Router:
             directory.mkdir(exist_ok=True)
         self.database = "" if setup in HOPS else prepare(directory, setup, server.url)
         port = _port()
-        metrics_dir = directory / f"metrics-{setup}"
-        metrics_dir.mkdir()
         env = {
-            **os.environ,
-            "BENCH_DATABASE_URL": self.database,
-            "BENCH_SPOOL_DIR": str(directory / f"spool-{setup}"),
-            "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+            **app_env(directory, setup, server, self.database),
             "PYTHONPATH": f"{root}:{root / 'bench'}",
-            "BENCH_UPSTREAM_URL": f"{server.url}/v2/models/churn/infer",
             "BENCH_NEXT_REQUEST_WAIT_MS": str(args.next_request_wait_ms),
         }
         worker = (
@@ -632,9 +637,7 @@ def main() -> None:
         {"churn": directory / "a.joblib", "churn-b": directory / "b.joblib"}, pandas={"churn", "churn-b"},
     )  # fmt: skip
     routers: list[Router] = []
-    nginx: subprocess.Popen[bytes] | None = None
-    rawhop: subprocess.Popen[bytes] | None = None
-    loops: list[subprocess.Popen[bytes]] = []
+    natives: list[subprocess.Popen[bytes]] = []  # nginx, the raw hop, the raw loops
     steps_file = directory / "steps.md" if args.rawloop and args.steps else None
     stored: dict[str, dict[str, Any]] = {}
     alternated: dict[str, dict[str, float]] | None = None
@@ -656,16 +659,18 @@ def main() -> None:
         native: dict[str, tuple[str, Path, list[int], int | None]] = {}
         if args.nginx:
             nginx, nginx_url = start_nginx(directory, server.url)
+            natives.append(nginx)
             native["nginx"] = (nginx_url, direct_script, [nginx.pid, server.process.pid], nginx.pid)
         if args.rawhop:
             rawhop, rawhop_url = start_rawhop(server.url)
+            natives.append(rawhop)
             native["rawhop"] = (rawhop_url, direct_script, [rawhop.pid, server.process.pid], rawhop.pid)
         if args.rawloop:
-            for name, mode, body in (("loophop", "hop", direct_script), ("looprouter", "router", script)):
+            for name, body in (("loophop", direct_script), ("looprouter", script)):
                 loop, loop_url = start_rawloop(
-                    directory, server, mode, steps_file if mode == "router" else None
+                    directory, server, name, steps_file if name == "looprouter" else None
                 )
-                loops.append(loop)
+                natives.append(loop)
                 native[name] = (loop_url, body, [loop.pid, server.process.pid], loop.pid)
         targets: dict[str, tuple[str, Path, list[int], int | None]] = {
             "direct": (f"{server.url}/v2/models/churn/infer", direct_script, [server.process.pid], None),
@@ -697,10 +702,9 @@ def main() -> None:
     finally:
         for router in routers:
             router.process.kill()
-        for native_process in (nginx, rawhop, *loops):
-            if native_process is not None:
-                native_process.terminate()
-                native_process.wait(10)
+        for native_process in natives:
+            native_process.terminate()
+            native_process.wait(10)
         server.stop()
     text = report(figures, stored, args, alternated)
     if steps_file is not None and steps_file.is_file():
