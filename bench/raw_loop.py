@@ -1,12 +1,13 @@
 """The router's own work without the serving worker, for bench/upstream_overhead.py's --rawloop setups.
 
-    python bench/raw_loop.py PORT hop|router [--steps FILE]
+    python bench/raw_loop.py PORT hop|flat|router [--steps FILE]
 
 bench/raw_hop.py's loop (a thread per client connection, blocking sockets, Content-Length framing)
 answering each request as the product's worker does on its plain path (`controller.server`:
 `plain_request`, the environ, the WSGI call, the answer's head) with one WSGI app: `hop` the bare
-hop (bench/router_apps.py `plain_hop()`, BENCH_UPSTREAM_URL), `router` the mlcanary router
-(`router_apps.router()`, BENCH_DATABASE_URL and BENCH_SPOOL_DIR). Set beside the raw hop and the
+hop (bench/router_apps.py `plain_hop()`, BENCH_UPSTREAM_URL), `flat` the least a validating router
+does per request (`router_apps.flat()`, BENCH_DATABASE_URL: the floor of the router's own path),
+`router` the mlcanary router (`router_apps.router()`, BENCH_DATABASE_URL and BENCH_SPOOL_DIR). Set beside the raw hop and the
 product's worker in the same turns, it splits what the router adds into the serving worker's part
 (event loop, thread hand-offs, the wait for a kept-alive connection's next request) and the app's.
 
@@ -142,7 +143,7 @@ def main() -> None:
 
     if steps is not None:
         time_steps()
-    app = router_apps.plain_hop() if mode == "hop" else router_apps.router()
+    app = {"hop": router_apps.plain_hop, "flat": router_apps.flat, "router": router_apps.router}[mode]()
     plane = getattr(app, "extensions", {}).get("mlcanary.dataplane")
     deadline = time.monotonic() + 60
     while plane is not None and not plane.ready and time.monotonic() < deadline:

@@ -5,6 +5,8 @@ hop(): a bare WSGI app that forwards the body as it is to BENCH_UPSTREAM_URL thr
     connection pool and answers the upstream's bytes: one Python HTTP hop, the proxy floor.
 plain_hop(): hop() with its POSTs claimed by the worker's plain path (controller.server), as the
     router's scoring routes are: the hop without gunicorn's parser and response objects.
+flat(): the least a validating router does per request in front of churn:1's V2 upstream (MLflow
+    body in, type checks, V2 request out, classes back), with no data plane: the router path's floor.
 baseline(): a bare Flask app scoring the same registered pipeline in process, DataFrame per call.
 router(): the mlcanary router app over BENCH_DATABASE_URL (shadow/canary set up by router_bench.py);
     BENCH_ROUTER_SETTINGS, a JSON object of RouterSettings fields, overrides some (an A/B of a setting).
@@ -136,3 +138,71 @@ def worker_exit(server: Any, worker: Any) -> None:
     plane = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("mlcanary.dataplane")
     if plane is not None:
         plane.close(timeout=20)
+
+
+def flat() -> _Claimed:
+    """Return the least a validating Python router could do per request: the floor of the router's path.
+
+    The MLflow body read with orjson, each value type-checked against churn:1's schema into plain
+    lists, the V2 request (v2-columns, as `encode` writes it) written with orjson, sent through the
+    router's connection pool, the predicted classes read from the answer and written as the MLflow
+    answer. No data plane, no arrays, no ids, no recording: what no router path can go under.
+    """
+    import orjson
+
+    store = Store(Database(os.environ["BENCH_DATABASE_URL"]))
+    version = store.pipelines.get_by_ref("churn:1")
+    url = version.upstream_url.rstrip("/") + "/infer"
+    kinds = {"float": (int, float), "int": (int,), "bool": (bool,)}
+    schema = [(c.name, c.dtype, kinds.get(c.dtype, (str,))) for c in version.input_schema]
+    datatypes = {"float": "FP64", "int": "INT64", "bool": "BOOL"}
+    wanted = [
+        {"name": name, "parameters": {"binary_data": False}}
+        for name in version.upstream_config["request_outputs"]
+    ]
+    pool = ConnectionPool(url, size=16, timeout=30)
+    headers = {"Content-Type": "application/json"}
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ["REQUEST_METHOD"] != "POST":  # readiness and /metrics
+            start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "0")])
+            return [b""]
+        split = orjson.loads(environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0)))[
+            "dataframe_split"
+        ]
+        index = {name: i for i, name in enumerate(split["columns"])}
+        if len(index) != len(schema):
+            raise ValueError("unknown or missing columns")
+        rows = split["data"]
+        inputs = []
+        for name, dtype, kind in schema:
+            i = index[name]
+            values = [row[i] for row in rows]
+            for value in values:
+                if value is not None and (
+                    not isinstance(value, kind) or isinstance(value, bool) != (dtype == "bool")
+                ):
+                    raise ValueError(f"{name}: {value!r}")
+            inputs.append(
+                {
+                    "name": name,
+                    "shape": [len(rows)],
+                    "datatype": datatypes.get(dtype, "BYTES"),
+                    "data": values,
+                }
+            )
+        body = orjson.dumps(
+            {
+                "id": "mlcanary",
+                "inputs": inputs,
+                "outputs": wanted,
+                "parameters": {"content_type": "pd"},
+            }
+        )
+        reply = pool.request("POST", url, body, headers)
+        outputs = {o["name"]: o for o in orjson.loads(reply.body)["outputs"]}
+        answer = orjson.dumps({"predictions": outputs["predict"]["data"]})
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(answer)))])
+        return [answer]
+
+    return _Claimed(app)

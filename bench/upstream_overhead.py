@@ -25,11 +25,13 @@ requests, wrk closed loop at c=1 and at saturation (c=16):
   rawhop   (--rawhop) wrk -> bench/raw_hop.py, a thread per connection forwarding bytes on blocking
            sockets: the least a Python hop costs here (it measured what nginx's does, BENCHMARKS.md
            "Thirteenth session"), so what the worker adds over it is the worker's, not Python's
-  loophop, looprouter
+  loophop, loopflat, looprouter
            (--rawloop) wrk -> bench/raw_loop.py: raw_hop's loop (a thread per connection, blocking
            sockets) answering with the worker's plain-path functions and one app, the bare hop
-           (direct's body) or the router (proxied's body and database): the router's own work
-           without the serving worker's event loop and hand-offs. With --steps, looprouter times
+           (direct's body), the flat floor (proxied's body: bench/router_apps.py flat(), the least
+           a validating router does, no data plane) or the router (proxied's body and database): the
+           router's own work without the serving worker's event loop and hand-offs, and how much of
+           it any Python router would pay (loopflat - loophop). With --steps, looprouter times
            the router's steps and the report gives each one's thread CPU per request (the timers
            add a few microseconds per step: read the steps against each other)
 The router's workers are what `mlcanary router` runs (--worker threads, the default: gunicorn's
@@ -226,14 +228,13 @@ def app_env(directory: Path, setup: str, server: peers.PeerServer, database: str
 def start_rawloop(
     directory: Path, server: peers.PeerServer, setup: str, steps: Path | None
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """bench/raw_loop.py answering as loophop (the bare hop) or looprouter (the router); its URL."""
+    """bench/raw_loop.py answering as loophop (the bare hop), loopflat (the flat floor) or looprouter; its URL."""
     port = _port()
-    mode, path = (
-        ("router", "/v1/models/churn/invocations")
-        if setup == "looprouter"
-        else ("hop", "/v2/models/churn/infer")
-    )
-    database = prepare(directory, setup, server.url) if mode == "router" else ""
+    mode, path = {
+        "looprouter": ("router", "/v1/models/churn/invocations"),
+        "loopflat": ("flat", "/v1/models/churn/invocations"),
+    }.get(setup, ("hop", "/v2/models/churn/infer"))
+    database = prepare(directory, setup, server.url) if mode != "hop" else ""
     command = [sys.executable, str(ROOT / "bench" / "raw_loop.py"), str(port), mode]
     process = subprocess.Popen(
         command + (["--steps", str(steps)] if steps is not None else []),
@@ -666,7 +667,7 @@ def main() -> None:
             natives.append(rawhop)
             native["rawhop"] = (rawhop_url, direct_script, [rawhop.pid, server.process.pid], rawhop.pid)
         if args.rawloop:
-            for name, body in (("loophop", direct_script), ("looprouter", script)):
+            for name, body in (("loophop", direct_script), ("loopflat", script), ("looprouter", script)):
                 loop, loop_url = start_rawloop(
                     directory, server, name, steps_file if name == "looprouter" else None
                 )
