@@ -45,14 +45,22 @@ class BenchWorker(ReadBufferingWorker):
     )
 
 
+_JSON = {"Content-Type": "application/json"}
+
+
+def _empty(start_response: Callable[..., Any]) -> list[bytes]:
+    """The empty 200 the bench apps answer readiness probes and /metrics with."""
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "0")])
+    return [b""]
+
+
 def floor() -> Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]:
     """Return a WSGI app that reads and parses the JSON body and answers a constant prediction."""
     answer = b'{"predictions":[0]}'
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if environ["PATH_INFO"] == "/metrics":
-            start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "0")])
-            return [b""]
+            return _empty(start_response)
         length = int(environ.get("CONTENT_LENGTH") or 0)
         json.loads(environ["wsgi.input"].read(length))
         start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(answer)))])
@@ -69,14 +77,12 @@ def hop() -> Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]:
     """
     url = os.environ["BENCH_UPSTREAM_URL"]
     pool = ConnectionPool(url, size=16, timeout=30)
-    headers = {"Content-Type": "application/json"}
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if environ["REQUEST_METHOD"] != "POST":  # readiness and /metrics
-            start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "0")])
-            return [b""]
+            return _empty(start_response)
         body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
-        reply = pool.request("POST", url, body, headers)
+        reply = pool.request("POST", url, body, _JSON)
         start_response(
             f"{reply.status} {'OK' if reply.status == 200 else 'Error'}",
             [("Content-Type", "application/json"), ("Content-Length", str(len(reply.body)))],
@@ -161,12 +167,10 @@ def flat() -> _Claimed:
         for name in version.upstream_config["request_outputs"]
     ]
     pool = ConnectionPool(url, size=16, timeout=30)
-    headers = {"Content-Type": "application/json"}
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if environ["REQUEST_METHOD"] != "POST":  # readiness and /metrics
-            start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "0")])
-            return [b""]
+            return _empty(start_response)
         split = orjson.loads(environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0)))[
             "dataframe_split"
         ]
@@ -199,7 +203,7 @@ def flat() -> _Claimed:
                 "parameters": {"content_type": "pd"},
             }
         )
-        reply = pool.request("POST", url, body, headers)
+        reply = pool.request("POST", url, body, _JSON)
         outputs = {o["name"]: o for o in orjson.loads(reply.body)["outputs"]}
         answer = orjson.dumps({"predictions": outputs["predict"]["data"]})
         start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(answer)))])
