@@ -5,11 +5,12 @@
 bench/raw_hop.py's loop (a thread per client connection, blocking sockets, Content-Length framing)
 answering each request as the product's worker does on its plain path (`controller.server`:
 `plain_request`, the environ, the WSGI call, the answer's head) with one WSGI app: `hop` the bare
-hop (bench/router_apps.py `plain_hop()`, BENCH_UPSTREAM_URL), `flat` the least a validating router
-does per request (`router_apps.flat()`, BENCH_DATABASE_URL: the floor of the router's own path),
-`router` the mlcanary router (`router_apps.router()`, BENCH_DATABASE_URL and BENCH_SPOOL_DIR). Set beside the raw hop and the
-product's worker in the same turns, it splits what the router adds into the serving worker's part
-(event loop, thread hand-offs, the wait for a kept-alive connection's next request) and the app's.
+hop (bench/router_apps.py `plain_hop()`, BENCH_UPSTREAM_URL), `flat` the least a validating
+router does per request (`router_apps.flat()`, BENCH_DATABASE_URL: the floor of the router's own
+path), `router` the mlcanary router (`router_apps.router()`, BENCH_DATABASE_URL and
+BENCH_SPOOL_DIR). Set beside the raw hop and the product's worker in the same turns, it splits what
+the router adds into the serving worker's part (event loop, thread hand-offs, the wait for a
+kept-alive connection's next request), the app's, and what of the app's any validating router pays.
 
 --steps FILE wraps the router's steps on the answer's path (reading the body, validation, the data
 plane, the batcher, the upstream's encoding, call and answer, the answer's JSON; and the work after

@@ -152,7 +152,7 @@ def flat() -> _Claimed:
     The MLflow body read with orjson, each value type-checked against churn:1's schema into plain
     lists, the V2 request (v2-columns, as `encode` writes it) written with orjson, sent through the
     router's connection pool, the predicted classes read from the answer and written as the MLflow
-    answer. No data plane, no arrays, no ids, no recording: what no router path can go under.
+    answer. No data plane, no arrays, no ids, no recording: the floor of a router that checks its input.
     """
     import orjson
 
