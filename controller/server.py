@@ -354,7 +354,7 @@ class PlainLimits:
 
 
 def plain_request(
-    data: bytes, claims: Callable[[str, str], bool], cfg: PlainLimits | Any
+    data: bytes, claims: Callable[[str, str], bool], limits: PlainLimits
 ) -> PlainRequest | None:
     """Read a whole request gunicorn's parser would read the same way, or None.
 
@@ -362,13 +362,16 @@ def plain_request(
     headers of a token name without "_" (gunicorn drops those) and a visible-ASCII value, each at most
     once, within gunicorn's limits, no framing, upgrade or forwarded-scheme header but one
     Content-Length, and the body all there; and the app claims the method and path. Anything else is gunicorn's to parse (and to
-    refuse: its 400s and 431s are unchanged). cfg: the worker's `PlainLimits` (or gunicorn's Config).
+    refuse: its 400s and 431s are unchanged). limits: the worker's `PlainLimits`.
     """
     end = data.find(b"\r\n\r\n")
     if end < 0:
         return None
     lines = data[:end].split(b"\r\n")
-    if len(lines[0]) > (cfg.limit_request_line or len(lines[0])) or len(lines) - 1 > cfg.limit_request_fields:
+    if (
+        len(lines[0]) > (limits.limit_request_line or len(lines[0]))
+        or len(lines) - 1 > limits.limit_request_fields
+    ):
         return None
     line = _PLAIN_LINE.fullmatch(lines[0])
     if line is None or b"?" in line.group(2) or b"%" in line.group(2):
@@ -377,13 +380,13 @@ def plain_request(
     if not claims(method, path):
         return None
     headers: dict[str, str] = {}
-    size_limit = cfg.limit_request_field_size or len(data)
+    size_limit = limits.limit_request_field_size or len(data)
     for raw in lines[1:]:
         found = _PLAIN_HEADER.fullmatch(raw)
         if found is None or len(raw) > size_limit:
             return None
         field = found.group(1).decode().upper()
-        if field in cfg.secure_scheme_headers:
+        if field in limits.secure_scheme_headers:
             return None  # X-Forwarded-Proto and its kind: gunicorn weighs them by the peer's address
         name = field.replace("-", "_")
         if name in _NOT_PLAIN:
