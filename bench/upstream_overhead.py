@@ -433,7 +433,7 @@ def report(
         + (" --nginx" if args.nginx else "")
         + (" --rawhop" if args.rawhop else "")
         + (" --rawloop" if args.rawloop else "")
-        + (" --steps" if args.rawloop and args.steps else "")
+        + (" --steps" if args.steps else "")
         + (f" --setups {','.join(args.setups)}" if args.setups != list(SETUPS[1:]) else "")
         + (f" --alternate {args.alternate}" if args.alternate else "")
         + (f" --block {args.block}" if args.alternate and args.block > 1 else "")
@@ -571,7 +571,7 @@ def main() -> None:
     parser.add_argument(
         "--rawloop",
         action="store_true",
-        help="measure the hop and the router on a bare thread-per-connection loop (bench/raw_loop.py)",
+        help="measure the hop, the flat floor and the router on a bare thread-per-connection loop (bench/raw_loop.py)",
     )
     parser.add_argument(
         "--steps",
@@ -639,7 +639,7 @@ def main() -> None:
     )  # fmt: skip
     routers: list[Router] = []
     natives: list[subprocess.Popen[bytes]] = []  # nginx, the raw hop, the raw loops
-    steps_file = directory / "steps.md" if args.rawloop and args.steps else None
+    steps_file = directory / "steps.md" if args.steps else None  # --steps needs --rawloop (checked)
     stored: dict[str, dict[str, Any]] = {}
     alternated: dict[str, dict[str, float]] | None = None
     try:
