@@ -87,7 +87,7 @@ def time_steps() -> None:
         (upstream, "parse_json", "        the answer's JSON"),
         (upstream, "read_v2", "        reading the V2 answer"),
         (mlflow, "write_predictions", "  the MLflow answer"),
-        (http, "_json_text", "  the answer's JSON text"),
+        (http, "write_json", "  the answer's JSON text"),
         (dataplane.DataPlane, "answered", "  data plane: answered"),
         (http, "_answered", "after the answer (pair, shadow hand-off, metrics)"),
     ):

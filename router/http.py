@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import io
-import json
 import logging
 import re
 import time
@@ -29,7 +28,7 @@ from werkzeug.wsgi import get_content_length, get_input_stream
 from router import mlflow, v2
 from router.backends import MissingBackend
 from router.dataplane import DataPlane
-from router.edge import check_id, header_value
+from router.edge import check_id, header_value, write_json
 from router.errors import PayloadTooLarge, RouterError, UnsupportedMediaType
 from router.inputs import build_batch
 from router.metrics import exposition, get_metrics
@@ -142,14 +141,14 @@ def score(plane: DataPlane, deployment: str, protocol: str, environ: dict[str, A
                     outputs=outputs,
                     scores=answer.predictions.scores,
                 )
-            status, text = 200, _json_text(payload)
+            status, written = 200, write_json(payload)
             headers += [
                 ("X-Mlcanary-Arm", answer.arm),
                 ("X-Mlcanary-Version", header_value(answer.version.ref)),
             ]
             code = None
         except RouterError as exc:
-            status, text = exc.status, _json_text(public_error(exc))
+            status, written = exc.status, write_json(public_error(exc))
             code = exc.code
         finally:
             plane.answered(arrival)
@@ -164,7 +163,7 @@ def score(plane: DataPlane, deployment: str, protocol: str, environ: dict[str, A
         after = []
     else:
         plane.owe()  # paid in _answered, once the answer is sent
-    return Scored(status, headers, text.encode(), after)
+    return Scored(status, headers, written, after)
 
 
 def _count(label: str, arm: str, protocol: str, code: str | None, seconds: float) -> None:
@@ -264,7 +263,7 @@ class FastScoring:
             answer = score(self.plane, name, "mlflow" if found.group(1) else "v2", environ)
         except Exception:
             log.exception("unexpected error")  # as the app's error handler: a 500 without details
-            answer = Scored(500, [], _json_text(INTERNAL_ERROR).encode())  # score has left the plane
+            answer = Scored(500, [], write_json(INTERNAL_ERROR))  # score has left the plane
             start_response(_status_line(500), _headers(answer, self.headers))
             return [answer.body]
         start_response(_status_line(answer.status), _headers(answer, self.headers))
@@ -407,24 +406,7 @@ def _read_body(environ: dict[str, Any], limit: int) -> bytes:
 
 
 def _json_response(payload: Any, status: int) -> Response:
-    return Response(_json_text(payload), status=status, mimetype="application/json")
-
-
-def _json_text(payload: Any) -> str:
-    try:
-        return json.dumps(payload, allow_nan=False, separators=(",", ":"))
-    except ValueError:  # NaN or infinity in an answer: JSON has null for them
-        return json.dumps(_nan_to_null(payload), separators=(",", ":"))
-
-
-def _nan_to_null(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if value == value and abs(value) != float("inf") else None
-    if isinstance(value, list):
-        return [_nan_to_null(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _nan_to_null(v) for k, v in value.items()}
-    return value
+    return Response(write_json(payload), status=status, mimetype="application/json")
 
 
 @blueprint.get("/v2/models/<deployment>")

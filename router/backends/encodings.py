@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
@@ -36,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from router.backends.base import probability_rows
+from router.edge import write_json
 
 ENCODINGS = ("v2-columns", "v2-tensor", "mlflow")
 KINDS = ("mlserver", "kserve", "triton", "mlflow")
@@ -193,7 +195,7 @@ def encode(
     rows = len(columns[names[0]]) if names else 0
     if config.encoding == "mlflow":
         data = [list(r) for r in zip(*columns.values(), strict=True)]
-        return json.dumps({"dataframe_split": {"columns": names, "data": data}}).encode()
+        return _write({"dataframe_split": {"columns": names, "data": data}}, columns)
     document: dict[str, Any] = {"id": request_id}  # key order as tritonclient writes it
     if config.encoding == "v2-columns":
         document["inputs"] = [
@@ -220,7 +222,19 @@ def encode(
         ]
     if config.encoding == "v2-columns":
         document["parameters"] = {"content_type": "pd"}
+        return _write(document, columns)
     return json.dumps(document, separators=(",", ":")).encode()  # compact, as tritonclient writes it
+
+
+def _write(document: dict[str, Any], columns: Mapping[str, Sequence[Any]]) -> bytes:
+    """The JSON of a columns or MLflow request: through `write_json` (orjson), unless a value is an
+    infinity or NaN, which json.dumps writes as the literal it always sent (write_json: null)."""
+    if all(-_LARGEST <= v <= _LARGEST for values in columns.values() for v in values if type(v) is float):
+        return write_json(document)
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+_LARGEST = sys.float_info.max  # a float outside [-_LARGEST, _LARGEST], or NaN (unordered), is not finite
 
 
 def tensor_values(datatype: str, columns: Mapping[str, Sequence[Any]]) -> list[Any]:
