@@ -39,11 +39,12 @@ threaded worker with the read-buffering event loop, 8 threads each, keep-alive c
 MLServer's uvicorn keeps them) or gunicorn's sync workers (--worker sync: one request per worker at
 a time, and a new TCP connection per request, since the sync worker closes each one).
 The three setups are measured in --rounds rounds, each round every setup at c=1 and then c=16, the
-setups' order rotating from round to round (the routers stay up between rounds): added latency =
-setup p50/p99 - direct p50/p99 and throughput ratio = setup req/s / direct req/s are computed per
-round, against direct measured in the same round, and their medians reported (MLServer's own c=1
-p50 moved by several ms between runs a minute apart: one direct run per benchmark could not resolve
-the 1 ms target).
+setups' order rotating from round to round (the routers stay up between rounds), each setup's window
+bracketed by a window of direct just before and one just after it: added latency = setup p50/p99 -
+the mean of the two direct windows' p50/p99 and throughput ratio = setup req/s / their mean req/s
+are computed per round and their medians reported (MLServer's own c=1 p50 moved by several ms
+between runs a minute apart, and by 1-2 ms between windows of one round: one direct run per
+benchmark, or per round, charged that drift to whichever setup ran while MLServer was slow).
 --alternate N then measures c=1 request by request: N turns, each sending one request to every setup
 in turn (direct included, the order rotating), each setup on its own kept-alive connection from one
 Python client; a setup's added latency is the median over the turns of its time minus direct's in
@@ -328,22 +329,39 @@ def run_rounds(
 ) -> dict[str, dict[str, list[dict[str, Any]]]]:
     """Measure every setup at c=1 and c=16, round after round, the setups' order rotating each round.
 
-    A setup and its baseline (direct) are measured minutes apart at most, never a whole run apart:
-    on shared cores a quiet minute and a busy one differ more than the proxy costs.
+    Each setup's window is bracketed by two windows of direct, one just before and one just after
+    it (direct, A, direct, B, direct, ...): its added latency and throughput ratio are against the
+    mean of the two (its `bracket`), so a drift of MLServer's own time, which moved by several ms
+    between windows of one round, cancels to first order instead of being charged to whichever setup
+    ran while MLServer was slow. direct's own figure for a round is the median of its windows.
     """
     figures: dict[str, dict[str, list[dict[str, Any]]]] = {s: {"c1": [], "c16": []} for s in targets}
-    names = list(targets)
+    names = [name for name in targets if name != "direct"]
     for endpoint, script, _, _ in targets.values():
         wrk(endpoint, script, 4, 2)  # warm-up
+
+    def measure(name: str, round_: int, level: str, connections: int) -> dict[str, Any]:
+        endpoint, script, pids, router = targets[name]
+        result = measure_once(endpoint, script, connections, args.seconds, pids, router)
+        print(json.dumps({"round": round_, "setup": name, "level": level, **result}), flush=True)
+        return result
+
     for round_ in range(args.rounds):
-        order = rotated(names, round_)
         for level, connections in (("c1", 1), ("c16", 16)):
-            for name in order:
-                endpoint, script, pids, router = targets[name]
-                result = measure_once(endpoint, script, connections, args.seconds, pids, router)
+            before = measure("direct", round_, level, connections)
+            windows = [before]
+            for name in rotated(names, round_):
+                result = measure(name, round_, level, connections)
+                after = measure("direct", round_, level, connections)
+                result["bracket"] = {key: (before[key] + after[key]) / 2 for key in _BRACKETED}
                 figures[name][level].append(result)
-                print(json.dumps({"round": round_, "setup": name, "level": level, **result}), flush=True)
+                windows.append(after)
+                before = after
+            figures["direct"][level].append({key: _median([w[key] for w in windows]) for key in windows[0]})
     return figures
+
+
+_BRACKETED = ("rps", "p50", "p99", "cpu_ms")
 
 
 def alternate(
@@ -424,7 +442,6 @@ def report(
     args: argparse.Namespace,
     alternated: dict[str, dict[str, float]] | None = None,
 ) -> str:
-    d = figures["direct"]
     lines = [
         "# mlcanary in front of MLServer: overhead",
         "",
@@ -441,9 +458,10 @@ def report(
         + (f" --baseline {args.baseline}`" if args.baseline else "`"),
         "",
         f"One run of {args.rounds} rounds; each round measures every setup at c=1 and then at c=16 ({args.seconds} s"
-        " of wrk each), the setups' order rotating from round to round; figures are medians over the rounds,",
-        "and the added latency and throughput ratio are the medians of each round's difference (ratio) with",
-        "direct measured in the same round. "
+        " of wrk each), the setups' order rotating from round to round, each setup's window between two",
+        "windows of direct; figures are medians over the rounds (direct's: of its windows), and the added",
+        "latency and throughput ratio the medians of each round's difference (ratio) with the mean of the",
+        "two direct windows around the setup's. "
         + (
             f"MLServer alone on CPU {','.join(map(str, sorted(args.server_cpus)))}, the router, nginx and the"
             f" clients on CPU {','.join(map(str, sorted(os.sched_getaffinity(0))))};"
@@ -485,7 +503,8 @@ def report(
             lines.append(f"- {name}: failed requests' error: {kind}")
     lines += [
         "",
-        "Against direct, round by round (targets: added p50 <= 1 ms, throughput ratio >= 0.85):",
+        "Against the direct windows around each, round by round (targets: added p50 <= 1 ms, throughput"
+        " ratio >= 0.85):",
         "",
     ]
     lines += ["| setup | c=1 added p50 / p99 ms (median; each round) | c=1 throughput ratio (median; each round) "
@@ -496,19 +515,16 @@ def report(
             continue
         cells = []
         for level in ("c1", "c16"):
-            added50 = [a["p50"] - b["p50"] for a, b in zip(r[level], d[level], strict=True)]
-            added99 = [a["p99"] - b["p99"] for a, b in zip(r[level], d[level], strict=True)]
-            ratio = [a["rps"] / b["rps"] for a, b in zip(r[level], d[level], strict=True)]
+            added50 = [a["p50"] - a["bracket"]["p50"] for a in r[level]]
+            added99 = [a["p99"] - a["bracket"]["p99"] for a in r[level]]
+            ratio = [a["rps"] / a["bracket"]["rps"] for a in r[level]]
             each50 = ", ".join(f"{v:+.2f}" for v in added50)
             eachr = ", ".join(f"{v:.2f}" for v in ratio)
             cells += [
                 f"{_median(added50):+.2f} / {_median(added99):+.2f} ({each50})",
                 f"{_median(ratio):.2f} ({eachr})",
             ]
-        cpu = [
-            _median([a["cpu_ms"] - b["cpu_ms"] for a, b in zip(r[level], d[level], strict=True)])
-            for level in ("c1", "c16")
-        ]
+        cpu = [_median([a["cpu_ms"] - a["bracket"]["cpu_ms"] for a in r[level]]) for level in ("c1", "c16")]
         cells.append(f"{cpu[0]:+.2f} / {cpu[1]:+.2f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if "hop" in figures:
@@ -516,7 +532,7 @@ def report(
         for name in ("proxied", "shadow"):
             if name in figures:
                 runs = zip(figures[name]["c1"], figures["hop"]["c1"], strict=True)
-                over = [a["p50"] - b["p50"] for a, b in runs]
+                over = [(a["p50"] - a["bracket"]["p50"]) - (b["p50"] - b["bracket"]["p50"]) for a, b in runs]
                 lines.append(
                     f"- {name} over the bare hop, c=1 p50: {_median(over):+.2f} ms "
                     f"({', '.join(f'{v:+.2f}' for v in over)}): the router's own part of the added latency"
