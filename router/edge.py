@@ -85,10 +85,12 @@ def write_json(payload: Any) -> bytes:
     shortest form (1e-7 for 1e-07); NaN and infinities, which JSON cannot hold, become null.
     Anything orjson writes otherwise than json (an integer beyond 64 bits, a datetime, a subclass
     of str, int, dict or list, a dataclass) or refuses (a lone surrogate) goes to json.dumps,
-    which writes it or raises as it always did. On the answer's path of every request (the
-    upstream's request, the client's answer), json.dumps spent ~15 us on a one-row request
-    warm and ~45 us on a thread that had idled for the model's answer, orjson ~1
-    (tests/unit/test_parse_json.py checks the two agree).
+    which writes it or raises as it always did (orjson alone also writes a UUID, as its text,
+    which json refuses; the router's answers and requests hold none). On the answer's path of
+    every request (the upstream's request, the client's answer): json.dumps spent ~15 us on a
+    one-row V2 request warm, orjson ~1; on the path, after the thread idled for the model, the
+    request's encoding step took 45.5 us with json and 21 with orjson, the answer's 17.8 and 4.3
+    (BENCHMARKS.md, "Sixteenth session"; tests/unit/test_parse_json.py checks the two agree).
     """
     try:
         return orjson.dumps(payload, option=_ORJSON_AS_JSON)
