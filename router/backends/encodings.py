@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
@@ -229,12 +228,9 @@ def encode(
 def _write(document: dict[str, Any], columns: Mapping[str, Sequence[Any]]) -> bytes:
     """The JSON of a columns or MLflow request: through `write_json` (orjson), unless a value is an
     infinity or NaN, which json.dumps writes as the literal it always sent (write_json: null)."""
-    if all(-_LARGEST <= v <= _LARGEST for values in columns.values() for v in values if type(v) is float):
+    if all(math.isfinite(v) for values in columns.values() for v in values if type(v) is float):
         return write_json(document)
     return json.dumps(document, separators=(",", ":")).encode()
-
-
-_LARGEST = sys.float_info.max  # a float outside [-_LARGEST, _LARGEST], or NaN (unordered), is not finite
 
 
 def tensor_values(datatype: str, columns: Mapping[str, Sequence[Any]]) -> list[Any]:
